@@ -1,0 +1,345 @@
+"""
+The one declaration of the server's options.
+
+Every option of :class:`smtpsvc.SMTPServer` is a field of :class:`ServerOptions`, with its
+default and its documentation.  The documentation's options table, the ``twist smtpsvc``
+command-line flags and their ``--help`` text are all generated from these fields, so they
+cannot drift apart.  Names are the reference's (nodemailer ``smtp-server``), in camelCase;
+times are in seconds.
+
+This module is pure: standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, Final
+
+#: The ways the DATA decoder can treat a bare CR or a bare LF inside a message.
+BARE_LINE_ENDING_POLICIES: Final = ("normalize", "reject", "pass")
+
+
+def _option(
+    default: Any = MISSING,
+    doc: str = "",
+    *,
+    defaultFactory: Callable[[], Any] | None = None,
+    defaultText: str | None = None,
+    choices: tuple[str, ...] = (),
+    cli: bool = True,
+    group: str = "protocol",
+) -> Any:
+    """
+    Declare one option: its default, its documentation and how it is exposed.
+
+    @param defaultText: how the docs and ``--help`` show a computed default.
+    @param cli: whether ``twist smtpsvc`` gets a flag for it.
+    """
+    metadata = {
+        "doc": doc,
+        "defaultText": defaultText,
+        "choices": choices,
+        "cli": cli,
+        "group": group,
+    }
+    if defaultFactory is not None:
+        return field(default_factory=defaultFactory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerOptions:
+    """
+    The validated options of one server.  Build it with keyword arguments named as the
+    reference names them; unknown names and bad values raise L{TypeError} or
+    L{ValueError} with a sentence that names the option.
+    """
+
+    # -- identity and protocol ------------------------------------------------------------
+    name: str = _option(
+        doc="Server name used in the greeting, the HELO/EHLO reply and a few 421 replies.",
+        defaultFactory=socket.gethostname,
+        defaultText="the machine's host name",
+    )
+    banner: str = _option("", "Text appended to the greeting after ``ESMTP``/``LMTP``.")
+    heloResponse: str = _option(
+        "%s Nice to meet you, %s",
+        "Format of the HELO reply and of the first EHLO/LHLO line: the first ``%s`` is the "
+        "server name, the second the client's host name, any further one is empty.",
+    )
+    lmtp: bool = _option(
+        False,
+        "Speak LMTP (RFC 2033): ``LHLO`` instead of HELO/EHLO and one reply per accepted "
+        "recipient after DATA.",
+    )
+    size: int = _option(
+        0,
+        "Largest message accepted, in bytes; 0 means no limit.  Advertised as ``SIZE``; a "
+        "larger ``SIZE=`` on MAIL gets 552 and a larger message gets 552 after the final "
+        "dot and is not delivered.",
+        group="limits",
+    )
+    hideSize: bool = _option(
+        False,
+        "Advertise a bare ``SIZE`` without the limit, and skip the ``SIZE=`` check at MAIL "
+        "(the message itself is still held to ``size``).",
+    )
+    hidePIPELINING: bool = _option(False, "Do not advertise PIPELINING (it still works).")
+    hide8BITMIME: bool = _option(False, "Do not advertise 8BITMIME (BODY= still works).")
+    hideSMTPUTF8: bool = _option(False, "Do not advertise SMTPUTF8 (the parameter still works).")
+    hideDSN: bool = _option(
+        True,
+        "Hide DSN (RFC 3461).  When shown, RET, ENVID, NOTIFY and ORCPT are validated and "
+        "stored on the envelope and addresses; when hidden they stay in ``args``.",
+    )
+    hideENHANCEDSTATUSCODES: bool | None = _option(
+        None,
+        "Hide ENHANCEDSTATUSCODES (RFC 2034).  When shown, replies carry RFC 3463 codes.  "
+        "The default hides them for SMTP, as the reference does, and shows them for LMTP, "
+        "which RFC 2033 requires.",
+        defaultText="hidden for SMTP, shown for LMTP",
+    )
+    hideREQUIRETLS: bool = _option(
+        True, "Hide REQUIRETLS (RFC 8689) on TLS connections.  The parameter is checked anyway."
+    )
+    disabledCommands: tuple[str, ...] = _option(
+        (),
+        "Commands answered as unknown (``500``), e.g. ``AUTH`` or ``VRFY``.  In LMTP mode "
+        "``EHLO`` also disables ``LHLO``.",
+    )
+    lenientAddressParsing: bool = _option(
+        False,
+        "Accept any address with exactly one ``@`` and both sides non-empty (control "
+        "characters are still refused), for devices that send addresses such as ``user.@host``.",
+    )
+    bareLineEndings: str = _option(
+        "normalize",
+        "What a bare CR or bare LF inside a message becomes: ``normalize`` turns it into "
+        "CRLF, ``reject`` refuses the message with 550 after the final dot, ``pass`` keeps "
+        "the bytes.  Only CRLF.CRLF ever ends a message, whatever the choice.",
+        choices=BARE_LINE_ENDING_POLICIES,
+    )
+
+    # -- limits and timing ---------------------------------------------------------------
+    maxCommandLength: int = _option(
+        4096,
+        "Longest command line accepted, in bytes without the CRLF; a longer one gets 500 "
+        "and is discarded.  AUTH exchanges may always use 12288 bytes (RFC 4954).",
+        group="limits",
+    )
+    maxClients: int | None = _option(
+        None,
+        "Most connections served at once; the next one gets ``421 ... Too many connected "
+        "clients`` and is closed.  Unset means no limit.",
+        group="limits",
+    )
+    socketTimeout: float = _option(
+        60.0,
+        "Seconds without traffic either way before ``421 Timeout - closing connection``.",
+        group="limits",
+    )
+    closeTimeout: float = _option(
+        30.0,
+        "Seconds :meth:`SMTPServer.close` waits for clients in a transaction before closing "
+        "them with ``421 Server shutting down``; 0 closes them at once.",
+        group="limits",
+    )
+    maxAllowedUnauthenticatedCommands: int | None = _option(
+        10,
+        "Commands an unauthenticated client may send while AUTH is required before it gets "
+        "``421``; the count includes the one refused.  Unset turns the limit off.",
+        group="limits",
+    )
+    maxUnrecognizedCommands: int | None = _option(
+        10,
+        "Unrecognised commands a client may send in one transaction before it gets "
+        "``421 Error: too many unrecognized commands``.  Unset turns the limit off.",
+        group="limits",
+    )
+    earlyTalkerDelay: float = _option(
+        0.1,
+        "Seconds the greeting waits; a client that talks before it gets "
+        "``421 <name> You talk too soon``.  0 sends the greeting at once.",
+        group="limits",
+    )
+
+    # -- authentication ------------------------------------------------------------------
+    authMethods: tuple[str, ...] = _option(
+        ("LOGIN", "PLAIN"),
+        "SASL mechanisms offered, in this order.",
+        group="auth",
+    )
+    authOptional: bool = _option(
+        False,
+        "Let clients send mail without authenticating (AUTH is still offered).",
+        group="auth",
+    )
+    allowInsecureAuth: bool = _option(
+        False,
+        "Allow AUTH on a connection that is not encrypted.",
+        group="auth",
+    )
+    authRequiredMessage: str = _option(
+        "Error: authentication Required",
+        "Text of the 530 reply sent for MAIL, RCPT and DATA before authentication.",
+        group="auth",
+    )
+
+    def __post_init__(self) -> None:
+        # Normalise lists the way the reference does: command and mechanism names in
+        # upper case.  The dataclass is frozen, hence object.__setattr__.
+        object.__setattr__(
+            self, "disabledCommands", tuple(c.upper() for c in _strings(self, "disabledCommands"))
+        )
+        object.__setattr__(
+            self, "authMethods", tuple(m.upper() for m in _strings(self, "authMethods"))
+        )
+        for spec in optionSpecs():
+            spec.check(getattr(self, spec.name))
+
+    @property
+    def enhancedStatusCodes(self) -> bool:
+        """
+        Whether replies carry RFC 3463 codes, after resolving the LMTP-dependent default.
+        """
+        if self.hideENHANCEDSTATUSCODES is None:
+            return self.lmtp
+        return not self.hideENHANCEDSTATUSCODES
+
+    @classmethod
+    def fromMapping(cls, options: Mapping[str, object]) -> ServerOptions:
+        """
+        Build options from a mapping of option names, refusing unknown names with a
+        sentence that lists the known ones.
+        """
+        known = {spec.name for spec in optionSpecs()}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}; known options are: {', '.join(sorted(known))}"
+            )
+        return cls(**options)  # type: ignore[arg-type]
+
+
+def _strings(options: ServerOptions, name: str) -> tuple[str, ...]:
+    value = getattr(options, name)
+    if isinstance(value, str):
+        # A lone string is almost certainly a mistake for a one-element list; accept the
+        # comma-separated form the command line uses.
+        value = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not isinstance(value, (tuple, list, frozenset, set)) or not all(
+        isinstance(item, str) for item in value
+    ):
+        raise ValueError(f"option {name} must be a list of strings, not {value!r}")
+    return tuple(value)
+
+
+_KINDS: Final = {
+    "str": (str,),
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
+    "bool | None": (bool, type(None)),
+    "str | None": (str, type(None)),
+    "tuple[str, ...]": (tuple,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """
+    What the documentation and the command line need to know about one option.
+    """
+
+    name: str
+    kind: str
+    default: object
+    defaultText: str | None
+    doc: str
+    choices: tuple[str, ...]
+    cli: bool
+    group: str
+
+    @property
+    def flag(self) -> str:
+        """
+        The command-line flag, without dashes: ``maxClients`` becomes ``max-clients``.
+        """
+        return _kebab(self.name)
+
+    @property
+    def shownDefault(self) -> str:
+        """
+        The default as the documentation shows it.
+        """
+        if self.defaultText is not None:
+            return self.defaultText
+        if self.default is None:
+            return "unset"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, tuple):
+            return ", ".join(self.default) if self.default else "none"
+        if isinstance(self.default, str):
+            return repr(self.default) if self.default else "empty"
+        return str(self.default)
+
+    def check(self, value: object) -> None:
+        """
+        Raise L{ValueError} when C{value} is not acceptable for this option.
+        """
+        allowed = _KINDS[self.kind]
+        # bool is a subclass of int: refuse True where a number is meant.
+        if isinstance(value, bool) and bool not in allowed:
+            raise ValueError(f"option {self.name} must be {self.kind}, not {value!r}")
+        if not isinstance(value, allowed):
+            raise ValueError(f"option {self.name} must be {self.kind}, not {value!r}")
+        if self.choices and value not in self.choices:
+            raise ValueError(
+                f"option {self.name} must be one of {', '.join(self.choices)}, not {value!r}"
+            )
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"option {self.name} must not be negative, not {value!r}")
+        if self.name in ("maxClients", "maxCommandLength") and value is not None and value < 1:
+            raise ValueError(f"option {self.name} must be at least 1, not {value!r}")
+        if self.name == "name" and (not value or any(c in " \r\n" for c in str(value))):
+            raise ValueError(f"option name must be a host name without spaces, not {value!r}")
+        if isinstance(value, str) and any(c in str(value) for c in "\r\n\x00"):
+            raise ValueError(f"option {self.name} must not contain CR, LF or NUL")
+
+
+def _kebab(name: str) -> str:
+    # Split before an upper-case letter or a digit that follows a lower-case letter, so
+    # that runs of capitals stay whole: hide8BITMIME -> hide-8bitmime,
+    # useXClient -> use-xclient, maxClients -> max-clients.
+    return re.sub(r"(?<=[a-z])(?=[A-Z0-9])", "-", name).lower()
+
+
+def _spec(f: Field[Any]) -> OptionSpec:
+    default = f.default if f.default is not MISSING else None
+    return OptionSpec(
+        name=f.name,
+        kind=str(f.type),
+        default=default,
+        defaultText=f.metadata["defaultText"],
+        doc=f.metadata["doc"],
+        choices=f.metadata["choices"],
+        cli=f.metadata["cli"],
+        group=f.metadata["group"],
+    )
+
+
+_SPECS: Final = tuple(_spec(f) for f in fields(ServerOptions))
+
+
+def optionSpecs() -> Iterator[OptionSpec]:
+    """
+    Every option, in declaration order.
+    """
+    return iter(_SPECS)
