@@ -138,7 +138,8 @@ class ServerOptions:
     )
     socketTimeout: float = _option(
         60.0,
-        "Seconds without traffic either way before ``421 Timeout - closing connection``.",
+        "Seconds without traffic either way before ``421 Timeout - closing connection``; "
+        "0 turns the timeout off.",
         group="limits",
     )
     closeTimeout: float = _option(
@@ -306,7 +307,11 @@ class OptionSpec:
             )
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"option {self.name} must not be negative, not {value!r}")
-        if self.name in ("maxClients", "maxCommandLength") and value is not None and value < 1:
+        if (
+            self.name in ("maxClients", "maxCommandLength")
+            and isinstance(value, int)
+            and value < 1
+        ):
             raise ValueError(f"option {self.name} must be at least 1, not {value!r}")
         if self.name == "name" and (not value or any(c in " \r\n" for c in str(value))):
             raise ValueError(f"option name must be a host name without spaces, not {value!r}")

@@ -1,0 +1,628 @@
+"""
+The server side of one SMTP or LMTP conversation, without any I/O.
+
+L{ServerConnection} takes complete command lines (bytes, without the CRLF) and returns
+what to do next: an action.  An action is either a reply to send (L{Send}) or a question
+for the application's handlers (L{CheckMail}, L{CheckRcpt}, L{StartData}); the glue asks
+the handlers and gives their answer back (L{ServerConnection.mailChecked} and its kin),
+which returns the reply.  The glue never decides what is legal or what a reply says; this
+module never touches a socket, a clock or a Deferred.
+
+Every received line goes through the same checks, in the reference's order (behaviour
+spec section 4.2): shutdown, HTTP guard, characters, the verb, LMTP's HELO/EHLO refusal,
+unknown or disabled commands, the unauthenticated-command limit, "send HELO first",
+"authentication required", and only then the command itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Final, TypeAlias
+
+from .._errors import SMTPError
+from .._options import ServerOptions
+from . import _replies as R
+from ._grammar import GrammarError, decodeXtext, isValidHeloName, parseMailbox, splitPathCommand
+from ._replies import Reply
+from ._session import Address, Envelope, EnvelopeDSN, RecipientDSN, Session
+from ._states import COMMANDS, State, needsHello, transition
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """
+    Write C{data}; then close the connection if C{close}.
+    """
+
+    data: bytes
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CheckMail:
+    """
+    Ask the L{IMailFromHandler}s about C{address}, then call
+    L{ServerConnection.mailChecked}.  C{session.envelope} already holds the transaction's
+    parameters (BODY, SMTPUTF8 ...) while they decide.
+    """
+
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRcpt:
+    """
+    Ask the L{IRcptToHandler}s about C{address}, then call L{ServerConnection.rcptChecked}.
+    """
+
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class StartData:
+    """
+    Start the L{IDataHandler}s, then call L{ServerConnection.dataStarted} for the 354 and
+    feed the following bytes to a L{DataDecoder} until the final dot.
+    """
+
+
+Action: TypeAlias = Send | CheckMail | CheckRcpt | StartData
+
+#: What one handler may answer for a message (or for one LMTP recipient): L{None} for
+#: the default acceptance, a string for acceptance with that text, or a refusal.
+Outcome: TypeAlias = str | SMTPError | None
+
+_HTTP: Final = re.compile(
+    r"(OPTIONS|GET|HEAD|POST|PUT|DELETE|TRACE|CONNECT) /.* HTTP/\d\.\d\Z", re.IGNORECASE
+)
+_HTTP_VERBS: Final = frozenset(("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT"))
+_START_DATA: Final = StartData()
+_NOTIFY_VALUES: Final = frozenset(("NEVER", "SUCCESS", "FAILURE", "DELAY"))
+_ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;.+\Z", re.DOTALL)
+
+
+class ServerConnection:
+    """
+    The protocol state of one connection.
+
+    @ivar session: the L{Session} handlers see; this object keeps it current.
+    @ivar state: where the conversation is (see L{smtpsvc._core._states}).
+    @ivar closing: set when the server shuts down: every further command gets 421.
+    """
+
+    __slots__ = (
+        "_enhanced",
+        "_options",
+        "_unauthenticated",
+        "_unrecognized",
+        "_pendingEnvelope",
+        "closing",
+        "session",
+        "state",
+    )
+
+    def __init__(self, options: ServerOptions, session: Session) -> None:
+        self._options = options
+        self._enhanced = options.enhancedStatusCodes
+        self.session = session
+        session.lmtp = options.lmtp
+        session.envelope = self._freshEnvelope()
+        self.state = State.GREETED
+        self.closing = False
+        self._unrecognized = 0
+        self._unauthenticated = 0
+        # The envelope to restore if MAIL FROM's handlers refuse the sender.
+        self._pendingEnvelope: Envelope | None = None
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def _send(self, reply: Reply, close: bool = False) -> Send:
+        if reply.code >= 400:
+            if reply.enhanced and self._enhanced:
+                self.session.error = f"{reply.code} {reply.enhanced} {reply.text}"
+            else:
+                self.session.error = f"{reply.code} {reply.text}"
+        return Send(reply.encode(self._enhanced), close or reply.closes)
+
+    def _sendAll(self, replies: Sequence[Reply]) -> Send:
+        # Several replies in one write (LMTP's per-recipient replies after DATA).
+        sends = [self._send(r) for r in replies]
+        return Send(b"".join(s.data for s in sends), any(s.close for s in sends))
+
+    def greeting(self) -> Send:
+        """
+        The greeting: C{220 <name> ESMTP[ <banner>]} (C{LMTP} in LMTP mode).  RFC 2034
+        section 4 keeps enhanced codes off the greeting.
+        """
+        o = self._options
+        text = f"{o.name} {'LMTP' if o.lmtp else 'ESMTP'}"
+        if o.banner:
+            text = f"{text} {o.banner}"
+        return self._send(Reply(220, (text,)))
+
+    def refuseConnection(self, error: SMTPError) -> Send:
+        """
+        The reply to a connection an L{IConnectHandler} refused, instead of the greeting;
+        the connection closes after it.
+        """
+        return self._send(Reply(error.code, error.lines), close=True)
+
+    def tooManyClients(self) -> Send:
+        """
+        The reply to a connection over C{maxClients}.
+        """
+        text = R.TOO_MANY_CLIENTS_TEXT.format(name=self._options.name)
+        return self._send(Reply(421, (text,)))
+
+    def talkTooSoon(self) -> Send:
+        """
+        The reply to a client that sent something before the greeting.
+        """
+        return self._send(Reply(421, (R.TOO_SOON_TEXT.format(name=self._options.name),)))
+
+    def timedOut(self) -> Send:
+        """
+        The reply when nothing moved for C{socketTimeout} seconds.
+        """
+        return self._send(R.TIMEOUT)
+
+    def shutDown(self) -> Send:
+        """
+        The reply sent when the server closes a connection on shutdown.
+        """
+        return self._send(R.SHUTTING_DOWN)
+
+    @property
+    def idle(self) -> bool:
+        """
+        Whether no mail transaction is open, so shutting the connection down loses
+        nothing the client has not been told about.
+        """
+        return self.state in (State.GREETED, State.READY)
+
+    # -- command lines ---------------------------------------------------------------------
+
+    @property
+    def lineLimit(self) -> int:
+        """
+        The longest command line, in bytes without CRLF, accepted now.
+        """
+        return self._options.maxCommandLength
+
+    def lineTooLong(self) -> Send:
+        """
+        The reply to a command line longer than L{lineLimit}, whose bytes were discarded.
+        It counts as an unrecognised command.
+        """
+        return self._unrecognizedCommand(R.LINE_TOO_LONG)
+
+    def receiveLine(self, raw: bytes) -> Action:
+        """
+        Handle one command line (without its CRLF) and say what to do.
+        """
+        if self.closing:
+            return self._send(R.SHUTTING_DOWN)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._unrecognizedCommand(R.INVALID_CHARACTERS)
+        # CRLF is the only line end (RFC 5321 section 2.3.8): a bare CR or LF inside the
+        # line is not a second line, and a NUL has no business in a command.
+        if "\r" in line or "\n" in line or "\x00" in line:
+            return self._unrecognizedCommand(R.INVALID_CHARACTERS)
+        verb, _, argument = line.partition(" ")
+        verb = verb.upper()
+        if verb in _HTTP_VERBS and _HTTP.match(line):
+            return self._send(R.HTTP_REFUSED)
+        options = self._options
+        if options.lmtp and verb in ("HELO", "EHLO"):
+            return self._send(R.HELO_NOT_IN_LMTP if verb == "HELO" else R.EHLO_NOT_IN_LMTP)
+        if not self._available(verb):
+            return self._unrecognizedCommand(R.UNRECOGNIZED)
+        if verb != "AUTH" and self._authRequired:
+            self._unauthenticated += 1
+            limit = options.maxAllowedUnauthenticatedCommands
+            if limit is not None and self._unauthenticated >= limit:
+                return self._send(R.TOO_MANY_UNAUTHENTICATED)
+        if self.state is State.GREETED and needsHello(verb):
+            return self._send(R.SEND_LHLO_FIRST if options.lmtp else R.SEND_HELO_FIRST)
+        if verb in ("MAIL", "RCPT", "DATA") and self._authRequired:
+            return self._send(R.reply(530, options.authRequiredMessage, "5.7.0"))
+        return self._COMMANDS[verb](self, verb, argument, line)
+
+    def _available(self, verb: str) -> bool:
+        if verb not in COMMANDS:
+            return False
+        options = self._options
+        # LMTP's LHLO is EHLO for the purpose of disabling it (as in the reference).
+        key = "EHLO" if verb == "LHLO" else verb
+        if key in options.disabledCommands:
+            return False
+        if verb == "LHLO":
+            return options.lmtp
+        return verb in self._COMMANDS
+
+    @property
+    def _authEnabled(self) -> bool:
+        options = self._options
+        return (
+            "AUTH" in self._COMMANDS
+            and "AUTH" not in options.disabledCommands
+            and bool(options.authMethods)
+        )
+
+    @property
+    def _authRequired(self) -> bool:
+        return (
+            self._authEnabled and not self._options.authOptional and self.session.user is None
+        )
+
+    def _unrecognizedCommand(self, reply: Reply) -> Send:
+        self._unrecognized += 1
+        limit = self._options.maxUnrecognizedCommands
+        if limit is not None and self._unrecognized >= limit:
+            return self._send(R.TOO_MANY_UNRECOGNIZED)
+        return self._send(reply)
+
+    def _sequence(self, verb: str) -> State | Send:
+        after = transition(self.state, verb)
+        if isinstance(after, Reply):
+            return self._send(after)
+        return after
+
+    # -- session commands ------------------------------------------------------------------
+
+    def _hello(self, verb: str, argument: str, line: str) -> Send:
+        args = argument.split()
+        if len(args) != 1 or not isValidHeloName(args[0]):
+            syntax = {"HELO": R.HELO_SYNTAX, "EHLO": R.EHLO_SYNTAX}.get(verb, R.LHLO_SYNTAX)
+            return self._send(syntax)
+        after = self._sequence(verb)
+        if isinstance(after, Send):
+            return after
+        session = self.session
+        session.openingCommand = verb
+        session.hostNameAppearsAs = args[0].lower()
+        self._resetTransaction()
+        self.state = after
+        first = self._heloText()
+        if verb == "HELO":
+            return self._send(Reply(250, (first,)))
+        return self._send(Reply(250, (first, *self.extensions())))
+
+    def _heloText(self) -> str:
+        # Each %s in order: the server name, the client's host name, then nothing.
+        pieces = self._options.heloResponse.split("%s")
+        values = [self._options.name, self.session.clientHostname]
+        out = [pieces[0]]
+        for i, piece in enumerate(pieces[1:]):
+            out.append(values[i] if i < len(values) else "")
+            out.append(piece)
+        return "".join(out)
+
+    def extensions(self) -> list[str]:
+        """
+        The EHLO keywords for this session, in the reference's order.
+        """
+        o = self._options
+        session = self.session
+        out = []
+        if not o.hidePIPELINING:
+            out.append("PIPELINING")
+        if not o.hide8BITMIME:
+            out.append("8BITMIME")
+        if not o.hideSMTPUTF8:
+            out.append("SMTPUTF8")
+        if self._enhanced:
+            out.append("ENHANCEDSTATUSCODES")
+        if not o.hideDSN:
+            out.append("DSN")
+        if self._authEnabled and session.user is None:
+            out.append("AUTH " + " ".join(o.authMethods))
+        if session.secure and not o.hideREQUIRETLS:
+            out.append("REQUIRETLS")
+        if o.size:
+            out.append("SIZE" if o.hideSize else f"SIZE {o.size}")
+        return out
+
+    def _rset(self, verb: str, argument: str, line: str) -> Send:
+        after = self._sequence(verb)
+        if isinstance(after, Send):
+            return after
+        self._resetTransaction()
+        self.state = after
+        return self._send(R.FLUSHED)
+
+    def _noop(self, verb: str, argument: str, line: str) -> Send:
+        return self._send(R.OK)
+
+    def _help(self, verb: str, argument: str, line: str) -> Send:
+        return self._send(R.HELP)
+
+    def _vrfy(self, verb: str, argument: str, line: str) -> Send:
+        return self._send(R.VRFY)
+
+    def _quit(self, verb: str, argument: str, line: str) -> Send:
+        return self._send(R.BYE, close=True)
+
+    def _wiz(self, verb: str, argument: str, line: str) -> Send:
+        if not argument.strip():
+            return self._send(R.NO_WIZARD)
+        self.session.isWizard = True
+        return self._send(R.WIZARD)
+
+    def _shell(self, verb: str, argument: str, line: str) -> Send:
+        return self._send(R.SHELL_WIZARD if self.session.isWizard else R.SHELL_MORTAL)
+
+    def _kill(self, verb: str, argument: str, line: str) -> Send:
+        return self._send(R.KILL)
+
+    # -- the mail transaction --------------------------------------------------------------
+
+    def _freshEnvelope(self) -> Envelope:
+        return Envelope(dsn=None if self._options.hideDSN else EnvelopeDSN())
+
+    def _resetTransaction(self) -> None:
+        self.session.envelope = self._freshEnvelope()
+        self._pendingEnvelope = None
+
+    def _mail(self, verb: str, argument: str, line: str) -> Action:
+        o = self._options
+        try:
+            command = splitPathCommand(line, "MAIL FROM")
+            mailbox = parseMailbox(command.path, lenient=o.lenientAddressParsing)
+        except GrammarError:
+            return self._send(R.BAD_SENDER)
+        after = self._sequence(verb)
+        if isinstance(after, Send):
+            return after
+        params = command.params
+        envelope = self._freshEnvelope()
+        if "SIZE" in params:
+            size = params["SIZE"]
+            if size is None or not size.isdigit() or not size.isascii():
+                return self._send(R.BAD_SIZE)
+            if o.size and not o.hideSize and int(size) > o.size:
+                return self._send(
+                    R.reply(552, R.TOO_BIG_TEXT.format(size=o.size), R.TOO_BIG_ENHANCED)
+                )
+        if "BODY" in params:
+            body = (params["BODY"] or "").upper()
+            if body not in ("7BIT", "8BITMIME"):
+                return self._send(R.BAD_BODY)
+            envelope = replace(envelope, bodyType=body.lower())
+        if "SMTPUTF8" in params:
+            if params["SMTPUTF8"] is not None:
+                return self._send(R.BAD_SMTPUTF8)
+            envelope = replace(envelope, smtpUtf8=True)
+        if not mailbox.isascii() and not envelope.smtpUtf8:
+            return self._send(R.SENDER_NEEDS_SMTPUTF8)
+        if "REQUIRETLS" in params:
+            if not self.session.secure:
+                return self._send(R.REQUIRETLS_PLAINTEXT)
+            if params["REQUIRETLS"] is not None:
+                return self._send(R.BAD_REQUIRETLS)
+            envelope = replace(envelope, requireTLS=True)
+        if not o.hideDSN:
+            ret = params.get("RET", "")
+            if "RET" in params and (ret is None or ret.upper() not in ("FULL", "HDRS")):
+                return self._send(R.BAD_RET)
+            envid = params.get("ENVID", "")
+            if "ENVID" in params and not _strictXtext(command.raw["ENVID"], 100):
+                return self._send(R.BAD_ENVID)
+            envelope = replace(
+                envelope,
+                dsn=EnvelopeDSN(
+                    ret=ret.upper() if ret else None, envid=envid if envid else None
+                ),
+            )
+        self._pendingEnvelope = self.session.envelope
+        self.session.envelope = envelope
+        return CheckMail(Address(mailbox, _args(params)))
+
+    def mailChecked(self, address: Address, error: SMTPError | None) -> Send:
+        """
+        The handlers' answer about the sender of the last L{CheckMail}: accept it when
+        C{error} is L{None}, else refuse it with that error.
+        """
+        if error is not None:
+            if self._pendingEnvelope is not None:
+                self.session.envelope = self._pendingEnvelope
+            self._pendingEnvelope = None
+            return self._send(R.fromError(error))
+        self._pendingEnvelope = None
+        self.session.envelope = replace(self.session.envelope, mailFrom=address)
+        self.state = State.MAIL
+        return self._send(R.MAIL_OK)
+
+    def _rcpt(self, verb: str, argument: str, line: str) -> Action:
+        o = self._options
+        try:
+            command = splitPathCommand(line, "RCPT TO")
+            mailbox = parseMailbox(
+                command.path, lenient=o.lenientAddressParsing, allowPostmaster=True
+            )
+        except GrammarError:
+            return self._send(R.BAD_RECIPIENT)
+        if not mailbox:
+            return self._send(R.BAD_RECIPIENT)
+        after = self._sequence(verb)
+        if isinstance(after, Send):
+            return after
+        if not mailbox.isascii() and not self.session.envelope.smtpUtf8:
+            return self._send(R.RECIPIENT_NEEDS_SMTPUTF8)
+        params = command.params
+        dsn = None
+        if not o.hideDSN and ("NOTIFY" in params or "ORCPT" in params):
+            notify: tuple[str, ...] | None = None
+            if "NOTIFY" in params:
+                value = params["NOTIFY"]
+                notify = tuple(v.strip().upper() for v in (value or "").split(","))
+                if value is None or not set(notify) <= _NOTIFY_VALUES or "" in notify:
+                    return self._send(R.BAD_NOTIFY)
+                if "NEVER" in notify and len(notify) > 1:
+                    return self._send(R.NOTIFY_NEVER_COMBINED)
+            orcpt = params.get("ORCPT")
+            if "ORCPT" in params and not _validOrcpt(command.raw["ORCPT"]):
+                return self._send(R.BAD_ORCPT)
+            dsn = RecipientDSN(notify=notify, orcpt=orcpt)
+        return CheckRcpt(Address(mailbox, _args(params), dsn))
+
+    def rcptChecked(self, address: Address, error: SMTPError | None) -> Send:
+        """
+        The handlers' answer about the recipient of the last L{CheckRcpt}.
+        """
+        if error is not None:
+            return self._send(R.fromError(error))
+        envelope = self.session.envelope
+        recipients = envelope.rcptTo
+        if not self._options.lmtp:
+            # In SMTP a repeated recipient replaces the earlier one (the reference's
+            # behaviour); LMTP keeps every one, since each gets its own final reply.
+            folded = address.address.casefold()
+            recipients = tuple(r for r in recipients if r.address.casefold() != folded)
+        self.session.envelope = replace(envelope, rcptTo=(*recipients, address))
+        self.state = State.RCPT
+        return self._send(R.RCPT_OK)
+
+    def _data(self, verb: str, argument: str, line: str) -> Action:
+        after = self._sequence(verb)
+        if isinstance(after, Send):
+            return after
+        if argument.strip():
+            return self._send(R.DATA_SYNTAX)
+        self.state = after
+        return _START_DATA
+
+    def dataStarted(self) -> Send:
+        """
+        The 354 that invites the message, once the data handlers have been started.
+        """
+        return self._send(R.START_DATA)
+
+    def dataFinished(
+        self,
+        outcomes: Sequence[Sequence[Outcome]],
+        *,
+        tooLarge: bool = False,
+        bareLineEndings: bool = False,
+    ) -> Send:
+        """
+        The final reply (in LMTP, one per recipient) once the message has ended and every
+        data handler has answered, and the start of a new transaction.
+
+        @param outcomes: for each data handler in registration order, its answer for each
+            recipient (a single answer in SMTP), as L{normalizeDataResult} makes them.
+            For each recipient the first refusal wins; otherwise the last custom text, or
+            the default text.
+        @param tooLarge: the message went over C{size}: 552 whatever the handlers said.
+        @param bareLineEndings: the message had a bare CR or LF under the C{reject} policy.
+        """
+        lmtp = self._options.lmtp
+        count = len(self.session.envelope.rcptTo) if lmtp else 1
+        if tooLarge:
+            reply = R.reply(552, R.TOO_BIG_TEXT.format(size=self._options.size), R.TOO_BIG_ENHANCED)
+            replies = [reply] * count
+        elif bareLineEndings:
+            replies = [R.BARE_LINE_ENDING] * count
+        else:
+            default = R.MESSAGE_ACCEPTED_TEXT if lmtp else R.MESSAGE_QUEUED_TEXT
+            replies = [_combine(outcomes, i, default) for i in range(count)]
+        send = self._sendAll(replies)
+        self.session.transaction += 1
+        self._unrecognized = 0
+        self._resetTransaction()
+        self.state = State.READY
+        return send
+
+    _COMMANDS: Final[dict[str, Callable[[ServerConnection, str, str, str], Action]]] = {
+        "HELO": _hello,
+        "EHLO": _hello,
+        "LHLO": _hello,
+        "MAIL": _mail,
+        "RCPT": _rcpt,
+        "DATA": _data,
+        "RSET": _rset,
+        "NOOP": _noop,
+        "HELP": _help,
+        "VRFY": _vrfy,
+        "QUIT": _quit,
+        "WIZ": _wiz,
+        "SHELL": _shell,
+        "KILL": _kill,
+    }
+
+
+def _args(params: dict[str, str | None]) -> MappingProxyType[str, str | bool]:
+    return MappingProxyType({k: True if v is None else v for k, v in params.items()})
+
+
+def _strictXtext(raw: str | None, limit: int) -> bool:
+    # RFC 3461 section 4: ENVID and ORCPT's address are xtext, checked strictly here
+    # although other parameters are decoded leniently.
+    if not raw:
+        return False
+    try:
+        decoded = decodeXtext(raw)
+    except GrammarError:
+        return False
+    return len(decoded) <= limit
+
+
+def _validOrcpt(raw: str | None) -> bool:
+    # ORCPT = addr-type ";" xtext, at most 500 characters (RFC 3461 section 4.2).
+    if raw is None or not _ORCPT.match(raw):
+        return False
+    return _strictXtext(raw.partition(";")[2], 500)
+
+
+def _combine(outcomes: Sequence[Sequence[Outcome]], index: int, default: str) -> Reply:
+    text = None
+    for perRecipient in outcomes:
+        outcome = perRecipient[index]
+        if isinstance(outcome, SMTPError):
+            return R.fromError(outcome)
+        if outcome is not None:
+            text = outcome
+    return Reply(250, (text if text is not None else default,), R.DATA_ENHANCED)
+
+
+def normalizeDataResult(result: object, recipients: int, lmtp: bool) -> tuple[Outcome, ...]:
+    """
+    Turn what one data handler answered into one outcome per reply slot: one slot in
+    SMTP, one per recipient in LMTP.
+
+    A handler answers L{None}, a string, or (LMTP only) a sequence with one such answer or
+    L{SMTPError} per recipient.  Refusals are raised, not returned, so an L{SMTPError}
+    arrives here only inside a sequence.
+
+    @raise ValueError: for any other answer, which the glue treats as a handler failure.
+    """
+    slots = recipients if lmtp else 1
+    if result is None or isinstance(result, str):
+        _checkText(result)
+        return (result,) * slots
+    if isinstance(result, (list, tuple)):
+        if not lmtp:
+            raise ValueError("a list of results is only meaningful in LMTP mode")
+        if len(result) != recipients:
+            raise ValueError(
+                f"the data handler gave {len(result)} results for {recipients} recipients"
+            )
+        out: list[Outcome] = []
+        for item in result:
+            if not (item is None or isinstance(item, (str, SMTPError))):
+                raise ValueError(f"unexpected per-recipient result {item!r}")
+            if isinstance(item, str):
+                _checkText(item)
+            out.append(item)
+        return tuple(out)
+    raise ValueError(f"unexpected data handler result {result!r}")
+
+
+def _checkText(text: str | None) -> None:
+    if text is not None and ("\r" in text or "\n" in text):
+        raise ValueError("reply text must not contain CR or LF")

@@ -1,0 +1,142 @@
+"""
+The DATA decoder: turns the dot-stuffed bytes after ``354`` into the message.
+
+The model, which is RFC 5321's (sections 4.1.1.4 and 4.5.2) and nothing looser:
+
+1. The data is a sequence of lines ended by CRLF.  A bare CR or a bare LF is an ordinary
+   byte inside a line; it never ends one.
+2. The line that is exactly ``.`` ends the data.  So the end is ``CRLF . CRLF``, or
+   ``. CRLF`` as the very first line.  No other form (``LF . LF``, ``CR . CR``,
+   ``LF . CRLF`` ...) ends it, which is what makes SMTP smuggling impossible here.
+3. A line that starts with ``.`` loses that first dot.
+4. Only then are bare CRs and LFs dealt with, by the chosen policy: ``normalize`` turns
+   each into CRLF, ``reject`` marks the message as refused, ``pass`` keeps them.
+
+The decoder works on chunks of any size: it never looks at lines one at a time.  It finds
+the end with C{bytes.find} and unstuffs with one C{bytes.replace}, pretending the data
+starts after a CRLF so that the first line needs no special case.  Up to four bytes that
+could begin the terminator are held back between chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_END: Final = b"\r\n.\r\n"
+_STUFFED: Final = b"\r\n."
+_CRLF: Final = b"\r\n"
+
+
+class DataDecoder:
+    """
+    Decode one message.
+
+    @ivar byteLength: bytes of message produced so far (after unstuffing and the
+        line-ending policy; the terminator is not counted).
+    @ivar sizeExceeded: whether C{byteLength} went over the limit.
+    @ivar bareLineEndings: whether a bare CR or LF was seen (under any policy).
+    @ivar done: whether the terminator was seen.
+    """
+
+    __slots__ = (
+        "_limit",
+        "_pending",
+        "_policy",
+        "_skip",
+        "bareLineEndings",
+        "byteLength",
+        "done",
+        "sizeExceeded",
+    )
+
+    def __init__(self, limit: int = 0, policy: str = "normalize") -> None:
+        """
+        @param limit: the size limit in bytes, 0 for none.
+        @param policy: C{"normalize"}, C{"reject"} or C{"pass"} for bare CR and LF.
+        """
+        if policy not in ("normalize", "reject", "pass"):
+            raise ValueError(f"unknown bare line ending policy {policy!r}")
+        self._limit = limit
+        self._policy = policy
+        # The data starts as if after a CRLF; these two bytes are dropped from the output.
+        self._pending = _CRLF
+        self._skip = 2
+        self.byteLength = 0
+        self.sizeExceeded = False
+        self.bareLineEndings = False
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
+        """
+        Decode the next chunk.
+
+        @return: the message bytes this chunk completes, and, once the terminator has been
+            seen, the bytes that followed it (the next commands), else L{None}.
+        """
+        if self.done:
+            raise RuntimeError("the message has already ended")
+        buf = self._pending + data if self._pending else data
+        end = buf.find(_END)
+        if end >= 0:
+            # The CRLF before the dot is the message's last line ending.
+            part = buf[: end + 2]
+            rest: bytes | None = buf[end + 5 :]
+            self._pending = b""
+            self.done = True
+        else:
+            hold = _heldBack(buf)
+            if hold:
+                part = buf[:-hold]
+                self._pending = buf[-hold:]
+            else:
+                part = buf
+                self._pending = b""
+            rest = None
+        if _STUFFED in part:
+            part = part.replace(_STUFFED, _CRLF)
+        if self._skip:
+            skipped = min(self._skip, len(part))
+            part = part[skipped:]
+            self._skip -= skipped
+        # A part never ends inside a CRLF (a trailing CR is always held back) and never
+        # starts with the LF of one, so bare line endings can be judged part by part.
+        if part and _hasBareLineEnding(part):
+            self.bareLineEndings = True
+            if self._policy == "normalize":
+                part = part.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        self.byteLength += len(part)
+        if self._limit and self.byteLength > self._limit:
+            self.sizeExceeded = True
+        return part, rest
+
+
+def _heldBack(buf: bytes) -> int:
+    # The length of the longest end of buf that could be the start of the terminator.
+    if buf.endswith(b"\r\n.\r"):
+        return 4
+    if buf.endswith(b"\r\n."):
+        return 3
+    if buf.endswith(b"\r\n"):
+        return 2
+    if buf.endswith(b"\r"):
+        return 1
+    return 0
+
+
+def _hasBareLineEnding(part: bytes) -> bool:
+    crlf = part.count(b"\r\n")
+    return part.count(b"\r") != crlf or part.count(b"\n") != crlf
+
+
+def stuff(message: bytes) -> bytes:
+    """
+    Dot-stuff a message and add the terminator: the inverse of L{DataDecoder}, for
+    clients and tests.  The message should end with CRLF; one is added if it does not.
+    """
+    if not message:
+        return b".\r\n"
+    if not message.endswith(_CRLF):
+        message += _CRLF
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(_STUFFED, b"\r\n..") + b".\r\n"

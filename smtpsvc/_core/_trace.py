@@ -1,0 +1,73 @@
+"""
+Trace headers for final delivery: ``Return-Path`` and ``Received`` (RFC 5321 section 4.4).
+
+Everything that goes into them comes from validated tokens (the HELO name passed
+L{isValidHeloName}, addresses passed the path grammar), and anything else is neutralised
+here, so that no client input can start a new header line (standards section 2.8).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from ._session import Session
+
+_UNSAFE: Final = re.compile(r'[^\x21-\x7e]|[()<>\\";@]')
+
+
+def _token(text: str) -> str:
+    # Postfix's printable() and neuter(): anything that is not a harmless printable
+    # character becomes "?".
+    return _UNSAFE.sub("?", text) or "unknown"
+
+
+def returnPath(session: Session) -> bytes:
+    """
+    C{Return-Path: <sender>} for the current transaction.
+    """
+    sender = session.envelope.mailFrom
+    address = sender.address if sender is not None else ""
+    return f"Return-Path: <{_address(address)}>\r\n".encode()
+
+
+def _address(address: str) -> str:
+    # Addresses passed the grammar; only CR, LF and NUL could hurt a header, and the
+    # grammar already refused them, so this is belt and braces.
+    return re.sub(r"[\x00-\x1f\x7f]", "?", address)
+
+
+def receivedHeader(
+    session: Session,
+    *,
+    serverName: str,
+    date: str,
+    recipient: str | None = None,
+) -> bytes:
+    """
+    The C{Received:} header for a message of C{session}, folded over several lines.
+
+    @param serverName: the name of this server (the C{by} clause).
+    @param date: the RFC 5322 date-time to stamp.
+    @param recipient: the C{for} clause, given when the message has one recipient.
+    """
+    helo = _token(session.hostNameAppearsAs or "unknown")
+    host = session.clientHostname
+    address = session.remoteAddress
+    literal = f"[IPv6:{address}]" if ":" in address else f"[{address}]"
+    hostPart = _token(host) if host and not host.startswith("[") else ""
+    tcpInfo = f"{hostPart} {literal}" if hostPart else literal
+    lines = [f"Received: from {helo} ({tcpInfo})"]
+    tls = session.tlsOptions
+    if tls is not None:
+        lines.append(f"\t(using {_token(tls.version)} with cipher {_token(tls.name)})")
+    lines.append(
+        f"\tby {_token(serverName)} (smtpsvc) with {session.transmissionType} id {session.id}"
+        f".{session.transaction}"
+    )
+    if recipient is not None:
+        lines.append(f"\tfor <{_address(recipient)}>; {date}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{date}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")

@@ -1,0 +1,644 @@
+"""
+The Twisted side of one connection: bytes in, core actions out, handlers called.
+
+L{SMTPProtocol} is a L{LineReceiver}.  In line mode it cuts the input at CRLF (and only
+there) and hands each line to the core; in raw mode, during DATA, it hands whole chunks to
+the L{DataDecoder}, so a message costs no per-line Python work.  Everything the protocol
+does is one of: feed the core, carry out the action it returns, call the handlers it asks
+for, write what it says.
+
+Input is paused (L{pauseProducing}) for as long as any of these holds, each a separate
+reason so that one ending does not lift another: a handler's answer is pending (so
+pipelined commands are answered in order), the client is not reading our replies (we are
+the transport's producer), a data handler has too much unread message, or the protocol is
+letting other connections run after a long batch of pipelined commands.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._core._connection import (
+    CheckMail,
+    CheckRcpt,
+    Outcome,
+    Send,
+    ServerConnection,
+    StartData,
+    normalizeDataResult,
+)
+from ._core._data import DataDecoder
+from ._core._replies import HANDLER_FAILED_ERROR
+from ._core._session import Address, Session
+from ._errors import SMTPError
+from ._stream import (
+    MessageAborted,
+    MessageDone,
+    MessageRefused,
+    MessageStream,
+    MessageTooLarge,
+    _FanOut,
+)
+
+if TYPE_CHECKING:
+    from ._server import SMTPServer
+
+_log: Final = Logger(namespace="smtpsvc")
+
+# Lines handled in one go before letting the reactor serve other connections.
+_LINES_PER_TURN: Final = 100
+# Stream errors a data handler may let through without it being a bug.
+_MESSAGE_ENDINGS: Final = (MessageAborted, MessageTooLarge, MessageRefused)
+
+
+def callChain(
+    calls: Sequence[Callable[[], object]], hook: str, session: Session
+) -> SMTPError | None | Deferred[SMTPError | None]:
+    """
+    Call each of C{calls} in order until one refuses.
+
+    @return: the first refusal, or L{None} when all accepted; synchronously when every
+        handler answered synchronously (no Deferred is made on that path), else a
+        Deferred.  Unexpected exceptions are logged and become a 451.
+    """
+    for index, call in enumerate(calls):
+        try:
+            result = call()
+        except SMTPError as e:
+            return e
+        except Exception:
+            _logHandlerFailure(Failure(), hook, session)
+            return HANDLER_FAILED_ERROR
+        if isinstance(result, Deferred) or inspect.iscoroutine(result):
+            rest = calls[index + 1 :]
+
+            def accepted(_: object) -> SMTPError | None | Deferred[SMTPError | None]:
+                return callChain(rest, hook, session)
+
+            def failed(failure: Failure) -> SMTPError:
+                if isinstance(failure.value, SMTPError):
+                    return failure.value
+                _logHandlerFailure(failure, hook, session)
+                return HANDLER_FAILED_ERROR
+
+            chained: Deferred[SMTPError | None] = _ensureDeferred(result).addCallbacks(
+                accepted, failed
+            )
+            return chained
+    return None
+
+
+def _ensureDeferred(result: object) -> Deferred[Any]:
+    if isinstance(result, Deferred):
+        return result
+    assert isinstance(result, Coroutine)
+    return Deferred.fromCoroutine(result)
+
+
+def _logHandlerFailure(failure: Failure, hook: str, session: Session) -> None:
+    _log.failure(
+        "Handler failed in {hook} for session {sessionId}",
+        failure,
+        hook=hook,
+        sessionId=session.id,
+    )
+
+
+class _DataTransaction:
+    """
+    One message on its way in: the decoder, the handlers' streams, their answers, and the
+    rule that handler N sees the message end only after handlers 0..N-1 accepted it.
+    """
+
+    def __init__(self, protocol: SMTPProtocol, decoder: DataDecoder, slots: int) -> None:
+        self.protocol = protocol
+        self.decoder = decoder
+        self.slots = slots
+        self.fanOut = _FanOut(
+            pause=lambda: protocol._pause("stream"), resume=lambda: protocol._resume("stream")
+        )
+        self.answers: list[tuple[Outcome, ...] | None] = []
+        self.ended = False
+        self.failure: BaseException | None = None
+        self.aborted = False
+        self._nextToEnd = 0
+        self._finished = False
+
+    def start(self, handlers: Sequence[Callable[[MessageStream, Session], object]]) -> None:
+        session = self.protocol._core.session
+        for index, onData in enumerate(handlers):
+            stream = self.fanOut.newStream()
+            self.answers.append(None)
+            self._call(index, onData, stream, session)
+
+    def _call(
+        self,
+        index: int,
+        onData: Callable[[MessageStream, Session], object],
+        stream: MessageStream,
+        session: Session,
+    ) -> None:
+        try:
+            result = onData(stream, session)
+        except BaseException as e:
+            self._answered(index, self._fromException(Failure(e)))
+            return
+        if isinstance(result, Deferred) or inspect.iscoroutine(result):
+            _ensureDeferred(result).addCallbacks(
+                lambda value: self._answered(index, self._fromValue(value)),
+                lambda failure: self._answered(index, self._fromException(failure)),
+            )
+        else:
+            self._answered(index, self._fromValue(result))
+
+    def _fromValue(self, value: object) -> tuple[Outcome, ...]:
+        protocol = self.protocol
+        try:
+            return normalizeDataResult(value, self.slots, protocol._options.lmtp)
+        except ValueError:
+            _logHandlerFailure(Failure(), "onData", protocol._core.session)
+            return (HANDLER_FAILED_ERROR,) * self.slots
+
+    def _fromException(self, failure: Failure) -> tuple[Outcome, ...]:
+        if isinstance(failure.value, SMTPError):
+            return (failure.value,) * self.slots
+        if not isinstance(failure.value, _MESSAGE_ENDINGS):
+            # A handler that lets its stream's ending through is not a bug.
+            _logHandlerFailure(failure, "onData", self.protocol._core.session)
+        return (HANDLER_FAILED_ERROR,) * self.slots
+
+    def _answered(self, index: int, outcomes: tuple[Outcome, ...]) -> None:
+        self.answers[index] = outcomes
+        streams = self.fanOut.streams
+        streams[index].abandon()
+        if all(isinstance(o, SMTPError) for o in outcomes):
+            # The first refusal stops the chain: later handlers never see the end.
+            for later in streams[index + 1 :]:
+                later.finish(MessageRefused("refused by an earlier handler"))
+        self._advance()
+
+    def write(self, chunk: bytes) -> None:
+        decoder = self.decoder
+        fanOut = self.fanOut
+        fanOut.byteLength = decoder.byteLength
+        if self.failure is not None:
+            return
+        if decoder.sizeExceeded:
+            fanOut.sizeExceeded = True
+            self.fail(MessageTooLarge(f"message exceeds {self.protocol._options.size} bytes"))
+        elif decoder.bareLineEndings and self.protocol._options.bareLineEndings == "reject":
+            self.fail(MessageRefused("bare CR or LF in message"))
+        elif chunk:
+            fanOut.write(chunk)
+
+    def fail(self, reason: BaseException) -> None:
+        self.failure = reason
+        self.fanOut.failAll(reason)
+
+    def end(self) -> None:
+        self.ended = True
+        self._advance()
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.fail(MessageAborted("the connection was closed"))
+
+    def _advance(self) -> None:
+        if self.aborted or self._finished:
+            return
+        if self.ended and self.failure is None:
+            streams = self.fanOut.streams
+            while self._nextToEnd < len(streams):
+                index = self._nextToEnd
+                if index > 0 and self.answers[index - 1] is None:
+                    break
+                streams[index].finish(MessageDone())
+                self._nextToEnd += 1
+        if self.ended and all(answer is not None for answer in self.answers):
+            self._finished = True
+            self.protocol._dataFinished(self)
+
+
+@implementer(IPushProducer)
+class SMTPProtocol(LineReceiver):
+    """
+    One SMTP or LMTP connection.  Build it through L{smtpsvc.SMTPServer}, which is its
+    factory.
+    """
+
+    delimiter = b"\r\n"
+
+    def __init__(self, server: SMTPServer) -> None:
+        self._server = server
+        self._options = server.options
+        self._reactor = server.reactor
+        self._core: ServerConnection
+        self._buffer = b""
+        self._pos = 0
+        self._discardingLine = False
+        self._pauses: set[str] = set()
+        self._out: list[bytes] = []
+        self._data: _DataTransaction | None = None
+        self._greeted = False
+        self._closed = False
+        self._disconnected = False
+        self._handlerPending = False
+        self._lastActivity = 0.0
+        self._timeoutCall: IDelayedCall | None = None
+        self._greetCall: IDelayedCall | None = None
+        self._turnCall: IDelayedCall | None = None
+        self._abortCall: IDelayedCall | None = None
+        self.closedDeferred: Deferred[None] = Deferred()
+
+    @property
+    def session(self) -> Session:
+        """
+        The session handlers see.
+        """
+        return self._core.session
+
+    # -- connection life cycle -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        peer, host = transport.getPeer(), transport.getHost()
+        session = Session(
+            localAddress=_host(host),
+            localPort=getattr(host, "port", 0),
+            remoteAddress=_host(peer),
+            remotePort=getattr(peer, "port", 0),
+        )
+        self._core = ServerConnection(self._options, session)
+        self._server._connectionMade(self)
+        IConsumer(transport).registerProducer(self, True)
+        self._lastActivity = self._reactor.seconds()
+        if self._options.socketTimeout:
+            self._timeoutCall = self._reactor.callLater(
+                self._options.socketTimeout, self._checkIdle
+            )
+        _log.info(
+            "Connection from {remoteAddress}:{remotePort}",
+            sessionId=session.id,
+            remoteAddress=session.remoteAddress,
+            remotePort=session.remotePort,
+        )
+        limit = self._options.maxClients
+        if limit is not None and self._server.connectionCount > limit:
+            self._perform(self._core.tooManyClients())
+            return
+        if self._server.closing:
+            self._perform(self._core.shutDown())
+            return
+        delay = self._options.earlyTalkerDelay
+        if delay > 0:
+            self._greetCall = self._reactor.callLater(delay, self._greet)
+        else:
+            self._greet()
+
+    def _greet(self) -> None:
+        self._greetCall = None
+        core = self._core
+        calls = [partial(h, core.session) for h in self._server._handlersFor("onConnect")]
+        result = callChain(calls, "onConnect", core.session)
+        if isinstance(result, Deferred):
+            self._handlerPending = True
+            result.addCallback(self._greeting)
+        else:
+            self._greeting(result)
+
+    def _greeting(self, error: SMTPError | None) -> None:
+        self._handlerPending = False
+        if self._closed:
+            return
+        if error is not None:
+            self._perform(self._core.refuseConnection(error))
+            return
+        self._greeted = True
+        self._perform(self._core.greeting())
+        self._process()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._disconnected = True
+        self._closed = True
+        for call in (self._timeoutCall, self._greetCall, self._turnCall, self._abortCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._timeoutCall = self._greetCall = self._turnCall = self._abortCall = None
+        if self._data is not None:
+            self._data.abort()
+            self._data = None
+        session = self._core.session
+        _log.info("Connection closed", sessionId=session.id)
+        self._server._connectionLost(self)
+        calls = [partial(h, session) for h in self._server._handlersFor("onClose")]
+        result = callChain(calls, "onClose", session)
+        if isinstance(result, Deferred):
+            result.addBoth(lambda _: self.closedDeferred.callback(None))
+        else:
+            self.closedDeferred.callback(None)
+
+    def _checkIdle(self) -> None:
+        # Rather than resetting a timer on every read and write, note the time of the
+        # last activity and look again when the timer fires.
+        self._timeoutCall = None
+        if self._closed:
+            return
+        timeout = self._options.socketTimeout
+        idle = self._reactor.seconds() - self._lastActivity
+        if idle < timeout:
+            self._timeoutCall = self._reactor.callLater(timeout - idle, self._checkIdle)
+            return
+        _log.info("Connection timed out", sessionId=self._core.session.id)
+        self._abortData()
+        self._perform(self._core.timedOut())
+
+    def shutDown(self, force: bool) -> None:
+        """
+        The server is closing: refuse further commands, and say goodbye now if the client
+        has nothing in progress (or if C{force}).
+        """
+        if self._closed:
+            return
+        self._core.closing = True
+        idle = (
+            self._greeted
+            and self._core.idle
+            and self._data is None
+            and not self._handlerPending
+            and self._pos >= len(self._buffer)
+        )
+        if force or idle:
+            self._abortData()
+            self._perform(self._core.shutDown())
+
+    def _abortData(self) -> None:
+        if self._data is not None:
+            self._data.abort()
+            self._data = None
+
+    # -- input -----------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._lastActivity = self._reactor.seconds()
+        if not self._greeted:
+            # RFC 5321 section 4.3.1: the client waits for the greeting.  One that does
+            # not is most likely a spam engine that does not read replies.
+            if self._greetCall is not None and self._greetCall.active():
+                self._greetCall.cancel()
+            self._greetCall = None
+            self._perform(self._core.talkTooSoon())
+            return
+        self._buffer = self._buffer[self._pos :] + data if self._pos else self._buffer + data
+        self._pos = 0
+        self._process()
+
+    def _process(self) -> None:
+        if self._busyReceiving:
+            return
+        self._busyReceiving = True
+        try:
+            lines = 0
+            while not self.paused and not self._closed:
+                buffer = self._buffer
+                if self._pos >= len(buffer):
+                    break
+                if not self.line_mode:
+                    data = buffer[self._pos :]
+                    self._buffer, self._pos = b"", 0
+                    self.rawDataReceived(data)
+                    continue
+                if not self._nextLine():
+                    break
+                lines += 1
+                if lines >= _LINES_PER_TURN and not self.paused:
+                    # Let other connections have the reactor before the next batch.
+                    self._pause("turn")
+                    self._turnCall = self._reactor.callLater(0, self._nextTurn)
+        finally:
+            self._busyReceiving = False
+            if self._pos and self._pos >= len(self._buffer):
+                self._buffer, self._pos = b"", 0
+            self._flush()
+
+    def _nextTurn(self) -> None:
+        self._turnCall = None
+        self._resume("turn")
+
+    def _nextLine(self) -> bool:
+        # Take one line (or the end of a discarded over-long one) from the buffer and
+        # handle it; False when no complete line is there.
+        buffer, pos = self._buffer, self._pos
+        end = buffer.find(b"\r\n", pos)
+        limit = self._core.lineLimit
+        if self._discardingLine:
+            if end < 0:
+                # Keep nothing but a CR that may start the CRLF.
+                self._buffer = b"\r" if buffer.endswith(b"\r") else b""
+                self._pos = 0
+                return False
+            self._pos = end + 2
+            self._discardingLine = False
+            self._perform(self._core.lineTooLong())
+            return True
+        if end < 0:
+            if len(buffer) - pos > limit + 1:
+                self._discardingLine = True
+                self._buffer = b"\r" if buffer.endswith(b"\r") else b""
+                self._pos = 0
+                return True
+            return False
+        self._pos = end + 2
+        if end - pos > limit:
+            self._perform(self._core.lineTooLong())
+        else:
+            self.lineReceived(buffer[pos:end])
+        return True
+
+    def clearLineBuffer(self) -> bytes:
+        """
+        Discard and return whatever input is buffered (STARTTLS uses this: nothing the
+        client sent in clear after it may be read inside TLS).
+        """
+        rest = self._buffer[self._pos :]
+        self._buffer, self._pos = b"", 0
+        return rest
+
+    def lineReceived(self, line: bytes) -> None:
+        self._perform(self._core.receiveLine(line))
+
+    def rawDataReceived(self, data: bytes) -> None:
+        transaction = self._data
+        assert transaction is not None
+        body, rest = transaction.decoder.feed(data)
+        transaction.write(body)
+        if rest is not None:
+            # The final dot: back to commands, but none is read until the reply is out.
+            self.line_mode = 1
+            self._buffer, self._pos = rest, 0
+            self._pause("data")
+            transaction.end()
+
+    # -- carrying out actions --------------------------------------------------------------
+
+    def _perform(self, action: object) -> None:
+        kind = type(action)
+        if kind is Send:
+            assert isinstance(action, Send)
+            self._write(action.data)
+            if action.close:
+                self._closeAfterWrite()
+        elif kind is CheckMail:
+            assert isinstance(action, CheckMail)
+            self._check("onMailFrom", action.address, self._core.mailChecked)
+        elif kind is CheckRcpt:
+            assert isinstance(action, CheckRcpt)
+            self._check("onRcptTo", action.address, self._core.rcptChecked)
+        elif kind is StartData:
+            self._startData()
+        else:
+            raise TypeError(f"unknown action {action!r}")
+
+    def _check(
+        self,
+        hook: str,
+        address: Address,
+        answer: Callable[[Address, SMTPError | None], Send],
+    ) -> None:
+        session = self._core.session
+        calls = [partial(h, address, session) for h in self._server._handlersFor(hook)]
+        result = callChain(calls, hook, session)
+        if not isinstance(result, Deferred):
+            self._perform(answer(address, result))
+            return
+        self._handlerPending = True
+        self._pause("handler")
+
+        def answered(error: SMTPError | None) -> None:
+            self._handlerPending = False
+            if not self._closed:
+                self._perform(answer(address, error))
+            self._resume("handler")
+
+        result.addCallback(answered)
+
+    def _startData(self) -> None:
+        options = self._options
+        core = self._core
+        slots = len(core.session.envelope.rcptTo) if options.lmtp else 1
+        decoder = DataDecoder(options.size, options.bareLineEndings)
+        transaction = self._data = _DataTransaction(self, decoder, slots)
+        transaction.start(self._server._handlersFor("onData"))
+        self._perform(core.dataStarted())
+        self.line_mode = 0
+
+    def _dataFinished(self, transaction: _DataTransaction) -> None:
+        if transaction is not self._data:
+            return
+        self._data = None
+        decoder = transaction.decoder
+        answers = [answer for answer in transaction.answers if answer is not None]
+        session = self._core.session
+        envelope = session.envelope
+        send = self._core.dataFinished(
+            answers,
+            tooLarge=decoder.sizeExceeded,
+            bareLineEndings=decoder.bareLineEndings
+            and self._options.bareLineEndings == "reject",
+        )
+        _log.info(
+            "Message from {mailFrom} to {rcptTo}, {size} bytes: {reply}",
+            sessionId=session.id,
+            mailFrom=envelope.mailFrom.address if envelope.mailFrom else "",
+            rcptTo=[r.address for r in envelope.rcptTo],
+            size=decoder.byteLength,
+            reply=send.data.decode("ascii", "replace").rstrip("\r\n"),
+        )
+        self._perform(send)
+        self._resume("data")
+
+    # -- output and flow control -----------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self._lastActivity = self._reactor.seconds()
+        if self._busyReceiving:
+            # Replies to pipelined commands leave in one write (RFC 2920 section 3.1).
+            self._out.append(data)
+        else:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        if self._out and not self._disconnected:
+            out, self._out = self._out, []
+            assert self.transport is not None
+            self.transport.write(b"".join(out))
+
+    def _closeAfterWrite(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._flush()
+        transport = self.transport
+        assert transport is not None
+        IConsumer(transport).unregisterProducer()
+        transport.loseConnection()
+        # A client that never reads would keep the socket open for ever.
+        self._abortCall = self._reactor.callLater(
+            self._options.socketTimeout or 30.0, self._abortIfOpen
+        )
+
+    def _abortIfOpen(self) -> None:
+        self._abortCall = None
+        if not self._disconnected and self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses and self.transport is not None:
+            self.paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._pauses.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        self._pauses.discard(reason)
+        if self._pauses or not self.paused or self._disconnected:
+            return
+        self.paused = False
+        assert self.transport is not None
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._process()
+
+    # IPushProducer: the transport calls these when the client stops (and starts again)
+    # reading our replies.
+
+    def pauseProducing(self) -> None:
+        self._pause("writer")
+
+    def resumeProducing(self) -> None:
+        self._resume("writer")
+
+    def stopProducing(self) -> None:
+        self._abortData()
+
+
+def _host(address: object) -> str:
+    host = getattr(address, "host", None)
+    if isinstance(host, str):
+        # IPv4-mapped IPv6 addresses are IPv4 clients on a dual-stack socket.
+        return host.removeprefix("::ffff:") if "." in host else host
+    return str(address)

@@ -1,0 +1,248 @@
+"""
+The server object applications build: options, handlers, listening, shutting down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from ._options import ServerOptions
+from ._protocol import SMTPProtocol
+from .interfaces import (
+    ICloseHandler,
+    IConnectHandler,
+    IDataHandler,
+    IMailFromHandler,
+    IRcptToHandler,
+)
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IStreamServerEndpoint
+
+_log = Logger(namespace="smtpsvc")
+
+# Each hook, the interface that provides it.  The order is the order of a conversation.
+HOOKS: dict[str, Any] = {
+    "onConnect": IConnectHandler,
+    "onMailFrom": IMailFromHandler,
+    "onRcptTo": IRcptToHandler,
+    "onData": IDataHandler,
+    "onClose": ICloseHandler,
+}
+
+
+class SMTPServer(Factory):
+    """
+    An SMTP or LMTP server.
+
+    Build one with the handlers that decide what it accepts and the options (named as in
+    nodemailer's C{smtp-server}; see the options table in the documentation), then
+    L{listen}::
+
+        server = SMTPServer([MyHandler()], reactor=reactor, authOptional=True, size=10_000_000)
+        await server.listen("tcp:2525:interface=127.0.0.1")
+
+    It is a Twisted protocol factory, so C{endpoint.listen(server)} and
+    C{StreamServerEndpointService(endpoint, server)} work too.
+
+    @ivar options: the validated L{ServerOptions}.
+    @ivar reactor: the reactor the server's timers and listeners use.
+    """
+
+    protocol = SMTPProtocol
+
+    def __init__(
+        self, handlers: Iterable[object] = (), *, reactor: Any = None, **options: Any
+    ) -> None:
+        """
+        @param handlers: objects providing one or more of the interfaces in
+            L{smtpsvc.interfaces}; called in this order.
+        @param reactor: the reactor to use (the global one if not given).
+        @param options: the server's options; an unknown name raises L{TypeError}, a bad
+            value L{ValueError}.
+        """
+        self.options = ServerOptions.fromMapping(options)
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self.reactor = reactor
+        self._handlers: list[object] = []
+        self._byHook: dict[str, list[Callable[..., object]]] = {hook: [] for hook in HOOKS}
+        for handler in handlers:
+            self.addHandler(handler)
+        self._connections: set[SMTPProtocol] = set()
+        self._ending = 0
+        self._ports: list[IListeningPort] = []
+        self._portsStopped = False
+        self.closing = False
+        self._closeWaiters: list[Deferred[None]] = []
+        self._closedAlready = False
+        self._forceCall: IDelayedCall | None = None
+
+    # -- handlers --------------------------------------------------------------------------
+
+    @property
+    def handlers(self) -> tuple[object, ...]:
+        """
+        The registered handlers, in order.
+        """
+        return tuple(self._handlers)
+
+    def addHandler(self, handler: object) -> None:
+        """
+        Register one more handler, after the others.
+
+        @raise TypeError: when C{handler} provides none of smtpsvc's interfaces (declare
+            them with C{@implementer}).
+        """
+        hooks = [hook for hook, iface in HOOKS.items() if iface.providedBy(handler)]
+        if not hooks:
+            raise TypeError(
+                f"{handler!r} provides none of smtpsvc's handler interfaces; declare the ones "
+                "it implements with @zope.interface.implementer(IMailFromHandler, ...)"
+            )
+        self._handlers.append(handler)
+        for hook in hooks:
+            self._byHook[hook].append(getattr(handler, hook))
+
+    def _handlersFor(self, hook: str) -> list[Callable[..., object]]:
+        return self._byHook[hook]
+
+    # -- connections -----------------------------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress | None) -> SMTPProtocol:
+        protocol = SMTPProtocol(self)
+        protocol.factory = self
+        return protocol
+
+    @property
+    def connectionCount(self) -> int:
+        """
+        How many clients are connected now.
+        """
+        return len(self._connections)
+
+    @property
+    def connections(self) -> frozenset[SMTPProtocol]:
+        """
+        The open connections; each has a C{session}.
+        """
+        return frozenset(self._connections)
+
+    def _connectionMade(self, protocol: SMTPProtocol) -> None:
+        self._connections.add(protocol)
+
+    def _connectionLost(self, protocol: SMTPProtocol) -> None:
+        self._connections.discard(protocol)
+        self._ending += 1
+
+        def ended(_: object) -> None:
+            self._ending -= 1
+            self._checkClosed()
+
+        protocol.closedDeferred.addBoth(ended)
+
+    # -- listening and closing -------------------------------------------------------------
+
+    def listen(self, endpoint: str | IStreamServerEndpoint) -> Deferred[IListeningPort]:
+        """
+        Start listening on C{endpoint}, a Twisted endpoint or an endpoint string such as
+        C{"tcp:25"}, C{"tcp:2525:interface=127.0.0.1"} or C{"systemd:domain=INET:index=0"}.
+
+        @return: a Deferred that fires with the listening port.
+        """
+        if self.closing:
+            raise RuntimeError("the server is closing")
+        target: IStreamServerEndpoint = (
+            serverFromString(self.reactor, endpoint) if isinstance(endpoint, str) else endpoint
+        )
+        d = target.listen(self)
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._ports.append(port)
+            address = port.getHost()
+            _log.info(
+                "{kind} server listening on {host}:{port}",
+                kind="LMTP" if self.options.lmtp else "SMTP",
+                host=getattr(address, "host", address),
+                port=getattr(address, "port", ""),
+            )
+            return port
+
+        return d.addCallback(listening)
+
+    def close(self) -> Deferred[None]:
+        """
+        Stop listening and end every connection.
+
+        Clients with nothing in progress get C{421 Server shutting down} at once; clients
+        in a transaction may finish it, and get the 421 at their next command.  After
+        C{closeTimeout} seconds the remaining ones get the 421 and are closed whatever
+        they are doing (a message not yet answered is not lost: the client has no 250).
+
+        @return: a Deferred that fires once no connection is left and every close handler
+            has run.  Calling it again returns a Deferred for the same moment.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self._closedAlready:
+            waiter.callback(None)
+            return waiter
+        self._closeWaiters.append(waiter)
+        if self.closing:
+            return waiter
+        self.closing = True
+        _log.info(
+            "Server closing with {count} connection(s), waiting {timeout} seconds",
+            count=len(self._connections),
+            timeout=self.options.closeTimeout,
+        )
+        stops = [maybeDeferred(port.stopListening) for port in self._ports]
+
+        def stopped(_: object) -> None:
+            self._portsStopped = True
+            self._checkClosed()
+
+        gatherResults(stops).addBoth(stopped)
+        force = self.options.closeTimeout == 0
+        for protocol in list(self._connections):
+            protocol.shutDown(force=force)
+        if self._connections and not force:
+            self._forceCall = self.reactor.callLater(self.options.closeTimeout, self._force)
+        return waiter
+
+    def _force(self) -> None:
+        self._forceCall = None
+        for protocol in list(self._connections):
+            protocol.shutDown(force=True)
+        # Clients that do not read cannot be told; give them a moment, then cut them off.
+        self.reactor.callLater(1.0, self._abortRemaining)
+
+    def _abortRemaining(self) -> None:
+        for protocol in list(self._connections):
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _checkClosed(self) -> None:
+        if (
+            self.closing
+            and not self._closedAlready
+            and self._portsStopped
+            and not self._connections
+            and not self._ending
+        ):
+            if self._forceCall is not None and self._forceCall.active():
+                self._forceCall.cancel()
+            self._forceCall = None
+            self._closedAlready = True
+            _log.info("Server closed")
+            waiters, self._closeWaiters = self._closeWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)

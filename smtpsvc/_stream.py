@@ -1,0 +1,281 @@
+"""
+The message as data handlers receive it: a stream with backpressure.
+
+Each data handler gets its own L{MessageStream}.  The connection writes the decoded
+message into all of them; a stream holds at most about L{HIGH_WATER} bytes its handler has
+not taken yet before it asks the connection to stop reading from the client, and lets it
+read again below L{LOW_WATER}.  So memory per connection stays bounded whatever the size
+of the message, and a slow handler slows its client down.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .interfaces import IMessageStream
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IProtocol
+
+#: Unread bytes a stream holds before the connection stops reading from the client.
+HIGH_WATER = 256 * 1024
+#: Unread bytes below which a paused connection reads again.
+LOW_WATER = 64 * 1024
+
+
+class MessageDone(Exception):
+    """
+    The message ended normally: every byte has been delivered.
+    """
+
+
+class MessageAborted(Exception):
+    """
+    The message will not complete: the client disconnected, or the server shut down.
+    """
+
+
+class MessageTooLarge(Exception):
+    """
+    The message went over the server's C{size} limit; the client gets 552.
+    """
+
+
+class MessageRefused(Exception):
+    """
+    The message is refused before it reached this handler: a handler registered earlier
+    refused it, or it broke the bare line ending policy.
+    """
+
+
+@implementer(IMessageStream, IPushProducer)
+class MessageStream:
+    """
+    One data handler's view of the message.  See L{IMessageStream}.
+    """
+
+    def __init__(self, fanOut: _FanOut) -> None:
+        self._fanOut = fanOut
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._end: BaseException | None = None
+        self._consumer: IProtocol | None = None
+        self._iterating = False
+        self._paused = False
+        self._discarding = False
+        self._waiter: Deferred[None] | None = None
+
+    @property
+    def byteLength(self) -> int:
+        """
+        Bytes of message received so far.
+        """
+        return self._fanOut.byteLength
+
+    @property
+    def sizeExceeded(self) -> bool:
+        """
+        Whether the message went over the size limit.
+        """
+        return self._fanOut.sizeExceeded
+
+    @property
+    def backlog(self) -> int:
+        """
+        Bytes received for this handler that it has not taken yet.
+        """
+        return self._queued
+
+    # -- the handler's side ---------------------------------------------------------------
+
+    def deliverBody(self, protocol: IProtocol) -> None:
+        """
+        Deliver the message to C{protocol}: C{dataReceived} for each chunk, then
+        C{connectionLost} with L{MessageDone} or the error that ended it.  The protocol's
+        transport is this stream, a push producer it may pause.
+        """
+        if self._consumer is not None or self._iterating:
+            raise RuntimeError("the message stream already has a reader")
+        self._consumer = protocol
+        protocol.makeConnection(self)  # type: ignore[arg-type]
+        self._flush()
+
+    def __aiter__(self) -> MessageStream:
+        if self._consumer is not None:
+            raise RuntimeError("the message stream already has a reader")
+        self._iterating = True
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._queue:
+            if self._end is not None:
+                if isinstance(self._end, MessageDone):
+                    raise StopAsyncIteration
+                raise self._end
+            self._waiter = Deferred()
+            await self._waiter
+        chunk = self._queue.popleft()
+        self._queued -= len(chunk)
+        self._fanOut.drained()
+        return chunk
+
+    # IPushProducer, for deliverBody's protocol.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+        self._fanOut.drained()
+
+    def stopProducing(self) -> None:
+        self._discard()
+
+    # -- the connection's side -------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        """
+        Whether this stream wants the connection to stop reading.
+        """
+        return self._queued >= HIGH_WATER
+
+    @property
+    def hungry(self) -> bool:
+        """
+        Whether this stream has room again.
+        """
+        return self._queued <= LOW_WATER
+
+    def write(self, chunk: bytes) -> None:
+        if self._discarding or self._end is not None or not chunk:
+            return
+        if self._consumer is not None and not self._paused and not self._queue:
+            self._consumer.dataReceived(chunk)
+            return
+        self._queue.append(chunk)
+        self._queued += len(chunk)
+        self._wake()
+
+    def finish(self, reason: BaseException) -> None:
+        """
+        End the stream: L{MessageDone} after the queued data, or an error.  An error
+        drops whatever was not taken yet.
+        """
+        if self._end is not None:
+            return
+        if not isinstance(reason, MessageDone):
+            self._queue.clear()
+            self._queued = 0
+        self._end = reason
+        self._flush()
+        self._wake()
+
+    def abandon(self) -> None:
+        """
+        The handler has answered: whatever it has not taken is dropped.
+        """
+        self._discard()
+
+    def _discard(self) -> None:
+        self._discarding = True
+        self._queue.clear()
+        self._queued = 0
+        self._fanOut.drained()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def _flush(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        while self._queue and not self._paused:
+            chunk = self._queue.popleft()
+            self._queued -= len(chunk)
+            consumer.dataReceived(chunk)
+        if not self._queue and self._end is not None and not self._discarding:
+            end, self._end = self._end, _DELIVERED
+            self._discarding = True
+            consumer.connectionLost(Failure(end))
+
+
+# Marks a stream whose end has been handed to its consumer.
+_DELIVERED = MessageDone()
+
+
+class _FanOut:
+    """
+    Writes the message into every handler's stream and tells the connection when to
+    stop and start reading.
+    """
+
+    def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        self._pause = pause
+        self._resume = resume
+        self._paused = False
+        self.streams: list[MessageStream] = []
+        self.byteLength = 0
+        self.sizeExceeded = False
+
+    def newStream(self) -> MessageStream:
+        stream = MessageStream(self)
+        self.streams.append(stream)
+        return stream
+
+    def write(self, chunk: bytes) -> None:
+        for stream in self.streams:
+            stream.write(chunk)
+        if not self._paused and any(stream.full for stream in self.streams):
+            self._paused = True
+            self._pause()
+
+    def drained(self) -> None:
+        if self._paused and all(stream.hungry for stream in self.streams):
+            self._paused = False
+            self._resume()
+
+    def failAll(self, reason: BaseException) -> None:
+        for stream in self.streams:
+            stream.finish(reason)
+        self.drained()
+
+
+class _Collector(Protocol):
+    def __init__(self, done: Deferred[bytes]) -> None:
+        self._chunks: list[bytes] = []
+        self._done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(MessageDone):
+            self._done.callback(b"".join(self._chunks))
+        else:
+            self._done.errback(reason)
+
+
+def readMessage(stream: IMessageStream) -> Deferred[bytes]:
+    """
+    The whole message as bytes, once it has ended (like Twisted's C{readBody}).  It fails
+    with the error that ended the message if it did not end normally.
+
+    This holds the whole message in memory: use it for messages you know to be small,
+    or when C{size} bounds them.
+    """
+    done: Deferred[bytes] = Deferred()
+    stream.deliverBody(_Collector(done))
+    return done
+

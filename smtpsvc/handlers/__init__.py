@@ -1,0 +1,8 @@
+"""
+Built-in handlers: ready-made deliveries that ``twist smtpsvc --deliver`` and applications
+can use.
+"""
+
+from .maildir import MaildirDelivery
+
+__all__ = ["MaildirDelivery"]

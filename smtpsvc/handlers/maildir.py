@@ -1,0 +1,199 @@
+"""
+Delivery into a Maildir, the way a mail operator can trust: the message is on disk before
+the client hears 250.
+
+Each message is written to ``tmp/`` as it arrives, with ``Return-Path`` and ``Received``
+headers in front (RFC 5321 section 4.4), then the file is fsynced, renamed into ``new/``,
+and ``new/`` itself is fsynced; only then does the handler answer.  A message that fails
+on the way (the client goes away, it is too large, the disk is full) leaves nothing in
+``new/`` and its ``tmp/`` file is removed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .._core._session import Session
+from .._core._trace import receivedHeader, returnPath
+from .._errors import SMTPError
+from .._stream import MessageDone
+from ..interfaces import IDataHandler, IMessageStream
+
+_log = Logger(namespace="smtpsvc.maildir")
+_T = TypeVar("_T")
+_counter = itertools.count(1)
+
+
+def _inThread(reactor: Any) -> Callable[[Callable[[], _T]], Deferred[_T]]:
+    def run(f: Callable[[], _T]) -> Deferred[_T]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
+    return run
+
+
+@implementer(IDataHandler)
+class MaildirDelivery:
+    """
+    An L{IDataHandler} that delivers every message into the Maildir at C{path}.
+
+    @ivar path: the Maildir; C{cur}, C{new} and C{tmp} are made if missing.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        reactor: Any = None,
+        serverName: str | None = None,
+        runInThread: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+    ) -> None:
+        """
+        @param path: the Maildir directory.
+        @param reactor: whose thread pool does the fsyncs (the global reactor if not given).
+        @param serverName: the name in the C{Received} header (the host name if not given).
+        @param runInThread: how blocking disk work is run; the default is the reactor's
+            thread pool.  Tests pass a function that runs it at once.
+        """
+        self.path = os.path.abspath(path)
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        self._serverName = serverName or socket.gethostname()
+        # Maildir names carry the host name; "/" and ":" would break them.
+        self._host = self._serverName.replace("/", r"\057").replace(":", r"\072")
+        if runInThread is None:
+            if reactor is None:
+                from twisted.internet import reactor as globalReactor
+
+                reactor = globalReactor
+            runInThread = _inThread(reactor)
+        self._runInThread = runInThread
+
+    def _uniqueName(self) -> str:
+        now = time.time()
+        seconds = int(now)
+        micro = int((now - seconds) * 1_000_000)
+        return (
+            f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}"
+            f"R{secrets.token_hex(4)}.{self._host}"
+        )
+
+    def onData(self, stream: IMessageStream, session: Session) -> Deferred[str]:
+        """
+        Write the message into C{tmp/}, then make it durable in C{new/}.
+        """
+        name = self._uniqueName()
+        tmpPath = os.path.join(self.path, "tmp", name)
+        newPath = os.path.join(self.path, "new", name)
+        envelope = session.envelope
+        recipient = envelope.rcptTo[0].address if len(envelope.rcptTo) == 1 else None
+        header = returnPath(session) + receivedHeader(
+            session,
+            serverName=self._serverName,
+            date=format_datetime(datetime.now(timezone.utc)),
+            recipient=recipient,
+        )
+        try:
+            fd = os.open(tmpPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            _log.error("Cannot create {path}: {error}", path=tmpPath, error=e)
+            raise SMTPError(451, "4.3.0 Error: cannot store message") from e
+        writer = _FileWriter(fd, tmpPath)
+        writer.write(header)
+        done: Deferred[None] = Deferred()
+        writer.done = done
+        stream.deliverBody(writer)
+
+        def durable(_: None) -> Deferred[None]:
+            return self._runInThread(lambda: _commit(fd, tmpPath, newPath)).addErrback(
+                notStored
+            )
+
+        def notStored(failure: Failure) -> None:
+            failure.trap(OSError)
+            _log.failure("Cannot store {path}", failure, path=newPath)
+            _discard(None, tmpPath)
+            raise SMTPError(451, "4.3.0 Error: cannot store message")
+
+        def failed(failure: Failure) -> Failure:
+            _discard(fd, tmpPath)
+            return failure
+
+        def delivered(_: object) -> str:
+            _log.info("Delivered {path}", path=newPath, sessionId=session.id)
+            return f"OK: message queued as {name.split('.')[1]}"
+
+        return done.addErrback(failed).addCallback(durable).addCallback(delivered)
+
+
+class _FileWriter(Protocol):
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+        self.error: OSError | None = None
+        self.done: Deferred[None] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+        except OSError as e:
+            self.error = e
+
+    def dataReceived(self, data: bytes) -> None:
+        self.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        done, self.done = self.done, None
+        assert done is not None
+        if not reason.check(MessageDone):
+            done.errback(reason)
+        elif self.error is not None:
+            _log.error("Cannot write {path}: {error}", path=self.path, error=self.error)
+            done.errback(SMTPError(452, "4.3.1 Error: insufficient system storage"))
+        else:
+            done.callback(None)
+
+
+def _commit(fd: int, tmpPath: str, newPath: str) -> None:
+    # Runs in a thread: the three steps that make the message survive a crash.
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmpPath, newPath)
+    directory = os.open(os.path.dirname(newPath), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _discard(fd: int | None, path: str) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,1776 @@
+"""
+Tests for the conversation as a client sees it, reply by reply, over an in-memory
+transport: the reference's replies (behaviour spec sections 4 to 10) and the glue's
+ordering, pausing, timing and shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from smtpsvc import (
+    Address,
+    Envelope,
+    IConnectHandler,
+    IDataHandler,
+    IMailFromHandler,
+    IMessageStream,
+    IRcptToHandler,
+    MessageAborted,
+    MessageDone,
+    MessageRefused,
+    Session,
+    SMTPError,
+    SMTPServer,
+    readMessage,
+)
+from smtpsvc._stream import HIGH_WATER
+from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, stuff
+
+NAME = "mx.test"
+
+
+def makeServer(handlers: list[object] | None = None, **options: Any) -> SMTPServer:
+    """
+    A server on a fake clock with AUTH out of the way, as most tests want it.
+    """
+    options.setdefault("name", NAME)
+    options.setdefault("authOptional", True)
+    return SMTPServer(handlers or [], reactor=Clock(), **options)
+
+
+def connect(handlers: list[object] | None = None, **options: Any) -> MemoryClient:
+    return MemoryClient(makeServer(handlers, **options))
+
+
+def codes(replies: list[ServerReply]) -> list[int]:
+    return [r.code for r in replies]
+
+
+def first(replies: list[ServerReply]) -> str:
+    return f"{replies[0].code} {replies[0].lines[0]}"
+
+
+def hello(client: MemoryClient, verb: str = "EHLO") -> None:
+    assert client.send(f"{verb} client.example")[0].code == 250
+
+
+class GreetingTests(SynchronousTestCase):
+    """
+    What a client sees when it connects (spec section 4.1).
+    """
+
+    def test_greeting(self) -> None:
+        """
+        The greeting names the server and says ESMTP, without an enhanced code.
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(client.greeting, ServerReply(220, (f"{NAME} ESMTP",)))
+
+    def test_banner(self) -> None:
+        """
+        The banner follows ESMTP after one space.
+        """
+        client = connect(banner="Welcome, friend")
+        self.assertEqual(client.greeting, ServerReply(220, (f"{NAME} ESMTP Welcome, friend",)))
+
+    def test_lmtpGreeting(self) -> None:
+        """
+        An LMTP server says LMTP.
+        """
+        client = connect(lmtp=True)
+        self.assertEqual(client.greeting, ServerReply(220, (f"{NAME} LMTP",)))
+
+    def test_earlyTalker(self) -> None:
+        """
+        A client that talks before the greeting gets 421 and is closed; no greeting is
+        ever sent.
+        """
+        server = makeServer()
+        clock = server.reactor
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 1))
+        protocol = server.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"EHLO early\r\n")
+        self.assertEqual(transport.value(), f"421 {NAME} You talk too soon\r\n".encode())
+        self.assertTrue(transport.disconnecting)
+        clock.advance(1)
+        self.assertEqual(transport.value(), f"421 {NAME} You talk too soon\r\n".encode())
+
+    def test_earlyTalkerDelayOff(self) -> None:
+        """
+        With the delay at 0 the greeting is sent at once.
+        """
+        server = makeServer(earlyTalkerDelay=0)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 1))
+        server.buildProtocol(transport.getPeer()).makeConnection(transport)
+        self.assertEqual(transport.value(), f"220 {NAME} ESMTP\r\n".encode())
+
+    def test_connectHandlerRefuses(self) -> None:
+        """
+        An IConnectHandler's SMTPError is sent instead of the greeting, without an
+        enhanced code, and the connection closes.
+        """
+
+        @implementer(IConnectHandler)
+        class GoAway:
+            def onConnect(self, session: Session) -> None:
+                raise SMTPError(554, "Go away")
+
+        client = connect([GoAway()], hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(client.greeting, ServerReply(554, ("Go away",)))
+        self.assertTrue(client.closed)
+
+    def test_connectHandlerBusy(self) -> None:
+        """
+        A temporary refusal (421) works the same way.
+        """
+
+        @implementer(IConnectHandler)
+        class Busy:
+            def onConnect(self, session: Session) -> Deferred[None]:
+                d: Deferred[None] = Deferred()
+                d.errback(SMTPError(421, "Busy"))
+                return d
+
+        client = connect([Busy()])
+        self.assertEqual(client.greeting, ServerReply(421, ("Busy",)))
+        self.assertTrue(client.closed)
+
+    def test_connectHandlerPendingThenEarlyTalk(self) -> None:
+        """
+        While a connect handler is still deciding, the client must wait: talking gets 421.
+        """
+
+        @implementer(IConnectHandler)
+        class Slow:
+            def __init__(self) -> None:
+                self.d: Deferred[None] = Deferred()
+
+            def onConnect(self, session: Session) -> Deferred[None]:
+                return self.d
+
+        slow = Slow()
+        client = connect([slow])
+        self.assertIsNone(client.greeting)
+        replies = client.send("EHLO x")
+        self.assertEqual(first(replies), f"421 {NAME} You talk too soon")
+        slow.d.callback(None)
+        self.assertEqual(client.received(), [])
+
+    def test_maxClients(self) -> None:
+        """
+        The connection over maxClients gets 421 and is closed; the others are served.
+        """
+        server = makeServer(maxClients=2)
+        a, b = MemoryClient(server), MemoryClient(server)
+        c = MemoryClient(server)
+        self.assertEqual(codes([a.greeting, b.greeting]), [220, 220])  # type: ignore[list-item]
+        self.assertEqual(
+            c.greeting,
+            ServerReply(421, (f"{NAME} Too many connected clients, try again in a moment",)),
+        )
+        self.assertTrue(c.closed)
+        self.assertEqual(server.connectionCount, 2)
+        d = MemoryClient(server)
+        self.assertEqual(d.greeting.code if d.greeting else None, 421)
+        a.send("QUIT")
+        e = MemoryClient(server)
+        self.assertEqual(e.greeting.code if e.greeting else None, 220)
+
+
+class CommandCheckTests(SynchronousTestCase):
+    """
+    The checks every command line goes through (spec section 4.2).
+    """
+
+    def test_unknownCommand(self) -> None:
+        """
+        An unknown verb gets 500 (standards 5321-12).
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(first(client.send("FOO")), "500 5.5.2 Error: command not recognized")
+
+    def test_notImplementedCommands(self) -> None:
+        """
+        EXPN, ETRN, TURN, BDAT, SEND, SAML and SOML are not recognised, as in the reference.
+        """
+        client = connect(maxUnrecognizedCommands=None)
+        for verb in ("EXPN x", "ETRN x", "TURN", "BDAT 1 LAST", "SEND", "SAML", "SOML"):
+            self.assertEqual(first(client.send(verb)), "500 Error: command not recognized")
+
+    def test_emptyLineAndLeadingSpace(self) -> None:
+        """
+        An empty line and a line with a leading space are unknown commands.
+        """
+        client = connect()
+        self.assertEqual(codes(client.send("", " NOOP")), [500, 500])
+
+    def test_verbsAreCaseInsensitive(self) -> None:
+        """
+        Verbs and keywords work in any case (standards 5321-10).
+        """
+        client = connect()
+        replies = client.send("ehlo x", "mail from:<a@b.example>", "Rcpt To:<c@d.example>")
+        self.assertEqual(codes(replies), [250, 250, 250])
+
+    def test_trailingSpaces(self) -> None:
+        """
+        NOOP with trailing spaces is fine (standards 5321-11).
+        """
+        self.assertEqual(codes(connect().send("NOOP   ")), [250])
+
+    def test_tooManyUnrecognized(self) -> None:
+        """
+        The tenth unrecognised command gets 421 and the connection closes.
+        """
+        client = connect()
+        replies = client.send(*["FOO"] * 9)
+        self.assertEqual(codes(replies), [500] * 9)
+        self.assertFalse(client.closed)
+        self.assertEqual(first(client.send("FOO")), "421 Error: too many unrecognized commands")
+        self.assertTrue(client.closed)
+
+    def test_unrecognizedLimitResetByMessage(self) -> None:
+        """
+        The count of unrecognised commands starts again after each message.
+        """
+        client = connect()
+        hello(client)
+        client.send(*["FOO"] * 9)
+        self.assertEqual(client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")[-1].code, 250)
+        self.assertEqual(codes(client.send(*["FOO"] * 9)), [500] * 9)
+        self.assertFalse(client.closed)
+
+    def test_unrecognizedLimitOff(self) -> None:
+        """
+        maxUnrecognizedCommands=None turns the limit off.
+        """
+        client = connect(maxUnrecognizedCommands=None)
+        self.assertEqual(codes(client.send(*["FOO"] * 30)), [500] * 30)
+        self.assertFalse(client.closed)
+
+    def test_disabledCommand(self) -> None:
+        """
+        A disabled command is answered as an unknown one.
+        """
+        client = connect(disabledCommands=("vrfy", "HELP"))
+        self.assertEqual(codes(client.send("VRFY a", "HELP", "NOOP")), [500, 500, 250])
+
+    def test_httpRequest(self) -> None:
+        """
+        An HTTP request line gets 421 and the connection closes.
+        """
+        client = connect()
+        self.assertEqual(first(client.send("GET / HTTP/1.1")), "421 HTTP requests not allowed")
+        self.assertTrue(client.closed)
+
+    def test_httpLookalikeIsJustUnknown(self) -> None:
+        """
+        A line that merely starts with an HTTP verb is an unknown command.
+        """
+        client = connect()
+        self.assertEqual(first(client.send("GET lost")), "500 Error: command not recognized")
+        self.assertFalse(client.closed)
+
+    def test_sendHeloFirst(self) -> None:
+        """
+        MAIL, RCPT and DATA before HELO get 503 (standards 5321-09).
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        for command in ("MAIL FROM:<a@b.example>", "RCPT TO:<a@b.example>", "DATA"):
+            self.assertEqual(first(client.send(command)), "503 5.5.1 Error: send HELO/EHLO first")
+
+    def test_sendLhloFirst(self) -> None:
+        """
+        In LMTP the reply asks for LHLO.
+        """
+        client = connect(lmtp=True)
+        self.assertEqual(
+            first(client.send("MAIL FROM:<a@b.example>")), "503 5.5.1 Error: send LHLO first"
+        )
+
+    def test_nulInCommand(self) -> None:
+        """
+        A NUL in a command gets 501 (standards 2.12).
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        hello(client)
+        for line in (b"EHLO a\x00b\r\n", b"MAIL FROM:<a\x00b@c.example>\r\n", b"NOOP \x00\r\n"):
+            self.assertEqual(
+                first(client.write(line)), "501 5.5.2 Error: invalid characters in command"
+            )
+
+    def test_bareLineFeedIsNotALineEnd(self) -> None:
+        """
+        A bare LF inside a command line is part of the line, which is then refused; it
+        never splits the line in two.
+        """
+        client = connect()
+        hello(client)
+        replies = client.write(b"NOOP\nMAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(first(replies), "501 Error: invalid characters in command")
+        self.assertEqual(len(replies), 1)
+        self.assertEqual(client.session.envelope.mailFrom, None)
+
+    def test_bareCarriageReturnIsNotALineEnd(self) -> None:
+        """
+        A bare CR inside a command line is refused (standards 2.8: EHLO a<CR>X-Injected).
+        """
+        client = connect()
+        replies = client.write(b"EHLO a\rX-Injected: 1\r\n")
+        self.assertEqual(codes(replies), [501])
+        self.assertIsNone(client.session.hostNameAppearsAs)
+
+    def test_bareLineFeedOnlyClientNeverGetsALine(self) -> None:
+        """
+        A client that ends lines with LF alone is not understood until CRLF comes.
+        """
+        client = connect()
+        self.assertEqual(client.write(b"NOOP\n"), [])
+        self.assertEqual(codes(client.write(b"\r\n")), [501])
+
+    def test_invalidUtf8(self) -> None:
+        """
+        Bytes that are not UTF-8 in a command get 501 (standards 6531-05).
+        """
+        client = connect()
+        hello(client)
+        self.assertEqual(codes(client.write(b"MAIL FROM:<\xff@x.example> SMTPUTF8\r\n")), [501])
+        self.assertEqual(codes(client.write(b"MAIL FROM:<\xc0\xae@x.example>\r\n")), [501])
+
+    def test_nonAsciiVerb(self) -> None:
+        """
+        A verb with a non-ASCII letter is unknown (standards 2.13).
+        """
+        client = connect()
+        self.assertEqual(first(client.write("EHL\u00d0 x\r\n".encode())), "500 Error: command not recognized")
+
+    def test_lineTooLong(self) -> None:
+        """
+        A command line over maxCommandLength gets 500, its bytes are dropped and the
+        session goes on.
+        """
+        client = connect(maxCommandLength=100, hideENHANCEDSTATUSCODES=False)
+        hello(client)
+        replies = client.send("NOOP " + "x" * 200, "NOOP")
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in replies],
+            ["500 5.5.2 Error: line too long", "250 2.0.0 OK"],
+        )
+
+    def test_lineTooLongWithoutEnd(self) -> None:
+        """
+        An unterminated line is not buffered without limit: it is discarded as it comes,
+        and answered once its CRLF arrives.
+        """
+        client = connect(maxCommandLength=100)
+        hello(client)
+        for _ in range(50):
+            self.assertEqual(client.write(b"x" * 1000), [])
+            self.assertLessEqual(len(client.protocol._buffer), 101)
+        self.assertEqual(first(client.write(b"\r\nNOOP\r\n")), "500 Error: line too long")
+
+    def test_lineOfExactlyTheLimit(self) -> None:
+        """
+        A line of exactly maxCommandLength bytes is accepted.
+        """
+        client = connect(maxCommandLength=100)
+        self.assertEqual(codes(client.send("NOOP " + "x" * 95)), [250])
+        self.assertEqual(codes(client.send("NOOP " + "x" * 96)), [500])
+
+    def test_crlfSplitAcrossWrites(self) -> None:
+        """
+        CR and LF arriving in separate writes still end the line.
+        """
+        client = connect()
+        self.assertEqual(client.write(b"NOOP\r"), [])
+        self.assertEqual(codes(client.write(b"\n")), [250])
+
+
+class SessionCommandTests(SynchronousTestCase):
+    """
+    HELO, EHLO, LHLO, RSET, NOOP, HELP, VRFY, QUIT and the jokes (spec sections 5.1, 6).
+    """
+
+    def test_ehlo(self) -> None:
+        """
+        EHLO gets a multi-line 250 whose first line comes from heloResponse.
+        """
+        client = connect()
+        reply = client.send("EHLO Client.Example")[0]
+        self.assertEqual(
+            reply,
+            ServerReply(
+                250,
+                (
+                    f"{NAME} Nice to meet you, [192.0.2.1]",
+                    "PIPELINING",
+                    "8BITMIME",
+                    "SMTPUTF8",
+                ),
+            ),
+        )
+        self.assertEqual(client.session.hostNameAppearsAs, "client.example")
+        self.assertEqual(client.session.openingCommand, "EHLO")
+
+    def test_ehloAllExtensions(self) -> None:
+        """
+        Extensions come in the reference's order, each only when shown.
+        """
+        client = connect(size=1000, hideENHANCEDSTATUSCODES=False, hideDSN=False)
+        self.assertEqual(
+            client.send("EHLO x")[0].lines[1:],
+            ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "SIZE 1000"),
+        )
+
+    def test_ehloHiddenExtensions(self) -> None:
+        """
+        The hide options remove their keywords; hideSize keeps a bare SIZE.
+        """
+        client = connect(
+            size=1000,
+            hideSize=True,
+            hidePIPELINING=True,
+            hide8BITMIME=True,
+            hideSMTPUTF8=True,
+        )
+        self.assertEqual(client.send("EHLO x")[0].lines[1:], ("SIZE",))
+
+    def test_ehloEnhancedCodesNotOnHelloReplies(self) -> None:
+        """
+        Replies to HELO and EHLO carry no enhanced code, even when they are advertised
+        (RFC 2034 section 4).
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(client.send("EHLO x")[0].lines[0], f"{NAME} Nice to meet you, [192.0.2.1]")
+        self.assertEqual(first(client.send("HELO x")), f"250 {NAME} Nice to meet you, [192.0.2.1]")
+        self.assertEqual(first(client.send("EHLO")), "501 Error: syntax: EHLO hostname")
+
+    def test_ehloSyntax(self) -> None:
+        """
+        EHLO needs exactly one argument (standards 5321-05).
+        """
+        client = connect()
+        for command in ("EHLO", "EHLO a b"):
+            self.assertEqual(first(client.send(command)), "501 Error: syntax: EHLO hostname")
+
+    def test_ehloAddressLiteral(self) -> None:
+        """
+        An address literal is a valid EHLO argument (standards 5321-04).
+        """
+        client = connect()
+        self.assertEqual(codes(client.send("EHLO [192.0.2.1]", "EHLO [IPv6:2001:db8::1]")), [250, 250])
+
+    def test_ehloWithHeaderSpecials(self) -> None:
+        """
+        An EHLO name with characters that could break a trace header is refused.
+        """
+        client = connect()
+        self.assertEqual(first(client.send("EHLO a<b>")), "501 Error: syntax: EHLO hostname")
+
+    def test_helo(self) -> None:
+        """
+        HELO gets a one-line 250.
+        """
+        client = connect()
+        self.assertEqual(
+            client.send("HELO x"), [ServerReply(250, (f"{NAME} Nice to meet you, [192.0.2.1]",))]
+        )
+        self.assertEqual(client.session.openingCommand, "HELO")
+
+    def test_heloSyntax(self) -> None:
+        """
+        HELO's syntax error says "Syntax" with a capital S, as the reference does.
+        """
+        client = connect()
+        self.assertEqual(first(client.send("HELO")), "501 Error: Syntax: HELO hostname")
+
+    def test_heloResponseFormat(self) -> None:
+        """
+        Each %s of heloResponse is the server name, then the client's name, then nothing.
+        """
+        client = connect(heloResponse="Hi %s, you are %s (%s)")
+        self.assertEqual(first(client.send("HELO x")), f"250 Hi {NAME}, you are [192.0.2.1] ()")
+
+    def test_ehloResetsTransaction(self) -> None:
+        """
+        A second EHLO works and resets the transaction (standards 5321-07).
+        """
+        client = connect()
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(codes(client.send("EHLO b", "RCPT TO:<c@d.example>")), [250, 503])
+        self.assertIsNone(client.session.envelope.mailFrom)
+
+    def test_lmtpRefusesHeloAndEhlo(self) -> None:
+        """
+        An LMTP server refuses HELO and EHLO with 500 (standards 2033-02).
+        """
+        client = connect(lmtp=True)
+        self.assertEqual(first(client.send("HELO x")), "500 Error: HELO not allowed in LMTP server")
+        self.assertEqual(first(client.send("EHLO x")), "500 Error: EHLO not allowed in LMTP server")
+
+    def test_lhlo(self) -> None:
+        """
+        LHLO gets the EHLO reply; LMTP advertises enhanced status codes by default.
+        """
+        client = connect(lmtp=True)
+        reply = client.send("LHLO x")[0]
+        self.assertEqual(reply.code, 250)
+        self.assertIn("ENHANCEDSTATUSCODES", reply.lines)
+        self.assertIn("PIPELINING", reply.lines)
+        self.assertEqual(first(client.send("LHLO")), "501 Error: syntax: LHLO hostname")
+
+    def test_lhloOutsideLmtp(self) -> None:
+        """
+        LHLO is unknown to an SMTP server.
+        """
+        self.assertEqual(codes(connect().send("LHLO x")), [500])
+
+    def test_lhloDisabledWithEhlo(self) -> None:
+        """
+        Disabling EHLO disables LHLO in LMTP mode.
+        """
+        self.assertEqual(codes(connect(lmtp=True, disabledCommands=("EHLO",)).send("LHLO x")), [500])
+
+    def test_rset(self) -> None:
+        """
+        RSET answers 250 Flushed any time, drops the transaction and keeps the hello
+        (standards 5321-32).
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(first(client.send("RSET")), "250 2.0.0 Flushed")
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(codes(client.send("RSET ignored", "RCPT TO:<c@d.example>")), [250, 503])
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
+
+    def test_noopHelpVrfy(self) -> None:
+        """
+        NOOP, HELP and VRFY give the reference's texts, with enhanced codes when shown.
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        replies = client.send("NOOP", "NOOP anything", "HELP", "VRFY someone")
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in replies],
+            [
+                "250 2.0.0 OK",
+                "250 2.0.0 OK",
+                "214 2.0.0 See https://tools.ietf.org/html/rfc5321 for details",
+                "252 2.1.5 Try to send something. No promises though",
+            ],
+        )
+
+    def test_quit(self) -> None:
+        """
+        QUIT gets 221 Bye and the server closes (standards 5321-34).
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(first(client.send("QUIT")), "221 2.0.0 Bye")
+        self.assertTrue(client.closed)
+
+    def test_nothingAfterQuit(self) -> None:
+        """
+        Commands pipelined after QUIT are not answered.
+        """
+        client = connect()
+        self.assertEqual(codes(client.send("QUIT", "NOOP")), [221])
+
+    def test_wizardry(self) -> None:
+        """
+        WIZ, SHELL and KILL answer as in sendmail's lore, and the reference.
+        """
+        client = connect()
+        self.assertEqual(first(client.send("WIZ")), "500 You are no wizard!")
+        self.assertEqual(first(client.send("SHELL")), "500 Mere mortals must not mutter that mantra")
+        self.assertEqual(first(client.send("WIZ please")), "200 Please pass, oh mighty wizard")
+        self.assertTrue(client.session.isWizard)
+        self.assertEqual(
+            first(client.send("SHELL")),
+            "500 Error: Invoking shell is not allowed. This incident will be reported.",
+        )
+        self.assertEqual(first(client.send("KILL")), "500 Can not kill Mom")
+
+
+@implementer(IMailFromHandler, IRcptToHandler)
+class Policy:
+    """
+    Refuses senders and recipients whose local part names an error.
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Envelope]] = []
+
+    def onMailFrom(self, address: Address, session: Session) -> None:
+        self.seen.append((address.address, session.envelope))
+        _maybeRefuse(address)
+
+    def onRcptTo(self, address: Address, session: Session) -> None:
+        _maybeRefuse(address)
+
+
+def _maybeRefuse(address: Address) -> None:
+    local = address.address.partition("@")[0]
+    if local == "blocked":
+        raise SMTPError(550, "Sender blocked")
+    if local == "later":
+        raise SMTPError(451, "4.7.1 Try again later")
+    if local == "boom":
+        raise ValueError("a bug in the handler")
+
+
+class MailTests(SynchronousTestCase):
+    """
+    MAIL FROM (spec section 5.4 and 7).
+    """
+
+    def setUp(self) -> None:
+        self.policy = Policy()
+
+    def client(self, **options: Any) -> MemoryClient:
+        client = connect([self.policy], **options)
+        hello(client)
+        return client
+
+    def test_accepted(self) -> None:
+        """
+        A good sender gets 250 Accepted (2.1.0 when enhanced codes are shown).
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(first(client.send("MAIL FROM:<a@b.example>")), "250 2.1.0 Accepted")
+        self.assertEqual(client.session.envelope.mailFrom, Address("a@b.example"))
+
+    def test_nullSender(self) -> None:
+        """
+        MAIL FROM:<> is accepted (standards 5321-14).
+        """
+        client = self.client()
+        self.assertEqual(codes(client.send("MAIL FROM:<>")), [250])
+        self.assertEqual(client.session.envelope.mailFrom, Address(""))
+
+    def test_spaceAfterColon(self) -> None:
+        """
+        A space after the colon is tolerated (standards 5321-18).
+        """
+        self.assertEqual(codes(self.client().send("MAIL FROM: <a@b.example>")), [250])
+
+    def test_badSyntax(self) -> None:
+        """
+        A bad address gets 501 with X.1.7 (standards 5321-16) and changes nothing.
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        for command in (
+            "MAIL FROM:<a@@b>",
+            "MAIL FROM:a@b.example",
+            "MAIL  FROM:<a@b.example>",
+            "MAIL FROM:<a@b.example>x",
+            "MAIL FROM:<a@b_c.example>",
+        ):
+            self.assertEqual(first(client.send(command)), "501 5.1.7 Error: Bad sender address syntax")
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
+
+    def test_nested(self) -> None:
+        """
+        A second MAIL in a transaction gets 503 (standards 5321-15).
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(first(client.send("MAIL FROM:<c@d.example>")), "503 Error: nested MAIL command")
+
+    def test_syntaxCheckedBeforeNesting(self) -> None:
+        """
+        As in the reference, a syntax error is reported even inside a transaction.
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(codes(client.send("MAIL FROM:<a@@b>")), [501])
+
+    def test_sizeTooLarge(self) -> None:
+        """
+        SIZE over the limit gets 552 with 5.3.4 (standards 1870-03; the reference sends
+        4.3.1).
+        """
+        client = self.client(size=1000, hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(
+            first(client.send("MAIL FROM:<a@b.example> SIZE=1001")),
+            "552 5.3.4 Error: message exceeds fixed maximum message size 1000",
+        )
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example> SIZE=1000")), [250])
+
+    def test_sizeOverflow(self) -> None:
+        """
+        An absurd SIZE is just too large (standards 1870-06).
+        """
+        client = self.client(size=1000)
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example> SIZE=99999999999999999999999")), [552])
+
+    def test_sizeSyntax(self) -> None:
+        """
+        SIZE without a number gets 501 (standards 1870-05; the reference lets SIZE=abc pass).
+        """
+        client = self.client(size=1000)
+        for value in ("SIZE=abc", "SIZE=", "SIZE=-1", "SIZE"):
+            self.assertEqual(codes(client.send(f"MAIL FROM:<a@b.example> {value}")), [501], value)
+
+    def test_hideSizeSkipsCheck(self) -> None:
+        """
+        With hideSize the declared size is not compared with the limit.
+        """
+        client = self.client(size=1000, hideSize=True)
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example> SIZE=99999")), [250])
+
+    def test_body(self) -> None:
+        """
+        BODY=7BIT and BODY=8BITMIME (any case) set the body type; anything else, or no
+        value at all, gets 501 (the reference crashes on the latter).
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.example> BODY=8bitmime")
+        self.assertEqual(client.session.envelope.bodyType, "8bitmime")
+        client.send("RSET")
+        for value in ("BODY=FOO", "BODY=", "BODY", "BODY=BINARYMIME"):
+            self.assertEqual(
+                first(client.send(f"MAIL FROM:<a@b.example> {value}")),
+                "501 Invalid BODY parameter value. Must be 7BIT or 8BITMIME",
+            )
+
+    def test_smtputf8(self) -> None:
+        """
+        SMTPUTF8 takes no value; with it, UTF-8 addresses are accepted
+        (standards 6531-02, 6531-03).
+        """
+        client = self.client()
+        self.assertEqual(
+            first(client.send("MAIL FROM:<a@b.example> SMTPUTF8=yes")),
+            "501 Invalid SMTPUTF8 parameter. This flag does not accept a value",
+        )
+        replies = client.send(
+            "MAIL FROM:<\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a> SMTPUTF8",
+            "RCPT TO:<\u03b4\u03bf\u03ba\u03b9\u03bc\u03ae@\u03c0\u03b1\u03c1\u03ac\u03b4\u03b5\u03b9\u03b3\u03bc\u03b1.\u03b4\u03bf\u03ba\u03b9\u03bc\u03ae>",
+        )
+        self.assertEqual(codes(replies), [250, 250])
+        self.assertTrue(client.session.envelope.smtpUtf8)
+
+    def test_utf8AddressNeedsSmtputf8(self) -> None:
+        """
+        A non-ASCII sender without SMTPUTF8 gets 550 5.6.7, a recipient 553 5.6.7
+        (standards 6531-04).
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(
+            first(client.send("MAIL FROM:<t\u00e9st@example.com>")),
+            "550 5.6.7 Error: non-ASCII sender address requires SMTPUTF8",
+        )
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(
+            first(client.send("RCPT TO:<t\u00e9st@example.com>")),
+            "553 5.6.7 Error: non-ASCII recipient address requires SMTPUTF8",
+        )
+
+    def test_requireTlsOnPlaintext(self) -> None:
+        """
+        REQUIRETLS on a plaintext connection gets 530 (standards 8689-04).
+        """
+        client = self.client()
+        for value in ("REQUIRETLS", "REQUIRETLS=yes"):
+            self.assertEqual(
+                first(client.send(f"MAIL FROM:<a@b.example> {value}")),
+                "530 REQUIRETLS not permitted on non-TLS connections",
+            )
+
+    def test_dsnParameters(self) -> None:
+        """
+        With DSN shown, RET and ENVID are checked and kept on the envelope
+        (standards 3461-02, 3461-03).
+        """
+        client = self.client(hideDSN=False)
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example> RET=hdrs ENVID=QQ314159")), [250])
+        dsn = client.session.envelope.dsn
+        assert dsn is not None
+        self.assertEqual((dsn.ret, dsn.envid), ("HDRS", "QQ314159"))
+        client.send("RSET")
+        for value in ("RET=BOGUS", "RET", "RET=FULL RET=HDRS", "ENVID", "ENVID=+zz", "ENVID=" + "x" * 101):
+            self.assertEqual(codes(client.send(f"MAIL FROM:<a@b.example> {value}")), [501], value)
+
+    def test_dsnHiddenKeepsParametersInArgs(self) -> None:
+        """
+        With DSN hidden, its parameters stay in args unvalidated.
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.example> RET=BOGUS ENVID=x+2By")
+        mailFrom = client.session.envelope.mailFrom
+        assert mailFrom is not None
+        self.assertEqual(dict(mailFrom.args), {"RET": "BOGUS", "ENVID": "x+y"})
+        self.assertIsNone(client.session.envelope.dsn)
+
+    def test_argsKeepUnknownParameters(self) -> None:
+        """
+        The address keeps every parameter, flags as True (spec section 9's example).
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.com> BODY=8BITMIME SMTPUTF8 X-FOO=bar")
+        mailFrom = client.session.envelope.mailFrom
+        assert mailFrom is not None
+        self.assertEqual(
+            dict(mailFrom.args), {"BODY": "8BITMIME", "SMTPUTF8": True, "X-FOO": "bar"}
+        )
+
+    def test_handlerSeesParameters(self) -> None:
+        """
+        While the handler decides, the envelope already holds the transaction's
+        parameters; a refusal leaves the previous envelope.
+        """
+        client = self.client()
+        client.send("MAIL FROM:<blocked@b.example> BODY=8BITMIME SMTPUTF8")
+        address, envelope = self.policy.seen[0]
+        self.assertEqual((envelope.bodyType, envelope.smtpUtf8), ("8bitmime", True))
+        self.assertEqual(client.session.envelope.bodyType, "7bit")
+        self.assertIsNone(client.session.envelope.mailFrom)
+
+    def test_handlerRefuses(self) -> None:
+        """
+        A handler's SMTPError is the reply; without an enhanced code it gets the one the
+        reply code implies, with one it is not repeated.
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(first(client.send("MAIL FROM:<blocked@b.example>")), "550 5.1.1 Sender blocked")
+        self.assertEqual(first(client.send("MAIL FROM:<later@b.example>")), "451 4.7.1 Try again later")
+        self.assertEqual(client.session.error, "451 4.7.1 Try again later")
+
+    def test_handlerRefusesWithoutEnhancedCodes(self) -> None:
+        """
+        With enhanced codes hidden, a code given in the handler's text is left out.
+        """
+        client = self.client()
+        self.assertEqual(first(client.send("MAIL FROM:<later@b.example>")), "451 Try again later")
+
+    def test_handlerBug(self) -> None:
+        """
+        An unexpected exception in a handler is a 451 and a logged traceback; the
+        connection carries on.
+        """
+        client = self.client()
+        self.assertEqual(
+            first(client.send("MAIL FROM:<boom@b.example>")),
+            "451 Requested action aborted: local error in processing",
+        )
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
+
+
+class RcptTests(SynchronousTestCase):
+    """
+    RCPT TO (spec section 5.4 and 7).
+    """
+
+    def client(self, **options: Any) -> MemoryClient:
+        client = connect([Policy()], **options)
+        hello(client)
+        return client
+
+    def test_accepted(self) -> None:
+        """
+        A good recipient gets 250 Accepted (2.1.5).
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(first(client.send("RCPT TO:<c@d.example>")), "250 2.1.5 Accepted")
+
+    def test_beforeMail(self) -> None:
+        """
+        RCPT before MAIL gets 503 (standards 5321-19).
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(first(client.send("RCPT TO:<c@d.example>")), "503 5.5.1 Error: need MAIL command")
+
+    def test_nullRecipient(self) -> None:
+        """
+        RCPT TO:<> gets 501, checked before the sequence as in the reference.
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(first(client.send("RCPT TO:<>")), "501 5.1.3 Error: Bad recipient address syntax")
+
+    def test_postmaster(self) -> None:
+        """
+        RCPT TO:<Postmaster> without a domain is accepted (standards 5321-20).
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(codes(client.send("RCPT TO:<Postmaster>", "RCPT TO:<postmaster@d.example>")), [250, 250])
+
+    def test_sourceRoute(self) -> None:
+        """
+        A source route is parsed and dropped (standards 5321-21).
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(codes(client.send("RCPT TO:<@a.example,@b.example:u@c.example>")), [250])
+        self.assertEqual(client.session.envelope.rcptTo[0].address, "u@c.example")
+
+    def test_hundredRecipients(self) -> None:
+        """
+        At least 100 recipients are accepted (standards 5321-22).
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.example>")
+        replies = client.send(*[f"RCPT TO:<r{i}@d.example>" for i in range(100)])
+        self.assertEqual(codes(replies), [250] * 100)
+        self.assertEqual(len(client.session.envelope.rcptTo), 100)
+
+    def test_duplicatesCollapsedInSmtp(self) -> None:
+        """
+        In SMTP a recipient given twice (in any case) is kept once, in the later form.
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "RCPT TO:<x@d.example>")
+        client.send("RCPT TO:<C@D.example>")
+        self.assertEqual(
+            [r.address for r in client.session.envelope.rcptTo], ["x@d.example", "C@D.example"]
+        )
+
+    def test_duplicatesKeptInLmtp(self) -> None:
+        """
+        In LMTP every accepted RCPT is kept, since each gets a reply after DATA.
+        """
+        client = connect(lmtp=True)
+        hello(client, "LHLO")
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "RCPT TO:<C@d.example>")
+        self.assertEqual(len(client.session.envelope.rcptTo), 2)
+
+    def test_handlerRefuses(self) -> None:
+        """
+        A handler's refusal is the reply and the recipient is not added.
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(first(client.send("RCPT TO:<blocked@d.example>")), "550 5.1.1 Sender blocked")
+        self.assertEqual(client.session.envelope.rcptTo, ())
+
+    def test_dsn(self) -> None:
+        """
+        NOTIFY and ORCPT are checked and kept when DSN is shown (standards 3461-04/05).
+        """
+        client = self.client(hideDSN=False)
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(
+            codes(client.send("RCPT TO:<c@d.example> NOTIFY=success,FAILURE ORCPT=rfc822;c@d.example")),
+            [250],
+        )
+        dsn = client.session.envelope.rcptTo[0].dsn
+        assert dsn is not None
+        self.assertEqual((dsn.notify, dsn.orcpt), (("SUCCESS", "FAILURE"), "rfc822;c@d.example"))
+        self.assertEqual(
+            first(client.send("RCPT TO:<c@d.example> NOTIFY=BOGUS")),
+            "501 Error: NOTIFY parameter must be NEVER, SUCCESS, FAILURE, or DELAY",
+        )
+        self.assertEqual(
+            first(client.send("RCPT TO:<c@d.example> NOTIFY")),
+            "501 Error: NOTIFY parameter must be NEVER, SUCCESS, FAILURE, or DELAY",
+        )
+        self.assertEqual(
+            first(client.send("RCPT TO:<c@d.example> NOTIFY=NEVER,SUCCESS")),
+            "501 Error: NOTIFY=NEVER cannot be combined with other values",
+        )
+        for value in ("ORCPT=rfc822", "ORCPT", "ORCPT=rfc822;a+zz", "ORCPT=rfc822;" + "x" * 501):
+            self.assertEqual(codes(client.send(f"RCPT TO:<c@d.example> {value}")), [501], value)
+        self.assertEqual(
+            codes(client.send("RCPT TO:<c@d.example> ORCPT=rfc822;a+00b")), [501], "NUL in ORCPT"
+        )
+
+
+@implementer(IDataHandler)
+class Collector:
+    """
+    Reads every message whole and answers with a configurable result.
+    """
+
+    def __init__(self, result: object = None) -> None:
+        self.result = result
+        self.messages: list[bytes] = []
+        self.failures: list[BaseException] = []
+
+    async def onData(self, stream: IMessageStream, session: Session) -> object:
+        try:
+            self.messages.append(await readMessage(stream))
+        except Exception as e:
+            self.failures.append(e)
+            raise
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+class DataTests(SynchronousTestCase):
+    """
+    DATA and the final reply (spec sections 5.4 and 10).
+    """
+
+    def transaction(self, client: MemoryClient, recipients: int = 1) -> None:
+        hello(client, "LHLO" if client.server.options.lmtp else "EHLO")
+        client.send("MAIL FROM:<a@b.example>")
+        client.send(*[f"RCPT TO:<r{i}@d.example>" for i in range(recipients)])
+
+    def test_withoutRecipient(self) -> None:
+        """
+        DATA without an accepted recipient gets 503 (standards 5321-24).
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        hello(client)
+        self.assertEqual(first(client.send("DATA")), "503 5.5.1 Error: need RCPT command")
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(first(client.send("DATA")), "503 5.5.1 Error: need RCPT command")
+
+    def test_withArgument(self) -> None:
+        """
+        DATA takes no argument (standards 5321-25).
+        """
+        client = connect()
+        self.transaction(client)
+        self.assertEqual(codes(client.send("DATA x")), [501])
+
+    def test_defaultReply(self) -> None:
+        """
+        Without data handlers the message is accepted with 250 OK: message queued (2.6.0)
+        and 354 carries no enhanced code.
+        """
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        self.transaction(client)
+        self.assertEqual(first(client.send("DATA")), "354 End data with <CR><LF>.<CR><LF>")
+        self.assertEqual(first(client.write(b"hello\r\n.\r\n")), "250 2.6.0 OK: message queued")
+
+    def test_message(self) -> None:
+        """
+        The handler gets the message unstuffed, with its last CRLF and without the dot.
+        """
+        collector = Collector()
+        client = connect([collector])
+        self.transaction(client)
+        client.send("DATA")
+        client.write(b"..leading\r\n...two\r\n.x\r\nend\r\n.\r\n")
+        self.assertEqual(collector.messages, [b".leading\r\n..two\r\nx\r\nend\r\n"])
+
+    def test_emptyMessage(self) -> None:
+        """
+        DATA then a lone dot is an empty message (standards 5321-27).
+        """
+        collector = Collector()
+        client = connect([collector])
+        self.transaction(client)
+        client.send("DATA")
+        self.assertEqual(codes(client.write(b".\r\n")), [250])
+        self.assertEqual(collector.messages, [b""])
+
+    def test_commandsAfterMessage(self) -> None:
+        """
+        Commands pipelined after the final dot are answered in order (spec section 10.1).
+        """
+        client = connect()
+        self.transaction(client)
+        client.send("DATA")
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in client.write(b"body\r\n.\r\nNOOP\r\nQUIT\r\n")],
+            ["250 OK: message queued", "250 OK", "221 Bye"],
+        )
+
+    def test_customText(self) -> None:
+        """
+        A handler answering a string gets 250 with that text.
+        """
+        client = connect([Collector("queued as 12345")])
+        self.transaction(client)
+        client.send("DATA")
+        self.assertEqual(first(client.write(b"x\r\n.\r\n")), "250 queued as 12345")
+
+    def test_handlerRefuses(self) -> None:
+        """
+        A data handler's SMTPError is the final reply; without a code in the text a 450
+        gets 4.2.1 and a 554 gets 5.6.0 (spec section 8).
+        """
+        for error, expected in (
+            (SMTPError(450, "Try later"), "450 4.2.1 Try later"),
+            (SMTPError(554, "Rejected content"), "554 5.6.0 Rejected content"),
+            (SMTPError(552, "Too big"), "552 5.2.2 Too big"),
+        ):
+            client = connect([Collector(error)], hideENHANCEDSTATUSCODES=False)
+            self.transaction(client)
+            client.send("DATA")
+            self.assertEqual(first(client.write(b"x\r\n.\r\n")), expected)
+
+    def test_transactionEnds(self) -> None:
+        """
+        After the final reply a new transaction starts: the envelope is empty and the
+        transaction counter moves on.
+        """
+        client = connect()
+        self.transaction(client)
+        client.send("DATA")
+        client.write(b"x\r\n.\r\n")
+        self.assertEqual(client.session.envelope.rcptTo, ())
+        self.assertEqual(client.session.transaction, 2)
+        self.assertEqual(codes(client.send("RCPT TO:<c@d.example>", "MAIL FROM:<a@b.example>")), [503, 250])
+
+    def test_tooLarge(self) -> None:
+        """
+        A message over size gets 552 after the final dot and the handler is told it
+        failed (standards 1870-07, 2.11); the next transaction works.
+        """
+        collector = Collector()
+        client = connect([collector], size=100, hideENHANCEDSTATUSCODES=False)
+        self.transaction(client)
+        client.send("DATA")
+        self.assertEqual(client.write(b"x" * 60 + b"\r\n"), [])
+        self.assertEqual(client.write(b"y" * 60 + b"\r\n"), [])
+        self.assertEqual(
+            first(client.write(b"z\r\n.\r\n")),
+            "552 5.3.4 Error: message exceeds fixed maximum message size 100",
+        )
+        self.assertEqual(collector.messages, [])
+        self.assertEqual(len(collector.failures), 1)
+        self.assertEqual(client.sendmail("a@b.example", ["c@d.example"], b"small\r\n")[-1].code, 250)
+        self.assertEqual(collector.messages, [b"small\r\n"])
+
+    def test_tooLargeWithoutHandlers(self) -> None:
+        """
+        The size limit holds without any data handler too.
+        """
+        client = connect(size=10)
+        self.transaction(client)
+        client.send("DATA")
+        self.assertEqual(codes(client.write(b"0123456789abc\r\n.\r\n")), [552])
+
+    def test_bareLineFeedNormalized(self) -> None:
+        """
+        By default a bare LF or CR in the message becomes CRLF.
+        """
+        collector = Collector()
+        client = connect([collector])
+        self.transaction(client)
+        client.send("DATA")
+        self.assertEqual(codes(client.write(b"a\nb\rc\r\n.\r\n")), [250])
+        self.assertEqual(collector.messages, [b"a\r\nb\r\nc\r\n"])
+
+    def test_bareLineFeedRejected(self) -> None:
+        """
+        With bareLineEndings=reject a message with a bare LF gets 550 and is not kept.
+        """
+        collector = Collector()
+        client = connect([collector], bareLineEndings="reject", hideENHANCEDSTATUSCODES=False)
+        self.transaction(client)
+        client.send("DATA")
+        self.assertEqual(
+            first(client.write(b"a\nb\r\n.\r\n")),
+            "550 5.5.2 Error: bare <CR> or <LF> received in message data",
+        )
+        self.assertEqual(collector.messages, [])
+        self.assertIsInstance(collector.failures[0], MessageRefused)
+
+    def test_bareLineFeedPassed(self) -> None:
+        """
+        With bareLineEndings=pass the bytes are kept as sent.
+        """
+        collector = Collector()
+        client = connect([collector], bareLineEndings="pass")
+        self.transaction(client)
+        client.send("DATA")
+        client.write(b"a\nb\rc\r\n.\r\n")
+        self.assertEqual(collector.messages, [b"a\nb\rc\r\n"])
+
+    def test_smugglingEndsNothing(self) -> None:
+        """
+        A bare-LF end of data followed by commands stays one message (standards 2.2).
+        """
+        collector = Collector()
+        client = connect([collector])
+        self.transaction(client)
+        client.send("DATA")
+        replies = client.write(
+            b"Subject: a\r\n\r\nA\n.\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\n"
+            b"Subject: smuggled\r\n\r\nB\r\n.\r\n"
+        )
+        self.assertEqual(codes(replies), [250])
+        self.assertEqual(len(collector.messages), 1)
+        self.assertIn(b"MAIL FROM:<evil@x>", collector.messages[0])
+
+    def test_lmtpRepliesPerRecipient(self) -> None:
+        """
+        LMTP answers once per accepted recipient after the dot, in RCPT order, with
+        duplicates counted (standards 2033-04).
+        """
+        client = connect([Policy()], lmtp=True)
+        hello(client, "LHLO")
+        replies = client.send(
+            "MAIL FROM:<a@b.example>",
+            "RCPT TO:<one@d.example>",
+            "RCPT TO:<blocked@d.example>",
+            "RCPT TO:<ONE@d.example>",
+            "DATA",
+        )
+        self.assertEqual(codes(replies), [250, 250, 550, 250, 354])
+        final = client.write(b"x\r\n.\r\n")
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in final],
+            ["250 2.6.0 OK: message accepted", "250 2.6.0 OK: message accepted"],
+        )
+
+    def test_lmtpPerRecipientResults(self) -> None:
+        """
+        An LMTP data handler may answer per recipient.
+        """
+        result = [None, SMTPError(452, "4.2.2 Mailbox full"), "stored"]
+        client = connect([Collector(result)], lmtp=True)
+        self.transaction(client, recipients=3)
+        client.send("DATA")
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in client.write(b"x\r\n.\r\n")],
+            ["250 2.6.0 OK: message accepted", "452 4.2.2 Mailbox full", "250 2.6.0 stored"],
+        )
+
+    def test_lmtpWrongNumberOfResults(self) -> None:
+        """
+        A per-recipient answer of the wrong length is a handler bug: 451 for everyone.
+        """
+        client = connect([Collector([None])], lmtp=True)
+        self.transaction(client, recipients=2)
+        client.send("DATA")
+        self.assertEqual(codes(client.write(b"x\r\n.\r\n")), [451, 451])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_listInSmtpIsABug(self) -> None:
+        """
+        In SMTP a list answer is a handler bug (the reference sends several replies).
+        """
+        client = connect([Collector(["a", "b"])])
+        self.transaction(client)
+        client.send("DATA")
+        self.assertEqual(codes(client.write(b"x\r\n.\r\n")), [451])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_lmtpSizeRefusesEveryone(self) -> None:
+        """
+        In LMTP a message over size gets 552 once per recipient.
+        """
+        client = connect(lmtp=True, size=5)
+        self.transaction(client, recipients=2)
+        client.send("DATA")
+        self.assertEqual(codes(client.write(b"0123456789\r\n.\r\n")), [552, 552])
+
+
+@implementer(IDataHandler)
+class Manual:
+    """
+    A data handler driven by the test: it reads with deliverBody and answers when told.
+    """
+
+    def __init__(self, pauseAt: int | None = None) -> None:
+        self.chunks: list[bytes] = []
+        self.ended: BaseException | None = None
+        self.answer: Deferred[object] = Deferred()
+        self.stream: Any = None
+        self.pauseAt = pauseAt
+        self.producer: Any = None
+
+    def onData(self, stream: IMessageStream, session: Session) -> Deferred[object]:
+        from twisted.internet.protocol import Protocol
+        from twisted.python.failure import Failure
+
+        handler = self
+        self.stream = stream
+
+        class Reader(Protocol):
+            def connectionMade(self) -> None:
+                handler.producer = self.transport
+                if handler.pauseAt == 0:
+                    self.transport.pauseProducing()  # type: ignore[union-attr]
+
+            def dataReceived(self, data: bytes) -> None:
+                handler.chunks.append(data)
+
+            def connectionLost(self, reason: Failure = Failure(MessageDone())) -> None:
+                handler.ended = reason.value
+
+        stream.deliverBody(Reader())
+        return self.answer
+
+
+class StreamingTests(SynchronousTestCase):
+    """
+    How data handlers receive the message: streaming, backpressure, chains, aborts.
+    """
+
+    def start(self, handlers: list[object], **options: Any) -> MemoryClient:
+        client = connect(handlers, **options)
+        hello(client, "LHLO" if options.get("lmtp") else "EHLO")
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>")
+        self.assertEqual(codes(client.send("DATA")), [354])
+        return client
+
+    def test_chunksArriveAsSent(self) -> None:
+        """
+        The handler sees the message chunk by chunk as it arrives, before the end.
+        """
+        handler = Manual()
+        client = self.start([handler])
+        client.write(b"first line\r\n")
+        client.write(b"second line\r\n")
+        # The last CRLF is held back until it is known not to start the final dot.
+        self.assertEqual(b"".join(handler.chunks), b"first line\r\nsecond line")
+        self.assertIsNone(handler.ended)
+        client.write(b".\r\n")
+        self.assertEqual(b"".join(handler.chunks), b"first line\r\nsecond line\r\n")
+        self.assertIsInstance(handler.ended, MessageDone)
+
+    def test_replyWaitsForHandler(self) -> None:
+        """
+        The final reply goes out only when the handler answers, and commands pipelined
+        after the dot wait for it.
+        """
+        handler = Manual()
+        client = self.start([handler])
+        self.assertEqual(client.write(b"x\r\n.\r\nNOOP\r\n"), [])
+        handler.answer.callback("done")
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in client.received()], ["250 done", "250 OK"]
+        )
+
+    def test_slowHandlerPausesClient(self) -> None:
+        """
+        While a handler leaves data unread, the server stops reading from the client,
+        and reads again once the handler catches up (backpressure).
+        """
+        handler = Manual(pauseAt=0)
+        client = self.start([handler])
+        chunk = b"x" * 1000 + b"\r\n"
+        for _ in range((HIGH_WATER // len(chunk)) + 2):
+            client.write(chunk)
+        self.assertEqual(client.transport.producerState, "paused")
+        self.assertLessEqual(handler.stream.backlog, HIGH_WATER + len(chunk))
+        handler.producer.resumeProducing()
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(handler.stream.backlog, 0)
+
+    def test_asyncIterationBackpressure(self) -> None:
+        """
+        A handler reading with async for pulls chunk by chunk; unread data pauses the
+        client.
+        """
+        received: list[bytes] = []
+        gate: list[Deferred[None]] = []
+
+        @implementer(IDataHandler)
+        class Iterating:
+            async def onData(self, stream: IMessageStream, session: Session) -> None:
+                async for chunk in stream:  # type: ignore[attr-defined]
+                    received.append(chunk)
+                    waiter: Deferred[None] = Deferred()
+                    gate.append(waiter)
+                    await waiter
+
+        client = self.start([Iterating()])
+        chunk = b"y" * 4000 + b"\r\n"
+        for _ in range(HIGH_WATER // len(chunk) + 2):
+            client.write(chunk)
+        self.assertEqual(client.transport.producerState, "paused")
+        self.assertEqual(len(received), 1)
+        client.write(b".\r\n")
+        while gate:
+            gate.pop().callback(None)
+        self.assertEqual(client.transport.producerState, "producing")
+        self.assertEqual(codes(client.received()), [250])
+        self.assertEqual(len(b"".join(received)), (HIGH_WATER // len(chunk) + 2) * len(chunk))
+
+    def test_disconnectMidData(self) -> None:
+        """
+        If the client goes away mid-message the handler's stream fails with
+        MessageAborted instead of leaving it waiting (spec section 14 #10).
+        """
+        handler = Manual()
+        client = self.start([handler])
+        client.write(b"partial\r\n")
+        client.disconnect()
+        self.assertIsInstance(handler.ended, MessageAborted)
+        handler.answer.callback(None)
+
+    def test_handlerAnswersEarly(self) -> None:
+        """
+        A handler that answers before the message ended gets no more of it; the reply
+        still waits for the final dot.
+        """
+        handler = Manual()
+        client = self.start([handler])
+        client.write(b"one\r\n")
+        handler.answer.callback("early")
+        self.assertEqual(client.write(b"two\r\n"), [])
+        self.assertEqual(handler.chunks, [b"one"])
+        self.assertEqual(first(client.write(b".\r\n")), "250 early")
+
+    def test_chainOrder(self) -> None:
+        """
+        With two data handlers, the second sees the message end only after the first
+        accepted it.
+        """
+        first_, second = Manual(), Manual()
+        client = self.start([first_, second])
+        client.write(b"body\r\n.\r\n")
+        self.assertIsInstance(first_.ended, MessageDone)
+        self.assertIsNone(second.ended)
+        self.assertEqual(second.chunks, [b"body\r\n"])
+        first_.answer.callback(None)
+        self.assertIsInstance(second.ended, MessageDone)
+        self.assertEqual(client.received(), [])
+        second.answer.callback("stored")
+        self.assertEqual(first(client.received()), "250 stored")
+
+    def test_firstRefusalStopsTheChain(self) -> None:
+        """
+        If the first data handler refuses, the second never sees the message end: its
+        stream fails with MessageRefused, and the refusal is the reply.
+        """
+        filter_, store = Manual(), Manual()
+        client = self.start([filter_, store])
+        client.write(b"spam\r\n.\r\n")
+        filter_.answer.errback(SMTPError(554, "Rejected content"))
+        self.assertIsInstance(store.ended, MessageRefused)
+        store.answer.callback(None)
+        self.assertEqual(first(client.received()), "554 Rejected content")
+
+    def test_streamErrorFromHandlerIsNotABug(self) -> None:
+        """
+        A handler that lets its stream's failure through is not logged as a bug.
+        """
+        collector = Collector()
+        client = connect([collector], size=5)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.assertEqual(codes(client.write(b"0123456789\r\n.\r\n")), [552])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_streamSizeAttributes(self) -> None:
+        """
+        byteLength and sizeExceeded follow the message as it arrives.
+        """
+        handler = Manual()
+        client = self.start([handler], size=10)
+        client.write(b"12345\r\n")
+        self.assertEqual((handler.stream.byteLength, handler.stream.sizeExceeded), (5, False))
+        client.write(b"12345\r\n")
+        self.assertEqual((handler.stream.byteLength, handler.stream.sizeExceeded), (12, True))
+        client.write(b".\r\n")
+        handler.answer.callback(None)
+
+
+class PipeliningTests(SynchronousTestCase):
+    """
+    Replies come in command order whatever the handlers do (RFC 2920).
+    """
+
+    def test_orderWithPendingHandler(self) -> None:
+        """
+        While a handler's Deferred is pending nothing else is read; the replies come out
+        in order once it fires (standards 2920-02).
+        """
+        pending: Deferred[None] = Deferred()
+
+        @implementer(IMailFromHandler)
+        class Slow:
+            def onMailFrom(self, address: Address, session: Session) -> Deferred[None]:
+                return pending
+
+        client = connect([Slow()])
+        hello(client)
+        replies = client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "NOOP")
+        self.assertEqual(replies, [])
+        self.assertEqual(client.transport.producerState, "paused")
+        pending.callback(None)
+        self.assertEqual(codes(client.received()), [250, 250, 250])
+        self.assertEqual(client.transport.producerState, "producing")
+
+    def test_coroutineHandler(self) -> None:
+        """
+        A coroutine handler works like a Deferred one.
+        """
+        gate: Deferred[None] = Deferred()
+
+        @implementer(IRcptToHandler)
+        class Async:
+            async def onRcptTo(self, address: Address, session: Session) -> None:
+                await gate
+                if address.address.startswith("no"):
+                    raise SMTPError(550, "No such user")
+
+        client = connect([Async()])
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(client.send("RCPT TO:<no@d.example>", "RCPT TO:<yes@d.example>"), [])
+        gate.callback(None)
+        self.assertEqual(codes(client.received()), [550, 250])
+
+    def test_repliesInOneWrite(self) -> None:
+        """
+        Replies to a batch of pipelined commands leave in one write.
+        """
+        client = connect()
+        writes: list[bytes] = []
+        original = client.transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            original(data)
+
+        client.transport.write = write  # type: ignore[method-assign]
+        client.send("EHLO x", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "NOOP")
+        self.assertEqual(len(writes), 1)
+
+    def test_clientNotReading(self) -> None:
+        """
+        When the client stops reading our replies, we stop reading its commands.
+        """
+        client = connect()
+        client.protocol.pauseProducing()
+        self.assertEqual(client.send("NOOP"), [])
+        client.protocol.resumeProducing()
+        self.assertEqual(codes(client.received()), [250])
+
+    def test_longBatchYields(self) -> None:
+        """
+        A very long batch of pipelined commands is answered in turns, letting other
+        connections run in between.
+        """
+        client = connect()
+        replies = client.send(*["NOOP"] * 250)
+        self.assertEqual(len(replies), 100)
+        self.assertEqual(client.transport.producerState, "paused")
+        self.assertEqual(len(client.clock.getDelayedCalls()), 2)  # the turn and the timeout
+        client.clock.advance(0)
+        self.assertEqual(len(client.received()), 150)
+        self.assertEqual(client.transport.producerState, "producing")
+
+    def test_handlersInOrder(self) -> None:
+        """
+        Several handlers run in registration order and the first refusal stops the chain.
+        """
+        calls: list[str] = []
+
+        @implementer(IMailFromHandler)
+        class Named:
+            def __init__(self, name: str, refuse: bool = False) -> None:
+                self.name, self.refuse = name, refuse
+
+            def onMailFrom(self, address: Address, session: Session) -> Deferred[None]:
+                calls.append(self.name)
+                if self.refuse:
+                    raise SMTPError(550, f"refused by {self.name}")
+                return succeed(None)
+
+        client = connect([Named("a"), Named("b", refuse=True), Named("c")])
+        hello(client)
+        self.assertEqual(first(client.send("MAIL FROM:<x@y.example>")), "550 refused by b")
+        self.assertEqual(calls, ["a", "b"])
+
+
+class TimeoutAndShutdownTests(SynchronousTestCase):
+    """
+    socketTimeout and SMTPServer.close (spec sections 2.3, 13.2).
+    """
+
+    def test_idleTimeout(self) -> None:
+        """
+        After socketTimeout seconds without traffic the client gets 421 and is closed.
+        """
+        client = connect(socketTimeout=30)
+        client.clock.advance(20)
+        client.send("NOOP")
+        client.clock.advance(20)
+        self.assertFalse(client.closed)
+        client.clock.advance(11)
+        self.assertEqual(first(client.received()), "421 Timeout - closing connection")
+        self.assertTrue(client.closed)
+
+    def test_timeoutMidDataAbortsMessage(self) -> None:
+        """
+        A client that stalls mid-message times out and the handler is told.
+        """
+        handler = Manual()
+        client = connect([handler], socketTimeout=10)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        client.write(b"partial")
+        client.clock.advance(11)
+        self.assertEqual(first(client.received()), "421 Timeout - closing connection")
+        self.assertIsInstance(handler.ended, MessageAborted)
+
+    def test_timeoutOff(self) -> None:
+        """
+        socketTimeout=0 never times out.
+        """
+        client = connect(socketTimeout=0)
+        client.clock.advance(100000)
+        self.assertFalse(client.closed)
+
+    def test_closeIdleClients(self) -> None:
+        """
+        close() tells idle clients 421 at once and fires when they are gone.
+        """
+        server = makeServer()
+        client = MemoryClient(server)
+        hello(client)
+        closed = server.close()
+        self.assertEqual(first(client.received()), "421 Server shutting down")
+        self.assertTrue(client.closed)
+        self.successResultOf(closed)
+
+    def test_closeLetsTransactionFinish(self) -> None:
+        """
+        A client in a transaction may finish its message; its next command gets 421.
+        """
+        recorder = RecordingHandler()
+        server = makeServer([recorder])
+        client = MemoryClient(server)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        closed = server.close()
+        self.assertNoResult(closed)
+        self.assertEqual(client.received(), [])
+        self.assertEqual(codes(client.write(b"x\r\n.\r\n")), [250])
+        self.assertEqual(len(recorder.messages), 1)
+        self.assertEqual(first(client.send("MAIL FROM:<a@b.example>")), "421 Server shutting down")
+        self.successResultOf(closed)
+
+    def test_closeForcesAfterTimeout(self) -> None:
+        """
+        After closeTimeout the remaining clients get 421 and are closed.
+        """
+        server = makeServer(closeTimeout=5)
+        client = MemoryClient(server)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>")
+        closed = server.close()
+        server.reactor.advance(5)
+        self.assertEqual(first(client.received()), "421 Server shutting down")
+        self.successResultOf(closed)
+
+    def test_closeTimeoutZero(self) -> None:
+        """
+        closeTimeout=0 closes every client at once.
+        """
+        server = makeServer(closeTimeout=0)
+        client = MemoryClient(server)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>")
+        closed = server.close()
+        self.assertEqual(first(client.received()), "421 Server shutting down")
+        self.successResultOf(closed)
+
+    def test_closeTwice(self) -> None:
+        """
+        Every call to close() gets a Deferred that fires when the server is closed.
+        """
+        server = makeServer()
+        client = MemoryClient(server)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>")
+        one, two = server.close(), server.close()
+        self.assertNoResult(one)
+        client.send("QUIT")
+        self.successResultOf(one)
+        self.successResultOf(two)
+        self.successResultOf(server.close())
+
+
+class SessionFieldTests(SynchronousTestCase):
+    """
+    The session handlers see (spec section 9).
+    """
+
+    def test_fields(self) -> None:
+        """
+        A fresh session has the reference's fields.
+        """
+        client = connect()
+        session = client.session
+        self.assertRegex(session.id, r"^[0-9a-v]{16}$")
+        self.assertEqual(
+            (session.localAddress, session.localPort, session.remoteAddress, session.remotePort),
+            ("127.0.0.1", 25, "192.0.2.1", 40000),
+        )
+        self.assertEqual(session.clientHostname, "[192.0.2.1]")
+        self.assertEqual((session.secure, session.user, session.openingCommand), (False, None, None))
+        self.assertEqual(session.transaction, 1)
+
+    def test_transmissionType(self) -> None:
+        """
+        transmissionType names the protocol as RFC 3848 does.
+        """
+        client = connect()
+        client.send("HELO x")
+        self.assertEqual(client.session.transmissionType, "SMTP")
+        client.send("EHLO x")
+        self.assertEqual(client.session.transmissionType, "ESMTP")
+        client.send("MAIL FROM:<a@b.example> SMTPUTF8")
+        self.assertEqual(client.session.transmissionType, "UTF8SMTP")
+        lmtp = connect(lmtp=True)
+        lmtp.send("LHLO x")
+        self.assertEqual(lmtp.session.transmissionType, "LMTP")
+
+    def test_errorIsLastFailure(self) -> None:
+        """
+        session.error keeps the last reply of 400 or more.
+        """
+        client = connect()
+        client.send("FOO", "NOOP")
+        self.assertEqual(client.session.error, "500 Error: command not recognized")
+
+    def test_closeHandlersRun(self) -> None:
+        """
+        ICloseHandler runs once per connection, also for refused ones.
+        """
+        recorder = RecordingHandler()
+        server = makeServer([recorder], maxClients=1)
+        a = MemoryClient(server)
+        b = MemoryClient(server)
+        self.assertEqual(len(recorder.closed), 1)
+        self.assertIs(recorder.closed[0], b.session)
+        a.send("QUIT")
+        self.assertEqual(len(recorder.closed), 2)
+
+
+class ServerTests(SynchronousTestCase):
+    """
+    Building a server.
+    """
+
+    def test_unknownOption(self) -> None:
+        """
+        An unknown option is a TypeError that names it.
+        """
+        with self.assertRaises(TypeError) as caught:
+            SMTPServer(reactor=Clock(), maxclients=3)
+        self.assertIn("'maxclients'", str(caught.exception))
+
+    def test_badOptionValue(self) -> None:
+        """
+        A bad value is a ValueError that names the option.
+        """
+        with self.assertRaises(ValueError) as caught:
+            SMTPServer(reactor=Clock(), bareLineEndings="maybe")
+        self.assertIn("bareLineEndings", str(caught.exception))
+
+    def test_handlerWithoutInterfaces(self) -> None:
+        """
+        A handler that declares none of the interfaces is refused with a hint.
+        """
+
+        class Forgetful:
+            def onMailFrom(self, address: Address, session: Session) -> None:
+                pass
+
+        with self.assertRaises(TypeError) as caught:
+            SMTPServer([Forgetful()], reactor=Clock())
+        self.assertIn("implementer", str(caught.exception))
