@@ -32,6 +32,7 @@ from .interfaces import (
     IMailFromHandler,
     IMessageStream,
     IRcptToHandler,
+    ISecureHandler,
 )
 
 __version__ = "0.1.0.dev0"
@@ -46,6 +47,7 @@ __all__ = [
     "IMailFromHandler",
     "IMessageStream",
     "IRcptToHandler",
+    "ISecureHandler",
     "MessageAborted",
     "MessageDone",
     "MessageRefused",

@@ -20,6 +20,8 @@ from typing import Any, Final
 
 #: The ways the DATA decoder can treat a bare CR or a bare LF inside a message.
 BARE_LINE_ENDING_POLICIES: Final = ("normalize", "reject", "pass")
+#: TLS versions by the names the reference (and Node) uses.
+TLS_VERSIONS: Final = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 
 
 def _option(
@@ -167,6 +169,87 @@ class ServerOptions:
         group="limits",
     )
 
+    # -- TLS -----------------------------------------------------------------------------
+    secure: bool = _option(
+        False,
+        "Implicit TLS (RFC 8314, port 465): the handshake starts with the first byte and "
+        "the greeting comes after it.",
+        group="tls",
+    )
+    needsUpgrade: bool = _option(
+        False,
+        "Refuse MAIL, RCPT, DATA and AUTH with ``530 5.7.0 Must issue a STARTTLS command "
+        "first`` until the connection is encrypted.",
+        group="tls",
+    )
+    hideSTARTTLS: bool = _option(False, "Do not advertise STARTTLS (it still works).", group="tls")
+    key: bytes | str | None = _option(
+        None,
+        "The server's private key, PEM.  Without ``key`` and ``cert`` a self-signed "
+        "development certificate for ``name`` is made at start and a warning is logged.",
+        cli=False,
+        group="tls",
+    )
+    cert: bytes | str | None = _option(
+        None,
+        "The server's certificate, PEM, followed by its intermediate certificates.",
+        cli=False,
+        group="tls",
+    )
+    ca: bytes | str | None = _option(
+        None,
+        "CA certificates, PEM, that client certificates must chain to (with ``requestCert``).",
+        cli=False,
+        group="tls",
+    )
+    requestCert: bool = _option(
+        False, "Ask clients for a certificate during the handshake.", group="tls"
+    )
+    rejectUnauthorized: bool = _option(
+        True,
+        "With ``requestCert``: refuse a client whose certificate is missing or does not "
+        "chain to ``ca``.  When false such clients are served and "
+        "``session.peerCertificateVerified`` says whether theirs verified.",
+        group="tls",
+    )
+    minVersion: str = _option(
+        "TLSv1.2",
+        "Oldest TLS version accepted (RFC 8997 retired TLS 1.0 and 1.1).",
+        choices=TLS_VERSIONS,
+        group="tls",
+    )
+    maxVersion: str | None = _option(
+        None,
+        "Newest TLS version accepted; unset means the newest OpenSSL supports.",
+        choices=TLS_VERSIONS,
+        group="tls",
+    )
+    ciphers: str | None = _option(
+        None,
+        "OpenSSL cipher list for TLS 1.2 and older; unset keeps OpenSSL's defaults.",
+        group="tls",
+    )
+    honorCipherOrder: bool = _option(
+        True, "Prefer the server's order of ciphers to the client's.", group="tls"
+    )
+    sniOptions: Mapping[str, Mapping[str, bytes | str]] = _option(
+        doc='Certificates by host name for SNI: ``{"mail.example.com": {"key": ..., '
+        '"cert": ...}}``; ``*.example.com`` covers one label.  Unknown or absent names '
+        "get the default certificate.",
+        defaultFactory=dict,
+        defaultText="none",
+        cli=False,
+        group="tls",
+    )
+    SNICallback: Callable[[str], Mapping[str, bytes | str] | None] | None = _option(
+        None,
+        "Called with the SNI name of each handshake (lower case) instead of looking in "
+        '``sniOptions``; return a ``{"key": ..., "cert": ...}`` mapping, or None for the '
+        "default certificate.  It runs inside the handshake, so it must answer at once.",
+        cli=False,
+        group="tls",
+    )
+
     # -- authentication ------------------------------------------------------------------
     authMethods: tuple[str, ...] = _option(
         ("LOGIN", "PLAIN"),
@@ -249,6 +332,10 @@ _KINDS: Final = {
     "bool | None": (bool, type(None)),
     "str | None": (str, type(None)),
     "tuple[str, ...]": (tuple,),
+    "bytes | str | None": (bytes, str, type(None)),
+    "Mapping[str, Mapping[str, bytes | str]]": (Mapping,),
+    # Callables are checked with callable(): isinstance() cannot say what they take.
+    "Callable[[str], Mapping[str, bytes | str] | None] | None": (type(None),),
 }
 
 
@@ -296,26 +383,24 @@ class OptionSpec:
         Raise L{ValueError} when C{value} is not acceptable for this option.
         """
         allowed = _KINDS[self.kind]
+        if self.kind.startswith("Callable") and callable(value):
+            return
         # bool is a subclass of int: refuse True where a number is meant.
         if isinstance(value, bool) and bool not in allowed:
             raise ValueError(f"option {self.name} must be {self.kind}, not {value!r}")
         if not isinstance(value, allowed):
             raise ValueError(f"option {self.name} must be {self.kind}, not {value!r}")
-        if self.choices and value not in self.choices:
+        if self.choices and value is not None and value not in self.choices:
             raise ValueError(
                 f"option {self.name} must be one of {', '.join(self.choices)}, not {value!r}"
             )
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"option {self.name} must not be negative, not {value!r}")
-        if (
-            self.name in ("maxClients", "maxCommandLength")
-            and isinstance(value, int)
-            and value < 1
-        ):
+        if self.name in ("maxClients", "maxCommandLength") and isinstance(value, int) and value < 1:
             raise ValueError(f"option {self.name} must be at least 1, not {value!r}")
         if self.name == "name" and (not value or any(c in " \r\n" for c in str(value))):
             raise ValueError(f"option name must be a host name without spaces, not {value!r}")
-        if isinstance(value, str) and any(c in str(value) for c in "\r\n\x00"):
+        if self.kind == "str" and any(c in str(value) for c in "\r\n\x00"):
             raise ValueError(f"option {self.name} must not contain CR, LF or NUL")
 
 

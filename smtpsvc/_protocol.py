@@ -17,12 +17,19 @@ letting other connections run after a long batch of pipelined commands.
 from __future__ import annotations
 
 import inspect
-from functools import partial
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    ISSLTransport,
+    ITLSTransport,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -36,6 +43,7 @@ from ._core._connection import (
     Send,
     ServerConnection,
     StartData,
+    StartTLS,
     normalizeDataResult,
 )
 from ._core._data import DataDecoder
@@ -50,6 +58,7 @@ from ._stream import (
     MessageTooLarge,
     _FanOut,
 )
+from ._tls import connectionInfo
 
 if TYPE_CHECKING:
     from ._server import SMTPServer
@@ -64,7 +73,7 @@ _MESSAGE_ENDINGS: Final = (MessageAborted, MessageTooLarge, MessageRefused)
 
 def callChain(
     calls: Sequence[Callable[[], object]], hook: str, session: Session
-) -> SMTPError | None | Deferred[SMTPError | None]:
+) -> SMTPError | Deferred[SMTPError | None] | None:
     """
     Call each of C{calls} in order until one refuses.
 
@@ -81,22 +90,26 @@ def callChain(
             _logHandlerFailure(Failure(), hook, session)
             return HANDLER_FAILED_ERROR
         if isinstance(result, Deferred) or inspect.iscoroutine(result):
-            rest = calls[index + 1 :]
-
-            def accepted(_: object) -> SMTPError | None | Deferred[SMTPError | None]:
-                return callChain(rest, hook, session)
-
-            def failed(failure: Failure) -> SMTPError:
-                if isinstance(failure.value, SMTPError):
-                    return failure.value
-                _logHandlerFailure(failure, hook, session)
-                return HANDLER_FAILED_ERROR
-
-            chained: Deferred[SMTPError | None] = _ensureDeferred(result).addCallbacks(
-                accepted, failed
-            )
-            return chained
+            return _afterPending(result, calls[index + 1 :], hook, session)
     return None
+
+
+def _afterPending(
+    pending: object, rest: Sequence[Callable[[], object]], hook: str, session: Session
+) -> Deferred[SMTPError | None]:
+    # One handler answered with a Deferred or a coroutine: the chain goes on (or stops)
+    # once it fires.
+    def accepted(_: object) -> SMTPError | Deferred[SMTPError | None] | None:
+        return callChain(rest, hook, session)
+
+    def failed(failure: Failure) -> SMTPError:
+        if isinstance(failure.value, SMTPError):
+            return failure.value
+        _logHandlerFailure(failure, hook, session)
+        return HANDLER_FAILED_ERROR
+
+    chained: Deferred[SMTPError | None] = _ensureDeferred(pending).addCallbacks(accepted, failed)
+    return chained
 
 
 def _ensureDeferred(result: object) -> Deferred[Any]:
@@ -230,11 +243,13 @@ class _DataTransaction:
             self.protocol._dataFinished(self)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class SMTPProtocol(LineReceiver):
     """
     One SMTP or LMTP connection.  Build it through L{smtpsvc.SMTPServer}, which is its
     factory.
+
+    @ivar implicitTLS: whether the connection starts with a TLS handshake (port 465).
     """
 
     delimiter = b"\r\n"
@@ -259,6 +274,9 @@ class SMTPProtocol(LineReceiver):
         self._greetCall: IDelayedCall | None = None
         self._turnCall: IDelayedCall | None = None
         self._abortCall: IDelayedCall | None = None
+        self._tlsPending = False
+        self._handshakes = 0
+        self.implicitTLS = server.options.secure
         self.closedDeferred: Deferred[None] = Deferred()
 
     @property
@@ -280,7 +298,7 @@ class SMTPProtocol(LineReceiver):
             remoteAddress=_host(peer),
             remotePort=getattr(peer, "port", 0),
         )
-        self._core = ServerConnection(self._options, session)
+        self._core = ServerConnection(self._options, session, tlsAvailable=True)
         self._server._connectionMade(self)
         IConsumer(transport).registerProducer(self, True)
         self._lastActivity = self._reactor.seconds()
@@ -294,6 +312,14 @@ class SMTPProtocol(LineReceiver):
             remoteAddress=session.remoteAddress,
             remotePort=session.remotePort,
         )
+        if self.implicitTLS:
+            # Implicit TLS: nothing is said in clear; the rest waits for the handshake.
+            self._startTLS()
+        else:
+            self._admit()
+
+    def _admit(self) -> None:
+        # The checks and the delay before the greeting, once any implicit TLS is up.
         limit = self._options.maxClients
         if limit is not None and self._server.connectionCount > limit:
             self._perform(self._core.tooManyClients())
@@ -310,7 +336,12 @@ class SMTPProtocol(LineReceiver):
     def _greet(self) -> None:
         self._greetCall = None
         core = self._core
-        calls = [partial(h, core.session) for h in self._server._handlersFor("onConnect")]
+        calls: list[Callable[[], object]] = [
+            partial(h, core.session) for h in self._server._handlersFor("onConnect")
+        ]
+        if self.implicitTLS:
+            # As in the reference: onConnect, then onSecure, then the greeting.
+            calls += self._secureCalls()
         result = callChain(calls, "onConnect", core.session)
         if isinstance(result, Deferred):
             self._handlerPending = True
@@ -324,6 +355,10 @@ class SMTPProtocol(LineReceiver):
             return
         if error is not None:
             self._perform(self._core.refuseConnection(error))
+            return
+        if self._core.closing:
+            # The server began to close while this client waited for its greeting.
+            self._perform(self._core.shutDown())
             return
         self._greeted = True
         self._perform(self._core.greeting())
@@ -340,6 +375,12 @@ class SMTPProtocol(LineReceiver):
             self._data.abort()
             self._data = None
         session = self._core.session
+        if self._tlsPending:
+            _log.info(
+                "TLS handshake failed: {reason}",
+                sessionId=session.id,
+                reason=reason.getErrorMessage(),
+            )
         _log.info("Connection closed", sessionId=session.id)
         self._server._connectionLost(self)
         calls = [partial(h, session) for h in self._server._handlersFor("onClose")]
@@ -360,6 +401,11 @@ class SMTPProtocol(LineReceiver):
         if idle < timeout:
             self._timeoutCall = self._reactor.callLater(timeout - idle, self._checkIdle)
             return
+        if self._tlsPending:
+            # No reply can be sent in the middle of a handshake.
+            _log.info("TLS handshake timed out", sessionId=self._core.session.id)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         _log.info("Connection timed out", sessionId=self._core.session.id)
         self._abortData()
         self._perform(self._core.timedOut())
@@ -372,6 +418,15 @@ class SMTPProtocol(LineReceiver):
         if self._closed:
             return
         self._core.closing = True
+        if self._tlsPending:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        if self._greetCall is not None:
+            # Still in the early-talker delay: say goodbye instead of hello.
+            self._greetCall.cancel()
+            self._greetCall = None
+            self._perform(self._core.shutDown())
+            return
         idle = (
             self._greeted
             and self._core.idle
@@ -509,6 +564,20 @@ class SMTPProtocol(LineReceiver):
             self._check("onRcptTo", action.address, self._core.rcptChecked)
         elif kind is StartData:
             self._startData()
+        elif kind is StartTLS:
+            assert isinstance(action, StartTLS)
+            self._write(action.data)
+            self._flush()
+            # RFC 3207 section 4.2 and CVE-2011-0411: nothing the client sent in clear
+            # after STARTTLS may be read as if it came through TLS.
+            discarded = self.clearLineBuffer()
+            if discarded:
+                _log.warn(
+                    "Discarded {count} bytes sent in clear after STARTTLS",
+                    sessionId=self._core.session.id,
+                    count=len(discarded),
+                )
+            self._startTLS()
         else:
             raise TypeError(f"unknown action {action!r}")
 
@@ -535,6 +604,59 @@ class SMTPProtocol(LineReceiver):
 
         result.addCallback(answered)
 
+    # -- TLS -------------------------------------------------------------------------------
+
+    def _startTLS(self) -> None:
+        self._tlsPending = True
+        transport = ITLSTransport(self.transport)
+        transport.startTLS(self._server.tls)
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake finished: record what it settled, forget what was said in
+        clear, and ask the L{ISecureHandler}s.
+        """
+        self._handshakes += 1
+        if self._handshakes > 1 or self._closed:
+            # Renegotiation is refused by the contexts; never run the reset twice.
+            return
+        self._tlsPending = False
+        connection = cast(Any, ISSLTransport(self.transport)).getHandle()
+        info, servername, peer, verified = connectionInfo(connection)
+        core = self._core
+        core.tlsStarted(info, servername, peer, verified)
+        _log.info(
+            "Connection upgraded to {version} using {cipher}",
+            sessionId=core.session.id,
+            version=info.version,
+            cipher=info.name,
+            servername=servername,
+        )
+        if self.implicitTLS and not self._greeted:
+            # onSecure runs with onConnect, before the greeting.
+            self._admit()
+            return
+        result = callChain(self._secureCalls(), "onSecure", core.session)
+        if not isinstance(result, Deferred):
+            self._secured(result)
+            return
+        self._handlerPending = True
+        self._pause("handler")
+        result.addCallback(self._secured)
+
+    def _secureCalls(self) -> list[Callable[[], object]]:
+        session = self._core.session
+        return [
+            partial(h, session, session.peerCertificate)
+            for h in self._server._handlersFor("onSecure")
+        ]
+
+    def _secured(self, error: SMTPError | None) -> None:
+        self._handlerPending = False
+        if error is not None and not self._closed:
+            self._perform(self._core.refuseSecure(error))
+        self._resume("handler")
+
     def _startData(self) -> None:
         options = self._options
         core = self._core
@@ -556,8 +678,7 @@ class SMTPProtocol(LineReceiver):
         send = self._core.dataFinished(
             answers,
             tooLarge=decoder.sizeExceeded,
-            bareLineEndings=decoder.bareLineEndings
-            and self._options.bareLineEndings == "reject",
+            bareLineEndings=decoder.bareLineEndings and self._options.bareLineEndings == "reject",
         )
         _log.info(
             "Message from {mailFrom} to {rcptTo}, {size} bytes: {reply}",

@@ -4,6 +4,7 @@ The server object applications build: options, handlers, listening, shutting dow
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +16,14 @@ from twisted.logger import Logger
 
 from ._options import ServerOptions
 from ._protocol import SMTPProtocol
+from ._tls import ServerTLS, settingsFrom
 from .interfaces import (
     ICloseHandler,
     IConnectHandler,
     IDataHandler,
     IMailFromHandler,
     IRcptToHandler,
+    ISecureHandler,
 )
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ _log = Logger(namespace="smtpsvc")
 # Each hook, the interface that provides it.  The order is the order of a conversation.
 HOOKS: dict[str, Any] = {
     "onConnect": IConnectHandler,
+    "onSecure": ISecureHandler,
     "onMailFrom": IMailFromHandler,
     "onRcptTo": IRcptToHandler,
     "onData": IDataHandler,
@@ -69,6 +73,8 @@ class SMTPServer(Factory):
             value L{ValueError}.
         """
         self.options = ServerOptions.fromMapping(options)
+        #: Makes the TLS side of each connection; see L{updateSecureContext}.
+        self.tls = ServerTLS(settingsFrom(self.options))
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
@@ -150,13 +156,43 @@ class SMTPServer(Factory):
 
         protocol.closedDeferred.addBoth(ended)
 
+    # -- TLS -------------------------------------------------------------------------------
+
+    def updateSecureContext(self, **tlsOptions: Any) -> None:
+        """
+        Replace certificates and other TLS options, e.g. after a renewal::
+
+            server.updateSecureContext(key=newKey, cert=newCert, sniOptions=newMap)
+
+        The default certificate and the SNI map change together; every handshake after
+        this call uses the new ones, connections already open keep theirs.
+
+        @param tlsOptions: any of C{key}, C{cert}, C{ca}, C{sniOptions}, C{SNICallback},
+            C{ciphers}, C{minVersion}, C{maxVersion}, C{honorCipherOrder},
+            C{requestCert}, C{rejectUnauthorized}.
+        @raise TypeError: for another option.
+        @raise ValueError: when the new certificates or options cannot be used; the old
+            ones then stay in use.
+        """
+        unknown = set(tlsOptions) - TLS_OPTIONS
+        if unknown:
+            raise TypeError(f"not a TLS option: {', '.join(sorted(unknown))}")
+        options = dataclasses.replace(self.options, **tlsOptions)
+        self.tls.update(settingsFrom(options))
+        self.options = options
+        _log.info("TLS certificates updated")
+
     # -- listening and closing -------------------------------------------------------------
 
-    def listen(self, endpoint: str | IStreamServerEndpoint) -> Deferred[IListeningPort]:
+    def listen(
+        self, endpoint: str | IStreamServerEndpoint, *, secure: bool | None = None
+    ) -> Deferred[IListeningPort]:
         """
         Start listening on C{endpoint}, a Twisted endpoint or an endpoint string such as
         C{"tcp:25"}, C{"tcp:2525:interface=127.0.0.1"} or C{"systemd:domain=INET:index=0"}.
 
+        @param secure: whether connections on this endpoint start with TLS (port 465),
+            overriding the C{secure} option, so one server can serve 587 and 465.
         @return: a Deferred that fires with the listening port.
         """
         if self.closing:
@@ -164,14 +200,18 @@ class SMTPServer(Factory):
         target: IStreamServerEndpoint = (
             serverFromString(self.reactor, endpoint) if isinstance(endpoint, str) else endpoint
         )
-        d = target.listen(self)
+        factory: Factory = self if secure is None else _Listener(self, secure)
+        d = target.listen(factory)
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
             address = port.getHost()
             _log.info(
                 "{kind} server listening on {host}:{port}",
-                kind="LMTP" if self.options.lmtp else "SMTP",
+                kind=("LMTP" if self.options.lmtp else "SMTP")
+                + (
+                    " (implicit TLS)" if (self.options.secure if secure is None else secure) else ""
+                ),
                 host=getattr(address, "host", address),
                 port=getattr(address, "port", ""),
             )
@@ -246,3 +286,35 @@ class SMTPServer(Factory):
             waiters, self._closeWaiters = self._closeWaiters, []
             for waiter in waiters:
                 waiter.callback(None)
+
+
+TLS_OPTIONS = frozenset(
+    (
+        "key",
+        "cert",
+        "ca",
+        "sniOptions",
+        "SNICallback",
+        "ciphers",
+        "minVersion",
+        "maxVersion",
+        "honorCipherOrder",
+        "requestCert",
+        "rejectUnauthorized",
+    )
+)
+
+
+class _Listener(Factory):
+    """
+    The server's factory for one listener whose TLS mode differs from the option.
+    """
+
+    def __init__(self, server: SMTPServer, secure: bool) -> None:
+        self._server = server
+        self._secure = secure
+
+    def buildProtocol(self, addr: IAddress | None) -> SMTPProtocol:
+        protocol = self._server.buildProtocol(addr)
+        protocol.implicitTLS = self._secure
+        return protocol

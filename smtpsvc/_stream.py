@@ -278,4 +278,3 @@ def readMessage(stream: IMessageStream) -> Deferred[bytes]:
     done: Deferred[bytes] = Deferred()
     stream.deliverBody(_Collector(done))
     return done
-

@@ -41,6 +41,25 @@ class IConnectHandler(Interface):
         """
 
 
+class ISecureHandler(Interface):
+    """
+    Decides about a client once its connection is encrypted.
+    """
+
+    def onSecure(session: Session, peerCertificate: object) -> object:
+        """
+        A TLS handshake completed: implicit TLS before the greeting, or STARTTLS.  It is
+        called once per handshake.  C{session.secure}, C{session.tlsOptions} and
+        C{session.servername} are set; C{peerCertificate} is the client's certificate (a
+        L{cryptography.x509.Certificate}) when C{requestCert} is set and it sent one,
+        else L{None}, and C{session.peerCertificateVerified} says whether it chains to
+        the server's C{ca}.
+
+        Raise L{smtpsvc.SMTPError} to refuse the client: it gets that reply (encrypted)
+        and the connection closes.
+        """
+
+
 class IMailFromHandler(Interface):
     """
     Decides about the sender of each transaction.
@@ -150,10 +169,11 @@ class ICloseHandler(Interface):
 
 
 __all__ = [
+    "ICloseHandler",
     "IConnectHandler",
     "IDataHandler",
-    "ICloseHandler",
     "IMailFromHandler",
     "IMessageStream",
     "IRcptToHandler",
+    "ISecureHandler",
 ]

@@ -32,12 +32,16 @@ def _coerce(spec: OptionSpec) -> Callable[[str], object]:
     def coerce(text: str) -> object:
         if kind == "tuple[str, ...]":
             return tuple(part.strip() for part in text.split(",") if part.strip())
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
+        try:
+            if kind == "int":
+                return int(text)
+            if kind == "float":
+                return float(text)
+        except ValueError:
+            what = "a whole number" if kind == "int" else "a number"
+            raise ValueError(f"--{spec.flag} must be {what}, not {text!r}") from None
         if spec.choices and text not in spec.choices:
-            raise ValueError(f"must be one of {', '.join(spec.choices)}")
+            raise ValueError(f"--{spec.flag} must be one of {', '.join(spec.choices)}")
         return text
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
@@ -101,9 +105,7 @@ class Options(usage.Options):
         maildir:DIR, or discard [default: maildir:./maildir]
         """
         kind, _, argument = target.partition(":")
-        if kind == "maildir" and argument:
-            self["deliver"].append(target)
-        elif kind == "discard" and not argument:
+        if (kind == "maildir" and argument) or (kind == "discard" and not argument):
             self["deliver"].append(target)
         else:
             raise usage.UsageError(f"--deliver: expected maildir:DIR or discard, not {target!r}")
@@ -135,7 +137,14 @@ class Options(usage.Options):
         try:
             ServerOptions.fromMapping(self.serverOptions())
         except (TypeError, ValueError) as e:
-            raise usage.UsageError(str(e)) from e
+            raise usage.UsageError(_withFlags(str(e))) from e
+
+
+def _withFlags(message: str) -> str:
+    # The library names options as code does; on the command line, name the flag.
+    for spec in optionSpecs():
+        message = message.replace(f"option {spec.name} ", f"--{spec.flag} ")
+    return message
 
 
 def buildServer(options: Options, reactor: Any = None) -> SMTPServer:

@@ -12,8 +12,9 @@ an L{SMTPServer} in memory, on a fake clock, and gives back the server's replies
     server = SMTPServer([MyPolicy(), recorder], reactor=Clock(), authOptional=True)
     client = MemoryClient(server)
     assert client.send("EHLO client.example")[0].code == 250
-    replies = client.sendmail("a@example.org", ["b@example.net"], b"Subject: hi\\r\\n\\r\\nhello\\r\\n")
-    assert recorder.messages[0].data == b"Subject: hi\\r\\n\\r\\nhello\\r\\n"
+    message = b"Subject: hi\\r\\n\\r\\nhello\\r\\n"
+    replies = client.sendmail("a@example.org", ["b@example.net"], message)
+    assert recorder.messages[0].data == message
 """
 
 from __future__ import annotations
@@ -151,9 +152,7 @@ class MemoryClient:
     @ivar transport: the server side's L{StringTransport}.
     """
 
-    def __init__(
-        self, server: SMTPServer, peer: tuple[str, int] = ("192.0.2.1", 40000)
-    ) -> None:
+    def __init__(self, server: SMTPServer, peer: tuple[str, int] = ("192.0.2.1", 40000)) -> None:
         clock = server.reactor
         if not isinstance(clock, Clock):
             raise TypeError("MemoryClient needs a server built with reactor=Clock()")
@@ -208,9 +207,7 @@ class MemoryClient:
         """
         return self.write(b"".join(c.encode("utf-8") + b"\r\n" for c in commands))
 
-    def sendmail(
-        self, sender: str, recipients: Sequence[str], message: bytes
-    ) -> list[ServerReply]:
+    def sendmail(self, sender: str, recipients: Sequence[str], message: bytes) -> list[ServerReply]:
         """
         Run one transaction: MAIL, each RCPT, DATA, the dot-stuffed message.
 

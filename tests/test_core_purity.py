@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 PACKAGE = Path(__file__).resolve().parent.parent / "smtpsvc"
 
 # The core, and the pure modules outside it that the core imports.
-PURE = sorted(PACKAGE.joinpath("_core").glob("*.py")) + [
+PURE = [
+    *sorted(PACKAGE.joinpath("_core").glob("*.py")),
     PACKAGE / "_options.py",
     PACKAGE / "_errors.py",
 ]

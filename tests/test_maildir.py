@@ -32,9 +32,13 @@ class MaildirTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.path = self.mktemp()
 
-    def client(self, runInThread: Callable[[Callable[[], Any]], Deferred[Any]] = runNow, **options: Any) -> MemoryClient:
+    def client(
+        self, runInThread: Callable[[Callable[[], Any]], Deferred[Any]] = runNow, **options: Any
+    ) -> MemoryClient:
         delivery = MaildirDelivery(self.path, serverName="mx.test", runInThread=runInThread)
-        server = SMTPServer([delivery], reactor=Clock(), name="mx.test", authOptional=True, **options)
+        server = SMTPServer(
+            [delivery], reactor=Clock(), name="mx.test", authOptional=True, **options
+        )
         client = MemoryClient(server)
         client.send("EHLO client.example")
         return client

@@ -32,7 +32,7 @@ from smtpsvc import (
     readMessage,
 )
 from smtpsvc._stream import HIGH_WATER
-from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, stuff
+from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
 NAME = "mx.test"
 
@@ -351,7 +351,9 @@ class CommandCheckTests(SynchronousTestCase):
         A verb with a non-ASCII letter is unknown (standards 2.13).
         """
         client = connect()
-        self.assertEqual(first(client.write("EHL\u00d0 x\r\n".encode())), "500 Error: command not recognized")
+        self.assertEqual(
+            first(client.write("EHL\u00d0 x\r\n".encode())), "500 Error: command not recognized"
+        )
 
     def test_lineTooLong(self) -> None:
         """
@@ -415,6 +417,7 @@ class SessionCommandTests(SynchronousTestCase):
                     "PIPELINING",
                     "8BITMIME",
                     "SMTPUTF8",
+                    "STARTTLS",
                 ),
             ),
         )
@@ -428,7 +431,15 @@ class SessionCommandTests(SynchronousTestCase):
         client = connect(size=1000, hideENHANCEDSTATUSCODES=False, hideDSN=False)
         self.assertEqual(
             client.send("EHLO x")[0].lines[1:],
-            ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "SIZE 1000"),
+            (
+                "PIPELINING",
+                "8BITMIME",
+                "SMTPUTF8",
+                "ENHANCEDSTATUSCODES",
+                "DSN",
+                "STARTTLS",
+                "SIZE 1000",
+            ),
         )
 
     def test_ehloHiddenExtensions(self) -> None:
@@ -441,6 +452,7 @@ class SessionCommandTests(SynchronousTestCase):
             hidePIPELINING=True,
             hide8BITMIME=True,
             hideSMTPUTF8=True,
+            hideSTARTTLS=True,
         )
         self.assertEqual(client.send("EHLO x")[0].lines[1:], ("SIZE",))
 
@@ -467,7 +479,9 @@ class SessionCommandTests(SynchronousTestCase):
         An address literal is a valid EHLO argument (standards 5321-04).
         """
         client = connect()
-        self.assertEqual(codes(client.send("EHLO [192.0.2.1]", "EHLO [IPv6:2001:db8::1]")), [250, 250])
+        self.assertEqual(
+            codes(client.send("EHLO [192.0.2.1]", "EHLO [IPv6:2001:db8::1]")), [250, 250]
+        )
 
     def test_ehloWithHeaderSpecials(self) -> None:
         """
@@ -539,7 +553,9 @@ class SessionCommandTests(SynchronousTestCase):
         """
         Disabling EHLO disables LHLO in LMTP mode.
         """
-        self.assertEqual(codes(connect(lmtp=True, disabledCommands=("EHLO",)).send("LHLO x")), [500])
+        self.assertEqual(
+            codes(connect(lmtp=True, disabledCommands=("EHLO",)).send("LHLO x")), [500]
+        )
 
     def test_rset(self) -> None:
         """
@@ -590,7 +606,9 @@ class SessionCommandTests(SynchronousTestCase):
         """
         client = connect()
         self.assertEqual(first(client.send("WIZ")), "500 You are no wizard!")
-        self.assertEqual(first(client.send("SHELL")), "500 Mere mortals must not mutter that mantra")
+        self.assertEqual(
+            first(client.send("SHELL")), "500 Mere mortals must not mutter that mantra"
+        )
         self.assertEqual(first(client.send("WIZ please")), "200 Please pass, oh mighty wizard")
         self.assertTrue(client.session.isWizard)
         self.assertEqual(
@@ -674,7 +692,9 @@ class MailTests(SynchronousTestCase):
             "MAIL FROM:<a@b.example>x",
             "MAIL FROM:<a@b_c.example>",
         ):
-            self.assertEqual(first(client.send(command)), "501 5.1.7 Error: Bad sender address syntax")
+            self.assertEqual(
+                first(client.send(command)), "501 5.1.7 Error: Bad sender address syntax"
+            )
         self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
 
     def test_nested(self) -> None:
@@ -683,7 +703,9 @@ class MailTests(SynchronousTestCase):
         """
         client = self.client()
         client.send("MAIL FROM:<a@b.example>")
-        self.assertEqual(first(client.send("MAIL FROM:<c@d.example>")), "503 Error: nested MAIL command")
+        self.assertEqual(
+            first(client.send("MAIL FROM:<c@d.example>")), "503 Error: nested MAIL command"
+        )
 
     def test_syntaxCheckedBeforeNesting(self) -> None:
         """
@@ -710,7 +732,9 @@ class MailTests(SynchronousTestCase):
         An absurd SIZE is just too large (standards 1870-06).
         """
         client = self.client(size=1000)
-        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example> SIZE=99999999999999999999999")), [552])
+        self.assertEqual(
+            codes(client.send("MAIL FROM:<a@b.example> SIZE=99999999999999999999999")), [552]
+        )
 
     def test_sizeSyntax(self) -> None:
         """
@@ -752,9 +776,12 @@ class MailTests(SynchronousTestCase):
             first(client.send("MAIL FROM:<a@b.example> SMTPUTF8=yes")),
             "501 Invalid SMTPUTF8 parameter. This flag does not accept a value",
         )
+        # The examples of standards 6531-02, in Chinese and in Greek.
         replies = client.send(
             "MAIL FROM:<\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a> SMTPUTF8",
-            "RCPT TO:<\u03b4\u03bf\u03ba\u03b9\u03bc\u03ae@\u03c0\u03b1\u03c1\u03ac\u03b4\u03b5\u03b9\u03b3\u03bc\u03b1.\u03b4\u03bf\u03ba\u03b9\u03bc\u03ae>",
+            "RCPT TO:<\u03b4\u03bf\u03ba\u03b9\u03bc\u03ae@"
+            "\u03c0\u03b1\u03c1\u03ac\u03b4\u03b5\u03b9\u03b3\u03bc\u03b1."
+            "\u03b4\u03bf\u03ba\u03b9\u03bc\u03ae>",
         )
         self.assertEqual(codes(replies), [250, 250])
         self.assertTrue(client.session.envelope.smtpUtf8)
@@ -792,12 +819,21 @@ class MailTests(SynchronousTestCase):
         (standards 3461-02, 3461-03).
         """
         client = self.client(hideDSN=False)
-        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example> RET=hdrs ENVID=QQ314159")), [250])
+        self.assertEqual(
+            codes(client.send("MAIL FROM:<a@b.example> RET=hdrs ENVID=QQ314159")), [250]
+        )
         dsn = client.session.envelope.dsn
         assert dsn is not None
         self.assertEqual((dsn.ret, dsn.envid), ("HDRS", "QQ314159"))
         client.send("RSET")
-        for value in ("RET=BOGUS", "RET", "RET=FULL RET=HDRS", "ENVID", "ENVID=+zz", "ENVID=" + "x" * 101):
+        for value in (
+            "RET=BOGUS",
+            "RET",
+            "RET=FULL RET=HDRS",
+            "ENVID",
+            "ENVID=+zz",
+            "ENVID=" + "x" * 101,
+        ):
             self.assertEqual(codes(client.send(f"MAIL FROM:<a@b.example> {value}")), [501], value)
 
     def test_dsnHiddenKeepsParametersInArgs(self) -> None:
@@ -830,7 +866,7 @@ class MailTests(SynchronousTestCase):
         """
         client = self.client()
         client.send("MAIL FROM:<blocked@b.example> BODY=8BITMIME SMTPUTF8")
-        address, envelope = self.policy.seen[0]
+        _, envelope = self.policy.seen[0]
         self.assertEqual((envelope.bodyType, envelope.smtpUtf8), ("8bitmime", True))
         self.assertEqual(client.session.envelope.bodyType, "7bit")
         self.assertIsNone(client.session.envelope.mailFrom)
@@ -841,8 +877,12 @@ class MailTests(SynchronousTestCase):
         reply code implies, with one it is not repeated.
         """
         client = self.client(hideENHANCEDSTATUSCODES=False)
-        self.assertEqual(first(client.send("MAIL FROM:<blocked@b.example>")), "550 5.1.1 Sender blocked")
-        self.assertEqual(first(client.send("MAIL FROM:<later@b.example>")), "451 4.7.1 Try again later")
+        self.assertEqual(
+            first(client.send("MAIL FROM:<blocked@b.example>")), "550 5.1.1 Sender blocked"
+        )
+        self.assertEqual(
+            first(client.send("MAIL FROM:<later@b.example>")), "451 4.7.1 Try again later"
+        )
         self.assertEqual(client.session.error, "451 4.7.1 Try again later")
 
     def test_handlerRefusesWithoutEnhancedCodes(self) -> None:
@@ -889,14 +929,18 @@ class RcptTests(SynchronousTestCase):
         RCPT before MAIL gets 503 (standards 5321-19).
         """
         client = self.client(hideENHANCEDSTATUSCODES=False)
-        self.assertEqual(first(client.send("RCPT TO:<c@d.example>")), "503 5.5.1 Error: need MAIL command")
+        self.assertEqual(
+            first(client.send("RCPT TO:<c@d.example>")), "503 5.5.1 Error: need MAIL command"
+        )
 
     def test_nullRecipient(self) -> None:
         """
         RCPT TO:<> gets 501, checked before the sequence as in the reference.
         """
         client = self.client(hideENHANCEDSTATUSCODES=False)
-        self.assertEqual(first(client.send("RCPT TO:<>")), "501 5.1.3 Error: Bad recipient address syntax")
+        self.assertEqual(
+            first(client.send("RCPT TO:<>")), "501 5.1.3 Error: Bad recipient address syntax"
+        )
 
     def test_postmaster(self) -> None:
         """
@@ -904,7 +948,9 @@ class RcptTests(SynchronousTestCase):
         """
         client = self.client()
         client.send("MAIL FROM:<a@b.example>")
-        self.assertEqual(codes(client.send("RCPT TO:<Postmaster>", "RCPT TO:<postmaster@d.example>")), [250, 250])
+        self.assertEqual(
+            codes(client.send("RCPT TO:<Postmaster>", "RCPT TO:<postmaster@d.example>")), [250, 250]
+        )
 
     def test_sourceRoute(self) -> None:
         """
@@ -951,7 +997,9 @@ class RcptTests(SynchronousTestCase):
         """
         client = self.client(hideENHANCEDSTATUSCODES=False)
         client.send("MAIL FROM:<a@b.example>")
-        self.assertEqual(first(client.send("RCPT TO:<blocked@d.example>")), "550 5.1.1 Sender blocked")
+        self.assertEqual(
+            first(client.send("RCPT TO:<blocked@d.example>")), "550 5.1.1 Sender blocked"
+        )
         self.assertEqual(client.session.envelope.rcptTo, ())
 
     def test_dsn(self) -> None:
@@ -961,7 +1009,9 @@ class RcptTests(SynchronousTestCase):
         client = self.client(hideDSN=False)
         client.send("MAIL FROM:<a@b.example>")
         self.assertEqual(
-            codes(client.send("RCPT TO:<c@d.example> NOTIFY=success,FAILURE ORCPT=rfc822;c@d.example")),
+            codes(
+                client.send("RCPT TO:<c@d.example> NOTIFY=success,FAILURE ORCPT=rfc822;c@d.example")
+            ),
             [250],
         )
         dsn = client.session.envelope.rcptTo[0].dsn
@@ -1115,7 +1165,9 @@ class DataTests(SynchronousTestCase):
         client.write(b"x\r\n.\r\n")
         self.assertEqual(client.session.envelope.rcptTo, ())
         self.assertEqual(client.session.transaction, 2)
-        self.assertEqual(codes(client.send("RCPT TO:<c@d.example>", "MAIL FROM:<a@b.example>")), [503, 250])
+        self.assertEqual(
+            codes(client.send("RCPT TO:<c@d.example>", "MAIL FROM:<a@b.example>")), [503, 250]
+        )
 
     def test_tooLarge(self) -> None:
         """
@@ -1134,7 +1186,9 @@ class DataTests(SynchronousTestCase):
         )
         self.assertEqual(collector.messages, [])
         self.assertEqual(len(collector.failures), 1)
-        self.assertEqual(client.sendmail("a@b.example", ["c@d.example"], b"small\r\n")[-1].code, 250)
+        self.assertEqual(
+            client.sendmail("a@b.example", ["c@d.example"], b"small\r\n")[-1].code, 250
+        )
         self.assertEqual(collector.messages, [b"small\r\n"])
 
     def test_tooLargeWithoutHandlers(self) -> None:
@@ -1278,7 +1332,7 @@ class Manual:
         self.producer: Any = None
 
     def onData(self, stream: IMessageStream, session: Session) -> Deferred[object]:
-        from twisted.internet.protocol import Protocol
+        from twisted.internet.protocol import Protocol, connectionDone
         from twisted.python.failure import Failure
 
         handler = self
@@ -1293,7 +1347,7 @@ class Manual:
             def dataReceived(self, data: bytes) -> None:
                 handler.chunks.append(data)
 
-            def connectionLost(self, reason: Failure = Failure(MessageDone())) -> None:
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
                 handler.ended = reason.value
 
         stream.deliverBody(Reader())
@@ -1701,7 +1755,9 @@ class SessionFieldTests(SynchronousTestCase):
             ("127.0.0.1", 25, "192.0.2.1", 40000),
         )
         self.assertEqual(session.clientHostname, "[192.0.2.1]")
-        self.assertEqual((session.secure, session.user, session.openingCommand), (False, None, None))
+        self.assertEqual(
+            (session.secure, session.user, session.openingCommand), (False, None, None)
+        )
         self.assertEqual(session.transaction, 1)
 
     def test_transmissionType(self) -> None:

@@ -48,7 +48,9 @@ class OptionsTests(SynchronousTestCase):
         for spec in optionSpecs():
             if spec.cli:
                 self.assertIn(spec.flag, options.keys(), spec.name)
-        self.assertEqual(next(s for s in optionSpecs() if s.name == "maxClients").flag, "max-clients")
+        self.assertEqual(
+            next(s for s in optionSpecs() if s.name == "maxClients").flag, "max-clients"
+        )
 
     def test_defaults(self) -> None:
         """
@@ -65,11 +67,16 @@ class OptionsTests(SynchronousTestCase):
         Values are converted to the option's type.
         """
         options = parse(
-            "--max-clients", "5",
-            "--socket-timeout", "2.5",
-            "--disabled-commands", "VRFY, help",
-            "--bare-line-endings", "reject",
-            "--name", "mx.example",
+            "--max-clients",
+            "5",
+            "--socket-timeout",
+            "2.5",
+            "--disabled-commands",
+            "VRFY, help",
+            "--bare-line-endings",
+            "reject",
+            "--name",
+            "mx.example",
         )
         self.assertEqual(
             options.serverOptions(),
@@ -86,7 +93,9 @@ class OptionsTests(SynchronousTestCase):
         """
         Each boolean option has a flag and a --no- flag.
         """
-        self.assertEqual(parse("--lmtp", "--no-hide-dsn").serverOptions(), {"lmtp": True, "hideDSN": False})
+        self.assertEqual(
+            parse("--lmtp", "--no-hide-dsn").serverOptions(), {"lmtp": True, "hideDSN": False}
+        )
         with self.assertRaises(UsageError):
             parse("--lmtp", "--no-lmtp")
 
@@ -95,9 +104,10 @@ class OptionsTests(SynchronousTestCase):
         Bad values are usage errors that name the option.
         """
         for args, word in (
-            (("--max-clients", "x"), "int"),
-            (("--max-clients", "0"), "maxClients"),
-            (("--bare-line-endings", "maybe"), "normalize"),
+            (("--max-clients", "x"), "--max-clients must be a whole number, not 'x'"),
+            (("--max-clients", "0"), "--max-clients must be at least 1"),
+            (("--socket-timeout", "soon"), "--socket-timeout must be a number"),
+            (("--bare-line-endings", "maybe"), "--bare-line-endings must be one of normalize"),
             (("--deliver", "mbox:/x"), "--deliver"),
         ):
             with self.assertRaises(UsageError) as caught:
@@ -108,7 +118,16 @@ class OptionsTests(SynchronousTestCase):
         """
         --listen and --deliver may be given several times.
         """
-        options = parse("--listen", "tcp:1", "--listen", "tcp:2", "--deliver", "maildir:a", "--deliver", "discard")
+        options = parse(
+            "--listen",
+            "tcp:1",
+            "--listen",
+            "tcp:2",
+            "--deliver",
+            "maildir:a",
+            "--deliver",
+            "discard",
+        )
         self.assertEqual(options["listen"], ["tcp:1", "tcp:2"])
         self.assertEqual(options["deliver"], ["maildir:a", "discard"])
 
@@ -135,7 +154,7 @@ class ServiceTests(TestCase):
     The service listens when started and closes the server when stopped.
     """
 
-    def test_startAndStop(self) -> None:
+    def test_startAndStop(self) -> Deferred[None]:
         """
         Starting listens on each endpoint; stopping closes the server.
         """
@@ -147,4 +166,3 @@ class ServiceTests(TestCase):
         self.assertTrue(service.ports[0].getHost().port > 0)  # type: ignore[attr-defined]
         stopped: Deferred[None] = service.stopService()
         return stopped.addCallback(lambda _: self.assertTrue(service.server.closing))
-

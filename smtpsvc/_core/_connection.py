@@ -27,7 +27,7 @@ from .._options import ServerOptions
 from . import _replies as R
 from ._grammar import GrammarError, decodeXtext, isValidHeloName, parseMailbox, splitPathCommand
 from ._replies import Reply
-from ._session import Address, Envelope, EnvelopeDSN, RecipientDSN, Session
+from ._session import Address, Envelope, EnvelopeDSN, RecipientDSN, Session, TLSInfo
 from ._states import COMMANDS, State, needsHello, transition
 
 
@@ -62,6 +62,16 @@ class CheckRcpt:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTLS:
+    """
+    Write C{data} (the 220), discard every byte the client sent after STARTTLS, start
+    the TLS handshake, and call L{ServerConnection.tlsStarted} when it completes.
+    """
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class StartData:
     """
     Start the L{IDataHandler}s, then call L{ServerConnection.dataStarted} for the 354 and
@@ -69,7 +79,7 @@ class StartData:
     """
 
 
-Action: TypeAlias = Send | CheckMail | CheckRcpt | StartData
+Action: TypeAlias = Send | CheckMail | CheckRcpt | StartData | StartTLS
 
 #: What one handler may answer for a message (or for one LMTP recipient): L{None} for
 #: the default acceptance, a string for acceptance with that text, or a refusal.
@@ -78,8 +88,12 @@ Outcome: TypeAlias = str | SMTPError | None
 _HTTP: Final = re.compile(
     r"(OPTIONS|GET|HEAD|POST|PUT|DELETE|TRACE|CONNECT) /.* HTTP/\d\.\d\Z", re.IGNORECASE
 )
-_HTTP_VERBS: Final = frozenset(("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT"))
+_HTTP_VERBS: Final = frozenset(
+    ("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT")
+)
 _START_DATA: Final = StartData()
+# Commands refused before STARTTLS when needsUpgrade is set.
+_NEED_TLS: Final = frozenset(("MAIL", "RCPT", "DATA", "AUTH"))
 _NOTIFY_VALUES: Final = frozenset(("NEVER", "SUCCESS", "FAILURE", "DELAY"))
 _ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;.+\Z", re.DOTALL)
 
@@ -96,16 +110,23 @@ class ServerConnection:
     __slots__ = (
         "_enhanced",
         "_options",
+        "_pendingEnvelope",
+        "_tlsAvailable",
         "_unauthenticated",
         "_unrecognized",
-        "_pendingEnvelope",
         "closing",
         "session",
         "state",
     )
 
-    def __init__(self, options: ServerOptions, session: Session) -> None:
+    def __init__(
+        self, options: ServerOptions, session: Session, *, tlsAvailable: bool = False
+    ) -> None:
+        """
+        @param tlsAvailable: whether STARTTLS can be offered (the server has contexts).
+        """
         self._options = options
+        self._tlsAvailable = tlsAvailable
         self._enhanced = options.enhancedStatusCodes
         self.session = session
         session.lmtp = options.lmtp
@@ -229,6 +250,8 @@ class ServerConnection:
                 return self._send(R.TOO_MANY_UNAUTHENTICATED)
         if self.state is State.GREETED and needsHello(verb):
             return self._send(R.SEND_LHLO_FIRST if options.lmtp else R.SEND_HELO_FIRST)
+        if options.needsUpgrade and not self.session.secure and verb in _NEED_TLS:
+            return self._send(R.MUST_STARTTLS)
         if verb in ("MAIL", "RCPT", "DATA") and self._authRequired:
             return self._send(R.reply(530, options.authRequiredMessage, "5.7.0"))
         return self._COMMANDS[verb](self, verb, argument, line)
@@ -243,6 +266,8 @@ class ServerConnection:
             return False
         if verb == "LHLO":
             return options.lmtp
+        if verb == "STARTTLS":
+            return self._tlsAvailable
         return verb in self._COMMANDS
 
     @property
@@ -256,9 +281,7 @@ class ServerConnection:
 
     @property
     def _authRequired(self) -> bool:
-        return (
-            self._authEnabled and not self._options.authOptional and self.session.user is None
-        )
+        return self._authEnabled and not self._options.authOptional and self.session.user is None
 
     def _unrecognizedCommand(self, reply: Reply) -> Send:
         self._unrecognized += 1
@@ -322,6 +345,13 @@ class ServerConnection:
             out.append("DSN")
         if self._authEnabled and session.user is None:
             out.append("AUTH " + " ".join(o.authMethods))
+        if (
+            self._tlsAvailable
+            and not session.secure
+            and not o.hideSTARTTLS
+            and "STARTTLS" not in o.disabledCommands
+        ):
+            out.append("STARTTLS")
         if session.secure and not o.hideREQUIRETLS:
             out.append("REQUIRETLS")
         if o.size:
@@ -359,6 +389,50 @@ class ServerConnection:
 
     def _kill(self, verb: str, argument: str, line: str) -> Send:
         return self._send(R.KILL)
+
+    # -- TLS -------------------------------------------------------------------------------
+
+    def _starttls(self, verb: str, argument: str, line: str) -> Action:
+        if argument.strip():
+            return self._send(R.STARTTLS_SYNTAX)
+        if self.session.secure:
+            return self._send(R.TLS_ALREADY_ACTIVE)
+        after = self._sequence(verb)
+        if isinstance(after, Send):
+            return after
+        return StartTLS(self._send(R.READY_FOR_TLS).data)
+
+    def tlsStarted(
+        self,
+        info: TLSInfo,
+        servername: str | None,
+        peerCertificate: object = None,
+        peerCertificateVerified: bool = False,
+    ) -> None:
+        """
+        The TLS handshake completed (after STARTTLS, or at once for implicit TLS).
+
+        RFC 3207 section 4.2: the server "MUST discard any knowledge obtained from the
+        client" before TLS, so the hello, the authentication and any transaction are
+        forgotten; only facts about the connection remain.
+        """
+        session = self.session
+        session.secure = True
+        session.tlsOptions = info
+        session.servername = servername
+        session.peerCertificate = peerCertificate
+        session.peerCertificateVerified = peerCertificateVerified
+        session.openingCommand = None
+        session.hostNameAppearsAs = None
+        session.user = None
+        self._resetTransaction()
+        self.state = State.GREETED
+
+    def refuseSecure(self, error: SMTPError) -> Send:
+        """
+        The reply to a connection an L{ISecureHandler} refused; it closes after it.
+        """
+        return self._send(R.fromError(error), close=True)
 
     # -- the mail transaction --------------------------------------------------------------
 
@@ -415,9 +489,7 @@ class ServerConnection:
                 return self._send(R.BAD_ENVID)
             envelope = replace(
                 envelope,
-                dsn=EnvelopeDSN(
-                    ret=ret.upper() if ret else None, envid=envid if envid else None
-                ),
+                dsn=EnvelopeDSN(ret=ret.upper() if ret else None, envid=envid if envid else None),
             )
         self._pendingEnvelope = self.session.envelope
         self.session.envelope = envelope
@@ -553,6 +625,7 @@ class ServerConnection:
         "WIZ": _wiz,
         "SHELL": _shell,
         "KILL": _kill,
+        "STARTTLS": _starttls,
     }
 
 

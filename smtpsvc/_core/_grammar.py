@@ -30,7 +30,9 @@ _FORBIDDEN: Final = re.compile("[\x00-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
 _ATEXT: Final = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
 # esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
 _KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
-_LABEL: Final = re.compile(r"[A-Za-z0-9\u0080-\U0010ffff]([A-Za-z0-9\u0080-\U0010ffff-]*[A-Za-z0-9\u0080-\U0010ffff])?\Z")
+_LABEL: Final = re.compile(
+    r"[A-Za-z0-9\u0080-\U0010ffff]([A-Za-z0-9\u0080-\U0010ffff-]*[A-Za-z0-9\u0080-\U0010ffff])?\Z"
+)
 # Snum = 1*3DIGIT: ASCII digits only (a str pattern's \d would also match other scripts').
 _IPV4: Final = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\Z")
 _XTEXT_HEX: Final = re.compile(r"\+([0-9A-Fa-f]{2})")

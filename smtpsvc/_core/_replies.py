@@ -41,9 +41,7 @@ class Reply:
             if "\r" in line or "\n" in line:
                 raise ValueError("reply text must not contain CR or LF")
         object.__setattr__(self, "_plain", _encode(self.code, self.lines, None))
-        object.__setattr__(
-            self, "_withEnhanced", _encode(self.code, self.lines, self.enhanced)
-        )
+        object.__setattr__(self, "_withEnhanced", _encode(self.code, self.lines, self.enhanced))
 
     @property
     def text(self) -> str:
@@ -160,9 +158,7 @@ TOO_SOON_TEXT: Final = "{name} You talk too soon"
 TOO_MANY_CLIENTS_TEXT: Final = "{name} Too many connected clients, try again in a moment"
 HTTP_REFUSED: Final = reply(421, "HTTP requests not allowed", "4.4.2")
 TOO_MANY_UNRECOGNIZED: Final = reply(421, "Error: too many unrecognized commands", "4.7.0")
-TOO_MANY_UNAUTHENTICATED: Final = reply(
-    421, "Error: too many unauthenticated commands", "4.4.2"
-)
+TOO_MANY_UNAUTHENTICATED: Final = reply(421, "Error: too many unauthenticated commands", "4.4.2")
 TIMEOUT: Final = reply(421, "Timeout - closing connection", "4.4.2")
 # RFC 3463 4.3.2 "system not accepting network messages"; the reference says 4.4.2.
 SHUTTING_DOWN: Final = reply(421, "Server shutting down", "4.3.2")
@@ -191,6 +187,13 @@ SHELL_WIZARD: Final = reply(
 )
 KILL: Final = reply(500, "Can not kill Mom", "5.5.2")
 TRANSACTION_IN_PROGRESS: Final = reply(503, "Error: Mail transaction in progress", "5.5.1")
+
+# STARTTLS (RFC 3207).
+READY_FOR_TLS: Final = reply(220, "Ready to start TLS", "2.0.0")
+STARTTLS_SYNTAX: Final = reply(501, "Error: syntax: STARTTLS", "5.5.4")
+TLS_ALREADY_ACTIVE: Final = reply(503, "Error: TLS already active", "5.5.1")
+MUST_STARTTLS: Final = reply(530, "Must issue a STARTTLS command first", "5.7.0")
+SECURE_REFUSED_TEXT: Final = "Error: connection refused"
 
 # MAIL FROM.  RFC 3463 X.1.7 is "bad sender's mailbox address syntax"; the reference
 # uses X.1.3, the recipient's code, for both.
@@ -243,9 +246,7 @@ DATA_ENHANCED: Final = "2.6.0"
 # RFC 3463 5.3.4 "message too big for system"; the reference sends 4.3.1 on this 552.
 TOO_BIG_TEXT: Final = "Error: message exceeds fixed maximum message size {size}"
 TOO_BIG_ENHANCED: Final = "5.3.4"
-BARE_LINE_ENDING: Final = reply(
-    550, "Error: bare <CR> or <LF> received in message data", "5.5.2"
-)
+BARE_LINE_ENDING: Final = reply(550, "Error: bare <CR> or <LF> received in message data", "5.5.2")
 
 # A handler failed in a way it did not mean to; the traceback goes to the log.
 HANDLER_FAILED: Final = reply(451, "Requested action aborted: local error in processing", "4.3.0")

@@ -125,6 +125,9 @@ class Session:
     @ivar secure: whether the connection is encrypted.
     @ivar servername: the SNI name the client asked for, if any.
     @ivar tlsOptions: the negotiated cipher and version once encrypted.
+    @ivar peerCertificate: the client's certificate (a
+        L{cryptography.x509.Certificate}) when C{requestCert} is set and it sent one.
+    @ivar peerCertificateVerified: whether that certificate chains to the server's C{ca}.
     @ivar openingCommand: C{"HELO"}, C{"EHLO"} or C{"LHLO"} once the client said hello.
     @ivar hostNameAppearsAs: the HELO/EHLO/LHLO argument in lower case.
     @ivar envelope: the current transaction; a new one after RSET, HELO and each message.
@@ -147,6 +150,8 @@ class Session:
     secure: bool = False
     servername: str | None = None
     tlsOptions: TLSInfo | None = None
+    peerCertificate: Any = None
+    peerCertificateVerified: bool = False
     openingCommand: str | None = None
     hostNameAppearsAs: str | None = None
     envelope: Envelope = field(default_factory=Envelope)

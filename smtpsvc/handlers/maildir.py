@@ -11,13 +11,14 @@ on the way (the client goes away, it is too large, the disk is full) leaves noth
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
 import socket
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, TypeVar
 
@@ -88,8 +89,7 @@ class MaildirDelivery:
         seconds = int(now)
         micro = int((now - seconds) * 1_000_000)
         return (
-            f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}"
-            f"R{secrets.token_hex(4)}.{self._host}"
+            f"{seconds}.M{micro}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(4)}.{self._host}"
         )
 
     def onData(self, stream: IMessageStream, session: Session) -> Deferred[str]:
@@ -104,7 +104,7 @@ class MaildirDelivery:
         header = returnPath(session) + receivedHeader(
             session,
             serverName=self._serverName,
-            date=format_datetime(datetime.now(timezone.utc)),
+            date=format_datetime(datetime.now(UTC)),
             recipient=recipient,
         )
         try:
@@ -119,9 +119,7 @@ class MaildirDelivery:
         stream.deliverBody(writer)
 
         def durable(_: None) -> Deferred[None]:
-            return self._runInThread(lambda: _commit(fd, tmpPath, newPath)).addErrback(
-                notStored
-            )
+            return self._runInThread(lambda: _commit(fd, tmpPath, newPath)).addErrback(notStored)
 
         def notStored(failure: Failure) -> None:
             failure.trap(OSError)
@@ -189,11 +187,7 @@ def _commit(fd: int, tmpPath: str, newPath: str) -> None:
 
 def _discard(fd: int | None, path: str) -> None:
     if fd is not None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass

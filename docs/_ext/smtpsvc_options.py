@@ -1,0 +1,133 @@
+"""
+The ``smtpsvc-options`` directive: the options table, generated from the one declaration of
+the options in L{smtpsvc._options}.
+
+The directive writes reStructuredText (a rubric and a ``list-table`` per option group, groups
+in the order they are first declared) and parses it in place, so the options' documentation
+strings keep their inline markup and roles.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
+
+from smtpsvc import _options
+from smtpsvc._options import OptionSpec
+
+_HEADERS = ("Option", "Command-line flag", "Default", "Description")
+
+
+def _literal(text: str) -> str:
+    """
+    Inline RST showing C{text} verbatim.
+    """
+    if text and text == text.strip() and "`" not in text and "\\" not in text:
+        return f"``{text}``"
+    escaped = text.replace("\\", "\\\\").replace("`", "\\`")
+    return f":literal:`{escaped}`"
+
+
+def _plain(text: str) -> str:
+    """
+    Inline RST showing C{text} as ordinary text, with any markup characters escaped.
+    """
+    return re.sub(r"([\\`*_|<>\[\]:])", r"\\\1", text)
+
+
+def _flags(spec: OptionSpec) -> str:
+    if not spec.cli:
+        return "(none)"
+    if "bool" in spec.kind.split(" | "):
+        return f"{_literal('--' + spec.flag)} / {_literal('--no-' + spec.flag)}"
+    return _literal("--" + spec.flag)
+
+
+def _default(spec: OptionSpec) -> str:
+    # A described default ("the machine's host name") and the words shown for no value
+    # ("unset", "empty", "none") are prose; everything else is a value to show verbatim.
+    if spec.defaultText is not None or spec.default in (None, "", ()):
+        return _plain(spec.shownDefault)
+    return _literal(spec.shownDefault)
+
+
+def _description(spec: OptionSpec) -> list[str]:
+    lines = spec.doc.strip().splitlines() or [""]
+    if spec.choices:
+        lines += ["", "One of " + ", ".join(_literal(c) for c in spec.choices) + "."]
+    return lines
+
+
+def _cell(first: bool, lines: Iterable[str]) -> list[str]:
+    """
+    One cell of a list-table row, the first of its row or not.
+    """
+    out = []
+    for i, line in enumerate(lines):
+        if i == 0:
+            out.append(("   * - " if first else "     - ") + line)
+        else:
+            out.append(("       " + line) if line.strip() else "")
+    return out
+
+
+def _groups(specs: Iterable[OptionSpec]) -> dict[str, list[OptionSpec]]:
+    """
+    The options by group, groups in first-seen order.
+    """
+    groups: dict[str, list[OptionSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.group, []).append(spec)
+    return groups
+
+
+def optionsTableSource(specs: Iterable[OptionSpec]) -> list[str]:
+    """
+    The reStructuredText of the options tables.
+    """
+    lines: list[str] = []
+    for group, members in _groups(specs).items():
+        lines += [f".. rubric:: {_plain(group.capitalize())}", ""]
+        lines += [".. list-table::", "   :header-rows: 1", "   :widths: 20 20 15 45", ""]
+        lines += _cell(True, [_HEADERS[0]])
+        for header in _HEADERS[1:]:
+            lines += _cell(False, [header])
+        for spec in members:
+            lines += _cell(True, [_literal(spec.name)])
+            lines += _cell(False, [_flags(spec)])
+            lines += _cell(False, [_default(spec)])
+            lines += _cell(False, _description(spec))
+        lines.append("")
+    return lines
+
+
+class SMTPServiceOptionsDirective(SphinxDirective):
+    """
+    C{.. smtpsvc-options::}: takes no arguments and renders every option.
+    """
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        if _options.__file__:
+            self.env.note_dependency(_options.__file__)
+        source, line = self.get_source_info()
+        content = StringList()
+        for text in optionsTableSource(_options.optionSpecs()):
+            content.append(text, source, line)
+        container = nodes.container()
+        self.state.nested_parse(content, self.content_offset, container)
+        return list(container.children)
+
+
+def setup(app: Sphinx) -> dict[str, object]:
+    """
+    Register the directive.
+    """
+    app.add_directive("smtpsvc-options", SMTPServiceOptionsDirective)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,388 @@
+"""
+TLS for the server: certificates, SNI, client certificates, rotation.
+
+L{ServerTLS} is an L{IOpenSSLServerConnectionCreator}: Twisted asks it for a new
+L{OpenSSL.SSL.Connection} for each handshake, implicit or after STARTTLS alike.  It holds
+an immutable L{_ContextMap}, a default context plus one context per SNI name, each built
+completely before it is ever used (OpenSSL does not allow changing a context once a
+connection uses it).  The default context's servername callback picks the context for the
+name the client asked for.  L{ServerTLS.update} builds a whole new map and swaps it in one
+assignment, so a handshake sees either the old certificates or the new ones, never a mix.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ._core._session import TLSInfo
+
+_log = Logger(namespace="smtpsvc.tls")
+
+PEM = bytes | str
+
+_VERSIONS: Final = {
+    "TLSv1": SSL.TLS1_VERSION,
+    "TLSv1.1": SSL.TLS1_1_VERSION,
+    "TLSv1.2": SSL.TLS1_2_VERSION,
+    "TLSv1.3": SSL.TLS1_3_VERSION,
+}
+
+
+class TLSConfigurationError(ValueError):
+    """
+    A certificate, key or TLS option cannot be used; the message says which and why.
+    """
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """
+    Everything that shapes the TLS contexts, taken from the server's options.
+    """
+
+    key: PEM | None
+    cert: PEM | None
+    ca: PEM | None
+    requestCert: bool
+    rejectUnauthorized: bool
+    minVersion: str
+    maxVersion: str | None
+    ciphers: str | None
+    honorCipherOrder: bool
+    sniOptions: Mapping[str, Mapping[str, PEM]]
+    SNICallback: Callable[[str], Mapping[str, PEM] | None] | None
+    name: str
+
+
+class _ConnectionRecord:
+    """
+    What we learn about one TLS connection during its handshake.
+    """
+
+    def __init__(self) -> None:
+        self.verifyErrors: list[int] = []
+
+
+# Twisted keeps the connection's app data for itself, so what we learn during a
+# handshake is kept here, for as long as the connection lives.
+_records: weakref.WeakKeyDictionary[SSL.Connection, _ConnectionRecord] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _ContextMap:
+    default: SSL.Context
+    byName: Mapping[str, SSL.Context]
+    wildcards: Mapping[str, SSL.Context]
+
+    def lookup(self, name: str) -> SSL.Context | None:
+        found = self.byName.get(name)
+        if found is None and "." in name:
+            # "*.example.com" covers one label: a.example.com, not a.b.example.com.
+            found = self.wildcards.get(name.split(".", 1)[1])
+        return found
+
+
+def _asBytes(pem: PEM) -> bytes:
+    return pem.encode("ascii") if isinstance(pem, str) else pem
+
+
+def loadCertificates(pem: PEM, what: str = "certificate") -> list[x509.Certificate]:
+    """
+    Every certificate in a PEM text (a certificate followed by its chain).
+
+    @raise TLSConfigurationError: if there is none or one is malformed.
+    """
+    try:
+        certificates = x509.load_pem_x509_certificates(_asBytes(pem))
+    except ValueError as e:
+        raise TLSConfigurationError(f"cannot read the {what}: {e}") from e
+    if not certificates:
+        raise TLSConfigurationError(f"no {what} found in the PEM data")
+    return certificates
+
+
+def loadPrivateKey(pem: PEM) -> Any:
+    """
+    The private key in a PEM text.
+
+    @raise TLSConfigurationError: if it cannot be read (or is encrypted).
+    """
+    try:
+        return serialization.load_pem_private_key(_asBytes(pem), password=None)
+    except (ValueError, TypeError) as e:
+        raise TLSConfigurationError(f"cannot read the private key: {e}") from e
+
+
+def developmentCertificate(name: str) -> tuple[bytes, bytes]:
+    """
+    A fresh self-signed certificate and key for C{name}, valid for a year, for
+    development: made at start-up, never shipped.
+
+    @return: (key PEM, certificate PEM).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])
+    now = datetime.datetime.now(datetime.UTC)
+    names: list[x509.GeneralName] = [x509.DNSName(name)]
+    if name != "localhost":
+        names.append(x509.DNSName("localhost"))
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        certificate.public_bytes(serialization.Encoding.PEM),
+    )
+
+
+def normalizeServerName(name: str) -> str:
+    """
+    A host name as SNI sends it: lower case, A-labels, no trailing dot.
+    """
+    name = name.strip().rstrip(".").lower()
+    if not name.isascii():
+        labels = []
+        for label in name.split("."):
+            labels.append(
+                label if label.isascii() or label == "*" else label.encode("idna").decode("ascii")
+            )
+        name = ".".join(labels)
+    return name
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    Makes the server side of every TLS connection, choosing the certificate by SNI.
+    """
+
+    def __init__(self, settings: TLSSettings) -> None:
+        self._settings = settings
+        self._callbackContexts: dict[tuple[bytes, bytes], SSL.Context] = {}
+        self._map = self._build(settings)
+
+    @property
+    def settings(self) -> TLSSettings:
+        """
+        The settings the current contexts were built from.
+        """
+        return self._settings
+
+    def update(self, settings: TLSSettings) -> None:
+        """
+        Build contexts from new settings and use them for every later handshake.
+        Connections already established keep what they negotiated.
+
+        @raise TLSConfigurationError: when the new settings are unusable; the old
+            contexts then stay in use.
+        """
+        new = self._build(settings)
+        self._settings = settings
+        self._callbackContexts = {}
+        self._map = new
+
+    # -- building contexts -----------------------------------------------------------------
+
+    def _build(self, settings: TLSSettings) -> _ContextMap:
+        key, cert = settings.key, settings.cert
+        if (key is None) != (cert is None):
+            raise TLSConfigurationError("a certificate needs its key, and a key its certificate")
+        if key is None or cert is None:
+            _log.warn(
+                "No certificate given: using a self-signed development certificate for "
+                "{name}; clients will not trust it",
+                name=settings.name,
+            )
+            key, cert = developmentCertificate(settings.name)
+        default = self._context(settings, key, cert, default=True)
+        byName: dict[str, SSL.Context] = {}
+        wildcards: dict[str, SSL.Context] = {}
+        for host, entry in settings.sniOptions.items():
+            if "key" not in entry or "cert" not in entry:
+                raise TLSConfigurationError(f"the SNI entry for {host!r} needs a key and a cert")
+            context = self._context(settings, entry["key"], entry["cert"], default=False)
+            name = normalizeServerName(host)
+            if name.startswith("*."):
+                wildcards[name[2:]] = context
+            else:
+                byName[name] = context
+        return _ContextMap(default, byName, wildcards)
+
+    def _context(self, settings: TLSSettings, key: PEM, cert: PEM, default: bool) -> SSL.Context:
+        certificates = loadCertificates(cert)
+        privateKey = loadPrivateKey(key)
+        context = SSL.Context(SSL.TLS_METHOD)
+        try:
+            context.set_min_proto_version(_VERSIONS[settings.minVersion])
+            if settings.maxVersion is not None:
+                context.set_max_proto_version(_VERSIONS[settings.maxVersion])
+        except KeyError as e:
+            raise TLSConfigurationError(f"unknown TLS version {e.args[0]!r}") from e
+        options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+        if settings.honorCipherOrder:
+            options |= SSL.OP_CIPHER_SERVER_PREFERENCE
+        context.set_options(options)
+        if settings.ciphers:
+            try:
+                context.set_cipher_list(settings.ciphers.encode("ascii"))
+            except SSL.Error as e:
+                raise TLSConfigurationError(f"unusable cipher list {settings.ciphers!r}") from e
+        try:
+            context.use_certificate(certificates[0])
+            for extra in certificates[1:]:
+                context.add_extra_chain_cert(extra)
+            context.use_privatekey(privateKey)
+            context.check_privatekey()
+        except SSL.Error as e:
+            raise TLSConfigurationError("the private key does not match the certificate") from e
+        # Sessions resumed across contexts must belong to this server.
+        context.set_session_id(b"smtpsvc")
+        if settings.requestCert:
+            mode = SSL.VERIFY_PEER
+            if settings.rejectUnauthorized:
+                mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            context.set_verify(mode, self._verify)
+            if settings.ca is not None:
+                store = context.get_cert_store()
+                assert store is not None
+                for authority in loadCertificates(settings.ca, "CA certificate"):
+                    store.add_cert(crypto.X509.from_cryptography(authority))
+                    context.add_client_ca(authority)
+        if default:
+            context.set_tlsext_servername_callback(self._selectContext)
+        return context
+
+    # -- handshakes ------------------------------------------------------------------------
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        connection = SSL.Connection(self._map.default, None)
+        _records[connection] = _ConnectionRecord()
+        return connection
+
+    def _verify(
+        self, connection: SSL.Connection, certificate: Any, error: int, depth: int, ok: int
+    ) -> bool:
+        if not ok:
+            record = _records.get(connection)
+            if record is not None:
+                record.verifyErrors.append(error)
+            return not self._settings.rejectUnauthorized
+        return True
+
+    def _selectContext(self, connection: SSL.Connection) -> None:
+        raw = connection.get_servername()
+        if not raw:
+            return
+        name = normalizeServerName(raw.decode("ascii", "replace"))
+        try:
+            context = self._lookup(name)
+        except Exception:
+            # An exception must not escape into OpenSSL; the default certificate serves.
+            _log.failure("SNI selection failed for {servername}", servername=name)
+            return
+        if context is not None:
+            connection.set_context(context)
+
+    def _lookup(self, name: str) -> SSL.Context | None:
+        callback = self._settings.SNICallback
+        if callback is not None:
+            entry = callback(name)
+            if entry is None:
+                return None
+            cacheKey = (_asBytes(entry["key"]), _asBytes(entry["cert"]))
+            context = self._callbackContexts.get(cacheKey)
+            if context is None:
+                context = self._context(self._settings, entry["key"], entry["cert"], default=False)
+                self._callbackContexts[cacheKey] = context
+            return context
+        return self._map.lookup(name)
+
+
+def connectionInfo(connection: SSL.Connection) -> tuple[TLSInfo, str | None, Any, bool]:
+    """
+    What a finished handshake settled: the cipher and version, the SNI name, the client's
+    certificate (a L{cryptography.x509.Certificate}, or L{None}) and whether it verified.
+    """
+    name = connection.get_cipher_name() or ""
+    version = connection.get_protocol_version_name()
+    info = TLSInfo(name=name, standardName=standardCipherName(name), version=version)
+    raw = connection.get_servername()
+    servername = raw.decode("ascii", "replace").lower() if raw else None
+    peer = connection.get_peer_certificate(as_cryptography=True)
+    record = _records.get(connection)
+    verified = peer is not None and record is not None and not record.verifyErrors
+    return info, servername, peer, verified
+
+
+_KEX: Final = {"ECDHE-RSA": "ECDHE_RSA", "ECDHE-ECDSA": "ECDHE_ECDSA", "DHE-RSA": "DHE_RSA"}
+_SUITE: Final = re.compile(
+    r"(?:(ECDHE-RSA|ECDHE-ECDSA|DHE-RSA)-)?(AES(128|256)-GCM-SHA(256|384)|CHACHA20-POLY1305)\Z"
+)
+
+
+def standardCipherName(name: str) -> str:
+    """
+    The IANA name of an OpenSSL cipher suite name where it can be derived (TLS 1.3 suites
+    are already named so), else the OpenSSL name.
+    """
+    if name.startswith("TLS_"):
+        return name
+    match = _SUITE.match(name)
+    if match is None:
+        return name
+    kex = _KEX.get(match.group(1) or "", "RSA")
+    if match.group(2) == "CHACHA20-POLY1305":
+        return f"TLS_{kex}_WITH_CHACHA20_POLY1305_SHA256"
+    return f"TLS_{kex}_WITH_AES_{match.group(3)}_GCM_SHA{match.group(4)}"
+
+
+def settingsFrom(options: Any, overrides: Mapping[str, Any] | None = None) -> TLSSettings:
+    """
+    The TLS settings in a server's options (and any overrides).
+    """
+    values: dict[str, Any] = {
+        field: getattr(options, field)
+        for field in (
+            "key",
+            "cert",
+            "ca",
+            "requestCert",
+            "rejectUnauthorized",
+            "minVersion",
+            "maxVersion",
+            "ciphers",
+            "honorCipherOrder",
+            "sniOptions",
+            "SNICallback",
+            "name",
+        )
+    }
+    values.update(overrides or {})
+    return TLSSettings(**values)

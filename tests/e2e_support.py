@@ -1,0 +1,465 @@
+"""
+Helpers for the end-to-end tests: real servers on 127.0.0.1, blocking clients for threads.
+
+L{startServer} runs an in-process L{SMTPServer} on an OS-chosen port of the real reactor;
+L{startTwist} runs C{twist smtpsvc} as a child process; L{RawClient} is a byte-exact
+blocking client to use with C{deferToThread}; L{runSwaks} runs swaks in a thread.  Every
+wait is bounded and everything started here is stopped by the test case's cleanups.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+from twisted.trial.unittest import FailTest, TestCase
+
+from smtpsvc import SMTPServer
+from smtpsvc.testing import ServerReply
+
+#: The repository root: the directory that holds C{smtpsvc/} and C{twisted/plugins/}.
+ROOT = Path(__file__).resolve().parent.parent
+#: The only address the tests use.
+LOCALHOST = "127.0.0.1"
+#: Where in-process servers listen: a port the OS picks, on the loopback interface only.
+LISTEN = f"tcp:0:interface={LOCALHOST}"
+#: The server name in-process servers get, so that replies that carry it can be compared.
+SERVER_NAME = "mx.e2e.test"
+#: The HELO/EHLO name clients use (so that no client looks up the machine's own name).
+CLIENT_NAME = "client.e2e.test"
+#: Seconds a blocking socket operation may take.
+SOCKET_TIMEOUT = 5.0
+#: Seconds a server may take to close, a child process to start or to exit after SIGTERM.
+CLOSE_TIMEOUT = 10.0
+START_TIMEOUT = 20.0
+EXIT_TIMEOUT = 10.0
+#: Seconds a command-line tool (swaks, a failing twist) may run.
+TOOL_TIMEOUT = 30.0
+
+_LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+# `python -m twisted.application.twist` does not work (the package has no __main__), so the
+# child runs what the `twist` console script runs.
+_TWIST_MAIN = (
+    "import sys; from twisted.application.twist._twist import Twist; "
+    "sys.argv[0] = 'twist'; sys.exit(Twist.main())"
+)
+
+
+def theReactor() -> Any:
+    """
+    The global reactor (the one trial runs), typed loosely for the calls made on it.
+    """
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class E2ETestCase(TestCase):
+    """
+    The base of the end-to-end test cases: a bound on every test, and types for the
+    assertions the tests use (trial's own are not annotated).
+    """
+
+    timeout = 60
+
+    if TYPE_CHECKING:
+
+        def assertEqual(self, first: object, second: object, msg: object = None) -> None: ...
+
+        def assertNotEqual(self, first: object, second: object, msg: object = None) -> None: ...
+
+        def assertIn(self, containee: object, container: object, msg: object = None) -> None: ...
+
+        def assertTrue(self, condition: object, msg: object = None) -> None: ...
+
+        def mktemp(self) -> str: ...
+
+
+# -- in-process servers ----------------------------------------------------------------------
+
+
+def startServer(
+    testCase: TestCase, handlers: Iterable[object], **options: Any
+) -> Deferred[tuple[SMTPServer, int]]:
+    """
+    Build an L{SMTPServer} on the real reactor and listen on 127.0.0.1, port chosen by the OS.
+
+    Unless C{options} say otherwise the server is named L{SERVER_NAME}, lets clients send
+    without AUTH (C{authOptional}) and greets at once (C{earlyTalkerDelay=0}).  A cleanup
+    closes the server (bounded by L{CLOSE_TIMEOUT}) and stops the port.
+
+    @return: a Deferred firing with the server and its port number.
+    """
+    options.setdefault("name", SERVER_NAME)
+    options.setdefault("authOptional", True)
+    options.setdefault("earlyTalkerDelay", 0)
+    reactor = theReactor()
+    server = SMTPServer(handlers, reactor=reactor, **options)
+
+    def listening(port: Any) -> tuple[SMTPServer, int]:
+        # Cleanups run last-in first-out: close the server, then make sure the port is shut
+        # even if close() went wrong.
+        testCase.addCleanup(lambda: maybeDeferred(port.stopListening))
+        testCase.addCleanup(lambda: server.close().addTimeout(CLOSE_TIMEOUT, reactor))
+        return server, int(port.getHost().port)
+
+    return server.listen(LISTEN).addCallback(listening)
+
+
+# -- blocking clients (run them with deferToThread) ------------------------------------------
+
+
+def parseReplies(data: bytes) -> list[ServerReply]:
+    """
+    Split what a server sent into replies (a multi-line reply is one reply); an incomplete
+    last line is ignored.
+    """
+    replies: list[ServerReply] = []
+    lines: list[str] = []
+    for raw in data.split(b"\r\n")[:-1]:
+        line = raw.decode("utf-8", "replace")
+        lines.append(line[4:])
+        if line[3:4] != "-":
+            replies.append(ServerReply(int(line[:3]), tuple(lines)))
+            lines = []
+    return replies
+
+
+class ServerClosedError(Exception):
+    """
+    The server closed the connection before a complete reply arrived.
+    """
+
+
+class RawClient:
+    """
+    A blocking client that writes exactly the bytes it is given and reads replies.
+
+    Every operation is bounded by the socket timeout; use it from a thread, never from
+    the reactor thread.
+    """
+
+    def __init__(self, port: int, timeout: float = SOCKET_TIMEOUT) -> None:
+        self.timeout = timeout
+        self.sock = socket.create_connection((LOCALHOST, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = b""
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """
+        Close the socket.
+        """
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        """
+        Send C{data} in one C{sendall}.
+        """
+        self.sock.sendall(data)
+
+    def _readLine(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ServerClosedError(f"connection closed; unfinished input {self._buffer!r}")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\r\n")
+        return line
+
+    def readReply(self) -> ServerReply:
+        """
+        Read one complete (possibly multi-line) reply.
+        """
+        lines: list[str] = []
+        while True:
+            line = self._readLine().decode("utf-8", "replace")
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return ServerReply(int(line[:3]), tuple(lines))
+
+    def readReplies(self, count: int) -> list[ServerReply]:
+        """
+        Read C{count} replies.
+        """
+        return [self.readReply() for _ in range(count)]
+
+    def command(self, line: str) -> ServerReply:
+        """
+        Send one command line (CRLF added) and read its reply.
+        """
+        self.send(line.encode("utf-8") + b"\r\n")
+        return self.readReply()
+
+    def readUntilClosed(self, within: float = CLOSE_TIMEOUT) -> list[ServerReply]:
+        """
+        Read until the server closes the connection and return every reply read.
+
+        @raise FailTest: when the connection is still open after C{within} seconds.
+        """
+        deadline = time.monotonic() + within
+        data = self._buffer
+        self._buffer = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FailTest(
+                    f"the server did not close the connection within {within} s; received {data!r}"
+                )
+            self.sock.settimeout(min(left, self.timeout))
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        return parseReplies(data)
+
+
+def connectionRefused(port: int) -> bool:
+    """
+    Whether a connection to C{port} on 127.0.0.1 is refused.
+    """
+    try:
+        sock = socket.create_connection((LOCALHOST, port), timeout=SOCKET_TIMEOUT)
+    except ConnectionRefusedError:
+        return True
+    sock.close()
+    return False
+
+
+def describeDifference(actual: bytes, expected: bytes) -> str | None:
+    """
+    L{None} when the two are equal, else a short account of where they first differ (so
+    that a megabyte message does not flood the test output).
+    """
+    if actual == expected:
+        return None
+    at = next(
+        (i for i, (a, b) in enumerate(zip(actual, expected, strict=False)) if a != b),
+        min(len(actual), len(expected)),
+    )
+    start = max(0, at - 30)
+    return (
+        f"got {len(actual)} bytes, expected {len(expected)}; first difference at byte {at}: "
+        f"got {actual[start : at + 30]!r}, expected {expected[start : at + 30]!r}"
+    )
+
+
+# -- swaks -------------------------------------------------------------------------------------
+
+
+def swaksPath() -> str | None:
+    """
+    Where swaks is, or L{None}.
+    """
+    return shutil.which("swaks")
+
+
+def haveSwaks() -> bool:
+    """
+    Whether swaks can be run.
+    """
+    return swaksPath() is not None
+
+
+def runSwaks(port: int, *args: str) -> Deferred[subprocess.CompletedProcess[str]]:
+    """
+    Run swaks against 127.0.0.1:C{port} in a thread, bounded by L{TOOL_TIMEOUT}.
+    """
+    swaks = swaksPath()
+    assert swaks is not None, "swaks is not installed"
+    argv = [
+        swaks,
+        "--server",
+        LOCALHOST,
+        "--port",
+        str(port),
+        "--helo",
+        CLIENT_NAME,
+        "--timeout",
+        "10",
+        *args,
+    ]
+    return deferToThread(
+        subprocess.run,
+        argv,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=TOOL_TIMEOUT,
+    )
+
+
+# -- twist smtpsvc as a child process ----------------------------------------------------------
+
+
+def twistCommand(args: Sequence[str]) -> list[str]:
+    """
+    The command line that runs C{twist --log-format text smtpsvc ARGS} with this Python.
+    """
+    return [sys.executable, "-c", _TWIST_MAIN, "--log-format", "text", "smtpsvc", *args]
+
+
+def twistEnvironment() -> dict[str, str]:
+    """
+    The environment for the child: this one, with the repository root first on
+    C{PYTHONPATH} so that C{twisted/plugins/smtpsvc_plugin.py} is found.
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    paths = [str(ROOT)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def runTwist(args: Sequence[str], cwd: str) -> Deferred[subprocess.CompletedProcess[str]]:
+    """
+    Run C{twist smtpsvc ARGS} to completion in a thread (for commands that should fail at
+    once), bounded by L{TOOL_TIMEOUT}; stdout and stderr together in C{stdout}.
+    """
+    return deferToThread(
+        subprocess.run,
+        twistCommand(args),
+        cwd=cwd,
+        env=twistEnvironment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        timeout=TOOL_TIMEOUT,
+    )
+
+
+class TwistProcess(ProcessProtocol):
+    """
+    A running C{twist smtpsvc}: its output, its port, and how it ended.
+
+    @ivar output: everything it wrote to stdout and stderr so far.
+    @ivar port: the port it logged it is listening on, once known.
+    @ivar exitCode: its exit status once it ended (L{None} if killed by a signal).
+    @ivar signal: the signal that killed it, if one did.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.port: int | None = None
+        self.ended = False
+        self.exitCode: int | None = None
+        self.signal: int | None = None
+        self.processTransport: IProcessTransport | None = None
+        self._listening: Deferred[int] = Deferred()
+        self._exitWaiters: list[Deferred[None]] = []
+
+    @property
+    def text(self) -> str:
+        """
+        The output so far, as text.
+        """
+        return self.output.decode("utf-8", "replace")
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.output += data
+        if self.port is None:
+            match = _LISTENING.search(self.output)
+            if match is not None:
+                self.port = int(match.group(1))
+                self._listening.callback(self.port)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended = True
+        self.exitCode = getattr(reason.value, "exitCode", None)
+        self.signal = getattr(reason.value, "signal", None)
+        if not self._listening.called:
+            self._listening.errback(
+                FailTest(f"twist exited (status {self.exitCode}) before listening")
+            )
+        waiters, self._exitWaiters = self._exitWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def waitForExit(self, within: float) -> Deferred[None]:
+        """
+        A Deferred that fires when the process has ended, or fails with L{defer.TimeoutError}
+        after C{within} seconds.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self.ended:
+            waiter.callback(None)
+            return waiter
+        self._exitWaiters.append(waiter)
+        return waiter.addTimeout(within, theReactor())
+
+    def sendSignal(self, name: str) -> None:
+        """
+        Send signal C{name} (C{"TERM"}, C{"KILL"}) unless the process already ended.
+        """
+        if not self.ended and self.processTransport is not None:
+            self.processTransport.signalProcess(name)
+
+    async def stop(self) -> None:
+        """
+        SIGTERM, then SIGKILL if it is still there after L{EXIT_TIMEOUT} seconds.
+        """
+        if self.ended:
+            return
+        self.sendSignal("TERM")
+        try:
+            await self.waitForExit(EXIT_TIMEOUT)
+        except defer.TimeoutError:
+            self.sendSignal("KILL")
+            await self.waitForExit(EXIT_TIMEOUT)
+
+    async def _started(self) -> TwistProcess:
+        try:
+            await self._listening.addTimeout(START_TIMEOUT, theReactor())
+        except defer.TimeoutError:
+            raise FailTest(
+                f"twist did not log 'listening on' within {START_TIMEOUT} s; output:\n{self.text}"
+            ) from None
+        except FailTest as e:
+            raise FailTest(f"{e}; output:\n{self.text}") from None
+        return self
+
+
+def startTwist(testCase: TestCase, args: Sequence[str], tmpdir: str) -> Deferred[TwistProcess]:
+    """
+    Start C{twist --log-format text smtpsvc ARGS} in C{tmpdir} and wait (at most
+    L{START_TIMEOUT} seconds) until it logs the port it listens on.  A cleanup stops it
+    (SIGTERM, then SIGKILL).
+
+    @return: a Deferred firing with the L{TwistProcess}, its C{port} set.
+    """
+    process = TwistProcess()
+    reactor = cast(IReactorProcess, theReactor())
+    argv = twistCommand(args)
+    process.processTransport = reactor.spawnProcess(
+        process, argv[0], argv, env=twistEnvironment(), path=tmpdir
+    )
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(process.stop()))
+    return Deferred.fromCoroutine(process._started())

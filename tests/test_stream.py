@@ -1,0 +1,224 @@
+"""
+Tests for the message stream data handlers read: its three reading styles, its endings,
+and that a large message passes in bounded memory.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from smtpsvc import (
+    IDataHandler,
+    IMessageStream,
+    MessageAborted,
+    MessageDone,
+    MessageStream,
+    Session,
+    SMTPServer,
+    readMessage,
+)
+from smtpsvc._stream import _FanOut
+from smtpsvc.testing import MemoryClient
+
+
+def newStream() -> tuple[MessageStream, list[str]]:
+    events: list[str] = []
+    fanOut = _FanOut(lambda: events.append("pause"), lambda: events.append("resume"))
+    return fanOut.newStream(), events
+
+
+class Sink(Protocol):
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.reason: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.reason = reason
+
+
+class MessageStreamTests(SynchronousTestCase):
+    """
+    One handler's view of the message.
+    """
+
+    def test_interface(self) -> None:
+        """
+        MessageStream provides IMessageStream.
+        """
+        stream, _ = newStream()
+        self.assertTrue(verifyObject(IMessageStream, stream))
+
+    def test_deliverBodyAfterData(self) -> None:
+        """
+        Data written before deliverBody is delivered when it is called, then the end.
+        """
+        stream, _ = newStream()
+        stream.write(b"a")
+        stream.write(b"b")
+        stream.finish(MessageDone())
+        sink = Sink()
+        stream.deliverBody(sink)
+        self.assertEqual(sink.data, [b"a", b"b"])
+        assert sink.reason is not None
+        self.assertTrue(sink.reason.check(MessageDone))
+
+    def test_oneReaderOnly(self) -> None:
+        """
+        A stream has one reader.
+        """
+        stream, _ = newStream()
+        stream.deliverBody(Sink())
+        self.assertRaises(RuntimeError, stream.deliverBody, Sink())
+        self.assertRaises(RuntimeError, stream.__aiter__)
+
+    def test_failureDropsUnread(self) -> None:
+        """
+        An error ends the stream at once; unread data is dropped.
+        """
+        stream, _ = newStream()
+        stream.write(b"unread")
+        stream.finish(MessageAborted("gone"))
+        sink = Sink()
+        stream.deliverBody(sink)
+        self.assertEqual(sink.data, [])
+        assert sink.reason is not None
+        self.assertTrue(sink.reason.check(MessageAborted))
+
+    def test_readMessage(self) -> None:
+        """
+        readMessage gives the whole message once it ends.
+        """
+        stream, _ = newStream()
+        d = readMessage(stream)
+        stream.write(b"hello ")
+        self.assertNoResult(d)
+        stream.write(b"world")
+        stream.finish(MessageDone())
+        self.assertEqual(self.successResultOf(d), b"hello world")
+
+    def test_readMessageFails(self) -> None:
+        """
+        readMessage fails with the error that ended the message.
+        """
+        stream, _ = newStream()
+        d = readMessage(stream)
+        stream.finish(MessageAborted("gone"))
+        self.failureResultOf(d, MessageAborted)
+
+    def test_asyncIteration(self) -> None:
+        """
+        async for yields the chunks, then stops at the end.
+        """
+        stream, _ = newStream()
+        seen: list[bytes] = []
+
+        async def read() -> None:
+            async for chunk in stream:
+                seen.append(chunk)
+
+        d = Deferred.fromCoroutine(read())
+        stream.write(b"1")
+        stream.write(b"2")
+        self.assertEqual(seen, [b"1", b"2"])
+        self.assertNoResult(d)
+        stream.finish(MessageDone())
+        self.successResultOf(d)
+
+    def test_asyncIterationFails(self) -> None:
+        """
+        async for raises the error that ended the message.
+        """
+        stream, _ = newStream()
+
+        async def read() -> None:
+            async for _ in stream:
+                pass
+
+        d = Deferred.fromCoroutine(read())
+        stream.finish(MessageAborted("gone"))
+        self.failureResultOf(d, MessageAborted)
+
+    def test_pauseAndResume(self) -> None:
+        """
+        A paused reader lets data pile up until the high-water mark, which pauses the
+        connection; resuming delivers it and lets the connection go on.
+        """
+        stream, events = newStream()
+        sink = Sink()
+        stream.deliverBody(sink)
+        stream.pauseProducing()
+        for _ in range(5):
+            stream._fanOut.write(b"x" * 100_000)
+        self.assertEqual(events, ["pause"])
+        self.assertEqual(sink.data, [])
+        stream.resumeProducing()
+        self.assertEqual(len(sink.data), 5)
+        self.assertEqual(events, ["pause", "resume"])
+
+    def test_stopProducingDiscards(self) -> None:
+        """
+        A reader that stops producing gets nothing more and never blocks the connection.
+        """
+        stream, events = newStream()
+        sink = Sink()
+        stream.deliverBody(sink)
+        stream.stopProducing()
+        for _ in range(5):
+            stream._fanOut.write(b"x" * 100_000)
+        self.assertEqual((sink.data, events), ([], []))
+
+
+@implementer(IDataHandler)
+class CountingHandler:
+    """
+    Counts the bytes of each message without keeping them.
+    """
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def onData(self, stream: IMessageStream, session: Session) -> None:
+        total = 0
+        async for chunk in stream:  # type: ignore[attr-defined]
+            total += len(chunk)
+        self.sizes.append(total)
+
+
+class LargeMessageTests(SynchronousTestCase):
+    """
+    A message much larger than memory allows passes in bounded memory.
+    """
+
+    def test_constantMemory(self) -> None:
+        """
+        32 MiB pass through the server with a peak of traced memory under 2 MiB: the
+        message is streamed, never held whole.
+        """
+        handler = CountingHandler()
+        client = MemoryClient(SMTPServer([handler], reactor=Clock(), authOptional=True))
+        client.send("EHLO x", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        line = b"x" * 998 + b"\r\n"
+        chunk = line * 64
+        count = (32 * 1024 * 1024) // len(chunk)
+        tracemalloc.start()
+        try:
+            for _ in range(count):
+                client.protocol.dataReceived(chunk)
+            client.protocol.dataReceived(b".\r\n")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(handler.sizes, [count * len(chunk)])
+        self.assertLess(peak, 2 * 1024 * 1024)
+        self.assertEqual(client.received()[-1].code, 250)

@@ -1,0 +1,735 @@
+"""
+Tests for TLS with real handshakes in memory on a fake clock: STARTTLS done right, SNI on
+both paths, client certificates, rotation, and the development certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from smtpsvc import ISecureHandler, Session, SMTPError, SMTPServer
+from smtpsvc._tls import TLSConfigurationError, developmentCertificate, standardCipherName
+from smtpsvc.testing import RecordingHandler
+
+from .memorytls import ClientTLS, Connection, authority, commonName, connectTLS, issue
+
+MX = "mx.example.test"
+
+
+def makeServer(handlers: list[object] | None = None, **options: Any) -> SMTPServer:
+    mx = issue(MX)
+    b = issue("b.example.test")
+    wild = issue("*.wild.example.test")
+    options.setdefault("name", MX)
+    options.setdefault("authOptional", True)
+    options.setdefault("earlyTalkerDelay", 0)
+    options.setdefault("key", mx.key)
+    options.setdefault("cert", mx.cert)
+    options.setdefault(
+        "sniOptions",
+        {
+            "B.Example.Test": {"key": b.key, "cert": b.cert},
+            "*.wild.example.test": {"key": wild.key, "cert": wild.cert},
+        },
+    )
+    return SMTPServer(handlers or [], reactor=Clock(), **options)
+
+
+def upgraded(server: SMTPServer, servername: str | None = None, **client: Any) -> Connection:
+    """
+    A connection that said EHLO and completed STARTTLS.
+    """
+    connection = connectTLS(server)
+    assert connection.client.replies()[0].code == 220
+    connection.send("EHLO client.example")
+    assert [r.code for r in connection.send("STARTTLS")] == [220]
+    connection.startTLS(ClientTLS(servername, **client))
+    return connection
+
+
+def codes(replies: list[Any]) -> list[int]:
+    return [r.code for r in replies]
+
+
+class STARTTLSTests(SynchronousTestCase):
+    """
+    STARTTLS (RFC 3207; standards section 1.2 and 2.1).
+    """
+
+    def test_advertised(self) -> None:
+        """
+        STARTTLS is offered on a plaintext connection (standards 3207-01).
+        """
+        connection = connectTLS(makeServer())
+        connection.client.replies()
+        self.assertIn("STARTTLS", connection.send("EHLO x")[0].lines)
+
+    def test_hidden(self) -> None:
+        """
+        hideSTARTTLS removes the keyword but STARTTLS still works.
+        """
+        connection = connectTLS(makeServer(hideSTARTTLS=True))
+        connection.client.replies()
+        self.assertNotIn("STARTTLS", connection.send("EHLO x")[0].lines)
+        self.assertEqual(codes(connection.send("STARTTLS")), [220])
+
+    def test_disabled(self) -> None:
+        """
+        A disabled STARTTLS is neither offered nor accepted.
+        """
+        connection = connectTLS(makeServer(disabledCommands=("STARTTLS",)))
+        connection.client.replies()
+        self.assertNotIn("STARTTLS", connection.send("EHLO x")[0].lines)
+        self.assertEqual(codes(connection.send("STARTTLS")), [500])
+
+    def test_upgrade(self) -> None:
+        """
+        STARTTLS gets 220 Ready to start TLS, the handshake follows, and the session is
+        secure with the negotiated cipher and version (standards 3207-03).
+        """
+        connection = upgraded(makeServer(hideENHANCEDSTATUSCODES=False))
+        session = connection.session
+        self.assertTrue(session.secure)
+        self.assertEqual(session.tlsOptions.version, "TLSv1.3")
+        self.assertTrue(session.tlsOptions.name.startswith("TLS_"))
+        self.assertEqual(codes(connection.send("NOOP")), [250])
+
+    def test_readyReplyHasEnhancedCode(self) -> None:
+        """
+        The 220 carries 2.0.0 when enhanced codes are shown.
+        """
+        connection = connectTLS(makeServer(hideENHANCEDSTATUSCODES=False))
+        connection.client.replies()
+        connection.send("EHLO x")
+        reply = connection.send("STARTTLS")[0]
+        self.assertEqual(reply.lines, ("2.0.0 Ready to start TLS",))
+
+    def test_notOfferedAfterUpgrade(self) -> None:
+        """
+        After the handshake EHLO no longer offers STARTTLS (standards 3207-02).
+        """
+        connection = upgraded(makeServer())
+        self.assertNotIn("STARTTLS", connection.send("EHLO x")[0].lines)
+
+    def test_secondStarttls(self) -> None:
+        """
+        STARTTLS on an encrypted connection gets 503 (standards 3207-06).
+        """
+        connection = upgraded(makeServer())
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in connection.send("STARTTLS")],
+            ["503 Error: TLS already active"],
+        )
+
+    def test_argument(self) -> None:
+        """
+        STARTTLS with an argument gets 501 and the connection stays usable
+        (standards 3207-04).
+        """
+        connection = connectTLS(makeServer())
+        connection.client.replies()
+        connection.send("EHLO x")
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in connection.send("STARTTLS FOO")],
+            ["501 Error: syntax: STARTTLS"],
+        )
+        self.assertEqual(codes(connection.send("NOOP")), [250])
+
+    def test_3207_08_pipelinedCommandIsNeverRun(self) -> None:
+        """
+        STARTTLS and NOOP in one write: only the 220; the NOOP is discarded, never
+        answered inside TLS (standards 3207-08, CVE-2011-0411).
+        """
+        connection = connectTLS(makeServer())
+        connection.client.replies()
+        connection.send("EHLO t")
+        self.assertEqual(codes(connection.write(b"STARTTLS\r\nNOOP\r\n")), [220])
+        connection.startTLS(ClientTLS())
+        self.assertEqual(connection.client.replies(), [])
+        self.assertNotIn("STARTTLS", connection.send("EHLO t")[0].lines)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_injectedTransactionForgotten(self) -> None:
+        """
+        A MAIL pipelined after STARTTLS does not open a transaction inside TLS
+        (standards 2.1).
+        """
+        connection = connectTLS(makeServer())
+        connection.client.replies()
+        connection.send("EHLO t")
+        connection.write(b"STARTTLS\r\nMAIL FROM:<x@y.example>\r\n")
+        connection.startTLS(ClientTLS())
+        connection.send("EHLO t")
+        self.assertEqual(codes(connection.send("RCPT TO:<a@b.example>")), [503])
+
+    def test_partialLineDiscarded(self) -> None:
+        """
+        Half a command sent in clear after STARTTLS is not completed by the first
+        encrypted bytes (the reference's residual hole, spec section 11.1).
+        """
+        connection = connectTLS(makeServer())
+        connection.client.replies()
+        connection.send("EHLO t")
+        self.assertEqual(codes(connection.write(b"STARTTLS\r\nNOO")), [220])
+        connection.startTLS(ClientTLS())
+        self.assertEqual(codes(connection.write(b"P\r\n")), [500])
+
+    def test_3207_07_sessionForgotten(self) -> None:
+        """
+        After the handshake the hello is forgotten: MAIL without a new EHLO gets 503
+        (standards 3207-07, RFC 3207 section 4.2).
+        """
+        connection = upgraded(makeServer())
+        self.assertEqual(codes(connection.send("MAIL FROM:<a@b.example>")), [503])
+        self.assertIsNone(connection.session.hostNameAppearsAs)
+        self.assertEqual(
+            codes(connection.send("EHLO again", "MAIL FROM:<a@b.example>")), [250, 250]
+        )
+
+    def test_refusedInsideTransaction(self) -> None:
+        """
+        STARTTLS in the middle of a transaction gets 503: the envelope would otherwise
+        straddle the upgrade.
+        """
+        connection = connectTLS(makeServer())
+        connection.client.replies()
+        connection.send("EHLO t", "MAIL FROM:<a@b.example>")
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in connection.send("STARTTLS")],
+            ["503 Error: Mail transaction in progress"],
+        )
+
+    def test_transmissionType(self) -> None:
+        """
+        An encrypted EHLO session is ESMTPS.
+        """
+        connection = upgraded(makeServer())
+        connection.send("EHLO again")
+        self.assertEqual(connection.session.transmissionType, "ESMTPS")
+
+    def test_messageOverTLS(self) -> None:
+        """
+        A message sent after STARTTLS arrives.
+        """
+        recorder = RecordingHandler()
+        connection = upgraded(makeServer([recorder]))
+        connection.send("EHLO again", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.assertEqual(codes(connection.write(b"hello\r\n.\r\n")), [250])
+        self.assertEqual(recorder.messages[0].data, b"hello\r\n")
+
+    def test_requireTls(self) -> None:
+        """
+        REQUIRETLS is accepted on an encrypted connection, and advertised there when
+        shown (standards 8689-01, 8689-02).
+        """
+        connection = upgraded(makeServer(hideREQUIRETLS=False))
+        self.assertIn("REQUIRETLS", connection.send("EHLO x")[0].lines)
+        self.assertEqual(codes(connection.send("MAIL FROM:<a@b.example> REQUIRETLS")), [250])
+        self.assertTrue(connection.session.envelope.requireTLS)
+        plain = connectTLS(makeServer(hideREQUIRETLS=False))
+        plain.client.replies()
+        self.assertNotIn("REQUIRETLS", plain.send("EHLO x")[0].lines)
+
+    def test_requireTlsWithValue(self) -> None:
+        """
+        REQUIRETLS takes no value (standards 8689-03).
+        """
+        connection = upgraded(makeServer())
+        connection.send("EHLO x")
+        self.assertEqual(codes(connection.send("MAIL FROM:<a@b.example> REQUIRETLS=yes")), [501])
+
+
+class NeedsUpgradeTests(SynchronousTestCase):
+    """
+    needsUpgrade: nothing is sent in clear.
+    """
+
+    def test_mailBeforeStarttls(self) -> None:
+        """
+        MAIL before STARTTLS gets 530 5.7.0 Must issue a STARTTLS command first.
+        """
+        connection = connectTLS(makeServer(needsUpgrade=True, hideENHANCEDSTATUSCODES=False))
+        connection.client.replies()
+        connection.send("EHLO x")
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in connection.send("MAIL FROM:<a@b.example>")],
+            ["530 5.7.0 Must issue a STARTTLS command first"],
+        )
+        self.assertEqual(codes(connection.send("NOOP")), [250])
+
+    def test_afterStarttls(self) -> None:
+        """
+        After STARTTLS the transaction goes ahead.
+        """
+        connection = upgraded(makeServer(needsUpgrade=True))
+        self.assertEqual(codes(connection.send("EHLO x", "MAIL FROM:<a@b.example>")), [250, 250])
+
+    def test_implicitTlsSatisfiesIt(self) -> None:
+        """
+        With implicit TLS the requirement is met from the start.
+        """
+        connection = connectTLS(makeServer(needsUpgrade=True, secure=True))
+        connection.client.replies()
+        self.assertEqual(codes(connection.send("EHLO x", "MAIL FROM:<a@b.example>")), [250, 250])
+
+
+class ImplicitTLSTests(SynchronousTestCase):
+    """
+    secure=True: TLS from the first byte (RFC 8314).
+    """
+
+    def test_greetingAfterHandshake(self) -> None:
+        """
+        Nothing is sent in clear; the greeting comes encrypted after the handshake
+        (standards 8314-01).
+        """
+        server = makeServer(secure=True)
+        connection = connectTLS(server)
+        self.assertEqual(connection.client.replies()[0].lines, (f"{MX} ESMTP",))
+        self.assertTrue(connection.session.secure)
+
+    def test_noStarttls(self) -> None:
+        """
+        EHLO does not offer STARTTLS and STARTTLS gets 503 (standards 8314-03).
+        """
+        connection = connectTLS(makeServer(secure=True))
+        connection.client.replies()
+        self.assertNotIn("STARTTLS", connection.send("EHLO x")[0].lines)
+        self.assertEqual(codes(connection.send("STARTTLS")), [503])
+
+    def test_plaintextClientRefused(self) -> None:
+        """
+        A client that speaks SMTP in clear gets no SMTP reply; the connection closes
+        (standards 8314-02).
+        """
+        server = makeServer(secure=True)
+        from twisted.internet.address import IPv4Address
+        from twisted.test.iosim import connect
+
+        from .memorytls import SMTPClient, TLSMemoryTransport
+
+        protocol = server.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1))
+        client = SMTPClient()
+        serverTransport = TLSMemoryTransport(protocol, isServer=True)
+        clientTransport = TLSMemoryTransport(client, isServer=False)
+        serverTransport.clock = clientTransport.clock = server.reactor
+        pump = connect(protocol, serverTransport, client, clientTransport, greet=False)
+        client.transport.write(b"EHLO x\r\n")  # type: ignore[union-attr]
+        pump.flush()
+        self.assertNotIn(b"250", client.data)
+        self.assertNotIn(b"220", client.data)
+        self.assertTrue(serverTransport.disconnecting)
+
+    def test_stalledHandshake(self) -> None:
+        """
+        A client that never sends its ClientHello is cut off after socketTimeout; the
+        server goes on serving others.
+        """
+        server = makeServer(secure=True, socketTimeout=10)
+        from twisted.internet.address import IPv4Address
+        from twisted.test.iosim import connect
+
+        from .memorytls import SMTPClient, TLSMemoryTransport
+
+        protocol = server.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1))
+        client = SMTPClient()
+        serverTransport = TLSMemoryTransport(protocol, isServer=True)
+        clientTransport = TLSMemoryTransport(client, isServer=False)
+        serverTransport.clock = clientTransport.clock = server.reactor
+        pump = connect(protocol, serverTransport, client, clientTransport, greet=False)
+        pump.flush()
+        server.reactor.advance(11)
+        pump.flush()
+        self.assertTrue(serverTransport.disconnecting)
+        other = connectTLS(server)
+        self.assertEqual(codes(other.client.replies()), [220])
+
+    def test_perListenerOverride(self) -> None:
+        """
+        One server serves plaintext and implicit TLS listeners at once.
+        """
+        server = makeServer()
+        plain = connectTLS(server)
+        self.assertEqual(codes(plain.client.replies()), [220])
+        self.assertFalse(plain.session.secure)
+        secure = connectTLS(server, implicit=True)
+        self.assertEqual(codes(secure.client.replies()), [220])
+        self.assertTrue(secure.session.secure)
+
+
+class SNITests(SynchronousTestCase):
+    """
+    The certificate is chosen by SNI, on both paths (spec section 14 #6 fixed).
+    """
+
+    def served(self, connection: Connection) -> str | None:
+        return commonName(connection.clientTransport.servedCertificate())
+
+    def test_starttlsByName(self) -> None:
+        """
+        Over STARTTLS the SNI name picks its certificate, in any case.
+        """
+        connection = upgraded(makeServer(), "b.example.test")
+        self.assertEqual(self.served(connection), "b.example.test")
+        self.assertEqual(connection.session.servername, "b.example.test")
+
+    def test_implicitByName(self) -> None:
+        """
+        With implicit TLS the SNI name picks its certificate too.
+        """
+        connection = connectTLS(makeServer(secure=True), creator=ClientTLS("B.EXAMPLE.TEST"))
+        self.assertEqual(self.served(connection), "b.example.test")
+
+    def test_unknownName(self) -> None:
+        """
+        An unknown name gets the default certificate.
+        """
+        connection = upgraded(makeServer(), "unknown.example.test")
+        self.assertEqual(self.served(connection), MX)
+        self.assertEqual(connection.session.servername, "unknown.example.test")
+
+    def test_noName(self) -> None:
+        """
+        A client that sends no SNI gets the default certificate.
+        """
+        connection = upgraded(makeServer())
+        self.assertEqual(self.served(connection), MX)
+        self.assertIsNone(connection.session.servername)
+
+    def test_wildcard(self) -> None:
+        """
+        *.wild.example.test covers one label, not two.
+        """
+        self.assertEqual(
+            self.served(upgraded(makeServer(), "a.wild.example.test")), "*.wild.example.test"
+        )
+        self.assertEqual(self.served(upgraded(makeServer(), "a.b.wild.example.test")), MX)
+
+    def test_callback(self) -> None:
+        """
+        SNICallback chooses the certificate instead of sniOptions; None falls back.
+        """
+        c = issue("c.example.test")
+        asked: list[str] = []
+
+        def choose(name: str) -> dict[str, bytes] | None:
+            asked.append(name)
+            return {"key": c.key, "cert": c.cert} if name == "c.example.test" else None
+
+        server = makeServer(SNICallback=choose)
+        self.assertEqual(self.served(upgraded(server, "C.example.test")), "c.example.test")
+        self.assertEqual(self.served(upgraded(server, "other.example.test")), MX)
+        self.assertEqual(asked, ["c.example.test", "other.example.test"])
+
+    def test_callbackFailure(self) -> None:
+        """
+        A callback that raises is logged and the default certificate serves.
+        """
+
+        def broken(name: str) -> None:
+            raise RuntimeError("broken lookup")
+
+        connection = upgraded(makeServer(SNICallback=broken), "b.example.test")
+        self.assertEqual(self.served(connection), MX)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_unicodeKey(self) -> None:
+        """
+        sniOptions keys may be Unicode host names; clients send A-labels.
+        """
+        b = issue("xn--bcher-kva.example")
+        server = makeServer(sniOptions={"b\u00fccher.example": {"key": b.key, "cert": b.cert}})
+        self.assertEqual(
+            self.served(upgraded(server, "xn--bcher-kva.example")), "xn--bcher-kva.example"
+        )
+
+
+class RotationTests(SynchronousTestCase):
+    """
+    updateSecureContext swaps certificates for later handshakes.
+    """
+
+    def test_newConnectionsUseNewCertificates(self) -> None:
+        """
+        After the update the default certificate and the SNI map are the new ones.
+        """
+        server = makeServer()
+        before = upgraded(server)
+        renewed = issue("renewed.example.test")
+        d = issue("d.example.test")
+        server.updateSecureContext(
+            key=renewed.key,
+            cert=renewed.cert,
+            sniOptions={"d.example.test": {"key": d.key, "cert": d.cert}},
+        )
+        self.assertEqual(
+            commonName(upgraded(server).clientTransport.servedCertificate()), "renewed.example.test"
+        )
+        self.assertEqual(
+            commonName(upgraded(server, "d.example.test").clientTransport.servedCertificate()),
+            "d.example.test",
+        )
+        self.assertEqual(
+            commonName(upgraded(server, "b.example.test").clientTransport.servedCertificate()),
+            "renewed.example.test",
+        )
+        self.assertEqual(codes(before.send("NOOP")), [250])
+        self.assertEqual(commonName(before.clientTransport.servedCertificate()), MX)
+
+    def test_badUpdateKeepsOld(self) -> None:
+        """
+        An update with a key that does not match is refused and changes nothing.
+        """
+        server = makeServer()
+        other = issue("other.example.test")
+        with self.assertRaises(ValueError):
+            server.updateSecureContext(key=other.key, cert=issue("renewed.example.test").cert)
+        self.assertEqual(commonName(upgraded(server).clientTransport.servedCertificate()), MX)
+
+    def test_onlyTlsOptions(self) -> None:
+        """
+        updateSecureContext takes only TLS options.
+        """
+        with self.assertRaises(TypeError):
+            makeServer().updateSecureContext(size=5)
+
+
+class ClientCertificateTests(SynchronousTestCase):
+    """
+    requestCert, ca and rejectUnauthorized.
+    """
+
+    def server(self, handlers: list[object] | None = None, **options: Any) -> SMTPServer:
+        return makeServer(handlers, requestCert=True, ca=authority().cert, **options)
+
+    def test_verified(self) -> None:
+        """
+        A client certificate from the CA is accepted and recorded as verified.
+        """
+        connection = upgraded(self.server(), certificate=issue("client.example.test", client=True))
+        session = connection.session
+        self.assertEqual(commonName(session.peerCertificate), "client.example.test")
+        self.assertTrue(session.peerCertificateVerified)
+
+    def test_missingRefused(self) -> None:
+        """
+        Without a certificate the handshake fails when rejectUnauthorized is set.
+        """
+        connection = upgraded(self.server())
+        self.assertTrue(connection.closed)
+        self.assertFalse(connection.session.secure)
+
+    def test_strangerRefused(self) -> None:
+        """
+        A certificate from another CA fails the handshake when rejectUnauthorized is set.
+        """
+        stranger = issue("stranger.example.test", client=True, ca="other CA")
+        connection = upgraded(self.server(), certificate=stranger)
+        self.assertTrue(connection.closed)
+
+    def test_strangerRecorded(self) -> None:
+        """
+        With rejectUnauthorized false a stranger is served, marked as not verified.
+        """
+        stranger = issue("stranger.example.test", client=True, ca="other CA")
+        connection = upgraded(self.server(rejectUnauthorized=False), certificate=stranger)
+        self.assertEqual(codes(connection.send("NOOP")), [250])
+        self.assertEqual(commonName(connection.session.peerCertificate), "stranger.example.test")
+        self.assertFalse(connection.session.peerCertificateVerified)
+
+    def test_secureHandlerSeesCertificate(self) -> None:
+        """
+        ISecureHandler gets the session and the client's certificate, once per handshake.
+        """
+        seen: list[tuple[bool, str | None]] = []
+
+        @implementer(ISecureHandler)
+        class Auditor:
+            def onSecure(self, session: Session, peerCertificate: Any) -> None:
+                seen.append((session.secure, commonName(peerCertificate)))
+
+        upgraded(self.server([Auditor()]), certificate=issue("client.example.test", client=True))
+        self.assertEqual(seen, [(True, "client.example.test")])
+
+
+class SecureHandlerTests(SynchronousTestCase):
+    """
+    ISecureHandler (spec section 14 #7 fixed: called once; a refusal gets a reply).
+    """
+
+    def test_refusesAfterStarttls(self) -> None:
+        """
+        A refusal is sent, encrypted, and the connection closes.
+        """
+
+        @implementer(ISecureHandler)
+        class Picky:
+            def onSecure(self, session: Session, peerCertificate: Any) -> None:
+                raise SMTPError(554, "5.7.1 Client certificate required")
+
+        connection = upgraded(makeServer([Picky()], hideENHANCEDSTATUSCODES=False))
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in connection.client.replies()],
+            ["554 5.7.1 Client certificate required"],
+        )
+        self.assertTrue(connection.closed)
+
+    def test_onceForImplicitTls(self) -> None:
+        """
+        With implicit TLS onSecure runs once, before the greeting, after onConnect.
+        """
+        calls: list[str] = []
+
+        @implementer(ISecureHandler)
+        class Counter:
+            def onSecure(self, session: Session, peerCertificate: Any) -> None:
+                calls.append("secure")
+
+        recorder = RecordingHandler()
+        connection = connectTLS(makeServer([recorder, Counter()], secure=True, needsUpgrade=True))
+        self.assertEqual(codes(connection.client.replies()), [220])
+        self.assertEqual(calls, ["secure"])
+        self.assertEqual(len(recorder.sessions), 1)
+
+    def test_refusesImplicit(self) -> None:
+        """
+        A refusal with implicit TLS replaces the greeting.
+        """
+
+        @implementer(ISecureHandler)
+        class No:
+            def onSecure(self, session: Session, peerCertificate: Any) -> None:
+                raise SMTPError(554, "Go away")
+
+        connection = connectTLS(makeServer([No()], secure=True))
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in connection.client.replies()], ["554 Go away"]
+        )
+        self.assertTrue(connection.closed)
+
+
+class VersionTests(SynchronousTestCase):
+    """
+    Protocol versions and renegotiation (RFC 8997, standards 2.10).
+    """
+
+    def test_tls11Refused(self) -> None:
+        """
+        A TLS 1.1 client cannot complete a handshake (standards 8314-04).
+        """
+        connection = connectTLS(
+            makeServer(secure=True), creator=ClientTLS(maxVersion=SSL.TLS1_1_VERSION)
+        )
+        self.assertEqual(connection.client.replies(), [])
+        self.assertTrue(connection.closed)
+
+    def test_tls12Accepted(self) -> None:
+        """
+        TLS 1.2 still works.
+        """
+        connection = connectTLS(
+            makeServer(secure=True), creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION)
+        )
+        self.assertEqual(codes(connection.client.replies()), [220])
+        self.assertEqual(connection.session.tlsOptions.version, "TLSv1.2")
+        self.assertTrue(connection.session.tlsOptions.standardName.startswith("TLS_ECDHE_"))
+
+    def test_maxVersion(self) -> None:
+        """
+        maxVersion caps the version offered.
+        """
+        connection = connectTLS(makeServer(secure=True, maxVersion="TLSv1.2"))
+        self.assertEqual(connection.session.tlsOptions.version, "TLSv1.2")
+
+    def test_renegotiationRefused(self) -> None:
+        """
+        A TLS 1.2 client asking to renegotiate is refused, and the post-handshake reset
+        never runs twice.
+        """
+        server = makeServer(secure=True)
+        connection = connectTLS(server, creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION))
+        connection.client.replies()
+        connection.send("EHLO x")
+        handle = connection.clientTransport.getHandle()
+        handle.renegotiate()
+        with contextlib.suppress(SSL.WantReadError):
+            handle.do_handshake()
+        connection.clientTransport.tlsProtocol._flushSendBIO()  # type: ignore[union-attr]
+        connection.pump.flush()
+        self.assertEqual(connection.protocol._handshakes, 1)
+        self.assertEqual(connection.session.hostNameAppearsAs, "x")
+
+
+class ConfigurationTests(SynchronousTestCase):
+    """
+    Certificates given, missing or wrong.
+    """
+
+    def test_developmentCertificate(self) -> None:
+        """
+        Without key and cert the server makes a self-signed certificate for its name.
+        """
+        server = SMTPServer(
+            reactor=Clock(), name="dev.example.test", authOptional=True, earlyTalkerDelay=0
+        )
+        connection = connectTLS(server, implicit=True)
+        self.assertEqual(
+            commonName(connection.clientTransport.servedCertificate()), "dev.example.test"
+        )
+
+    def test_developmentCertificateIsFresh(self) -> None:
+        """
+        Each development certificate has its own key: none is shipped.
+        """
+        self.assertNotEqual(developmentCertificate("a")[0], developmentCertificate("a")[0])
+
+    def test_keyWithoutCertificate(self) -> None:
+        """
+        A key without a certificate is a configuration error.
+        """
+        with self.assertRaises(TLSConfigurationError):
+            makeServer(cert=None)
+
+    def test_mismatchedKey(self) -> None:
+        """
+        A key that does not belong to the certificate is refused at start.
+        """
+        with self.assertRaises(TLSConfigurationError) as caught:
+            makeServer(key=issue("other.example.test").key)
+        self.assertIn("does not match", str(caught.exception))
+
+    def test_unreadableCertificate(self) -> None:
+        """
+        Garbage instead of a certificate is refused with a readable message.
+        """
+        with self.assertRaises(TLSConfigurationError) as caught:
+            makeServer(cert=b"not a certificate")
+        self.assertIn("certificate", str(caught.exception))
+
+    def test_sniEntryNeedsKey(self) -> None:
+        """
+        An SNI entry without its key is refused.
+        """
+        with self.assertRaises(TLSConfigurationError):
+            makeServer(sniOptions={"x.example.test": {"cert": issue("x.example.test").cert}})
+
+    def test_standardCipherNames(self) -> None:
+        """
+        OpenSSL cipher names map to their IANA names.
+        """
+        self.assertEqual(
+            standardCipherName("ECDHE-RSA-AES256-GCM-SHA384"),
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        )
+        self.assertEqual(
+            standardCipherName("ECDHE-ECDSA-CHACHA20-POLY1305"),
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        )
+        self.assertEqual(standardCipherName("TLS_AES_128_GCM_SHA256"), "TLS_AES_128_GCM_SHA256")
+        self.assertEqual(standardCipherName("WEIRD-CIPHER"), "WEIRD-CIPHER")
