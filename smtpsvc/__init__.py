@@ -6,6 +6,7 @@ L{smtpsvc.interfaces}, and L{SMTPServer.listen}.  Handlers refuse with L{SMTPErr
 handlers read the message from an L{IMessageStream} (L{readMessage} gives it whole).
 """
 
+from ._core._sasl import AuthRequest
 from ._core._session import (
     Address,
     Envelope,
@@ -26,6 +27,7 @@ from ._stream import (
     readMessage,
 )
 from .interfaces import (
+    IAuthHandler,
     ICloseHandler,
     IConnectHandler,
     IDataHandler,
@@ -39,8 +41,10 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Address",
+    "AuthRequest",
     "Envelope",
     "EnvelopeDSN",
+    "IAuthHandler",
     "ICloseHandler",
     "IConnectHandler",
     "IDataHandler",

@@ -20,6 +20,8 @@ from typing import Any, Final
 
 #: The ways the DATA decoder can treat a bare CR or a bare LF inside a message.
 BARE_LINE_ENDING_POLICIES: Final = ("normalize", "reject", "pass")
+#: The SASL mechanisms smtpsvc implements.
+AUTH_MECHANISMS: Final = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER")
 #: TLS versions by the names the reference (and Node) uses.
 TLS_VERSIONS: Final = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 
@@ -253,7 +255,8 @@ class ServerOptions:
     # -- authentication ------------------------------------------------------------------
     authMethods: tuple[str, ...] = _option(
         ("LOGIN", "PLAIN"),
-        "SASL mechanisms offered, in this order.",
+        "SASL mechanisms offered, in this order: any of PLAIN, LOGIN, CRAM-MD5, XOAUTH2 "
+        "and OAUTHBEARER.",
         group="auth",
     )
     authOptional: bool = _option(
@@ -271,6 +274,30 @@ class ServerOptions:
         "Text of the 530 reply sent for MAIL, RCPT and DATA before authentication.",
         group="auth",
     )
+    maxAuthFailures: int | None = _option(
+        3,
+        "Failed AUTH attempts a connection may make; the next failure gets ``421`` and "
+        "the connection closes (RFC 4954 section 9).  Unset turns this off.",
+        group="auth",
+    )
+    authFailureDelay: float = _option(
+        1.0,
+        "Seconds the reply to a failed AUTH waits, times the number of failures so far on "
+        "the connection, to slow password guessing.  0 turns it off.",
+        group="auth",
+    )
+    authFailureLimit: int | None = _option(
+        10,
+        "Failed AUTH attempts one client address may make within ``authFailureWindow``; "
+        "past that its AUTH gets ``454 4.7.0`` until old failures age out.  Unset turns "
+        "this off.",
+        group="auth",
+    )
+    authFailureWindow: float = _option(
+        600.0,
+        "The window, in seconds, over which ``authFailureLimit`` counts failures.",
+        group="auth",
+    )
 
     def __post_init__(self) -> None:
         # Normalise lists the way the reference does: command and mechanism names in
@@ -283,6 +310,12 @@ class ServerOptions:
         )
         for spec in optionSpecs():
             spec.check(getattr(self, spec.name))
+        unknown = [m for m in self.authMethods if m not in AUTH_MECHANISMS]
+        if unknown:
+            raise ValueError(
+                f"option authMethods has unknown mechanism {unknown[0]!r}; known are "
+                f"{', '.join(AUTH_MECHANISMS)}"
+            )
 
     @property
     def enhancedStatusCodes(self) -> bool:
@@ -396,7 +429,11 @@ class OptionSpec:
             )
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"option {self.name} must not be negative, not {value!r}")
-        if self.name in ("maxClients", "maxCommandLength") and isinstance(value, int) and value < 1:
+        if (
+            self.name in ("maxClients", "maxCommandLength", "authFailureLimit")
+            and isinstance(value, int)
+            and value < 1
+        ):
             raise ValueError(f"option {self.name} must be at least 1, not {value!r}")
         if self.name == "name" and (not value or any(c in " \r\n" for c in str(value))):
             raise ValueError(f"option name must be a host name without spaces, not {value!r}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -37,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._core._connection import (
+    CheckAuth,
     CheckMail,
     CheckRcpt,
     Outcome,
@@ -47,7 +49,8 @@ from ._core._connection import (
     normalizeDataResult,
 )
 from ._core._data import DataDecoder
-from ._core._replies import HANDLER_FAILED_ERROR
+from ._core._replies import AUTH_TEMPORARY_ERROR, HANDLER_FAILED_ERROR
+from ._core._sasl import AuthRequest
 from ._core._session import Address, Session
 from ._errors import SMTPError
 from ._stream import (
@@ -110,6 +113,63 @@ def _afterPending(
 
     chained: Deferred[SMTPError | None] = _ensureDeferred(pending).addCallbacks(accepted, failed)
     return chained
+
+
+def callFirst(
+    calls: Sequence[Callable[[], object]], session: Session
+) -> tuple[object, SMTPError | None] | Deferred[tuple[object, SMTPError | None]]:
+    """
+    Ask authentication handlers in order: the first that returns a user (anything but
+    L{None}) accepts; an L{SMTPError} refuses; L{None} passes to the next.  A handler
+    that fails unexpectedly is logged and the client gets a temporary 454 (RFC 4954
+    section 6: the authentication backend is unavailable).
+
+    @return: (user, refusal), synchronously when every handler answered synchronously.
+    """
+    for index, call in enumerate(calls):
+        try:
+            result = call()
+        except SMTPError as e:
+            return None, e
+        except Exception:
+            _logHandlerFailure(Failure(), "onAuth", session)
+            return None, AUTH_TEMPORARY_ERROR
+        if isinstance(result, Deferred) or inspect.iscoroutine(result):
+            return _authAfterPending(result, calls[index + 1 :], session)
+        if result is not None:
+            return result, None
+    return None, None
+
+
+def _authAfterPending(
+    pending: object, rest: Sequence[Callable[[], object]], session: Session
+) -> Deferred[tuple[object, SMTPError | None]]:
+    def decided(
+        user: object,
+    ) -> tuple[object, SMTPError | None] | Deferred[tuple[object, SMTPError | None]]:
+        return (user, None) if user is not None else callFirst(rest, session)
+
+    def failed(failure: Failure) -> tuple[object, SMTPError | None]:
+        if isinstance(failure.value, SMTPError):
+            return None, failure.value
+        _logHandlerFailure(failure, "onAuth", session)
+        return None, AUTH_TEMPORARY_ERROR
+
+    chained: Deferred[tuple[object, SMTPError | None]] = _ensureDeferred(pending).addCallbacks(
+        decided, failed
+    )
+    return chained
+
+
+def _userName(user: object) -> str:
+    # What the log shows for an authenticated user: its name if it has one.
+    for attribute in ("username", "name", "avatarId"):
+        value = getattr(user, attribute, None)
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        if isinstance(value, str):
+            return value
+    return user if isinstance(user, str) else type(user).__name__
 
 
 def _ensureDeferred(result: object) -> Deferred[Any]:
@@ -262,6 +322,7 @@ class SMTPProtocol(LineReceiver):
         self._buffer = b""
         self._pos = 0
         self._discardingLine = False
+        self._discardHead = b""
         self._pauses: set[str] = set()
         self._out: list[bytes] = []
         self._data: _DataTransaction | None = None
@@ -274,6 +335,7 @@ class SMTPProtocol(LineReceiver):
         self._greetCall: IDelayedCall | None = None
         self._turnCall: IDelayedCall | None = None
         self._abortCall: IDelayedCall | None = None
+        self._delayCall: IDelayedCall | None = None
         self._tlsPending = False
         self._handshakes = 0
         self.implicitTLS = server.options.secure
@@ -298,7 +360,14 @@ class SMTPProtocol(LineReceiver):
             remoteAddress=_host(peer),
             remotePort=getattr(peer, "port", 0),
         )
-        self._core = ServerConnection(self._options, session, tlsAvailable=True)
+        self._core = ServerConnection(
+            self._options,
+            session,
+            tlsAvailable=True,
+            authHandlers=bool(self._server._handlersFor("onAuth")),
+            throttle=self._server.authThrottle,
+            now=self._reactor.seconds,
+        )
         self._server._connectionMade(self)
         IConsumer(transport).registerProducer(self, True)
         self._lastActivity = self._reactor.seconds()
@@ -367,10 +436,17 @@ class SMTPProtocol(LineReceiver):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disconnected = True
         self._closed = True
-        for call in (self._timeoutCall, self._greetCall, self._turnCall, self._abortCall):
+        for call in (
+            self._timeoutCall,
+            self._greetCall,
+            self._turnCall,
+            self._abortCall,
+            self._delayCall,
+        ):
             if call is not None and call.active():
                 call.cancel()
-        self._timeoutCall = self._greetCall = self._turnCall = self._abortCall = None
+        self._timeoutCall = self._greetCall = self._turnCall = None
+        self._abortCall = self._delayCall = None
         if self._data is not None:
             self._data.abort()
             self._data = None
@@ -498,7 +574,6 @@ class SMTPProtocol(LineReceiver):
         # handle it; False when no complete line is there.
         buffer, pos = self._buffer, self._pos
         end = buffer.find(b"\r\n", pos)
-        limit = self._core.lineLimit
         if self._discardingLine:
             if end < 0:
                 # Keep nothing but a CR that may start the CRLF.
@@ -507,18 +582,21 @@ class SMTPProtocol(LineReceiver):
                 return False
             self._pos = end + 2
             self._discardingLine = False
-            self._perform(self._core.lineTooLong())
+            self._perform(self._core.lineTooLong(self._discardHead))
             return True
+        head = buffer[pos : pos + 5]
+        limit = self._core.lineLimit(head)
         if end < 0:
             if len(buffer) - pos > limit + 1:
                 self._discardingLine = True
+                self._discardHead = head
                 self._buffer = b"\r" if buffer.endswith(b"\r") else b""
                 self._pos = 0
                 return True
             return False
         self._pos = end + 2
         if end - pos > limit:
-            self._perform(self._core.lineTooLong())
+            self._perform(self._core.lineTooLong(head))
         else:
             self.lineReceived(buffer[pos:end])
         return True
@@ -553,9 +631,15 @@ class SMTPProtocol(LineReceiver):
         kind = type(action)
         if kind is Send:
             assert isinstance(action, Send)
+            if action.delay > 0:
+                self._sendLater(action)
+                return
             self._write(action.data)
             if action.close:
                 self._closeAfterWrite()
+        elif kind is CheckAuth:
+            assert isinstance(action, CheckAuth)
+            self._authenticate(action.request)
         elif kind is CheckMail:
             assert isinstance(action, CheckMail)
             self._check("onMailFrom", action.address, self._core.mailChecked)
@@ -603,6 +687,51 @@ class SMTPProtocol(LineReceiver):
             self._resume("handler")
 
         result.addCallback(answered)
+
+    def _sendLater(self, send: Send) -> None:
+        # A failed AUTH's reply waits, and so does everything after it.
+        self._pause("delay")
+
+        def now() -> None:
+            self._delayCall = None
+            self._perform(replace(send, delay=0.0))
+            self._resume("delay")
+
+        self._delayCall = self._reactor.callLater(send.delay, now)
+
+    # -- AUTH ------------------------------------------------------------------------------
+
+    def _authenticate(self, request: AuthRequest) -> None:
+        session = self._core.session
+        calls = [partial(h, request, session) for h in self._server._handlersFor("onAuth")]
+        result = callFirst(calls, session)
+        if not isinstance(result, Deferred):
+            self._authenticated(result)
+            return
+        self._handlerPending = True
+        self._pause("handler")
+
+        def answered(outcome: tuple[object, SMTPError | None]) -> None:
+            self._handlerPending = False
+            self._authenticated(outcome)
+            self._resume("handler")
+
+        result.addCallback(answered)
+
+    def _authenticated(self, outcome: tuple[object, SMTPError | None]) -> None:
+        if self._closed:
+            return
+        user, error = outcome
+        session = self._core.session
+        if error is None and user is not None:
+            _log.info("Authenticated as {user}", sessionId=session.id, user=_userName(user))
+        else:
+            _log.info(
+                "Authentication failed: {reason}",
+                sessionId=session.id,
+                reason=str(error) if error is not None else "credentials invalid",
+            )
+        self._perform(self._core.authChecked(user, error))
 
     # -- TLS -------------------------------------------------------------------------------
 

@@ -14,10 +14,12 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from ._core._throttle import FailureBudget
 from ._options import ServerOptions
 from ._protocol import SMTPProtocol
 from ._tls import ServerTLS, settingsFrom
 from .interfaces import (
+    IAuthHandler,
     ICloseHandler,
     IConnectHandler,
     IDataHandler,
@@ -35,6 +37,7 @@ _log = Logger(namespace="smtpsvc")
 HOOKS: dict[str, Any] = {
     "onConnect": IConnectHandler,
     "onSecure": ISecureHandler,
+    "onAuth": IAuthHandler,
     "onMailFrom": IMailFromHandler,
     "onRcptTo": IRcptToHandler,
     "onData": IDataHandler,
@@ -75,6 +78,12 @@ class SMTPServer(Factory):
         self.options = ServerOptions.fromMapping(options)
         #: Makes the TLS side of each connection; see L{updateSecureContext}.
         self.tls = ServerTLS(settingsFrom(self.options))
+        #: Failed AUTH attempts per client address, shared by every connection.
+        self.authThrottle = (
+            FailureBudget(self.options.authFailureLimit, self.options.authFailureWindow)
+            if self.options.authFailureLimit is not None
+            else None
+        )
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 

@@ -23,6 +23,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocol
 
+    from ._core._sasl import AuthRequest
     from ._core._session import Address, Session
 
 
@@ -57,6 +58,26 @@ class ISecureHandler(Interface):
 
         Raise L{smtpsvc.SMTPError} to refuse the client: it gets that reply (encrypted)
         and the connection closes.
+        """
+
+
+class IAuthHandler(Interface):
+    """
+    Checks the credentials clients present with AUTH.
+    """
+
+    def onAuth(auth: AuthRequest, session: Session) -> object:
+        """
+        A client completed a SASL exchange.  C{auth} says how
+        (L{smtpsvc.AuthRequest}: C{method}, C{username}, C{password}, C{authzid},
+        C{accessToken}; for CRAM-MD5 C{challenge}, C{challengeResponse} and
+        C{validatePassword(password)}).
+
+        Return the user (any object but L{None}; it becomes C{session.user}) to accept;
+        return L{None} to leave the decision to the next authentication handler; raise
+        L{smtpsvc.SMTPError} to refuse (C{535 5.7.8} is the usual refusal, C{454 4.7.0}
+        a temporary one that does not count as a failed attempt).  If no handler
+        accepts, the client gets C{535 Error: Authentication credentials invalid}.
         """
 
 
@@ -169,6 +190,7 @@ class ICloseHandler(Interface):
 
 
 __all__ = [
+    "IAuthHandler",
     "ICloseHandler",
     "IConnectHandler",
     "IDataHandler",

@@ -8,12 +8,16 @@ may be repeated; ``--deliver`` chooses where accepted mail goes.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from twisted.application.service import IService, Service
+from twisted.cred import strcred
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -21,6 +25,8 @@ from twisted.python import usage
 
 from ._options import OptionSpec, ServerOptions, optionSpecs
 from ._server import SMTPServer
+from ._tls import ServerTLS, settingsFrom
+from .cred import IBearerToken, PortalAuthHandler
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
 DEFAULT_DELIVERY = "maildir:./maildir"
@@ -74,10 +80,13 @@ def _declare() -> tuple[list[list[Any]], list[list[Any]], dict[str, OptionSpec]]
 _PARAMETERS, _FLAGS, _BY_FLAG = _declare()
 
 
-class Options(usage.Options):
+class Options(usage.Options, strcred.AuthOptionMixin):
     """
     The command line of C{twist smtpsvc}.
     """
+
+    # What --auth checkers may verify: passwords (PLAIN, LOGIN), CRAM-MD5, bearer tokens.
+    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword, IBearerToken)
 
     synopsis = "[options]"
     longdesc = (
@@ -90,7 +99,60 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
+        self["listen-tls"] = []
         self["deliver"] = []
+        self["sni"] = {}
+        self.tlsFiles: dict[str, bytes] = {}
+
+    def opt_listen_tls(self, endpoint: str) -> None:
+        """
+        Also listen on this endpoint with implicit TLS (repeatable), e.g. tcp:465 beside
+        --listen tcp:587
+        """
+        self["listen-tls"].append(endpoint)
+
+    def opt_cert(self, path: str) -> None:
+        """
+        The server's certificate (PEM, with its chain); without --cert and --key a
+        self-signed development certificate is made at start
+        """
+        self.tlsFiles["cert"] = _readFile("--cert", path)
+
+    def opt_key(self, path: str) -> None:
+        """
+        The server's private key (PEM); it may also be in the --cert file
+        """
+        self.tlsFiles["key"] = _readFile("--key", path)
+
+    def opt_ca(self, path: str) -> None:
+        """
+        CA certificates (PEM) that client certificates must chain to (--request-cert)
+        """
+        self.tlsFiles["ca"] = _readFile("--ca", path)
+
+    def opt_sni(self, spec: str) -> None:
+        """
+        HOST=CERT[,KEY]: the certificate for SNI name HOST (repeatable; *.example.com
+        covers one label); without KEY the key is in the CERT file
+        """
+        host, eq, files = spec.partition("=")
+        if not eq or not host or not files:
+            raise usage.UsageError(f"--sni: expected HOST=CERT[,KEY], not {spec!r}")
+        cert, _, key = files.partition(",")
+        self["sni"][host] = _pemPair("--sni", cert, key or cert)
+
+    def opt_sni_dir(self, directory: str) -> None:
+        """
+        A directory of HOST.pem files, each a certificate and its key, one per SNI name
+        """
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError as e:
+            raise usage.UsageError(f"--sni-dir: cannot read {directory}: {e.strerror}") from e
+        for name in names:
+            if name.endswith(".pem"):
+                path = os.path.join(directory, name)
+                self["sni"][name[: -len(".pem")]] = _pemPair("--sni-dir", path, path)
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -114,7 +176,13 @@ class Options(usage.Options):
         """
         The server options given on the command line, by option name.
         """
-        chosen: dict[str, object] = {}
+        chosen: dict[str, object] = dict(self.tlsFiles)
+        if "cert" in chosen and "key" not in chosen:
+            # One PEM file with the certificate and its key is common (certbot's
+            # combined files, haproxy's).
+            chosen["key"] = chosen["cert"]
+        if self["sni"]:
+            chosen["sniOptions"] = dict(self["sni"])
         for flag, spec in _BY_FLAG.items():
             if spec.kind in ("bool", "bool | None"):
                 if self[flag] and self[f"no-{flag}"]:
@@ -128,16 +196,30 @@ class Options(usage.Options):
         return chosen
 
     def postOptions(self) -> None:
-        if not self["listen"]:
+        if not self["listen"] and not self["listen-tls"]:
             self["listen"] = [DEFAULT_LISTEN]
         if not self["deliver"]:
             self["deliver"] = [DEFAULT_DELIVERY]
         # Validate now, for a clear error; the server itself is built in makeService,
         # because twist installs the reactor only after parsing the options.
         try:
-            ServerOptions.fromMapping(self.serverOptions())
+            serverOptions = ServerOptions.fromMapping(self.serverOptions())
+            # Load every certificate now, so that a bad one is a usage error.
+            ServerTLS(settingsFrom(serverOptions))
         except (TypeError, ValueError) as e:
             raise usage.UsageError(_withFlags(str(e))) from e
+
+
+def _readFile(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise usage.UsageError(f"{flag}: cannot read {path}: {e.strerror}") from e
+
+
+def _pemPair(flag: str, cert: str, key: str) -> dict[str, bytes]:
+    return {"cert": _readFile(flag, cert), "key": _readFile(flag, key)}
 
 
 def _withFlags(message: str) -> str:
@@ -147,6 +229,19 @@ def _withFlags(message: str) -> str:
     return message
 
 
+def _bytesUsers(checker: Any) -> Any:
+    # cred compares user names and passwords as bytes, but the checker that strcred's
+    # "memory:" makes stores the command line's str: make it bytes like the others.
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        checker.users = {
+            (k.encode("utf-8") if isinstance(k, str) else k): (
+                v.encode("utf-8") if isinstance(v, str) else v
+            )
+            for k, v in checker.users.items()
+        }
+    return checker
+
+
 def buildServer(options: Options, reactor: Any = None) -> SMTPServer:
     """
     The server the command line describes.
@@ -154,11 +249,22 @@ def buildServer(options: Options, reactor: Any = None) -> SMTPServer:
     from .handlers.maildir import MaildirDelivery
 
     serverOptions = options.serverOptions()
-    # The service has no credential source yet, so it neither offers nor demands AUTH.
-    disabled = cast(tuple[str, ...], serverOptions.get("disabledCommands", ()))
-    if "AUTH" not in (c.upper() for c in disabled):
-        serverOptions["disabledCommands"] = (*disabled, "AUTH")
+    checkers = [_bytesUsers(checker) for checker in options.get("credCheckers", [])]
+    authentication: PortalAuthHandler | None = None
+    if checkers:
+        # AUTH is offered, and required unless --auth-optional, with the mechanisms
+        # the credential sources can check (unless --auth-methods says otherwise).
+        authentication = PortalAuthHandler.fromCheckers(checkers)
+        serverOptions.setdefault("authMethods", authentication.mechanisms())
+    else:
+        # Without a credential source the service neither offers nor demands AUTH, so
+        # that mail is accepted (the library's own default follows the reference).
+        disabled = cast(tuple[str, ...], serverOptions.get("disabledCommands", ()))
+        if "AUTH" not in (c.upper() for c in disabled):
+            serverOptions["disabledCommands"] = (*disabled, "AUTH")
     server = SMTPServer((), reactor=reactor, **serverOptions)
+    if authentication is not None:
+        server.addHandler(authentication)
     for target in options["deliver"]:
         kind, _, argument = target.partition(":")
         if kind == "maildir":
@@ -173,9 +279,11 @@ class SMTPService(Service):
     Listens on each endpoint and, when stopped, closes the server gracefully.
     """
 
-    def __init__(self, server: SMTPServer, endpoints: Sequence[str]) -> None:
+    def __init__(
+        self, server: SMTPServer, endpoints: Sequence[str], tlsEndpoints: Sequence[str] = ()
+    ) -> None:
         self.server = server
-        self.endpoints = list(endpoints)
+        self.endpoints = [(e, None) for e in endpoints] + [(e, True) for e in tlsEndpoints]
         self.ports: list[IListeningPort] = []
         self._listening = False
 
@@ -193,9 +301,9 @@ class SMTPService(Service):
         if self._listening:
             return
         self._listening = True
-        for description in self.endpoints:
+        for description, secure in self.endpoints:
             endpoint = serverFromString(self.server.reactor, description)
-            self.server.listen(endpoint).addCallback(self.ports.append)
+            self.server.listen(endpoint, secure=secure).addCallback(self.ports.append)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -206,7 +314,7 @@ def makeService(options: Options) -> IService:
     """
     The service C{twist smtpsvc} runs.
     """
-    return SMTPService(buildServer(options), options["listen"])
+    return SMTPService(buildServer(options), options["listen"], options["listen-tls"])
 
 
 if __name__ == "__main__":  # pragma: no cover

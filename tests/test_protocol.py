@@ -417,6 +417,7 @@ class SessionCommandTests(SynchronousTestCase):
                     "PIPELINING",
                     "8BITMIME",
                     "SMTPUTF8",
+                    "AUTH LOGIN PLAIN",
                     "STARTTLS",
                 ),
             ),
@@ -437,6 +438,7 @@ class SessionCommandTests(SynchronousTestCase):
                 "SMTPUTF8",
                 "ENHANCEDSTATUSCODES",
                 "DSN",
+                "AUTH LOGIN PLAIN",
                 "STARTTLS",
                 "SIZE 1000",
             ),
@@ -453,6 +455,7 @@ class SessionCommandTests(SynchronousTestCase):
             hide8BITMIME=True,
             hideSMTPUTF8=True,
             hideSTARTTLS=True,
+            disabledCommands=("AUTH",),
         )
         self.assertEqual(client.send("EHLO x")[0].lines[1:], ("SIZE",))
 

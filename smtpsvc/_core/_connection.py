@@ -17,6 +17,8 @@ unknown or disabled commands, the unauthenticated-command limit, "send HELO firs
 from __future__ import annotations
 
 import re
+import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -27,18 +29,41 @@ from .._options import ServerOptions
 from . import _replies as R
 from ._grammar import GrammarError, decodeXtext, isValidHeloName, parseMailbox, splitPathCommand
 from ._replies import Reply
+from ._sasl import (
+    ABORTED,
+    BAD_BASE64,
+    AuthRequest,
+    Challenge,
+    Mechanism,
+    MechanismFactory,
+    Refusal,
+    Step,
+    oauthErrorDetail,
+)
 from ._session import Address, Envelope, EnvelopeDSN, RecipientDSN, Session, TLSInfo
 from ._states import COMMANDS, State, needsHello, transition
+from ._throttle import FailureBudget
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
     """
-    Write C{data}; then close the connection if C{close}.
+    Write C{data}, after C{delay} seconds if it is not 0 (reading nothing meanwhile);
+    then close the connection if C{close}.
     """
 
     data: bytes
     close: bool = False
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckAuth:
+    """
+    Ask the L{IAuthHandler}s about C{request}, then call L{ServerConnection.authChecked}.
+    """
+
+    request: AuthRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +104,7 @@ class StartData:
     """
 
 
-Action: TypeAlias = Send | CheckMail | CheckRcpt | StartData | StartTLS
+Action: TypeAlias = Send | CheckMail | CheckRcpt | StartData | StartTLS | CheckAuth
 
 #: What one handler may answer for a message (or for one LMTP recipient): L{None} for
 #: the default acceptance, a string for acceptance with that text, or a refusal.
@@ -94,6 +119,8 @@ _HTTP_VERBS: Final = frozenset(
 _START_DATA: Final = StartData()
 # Commands refused before STARTTLS when needsUpgrade is set.
 _NEED_TLS: Final = frozenset(("MAIL", "RCPT", "DATA", "AUTH"))
+#: RFC 4954 section 4: AUTH lines of at least 12288 octets must be accepted.
+SASL_LINE_LIMIT: Final = 12288
 _NOTIFY_VALUES: Final = frozenset(("NEVER", "SUCCESS", "FAILURE", "DELAY"))
 _ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;.+\Z", re.DOTALL)
 
@@ -108,9 +135,16 @@ class ServerConnection:
     """
 
     __slots__ = (
+        "_authFailures",
+        "_authHandlers",
         "_enhanced",
+        "_mechanisms",
+        "_now",
         "_options",
         "_pendingEnvelope",
+        "_sasl",
+        "_saslWaiting",
+        "_throttle",
         "_tlsAvailable",
         "_unauthenticated",
         "_unrecognized",
@@ -120,13 +154,33 @@ class ServerConnection:
     )
 
     def __init__(
-        self, options: ServerOptions, session: Session, *, tlsAvailable: bool = False
+        self,
+        options: ServerOptions,
+        session: Session,
+        *,
+        tlsAvailable: bool = False,
+        authHandlers: bool = True,
+        throttle: FailureBudget | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         """
         @param tlsAvailable: whether STARTTLS can be offered (the server has contexts).
+        @param authHandlers: whether any authentication handler is registered; without
+            one every AUTH gets C{535 Authentication not implemented}, as in the reference.
+        @param throttle: the server-wide budget of AUTH failures per client address.
+        @param now: the clock, in seconds (the reactor's, so tests can move it).
         """
         self._options = options
         self._tlsAvailable = tlsAvailable
+        self._authHandlers = authHandlers
+        self._throttle = throttle
+        self._now = now
+        self._mechanisms = MechanismFactory(self._challenge)
+        # The SASL exchange in progress (a 334 was sent), and the one whose request the
+        # handlers are deciding on.
+        self._sasl: Mechanism | None = None
+        self._saslWaiting: Mechanism | None = None
+        self._authFailures = 0
         self._enhanced = options.enhancedStatusCodes
         self.session = session
         session.lmtp = options.lmtp
@@ -206,18 +260,25 @@ class ServerConnection:
 
     # -- command lines ---------------------------------------------------------------------
 
-    @property
-    def lineLimit(self) -> int:
+    def lineLimit(self, head: bytes = b"") -> int:
         """
-        The longest command line, in bytes without CRLF, accepted now.
+        The longest line, in bytes without CRLF, accepted now for a line that starts
+        with C{head} (its first bytes): AUTH lines and SASL responses may always be
+        12288 bytes long (RFC 4954 section 4).
         """
-        return self._options.maxCommandLength
+        limit = self._options.maxCommandLength
+        if self._sasl is not None or head[:5].upper() == b"AUTH ":
+            return max(limit, SASL_LINE_LIMIT)
+        return limit
 
-    def lineTooLong(self) -> Send:
+    def lineTooLong(self, head: bytes = b"") -> Send:
         """
-        The reply to a command line longer than L{lineLimit}, whose bytes were discarded.
-        It counts as an unrecognised command.
+        The reply to a line longer than L{lineLimit}, whose bytes were discarded.  It
+        counts as an unrecognised command; in an AUTH exchange it ends the exchange.
         """
+        if self._sasl is not None or head[:5].upper() == b"AUTH ":
+            self._sasl = None
+            return self._send(R.AUTH_LINE_TOO_LONG)
         return self._unrecognizedCommand(R.LINE_TOO_LONG)
 
     def receiveLine(self, raw: bytes) -> Action:
@@ -226,6 +287,8 @@ class ServerConnection:
         """
         if self.closing:
             return self._send(R.SHUTTING_DOWN)
+        if self._sasl is not None:
+            return self._saslContinue(raw)
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -389,6 +452,110 @@ class ServerConnection:
 
     def _kill(self, verb: str, argument: str, line: str) -> Send:
         return self._send(R.KILL)
+
+    # -- AUTH ------------------------------------------------------------------------------
+
+    def _challenge(self) -> str:
+        # RFC 2195: a unique message-id with a random part, a timestamp and the host;
+        # the random part comes from the system's CSPRNG.
+        return f"<{secrets.token_hex(16)}.{int(self._now())}@{self._options.name}>"
+
+    def _auth(self, verb: str, argument: str, line: str) -> Action:
+        after = self._sequence(verb)
+        if isinstance(after, Send):
+            return after
+        options = self._options
+        session = self.session
+        if not session.secure and not options.allowInsecureAuth and self._starttlsOffered:
+            return self._send(R.AUTH_NEEDS_TLS)
+        if session.user is not None:
+            return self._send(R.NO_IDENTITY_CHANGES)
+        args = argument.split()
+        name = args[0].upper() if args else ""
+        if name not in options.authMethods:
+            return self._send(R.UNRECOGNIZED_AUTH_TYPE)
+        if len(args) > 2:
+            return self._send(R.reply(501, f"Error: syntax: AUTH {name} [response]", "5.5.4"))
+        if self._throttle is not None and not self._throttle.allowed(
+            session.remoteAddress, self._now()
+        ):
+            return self._send(R.AUTH_THROTTLED)
+        mechanism = self._mechanisms.make(name)
+        assert mechanism is not None
+        initial = args[1] if len(args) == 2 else None
+        if initial is not None and not mechanism.takesInitialResponse:
+            # RFC 4954 section 4: an initial response to a server-first mechanism.
+            return self._send(R.reply(501, f"Error: syntax: AUTH {name}", "5.7.0"))
+        return self._saslStep(mechanism, mechanism.start(initial))
+
+    @property
+    def _starttlsOffered(self) -> bool:
+        o = self._options
+        return self._tlsAvailable and not o.hideSTARTTLS and "STARTTLS" not in o.disabledCommands
+
+    def _saslContinue(self, raw: bytes) -> Action:
+        mechanism = self._sasl
+        assert mechanism is not None
+        if self._authRequired:
+            # The reference counts SASL lines as unauthenticated commands too.
+            self._unauthenticated += 1
+            limit = self._options.maxAllowedUnauthenticatedCommands
+            if limit is not None and self._unauthenticated >= limit:
+                self._sasl = None
+                return self._send(R.TOO_MANY_UNAUTHENTICATED)
+        if raw == b"*":
+            self._sasl = None
+            return self._send(ABORTED)
+        try:
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            self._sasl = None
+            return self._send(BAD_BASE64)
+        return self._saslStep(mechanism, mechanism.respond(line))
+
+    def _saslStep(self, mechanism: Mechanism, step: Step) -> Action:
+        if isinstance(step, Challenge):
+            self._sasl = mechanism
+            return self._send(Reply(334, (step.text,)))
+        self._sasl = None
+        if isinstance(step, Refusal):
+            return self._send(step.reply)
+        if not self._authHandlers:
+            return self._send(R.AUTH_NOT_IMPLEMENTED)
+        self._saslWaiting = mechanism
+        return CheckAuth(step)
+
+    def authChecked(self, user: object, error: SMTPError | None) -> Send:
+        """
+        The handlers' answer to the last L{CheckAuth}: C{user} (not L{None}) accepts;
+        otherwise the client is refused with C{error} (or C{535} when the handlers did not
+        know it).  A refusal of 5xx counts against the connection and the client's
+        address; temporary ones (4xx) do not.
+        """
+        mechanism, self._saslWaiting = self._saslWaiting, None
+        session = self.session
+        if error is None and user is not None:
+            session.user = user
+            self._unauthenticated = 0
+            return self._send(R.AUTH_OK)
+        reply = R.fromError(error) if error is not None else R.AUTH_FAILED
+        if reply.code < 500:
+            return self._send(reply)
+        options = self._options
+        self._authFailures += 1
+        if self._throttle is not None:
+            self._throttle.failed(session.remoteAddress, self._now())
+        if options.maxAuthFailures is not None and self._authFailures > options.maxAuthFailures:
+            return self._send(R.TOO_MANY_AUTH_FAILURES)
+        delay = options.authFailureDelay * self._authFailures
+        if mechanism is not None and mechanism.errorRound:
+            # OAuth: the error is a 334 JSON challenge; the client answers it and then
+            # gets the refusal (RFC 7628 section 3.2.2).
+            challenge = mechanism.refused(oauthErrorDetail(mechanism.name))
+            self._sasl = mechanism
+            if challenge is not None:
+                return replace(self._send(Reply(334, (challenge.text,))), delay=delay)
+        return replace(self._send(reply), delay=delay)
 
     # -- TLS -------------------------------------------------------------------------------
 
@@ -626,6 +793,7 @@ class ServerConnection:
         "SHELL": _shell,
         "KILL": _kill,
         "STARTTLS": _starttls,
+        "AUTH": _auth,
     }
 
 

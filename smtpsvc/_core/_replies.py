@@ -188,6 +188,21 @@ SHELL_WIZARD: Final = reply(
 KILL: Final = reply(500, "Can not kill Mom", "5.5.2")
 TRANSACTION_IN_PROGRESS: Final = reply(503, "Error: Mail transaction in progress", "5.5.1")
 
+# AUTH (RFC 4954); texts are the reference's.
+AUTH_OK: Final = reply(235, "Authentication successful", "2.7.0")
+AUTH_FAILED: Final = reply(535, "Error: Authentication credentials invalid", "5.7.8")
+AUTH_NOT_IMPLEMENTED: Final = reply(535, "Authentication not implemented", "5.7.8")
+# RFC 5248 5.7.11 "encryption required for requested authentication mechanism".
+AUTH_NEEDS_TLS: Final = reply(538, "Error: Must issue a STARTTLS command first", "5.7.11")
+NO_IDENTITY_CHANGES: Final = reply(503, "Error: No identity changes permitted", "5.5.1")
+UNRECOGNIZED_AUTH_TYPE: Final = reply(504, "Error: Unrecognized authentication type", "5.5.4")
+AUTH_LINE_TOO_LONG: Final = reply(500, "Error: SASL response too long", "5.5.6")
+AUTH_THROTTLED: Final = reply(
+    454, "Error: too many authentication failures, try again later", "4.7.0"
+)
+TOO_MANY_AUTH_FAILURES: Final = reply(421, "Error: too many authentication failures", "4.7.0")
+AUTH_TEMPORARY_ERROR: Final = SMTPError(454, "Temporary authentication failure", "4.7.0")
+
 # STARTTLS (RFC 3207).
 READY_FOR_TLS: Final = reply(220, "Ready to start TLS", "2.0.0")
 STARTTLS_SYNTAX: Final = reply(501, "Error: syntax: STARTTLS", "5.5.4")

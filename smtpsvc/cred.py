@@ -1,0 +1,400 @@
+"""
+Authentication through twisted.cred.
+
+L{PortalAuthHandler} is an L{IAuthHandler} that turns each SASL exchange into cred
+credentials and asks a L{Portal}, so any cred checker works: PLAIN and LOGIN become
+L{IUsernamePassword}, CRAM-MD5 L{IUsernameHashedPassword}, XOAUTH2 and OAUTHBEARER
+L{IBearerToken}.  L{PasswordFile} is a checker for a file of salted scrypt hashes, made
+and changed with the C{smtpsvc-passwd} command, for operators who should not keep
+plaintext passwords (cred's own C{file:} checker keeps them in clear).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import getpass
+import hashlib
+import hmac
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials, IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from ._core._sasl import AuthRequest
+from ._core._session import Session
+from ._errors import SMTPError
+from .interfaces import IAuthHandler
+
+_log = Logger(namespace="smtpsvc.cred")
+_T = TypeVar("_T")
+
+__all__ = [
+    "BearerToken",
+    "IBearerToken",
+    "IUser",
+    "PasswordFile",
+    "PortalAuthHandler",
+    "UserRealm",
+    "hashPassword",
+    "verifyPassword",
+]
+
+
+class IBearerToken(ICredentials):
+    """
+    An OAuth 2.0 bearer token presented for a user (XOAUTH2, OAUTHBEARER).
+    """
+
+    username = Attribute("The user the client names (str).")
+    token = Attribute("The access token (str).")
+
+
+@implementer(IBearerToken)
+@dataclass(frozen=True)
+class BearerToken:
+    """
+    Credentials for L{IBearerToken} checkers.
+    """
+
+    username: str
+    token: str
+
+    def __repr__(self) -> str:
+        return f"BearerToken(username={self.username!r})"
+
+
+@implementer(IUsernameHashedPassword)
+class _ChallengeResponse:
+    # CRAM-MD5 as cred sees it: a checker that knows the password calls checkPassword.
+    def __init__(self, request: AuthRequest) -> None:
+        self.username = request.username.encode("utf-8")
+        self._request = request
+
+    def checkPassword(self, password: bytes | str) -> bool:
+        if isinstance(password, bytes):
+            password = password.decode("utf-8")
+        return self._request.validatePassword(password)
+
+
+class IUser(Interface):
+    """
+    The avatar interface L{PortalAuthHandler} asks portals for by default.
+    """
+
+
+@implementer(IRealm)
+class UserRealm:
+    """
+    A realm whose avatar is the user name itself, as a string: what C{session.user}
+    becomes with L{PortalAuthHandler.fromCheckers}.
+    """
+
+    def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
+    ) -> tuple[Any, str, Callable[[], None]]:
+        if IUser not in interfaces:
+            raise NotImplementedError("UserRealm only provides IUser")
+        # An anonymous login (the empty tuple) has no name.
+        name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else ""
+        return IUser, name, lambda: None
+
+
+# Which SASL mechanisms each kind of credentials can carry, in the order offered.
+_MECHANISMS: tuple[tuple[Any, tuple[str, ...]], ...] = (
+    (IUsernamePassword, ("PLAIN", "LOGIN")),
+    (IUsernameHashedPassword, ("CRAM-MD5",)),
+    (IBearerToken, ("XOAUTH2", "OAUTHBEARER")),
+)
+
+
+@implementer(IAuthHandler)
+class PortalAuthHandler:
+    """
+    Checks AUTH with a twisted.cred L{Portal}.  The avatar the portal returns becomes
+    C{session.user}.
+
+    A refusal by the portal (L{UnauthorizedLogin}, or credentials no checker handles)
+    is C{535 5.7.8}; any other failure is logged and the client gets a temporary
+    C{454 4.7.0}, so a broken directory does not count as guessing.
+    """
+
+    def __init__(self, portal: Portal, interface: Any = IUser) -> None:
+        """
+        @param portal: the portal to log in with.
+        @param interface: the avatar interface to ask for.
+        """
+        self.portal = portal
+        self.interface = interface
+
+    @classmethod
+    def fromCheckers(cls, checkers: Iterable[ICredentialsChecker]) -> PortalAuthHandler:
+        """
+        A handler over a portal of C{checkers} and a L{UserRealm}.
+        """
+        return cls(Portal(UserRealm(), list(checkers)))
+
+    def mechanisms(self) -> tuple[str, ...]:
+        """
+        The SASL mechanisms the portal's checkers can verify, in a sensible order: the
+        value for the C{authMethods} option.
+        """
+        supported = self.portal.listCredentialsInterfaces()
+        out: list[str] = []
+        for interface, names in _MECHANISMS:
+            if any(interface.isOrExtends(s) or s.isOrExtends(interface) for s in supported):
+                out.extend(names)
+        return tuple(out)
+
+    def onAuth(self, auth: AuthRequest, session: Session) -> Deferred[object]:
+        credentials: object
+        if auth.method in ("PLAIN", "LOGIN"):
+            from twisted.cred.credentials import UsernamePassword
+
+            credentials = UsernamePassword(
+                auth.username.encode("utf-8"), (auth.password or "").encode("utf-8")
+            )
+        elif auth.method == "CRAM-MD5":
+            credentials = _ChallengeResponse(auth)
+        else:
+            credentials = BearerToken(auth.username, auth.accessToken or "")
+        d = maybeDeferred(self.portal.login, credentials, None, self.interface)
+
+        def loggedIn(result: tuple[Any, Any, Callable[[], None]]) -> object:
+            return result[1]
+
+        def refused(failure: Any) -> Any:
+            if failure.check(LoginFailed):
+                raise SMTPError(535, "5.7.8 Error: Authentication credentials invalid")
+            return failure
+
+        return d.addCallbacks(loggedIn, refused)
+
+
+# -- the password file --------------------------------------------------------------------
+
+_SCHEME = "$scrypt$"
+
+
+def _encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _decode(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def hashPassword(password: str, *, logN: int = 14, r: int = 8, p: int = 1) -> str:
+    """
+    A salted scrypt hash of C{password} in the file's format:
+    C{$scrypt$ln=14,r=8,p=1$<salt>$<hash>}.
+    """
+    salt = os.urandom(16)
+    key = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=2**logN, r=r, p=p, maxmem=2**26, dklen=32
+    )
+    return f"{_SCHEME}ln={logN},r={r},p={p}${_encode(salt)}${_encode(key)}"
+
+
+def verifyPassword(password: str, hashed: str) -> bool:
+    """
+    Whether C{password} matches C{hashed} (from L{hashPassword}); compared in constant
+    time.  A malformed hash matches nothing.
+    """
+    try:
+        if not hashed.startswith(_SCHEME):
+            return False
+        parameters, salt, key = hashed[len(_SCHEME) :].split("$")
+        values = dict(item.split("=", 1) for item in parameters.split(","))
+        logN, r, p = int(values["ln"]), int(values["r"]), int(values["p"])
+        if not (1 <= logN <= 20 and 1 <= r <= 32 and 1 <= p <= 16):
+            return False
+        expected = _decode(key)
+        actual = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=_decode(salt),
+            n=2**logN,
+            r=r,
+            p=p,
+            maxmem=2**27,
+            dklen=len(expected),
+        )
+    except (ValueError, KeyError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# Checked for unknown users, so that they take as long as known ones.
+_DUMMY = hashPassword("smtpsvc: no such user", logN=14)
+
+
+def readPasswordFile(path: str) -> dict[str, str]:
+    """
+    The entries of a password file: C{user:hash} lines; blank lines and C{#} comments
+    are skipped.
+
+    @raise ValueError: for a line that is not C{user:hash}.
+    """
+    entries: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            user, colon, hashed = line.partition(":")
+            if not colon or not user or not hashed.startswith(_SCHEME):
+                raise ValueError(f"{path}:{number}: expected user:{_SCHEME}... ")
+            entries[user] = hashed
+    return entries
+
+
+def _inThread(reactor: Any) -> Callable[[Callable[[], _T]], Deferred[_T]]:
+    def run(f: Callable[[], _T]) -> Deferred[_T]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
+
+    return run
+
+
+@implementer(ICredentialsChecker)
+class PasswordFile:
+    """
+    A cred checker for a file of salted scrypt hashes.  The file is read again when it
+    changes, so adding a user needs no restart.  Hashing runs in the reactor's thread
+    pool; unknown users cost as much as known ones.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        reactor: Any = None,
+        runInThread: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+    ) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._entries: dict[str, str] = {}
+        self._load()
+        if runInThread is None:
+            if reactor is None:
+                from twisted.internet import reactor as globalReactor
+
+                reactor = globalReactor
+            runInThread = _inThread(reactor)
+        self._runInThread = runInThread
+
+    def _load(self) -> dict[str, str]:
+        status = os.stat(self.path)
+        stamp = (status.st_mtime_ns, status.st_size)
+        if stamp != self._stamp:
+            self._entries = readPasswordFile(self.path)
+            self._stamp = stamp
+        return self._entries
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        try:
+            entries = self._load()
+        except (OSError, ValueError) as e:
+            return fail(e)
+        username = credentials.username
+        name = username.decode("utf-8", "replace") if isinstance(username, bytes) else username
+        password = credentials.password
+        secret = password.decode("utf-8", "replace") if isinstance(password, bytes) else password
+        known = name in entries
+        hashed = entries.get(name, _DUMMY)
+
+        def checked(ok: bool) -> bytes | tuple[()]:
+            if ok and known:
+                return name.encode("utf-8")
+            raise UnauthorizedLogin()
+
+        return self._runInThread(lambda: verifyPassword(secret, hashed)).addCallback(checked)
+
+
+def setPassword(path: str, user: str, password: str | None) -> None:
+    """
+    Add C{user} to the password file at C{path} (made if missing) or change their
+    password; with C{password} L{None}, remove them.  The file is replaced atomically
+    and readable by its owner only.
+    """
+    if not user or ":" in user or any(c in user for c in "\r\n\x00"):
+        raise ValueError(f"bad user name {user!r}")
+    try:
+        entries = readPasswordFile(path)
+    except FileNotFoundError:
+        entries = {}
+    if password is None:
+        if user not in entries:
+            raise KeyError(user)
+        del entries[user]
+    else:
+        entries[user] = hashPassword(password)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".smtpsvc-passwd-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("# smtpsvc password file: user:scrypt hash, made by smtpsvc-passwd\n")
+            for name, hashed in sorted(entries.items()):
+                f.write(f"{name}:{hashed}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    C{smtpsvc-passwd FILE USER}: add a user or change their password (asked twice, or
+    read from standard input with C{--stdin}); C{--delete} removes the user.
+    """
+    parser = argparse.ArgumentParser(
+        prog="smtpsvc-passwd",
+        description="Add a user to (or change or remove one in) an smtpsvc password file "
+        "of salted scrypt hashes, for twist smtpsvc --auth scrypt:FILE.",
+    )
+    parser.add_argument("file", help="the password file (made if missing)")
+    parser.add_argument("user", help="the user name")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    group.add_argument("--delete", action="store_true", help="remove the user")
+    arguments = parser.parse_args(argv)
+    password: str | None = None
+    if not arguments.delete:
+        if arguments.stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass(f"Password for {arguments.user}: ")
+            if getpass.getpass("Again: ") != password:
+                print("smtpsvc-passwd: the passwords differ", file=sys.stderr)
+                return 1
+        if not password:
+            print("smtpsvc-passwd: the password is empty", file=sys.stderr)
+            return 1
+    try:
+        setPassword(arguments.file, arguments.user, password)
+    except KeyError:
+        print(f"smtpsvc-passwd: no user {arguments.user!r} in {arguments.file}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"smtpsvc-passwd: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""
+Tests for authentication through twisted.cred: the portal handler, the scrypt password
+file, its command, the --auth plugin and the service's AUTH.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import os
+import stat
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred import strcred
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from smtpsvc import SMTPServer, tap
+from smtpsvc.cred import (
+    IBearerToken,
+    PasswordFile,
+    PortalAuthHandler,
+    hashPassword,
+    main,
+    readPasswordFile,
+    setPassword,
+    verifyPassword,
+)
+from smtpsvc.testing import MemoryClient, ServerReply
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def runNow(work: Callable[[], Any]) -> Deferred[Any]:
+    return succeed(work())
+
+
+def codes(replies: list[ServerReply]) -> list[int]:
+    return [r.code for r in replies]
+
+
+def connect(handler: PortalAuthHandler, **options: Any) -> MemoryClient:
+    server = SMTPServer(
+        [handler],
+        reactor=Clock(),
+        allowInsecureAuth=True,
+        authFailureDelay=0,
+        authMethods=options.pop("authMethods", handler.mechanisms()),
+        **options,
+    )
+    client = MemoryClient(server)
+    client.send("EHLO x")
+    return client
+
+
+class PortalTests(SynchronousTestCase):
+    """
+    Any cred checker can check AUTH.
+    """
+
+    def handler(self) -> PortalAuthHandler:
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+        return PortalAuthHandler.fromCheckers([checker])
+
+    def test_mechanisms(self) -> None:
+        """
+        A checker of passwords in clear can do PLAIN, LOGIN and CRAM-MD5.
+        """
+        self.assertEqual(self.handler().mechanisms(), ("PLAIN", "LOGIN", "CRAM-MD5"))
+
+    def test_plain(self) -> None:
+        """
+        PLAIN logs in through the portal; the avatar is the user name.
+        """
+        client = connect(self.handler())
+        self.assertEqual(
+            codes(client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}")), [235]
+        )
+        self.assertEqual(client.session.user, "alice")
+
+    def test_login(self) -> None:
+        """
+        LOGIN logs in through the portal.
+        """
+        client = connect(self.handler())
+        client.send("AUTH LOGIN", b64("alice"))
+        self.assertEqual(codes(client.send(b64("secret"))), [235])
+
+    def test_cramMd5(self) -> None:
+        """
+        CRAM-MD5 becomes IUsernameHashedPassword credentials.
+        """
+        client = connect(self.handler())
+        challenge = base64.b64decode(client.send("AUTH CRAM-MD5")[0].lines[0])
+        digest = hmac.new(b"secret", challenge, hashlib.md5).hexdigest()
+        self.assertEqual(codes(client.send(b64(f"alice {digest}"))), [235])
+
+    def test_wrongPassword(self) -> None:
+        """
+        A refusal by the portal is 535 5.7.8.
+        """
+        client = connect(self.handler(), hideENHANCEDSTATUSCODES=False)
+        replies = client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'nope')}")
+        self.assertEqual(replies[0].lines, ("5.7.8 Error: Authentication credentials invalid",))
+
+    def test_unknownUser(self) -> None:
+        """
+        An unknown user gets the same reply as a wrong password.
+        """
+        client = connect(self.handler(), hideENHANCEDSTATUSCODES=False)
+        replies = client.send(f"AUTH PLAIN {b64(chr(0) + 'mallory' + chr(0) + 'nope')}")
+        self.assertEqual(replies[0].lines, ("5.7.8 Error: Authentication credentials invalid",))
+
+    def test_unhandledCredentials(self) -> None:
+        """
+        A mechanism no checker can verify is refused with 535, not a crash.
+        """
+        client = connect(self.handler(), authMethods=("XOAUTH2",))
+        token = b64("user=alice\x01auth=Bearer t\x01\x01")
+        self.assertEqual(codes(client.send(f"AUTH XOAUTH2 {token}")), [334])
+        self.assertEqual(codes(client.send("")), [535])
+
+    def test_bearerToken(self) -> None:
+        """
+        A checker of IBearerToken credentials enables XOAUTH2 and OAUTHBEARER.
+        """
+
+        @implementer(ICredentialsChecker)
+        class Tokens:
+            credentialInterfaces = (IBearerToken,)
+
+            def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+                if credentials.token == "good":
+                    return succeed(credentials.username.encode())
+                return fail(UnauthorizedLogin())
+
+        handler = PortalAuthHandler.fromCheckers([Tokens()])
+        self.assertEqual(handler.mechanisms(), ("XOAUTH2", "OAUTHBEARER"))
+        client = connect(handler)
+        token = b64("n,a=bob,\x01auth=Bearer good\x01\x01")
+        self.assertEqual(codes(client.send(f"AUTH OAUTHBEARER {token}")), [235])
+        self.assertEqual(client.session.user, "bob")
+
+    def test_brokenChecker(self) -> None:
+        """
+        A checker that fails unexpectedly gives a temporary 454, and is logged.
+        """
+
+        @implementer(ICredentialsChecker)
+        class Broken:
+            from twisted.cred.credentials import IUsernamePassword
+
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+                return fail(ConnectionError("LDAP is down"))
+
+        client = connect(PortalAuthHandler.fromCheckers([Broken()]))
+        self.assertEqual(
+            codes(client.send(f"AUTH PLAIN {b64(chr(0) + 'a' + chr(0) + 'b')}")), [454]
+        )
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+
+
+class PasswordFileTests(SynchronousTestCase):
+    """
+    The file of salted scrypt hashes.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+
+    def test_hashes(self) -> None:
+        """
+        A hash verifies its password and no other, and is salted.
+        """
+        hashed = hashPassword("secret", logN=10)
+        self.assertTrue(hashed.startswith("$scrypt$ln=10,r=8,p=1$"))
+        self.assertTrue(verifyPassword("secret", hashed))
+        self.assertFalse(verifyPassword("Secret", hashed))
+        self.assertNotEqual(hashed, hashPassword("secret", logN=10))
+
+    def test_malformedHashMatchesNothing(self) -> None:
+        """
+        A broken or absurd hash never verifies, and never raises.
+        """
+        for bad in ("", "plain", "$scrypt$", "$scrypt$ln=99,r=8,p=1$AA$AA", "$scrypt$x$y$z"):
+            self.assertFalse(verifyPassword("x", bad), bad)
+
+    def checker(self) -> PasswordFile:
+        return PasswordFile(self.path, runInThread=runNow)
+
+    def login(self, checker: PasswordFile, user: str, password: str) -> Deferred[bytes | tuple[()]]:
+        from twisted.cred.credentials import UsernamePassword
+
+        return checker.requestAvatarId(UsernamePassword(user.encode(), password.encode()))
+
+    def test_checks(self) -> None:
+        """
+        The checker accepts the right password and refuses others and unknown users.
+        """
+        setPassword(self.path, "alice", "secret")
+        checker = self.checker()
+        self.assertEqual(self.successResultOf(self.login(checker, "alice", "secret")), b"alice")
+        self.failureResultOf(self.login(checker, "alice", "nope"), UnauthorizedLogin)
+        self.failureResultOf(self.login(checker, "mallory", "secret"), UnauthorizedLogin)
+
+    def test_rereadsWhenChanged(self) -> None:
+        """
+        A user added after start can log in without a restart.
+        """
+        setPassword(self.path, "alice", "secret")
+        checker = self.checker()
+        setPassword(self.path, "bob", "hunter2")
+        self.assertEqual(self.successResultOf(self.login(checker, "bob", "hunter2")), b"bob")
+
+    def test_fileIsPrivateAndCommented(self) -> None:
+        """
+        The file is readable by its owner only, one user:hash per line.
+        """
+        setPassword(self.path, "alice", "secret")
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+        self.assertEqual(list(readPasswordFile(self.path)), ["alice"])
+
+    def test_delete(self) -> None:
+        """
+        A user can be removed; removing an unknown user is an error.
+        """
+        setPassword(self.path, "alice", "secret")
+        setPassword(self.path, "bob", "x")
+        setPassword(self.path, "alice", None)
+        self.assertEqual(list(readPasswordFile(self.path)), ["bob"])
+        self.assertRaises(KeyError, setPassword, self.path, "alice", None)
+
+    def test_badUserName(self) -> None:
+        """
+        A user name with a colon or a line break is refused.
+        """
+        self.assertRaises(ValueError, setPassword, self.path, "a:b", "x")
+        self.assertRaises(ValueError, setPassword, self.path, "a\nb", "x")
+
+    def test_malformedFile(self) -> None:
+        """
+        A file with a line that is not user:hash is refused with its line number.
+        """
+        with open(self.path, "w") as f:
+            f.write("alice:secret\n")
+        with self.assertRaises(ValueError) as caught:
+            readPasswordFile(self.path)
+        self.assertIn(":1:", str(caught.exception))
+
+    def test_command(self) -> None:
+        """
+        smtpsvc-passwd --stdin adds a user with the password read from stdin.
+        """
+        self.patch(sys, "stdin", io.StringIO("secret\n"))
+        self.assertEqual(main([self.path, "alice", "--stdin"]), 0)
+        self.assertTrue(verifyPassword("secret", readPasswordFile(self.path)["alice"]))
+        self.patch(sys, "stderr", io.StringIO())
+        self.assertEqual(main([self.path, "nobody", "--delete"]), 1)
+
+    def test_strcredPlugin(self) -> None:
+        """
+        --auth scrypt:FILE makes a PasswordFile checker (through the plugin).
+        """
+        setPassword(self.path, "alice", "secret")
+        checker = strcred.makeChecker(f"scrypt:{self.path}")
+        self.assertIsInstance(checker, PasswordFile)
+
+
+class ServiceAuthTests(SynchronousTestCase):
+    """
+    twist smtpsvc offers and requires AUTH only with a credential source.
+    """
+
+    def test_withoutAuth(self) -> None:
+        """
+        Without --auth, AUTH is neither offered nor required.
+        """
+        server = tap.buildServer(tap_parse("--deliver", "discard"), reactor=Clock())
+        client = MemoryClient(server)
+        self.assertFalse(any(line.startswith("AUTH") for line in client.send("EHLO x")[0].lines))
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
+
+    def test_withMemoryAuth(self) -> None:
+        """
+        --auth memory:alice:secret offers PLAIN LOGIN CRAM-MD5 and requires AUTH.
+        """
+        options = tap_parse(
+            "--auth", "memory:alice:secret", "--deliver", "discard", "--allow-insecure-auth"
+        )
+        client = MemoryClient(tap.buildServer(options, reactor=Clock()))
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", client.send("EHLO x")[0].lines)
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [530])
+        self.assertEqual(
+            codes(client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}")), [235]
+        )
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
+
+    def test_authMethodsOverride(self) -> None:
+        """
+        --auth-methods chooses among the mechanisms.
+        """
+        options = tap_parse(
+            "--auth", "memory:alice:secret", "--auth-methods", "PLAIN", "--deliver", "discard"
+        )
+        client = MemoryClient(tap.buildServer(options, reactor=Clock()))
+        self.assertIn("AUTH PLAIN", client.send("EHLO x")[0].lines)
+
+
+def tap_parse(*args: str) -> tap.Options:
+    options = tap.Options()
+    options.parseOptions(list(args))
+    return options
