@@ -12,9 +12,10 @@ This module is pure: standard library only.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Final
 
@@ -160,8 +161,9 @@ class ServerOptions:
     )
     maxUnrecognizedCommands: int | None = _option(
         10,
-        "Unrecognised commands a client may send in one transaction before it gets "
-        "``421 Error: too many unrecognized commands``.  Unset turns the limit off.",
+        "Unrecognised commands a client may send before it gets ``421 Error: too many "
+        "unrecognized commands``; the count starts again after each message.  Unset "
+        "turns the limit off.",
         group="limits",
     )
     earlyTalkerDelay: float = _option(
@@ -252,6 +254,57 @@ class ServerOptions:
         group="tls",
     )
 
+    # -- who is connecting: proxies and DNS ------------------------------------------------
+    useProxy: bool | tuple[str, ...] = _option(
+        False,
+        "Read a PROXY protocol header (v1 or v2, as HAProxy sends it) before anything else: "
+        "true (``*`` on the command line) for every connection, or a list of the proxies' "
+        "addresses and networks (``10.0.0.0/8``) that must send one.  A header that is "
+        "malformed, too long or late closes the connection; so does one from an address not "
+        "in the list.",
+        group="proxy",
+    )
+    proxyTimeout: float = _option(
+        5.0, "Seconds to wait for the PROXY header before closing.", group="proxy"
+    )
+    useXClient: bool | tuple[str, ...] = _option(
+        False,
+        "Accept Postfix's XCLIENT (NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT) from "
+        "every client (true, or ``*``) or from the listed addresses and networks: for a Postfix "
+        "front end.  Others get ``550``.",
+        group="proxy",
+    )
+    useXForward: bool | tuple[str, ...] = _option(
+        False,
+        "Accept Postfix's XFORWARD (NAME ADDR PORT PROTO HELO IDENT SOURCE) from every "
+        "client (true, or ``*``) or from the listed addresses and networks: for a Postfix content "
+        "filter.  Its attributes last until the end of the transaction.",
+        group="proxy",
+    )
+    disableReverseLookup: bool = _option(
+        False,
+        "Do not look up the client's host name: ``clientHostname`` is ``[address]``.",
+        group="proxy",
+    )
+    reverseLookupTimeout: float = _option(
+        1.5,
+        "Seconds the reverse DNS lookup may take before the greeting goes on without it.",
+        group="proxy",
+    )
+    confirmReverseLookup: bool = _option(
+        False,
+        "Use the reverse DNS name only if it resolves back to the client's address "
+        "(forward-confirmed reverse DNS).",
+        group="proxy",
+    )
+    resolver: object = _option(
+        None,
+        "The ``twisted.internet.interfaces.IResolver`` for reverse lookups; unset uses "
+        "``twisted.names`` with the system's name servers.",
+        cli=False,
+        group="proxy",
+    )
+
     # -- authentication ------------------------------------------------------------------
     authMethods: tuple[str, ...] = _option(
         ("LOGIN", "PLAIN"),
@@ -308,6 +361,12 @@ class ServerOptions:
         object.__setattr__(
             self, "authMethods", tuple(m.upper() for m in _strings(self, "authMethods"))
         )
+        for name in ("useProxy", "useXClient", "useXForward"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = _strings(self, name)
+            if isinstance(value, (list, tuple, set, frozenset)):
+                object.__setattr__(self, name, _networks(name, value))
         for spec in optionSpecs():
             spec.check(getattr(self, spec.name))
         unknown = [m for m in self.authMethods if m not in AUTH_MECHANISMS]
@@ -342,6 +401,22 @@ class ServerOptions:
         return cls(**options)  # type: ignore[arg-type]
 
 
+def _networks(name: str, value: Iterable[object]) -> bool | tuple[str, ...]:
+    # A list of trusted addresses and networks; "*" in it means everyone, as in the
+    # reference's useProxy.
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"option {name} must list addresses as strings, not {item!r}")
+        if item.strip() == "*":
+            return True
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError as e:
+            raise ValueError(f"option {name}: {item!r} is not an address or network") from e
+    return tuple(out)
+
+
 def _strings(options: ServerOptions, name: str) -> tuple[str, ...]:
     value = getattr(options, name)
     if isinstance(value, str):
@@ -365,6 +440,8 @@ _KINDS: Final = {
     "bool | None": (bool, type(None)),
     "str | None": (str, type(None)),
     "tuple[str, ...]": (tuple,),
+    "bool | tuple[str, ...]": (bool, tuple),
+    "object": (object,),
     "bytes | str | None": (bytes, str, type(None)),
     "Mapping[str, Mapping[str, bytes | str]]": (Mapping,),
     # Callables are checked with callable(): isinstance() cannot say what they take.
@@ -386,6 +463,14 @@ class OptionSpec:
     choices: tuple[str, ...]
     cli: bool
     group: str
+
+    @property
+    def isFlag(self) -> bool:
+        """
+        Whether the command line has an on/off flag pair for this option (rather than a
+        flag that takes a value).
+        """
+        return self.kind in ("bool", "bool | None")
 
     @property
     def flag(self) -> str:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -41,6 +41,7 @@ from ._core._connection import (
     CheckAuth,
     CheckMail,
     CheckRcpt,
+    CheckXClient,
     Outcome,
     Send,
     ServerConnection,
@@ -49,9 +50,11 @@ from ._core._connection import (
     normalizeDataResult,
 )
 from ._core._data import DataDecoder
+from ._core._proxy import ProxyError, ProxyHeaderParser, looksLikeProxyHeader
 from ._core._replies import AUTH_TEMPORARY_ERROR, HANDLER_FAILED_ERROR
 from ._core._sasl import AuthRequest
 from ._core._session import Address, Session
+from ._core._xclient import isTrusted
 from ._errors import SMTPError
 from ._stream import (
     MessageAborted,
@@ -172,6 +175,14 @@ def _userName(user: object) -> str:
     return user if isinstance(user, str) else type(user).__name__
 
 
+def _callLogged(handler: Callable[[Session], object], session: Session) -> object:
+    try:
+        return handler(session)
+    except Exception:
+        _logHandlerFailure(Failure(), "onClose", session)
+        return None
+
+
 def _ensureDeferred(result: object) -> Deferred[Any]:
     if isinstance(result, Deferred):
         return result
@@ -255,8 +266,9 @@ class _DataTransaction:
         self.answers[index] = outcomes
         streams = self.fanOut.streams
         streams[index].abandon()
-        if all(isinstance(o, SMTPError) for o in outcomes):
-            # The first refusal stops the chain: later handlers never see the end.
+        if self.failure is None and all(isinstance(o, SMTPError) for o in outcomes):
+            # The first refusal stops the chain: later handlers never see the end.  (A
+            # message that already failed has told every handler why.)
             for later in streams[index + 1 :]:
                 later.finish(MessageRefused("refused by an earlier handler"))
         self._advance()
@@ -338,6 +350,9 @@ class SMTPProtocol(LineReceiver):
         self._delayCall: IDelayedCall | None = None
         self._tlsPending = False
         self._handshakes = 0
+        self._proxyParser: ProxyHeaderParser | None = None
+        self._proxyPeer = ""
+        self._proxyCall: IDelayedCall | None = None
         self.implicitTLS = server.options.secure
         self.closedDeferred: Deferred[None] = Deferred()
 
@@ -368,6 +383,7 @@ class SMTPProtocol(LineReceiver):
             throttle=self._server.authThrottle,
             now=self._reactor.seconds,
         )
+        self._proxyPeer = session.remoteAddress
         self._server._connectionMade(self)
         IConsumer(transport).registerProducer(self, True)
         self._lastActivity = self._reactor.seconds()
@@ -381,11 +397,78 @@ class SMTPProtocol(LineReceiver):
             remoteAddress=session.remoteAddress,
             remotePort=session.remotePort,
         )
+        if self._options.useProxy and isTrusted(self._options.useProxy, session.remoteAddress):
+            # The proxy's header comes first, in clear, even before a TLS handshake.
+            self._proxyParser = ProxyHeaderParser()
+            self._proxyCall = self._reactor.callLater(
+                self._options.proxyTimeout, self._proxyTimedOut
+            )
+            return
+        self._afterProxy(b"")
+
+    def _afterProxy(self, rest: bytes) -> None:
         if self.implicitTLS:
             # Implicit TLS: nothing is said in clear; the rest waits for the handshake.
             self._startTLS()
-        else:
-            self._admit()
+            if rest:
+                # What followed the PROXY header is the start of the TLS handshake.
+                self.transport.protocol.dataReceived(rest)  # type: ignore[union-attr]
+            return
+        self._admit()
+        if rest:
+            # An SMTP command sent along with the header talks before the greeting.
+            self.dataReceived(rest)
+
+    def _proxyReceived(self, data: bytes) -> None:
+        parser = self._proxyParser
+        assert parser is not None
+        session = self._core.session
+        try:
+            result = parser.feed(data)
+        except ProxyError as e:
+            self._proxyFailed(f"bad PROXY header: {e}")
+            return
+        if result is None:
+            return
+        header, rest = result
+        self._proxyParser = None
+        if self._proxyCall is not None and self._proxyCall.active():
+            self._proxyCall.cancel()
+        self._proxyCall = None
+        session.proxy = header
+        if header.relayed:
+            session.remoteAddress = header.sourceAddress or session.remoteAddress
+            session.remotePort = header.sourcePort or 0
+            session.clientHostname = f"[{session.remoteAddress}]"
+            session.localAddress = header.destinationAddress or session.localAddress
+            session.localPort = header.destinationPort or session.localPort
+        _log.info(
+            "PROXY v{version} {command} from {proxy}: client {remoteAddress}:{remotePort}",
+            sessionId=session.id,
+            version=header.version,
+            command=header.command,
+            proxy=self._proxyPeer,
+            remoteAddress=session.remoteAddress,
+            remotePort=session.remotePort,
+        )
+        self._afterProxy(rest)
+
+    def _proxyTimedOut(self) -> None:
+        self._proxyCall = None
+        self._proxyFailed("no PROXY header in time")
+
+    def _proxyFailed(self, why: str) -> None:
+        # No SMTP reply: the peer is a load balancer that spoke wrongly, or a spoofer.
+        _log.warn(
+            "Closing connection from {peer}: {why}",
+            sessionId=self._core.session.id,
+            peer=self._proxyPeer,
+            why=why,
+        )
+        self._proxyParser = None
+        self._closed = True
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _admit(self) -> None:
         # The checks and the delay before the greeting, once any implicit TLS is up.
@@ -404,6 +487,24 @@ class SMTPProtocol(LineReceiver):
 
     def _greet(self) -> None:
         self._greetCall = None
+        options = self._options
+        if not options.disableReverseLookup and "NAME" not in self._core.session.xClient:
+            lookup = self._server.reverseLookup(self._core.session.remoteAddress)
+            if lookup is not None:
+                self._handlerPending = True
+                lookup.addCallback(self._lookedUp)
+                return
+        self._connectHandlers()
+
+    def _lookedUp(self, name: str | None) -> None:
+        self._handlerPending = False
+        if self._closed:
+            return
+        if name is not None:
+            self._core.session.clientHostname = name
+        self._connectHandlers()
+
+    def _connectHandlers(self) -> None:
         core = self._core
         calls: list[Callable[[], object]] = [
             partial(h, core.session) for h in self._server._handlersFor("onConnect")
@@ -442,11 +543,12 @@ class SMTPProtocol(LineReceiver):
             self._turnCall,
             self._abortCall,
             self._delayCall,
+            self._proxyCall,
         ):
             if call is not None and call.active():
                 call.cancel()
         self._timeoutCall = self._greetCall = self._turnCall = None
-        self._abortCall = self._delayCall = None
+        self._abortCall = self._delayCall = self._proxyCall = None
         if self._data is not None:
             self._data.abort()
             self._data = None
@@ -459,10 +561,14 @@ class SMTPProtocol(LineReceiver):
             )
         _log.info("Connection closed", sessionId=session.id)
         self._server._connectionLost(self)
-        calls = [partial(h, session) for h in self._server._handlersFor("onClose")]
-        result = callChain(calls, "onClose", session)
-        if isinstance(result, Deferred):
-            result.addBoth(lambda _: self.closedDeferred.callback(None))
+        # Every close handler runs, whatever the others do; their errors are logged.
+        pending = [
+            _ensureDeferred(result).addErrback(_logHandlerFailure, "onClose", session)
+            for result in (_callLogged(h, session) for h in self._server._handlersFor("onClose"))
+            if isinstance(result, Deferred) or inspect.iscoroutine(result)
+        ]
+        if pending:
+            gatherResults(pending).addBoth(lambda _: self.closedDeferred.callback(None))
         else:
             self.closedDeferred.callback(None)
 
@@ -525,7 +631,13 @@ class SMTPProtocol(LineReceiver):
         if self._closed:
             return
         self._lastActivity = self._reactor.seconds()
+        if self._proxyParser is not None:
+            self._proxyReceived(data)
+            return
         if not self._greeted:
+            if self._options.useProxy and looksLikeProxyHeader(data):
+                self._proxyFailed("PROXY header from an address not trusted to send one")
+                return
             # RFC 5321 section 4.3.1: the client waits for the greeting.  One that does
             # not is most likely a spam engine that does not read replies.
             if self._greetCall is not None and self._greetCall.active():
@@ -640,6 +752,9 @@ class SMTPProtocol(LineReceiver):
         elif kind is CheckAuth:
             assert isinstance(action, CheckAuth)
             self._authenticate(action.request)
+        elif kind is CheckXClient:
+            assert isinstance(action, CheckXClient)
+            self._xclient(action.login)
         elif kind is CheckMail:
             assert isinstance(action, CheckMail)
             self._check("onMailFrom", action.address, self._core.mailChecked)
@@ -732,6 +847,58 @@ class SMTPProtocol(LineReceiver):
                 reason=str(error) if error is not None else "credentials invalid",
             )
         self._perform(self._core.authChecked(user, error))
+
+    # -- XCLIENT ----------------------------------------------------------------------------
+
+    def _xclient(self, login: AuthRequest | None) -> None:
+        # XCLIENT made this a new client: check its LOGIN, then ask the connect handlers
+        # about it, as if it had just connected; nothing else is read meanwhile.
+        self._handlerPending = True
+        self._pause("handler")
+        session = self._core.session
+        _log.info(
+            "XCLIENT from {proxy}: client {remoteAddress}:{remotePort} ({clientHostname})",
+            sessionId=session.id,
+            proxy=self._proxyPeer,
+            remoteAddress=session.remoteAddress,
+            remotePort=session.remotePort,
+            clientHostname=session.clientHostname,
+        )
+        if login is None:
+            self._xclientConnect()
+            return
+        calls = [partial(h, login, session) for h in self._server._handlersFor("onAuth")]
+        result = callFirst(calls, session)
+        if isinstance(result, Deferred):
+            result.addCallback(self._xclientLoggedIn)
+        else:
+            self._xclientLoggedIn(result)
+
+    def _xclientLoggedIn(self, outcome: tuple[object, SMTPError | None]) -> None:
+        if self._closed:
+            return
+        refusal = self._core.xclientLogin(*outcome)
+        if refusal is not None:
+            self._handlerPending = False
+            self._perform(refusal)
+            self._resume("handler")
+            return
+        self._xclientConnect()
+
+    def _xclientConnect(self) -> None:
+        session = self._core.session
+        calls = [partial(h, session) for h in self._server._handlersFor("onConnect")]
+        result = callChain(calls, "onConnect", session)
+        if isinstance(result, Deferred):
+            result.addCallback(self._xclientDone)
+        else:
+            self._xclientDone(result)
+
+    def _xclientDone(self, error: SMTPError | None) -> None:
+        self._handlerPending = False
+        if not self._closed:
+            self._perform(self._core.xclientDone(error))
+        self._resume("handler")
 
     # -- TLS -------------------------------------------------------------------------------
 
@@ -866,7 +1033,8 @@ class SMTPProtocol(LineReceiver):
 
     def _resume(self, reason: str) -> None:
         self._pauses.discard(reason)
-        if self._pauses or not self.paused or self._disconnected:
+        if self._pauses or not self.paused or self._closed:
+            # A closing connection reads nothing more.
             return
         self.paused = False
         assert self.transport is not None

@@ -15,6 +15,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ._core._throttle import FailureBudget
+from ._dns import defaultResolver, reverseLookup
 from ._options import ServerOptions
 from ._protocol import SMTPProtocol
 from ._tls import ServerTLS, settingsFrom
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IStreamServerEndpoint
 
 _log = Logger(namespace="smtpsvc")
+_UNSET: Any = object()
 
 # Each hook, the interface that provides it.  The order is the order of a conversation.
 HOOKS: dict[str, Any] = {
@@ -94,6 +96,7 @@ class SMTPServer(Factory):
         for handler in handlers:
             self.addHandler(handler)
         self._connections: set[SMTPProtocol] = set()
+        self._resolver: Any = _UNSET
         self._ending = 0
         self._ports: list[IListeningPort] = []
         self._portsStopped = False
@@ -164,6 +167,28 @@ class SMTPServer(Factory):
             self._checkClosed()
 
         protocol.closedDeferred.addBoth(ended)
+
+    # -- reverse DNS -------------------------------------------------------------------------
+
+    def reverseLookup(self, address: str) -> Deferred[str | None] | None:
+        """
+        Look up the host name of C{address} (see the C{resolver}, C{reverseLookupTimeout}
+        and C{confirmReverseLookup} options).
+
+        @return: a Deferred of the name or L{None}; or L{None} when no resolver can be
+            used (a reactor without UDP, such as a test clock).
+        """
+        if self._resolver is _UNSET:
+            self._resolver = self.options.resolver or defaultResolver(self.reactor)
+        if self._resolver is None:
+            return None
+        return reverseLookup(
+            self._resolver,
+            self.reactor,
+            address,
+            self.options.reverseLookupTimeout,
+            self.options.confirmReverseLookup,
+        )
 
     # -- TLS -------------------------------------------------------------------------------
 

@@ -162,6 +162,17 @@ def developmentCertificate(name: str) -> tuple[bytes, bytes]:
     )
 
 
+def warnDevelopment(name: str) -> None:
+    """
+    Log that a development certificate is in use.
+    """
+    _log.warn(
+        "No certificate given: using a self-signed development certificate for {name}; "
+        "clients will not trust it",
+        name=name,
+    )
+
+
 def normalizeServerName(name: str) -> str:
     """
     A host name as SNI sends it: lower case, A-labels, no trailing dot.
@@ -186,6 +197,7 @@ class ServerTLS:
     def __init__(self, settings: TLSSettings) -> None:
         self._settings = settings
         self._callbackContexts: dict[tuple[bytes, bytes], SSL.Context] = {}
+        self._development: tuple[str, bytes, bytes] | None = None
         self._map = self._build(settings)
 
     @property
@@ -215,19 +227,21 @@ class ServerTLS:
         if (key is None) != (cert is None):
             raise TLSConfigurationError("a certificate needs its key, and a key its certificate")
         if key is None or cert is None:
-            _log.warn(
-                "No certificate given: using a self-signed development certificate for "
-                "{name}; clients will not trust it",
-                name=settings.name,
-            )
-            key, cert = developmentCertificate(settings.name)
+            # Made once per server: rotating other options keeps the same certificate.
+            if self._development is None or self._development[0] != settings.name:
+                warnDevelopment(settings.name)
+                self._development = (settings.name, *developmentCertificate(settings.name))
+            _, key, cert = self._development
         default = self._context(settings, key, cert, default=True)
         byName: dict[str, SSL.Context] = {}
         wildcards: dict[str, SSL.Context] = {}
         for host, entry in settings.sniOptions.items():
             if "key" not in entry or "cert" not in entry:
                 raise TLSConfigurationError(f"the SNI entry for {host!r} needs a key and a cert")
-            context = self._context(settings, entry["key"], entry["cert"], default=False)
+            try:
+                context = self._context(settings, entry["key"], entry["cert"], default=False)
+            except TLSConfigurationError as e:
+                raise TLSConfigurationError(f"SNI certificate for {host}: {e}") from e
             name = normalizeServerName(host)
             if name.startswith("*."):
                 wildcards[name[2:]] = context
@@ -265,6 +279,11 @@ class ServerTLS:
         # Sessions resumed across contexts must belong to this server.
         context.set_session_id(b"smtpsvc")
         if settings.requestCert:
+            # A resumed session skips certificate verification, so whether the client's
+            # certificate verified would not be known: no resumption with client
+            # certificates.
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            context.set_options(SSL.OP_NO_TICKET)
             mode = SSL.VERIFY_PEER
             if settings.rejectUnauthorized:
                 mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT

@@ -106,8 +106,13 @@ class UserRealm:
     ) -> tuple[Any, str, Callable[[], None]]:
         if IUser not in interfaces:
             raise NotImplementedError("UserRealm only provides IUser")
-        # An anonymous login (the empty tuple) has no name.
-        name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else ""
+        # Checkers give bytes (though some, such as the unix one, give str); an
+        # anonymous login (the empty tuple) has no name.
+        raw: object = avatarId
+        if isinstance(raw, bytes):
+            name = raw.decode("utf-8")
+        else:
+            name = raw if isinstance(raw, str) else ""
         return IUser, name, lambda: None
 
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from twisted.internet.interfaces import IProtocol
 
     from ._core._sasl import AuthRequest
@@ -145,7 +147,7 @@ class IMessageStream(Interface):
         Deliver the message to C{protocol} (an L{twisted.internet.interfaces.IProtocol}).
         """
 
-    def __aiter__() -> object:
+    def __aiter__() -> AsyncIterator[bytes]:
         """
         Iterate over the message's chunks of bytes with C{async for}.
         """

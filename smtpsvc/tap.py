@@ -25,7 +25,7 @@ from twisted.python import usage
 
 from ._options import OptionSpec, ServerOptions, optionSpecs
 from ._server import SMTPServer
-from ._tls import ServerTLS, settingsFrom
+from ._tls import ServerTLS, developmentCertificate, settingsFrom, warnDevelopment
 from .cred import IBearerToken, PortalAuthHandler
 
 DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
@@ -68,7 +68,7 @@ def _declare() -> tuple[list[list[Any]], list[list[Any]], dict[str, OptionSpec]]
     for spec in optionSpecs():
         if not spec.cli:
             continue
-        if spec.kind in ("bool", "bool | None"):
+        if spec.isFlag:
             flags.append([spec.flag, None, _help(spec)])
             flags.append([f"no-{spec.flag}", None, f"Turn off --{spec.flag}."])
         else:
@@ -184,7 +184,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if self["sni"]:
             chosen["sniOptions"] = dict(self["sni"])
         for flag, spec in _BY_FLAG.items():
-            if spec.kind in ("bool", "bool | None"):
+            if spec.isFlag:
                 if self[flag] and self[f"no-{flag}"]:
                     raise usage.UsageError(f"--{flag} and --no-{flag} contradict each other")
                 if self[flag]:
@@ -204,6 +204,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         # because twist installs the reactor only after parsing the options.
         try:
             serverOptions = ServerOptions.fromMapping(self.serverOptions())
+            if serverOptions.key is None and serverOptions.cert is None:
+                # Made here once, so that the server built later uses the same one.
+                warnDevelopment(serverOptions.name)
+                key, cert = developmentCertificate(serverOptions.name)
+                self.tlsFiles.update(key=key, cert=cert)
+                serverOptions = ServerOptions.fromMapping(self.serverOptions())
             # Load every certificate now, so that a bad one is a usage error.
             ServerTLS(settingsFrom(serverOptions))
         except (TypeError, ValueError) as e:

@@ -1,10 +1,13 @@
 """
 Helpers for the end-to-end tests: real servers on 127.0.0.1, blocking clients for threads.
 
-L{startServer} runs an in-process L{SMTPServer} on an OS-chosen port of the real reactor;
-L{startTwist} runs C{twist smtpsvc} as a child process; L{RawClient} is a byte-exact
-blocking client to use with C{deferToThread}; L{runSwaks} runs swaks in a thread.  Every
-wait is bounded and everything started here is stopped by the test case's cleanups.
+L{startServer} runs an in-process L{SMTPServer} on an OS-chosen port of the real reactor
+(L{listenAlso} adds listeners to it); L{startTwist} runs C{twist smtpsvc} as a child
+process; L{RawClient} is a byte-exact blocking client to use with C{deferToThread};
+L{LoopbackSMTP} and L{LoopbackSMTPSSL} are smtplib clients that verify a server's
+certificate for a host name while connecting to 127.0.0.1; L{runSwaks} and L{runOpenSSL}
+run those tools in a thread.  Every wait is bounded and everything started here is stopped
+by the test case's cleanups.
 """
 
 from __future__ import annotations
@@ -12,9 +15,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import smtplib
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -51,6 +58,10 @@ EXIT_TIMEOUT = 10.0
 TOOL_TIMEOUT = 30.0
 
 _LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+# The two kinds of listener the server logs: "SMTP server listening on ..." and
+# "SMTP (implicit TLS) server listening on ..." (LMTP alike).
+_PLAIN_LISTENING = re.compile(rb"[SL]MTP server listening on 127\.0\.0\.1:(\d+)")
+_TLS_LISTENING = re.compile(rb"[SL]MTP \(implicit TLS\) server listening on 127\.0\.0\.1:(\d+)")
 # `python -m twisted.application.twist` does not work (the package has no __main__), so the
 # child runs what the `twist` console script runs.
 _TWIST_MAIN = (
@@ -118,6 +129,21 @@ def startServer(
         return server, int(port.getHost().port)
 
     return server.listen(LISTEN).addCallback(listening)
+
+
+def listenAlso(testCase: TestCase, server: SMTPServer, secure: bool | None = None) -> Deferred[int]:
+    """
+    Make C{server} (from L{startServer}) listen on one more OS-chosen port of 127.0.0.1,
+    with C{server.listen(..., secure=secure)}; a cleanup stops the port.
+
+    @return: a Deferred firing with the port number.
+    """
+
+    def listening(port: Any) -> int:
+        testCase.addCleanup(lambda: maybeDeferred(port.stopListening))
+        return int(port.getHost().port)
+
+    return server.listen(LISTEN, secure=secure).addCallback(listening)
 
 
 # -- blocking clients (run them with deferToThread) ------------------------------------------
@@ -237,6 +263,79 @@ class RawClient:
             data += chunk
         return parseReplies(data)
 
+    def readAvailable(self, within: float) -> bytes:
+        """
+        Whatever arrives within C{within} seconds (and whatever was already buffered), for
+        checking that nothing does; stops early if the server closes the connection.
+        """
+        data, self._buffer = self._buffer, b""
+        deadline = time.monotonic() + within
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                try:
+                    chunk = self.sock.recv(65536)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            self.sock.settimeout(self.timeout)
+        return data
+
+    def startTLS(
+        self, context: ssl.SSLContext, serverHostname: str, session: ssl.SSLSession | None = None
+    ) -> None:
+        """
+        Do a TLS handshake on the connection (at once for implicit TLS, after the server's
+        C{220} for STARTTLS), as C{context} says, asking for and verifying
+        C{serverHostname}, offering to resume C{session} if given; later sends and reads go
+        through TLS.
+
+        @raise FailTest: when plaintext bytes the server sent are still unread: they would
+            be lost, or a test would miss them.
+        """
+        if self._buffer:
+            raise FailTest(f"plaintext received before the handshake: {self._buffer!r}")
+        self.sock = context.wrap_socket(self.sock, server_hostname=serverHostname, session=session)
+
+
+class LoopbackSMTP(smtplib.SMTP):
+    """
+    C{smtplib.SMTP} that connects to 127.0.0.1 whatever host it is given, so that
+    C{LoopbackSMTP("mx.example.test", port).starttls(context=ctx)} verifies the server's
+    certificate for that name (smtplib checks the host it was asked to connect to).
+    """
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((LOCALHOST, port), timeout, self.source_address)
+
+
+class LoopbackSMTPSSL(smtplib.SMTP_SSL):
+    """
+    C{smtplib.SMTP_SSL} (implicit TLS) that connects to 127.0.0.1 whatever host it is
+    given, and verifies the server's certificate for that host.
+    """
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((LOCALHOST, port), timeout, self.source_address)
+        return self.context.wrap_socket(sock, server_hostname=host)
+
+
+def clientContext(
+    caPEM: bytes, certFile: str | None = None, keyFile: str | None = None
+) -> ssl.SSLContext:
+    """
+    An C{ssl} client context that trusts only the CA certificates C{caPEM} and checks the
+    server's host name, presenting the client certificate in C{certFile} (its key in
+    C{keyFile}) if given.
+    """
+    context = ssl.create_default_context(cadata=caPEM.decode("ascii"))
+    if certFile is not None:
+        context.load_cert_chain(certFile, keyFile)
+    return context
+
 
 def connectionRefused(port: int) -> bool:
     """
@@ -314,6 +413,71 @@ def runSwaks(port: int, *args: str) -> Deferred[subprocess.CompletedProcess[str]
     )
 
 
+# -- openssl ----------------------------------------------------------------------------------
+
+
+def haveOpenSSL() -> bool:
+    """
+    Whether the openssl command can be run.
+    """
+    return shutil.which("openssl") is not None
+
+
+def runOpenSSL(
+    args: Sequence[str], stdin: bytes = b"", afterReply: bool = False
+) -> Deferred[subprocess.CompletedProcess[str]]:
+    """
+    Run C{openssl ARGS} in a thread with C{stdin} as its input, bounded by
+    L{TOOL_TIMEOUT} (then it is killed).
+
+    @param afterReply: hold C{stdin} back until the command printed a complete reply line
+        (C{"220 ..."}), as an SMTP client waits for the greeting; C{openssl s_client}
+        sends its input as soon as TLS is up, which makes it an early talker with
+        implicit TLS.
+    """
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "openssl is not installed"
+    return deferToThread(_runTool, [openssl, *args], stdin, afterReply)
+
+
+_REPLY_LINE = re.compile(r"\d{3} ")
+
+
+def _runTool(argv: list[str], stdin: bytes, afterReply: bool) -> subprocess.CompletedProcess[str]:
+    with (
+        tempfile.TemporaryFile() as errors,
+        subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors
+        ) as child,
+    ):
+        killer = threading.Timer(TOOL_TIMEOUT, child.kill)
+        killer.start()
+        try:
+            assert child.stdin is not None and child.stdout is not None
+            before = b""
+            if afterReply:
+                for line in child.stdout:
+                    before += line
+                    if _REPLY_LINE.match(line.decode("ascii", "replace")):
+                        break
+            try:
+                child.stdin.write(stdin)
+                child.stdin.close()
+            except BrokenPipeError:
+                pass
+            output = before + child.stdout.read()
+            child.wait()
+        finally:
+            killer.cancel()
+        errors.seek(0)
+        return subprocess.CompletedProcess(
+            argv,
+            child.returncode,
+            output.decode("utf-8", "replace"),
+            errors.read().decode("utf-8", "replace"),
+        )
+
+
 # -- twist smtpsvc as a child process ----------------------------------------------------------
 
 
@@ -375,6 +539,7 @@ class TwistProcess(ProcessProtocol):
         self.processTransport: IProcessTransport | None = None
         self._listening: Deferred[int] = Deferred()
         self._exitWaiters: list[Deferred[None]] = []
+        self._outputWaiters: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
 
     @property
     def text(self) -> str:
@@ -390,6 +555,59 @@ class TwistProcess(ProcessProtocol):
             if match is not None:
                 self.port = int(match.group(1))
                 self._listening.callback(self.port)
+        if self._outputWaiters:
+            waiting, self._outputWaiters = self._outputWaiters, []
+            for pattern, waiter in waiting:
+                found = pattern.search(self.output)
+                if found is None:
+                    self._outputWaiters.append((pattern, waiter))
+                elif not waiter.called:  # not already timed out
+                    waiter.callback(found)
+
+    @property
+    def plainPorts(self) -> list[int]:
+        """
+        Every port it logged a plaintext (or STARTTLS) listener on, in order.
+        """
+        return [int(m.group(1)) for m in _PLAIN_LISTENING.finditer(self.output)]
+
+    @property
+    def tlsPorts(self) -> list[int]:
+        """
+        Every port it logged an implicit TLS listener on, in order.
+        """
+        return [int(m.group(1)) for m in _TLS_LISTENING.finditer(self.output)]
+
+    async def waitForOutput(
+        self, pattern: re.Pattern[bytes], within: float = START_TIMEOUT
+    ) -> re.Match[bytes]:
+        """
+        Wait until the output matches C{pattern}.
+
+        @raise FailTest: when the process ends first, or after C{within} seconds.
+        """
+        found = pattern.search(self.output)
+        if found is not None:
+            return found
+        if self.ended:
+            raise FailTest(f"twist ended without printing {pattern.pattern!r}:\n{self.text}")
+        waiter: Deferred[re.Match[bytes]] = Deferred()
+        self._outputWaiters.append((pattern, waiter))
+        try:
+            return await waiter.addTimeout(within, theReactor())
+        except defer.TimeoutError:
+            raise FailTest(
+                f"twist did not print {pattern.pattern!r} within {within} s; output:\n{self.text}"
+            ) from None
+
+    async def listeningPorts(self, within: float = START_TIMEOUT) -> tuple[int, int]:
+        """
+        Wait until it logged both a plaintext and an implicit TLS listener (C{--listen} and
+        C{--listen-tls}), and return their ports, plaintext first.
+        """
+        plain = await self.waitForOutput(_PLAIN_LISTENING, within)
+        secure = await self.waitForOutput(_TLS_LISTENING, within)
+        return int(plain.group(1)), int(secure.group(1))
 
     def processEnded(self, reason: Failure) -> None:
         self.ended = True
@@ -399,6 +617,12 @@ class TwistProcess(ProcessProtocol):
             self._listening.errback(
                 FailTest(f"twist exited (status {self.exitCode}) before listening")
             )
+        outputWaiters, self._outputWaiters = self._outputWaiters, []
+        for pattern, outputWaiter in outputWaiters:
+            if not outputWaiter.called:
+                outputWaiter.errback(
+                    FailTest(f"twist ended without printing {pattern.pattern!r}:\n{self.text}")
+                )
         waiters, self._exitWaiters = self._exitWaiters, []
         for waiter in waiters:
             waiter.callback(None)

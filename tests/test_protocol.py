@@ -1424,7 +1424,7 @@ class StreamingTests(SynchronousTestCase):
         @implementer(IDataHandler)
         class Iterating:
             async def onData(self, stream: IMessageStream, session: Session) -> None:
-                async for chunk in stream:  # type: ignore[attr-defined]
+                async for chunk in stream:
                     received.append(chunk)
                     waiter: Deferred[None] = Deferred()
                     gate.append(waiter)

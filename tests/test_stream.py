@@ -190,7 +190,7 @@ class CountingHandler:
 
     async def onData(self, stream: IMessageStream, session: Session) -> None:
         total = 0
-        async for chunk in stream:  # type: ignore[attr-defined]
+        async for chunk in stream:
             total += len(chunk)
         self.sizes.append(total)
 

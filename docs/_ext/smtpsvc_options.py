@@ -43,7 +43,7 @@ def _plain(text: str) -> str:
 def _flags(spec: OptionSpec) -> str:
     if not spec.cli:
         return "(none)"
-    if "bool" in spec.kind.split(" | "):
+    if spec.isFlag:
         return f"{_literal('--' + spec.flag)} / {_literal('--no-' + spec.flag)}"
     return _literal("--" + spec.flag)
 

@@ -9,9 +9,11 @@ which returns the reply.  The glue never decides what is legal or what a reply s
 module never touches a socket, a clock or a Deferred.
 
 Every received line goes through the same checks, in the reference's order (behaviour
-spec section 4.2): shutdown, HTTP guard, characters, the verb, LMTP's HELO/EHLO refusal,
-unknown or disabled commands, the unauthenticated-command limit, "send HELO first",
-"authentication required", and only then the command itself.
+spec section 4.2) where it has one: shutdown; a SASL exchange in progress takes the line;
+characters (UTF-8, no bare CR or LF, no NUL); the HTTP guard; LMTP's HELO/EHLO refusal;
+unknown or disabled commands (with the unrecognised-command limit); the
+unauthenticated-command limit; "send HELO first"; C{needsUpgrade}; "authentication
+required"; and only then the command itself.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ from ._sasl import (
 from ._session import Address, Envelope, EnvelopeDSN, RecipientDSN, Session, TLSInfo
 from ._states import COMMANDS, State, needsHello, transition
 from ._throttle import FailureBudget
+from ._xclient import (
+    XCLIENT_ATTRIBUTES,
+    XFORWARD_ATTRIBUTES,
+    BadAttribute,
+    isTrusted,
+    parseAttributes,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +106,17 @@ class StartTLS:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckXClient:
+    """
+    XCLIENT changed who the client is: if C{login} is given ask the L{IAuthHandler}s
+    about it and call L{ServerConnection.xclientLogin}; then run the L{IConnectHandler}s
+    again for the new client and call L{ServerConnection.xclientDone} for the reply.
+    """
+
+    login: AuthRequest | None
+
+
+@dataclass(frozen=True, slots=True)
 class StartData:
     """
     Start the L{IDataHandler}s, then call L{ServerConnection.dataStarted} for the 354 and
@@ -104,7 +124,7 @@ class StartData:
     """
 
 
-Action: TypeAlias = Send | CheckMail | CheckRcpt | StartData | StartTLS | CheckAuth
+Action: TypeAlias = Send | CheckMail | CheckRcpt | StartData | StartTLS | CheckAuth | CheckXClient
 
 #: What one handler may answer for a message (or for one LMTP recipient): L{None} for
 #: the default acceptance, a string for acceptance with that text, or a refusal.
@@ -141,6 +161,7 @@ class ServerConnection:
         "_mechanisms",
         "_now",
         "_options",
+        "_peerAddress",
         "_pendingEnvelope",
         "_sasl",
         "_saslWaiting",
@@ -148,6 +169,8 @@ class ServerConnection:
         "_tlsAvailable",
         "_unauthenticated",
         "_unrecognized",
+        "_xclientAddressSet",
+        "_xforwardBase",
         "closing",
         "session",
         "state",
@@ -181,6 +204,11 @@ class ServerConnection:
         self._sasl: Mechanism | None = None
         self._saslWaiting: Mechanism | None = None
         self._authFailures = 0
+        # The client's own address before XCLIENT changed it, for trust decisions, and
+        # what XFORWARD temporarily replaced.
+        self._peerAddress: str | None = None
+        self._xclientAddressSet = False
+        self._xforwardBase: tuple[str, int, str, str | None] | None = None
         self._enhanced = options.enhancedStatusCodes
         self.session = session
         session.lmtp = options.lmtp
@@ -212,11 +240,12 @@ class ServerConnection:
         The greeting: C{220 <name> ESMTP[ <banner>]} (C{LMTP} in LMTP mode).  RFC 2034
         section 4 keeps enhanced codes off the greeting.
         """
+        return self._send(Reply(220, (self._greetingText(),)))
+
+    def _greetingText(self) -> str:
         o = self._options
         text = f"{o.name} {'LMTP' if o.lmtp else 'ESMTP'}"
-        if o.banner:
-            text = f"{text} {o.banner}"
-        return self._send(Reply(220, (text,)))
+        return f"{text} {o.banner}" if o.banner else text
 
     def refuseConnection(self, error: SMTPError) -> Send:
         """
@@ -419,6 +448,11 @@ class ServerConnection:
             out.append("REQUIRETLS")
         if o.size:
             out.append("SIZE" if o.hideSize else f"SIZE {o.size}")
+        if not self._xclientAddressSet:
+            if self._trusted(o.useXClient, "XCLIENT"):
+                out.append("XCLIENT " + " ".join(XCLIENT_ATTRIBUTES))
+            if self._trusted(o.useXForward, "XFORWARD"):
+                out.append("XFORWARD " + " ".join(XFORWARD_ATTRIBUTES))
         return out
 
     def _rset(self, verb: str, argument: str, line: str) -> Send:
@@ -557,6 +591,112 @@ class ServerConnection:
                 return replace(self._send(Reply(334, (challenge.text,))), delay=delay)
         return replace(self._send(reply), delay=delay)
 
+    # -- XCLIENT and XFORWARD ----------------------------------------------------------------
+
+    def _trusted(self, spec: bool | tuple[str, ...], verb: str) -> bool:
+        if verb in self._options.disabledCommands:
+            return False
+        return isTrusted(spec, self._peerAddress or self.session.remoteAddress)
+
+    def _xclient(self, verb: str, argument: str, line: str) -> Action:
+        if self._xclientAddressSet or not self._trusted(self._options.useXClient, verb):
+            return self._send(R.NOT_ALLOWED)
+        after = self._sequence(verb)
+        if isinstance(after, Send):
+            return after
+        try:
+            attributes = parseAttributes(
+                argument, XCLIENT_ATTRIBUTES, ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
+            )
+        except BadAttribute as e:
+            return self._send(R.BAD_PARAMETER_ADDRESS if e.address else R.BAD_PARAMETER_SYNTAX)
+        session = self.session
+        if self._peerAddress is None:
+            self._peerAddress = session.remoteAddress
+        session.xClient.update(attributes)
+        address = attributes.get("ADDR")
+        if "ADDR" in attributes:
+            self._xclientAddressSet = True
+            if address is not None:
+                session.remoteAddress = address
+                session.clientHostname = f"[{address}]"
+        if "NAME" in attributes:
+            name = attributes["NAME"]
+            session.clientHostname = name.lower() if name else f"[{session.remoteAddress}]"
+        if attributes.get("PORT") is not None:
+            session.remotePort = int(attributes["PORT"] or 0)
+        if attributes.get("DESTADDR") is not None:
+            session.localAddress = attributes["DESTADDR"] or session.localAddress
+        if attributes.get("DESTPORT") is not None:
+            session.localPort = int(attributes["DESTPORT"] or 0)
+        # The session starts again as if the new client had just connected.
+        session.openingCommand = None
+        session.hostNameAppearsAs = None
+        self._resetTransaction()
+        self.state = after
+        login: AuthRequest | None = None
+        if "LOGIN" in attributes:
+            user = attributes["LOGIN"]
+            if user:
+                login = AuthRequest(method="XCLIENT", username=user)
+            else:
+                session.user = None
+        return CheckXClient(login)
+
+    def xclientLogin(self, user: object, error: SMTPError | None) -> Send | None:
+        """
+        The handlers' answer about XCLIENT's LOGIN: L{None} when accepted, else the
+        refusal to send (the connection closes after it, as in the reference).
+        """
+        if error is None and user is not None:
+            self.session.user = user
+            return None
+        reply = R.XCLIENT_LOGIN_REFUSED
+        if error is not None:
+            reply = Reply(550, error.lines, "5.7.0")
+        return self._send(reply, close=True)
+
+    def xclientDone(self, error: SMTPError | None) -> Send:
+        """
+        The reply to XCLIENT once the connect handlers have judged the new client: the
+        greeting again, or their refusal.
+        """
+        if error is not None:
+            return self.refuseConnection(error)
+        # The reference gives this second greeting an enhanced code, unlike the first.
+        return self._send(Reply(220, (self._greetingText(),), "2.0.0"))
+
+    def _xforward(self, verb: str, argument: str, line: str) -> Action:
+        if not self._trusted(self._options.useXForward, verb):
+            return self._send(R.NOT_ALLOWED)
+        after = self._sequence(verb)
+        if isinstance(after, Send):
+            return after
+        try:
+            attributes = parseAttributes(argument, XFORWARD_ATTRIBUTES, ("[UNAVAILABLE]",))
+        except BadAttribute as e:
+            return self._send(R.BAD_PARAMETER_ADDRESS if e.address else R.BAD_PARAMETER_SYNTAX)
+        session = self.session
+        if self._xforwardBase is None:
+            self._xforwardBase = (
+                session.remoteAddress,
+                session.remotePort,
+                session.clientHostname,
+                session.hostNameAppearsAs,
+            )
+        session.xForward.update(attributes)
+        if attributes.get("ADDR") is not None:
+            session.remoteAddress = attributes["ADDR"] or session.remoteAddress
+        if "NAME" in attributes:
+            name = attributes["NAME"]
+            session.clientHostname = name.lower() if name else f"[{session.remoteAddress}]"
+        if attributes.get("PORT") is not None:
+            session.remotePort = int(attributes["PORT"] or 0)
+        if attributes.get("HELO") is not None:
+            session.hostNameAppearsAs = (attributes["HELO"] or "").lower()
+        self.state = after
+        return self._send(R.OK)
+
     # -- TLS -------------------------------------------------------------------------------
 
     def _starttls(self, verb: str, argument: str, line: str) -> Action:
@@ -609,6 +749,17 @@ class ServerConnection:
     def _resetTransaction(self) -> None:
         self.session.envelope = self._freshEnvelope()
         self._pendingEnvelope = None
+        if self._xforwardBase is not None:
+            # XFORWARD's attributes last one transaction (XFORWARD_README).
+            session = self.session
+            (
+                session.remoteAddress,
+                session.remotePort,
+                session.clientHostname,
+                session.hostNameAppearsAs,
+            ) = self._xforwardBase
+            self._xforwardBase = None
+            session.xForward.clear()
 
     def _mail(self, verb: str, argument: str, line: str) -> Action:
         o = self._options
@@ -794,6 +945,8 @@ class ServerConnection:
         "KILL": _kill,
         "STARTTLS": _starttls,
         "AUTH": _auth,
+        "XCLIENT": _xclient,
+        "XFORWARD": _xforward,
     }
 
 

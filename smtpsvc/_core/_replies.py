@@ -203,6 +203,14 @@ AUTH_THROTTLED: Final = reply(
 TOO_MANY_AUTH_FAILURES: Final = reply(421, "Error: too many authentication failures", "4.7.0")
 AUTH_TEMPORARY_ERROR: Final = SMTPError(454, "Temporary authentication failure", "4.7.0")
 
+# XCLIENT and XFORWARD (Postfix); texts are the reference's.
+NOT_ALLOWED: Final = reply(550, "Error: Not allowed", "5.7.0")
+BAD_PARAMETER_SYNTAX: Final = reply(501, "Error: Bad command parameter syntax", "5.5.4")
+BAD_PARAMETER_ADDRESS: Final = reply(
+    501, "Error: Bad command parameter syntax. Invalid address", "5.5.4"
+)
+XCLIENT_LOGIN_REFUSED: Final = reply(550, "Authentication credentials invalid", "5.7.0")
+
 # STARTTLS (RFC 3207).
 READY_FOR_TLS: Final = reply(220, "Ready to start TLS", "2.0.0")
 STARTTLS_SYNTAX: Final = reply(501, "Error: syntax: STARTTLS", "5.5.4")

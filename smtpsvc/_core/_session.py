@@ -135,6 +135,8 @@ class Session:
     @ivar user: what the authentication handler returned for the client, or L{None}.
     @ivar error: the last reply with a code of 400 or more sent on this connection.
     @ivar isWizard: whether the client proved itself a wizard (C{WIZ}).
+    @ivar proxy: the PROXY protocol header the connection started with, if any (with
+        its v2 TLVs).
     @ivar xClient: XCLIENT attributes received, by name.
     @ivar xForward: XFORWARD attributes received, by name.
     @ivar data: free for applications: keep per-connection state here.
@@ -159,6 +161,7 @@ class Session:
     user: Any = None
     error: str | None = None
     isWizard: bool = False
+    proxy: Any = None
     xClient: dict[str, str | None] = field(default_factory=dict)
     xForward: dict[str, str | None] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
