@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Stamp of the last install; it is redone when the packaging metadata changes.
 INSTALLED := $(VENV)/.installed
 # Debian packages the tests use.
-SYSTEM_PACKAGES := swaks openssl curl
+SYSTEM_PACKAGES := swaks libnet-ssleay-perl openssl curl
 
 # The summary line of `make test` must stay the last line on stdout.
 MAKEFLAGS += --no-print-directory

@@ -413,7 +413,9 @@ def _networks(name: str, value: Iterable[object]) -> bool | tuple[str, ...]:
         try:
             out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
         except ValueError as e:
-            raise ValueError(f"option {name}: {item!r} is not an address or network") from e
+            raise ValueError(
+                f"option {name} must list addresses and networks, and {item!r} is neither"
+            ) from e
     return tuple(out)
 
 

@@ -234,8 +234,7 @@ class SMTPServer(Factory):
         target: IStreamServerEndpoint = (
             serverFromString(self.reactor, endpoint) if isinstance(endpoint, str) else endpoint
         )
-        factory: Factory = self if secure is None else _Listener(self, secure)
-        d = target.listen(factory)
+        d = target.listen(self.factoryFor(secure))
 
         def listening(port: IListeningPort) -> IListeningPort:
             self._ports.append(port)
@@ -252,6 +251,15 @@ class SMTPServer(Factory):
             return port
 
         return d.addCallback(listening)
+
+    def factoryFor(self, secure: bool | None) -> Factory:
+        """
+        The protocol factory for a listener: the server itself, or, when C{secure}
+        differs from the C{secure} option, one that sets the TLS mode of its connections.
+        """
+        if secure is None or secure == self.options.secure:
+            return self
+        return _Listener(self, secure)
 
     def close(self) -> Deferred[None]:
         """

@@ -30,6 +30,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from ._core._sasl import AuthRequest
@@ -116,6 +117,37 @@ class UserRealm:
         return IUser, name, lambda: None
 
 
+@implementer(ICredentialsChecker)
+class FirstMatch:
+    """
+    A checker that asks several checkers in turn: the first that accepts decides; if all
+    refuse, the login is refused.  (cred's L{Portal} keeps one checker per kind of
+    credentials; this lets several sources share one.)
+    """
+
+    def __init__(self, checkers: Sequence[ICredentialsChecker]) -> None:
+        self.checkers = list(checkers)
+        self.credentialInterfaces = tuple(
+            {i for c in self.checkers for i in c.credentialInterfaces}
+        )
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+        remaining = list(self.checkers)
+
+        def attempt() -> Deferred[bytes | tuple[()]]:
+            if not remaining:
+                return fail(UnauthorizedLogin())
+            checker = remaining.pop(0)
+            d: Deferred[bytes | tuple[()]] = maybeDeferred(checker.requestAvatarId, credentials)
+            return d.addErrback(refused)
+
+        def refused(failure: Failure) -> Deferred[bytes | tuple[()]]:
+            failure.trap(UnauthorizedLogin)
+            return attempt()
+
+        return attempt()
+
+
 # Which SASL mechanisms each kind of credentials can carry, in the order offered.
 _MECHANISMS: tuple[tuple[Any, tuple[str, ...]], ...] = (
     (IUsernamePassword, ("PLAIN", "LOGIN")),
@@ -146,9 +178,18 @@ class PortalAuthHandler:
     @classmethod
     def fromCheckers(cls, checkers: Iterable[ICredentialsChecker]) -> PortalAuthHandler:
         """
-        A handler over a portal of C{checkers} and a L{UserRealm}.
+        A handler over a portal of C{checkers} and a L{UserRealm}.  Several checkers for
+        the same kind of credentials (two password files, say) are asked in turn.
         """
-        return cls(Portal(UserRealm(), list(checkers)))
+        portal = Portal(UserRealm())
+        byInterface: dict[Any, list[ICredentialsChecker]] = {}
+        for checker in checkers:
+            for interface in checker.credentialInterfaces:
+                byInterface.setdefault(interface, []).append(checker)
+        for interface, sources in byInterface.items():
+            checker = sources[0] if len(sources) == 1 else FirstMatch(sources)
+            portal.registerChecker(checker, interface)
+        return cls(portal)
 
     def mechanisms(self) -> tuple[str, ...]:
         """

@@ -612,8 +612,11 @@ class TwistTests(E2ETestCase):
         listen = ["--listen", f"tcp:0:interface={LOCALHOST}", "--deliver", "discard"]
         result = await runTwist([*listen, *args], tmpdir)
         self.assertNotEqual(result.returncode, 0, f"{args}: {result.stdout}")
-        errors = [line for line in result.stdout.splitlines() if line.startswith("Error")]
+        errors = [line for line in result.stdout.splitlines() if line.startswith("twist smtpsvc:")]
         self.assertTrue(errors, f"{args}: no error line in:\n{result.stdout}")
+        # One clear line, not a traceback or the whole usage text.
+        self.assertNotIn("Traceback", result.stdout)
+        self.assertNotIn("Usage:", result.stdout)
         self.assertTrue(
             any(name in line.lower() for line in errors for name in names),
             f"{args}: the error does not name the option: {errors}",

@@ -1,18 +1,28 @@
 """
-Tests for the twist plugin: discovery, the generated command line, and the service.
+Tests for the twist plugin: discovery, the generated command line, the configuration
+file, the relay policy, deliveries chosen by name, and the service.
 """
 
 from __future__ import annotations
 
+import os
+
 from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.plugin import getPlugins
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
-from smtpsvc import tap
+from smtpsvc import Address, IRcptToHandler, Session, SMTPError, tap
+from smtpsvc._config import ConfigurationError
 from smtpsvc._options import optionSpecs
+from smtpsvc._service import SMTPService
 from smtpsvc.handlers.maildir import MaildirDelivery
+from smtpsvc.handlers.relay import RelayPolicy
+from smtpsvc.testing import MemoryClient
+
+from .memorytls import issue
 
 
 def parse(*args: str) -> tap.Options:
@@ -29,6 +39,21 @@ def chosen(options: tap.Options) -> dict[str, object]:
     assert b"PRIVATE KEY" in given.pop("key")  # type: ignore[operator]
     assert b"CERTIFICATE" in given.pop("cert")  # type: ignore[operator]
     return given
+
+
+@implementer(IRcptToHandler)
+class NoBob:
+    """
+    A handler for python: deliveries in these tests: refuses bob.
+    """
+
+    def onRcptTo(self, address: Address, session: Session) -> None:
+        if address.address.startswith("bob@"):
+            raise SMTPError(550, "No bob here")
+
+
+def makeNoBob() -> NoBob:
+    return NoBob()
 
 
 class PluginTests(SynchronousTestCase):
@@ -58,9 +83,8 @@ class OptionsTests(SynchronousTestCase):
         for spec in optionSpecs():
             if spec.cli:
                 self.assertIn(spec.flag, options.keys(), spec.name)
-        self.assertEqual(
-            next(s for s in optionSpecs() if s.name == "maxClients").flag, "max-clients"
-        )
+        flag = next(s for s in optionSpecs() if s.name == "maxClients").flag
+        self.assertEqual(flag, "max-clients")
 
     def test_defaults(self) -> None:
         """
@@ -68,8 +92,8 @@ class OptionsTests(SynchronousTestCase):
         into ./maildir, and passes no server option.
         """
         options = parse()
-        self.assertEqual(options["listen"], ["tcp:2525:interface=127.0.0.1"])
-        self.assertEqual(options["deliver"], ["maildir:./maildir"])
+        self.assertEqual(options.config.listen, ["tcp:2525:interface=127.0.0.1"])
+        self.assertEqual(options.config.deliver, ["maildir:./maildir"])
         self.assertEqual(chosen(options), {})
 
     def test_values(self) -> None:
@@ -87,6 +111,10 @@ class OptionsTests(SynchronousTestCase):
             "reject",
             "--name",
             "mx.example",
+            "--use-proxy",
+            "10.0.0.0/8,192.0.2.1",
+            "--use-xclient",
+            "*",
         )
         self.assertEqual(
             chosen(options),
@@ -96,6 +124,8 @@ class OptionsTests(SynchronousTestCase):
                 "disabledCommands": ("VRFY", "help"),
                 "bareLineEndings": "reject",
                 "name": "mx.example",
+                "useProxy": ("10.0.0.0/8", "192.0.2.1"),
+                "useXClient": True,
             },
         )
 
@@ -104,40 +134,64 @@ class OptionsTests(SynchronousTestCase):
         Each boolean option has a flag and a --no- flag.
         """
         self.assertEqual(chosen(parse("--lmtp", "--no-hide-dsn")), {"lmtp": True, "hideDSN": False})
-        with self.assertRaises(UsageError):
+        with self.assertRaises(ConfigurationError):
             parse("--lmtp", "--no-lmtp")
 
     def test_badValues(self) -> None:
         """
-        Bad values are usage errors that name the option.
+        Bad values stop the command with one line naming the flag (no usage dump).
         """
-        for args, word in (
+        for args, words in (
             (("--max-clients", "x"), "--max-clients must be a whole number, not 'x'"),
             (("--max-clients", "0"), "--max-clients must be at least 1"),
             (("--socket-timeout", "soon"), "--socket-timeout must be a number"),
             (("--bare-line-endings", "maybe"), "--bare-line-endings must be one of normalize"),
-            (("--deliver", "mbox:/x"), "--deliver"),
+            (("--deliver", "mbox:/x"), "--deliver: expected maildir:DIR"),
+            (("--port", "70000"), "--port must be a port number"),
+            (("--workers", "0"), "--workers must be at least 1"),
+            (("--cert", "no-such.pem"), "--cert: cannot read no-such.pem"),
+            (("--use-proxy", "nowhere"), "--use-proxy must list addresses and networks"),
         ):
-            with self.assertRaises(UsageError) as caught:
+            with self.assertRaises(ConfigurationError) as caught:
                 parse(*args)
-            self.assertIn(word, str(caught.exception))
+            self.assertIn(words, str(caught.exception))
+            self.assertTrue(str(caught.exception).startswith("twist smtpsvc: "))
+            self.assertEqual(str(caught.exception).count("\n"), 0)
 
     def test_repeatable(self) -> None:
         """
-        --listen and --deliver may be given several times.
+        --listen, --port and --deliver may be given several times.
         """
         options = parse(
             "--listen",
             "tcp:1",
-            "--listen",
-            "tcp:2",
+            "--port",
+            "587",
+            "--listen-tls",
+            "tcp:465",
             "--deliver",
             "maildir:a",
             "--deliver",
             "discard",
         )
-        self.assertEqual(options["listen"], ["tcp:1", "tcp:2"])
-        self.assertEqual(options["deliver"], ["maildir:a", "discard"])
+        self.assertEqual(options.config.listen, ["tcp:1", "tcp:587"])
+        self.assertEqual(options.config.listenTLS, ["tcp:465"])
+        self.assertEqual(options.config.deliver, ["maildir:a", "discard"])
+
+    def test_developmentCertificateOnce(self) -> None:
+        """
+        Without --cert a development certificate is made once, at parse time, and the
+        server uses that one.
+        """
+        options = parse("--deliver", "discard")
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertEqual(server.options.cert, options.serverOptions()["cert"])
+
+
+class BuildTests(SynchronousTestCase):
+    """
+    The server the command line describes.
+    """
 
     def test_buildServer(self) -> None:
         """
@@ -156,6 +210,178 @@ class OptionsTests(SynchronousTestCase):
         """
         self.assertEqual(tap.buildServer(parse("--deliver", "discard")).handlers, ())
 
+    def test_pythonDelivery(self) -> None:
+        """
+        --deliver python:MODULE:NAME loads a handler object, or calls a factory.
+        """
+        for name in ("makeNoBob", "NoBob"):
+            server = tap.buildServer(
+                parse("--deliver", f"python:tests.test_tap:{name}"), reactor=Clock()
+            )
+            client = MemoryClient(server)
+            client.send("EHLO x", "MAIL FROM:<a@b.example>")
+            replies = client.send("RCPT TO:<bob@d.example>", "RCPT TO:<ann@d.example>")
+            self.assertEqual([r.code for r in replies], [550, 250])
+
+    def test_badPythonDelivery(self) -> None:
+        """
+        A python: delivery that cannot be loaded, or is not a handler, is a clear error.
+        """
+        for target, words in (
+            ("python:no.such.module:thing", "cannot import no.such.module"),
+            ("python:tests.test_tap:nothing", "has no nothing"),
+            ("python:tests.test_tap:parse", "provides none of smtpsvc's interfaces"),
+        ):
+            with self.assertRaises(ConfigurationError) as caught:
+                tap.buildServer(parse("--deliver", target))
+            self.assertIn(words, str(caught.exception))
+
+    def test_relayPolicy(self) -> None:
+        """
+        With --domain, recipients elsewhere need AUTH (standards 2.7).
+        """
+        server = tap.buildServer(
+            parse(
+                "--domain",
+                "example.org",
+                "--domain",
+                ".example.net",
+                "--deliver",
+                "discard",
+                "--no-hide-enhancedstatuscodes",
+            ),
+            reactor=Clock(),
+        )
+        self.assertIsInstance(server.handlers[0], RelayPolicy)
+        client = MemoryClient(server)
+        client.send("EHLO x", "MAIL FROM:<a@b.example>")
+        for recipient, code in (
+            ("u@example.org", 250),
+            ("u@EXAMPLE.org", 250),
+            ("u@mx.example.net", 250),
+            ("u@example.net", 550),
+            ("u@external.example", 550),
+            ("@example.org:u@external.example", 550),
+            ("u@[192.0.2.9]", 550),
+            ('"u@external.example"@example.org', 250),
+            ("u%external.example@example.org", 250),
+            ("postmaster", 250),
+        ):
+            replies = client.send(f"RCPT TO:<{recipient}>")
+            self.assertEqual([r.code for r in replies], [code], recipient)
+        self.assertIn("5.7.1 Relay access denied", client.send("RCPT TO:<x@y.example>")[0].text)
+
+    def test_relayNeedsDomainOrAuth(self) -> None:
+        """
+        Forwarding by SMTP without --domain or required AUTH is refused: it would be an
+        open relay.
+        """
+        with self.assertRaises(ConfigurationError) as caught:
+            tap.buildServer(parse("--deliver", "smtp:tcp:host=127.0.0.1:port=2600"))
+        self.assertIn("open relay", str(caught.exception))
+
+
+class ConfigFileTests(SynchronousTestCase):
+    """
+    --config FILE: the same options in TOML; flags win.
+    """
+
+    def write(self, text: str) -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "smtpsvc.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_options(self) -> None:
+        """
+        Options are read by their names; flags override them.
+        """
+        path = self.write(
+            'name = "mx.example"\nmaxClients = 100\nhideDSN = false\n'
+            'listen = ["tcp:25"]\ndeliver = ["maildir:mail"]\ndomain = ["example.org"]\n'
+            'useProxy = ["10.0.0.0/8"]\n'
+        )
+        options = parse("--config", path, "--max-clients", "7")
+        config = options.config
+        self.assertEqual(
+            (config.serverOptions["name"], config.serverOptions["maxClients"]),
+            ("mx.example", 7),
+        )
+        self.assertFalse(config.serverOptions["hideDSN"])
+        self.assertEqual(config.serverOptions["useProxy"], ("10.0.0.0/8",))
+        self.assertEqual(config.listen, ["tcp:25"])
+        self.assertEqual(config.domains, ["example.org"])
+        # Relative paths are relative to the file.
+        expected = os.path.join(os.path.dirname(os.path.abspath(path)), "mail")
+        self.assertEqual(config.deliver, [f"maildir:{expected}"])
+
+    def test_listsReplaced(self) -> None:
+        """
+        A list flag on the command line replaces the file's list.
+        """
+        path = self.write('listen = ["tcp:25"]\n')
+        self.assertEqual(
+            parse("--config", path, "--listen", "tcp:2525").config.listen, ["tcp:2525"]
+        )
+
+    def test_unknownOption(self) -> None:
+        """
+        An unknown key is one clear error.
+        """
+        path = self.write("maxclients = 3\n")
+        with self.assertRaises(ConfigurationError) as caught:
+            parse("--config", path)
+        self.assertIn("unknown option 'maxclients'", str(caught.exception))
+
+    def test_badValue(self) -> None:
+        """
+        A bad value names the file and the option.
+        """
+        path = self.write('socketTimeout = "soon"\n')
+        with self.assertRaises(ConfigurationError) as caught:
+            parse("--config", path)
+        self.assertIn("socketTimeout must be a number", str(caught.exception))
+
+    def test_malformed(self) -> None:
+        """
+        A file that is not TOML is one clear error.
+        """
+        path = self.write("this is = = not toml\n")
+        with self.assertRaises(ConfigurationError) as caught:
+            parse("--config", path)
+        self.assertIn(path, str(caught.exception))
+
+    def test_missing(self) -> None:
+        """
+        A missing file is one clear error.
+        """
+        with self.assertRaises(ConfigurationError) as caught:
+            parse("--config", "no-such.toml")
+        self.assertIn("--config: cannot read no-such.toml", str(caught.exception))
+
+    def test_certificatesAndAuth(self) -> None:
+        """
+        cert, sni and auth come from the file too, relative to it.
+        """
+        mx = issue("mx.example.test")
+        b = issue("b.example.test")
+        path = self.write(
+            'cert = "mx.pem"\nauth = ["memory:alice:secret"]\ndeliver = ["discard"]\n'
+            '[sni."b.example.test"]\ncert = "b.pem"\n'
+        )
+        directory = os.path.dirname(path)
+        with open(os.path.join(directory, "mx.pem"), "wb") as f:
+            f.write(mx.cert + mx.key)
+        with open(os.path.join(directory, "b.pem"), "wb") as f:
+            f.write(b.cert + b.key)
+        options = parse("--config", path, "--allow-insecure-auth")
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertEqual(server.options.cert, mx.cert + mx.key)
+        self.assertIn("b.example.test", server.options.sniOptions)
+        self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", MemoryClient(server).send("EHLO x")[0].lines)
+
 
 class ServiceTests(TestCase):
     """
@@ -166,11 +392,63 @@ class ServiceTests(TestCase):
         """
         Starting listens on each endpoint; stopping closes the server.
         """
-        options = parse("--listen", "tcp:0:interface=127.0.0.1", "--deliver", "discard")
+        options = parse(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--listen-tls",
+            "tcp:0:interface=127.0.0.1",
+            "--deliver",
+            "discard",
+            "--disable-reverse-lookup",
+        )
         service = tap.makeService(options)
-        assert isinstance(service, tap.SMTPService)
+        assert isinstance(service, SMTPService)
         service.startService()
-        self.assertEqual(len(service.ports), 1)
-        self.assertTrue(service.ports[0].getHost().port > 0)  # type: ignore[attr-defined]
+        self.assertEqual(len(service.ports), 2)
         stopped: Deferred[None] = service.stopService()
         return stopped.addCallback(lambda _: self.assertTrue(service.server.closing))
+
+    def test_portInUse(self) -> Deferred[None]:
+        """
+        A port already in use stops the service with one clear line.
+        """
+        first = tap.makeService(
+            parse("--listen", "tcp:0:interface=127.0.0.1", "--deliver", "discard")
+        )
+        assert isinstance(first, SMTPService)
+        first.startService()
+        port = first.ports[0].getHost().port  # type: ignore[attr-defined]
+        second = tap.makeService(
+            parse("--listen", f"tcp:{port}:interface=127.0.0.1", "--deliver", "discard")
+        )
+        with self.assertRaises(ConfigurationError) as caught:
+            second.startService()
+        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", str(caught.exception))
+        return first.stopService()
+
+    def test_reload(self) -> Deferred[None]:
+        """
+        reload (SIGHUP) reads the certificate files again; an unreadable one keeps the
+        old certificate.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "mx.pem")
+        mx, renewed = issue("mx.example.test"), issue("renewed.example.test")
+        with open(path, "wb") as f:
+            f.write(mx.cert + mx.key)
+        options = parse(
+            "--cert", path, "--listen", "tcp:0:interface=127.0.0.1", "--deliver", "discard"
+        )
+        service = tap.makeService(options)
+        assert isinstance(service, SMTPService)
+        service.startService()
+        with open(path, "wb") as f:
+            f.write(renewed.cert + renewed.key)
+        service.reload()
+        self.assertEqual(service.server.options.cert, renewed.cert + renewed.key)
+        os.unlink(path)
+        service.reload()
+        self.assertEqual(service.server.options.cert, renewed.cert + renewed.key)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        return service.stopService()

@@ -753,20 +753,20 @@ class TwistTLSTests(_OpenSSLTestCase):
         result = await runTwist([*listen, *args], tmpdir)
         self.assertNotEqual(result.returncode, 0, result.stdout)
         self.assertNotIn("Traceback", result.stdout)
-        errors = [line for line in result.stdout.splitlines() if line.startswith("Error:")]
+        errors = [line for line in result.stdout.splitlines() if line.startswith("twist smtpsvc:")]
         self.assertEqual(len(errors), 1, result.stdout)
         self.assertIn(problem, errors[0])
 
     async def test_missingCertificateFile(self) -> None:
         """
-        --cert naming a file that does not exist: one Error line naming the flag and file.
+        --cert naming a file that does not exist: one error line naming the flag and file.
         """
         missing = os.path.join(self._directory(), "missing.pem")
         await self._refused(["--cert", missing], f"--cert: cannot read {missing}")
 
     async def test_keyDoesNotMatch(self) -> None:
         """
-        A --key that is not the --cert's key: one Error line saying so.
+        A --key that is not the --cert's key: one error line saying so.
         """
         paths = writePEMs(self)
         await self._refused(

@@ -144,12 +144,15 @@ class ProxyHeaderParser:
 
 
 def _address(text: str, version: int) -> str:
-    # inet_pton's forms only: no leading zeros ("01.2.3.4"), no zone index.
+    # inet_pton's forms only: IPv4 without leading zeros ("01.2.3.4"), IPv6 in any of
+    # its textual forms but without a zone index ("fe80::1%eth0").
+    if "%" in text:
+        raise ProxyError(f"bad IPv{version} address {text!r}")
     try:
         address = ipaddress.ip_address(text)
     except ValueError as e:
         raise ProxyError(f"bad address {text!r}") from e
-    if address.version != version or str(address) != text.lower():
+    if address.version != version or (version == 4 and str(address) != text):
         raise ProxyError(f"bad IPv{version} address {text!r}")
     return str(address)
 

@@ -101,6 +101,9 @@ def _check(name: str, value: str) -> str:
         # Postfix sends IPv6 addresses with an "IPV6:" prefix (any case); the reference
         # also takes them bare.  An IPv4 address with the prefix is a mistake.
         prefixed = value[:5].upper() == "IPV6:"
+        if "%" in value:
+            # Zone indices mean nothing to a remote server and do not belong in headers.
+            raise BadAttribute(f"bad address {value!r}", address=True)
         try:
             address = ipaddress.ip_address(value[5:] if prefixed else value)
         except ValueError as e:

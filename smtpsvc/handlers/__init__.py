@@ -4,5 +4,6 @@ can use.
 """
 
 from .maildir import MaildirDelivery
+from .relay import RelayPolicy
 
-__all__ = ["MaildirDelivery"]
+__all__ = ["MaildirDelivery", "RelayPolicy"]

@@ -1,0 +1,327 @@
+"""
+The configuration of the ``twist smtpsvc`` service: command-line flags and an optional
+TOML file, resolved into one L{ServiceConfig}.
+
+The file uses the options declaration's names (C{maxClients = 100}) plus the service's
+own keys, named like the flags in camelCase (C{listen}, C{listenTLS}, C{port},
+C{deliver}, C{domain}, C{auth}, C{cert}, C{key}, C{ca}, C{sni}, C{sniDir}, C{workers}).
+Flags given on the command line win over the file; list-valued flags given on the command
+line replace the file's list.  Relative paths in the file are relative to the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._options import OptionSpec, ServerOptions, optionSpecs
+
+#: Keys of the service that are not server options, with the flag each corresponds to.
+SERVICE_KEYS = {
+    "listen": "--listen",
+    "listenTLS": "--listen-tls",
+    "port": "--port",
+    "deliver": "--deliver",
+    "domain": "--domain",
+    "auth": "--auth",
+    "cert": "--cert",
+    "key": "--key",
+    "ca": "--ca",
+    "sni": "--sni",
+    "sniDir": "--sni-dir",
+    "workers": "--workers",
+}
+
+DEFAULT_LISTEN = "tcp:2525:interface=127.0.0.1"
+DEFAULT_DELIVERY = "maildir:./maildir"
+DELIVERY_KINDS = ("maildir", "smtp", "lmtp", "python", "discard")
+
+
+class ConfigurationError(SystemExit):
+    """
+    The configuration cannot be used.  It is a C{SystemExit}, so C{twist} prints its one
+    line (C{twist smtpsvc: ...}) and exits with status 1, without a traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"twist smtpsvc: {message}")
+        self.message = message
+
+
+@dataclass
+class TLSSources:
+    """
+    Where the certificates come from, so that they can be read again on SIGHUP.
+    """
+
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    sni: dict[str, tuple[str, str]] = field(default_factory=dict)
+    sniDir: str | None = None
+    #: A development certificate made at start (key, cert), when no --cert was given.
+    development: tuple[bytes, bytes] | None = None
+
+    @property
+    def given(self) -> bool:
+        """
+        Whether any certificate file was named.
+        """
+        return bool(self.cert or self.key or self.sni or self.sniDir)
+
+    def load(self) -> dict[str, Any]:
+        """
+        Read the files: the C{key}, C{cert}, C{ca} and C{sniOptions} server options.
+
+        @raise ConfigurationError: when a file cannot be read.
+        """
+        options: dict[str, Any] = {}
+        if self.cert is not None:
+            options["cert"] = readFile("--cert", self.cert)
+            # One PEM file with the certificate and its key is common (certbot's
+            # combined files, haproxy's).
+            options["key"] = readFile("--key", self.key) if self.key else options["cert"]
+        elif self.key is not None:
+            raise ConfigurationError("--key needs --cert")
+        elif self.development is not None:
+            options["key"], options["cert"] = self.development
+        if self.ca is not None:
+            options["ca"] = readFile("--ca", self.ca)
+        sni: dict[str, dict[str, bytes]] = {}
+        if self.sniDir is not None:
+            try:
+                names = sorted(os.listdir(self.sniDir))
+            except OSError as e:
+                raise ConfigurationError(
+                    f"--sni-dir: cannot read {self.sniDir}: {e.strerror}"
+                ) from e
+            for name in names:
+                if name.endswith(".pem"):
+                    path = os.path.join(self.sniDir, name)
+                    pem = readFile("--sni-dir", path)
+                    sni[name[: -len(".pem")]] = {"cert": pem, "key": pem}
+        for host, (cert, key) in self.sni.items():
+            sni[host] = {"cert": readFile("--sni", cert), "key": readFile("--sni", key)}
+        if sni:
+            options["sniOptions"] = sni
+        return options
+
+
+@dataclass
+class ServiceConfig:
+    """
+    Everything the service needs, resolved from flags and file.
+    """
+
+    serverOptions: dict[str, Any] = field(default_factory=dict)
+    listen: list[str] = field(default_factory=list)
+    listenTLS: list[str] = field(default_factory=list)
+    deliver: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
+    auth: list[str] = field(default_factory=list)
+    tls: TLSSources = field(default_factory=TLSSources)
+    workers: int = 1
+    #: Listening sockets inherited from a --workers parent: (file descriptor, secure).
+    inherited: list[tuple[int, bool]] = field(default_factory=list)
+
+
+def readFile(flag: str, path: str) -> bytes:
+    """
+    The bytes of C{path}, or a L{ConfigurationError} that names the flag and the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigurationError(f"{flag}: cannot read {path}: {e.strerror}") from e
+
+
+def withFlags(message: str) -> str:
+    """
+    Name command-line flags instead of option names in a message from the library.
+    """
+    for spec in optionSpecs():
+        message = message.replace(f"option {spec.name} ", f"--{spec.flag} ")
+    return message
+
+
+def convert(spec: OptionSpec, value: Any, source: str) -> Any:
+    """
+    The value of option C{spec} from text (the command line) or TOML, checked.
+
+    @param source: how to name the origin in an error (C{"--max-clients"}).
+    """
+    kind = spec.kind
+    if isinstance(value, str) and kind not in ("str", "str | None", "bytes | str | None"):
+        text = value.strip()
+        if kind in ("int", "int | None"):
+            try:
+                return int(text)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{source} must be a whole number, not {value!r}"
+                ) from None
+        if kind in ("float", "float | None"):
+            try:
+                return float(text)
+            except ValueError:
+                raise ConfigurationError(f"{source} must be a number, not {value!r}") from None
+        if kind in ("tuple[str, ...]", "bool | tuple[str, ...]"):
+            if kind.startswith("bool") and text == "*":
+                return True
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+    if kind in ("tuple[str, ...]", "bool | tuple[str, ...]") and isinstance(value, list):
+        return tuple(value)
+    if spec.choices and value is not None and value not in spec.choices:
+        raise ConfigurationError(f"{source} must be one of {', '.join(spec.choices)}")
+    return value
+
+
+def loadFile(path: str) -> dict[str, Any]:
+    """
+    Read a TOML configuration file; relative paths in it are made relative to it.
+
+    @raise ConfigurationError: for an unreadable or malformed file, or an unknown key.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigurationError(f"--config: cannot read {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigurationError(f"{path}: {e}") from e
+    known = {spec.name for spec in optionSpecs() if spec.cli or spec.name in ("key", "cert")}
+    known |= set(SERVICE_KEYS)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigurationError(
+            f"{path}: unknown option {unknown[0]!r} (options are named as in the options "
+            f"table, e.g. maxClients; the service's own are {', '.join(SERVICE_KEYS)})"
+        )
+    base = os.path.dirname(os.path.abspath(path))
+
+    def relative(value: str) -> str:
+        return value if os.path.isabs(value) else os.path.join(base, value)
+
+    for name in ("cert", "key", "ca", "sniDir"):
+        if isinstance(data.get(name), str):
+            data[name] = relative(data[name])
+    if isinstance(data.get("sni"), Mapping):
+        resolved = {}
+        for host, entry in data["sni"].items():
+            if isinstance(entry, str):
+                cert, _, key = entry.partition(",")
+                entry = {"cert": cert, "key": key or cert}
+            if not isinstance(entry, Mapping) or "cert" not in entry:
+                raise ConfigurationError(f"{path}: sni.{host} needs a cert (and a key)")
+            resolved[host] = (relative(entry["cert"]), relative(entry.get("key", entry["cert"])))
+        data["sni"] = resolved
+    if isinstance(data.get("auth"), list):
+        # scrypt:FILE and file:FILE name files: relative to this file too.
+        data["auth"] = [
+            f"{a.partition(':')[0]}:{relative(a.partition(':')[2])}"
+            if isinstance(a, str) and a.partition(":")[0] in ("scrypt", "file")
+            else a
+            for a in data["auth"]
+        ]
+    if isinstance(data.get("deliver"), list):
+        data["deliver"] = [_relativeDelivery(d, relative) for d in data["deliver"]]
+    return data
+
+
+def _relativeDelivery(target: Any, relative: Any) -> Any:
+    if isinstance(target, str) and target.startswith("maildir:"):
+        return "maildir:" + relative(target[len("maildir:") :])
+    return target
+
+
+def _strings(value: Any, key: str, path: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+        return [str(v) for v in value]
+    raise ConfigurationError(f"{path}: {key} must be a string or a list of strings")
+
+
+def resolve(
+    given: Mapping[str, Any], lists: Mapping[str, list[str]], file: Mapping[str, Any], path: str
+) -> ServiceConfig:
+    """
+    Merge the command line and the file.
+
+    @param given: server options from the command line, by option name, as text or
+        booleans; plus C{cert}, C{key}, C{ca}, C{sniDir} paths and C{workers} text.
+    @param lists: the repeatable flags (C{listen}, C{listenTLS}, C{port}, C{deliver},
+        C{domain}, C{auth}, C{sni}) from the command line.
+    @param file: the configuration file's data (from L{loadFile}), or empty.
+    """
+    config = ServiceConfig()
+    specs = {spec.name: spec for spec in optionSpecs()}
+    for name, spec in specs.items():
+        if name in ("key", "cert", "ca"):
+            continue
+        if name in given:
+            config.serverOptions[name] = convert(spec, given[name], f"--{spec.flag}")
+        elif name in file:
+            config.serverOptions[name] = convert(spec, file[name], f"{path}: {name}")
+    for key in ("listen", "listenTLS", "port", "deliver", "domain", "auth"):
+        values = list(lists.get(key, []))
+        if not values and key in file:
+            values = _strings(file[key], key, path)
+        if key == "port":
+            for port in values:
+                if not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ConfigurationError(f"--port must be a port number, not {port!r}")
+                config.listen.append(f"tcp:{int(port)}")
+        else:
+            getattr(config, key if key != "domain" else "domains").extend(values)
+    tls = config.tls
+    tls.cert = given.get("cert", file.get("cert"))
+    tls.key = given.get("key", file.get("key"))
+    tls.ca = given.get("ca", file.get("ca"))
+    tls.sniDir = given.get("sniDir", file.get("sniDir"))
+    tls.sni = dict(file.get("sni", {}))
+    tls.sni.update(lists.get("sni", {}))  # type: ignore[arg-type]
+    workers = given.get("workers", file.get("workers", 1))
+    try:
+        config.workers = int(workers)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"--workers must be a whole number, not {workers!r}") from None
+    if config.workers < 1:
+        raise ConfigurationError("--workers must be at least 1")
+    if not config.listen and not config.listenTLS:
+        config.listen = [DEFAULT_LISTEN]
+    if not config.deliver:
+        config.deliver = [DEFAULT_DELIVERY]
+    for target in config.deliver:
+        kind, _, argument = target.partition(":")
+        if kind not in DELIVERY_KINDS or (kind == "discard") != (not argument):
+            raise ConfigurationError(
+                f"--deliver: expected maildir:DIR, smtp:ENDPOINT, lmtp:ENDPOINT, "
+                f"python:MODULE:NAME or discard, not {target!r}"
+            )
+    try:
+        options = ServerOptions.fromMapping(config.serverOptions)
+    except (TypeError, ValueError) as e:
+        raise ConfigurationError(withFlags(str(e))) from e
+    if options.lmtp and any(listeningPort(d) == 25 for d in config.listen + config.listenTLS):
+        # RFC 2033 section 5: LMTP must not be offered on the SMTP port.
+        raise ConfigurationError("--lmtp must not listen on port 25 (RFC 2033)")
+    return config
+
+
+def listeningPort(description: str) -> int | None:
+    """
+    The TCP port an endpoint description such as C{tcp:25:interface=::} listens on.
+    """
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    for position, part in enumerate(rest.split(":")):
+        value = part[len("port=") :] if part.startswith("port=") else part
+        if (part.startswith("port=") or position == 0) and value.isdigit():
+            return int(value)
+    return None

@@ -1,0 +1,62 @@
+"""
+The relay policy: mail for the server's own domains from anyone, mail for anywhere else
+only from authenticated clients.  Open relaying is never a default (RFC 5321 section 3.6,
+RFC 2505).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from zope.interface import implementer
+
+from .._core._session import Address, Session
+from .._errors import SMTPError
+from .._tls import normalizeServerName
+from ..interfaces import IRcptToHandler
+
+
+@implementer(IRcptToHandler)
+class RelayPolicy:
+    """
+    An L{IRcptToHandler} that accepts recipients in C{domains} from any client and
+    others only from authenticated ones (C{550 5.7.1 Relay access denied}).
+
+    A domain written C{.example.com} covers every subdomain of example.com (but not
+    example.com itself).  Domains are compared in lower case, as A-labels, so
+    C{bücher.example} and C{xn--bcher-kva.example} are the same.  The bare
+    C{<Postmaster>} of RFC 5321 section 4.5.1 is always accepted.
+    """
+
+    def __init__(self, domains: Iterable[str]) -> None:
+        self.domains: set[str] = set()
+        self.suffixes: tuple[str, ...] = ()
+        suffixes = []
+        for domain in domains:
+            name = normalizeServerName(domain)
+            if not name.strip("."):
+                raise ValueError(f"not a domain: {domain!r}")
+            if name.startswith("."):
+                suffixes.append(name)
+            else:
+                self.domains.add(name)
+        self.suffixes = tuple(suffixes)
+
+    def isLocal(self, address: str) -> bool:
+        """
+        Whether mail for C{address} is for one of our domains.
+        """
+        _, at, domain = address.rpartition("@")
+        if not at:
+            # <Postmaster> with no domain is always ours.
+            return address.lower() == "postmaster"
+        try:
+            name = normalizeServerName(domain)
+        except UnicodeError:
+            return False
+        return name in self.domains or name.endswith(self.suffixes)
+
+    def onRcptTo(self, address: Address, session: Session) -> None:
+        if session.user is not None or self.isLocal(address.address):
+            return
+        raise SMTPError(550, "5.7.1 Relay access denied")

@@ -1,0 +1,348 @@
+"""
+Helpers for the end-to-end AUTH tests (L{tests.test_auth_e2e}): the test certificates as
+server options and as files, an smtplib client that verifies them, curl and
+C{smtpsvc-passwd} run in threads, an authentication handler that records what clients
+presented, and the documentation's examples loaded and run on trial's reactor.
+
+The rest (in-process servers, C{twist} child processes, swaks, raw clients) comes from
+L{tests.e2e_support}.  Every wait here is bounded, and whatever is started is stopped by
+the test case's cleanups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from functools import cache, partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from smtpsvc import AuthRequest, IAuthHandler, Session, SMTPServer
+
+from .e2e_support import (
+    CLIENT_NAME,
+    CLOSE_TIMEOUT,
+    LISTEN,
+    LOCALHOST,
+    SOCKET_TIMEOUT,
+    TOOL_TIMEOUT,
+    theReactor,
+)
+from .memorytls import authority, issue
+
+#: The name the test certificate is issued for; clients ask for and verify it.
+MX_NAME = "mx.example.test"
+#: The documentation's examples.
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+def serverCertificate() -> dict[str, bytes]:
+    """
+    The server options C{cert} and C{key}: a certificate for L{MX_NAME} from the test CA.
+    """
+    pair = issue(MX_NAME)
+    return {"cert": pair.cert, "key": pair.key}
+
+
+@dataclass(frozen=True)
+class CertificateFiles:
+    """
+    The test CA certificate, and the server's certificate and key, as PEM files.
+    """
+
+    ca: str
+    cert: str
+    key: str
+
+
+def writeCertificates(directory: str) -> CertificateFiles:
+    """
+    Write C{ca.pem}, C{mx.pem} and C{mx.key} into C{directory}.
+    """
+    pair = issue(MX_NAME)
+    files = CertificateFiles(
+        ca=str(Path(directory, "ca.pem")),
+        cert=str(Path(directory, "mx.pem")),
+        key=str(Path(directory, "mx.key")),
+    )
+    Path(files.ca).write_bytes(authority().cert)
+    Path(files.cert).write_bytes(pair.cert)
+    Path(files.key).write_bytes(pair.key)
+    return files
+
+
+def clientContext() -> ssl.SSLContext:
+    """
+    A client context that trusts only the test CA and checks the server's name.
+    """
+    return ssl.create_default_context(cadata=authority().cert.decode("ascii"))
+
+
+class MXClient(smtplib.SMTP):
+    """
+    An smtplib client of 127.0.0.1:C{port} that believes it talks to L{MX_NAME}, so that
+    C{starttls(context=clientContext())} verifies the test certificate, name included.
+    """
+
+    def __init__(self, port: int) -> None:
+        super().__init__(MX_NAME, port, local_hostname=CLIENT_NAME, timeout=SOCKET_TIMEOUT)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((LOCALHOST, port), timeout, self.source_address)
+
+    def secure(self) -> None:
+        """
+        EHLO, STARTTLS with the test CA, and EHLO again (RFC 3207 section 4.2: the
+        server forgot the first; smtplib's C{auth()} would not say it again by itself).
+        """
+        self.ehlo()
+        self.starttls(context=clientContext())
+        self.ehlo()
+
+    def authenticate(self, mechanism: str, user: str, password: str) -> tuple[int, bytes]:
+        """
+        AUTH with exactly C{mechanism} (C{"PLAIN"}, C{"LOGIN"} or C{"CRAM-MD5"}), which
+        C{login()} would not promise: it picks the first the server offers.
+
+        @raise smtplib.SMTPAuthenticationError: when the server refuses.
+        """
+        self.user, self.password = user, password
+        method = getattr(self, "auth_" + mechanism.lower().replace("-", "_"))
+        return self.auth(mechanism, method)
+
+
+@implementer(IAuthHandler)
+class AuthRecorder:
+    """
+    Records every AUTH request and leaves the decision to the handlers after it.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[AuthRequest] = []
+
+    def onAuth(self, auth: AuthRequest, session: Session) -> None:
+        self.requests.append(auth)
+
+
+def listenOn(testCase: TestCase, server: SMTPServer) -> Deferred[int]:
+    """
+    Make C{server}, built elsewhere (by the command line's C{buildServer}), listen on an
+    OS-chosen port of 127.0.0.1; cleanups close it and stop the port.
+
+    @return: a Deferred firing with the port number.
+    """
+
+    def listening(port: Any) -> int:
+        testCase.addCleanup(lambda: maybeDeferred(port.stopListening))
+        testCase.addCleanup(lambda: server.close().addTimeout(CLOSE_TIMEOUT, theReactor()))
+        return int(port.getHost().port)
+
+    return server.listen(LISTEN).addCallback(listening)
+
+
+@implementer(ILogObserver)
+class LogCapture:
+    """
+    Every log event from its creation to the end of the test, each as its formatted text
+    followed by all its fields, for checking what never gets logged.
+    """
+
+    def __init__(self, testCase: TestCase) -> None:
+        self.events: list[str] = []
+        globalLogPublisher.addObserver(self)
+        testCase.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(f"{formatEvent(event)} {event!r}")
+
+    def mentioning(self, text: str) -> list[str]:
+        """
+        The events in which C{text} appears.
+        """
+        return [event for event in self.events if text in event]
+
+
+async def connectionsDropped(server: SMTPServer, within: float) -> bool:
+    """
+    Wait (at most C{within} seconds) until C{server} holds no connection; if it still
+    holds some then, abort them, so that closing the server in the cleanup does not have
+    to wait for its own timeouts.
+
+    @return: whether the server dropped them by itself.
+    """
+    deadline = time.monotonic() + within
+    while server.connectionCount and time.monotonic() < deadline:
+        await deferLater(theReactor(), 0.05, lambda: None)
+    if not server.connectionCount:
+        return True
+    for protocol in server.connections:
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()  # type: ignore[attr-defined]
+    return False
+
+
+def _run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv),
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=TOOL_TIMEOUT,
+    )
+
+
+def runCurl(port: int, *args: str) -> Deferred[subprocess.CompletedProcess[str]]:
+    """
+    Run C{curl -v smtp://MX_NAME:port ARGS} in a thread, with MX_NAME resolved to
+    127.0.0.1 (so that curl checks the certificate for that name), bounded by
+    L{TOOL_TIMEOUT}.  The conversation is in C{stderr}.
+    """
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is not installed"
+    argv = [
+        curl,
+        "--verbose",
+        "--silent",
+        "--show-error",
+        "--max-time",
+        "20",
+        "--resolve",
+        f"{MX_NAME}:{port}:{LOCALHOST}",
+        f"smtp://{MX_NAME}:{port}/{CLIENT_NAME}",
+        *args,
+    ]
+    return deferToThread(_run, argv)
+
+
+def haveCurl() -> bool:
+    """
+    Whether curl can be run.
+    """
+    return shutil.which("curl") is not None
+
+
+def passwdCommand() -> str | None:
+    """
+    Where the C{smtpsvc-passwd} command of this environment is, or L{None}.
+    """
+    beside = Path(sys.executable).parent / "smtpsvc-passwd"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("smtpsvc-passwd")
+
+
+def runPasswd(path: str, user: str, password: str) -> Deferred[subprocess.CompletedProcess[str]]:
+    """
+    Run C{smtpsvc-passwd PATH USER --stdin} with C{password} on its standard input, in a
+    thread, bounded by L{TOOL_TIMEOUT}.
+    """
+    command = passwdCommand()
+    assert command is not None, "smtpsvc-passwd is not installed"
+    return deferToThread(_run, [command, path, user, "--stdin"], password + "\n")
+
+
+@cache
+def swaksSupportsTLS() -> bool:
+    """
+    Whether this swaks can do STARTTLS (it needs Perl's Net::SSLeay, Debian's
+    libnet-ssleay-perl, which the swaks package only recommends).
+    """
+    swaks = shutil.which("swaks")
+    if swaks is None:
+        return False
+    result = _run([swaks, "--support"])
+    return "=== TLS supported" in result.stdout + result.stderr
+
+
+def loadExample(name: str) -> ModuleType:
+    """
+    Import C{docs/examples/NAME.py}, with its directory first on C{sys.path} as when it
+    is run.
+    """
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    if Path(module.__file__ or "").resolve().parent != EXAMPLES:
+        raise ImportError(f"module {name!r} is not the one in {EXAMPLES}")
+    return module
+
+
+class ExampleReactor:
+    """
+    Trial's reactor as an example's C{main} sees it: the ports it listens on are noted,
+    and its shutdown triggers are kept here instead of on the reactor trial runs.
+    """
+
+    def __init__(self) -> None:
+        self._reactor = theReactor()
+        self.ports: list[Any] = []
+        self.triggers: dict[int, Callable[[], object]] = {}
+
+    def listenTCP(self, *args: Any, **kwargs: Any) -> Any:
+        port = self._reactor.listenTCP(*args, **kwargs)
+        self.ports.append(port)
+        return port
+
+    def addSystemEventTrigger(
+        self, phase: str, eventType: str, f: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> int:
+        key = len(self.triggers) + 1
+        self.triggers[key] = partial(f, *args, **kwargs)
+        return key
+
+    def removeSystemEventTrigger(self, key: int) -> None:
+        del self.triggers[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+def runExampleMain(
+    testCase: TestCase, main: Callable[..., Coroutine[Any, Any, None]], *argv: str
+) -> int:
+    """
+    Start C{main(reactor, *argv)}, an example's entry point for C{task.react}, on trial's
+    reactor and return the one port it listens on.  A cleanup cancels it (which is how
+    the examples are told to close their server), then runs any shutdown trigger left.
+    """
+    reactor = ExampleReactor()
+    running = Deferred.fromCoroutine(main(reactor, *argv))
+
+    async def stop() -> None:
+        running.cancel()
+        with contextlib.suppress(CancelledError):
+            await running
+        for trigger in list(reactor.triggers.values()):
+            await maybeDeferred(trigger)
+        for port in reactor.ports:
+            await maybeDeferred(port.stopListening)
+
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+    # A TCP endpoint listens at once, so main is serving by now (or it failed).
+    if running.called:
+        testCase.successResultOf(running)
+        testCase.fail("main() returned instead of serving")
+    if len(reactor.ports) != 1:
+        testCase.fail(f"main() listens on {len(reactor.ports)} ports, not 1")
+    return int(reactor.ports[0].getHost().port)

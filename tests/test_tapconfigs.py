@@ -1,0 +1,142 @@
+"""
+Tests that every ready-made configuration in tap-configs/ loads and builds the server it
+says it does.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from smtpsvc import tap
+from smtpsvc._config import ConfigurationError, listeningPort
+from smtpsvc.cred import setPassword
+from smtpsvc.handlers.maildir import MaildirDelivery
+from smtpsvc.handlers.relay import RelayPolicy
+from smtpsvc.testing import MemoryClient
+
+from .memorytls import issue
+
+CONFIGS = Path(__file__).resolve().parent.parent / "tap-configs"
+
+
+class TapConfigTests(SynchronousTestCase):
+    """
+    The files in tap-configs/ are what an operator copies: each must work as it is.
+    """
+
+    def load(self, name: str, *extra: str) -> tap.Options:
+        """
+        Copy the file beside the certificates and password file it names, and parse it.
+        """
+        directory = Path(self.mktemp()).resolve()
+        (directory / "certs").mkdir(parents=True)
+        for host in ("mx.example.org", "mail.example.org"):
+            pair = issue(host)
+            (directory / "certs" / f"{host}.pem").write_bytes(pair.cert + pair.key)
+        setPassword(str(directory / "passwd"), "alice", "secret")
+        shutil.copy(CONFIGS / name, directory / name)
+        options = tap.Options()
+        options.parseOptions(["--config", str(directory / name), *extra])
+        return options
+
+    def test_everyFileTested(self) -> None:
+        """
+        Each file in tap-configs/ has a test here.
+        """
+        tested = {"development.toml", "submission.toml", "mx.toml", "lmtp-front.toml"}
+        tested.add("haproxy-node.toml")
+        self.assertEqual({p.name for p in CONFIGS.glob("*.toml")}, tested)
+
+    def test_development(self) -> None:
+        """
+        The development sink listens on 127.0.0.1:2525 and files mail in a Maildir.
+        """
+        options = self.load("development.toml")
+        self.assertEqual(options.config.listen, ["tcp:2525:interface=127.0.0.1"])
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertEqual([type(h) for h in server.handlers], [MaildirDelivery])
+        client = MemoryClient(server)
+        client.send("EHLO x")
+        self.assertEqual(
+            client.sendmail("a@b.example", ["c@d.example"], b"hello\r\n")[-1].code, 250
+        )
+
+    def test_submission(self) -> None:
+        """
+        Submission: 587 and 465, AUTH required (PLAIN, LOGIN) over TLS only, relaying
+        through the local MTA.
+        """
+        options = self.load("submission.toml")
+        self.assertEqual(
+            (options.config.listen, options.config.listenTLS), (["tcp:587"], ["tcp:465"])
+        )
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertTrue(server.options.needsUpgrade)
+        self.assertEqual(server.options.authMethods, ("PLAIN", "LOGIN"))
+        client = MemoryClient(server)
+        client.send("EHLO x")
+        self.assertEqual([r.code for r in client.send("MAIL FROM:<a@example.org>")], [530])
+
+    def test_mx(self) -> None:
+        """
+        The MX accepts mail for its domains and refuses to relay.
+        """
+        options = self.load("mx.toml")
+        self.assertEqual(listeningPort(options.config.listen[0]), 25)
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertIsInstance(server.handlers[0], RelayPolicy)
+        self.assertEqual(type(server.handlers[1]).__name__, "ForwardDelivery")
+        self.assertIn("AUTH", server.options.disabledCommands)
+        # Without the Dovecot of the example, the relay policy is checked on its own.
+        client = MemoryClient(
+            tap.buildServer(self.load("mx.toml", "--deliver", "discard"), reactor=Clock())
+        )
+        client.send("EHLO x", "MAIL FROM:<a@remote.example>")
+        self.assertEqual([r.code for r in client.send("RCPT TO:<u@elsewhere.example>")], [550])
+
+    def test_lmtpFront(self) -> None:
+        """
+        The LMTP front speaks LMTP and files mail in its Maildir.
+        """
+        options = self.load("lmtp-front.toml")
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertTrue(server.options.lmtp)
+        client = MemoryClient(server)
+        client.send("LHLO x")
+        replies = client.sendmail("a@b.example", ["c@d.example", "e@f.example"], b"x\r\n")
+        self.assertEqual([r.code for r in replies[-2:]], [250, 250])
+
+    def test_haproxyNode(self) -> None:
+        """
+        The node behind HAProxy requires PROXY headers from the balancer and runs two
+        workers.
+        """
+        options = self.load("haproxy-node.toml")
+        self.assertEqual(options.config.workers, 2)
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertEqual(server.options.useProxy, ("10.0.0.0/24", "127.0.0.1/32"))
+
+    def test_lmtpNeverOnPort25(self) -> None:
+        """
+        LMTP on port 25 is refused (RFC 2033).
+        """
+        with self.assertRaises(ConfigurationError) as caught:
+            self.load("lmtp-front.toml", "--listen", "tcp:25")
+        self.assertIn("RFC 2033", str(caught.exception))
+
+    def test_listeningPort(self) -> None:
+        """
+        The port of an endpoint description, in its various spellings.
+        """
+        for description, port in (
+            ("tcp:25", 25),
+            ("tcp:port=25:interface=::", 25),
+            ("tcp6:interface=\\:\\:1:port=587", 587),
+            ("unix:/run/x.sock", None),
+            ("tcp:2525:interface=127.0.0.1", 2525),
+        ):
+            self.assertEqual(listeningPort(description), port, description)
