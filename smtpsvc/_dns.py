@@ -97,8 +97,10 @@ def reverseLookup(
         )
         return None
 
+    # The bound covers the whole lookup, forward confirmation included.
+    d.addCallback(named)
     d.addTimeout(timeout, reactor)
-    return d.addCallback(named).addErrback(failed)
+    return d.addErrback(failed)
 
 
 def _confirm(resolver: Any, name: str, ip: Any) -> Deferred[str | None]:

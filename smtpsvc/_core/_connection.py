@@ -677,6 +677,10 @@ class ServerConnection:
         except BadAttribute as e:
             return self._send(R.BAD_PARAMETER_ADDRESS if e.address else R.BAD_PARAMETER_SYNTAX)
         session = self.session
+        if self._peerAddress is None:
+            # Trust stays with the real client, whatever XFORWARD says it forwards for
+            # (Postfix sends two XFORWARD commands in a row).
+            self._peerAddress = session.remoteAddress
         if self._xforwardBase is None:
             self._xforwardBase = (
                 session.remoteAddress,

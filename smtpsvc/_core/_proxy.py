@@ -154,6 +154,13 @@ def _address(text: str, version: int) -> str:
         raise ProxyError(f"bad address {text!r}") from e
     if address.version != version or (version == 4 and str(address) != text):
         raise ProxyError(f"bad IPv{version} address {text!r}")
+    return _plain(address)
+
+
+def _plain(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    # An IPv4 client on a dual-stack proxy comes as ::ffff:a.b.c.d: name it as IPv4.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
     return str(address)
 
 
@@ -206,8 +213,8 @@ def parseVersion2(command: int, familyByte: int, body: bytes) -> ProxyHeader:
         destination = str(ipaddress.IPv4Address(body[4:8]))
         sourcePort, destinationPort = struct.unpack("!HH", body[8:12])
     elif size == 36:
-        source = str(ipaddress.IPv6Address(body[0:16]))
-        destination = str(ipaddress.IPv6Address(body[16:32]))
+        source = _plain(ipaddress.IPv6Address(body[0:16]))
+        destination = _plain(ipaddress.IPv6Address(body[16:32]))
         sourcePort, destinationPort = struct.unpack("!HH", body[32:36])
     return ProxyHeader(
         version=2,
