@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 # Stamp of the last install; it is redone when the packaging metadata changes.
 INSTALLED := $(VENV)/.installed
 # Debian packages the tests use.
-SYSTEM_PACKAGES := swaks libnet-ssleay-perl openssl curl
+SYSTEM_PACKAGES := swaks libnet-ssleay-perl openssl curl haproxy postfix
 
 # The summary line of `make test` must stay the last line on stdout.
 MAKEFLAGS += --no-print-directory
 
-.PHONY: install run test system-deps lint docs clean
+.PHONY: install run test system-deps lint docs clean bench
 
 # The compat editable mode puts the repository root on sys.path (through a .pth file), which
 # is where Twisted's twisted.plugins looks for our twisted/plugins directory.
@@ -45,6 +45,11 @@ system-deps:
 
 test: $(INSTALLED) system-deps
 	@$(BIN)/python tests/checks.py
+
+# The benchmark suite against the peers (benchmarks/); it installs them itself.  Never part of
+# `make test`.  BENCH_ARGS=--quick for a smoke run of a minute or two.
+bench: $(INSTALLED)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 # Runs all three, then fails if any did.
 lint: $(INSTALLED)

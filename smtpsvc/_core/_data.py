@@ -140,3 +140,66 @@ def stuff(message: bytes) -> bytes:
     if message.startswith(b"."):
         message = b"." + message
     return message.replace(_STUFFED, b"\r\n..") + b".\r\n"
+
+
+class DotStuffer:
+    """
+    Dot-stuff a message chunk by chunk for sending after DATA: the inverse of
+    L{DataDecoder}, for relaying a message as it arrives.
+
+    Each line that starts with C{.} gets a second one (RFC 5321 section 4.5.2), wherever the
+    chunks happen to be cut.  The output has canonical line endings only: a bare CR or bare
+    LF becomes CRLF, as the C{normalize} policy does, so that a relayed message cannot end
+    early at a downstream server that is looser about line endings than we are (SMTP
+    smuggling, standards section 2.2).  A CR at the end of a chunk is held back until the
+    next chunk says whether a LF follows it.
+
+    Feed the message with L{feed}, then send what L{end} returns: the CRLF the last line
+    lacks, if it does, and the terminating C{.} line.
+    """
+
+    __slots__ = ("_heldCR", "_tail")
+
+    def __init__(self) -> None:
+        # The last two bytes sent, as if the message started after a CRLF: that makes a
+        # dot on the first line need no special case.
+        self._tail = _CRLF
+        self._heldCR = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """
+        The stuffed bytes for the next chunk of the message.
+        """
+        if self._heldCR:
+            chunk = b"\r" + chunk
+            self._heldCR = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._heldCR = True
+        if not chunk:
+            return b""
+        if _hasBareLineEnding(chunk):
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        tail = self._tail
+        self._tail = (tail + chunk[-2:])[-2:]
+        # A line start to stuff is either inside the chunk or right at its start, where the
+        # CRLF before it may be in the tail.
+        if _STUFFED not in chunk and _STUFFED not in tail + chunk[:2]:
+            return chunk
+        # The dot each match gains goes after the match's three bytes, so always after the
+        # two bytes of the tail: dropping them leaves exactly this chunk's output.
+        return (tail + chunk).replace(_STUFFED, b"\r\n..")[len(tail) :]
+
+    def end(self) -> bytes:
+        """
+        The end of the data: a CRLF if the message did not end with one, then C{.} CRLF.
+        """
+        out = b""
+        if self._heldCR:
+            self._heldCR = False
+            self._tail = _CRLF
+            out = _CRLF
+        if self._tail != _CRLF:
+            out += _CRLF
+        self._tail = _CRLF
+        return out + b".\r\n"

@@ -3,7 +3,8 @@ Built-in handlers: ready-made deliveries that ``twist smtpsvc --deliver`` and ap
 can use.
 """
 
+from .forward import ForwardDelivery
 from .maildir import MaildirDelivery
 from .relay import RelayPolicy
 
-__all__ = ["MaildirDelivery", "RelayPolicy"]
+__all__ = ["ForwardDelivery", "MaildirDelivery", "RelayPolicy"]

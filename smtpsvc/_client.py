@@ -1,0 +1,397 @@
+"""
+A small SMTP/LMTP client protocol: the forwarding delivery's side of a downstream connection.
+
+It sends one command at a time (no pipelining) and gives back a Deferred of the reply; it
+streams a message from an L{IMessageStream} after DATA, dot-stuffed, with backpressure both
+ways.  The rules (reply grammar, stuffing) are the pure ones of L{smtpsvc._core._relay} and
+L{smtpsvc._core._data.DotStuffer}; this module only does the I/O.
+
+Anything that makes the connection unusable (it closes, a reply does not come within the
+timeout, the server sends something that is not a reply, a reply nobody asked for, or a
+C{421}) fails whatever is waiting with L{DownstreamError} and drops the connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._core._data import DotStuffer
+from ._core._relay import DownstreamReply, ReplyParser, ReplySyntaxError
+from ._stream import MessageDone
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress, IDelayedCall
+
+    from .interfaces import IMessageStream
+
+_log = Logger(namespace="smtpsvc.forward")
+
+
+class DownstreamError(Exception):
+    """
+    The downstream server cannot be used: it could not be reached, it closed the connection,
+    it did not answer in time, it said C{421}, or it broke the protocol.
+
+    @ivar reply: the reply that ended the connection, when one did: a C{421}, or a refusal
+        sent before the end of the message (which some servers send and then hang up).
+    """
+
+    def __init__(self, why: str, reply: DownstreamReply | None = None) -> None:
+        super().__init__(why)
+        self.reply = reply
+
+
+class DownstreamClient(LineReceiver):
+    """
+    One connection to a downstream SMTP or LMTP server.
+
+    @ivar greeting: a Deferred of the server's greeting (its first reply).
+    @ivar usable: whether the connection is up and commands may be sent.
+    """
+
+    delimiter = b"\r\n"
+    # RFC 5321 section 4.5.3.1.5 says 512 octets; real servers send longer lines, but a
+    # reply line of more than this is not a reply.
+    MAX_LENGTH = 8192
+
+    def __init__(self, reactor: Any, timeout: float) -> None:
+        """
+        @param reactor: for the timers.
+        @param timeout: seconds to wait for each reply, and for a paused message to be
+            allowed to go on.
+        """
+        self._reactor = reactor
+        self._timeout = timeout
+        self._parser = ReplyParser()
+        self._waiting: deque[Deferred[DownstreamReply]] = deque()
+        self._timer: IDelayedCall | None = None
+        self._sending: _MessageSender | None = None
+        self.usable = False
+        self._aborted = False
+        self._lostWhy = "not connected"
+        self.closed: Deferred[None] = Deferred()
+        self.greeting: Deferred[DownstreamReply] = Deferred()
+        self._waiting.append(self.greeting)
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.usable = True
+        self._restartTimer()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.usable:
+            self._lostWhy = f"connection lost: {reason.getErrorMessage()}"
+        self.usable = False
+        self._cancelTimer()
+        self._failAll(DownstreamError(self._lostWhy))
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def abort(self, why: str, reply: DownstreamReply | None = None) -> None:
+        """
+        Drop the connection at once (nothing more is sent) and fail whatever waits.
+        """
+        if self.usable:
+            self._lostWhy = why
+            self.usable = False
+        self._cancelTimer()
+        self._failAll(DownstreamError(why, reply))
+        if self.transport is not None and not self._aborted and not self.closed.called:
+            self._aborted = True
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def quit(self) -> Deferred[None]:
+        """
+        Say QUIT, wait (within the timeout) for the reply, and close the connection; a
+        connection in the middle of a command or a message is dropped at once instead.
+
+        @return: a Deferred that fires once the connection is closed.
+        """
+        if self.usable and not self._waiting and self._sending is None:
+            self.command("QUIT").addBoth(lambda _: self._close())
+        elif self.transport is not None and not self.closed.called:
+            self.abort("closed while busy")
+        return self.closed
+
+    def _close(self) -> None:
+        if self.transport is None or self.closed.called:
+            return
+        self.usable = False
+        self._lostWhy = "closed"
+        self.transport.loseConnection()
+        # A server that does not read would keep the connection open for ever.
+        self._timer = self._reactor.callLater(self._timeout, self._abortIfOpen)
+
+    def _abortIfOpen(self) -> None:
+        self._timer = None
+        if not self.closed.called and self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    # -- commands -------------------------------------------------------------------------
+
+    def command(self, line: str) -> Deferred[DownstreamReply]:
+        """
+        Send one command line (CRLF is added) and wait for its reply.
+
+        @return: a Deferred of the reply, or failing with L{DownstreamError}.
+        """
+        if not self.usable or self.transport is None:
+            return fail(DownstreamError(self._lostWhy))
+        if self._waiting or self._sending is not None:
+            raise RuntimeError("a command is already in progress")
+        self.transport.write(line.encode("utf-8") + b"\r\n")
+        return self._expect()
+
+    def sendData(
+        self, stream: IMessageStream, header: bytes = b"", recipients: int | None = None
+    ) -> Deferred[DownstreamReply | list[DownstreamReply]]:
+        """
+        Send DATA and, once the server invites it with 354, the message: C{header} (for
+        example a C{Received:} line, already CRLF-terminated) and then the message as
+        C{stream} gives it, dot-stuffed, then the final dot.  The stream is read only as
+        fast as the connection can send it.
+
+        @param recipients: L{None} for SMTP, where one reply follows the message; for LMTP
+            the number of accepted recipients, each of which gets a reply.
+        @return: a Deferred of the reply to DATA when it is not 354 (the transaction is
+            then still open), else of the list of final replies: one in SMTP, one per
+            recipient in LMTP.  It fails with the stream's error when the message fails
+            (the connection is then dropped: half a message cannot be taken back), or with
+            L{DownstreamError}.
+        """
+        return Deferred.fromCoroutine(self._sendData(stream, header, recipients))
+
+    async def _sendData(
+        self, stream: IMessageStream, header: bytes, recipients: int | None
+    ) -> DownstreamReply | list[DownstreamReply]:
+        reply = await self.command("DATA")
+        if reply.code != 354:
+            if reply.code // 100 not in (4, 5):
+                self.abort(f"unexpected reply to DATA: {reply}")
+                raise DownstreamError(f"unexpected reply to DATA: {reply}")
+            return reply
+        sender = self._sending = _MessageSender(
+            self, header, recipients if recipients is not None else 1
+        )
+        try:
+            stream.deliverBody(sender)
+            waiters = await sender.done
+        finally:
+            self._sending = None
+        replies = []
+        try:
+            for waiter in waiters:
+                final = await waiter
+                if final.code // 100 not in (2, 4, 5):
+                    self.abort(f"unexpected reply after the message: {final}")
+                    raise DownstreamError(f"unexpected reply after the message: {final}")
+                replies.append(final)
+        finally:
+            # When one fails the rest fail too, with the same error: already told.
+            for waiter in waiters:
+                waiter.addErrback(lambda _: None)
+        return replies
+
+    # -- replies --------------------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            reply = self._parser.feed(line)
+        except ReplySyntaxError as e:
+            self.abort(f"protocol error: {e}")
+            return
+        if reply is None:
+            return
+        if not self._waiting:
+            # Only a 421 may come unasked (RFC 5321 section 3.8), but some servers refuse
+            # a message before its end and hang up; either way the connection is finished.
+            self.abort(f"unexpected reply {reply}", reply)
+            return
+        waiter = self._waiting.popleft()
+        if self._waiting:
+            self._restartTimer()
+        else:
+            self._cancelTimer()
+        if reply.code == 421:
+            # The server is closing the connection (RFC 5321 section 3.8).
+            self._lostWhy = f"downstream closing: {reply}"
+            waiter.errback(DownstreamError(self._lostWhy, reply))
+            self.abort(self._lostWhy, reply)
+            return
+        waiter.callback(reply)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.abort("protocol error: reply line too long")
+
+    def _expect(self) -> Deferred[DownstreamReply]:
+        waiter: Deferred[DownstreamReply] = Deferred()
+        if not self.usable:
+            waiter.errback(DownstreamError(self._lostWhy))
+            return waiter
+        self._waiting.append(waiter)
+        self._restartTimer()
+        return waiter
+
+    def _failAll(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            if not waiter.called:
+                waiter.errback(error)
+        sending = self._sending
+        if sending is not None:
+            sending.downstreamLost(error)
+
+    # -- the timer ------------------------------------------------------------------------
+
+    def _restartTimer(self) -> None:
+        self._cancelTimer()
+        self._timer = self._reactor.callLater(self._timeout, self._timedOut)
+
+    def _cancelTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        self.abort(f"no reply within {self._timeout} s")
+
+    # -- used by the message sender -------------------------------------------------------
+
+    def _pausedTooLong(self) -> None:
+        self.abort(f"the server did not read the message for {self._timeout} s")
+
+
+@implementer(IPushProducer)
+class _MessageSender(Protocol):
+    """
+    Reads the message from the stream (L{IMessageStream.deliverBody}) and writes it to the
+    downstream connection, dot-stuffed.  It is also the push producer registered with that
+    connection's transport: when the transport's buffer is full it pauses the stream, which
+    in turn stops reading from the client once its own buffer is full.
+    """
+
+    def __init__(self, client: DownstreamClient, header: bytes, replies: int) -> None:
+        self._client = client
+        self._header = header
+        self._replies = replies
+        self._stuffer = DotStuffer()
+        self._producer: IPushProducer | None = None
+        self._stall: IDelayedCall | None = None
+        self._registered = False
+        self._finished = False
+        #: Fires once the message is sent with a Deferred for each final reply.
+        self.done: Deferred[list[Deferred[DownstreamReply]]] = Deferred()
+
+    def makeConnection(self, transport: Any) -> None:
+        # The stream is this protocol's transport, and a push producer.
+        self._producer = IPushProducer(transport)
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
+
+    def connectionMade(self) -> None:
+        clientTransport = self._client.transport
+        if clientTransport is None:
+            return
+        IConsumer(clientTransport).registerProducer(self, True)
+        self._registered = True
+        if self._header:
+            self._write(self._stuffer.feed(self._header))
+
+    def dataReceived(self, data: bytes) -> None:
+        self._write(self._stuffer.feed(data))
+
+    def _write(self, data: bytes) -> None:
+        transport = self._client.transport
+        if data and transport is not None and self._client.usable and not self._finished:
+            transport.write(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._unregister()
+        if reason.check(MessageDone):
+            client = self._client
+            transport = client.transport
+            if client.usable and transport is not None:
+                # Wait for the replies before the last bytes leave, so that no reply can
+                # arrive before it is expected.
+                waiters = [client._expect() for _ in range(self._replies)]
+                transport.write(self._stuffer.end())
+                self.done.callback(waiters)
+            else:
+                self.done.errback(DownstreamError(self._client._lostWhy))
+            return
+        # The message failed here: the downstream has part of it and must not keep it.
+        self._client.abort(f"message failed: {reason.getErrorMessage()}")
+        self.done.errback(reason)
+
+    def downstreamLost(self, error: Exception) -> None:
+        """
+        The downstream connection is gone: stop reading the message, and fail.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        self._unregister()
+        if self._producer is not None:
+            self._producer.stopProducing()
+        self.done.errback(error)
+
+    def _unregister(self) -> None:
+        self._cancelStall()
+        if self._registered:
+            self._registered = False
+            transport = self._client.transport
+            if transport is not None:
+                IConsumer(transport).unregisterProducer()
+
+    def _cancelStall(self) -> None:
+        stall, self._stall = self._stall, None
+        if stall is not None and stall.active():
+            stall.cancel()
+
+    # IPushProducer, for the downstream transport.
+
+    def pauseProducing(self) -> None:
+        if self._finished or self._producer is None:
+            return
+        self._producer.pauseProducing()
+        if self._stall is None:
+            client = self._client
+            self._stall = client._reactor.callLater(client._timeout, client._pausedTooLong)
+
+    def resumeProducing(self) -> None:
+        self._cancelStall()
+        if self._finished or self._producer is None:
+            return
+        self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        if not self._finished:
+            self.downstreamLost(DownstreamError("the downstream connection stopped"))
+
+
+class DownstreamFactory(Factory):
+    """
+    Makes L{DownstreamClient}s for an endpoint's C{connect}.
+    """
+
+    def __init__(self, reactor: Any, timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+
+    def buildProtocol(self, addr: IAddress | None) -> DownstreamClient:
+        protocol = DownstreamClient(self._reactor, self._timeout)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,405 @@
+"""
+Forwarding delivery: each transaction is relayed, as it happens, to a downstream SMTP or LMTP
+server, the way Postfix's before-queue proxy filter (``smtpd_proxy_filter``) does.
+
+Nothing is queued here.  Each command of the client is repeated to the downstream server and
+the client hears the downstream's answer: its refusals with their codes, enhanced codes and
+text, and after the message its final reply, so the client is told 250 only once the
+downstream has said 250.  When the downstream cannot be used (it cannot be reached, does not
+answer in time, closes, or says 421) the client gets ``451 4.4.1`` and tries again later:
+nothing is lost.
+
+One downstream connection serves one client session, across its transactions.  The message
+goes downstream as it arrives, with a ``Received:`` header in front (but no
+``Return-Path:``: this is a relay, RFC 5321 section 4.4), dot-stuffed and with canonical CRLF
+line endings only; it is read from the client only as fast as the downstream takes it.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .._client import DownstreamClient, DownstreamError, DownstreamFactory
+from .._core._relay import (
+    DownstreamReply,
+    combineReplies,
+    mailCommand,
+    parseExtensions,
+    rcptCommand,
+)
+from .._core._session import Address, Session
+from .._core._trace import receivedHeader
+from .._errors import SMTPError
+from .._stream import MessageAborted, MessageRefused, MessageTooLarge
+from ..interfaces import (
+    ICloseHandler,
+    IDataHandler,
+    IMailFromHandler,
+    IMessageStream,
+    IRcptToHandler,
+)
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IStreamClientEndpoint
+
+_log = Logger(namespace="smtpsvc.forward")
+
+#: What the client hears when the downstream cannot be used: temporary, so it retries.
+UNAVAILABLE: Final = SMTPError(451, "Error: downstream unavailable", "4.4.1")
+#: What the client hears when the downstream refuses, on a second try, a recipient it
+#: accepted before (see L{ForwardDelivery._syncRecipients}).
+RECIPIENTS_CHANGED: Final = SMTPError(
+    451, "Error: the downstream changed its mind about a recipient", "4.3.0"
+)
+# Stream endings the handler passes on as they are: the server knows what they mean.
+_MESSAGE_ENDINGS: Final = (MessageAborted, MessageTooLarge, MessageRefused)
+# The answer a data handler gives in LMTP for each recipient.
+_Outcome = str | SMTPError | None
+
+
+class _Link:
+    """
+    One client session's downstream connection and the state of its transaction there.
+
+    @ivar client: the connection, once made.
+    @ivar connecting: the connection attempt in progress, if any.
+    @ivar extensions: what the downstream's EHLO or LHLO advertised.
+    @ivar open: whether a downstream transaction is open (MAIL accepted, no final reply).
+    @ivar recipients: the recipients the downstream accepted in that transaction.
+    @ivar closed: whether the client session has ended.
+    """
+
+    def __init__(self) -> None:
+        self.client: DownstreamClient | None = None
+        self.connecting: Deferred[Any] | None = None
+        self.extensions: dict[str, str] = {}
+        self.open = False
+        self.recipients: list[Address] = []
+        self.closed = False
+
+    @property
+    def usable(self) -> bool:
+        return self.client is not None and self.client.usable and not self.closed
+
+    def drop(self, why: str) -> None:
+        """
+        Forget the connection, dropping it if it is still up.
+        """
+        client, self.client = self.client, None
+        self.open = False
+        self.recipients = []
+        if client is not None:
+            client.abort(why)
+
+
+@implementer(IMailFromHandler, IRcptToHandler, IDataHandler, ICloseHandler)
+class ForwardDelivery:
+    """
+    A handler that relays every transaction to a downstream SMTP or LMTP server.
+
+    Register it after the handlers that decide which senders and recipients to accept: a
+    recipient is accepted downstream when this handler is asked about it.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint | str,
+        *,
+        lmtp: bool = False,
+        reactor: Any = None,
+        serverName: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        """
+        @param endpoint: where the downstream server is: a Twisted client endpoint, or an
+            endpoint string (C{tcp:host=127.0.0.1:port=2600}, C{tls:mail.example.net:465},
+            C{unix:/run/dovecot/lmtp}).
+        @param lmtp: whether the downstream speaks LMTP (LHLO, one reply per recipient)
+            rather than SMTP.
+        @param reactor: the reactor for connections and timers (the global one if not given).
+        @param serverName: the name this server gives in EHLO/LHLO and in the C{Received:}
+            header (the host name if not given).
+        @param timeout: seconds to wait for each downstream reply, for the connection to be
+            made, and for a downstream that stopped reading the message.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        self._endpoint: IStreamClientEndpoint = (
+            clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
+        )
+        self.lmtp = lmtp
+        self.serverName = serverName or socket.gethostname()
+        self.timeout = timeout
+        self._links: dict[str, _Link] = {}
+
+    # -- the handler interfaces ---------------------------------------------------------
+
+    def onMailFrom(self, address: Address, session: Session) -> Deferred[None]:
+        """
+        Open (or reuse) the downstream connection and give it MAIL FROM.
+        """
+        return Deferred.fromCoroutine(self._mailFrom(address, session))
+
+    def onRcptTo(self, address: Address, session: Session) -> Deferred[None]:
+        """
+        Give the downstream RCPT TO.
+        """
+        return Deferred.fromCoroutine(self._rcptTo(address, session))
+
+    def onData(self, stream: IMessageStream, session: Session) -> Deferred[Any]:
+        """
+        Give the downstream DATA and the message; answer with its final reply (in LMTP,
+        one per recipient).
+        """
+        return Deferred.fromCoroutine(self._data(stream, session))
+
+    def onClose(self, session: Session) -> Deferred[None] | None:
+        """
+        Say QUIT downstream and close the connection.
+        """
+        link = self._links.pop(session.id, None)
+        if link is None:
+            return None
+        link.closed = True
+        if link.connecting is not None:
+            link.connecting.cancel()
+        client, link.client = link.client, None
+        if client is None:
+            return None
+        return client.quit()
+
+    # -- the steps ------------------------------------------------------------------------
+
+    async def _mailFrom(self, address: Address, session: Session) -> None:
+        link = self._links.get(session.id)
+        if link is None:
+            link = self._links[session.id] = _Link()
+        try:
+            client = await self._ready(link, session)
+            command = mailCommand(address, session.envelope, link.extensions)
+            reply = await client.command(command)
+        except DownstreamError as e:
+            raise self._unavailable(link, session, e) from None
+        self._check(link, session, reply)
+        link.open = True
+        link.recipients = []
+
+    async def _rcptTo(self, address: Address, session: Session) -> None:
+        link = self._links.get(session.id)
+        if link is None or link.client is None or not link.usable or not link.open:
+            raise self._unavailable(link, session, DownstreamError("no downstream transaction"))
+        command = rcptCommand(address, session.envelope, link.extensions)
+        try:
+            reply = await link.client.command(command)
+        except DownstreamError as e:
+            raise self._unavailable(link, session, e) from None
+        self._check(link, session, reply)
+        link.recipients.append(address)
+
+    async def _data(self, stream: IMessageStream, session: Session) -> _Outcome | list[_Outcome]:
+        link = self._links.get(session.id)
+        if link is None or link.client is None or not link.usable or not link.open:
+            raise self._unavailable(link, session, DownstreamError("no downstream transaction"))
+        client = link.client
+        envelope = session.envelope
+        header = receivedHeader(
+            session,
+            serverName=self.serverName,
+            date=format_datetime(datetime.fromtimestamp(self._reactor.seconds(), UTC)),
+            recipient=envelope.rcptTo[0].address if len(envelope.rcptTo) == 1 else None,
+        )
+        try:
+            await self._syncRecipients(link, session)
+            result = await client.sendData(
+                stream, header, len(link.recipients) if self.lmtp else None
+            )
+        except DownstreamError as e:
+            early = e.reply
+            if early is not None and early.code // 100 in (4, 5) and early.code != 421:
+                # The downstream refused the message before its end and hung up: that
+                # refusal is its answer.
+                link.drop(str(e))
+                raise early.error() from None
+            raise self._unavailable(link, session, e) from None
+        except _MESSAGE_ENDINGS as e:
+            # The client went away, the message was too large, or an earlier handler
+            # refused it: the downstream connection was dropped with half a message.
+            _log.info(
+                "Message not relayed: {why}", why=str(e) or type(e).__name__, sessionId=session.id
+            )
+            link.drop("message failed")
+            raise
+        if isinstance(result, DownstreamReply):
+            # DATA itself was refused (a 4xx or 5xx); the downstream transaction is still
+            # open, and the next MAIL resets it.
+            raise result.error()
+        link.open = False
+        link.recipients = []
+        return self._finalAnswer(session, result)
+
+    def _finalAnswer(
+        self, session: Session, replies: list[DownstreamReply]
+    ) -> _Outcome | list[_Outcome]:
+        if self.lmtp and session.lmtp:
+            # One reply per recipient, in order, both ways.
+            return [_outcome(reply) for reply in replies]
+        if self.lmtp:
+            combined = combineReplies(replies)
+            if isinstance(combined, SMTPError):
+                _log.warn(
+                    "Mixed per-recipient results from the LMTP downstream: {replies}",
+                    replies=[str(reply) for reply in replies],
+                    sessionId=session.id,
+                )
+                raise combined
+            replies = [combined]
+        # In SMTP, or for every recipient of our LMTP client, the single reply.
+        outcome = _outcome(replies[0])
+        if isinstance(outcome, SMTPError):
+            raise outcome
+        return outcome
+
+    # -- the downstream connection ---------------------------------------------------------
+
+    async def _ready(self, link: _Link, session: Session) -> DownstreamClient:
+        """
+        The downstream connection, greeted and with no transaction open: the one the session
+        has if it is still up, else a new one.
+        """
+        client = link.client
+        if client is not None and client.usable:
+            if link.open:
+                link.open = False
+                link.recipients = []
+                reply = await client.command("RSET")
+                if not reply.positive:
+                    client.abort(f"RSET refused: {reply}")
+                    raise DownstreamError(f"RSET refused: {reply}")
+            return client
+        link.drop("reconnecting")
+        factory = DownstreamFactory(self._reactor, self.timeout)
+        connecting: Deferred[Any] = self._endpoint.connect(factory)
+        connecting.addTimeout(self.timeout, self._reactor)
+        link.connecting = connecting
+        try:
+            client = await connecting
+        except Exception as e:
+            raise DownstreamError(f"cannot connect: {type(e).__name__}: {e}") from None
+        finally:
+            link.connecting = None
+        assert isinstance(client, DownstreamClient)
+        if link.closed:
+            client.greeting.addErrback(lambda _: None)
+            client.abort("the client went away")
+            raise DownstreamError("the client went away")
+        link.client = client
+        greeting = await client.greeting
+        if greeting.code != 220:
+            client.abort(f"greeting {greeting}")
+            raise DownstreamError(f"greeting {greeting}")
+        hello = "LHLO" if self.lmtp else "EHLO"
+        reply = await client.command(f"{hello} {self.serverName}")
+        if reply.positive:
+            link.extensions = parseExtensions(reply)
+        elif not self.lmtp and reply.code // 100 == 5:
+            # A server without ESMTP (RFC 5321 section 3.2).
+            reply = await client.command(f"HELO {self.serverName}")
+            link.extensions = {}
+        if not reply.positive:
+            client.abort(f"{hello} refused: {reply}")
+            raise DownstreamError(f"{hello} refused: {reply}")
+        return client
+
+    async def _syncRecipients(self, link: _Link, session: Session) -> None:
+        """
+        Make the downstream's recipients those of the envelope.
+
+        They differ when a handler registered after this one refused a recipient that the
+        downstream had accepted: the downstream must not deliver to it.  The transaction is
+        then made again downstream, with the envelope's recipients only.
+        """
+        expected = session.envelope.rcptTo
+        if _sameRecipients(link.recipients, expected, lmtp=session.lmtp):
+            return
+        _log.warn(
+            "A handler after ForwardDelivery refused a recipient the downstream had accepted; "
+            "the downstream transaction is made again (register ForwardDelivery last)",
+            sessionId=session.id,
+        )
+        client = link.client
+        sender = session.envelope.mailFrom
+        assert client is not None and sender is not None
+        link.open = False
+        reply = await client.command("RSET")
+        if not reply.positive:
+            client.abort(f"RSET refused: {reply}")
+            raise DownstreamError(f"RSET refused: {reply}")
+        link.recipients = []
+        for command in [
+            mailCommand(sender, session.envelope, link.extensions),
+            *(rcptCommand(r, session.envelope, link.extensions) for r in expected),
+        ]:
+            reply = await client.command(command)
+            link.open = True
+            if not reply.positive:
+                _log.warn(
+                    "The downstream refused on a second try: {command}: {reply}",
+                    command=command,
+                    reply=str(reply),
+                    sessionId=session.id,
+                )
+                raise RECIPIENTS_CHANGED
+        link.recipients = list(expected)
+
+    def _check(self, link: _Link, session: Session, reply: DownstreamReply) -> None:
+        """
+        Accept a 2xx; raise a 4xx or 5xx as the downstream gave it; anything else is not an
+        answer to the command and makes the downstream unusable.
+        """
+        if reply.positive:
+            return
+        if reply.code // 100 in (4, 5):
+            raise reply.error()
+        raise self._unavailable(link, session, DownstreamError(f"unexpected reply {reply}"))
+
+    def _unavailable(self, link: _Link | None, session: Session, error: Exception) -> SMTPError:
+        """
+        Drop the downstream connection and give the temporary error the client hears.
+        """
+        if link is not None:
+            if not link.closed:
+                _log.warn("Downstream unavailable: {why}", why=str(error), sessionId=session.id)
+            link.drop(str(error))
+        return UNAVAILABLE
+
+
+def _outcome(reply: DownstreamReply) -> _Outcome:
+    # A downstream's final reply as a data handler's answer: its text for a success (the
+    # server adds the code), or the refusal.
+    if reply.positive:
+        return reply.text or None
+    return reply.error()
+
+
+def _sameRecipients(have: list[Address], expected: tuple[Address, ...], *, lmtp: bool) -> bool:
+    # The server keeps the very Address objects the handlers were given.  In LMTP every
+    # accepted RCPT is in the envelope, in order; in SMTP a repeated recipient replaces the
+    # earlier one, which the downstream may keep: the same mailbox, so no harm.
+    if lmtp:
+        if len(have) != len(expected):
+            return False
+        return all(a is b for a, b in zip(have, expected, strict=True))
+    kept = {id(r) for r in expected}
+    mailboxes = {r.address.casefold() for r in expected}
+    return all(id(r) in kept or r.address.casefold() in mailboxes for r in have)

@@ -1,0 +1,1640 @@
+"""
+Tests for the forwarding delivery: what the downstream server receives, and that the client
+hears what the downstream said.
+
+Most tests run two smtpsvc servers in memory on one fake clock: the front one, with
+L{ForwardDelivery}, talked to with L{MemoryClient}; and the downstream one, reached through
+an in-memory endpoint (L{MemoryNetwork}) whose transports buffer, pause their writers'
+producers when full and respect a reader's pause, as sockets do.  A scripted downstream
+(L{ScriptedServer}) sends replies no smtpsvc would: odd characters, garbage, silence.  The
+last tests use the real reactor over loopback: TLS to the downstream, and the documentation's
+example.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import io
+import smtplib
+import sys
+import tracemalloc
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProducer,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IStreamClientEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from smtpsvc import (
+    Address,
+    IDataHandler,
+    IMessageStream,
+    IRcptToHandler,
+    MessageDone,
+    Session,
+    SMTPError,
+    SMTPServer,
+    readMessage,
+)
+from smtpsvc._core._data import DataDecoder, DotStuffer, stuff
+from smtpsvc._core._relay import (
+    DownstreamReply,
+    ReplyParser,
+    ReplySyntaxError,
+    combineReplies,
+    encodeXtext,
+    parseExtensions,
+)
+from smtpsvc._core._session import Envelope
+from smtpsvc._core._trace import receivedHeader
+from smtpsvc._stream import HIGH_WATER
+from smtpsvc.handlers.forward import ForwardDelivery
+from smtpsvc.interfaces import ICloseHandler, IMailFromHandler
+from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
+
+from .e2e_support import LOCALHOST, startServer, theReactor
+from .memorytls import authority, issue
+
+FRONT = "relay.example"
+DOWNSTREAM = "mx.downstream.example"
+#: The forwarder's timeout in the in-memory tests, in seconds of the fake clock.
+TIMEOUT = 5.0
+MESSAGE = b"From: <alice@example.org>\r\nSubject: Hello\r\n\r\nHello, Bob.\r\n"
+
+
+def codes(replies: Iterable[ServerReply]) -> list[int]:
+    """
+    The codes of C{replies}.
+    """
+    return [reply.code for reply in replies]
+
+
+# -- an in-memory network ---------------------------------------------------------------------
+
+#: Bytes a memory transport holds before it pauses its writer's producer; below LOW it
+#: resumes it.  Like a socket buffer, but small, so that pausing happens in the tests.
+PIPE_HIGH = 64 * 1024
+PIPE_LOW = 16 * 1024
+#: The most one dataReceived call is given.
+PIPE_CHUNK = 32 * 1024
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class MemoryTransport:
+    """
+    One end of an in-memory connection.  Writes wait in a buffer until the network pumps
+    them to the other end, and only while that end reads; a streaming producer registered
+    here is paused while the buffer is over L{PIPE_HIGH}.
+    """
+
+    def __init__(self, network: MemoryNetwork, protocol: IProtocol, host: int, peer: int) -> None:
+        self.network = network
+        self.protocol = protocol
+        self.other: MemoryTransport | None = None
+        self.buffer: deque[bytes] = deque()
+        self.buffered = 0
+        self.producer: IPushProducer | None = None
+        self.producerPaused = False
+        self.readPaused = False
+        self.disconnecting = False
+        self.disconnected = False
+        self.aborted = False
+        self._host = IPv4Address("TCP", "127.0.0.1", host)
+        self._peer = IPv4Address("TCP", "127.0.0.1", peer)
+
+    def write(self, data: bytes) -> None:
+        if self.disconnecting or self.disconnected or not data:
+            return
+        self.buffer.append(data)
+        self.buffered += len(data)
+        self.network.written += len(data)
+        if self.producer is not None and not self.producerPaused and self.buffered > PIPE_HIGH:
+            self.producerPaused = True
+            self.producer.pauseProducing()
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        for piece in data:
+            self.write(piece)
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def abortConnection(self) -> None:
+        self.buffer.clear()
+        self.buffered = 0
+        self.disconnecting = True
+        self.aborted = True
+
+    def getPeer(self) -> IPv4Address:
+        return self._peer
+
+    def getHost(self) -> IPv4Address:
+        return self._host
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self.producer is not None:
+            raise RuntimeError("a producer is already registered")
+        assert streaming, "only push producers here"
+        self.producer = producer = IPushProducer(producer)
+        self.producerPaused = False
+        if self.buffered > PIPE_HIGH:
+            self.producerPaused = True
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.producerPaused = False
+
+    # The protocol pauses and resumes its own reading.
+
+    def pauseProducing(self) -> None:
+        self.readPaused = True
+
+    def resumeProducing(self) -> None:
+        self.readPaused = False
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # -- moved by the network -------------------------------------------------------------
+
+    def pumpOnce(self) -> bool:
+        """
+        Give the other end up to one chunk of what was written here; True if anything moved
+        or closed.
+        """
+        other = self.other
+        assert other is not None
+        if self.disconnected:
+            return False
+        if self.buffer and not other.readPaused and not other.disconnected:
+            data = b"".join(self.buffer)
+            self.buffer.clear()
+            piece, rest = data[:PIPE_CHUNK], data[PIPE_CHUNK:]
+            if rest:
+                self.buffer.append(rest)
+            self.buffered = len(rest)
+            other.protocol.dataReceived(piece)
+            if self.producer is not None and self.producerPaused and self.buffered < PIPE_LOW:
+                self.producerPaused = False
+                self.producer.resumeProducing()
+            return True
+        if self.disconnecting and (not self.buffer or self.aborted):
+            self.network.closeBoth(self, other)
+            return True
+        return False
+
+    def lose(self, reason: Failure) -> None:
+        self.disconnected = True
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            producer.stopProducing()
+        self.protocol.connectionLost(reason)
+
+
+class MemoryNetwork:
+    """
+    Connections in memory, on one fake clock.
+
+    @ivar written: bytes written on all connections, to check that something happened.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.ends: list[MemoryTransport] = []
+        self.written = 0
+        self._ports = iter(range(40000, 50000))
+
+    def connect(self, client: IProtocol, server: IProtocol) -> tuple[MemoryTransport, ...]:
+        """
+        Connect two protocols: the server's end first, as a listening port would.
+        """
+        clientPort = next(self._ports)
+        serverEnd = MemoryTransport(self, server, 25, clientPort)
+        clientEnd = MemoryTransport(self, client, clientPort, 25)
+        serverEnd.other, clientEnd.other = clientEnd, serverEnd
+        self.ends += [serverEnd, clientEnd]
+        server.makeConnection(serverEnd)
+        client.makeConnection(clientEnd)
+        return clientEnd, serverEnd
+
+    def closeBoth(self, first: MemoryTransport, second: MemoryTransport) -> None:
+        abortive = first.aborted or second.aborted
+        reason = Failure(ConnectionLost() if abortive else ConnectionDone())
+        for end in (first, second):
+            end.disconnecting = True
+            end.buffer.clear()
+            end.buffered = 0
+        for end in (first, second):
+            if not end.disconnected:
+                end.lose(reason)
+
+    def pump(self) -> bool:
+        """
+        Move one chunk on every connection that has something to move.
+        """
+        moved = False
+        for end in list(self.ends):
+            moved = end.pumpOnce() or moved
+        self.ends = [end for end in self.ends if not end.disconnected]
+        return moved
+
+    def run(self, limit: int = 100_000) -> None:
+        """
+        Pump and run the clock's due calls until nothing moves.
+        """
+        for _ in range(limit):
+            due = [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]
+            if due:
+                self.clock.advance(0)
+            if not self.pump() and not due:
+                return
+        raise AssertionError("the network did not settle")
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryEndpoint:
+    """
+    A client endpoint that connects in memory to a server factory, or fails.
+
+    @ivar attempts: how many times it was asked to connect.
+    @ivar clients: the client ends of the connections made.
+    """
+
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        server: Callable[[], IProtocolFactory] | None,
+        behaviour: str = "connect",
+    ) -> None:
+        self.network = network
+        self.server = server
+        self.behaviour = behaviour
+        self.attempts = 0
+        self.clients: list[MemoryTransport] = []
+        self.servers: list[MemoryTransport] = []
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        self.attempts += 1
+        if self.behaviour == "hang":
+            return Deferred(lambda d: d.errback(CancelledError()))
+        if self.behaviour == "refuse" or self.server is None:
+            return fail(ConnectionRefusedError())
+        address = IPv4Address("TCP", "127.0.0.1", 25)
+        client = factory.buildProtocol(address)
+        server = self.server().buildProtocol(address)
+        assert client is not None and server is not None
+        clientEnd, serverEnd = self.network.connect(client, server)
+        self.clients.append(clientEnd)
+        self.servers.append(serverEnd)
+        return succeed(client)
+
+
+class _OneProtocol:
+    # A factory for ScriptedServer instances that records them.
+    def __init__(self, make: Callable[[], Protocol]) -> None:
+        self.make = make
+        self.built: list[Protocol] = []
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        protocol = self.make()
+        self.built.append(protocol)
+        return protocol
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+
+class ScriptedServer(LineReceiver):
+    """
+    A downstream that answers from a script: each verb to the raw bytes to send (a list is
+    used up in order, its last item then repeated; L{None} sends nothing), C{"."} for the
+    end of the message.
+
+    @ivar commands: every command line received.
+    @ivar messages: every message received, still dot-stuffed.
+    """
+
+    DEFAULTS: dict[str, bytes] = {
+        "GREETING": b"220 scripted.example ESMTP\r\n",
+        "EHLO": b"250-scripted.example\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
+        "LHLO": b"250-scripted.example\r\n250 ENHANCEDSTATUSCODES\r\n",
+        "HELO": b"250 scripted.example\r\n",
+        "MAIL": b"250 2.1.0 Ok\r\n",
+        "RCPT": b"250 2.1.5 Ok\r\n",
+        "DATA": b"354 End data with <CR><LF>.<CR><LF>\r\n",
+        ".": b"250 2.0.0 Ok: queued as ABC123\r\n",
+        "RSET": b"250 2.0.0 Ok\r\n",
+        "QUIT": b"221 2.0.0 Bye\r\n",
+    }
+
+    def __init__(self, script: dict[str, bytes | list[bytes] | None]) -> None:
+        self.script = dict(script)
+        self.commands: list[str] = []
+        self.messages: list[bytes] = []
+        self._data: list[bytes] | None = None
+        self.lost = False
+
+    def _reply(self, verb: str) -> bytes | None:
+        entry = self.script.get(verb, self.DEFAULTS.get(verb, b"502 5.5.1 Unknown\r\n"))
+        if isinstance(entry, list):
+            entry = entry.pop(0) if len(entry) > 1 else entry[0]
+        if entry is not None:
+            assert self.transport is not None
+            self.transport.write(entry)
+        return entry
+
+    def connectionMade(self) -> None:
+        self._reply("GREETING")
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._data is not None:
+            if line == b".":
+                self.messages.append(b"".join(self._data))
+                self._data = None
+                self._reply(".")
+            else:
+                self._data.append(line + b"\r\n")
+            return
+        text = line.decode("utf-8", "replace")
+        self.commands.append(text)
+        verb = text.split(" ")[0].split(":")[0].upper()
+        sent = self._reply(verb)
+        if verb == "DATA" and sent is not None and sent.startswith(b"354"):
+            self._data = []
+            early = self.script.get("EARLY")
+            if isinstance(early, bytes):
+                # A refusal before the end of the message, and hang up.
+                assert self.transport is not None
+                self.transport.write(early)
+                self.transport.loseConnection()
+        if verb == "QUIT":
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+
+
+# -- handlers for the downstream --------------------------------------------------------------
+
+
+@implementer(IRcptToHandler)
+class RefuseSome:
+    """
+    Refuses the recipients it is given, each with its error.
+    """
+
+    def __init__(self, refusals: dict[str, SMTPError]) -> None:
+        self.refusals = refusals
+
+    def onRcptTo(self, address: Address, session: Session) -> None:
+        error = self.refusals.get(address.address)
+        if error is not None:
+            raise error
+
+
+@implementer(IDataHandler)
+class PerRecipient:
+    """
+    An LMTP data handler that refuses the message for the recipients it is given.
+    """
+
+    def __init__(self, refusals: dict[str, SMTPError]) -> None:
+        self.refusals = refusals
+
+    async def onData(self, stream: IMessageStream, session: Session) -> list[SMTPError | None]:
+        await readMessage(stream)
+        return [self.refusals.get(r.address) for r in session.envelope.rcptTo]
+
+
+class _Digester(Protocol):
+    def __init__(self, done: Deferred[None], handler: DigestHandler) -> None:
+        self.done = done
+        self.handler = handler
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.prefix = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+        if len(self.prefix) < 4096:
+            self.prefix += data[: 4096 - len(self.prefix)]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(MessageDone):
+            self.handler.messages.append((self.prefix, self.size, self.digest.hexdigest()))
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+@implementer(IDataHandler)
+class DigestHandler:
+    """
+    Keeps only the start, the size and the SHA-256 of each message.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, int, str]] = []
+
+    def onData(self, stream: IMessageStream, session: Session) -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+        stream.deliverBody(_Digester(done, self))
+        return done
+
+
+@implementer(IDataHandler)
+class RefuseMessages:
+    """
+    A data handler (a content filter) that refuses every message once it has read it.
+    """
+
+    async def onData(self, stream: IMessageStream, session: Session) -> None:
+        await readMessage(stream)
+        raise SMTPError(554, "5.7.1 Spam")
+
+
+# -- the harness ------------------------------------------------------------------------------
+
+
+class ForwardTestCase(SynchronousTestCase):
+    """
+    A front server with L{ForwardDelivery} and a downstream, in memory on one clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.network = MemoryNetwork(self.clock)
+        self.recorder = RecordingHandler()
+
+    def downstream(
+        self, handlers: Sequence[object] = (), *, record: bool = True, **options: Any
+    ) -> SMTPServer:
+        """
+        The downstream server: our own, with C{handlers} and then (if C{record}) the
+        recorder.
+        """
+        options.setdefault("name", DOWNSTREAM)
+        options.setdefault("authOptional", True)
+        options.setdefault("earlyTalkerDelay", 0)
+        options.setdefault("hideENHANCEDSTATUSCODES", False)
+        options.setdefault("hideDSN", False)
+        recorder = [self.recorder] if record else []
+        return SMTPServer([*handlers, *recorder], reactor=self.clock, **options)
+
+    def front(
+        self,
+        downstream: Callable[[], IProtocolFactory] | None,
+        *,
+        lmtp: bool = False,
+        frontLMTP: bool = False,
+        behaviour: str = "connect",
+        before: Sequence[object] = (),
+        after: Sequence[object] = (),
+        **options: Any,
+    ) -> MemoryClient:
+        """
+        The front server, forwarding to C{downstream}, and a client that said hello to it.
+        """
+        self.endpoint = MemoryEndpoint(self.network, downstream, behaviour)
+        self.forward = ForwardDelivery(
+            self.endpoint, lmtp=lmtp, reactor=self.clock, serverName=FRONT, timeout=TIMEOUT
+        )
+        options.setdefault("name", FRONT)
+        options.setdefault("authOptional", True)
+        options.setdefault("hideENHANCEDSTATUSCODES", False)
+        options.setdefault("hideDSN", False)
+        server = SMTPServer(
+            [*before, self.forward, *after], reactor=self.clock, lmtp=frontLMTP, **options
+        )
+        self.client = MemoryClient(server)
+        hello = "LHLO" if frontLMTP else "EHLO"
+        self.assertEqual(codes(self.send(f"{hello} client.example")), [250])
+        return self.client
+
+    def write(self, data: bytes) -> list[ServerReply]:
+        """
+        Send raw bytes, let both servers work, and return the front's replies.
+        """
+        self.client.protocol.dataReceived(data)
+        self.network.run()
+        return self.client.received()
+
+    def send(self, *commands: str) -> list[ServerReply]:
+        """
+        Send command lines, one at a time, and return every reply.
+        """
+        replies: list[ServerReply] = []
+        for command in commands:
+            replies += self.write(command.encode("utf-8") + b"\r\n")
+        return replies
+
+    def sendmail(
+        self, sender: str, recipients: Sequence[str], message: bytes = MESSAGE
+    ) -> list[ServerReply]:
+        """
+        One transaction; every reply, the final ones last.
+        """
+        replies = self.send(f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{r}>" for r in recipients))
+        replies += self.send("DATA")
+        if replies[-1].code == 354:
+            replies += self.write(stuff(message))
+        return replies
+
+    def assertRelayed(self, data: bytes, message: bytes, frontProtocol: str = "ESMTP") -> None:
+        """
+        C{data} is C{message} with exactly one C{Received:} header of ours in front.
+        """
+        self.assertTrue(data.endswith(message), data)
+        header = data[: len(data) - len(message)]
+        self.assertTrue(header.startswith(b"Received: from client.example ("), header)
+        self.assertIn(f"by {FRONT} (smtpsvc) with {frontProtocol} id ".encode(), header)
+        lines = header.split(b"\r\n")
+        self.assertEqual(lines[-1], b"")
+        self.assertTrue(all(line.startswith(b"\t") for line in lines[1:-1]), header)
+        self.assertNotIn(b"Return-Path", data[: len(header) + 200])
+
+
+# -- relaying -----------------------------------------------------------------------------------
+
+
+class RelayTests(ForwardTestCase):
+    """
+    Messages reach the downstream intact, and the client hears the downstream's answers.
+    """
+
+    def test_providesInterfaces(self) -> None:
+        """
+        ForwardDelivery provides the four handler interfaces it implements.
+        """
+        forward = ForwardDelivery(MemoryEndpoint(self.network, None), reactor=self.clock)
+        for interface in (IMailFromHandler, IRcptToHandler, IDataHandler, ICloseHandler):
+            self.assertTrue(verifyObject(interface, forward))
+
+    def test_endpointString(self) -> None:
+        """
+        An endpoint may be given as a string.
+        """
+        forward = ForwardDelivery("tcp:host=127.0.0.1:port=2600", reactor=self.clock)
+        self.assertTrue(IStreamClientEndpoint.providedBy(forward._endpoint))
+
+    def test_messageArrivesWithReceivedHeader(self) -> None:
+        """
+        The downstream gets the message byte for byte, after one Received header of ours
+        (and no Return-Path); the client's 250 carries the downstream's text.
+        """
+        self.front(self.downstream)
+        replies = self.sendmail("alice@example.org", ["bob@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertIn("OK: message queued", replies[-1].text)
+        [received] = self.recorder.messages
+        self.assertRelayed(received.data, MESSAGE)
+        self.assertIn(b"for <bob@example.net>;", received.data)
+        self.assertEqual(received.envelope.mailFrom, Address("alice@example.org"))
+        self.assertEqual([r.address for r in received.envelope.rcptTo], ["bob@example.net"])
+
+    def test_receivedHeaderIsTheTraceOne(self) -> None:
+        """
+        The header is what receivedHeader makes for the client's session.
+        """
+        self.front(self.downstream)
+        session = self.client.session
+        expected = receivedHeader(
+            session,
+            serverName=FRONT,
+            date="Thu, 01 Jan 1970 00:00:00 +0000",
+            recipient="bob@example.net",
+        )
+        self.sendmail("alice@example.org", ["bob@example.net"])
+        self.assertEqual(self.recorder.messages[0].data, expected + MESSAGE)
+
+    def test_dotLinesSurvive(self) -> None:
+        """
+        Lines that are a dot, start with dots, or are the first line starting with a dot
+        arrive as the client meant them: stuffing is undone at our end and redone for the
+        downstream.
+        """
+        self.front(self.downstream)
+        message = b".first\r\n.\r\n..\r\n.x\r\nmiddle\r\n...\r\n.\r\nlast\r\n"
+        replies = self.sendmail("alice@example.org", ["bob@example.net"], message)
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertRelayed(self.recorder.messages[0].data, message)
+
+    def test_messageWithoutFinalLineEnding(self) -> None:
+        """
+        An empty message reaches the downstream as just our header.
+        """
+        self.front(self.downstream)
+        replies = self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+        replies += self.write(b".\r\n")
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertRelayed(self.recorder.messages[0].data, b"")
+
+    def test_refusalsRelayed(self) -> None:
+        """
+        The downstream's refusals of recipients reach the client with their codes, enhanced
+        codes and text; the message goes to the recipients it accepted.
+        """
+        refuse = RefuseSome(
+            {
+                "nobody@example.net": SMTPError(550, "5.1.1 No such user here"),
+                "later@example.net": SMTPError(450, "4.2.1 Mailbox busy, try later"),
+            }
+        )
+        self.front(lambda: self.downstream([refuse]))
+        replies = self.sendmail(
+            "alice@example.org",
+            ["nobody@example.net", "bob@example.net", "later@example.net"],
+        )
+        self.assertEqual(codes(replies), [250, 550, 250, 450, 354, 250])
+        self.assertEqual(replies[1].lines, ("5.1.1 No such user here",))
+        self.assertEqual(replies[3].lines, ("4.2.1 Mailbox busy, try later",))
+        [received] = self.recorder.messages
+        self.assertEqual([r.address for r in received.envelope.rcptTo], ["bob@example.net"])
+
+    def test_senderRefusalRelayed(self) -> None:
+        """
+        A refused sender gets the downstream's refusal, and a next try works.
+        """
+
+        @implementer(IMailFromHandler)
+        class Blocked:
+            def onMailFrom(self, address: Address, session: Session) -> None:
+                if address.address == "spam@example.org":
+                    raise SMTPError(553, "5.7.1 Sender blocked")
+
+        self.front(lambda: self.downstream([Blocked()]))
+        replies = self.send("MAIL FROM:<spam@example.org>")
+        self.assertEqual(replies, [ServerReply(553, ("5.7.1 Sender blocked",))])
+        replies = self.sendmail("alice@example.org", ["bob@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertEqual(len(self.recorder.messages), 1)
+
+    def test_finalRefusalRelayed(self) -> None:
+        """
+        A downstream that refuses the message after reading it: the client gets that
+        refusal, not 250.
+        """
+        self.front(lambda: self.downstream([RefuseMessages()], record=False))
+        replies = self.sendmail("alice@example.org", ["bob@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 554])
+        self.assertEqual(replies[-1].lines, ("5.7.1 Spam",))
+
+    def test_parametersRelayed(self) -> None:
+        """
+        BODY, SMTPUTF8, SIZE, RET and ENVID, NOTIFY and ORCPT reach a downstream that
+        supports them.
+        """
+        self.front(lambda: self.downstream(size=1_000_000))
+        replies = self.send(
+            "MAIL FROM:<ålice@example.org> BODY=8BITMIME SMTPUTF8 SIZE=1000 RET=HDRS "
+            "ENVID=QQ+2B314159",
+            "RCPT TO:<bob@example.net> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;bob+2B1@example.net",
+        )
+        self.assertEqual(codes(replies), [250, 250])
+        replies = self.send("DATA") + self.write(stuff(MESSAGE))
+        self.assertEqual(codes(replies), [354, 250])
+        envelope = self.recorder.messages[0].envelope
+        assert envelope.mailFrom is not None and envelope.dsn is not None
+        self.assertEqual(envelope.mailFrom.address, "ålice@example.org")
+        self.assertEqual(envelope.mailFrom.args["SIZE"], "1000")
+        self.assertEqual(envelope.bodyType, "8bitmime")
+        self.assertTrue(envelope.smtpUtf8)
+        self.assertEqual((envelope.dsn.ret, envelope.dsn.envid), ("HDRS", "QQ+314159"))
+        dsn = envelope.rcptTo[0].dsn
+        assert dsn is not None
+        self.assertEqual(dsn.notify, ("SUCCESS", "DELAY"))
+        self.assertEqual(dsn.orcpt, "rfc822;bob+1@example.net")
+
+
+class ScriptedTests(ForwardTestCase):
+    """
+    Against a downstream that says things smtpsvc would not.
+    """
+
+    def scripted(self, **script: bytes | list[bytes] | None) -> None:
+        replies = {key.replace("END", "."): value for key, value in script.items()}
+        self.factory = _OneProtocol(lambda: ScriptedServer(replies))
+        self.front(lambda: self.factory)  # type: ignore[arg-type,return-value]
+
+    @property
+    def server(self) -> ScriptedServer:
+        protocol = self.factory.built[-1]
+        assert isinstance(protocol, ScriptedServer)
+        return protocol
+
+    def test_multiLineRefusalWithEnhancedCodes(self) -> None:
+        """
+        A multi-line refusal keeps its lines and its enhanced code.
+        """
+        self.scripted(
+            RCPT=b"550-5.1.1 The email account that you tried to reach\r\n"
+            b"550-5.1.1 does not exist.\r\n"
+            b"550 5.1.1 Please check the address.\r\n"
+        )
+        replies = self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
+        self.assertEqual(
+            replies[1],
+            ServerReply(
+                550,
+                (
+                    "5.1.1 The email account that you tried to reach",
+                    "5.1.1 does not exist.",
+                    "5.1.1 Please check the address.",
+                ),
+            ),
+        )
+
+    def test_oddCharactersSanitised(self) -> None:
+        """
+        Control characters, a bare CR and UTF-8 in a downstream's reply become "?": they
+        cannot break or forge a reply of ours.
+        """
+        self.scripted(RCPT=b"550 5.7.1 bad\x00char \x1b[31mred caf\xc3\xa9 \r250 forged\x7f\r\n")
+        self.client.protocol.dataReceived(b"MAIL FROM:<a@example.org>\r\n")
+        self.network.run()
+        self.client.transport.clear()
+        self.client.protocol.dataReceived(b"RCPT TO:<b@example.net>\r\n")
+        self.network.run()
+        raw = self.client.transport.value()
+        self.assertEqual(raw, b"550 5.7.1 bad?char ?[31mred caf? ?250 forged?\r\n")
+
+    def test_finalTextRelayed(self) -> None:
+        """
+        The client's 250 carries the downstream's text (its queue id).
+        """
+        self.scripted()
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(replies[-1], ServerReply(250, ("2.6.0 Ok: queued as ABC123",)))
+        self.assertEqual(self.server.messages[0].count(b"Received: "), 1)
+
+    def test_parametersOnlyWhenAdvertised(self) -> None:
+        """
+        A downstream that advertises nothing gets no parameters; an ASCII sender with
+        SMTPUTF8 is still relayed.
+        """
+        self.scripted(EHLO=b"250 scripted.example\r\n")
+        replies = self.send(
+            "MAIL FROM:<a@example.org> BODY=8BITMIME SMTPUTF8 SIZE=10 RET=FULL ENVID=x",
+            "RCPT TO:<b@example.net> NOTIFY=NEVER",
+        )
+        self.assertEqual(codes(replies), [250, 250])
+        self.assertEqual(
+            self.server.commands[1:], ["MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>"]
+        )
+
+    def test_parametersWhenAdvertised(self) -> None:
+        """
+        The commands carry the parameters the downstream advertised, xtext-encoded.
+        """
+        self.scripted(
+            EHLO=b"250-scripted.example\r\n250-SIZE 1000000\r\n250-8BITMIME\r\n"
+            b"250-SMTPUTF8\r\n250 DSN\r\n"
+        )
+        replies = self.send(
+            "MAIL FROM:<a@example.org> BODY=8BITMIME SMTPUTF8 SIZE=10 RET=FULL ENVID=a+2Bb",
+            "RCPT TO:<b@example.net> NOTIFY=FAILURE ORCPT=rfc822;b+3Dc@example.net",
+        )
+        self.assertEqual(codes(replies), [250, 250])
+        self.assertEqual(
+            self.server.commands[1:],
+            [
+                "MAIL FROM:<a@example.org> BODY=8BITMIME SMTPUTF8 SIZE=10 RET=FULL ENVID=a+2Bb",
+                "RCPT TO:<b@example.net> NOTIFY=FAILURE ORCPT=rfc822;b+3Dc@example.net",
+            ],
+        )
+        self.assertEqual(self.server.commands[0], f"EHLO {FRONT}")
+
+    def test_nonASCIIWithoutSMTPUTF8(self) -> None:
+        """
+        A non-ASCII sender or recipient that the downstream could not take is refused with
+        553 5.6.7; an ASCII one goes on.
+        """
+        self.scripted()
+        replies = self.send("MAIL FROM:<ålice@example.org> SMTPUTF8")
+        self.assertEqual(codes(replies), [553])
+        self.assertTrue(replies[0].text.startswith("5.6.7 "))
+        replies = self.send(
+            "MAIL FROM:<alice@example.org> SMTPUTF8",
+            "RCPT TO:<bøb@example.net>",
+            "RCPT TO:<bob@example.net>",
+        )
+        self.assertEqual(codes(replies), [250, 553, 250])
+        self.assertTrue(replies[1].text.startswith("5.6.7 "))
+
+    def test_heloFallback(self) -> None:
+        """
+        A downstream that refuses EHLO is greeted with HELO.
+        """
+        self.scripted(EHLO=b"502 5.5.1 EHLO not implemented\r\n")
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertEqual(self.server.commands[:2], [f"EHLO {FRONT}", f"HELO {FRONT}"])
+
+    def test_badGreeting(self) -> None:
+        """
+        A downstream that does not greet with 220 is unavailable.
+        """
+        self.scripted(GREETING=b"554 5.3.2 Not now\r\n")
+        replies = self.send("MAIL FROM:<a@example.org>")
+        self.assertEqual(replies, [ServerReply(451, ("4.4.1 Error: downstream unavailable",))])
+
+    def test_garbage(self) -> None:
+        """
+        A downstream that answers with something that is not a reply is unavailable, and its
+        connection is dropped.
+        """
+        self.scripted(MAIL=b"HTTP/1.1 400 Bad Request\r\n")
+        replies = self.send("MAIL FROM:<a@example.org>")
+        self.assertEqual(codes(replies), [451])
+        self.assertTrue(self.server.lost)
+
+    def test_silence(self) -> None:
+        """
+        A downstream that does not answer within the timeout is unavailable; the client's
+        next try gets a new connection.
+        """
+        self.scripted(MAIL=[None, b"250 2.1.0 Ok\r\n"])  # type: ignore[list-item]
+        self.client.protocol.dataReceived(b"MAIL FROM:<a@example.org>\r\n")
+        self.network.run()
+        self.assertEqual(self.client.received(), [])
+        self.clock.advance(TIMEOUT)
+        self.network.run()
+        self.assertEqual(codes(self.client.received()), [451])
+        self.assertTrue(self.factory.built[0].lost)  # type: ignore[attr-defined]
+        self.assertEqual(codes(self.send("MAIL FROM:<a@example.org>")), [250])
+        self.assertEqual(len(self.factory.built), 2)
+
+    def test_stalledReader(self) -> None:
+        """
+        A downstream that stops reading the message for longer than the timeout is dropped
+        and the client gets 451 after its message.
+        """
+        self.scripted()
+        self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+        server = self.endpoint.servers[0]
+        server.pauseProducing()  # the downstream stops reading
+        self.write(b"x" * 78 + b"\r\n")
+        for _ in range(30):
+            if self.client.transport.producerState == "paused":
+                break
+            self.write((b"y" * 998 + b"\r\n") * 100)
+        self.assertEqual(self.client.transport.producerState, "paused")
+        self.clock.advance(TIMEOUT)
+        self.network.run()
+        self.assertTrue(self.endpoint.clients[0].disconnected)
+        self.assertEqual(self.client.transport.producerState, "producing")
+        replies = self.write(b"end\r\n.\r\n")
+        self.assertEqual(codes(replies), [451])
+        self.assertEqual(self.server.messages, [])
+
+    def test_earlyRefusal(self) -> None:
+        """
+        A downstream that refuses the message before its end and hangs up: the client
+        gets that refusal after its message.
+        """
+        self.scripted(EARLY=b"552 5.3.4 Message too big for me\r\n")
+        replies = self.sendmail("a@example.org", ["b@example.net"], b"x" * 5000 + b"\r\n")
+        self.assertEqual(codes(replies), [250, 250, 354, 552])
+        self.assertEqual(replies[-1].lines, ("5.3.4 Message too big for me",))
+        self.assertEqual(self.server.messages, [])
+
+    def test_unexpectedDataReply(self) -> None:
+        """
+        A 250 to DATA (instead of 354) is a broken downstream: 451.
+        """
+        self.scripted(DATA=b"250 2.0.0 Whatever\r\n")
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 451])
+
+    def test_dataRefused(self) -> None:
+        """
+        A refused DATA is the final reply; the downstream transaction is reset before the
+        next one.
+        """
+        self.scripted(DATA=[b"554 5.5.1 No valid recipients\r\n", b"354 Go ahead\r\n"])
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 554])
+        self.assertEqual(replies[-1].lines, ("5.5.1 No valid recipients",))
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertEqual(self.server.commands[4], "RSET")
+
+    def test_unsolicited421(self) -> None:
+        """
+        A 421 the downstream sends while idle ends that connection; the next transaction
+        gets a new one.
+        """
+        self.scripted()
+        self.assertEqual(codes(self.sendmail("a@example.org", ["b@example.net"]))[-1], 250)
+        first = self.server
+        assert first.transport is not None
+        first.transport.write(b"421 4.4.2 Idle too long\r\n")
+        self.network.run()
+        self.assertTrue(first.lost)
+        self.assertEqual(codes(self.sendmail("a@example.org", ["b@example.net"]))[-1], 250)
+        self.assertEqual(len(self.factory.built), 2)
+
+
+class UnavailableTests(ForwardTestCase):
+    """
+    When the downstream cannot be used the client gets 451 4.4.1, and nothing is lost.
+    """
+
+    UNAVAILABLE = ServerReply(451, ("4.4.1 Error: downstream unavailable",))
+
+    def test_refused(self) -> None:
+        """
+        A downstream that refuses the connection: 451 at MAIL.
+        """
+        self.front(None, behaviour="refuse")
+        self.assertEqual(self.send("MAIL FROM:<a@example.org>"), [self.UNAVAILABLE])
+
+    def test_connectTimeout(self) -> None:
+        """
+        A connection attempt that hangs: 451 at MAIL after the timeout.
+        """
+        self.front(None, behaviour="hang")
+        self.assertEqual(self.send("MAIL FROM:<a@example.org>"), [])
+        self.clock.advance(TIMEOUT)
+        self.assertEqual(self.client.received(), [self.UNAVAILABLE])
+
+    def test_downstream421MidTransaction(self) -> None:
+        """
+        A downstream that says 421 to a RCPT (and closes): the client gets 451 for it,
+        and a new transaction uses a new connection.
+        """
+        refuse = RefuseSome({"bye@example.net": SMTPError(421, "4.3.2 Shutting down")})
+        self.front(lambda: self.downstream([refuse]))
+        replies = self.send(
+            "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "RCPT TO:<bye@example.net>"
+        )
+        self.assertEqual(
+            replies[:2],
+            [ServerReply(250, ("2.1.0 Accepted",)), ServerReply(250, ("2.1.5 Accepted",))],
+        )
+        self.assertEqual(replies[2], self.UNAVAILABLE)
+        self.assertFalse(self.client.closed)
+        self.assertTrue(self.endpoint.clients[0].disconnected)
+        # The transaction is gone downstream: the rest of it fails temporarily too.
+        self.assertEqual(codes(self.send("RCPT TO:<c@example.net>")), [451])
+        self.assertEqual(codes(self.send("RSET")), [250])
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertEqual(len(self.recorder.sessions), 2)
+        self.assertEqual(len(self.recorder.messages), 1)
+
+    def test_downstreamLostDuringMessage(self) -> None:
+        """
+        A downstream connection lost in the middle of the message: the client gets 451 at
+        the end of it, never 250.
+        """
+        self.front(self.downstream)
+        self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+        self.write(b"Subject: part\r\n\r\n")
+        self.endpoint.servers[0].abortConnection()
+        self.network.run()
+        replies = self.write(b"rest\r\n.\r\n")
+        self.assertEqual(replies, [self.UNAVAILABLE])
+        self.assertEqual(self.recorder.messages, [])
+
+
+class StreamFailureTests(ForwardTestCase):
+    """
+    A message that fails on our side never reaches the downstream's store.
+    """
+
+    def test_clientDisconnectsMidData(self) -> None:
+        """
+        The client goes away in the middle of the message: the downstream connection is
+        aborted and the downstream keeps nothing.
+        """
+        self.front(self.downstream)
+        self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+        self.write(b"Subject: half\r\n\r\nthe first half\r\n")
+        self.client.disconnect()
+        self.network.run()
+        clientEnd = self.endpoint.clients[0]
+        self.assertTrue(clientEnd.disconnected)
+        self.assertTrue(clientEnd.aborted)
+        self.assertEqual(self.recorder.messages, [])
+        self.assertEqual(len(self.recorder.closed), 1)
+
+    def test_clientDisconnectsBeforeDownstreamReplied(self) -> None:
+        """
+        The client goes away while a command waits for the downstream: the downstream
+        connection is dropped.
+        """
+        self.front(self.downstream)
+        self.client.protocol.dataReceived(b"MAIL FROM:<a@example.org>\r\n")
+        self.client.disconnect()
+        self.network.run()
+        self.assertTrue(all(end.disconnected for end in self.endpoint.clients))
+        self.assertEqual(self.recorder.messages, [])
+
+    def test_tooLarge(self) -> None:
+        """
+        A message over our size limit: the client gets 552, the downstream nothing, and
+        the next message goes through on a new connection.
+        """
+        self.front(self.downstream, size=1000)
+        replies = self.sendmail("a@example.org", ["b@example.net"], b"x" * 2000 + b"\r\n")
+        self.assertEqual(codes(replies), [250, 250, 354, 552])
+        self.assertEqual(self.recorder.messages, [])
+        self.assertTrue(self.endpoint.clients[0].aborted)
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertEqual(len(self.recorder.messages), 1)
+
+    def test_refusedByEarlierHandler(self) -> None:
+        """
+        A content filter registered before ForwardDelivery refuses the message: the
+        downstream connection is aborted before the end, and the downstream keeps nothing.
+        """
+        self.front(self.downstream, before=[RefuseMessages()])
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 554])
+        self.assertEqual(self.recorder.messages, [])
+        self.assertTrue(self.endpoint.clients[0].aborted)
+
+    def test_laterHandlerRefusesRecipient(self) -> None:
+        """
+        A recipient refused by a handler registered after ForwardDelivery (which the
+        downstream had accepted) does not get the message.
+        """
+        refuse = RefuseSome({"no@example.net": SMTPError(550, "5.7.1 Not here")})
+        self.front(self.downstream, after=[refuse])
+        replies = self.sendmail("a@example.org", ["b@example.net", "no@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 550, 354, 250])
+        [received] = self.recorder.messages
+        self.assertEqual([r.address for r in received.envelope.rcptTo], ["b@example.net"])
+
+
+class SessionTests(ForwardTestCase):
+    """
+    One downstream connection per client session, across transactions.
+    """
+
+    def test_reusesConnection(self) -> None:
+        """
+        Two transactions on one client session use one downstream connection.
+        """
+        self.front(self.downstream)
+        for _ in range(2):
+            self.assertEqual(codes(self.sendmail("a@example.org", ["b@example.net"]))[-1], 250)
+        self.assertEqual(len(self.recorder.sessions), 1)
+        self.assertEqual(len(self.recorder.messages), 2)
+        self.assertEqual(self.endpoint.attempts, 1)
+
+    def test_rsetBetweenTransactions(self) -> None:
+        """
+        A transaction the client abandons with RSET is reset downstream before the next:
+        only the second is delivered, to its own recipients.
+        """
+        self.front(self.downstream)
+        replies = self.send("MAIL FROM:<first@example.org>", "RCPT TO:<one@example.net>", "RSET")
+        self.assertEqual(codes(replies), [250, 250, 250])
+        replies = self.sendmail("second@example.org", ["two@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        [received] = self.recorder.messages
+        self.assertEqual(received.envelope.mailFrom, Address("second@example.org"))
+        self.assertEqual([r.address for r in received.envelope.rcptTo], ["two@example.net"])
+        self.assertEqual(self.recorder.senders, ["first@example.org", "second@example.org"])
+        self.assertEqual(len(self.recorder.sessions), 1)
+
+    def test_quitClosesDownstream(self) -> None:
+        """
+        When the client leaves, the downstream connection is closed with QUIT.
+        """
+        self.front(self.downstream)
+        self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(self.send("QUIT")), [221])
+        self.network.run()
+        self.assertTrue(self.endpoint.clients[0].disconnected)
+        self.assertFalse(self.endpoint.clients[0].aborted)
+        self.assertEqual(len(self.recorder.closed), 1)
+        self.assertEqual(self.forward._links, {})
+
+    def test_downstreamTimesOutBetweenTransactions(self) -> None:
+        """
+        A downstream that closes an idle connection (421, its own timeout) is connected to
+        again for the next transaction.
+        """
+        self.front(lambda: self.downstream(socketTimeout=10), socketTimeout=1000)
+        self.assertEqual(codes(self.sendmail("a@example.org", ["b@example.net"]))[-1], 250)
+        self.clock.advance(11)
+        self.network.run()
+        self.assertTrue(self.endpoint.clients[0].disconnected)
+        self.assertEqual(codes(self.sendmail("a@example.org", ["b@example.net"]))[-1], 250)
+        self.assertEqual(len(self.recorder.sessions), 2)
+
+
+class LMTPTests(ForwardTestCase):
+    """
+    Per-recipient replies, whichever side speaks LMTP.
+    """
+
+    def test_lmtpToLMTP(self) -> None:
+        """
+        An LMTP client of an LMTP downstream gets one reply per recipient, duplicates
+        included, as the downstream gave them.
+        """
+        perRecipient = PerRecipient({"full@example.net": SMTPError(452, "4.2.2 Mailbox full")})
+        self.front(lambda: self.downstream([perRecipient], lmtp=True), lmtp=True, frontLMTP=True)
+        recipients = ["a@example.net", "full@example.net", "a@example.net", "b@example.net"]
+        replies = self.sendmail("s@example.org", recipients)
+        self.assertEqual(codes(replies), [250, 250, 250, 250, 250, 354, 250, 452, 250, 250])
+        self.assertEqual(replies[7].lines, ("4.2.2 Mailbox full",))
+        [received] = self.recorder.messages
+        self.assertEqual(len(received.envelope.rcptTo), 4)
+        self.assertRelayed(received.data, MESSAGE, "LMTP")
+
+    def test_smtpToLMTPMixed(self) -> None:
+        """
+        An SMTP client of an LMTP downstream that delivered to some recipients only gets
+        451 4.3.0: a retry may duplicate, but nothing is lost.
+        """
+        perRecipient = PerRecipient({"full@example.net": SMTPError(452, "4.2.2 Mailbox full")})
+        self.front(lambda: self.downstream([perRecipient], lmtp=True), lmtp=True)
+        replies = self.sendmail("s@example.org", ["a@example.net", "full@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 250, 354, 451])
+        self.assertTrue(replies[-1].text.startswith("4.3.0 "))
+
+    def test_smtpToLMTPAllAccepted(self) -> None:
+        """
+        An SMTP client of an LMTP downstream that accepted for every recipient gets 250.
+        """
+        self.front(lambda: self.downstream(lmtp=True), lmtp=True)
+        replies = self.sendmail("s@example.org", ["a@example.net", "b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 250, 354, 250])
+        self.assertEqual(self.recorder.sessions[0].openingCommand, "LHLO")
+
+    def test_smtpToLMTPAllRefused(self) -> None:
+        """
+        When every recipient was refused alike, the client gets that refusal.
+        """
+        perRecipient = PerRecipient(
+            {
+                "a@example.net": SMTPError(550, "5.7.1 Refused for a"),
+                "b@example.net": SMTPError(550, "5.7.1 Refused for b"),
+            }
+        )
+        self.front(lambda: self.downstream([perRecipient], lmtp=True), lmtp=True)
+        replies = self.sendmail("s@example.org", ["a@example.net", "b@example.net"])
+        self.assertEqual(replies[-1], ServerReply(550, ("5.7.1 Refused for a",)))
+
+    def test_lmtpToSMTP(self) -> None:
+        """
+        An LMTP client of an SMTP downstream gets the single reply for every recipient.
+        """
+        self.front(self.downstream, frontLMTP=True)
+        replies = self.sendmail("s@example.org", ["a@example.net", "b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 250, 354, 250, 250])
+        self.front(
+            lambda: self.downstream([RefuseMessages()], record=False),
+            frontLMTP=True,
+        )
+        replies = self.sendmail("s@example.org", ["a@example.net", "b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 250, 354, 554, 554])
+
+
+class LargeMessageTests(ForwardTestCase):
+    """
+    A large message passes through in bounded memory.
+    """
+
+    SIZE = 20 * 1024 * 1024
+    #: What relaying may allocate at most at once, far below the message's size.
+    BOUND = 4 * 1024 * 1024
+
+    def test_twentyMegabytes(self) -> None:
+        """
+        A 20 MB message arrives intact while the memory in use stays a few buffers' worth,
+        and the front's stream never holds more than about its high-water mark.
+        """
+        digests = DigestHandler()
+        self.front(lambda: self.downstream([digests], record=False, size=0))
+        line = b"0123456789" * 7 + b".......\r\n"
+        block = b"Subject: big\r\n\r\n" + line * (1024 * 1024 // len(line))
+        rest = line * (1024 * 1024 // len(line))
+        blocks = [block] + [rest] * (self.SIZE // len(rest) - 1)
+        total = sum(map(len, blocks))
+        self.assertEqual(
+            codes(self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")),
+            [250, 250, 354],
+        )
+        transaction = self.client.protocol._data
+        assert transaction is not None
+        [stream] = transaction.fanOut.streams
+        backlog = pauses = 0
+        tracemalloc.start()
+        try:
+            for piece in blocks:
+                for start in range(0, len(piece), 65536):
+                    # The network moves nothing until the front stops reading: then the
+                    # downstream pipe, our stream and the front's stream are all full.
+                    if self.client.transport.producerState == "paused":
+                        pauses += 1
+                        self.network.run()
+                        self.assertEqual(self.client.transport.producerState, "producing")
+                    self.client.protocol.dataReceived(piece[start : start + 65536])
+                    backlog = max(backlog, stream.backlog)
+            replies = self.write(b".\r\n")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(codes(replies), [250])
+        [(prefix, size, digest)] = digests.messages
+        header = prefix[: prefix.index(b"Subject: big")]
+        self.assertTrue(header.startswith(b"Received: "))
+        self.assertEqual(size, len(header) + total)
+        expectedDigest = hashlib.sha256(header)
+        for piece in blocks:
+            expectedDigest.update(piece)
+        self.assertEqual(digest, expectedDigest.hexdigest())
+        self.assertLess(peak, self.BOUND)
+        self.assertGreater(pauses, 20)
+        self.assertLessEqual(backlog, HIGH_WATER + 65536)
+        self.assertGreater(self.network.written, total)
+
+
+# -- the pure parts -------------------------------------------------------------------------
+
+
+class ReplyParserTests(SynchronousTestCase):
+    """
+    Downstream replies are read strictly and sanitised.
+    """
+
+    def feed(self, *lines: bytes) -> list[DownstreamReply]:
+        parser = ReplyParser()
+        replies = [parser.feed(line) for line in lines]
+        return [reply for reply in replies if reply is not None]
+
+    def test_singleLine(self) -> None:
+        """
+        A one-line reply with an enhanced code.
+        """
+        self.assertEqual(self.feed(b"250 2.1.0 Ok"), [DownstreamReply(250, ("Ok",), "2.1.0")])
+
+    def test_multiLine(self) -> None:
+        """
+        Lines with a dash continue a reply; the enhanced code is taken from each.
+        """
+        self.assertEqual(
+            self.feed(b"550-5.1.1 one", b"550-5.1.1 two", b"550 5.1.1 three"),
+            [DownstreamReply(550, ("one", "two", "three"), "5.1.1")],
+        )
+
+    def test_noText(self) -> None:
+        """
+        A code alone is a reply with empty text.
+        """
+        self.assertEqual(self.feed(b"250"), [DownstreamReply(250, ("",), None)])
+
+    def test_enhancedCodeOfOtherClass(self) -> None:
+        """
+        An enhanced code whose class is not the reply's stays in the text.
+        """
+        self.assertEqual(self.feed(b"550 4.1.1 odd"), [DownstreamReply(550, ("4.1.1 odd",), None)])
+
+    def test_badLines(self) -> None:
+        """
+        Lines that are not reply lines, codes out of range, a code changing within a reply.
+        """
+        for lines in (
+            [b"hello"],
+            [b"25"],
+            [b"250x"],
+            [b"150 no"],
+            [b"650 no"],
+            [b"250-a", b"251 b"],
+        ):
+            parser = ReplyParser()
+            with self.assertRaises(ReplySyntaxError):
+                for line in lines:
+                    parser.feed(line)
+
+    def test_tooManyLines(self) -> None:
+        """
+        A reply cannot go on for ever.
+        """
+        parser = ReplyParser(maxLines=3)
+        for _ in range(3):
+            parser.feed(b"250-x")
+        with self.assertRaises(ReplySyntaxError):
+            parser.feed(b"250-x")
+
+    def test_sanitised(self) -> None:
+        """
+        Only printable ASCII is kept; a tab becomes a space.
+        """
+        [reply] = self.feed(b"550 5.7.1 a\tb\x00c\xff\xc3\xa9\x7f")
+        self.assertEqual(reply.lines, ("a b?c???",))
+        self.assertEqual(reply.error().lines, ("a b?c???",))
+
+    def test_extensions(self) -> None:
+        """
+        EHLO keywords, upper-cased, with their parameters; the greeting line is not one.
+        """
+        [reply] = self.feed(
+            b"250-mx.example Hello",
+            b"250-size 1000",
+            b"250-8BITMIME",
+            b"250-AUTH PLAIN LOGIN",
+            b"250-bad_keyword",
+            b"250 DSN",
+        )
+        self.assertEqual(
+            parseExtensions(reply),
+            {"SIZE": "1000", "8BITMIME": "", "AUTH": "PLAIN LOGIN", "DSN": ""},
+        )
+
+    def test_xtext(self) -> None:
+        """
+        xtext encoding escapes +, =, controls, space and non-ASCII.
+        """
+        self.assertEqual(encodeXtext("a+b=c d\x01"), "a+2Bb+3Dc+20d+01")
+        self.assertEqual(encodeXtext("é€"), "+E9+E2+82+AC")
+
+    def test_combine(self) -> None:
+        """
+        LMTP replies combine into one SMTP answer only when they agree.
+        """
+        ok = DownstreamReply(250, ("ok",))
+        temp = DownstreamReply(452, ("full",), "4.2.2")
+        perm = DownstreamReply(550, ("no",), "5.1.1")
+        self.assertIs(combineReplies([ok, ok]), ok)
+        self.assertIs(combineReplies([perm, perm]), perm)
+        self.assertIs(combineReplies([perm, temp]), temp)
+        mixed = combineReplies([ok, temp])
+        assert isinstance(mixed, SMTPError)
+        self.assertEqual((mixed.code, mixed.enhancedCode), (451, "4.3.0"))
+
+    def test_envelopeIsFrozen(self) -> None:
+        """
+        (Sanity) the envelope type the commands are built from is the session's.
+        """
+        self.assertEqual(Envelope().bodyType, "7bit")
+
+
+_LINE = st.binary().map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+_INTERESTING = st.lists(
+    st.sampled_from([b"\r", b"\n", b".", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"..", b"a", b"\x00"])
+).map(b"".join)
+_FAST = settings(max_examples=300, deadline=None)
+
+
+def _split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
+    points = [0, *sorted(cuts), len(data)]
+    return [data[start:end] for start, end in pairwise(points)]
+
+
+def _stuffed(chunks: Iterable[bytes]) -> bytes:
+    stuffer = DotStuffer()
+    return b"".join(stuffer.feed(chunk) for chunk in chunks) + stuffer.end()
+
+
+def _decoded(data: bytes, policy: str) -> tuple[bytes, bytes | None]:
+    decoder = DataDecoder(policy=policy)
+    return decoder.feed(data)
+
+
+def _canonical(message: bytes) -> bytes:
+    # What the normalize policy makes of a message: every line ending CRLF, and one at the
+    # end.
+    message = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if message and not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message
+
+
+class DotStufferTests(SynchronousTestCase):
+    """
+    L{DotStuffer} stuffs across chunk boundaries and emits canonical line endings.
+    """
+
+    def test_examples(self) -> None:
+        """
+        Dots at line starts are doubled, wherever the chunks are cut; the end adds the
+        missing CRLF and the dot line.
+        """
+        stuffer = DotStuffer()
+        self.assertEqual(stuffer.feed(b".a\r"), b"..a")
+        self.assertEqual(stuffer.feed(b"\n"), b"\r\n")
+        self.assertEqual(stuffer.feed(b"."), b"..")
+        self.assertEqual(stuffer.feed(b"\r\n"), b"\r\n")
+        self.assertEqual(stuffer.feed(b"x"), b"x")
+        self.assertEqual(stuffer.end(), b"\r\n.\r\n")
+        self.assertEqual(DotStuffer().end(), b".\r\n")
+
+    def test_bareLineEndings(self) -> None:
+        """
+        A bare LF or CR becomes CRLF, and a dot after it is a line start.
+        """
+        self.assertEqual(_stuffed([b"a\n.b\r.c\r"]), b"a\r\n..b\r\n..c\r\n.\r\n")
+        self.assertEqual(_stuffed([b"a\r", b"\r", b"\n.\n"]), b"a\r\n\r\n..\r\n.\r\n")
+
+    @_FAST
+    @given(st.lists(_LINE), st.sampled_from(("normalize", "pass")), st.data())
+    def test_roundTrip(self, lines: list[bytes], policy: str, data: st.DataObject) -> None:
+        """
+        For any chunking of any CRLF-terminated message, the decoder gives back the message
+        from the stuffed output, which is what stuff() makes of it.
+        """
+        message = b"".join(line + b"\r\n" for line in lines)
+        cuts = data.draw(st.lists(st.integers(0, len(message))))
+        out = _stuffed(_split(message, cuts))
+        self.assertEqual(out, stuff(message))
+        self.assertEqual(_decoded(out, policy), (message, b""))
+
+    @_FAST
+    @given(st.one_of(st.binary(), _INTERESTING), st.data())
+    def test_anyBytes(self, message: bytes, data: st.DataObject) -> None:
+        """
+        For any bytes and any chunking the output has only CRLF line endings, ends at its
+        first end-of-data, and decodes to the message with canonical line endings.
+        """
+        cuts = data.draw(st.lists(st.integers(0, len(message))))
+        out = _stuffed(_split(message, cuts))
+        self.assertEqual(out.count(b"\r"), out.count(b"\r\n"))
+        self.assertEqual(out.count(b"\n"), out.count(b"\r\n"))
+        self.assertEqual(_decoded(out, "pass"), (_canonical(message), b""))
+        self.assertEqual(out, _stuffed([message]))
+
+
+# -- on the real reactor ------------------------------------------------------------------------
+
+
+class RealReactorTests(TestCase):
+    """
+    Over loopback: TLS to the downstream, and the documentation's example.
+    """
+
+    timeout = 30
+
+    async def test_tlsDownstream(self) -> None:
+        """
+        With a TLS endpoint the downstream connection is encrypted and the downstream's
+        certificate is checked; the message arrives.
+        """
+        recorder = RecordingHandler()
+        pair = issue(DOWNSTREAM)
+        _, port = await startServer(
+            self, [recorder], secure=True, key=pair.key, cert=pair.cert, name=DOWNSTREAM
+        )
+        reactor = theReactor()
+        endpoint = wrapClientTLS(
+            optionsForClientTLS(DOWNSTREAM, Certificate.loadPEM(authority().cert)),
+            TCP4ClientEndpoint(reactor, LOCALHOST, port),
+        )
+        forward = ForwardDelivery(endpoint, reactor=reactor, serverName=FRONT, timeout=10)
+        _, frontPort = await startServer(self, [forward])
+
+        def send() -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, frontPort, "client.example", timeout=10) as client:
+                return client.sendmail("a@example.org", ["b@example.net"], MESSAGE)
+
+        self.assertEqual(await deferToThread(send), {})
+        [received] = recorder.messages
+        self.assertTrue(received.data.endswith(MESSAGE))
+        self.assertTrue(recorder.sessions[0].secure)
+
+    async def test_example(self) -> None:
+        """
+        The documentation's example: an LMTP front forwarding over LMTP, per recipient.
+        """
+        recorder = RecordingHandler()
+        perRecipient = PerRecipient({"full@example.net": SMTPError(452, "4.2.2 Mailbox full")})
+        _, downstreamPort = await startServer(self, [perRecipient, recorder], lmtp=True)
+        example = loadExample("forward_lmtp")
+        output = io.StringIO()
+        self.patch(sys, "stdout", output)
+        reactor = ExampleReactor()
+        running = Deferred.fromCoroutine(
+            example.main(
+                reactor,
+                f"tcp:0:interface={LOCALHOST}",
+                f"tcp:host={LOCALHOST}:port={downstreamPort}",
+            )
+        )
+
+        async def stop() -> None:
+            for trigger in reactor.shutdownTriggers:
+                await maybeDeferred(trigger)
+            running.cancel()
+            with contextlib.suppress(CancelledError):
+                await running
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        self.assertFalse(running.called)
+        [port] = reactor.ports
+
+        def talk() -> list[tuple[int, bytes]]:
+            client = smtplib.LMTP(LOCALHOST, port.getHost().port, timeout=10)
+            try:
+                client.ehlo("client.example")
+                client.mail("a@example.org")
+                client.rcpt("ok@example.net")
+                client.rcpt("full@example.net")
+                client.putcmd("data")
+                replies = [client.getreply()]
+                client.send(stuff(MESSAGE))
+                replies += [client.getreply(), client.getreply()]
+                return replies
+            finally:
+                client.close()
+
+        replies = await deferToThread(talk)
+        self.assertEqual([code for code, _ in replies], [354, 250, 452])
+        self.assertIn(b"Mailbox full", replies[2][1])
+        [received] = recorder.messages
+        self.assertTrue(received.data.endswith(MESSAGE))
+        self.assertIn(b" with LMTP id ", received.data)
+        self.assertIn("LMTP server listening on", output.getvalue())
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+class DocumentationTests(SynchronousTestCase):
+    """
+    The page shows the example these tests run.
+    """
+
+    def test_exampleIncluded(self) -> None:
+        """
+        The forwarding page includes the example verbatim, and is in the table of contents.
+        """
+        page = (EXAMPLES.parent / "delivery-forward.rst").read_text(encoding="utf-8")
+        self.assertIn(".. literalinclude:: examples/forward_lmtp.py\n", page)
+        index = (EXAMPLES.parent / "index.rst").read_text(encoding="utf-8")
+        self.assertIn("   delivery-forward\n", index)
+
+
+def loadExample(name: str) -> Any:
+    """
+    Import C{docs/examples/NAME.py}.
+    """
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+class ExampleReactor:
+    """
+    The real reactor, noting the ports an example listens on and keeping its shutdown
+    triggers for the test to run.
+    """
+
+    def __init__(self) -> None:
+        self._reactor = theReactor()
+        self.ports: list[Any] = []
+        self.shutdownTriggers: list[Callable[[], object]] = []
+
+    def listenTCP(self, *args: Any, **kwargs: Any) -> Any:
+        port = self._reactor.listenTCP(*args, **kwargs)
+        self.ports.append(port)
+        return port
+
+    def addSystemEventTrigger(
+        self, phase: str, eventType: str, f: Callable[..., object], *args: Any
+    ) -> int:
+        self.shutdownTriggers.append(lambda: f(*args))
+        return len(self.shutdownTriggers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)

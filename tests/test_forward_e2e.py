@@ -1,0 +1,376 @@
+"""
+End-to-end tests of the forwarding delivery with Postfix's C{smtp-sink} as the downstream.
+
+C{smtp-sink} (Debian package C{postfix}) is started on a free port of 127.0.0.1 and dumps
+each message it receives into a file; an in-process L{SMTPServer} with L{ForwardDelivery}
+relays to it, and C{smtplib} in a thread is the client.  Each test starts its own sink and
+kills it by PID in its cleanup; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import smtplib
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
+from twisted.trial.unittest import FailTest
+
+from smtpsvc.handlers.forward import ForwardDelivery
+from smtpsvc.testing import stuff
+
+from .e2e_support import (
+    CLIENT_NAME,
+    EXIT_TIMEOUT,
+    LOCALHOST,
+    SOCKET_TIMEOUT,
+    START_TIMEOUT,
+    E2ETestCase,
+    startServer,
+    theReactor,
+)
+
+#: Where smtp-sink is, if it is installed.
+SMTP_SINK = shutil.which("smtp-sink") or next(
+    (p for p in ("/usr/sbin/smtp-sink", "/usr/bin/smtp-sink") if os.access(p, os.X_OK)), None
+)
+#: The name our server gives downstream, in EHLO/LHLO and in its Received header.
+FRONT = "relay.e2e.test"
+MESSAGE = (
+    b"From: <alice@example.org>\r\n"
+    b"To: <bob@example.net>\r\n"
+    b"Subject: through the sink\r\n"
+    b"\r\n"
+    b"A first line.\r\n"
+    b".\r\n"
+    b"..two dots\r\n"
+    b".one dot\r\n"
+    b"\r\n"
+    b"The end.\r\n"
+)
+SECOND = b"Subject: 2\r\n\r\nTwo\r\n"
+
+
+class SinkProcess(ProcessProtocol):
+    """
+    A running smtp-sink: its output, and whether it ended.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[None] = Deferred()
+        self.processTransport: IProcessTransport | None = None
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+    async def stop(self) -> None:
+        """
+        SIGTERM, then SIGKILL if it is still there after L{EXIT_TIMEOUT} seconds; both to
+        its PID only.
+        """
+        for signal in ("TERM", "KILL"):
+            if self.ended.called or self.processTransport is None:
+                return
+            with contextlib.suppress(Exception):
+                self.processTransport.signalProcess(signal)
+            with contextlib.suppress(defer.TimeoutError):
+                await self._waitForEnd().addTimeout(EXIT_TIMEOUT, theReactor())
+
+    def _waitForEnd(self) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+
+        def ended(result: None) -> None:
+            if not waiter.called:
+                waiter.callback(None)
+            return result
+
+        self.ended.addBoth(ended)
+        return waiter
+
+
+def stopSink(process: SinkProcess) -> Deferred[None]:
+    """
+    Stop C{process} (a cleanup).
+    """
+    return Deferred.fromCoroutine(process.stop())
+
+
+def freePort() -> int:
+    """
+    A port of 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def waitForListener(port: int, within: float) -> bool:
+    """
+    Whether something accepts connections on C{port} within C{within} seconds (blocking:
+    run it in a thread).
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((LOCALHOST, port), timeout=SOCKET_TIMEOUT):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class ForwardE2ETestCase(E2ETestCase):
+    """
+    Starts smtp-sink and an smtpsvc front relaying to it.
+    """
+
+    def setUp(self) -> None:
+        if SMTP_SINK is None:
+            raise self.skipTest(
+                "smtp-sink is not installed (Debian package postfix: "
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y postfix)"
+            )
+
+    async def startSink(self, *options: str) -> tuple[SinkProcess, int, Path]:
+        """
+        Start smtp-sink with C{options}, dumping each message into a file of a new
+        directory; retry on another port if the one picked was taken meanwhile.
+
+        @return: the process, its port and the dump directory.
+        """
+        assert SMTP_SINK is not None
+        dumps = Path(tempfile.mkdtemp(prefix="smtpsvc-sink-"))
+        self.addCleanup(shutil.rmtree, dumps, True)
+        # smtp-sink runs as nobody (-u), which must be able to write there.
+        dumps.chmod(0o777)
+        reactor = cast(IReactorProcess, theReactor())
+        for _ in range(5):
+            port = freePort()
+            argv = [SMTP_SINK, "-u", "nobody", *options, "-d", f"{dumps}/%M."]
+            argv += [f"{LOCALHOST}:{port}", "100"]
+            process = SinkProcess()
+            process.processTransport = reactor.spawnProcess(process, SMTP_SINK, argv, env={})
+            self.addCleanup(stopSink, process)
+            listening = await deferToThread(waitForListener, port, START_TIMEOUT)
+            if listening and not process.ended.called:
+                return process, port, dumps
+            await stopSink(process)
+        raise FailTest(f"smtp-sink did not start; its output: {process.output!r}")
+
+    async def startFront(self, sinkPort: int, **options: Any) -> int:
+        """
+        An smtpsvc server on a port of its own, relaying to the sink.
+
+        @return: its port.
+        """
+        lmtp = options.pop("downstreamLMTP", False)
+        forward = ForwardDelivery(
+            f"tcp:host={LOCALHOST}:port={sinkPort}",
+            lmtp=lmtp,
+            reactor=theReactor(),
+            serverName=FRONT,
+            timeout=10,
+        )
+        _, port = await startServer(
+            self, [forward], authOptional=True, disableReverseLookup=True, **options
+        )
+        return port
+
+    async def dumped(self, dumps: Path, count: int = 1) -> list[bytes]:
+        """
+        The messages the sink dumped, once there are C{count} complete ones (a dump ends
+        with an empty line), within a bounded time.
+        """
+        deadline = time.monotonic() + SOCKET_TIMEOUT
+        while True:
+            files = sorted(dumps.iterdir())
+            contents = [f.read_bytes() for f in files]
+            if len(contents) >= count and all(c.endswith(b"\n\n") for c in contents):
+                return contents
+            if time.monotonic() > deadline:
+                raise FailTest(f"smtp-sink dumped {len(contents)} messages, not {count}")
+            await deferLater(theReactor(), 0.05, lambda: None)
+
+    def assertDumped(self, dump: bytes, message: bytes) -> dict[str, list[str]]:
+        """
+        The dump holds the message, with our Received header first: smtp-sink's records
+        (C{X-...: value} lines and its own three-line Received header), then ours, then the
+        message, all with LF line endings, then an empty line.
+
+        @return: smtp-sink's records, by name.
+        """
+        lines = dump.split(b"\n")
+        records: dict[str, list[str]] = {}
+        index = 0
+        while lines[index].startswith(b"X-"):
+            name, _, value = lines[index].decode().partition(": ")
+            records.setdefault(name, []).append(value)
+            index += 1
+        # smtp-sink's own Received header: three lines.
+        self.assertTrue(lines[index].startswith(b"Received: from "), dump)
+        self.assertIn(b"(smtp-sink)", lines[index + 1])
+        rest = b"\n".join(lines[index + 3 :])
+        self.assertTrue(rest.startswith(b"Received: from " + CLIENT_NAME.encode()), rest)
+        expected = message.replace(b"\r\n", b"\n") + b"\n"
+        self.assertTrue(rest.endswith(expected), rest)
+        ours = rest[: len(rest) - len(expected)].split(b"\n")
+        self.assertEqual(ours[-1], b"")
+        self.assertTrue(all(line.startswith(b"\t") for line in ours[1:-1]), ours)
+        self.assertIn(f"\tby {FRONT} (smtpsvc) with ".encode(), b"\n".join(ours))
+        self.assertNotIn(b"Return-Path", rest)
+        return records
+
+
+class SinkTests(ForwardE2ETestCase):
+    """
+    Messages relayed to smtp-sink arrive intact, with our Received header.
+    """
+
+    async def test_smtp(self) -> None:
+        """
+        SMTP to SMTP: the message arrives intact, for both recipients, with the DSN and
+        BODY parameters the sink supports, and the client's 250 is the sink's.
+        """
+        _, sinkPort, dumps = await self.startSink()
+        port = await self.startFront(sinkPort, hideDSN=False)
+
+        def send() -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT) as client:
+                refused = client.sendmail(
+                    "alice@example.org",
+                    ["bob@example.net", "carol@example.net"],
+                    MESSAGE,
+                    mail_options=["BODY=8BITMIME", "RET=HDRS", "ENVID=env+2B1"],
+                    rcpt_options=["NOTIFY=SUCCESS,FAILURE"],
+                )
+                return refused, client.noop()
+
+        refused, _ = await deferToThread(send)
+        self.assertEqual(refused, {})
+        [dump] = await self.dumped(dumps)
+        records = self.assertDumped(dump, MESSAGE)
+        self.assertEqual(records["X-Client-Proto"], ["ESMTP"])
+        self.assertEqual(records["X-Helo-Args"], [FRONT])
+        self.assertEqual(
+            records["X-Mail-Args"], ["<alice@example.org> BODY=8BITMIME RET=HDRS ENVID=env+2B1"]
+        )
+        self.assertEqual(
+            records["X-Rcpt-Args"],
+            [
+                "<bob@example.net> NOTIFY=SUCCESS,FAILURE",
+                "<carol@example.net> NOTIFY=SUCCESS,FAILURE",
+            ],
+        )
+
+    async def test_twoMessagesOneSession(self) -> None:
+        """
+        Two messages in one client session both arrive.
+        """
+        _, sinkPort, dumps = await self.startSink()
+        port = await self.startFront(sinkPort)
+
+        def send() -> None:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT) as client:
+                client.sendmail("a@example.org", ["b@example.net"], MESSAGE)
+                client.sendmail("a@example.org", ["c@example.net"], SECOND)
+
+        await deferToThread(send)
+        first, second = sorted(await self.dumped(dumps, 2), key=lambda d: b"Subject: 2" in d)
+        self.assertDumped(first, MESSAGE)
+        self.assertDumped(second, SECOND)
+
+    async def test_lmtp(self) -> None:
+        """
+        LMTP client, LMTP downstream: after the message one reply per recipient, the
+        sink's; the message arrives intact.
+        """
+        _, sinkPort, dumps = await self.startSink("-L")
+        port = await self.startFront(sinkPort, lmtp=True, downstreamLMTP=True)
+
+        def send() -> list[tuple[int, bytes]]:
+            client = smtplib.LMTP(LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT)
+            try:
+                replies = [client.ehlo(CLIENT_NAME)]
+                replies.append(client.mail("alice@example.org"))
+                replies.append(client.rcpt("bob@example.net"))
+                replies.append(client.rcpt("carol@example.net"))
+                client.putcmd("data")
+                replies.append(client.getreply())
+                client.send(stuff(MESSAGE))
+                replies += [client.getreply(), client.getreply()]
+                replies.append(client.quit())
+                return replies
+            finally:
+                client.close()
+
+        replies = await deferToThread(send)
+        self.assertEqual([code for code, _ in replies], [250, 250, 250, 250, 354, 250, 250, 221])
+        [dump] = await self.dumped(dumps)
+        records = self.assertDumped(dump, MESSAGE)
+        self.assertEqual(records["X-Client-Proto"], ["LMTP"])
+        self.assertEqual(records["X-Rcpt-Args"], ["<bob@example.net>", "<carol@example.net>"])
+
+    async def test_smtpToLMTP(self) -> None:
+        """
+        SMTP client, LMTP downstream that accepts for everyone: one 250.
+        """
+        _, sinkPort, dumps = await self.startSink("-L")
+        port = await self.startFront(sinkPort, downstreamLMTP=True)
+
+        def send() -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT) as client:
+                return client.sendmail("a@example.org", ["b@example.net", "c@example.net"], MESSAGE)
+
+        self.assertEqual(await deferToThread(send), {})
+        [dump] = await self.dumped(dumps)
+        self.assertDumped(dump, MESSAGE)
+
+    async def test_sinkStopped(self) -> None:
+        """
+        With the sink stopped the client gets 451 at MAIL, and can try again later.
+        """
+        sink, sinkPort, _ = await self.startSink()
+        port = await self.startFront(sinkPort)
+        await stopSink(sink)
+
+        def send() -> tuple[int, bytes]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT) as client:
+                client.ehlo()
+                return client.mail("a@example.org")
+
+        code, text = await deferToThread(send)
+        self.assertEqual(code, 451)
+        self.assertIn(b"downstream unavailable", text)
+
+    async def test_sink421(self) -> None:
+        """
+        A sink that says 421 and hangs up after RCPT: the client gets 451 for that
+        recipient, and its connection stays up.
+        """
+        _, sinkPort, dumps = await self.startSink("-Q", "RCPT")
+        port = await self.startFront(sinkPort)
+
+        def send() -> list[tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT) as client:
+                client.ehlo()
+                return [client.mail("a@example.org"), client.rcpt("b@example.net"), client.noop()]
+
+        replies = await deferToThread(send)
+        self.assertEqual([code for code, _ in replies], [250, 451, 250])
+        self.assertEqual(list(dumps.iterdir()), [])
