@@ -5,10 +5,14 @@ time, optionally forward-confirmed.
 
 from __future__ import annotations
 
+# twisted.names encodes names with the "idna" codec, which Python imports on first use.
+# Import it now: a service that drops privileges (twistd --uid) may no longer be able to
+# read the interpreter's library by the time the first client connects.
+import encodings.idna  # noqa: F401
 import ipaddress
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorUDP
 from twisted.logger import Logger
 from twisted.names import dns
@@ -80,7 +84,8 @@ def reverseLookup(
         ip = ipaddress.ip_address(address)
     except ValueError:
         return succeed(None)
-    d: Deferred[Any] = resolver.lookupPointer(ip.reverse_pointer)
+    # A resolver that raises instead of failing its Deferred is still only a failed lookup.
+    d: Deferred[Any] = maybeDeferred(resolver.lookupPointer, ip.reverse_pointer)
 
     def named(result: Any) -> Deferred[str | None] | str | None:
         for name in _names(result, dns.PTR):
@@ -111,5 +116,5 @@ def _confirm(resolver: Any, name: str, ip: Any) -> Deferred[str | None]:
         confirmed = any(ipaddress.ip_address(a) == ip for a in _names(result, kind))
         return name if confirmed else None
 
-    d: Deferred[str | None] = lookup(name).addCallback(check)
+    d: Deferred[str | None] = maybeDeferred(lookup, name).addCallback(check)
     return d

@@ -133,12 +133,9 @@ def buildServer(
     for target in config.deliver:
         kind, _, argument = target.partition(":")
         if kind == "maildir":
-            try:
-                handler: object = MaildirDelivery(
-                    argument, reactor=server.reactor, serverName=server.options.name
-                )
-            except OSError as e:
-                raise ConfigurationError(f"--deliver {target}: {e.strerror}") from e
+            handler: object = MaildirDelivery(
+                argument, reactor=server.reactor, serverName=server.options.name
+            )
         elif kind in ("smtp", "lmtp"):
             from .handlers.forward import ForwardDelivery
 
@@ -153,7 +150,27 @@ def buildServer(
         else:
             continue
         server.addHandler(handler)
+    if not server._handlersFor("onData") and "discard" not in config.deliver:
+        # Mail would be answered 250 and dropped: say so, unless that is what was asked.
+        raise ConfigurationError(
+            "no --deliver target takes the messages (a python: handler without onData "
+            "only filters); add maildir:DIR, smtp:..., lmtp:... or, to drop them, discard"
+        )
     return server
+
+
+def prepareDeliveries(server: SMTPServer) -> None:
+    """
+    Make what deliveries need on disk, as the user the service runs as.
+    """
+    from .handlers.maildir import MaildirDelivery
+
+    for handler in server.handlers:
+        if isinstance(handler, MaildirDelivery):
+            try:
+                handler.prepare()
+            except OSError as e:
+                raise ConfigurationError(f"--deliver maildir:{handler.path}: {e.strerror}") from e
 
 
 class SMTPService(Service):
@@ -177,6 +194,8 @@ class SMTPService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        # Under twistd --uid this runs after privileges are dropped.
+        prepareDeliveries(self.server)
         self._listen()
         self._previousHangup = installHangup(self.reload)
 
@@ -314,7 +333,11 @@ class WorkerMaster(Service):
     """
 
     def __init__(
-        self, config: ServiceConfig, pluginArgs: Sequence[str], reactor: Any = None
+        self,
+        config: ServiceConfig,
+        pluginArgs: Sequence[str],
+        reactor: Any = None,
+        temporaryFiles: Sequence[str] = (),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -323,6 +346,8 @@ class WorkerMaster(Service):
         self.reactor = reactor
         self.config = config
         self.pluginArgs = list(pluginArgs)
+        # Files made for the workers (the development certificate), removed at stop.
+        self.temporaryFiles = list(temporaryFiles)
         self.ports: list[tuple[IListeningPort, bool]] = []
         self.workers: dict[int, Any] = {}
         self._stopping = False
@@ -403,6 +428,9 @@ class WorkerMaster(Service):
         def done(_: object) -> Deferred[None]:
             if killer.active():
                 killer.cancel()
+            for path in self.temporaryFiles:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             closing = [p.stopListening() for p, _ in self.ports]
             return DeferredList([d for d in closing if d is not None]).addCallback(lambda _: None)
 

@@ -241,21 +241,24 @@ def makeService(options: Options) -> IService:
     """
     config = options.config
     if config.workers > 1:
-        return WorkerMaster(config, _workerArguments(options))
+        # Check the configuration in this process, where errors can still be told.
+        buildServer(options)
+        arguments, files = _workerArguments(options)
+        return WorkerMaster(config, arguments, temporaryFiles=files)
     return SMTPService(buildServer(options), config)
 
 
-def _workerArguments(options: Options) -> list[str]:
+def _workerArguments(options: Options) -> tuple[list[str], list[str]]:
     arguments = list(options.argv)
     development = options.config.tls.development
-    if development is not None:
-        # The workers must serve the same development certificate: hand it over in a
-        # file only this user can read.
-        fd, path = tempfile.mkstemp(prefix="smtpsvc-development-", suffix=".pem")
-        with os.fdopen(fd, "wb") as f:
-            f.write(development[1] + development[0])
-        arguments += ["--cert", path]
-    return arguments
+    if development is None:
+        return arguments, []
+    # The workers must serve the same development certificate: hand it over in a file
+    # only this user can read, removed when the master stops.
+    fd, path = tempfile.mkstemp(prefix="smtpsvc-development-", suffix=".pem")
+    with os.fdopen(fd, "wb") as f:
+        f.write(development[1] + development[0])
+    return [*arguments, "--cert", path], [path]
 
 
 if __name__ == "__main__":  # pragma: no cover

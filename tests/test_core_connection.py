@@ -65,7 +65,9 @@ def drive(connection: ServerConnection, line: bytes) -> bytes:
         return connection.rcptChecked(action.address, None).data
     if isinstance(action, StartData):
         started = connection.dataStarted().data
-        return started + connection.dataFinished([(None,)]).data
+        session = connection.session
+        outcome = normalizeDataResult(None, len(session.envelope.rcptTo), session.lmtp)
+        return started + connection.dataFinished([outcome]).data
     assert isinstance(action, Send)
     return action.data
 

@@ -52,10 +52,29 @@ class MaildirTests(SynchronousTestCase):
 
     def test_makesDirectories(self) -> None:
         """
-        The Maildir's three directories are made if missing.
+        The Maildir's three directories are made when it is prepared (by the service
+        as it starts, or by the first delivery), not before.
         """
-        MaildirDelivery(self.path, runInThread=runNow)
+        delivery = MaildirDelivery(self.path, runInThread=runNow)
+        self.assertFalse(os.path.exists(self.path))
+        delivery.prepare()
         self.assertEqual(sorted(os.listdir(self.path)), ["cur", "new", "tmp"])
+
+    def test_madeByFirstDelivery(self) -> None:
+        """
+        Without prepare, the first message makes the directories.
+        """
+        self.client().sendmail("a@b.example", ["c@d.example"], b"x\r\n")
+        self.assertEqual(len(self.stored()), 1)
+
+    def test_cannotMakeDirectories(self) -> None:
+        """
+        A Maildir that cannot be made gets a temporary 451, not a crash.
+        """
+        with open(self.path, "w") as f:
+            f.write("a file where the Maildir should be")
+        replies = self.client().sendmail("a@b.example", ["c@d.example"], b"x\r\n")
+        self.assertEqual(replies[-1].code, 451)
 
     def test_delivers(self) -> None:
         """

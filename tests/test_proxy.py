@@ -5,6 +5,8 @@ XCLIENT and XFORWARD from trusted front ends, and reverse DNS.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -529,6 +531,47 @@ class ReverseDNSTests(SynchronousTestCase):
         server.reactor.advance(1.5)
         self.assertEqual([r.code for r in client.received()], [220])
         self.assertEqual(client.session.clientHostname, "[192.0.2.1]")
+
+    def test_resolverRaises(self) -> None:
+        """
+        A resolver that raises instead of answering (as twisted.names does when it cannot
+        load the idna codec after a privilege drop) is a failed lookup: the client is
+        greeted and named by its address.
+        """
+
+        class Raising(FakeResolver):
+            def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:
+                raise LookupError("unknown encoding: idna")
+
+        client = MemoryClient(makeServer(resolver=Raising({}, {})))
+        self.assertEqual(client.greeting.code if client.greeting else None, 220)
+        self.assertEqual(client.session.clientHostname, "[192.0.2.1]")
+        self.assertEqual(client.send("NOOP")[0].code, 250)
+
+    def test_idnaCodecLoadedAtImport(self) -> None:
+        """
+        The idna codec twisted.names needs is loaded when the server's code is, not at the
+        first lookup, which may come after the service dropped the privileges to read it.
+        """
+        code = "import sys, smtpsvc._server; print('encodings.idna' in sys.modules)"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+        self.assertEqual(out.stdout.strip(), "True", out.stderr)
+
+    def test_resolverRaisesConfirming(self) -> None:
+        """
+        The same when it is the forward confirmation that raises.
+        """
+
+        class Raising(FakeResolver):
+            def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:
+                raise LookupError("unknown encoding: idna")
+
+        resolver = Raising({self.REVERSE: "client.example.test"}, {})
+        client = MemoryClient(makeServer(resolver=resolver, confirmReverseLookup=True))
+        self.assertEqual(client.session.clientHostname, "[192.0.2.1]")
+        self.assertEqual(client.send("NOOP")[0].code, 250)
 
     def test_disabled(self) -> None:
         """

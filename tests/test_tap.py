@@ -216,7 +216,8 @@ class BuildTests(SynchronousTestCase):
         """
         for name in ("makeNoBob", "NoBob"):
             server = tap.buildServer(
-                parse("--deliver", f"python:tests.test_tap:{name}"), reactor=Clock()
+                parse("--deliver", f"python:tests.test_tap:{name}", "--deliver", "discard"),
+                reactor=Clock(),
             )
             client = MemoryClient(server)
             client.send("EHLO x", "MAIL FROM:<a@b.example>")

@@ -78,8 +78,7 @@ class MaildirDelivery:
             thread pool.  Tests pass a function that runs it at once.
         """
         self.path = os.path.abspath(path)
-        for sub in ("tmp", "new", "cur"):
-            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        self._prepared = False
         self._serverName = serverName or socket.gethostname()
         # Maildir names carry the host name; "/" and ":" would break them.
         self._host = self._serverName.replace("/", r"\057").replace(":", r"\072")
@@ -91,6 +90,20 @@ class MaildirDelivery:
             # A reactor without threads (a test clock) does the disk work at once.
             runInThread = _inThread(reactor) if hasattr(reactor, "getThreadPool") else _atOnce
         self._runInThread = runInThread
+
+    def prepare(self) -> None:
+        """
+        Make the Maildir's C{cur}, C{new} and C{tmp} if missing, readable by this user
+        only.  The service calls this when it starts (after twistd has dropped its
+        privileges, so that the directories belong to the user that writes them); the
+        first delivery calls it otherwise.
+
+        @raise OSError: when they cannot be made.
+        """
+        if not self._prepared:
+            for sub in ("tmp", "new", "cur"):
+                os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+            self._prepared = True
 
     def _uniqueName(self) -> str:
         now = time.time()
@@ -104,6 +117,11 @@ class MaildirDelivery:
         """
         Write the message into C{tmp/}, then make it durable in C{new/}.
         """
+        try:
+            self.prepare()
+        except OSError as e:
+            _log.error("Cannot make the Maildir {path}: {error}", path=self.path, error=e)
+            raise SMTPError(451, "4.3.0 Error: cannot store message") from e
         name = self._uniqueName()
         tmpPath = os.path.join(self.path, "tmp", name)
         newPath = os.path.join(self.path, "new", name)

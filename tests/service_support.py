@@ -1,0 +1,427 @@
+"""
+Helpers for the end-to-end tests of the C{twist smtpsvc} service (L{tests.test_service_e2e}).
+
+L{startService} runs C{twist smtpsvc} (or C{twistd smtpsvc}) as a child process with the
+C{twist} options, environment and inherited sockets a test chooses, in either log format;
+L{ServiceProcess} finds its port in text or JSON logs.  The rest reads what the service
+left behind (Maildirs, log lines, the certificate C{openssl s_client} saw) and holds the
+handler C{--deliver python:tests.service_support:makeHandler} loads.  Every wait is bounded
+and every process started here is stopped by the test case's cleanups, by its PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mailbox
+import os
+import re
+import shlex
+import signal
+import smtplib
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import FailTest, TestCase
+from zope.interface import implementer
+
+from smtpsvc import Address, IRcptToHandler, Session, SMTPError
+
+from .e2e_support import (
+    CLIENT_NAME,
+    LOCALHOST,
+    ROOT,
+    SOCKET_TIMEOUT,
+    TwistProcess,
+    runOpenSSL,
+    theReactor,
+    twistCommand,
+    twistEnvironment,
+)
+
+#: The documentation's example files.
+EXAMPLES = ROOT / "docs" / "examples"
+#: The options given to C{twist} itself by default.
+TEXT_LOGS = ("--log-format", "text")
+JSON_LOGS = ("--log-format", "json")
+
+# "SMTP server listening on 127.0.0.1:PORT" as a JSON event: its format and its fields.
+_JSON_LISTENING = re.compile(rb'"log_format": "\{kind\} server listening on \{host\}:\{port\}"')
+_WORKER = re.compile(rb"[SL]MTP worker (\d+) serving 127\.0\.0\.1:\d+")
+_QUEUED_PID = re.compile(r"queued as M\d+P(\d+)Q")
+_MAILDIR_PID = re.compile(r"^\d+\.M\d+P(\d+)Q")
+
+
+class ServiceProcess(TwistProcess):
+    """
+    A running C{twist smtpsvc}, as L{TwistProcess}, whose listening port is also found in
+    C{--log-format json} output.
+    """
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        super().childDataReceived(childFD, data)
+        if self.port is None and _JSON_LISTENING.search(self.output):
+            for event in self.events():
+                if "server listening on" in str(event.get("log_format", "")):
+                    self.port = int(event["port"])
+                    self._listening.callback(self.port)
+                    break
+
+    def events(self) -> list[dict[str, Any]]:
+        """
+        Every complete event of JSON output, decoded (C{--log-format json} writes RFC 7464
+        JSON text sequences: each event is a record separator, a JSON object, a newline).
+        """
+        events = []
+        for line in self.output.split(b"\n")[:-1]:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line.removeprefix(b"\x1e"))
+                if isinstance(event, dict):
+                    events.append(event)
+        return events
+
+    def lines(self, text: str) -> list[str]:
+        """
+        The lines of output that contain C{text}.
+        """
+        return [line for line in self.text.splitlines() if text in line]
+
+    @property
+    def pid(self) -> int:
+        """
+        The process ID of the child.
+        """
+        assert self.processTransport is not None
+        pid = self.processTransport.pid
+        assert pid is not None
+        return int(pid)
+
+    @property
+    def workerPIDs(self) -> list[int]:
+        """
+        The process IDs of the C{--workers} processes it logged, in order of start.
+        """
+        return [int(m.group(1)) for m in _WORKER.finditer(self.output)]
+
+
+def serviceCommand(
+    args: Sequence[str], twistOptions: Sequence[str] = TEXT_LOGS, program: str = "twist"
+) -> list[str]:
+    """
+    The command line that runs C{twist TWISTOPTIONS smtpsvc ARGS} with this Python, or
+    C{twistd TWISTOPTIONS smtpsvc ARGS} when C{program} is C{"twistd"}.
+    """
+    if program == "twistd":
+        main = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+        return [sys.executable, "-c", main, *twistOptions, "smtpsvc", *args]
+    # The interpreter and the code that runs twist, as the other end-to-end tests run it.
+    return [*twistCommand([])[:3], *twistOptions, "smtpsvc", *args]
+
+
+def startService(
+    testCase: TestCase,
+    args: Sequence[str],
+    tmpdir: str,
+    *,
+    twistOptions: Sequence[str] = TEXT_LOGS,
+    environment: Mapping[str, str] | None = None,
+    childFDs: Mapping[int, int] | None = None,
+    wrapper: Sequence[str] = (),
+    program: str = "twist",
+) -> Deferred[ServiceProcess]:
+    """
+    Start C{twist TWISTOPTIONS smtpsvc ARGS} (or C{twistd ...} when C{program} says so) in
+    C{tmpdir} and wait (bounded) until it logs the port it listens on.  A cleanup stops it
+    (SIGTERM, then SIGKILL) and kills, by PID, any C{--workers} process it logged that is
+    still there.
+
+    @param environment: variables to add to the child's environment.
+    @param childFDs: descriptors of this process to pass as the child's (C{{3: fd}}).
+    @param wrapper: a command to run the child through (it must C{exec} it).
+    """
+    process = ServiceProcess()
+    reactor = cast(IReactorProcess, theReactor())
+    argv = [*wrapper, *serviceCommand(args, twistOptions, program)]
+    env = dict(twistEnvironment(), **(environment or {}))
+    fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+    fds.update(childFDs or {})
+    # Cleanups run last-in first-out: the master first, then any worker it left behind.
+    testCase.addCleanup(killWorkers, process)
+    process.processTransport = reactor.spawnProcess(
+        process, argv[0], argv, env=env, path=tmpdir, childFDs=fds
+    )
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(process.stop()))
+    return Deferred.fromCoroutine(process._started()).addCallback(lambda _: process)
+
+
+def killWorkers(process: ServiceProcess) -> None:
+    """
+    SIGKILL every worker C{process} logged that still runs (a master killed with SIGKILL
+    leaves them behind).
+    """
+    for pid in process.workerPIDs:
+        if isServiceProcess(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def isServiceProcess(pid: int) -> bool:
+    """
+    Whether C{pid} is a live (not zombie) C{smtpsvc} process; a PID that was reused by
+    another program is not one.
+    """
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = status.rpartition(")")[2].split()[0]
+    return state != "Z" and b"smtpsvc" in command
+
+
+def occurrences(text: bytes, count: int) -> re.Pattern[bytes]:
+    """
+    A pattern that matches output holding C{text} at least C{count} times.
+    """
+    return re.compile(b"(?:" + re.escape(text) + rb"[\s\S]*?){%d}" % count)
+
+
+async def until(check: Callable[[], object], within: float, what: str) -> None:
+    """
+    Wait until C{check()} is true, looking every 50 ms.
+
+    @raise FailTest: after C{within} seconds, naming C{what} was awaited.
+    """
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise FailTest(f"{what}: not within {within} s")
+        await deferLater(theReactor(), 0.05, lambda: None)
+
+
+def alive(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return status.rpartition(")")[2].split()[0] != "Z"
+
+
+# -- messages and Maildirs ---------------------------------------------------------------------
+
+
+def message(subject: str, size: int = 0) -> bytes:
+    """
+    A message with CRLF line endings, lines smtplib must dot-stuff, and about C{size} more
+    bytes of body.
+    """
+    head = f"From: a@example.org\r\nTo: u@example.org\r\nSubject: {subject}\r\n\r\n".encode()
+    body = b"first line\r\n.leading dot\r\n..two dots\r\n"
+    line = b"0123456789" * 7 + b"\r\n"
+    return head + body + line * (size // len(line)) + b"last line\r\n"
+
+
+def withoutTraceHeaders(stored: bytes) -> bytes:
+    """
+    A delivered message without the C{Return-Path:} and C{Received:} lines (continuation
+    lines included) the server put in front of it.
+    """
+    lines = stored.split(b"\r\n")
+    index = 0
+    while index < len(lines) and (
+        lines[index].startswith((b"Return-Path:", b"Received:"))
+        or (index > 0 and lines[index].startswith((b" ", b"\t")))
+    ):
+        index += 1
+    return b"\r\n".join(lines[index:])
+
+
+def traceHeaders(stored: bytes) -> bytes:
+    """
+    The C{Return-Path:} and C{Received:} lines in front of a delivered message.
+    """
+    body = withoutTraceHeaders(stored)
+    return stored[: len(stored) - len(body)]
+
+
+def delivered(path: str) -> dict[str, bytes]:
+    """
+    The messages in the Maildir at C{path}, by file name, as C{mailbox.Maildir} reads them.
+    """
+    box = mailbox.Maildir(path, factory=None, create=False)
+    return {name: box.get_bytes(name) for name in box.iterkeys()}
+
+
+def leftInTmp(path: str) -> dict[str, bytes]:
+    """
+    The files in the Maildir's C{tmp/}, by name.
+    """
+    tmp = Path(path, "tmp")
+    return {entry.name: entry.read_bytes() for entry in tmp.iterdir()}
+
+
+def maildirPIDs(path: str) -> set[int]:
+    """
+    The process IDs in the names of the Maildir's files (C{TIME.M...P<pid>Q...}).
+    """
+    names = os.listdir(os.path.join(path, "new"))
+    return {int(m.group(1)) for name in names if (m := _MAILDIR_PID.match(name))}
+
+
+def queuedPID(reply: bytes | str) -> int | None:
+    """
+    The process ID in a Maildir delivery's C{250 ... queued as M...P<pid>Q...}.
+    """
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    match = _QUEUED_PID.search(text)
+    return int(match.group(1)) if match else None
+
+
+def sendOne(port: int, body: bytes, recipient: str = "u@example.org") -> tuple[int, bytes]:
+    """
+    Send C{body} with smtplib from a@example.org (blocking: run it in a thread) and return
+    the reply to the end of the data.
+    """
+    with smtplib.SMTP(LOCALHOST, port, local_hostname=CLIENT_NAME, timeout=SOCKET_TIMEOUT) as c:
+        c.ehlo()
+        code, text = c.mail("a@example.org")
+        if code == 250:
+            code, text = c.rcpt(recipient)
+        if code == 250:
+            code, text = c.data(body)
+        c.quit()
+    return code, text
+
+
+# -- openssl ----------------------------------------------------------------------------------
+
+
+async def servedCommonName(port: int, serverName: str) -> str | None:
+    """
+    The common name of the certificate C{openssl s_client -servername NAME} is served on
+    the implicit TLS port C{port} (bounded by the tool timeout), or L{None}.
+    """
+    result = await runOpenSSL(
+        [
+            *("s_client", "-connect", f"{LOCALHOST}:{port}", "-servername", serverName),
+            *("-brief", "-crlf", "-ign_eof"),
+        ],
+        b"QUIT\n",
+        afterReply=True,
+    )
+    match = re.search(r"^Peer certificate: .*?CN\s*=\s*([^,/\n]+)", result.stderr, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+# -- listening sockets a test hands over ---------------------------------------------------------
+
+
+def listeningSocket() -> socket.socket:
+    """
+    A TCP socket listening on 127.0.0.1, on a port the OS picks.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((LOCALHOST, 0))
+    sock.listen(50)
+    return sock
+
+
+#: Runs its arguments as a command whose C{LISTEN_PID} is its own process ID, as systemd
+#: starts a socket-activated service (the shell C{exec}s, so the PID stays the same).
+SYSTEMD_WRAPPER = ("/bin/sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"')
+
+
+def socketActivation(
+    sockets: Sequence[socket.socket], name: str
+) -> tuple[dict[str, str], dict[int, int]]:
+    """
+    The environment and descriptors systemd gives a service activated by one socket unit
+    C{name} with C{sockets}: C{LISTEN_FDS}, C{LISTEN_FDNAMES} and descriptors 3, 4, ...
+    (C{LISTEN_PID} is set by L{SYSTEMD_WRAPPER}).
+    """
+    environment = {
+        "LISTEN_FDS": str(len(sockets)),
+        "LISTEN_FDNAMES": ":".join([name] * len(sockets)),
+    }
+    return environment, {3 + i: sock.fileno() for i, sock in enumerate(sockets)}
+
+
+# -- example files ------------------------------------------------------------------------------
+
+
+def unitCommand(unit: Path) -> list[str]:
+    """
+    The arguments after C{twist smtpsvc} in the C{ExecStart=} of a systemd unit file.
+    """
+    logical: list[str] = []
+    pending = ""
+    for raw in unit.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith(("#", ";")) and not pending:
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    starts = [line for line in logical if line.startswith("ExecStart=")]
+    assert len(starts) == 1, f"{unit}: {starts}"
+    words = shlex.split(starts[0][len("ExecStart=") :])
+    assert words[1] == "smtpsvc", words
+    return words[2:]
+
+
+def unitSetting(unit: Path, key: str) -> list[str]:
+    """
+    The values of C{KEY=} lines in a systemd unit file.
+    """
+    prefix = key + "="
+    return [
+        line.strip()[len(prefix) :]
+        for line in unit.read_text().splitlines()
+        if line.strip().startswith(prefix)
+    ]
+
+
+def relocate(words: Sequence[str], moves: Mapping[str, str]) -> list[str]:
+    """
+    C{words} with each path prefix in C{moves} replaced, e.g. C{/etc/smtpsvc} by a test's
+    directory.
+    """
+    out = []
+    for word in words:
+        for old, new in moves.items():
+            word = word.replace(old, new)
+        out.append(word)
+    return out
+
+
+# -- the handler for --deliver python:tests.service_support:makeHandler --------------------------
+
+
+@implementer(IRcptToHandler)
+class NoBobs:
+    """
+    Refuses every recipient whose local part starts with C{bob}.
+    """
+
+    def onRcptTo(self, address: Address, session: Session) -> None:
+        if address.address.lower().startswith("bob"):
+            raise SMTPError(550, f"5.1.1 <{address.address}>: no bobs here (makeHandler)")
+
+
+def makeHandler() -> NoBobs:
+    """
+    The handler C{--deliver python:tests.service_support:makeHandler} loads.
+    """
+    return NoBobs()

@@ -1,0 +1,899 @@
+"""
+End-to-end tests of the C{twist smtpsvc} service as an operator runs it: a configuration
+file with flags over it, the transaction log in text and JSON, certificates reloaded on
+SIGHUP, no mail lost to C{kill -9}, graceful SIGTERM, C{--workers}, one-line errors,
+C{python:} deliveries, C{twistd}, and the documentation's example files (the TOML file,
+the systemd units run with a socket handed over as systemd does, the handler module).
+
+Every process runs on 127.0.0.1 with ports the OS picks, every wait is bounded, and every
+process is stopped by its PID in the cleanups.  Helpers are in L{tests.service_support}
+and L{tests.e2e_support}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cryptography import x509
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest
+
+from smtpsvc import tap
+from smtpsvc.handlers.maildir import MaildirDelivery
+from smtpsvc.handlers.relay import RelayPolicy
+from smtpsvc.testing import MemoryClient, ServerReply, stuff
+
+from .e2e_support import (
+    CLIENT_NAME,
+    LISTEN,
+    LOCALHOST,
+    SOCKET_TIMEOUT,
+    TOOL_TIMEOUT,
+    E2ETestCase,
+    RawClient,
+    clientContext,
+    haveOpenSSL,
+    runTwist,
+    twistEnvironment,
+)
+from .memorytls import authority, commonName, issue
+from .service_support import (
+    EXAMPLES,
+    JSON_LOGS,
+    SYSTEMD_WRAPPER,
+    ServiceProcess,
+    alive,
+    delivered,
+    isServiceProcess,
+    leftInTmp,
+    listeningSocket,
+    maildirPIDs,
+    message,
+    occurrences,
+    queuedPID,
+    relocate,
+    sendOne,
+    servedCommonName,
+    serviceCommand,
+    socketActivation,
+    startService,
+    traceHeaders,
+    unitCommand,
+    unitSetting,
+    until,
+    withoutTraceHeaders,
+)
+
+SENDER = "a@example.org"
+#: closeTimeout for the shutdown tests, and the margin a process gets beyond it to exit.
+CLOSE_TIMEOUT = 2.0
+EXIT_MARGIN = 3.0
+#: Seconds a service may take for anything it logs in answer to a signal.
+SIGNAL_TIMEOUT = 10.0
+#: Twist's clean ends: status 0, or the SIGTERM it re-raises once the reactor has stopped.
+CLEAN_EXITS = [(0, None), (None, signal.SIGTERM)]
+NO_OPENSSL = "openssl is not installed (apt-get install openssl; `make test` installs it)"
+
+#: The configuration file of the first test; --name on the command line overrides its name.
+CONFIG = """\
+name = "from-the-file.example.test"
+listen = ["tcp:0:interface=127.0.0.1"]
+deliver = ["maildir:md"]
+domain = ["example.org"]
+maxClients = 5
+earlyTalkerDelay = 0
+disableReverseLookup = true
+"""
+#: The example files of the service page, each exercised by L{ExampleFileTests}.
+SERVICE_EXAMPLES = {
+    "service_example.toml",
+    "service_handler.py",
+    "service_smtpsvc.service",
+    "service_smtpsvc-activated.service",
+    "service_smtpsvc.socket",
+}
+#: Flags most tests give: no greeting delay, no DNS.
+QUICK = ("--early-talker-delay", "0", "--disable-reverse-lookup")
+
+
+def workspace(testCase: E2ETestCase) -> str:
+    """
+    A fresh directory for one test, as an absolute path.
+    """
+    path = os.path.abspath(testCase.mktemp())
+    os.makedirs(path)
+    return path
+
+
+def codes(replies: Sequence[ServerReply]) -> list[int]:
+    """
+    The codes of C{replies}.
+    """
+    return [reply.code for reply in replies]
+
+
+class ConfigurationFileTests(E2ETestCase):
+    """
+    C{twist smtpsvc --config FILE}: the file's options with flags over them, delivery into
+    a Maildir, the relay policy and the transaction log.
+    """
+
+    async def test_fileWithAFlagOverIt(self) -> None:
+        """
+        With a TOML file (its Maildir relative to it) and --name over the file's name,
+        smtplib's message arrives byte for byte after the trace headers, a recipient
+        elsewhere gets 550 5.7.1 Relay access denied, the file's maxClients holds, and the
+        log has one transaction line with the sender, recipient and size.
+        """
+        tmpdir = workspace(self)
+        Path(tmpdir, "conf").mkdir()
+        Path(tmpdir, "conf", "smtpsvc.toml").write_text(CONFIG)
+        args = [
+            *("--config", "conf/smtpsvc.toml"),
+            *("--name", "mx.example.test", "--no-hide-enhancedstatuscodes"),
+        ]
+        process = await startService(self, args, tmpdir)
+        port = process.port
+        assert port is not None
+        body = message("configured")
+
+        def talk() -> tuple[tuple[int, bytes], ...]:
+            with smtplib.SMTP(timeout=SOCKET_TIMEOUT, local_hostname=CLIENT_NAME) as c:
+                greeting = c.connect(LOCALHOST, port)
+                c.ehlo()
+                mail = c.mail(SENDER)
+                relay = c.rcpt("u@elsewhere.example")
+                local = c.rcpt("u@example.org")
+                data = c.data(body)
+                c.quit()
+            return greeting, mail, relay, local, data
+
+        greeting, mail, relay, local, data = await deferToThread(talk)
+        self.assertEqual(greeting[0], 220)
+        self.assertTrue(greeting[1].startswith(b"mx.example.test "), greeting)
+        self.assertEqual(mail[0], 250)
+        self.assertEqual(relay, (550, b"5.7.1 Relay access denied"))
+        self.assertEqual(local[0], 250)
+        self.assertEqual(data[0], 250, data)
+
+        # The Maildir is where the file says, relative to the file.
+        self.assertFalse(os.path.exists(os.path.join(tmpdir, "md")))
+        stored = list(delivered(os.path.join(tmpdir, "conf", "md")).values())
+        self.assertEqual(len(stored), 1, process.text)
+        self.assertEqual(withoutTraceHeaders(stored[0]), body)
+        trace = traceHeaders(stored[0])
+        self.assertTrue(
+            trace.startswith(
+                b"Return-Path: <a@example.org>\r\n"
+                b"Received: from client.e2e.test ([127.0.0.1])\r\n"
+                b"\tby mx.example.test (smtpsvc) with ESMTP id "
+            ),
+            trace,
+        )
+        self.assertIn(b"\tfor <u@example.org>; ", trace)
+
+        # Wait for the end of the connection so that every line about it is there.
+        await process.waitForOutput(re.compile(rb"Connection closed"))
+        transactions = process.lines(" message from <")
+        self.assertEqual(len(transactions), 1, process.text)
+        self.assertIn(
+            f"message from <{SENDER}> to ['u@example.org'] ({len(body)} bytes) "
+            "for [127.0.0.1] [127.0.0.1]: 250 2.6.0 OK: message queued as ",
+            transactions[0],
+        )
+
+        def crowd() -> list[ServerReply]:
+            clients = [RawClient(port) for _ in range(6)]
+            try:
+                return [client.readReply() for client in clients]
+            finally:
+                for client in clients:
+                    client.close()
+
+        # maxClients = 5 from the file: the sixth client at once is turned away.
+        self.assertEqual(codes(await deferToThread(crowd)), [220] * 5 + [421])
+
+    async def test_jsonTransactionLog(self) -> None:
+        """
+        Under twist --log-format json the transaction is one JSON event whose fields are
+        values a program can use: the session id, the sender, the list of recipients, the
+        size as a number, the result.
+        """
+        tmpdir = workspace(self)
+        args = ["--listen", LISTEN, "--deliver", "discard", *QUICK]
+        process = await startService(self, args, tmpdir, twistOptions=JSON_LOGS)
+        assert process.port is not None
+        body = message("json", size=2000)
+        code, _ = await deferToThread(sendOne, process.port, body)
+        self.assertEqual(code, 250)
+        await process.waitForOutput(re.compile(rb'"event": "transaction"'))
+        events = [e for e in process.events() if e.get("event") == "transaction"]
+        self.assertEqual(len(events), 1, process.text)
+        event = events[0]
+        self.assertIsInstance(event["sessionId"], str)
+        self.assertTrue(event["sessionId"])
+        self.assertEqual(event["mailFrom"], SENDER)
+        self.assertEqual(event["rcptTo"], ["u@example.org"])
+        self.assertEqual(event["size"], len(body))
+        self.assertTrue(event["result"].startswith("250 "), event["result"])
+        self.assertEqual(event["remoteAddress"], LOCALHOST)
+        self.assertEqual((event["tls"], event["user"]), (None, None))
+        self.assertIsInstance(event["seconds"], float)
+        # The log is an RFC 7464 JSON text sequence: each line a record separator and an
+        # object (what `jq --seq` reads).
+        # (str.splitlines would split at the record separator too.)
+        for line in process.text.split("\n")[:-1]:
+            self.assertTrue(line.startswith("\x1e"), line)
+            self.assertIsInstance(json.loads(line[1:]), dict)
+
+
+class ReloadTests(E2ETestCase):
+    """
+    SIGHUP reads the certificate files again, without dropping connections.
+    """
+
+    def setUp(self) -> None:
+        if not haveOpenSSL():
+            raise SkipTest(NO_OPENSSL)
+
+    async def test_sighupReloadsCertificates(self) -> None:
+        """
+        After the --cert file is replaced and SIGHUP sent, openssl s_client is served the
+        new certificate while a TLS connection opened before still works; a broken file
+        and another SIGHUP are logged and the certificate in use stays.
+        """
+        tmpdir = workspace(self)
+        pem = Path(tmpdir, "mx.pem")
+        first = issue("mx.example.test")
+        pem.write_bytes(first.cert + first.key)
+        args = [
+            *("--cert", str(pem), "--name", "mx.example.test"),
+            *("--listen-tls", LISTEN, "--deliver", "discard", *QUICK),
+        ]
+        process = await startService(self, args, tmpdir)
+        port = process.port
+        assert port is not None
+        self.assertEqual(await servedCommonName(port, "x"), "mx.example.test")
+
+        client = await deferToThread(RawClient, port)
+        self.addCleanup(client.close)
+
+        def openTLS() -> tuple[ServerReply, ServerReply]:
+            client.startTLS(clientContext(authority().cert), "mx.example.test")
+            return client.readReply(), client.command(f"EHLO {CLIENT_NAME}")
+
+        self.assertEqual(codes(await deferToThread(openTLS)), [220, 250])
+
+        renewed = issue("renewed.example.test")
+        pem.write_bytes(renewed.cert + renewed.key)
+        process.sendSignal("HUP")
+        await process.waitForOutput(re.compile(rb"Certificates reloaded"), SIGNAL_TIMEOUT)
+        self.assertEqual(await servedCommonName(port, "x"), "renewed.example.test")
+
+        def stillThere() -> tuple[ServerReply, str | None]:
+            noop = client.command("NOOP")
+            sock = client.sock
+            assert isinstance(sock, ssl.SSLSocket)
+            der = sock.getpeercert(binary_form=True)
+            assert der is not None
+            return noop, commonName(x509.load_der_x509_certificate(der))
+
+        noop, served = await deferToThread(stillThere)
+        self.assertEqual((noop.code, served), (250, "mx.example.test"))
+
+        pem.write_bytes(b"this is not a certificate\n")
+        process.sendSignal("HUP")
+        await process.waitForOutput(re.compile(rb"Certificates not reloaded: .+"), SIGNAL_TIMEOUT)
+        self.assertEqual(len(process.lines("Certificates reloaded")), 1, process.text)
+        self.assertEqual(await servedCommonName(port, "x"), "renewed.example.test")
+        self.assertEqual((await deferToThread(client.command, "QUIT")).code, 221)
+
+
+class DurabilityTests(E2ETestCase):
+    """
+    A message answered 250 is on disk: killing the service with SIGKILL loses nothing.
+    """
+
+    async def test_killAfter250LosesNothing(self) -> None:
+        """
+        Five times, a fresh service gets one message and is SIGKILLed the moment its 250
+        arrives (the last time with a second message half sent): every message answered
+        250 is in new/, complete, and tmp/ holds only the half message, never a complete
+        one missing from new/.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        args = ["--listen", LISTEN, "--deliver", f"maildir:{maildir}", *QUICK]
+        sent: list[bytes] = []
+        half: bytes | None = None
+        for attempt in range(5):
+            process = await startService(self, args, tmpdir)
+            assert process.port is not None
+            body = message(f"attempt {attempt}", size=random.randrange(1000, 300_000))
+            interrupted = message(f"attempt {attempt}, interrupted", size=100_000)
+
+            def sendThenKill(
+                port: int, pid: int, body: bytes, interrupted: bytes | None
+            ) -> ServerReply:
+                with RawClient(port) as client:
+                    self.assertEqual(client.readReply().code, 220)
+                    client.command(f"EHLO {CLIENT_NAME}")
+                    client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<u@example.org>\r\nDATA\r\n")
+                    self.assertEqual(codes(client.readReplies(3)), [250, 250, 354])
+                    client.send(stuff(body))
+                    reply = client.readReply()
+                    if interrupted is None:
+                        os.kill(pid, signal.SIGKILL)
+                        return reply
+                    client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<u@example.org>\r\nDATA\r\n")
+                    self.assertEqual(codes(client.readReplies(3)), [250, 250, 354])
+                    client.send(stuff(interrupted)[: len(interrupted) // 2])
+                    deadline = time.monotonic() + SOCKET_TIMEOUT
+                    while not any(b"interrupted" in f for f in leftInTmp(maildir).values()):
+                        self.assertLess(time.monotonic(), deadline, "nothing written to tmp/")
+                        time.sleep(0.02)
+                    os.kill(pid, signal.SIGKILL)
+                    return reply
+
+            last = attempt == 4
+            reply = await deferToThread(
+                sendThenKill, process.port, process.pid, body, interrupted if last else None
+            )
+            self.assertEqual(reply.code, 250, process.text)
+            sent.append(body)
+            if last:
+                half = interrupted
+            await process.waitForExit(SIGNAL_TIMEOUT)
+            self.assertEqual(process.signal, signal.SIGKILL)
+
+        stored = sorted(withoutTraceHeaders(m) for m in delivered(maildir).values())
+        self.assertEqual(stored, sorted(sent))
+        assert half is not None
+        leftovers = list(leftInTmp(maildir).values())
+        for leftover in leftovers:
+            self.assertNotIn(withoutTraceHeaders(leftover), sent)
+            self.assertNotEqual(withoutTraceHeaders(leftover), half)
+        # The one leftover is the start of the interrupted message, nothing else.
+        self.assertEqual(len(leftovers), 1)
+        self.assertTrue(half.startswith(withoutTraceHeaders(leftovers[0])))
+
+
+class ShutdownTests(E2ETestCase):
+    """
+    SIGTERM closes the service gracefully, within closeTimeout.
+    """
+
+    async def _start(self) -> tuple[ServiceProcess, str]:
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        args = [
+            *("--listen", LISTEN, "--deliver", f"maildir:{maildir}"),
+            *("--close-timeout", str(CLOSE_TIMEOUT), *QUICK),
+        ]
+        return await startService(self, args, tmpdir), maildir
+
+    async def _inData(self, port: int, body: bytes) -> RawClient:
+        # A client that has sent half of body after DATA.
+        def start() -> RawClient:
+            client = RawClient(port)
+            try:
+                self.assertEqual(client.readReply().code, 220)
+                client.command(f"EHLO {CLIENT_NAME}")
+                client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<u@example.org>\r\nDATA\r\n")
+                self.assertEqual(codes(client.readReplies(3)), [250, 250, 354])
+                client.send(stuff(body)[: len(body) // 2])
+            except BaseException:
+                client.close()
+                raise
+            return client
+
+        client = await deferToThread(start)
+        self.addCleanup(client.close)
+        return client
+
+    async def test_idleClientToldAndInDataClientFinishes(self) -> None:
+        """
+        On SIGTERM an idle client gets 421 Server shutting down at once; a client in the
+        middle of DATA may finish its message and gets its 250; then the process exits,
+        well within closeTimeout.
+        """
+        process, maildir = await self._start()
+        port = process.port
+        assert port is not None
+
+        def idleClient() -> RawClient:
+            client = RawClient(port)
+            self.assertEqual(client.readReply().code, 220)
+            self.assertEqual(client.command(f"EHLO {CLIENT_NAME}").code, 250)
+            return client
+
+        idle = await deferToThread(idleClient)
+        self.addCleanup(idle.close)
+        body = message("finished after SIGTERM", size=50_000)
+        busy = await self._inData(port, body)
+
+        started = time.monotonic()
+        process.sendSignal("TERM")
+        told = await deferToThread(idle.readUntilClosed, CLOSE_TIMEOUT)
+        self.assertEqual([(r.code, r.lines[0]) for r in told], [(421, "Server shutting down")])
+        self.assertLess(time.monotonic() - started, CLOSE_TIMEOUT)
+        await process.waitForOutput(re.compile(rb"Server closing with 2 connection\(s\)"))
+        self.assertFalse(process.ended)
+
+        def finish() -> tuple[ServerReply, list[ServerReply]]:
+            busy.send(stuff(body)[len(body) // 2 :])
+            done = busy.readReply()
+            busy.send(b"QUIT\r\n")
+            return done, busy.readUntilClosed(CLOSE_TIMEOUT)
+
+        done, after = await deferToThread(finish)
+        self.assertEqual(done.code, 250)
+        self.assertIn(codes(after), [[221], [421]])
+        await process.waitForExit(CLOSE_TIMEOUT + EXIT_MARGIN)
+        self.assertLess(time.monotonic() - started, CLOSE_TIMEOUT + EXIT_MARGIN)
+        self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)
+        self.assertIn("Server closed", process.text)
+        stored = [withoutTraceHeaders(m) for m in delivered(maildir).values()]
+        self.assertEqual(stored, [body])
+
+    async def test_stuckClientCutOffAfterCloseTimeout(self) -> None:
+        """
+        A client that does not finish its message within closeTimeout after SIGTERM gets
+        421 then, not before; the process exits, and the half message is gone from tmp/.
+        """
+        process, maildir = await self._start()
+        assert process.port is not None
+        busy = await self._inData(process.port, message("never finished", size=50_000))
+        started = time.monotonic()
+        process.sendSignal("TERM")
+        told = await deferToThread(busy.readUntilClosed, CLOSE_TIMEOUT + EXIT_MARGIN)
+        waited = time.monotonic() - started
+        self.assertEqual([(r.code, r.lines[0]) for r in told], [(421, "Server shutting down")])
+        self.assertGreater(waited, CLOSE_TIMEOUT - 0.5)
+        await process.waitForExit(CLOSE_TIMEOUT + EXIT_MARGIN)
+        self.assertLess(time.monotonic() - started, CLOSE_TIMEOUT + EXIT_MARGIN)
+        self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)
+        self.assertEqual(delivered(maildir), {})
+        self.assertEqual(leftInTmp(maildir), {})
+
+
+def sendInParallel(port: int, count: int) -> list[tuple[int, bytes]]:
+    """
+    Send C{count} messages at once, each on its own connection (blocking: run it in a
+    thread); the replies to their data.
+    """
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        futures = [pool.submit(sendOne, port, message(f"parallel {i}")) for i in range(count)]
+        return [future.result(timeout=TOOL_TIMEOUT) for future in futures]
+
+
+class WorkerTests(E2ETestCase):
+    """
+    C{--workers N}: N processes serve the listening sockets of one master.
+    """
+
+    async def _servedBy(self, port: int, wanted: set[int], rounds: int = 10) -> set[int]:
+        # Send messages in parallel until the workers wanted have all answered (or the
+        # rounds are spent): which process serves a connection is the kernel's choice.
+        seen: set[int] = set()
+        for _ in range(rounds):
+            replies = await deferToThread(sendInParallel, port, 20)
+            self.assertEqual({code for code, _ in replies}, {250}, replies)
+            seen |= {pid for _, text in replies if (pid := queuedPID(text)) is not None}
+            if wanted <= seen:
+                break
+        return seen
+
+    async def test_workers(self) -> None:
+        """
+        With --workers 2 the master logs one listening line and two workers serve the
+        connections (their PIDs are in the Maildir's file names); SIGHUP reaches both; a
+        worker killed with SIGKILL is replaced and the new one serves; SIGTERM stops the
+        workers and the master.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        args = ["--listen", LISTEN, "--workers", "2", "--deliver", f"maildir:{maildir}", *QUICK]
+        # The development certificate handed to the workers goes into this test's directory.
+        process = await startService(self, args, tmpdir, environment={"TMPDIR": tmpdir})
+        port = process.port
+        assert port is not None
+        listening = process.lines("listening on")
+        self.assertEqual(len(listening), 1, process.text)
+        self.assertTrue(
+            listening[0].endswith(f" SMTP server listening on 127.0.0.1:{port} with 2 workers"),
+            listening[0],
+        )
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        workers = process.workerPIDs
+        self.assertEqual(len(set(workers)), 2)
+        self.assertNotIn(process.pid, workers)
+
+        self.assertEqual(await self._servedBy(port, set(workers)), set(workers))
+        self.assertEqual(maildirPIDs(maildir), set(workers))
+
+        process.sendSignal("HUP")
+        await process.waitForOutput(occurrences(b"Certificates reloaded", 2), SIGNAL_TIMEOUT)
+
+        os.kill(workers[0], signal.SIGKILL)
+        await process.waitForOutput(
+            re.compile(rb"Worker \d ended \(.*\); starting another"), SIGNAL_TIMEOUT
+        )
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 3), SIGNAL_TIMEOUT)
+        replacement = process.workerPIDs[2]
+        self.assertNotIn(replacement, workers)
+        self.assertIn(replacement, await self._servedBy(port, {replacement}))
+
+        process.sendSignal("TERM")
+        await process.waitForExit(SIGNAL_TIMEOUT)
+        self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)
+        for pid in (workers[1], replacement):
+            self.assertFalse(alive(pid), f"worker {pid} still runs")
+        self.assertEqual(len(process.lines("Server closed")), 2, process.text)
+
+    async def test_workersLeaveNoKeyBehind(self) -> None:
+        """
+        The development certificate and key the master hands its workers in a temporary
+        file are removed when the service stops.
+        """
+        tmpdir = workspace(self)
+        private = Path(tmpdir, "tmp")
+        private.mkdir()
+        args = ["--listen", LISTEN, "--workers", "2", "--deliver", "discard", *QUICK]
+        process = await startService(self, args, tmpdir, environment={"TMPDIR": str(private)})
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        self.assertEqual(len(list(private.glob("smtpsvc-development-*.pem"))), 1)
+        process.sendSignal("TERM")
+        await process.waitForExit(SIGNAL_TIMEOUT)
+        self.assertEqual(
+            [p.name for p in private.iterdir()],
+            [],
+            "the development key handed to the workers is left behind in $TMPDIR",
+        )
+
+
+class CommandLineErrorTests(E2ETestCase):
+    """
+    A configuration that cannot work stops twist smtpsvc with one line and a non-zero
+    status: no traceback, no usage text.
+    """
+
+    async def _refused(self, args: list[str], *expected: str, cwd: str | None = None) -> None:
+        result = await runTwist(args, cwd or workspace(self))
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        lines = result.stdout.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stdout)
+        self.assertTrue(lines[0].startswith("twist smtpsvc: "), lines[0])
+        for text in expected:
+            self.assertIn(text, lines[0])
+
+    async def test_portInUse(self) -> None:
+        """
+        A port something else listens on: "cannot listen on ...: Address already in use",
+        with one process or with --workers.
+        """
+        sock = listeningSocket()
+        self.addCleanup(sock.close)
+        endpoint = f"tcp:{sock.getsockname()[1]}:interface={LOCALHOST}"
+        expected = (f"cannot listen on {endpoint}: ", "Address already in use")
+        args = ["--listen", endpoint, "--deliver", "discard"]
+        await gatherResults(
+            [
+                Deferred.fromCoroutine(self._refused(args, *expected)),
+                Deferred.fromCoroutine(self._refused([*args, "--workers", "2"], *expected)),
+            ]
+        )
+
+    async def test_unknownKeyInConfigFile(self) -> None:
+        """
+        A misspelt key in the configuration file is named.
+        """
+        tmpdir = workspace(self)
+        Path(tmpdir, "smtpsvc.toml").write_text('maxClient = 5\ndeliver = ["discard"]\n')
+        await self._refused(
+            ["--config", "smtpsvc.toml"], "smtpsvc.toml: unknown option 'maxClient'", cwd=tmpdir
+        )
+
+    async def test_pythonDeliveryNotFound(self) -> None:
+        """
+        --deliver python: naming a module that does not exist.
+        """
+        await self._refused(
+            ["--deliver", "python:no.such:thing"],
+            "--deliver python:no.such:thing: cannot import no.such",
+        )
+
+    async def test_openRelayRefused(self) -> None:
+        """
+        Forwarding with smtp: without --domain or required AUTH would be an open relay.
+        """
+        await self._refused(
+            ["--deliver", "smtp:tcp:host=127.0.0.1:port=1"], "--deliver smtp:", "open relay"
+        )
+
+
+class PythonDeliveryTests(E2ETestCase):
+    """
+    --deliver python:MODULE:NAME runs a handler of the user's beside the others.
+    """
+
+    async def test_handlerFromModule(self) -> None:
+        """
+        The handler tests.service_support:makeHandler makes refuses bob; alice's copy is
+        delivered by the Maildir delivery given after it.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        args = [
+            *("--listen", LISTEN, "--deliver", "python:tests.service_support:makeHandler"),
+            *("--deliver", f"maildir:{maildir}", "--no-hide-enhancedstatuscodes", *QUICK),
+        ]
+        process = await startService(self, args, tmpdir)
+        port = process.port
+        assert port is not None
+        body = message("python delivery")
+
+        def send() -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                refused = c.sendmail(SENDER, ["bob@example.org", "alice@example.org"], body)
+                c.quit()
+            return refused
+
+        refused = await deferToThread(send)
+        self.assertEqual(
+            refused,
+            {"bob@example.org": (550, b"5.1.1 <bob@example.org>: no bobs here (makeHandler)")},
+        )
+        stored = list(delivered(maildir).values())
+        self.assertEqual([withoutTraceHeaders(m) for m in stored], [body])
+        self.assertIn(b"\tfor <alice@example.org>; ", traceHeaders(stored[0]))
+
+
+class TwistdTests(E2ETestCase):
+    """
+    C{twistd smtpsvc}: the same service, daemonized or with privileges dropped.
+    """
+
+    async def test_twistdDaemon(self) -> None:
+        """
+        twistd smtpsvc daemonizes: the command returns at once, the daemon writes its PID
+        file and log, delivers, and stops on SIGTERM.
+        """
+        tmpdir = workspace(self)
+        pidfile = os.path.join(tmpdir, "smtpsvc.pid")
+        logfile = os.path.join(tmpdir, "smtpsvc.log")
+        maildir = os.path.join(tmpdir, "md")
+
+        def daemonPID() -> int | None:
+            try:
+                return int(Path(pidfile).read_text().strip())
+            except (OSError, ValueError):
+                return None
+
+        def kill() -> None:
+            pid = daemonPID()
+            if pid is not None and isServiceProcess(pid):
+                os.kill(pid, signal.SIGKILL)
+
+        self.addCleanup(kill)
+        argv = serviceCommand(
+            ["--listen", LISTEN, "--deliver", f"maildir:{maildir}", *QUICK],
+            ("--pidfile", pidfile, "--logfile", logfile),
+            program="twistd",
+        )
+        result = await deferToThread(
+            subprocess.run,
+            argv,
+            cwd=tmpdir,
+            env=twistEnvironment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=TOOL_TIMEOUT,
+        )
+        self.assertEqual(result.returncode, 0, result)
+
+        def log() -> str:
+            try:
+                return Path(logfile).read_text()
+            except OSError:
+                return ""
+
+        listening = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+        await until(lambda: listening.search(log()), TOOL_TIMEOUT, f"twistd's log:\n{log()}")
+        match = listening.search(log())
+        assert match is not None
+        pid = daemonPID()
+        assert pid is not None
+        self.assertTrue(alive(pid))
+        body = message("from the daemon")
+        self.assertEqual((await deferToThread(sendOne, int(match.group(1)), body))[0], 250)
+        self.assertEqual([withoutTraceHeaders(m) for m in delivered(maildir).values()], [body])
+        os.kill(pid, signal.SIGTERM)
+        await until(lambda: not alive(pid), SIGNAL_TIMEOUT, "the daemon stopping")
+        self.assertIn("Server closed", log())
+
+    async def test_droppedPrivilegesCanDeliver(self) -> None:
+        """
+        Under twistd --uid/--gid the Maildir the service makes at start is one the user
+        it runs as can deliver into.
+        """
+        if os.getuid() != 0:
+            raise SkipTest("switching to another user needs root")
+        tmpdir = workspace(self)
+        # The trial workspace may sit under a directory only root can enter; the mail goes
+        # under the system's temporary directory, which every user can reach.
+        outside = tempfile.mkdtemp(prefix="smtpsvc-uid-")
+        self.addCleanup(shutil.rmtree, outside, ignore_errors=True)
+        os.chmod(outside, 0o755)
+        # As an operator does: the service's user owns the directory its mail goes in;
+        # the Maildir inside it is made by the service, as that user.
+        mail = os.path.join(outside, "mail")
+        os.makedirs(mail)
+        os.chown(mail, 65534, 65534)
+        maildir = os.path.join(mail, "md")
+        args = ["--listen", LISTEN, "--deliver", f"maildir:{maildir}", *QUICK]
+        options = ("--nodaemon", "--pidfile=", "--logfile=-", "--uid", "65534", "--gid", "65534")
+        process = await startService(self, args, tmpdir, twistOptions=options, program="twistd")
+        assert process.port is not None
+        body = message("as nobody")
+        try:
+            code, text = await deferToThread(sendOne, process.port, body)
+        except OSError as e:
+            self.fail(f"{e!r}; the service's log:\n{process.text}")
+        self.assertEqual(code, 250, f"{text!r}; the service's log:\n{process.text}")
+        self.assertEqual([withoutTraceHeaders(m) for m in delivered(maildir).values()], [body])
+
+
+class ExampleFileTests(E2ETestCase):
+    """
+    The files under docs/examples that the service page includes: the TOML file, the
+    systemd units and the handler module.
+    """
+
+    def test_everyExampleTestedAndIncluded(self) -> None:
+        """
+        The service_* files under docs/examples are the ones these tests exercise, and the
+        service page includes each of them.
+        """
+        self.assertEqual({p.name for p in EXAMPLES.glob("service_*")}, SERVICE_EXAMPLES)
+        page = (EXAMPLES.parent / "service.rst").read_text(encoding="utf-8")
+        for name in sorted(SERVICE_EXAMPLES):
+            self.assertIn(f".. literalinclude:: examples/{name}\n", page, name)
+
+    def _etc(self) -> tuple[str, dict[str, str]]:
+        # A stand-in for /etc/smtpsvc with the example file and its certificate, and the
+        # moves from the real paths to the stand-ins.
+        tmpdir = workspace(self)
+        etc = os.path.join(tmpdir, "etc")
+        os.makedirs(etc)
+        moves = {"/etc/smtpsvc": etc, "/var/mail": os.path.join(tmpdir, "mail")}
+        text = (EXAMPLES / "service_example.toml").read_text()
+        Path(etc, "smtpsvc.toml").write_text("".join(relocate([text], moves)))
+        pair = issue("mx.example.org")
+        Path(etc, "mx.example.org.pem").write_bytes(pair.cert + pair.key)
+        return tmpdir, moves
+
+    def test_exampleConfiguration(self) -> None:
+        """
+        The example TOML file parses: an MX on port 25 for example.org and its subdomains,
+        delivering into a Maildir, with the certificate next to the file.
+        """
+        tmpdir, _ = self._etc()
+        options = tap.Options()
+        options.parseOptions(["--config", os.path.join(tmpdir, "etc", "smtpsvc.toml")])
+        config = options.config
+        self.assertEqual(config.listen, ["tcp:25"])
+        self.assertEqual(config.domains, ["example.org", ".example.org"])
+        self.assertEqual(config.deliver, [f"maildir:{tmpdir}/mail/example.org"])
+        self.assertEqual(config.tls.cert, os.path.join(tmpdir, "etc", "mx.example.org.pem"))
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertEqual([type(h) for h in server.handlers], [RelayPolicy, MaildirDelivery])
+        self.assertEqual(server.options.name, "mx.example.org")
+        self.assertEqual(server.options.closeTimeout, 20)
+        client = MemoryClient(server)
+        client.send("EHLO client.example")
+        replies = client.send("MAIL FROM:<a@remote.example>", "RCPT TO:<u@elsewhere.example>")
+        self.assertEqual(codes(replies), [250, 550])
+
+    def test_unitFile(self) -> None:
+        """
+        The plain unit's command line parses (every flag exists) with the example file;
+        reload is SIGHUP and stop is SIGTERM to the main process.
+        """
+        _, moves = self._etc()
+        unit = EXAMPLES / "service_smtpsvc.service"
+        words = unitCommand(unit)
+        self.assertEqual(words, ["--config", "/etc/smtpsvc/smtpsvc.toml"])
+        options = tap.Options()
+        options.parseOptions(relocate(words, moves))
+        self.assertEqual(options.config.listen, ["tcp:25"])
+        self.assertEqual(unitSetting(unit, "ExecReload"), ["/bin/kill -HUP $MAINPID"])
+        self.assertEqual(unitSetting(unit, "KillMode"), ["mixed"])
+        self.assertEqual(unitSetting(unit, "KillSignal"), ["SIGTERM"])
+        # Port 25 as an unprivileged user.
+        self.assertEqual(unitSetting(unit, "AmbientCapabilities"), ["CAP_NET_BIND_SERVICE"])
+        self.assertEqual(unitSetting(unit, "ReadWritePaths"), ["/var/mail/example.org"])
+
+    async def test_socketActivatedUnit(self) -> None:
+        """
+        The socket-activated unit's command line, given listening sockets the way systemd
+        gives them (descriptors 3 and 4, LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID), serves
+        on the first: mail for example.org is delivered, other mail is refused; with
+        --listen-tls systemd:domain=INET:index=1 added, the second serves implicit TLS.
+        """
+        tmpdir, moves = self._etc()
+        unit = EXAMPLES / "service_smtpsvc-activated.service"
+        socketUnit = EXAMPLES / "service_smtpsvc.socket"
+        self.assertEqual(unitSetting(socketUnit, "ListenStream"), ["0.0.0.0:25"])
+        self.assertEqual(unitSetting(unit, "Requires"), ["smtpsvc.socket"])
+        words = unitCommand(unit)
+        self.assertIn("systemd:domain=INET:index=0", words)
+        plain, secure = listeningSocket(), listeningSocket()
+        self.addCleanup(plain.close)
+        self.addCleanup(secure.close)
+        environment, fds = socketActivation([plain, secure], "smtpsvc.socket")
+        args = [*relocate(words, moves), "--listen-tls", "systemd:domain=INET:index=1", *QUICK]
+        process = await startService(
+            self, args, tmpdir, environment=environment, childFDs=fds, wrapper=SYSTEMD_WRAPPER
+        )
+        ports = await process.listeningPorts()
+        self.assertEqual(ports, (plain.getsockname()[1], secure.getsockname()[1]))
+        body = message("socket activated")
+        self.assertEqual((await deferToThread(sendOne, ports[0], body))[0], 250)
+        refused = await deferToThread(sendOne, ports[0], body, "u@elsewhere.example")
+        self.assertEqual(refused, (550, b"5.7.1 Relay access denied"))
+        stored = delivered(os.path.join(tmpdir, "mail", "example.org"))
+        self.assertEqual([withoutTraceHeaders(m) for m in stored.values()], [body])
+
+        def handshake() -> ServerReply:
+            with RawClient(ports[1]) as client:
+                client.startTLS(clientContext(authority().cert), "mx.example.org")
+                greeting = client.readReply()
+                client.command("QUIT")
+            return greeting
+
+        greeting = await deferToThread(handshake)
+        self.assertEqual(greeting.code, 220)
+        self.assertTrue(greeting.lines[0].startswith("mx.example.org "), greeting)
+
+    def test_exampleHandler(self) -> None:
+        """
+        docs/examples/service_handler.py, loaded as --deliver python:service_handler:
+        makeHandler loads it, accepts the recipients its file lists and refuses others.
+        """
+        tmpdir = workspace(self)
+        recipients = Path(tmpdir, "recipients")
+        recipients.write_text("# our users\nalice@example.org\nBob@Example.org\n")
+        self.patch(os, "environ", dict(os.environ, SMTPSVC_RECIPIENTS=str(recipients)))
+        self.patch(sys, "path", [str(EXAMPLES), *sys.path])
+        self.addCleanup(sys.modules.pop, "service_handler", None)
+        options = tap.Options()
+        options.parseOptions(
+            ["--deliver", "python:service_handler:makeHandler", "--deliver", "discard"]
+        )
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertEqual(type(server.handlers[0]).__name__, "KnownRecipients")
+        client = MemoryClient(server)
+        client.send("EHLO client.example", "MAIL FROM:<a@remote.example>")
+        replies = [
+            client.send(f"RCPT TO:<{r}>")[0]
+            for r in ("alice@example.org", "bob@example.org", "carol@example.org")
+        ]
+        self.assertEqual(codes(replies), [250, 250, 550])
+        self.assertEqual(replies[2].lines, ("No such user here",))
