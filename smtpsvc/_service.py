@@ -11,20 +11,25 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.internet import tcp
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, eventFromJSON
 from twisted.python.failure import Failure
 
-from ._config import ConfigurationError, ServiceConfig, withFlags
+from ._config import ConfigurationError, ServiceConfig, withFlags, withListenBacklog
 from ._server import HOOKS, SMTPServer
 from .cred import PortalAuthHandler
 
@@ -211,7 +216,7 @@ class SMTPService(Service):
                 self.ports.append(adopt(self.server, fd, inheritedSecure))
         for description, secure in listeners:
             try:
-                endpoint = serverFromString(self.server.reactor, description)
+                endpoint = serverFromString(self.server.reactor, withListenBacklog(description))
             except (ValueError, TypeError) as e:
                 raise ConfigurationError(f"--listen {description}: {e}") from e
             result = self.server.listen(endpoint, secure=secure)
@@ -314,22 +319,198 @@ def restoreHangup(previous: Any) -> None:
             signal.signal(signal.SIGHUP, previous)
 
 
+@dataclass(frozen=True)
+class TCPListening:
+    """
+    Where a C{tcp:} or C{tcp6:} endpoint string listens, as Twisted parses it.
+    """
+
+    interface: str
+    port: int
+    backlog: int
+
+
+class _ListenTCPRecorder:
+    # Stands in for the reactor of a TCP server endpoint: TCP4ServerEndpoint and
+    # TCP6ServerEndpoint listen by handing their port, backlog and interface to
+    # IReactorTCP.listenTCP, so this learns what Twisted parsed without reading the
+    # endpoint's private attributes.
+    def __init__(self) -> None:
+        self.recorded: list[TCPListening] = []
+
+    def listenTCP(
+        self, port: object, factory: object, backlog: object = 50, interface: object = ""
+    ) -> None:
+        # Anything but a plain port number (a Twisted that passes something richer) is
+        # left out, and the caller falls back to one shared socket.
+        if isinstance(port, int) and isinstance(backlog, int) and isinstance(interface, str):
+            self.recorded.append(TCPListening(interface, port, backlog))
+
+
+def tcpListening(description: str) -> TCPListening | None:
+    """
+    The interface, port and backlog of a C{tcp:} or C{tcp6:} endpoint string, as
+    C{serverFromString} parses them; L{None} for any other kind of endpoint.
+    """
+    recorder = _ListenTCPRecorder()
+    endpoint = serverFromString(recorder, description)
+    if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
+        return None
+    endpoint.listen(Factory())  # type: ignore[no-untyped-call]
+    return recorder.recorded[0] if len(recorder.recorded) == 1 else None
+
+
+def canSpreadConnections() -> bool:
+    """
+    Whether the kernel spreads the connections to one address over several listening
+    sockets bound to it with C{SO_REUSEPORT}: Linux does (since 3.9); the BSDs and macOS
+    accept the option but hand every connection to one socket.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return False
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError:
+        # Kernels before 3.9, and some sandboxes, refuse it.
+        return False
+    return True
+
+
+class _ReusePortListener(tcp.Port):
+    # A TCP port whose socket has SO_REUSEPORT set before it is bound, so that sockets of
+    # the same user may listen on the same address and port beside it.
+    def createInternetSocket(self) -> socket.socket:
+        skt: socket.socket = super().createInternetSocket()  # type: ignore[no-untyped-call]
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        skt.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return skt
+
+
+def _refuseTakenPort(where: TCPListening) -> None:
+    # Sockets of the same user that all set SO_REUSEPORT share a port: a second --workers
+    # master on the port (or an old one still running) would silently take half of the
+    # connections.  A socket without the option cannot bind beside a listening one, so
+    # binding one first keeps the plain "Address already in use" (a master that starts
+    # in the instant between the two is not caught).
+    if where.port == 0:
+        return
+    family = socket.AF_INET6 if isIPv6Address(where.interface) else socket.AF_INET
+    try:
+        address = socket.getaddrinfo(
+            where.interface or None, where.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        )[0][4]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as e:
+        raise CannotListenError(where.interface, where.port, e) from e
+
+
+def listenPerWorker(reactor: Any, where: TCPListening, count: int) -> list[IListeningPort]:
+    """
+    C{count} listening sockets bound to the same address and port with
+    C{SO_REUSEPORT}, so that the kernel spreads the connections over them; port 0 binds
+    the first to a port the kernel picks and the others to the same.  They do not accept:
+    each is for one worker.
+
+    @raise CannotListenError: if one cannot be bound (the others are closed).
+    """
+    _refuseTakenPort(where)
+    # No factory ever builds a protocol here; one that does not log starting and stopping
+    # for each of the sockets.
+    factory = Factory()
+    factory.noisy = False
+    ports: list[IListeningPort] = []
+    portNumber = where.port
+    try:
+        for _ in range(count):
+            port: tcp.Port = _ReusePortListener(
+                portNumber, factory, where.backlog, where.interface, reactor
+            )
+            port.startListening()
+            port.stopReading()
+            ports.append(port)
+            portNumber = port.getHost().port
+    except CannotListenError:
+        for bound in ports:
+            bound.stopListening()
+        raise
+    return ports
+
+
+#: The longest line of a worker's output kept whole; a longer one is cut.
+_MAX_RELAYED_LINE = 1 << 20
+#: How much of a line of a worker's output that is not a log event is logged.
+_MAX_LOGGED_OUTPUT = 4096
+
+
 class _Worker(ProcessProtocol):
-    def __init__(self, master: WorkerMaster, number: int) -> None:
+    """
+    One worker process.  When C{relay} is set its output is a pipe: it writes its log
+    as JSON events on standard output, which this process logs as its own, and anything
+    on standard error is logged as an error.
+    """
+
+    def __init__(self, master: WorkerMaster, number: int, relay: bool = False) -> None:
         self.master = master
         self.number = number
+        self.relay = relay
         self.ended: Deferred[None] = Deferred()
+        self._pending = {1: b"", 2: b""}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD not in self._pending:
+            return
+        lines = (self._pending[childFD] + data).split(b"\n")
+        self._pending[childFD] = lines.pop()
+        if len(self._pending[childFD]) > _MAX_RELAYED_LINE:
+            lines.append(self._pending[childFD])
+            self._pending[childFD] = b""
+        for line in lines:
+            self._relayLine(childFD, line)
+
+    def _relayLine(self, childFD: int, line: bytes) -> None:
+        # RFC 7464: each JSON event starts with a record separator.
+        text = line.removeprefix(b"\x1e").decode("utf-8", "replace").strip()
+        if not text:
+            return
+        if childFD == 1:
+            try:
+                event = eventFromJSON(text)
+            except ValueError:
+                event = None
+            if isinstance(event, dict) and "log_level" in event:
+                event["worker"] = self.number
+                _log.observer(event)
+                return
+        if len(text) > _MAX_LOGGED_OUTPUT:
+            text = f"{text[:_MAX_LOGGED_OUTPUT]}... ({len(text)} characters)"
+        _log.error("Worker {number}: {line}", number=self.number, line=text)
 
     def processEnded(self, reason: Failure) -> None:
+        for childFD, rest in self._pending.items():
+            self._relayLine(childFD, rest)
+        self._pending = {}
         self.ended.callback(None)
         self.master._workerEnded(self, reason)
 
 
 class WorkerMaster(Service):
     """
-    C{--workers N}: listen, then run N worker processes that share the listening
-    sockets (the kernel spreads connections over them), restart any that dies, pass
-    SIGHUP on, and stop them gracefully with SIGTERM.
+    C{--workers N}: listen, then run N worker processes that serve the listening
+    sockets, restart any that dies, pass SIGHUP on, and stop them gracefully with
+    SIGTERM.
+
+    A C{tcp:} or C{tcp6:} listener gets one socket per worker, all bound to its address
+    and port with C{SO_REUSEPORT}, where the kernel spreads connections over such sockets
+    (L{canSpreadConnections}); worker I{i} always serves socket I{i}.  Other listeners, and
+    every listener elsewhere, have one socket the workers share, and whichever worker
+    accepts first takes the connections waiting.
+
+    @ivar ports: for each listener, its sockets (one, or one per worker) and whether
+        TLS starts at once on it.
+    @ivar socketPerWorker: whether TCP listeners get one socket per worker.
     """
 
     def __init__(
@@ -337,8 +518,13 @@ class WorkerMaster(Service):
         config: ServiceConfig,
         pluginArgs: Sequence[str],
         reactor: Any = None,
-        temporaryFiles: Sequence[str] = (),
+        development: tuple[bytes, bytes] | None = None,
     ) -> None:
+        """
+        @param pluginArgs: the plugin's command line, which each worker gets too.
+        @param development: the development key and certificate (PEM) this process
+            made, which the workers must serve as well.
+        """
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
@@ -346,50 +532,95 @@ class WorkerMaster(Service):
         self.reactor = reactor
         self.config = config
         self.pluginArgs = list(pluginArgs)
+        self.development = development
         # Files made for the workers (the development certificate), removed at stop.
-        self.temporaryFiles = list(temporaryFiles)
-        self.ports: list[tuple[IListeningPort, bool]] = []
+        self.temporaryFiles: list[str] = []
+        self.ports: list[tuple[list[IListeningPort], bool]] = []
+        self.socketPerWorker = canSpreadConnections()
         self.workers: dict[int, Any] = {}
+        self._listening = False
         self._stopping = False
         self._previousHangup: Any = None
 
+    def privilegedStartService(self) -> None:
+        # twistd calls this before dropping privileges, so port 25 works; twist calls
+        # only startService.  The workers start in startService, without them.
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        self._listenAll()
+
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        self._listenAll()
+        if self.development is not None and not self.temporaryFiles:
+            # Written now, after twistd --uid has dropped privileges, so that the workers,
+            # which run as the same user, can read it; nobody else can.
+            fd, path = tempfile.mkstemp(prefix="smtpsvc-development-", suffix=".pem")
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.development[1] + self.development[0])
+            self.temporaryFiles.append(path)
+            self.pluginArgs += ["--cert", path]
+        for number in range(self.config.workers):
+            try:
+                self._spawn(number)
+            except OSError as e:
+                raise ConfigurationError(f"cannot start worker {number}: {e}") from e
+        self._previousHangup = installHangup(self._hangup)
+
+    def _listenAll(self) -> None:
+        if self._listening:
+            return
+        self._listening = True
         listeners = [(e, False) for e in self.config.listen]
         listeners += [(e, True) for e in self.config.listenTLS]
         for description, secure in listeners:
-            endpoint = serverFromString(self.reactor, description)
-            port = _now(endpoint.listen(Factory()))
-            if isinstance(port, Failure) or port is None or not hasattr(port, "fileno"):
-                why = port.getErrorMessage() if isinstance(port, Failure) else "not a socket"
-                raise ConfigurationError(f"cannot listen on {description}: {why}")
-            # The workers accept; this process only holds the sockets.
-            port.stopReading()
-            self.ports.append((port, secure))
-            address = port.getHost()
+            ports = self._listen(description)
+            self.ports.append((ports, secure))
+            address = ports[0].getHost()
             _log.info(
                 "SMTP server listening on {host}:{port} with {workers} workers",
                 host=getattr(address, "host", ""),
                 port=getattr(address, "port", ""),
                 workers=self.config.workers,
             )
-        for number in range(self.config.workers):
-            self._spawn(number)
-        self._previousHangup = installHangup(self._hangup)
+
+    def _listen(self, description: str) -> list[IListeningPort]:
+        # The listener's sockets: one per worker, or one for all.  The workers accept;
+        # this process only holds the sockets (it may bind port 25 as root).
+        full = withListenBacklog(description)
+        endpoint = serverFromString(self.reactor, full)
+        perWorker = self.socketPerWorker and self.config.workers > 1
+        # Parsed again only when it is TCP: other endpoint parsers may use the reactor.
+        isTCP = isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint))
+        where = tcpListening(full) if perWorker and isTCP else None
+        if where is not None:
+            try:
+                return listenPerWorker(self.reactor, where, self.config.workers)
+            except CannotListenError as e:
+                raise ConfigurationError(f"cannot listen on {description}: {e}") from e
+        port = _now(endpoint.listen(Factory()))
+        if isinstance(port, Failure) or port is None or not hasattr(port, "fileno"):
+            why = port.getErrorMessage() if isinstance(port, Failure) else "not a socket"
+            raise ConfigurationError(f"cannot listen on {description}: {why}")
+        port.stopReading()
+        return [port]
 
     def _spawn(self, number: int) -> None:
-        childFDs: dict[int, Any] = {0: 0, 1: 1, 2: 2}
+        options, relay = workerTwistOptions(sys.argv, self.reactor)
+        childFDs: dict[int, Any] = {0: 0, 1: "r", 2: "r"} if relay else {0: 0, 1: 1, 2: 2}
         args = [
             sys.executable,
             "-c",
             "from twisted.application.twist._twist import Twist; Twist.main()",
         ]
-        args += twistArguments()
+        args += options
         args += ["smtpsvc", *self.pluginArgs]
-        for index, (port, secure) in enumerate(self.ports):
+        for index, (ports, secure) in enumerate(self.ports):
+            # Worker N serves socket N of a listener with one per worker, also when it
+            # is started again, so no socket waits longer than a restart for a worker.
+            port = ports[number % len(ports)]
             childFDs[3 + index] = port.fileno()  # type: ignore[attr-defined]
             args += ["--inherit", f"{3 + index}:{'tls' if secure else 'plain'}"]
-        worker = _Worker(self, number)
+        worker = _Worker(self, number, relay)
         transport = self.reactor.spawnProcess(
             worker, sys.executable, args, env=os.environ, childFDs=childFDs
         )
@@ -404,7 +635,18 @@ class WorkerMaster(Service):
             number=worker.number,
             reason=reason.getErrorMessage(),
         )
-        self.reactor.callLater(1.0, self._spawn, worker.number)
+        self.reactor.callLater(1.0, self._respawn, worker.number)
+
+    def _respawn(self, number: int) -> None:
+        if self._stopping:
+            return
+        try:
+            self._spawn(number)
+        except OSError as e:
+            _log.critical(
+                "Cannot start worker {number}: {reason}; trying again", number=number, reason=e
+            )
+            self.reactor.callLater(5.0, self._respawn, number)
 
     def _signal(self, signum: int) -> None:
         for _, transport in list(self.workers.values()):
@@ -431,7 +673,7 @@ class WorkerMaster(Service):
             for path in self.temporaryFiles:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            closing = [p.stopListening() for p, _ in self.ports]
+            closing = [p.stopListening() for ports, _ in self.ports for p in ports]
             return DeferredList([d for d in closing if d is not None]).addCallback(lambda _: None)
 
         if not ended:
@@ -439,11 +681,28 @@ class WorkerMaster(Service):
         return DeferredList(ended).addCallback(done)
 
 
-def twistArguments() -> list[str]:
+def workerTwistOptions(argv: Sequence[str], reactor: Any) -> tuple[list[str], bool]:
     """
-    The options given to C{twist} itself (before the plugin name), for the workers.
+    The options of C{twist} for the workers of a master started with the command line
+    C{argv}, and whether the master relays their log.
+
+    Under C{twist} the workers get its options (log file, format, level, reactor) and log
+    as it does.  C{twistd}'s options mean nothing to C{twist}, and its log (a file it
+    rotates, syslog) is best written by one process: there the workers use the master's
+    reactor and write JSON events to a pipe, which the master logs as its own.
     """
-    argv = sys.argv
-    if "smtpsvc" in argv:
-        return list(argv[1 : argv.index("smtpsvc")])
+    before = list(argv[1 : list(argv).index("smtpsvc")]) if "smtpsvc" in argv else []
+    if not os.path.basename(argv[0] if argv else "").startswith("twistd"):
+        return before, False
+    return ["--log-format", "json", "--log-file", "-", *_reactorOption(reactor)], True
+
+
+def _reactorOption(reactor: Any) -> list[str]:
+    # The --reactor choice that names the reactor this process runs, if one does.
+    from twisted.application.reactors import getReactorTypes
+
+    module = type(reactor).__module__
+    for kind in getReactorTypes():
+        if getattr(kind, "moduleName", None) == module:
+            return ["--reactor", kind.shortName]
     return []

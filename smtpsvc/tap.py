@@ -10,10 +10,8 @@ work stops the command with one line saying why (L{ConfigurationError}).
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -243,22 +241,10 @@ def makeService(options: Options) -> IService:
     if config.workers > 1:
         # Check the configuration in this process, where errors can still be told.
         buildServer(options)
-        arguments, files = _workerArguments(options)
-        return WorkerMaster(config, arguments, temporaryFiles=files)
+        # The workers serve the development certificate made here, if one was: the
+        # master hands it over in a file when it starts.
+        return WorkerMaster(config, options.argv, development=config.tls.development)
     return SMTPService(buildServer(options), config)
-
-
-def _workerArguments(options: Options) -> tuple[list[str], list[str]]:
-    arguments = list(options.argv)
-    development = options.config.tls.development
-    if development is None:
-        return arguments, []
-    # The workers must serve the same development certificate: hand it over in a file
-    # only this user can read, removed when the master stops.
-    fd, path = tempfile.mkstemp(prefix="smtpsvc-development-", suffix=".pem")
-    with os.fdopen(fd, "wb") as f:
-        f.write(development[1] + development[0])
-    return [*arguments, "--cert", path], [path]
 
 
 if __name__ == "__main__":  # pragma: no cover

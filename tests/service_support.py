@@ -16,13 +16,14 @@ import json
 import mailbox
 import os
 import re
+import select
 import shlex
 import signal
 import smtplib
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -301,6 +302,109 @@ def sendOne(port: int, body: bytes, recipient: str = "u@example.org") -> tuple[i
             code, text = c.data(body)
         c.quit()
     return code, text
+
+
+# -- which worker serves a connection ---------------------------------------------------------
+
+
+def servingProcesses(pids: Iterable[int], port: int) -> dict[int, int]:
+    """
+    Which of the processes C{pids} holds the server end of each established IPv4 TCP
+    connection to C{port}, by the client's port: the sockets each process holds (in
+    C{/proc/PID/fd}) matched by inode with the connections in C{/proc/net/tcp}.
+    """
+    owners: dict[int, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:[") and target.endswith("]"):
+                        owners[int(target[len("socket:[") : -1])] = pid
+    served: dict[int, int] = {}
+    # sl local_address rem_address st ... inode: addresses as HEXIP:HEXPORT, 01 is ESTABLISHED.
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+        if state == "01" and int(local.rpartition(":")[2], 16) == port and inode in owners:
+            served[int(remote.rpartition(":")[2], 16)] = owners[inode]
+    return served
+
+
+class Burst:
+    """
+    Many SMTP connections to the service on 127.0.0.1, opened at once and held open.  The
+    methods block: run them in a thread.
+    """
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.count = count
+        self.clients: list[socket.socket] = []
+        self.greetings: dict[socket.socket, bytes] = {}
+
+    def open(self) -> None:
+        """
+        Connect C{count} times, one connection after the other without waiting for
+        greetings.
+        """
+        for _ in range(self.count):
+            self.clients.append(
+                socket.create_connection((LOCALHOST, self.port), timeout=SOCKET_TIMEOUT)
+            )
+
+    def awaitGreetings(self, quiet: float, within: float = SOCKET_TIMEOUT) -> int:
+        """
+        Read greetings until every connection has one, no other comes for C{quiet} seconds,
+        or C{within} seconds have passed; the number of connections greeted.
+        """
+        deadline = time.monotonic() + within
+        buffers: dict[socket.socket, bytes] = {}
+        while len(self.greetings) < len(self.clients):
+            timeout = min(quiet, deadline - time.monotonic())
+            waiting = [c for c in self.clients if c not in self.greetings]
+            readable = select.select(waiting, [], [], timeout)[0] if timeout > 0 else []
+            if not readable:
+                break
+            for client in readable:
+                data = client.recv(4096)
+                if not data:
+                    raise FailTest(f"connection {client.getsockname()} closed before a greeting")
+                buffers[client] = buffers.get(client, b"") + data
+                if buffers[client].endswith(b"\r\n"):
+                    self.greetings[client] = buffers.pop(client)
+        return len(self.greetings)
+
+    def servedBy(self, pids: Sequence[int]) -> dict[int, int]:
+        """
+        How many of the connections each of the processes C{pids} serves (the ones none
+        of them serves are not counted).
+        """
+        byClientPort = servingProcesses(pids, self.port)
+        counts = {pid: 0 for pid in pids}
+        for client in self.clients:
+            pid = byClientPort.get(client.getsockname()[1])
+            if pid is not None:
+                counts[pid] += 1
+        return counts
+
+    def quit(self) -> list[bytes]:
+        """
+        Send C{QUIT} on every connection; the first line of each reply.
+        """
+        replies = []
+        for client in self.clients:
+            client.sendall(b"QUIT\r\n")
+            with client.makefile("rb") as reader:
+                replies.append(reader.readline())
+        return replies
+
+    def close(self) -> None:
+        """
+        Close every connection.
+        """
+        for client in self.clients:
+            client.close()
 
 
 # -- openssl ----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpsvc._core._data import DataDecoder, stuff
+from smtpsvc._core._data import DataDecoder, _hasBareLineEnding, stuff
 
 _FAST = settings(max_examples=300, deadline=None)
 _POLICIES = ("normalize", "reject", "pass")
@@ -664,3 +664,29 @@ class DataPropertyTests(SynchronousTestCase):
         decoder, message, _rest = _decode(chunks, "normalize", limit)
         self.assertEqual(decoder.byteLength, len(message))
         self.assertEqual(decoder.sizeExceeded, bool(limit) and decoder.byteLength > limit)
+
+
+# A CR not followed by LF, or a LF not preceded by CR: what "bare" means, spelled out.
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+class BareLineEndingCheckTests(SynchronousTestCase):
+    """
+    The quick test for bare CR and LF, which counts rather than looks, agrees with the
+    definition.
+    """
+
+    @_FAST
+    @given(st.one_of(_BYTES, st.text(alphabet="ab.\r\n").map(str.encode)))
+    def test_matchesDefinition(self, data: bytes) -> None:
+        """
+        For any bytes, L{_hasBareLineEnding} is whether a bare CR or LF occurs.
+        """
+        self.assertEqual(_hasBareLineEnding(data), _BARE.search(data) is not None, data)
+
+    def test_separatedPair(self) -> None:
+        """
+        A CR and a LF with something between them are both bare.
+        """
+        self.assertTrue(_hasBareLineEnding(b"a\rbb\nc"))
+        self.assertFalse(_hasBareLineEnding(b"a\r\nbb\r\n"))

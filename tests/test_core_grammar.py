@@ -19,8 +19,14 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpsvc._core._grammar import (
+    _ASCII_DOT_STRING,
+    _PLAIN_DOMAIN,
     GrammarError,
     PathCommand,
+    _checkDomainFully,
+    _checkLocalPartFully,
+    _pathEnd,
+    _scanPathEnd,
     decodeXtext,
     isValidHeloName,
     parseMailbox,
@@ -917,3 +923,72 @@ class GrammarPropertyTests(SynchronousTestCase):
             if value is not None:
                 self.assertNotIn("\x00", value)
                 self.assertNotIn("\x7f", value)
+
+
+def _outcome(function: Callable[[str], object], text: str) -> object:
+    # What function(text) returns, or the message of the GrammarError it raises.
+    try:
+        return function(text)
+    except GrammarError as e:
+        return str(e)
+
+
+def _accepts(check: Callable[[str], object], text: str) -> bool:
+    try:
+        check(text)
+    except GrammarError:
+        return False
+    return True
+
+
+# Text that looks like local parts and domains, with the characters that decide the
+# shortcuts: dots, hyphens, quotes, punycode prefixes, non-ASCII, and a long run.
+_PART_ALPHABET = "aZ9.-_+'xnXN\"\u00fc@ "
+_PARTS = st.one_of(
+    st.text(alphabet=_PART_ALPHABET, max_size=80),
+    st.builds("".join, st.lists(st.sampled_from(["a", "xn--", ".", "-", "b" * 62, "9"]))),
+    # Dot-separated words of label and atom characters, most of which look valid.
+    st.lists(st.text(alphabet="aZ9-_+xn\u00fc", max_size=8), min_size=1, max_size=6).map(".".join),
+)
+
+
+class ShortcutTests(SynchronousTestCase):
+    """
+    The regular expressions that accept the common address shapes at once accept nothing
+    the full checks refuse: they are shortcuts, not a second grammar.
+    """
+
+    @_FAST
+    @given(_PARTS)
+    def test_localPartShortcut(self, text: str) -> None:
+        """
+        A local part the ASCII Dot-string shortcut accepts, the full check accepts.
+        """
+        if len(text) <= 64 and _ASCII_DOT_STRING.match(text):
+            self.assertTrue(_accepts(_checkLocalPartFully, text), text)
+
+    @_FAST
+    @given(_PARTS)
+    def test_domainShortcut(self, text: str) -> None:
+        """
+        A domain the plain-domain shortcut accepts, the full check accepts unchanged.
+        """
+        if len(text) <= 255 and _PLAIN_DOMAIN.match(text):
+            self.assertEqual(_checkDomainFully(text), text)
+
+    def test_domainShortcutLeavesPunycode(self) -> None:
+        """
+        Punycode labels, valid or not, go to the full check, which decodes them.
+        """
+        for domain in ("xn--bcher-kva.example", "a.XN--zz.example", "xn--.example"):
+            self.assertIsNone(_PLAIN_DOMAIN.match(domain), domain)
+        self.assertFalse(_accepts(_checkDomainFully, "xn--ab-.example"))
+
+    @_FAST
+    @given(st.text(alphabet='ab@.<>" \\', max_size=30))
+    def test_pathEndShortcut(self, text: str) -> None:
+        """
+        _pathEnd finds the same end as the full quote-aware scan, or refuses as it does.
+        """
+        text = "<" + text
+        self.assertEqual(_outcome(_pathEnd, text), _outcome(_scanPathEnd, text), text)

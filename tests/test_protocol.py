@@ -6,7 +6,7 @@ ordering, pausing, timing and shutdown.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
@@ -31,6 +31,7 @@ from smtpsvc import (
     SMTPServer,
     readMessage,
 )
+from smtpsvc._core._session import newSessionID
 from smtpsvc._stream import HIGH_WATER
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
@@ -1663,6 +1664,43 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         self.assertEqual(first(client.received()), "421 Timeout - closing connection")
         self.assertIsInstance(handler.ended, MessageAborted)
 
+    def _clingingClient(self, **options: Any) -> tuple[Clock, list[None]]:
+        # A client that got the goodbye but never closes its end: the server's transport
+        # stays open (disconnecting) until the server aborts it.
+        server = makeServer(**options)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+        aborts: list[None] = []
+        transport.abortConnection = lambda: aborts.append(None)  # type: ignore[method-assign]
+        protocol = server.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        clock = cast(Clock, server.reactor)
+        clock.advance(server.options.earlyTalkerDelay)
+        protocol.dataReceived(b"QUIT\r\n")
+        self.assertTrue(transport.value().endswith(b"221 Bye\r\n"), transport.value())
+        self.assertTrue(transport.disconnecting)
+        return clock, aborts
+
+    def test_clingingClientAborted(self) -> None:
+        """
+        A client that does not let go of the connection after the server said goodbye is
+        cut off once socketTimeout has passed.
+        """
+        clock, aborts = self._clingingClient(socketTimeout=10)
+        clock.advance(9)
+        self.assertEqual(aborts, [])
+        clock.advance(1)
+        self.assertEqual(aborts, [None])
+
+    def test_clingingClientAbortedWithoutTimeout(self) -> None:
+        """
+        With socketTimeout=0 such a client is still cut off, after 30 seconds.
+        """
+        clock, aborts = self._clingingClient(socketTimeout=0)
+        clock.advance(29)
+        self.assertEqual(aborts, [])
+        clock.advance(1)
+        self.assertEqual(aborts, [None])
+
     def test_timeoutOff(self) -> None:
         """
         socketTimeout=0 never times out.
@@ -1745,6 +1783,17 @@ class SessionFieldTests(SynchronousTestCase):
     """
     The session handlers see (spec section 9).
     """
+
+    def test_sessionIdentifiers(self) -> None:
+        """
+        Session identifiers are 16 characters of C{[0-9a-v]}, every one of the 32 used,
+        and do not repeat.
+        """
+        ids = [newSessionID() for _ in range(2000)]
+        self.assertEqual(len(set(ids)), len(ids))
+        for sessionId in ids:
+            self.assertRegex(sessionId, r"^[0-9a-v]{16}\Z")
+        self.assertEqual(set("".join(ids)), set("0123456789abcdefghijklmnopqrstuv"))
 
     def test_fields(self) -> None:
         """

@@ -12,6 +12,7 @@ and L{tests.e2e_support}.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -35,6 +36,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 
 from smtpsvc import tap
+from smtpsvc._service import canSpreadConnections
 from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
 from smtpsvc.testing import MemoryClient, ServerReply, stuff
@@ -57,6 +59,7 @@ from .service_support import (
     EXAMPLES,
     JSON_LOGS,
     SYSTEMD_WRAPPER,
+    Burst,
     ServiceProcess,
     alive,
     delivered,
@@ -235,6 +238,17 @@ class ConfigurationFileTests(E2ETestCase):
         self.assertEqual(event["remoteAddress"], LOCALHOST)
         self.assertEqual((event["tls"], event["user"]), (None, None))
         self.assertIsInstance(event["seconds"], float)
+        self.assertIn(f" message from <{SENDER}> to ['u@example.org'] (", event["text"])
+        # The connection's own line comes when it closes, with what became of its mail;
+        # none is written at info level when it opens.
+        await process.waitForOutput(re.compile(rb'"event": "disconnect"'))
+        (closed,) = [e for e in process.events() if e.get("event") == "disconnect"]
+        self.assertEqual(
+            (closed["sessionId"], closed["remoteAddress"], closed["accepted"], closed["refused"]),
+            (event["sessionId"], LOCALHOST, 1, 0),
+        )
+        self.assertTrue(closed["text"].startswith(f"Connection closed: {LOCALHOST}:"), closed)
+        self.assertEqual(process.lines("Connection from"), [])
         # The log is an RFC 7464 JSON text sequence: each line a record separator and an
         # object (what `jq --seq` reads).
         # (str.splitlines would split at the record separator too.)
@@ -483,6 +497,14 @@ def sendInParallel(port: int, count: int) -> list[tuple[int, bytes]]:
         return [future.result(timeout=TOOL_TIMEOUT) for future in futures]
 
 
+def resume(pid: int) -> None:
+    """
+    Let a process stopped with SIGSTOP run again, if it is still there.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
 class WorkerTests(E2ETestCase):
     """
     C{--workers N}: N processes serve the listening sockets of one master.
@@ -546,6 +568,59 @@ class WorkerTests(E2ETestCase):
         for pid in (workers[1], replacement):
             self.assertFalse(alive(pid), f"worker {pid} still runs")
         self.assertEqual(len(process.lines("Server closed")), 2, process.text)
+
+    async def test_burstSpreadOverWorkers(self) -> None:
+        """
+        With --workers 2, 40 connections opened at once are served by both workers (the
+        master gives each its own listening socket and the kernel spreads connections over
+        them); and while one worker cannot accept, the other does not take the connections
+        waiting for it: they are served by their own worker once it can.
+        """
+        if not canSpreadConnections():
+            raise SkipTest("connections are spread over workers by SO_REUSEPORT on Linux only")
+        tmpdir = workspace(self)
+        args = ["--listen", LISTEN, "--workers", "2", "--deliver", "discard", *QUICK]
+        process = await startService(self, args, tmpdir, environment={"TMPDIR": tmpdir})
+        port = process.port
+        assert port is not None
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        workers = process.workerPIDs
+        self.assertEqual(len(set(workers)), 2)
+
+        async def burst() -> Burst:
+            connections = Burst(port, 40)
+            self.addCleanup(connections.close)
+            await deferToThread(connections.open)
+            return connections
+
+        # All at once: both workers get some.
+        connections = await burst()
+        self.assertEqual(await deferToThread(connections.awaitGreetings, SOCKET_TIMEOUT), 40)
+        served = connections.servedBy(workers)
+        self.assertEqual(sum(served.values()), 40, served)
+        self.assertTrue(all(served.values()), f"one worker took every connection: {served}")
+        replies = await deferToThread(connections.quit)
+        self.assertEqual({reply[:4] for reply in replies}, {b"221 "}, replies)
+
+        # One worker stopped (as if busy): the other serves only its own share, and the
+        # stopped one serves the rest when it resumes.  With one socket for both, the
+        # running worker would take all 40.
+        stopped, running = workers
+        os.kill(stopped, signal.SIGSTOP)
+        self.addCleanup(resume, stopped)
+        connections = await burst()
+        # Its greetings come at once; a second without another means it took its share.
+        await deferToThread(connections.awaitGreetings, 1.0)
+        served = connections.servedBy(workers)
+        self.assertEqual(served[stopped], 0, served)
+        self.assertLess(served[running], 40, "the running worker took every connection")
+        os.kill(stopped, signal.SIGCONT)
+        self.assertEqual(await deferToThread(connections.awaitGreetings, SOCKET_TIMEOUT), 40)
+        served = connections.servedBy(workers)
+        self.assertEqual(sum(served.values()), 40, served)
+        self.assertGreater(served[stopped], 0, served)
+        replies = await deferToThread(connections.quit)
+        self.assertEqual({reply[:4] for reply in replies}, {b"221 "}, replies)
 
     async def test_workersLeaveNoKeyBehind(self) -> None:
         """
@@ -758,6 +833,71 @@ class TwistdTests(E2ETestCase):
             self.fail(f"{e!r}; the service's log:\n{process.text}")
         self.assertEqual(code, 250, f"{text!r}; the service's log:\n{process.text}")
         self.assertEqual([withoutTraceHeaders(m) for m in delivered(maildir).values()], [body])
+
+    async def test_workersUnderTwistd(self) -> None:
+        """
+        twistd smtpsvc --workers (as nobody, with --uid and --gid, when the test runs as
+        root): both workers start, which needs the development certificate the master
+        hands them to be theirs to read, deliver, and log through the master, into
+        twistd's log.  (The master, once it is nobody, starts the workers with this
+        interpreter: where nobody may not run it, the test runs as the current user.)
+        """
+        tmpdir = workspace(self)
+        outside = tempfile.mkdtemp(prefix="smtpsvc-workers-")
+        self.addCleanup(shutil.rmtree, outside, ignore_errors=True)
+        os.chmod(outside, 0o755)
+        mail, private = os.path.join(outside, "mail"), os.path.join(outside, "tmp")
+        os.makedirs(mail)
+        os.makedirs(private)
+        options: tuple[str, ...] = ("--nodaemon", "--pidfile=", "--logfile=-")
+        asNobody = await deferToThread(nobodyCanRunPython)
+        if asNobody:
+            for directory in (mail, private):
+                os.chown(directory, 65534, 65534)
+            options += ("--uid", "65534", "--gid", "65534")
+        maildir = os.path.join(mail, "md")
+        args = ["--listen", LISTEN, "--workers", "2", "--deliver", f"maildir:{maildir}", *QUICK]
+        process = await startService(
+            self,
+            args,
+            tmpdir,
+            twistOptions=options,
+            program="twistd",
+            environment={"TMPDIR": private},
+        )
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2), SIGNAL_TIMEOUT)
+        assert process.port is not None
+        body = message("twistd workers")
+        code, text = await deferToThread(sendOne, process.port, body)
+        self.assertEqual(code, 250, f"{text!r}; the service's log:\n{process.text}")
+        self.assertEqual([withoutTraceHeaders(m) for m in delivered(maildir).values()], [body])
+        # The worker's transaction line, written by the master in twistd's text format.
+        await process.waitForOutput(re.compile(rb"\[smtpsvc#info\] \w+ message from <"))
+        self.assertEqual(process.lines("Worker "), [], process.text)
+        owners = {os.stat(p).st_uid for p in Path(private).glob("smtpsvc-development-*")}
+        self.assertEqual(owners, {65534 if asNobody else os.getuid()})
+
+
+def nobodyCanRunPython() -> bool:
+    """
+    Whether the test runs as root and user 65534 can run this interpreter (and so the
+    service's workers) from the repository's virtual environment.
+    """
+    if os.getuid() != 0:
+        return False
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", "import twisted, smtpsvc"],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            capture_output=True,
+            timeout=TOOL_TIMEOUT,
+            cwd="/",
+        )
+    except OSError:
+        return False
+    return result.returncode == 0
 
 
 class ExampleFileTests(E2ETestCase):

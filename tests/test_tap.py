@@ -6,6 +6,7 @@ file, the relay policy, deliveries chosen by name, and the service.
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred
@@ -15,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from smtpsvc import Address, IRcptToHandler, Session, SMTPError, tap
-from smtpsvc._config import ConfigurationError
+from smtpsvc._config import ConfigurationError, withListenBacklog
 from smtpsvc._options import optionSpecs
 from smtpsvc._service import SMTPService
 from smtpsvc.handlers.maildir import MaildirDelivery
@@ -384,6 +385,32 @@ class ConfigFileTests(SynchronousTestCase):
         self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", MemoryClient(server).send("EHLO x")[0].lines)
 
 
+class ListenBacklogTests(SynchronousTestCase):
+    """
+    L{withListenBacklog} adds a backlog to the endpoint strings that take one.
+    """
+
+    def test_added(self) -> None:
+        """
+        TCP, TLS and Unix socket endpoints without a backlog get one.
+        """
+        for description in ("tcp:25", "tcp6:25:interface=\\:\\:", "ssl:465", "unix:/run/x"):
+            self.assertEqual(withListenBacklog(description), description + ":backlog=511")
+
+    def test_kept(self) -> None:
+        """
+        A backlog given is kept, and other endpoint types are left alone.
+        """
+        for description in (
+            "tcp:25:backlog=5",
+            "tcp:backlog=5:port=25",
+            "systemd:domain=INET:index=0",
+            "tcp",
+            "tcp:",
+        ):
+            self.assertEqual(withListenBacklog(description), description)
+
+
 class ServiceTests(TestCase):
     """
     The service listens when started and closes the server when stopped.
@@ -408,6 +435,24 @@ class ServiceTests(TestCase):
         self.assertEqual(len(service.ports), 2)
         stopped: Deferred[None] = service.stopService()
         return stopped.addCallback(lambda _: self.assertTrue(service.server.closing))
+
+    def test_listenBacklog(self) -> Deferred[None]:
+        """
+        A TCP listener gets a backlog of 511 unless its endpoint string sets one.
+        """
+        options = parse(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--listen",
+            "tcp:0:interface=127.0.0.1:backlog=7",
+            "--deliver",
+            "discard",
+        )
+        service = tap.makeService(options)
+        assert isinstance(service, SMTPService)
+        service.startService()
+        self.assertEqual([cast(Any, port).backlog for port in service.ports], [511, 7])
+        return service.stopService()
 
     def test_portInUse(self) -> Deferred[None]:
         """

@@ -53,8 +53,12 @@ from ._xclient import (
     parseAttributes,
 )
 
+# The actions are made several times per message and live only until the protocol has
+# carried them out, so they are plain slotted classes: a frozen dataclass costs three
+# times as much to make.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Send:
     """
     Write C{data}, after C{delay} seconds if it is not 0 (reading nothing meanwhile);
@@ -66,7 +70,7 @@ class Send:
     delay: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckAuth:
     """
     Ask the L{IAuthHandler}s about C{request}, then call L{ServerConnection.authChecked}.
@@ -75,7 +79,7 @@ class CheckAuth:
     request: AuthRequest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckMail:
     """
     Ask the L{IMailFromHandler}s about C{address}, then call
@@ -86,7 +90,7 @@ class CheckMail:
     address: Address
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckRcpt:
     """
     Ask the L{IRcptToHandler}s about C{address}, then call L{ServerConnection.rcptChecked}.
@@ -95,7 +99,7 @@ class CheckRcpt:
     address: Address
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartTLS:
     """
     Write C{data} (the 220), discard every byte the client sent after STARTTLS, start
@@ -105,7 +109,7 @@ class StartTLS:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckXClient:
     """
     XCLIENT changed who the client is: if C{login} is given ask the L{IAuthHandler}s
@@ -116,7 +120,7 @@ class CheckXClient:
     login: AuthRequest | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartData:
     """
     Start the L{IDataHandler}s, then call L{ServerConnection.dataStarted} for the 354 and
@@ -155,8 +159,10 @@ class ServerConnection:
     """
 
     __slots__ = (
+        "_authDemanded",
         "_authFailures",
         "_authHandlers",
+        "_authOn",
         "_enhanced",
         "_mechanisms",
         "_now",
@@ -198,7 +204,8 @@ class ServerConnection:
         self._authHandlers = authHandlers
         self._throttle = throttle
         self._now = now
-        self._mechanisms = MechanismFactory(self._challenge)
+        # Made at the first AUTH: most connections never authenticate.
+        self._mechanisms: MechanismFactory | None = None
         # The SASL exchange in progress (a 334 was sent), and the one whose request the
         # handlers are deciding on.
         self._sasl: Mechanism | None = None
@@ -210,6 +217,14 @@ class ServerConnection:
         self._xclientAddressSet = False
         self._xforwardBase: tuple[str, int, str, str | None] | None = None
         self._enhanced = options.enhancedStatusCodes
+        # Whether AUTH is offered, and whether it must succeed before mail: fixed for the
+        # connection, and asked about on every line.
+        self._authOn = (
+            "AUTH" in self._COMMANDS
+            and "AUTH" not in options.disabledCommands
+            and bool(options.authMethods)
+        )
+        self._authDemanded = self._authOn and not options.authOptional
         self.session = session
         session.lmtp = options.lmtp
         session.envelope = self._freshEnvelope()
@@ -240,7 +255,13 @@ class ServerConnection:
         The greeting: C{220 <name> ESMTP[ <banner>]} (C{LMTP} in LMTP mode).  RFC 2034
         section 4 keeps enhanced codes off the greeting.
         """
-        return self._send(Reply(220, (self._greetingText(),)))
+        text = self._greetingText()
+        greeting = _GREETINGS.get(text)
+        if greeting is None:
+            greeting = Reply(220, (text,))
+            if len(_GREETINGS) < 16:
+                _GREETINGS[text] = greeting
+        return self._send(greeting)
 
     def _greetingText(self) -> str:
         o = self._options
@@ -364,16 +385,11 @@ class ServerConnection:
 
     @property
     def _authEnabled(self) -> bool:
-        options = self._options
-        return (
-            "AUTH" in self._COMMANDS
-            and "AUTH" not in options.disabledCommands
-            and bool(options.authMethods)
-        )
+        return self._authOn
 
     @property
     def _authRequired(self) -> bool:
-        return self._authEnabled and not self._options.authOptional and self.session.user is None
+        return self._authDemanded and self.session.user is None
 
     def _unrecognizedCommand(self, reply: Reply) -> Send:
         self._unrecognized += 1
@@ -514,6 +530,8 @@ class ServerConnection:
             session.remoteAddress, self._now()
         ):
             return self._send(R.AUTH_THROTTLED)
+        if self._mechanisms is None:
+            self._mechanisms = MechanismFactory(self._challenge)
         mechanism = self._mechanisms.make(name)
         assert mechanism is not None
         initial = args[1] if len(args) == 2 else None
@@ -748,7 +766,7 @@ class ServerConnection:
     # -- the mail transaction --------------------------------------------------------------
 
     def _freshEnvelope(self) -> Envelope:
-        return Envelope(dsn=None if self._options.hideDSN else EnvelopeDSN())
+        return _EMPTY_ENVELOPE if self._options.hideDSN else _EMPTY_DSN_ENVELOPE
 
     def _resetTransaction(self) -> None:
         self.session.envelope = self._freshEnvelope()
@@ -776,7 +794,9 @@ class ServerConnection:
         if isinstance(after, Send):
             return after
         params = command.params
-        envelope = self._freshEnvelope()
+        bodyType = "7bit"
+        smtpUtf8 = requireTLS = False
+        dsn = None
         if "SIZE" in params:
             size = params["SIZE"]
             if size is None or not size.isdigit() or not size.isascii():
@@ -789,19 +809,19 @@ class ServerConnection:
             body = (params["BODY"] or "").upper()
             if body not in ("7BIT", "8BITMIME"):
                 return self._send(R.BAD_BODY)
-            envelope = replace(envelope, bodyType=body.lower())
+            bodyType = body.lower()
         if "SMTPUTF8" in params:
             if params["SMTPUTF8"] is not None:
                 return self._send(R.BAD_SMTPUTF8)
-            envelope = replace(envelope, smtpUtf8=True)
-        if not mailbox.isascii() and not envelope.smtpUtf8:
+            smtpUtf8 = True
+        if not smtpUtf8 and not mailbox.isascii():
             return self._send(R.SENDER_NEEDS_SMTPUTF8)
         if "REQUIRETLS" in params:
             if not self.session.secure:
                 return self._send(R.REQUIRETLS_PLAINTEXT)
             if params["REQUIRETLS"] is not None:
                 return self._send(R.BAD_REQUIRETLS)
-            envelope = replace(envelope, requireTLS=True)
+            requireTLS = True
         if not o.hideDSN:
             ret = params.get("RET", "")
             if "RET" in params and (ret is None or ret.upper() not in ("FULL", "HDRS")):
@@ -809,12 +829,15 @@ class ServerConnection:
             envid = params.get("ENVID", "")
             if "ENVID" in params and not _strictXtext(command.raw["ENVID"], 100):
                 return self._send(R.BAD_ENVID)
-            envelope = replace(
-                envelope,
-                dsn=EnvelopeDSN(ret=ret.upper() if ret else None, envid=envid if envid else None),
+            dsn = (
+                EnvelopeDSN(ret=ret.upper() if ret else None, envid=envid if envid else None)
+                if ret or envid
+                else _NO_DSN
             )
         self._pendingEnvelope = self.session.envelope
-        self.session.envelope = envelope
+        self.session.envelope = Envelope(
+            bodyType=bodyType, smtpUtf8=smtpUtf8, requireTLS=requireTLS, dsn=dsn
+        )
         return CheckMail(Address(mailbox, _args(params)))
 
     def mailChecked(self, address: Address, error: SMTPError | None) -> Send:
@@ -828,7 +851,7 @@ class ServerConnection:
             self._pendingEnvelope = None
             return self._send(R.fromError(error))
         self._pendingEnvelope = None
-        self.session.envelope = replace(self.session.envelope, mailFrom=address)
+        self.session.envelope = self.session.envelope.withSender(address)
         self.state = State.MAIL
         return self._send(R.MAIL_OK)
 
@@ -878,7 +901,7 @@ class ServerConnection:
             # behaviour); LMTP keeps every one, since each gets its own final reply.
             folded = address.address.casefold()
             recipients = tuple(r for r in recipients if r.address.casefold() != folded)
-        self.session.envelope = replace(envelope, rcptTo=(*recipients, address))
+        self.session.envelope = envelope.withRecipients((*recipients, address))
         self.state = State.RCPT
         return self._send(R.RCPT_OK)
 
@@ -954,7 +977,24 @@ class ServerConnection:
     }
 
 
+# Replies made once: the greetings of the servers in this process (a handful at most,
+# kept up to a bound), and the final replies to a message no handler gave a text for.
+_GREETINGS: dict[str, Reply] = {}
+_DEFAULT_DATA_REPLIES: Final = {
+    text: Reply(250, (text,), R.DATA_ENHANCED)
+    for text in (R.MESSAGE_QUEUED_TEXT, R.MESSAGE_ACCEPTED_TEXT)
+}
+
+# Envelopes, DSN parameters and argument maps are immutable, so the empty ones are shared.
+_NO_DSN: Final = EnvelopeDSN()
+_EMPTY_ENVELOPE: Final = Envelope()
+_EMPTY_DSN_ENVELOPE: Final = Envelope(dsn=_NO_DSN)
+_NO_ARGS: Final[MappingProxyType[str, str | bool]] = MappingProxyType({})
+
+
 def _args(params: dict[str, str | None]) -> MappingProxyType[str, str | bool]:
+    if not params:
+        return _NO_ARGS
     return MappingProxyType({k: True if v is None else v for k, v in params.items()})
 
 
@@ -985,7 +1025,9 @@ def _combine(outcomes: Sequence[Sequence[Outcome]], index: int, default: str) ->
             return R.fromError(outcome)
         if outcome is not None:
             text = outcome
-    return Reply(250, (text if text is not None else default,), R.DATA_ENHANCED)
+    if text is None:
+        return _DEFAULT_DATA_REPLIES[default]
+    return Reply(250, (text,), R.DATA_ENHANCED)
 
 
 def normalizeDataResult(result: object, recipients: int, lmtp: bool) -> tuple[Outcome, ...]:

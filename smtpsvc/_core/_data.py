@@ -76,7 +76,10 @@ class DataDecoder:
         if self.done:
             raise RuntimeError("the message has already ended")
         buf = self._pending + data if self._pending else data
-        end = buf.find(_END)
+        # The terminator and every line to unstuff start with CRLF "."; most chunks hold
+        # neither, which one search establishes.
+        mark = buf.find(_STUFFED)
+        end = buf.find(_END, mark) if mark >= 0 else -1
         if end >= 0:
             # The CRLF before the dot is the message's last line ending.
             part = buf[: end + 2]
@@ -92,7 +95,9 @@ class DataDecoder:
                 part = buf
                 self._pending = b""
             rest = None
-        if _STUFFED in part:
+        if mark >= 0 and mark + 3 <= len(part):
+            # A stuffed line lies wholly in this part (not the terminator, nor a CRLF "."
+            # held back for the next chunk).
             part = part.replace(_STUFFED, _CRLF)
         if self._skip:
             skipped = min(self._skip, len(part))
@@ -124,8 +129,10 @@ def _heldBack(buf: bytes) -> int:
 
 
 def _hasBareLineEnding(part: bytes) -> bool:
-    crlf = part.count(b"\r\n")
-    return part.count(b"\r") != crlf or part.count(b"\n") != crlf
+    # The CRs and LFs together number twice the CRLFs exactly when each is in a pair.
+    # (Deleting them with translate is one pass; counting each is two.)
+    endings = len(part) - len(part.translate(None, b"\r\n"))
+    return endings != 2 * part.count(b"\r\n")
 
 
 def stuff(message: bytes) -> bytes:

@@ -33,6 +33,15 @@ _KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _LABEL: Final = re.compile(
     r"[A-Za-z0-9\u0080-\U0010ffff]([A-Za-z0-9\u0080-\U0010ffff-]*[A-Za-z0-9\u0080-\U0010ffff])?\Z"
 )
+# The common shapes, checked in one regular expression before the general checks: an
+# ASCII Dot-string local part, and a domain of ASCII labels none of which is punycode
+# (labels of at most 63 characters, letters, digits and inner hyphens).
+_ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ASCII_DOT_STRING: Final = re.compile(rf"{_ATOM}(?:\.{_ATOM})*\Z")
+_PLAIN_DOMAIN: Final = re.compile(
+    r"(?!.*(?:^|\.)[Xx][Nn]--)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
+)
 # Snum = 1*3DIGIT: ASCII digits only (a str pattern's \d would also match other scripts').
 _IPV4: Final = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\Z")
 _XTEXT_HEX: Final = re.compile(r"\+([0-9A-Fa-f]{2})")
@@ -43,7 +52,7 @@ MAX_DOMAIN: Final = 255
 MAX_MAILBOX: Final = 254
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PathCommand:
     """
     A MAIL or RCPT command split into its path and its parameters.
@@ -95,6 +104,16 @@ def splitPathCommand(line: str, keyword: str) -> PathCommand:
 def _pathEnd(text: str) -> int:
     # Find the ">" that closes the path, skipping over quoted strings, where ">" and
     # spaces are ordinary characters (RFC 5321 Quoted-string).
+    end = text.find(">", 1)
+    if end > 0:
+        inner = text[1:end]
+        if '"' not in inner and "<" not in inner and " " not in inner:
+            # No quotes before the first ">": it is the end (the common case).
+            return end
+    return _scanPathEnd(text)
+
+
+def _scanPathEnd(text: str) -> int:
     i = 1
     inQuotes = False
     while i < len(text):
@@ -185,7 +204,8 @@ def parseMailbox(path: str, *, lenient: bool = False, allowPostmaster: bool = Fa
     """
     if path == "":
         return ""
-    if _FORBIDDEN.search(path):
+    # Printable ASCII holds none of the forbidden characters: skip the search then.
+    if not (path.isascii() and path.isprintable()) and _FORBIDDEN.search(path):
         raise GrammarError("control or invisible character in address")
     if path.startswith("@"):
         route, colon, path = path.partition(":")
@@ -239,6 +259,12 @@ def _splitMailbox(path: str) -> tuple[str, str]:
 
 
 def _checkLocalPart(local: str) -> None:
+    if len(local) <= MAX_LOCAL_PART and _ASCII_DOT_STRING.match(local):
+        return
+    _checkLocalPartFully(local)
+
+
+def _checkLocalPartFully(local: str) -> None:
     if len(local.encode("utf-8")) > MAX_LOCAL_PART:
         raise GrammarError("local part longer than 64 octets")
     if local.startswith('"'):
@@ -269,6 +295,14 @@ def _checkLocalPart(local: str) -> None:
 def _checkDomain(domain: str) -> str:
     if not domain:
         raise GrammarError("empty domain")
+    if domain.startswith("["):
+        return _checkAddressLiteral(domain)
+    if len(domain) <= MAX_DOMAIN and _PLAIN_DOMAIN.match(domain):
+        return domain
+    return _checkDomainFully(domain)
+
+
+def _checkDomainFully(domain: str) -> str:
     if domain.startswith("["):
         return _checkAddressLiteral(domain)
     if len(domain.encode("utf-8")) > MAX_DOMAIN:

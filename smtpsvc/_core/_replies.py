@@ -24,15 +24,15 @@ class Reply:
     """
     One reply: a code, one or more lines of text, and an optional enhanced code.
 
-    Both wire forms (with and without the enhanced code) are encoded once, when the
-    reply is made, so that sending a catalogue reply costs no formatting.
+    Each wire form (with and without the enhanced code) is encoded the first time it is
+    sent and kept, so that sending a catalogue reply again costs no formatting.
     """
 
     code: int
     lines: tuple[str, ...]
     enhanced: str | None = None
-    _plain: bytes = field(init=False, repr=False, compare=False)
-    _withEnhanced: bytes = field(init=False, repr=False, compare=False)
+    _plain: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _withEnhanced: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -40,8 +40,6 @@ class Reply:
         for line in self.lines:
             if "\r" in line or "\n" in line:
                 raise ValueError("reply text must not contain CR or LF")
-        object.__setattr__(self, "_plain", _encode(self.code, self.lines, None))
-        object.__setattr__(self, "_withEnhanced", _encode(self.code, self.lines, self.enhanced))
 
     @property
     def text(self) -> str:
@@ -62,7 +60,17 @@ class Reply:
         """
         The reply as bytes on the wire, with or without the enhanced status code.
         """
-        return self._withEnhanced if enhanced else self._plain
+        if enhanced and self.enhanced:
+            wire = self._withEnhanced
+            if wire is None:
+                wire = _encode(self.code, self.lines, self.enhanced)
+                object.__setattr__(self, "_withEnhanced", wire)
+            return wire
+        wire = self._plain
+        if wire is None:
+            wire = _encode(self.code, self.lines, None)
+            object.__setattr__(self, "_plain", wire)
+        return wire
 
 
 def _encode(code: int, lines: tuple[str, ...], enhanced: str | None) -> bytes:

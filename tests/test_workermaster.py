@@ -1,0 +1,564 @@
+"""
+Tests for the listening sockets of C{--workers} (L{smtpsvc._service.WorkerMaster}): one
+C{SO_REUSEPORT} socket per worker for a TCP listener, each worker handed its own, and one
+shared socket for the other kinds of listener.
+
+The sockets are real (on 127.0.0.1 and in this test's directory); the worker processes are
+not: a reactor that records C{spawnProcess} stands in for starting them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError, ProcessTerminated
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import Clock
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    eventAsJSON,
+    formatEvent,
+    globalLogPublisher,
+)
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from smtpsvc._config import LISTEN_BACKLOG, ConfigurationError, ServiceConfig
+from smtpsvc._service import (
+    _MAX_RELAYED_LINE,
+    TCPListening,
+    WorkerMaster,
+    _Worker,
+    canSpreadConnections,
+    listenPerWorker,
+    tcpListening,
+    workerTwistOptions,
+)
+
+from .e2e_support import LOCALHOST, theReactor
+
+NO_REUSEPORT = "the kernel does not spread connections over SO_REUSEPORT sockets (not Linux)"
+
+
+class _Spawned:
+    """
+    A worker process that was not started: what the master asked for, and the signals
+    sent to it.  SIGTERM ends it at once.
+    """
+
+    def __init__(self, protocol: Any, args: Sequence[str], childFDs: Mapping[int, Any]) -> None:
+        self.protocol = protocol
+        self.args = list(args)
+        self.childFDs = dict(childFDs)
+        self.signals: list[int] = []
+
+    def signalProcess(self, signum: int) -> None:
+        self.signals.append(signum)
+        if signum == signal.SIGTERM:
+            self.protocol.processEnded(Failure(ProcessTerminated(signal=signum)))
+
+
+class _SpawnRecordingReactor:
+    """
+    The real reactor for sockets, a L{Clock} for timers, and a record of the processes
+    the master would start.
+    """
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.spawned: list[_Spawned] = []
+
+    def spawnProcess(
+        self, protocol: Any, executable: str, args: Sequence[str], **kwargs: Any
+    ) -> _Spawned:
+        spawned = _Spawned(protocol, args, kwargs["childFDs"])
+        self.spawned.append(spawned)
+        return spawned
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(theReactor(), name)
+
+
+def descriptor(port: IListeningPort) -> int:
+    """
+    The file descriptor of a listening socket.
+    """
+    return int(cast(Any, port).fileno())
+
+
+@contextmanager
+def viewOf(port: IListeningPort) -> Iterator[socket.socket]:
+    """
+    The listening socket of C{port}, seen through a descriptor of its own.
+    """
+    sock = socket.socket(fileno=os.dup(descriptor(port)))
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def inherited(spawned: _Spawned) -> list[str]:
+    """
+    The C{--inherit FD:KIND} arguments a worker was started with.
+    """
+    return [spawned.args[i + 1] for i, arg in enumerate(spawned.args) if arg == "--inherit"]
+
+
+class WorkerSocketsTests(TestCase):
+    """
+    The master binds one C{SO_REUSEPORT} socket per worker for each TCP listener, all on
+    the same port, and hands worker I{i} socket I{i}; a Unix socket listener has one socket
+    for all the workers.
+    """
+
+    def _start(
+        self, listen: Sequence[str], workers: int, perWorker: bool = True, tls: bool = False
+    ) -> tuple[WorkerMaster, _SpawnRecordingReactor]:
+        reactor = _SpawnRecordingReactor()
+        config = ServiceConfig(workers=workers)
+        if tls:
+            config.listenTLS = list(listen)
+        else:
+            config.listen = list(listen)
+        master = WorkerMaster(config, ["--deliver", "discard"], reactor=reactor)
+        master.socketPerWorker = perWorker
+        master.startService()
+        self._stopLater(master, reactor)
+        return master, reactor
+
+    def _stopLater(self, master: WorkerMaster, reactor: _SpawnRecordingReactor) -> None:
+        def stop() -> Deferred[None]:
+            stopped = master.stopService()
+            # The ports close in the next turn of the reactor, which is the clock here.
+            reactor.clock.advance(0)
+            return stopped
+
+        self.addCleanup(stop)
+
+    def _unixListen(self) -> tuple[str, str]:
+        # A path short enough for a Unix socket address (108 bytes), relative to the
+        # directory trial runs in.
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.relpath(os.path.join(directory, "s"))
+        return f"unix:{path}", path
+
+    def test_socketPerWorkerForTCP(self) -> None:
+        """
+        With three workers a C{tcp:0} listener gets three listening sockets, all with
+        C{SO_REUSEADDR} and C{SO_REUSEPORT} and bound to the one port the kernel picked,
+        with the backlog the service asks for; a C{unix:} listener gets one.
+        """
+        if not canSpreadConnections():
+            raise SkipTest(NO_REUSEPORT)
+        unix, path = self._unixListen()
+        master, _ = self._start([f"tcp:0:interface={LOCALHOST}", unix], 3)
+        (tcpPorts, tcpSecure), (unixPorts, unixSecure) = master.ports
+        self.assertEqual((tcpSecure, unixSecure), (False, False))
+
+        self.assertEqual(len(tcpPorts), 3)
+        self.assertEqual(len({descriptor(port) for port in tcpPorts}), 3)
+        addresses = set()
+        for port in tcpPorts:
+            with viewOf(port) as sock:
+                self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 1)
+                self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), 1)
+                self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
+                addresses.add(sock.getsockname())
+            self.assertEqual(cast(Any, port).backlog, LISTEN_BACKLOG)
+        [(host, portNumber)] = addresses
+        self.assertEqual(host, LOCALHOST)
+        self.assertNotEqual(portNumber, 0)
+
+        [unixPort] = unixPorts
+        with viewOf(unixPort) as sock:
+            self.assertEqual(sock.family, socket.AF_UNIX)
+            self.assertEqual(sock.getsockname(), path)
+
+    def test_workerGetsItsOwnSocket(self) -> None:
+        """
+        Worker I{i} is handed socket I{i} of the TCP listener, and the Unix socket
+        listener's one socket; a worker started again after its predecessor died is handed
+        the same socket.
+        """
+        if not canSpreadConnections():
+            raise SkipTest(NO_REUSEPORT)
+        unix, _ = self._unixListen()
+        master, reactor = self._start([f"tcp:0:interface={LOCALHOST}", unix], 3)
+        (tcpPorts, _), ([unixPort], _) = master.ports
+        self.assertEqual(len(reactor.spawned), 3)
+        for number, spawned in enumerate(reactor.spawned):
+            self.assertEqual(inherited(spawned), ["3:plain", "4:plain"])
+            self.assertEqual(spawned.childFDs[3], descriptor(tcpPorts[number]))
+            self.assertEqual(spawned.childFDs[4], descriptor(unixPort))
+
+        dead = reactor.spawned[1]
+        dead.protocol.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        reactor.clock.advance(1.0)
+        self.assertEqual(len(reactor.spawned), 4)
+        self.assertEqual(reactor.spawned[3].childFDs, dead.childFDs)
+
+    def test_sharedSocketWithoutReusePort(self) -> None:
+        """
+        Where the kernel would not spread connections over C{SO_REUSEPORT} sockets, a TCP
+        listener has one socket, handed to every worker.
+        """
+        master, reactor = self._start([f"tcp:0:interface={LOCALHOST}"], 3, perWorker=False)
+        [([port], _)] = master.ports
+        if hasattr(socket, "SO_REUSEPORT"):
+            with viewOf(port) as sock:
+                self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 0)
+        self.assertEqual(
+            [spawned.childFDs[3] for spawned in reactor.spawned],
+            [descriptor(port)] * 3,
+        )
+
+    def test_tlsListenerToo(self) -> None:
+        """
+        A C{--listen-tls} TCP listener gets one socket per worker as well, handed over as
+        a TLS one.
+        """
+        if not canSpreadConnections():
+            raise SkipTest(NO_REUSEPORT)
+        master, reactor = self._start([f"tcp:0:interface={LOCALHOST}"], 2, tls=True)
+        [(ports, secure)] = master.ports
+        self.assertEqual((len(ports), secure), (2, True))
+        self.assertEqual([inherited(spawned) for spawned in reactor.spawned], [["3:tls"]] * 2)
+
+    def test_boundBeforePrivilegesDropped(self) -> None:
+        """
+        Under twistd the sockets are bound in C{privilegedStartService} (as root, before
+        C{--uid} takes effect) and the workers start only in C{startService}, on the same
+        sockets.
+        """
+        reactor = _SpawnRecordingReactor()
+        config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
+        master = WorkerMaster(config, [], reactor=reactor)
+        master.privilegedStartService()
+        bound = [descriptor(port) for port in master.ports[0][0]]
+        self.assertEqual(len(bound), 2 if master.socketPerWorker else 1)
+        self.assertEqual(reactor.spawned, [])
+        master.startService()
+        self._stopLater(master, reactor)
+        self.assertEqual([descriptor(port) for port in master.ports[0][0]], bound)
+        self.assertEqual(len(reactor.spawned), 2)
+
+
+class _FailingSpawnReactor(_SpawnRecordingReactor):
+    """
+    A reactor that cannot start processes until told it can.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    def spawnProcess(
+        self, protocol: Any, executable: str, args: Sequence[str], **kwargs: Any
+    ) -> _Spawned:
+        if self.failing:
+            raise PermissionError(13, "Permission denied", executable)
+        return super().spawnProcess(protocol, executable, args, **kwargs)
+
+
+class WorkerStartTests(TestCase):
+    """
+    Starting the workers: what they are handed, and what happens when they cannot start.
+    """
+
+    def _master(
+        self, reactor: _SpawnRecordingReactor, development: tuple[bytes, bytes] | None = None
+    ) -> WorkerMaster:
+        config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
+        master = WorkerMaster(config, ["--deliver", "discard"], reactor, development)
+
+        self.addCleanup(lambda: self._stop(master, reactor) if master.running else None)
+        return master
+
+    def _stop(self, master: WorkerMaster, reactor: _SpawnRecordingReactor) -> None:
+        stopped = master.stopService()
+        # The ports close in the next turn of the reactor, which is the clock here.
+        reactor.clock.advance(0)
+        self.successResultOf(stopped)
+
+    def test_developmentCertificateWrittenAtStart(self) -> None:
+        """
+        The development certificate goes into a file of this user's, private to it, only
+        in startService: under twistd that runs after --uid has taken effect, so the file
+        belongs to the user the workers run as.  Each worker is told its path; it is
+        removed when the service stops.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.patch(tempfile, "tempdir", directory)
+        reactor = _SpawnRecordingReactor()
+        master = self._master(reactor, (b"KEY\n", b"CERT\n"))
+        master.privilegedStartService()
+        self.assertEqual(os.listdir(directory), [])
+        master.startService()
+        [name] = os.listdir(directory)
+        path = os.path.join(directory, name)
+        self.assertEqual(Path(path).read_bytes(), b"CERT\nKEY\n")
+        status = os.stat(path)
+        self.assertEqual((status.st_uid, status.st_mode & 0o777), (os.getuid(), 0o600))
+        for spawned in reactor.spawned:
+            self.assertEqual(spawned.args[spawned.args.index("--cert") + 1], path)
+        self._stop(master, reactor)
+        self.assertEqual(os.listdir(directory), [])
+
+    def test_cannotStart(self) -> None:
+        """
+        Workers that cannot be started stop the service with one clear line.
+        """
+        master = self._master(_FailingSpawnReactor())
+        with self.assertRaises(ConfigurationError) as caught:
+            master.startService()
+        self.assertIn("cannot start worker 0: [Errno 13] Permission denied", str(caught.exception))
+
+    def test_cannotRestart(self) -> None:
+        """
+        A worker that ended and cannot be started again is logged, and tried again later.
+        """
+        reactor = _FailingSpawnReactor()
+        reactor.failing = False
+        master = self._master(reactor)
+        master.startService()
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        reactor.failing = True
+        reactor.spawned[0].protocol.processEnded(Failure(ProcessTerminated(1)))
+        reactor.clock.advance(1.0)
+        critical = [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical]
+        self.assertEqual(len(critical), 1, critical)
+        self.assertIn("Cannot start worker 0: [Errno 13] Permission denied", critical[0])
+        reactor.failing = False
+        reactor.clock.advance(5.0)
+        self.assertEqual(len(reactor.spawned), 3)
+
+
+class ListenPerWorkerTests(SynchronousTestCase):
+    """
+    L{listenPerWorker} binds a group of C{SO_REUSEPORT} sockets, and refuses a port that
+    is already taken, by such a group too.
+    """
+
+    def setUp(self) -> None:
+        if not canSpreadConnections():
+            raise SkipTest(NO_REUSEPORT)
+        self.reactor = _SpawnRecordingReactor()
+
+    def _close(self, ports: Sequence[IListeningPort]) -> None:
+        for port in ports:
+            port.stopListening()
+        self.reactor.clock.advance(0)
+
+    def test_portTakenByAnotherGroup(self) -> None:
+        """
+        A second group on the port of a first is refused as "Address already in use"
+        rather than sharing the connections with it.
+        """
+        first = listenPerWorker(self.reactor, TCPListening(LOCALHOST, 0, 50), 2)
+        self.addCleanup(self._close, first)
+        with viewOf(first[0]) as sock:
+            portNumber = sock.getsockname()[1]
+        error = self.assertRaises(
+            CannotListenError,
+            listenPerWorker,
+            self.reactor,
+            TCPListening(LOCALHOST, portNumber, 50),
+            2,
+        )
+        self.assertIn("Address already in use", str(error))
+
+    def test_portTakenByPlainSocket(self) -> None:
+        """
+        A port a socket without C{SO_REUSEPORT} listens on is refused.
+        """
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        sock.bind((LOCALHOST, 0))
+        sock.listen(5)
+        where = TCPListening(LOCALHOST, sock.getsockname()[1], 50)
+        self.assertRaises(CannotListenError, listenPerWorker, self.reactor, where, 2)
+
+    def test_ipv6(self) -> None:
+        """
+        An IPv6 interface makes IPv6 sockets.
+        """
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+                probe.bind(("::1", 0))
+        except OSError:
+            raise SkipTest("no IPv6 loopback address") from None
+        ports = listenPerWorker(self.reactor, TCPListening("::1", 0, 50), 2)
+        self.addCleanup(self._close, ports)
+        addresses = set()
+        for port in ports:
+            with viewOf(port) as sock:
+                self.assertEqual(sock.family, socket.AF_INET6)
+                addresses.add(sock.getsockname()[:2])
+        [(host, portNumber)] = addresses
+        self.assertEqual(host, "::1")
+        self.assertNotEqual(portNumber, 0)
+
+
+class TCPListeningTests(SynchronousTestCase):
+    """
+    L{tcpListening} reads the interface, port and backlog of a TCP endpoint string the
+    way Twisted parses it.
+    """
+
+    def test_tcp(self) -> None:
+        """
+        C{tcp:} strings, positional or named.
+        """
+        self.assertEqual(
+            tcpListening("tcp:25:interface=127.0.0.1:backlog=7"),
+            TCPListening("127.0.0.1", 25, 7),
+        )
+        self.assertEqual(tcpListening("tcp:port=2525"), TCPListening("", 2525, 50))
+
+    def test_tcp6(self) -> None:
+        """
+        C{tcp6:} strings, with an escaped IPv6 interface or Twisted's default C{::}.
+        """
+        self.assertEqual(
+            tcpListening("tcp6:0:interface=\\:\\:1:backlog=511"), TCPListening("::1", 0, 511)
+        )
+        self.assertEqual(tcpListening("tcp6:587"), TCPListening("::", 587, 50))
+
+    def test_otherKinds(self) -> None:
+        """
+        Other kinds of endpoint have none.
+        """
+        self.assertIsNone(tcpListening("unix:/run/smtpsvc.sock"))
+
+
+class WorkerOptionsTests(SynchronousTestCase):
+    """
+    L{workerTwistOptions}: what C{twist} options the workers get, and whether the master
+    relays their log.
+    """
+
+    def test_twist(self) -> None:
+        """
+        Under twist the workers get twist's own options and log as it does.
+        """
+        argv = ["/venv/bin/twist", "--log-format", "json", "smtpsvc", "--workers", "2"]
+        self.assertEqual(workerTwistOptions(argv, object()), (["--log-format", "json"], False))
+
+    def test_twistd(self) -> None:
+        """
+        Under twistd, whose options twist does not take, the workers write JSON events to
+        the master and use the master's reactor.
+        """
+
+        class SelectLike:
+            pass
+
+        SelectLike.__module__ = "twisted.internet.selectreactor"
+        argv = ["/venv/bin/twistd", "-n", "--uid", "1", "-l", "x.log", "smtpsvc", "--workers", "2"]
+        self.assertEqual(
+            workerTwistOptions(argv, SelectLike()),
+            (["--log-format", "json", "--log-file", "-", "--reactor", "select"], True),
+        )
+
+    def test_unknownReactor(self) -> None:
+        """
+        A reactor twist cannot name is left to twist's default.
+        """
+        argv = ["twistd", "smtpsvc"]
+        self.assertEqual(
+            workerTwistOptions(argv, object()), (["--log-format", "json", "--log-file", "-"], True)
+        )
+
+
+class _EndedRecorder:
+    def __init__(self) -> None:
+        self.ended: list[int] = []
+
+    def _workerEnded(self, worker: _Worker, reason: Failure) -> None:
+        self.ended.append(worker.number)
+
+
+class WorkerLogRelayTests(SynchronousTestCase):
+    """
+    A relaying master logs its workers' JSON events as its own, and their other output
+    as errors.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[LogEvent] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.master = _EndedRecorder()
+        self.worker = _Worker(cast(Any, self.master), 3, relay=True)
+
+    def _event(self, text: str) -> bytes:
+        event = {
+            "log_format": "worker says {what}",
+            "what": text,
+            "log_level": LogLevel.warn,
+            "log_namespace": "smtpsvc",
+            "log_time": 1795000000.0,
+        }
+        return b"\x1e" + eventAsJSON(event).encode("utf-8") + b"\n"
+
+    def test_eventsRelayed(self) -> None:
+        """
+        Each JSON event is published with its level, namespace and text, marked with the
+        worker's number, however the output was cut into chunks.
+        """
+        data = self._event("one") + self._event("two")
+        for offset in range(0, len(data), 7):
+            self.worker.childDataReceived(1, data[offset : offset + 7])
+        relayed = [e for e in self.events if e.get("worker") == 3]
+        self.assertEqual([formatEvent(e) for e in relayed], ["worker says one", "worker says two"])
+        self.assertEqual({e["log_level"] for e in relayed}, {LogLevel.warn})
+        self.assertEqual({e["log_namespace"] for e in relayed}, {"smtpsvc"})
+
+    def test_otherOutputIsAnError(self) -> None:
+        """
+        Standard error, and standard output that is not a log event, are logged as
+        errors naming the worker; a last line without its newline is not lost.
+        """
+        self.worker.childDataReceived(2, b"Traceback (most recent call last):\n")
+        self.worker.childDataReceived(1, b"not json\n")
+        self.worker.childDataReceived(2, b"unfinished")
+        self.worker.processEnded(Failure(ProcessTerminated(1)))
+        errors = [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(
+            errors,
+            [
+                "Worker 3: Traceback (most recent call last):",
+                "Worker 3: not json",
+                "Worker 3: unfinished",
+            ],
+        )
+        self.assertEqual(self.master.ended, [3])
+
+    def test_longLineCut(self) -> None:
+        """
+        Output with no line end is not held without bound.
+        """
+        self.worker.childDataReceived(2, b"x" * (_MAX_RELAYED_LINE + 10))
+        self.assertEqual(len(self.worker._pending[2]), 0)
+        [logged] = [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(logged, f"Worker 3: {'x' * 4096}... ({_MAX_RELAYED_LINE + 10} characters)")

@@ -1,0 +1,228 @@
+"""
+Replies leave on a plain TCP connection at once, not at the reactor's next turn.
+
+These tests put a real loopback socket in Twisted's real TCP transport, with a
+L{MemoryReactorClock} whose loop never runs: whatever the client receives was sent while
+the protocol handled the input, and whatever waits for the loop is visible as a writer
+registered with the reactor.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any, cast
+
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from smtpsvc import IMailFromHandler, SMTPServer
+from smtpsvc._core._session import Address, Session
+
+
+class Connected:
+    """
+    A client socket and the server's transport and protocol for it.
+    """
+
+    def __init__(
+        self, testCase: SynchronousTestCase, small: bool = False, handlers: Sequence[object] = ()
+    ) -> None:
+        self.reactor = MemoryReactorClock()
+        server = SMTPServer(
+            handlers,
+            reactor=self.reactor,
+            name="mx.example.test",
+            earlyTalkerDelay=0,
+            disableReverseLookup=True,
+            authOptional=True,
+        )
+        listener = socket.socket()
+        testCase.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        self.client = socket.socket()
+        testCase.addCleanup(self.client.close)
+        if small:
+            # Small kernel buffers on both sides, so that the server's socket fills.
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.client.settimeout(5)
+        self.client.connect(listener.getsockname())
+        accepted, peer = listener.accept()
+        testCase.addCleanup(accepted.close)
+        if small:
+            accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        accepted.setblocking(False)
+        self.protocol = server.buildProtocol(None)
+        port = SimpleNamespace(_realPortNumber=listener.getsockname()[1])
+        self.transport = tcp.Server(accepted, self.protocol, peer, cast(Any, port), 1, self.reactor)
+        self.protocol.makeConnection(self.transport)
+
+    def waiting(self) -> bool:
+        """
+        Whether the transport holds output for the reactor's next turn.
+        """
+        return self.transport in self.reactor.getWriters()
+
+    def receive(self, size: int = 65536) -> bytes:
+        return self.client.recv(size)
+
+    def say(self, data: bytes) -> None:
+        """
+        The client sends C{data}; the server reads it, as the reactor would.
+        """
+        self.client.sendall(data)
+        self.transport.doRead()
+        # Past each batch of pipelined lines the protocol lets the reactor have a turn.
+        while self.reactor.getDelayedCalls() and not self.transport.disconnecting:
+            due = min(call.getTime() for call in self.reactor.getDelayedCalls())
+            if due > self.reactor.seconds():
+                break
+            self.reactor.advance(0)
+
+
+class WriteThroughTests(SynchronousTestCase):
+    """
+    L{SMTPProtocol} writes to the socket of a plain TCP transport directly while the
+    transport's own buffer is empty (Twisted issue #5303: every write otherwise waits for
+    the next reactor turn, two epoll_ctl calls and a wake-up per reply).
+    """
+
+    def test_greetingSentAtOnce(self) -> None:
+        """
+        The greeting is on the wire when the connection is made; nothing waits.
+        """
+        connected = Connected(self)
+        self.assertTrue(connected.receive().startswith(b"220 mx.example.test "))
+        self.assertFalse(connected.waiting())
+
+    def test_pipelinedRepliesInOneSend(self) -> None:
+        """
+        The replies to pipelined commands leave together as the input is handled.
+        """
+        connected = Connected(self)
+        connected.receive()
+        connected.say(b"EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nNOOP\r\n")
+        replies = connected.receive()
+        self.assertEqual(replies.count(b"\r\n250 "), 3, replies)
+        self.assertTrue(replies.endswith(b"250 Accepted\r\n250 OK\r\n"), replies)
+        self.assertFalse(connected.waiting())
+
+    def test_orderKeptWhenTheSocketIsFull(self) -> None:
+        """
+        When the socket takes only part of a reply, the rest waits in the transport, and
+        so does every later reply until it has gone: the client gets them all, in order.
+        """
+        connected = Connected(self, small=True)
+        connected.receive()
+        expected = b"250 OK\r\n" * 2000
+        connected.say(b"NOOP\r\n" * 2000)
+        self.assertTrue(connected.waiting())
+        received = b""
+        for _ in range(10000):
+            if len(received) >= len(expected):
+                break
+            received += connected.receive()
+            if connected.waiting():
+                connected.transport.doWrite()
+        self.assertEqual(received, expected)
+        self.assertFalse(connected.waiting())
+
+    def test_notThroughTLS(self) -> None:
+        """
+        After STARTTLS nothing is written to the socket directly: the 220 goes out in
+        clear, and what follows is for TLS to send (here, nothing: the client has not
+        begun its handshake, so the socket stays silent).
+        """
+        connected = Connected(self)
+        connected.receive()
+        connected.say(b"EHLO client.example\r\n")
+        connected.receive()
+        connected.say(b"STARTTLS\r\n")
+        self.assertEqual(connected.receive(), b"220 Ready to start TLS\r\n")
+        self.assertTrue(connected.transport.TLS)
+        connected.client.settimeout(0.2)
+        with self.assertRaises(TimeoutError):
+            connected.receive()
+
+    def test_otherTransportsUseWrite(self) -> None:
+        """
+        Any transport but Twisted's plain TCP one gets every byte through C{write}.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from smtpsvc._protocol import _writableSocket
+
+        self.assertIsNone(_writableSocket(StringTransport()))
+        self.assertIsNotNone(_writableSocket(Connected(self).transport))
+
+
+@implementer(IMailFromHandler)
+class LaterSender:
+    """
+    Answers about the sender when the test says so.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[None]] = []
+
+    def onMailFrom(self, address: Address, session: Session) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+class ReadingTests(SynchronousTestCase):
+    """
+    Input stops (the transport's C{stopReading}, a system call) only while an answer is
+    really awaited, not for each pause that a synchronous answer lifts at once.
+    """
+
+    def stops(self, connected: Connected) -> list[None]:
+        calls: list[None] = []
+        original = connected.transport.stopReading
+
+        def stopReading() -> None:
+            calls.append(None)
+            original()
+
+        connected.transport.stopReading = stopReading  # type: ignore[method-assign]
+        return calls
+
+    def test_synchronousTransaction(self) -> None:
+        """
+        A whole transaction whose handlers all answer at once never stops the reading.
+        """
+        connected = Connected(self)
+        stops = self.stops(connected)
+        connected.receive()
+        connected.say(b"EHLO client.example\r\n")
+        connected.receive()
+        for command in (b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.org>", b"DATA"):
+            connected.say(command + b"\r\n")
+            connected.receive()
+        connected.say(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+        self.assertTrue(connected.receive().startswith(b"250 "))
+        self.assertEqual(stops, [])
+        self.assertIn(connected.transport, connected.reactor.getReaders())
+
+    def test_awaitedAnswer(self) -> None:
+        """
+        While a handler's answer is awaited, the transport does not read; once it comes,
+        the reply is sent and the reading goes on.
+        """
+        sender = LaterSender()
+        connected = Connected(self, handlers=[sender])
+        stops = self.stops(connected)
+        connected.receive()
+        connected.say(b"EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nNOOP\r\n")
+        connected.receive()
+        self.assertEqual(len(stops), 1)
+        self.assertNotIn(connected.transport, connected.reactor.getReaders())
+        sender.pending[0].callback(None)
+        self.assertEqual(connected.receive(), b"250 Accepted\r\n250 OK\r\n")
+        self.assertIn(connected.transport, connected.reactor.getReaders())
