@@ -24,6 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import (
     IConsumer,
@@ -75,6 +76,9 @@ _log: Final = Logger(namespace="smtpsvc")
 
 # Lines handled in one go before letting the reactor serve other connections.
 _LINES_PER_TURN: Final = 100
+# How much a socket transport reads at a time while a message comes in (Twisted's
+# default is 64 KB): fewer turns of the reactor per megabyte.
+_DATA_READ_SIZE: Final = 256 * 1024
 # Stream errors a data handler may let through without it being a bug.
 _MESSAGE_ENDINGS: Final = (MessageAborted, MessageTooLarge, MessageRefused)
 
@@ -453,13 +457,8 @@ class SMTPProtocol(LineReceiver):
             self._timeoutCall = self._reactor.callLater(
                 self._options.socketTimeout, self._checkIdle
             )
-        # At info level the connection's one line is written when it closes.
-        _log.debug(
-            "Connection from {remoteAddress}:{remotePort}",
-            sessionId=session.id,
-            remoteAddress=session.remoteAddress,
-            remotePort=session.remotePort,
-        )
+        # No log line yet: the connection's one line is written when it closes.
+
         if self._options.useProxy and isTrusted(self._options.useProxy, session.remoteAddress):
             # The proxy's header comes first, in clear, even before a TLS handshake.
             self._proxyParser = ProxyHeaderParser()
@@ -815,6 +814,7 @@ class SMTPProtocol(LineReceiver):
         if rest is not None:
             # The final dot: back to commands, but none is read until the reply is out.
             self.line_mode = 1
+            self._readSize(None)
             self._buffer, self._pos = rest, 0
             self._pause("data")
             transaction.end()
@@ -1050,6 +1050,17 @@ class SMTPProtocol(LineReceiver):
         transaction.start(self._server._handlersFor("onData"))
         self._perform(core.dataStarted())
         self.line_mode = 0
+        self._readSize(_DATA_READ_SIZE)
+
+    def _readSize(self, size: int | None) -> None:
+        # Set how much the transport reads at a time (None: its default), if it is one
+        # of Twisted's socket transports, whose bufferSize says that.
+        transport = self.transport
+        if isinstance(transport, FileDescriptor):
+            if size is None:
+                vars(transport).pop("bufferSize", None)
+            else:
+                transport.bufferSize = size
 
     def _dataFinished(self, transaction: _DataTransaction) -> None:
         if transaction is not self._data:
@@ -1218,13 +1229,21 @@ def _writableSocket(transport: object) -> socket.socket | None:
     writes to directly while the transport's own buffer is empty; L{None} for any other
     transport (TLS wrappers, test transports, a Twisted whose internals differ).
     """
+    global _tcpServerKnown
     if type(transport) is not tcp.Server:
         return None
-    needed = ("dataBuffer", "_tempDataBuffer", "disconnecting", "TLS", "socket")
-    if not all(hasattr(transport, name) for name in needed):
+    if _tcpServerKnown is None:
+        # Whether this Twisted's TCP transport has the attributes _send looks at: asked
+        # of the first one only.
+        needed = ("dataBuffer", "_tempDataBuffer", "disconnecting", "TLS", "socket")
+        _tcpServerKnown = all(hasattr(transport, name) for name in needed)
+    if not _tcpServerKnown:
         return None
     sock = cast(Any, transport).socket
     return sock if isinstance(sock, socket.socket) else None
+
+
+_tcpServerKnown: bool | None = None
 
 
 def _host(address: object) -> str:

@@ -31,6 +31,7 @@ from smtpsvc import (
     SMTPServer,
     readMessage,
 )
+from smtpsvc._core._connection import _HELLOS
 from smtpsvc._core._session import newSessionID
 from smtpsvc._stream import HIGH_WATER
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
@@ -402,6 +403,19 @@ class SessionCommandTests(SynchronousTestCase):
     """
     HELO, EHLO, LHLO, RSET, NOOP, HELP, VRFY, QUIT and the jokes (spec sections 5.1, 6).
     """
+
+    def test_helloRepliesForManyClients(self) -> None:
+        """
+        Each client's EHLO reply names that client, however many clients there were
+        (the replies are kept for reuse, in a table of bounded size).
+        """
+        server = makeServer()
+        for n in range(1100):
+            address = f"198.51.{n // 256}.{n % 256}"
+            client = MemoryClient(server, (address, 40000))
+            reply = client.send("EHLO client.example")[0]
+            self.assertEqual(reply.lines[0], f"{NAME} Nice to meet you, [{address}]")
+        self.assertLessEqual(len(_HELLOS), 1024)
 
     def test_ehlo(self) -> None:
         """

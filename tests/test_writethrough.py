@@ -226,3 +226,28 @@ class ReadingTests(SynchronousTestCase):
         sender.pending[0].callback(None)
         self.assertEqual(connected.receive(), b"250 Accepted\r\n250 OK\r\n")
         self.assertIn(connected.transport, connected.reactor.getReaders())
+
+
+class ReadSizeTests(SynchronousTestCase):
+    """
+    While a message comes in, the transport reads in larger pieces.
+    """
+
+    def test_largerDuringData(self) -> None:
+        """
+        After the 354 the TCP transport reads 256 KB at a time; after the final dot it is
+        back to Twisted's default.
+        """
+        connected = Connected(self)
+        transport = connected.transport
+        default = tcp.Server.bufferSize
+        connected.receive()
+        connected.say(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
+        connected.receive()
+        self.assertEqual(transport.bufferSize, default)
+        connected.say(b"DATA\r\n")
+        self.assertTrue(connected.receive().startswith(b"354 "))
+        self.assertEqual(transport.bufferSize, 256 * 1024)
+        connected.say(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+        self.assertTrue(connected.receive().startswith(b"250 "))
+        self.assertEqual(transport.bufferSize, default)

@@ -419,10 +419,14 @@ class ServerConnection:
         session.hostNameAppearsAs = args[0].lower()
         self._resetTransaction()
         self.state = after
-        first = self._heloText()
-        if verb == "HELO":
-            return self._send(Reply(250, (first,)))
-        return self._send(Reply(250, (first, *self.extensions())))
+        lines = (self._heloText(),) if verb == "HELO" else (self._heloText(), *self.extensions())
+        reply = _HELLOS.get(lines)
+        if reply is None:
+            reply = Reply(250, lines)
+            if len(_HELLOS) >= _MAX_HELLOS:
+                _HELLOS.clear()
+            _HELLOS[lines] = reply
+        return self._send(reply)
 
     def _heloText(self) -> str:
         # Each %s in order: the server name, the client's host name, then nothing.
@@ -978,8 +982,12 @@ class ServerConnection:
 
 
 # Replies made once: the greetings of the servers in this process (a handful at most,
-# kept up to a bound), and the final replies to a message no handler gave a text for.
+# kept up to a bound), the replies to HELO and EHLO last made (their first line names the
+# client, so there are many: the table starts again when full), and the final replies to
+# a message no handler gave a text for.
 _GREETINGS: dict[str, Reply] = {}
+_HELLOS: dict[tuple[str, ...], Reply] = {}
+_MAX_HELLOS: Final = 1024
 _DEFAULT_DATA_REPLIES: Final = {
     text: Reply(250, (text,), R.DATA_ENHANCED)
     for text in (R.MESSAGE_QUEUED_TEXT, R.MESSAGE_ACCEPTED_TEXT)
