@@ -121,6 +121,13 @@ class _Replies(asyncio.Protocol):
         assert isinstance(self.transport, asyncio.WriteTransport)
         self.transport.write(data)
 
+    async def command(self, data: bytes, code: int, after: str) -> None:
+        """
+        Send C{data} and wait for its reply, which must have C{code}.
+        """
+        self.write(data)
+        await self.expect(code, after)
+
     async def expect(self, code: int, after: str) -> None:
         while not self._codes:
             if self._lost is not None:
@@ -266,20 +273,14 @@ def pythonSource(
         sent = 0
         try:
             await replies.expect(220, "connect")
-            replies.write(EHLO)
-            await replies.expect(250, "EHLO")
+            await replies.command(EHLO, 250, "EHLO")
             while next(counter) < messages:
-                replies.write(MAIL)
-                await replies.expect(250, "MAIL")
-                replies.write(RCPT)
-                await replies.expect(250, "RCPT")
-                replies.write(DATA)
-                await replies.expect(354, "DATA")
-                replies.write(body)
-                await replies.expect(250, "the final dot")
+                await replies.command(MAIL, 250, "MAIL")
+                await replies.command(RCPT, 250, "RCPT")
+                await replies.command(DATA, 354, "DATA")
+                await replies.command(body, 250, "the final dot")
                 sent += 1
-            replies.write(QUIT)
-            await replies.expect(221, "QUIT")
+            await replies.command(QUIT, 221, "QUIT")
         finally:
             transport.close()
         return sent
@@ -303,10 +304,8 @@ def ehloQuit(
         transport, replies = await _connect(port)
         try:
             await replies.expect(220, "connect")
-            replies.write(EHLO)
-            await replies.expect(250, "EHLO")
-            replies.write(QUIT)
-            await replies.expect(221, "QUIT")
+            await replies.command(EHLO, 250, "EHLO")
+            await replies.command(QUIT, 221, "QUIT")
         finally:
             transport.close()
         return 1
@@ -483,26 +482,18 @@ def starttlsSessions(
         transport, replies = await _connect(port)
         try:
             await replies.expect(220, "connect")
-            replies.write(EHLO)
-            await replies.expect(250, "EHLO")
-            replies.write(STARTTLS)
-            await replies.expect(220, "STARTTLS")
+            await replies.command(EHLO, 250, "EHLO")
+            await replies.command(STARTTLS, 220, "STARTTLS")
             secure = await loop.start_tls(transport, replies, context, server_hostname=NAME)
             if secure is None:
                 raise ConnectionError("STARTTLS: the connection closed during the handshake")
             transport = replies.transport = secure
-            replies.write(EHLO)
-            await replies.expect(250, "EHLO after STARTTLS")
-            replies.write(MAIL)
-            await replies.expect(250, "MAIL")
-            replies.write(RCPT)
-            await replies.expect(250, "RCPT")
-            replies.write(DATA)
-            await replies.expect(354, "DATA")
-            replies.write(body)
-            await replies.expect(250, "the final dot")
-            replies.write(QUIT)
-            await replies.expect(221, "QUIT")
+            await replies.command(EHLO, 250, "EHLO after STARTTLS")
+            await replies.command(MAIL, 250, "MAIL")
+            await replies.command(RCPT, 250, "RCPT")
+            await replies.command(DATA, 354, "DATA")
+            await replies.command(body, 250, "the final dot")
+            await replies.command(QUIT, 221, "QUIT")
         finally:
             transport.close()
         return 1

@@ -687,3 +687,18 @@ def startTwist(testCase: TestCase, args: Sequence[str], tmpdir: str) -> Deferred
     )
     testCase.addCleanup(lambda: Deferred.fromCoroutine(process.stop()))
     return Deferred.fromCoroutine(process._started())
+
+
+def withoutTraceHeaders(stored: bytes) -> bytes:
+    """
+    A delivered message without the C{Return-Path:} and C{Received:} lines (continuation
+    lines included) the server put in front of it.
+    """
+    lines = stored.split(b"\r\n")
+    index = 0
+    while index < len(lines) and (
+        lines[index].startswith((b"Return-Path:", b"Received:"))
+        or (index > 0 and lines[index].startswith((b" ", b"\t")))
+    ):
+        index += 1
+    return b"\r\n".join(lines[index:])

@@ -45,6 +45,7 @@ from .e2e_support import (
     theReactor,
     twistCommand,
     twistEnvironment,
+    withoutTraceHeaders,
 )
 
 #: The documentation's example files.
@@ -230,21 +231,6 @@ def message(subject: str, size: int = 0) -> bytes:
     body = b"first line\r\n.leading dot\r\n..two dots\r\n"
     line = b"0123456789" * 7 + b"\r\n"
     return head + body + line * (size // len(line)) + b"last line\r\n"
-
-
-def withoutTraceHeaders(stored: bytes) -> bytes:
-    """
-    A delivered message without the C{Return-Path:} and C{Received:} lines (continuation
-    lines included) the server put in front of it.
-    """
-    lines = stored.split(b"\r\n")
-    index = 0
-    while index < len(lines) and (
-        lines[index].startswith((b"Return-Path:", b"Received:"))
-        or (index > 0 and lines[index].startswith((b" ", b"\t")))
-    ):
-        index += 1
-    return b"\r\n".join(lines[index:])
 
 
 def traceHeaders(stored: bytes) -> bytes:

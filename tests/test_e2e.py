@@ -41,6 +41,7 @@ from .e2e_support import (
     runTwist,
     startServer,
     startTwist,
+    withoutTraceHeaders,
 )
 
 SENDER = "a@example.org"
@@ -536,21 +537,6 @@ class SwaksTests(E2ETestCase):
             [r.address for r in recorder.messages[0].envelope.rcptTo],
             ["a@example.net", "b@example.net"],
         )
-
-
-def withoutTraceHeaders(stored: bytes) -> bytes:
-    """
-    A delivered message without the C{Return-Path:} and C{Received:} lines (continuation
-    lines included) the server put in front of it.
-    """
-    lines = stored.split(b"\r\n")
-    index = 0
-    while index < len(lines) and (
-        lines[index].startswith((b"Return-Path:", b"Received:"))
-        or (index > 0 and lines[index].startswith((b" ", b"\t")))
-    ):
-        index += 1
-    return b"\r\n".join(lines[index:])
 
 
 class TwistTests(E2ETestCase):

@@ -53,6 +53,7 @@ from .e2e_support import (
     haveOpenSSL,
     runTwist,
     twistEnvironment,
+    withoutTraceHeaders,
 )
 from .memorytls import authority, commonName, issue
 from .service_support import (
@@ -80,7 +81,6 @@ from .service_support import (
     unitCommand,
     unitSetting,
     until,
-    withoutTraceHeaders,
 )
 
 SENDER = "a@example.org"
