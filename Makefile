@@ -51,16 +51,12 @@ test: $(INSTALLED) system-deps
 bench: $(INSTALLED)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-# Runs all three, then fails if any did.
+# Some of the checks of `make test`, run the same way.
 lint: $(INSTALLED)
-	@status=0; \
-	$(BIN)/python -m mypy || status=1; \
-	$(BIN)/python -m ruff check . || status=1; \
-	$(BIN)/python -m ruff format --check . || status=1; \
-	exit $$status
+	@$(BIN)/python tests/checks.py mypy "ruff check" "ruff format"
 
 docs: $(INSTALLED)
-	$(BIN)/python -m sphinx -E -W --keep-going -b html docs docs/_build/html
+	@$(BIN)/python tests/checks.py sphinx
 
 clean:
 	rm -rf $(VENV) docs/_build _trial_temp* .mypy_cache .ruff_cache *.egg-info build \

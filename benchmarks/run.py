@@ -65,8 +65,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backlog",
         type=int,
-        help="give every server this listen backlog [each server's default: Twisted's 50 for "
-        "smtpsvc and twisted.mail, asyncio's 100, node's 511, 511 for smtp-sink]",
+        help="give every server this listen backlog [each server's default: 511 for smtpsvc "
+        "(the service's), Twisted's 50 for twisted.mail, asyncio's 100, node's 511, 511 for "
+        "smtp-sink]",
     )
     parser.add_argument(
         "--profile",

@@ -176,7 +176,7 @@ class DownstreamClient(LineReceiver):
     ) -> DownstreamReply | list[DownstreamReply]:
         reply = await self.command("DATA")
         if reply.code != 354:
-            if reply.code // 100 not in (4, 5):
+            if not reply.refusal:
                 self.abort(f"unexpected reply to DATA: {reply}")
                 raise DownstreamError(f"unexpected reply to DATA: {reply}")
             return reply
@@ -192,7 +192,7 @@ class DownstreamClient(LineReceiver):
         try:
             for waiter in waiters:
                 final = await waiter
-                if final.code // 100 not in (2, 4, 5):
+                if not (final.positive or final.refusal):
                     self.abort(f"unexpected reply after the message: {final}")
                     raise DownstreamError(f"unexpected reply after the message: {final}")
                 replies.append(final)

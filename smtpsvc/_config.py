@@ -17,6 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+
 from ._options import OptionSpec, ServerOptions, optionSpecs
 
 #: Keys of the service that are not server options, with the flag each corresponds to.
@@ -124,8 +128,24 @@ class ServiceConfig:
     auth: list[str] = field(default_factory=list)
     tls: TLSSources = field(default_factory=TLSSources)
     workers: int = 1
-    #: Listening sockets inherited from a --workers parent: (file descriptor, secure).
-    inherited: list[tuple[int, bool]] = field(default_factory=list)
+    #: Listening sockets inherited from a --workers parent: (file descriptor, whether
+    #: TLS starts at once, or L{None} to follow the C{secure} option).
+    inherited: list[tuple[int, bool | None]] = field(default_factory=list)
+
+    def listeners(self) -> list[tuple[str, bool | None]]:
+        """
+        Each endpoint to listen on, and whether TLS starts at once on it: L{True} for
+        C{--listen-tls}, L{None} (the C{secure} option decides) for C{--listen}.
+        """
+        return [(e, None) for e in self.listen] + [(e, True) for e in self.listenTLS]
+
+    def resolvedServerOptions(self) -> dict[str, Any]:
+        """
+        The server options with the certificates loaded from their files.
+        """
+        options = dict(self.serverOptions)
+        options.update(self.tls.load())
+        return options
 
 
 def readFile(flag: str, path: str) -> bytes:
@@ -335,6 +355,18 @@ def withListenBacklog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
     return f"{description}:backlog={backlog}"
 
 
+def listenEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    The endpoint the service listens on for C{description} (with the service's
+    backlog, see L{withListenBacklog}), or a L{ConfigurationError} naming it.
+    """
+    try:
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, withListenBacklog(description))
+    except (ValueError, TypeError) as e:
+        raise ConfigurationError(f"--listen {description}: {e}") from e
+    return endpoint
+
+
 def _endpointParts(description: str) -> list[str]:
     # The colon-separated parts of an endpoint string, where a backslash escapes the
     # character after it (tcp6:25:interface=\:\: has three parts).
@@ -355,13 +387,72 @@ def _endpointParts(description: str) -> list[str]:
 
 def listeningPort(description: str) -> int | None:
     """
-    The TCP port an endpoint description such as C{tcp:25:interface=::} listens on.
+    The TCP port an endpoint description such as C{tcp:25:interface=::} listens on, as
+    Twisted reads it; L{None} for endpoints of other kinds.
     """
-    kind, _, rest = description.partition(":")
-    if kind not in ("tcp", "tcp6", "ssl"):
-        return None
-    for position, part in enumerate(rest.split(":")):
-        value = part[len("port=") :] if part.startswith("port=") else part
-        if (part.startswith("port=") or position == 0) and value.isdigit():
+    kind, *arguments = _endpointParts(description)
+    if kind in ("tcp", "tcp6"):
+        try:
+            where = tcpListening(description)
+        except (ValueError, TypeError):
+            # Twisted refuses it (listening will fail with its error); the port it names
+            # still counts for the checks made before.
+            return _portArgument(arguments)
+        return where.port if where is not None else None
+    # Parsing an ssl: string loads its certificate: read its arguments instead.
+    return _portArgument(arguments) if kind == "ssl" else None
+
+
+def _portArgument(arguments: list[str]) -> int | None:
+    # The port among an endpoint's arguments: the first, unnamed, or port=.
+    for position, argument in enumerate(arguments):
+        value = argument.removeprefix("port=")
+        if (value != argument or position == 0) and value.isdigit():
             return int(value)
     return None
+
+
+@dataclass(frozen=True)
+class TCPListening:
+    """
+    Where a C{tcp:} or C{tcp6:} endpoint string listens, as Twisted parses it.
+    """
+
+    interface: str
+    port: int
+    backlog: int
+
+
+class _ListenTCPRecorder:
+    # Stands in for the reactor of a TCP server endpoint: TCP4ServerEndpoint and
+    # TCP6ServerEndpoint listen by handing their port, backlog and interface to
+    # IReactorTCP.listenTCP, so this learns what Twisted parsed without reading the
+    # endpoint's private attributes.
+    def __init__(self) -> None:
+        self.recorded: list[TCPListening] = []
+
+    def listenTCP(
+        self, port: object, factory: object, backlog: object = 50, interface: object = ""
+    ) -> None:
+        # Anything but a plain port number (a Twisted that passes something richer) is
+        # left out, and the caller falls back to one shared socket.
+        if isinstance(port, int) and isinstance(backlog, int) and isinstance(interface, str):
+            self.recorded.append(TCPListening(interface, port, backlog))
+
+
+def tcpListening(description: str) -> TCPListening | None:
+    """
+    The interface, port and backlog of a C{tcp:} or C{tcp6:} endpoint string, as
+    C{serverFromString} parses them; L{None} for any other kind of endpoint.
+
+    @raise ValueError: if Twisted cannot parse C{description}.
+    """
+    if _endpointParts(description)[0] not in ("tcp", "tcp6"):
+        # Other parsers may use the reactor (or, for ssl:, read files).
+        return None
+    recorder = _ListenTCPRecorder()
+    endpoint = serverFromString(recorder, description)
+    if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
+        return None
+    endpoint.listen(Factory())  # type: ignore[no-untyped-call]
+    return recorder.recorded[0] if len(recorder.recorded) == 1 else None

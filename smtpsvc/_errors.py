@@ -7,11 +7,9 @@ reply.  It is pure: the core imports it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from typing import Final
 
-_ENHANCED: Final = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+from ._core._grammar import ENHANCED_STATUS
 
 
 class SMTPError(Exception):
@@ -47,11 +45,11 @@ class SMTPError(Exception):
             if "\r" in line or "\n" in line:
                 raise ValueError("SMTPError text must not contain CR or LF")
         if enhancedCode is None:
-            match = _ENHANCED.match(lines[0])
+            match = ENHANCED_STATUS.match(lines[0])
             if match is not None and match.group(1) == str(code)[0]:
                 enhancedCode = match.group(0).strip()
                 lines[0] = lines[0][match.end() :]
-        elif not _ENHANCED.fullmatch(enhancedCode) or enhancedCode[0] != str(code)[0]:
+        elif not ENHANCED_STATUS.fullmatch(enhancedCode) or enhancedCode[0] != str(code)[0]:
             raise ValueError(
                 f"enhanced status code {enhancedCode!r} does not match reply code {code}"
             )

@@ -35,19 +35,23 @@ def _option(
     defaultText: str | None = None,
     choices: tuple[str, ...] = (),
     cli: bool = True,
+    cliForms: tuple[str, ...] = (),
     group: str = "protocol",
 ) -> Any:
     """
     Declare one option: its default, its documentation and how it is exposed.
 
     @param defaultText: how the docs and ``--help`` show a computed default.
-    @param cli: whether ``twist smtpsvc`` gets a flag for it.
+    @param cli: whether ``twist smtpsvc`` gets a flag for it, named after it.
+    @param cliForms: for an option without such a flag, the flags of ``twist smtpsvc``
+        that set it another way (``--cert FILE``), as the documentation shows them.
     """
     metadata = {
         "doc": doc,
         "defaultText": defaultText,
         "choices": choices,
         "cli": cli,
+        "cliForms": cliForms,
         "group": group,
     }
     if defaultFactory is not None:
@@ -192,18 +196,21 @@ class ServerOptions:
         "The server's private key, PEM.  Without ``key`` and ``cert`` a self-signed "
         "development certificate for ``name`` is made at start and a warning is logged.",
         cli=False,
+        cliForms=("--key FILE",),
         group="tls",
     )
     cert: bytes | str | None = _option(
         None,
         "The server's certificate, PEM, followed by its intermediate certificates.",
         cli=False,
+        cliForms=("--cert FILE",),
         group="tls",
     )
     ca: bytes | str | None = _option(
         None,
         "CA certificates, PEM, that client certificates must chain to (with ``requestCert``).",
         cli=False,
+        cliForms=("--ca FILE",),
         group="tls",
     )
     requestCert: bool = _option(
@@ -243,6 +250,7 @@ class ServerOptions:
         defaultFactory=dict,
         defaultText="none",
         cli=False,
+        cliForms=("--sni HOST=CERT[,KEY]", "--sni-dir DIR"),
         group="tls",
     )
     SNICallback: Callable[[str], Mapping[str, bytes | str] | None] | None = _option(
@@ -300,7 +308,8 @@ class ServerOptions:
     resolver: object = _option(
         None,
         "The ``twisted.internet.interfaces.IResolver`` for reverse lookups; unset uses "
-        "``twisted.names`` with the system's name servers.",
+        "``twisted.names`` with the system's name servers, and does not look up loopback "
+        "addresses.",
         cli=False,
         group="proxy",
     )
@@ -464,6 +473,7 @@ class OptionSpec:
     doc: str
     choices: tuple[str, ...]
     cli: bool
+    cliForms: tuple[str, ...]
     group: str
 
     @property
@@ -545,6 +555,7 @@ def _spec(f: Field[Any]) -> OptionSpec:
         doc=f.metadata["doc"],
         choices=f.metadata["choices"],
         cli=f.metadata["cli"],
+        cliForms=f.metadata["cliForms"],
         group=f.metadata["group"],
     )
 

@@ -289,7 +289,7 @@ class _DataTransaction:
         if decoder.sizeExceeded:
             fanOut.sizeExceeded = True
             self.fail(MessageTooLarge(f"message exceeds {self.protocol._options.size} bytes"))
-        elif decoder.bareLineEndings and self.protocol._options.bareLineEndings == "reject":
+        elif decoder.rejected:
             self.fail(MessageRefused("bare CR or LF in message"))
         elif chunk:
             fanOut.write(chunk)
@@ -549,8 +549,7 @@ class SMTPProtocol(LineReceiver):
 
     def _greet(self) -> None:
         self._greetCall = None
-        options = self._options
-        if not options.disableReverseLookup and "NAME" not in self._core.session.xClient:
+        if not self._options.disableReverseLookup:
             lookup = self._server.reverseLookup(self._core.session.remoteAddress)
             if lookup is not None:
                 self._handlerPending = True
@@ -567,14 +566,11 @@ class SMTPProtocol(LineReceiver):
         self._connectHandlers()
 
     def _connectHandlers(self) -> None:
-        core = self._core
-        calls: list[Callable[[], object]] = [
-            partial(h, core.session) for h in self._server._handlersFor("onConnect")
-        ]
+        calls = self._connectCalls()
         if self.implicitTLS:
             # As in the reference: onConnect, then onSecure, then the greeting.
             calls += self._secureCalls()
-        result = callChain(calls, "onConnect", core.session)
+        result = callChain(calls, "onConnect", self._core.session)
         if isinstance(result, Deferred):
             self._handlerPending = True
             result.addCallback(self._greeting)
@@ -972,9 +968,7 @@ class SMTPProtocol(LineReceiver):
         self._xclientConnect()
 
     def _xclientConnect(self) -> None:
-        session = self._core.session
-        calls = [partial(h, session) for h in self._server._handlersFor("onConnect")]
-        result = callChain(calls, "onConnect", session)
+        result = callChain(self._connectCalls(), "onConnect", self._core.session)
         if isinstance(result, Deferred):
             result.addCallback(self._xclientDone)
         else:
@@ -1028,6 +1022,10 @@ class SMTPProtocol(LineReceiver):
         self._pause("handler")
         result.addCallback(self._secured)
 
+    def _connectCalls(self) -> list[Callable[[], object]]:
+        session = self._core.session
+        return [partial(h, session) for h in self._server._handlersFor("onConnect")]
+
     def _secureCalls(self) -> list[Callable[[], object]]:
         session = self._core.session
         return [
@@ -1044,9 +1042,8 @@ class SMTPProtocol(LineReceiver):
     def _startData(self) -> None:
         options = self._options
         core = self._core
-        slots = len(core.session.envelope.rcptTo) if options.lmtp else 1
         decoder = DataDecoder(options.size, options.bareLineEndings)
-        transaction = self._data = _DataTransaction(self, decoder, slots)
+        transaction = self._data = _DataTransaction(self, decoder, core.replySlots)
         transaction.start(self._server._handlersFor("onData"))
         self._perform(core.dataStarted())
         self.line_mode = 0
@@ -1073,7 +1070,7 @@ class SMTPProtocol(LineReceiver):
         send = self._core.dataFinished(
             answers,
             tooLarge=decoder.sizeExceeded,
-            bareLineEndings=decoder.bareLineEndings and self._options.bareLineEndings == "reject",
+            bareLineEndings=decoder.rejected,
         )
         if send.data[:1] == b"2":
             self._accepted += 1

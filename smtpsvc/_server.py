@@ -5,6 +5,9 @@ The server object applications build: options, handlers, listening, shutting dow
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import os
+import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,8 @@ from ._core._throttle import FailureBudget
 from ._dns import defaultResolver, reverseLookup
 from ._options import ServerOptions
 from ._protocol import SMTPProtocol
-from ._tls import ServerTLS, settingsFrom
+from ._reactor import reactorOr
+from ._tls import TLS_SETTING_NAMES, ServerTLS, settingsFrom
 from .interfaces import (
     IAuthHandler,
     ICloseHandler,
@@ -35,6 +39,14 @@ if TYPE_CHECKING:
 _log = Logger(namespace="smtpsvc")
 _UNSET: Any = object()
 
+
+def _isLoopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 # Each hook, the interface that provides it.  The order is the order of a conversation.
 HOOKS: dict[str, Any] = {
     "onConnect": IConnectHandler,
@@ -45,6 +57,15 @@ HOOKS: dict[str, Any] = {
     "onData": IDataHandler,
     "onClose": ICloseHandler,
 }
+
+
+def listenerKind(options: ServerOptions, secure: bool | None) -> str:
+    """
+    How the log names a listener: C{SMTP} or C{LMTP}, and C{(implicit TLS)} when TLS
+    starts at once on it (C{secure}, or the C{secure} option when that is L{None}).
+    """
+    kind = "LMTP" if options.lmtp else "SMTP"
+    return f"{kind} (implicit TLS)" if (options.secure if secure is None else secure) else kind
 
 
 class SMTPServer(Factory):
@@ -86,11 +107,7 @@ class SMTPServer(Factory):
             if self.options.authFailureLimit is not None
             else None
         )
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
-        self.reactor = reactor
+        self.reactor = reactor = reactorOr(reactor)
         self._handlers: list[object] = []
         self._byHook: dict[str, list[Callable[..., object]]] = {hook: [] for hook in HOOKS}
         for handler in handlers:
@@ -175,9 +192,16 @@ class SMTPServer(Factory):
         Look up the host name of C{address} (see the C{resolver}, C{reverseLookupTimeout}
         and C{confirmReverseLookup} options).
 
-        @return: a Deferred of the name or L{None}; or L{None} when no resolver can be
-            used (a reactor without UDP, such as a test clock).
+        A loopback address is not looked up unless the C{resolver} option was given: the
+        system's name servers know nothing of C{127.0.0.0/8} or C{::1} (RFC 6303 has them
+        answer "no such name"), so the query would only cost a round trip per connection.
+
+        @return: a Deferred of the name or L{None}; or L{None} when no lookup is made (a
+            loopback address with the system's resolver, or a reactor without UDP, such
+            as a test clock).
         """
+        if self.options.resolver is None and _isLoopback(address):
+            return None
         if self._resolver is _UNSET:
             self._resolver = self.options.resolver or defaultResolver(self.reactor)
         if self._resolver is None:
@@ -241,16 +265,32 @@ class SMTPServer(Factory):
             address = port.getHost()
             _log.info(
                 "{kind} server listening on {host}:{port}",
-                kind=("LMTP" if self.options.lmtp else "SMTP")
-                + (
-                    " (implicit TLS)" if (self.options.secure if secure is None else secure) else ""
-                ),
+                kind=listenerKind(self.options, secure),
                 host=getattr(address, "host", address),
                 port=getattr(address, "port", ""),
             )
             return port
 
         return d.addCallback(listening)
+
+    def adopt(self, fd: int, *, secure: bool | None = None) -> IListeningPort:
+        """
+        Serve on the listening socket C{fd} (inherited from another process, such as the
+        master of C{twist smtpsvc --workers}); L{close} stops listening on it as on the
+        endpoints of L{listen}.
+
+        @param secure: as for L{listen}.
+        """
+        if self.closing:
+            raise RuntimeError("the server is closing")
+        with socket.socket(fileno=os.dup(fd)) as probe:
+            family = probe.family
+        # Twisted requires it, and a blocking socket would stall the reactor on the first
+        # read that finds nothing (a TLS handshake makes such reads).
+        os.set_blocking(fd, False)
+        port: IListeningPort = self.reactor.adoptStreamPort(fd, family, self.factoryFor(secure))
+        self._ports.append(port)
+        return port
 
     def factoryFor(self, secure: bool | None) -> Factory:
         """
@@ -330,21 +370,9 @@ class SMTPServer(Factory):
                 waiter.callback(None)
 
 
-TLS_OPTIONS = frozenset(
-    (
-        "key",
-        "cert",
-        "ca",
-        "sniOptions",
-        "SNICallback",
-        "ciphers",
-        "minVersion",
-        "maxVersion",
-        "honorCipherOrder",
-        "requestCert",
-        "rejectUnauthorized",
-    )
-)
+# The options updateSecureContext may change: the TLS settings, but not the name, which
+# the rest of the server uses too.
+TLS_OPTIONS = frozenset(TLS_SETTING_NAMES) - {"name"}
 
 
 class _Listener(Factory):

@@ -13,7 +13,6 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
@@ -22,15 +21,24 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import tcp
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON
 from twisted.python.failure import Failure
 
-from ._config import ConfigurationError, ServiceConfig, withFlags, withListenBacklog
-from ._server import HOOKS, SMTPServer
+from ._config import (
+    ConfigurationError,
+    ServiceConfig,
+    TCPListening,
+    listenEndpoint,
+    tcpListening,
+    withFlags,
+    withListenBacklog,
+)
+from ._options import ServerOptions
+from ._reactor import reactorOr
+from ._server import HOOKS, SMTPServer, listenerKind
 from .cred import PortalAuthHandler
 
 _log = Logger(namespace="smtpsvc.service")
@@ -102,8 +110,7 @@ def buildServer(
     from .handlers.maildir import MaildirDelivery
     from .handlers.relay import RelayPolicy
 
-    serverOptions = dict(config.serverOptions)
-    serverOptions.update(config.tls.load())
+    serverOptions = config.resolvedServerOptions()
     allCheckers = [_bytesUsers(c) for c in checkers] + checkersFor(config.auth)
     authentication: PortalAuthHandler | None = None
     if allCheckers:
@@ -202,23 +209,17 @@ class SMTPService(Service):
         # Under twistd --uid this runs after privileges are dropped.
         prepareDeliveries(self.server)
         self._listen()
-        self._previousHangup = installHangup(self.reload)
+        self._previousHangup = installHangup(self.server.reactor, self.reload)
 
     def _listen(self) -> None:
         if self._listening:
             return
         self._listening = True
-        listeners: list[tuple[str, bool | None]] = [(e, None) for e in self.config.listen]
-        listeners += [(e, True) for e in self.config.listenTLS]
-        if self.config.inherited:
-            listeners = []
-            for fd, inheritedSecure in self.config.inherited:
-                self.ports.append(adopt(self.server, fd, inheritedSecure))
-        for description, secure in listeners:
-            try:
-                endpoint = serverFromString(self.server.reactor, withListenBacklog(description))
-            except (ValueError, TypeError) as e:
-                raise ConfigurationError(f"--listen {description}: {e}") from e
+        # A worker of --workers has no endpoints of its own, only inherited sockets.
+        for fd, inheritedSecure in self.config.inherited:
+            self.ports.append(adopt(self.server, fd, inheritedSecure))
+        for description, secure in self.config.listeners():
+            endpoint = listenEndpoint(self.server.reactor, description)
             result = self.server.listen(endpoint, secure=secure)
             port = _now(result)
             if isinstance(port, Failure):
@@ -277,15 +278,11 @@ def _now(d: Deferred[Any]) -> Any:
     return result
 
 
-def adopt(server: SMTPServer, fd: int, secure: bool) -> IListeningPort:
+def adopt(server: SMTPServer, fd: int, secure: bool | None) -> IListeningPort:
     """
     Serve on a listening socket inherited from a --workers parent.
     """
-    probe = socket.socket(fileno=os.dup(fd))
-    family = probe.family
-    probe.close()
-    factory = server.factoryFor(secure)
-    port: IListeningPort = server.reactor.adoptStreamPort(fd, family, factory)
+    port = server.adopt(fd, secure=secure)
     address = port.getHost()
     _log.info(
         "{kind} worker {pid} serving {host}:{port}",
@@ -297,14 +294,13 @@ def adopt(server: SMTPServer, fd: int, secure: bool) -> IListeningPort:
     return port
 
 
-def installHangup(reload: Callable[[], None]) -> Any:
+def installHangup(reactor: Any, reload: Callable[[], None]) -> Any:
     """
-    Call C{reload} in the reactor on SIGHUP; return the previous handler.
+    Call C{reload} in C{reactor} on SIGHUP; return the previous handler.
     """
-    from twisted.internet import reactor as globalReactor
 
     def hangup(signum: int, frame: Any) -> None:
-        globalReactor.callFromThread(reload)  # type: ignore[attr-defined]
+        reactor.callFromThread(reload)
 
     try:
         return signal.signal(signal.SIGHUP, hangup)
@@ -317,47 +313,6 @@ def restoreHangup(previous: Any) -> None:
     if previous is not None:
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGHUP, previous)
-
-
-@dataclass(frozen=True)
-class TCPListening:
-    """
-    Where a C{tcp:} or C{tcp6:} endpoint string listens, as Twisted parses it.
-    """
-
-    interface: str
-    port: int
-    backlog: int
-
-
-class _ListenTCPRecorder:
-    # Stands in for the reactor of a TCP server endpoint: TCP4ServerEndpoint and
-    # TCP6ServerEndpoint listen by handing their port, backlog and interface to
-    # IReactorTCP.listenTCP, so this learns what Twisted parsed without reading the
-    # endpoint's private attributes.
-    def __init__(self) -> None:
-        self.recorded: list[TCPListening] = []
-
-    def listenTCP(
-        self, port: object, factory: object, backlog: object = 50, interface: object = ""
-    ) -> None:
-        # Anything but a plain port number (a Twisted that passes something richer) is
-        # left out, and the caller falls back to one shared socket.
-        if isinstance(port, int) and isinstance(backlog, int) and isinstance(interface, str):
-            self.recorded.append(TCPListening(interface, port, backlog))
-
-
-def tcpListening(description: str) -> TCPListening | None:
-    """
-    The interface, port and backlog of a C{tcp:} or C{tcp6:} endpoint string, as
-    C{serverFromString} parses them; L{None} for any other kind of endpoint.
-    """
-    recorder = _ListenTCPRecorder()
-    endpoint = serverFromString(recorder, description)
-    if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
-        return None
-    endpoint.listen(Factory())  # type: ignore[no-untyped-call]
-    return recorder.recorded[0] if len(recorder.recorded) == 1 else None
 
 
 def canSpreadConnections() -> bool:
@@ -525,11 +480,7 @@ class WorkerMaster(Service):
         @param development: the development key and certificate (PEM) this process
             made, which the workers must serve as well.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
-        self.reactor = reactor
+        self.reactor = reactorOr(reactor)
         self.config = config
         self.pluginArgs = list(pluginArgs)
         self.development = development
@@ -564,20 +515,20 @@ class WorkerMaster(Service):
                 self._spawn(number)
             except OSError as e:
                 raise ConfigurationError(f"cannot start worker {number}: {e}") from e
-        self._previousHangup = installHangup(self._hangup)
+        self._previousHangup = installHangup(self.reactor, self._hangup)
 
     def _listenAll(self) -> None:
         if self._listening:
             return
         self._listening = True
-        listeners = [(e, False) for e in self.config.listen]
-        listeners += [(e, True) for e in self.config.listenTLS]
-        for description, secure in listeners:
+        options = ServerOptions.fromMapping(self.config.serverOptions)
+        for description, secure in self.config.listeners():
             ports = self._listen(description)
-            self.ports.append((ports, secure))
+            self.ports.append((ports, bool(secure)))
             address = ports[0].getHost()
             _log.info(
-                "SMTP server listening on {host}:{port} with {workers} workers",
+                "{kind} server listening on {host}:{port} with {workers} workers",
+                kind=listenerKind(options, secure),
                 host=getattr(address, "host", ""),
                 port=getattr(address, "port", ""),
                 workers=self.config.workers,
@@ -586,12 +537,10 @@ class WorkerMaster(Service):
     def _listen(self, description: str) -> list[IListeningPort]:
         # The listener's sockets: one per worker, or one for all.  The workers accept;
         # this process only holds the sockets (it may bind port 25 as root).
-        full = withListenBacklog(description)
-        endpoint = serverFromString(self.reactor, full)
-        perWorker = self.socketPerWorker and self.config.workers > 1
-        # Parsed again only when it is TCP: other endpoint parsers may use the reactor.
-        isTCP = isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint))
-        where = tcpListening(full) if perWorker and isTCP else None
+        endpoint = listenEndpoint(self.reactor, description)
+        where = None
+        if self.socketPerWorker and self.config.workers > 1:
+            where = tcpListening(withListenBacklog(description))
         if where is not None:
             try:
                 return listenPerWorker(self.reactor, where, self.config.workers)

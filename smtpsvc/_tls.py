@@ -12,6 +12,7 @@ assignment, so a handshake sees either the old certificates or the new ones, nev
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import weakref
@@ -382,26 +383,12 @@ def standardCipherName(name: str) -> str:
     return f"TLS_{kex}_WITH_AES_{match.group(3)}_GCM_SHA{match.group(4)}"
 
 
-def settingsFrom(options: Any, overrides: Mapping[str, Any] | None = None) -> TLSSettings:
+def settingsFrom(options: Any) -> TLSSettings:
     """
-    The TLS settings in a server's options (and any overrides).
+    The TLS settings in a server's options: its options of the same names.
     """
-    values: dict[str, Any] = {
-        field: getattr(options, field)
-        for field in (
-            "key",
-            "cert",
-            "ca",
-            "requestCert",
-            "rejectUnauthorized",
-            "minVersion",
-            "maxVersion",
-            "ciphers",
-            "honorCipherOrder",
-            "sniOptions",
-            "SNICallback",
-            "name",
-        )
-    }
-    values.update(overrides or {})
-    return TLSSettings(**values)
+    return TLSSettings(**{name: getattr(options, name) for name in TLS_SETTING_NAMES})
+
+
+#: The server options that shape the TLS contexts.
+TLS_SETTING_NAMES: Final = tuple(f.name for f in dataclasses.fields(TLSSettings))

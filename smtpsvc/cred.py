@@ -28,7 +28,6 @@ from twisted.cred.credentials import ICredentials, IUsernameHashedPassword, IUse
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
@@ -36,6 +35,7 @@ from zope.interface import Attribute, Interface, implementer
 from ._core._sasl import AuthRequest
 from ._core._session import Session
 from ._errors import SMTPError
+from ._reactor import threadRunner
 from .interfaces import IAuthHandler
 
 _log = Logger(namespace="smtpsvc.cred")
@@ -305,13 +305,6 @@ def readPasswordFile(path: str) -> dict[str, str]:
     return entries
 
 
-def _inThread(reactor: Any) -> Callable[[Callable[[], _T]], Deferred[_T]]:
-    def run(f: Callable[[], _T]) -> Deferred[_T]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
-
-    return run
-
-
 @implementer(ICredentialsChecker)
 class PasswordFile:
     """
@@ -333,13 +326,7 @@ class PasswordFile:
         self._stamp: tuple[int, int] | None = None
         self._entries: dict[str, str] = {}
         self._load()
-        if runInThread is None:
-            if reactor is None:
-                from twisted.internet import reactor as globalReactor
-
-                reactor = globalReactor
-            runInThread = _inThread(reactor)
-        self._runInThread = runInThread
+        self._runInThread = runInThread or threadRunner(reactor)
 
     def _load(self) -> dict[str, str]:
         status = os.stat(self.path)

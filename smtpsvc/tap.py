@@ -121,7 +121,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "domain": [],
             "sni": {},
         }
-        self.inherited: list[tuple[int, bool]] = []
+        self.inherited: list[tuple[int, bool | None]] = []
         self.argv: list[str] = []
         self.config = ServiceConfig()
 
@@ -177,18 +177,21 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self.lists["sni"][host] = (cert, key or cert)
 
     def opt_inherit(self, spec: str) -> None:
-        # Internal, for --workers: serve on an inherited listening socket ("FD:tls").
+        """
+        Internal to --workers: serve on an inherited listening socket (FD:tls, or
+        FD:plain for one where the secure option decides)
+        """
         fd, _, kind = spec.partition(":")
-        self.inherited.append((int(fd), kind == "tls"))
+        if not fd.isdigit() or kind not in ("tls", "plain"):
+            raise usage.UsageError(f"--inherit: expected FD:tls or FD:plain, not {spec!r}")
+        self.inherited.append((int(fd), True if kind == "tls" else None))
 
     def serverOptions(self) -> dict[str, object]:
         """
         The server options as the server gets them, after resolving flags, file and
         certificates.
         """
-        options = dict(self.config.serverOptions)
-        options.update(self.config.tls.load())
-        return options
+        return self.config.resolvedServerOptions()
 
     def postOptions(self) -> None:
         path = self["config"]

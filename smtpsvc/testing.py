@@ -126,11 +126,12 @@ class ServerReply:
 
 def parseReplies(data: bytes) -> list[ServerReply]:
     """
-    Split the bytes a server sent into replies.
+    Split the bytes a server sent into replies (a multi-line reply is one reply); empty
+    lines are skipped, and an incomplete last line (no CRLF yet) is ignored.
     """
     replies: list[ServerReply] = []
     lines: list[str] = []
-    for raw in data.split(b"\r\n"):
+    for raw in data.split(b"\r\n")[:-1]:
         if not raw:
             continue
         line = raw.decode("utf-8", "replace")
@@ -189,6 +190,8 @@ class MemoryClient:
         """
         data = self.transport.value()
         self.transport.clear()
+        # An incomplete last line, which parseReplies leaves out, waits for the next call.
+        self.transport.io.write(data.rpartition(b"\r\n")[2])
         if self.transport.disconnecting:
             # A real transport would now report the connection lost; do it here.
             self._loseConnection()

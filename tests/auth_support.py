@@ -2,17 +2,16 @@
 Helpers for the end-to-end AUTH tests (L{tests.test_auth_e2e}): the test certificates as
 server options and as files, an smtplib client that verifies them, curl and
 C{smtpsvc-passwd} run in threads, an authentication handler that records what clients
-presented, and the documentation's examples loaded and run on trial's reactor.
+presented, and the documentation's examples run on trial's reactor.
 
-The rest (in-process servers, C{twist} child processes, swaks, raw clients) comes from
-L{tests.e2e_support}.  Every wait here is bounded, and whatever is started is stopped by
-the test case's cleanups.
+The rest (in-process servers, C{twist} child processes, swaks, raw clients, the log
+capture, loading the examples) comes from L{tests.e2e_support}.  Every wait here is
+bounded, and whatever is started is stopped by the test case's cleanups.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import shutil
 import smtplib
 import socket
@@ -22,15 +21,13 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -43,14 +40,13 @@ from .e2e_support import (
     LOCALHOST,
     SOCKET_TIMEOUT,
     TOOL_TIMEOUT,
+    ExampleReactor,
     theReactor,
 )
 from .memorytls import authority, issue
 
 #: The name the test certificate is issued for; clients ask for and verify it.
 MX_NAME = "mx.example.test"
-#: The documentation's examples.
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 
 
 def serverCertificate() -> dict[str, bytes]:
@@ -157,28 +153,6 @@ def listenOn(testCase: TestCase, server: SMTPServer) -> Deferred[int]:
     return server.listen(LISTEN).addCallback(listening)
 
 
-@implementer(ILogObserver)
-class LogCapture:
-    """
-    Every log event from its creation to the end of the test, each as its formatted text
-    followed by all its fields, for checking what never gets logged.
-    """
-
-    def __init__(self, testCase: TestCase) -> None:
-        self.events: list[str] = []
-        globalLogPublisher.addObserver(self)
-        testCase.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.events.append(f"{formatEvent(event)} {event!r}")
-
-    def mentioning(self, text: str) -> list[str]:
-        """
-        The events in which C{text} appears.
-        """
-        return [event for event in self.events if text in event]
-
-
 async def connectionsDropped(server: SMTPServer, within: float) -> bool:
     """
     Wait (at most C{within} seconds) until C{server} holds no connection; if it still
@@ -271,51 +245,6 @@ def swaksSupportsTLS() -> bool:
         return False
     result = _run([swaks, "--support"])
     return "=== TLS supported" in result.stdout + result.stderr
-
-
-def loadExample(name: str) -> ModuleType:
-    """
-    Import C{docs/examples/NAME.py}, with its directory first on C{sys.path} as when it
-    is run.
-    """
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        module = importlib.import_module(name)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    if Path(module.__file__ or "").resolve().parent != EXAMPLES:
-        raise ImportError(f"module {name!r} is not the one in {EXAMPLES}")
-    return module
-
-
-class ExampleReactor:
-    """
-    Trial's reactor as an example's C{main} sees it: the ports it listens on are noted,
-    and its shutdown triggers are kept here instead of on the reactor trial runs.
-    """
-
-    def __init__(self) -> None:
-        self._reactor = theReactor()
-        self.ports: list[Any] = []
-        self.triggers: dict[int, Callable[[], object]] = {}
-
-    def listenTCP(self, *args: Any, **kwargs: Any) -> Any:
-        port = self._reactor.listenTCP(*args, **kwargs)
-        self.ports.append(port)
-        return port
-
-    def addSystemEventTrigger(
-        self, phase: str, eventType: str, f: Callable[..., object], *args: Any, **kwargs: Any
-    ) -> int:
-        key = len(self.triggers) + 1
-        self.triggers[key] = partial(f, *args, **kwargs)
-        return key
-
-    def removeSystemEventTrigger(self, key: int) -> None:
-        del self.triggers[key]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
 
 
 def runExampleMain(

@@ -3,15 +3,19 @@ Helpers for the end-to-end tests: real servers on 127.0.0.1, blocking clients fo
 
 L{startServer} runs an in-process L{SMTPServer} on an OS-chosen port of the real reactor
 (L{listenAlso} adds listeners to it); L{startTwist} runs C{twist smtpsvc} as a child
-process; L{RawClient} is a byte-exact blocking client to use with C{deferToThread};
-L{LoopbackSMTP} and L{LoopbackSMTPSSL} are smtplib clients that verify a server's
-certificate for a host name while connecting to 127.0.0.1; L{runSwaks} and L{runOpenSSL}
-run those tools in a thread.  Every wait is bounded and everything started here is stopped
-by the test case's cleanups.
+process (a L{TwistProcess}, one kind of L{OutputProcess}), and L{assertTwistRefuses} checks
+that it turns a command line down; L{RawClient} is a byte-exact blocking client to use with
+C{deferToThread}; L{LoopbackSMTP} and L{LoopbackSMTPSSL} are smtplib clients that verify a
+server's certificate for a host name while connecting to 127.0.0.1; L{runSwaks} and
+L{runOpenSSL} run those tools in a thread.  L{LogCapture} keeps what this process logs;
+L{loadExample} and L{ExampleReactor} run the documentation's examples.  Every wait is
+bounded and everything started here is stopped by the test case's cleanups.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import re
 import shutil
@@ -23,20 +27,25 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, TestCase
+from zope.interface import implementer
 
 from smtpsvc import SMTPServer
-from smtpsvc.testing import ServerReply
+from smtpsvc.testing import ServerReply, parseReplies
 
 #: The repository root: the directory that holds C{smtpsvc/} and C{twisted/plugins/}.
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,22 +156,6 @@ def listenAlso(testCase: TestCase, server: SMTPServer, secure: bool | None = Non
 
 
 # -- blocking clients (run them with deferToThread) ------------------------------------------
-
-
-def parseReplies(data: bytes) -> list[ServerReply]:
-    """
-    Split what a server sent into replies (a multi-line reply is one reply); an incomplete
-    last line is ignored.
-    """
-    replies: list[ServerReply] = []
-    lines: list[str] = []
-    for raw in data.split(b"\r\n")[:-1]:
-        line = raw.decode("utf-8", "replace")
-        lines.append(line[4:])
-        if line[3:4] != "-":
-            replies.append(ServerReply(int(line[:3]), tuple(lines)))
-            lines = []
-    return replies
 
 
 class ServerClosedError(Exception):
@@ -501,14 +494,18 @@ def twistEnvironment() -> dict[str, str]:
     return env
 
 
-def runTwist(args: Sequence[str], cwd: str) -> Deferred[subprocess.CompletedProcess[str]]:
+def runTwist(
+    args: Sequence[str], cwd: str, wrapper: Sequence[str] = ()
+) -> Deferred[subprocess.CompletedProcess[str]]:
     """
     Run C{twist smtpsvc ARGS} to completion in a thread (for commands that should fail at
     once), bounded by L{TOOL_TIMEOUT}; stdout and stderr together in C{stdout}.
+
+    @param wrapper: a command that runs it (C{unshare ...}), if any.
     """
     return deferToThread(
         subprocess.run,
-        twistCommand(args),
+        [*wrapper, *twistCommand(args)],
         cwd=cwd,
         env=twistEnvironment(),
         stdin=subprocess.DEVNULL,
@@ -520,26 +517,58 @@ def runTwist(args: Sequence[str], cwd: str) -> Deferred[subprocess.CompletedProc
     )
 
 
-class TwistProcess(ProcessProtocol):
+async def assertTwistRefuses(
+    testCase: TestCase,
+    args: Sequence[str],
+    *expected: str,
+    cwd: str | None = None,
+    wrapper: Sequence[str] = (),
+) -> str:
     """
-    A running C{twist smtpsvc}: its output, its port, and how it ended.
+    Run C{twist smtpsvc ARGS} (L{runTwist}, through C{wrapper}) in C{cwd}, or in a new
+    directory, and check
+    that it refuses them as a configuration error should be refused: a non-zero status
+    and one line of output, C{twist smtpsvc: ...}, which contains each of C{expected};
+    no traceback, no usage text.
+
+    @return: that line.
+    @raise FailTest: when it is not so.
+    """
+    if cwd is None:
+        cwd = os.path.abspath(testCase.mktemp())
+        os.makedirs(cwd)
+    result = await runTwist(args, cwd, wrapper)
+    output = result.stdout
+    if result.returncode == 0:
+        raise FailTest(f"twist smtpsvc {list(args)} exited with status 0:\n{output}")
+    lines = output.strip().splitlines()
+    if len(lines) != 1 or not lines[0].startswith("twist smtpsvc: "):
+        raise FailTest(f"twist smtpsvc {list(args)}: not one error line:\n{output}")
+    missing = [text for text in expected if text not in lines[0]]
+    if missing:
+        raise FailTest(f"twist smtpsvc {list(args)}: {missing} not in {lines[0]!r}")
+    return lines[0]
+
+
+class OutputProcess(ProcessProtocol):
+    """
+    A child process: what it wrote to stdout and stderr, and how it ended.  The tests'
+    processes (C{twist smtpsvc}, HAProxy, smtp-sink) are all of this kind.
 
     @ivar output: everything it wrote to stdout and stderr so far.
-    @ivar port: the port it logged it is listening on, once known.
+    @ivar ended: whether it ended.
     @ivar exitCode: its exit status once it ended (L{None} if killed by a signal).
     @ivar signal: the signal that killed it, if one did.
+    @ivar processTransport: its transport, set by whoever spawned it.
     """
 
     def __init__(self) -> None:
         self.output = b""
-        self.port: int | None = None
         self.ended = False
         self.exitCode: int | None = None
         self.signal: int | None = None
         self.processTransport: IProcessTransport | None = None
-        self._listening: Deferred[int] = Deferred()
         self._exitWaiters: list[Deferred[None]] = []
-        self._outputWaiters: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
 
     @property
     def text(self) -> str:
@@ -550,6 +579,69 @@ class TwistProcess(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self.output += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended = True
+        self.exitCode = getattr(reason.value, "exitCode", None)
+        self.signal = getattr(reason.value, "signal", None)
+        waiters, self._exitWaiters = self._exitWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def waitForExit(self, within: float) -> Deferred[None]:
+        """
+        A Deferred that fires when the process has ended, or fails with L{defer.TimeoutError}
+        after C{within} seconds.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self.ended:
+            waiter.callback(None)
+            return waiter
+        self._exitWaiters.append(waiter)
+        return waiter.addTimeout(within, theReactor())
+
+    def sendSignal(self, name: str) -> None:
+        """
+        Send signal C{name} (C{"TERM"}, C{"KILL"}) to its process ID, unless it already
+        ended.
+        """
+        if not self.ended and self.processTransport is not None:
+            # It may have ended without our hearing of it yet.
+            with contextlib.suppress(ProcessExitedAlready):
+                self.processTransport.signalProcess(name)
+
+    async def stop(self) -> None:
+        """
+        SIGTERM, then SIGKILL if it is still there after L{EXIT_TIMEOUT} seconds.
+
+        @raise defer.TimeoutError: when it is still there L{EXIT_TIMEOUT} seconds after
+            the SIGKILL.
+        """
+        if self.ended:
+            return
+        self.sendSignal("TERM")
+        try:
+            await self.waitForExit(EXIT_TIMEOUT)
+        except defer.TimeoutError:
+            self.sendSignal("KILL")
+            await self.waitForExit(EXIT_TIMEOUT)
+
+
+class TwistProcess(OutputProcess):
+    """
+    A running C{twist smtpsvc}: its output, its port, and how it ended.
+
+    @ivar port: the port it logged it is listening on, once known.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port: int | None = None
+        self._listening: Deferred[int] = Deferred()
+        self._outputWaiters: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        super().childDataReceived(childFD, data)
         if self.port is None:
             match = _LISTENING.search(self.output)
             if match is not None:
@@ -610,9 +702,7 @@ class TwistProcess(ProcessProtocol):
         return int(plain.group(1)), int(secure.group(1))
 
     def processEnded(self, reason: Failure) -> None:
-        self.ended = True
-        self.exitCode = getattr(reason.value, "exitCode", None)
-        self.signal = getattr(reason.value, "signal", None)
+        super().processEnded(reason)
         if not self._listening.called:
             self._listening.errback(
                 FailTest(f"twist exited (status {self.exitCode}) before listening")
@@ -623,41 +713,6 @@ class TwistProcess(ProcessProtocol):
                 outputWaiter.errback(
                     FailTest(f"twist ended without printing {pattern.pattern!r}:\n{self.text}")
                 )
-        waiters, self._exitWaiters = self._exitWaiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def waitForExit(self, within: float) -> Deferred[None]:
-        """
-        A Deferred that fires when the process has ended, or fails with L{defer.TimeoutError}
-        after C{within} seconds.
-        """
-        waiter: Deferred[None] = Deferred()
-        if self.ended:
-            waiter.callback(None)
-            return waiter
-        self._exitWaiters.append(waiter)
-        return waiter.addTimeout(within, theReactor())
-
-    def sendSignal(self, name: str) -> None:
-        """
-        Send signal C{name} (C{"TERM"}, C{"KILL"}) unless the process already ended.
-        """
-        if not self.ended and self.processTransport is not None:
-            self.processTransport.signalProcess(name)
-
-    async def stop(self) -> None:
-        """
-        SIGTERM, then SIGKILL if it is still there after L{EXIT_TIMEOUT} seconds.
-        """
-        if self.ended:
-            return
-        self.sendSignal("TERM")
-        try:
-            await self.waitForExit(EXIT_TIMEOUT)
-        except defer.TimeoutError:
-            self.sendSignal("KILL")
-            await self.waitForExit(EXIT_TIMEOUT)
 
     async def _started(self) -> TwistProcess:
         try:
@@ -702,3 +757,105 @@ def withoutTraceHeaders(stored: bytes) -> bytes:
     ):
         index += 1
     return b"\r\n".join(lines[index:])
+
+
+# -- the log of this process --------------------------------------------------------------------
+
+
+@implementer(ILogObserver)
+class LogCapture:
+    """
+    Every log event from its creation to the end of the test (a cleanup removes it), as
+    it was logged.
+    """
+
+    def __init__(self, testCase: TestCase) -> None:
+        self.events: list[LogEvent] = []
+        # Each event as its text followed by all its fields, made when it was logged.
+        self._texts: list[str] = []
+        globalLogPublisher.addObserver(self)
+        testCase.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(event)
+        self._texts.append(f"{formatEvent(event)} {event!r}")
+
+    def messages(self) -> list[str]:
+        """
+        The events as text.
+        """
+        return [formatEvent(event) for event in self.events]
+
+    def matching(self, text: str) -> list[str]:
+        """
+        The messages that contain C{text}.
+        """
+        return [message for message in self.messages() if text in message]
+
+    def mentioning(self, text: str) -> list[str]:
+        """
+        The events in which C{text} appears, in their text or in any of their fields (as
+        they were when logged), each as its text followed by all its fields: for
+        checking what never gets logged.
+        """
+        return [event for event in self._texts if text in event]
+
+
+# -- the documentation's examples -------------------------------------------------------------
+
+#: The documentation's examples (C{docs/examples}).
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+def loadExample(name: str) -> ModuleType:
+    """
+    Import C{docs/examples/NAME.py} as running it would: with its directory first on
+    C{sys.path}, so that examples can import one another (C{from policy import Policy}).
+
+    @raise ImportError: when C{NAME} is found somewhere else.
+    """
+    directory = str(EXAMPLES)
+    sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(directory)
+    where = Path(module.__file__ or "").resolve().parent
+    if where != EXAMPLES:
+        raise ImportError(f"module {name!r} came from {where}, not from {EXAMPLES}")
+    return module
+
+
+class ExampleReactor:
+    """
+    Trial's reactor as an example's C{main} sees it in a test: the ports it listens on
+    are noted, and its shutdown triggers are kept here (for the test to run) instead of
+    on the reactor trial runs.
+
+    @ivar ports: the ports it listened on, in order.
+    @ivar triggers: the system event triggers added and not removed, by their key.
+    """
+
+    def __init__(self) -> None:
+        self._reactor = theReactor()
+        self.ports: list[Any] = []
+        self.triggers: dict[int, Callable[[], object]] = {}
+        self._nextKey = 1
+
+    def listenTCP(self, *args: Any, **kwargs: Any) -> Any:
+        port = self._reactor.listenTCP(*args, **kwargs)
+        self.ports.append(port)
+        return port
+
+    def addSystemEventTrigger(
+        self, phase: str, eventType: str, f: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> int:
+        key, self._nextKey = self._nextKey, self._nextKey + 1
+        self.triggers[key] = partial(f, *args, **kwargs)
+        return key
+
+    def removeSystemEventTrigger(self, key: int) -> None:
+        del self.triggers[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)

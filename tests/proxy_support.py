@@ -12,7 +12,6 @@ L{tests.e2e_support}.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import os
 import re
@@ -24,18 +23,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IProcessTransport, IReactorProcess
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.names import common, dns, error, server
-from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest, TestCase
 from zope.interface import implementer
 
@@ -43,18 +39,23 @@ from smtpsvc import Address, IConnectHandler, IMailFromHandler, Session, SMTPSer
 
 from .e2e_support import (
     CLOSE_TIMEOUT,
-    EXIT_TIMEOUT,
     LISTEN,
     LOCALHOST,
-    ROOT,
     START_TIMEOUT,
+    OutputProcess,
     RawClient,
     ServerClosedError,
     theReactor,
 )
 
+# Defined or imported here before L{tests.e2e_support} shared them: still importable
+# from here.
+from .e2e_support import EXAMPLES as EXAMPLES
+from .e2e_support import EXIT_TIMEOUT as EXIT_TIMEOUT
+from .e2e_support import ROOT as ROOT
+from .e2e_support import loadExample as loadExample
+
 #: The documentation's deployment examples, which the tests run.
-EXAMPLES = ROOT / "docs" / "examples"
 DEPLOY_HAPROXY = EXAMPLES / "deploy_haproxy.cfg"
 DEPLOY_UNIT = EXAMPLES / "deploy_smtpsvc@.service"
 
@@ -152,20 +153,6 @@ class LogWatcher:
         return None
 
 
-# -- the documentation's examples -------------------------------------------------------------
-
-
-def loadExample(name: str) -> ModuleType:
-    """
-    Import C{docs/examples/NAME.py} under a name of its own.
-    """
-    spec = importlib.util.spec_from_file_location(f"docs_example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 async def listenOn(testCase: TestCase, server: SMTPServer) -> int:
     """
     Make C{server} listen on an OS-chosen port of 127.0.0.1; cleanups close it and stop
@@ -220,54 +207,12 @@ def haproxyPath() -> str | None:
     return None
 
 
-class HAProxyProcess(ProcessProtocol):
+class HAProxyProcess(OutputProcess):
     """
-    A running C{haproxy -db}: its output and how it ended.
+    A running C{haproxy -db}: its output and how it ended.  L{OutputProcess.stop} stops
+    it: SIGTERM (HAProxy stops at once), then SIGKILL if it is still there; both are sent
+    to its process ID.
     """
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended = False
-        self.processTransport: IProcessTransport | None = None
-        self._exitWaiters: list[Deferred[None]] = []
-
-    @property
-    def text(self) -> str:
-        """
-        The output so far, as text.
-        """
-        return self.output.decode("utf-8", "replace")
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended = True
-        waiters, self._exitWaiters = self._exitWaiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def _waitForExit(self, within: float) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred()
-        if self.ended:
-            waiter.callback(None)
-            return waiter
-        self._exitWaiters.append(waiter)
-        return waiter.addTimeout(within, theReactor())
-
-    async def stop(self) -> None:
-        """
-        SIGTERM (HAProxy stops at once), then SIGKILL if it is still there; both are sent
-        to its process id.
-        """
-        for signal in ("TERM", "KILL"):
-            if self.ended or self.processTransport is None:
-                return
-            self.processTransport.signalProcess(signal)
-            try:
-                await self._waitForExit(EXIT_TIMEOUT)
-            except defer.TimeoutError:
-                continue
 
     async def _ready(self, ports: Sequence[int]) -> bool:
         # Ready when every frontend port accepts connections and HAProxy is still running

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SkipTest
 
@@ -35,13 +36,11 @@ from smtpsvc.testing import RecordingHandler, ServerReply
 from .auth_support import (
     MX_NAME,
     AuthRecorder,
-    LogCapture,
     MXClient,
     clientContext,
     connectionsDropped,
     haveCurl,
     listenOn,
-    loadExample,
     passwdCommand,
     runCurl,
     runExampleMain,
@@ -52,15 +51,18 @@ from .auth_support import (
 )
 from .e2e_support import (
     EXIT_TIMEOUT,
-    LOCALHOST,
+    LISTEN,
     E2ETestCase,
+    LogCapture,
     RawClient,
     haveSwaks,
+    loadExample,
     runSwaks,
     startServer,
     startTwist,
     theReactor,
 )
+from .service_support import JSON_LOGS, startService
 
 USER = "alice"
 PASSWORD = "secret"
@@ -486,7 +488,7 @@ class TwistAuthTests(E2ETestCase):
             f"memory:{USER}:{PASSWORD}",
             "--allow-insecure-auth",
             "--listen",
-            f"tcp:0:interface={LOCALHOST}",
+            LISTEN,
             "--deliver",
             f"maildir:{maildir}",
             "--early-talker-delay",
@@ -550,7 +552,7 @@ class TwistAuthTests(E2ETestCase):
             "--auth-failure-delay",
             str(FAILURE_DELAY),
             "--listen",
-            f"tcp:0:interface={LOCALHOST}",
+            LISTEN,
             "--deliver",
             f"maildir:{maildir}",
             "--early-talker-delay",
@@ -589,14 +591,17 @@ class TwistAuthTests(E2ETestCase):
     async def test_passwordsNeverLogged(self) -> None:
         """
         The service's log tells of a failed and a successful AUTH but shows neither
-        password, in clear or in base64.
+        password, in clear or in base64: not in the messages, and not in any field of
+        any event (C{--log-format json} writes them all).
         """
         wrong = "Wr0ng-guess-7d41"
         right = "C0rrect-h0rse-3b9e"
         directory = self.directory()
         args = self.memoryArgs(os.path.join(directory, "maildir"))
         args[1] = f"memory:{USER}:{right}"
-        process = await startTwist(self, [*args, "--auth-failure-delay", "0"], directory)
+        process = await startService(
+            self, [*args, "--auth-failure-delay", "0"], directory, twistOptions=JSON_LOGS
+        )
         assert process.port is not None
         port = process.port
 
@@ -613,11 +618,32 @@ class TwistAuthTests(E2ETestCase):
         # Once the process has ended, its log is complete.
         process.sendSignal("TERM")
         await process.waitForExit(EXIT_TIMEOUT)
-        log = process.text
+        events = process.events()
+        # The messages, as the text log would show them.
+        log = "\n".join(formatEvent(event) for event in events)
         self.assertIn("Authentication failed", log)
         self.assertIn(f"Authenticated as {USER}", log)
+        # Every field of every event, decoded, and the output as written.
+        fields = [text for event in events for text in _strings(event)]
+        self.assertIn(USER, fields)
         for secret in (wrong, right, plainResponse(USER, wrong), b64(right)):
             self.assertNotIn(secret, log)
+            self.assertEqual([text for text in fields if secret in text], [], secret)
+            self.assertNotIn(secret, process.text)
+
+
+def _strings(value: object) -> list[str]:
+    """
+    Every string in C{value}, decoded JSON: the keys and values of its objects, the
+    items of its arrays, all the way down.
+    """
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in [key, *_strings(item)]]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
 
 
 class _Accounts:
@@ -812,9 +838,7 @@ class ExampleServerTests(E2ETestCase):
         setPassword(passwords, USER, PASSWORD)
         maildir = os.path.join(directory, "maildir")
         main = loadExample("auth_server").main
-        port = runExampleMain(
-            self, main, passwords, files.cert, files.key, maildir, f"tcp:0:interface={LOCALHOST}"
-        )
+        port = runExampleMain(self, main, passwords, files.cert, files.key, maildir, LISTEN)
 
         def talk() -> tuple[int, int, int, list[str]]:
             with MXClient(port) as client:

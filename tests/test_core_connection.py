@@ -11,8 +11,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpsvc import SMTPError
 from smtpsvc._core._connection import (
+    SASL_LINE_LIMIT,
     CheckMail,
     CheckRcpt,
+    CheckXClient,
     Send,
     ServerConnection,
     StartData,
@@ -70,6 +72,16 @@ def drive(connection: ServerConnection, line: bytes) -> bytes:
         return started + connection.dataFinished([outcome]).data
     assert isinstance(action, Send)
     return action.data
+
+
+def transaction(connection: ServerConnection, *recipients: bytes) -> None:
+    """
+    Say hello and open a transaction with C{recipients}, each accepted.
+    """
+    hello = b"LHLO x" if connection.session.lmtp else b"EHLO x"
+    for line in (hello, b"MAIL FROM:<a@b.example>", *(b"RCPT TO:<%s>" % r for r in recipients)):
+        reply = drive(connection, line)
+        assert reply.startswith(b"250"), reply
 
 
 class StateTableTests(SynchronousTestCase):
@@ -130,6 +142,127 @@ class StateTableTests(SynchronousTestCase):
             seen,
             [State.GREETED, State.READY, State.MAIL, State.RCPT, State.DATA, State.READY],
         )
+
+
+class DispatchTests(SynchronousTestCase):
+    """
+    The command table and the state machine know the same commands.
+    """
+
+    def test_everyCommandHasAMethod(self) -> None:
+        """
+        The connection has a method for every command of the state machine, and for
+        nothing else: whether a command is available depends only on the options.
+        """
+        self.assertEqual(set(ServerConnection._COMMANDS), set(COMMANDS))
+
+
+class TransactionRuleTests(SynchronousTestCase):
+    """
+    Rules that more than one step of a transaction applies alike.
+    """
+
+    def test_replySlotsSMTP(self) -> None:
+        """
+        In SMTP a message gets one final reply however many recipients it has.
+        """
+        connection = newConnection()
+        transaction(connection, b"c@d.example", b"e@f.example")
+        self.assertEqual(connection.replySlots, 1)
+
+    def test_replySlotsLMTP(self) -> None:
+        """
+        In LMTP a message gets one final reply per recipient, a repeated one included.
+        """
+        connection = newConnection(lmtp=True)
+        transaction(connection, b"c@d.example", b"e@f.example", b"c@d.example")
+        self.assertEqual(connection.replySlots, 3)
+        self.assertIsInstance(connection.receiveLine(b"DATA"), StartData)
+        connection.dataStarted()
+        replies = connection.dataFinished([(None, None, None)]).data
+        self.assertEqual(replies.count(b"\r\n"), 3)
+
+    def test_tooBigAlike(self) -> None:
+        """
+        A message over the size limit gets the same 552 whether MAIL FROM declared its
+        size or the data went over it.
+        """
+        connection = newConnection(size=100, hideENHANCEDSTATUSCODES=False)
+        drive(connection, b"EHLO x")
+        declared = drive(connection, b"MAIL FROM:<a@b.example> SIZE=101")
+        self.assertEqual(
+            declared, b"552 5.3.4 Error: message exceeds fixed maximum message size 100\r\n"
+        )
+        transaction(connection, b"c@d.example")
+        connection.receiveLine(b"DATA")
+        connection.dataStarted()
+        self.assertEqual(connection.dataFinished([(None,)], tooLarge=True).data, declared)
+
+
+class AuthLineTests(SynchronousTestCase):
+    """
+    The lines of an AUTH exchange: their length and their count before authentication.
+    """
+
+    def test_lineLimit(self) -> None:
+        """
+        The AUTH command and every line of its exchange may be SASL_LINE_LIMIT long;
+        other lines only maxCommandLength.  An over-long line ends the exchange.
+        """
+        connection = newConnection(maxCommandLength=100)
+        drive(connection, b"EHLO x")
+        self.assertEqual(connection.lineLimit(b"auth "), SASL_LINE_LIMIT)
+        self.assertEqual(connection.lineLimit(b"NOOP"), 100)
+        self.assertTrue(drive(connection, b"AUTH PLAIN").startswith(b"334 "))
+        self.assertEqual(connection.lineLimit(b"NOOP"), SASL_LINE_LIMIT)
+        self.assertTrue(connection.lineTooLong(b"NOOP").data.startswith(b"500 "))
+        self.assertEqual(connection.lineLimit(b"NOOP"), 100)
+        self.assertEqual(drive(connection, b"NOOP")[:3], b"250")
+
+    def test_unauthenticatedCount(self) -> None:
+        """
+        Before a required authentication, commands other than AUTH and the lines of an
+        AUTH exchange count towards one limit; reaching it in an exchange ends that too.
+        """
+        # EHLO counts, AUTH does not, "*" is a line of the exchange: the last NOOP is
+        # the fourth line counted.
+        for lines in ([b"NOOP", b"AUTH PLAIN", b"*"], [b"AUTH PLAIN", b"*", b"NOOP"]):
+            connection = newConnection(authOptional=False, maxAllowedUnauthenticatedCommands=4)
+            replies = [drive(connection, line)[:3] for line in (b"EHLO x", *lines, b"NOOP")]
+            self.assertEqual(replies[-1], b"421", (lines, replies))
+        connection = newConnection(authOptional=False, maxAllowedUnauthenticatedCommands=3)
+        drive(connection, b"EHLO x")
+        drive(connection, b"NOOP")
+        self.assertEqual(drive(connection, b"AUTH PLAIN")[:3], b"334")
+        self.assertEqual(drive(connection, b"dGVzdA==")[:3], b"421")
+        # The exchange is over: the next line is a command again, with its usual limit.
+        self.assertLess(connection.lineLimit(b"NOOP"), SASL_LINE_LIMIT)
+
+
+class XClientAttributeTests(SynchronousTestCase):
+    """
+    The attributes of XCLIENT and XFORWARD, seen through the connection.
+    """
+
+    def test_namesAtMost255(self) -> None:
+        """
+        NAME and HELO may be 255 characters long, and no longer.
+        """
+        for attribute in ("NAME", "HELO"):
+            for length, accepted in ((255, True), (256, False)):
+                connection = newConnection(useXClient=True)
+                drive(connection, b"EHLO x")
+                line = f"XCLIENT {attribute}={'a' * length}".encode()
+                action = connection.receiveLine(line)
+                if accepted:
+                    self.assertIsInstance(action, CheckXClient, (attribute, length))
+                else:
+                    assert isinstance(action, Send)
+                    self.assertTrue(action.data.startswith(b"501 "), (attribute, length))
+                connection = newConnection(useXForward=True)
+                drive(connection, b"EHLO x")
+                reply = drive(connection, b"XFORWARD" + line[len(b"XCLIENT") :])
+                self.assertEqual(reply[:3], b"250" if accepted else b"501", reply)
 
 
 class DataResultTests(SynchronousTestCase):

@@ -21,11 +21,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from smtpsvc._core._data import DataDecoder, _hasBareLineEnding, stuff
 
+from . import smuggling
+
 _FAST = settings(max_examples=300, deadline=None)
 _POLICIES = ("normalize", "reject", "pass")
 
+# A CR not followed by LF, or a LF not preceded by CR: what "bare" means, spelled out.
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
-_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
 # Bytes rich in what matters to the decoder, so random data often holds dots at line
 # starts, terminators split across chunks and bare line endings.
@@ -33,11 +35,6 @@ _INTERESTING = st.lists(
     st.sampled_from([b"\r", b"\n", b".", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"a", b"\x00", b"\xff"])
 ).map(b"".join)
 _BYTES = st.one_of(st.binary(), _INTERESTING)
-
-_SMUGGLING_HEAD = b"Subject: a\r\n\r\nA"
-_SMUGGLING_TAIL = (
-    b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nSubject: smuggled\r\n\r\nB\r\n.\r\n"
-)
 
 
 def _decode(
@@ -405,13 +402,7 @@ class SmugglingTests(SynchronousTestCase):
     """
 
     def _assertNotSmuggled(self, separator: bytes) -> None:
-        data = _SMUGGLING_HEAD + separator + _SMUGGLING_TAIL
-        passed = _SMUGGLING_HEAD + separator.replace(b"\r\n.", b"\r\n") + _SMUGGLING_TAIL[:-3]
-        expected = {
-            "pass": passed,
-            "reject": passed,
-            "normalize": _LINE_ENDING.sub(b"\r\n", passed),
-        }
+        data = smuggling.payload(separator)
         for policy in _POLICIES:
             for chunks in _chunkings(data):
                 decoder = DataDecoder(policy=policy)
@@ -426,9 +417,9 @@ class SmugglingTests(SynchronousTestCase):
                     message += part
                 self.assertTrue(decoder.done, (policy, chunks))
                 self.assertEqual(rest, b"", (policy, chunks))
-                self.assertEqual(message, expected[policy], (policy, chunks))
+                self.assertEqual(message, smuggling.received(separator, policy), (policy, chunks))
                 self.assertIn(b"MAIL FROM:<evil@x>", message)
-                self.assertTrue(message.endswith(b"\r\nSubject: smuggled\r\n\r\nB\r\n"))
+                self.assertTrue(message.endswith(smuggling.SMUGGLED_END))
                 self.assertEqual(decoder.byteLength, len(message))
                 self.assertTrue(decoder.bareLineEndings, (policy, chunks))
                 if policy == "normalize":
@@ -438,80 +429,70 @@ class SmugglingTests(SynchronousTestCase):
         """
         SMUG/2.2: C{LF . LF} does not end the data.
         """
-        self._assertNotSmuggled(b"\n.\n")
+        self._assertNotSmuggled(smuggling.LF_DOT_LF)
 
     def test_smuggling_lfDotCrlf(self) -> None:
         """
         SMUG/2.2: C{LF . CRLF} does not end the data.
         """
-        self._assertNotSmuggled(b"\n.\r\n")
+        self._assertNotSmuggled(smuggling.LF_DOT_CRLF)
 
     def test_smuggling_crlfDotLf(self) -> None:
         """
         SMUG/2.2: C{CRLF . LF} does not end the data.
         """
-        self._assertNotSmuggled(b"\r\n.\n")
+        self._assertNotSmuggled(smuggling.CRLF_DOT_LF)
 
     def test_smuggling_crDotCr(self) -> None:
         """
         SMUG/2.2: C{CR . CR} does not end the data.
         """
-        self._assertNotSmuggled(b"\r.\r")
+        self._assertNotSmuggled(smuggling.CR_DOT_CR)
 
     def test_smuggling_crDotCrlf(self) -> None:
         """
         SMUG/2.2: C{CR . CRLF} does not end the data.
         """
-        self._assertNotSmuggled(b"\r.\r\n")
+        self._assertNotSmuggled(smuggling.CR_DOT_CRLF)
 
     def test_smuggling_crlfDotCr(self) -> None:
         """
         SMUG/2.2: C{CRLF . CR} does not end the data.
         """
-        self._assertNotSmuggled(b"\r\n.\r")
+        self._assertNotSmuggled(smuggling.CRLF_DOT_CR)
 
     def test_smuggling_crCrlfDotCrCrlf(self) -> None:
         """
         SMUG/2.2: C{CR CRLF . CR CRLF} does not end the data.
         """
-        self._assertNotSmuggled(b"\r\r\n.\r\r\n")
+        self._assertNotSmuggled(smuggling.CR_CRLF_DOT_CR_CRLF)
 
     def test_smuggling_lfDotDotLf(self) -> None:
         """
         SMUG/2.2: C{LF . . LF} does not end the data.
         """
-        self._assertNotSmuggled(b"\n..\n")
+        self._assertNotSmuggled(smuggling.LF_DOT_DOT_LF)
 
     def test_smuggling_separatorsAllHaveBareLineEndings(self) -> None:
         """
         SMUG/2.2: every separator of the matrix has a bare CR or LF, so reject mode refuses
         every smuggling attempt.
         """
-        for separator in (
-            b"\n.\n",
-            b"\n.\r\n",
-            b"\r\n.\n",
-            b"\r.\r",
-            b"\r.\r\n",
-            b"\r\n.\r",
-            b"\r\r\n.\r\r\n",
-            b"\n..\n",
-        ):
+        self.assertEqual(len(set(smuggling.SEPARATORS)), 8)
+        for separator in smuggling.SEPARATORS:
             self.assertIsNotNone(_BARE.search(separator), separator)
-            decoder, _message, _rest = _decode(
-                [_SMUGGLING_HEAD + separator + _SMUGGLING_TAIL], "reject"
-            )
+            decoder, _message, _rest = _decode([smuggling.payload(separator)], "reject")
             self.assertTrue(decoder.bareLineEndings, separator)
 
     def test_smuggling_realTerminatorEndsEarly(self) -> None:
         """
         SMUG/2.2 control case: with a real C{CRLF . CRLF} the commands after it are the rest.
         """
-        data = _SMUGGLING_HEAD + b"\r\n.\r\n" + _SMUGGLING_TAIL
+        data = smuggling.payload(b"\r\n.\r\n")
         for chunks in _chunkings(data):
             decoder, message, rest = _decode(chunks)
-            self.assertEqual(message, _SMUGGLING_HEAD + b"\r\n", chunks)
-            self.assertEqual(rest, _SMUGGLING_TAIL, chunks)
+            self.assertEqual(message, smuggling.HEAD + b"\r\n", chunks)
+            self.assertEqual(rest, smuggling.TAIL, chunks)
             self.assertFalse(decoder.bareLineEndings)
 
 
@@ -664,10 +645,6 @@ class DataPropertyTests(SynchronousTestCase):
         decoder, message, _rest = _decode(chunks, "normalize", limit)
         self.assertEqual(decoder.byteLength, len(message))
         self.assertEqual(decoder.sizeExceeded, bool(limit) and decoder.byteLength > limit)
-
-
-# A CR not followed by LF, or a LF not preceded by CR: what "bare" means, spelled out.
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 class BareLineEndingCheckTests(SynchronousTestCase):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -23,7 +23,9 @@ from smtpsvc._core._grammar import (
     _PLAIN_DOMAIN,
     GrammarError,
     PathCommand,
+    _checkDomain,
     _checkDomainFully,
+    _checkLocalPart,
     _checkLocalPartFully,
     _pathEnd,
     _scanPathEnd,
@@ -952,6 +954,12 @@ _PARTS = st.one_of(
 )
 
 
+# What the shortcuts themselves match, mixed with the text above, so that the properties
+# below are mostly about text a shortcut takes.
+_LOCAL_PARTS = st.one_of(_PARTS, st.from_regex(_ASCII_DOT_STRING, fullmatch=True))
+_DOMAINS = st.one_of(_PARTS, st.from_regex(_PLAIN_DOMAIN, fullmatch=True))
+
+
 class ShortcutTests(SynchronousTestCase):
     """
     The regular expressions that accept the common address shapes at once accept nothing
@@ -959,22 +967,55 @@ class ShortcutTests(SynchronousTestCase):
     """
 
     @_FAST
-    @given(_PARTS)
+    @given(_LOCAL_PARTS)
+    @example("a" * 64)
+    @example("a" * 65)
+    @example("a." * 31 + "bc")
+    @example("a." * 32 + "b")
+    @example("a-")
     def test_localPartShortcut(self, text: str) -> None:
         """
-        A local part the ASCII Dot-string shortcut accepts, the full check accepts.
+        A local part the ASCII Dot-string shortcut accepts, the full check accepts; with
+        or without the shortcut, the same local parts are accepted.
         """
         if len(text) <= 64 and _ASCII_DOT_STRING.match(text):
             self.assertTrue(_accepts(_checkLocalPartFully, text), text)
+        self.assertEqual(
+            _accepts(_checkLocalPart, text), _accepts(_checkLocalPartFully, text), text
+        )
 
     @_FAST
-    @given(_PARTS)
+    @given(_DOMAINS)
+    @example("a" * 63 + ".example")
+    @example("a" * 64 + ".example")
+    @example("ab-.example")
+    @example("example.ab-")
+    @example("-ab.example")
+    @example(".".join(["a" * 63] * 4))
     def test_domainShortcut(self, text: str) -> None:
         """
-        A domain the plain-domain shortcut accepts, the full check accepts unchanged.
+        A domain the plain-domain shortcut accepts, the full check accepts unchanged;
+        with or without the shortcut, the same domains are accepted, as the same text.
         """
         if len(text) <= 255 and _PLAIN_DOMAIN.match(text):
             self.assertEqual(_checkDomainFully(text), text)
+        accepted = _accepts(_checkDomain, text)
+        self.assertEqual(accepted, _accepts(_checkDomainFully, text), text)
+        if accepted:
+            self.assertEqual(_checkDomain(text), _checkDomainFully(text))
+
+    def test_shortcutLimits(self) -> None:
+        """
+        Where the shortcuts stop: 63-character labels and 64-character local parts are
+        taken at once, one more character is not, nor a label with a trailing hyphen; the
+        full checks refuse those too.
+        """
+        self.assertIsNotNone(_PLAIN_DOMAIN.match("a" * 63 + ".example"))
+        for domain in ("a" * 64 + ".example", "ab-.example", "example.ab-"):
+            self.assertIsNone(_PLAIN_DOMAIN.match(domain), domain)
+            self.assertFalse(_accepts(_checkDomainFully, domain), domain)
+        self.assertTrue(_accepts(_checkLocalPart, "a" * 64))
+        self.assertFalse(_accepts(_checkLocalPartFully, "a" * 65))
 
     def test_domainShortcutLeavesPunycode(self) -> None:
         """

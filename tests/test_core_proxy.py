@@ -17,6 +17,7 @@ import ipaddress
 import ssl
 import struct
 from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv6Address
 from itertools import pairwise
 
 from hypothesis import given, settings
@@ -79,24 +80,21 @@ def v2(command: int, family: int, body: bytes, length: int | None = None) -> byt
     return V2_SIGNATURE + bytes([command, family]) + struct.pack("!H", size) + body
 
 
-def ipv4Block(source: str, destination: str, sourcePort: int, destinationPort: int) -> bytes:
+def addressBlock(
+    addressClass: type[IPv4Address | IPv6Address],
+    source: str,
+    destination: str,
+    sourcePort: int,
+    destinationPort: int,
+) -> bytes:
     """
-    The 12-byte TCP4 address block of a v2 header.
-    """
-    return (
-        ipaddress.IPv4Address(source).packed
-        + ipaddress.IPv4Address(destination).packed
-        + struct.pack("!HH", sourcePort, destinationPort)
-    )
-
-
-def ipv6Block(source: str, destination: str, sourcePort: int, destinationPort: int) -> bytes:
-    """
-    The 36-byte TCP6 address block of a v2 header.
+    The address block of a v2 header, built by hand: the two addresses packed by
+    C{addressClass} (12 bytes in all for TCP4 with L{ipaddress.IPv4Address}, 36 for TCP6
+    with L{ipaddress.IPv6Address}), then the two ports.
     """
     return (
-        ipaddress.IPv6Address(source).packed
-        + ipaddress.IPv6Address(destination).packed
+        addressClass(source).packed
+        + addressClass(destination).packed
         + struct.pack("!HH", sourcePort, destinationPort)
     )
 
@@ -372,7 +370,7 @@ class VersionTwoTests(SynchronousTestCase):
         """
         PP-07: a PROXY command with a TCP4 block names the client.
         """
-        data = v2(0x21, 0x11, ipv4Block("192.0.2.1", "198.51.100.1", 40000, 25))
+        data = v2(0x21, 0x11, addressBlock(IPv4Address, "192.0.2.1", "198.51.100.1", 40000, 25))
         self.assertEqual(data[12:16], b"\x21\x11\x00\x0c")
         result = parse(data)
         self.assertEqual(
@@ -397,7 +395,8 @@ class VersionTwoTests(SynchronousTestCase):
         """
         PP-07: a TCP6 block names an IPv6 client.
         """
-        result = parse(v2(0x21, 0x21, ipv6Block("2001:db8::1", "2001:db8::2", 40000, 25)))
+        block = addressBlock(IPv6Address, "2001:db8::1", "2001:db8::2", 40000, 25)
+        result = parse(v2(0x21, 0x21, block))
         assert result is not None
         header = result[0]
         self.assertEqual(
@@ -420,7 +419,7 @@ class VersionTwoTests(SynchronousTestCase):
         PP-08: a LOCAL command that carries an address block anyway is still LOCAL: the
         addresses are skipped, not used.
         """
-        body = ipv4Block("192.0.2.1", "198.51.100.1", 40000, 25) + tlv(0x04, b"")
+        body = addressBlock(IPv4Address, "192.0.2.1", "198.51.100.1", 40000, 25) + tlv(0x04, b"")
         result = parse(v2(0x20, 0x11, body) + b"EHLO x\r\n")
         assert result is not None
         header, rest = result
@@ -442,7 +441,7 @@ class VersionTwoTests(SynchronousTestCase):
         """
         PP-09: any version nibble other than 2 is refused.
         """
-        body = ipv4Block("192.0.2.1", "198.51.100.1", 40000, 25)
+        body = addressBlock(IPv4Address, "192.0.2.1", "198.51.100.1", 40000, 25)
         for version in (0x0, 0x1, 0x3, 0xF):
             self.assertRaises(ProxyError, parse, v2(version << 4 | 0x1, 0x11, body))
 
@@ -450,7 +449,7 @@ class VersionTwoTests(SynchronousTestCase):
         """
         PP-09: commands other than LOCAL (0) and PROXY (1) are refused.
         """
-        body = ipv4Block("192.0.2.1", "198.51.100.1", 40000, 25)
+        body = addressBlock(IPv4Address, "192.0.2.1", "198.51.100.1", 40000, 25)
         for command in range(2, 16):
             self.assertRaises(ProxyError, parse, v2(0x20 | command, 0x11, body))
 
@@ -484,7 +483,7 @@ class VersionTwoTests(SynchronousTestCase):
         """
         PP-10: a header exactly at the cap is read whole, and the bytes after it are left.
         """
-        block = ipv4Block("192.0.2.1", "198.51.100.1", 40000, 25)
+        block = addressBlock(IPv4Address, "192.0.2.1", "198.51.100.1", 40000, 25)
         padding = tlv(0xEE, b"p" * (V2_MAX_LENGTH - len(block) - 3))
         body = block + padding
         self.assertEqual(len(body), V2_MAX_LENGTH)
@@ -497,7 +496,7 @@ class VersionTwoTests(SynchronousTestCase):
         """
         PP-10: the parser waits for exactly 16 + length bytes, then stops there.
         """
-        data = v2(0x21, 0x11, ipv4Block("192.0.2.1", "198.51.100.1", 40000, 25))
+        data = v2(0x21, 0x11, addressBlock(IPv4Address, "192.0.2.1", "198.51.100.1", 40000, 25))
         parser = ProxyHeaderParser()
         for i in range(len(data) - 1):
             self.assertIsNone(parser.feed(data[i : i + 1]), i)
@@ -511,7 +510,7 @@ class VersionTwoTests(SynchronousTestCase):
         types included; a repeated type keeps its first value.
         """
         body = (
-            ipv4Block("192.0.2.1", "198.51.100.1", 40000, 25)
+            addressBlock(IPv4Address, "192.0.2.1", "198.51.100.1", 40000, 25)
             + tlv(0x02, b"mx.example.org")
             + tlv(0xE0, b"\x00\x01")
             + tlv(0x04, b"")
@@ -526,7 +525,7 @@ class VersionTwoTests(SynchronousTestCase):
         PP-10: a TLV that runs past the length the header announced is refused, as is a
         stray byte or two that cannot even hold a TLV's type and length.
         """
-        block = ipv4Block("192.0.2.1", "198.51.100.1", 40000, 25)
+        block = addressBlock(IPv4Address, "192.0.2.1", "198.51.100.1", 40000, 25)
         for tail in (tlv(0x02, b"mx.example.org")[:-1], b"\x02", b"\x02\x00"):
             self.assertRaises(ProxyError, parse, v2(0x21, 0x11, block + tail))
 
@@ -552,7 +551,7 @@ class VersionTwoTests(SynchronousTestCase):
         """
         hello = clientHello()
         self.assertEqual(hello[:1], b"\x16")
-        data = v2(0x21, 0x11, ipv4Block("192.0.2.1", "198.51.100.1", 40000, 465))
+        data = v2(0x21, 0x11, addressBlock(IPv4Address, "192.0.2.1", "198.51.100.1", 40000, 465))
         result = parse(data + hello)
         assert result is not None
         self.assertEqual(result[1], hello)

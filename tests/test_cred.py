@@ -215,6 +215,14 @@ class PasswordFileTests(SynchronousTestCase):
         self.failureResultOf(self.login(checker, "alice", "nope"), UnauthorizedLogin)
         self.failureResultOf(self.login(checker, "mallory", "secret"), UnauthorizedLogin)
 
+    def test_reactorWithoutThreads(self) -> None:
+        """
+        Given a reactor without a thread pool (a test clock), the checker hashes at once.
+        """
+        setPassword(self.path, "alice", "secret")
+        checker = PasswordFile(self.path, reactor=Clock())
+        self.assertEqual(self.successResultOf(self.login(checker, "alice", "secret")), b"alice")
+
     def test_rereadsWhenChanged(self) -> None:
         """
         A user added after start can log in without a restart.

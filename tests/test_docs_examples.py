@@ -12,18 +12,15 @@ child process.  The testing page's example test case is run by trial's own loade
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import mailbox
 import os
 import runpy
 import smtplib
 import sys
-from collections.abc import Callable, Iterable
-from functools import partial
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import Clock
@@ -35,14 +32,18 @@ from twisted.trial.unittest import TestCase
 from smtpsvc import SMTPServer
 from smtpsvc.testing import MemoryClient, ServerReply
 
-from .e2e_support import LOCALHOST, RawClient, startTwist, theReactor
+from .e2e_support import (
+    EXAMPLES,
+    LISTEN,
+    LOCALHOST,
+    ExampleReactor,
+    RawClient,
+    loadExample,
+    startTwist,
+)
 
-#: The examples, found from this file so that the tests run from any checkout.
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
-#: The documentation pages that include them.
+#: The documentation pages that include the examples.
 DOCS = EXAMPLES.parent
-#: Where the examples' main() listens in these tests: a port the OS picks, loopback only.
-LISTEN = f"tcp:0:interface={LOCALHOST}"
 #: The examples this module runs, by module name.
 TESTED = (
     "send_hello",
@@ -67,55 +68,11 @@ DATED = (
 )
 
 
-def loadExample(name: str) -> ModuleType:
-    """
-    Import C{docs/examples/NAME.py} as running it would: with its directory first on
-    C{sys.path}, so that examples can import one another (C{from policy import Policy}).
-    """
-    directory = str(EXAMPLES)
-    sys.path.insert(0, directory)
-    try:
-        module = importlib.import_module(name)
-    finally:
-        sys.path.remove(directory)
-    where = Path(module.__file__ or "").resolve().parent
-    if where != EXAMPLES:
-        raise ImportError(f"module {name!r} came from {where}, not from {EXAMPLES}")
-    return module
-
-
 def codes(replies: Iterable[ServerReply]) -> list[int]:
     """
     The codes of C{replies}.
     """
     return [reply.code for reply in replies]
-
-
-class ExampleReactor:
-    """
-    The global reactor as an example's C{main} sees it in a test: the ports it listens on
-    are noted, and its shutdown triggers are kept for the test to run instead of being
-    installed on the reactor that trial itself runs.
-    """
-
-    def __init__(self) -> None:
-        self._reactor = theReactor()
-        self.ports: list[Any] = []
-        self.shutdownTriggers: list[Callable[[], object]] = []
-
-    def listenTCP(self, *args: Any, **kwargs: Any) -> Any:
-        port = self._reactor.listenTCP(*args, **kwargs)
-        self.ports.append(port)
-        return port
-
-    def addSystemEventTrigger(
-        self, phase: str, eventType: str, f: Callable[..., object], *args: Any, **kwargs: Any
-    ) -> int:
-        self.shutdownTriggers.append(partial(f, *args, **kwargs))
-        return len(self.shutdownTriggers)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
 
 
 class ExampleTestCase(TestCase):
@@ -151,7 +108,7 @@ class ExampleTestCase(TestCase):
         running = Deferred.fromCoroutine(module.main(reactor, *argv))
 
         async def stop() -> None:
-            for trigger in reactor.shutdownTriggers:
+            for trigger in list(reactor.triggers.values()):
                 await maybeDeferred(trigger)
             running.cancel()
             with contextlib.suppress(CancelledError):
@@ -163,7 +120,7 @@ class ExampleTestCase(TestCase):
             self.successResultOf(running)
             self.fail("main() returned instead of serving")
         self.assertEqual(len(reactor.ports), 1)
-        self.assertEqual(len(reactor.shutdownTriggers), 1)
+        self.assertEqual(len(reactor.triggers), 1)
         return int(reactor.ports[0].getHost().port)
 
 

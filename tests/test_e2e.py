@@ -26,19 +26,21 @@ from smtpsvc import Address, IDataHandler, IMessageStream, IRcptToHandler, SMTPE
 from smtpsvc import Session as SMTPSession
 from smtpsvc.testing import RecordingHandler, ServerReply
 
+from . import smuggling
 from .e2e_support import (
     CLIENT_NAME,
     EXIT_TIMEOUT,
+    LISTEN,
     LOCALHOST,
     SERVER_NAME,
     SOCKET_TIMEOUT,
     E2ETestCase,
     RawClient,
+    assertTwistRefuses,
     connectionRefused,
     describeDifference,
     haveSwaks,
     runSwaks,
-    runTwist,
     startServer,
     startTwist,
     withoutTraceHeaders,
@@ -186,10 +188,6 @@ class PipeliningTests(E2ETestCase):
         self.assertEqual([r.address for r in envelope.rcptTo], ["c@d.example", "e@f.example"])
 
 
-# The smuggling payload of standards section 2.2, around the separator under test.
-_BEFORE = b"Subject: a\r\n\r\nA"
-_AFTER = b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nSubject: smuggled\r\n\r\nB\r\n.\r\n"
-
 if TYPE_CHECKING:
     _SmugglingBase = E2ETestCase
 else:
@@ -216,7 +214,7 @@ class _SmugglingTestsMixin(_SmugglingBase):
                 self.assertEqual(client.command("MAIL FROM:<alice@example.org>").code, 250)
                 self.assertEqual(client.command("RCPT TO:<bob@example.net>").code, 250)
                 self.assertEqual(client.command("DATA").code, 354)
-                client.send(_BEFORE + separator + _AFTER)
+                client.send(smuggling.payload(separator))
                 # QUIT after the payload: every reply the payload caused comes before 221.
                 client.send(b"QUIT\r\n")
                 return client.readUntilClosed()
@@ -233,54 +231,56 @@ class _SmugglingTestsMixin(_SmugglingBase):
         else:
             self.assertEqual(len(recorder.messages), 1)
             self.assertIn(b"MAIL FROM:<evil@x>", recorder.messages[0].data)
+            self.assertTrue(recorder.messages[0].data.endswith(smuggling.SMUGGLED_END))
+            self.assertEqual(recorder.messages[0].data, smuggling.received(separator, self.policy))
 
     async def test_lfDotLf(self) -> None:
         """
         LF . LF inside a message does not end it.
         """
-        await self._smuggle(b"\n.\n")
+        await self._smuggle(smuggling.LF_DOT_LF)
 
     async def test_lfDotCrlf(self) -> None:
         """
         LF . CRLF inside a message does not end it.
         """
-        await self._smuggle(b"\n.\r\n")
+        await self._smuggle(smuggling.LF_DOT_CRLF)
 
     async def test_crlfDotLf(self) -> None:
         """
         CRLF . LF inside a message does not end it.
         """
-        await self._smuggle(b"\r\n.\n")
+        await self._smuggle(smuggling.CRLF_DOT_LF)
 
     async def test_crDotCr(self) -> None:
         """
         CR . CR inside a message does not end it.
         """
-        await self._smuggle(b"\r.\r")
+        await self._smuggle(smuggling.CR_DOT_CR)
 
     async def test_crDotCrlf(self) -> None:
         """
         CR . CRLF inside a message does not end it.
         """
-        await self._smuggle(b"\r.\r\n")
+        await self._smuggle(smuggling.CR_DOT_CRLF)
 
     async def test_crlfDotCr(self) -> None:
         """
         CRLF . CR inside a message does not end it.
         """
-        await self._smuggle(b"\r\n.\r")
+        await self._smuggle(smuggling.CRLF_DOT_CR)
 
     async def test_crCrlfDotCrCrlf(self) -> None:
         """
         CR CRLF . CR CRLF inside a message does not end it.
         """
-        await self._smuggle(b"\r\r\n.\r\r\n")
+        await self._smuggle(smuggling.CR_CRLF_DOT_CR_CRLF)
 
     async def test_lfDotDotLf(self) -> None:
         """
         LF .. LF inside a message does not end it.
         """
-        await self._smuggle(b"\n..\n")
+        await self._smuggle(smuggling.LF_DOT_DOT_LF)
 
 
 class SmugglingNormalizeTests(_SmugglingTestsMixin, E2ETestCase):
@@ -555,7 +555,7 @@ class TwistTests(E2ETestCase):
         maildir = os.path.join(tmpdir, "md")
         args = [
             "--listen",
-            f"tcp:0:interface={LOCALHOST}",
+            LISTEN,
             "--deliver",
             f"maildir:{maildir}",
             "--early-talker-delay",
@@ -592,30 +592,20 @@ class TwistTests(E2ETestCase):
             (process.exitCode, process.signal), [(0, None), (None, signal.SIGTERM)], process.text
         )
 
-    async def _refused(self, args: list[str], names: tuple[str, ...]) -> None:
-        tmpdir = os.path.abspath(self.mktemp())
-        os.makedirs(tmpdir)
-        listen = ["--listen", f"tcp:0:interface={LOCALHOST}", "--deliver", "discard"]
-        result = await runTwist([*listen, *args], tmpdir)
-        self.assertNotEqual(result.returncode, 0, f"{args}: {result.stdout}")
-        errors = [line for line in result.stdout.splitlines() if line.startswith("twist smtpsvc:")]
-        self.assertTrue(errors, f"{args}: no error line in:\n{result.stdout}")
-        # One clear line, not a traceback or the whole usage text.
-        self.assertNotIn("Traceback", result.stdout)
-        self.assertNotIn("Usage:", result.stdout)
-        self.assertTrue(
-            any(name in line.lower() for line in errors for name in names),
-            f"{args}: the error does not name the option: {errors}",
-        )
-
     async def test_maxClientsZeroRefused(self) -> None:
         """
         twist smtpsvc --max-clients 0 exits non-zero with an error naming the option.
         """
-        await self._refused(["--max-clients", "0"], ("max-clients", "maxclients"))
+        await assertTwistRefuses(
+            self,
+            ["--listen", LISTEN, "--deliver", "discard", "--max-clients", "0"],
+            "--max-clients",
+        )
 
     async def test_sizeNotANumberRefused(self) -> None:
         """
         twist smtpsvc --size abc exits non-zero with an error naming the option.
         """
-        await self._refused(["--size", "abc"], ("size",))
+        await assertTwistRefuses(
+            self, ["--listen", LISTEN, "--deliver", "discard", "--size", "abc"], "--size"
+        )

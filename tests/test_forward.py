@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import io
 import smtplib
 import sys
@@ -23,7 +22,6 @@ import tracemalloc
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -78,7 +76,15 @@ from smtpsvc.handlers.forward import ForwardDelivery
 from smtpsvc.interfaces import ICloseHandler, IMailFromHandler
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
-from .e2e_support import LOCALHOST, startServer, theReactor
+from .e2e_support import (
+    EXAMPLES,
+    LISTEN,
+    LOCALHOST,
+    ExampleReactor,
+    loadExample,
+    startServer,
+    theReactor,
+)
 from .memorytls import authority, issue
 
 FRONT = "relay.example"
@@ -1545,13 +1551,13 @@ class RealReactorTests(TestCase):
         running = Deferred.fromCoroutine(
             example.main(
                 reactor,
-                f"tcp:0:interface={LOCALHOST}",
+                LISTEN,
                 f"tcp:host={LOCALHOST}:port={downstreamPort}",
             )
         )
 
         async def stop() -> None:
-            for trigger in reactor.shutdownTriggers:
+            for trigger in list(reactor.triggers.values()):
                 await maybeDeferred(trigger)
             running.cancel()
             with contextlib.suppress(CancelledError):
@@ -1585,9 +1591,6 @@ class RealReactorTests(TestCase):
         self.assertIn("LMTP server listening on", output.getvalue())
 
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
-
-
 class DocumentationTests(SynchronousTestCase):
     """
     The page shows the example these tests run.
@@ -1601,40 +1604,3 @@ class DocumentationTests(SynchronousTestCase):
         self.assertIn(".. literalinclude:: examples/forward_lmtp.py\n", page)
         index = (EXAMPLES.parent / "index.rst").read_text(encoding="utf-8")
         self.assertIn("   delivery-forward\n", index)
-
-
-def loadExample(name: str) -> Any:
-    """
-    Import C{docs/examples/NAME.py}.
-    """
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-
-
-class ExampleReactor:
-    """
-    The real reactor, noting the ports an example listens on and keeping its shutdown
-    triggers for the test to run.
-    """
-
-    def __init__(self) -> None:
-        self._reactor = theReactor()
-        self.ports: list[Any] = []
-        self.shutdownTriggers: list[Callable[[], object]] = []
-
-    def listenTCP(self, *args: Any, **kwargs: Any) -> Any:
-        port = self._reactor.listenTCP(*args, **kwargs)
-        self.ports.append(port)
-        return port
-
-    def addSystemEventTrigger(
-        self, phase: str, eventType: str, f: Callable[..., object], *args: Any
-    ) -> int:
-        self.shutdownTriggers.append(lambda: f(*args))
-        return len(self.shutdownTriggers)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)

@@ -9,7 +9,6 @@ kills it by PID in its cleanup; every wait is bounded.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import smtplib
@@ -19,13 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProcessTransport, IReactorProcess
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest
 
 from smtpsvc.handlers.forward import ForwardDelivery
@@ -33,11 +29,11 @@ from smtpsvc.testing import stuff
 
 from .e2e_support import (
     CLIENT_NAME,
-    EXIT_TIMEOUT,
     LOCALHOST,
     SOCKET_TIMEOUT,
     START_TIMEOUT,
     E2ETestCase,
+    OutputProcess,
     startServer,
     theReactor,
 )
@@ -63,45 +59,12 @@ MESSAGE = (
 SECOND = b"Subject: 2\r\n\r\nTwo\r\n"
 
 
-class SinkProcess(ProcessProtocol):
+class SinkProcess(OutputProcess):
     """
-    A running smtp-sink: its output, and whether it ended.
+    A running smtp-sink: its output, and whether it ended.  L{OutputProcess.stop} stops
+    it: SIGTERM, then SIGKILL if it is still there after
+    L{tests.e2e_support.EXIT_TIMEOUT} seconds; both to its PID only.
     """
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[None] = Deferred()
-        self.processTransport: IProcessTransport | None = None
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-    async def stop(self) -> None:
-        """
-        SIGTERM, then SIGKILL if it is still there after L{EXIT_TIMEOUT} seconds; both to
-        its PID only.
-        """
-        for signal in ("TERM", "KILL"):
-            if self.ended.called or self.processTransport is None:
-                return
-            with contextlib.suppress(Exception):
-                self.processTransport.signalProcess(signal)
-            with contextlib.suppress(defer.TimeoutError):
-                await self._waitForEnd().addTimeout(EXIT_TIMEOUT, theReactor())
-
-    def _waitForEnd(self) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred()
-
-        def ended(result: None) -> None:
-            if not waiter.called:
-                waiter.callback(None)
-            return result
-
-        self.ended.addBoth(ended)
-        return waiter
 
 
 def stopSink(process: SinkProcess) -> Deferred[None]:
@@ -168,7 +131,7 @@ class ForwardE2ETestCase(E2ETestCase):
             process.processTransport = reactor.spawnProcess(process, SMTP_SINK, argv, env={})
             self.addCleanup(stopSink, process)
             listening = await deferToThread(waitForListener, port, START_TIMEOUT)
-            if listening and not process.ended.called:
+            if listening and not process.ended:
                 return process, port, dumps
             await stopSink(process)
         raise FailTest(f"smtp-sink did not start; its output: {process.output!r}")

@@ -34,7 +34,9 @@ from smtpsvc import (
 from smtpsvc._core._connection import _HELLOS
 from smtpsvc._core._session import newSessionID
 from smtpsvc._stream import HIGH_WATER
-from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
+from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseReplies
+
+from . import smuggling
 
 NAME = "mx.test"
 
@@ -1257,19 +1259,21 @@ class DataTests(SynchronousTestCase):
 
     def test_smugglingEndsNothing(self) -> None:
         """
-        A bare-LF end of data followed by commands stays one message (standards 2.2).
+        A bare-LF end of data (or any other separator of the checklist) followed by
+        commands stays one message (standards 2.2).
         """
-        collector = Collector()
-        client = connect([collector])
-        self.transaction(client)
-        client.send("DATA")
-        replies = client.write(
-            b"Subject: a\r\n\r\nA\n.\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\n"
-            b"Subject: smuggled\r\n\r\nB\r\n.\r\n"
-        )
-        self.assertEqual(codes(replies), [250])
-        self.assertEqual(len(collector.messages), 1)
-        self.assertIn(b"MAIL FROM:<evil@x>", collector.messages[0])
+        for separator in smuggling.SEPARATORS:
+            collector = Collector()
+            client = connect([collector])
+            self.transaction(client)
+            client.send("DATA")
+            replies = client.write(smuggling.payload(separator))
+            self.assertEqual(codes(replies), [250], separator)
+            self.assertEqual(len(collector.messages), 1, separator)
+            self.assertIn(b"MAIL FROM:<evil@x>", collector.messages[0])
+            self.assertEqual(
+                collector.messages[0], smuggling.received(separator, "normalize"), separator
+            )
 
     def test_lmtpRepliesPerRecipient(self) -> None:
         """
@@ -1597,8 +1601,10 @@ class PipeliningTests(SynchronousTestCase):
             original(data)
 
         client.transport.write = write  # type: ignore[method-assign]
-        client.send("EHLO x", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "NOOP")
+        replies = client.send("EHLO x", "MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "NOOP")
+        self.assertEqual(codes(replies), [250, 250, 250, 250])
         self.assertEqual(len(writes), 1)
+        self.assertEqual(parseReplies(writes[0]), replies)
 
     def test_clientNotReading(self) -> None:
         """
@@ -1761,7 +1767,11 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         hello(client)
         client.send("MAIL FROM:<a@b.example>")
         closed = server.close()
-        server.reactor.advance(5)
+        server.reactor.advance(4.9)
+        self.assertEqual(client.received(), [])
+        self.assertFalse(client.closed)
+        self.assertNoResult(closed)
+        server.reactor.advance(0.1)
         self.assertEqual(first(client.received()), "421 Server shutting down")
         self.successResultOf(closed)
 
@@ -1896,3 +1906,31 @@ class ServerTests(SynchronousTestCase):
         with self.assertRaises(TypeError) as caught:
             SMTPServer([Forgetful()], reactor=Clock())
         self.assertIn("implementer", str(caught.exception))
+
+
+class ReplyParsingTests(SynchronousTestCase):
+    """
+    L{parseReplies} and L{MemoryClient.received}, which tests read the server with.
+    """
+
+    def test_parseReplies(self) -> None:
+        """
+        Lines are gathered into replies, a multi-line reply into one; empty lines are
+        skipped and an incomplete last line is left out.
+        """
+        self.assertEqual(
+            parseReplies(b"\r\n250-mx.test\r\n\r\n250 SIZE\r\n221 Bye\r\n354 Sta"),
+            [ServerReply(250, ("mx.test", "SIZE")), ServerReply(221, ("Bye",))],
+        )
+        self.assertEqual(parseReplies(b"250 OK"), [])
+
+    def test_receivedKeepsIncompleteLine(self) -> None:
+        """
+        Bytes of a reply the server has not finished yet are read with the rest of it.
+        """
+        client = connect()
+        client.transport.write(b"250 OK\r\n250 PA")
+        self.assertEqual(client.received(), [ServerReply(250, ("OK",))])
+        client.transport.write(b"RT\r\n")
+        self.assertEqual(client.received(), [ServerReply(250, ("PART",))])
+        self.assertEqual(client.received(), [])

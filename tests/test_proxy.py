@@ -22,6 +22,7 @@ from smtpsvc import (
     Session,
     SMTPError,
     SMTPServer,
+    _server,
 )
 from smtpsvc._core._proxy import ProxyHeader, encodeVersion2
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
@@ -520,6 +521,30 @@ class ReverseDNSTests(SynchronousTestCase):
         """
         client = MemoryClient(makeServer(resolver=FakeResolver({}, {})))
         self.assertEqual(client.session.clientHostname, "[192.0.2.1]")
+
+    def test_loopbackNotLookedUp(self) -> None:
+        """
+        With the system's resolver (no C{resolver} option) a loopback client is not looked
+        up, and its name is [address]; other clients are looked up.
+        """
+        fallback = FakeResolver({self.REVERSE: "client.example.test"}, {})
+        self.patch(_server, "defaultResolver", lambda reactor: fallback)
+        for address in ("127.0.0.1", "127.3.2.1"):
+            client = MemoryClient(makeServer(), peer=(address, 40000))
+            self.assertEqual(client.session.clientHostname, f"[{address}]")
+        self.assertEqual(fallback.asked, [])
+        self.assertIsNone(makeServer().reverseLookup("::1"))
+        client = MemoryClient(makeServer())
+        self.assertEqual(client.session.clientHostname, "client.example.test")
+        self.assertEqual(fallback.asked, [self.REVERSE])
+
+    def test_loopbackWithGivenResolver(self) -> None:
+        """
+        A resolver given in the options is asked about loopback clients too.
+        """
+        resolver = FakeResolver({"1.0.0.127.in-addr.arpa": "localhost"}, {})
+        client = MemoryClient(makeServer(resolver=resolver), peer=("127.0.0.1", 40000))
+        self.assertEqual(client.session.clientHostname, "localhost")
 
     def test_timeout(self) -> None:
         """

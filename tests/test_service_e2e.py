@@ -49,9 +49,9 @@ from .e2e_support import (
     TOOL_TIMEOUT,
     E2ETestCase,
     RawClient,
+    assertTwistRefuses,
     clientContext,
     haveOpenSSL,
-    runTwist,
     twistEnvironment,
     withoutTraceHeaders,
 )
@@ -649,15 +649,6 @@ class CommandLineErrorTests(E2ETestCase):
     status: no traceback, no usage text.
     """
 
-    async def _refused(self, args: list[str], *expected: str, cwd: str | None = None) -> None:
-        result = await runTwist(args, cwd or workspace(self))
-        self.assertNotEqual(result.returncode, 0, result.stdout)
-        lines = result.stdout.strip().splitlines()
-        self.assertEqual(len(lines), 1, result.stdout)
-        self.assertTrue(lines[0].startswith("twist smtpsvc: "), lines[0])
-        for text in expected:
-            self.assertIn(text, lines[0])
-
     async def test_portInUse(self) -> None:
         """
         A port something else listens on: "cannot listen on ...: Address already in use",
@@ -670,8 +661,10 @@ class CommandLineErrorTests(E2ETestCase):
         args = ["--listen", endpoint, "--deliver", "discard"]
         await gatherResults(
             [
-                Deferred.fromCoroutine(self._refused(args, *expected)),
-                Deferred.fromCoroutine(self._refused([*args, "--workers", "2"], *expected)),
+                Deferred.fromCoroutine(assertTwistRefuses(self, args, *expected)),
+                Deferred.fromCoroutine(
+                    assertTwistRefuses(self, [*args, "--workers", "2"], *expected)
+                ),
             ]
         )
 
@@ -681,15 +674,19 @@ class CommandLineErrorTests(E2ETestCase):
         """
         tmpdir = workspace(self)
         Path(tmpdir, "smtpsvc.toml").write_text('maxClient = 5\ndeliver = ["discard"]\n')
-        await self._refused(
-            ["--config", "smtpsvc.toml"], "smtpsvc.toml: unknown option 'maxClient'", cwd=tmpdir
+        await assertTwistRefuses(
+            self,
+            ["--config", "smtpsvc.toml"],
+            "smtpsvc.toml: unknown option 'maxClient'",
+            cwd=tmpdir,
         )
 
     async def test_pythonDeliveryNotFound(self) -> None:
         """
         --deliver python: naming a module that does not exist.
         """
-        await self._refused(
+        await assertTwistRefuses(
+            self,
             ["--deliver", "python:no.such:thing"],
             "--deliver python:no.such:thing: cannot import no.such",
         )
@@ -698,8 +695,8 @@ class CommandLineErrorTests(E2ETestCase):
         """
         Forwarding with smtp: without --domain or required AUTH would be an open relay.
         """
-        await self._refused(
-            ["--deliver", "smtp:tcp:host=127.0.0.1:port=1"], "--deliver smtp:", "open relay"
+        await assertTwistRefuses(
+            self, ["--deliver", "smtp:tcp:host=127.0.0.1:port=1"], "--deliver smtp:", "open relay"
         )
 
 
@@ -836,12 +833,25 @@ class TwistdTests(E2ETestCase):
 
     async def test_workersUnderTwistd(self) -> None:
         """
-        twistd smtpsvc --workers (as nobody, with --uid and --gid, when the test runs as
-        root): both workers start, which needs the development certificate the master
-        hands them to be theirs to read, deliver, and log through the master, into
-        twistd's log.  (The master, once it is nobody, starts the workers with this
-        interpreter: where nobody may not run it, the test runs as the current user.)
+        twistd smtpsvc --workers: both workers start, which needs the development
+        certificate the master hands them, deliver, and log through the master, into
+        twistd's log.
         """
+        await self._workersUnderTwistd(asNobody=False)
+
+    async def test_workersUnderTwistdAsNobody(self) -> None:
+        """
+        The same with --uid and --gid: the certificate the master writes after the
+        privilege drop belongs to the workers' user, who can read it.
+        """
+        if not await deferToThread(nobodyCanRunPython):
+            raise SkipTest(
+                "needs root, and user 65534 able to run this interpreter (the master, once "
+                "it is that user, starts the workers with it)"
+            )
+        await self._workersUnderTwistd(asNobody=True)
+
+    async def _workersUnderTwistd(self, asNobody: bool) -> None:
         tmpdir = workspace(self)
         outside = tempfile.mkdtemp(prefix="smtpsvc-workers-")
         self.addCleanup(shutil.rmtree, outside, ignore_errors=True)
@@ -850,7 +860,6 @@ class TwistdTests(E2ETestCase):
         os.makedirs(mail)
         os.makedirs(private)
         options: tuple[str, ...] = ("--nodaemon", "--pidfile=", "--logfile=-")
-        asNobody = await deferToThread(nobodyCanRunPython)
         if asNobody:
             for directory in (mail, private):
                 os.chown(directory, 65534, 65534)

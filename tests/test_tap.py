@@ -6,12 +6,16 @@ file, the relay policy, deliveries chosen by name, and the service.
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 from typing import Any, cast
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from twisted.plugin import getPlugins
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -86,6 +90,17 @@ class OptionsTests(SynchronousTestCase):
                 self.assertIn(spec.flag, options.keys(), spec.name)
         flag = next(s for s in optionSpecs() if s.name == "maxClients").flag
         self.assertEqual(flag, "max-clients")
+
+    def test_otherFlagsExist(self) -> None:
+        """
+        The flags the options table names for options set another way (--cert FILE,
+        --sni HOST=CERT[,KEY] ...) are flags of the command line.
+        """
+        longOptions = {name.rstrip("=") for name in tap.Options().longOpt}
+        forms = [form for s in optionSpecs() if not s.cli for form in s.cliForms]
+        self.assertEqual(len(forms), 5)
+        for form in forms:
+            self.assertIn(form.split()[0].removeprefix("--"), longOptions, form)
 
     def test_defaults(self) -> None:
         """
@@ -498,3 +513,70 @@ class ServiceTests(TestCase):
         self.assertEqual(service.server.options.cert, renewed.cert + renewed.key)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
         return service.stopService()
+
+
+def _listening() -> socket.socket:
+    # A listening socket such as a --workers master hands its workers.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(5)
+    return sock
+
+
+def _greetingOverTLS(port: int) -> bytes:
+    # Connect, handshake at once (implicit TLS), and read the greeting.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        return tls.recv(1024)
+
+
+class InheritedSocketTests(TestCase):
+    """
+    A worker of --workers serves the sockets its master hands it with --inherit.
+    """
+
+    def _worker(self, *args: str) -> tuple[SMTPService, socket.socket]:
+        sock = _listening()
+        self.addCleanup(sock.close)
+        inherit = ["--inherit", f"{sock.fileno()}:plain"]
+        quick = ["--disable-reverse-lookup", "--early-talker-delay", "0"]
+        service = tap.makeService(parse(*args, *inherit, "--deliver", "discard", *quick))
+        assert isinstance(service, SMTPService)
+        return service, sock
+
+    async def test_plainFollowsSecure(self) -> None:
+        """
+        A socket the master hands over as plain serves as --secure says: with it, the
+        connection starts with TLS.  (The socket here is a blocking one, which the worker
+        makes non-blocking as Twisted needs.)
+        """
+        service, sock = self._worker("--secure")
+        service.startService()
+        self.addCleanup(service.stopService)
+        greeting = await deferToThread(_greetingOverTLS, sock.getsockname()[1])
+        self.assertTrue(greeting.startswith(b"220 "), greeting)
+
+    async def test_closedWithTheServer(self) -> None:
+        """
+        Stopping the service stops listening on the inherited socket, as on the service's
+        own listeners, instead of accepting (and refusing) until the server is gone.
+        """
+        service, _ = self._worker()
+        service.startService()
+        [port] = service.ports
+        self.assertTrue(cast(Any, port).connected)
+        await service.stopService()
+        self.assertFalse(cast(Any, port).connected)
+
+    def test_badInherit(self) -> None:
+        """
+        --inherit takes FD:tls or FD:plain.
+        """
+        for spec in ("x:tls", "3:other", "3"):
+            with self.assertRaises(usage.UsageError):
+                parse("--inherit", spec)

@@ -127,6 +127,9 @@ class TapConfigTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             self.load("lmtp-front.toml", "--listen", "tcp:25")
         self.assertIn("RFC 2033", str(caught.exception))
+        with self.assertRaises(ConfigurationError) as caught:
+            self.load("lmtp-front.toml", "--listen", "tcp:interface=127.0.0.1:25")
+        self.assertIn("RFC 2033", str(caught.exception))
 
     def test_listeningPort(self) -> None:
         """
@@ -138,5 +141,9 @@ class TapConfigTests(SynchronousTestCase):
             ("tcp6:interface=\\:\\:1:port=587", 587),
             ("unix:/run/x.sock", None),
             ("tcp:2525:interface=127.0.0.1", 2525),
+            # Twisted takes the port wherever it stands among the arguments.
+            ("tcp:interface=127.0.0.1:25", 25),
+            ("tcp6:interface=\\:\\:1:587", 587),
+            ("ssl:465:privateKey=key.pem", 465),
         ):
             self.assertEqual(listeningPort(description), port, description)

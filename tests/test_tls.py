@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from smtpsvc import ISecureHandler, Session, SMTPError, SMTPServer
 from smtpsvc._tls import TLSConfigurationError, developmentCertificate, standardCipherName
-from smtpsvc.testing import RecordingHandler
+from smtpsvc.testing import RecordingHandler, ServerReply
 
 from .memorytls import ClientTLS, Connection, authority, commonName, connectTLS, issue
 
@@ -41,13 +41,28 @@ def makeServer(handlers: list[object] | None = None, **options: Any) -> SMTPServ
     return SMTPServer(handlers or [], reactor=Clock(), **options)
 
 
+def saidHello(
+    server: SMTPServer, hello: str = "EHLO x", creator: ClientTLS | None = None
+) -> tuple[Connection, ServerReply]:
+    """
+    A connection that was greeted with 220 (in clear, or inside TLS when C{server} is
+    secure, the client being C{creator}) and said C{hello}, which got 250.
+
+    @return: the connection and the reply to C{hello}.
+    """
+    connection = connectTLS(server, creator=creator)
+    greeting = connection.client.replies()
+    assert codes(greeting) == [220], greeting
+    replies = connection.send(hello)
+    assert codes(replies) == [250], replies
+    return connection, replies[0]
+
+
 def upgraded(server: SMTPServer, servername: str | None = None, **client: Any) -> Connection:
     """
     A connection that said EHLO and completed STARTTLS.
     """
-    connection = connectTLS(server)
-    assert connection.client.replies()[0].code == 220
-    connection.send("EHLO client.example")
+    connection, _ = saidHello(server, "EHLO client.example")
     assert [r.code for r in connection.send("STARTTLS")] == [220]
     connection.startTLS(ClientTLS(servername, **client))
     return connection
@@ -66,26 +81,23 @@ class STARTTLSTests(SynchronousTestCase):
         """
         STARTTLS is offered on a plaintext connection (standards 3207-01).
         """
-        connection = connectTLS(makeServer())
-        connection.client.replies()
-        self.assertIn("STARTTLS", connection.send("EHLO x")[0].lines)
+        _, ehlo = saidHello(makeServer())
+        self.assertIn("STARTTLS", ehlo.lines)
 
     def test_hidden(self) -> None:
         """
         hideSTARTTLS removes the keyword but STARTTLS still works.
         """
-        connection = connectTLS(makeServer(hideSTARTTLS=True))
-        connection.client.replies()
-        self.assertNotIn("STARTTLS", connection.send("EHLO x")[0].lines)
+        connection, ehlo = saidHello(makeServer(hideSTARTTLS=True))
+        self.assertNotIn("STARTTLS", ehlo.lines)
         self.assertEqual(codes(connection.send("STARTTLS")), [220])
 
     def test_disabled(self) -> None:
         """
         A disabled STARTTLS is neither offered nor accepted.
         """
-        connection = connectTLS(makeServer(disabledCommands=("STARTTLS",)))
-        connection.client.replies()
-        self.assertNotIn("STARTTLS", connection.send("EHLO x")[0].lines)
+        connection, ehlo = saidHello(makeServer(disabledCommands=("STARTTLS",)))
+        self.assertNotIn("STARTTLS", ehlo.lines)
         self.assertEqual(codes(connection.send("STARTTLS")), [500])
 
     def test_upgrade(self) -> None:
@@ -104,9 +116,7 @@ class STARTTLSTests(SynchronousTestCase):
         """
         The 220 carries 2.0.0 when enhanced codes are shown.
         """
-        connection = connectTLS(makeServer(hideENHANCEDSTATUSCODES=False))
-        connection.client.replies()
-        connection.send("EHLO x")
+        connection, _ = saidHello(makeServer(hideENHANCEDSTATUSCODES=False))
         reply = connection.send("STARTTLS")[0]
         self.assertEqual(reply.lines, ("2.0.0 Ready to start TLS",))
 
@@ -132,9 +142,7 @@ class STARTTLSTests(SynchronousTestCase):
         STARTTLS with an argument gets 501 and the connection stays usable
         (standards 3207-04).
         """
-        connection = connectTLS(makeServer())
-        connection.client.replies()
-        connection.send("EHLO x")
+        connection, _ = saidHello(makeServer())
         self.assertEqual(
             [f"{r.code} {r.lines[0]}" for r in connection.send("STARTTLS FOO")],
             ["501 Error: syntax: STARTTLS"],
@@ -146,9 +154,7 @@ class STARTTLSTests(SynchronousTestCase):
         STARTTLS and NOOP in one write: only the 220; the NOOP is discarded, never
         answered inside TLS (standards 3207-08, CVE-2011-0411).
         """
-        connection = connectTLS(makeServer())
-        connection.client.replies()
-        connection.send("EHLO t")
+        connection, _ = saidHello(makeServer(), "EHLO t")
         self.assertEqual(codes(connection.write(b"STARTTLS\r\nNOOP\r\n")), [220])
         connection.startTLS(ClientTLS())
         self.assertEqual(connection.client.replies(), [])
@@ -160,9 +166,7 @@ class STARTTLSTests(SynchronousTestCase):
         A MAIL pipelined after STARTTLS does not open a transaction inside TLS
         (standards 2.1).
         """
-        connection = connectTLS(makeServer())
-        connection.client.replies()
-        connection.send("EHLO t")
+        connection, _ = saidHello(makeServer(), "EHLO t")
         connection.write(b"STARTTLS\r\nMAIL FROM:<x@y.example>\r\n")
         connection.startTLS(ClientTLS())
         connection.send("EHLO t")
@@ -173,9 +177,7 @@ class STARTTLSTests(SynchronousTestCase):
         Half a command sent in clear after STARTTLS is not completed by the first
         encrypted bytes (the reference's residual hole, spec section 11.1).
         """
-        connection = connectTLS(makeServer())
-        connection.client.replies()
-        connection.send("EHLO t")
+        connection, _ = saidHello(makeServer(), "EHLO t")
         self.assertEqual(codes(connection.write(b"STARTTLS\r\nNOO")), [220])
         connection.startTLS(ClientTLS())
         self.assertEqual(codes(connection.write(b"P\r\n")), [500])
@@ -197,9 +199,8 @@ class STARTTLSTests(SynchronousTestCase):
         STARTTLS in the middle of a transaction gets 503: the envelope would otherwise
         straddle the upgrade.
         """
-        connection = connectTLS(makeServer())
-        connection.client.replies()
-        connection.send("EHLO t", "MAIL FROM:<a@b.example>")
+        connection, _ = saidHello(makeServer(), "EHLO t")
+        self.assertEqual(codes(connection.send("MAIL FROM:<a@b.example>")), [250])
         self.assertEqual(
             [f"{r.code} {r.lines[0]}" for r in connection.send("STARTTLS")],
             ["503 Error: Mail transaction in progress"],
@@ -232,9 +233,8 @@ class STARTTLSTests(SynchronousTestCase):
         self.assertIn("REQUIRETLS", connection.send("EHLO x")[0].lines)
         self.assertEqual(codes(connection.send("MAIL FROM:<a@b.example> REQUIRETLS")), [250])
         self.assertTrue(connection.session.envelope.requireTLS)
-        plain = connectTLS(makeServer(hideREQUIRETLS=False))
-        plain.client.replies()
-        self.assertNotIn("REQUIRETLS", plain.send("EHLO x")[0].lines)
+        _, ehlo = saidHello(makeServer(hideREQUIRETLS=False))
+        self.assertNotIn("REQUIRETLS", ehlo.lines)
 
     def test_requireTlsWithValue(self) -> None:
         """
@@ -254,9 +254,7 @@ class NeedsUpgradeTests(SynchronousTestCase):
         """
         MAIL before STARTTLS gets 530 5.7.0 Must issue a STARTTLS command first.
         """
-        connection = connectTLS(makeServer(needsUpgrade=True, hideENHANCEDSTATUSCODES=False))
-        connection.client.replies()
-        connection.send("EHLO x")
+        connection, _ = saidHello(makeServer(needsUpgrade=True, hideENHANCEDSTATUSCODES=False))
         self.assertEqual(
             [f"{r.code} {r.lines[0]}" for r in connection.send("MAIL FROM:<a@b.example>")],
             ["530 5.7.0 Must issue a STARTTLS command first"],
@@ -274,9 +272,8 @@ class NeedsUpgradeTests(SynchronousTestCase):
         """
         With implicit TLS the requirement is met from the start.
         """
-        connection = connectTLS(makeServer(needsUpgrade=True, secure=True))
-        connection.client.replies()
-        self.assertEqual(codes(connection.send("EHLO x", "MAIL FROM:<a@b.example>")), [250, 250])
+        connection, _ = saidHello(makeServer(needsUpgrade=True, secure=True))
+        self.assertEqual(codes(connection.send("MAIL FROM:<a@b.example>")), [250])
 
 
 class ImplicitTLSTests(SynchronousTestCase):
@@ -298,9 +295,8 @@ class ImplicitTLSTests(SynchronousTestCase):
         """
         EHLO does not offer STARTTLS and STARTTLS gets 503 (standards 8314-03).
         """
-        connection = connectTLS(makeServer(secure=True))
-        connection.client.replies()
-        self.assertNotIn("STARTTLS", connection.send("EHLO x")[0].lines)
+        connection, ehlo = saidHello(makeServer(secure=True))
+        self.assertNotIn("STARTTLS", ehlo.lines)
         self.assertEqual(codes(connection.send("STARTTLS")), [503])
 
     def test_plaintextClientRefused(self) -> None:
@@ -653,9 +649,7 @@ class VersionTests(SynchronousTestCase):
         never runs twice.
         """
         server = makeServer(secure=True)
-        connection = connectTLS(server, creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION))
-        connection.client.replies()
-        connection.send("EHLO x")
+        connection, _ = saidHello(server, creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION))
         handle = connection.clientTransport.getHandle()
         handle.renegotiate()
         with contextlib.suppress(SSL.WantReadError):

@@ -12,7 +12,6 @@ C{*.example.test} name, signed by the test CA, and clients verify it.
 
 from __future__ import annotations
 
-import importlib.util
 import mailbox
 import os
 import re
@@ -20,14 +19,12 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from cryptography import x509
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 
@@ -38,19 +35,20 @@ from .e2e_support import (
     CLIENT_NAME,
     LISTEN,
     LOCALHOST,
-    ROOT,
     SOCKET_TIMEOUT,
     E2ETestCase,
+    LogCapture,
     LoopbackSMTP,
     LoopbackSMTPSSL,
     RawClient,
     ServerClosedError,
+    assertTwistRefuses,
     clientContext,
     connectionRefused,
     haveOpenSSL,
     listenAlso,
+    loadExample,
     runOpenSSL,
-    runTwist,
     startServer,
     startTwist,
     theReactor,
@@ -165,33 +163,6 @@ class SecureRecorder:
         )
 
 
-@implementer(ILogObserver)
-class LogCapture:
-    """
-    Keeps every log event while a test runs (removed by a cleanup).
-    """
-
-    def __init__(self, testCase: E2ETestCase) -> None:
-        self.events: list[LogEvent] = []
-        globalLogPublisher.addObserver(self)
-        testCase.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.events.append(event)
-
-    def messages(self) -> list[str]:
-        """
-        The events as text.
-        """
-        return [formatEvent(event) for event in self.events]
-
-    def matching(self, text: str) -> list[str]:
-        """
-        The messages that contain C{text}.
-        """
-        return [message for message in self.messages() if text in message]
-
-
 # -- openssl s_client -------------------------------------------------------------------------
 
 
@@ -295,22 +266,34 @@ class STARTTLSTests(_OpenSSLTestCase):
         self.assertEqual(session.servername, MX)
         self.assertEqual(session.transmissionType, "ESMTPS")
 
+    async def _starttlsSClient(self, *servername: str) -> tuple[SClient, RecordingHandler]:
+        """
+        Run C{openssl s_client -starttls smtp}, sending C{-servername} with the name if
+        one is given, verifying the server against the test CA, with EHLO and QUIT once
+        TLS is up, against a new TLS server; the handshake verifies and QUIT is answered.
+
+        @return: what s_client printed, and the server's recorder.
+        """
+        recorder = RecordingHandler()
+        _, port = await startTLSServer(self, [recorder])
+        paths = writePEMs(self)
+        sni = [arg for name in servername for arg in ("-servername", name)]
+        result = await sClient(
+            port,
+            *("-starttls", "smtp", "-name", CLIENT_NAME, *sni),
+            *("-CAfile", paths["ca"], "-verify_return_error"),
+        )
+        self.assertEqual(result.returncode, 0, result)
+        self.assertIn("221 Bye", result.replies, result)
+        return result, recorder
+
     async def test_opensslSNI(self) -> None:
         """
         openssl s_client -starttls smtp -servername b.example.test is served b's
         certificate, which verifies; after the upgrade EHLO offers no STARTTLS.
         """
-        recorder = RecordingHandler()
-        _, port = await startTLSServer(self, [recorder])
-        paths = writePEMs(self)
-        result = await sClient(
-            port,
-            *("-starttls", "smtp", "-name", CLIENT_NAME, "-servername", B),
-            *("-CAfile", paths["ca"], "-verify_return_error"),
-        )
-        self.assertEqual(result.returncode, 0, result)
+        result, recorder = await self._starttlsSClient(B)
         self.assertEqual(result.subject, f"CN={B}", result)
-        self.assertIn("221 Bye", result.replies, result)
         self.assertTrue(result.replies[0].startswith(f"250-{MX} Nice to meet you"), result)
         self.assertNotIn("STARTTLS", " ".join(result.replies), result)
         self.assertEqual(recorder.sessions[0].servername, B)
@@ -319,33 +302,17 @@ class STARTTLSTests(_OpenSSLTestCase):
         """
         An SNI name the server has no certificate for gets the default certificate.
         """
-        _, port = await startTLSServer(self, [])
-        paths = writePEMs(self)
-        result = await sClient(
-            port,
-            *("-starttls", "smtp", "-name", CLIENT_NAME, "-servername", "unknown.example.test"),
-            *("-CAfile", paths["ca"], "-verify_return_error"),
-        )
-        self.assertEqual(result.returncode, 0, result)
+        result, recorder = await self._starttlsSClient("unknown.example.test")
         self.assertEqual(result.subject, f"CN={MX}", result)
-        self.assertIn("221 Bye", result.replies, result)
+        self.assertEqual(recorder.sessions[0].servername, "unknown.example.test")
 
     async def test_opensslNoName(self) -> None:
         """
         A client that sends no SNI (s_client to an IP address, without -servername) gets
         the default certificate.
         """
-        recorder = RecordingHandler()
-        _, port = await startTLSServer(self, [recorder])
-        paths = writePEMs(self)
-        result = await sClient(
-            port,
-            *("-starttls", "smtp", "-name", CLIENT_NAME),
-            *("-CAfile", paths["ca"], "-verify_return_error"),
-        )
-        self.assertEqual(result.returncode, 0, result)
+        result, recorder = await self._starttlsSClient()
         self.assertEqual(result.subject, f"CN={MX}", result)
-        self.assertIn("221 Bye", result.replies, result)
         self.assertIsNone(recorder.sessions[0].servername)
 
     async def test_pipelinedPlaintextDiscarded(self) -> None:
@@ -748,14 +715,9 @@ class TwistTLSTests(_OpenSSLTestCase):
         self.assertEqual(len(warnings), 1, "\n".join(warnings))
 
     async def _refused(self, args: list[str], problem: str) -> None:
-        tmpdir = self._directory()
+        # Listening and delivering as a working service would, with ARGS added.
         listen = ["--listen", LISTEN, "--deliver", "discard"]
-        result = await runTwist([*listen, *args], tmpdir)
-        self.assertNotEqual(result.returncode, 0, result.stdout)
-        self.assertNotIn("Traceback", result.stdout)
-        errors = [line for line in result.stdout.splitlines() if line.startswith("twist smtpsvc:")]
-        self.assertEqual(len(errors), 1, result.stdout)
-        self.assertIn(problem, errors[0])
+        await assertTwistRefuses(self, [*listen, *args], problem, cwd=self._directory())
 
     async def test_missingCertificateFile(self) -> None:
         """
@@ -773,18 +735,6 @@ class TwistTLSTests(_OpenSSLTestCase):
             ["--cert", paths["mx.crt"], "--key", paths["b.key"]],
             "the private key does not match the certificate",
         )
-
-
-def loadExample(name: str) -> ModuleType:
-    """
-    Import C{docs/examples/NAME.py} (not a package) as a module.
-    """
-    path = ROOT / "docs" / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"smtpsvc_docs_example_{name}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class DocumentationExampleTests(E2ETestCase):

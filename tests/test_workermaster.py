@@ -33,15 +33,19 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from smtpsvc._config import LISTEN_BACKLOG, ConfigurationError, ServiceConfig
+from smtpsvc._config import (
+    LISTEN_BACKLOG,
+    ConfigurationError,
+    ServiceConfig,
+    TCPListening,
+    tcpListening,
+)
 from smtpsvc._service import (
     _MAX_RELAYED_LINE,
-    TCPListening,
     WorkerMaster,
     _Worker,
     canSpreadConnections,
     listenPerWorker,
-    tcpListening,
     workerTwistOptions,
 )
 
@@ -249,13 +253,16 @@ class WorkerSocketsTests(TestCase):
         config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
         master = WorkerMaster(config, [], reactor=reactor)
         master.privilegedStartService()
-        bound = [descriptor(port) for port in master.ports[0][0]]
+        [(bound, _)] = master.ports
         self.assertEqual(len(bound), 2 if master.socketPerWorker else 1)
         self.assertEqual(reactor.spawned, [])
         master.startService()
         self._stopLater(master, reactor)
-        self.assertEqual([descriptor(port) for port in master.ports[0][0]], bound)
-        self.assertEqual(len(reactor.spawned), 2)
+        # The same port objects, not a second set bound again.
+        [(served, _)] = master.ports
+        self.assertEqual(len(served), len(bound))
+        self.assertTrue(all(a is b for a, b in zip(served, bound, strict=True)))
+        self.assertEqual([inherited(s) for s in reactor.spawned], [["3:plain"]] * 2)
 
 
 class _FailingSpawnReactor(_SpawnRecordingReactor):
@@ -281,9 +288,13 @@ class WorkerStartTests(TestCase):
     """
 
     def _master(
-        self, reactor: _SpawnRecordingReactor, development: tuple[bytes, bytes] | None = None
+        self,
+        reactor: _SpawnRecordingReactor,
+        development: tuple[bytes, bytes] | None = None,
+        config: ServiceConfig | None = None,
     ) -> WorkerMaster:
-        config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
+        if config is None:
+            config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
         master = WorkerMaster(config, ["--deliver", "discard"], reactor, development)
 
         self.addCleanup(lambda: self._stop(master, reactor) if master.running else None)
@@ -315,10 +326,46 @@ class WorkerStartTests(TestCase):
         self.assertEqual(Path(path).read_bytes(), b"CERT\nKEY\n")
         status = os.stat(path)
         self.assertEqual((status.st_uid, status.st_mode & 0o777), (os.getuid(), 0o600))
+        self.assertEqual(len(reactor.spawned), 2)
         for spawned in reactor.spawned:
             self.assertEqual(spawned.args[spawned.args.index("--cert") + 1], path)
         self._stop(master, reactor)
         self.assertEqual(os.listdir(directory), [])
+
+    def test_badEndpoint(self) -> None:
+        """
+        An endpoint string Twisted cannot read stops the master with one clear line, as
+        it stops a single process.
+        """
+        config = ServiceConfig(listen=["bogus:1"], workers=2)
+        master = WorkerMaster(config, [], _SpawnRecordingReactor())
+        with self.assertRaises(ConfigurationError) as caught:
+            master.privilegedStartService()
+        self.assertIn("--listen bogus:1: ", str(caught.exception))
+
+    def test_listeningLine(self) -> None:
+        """
+        The master's line for each listener names LMTP and implicit TLS as a single
+        process's does.
+        """
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        reactor = _SpawnRecordingReactor()
+        config = ServiceConfig(
+            serverOptions={"lmtp": True},
+            listen=[f"tcp:0:interface={LOCALHOST}"],
+            listenTLS=[f"tcp:0:interface={LOCALHOST}"],
+            workers=2,
+        )
+        master = self._master(reactor, config=config)
+        master.startService()
+        lines = [formatEvent(e) for e in events if "with 2 workers" in formatEvent(e)]
+        self.assertEqual(
+            [line.partition(" server listening on ")[0] for line in lines],
+            ["LMTP", "LMTP (implicit TLS)"],
+        )
 
     def test_cannotStart(self) -> None:
         """

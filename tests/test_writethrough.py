@@ -10,6 +10,7 @@ registered with the reactor.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any, cast
@@ -17,11 +18,14 @@ from typing import Any, cast
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols import tls
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from smtpsvc import IMailFromHandler, SMTPServer
 from smtpsvc._core._session import Address, Session
+
+from .memorytls import authority, issue
 
 
 class Connected:
@@ -30,7 +34,11 @@ class Connected:
     """
 
     def __init__(
-        self, testCase: SynchronousTestCase, small: bool = False, handlers: Sequence[object] = ()
+        self,
+        testCase: SynchronousTestCase,
+        small: bool = False,
+        handlers: Sequence[object] = (),
+        **options: Any,
     ) -> None:
         self.reactor = MemoryReactorClock()
         server = SMTPServer(
@@ -40,6 +48,7 @@ class Connected:
             earlyTalkerDelay=0,
             disableReverseLookup=True,
             authOptional=True,
+            **options,
         )
         listener = socket.socket()
         testCase.addCleanup(listener.close)
@@ -83,6 +92,69 @@ class Connected:
             if due > self.reactor.seconds():
                 break
             self.reactor.advance(0)
+
+    def flush(self) -> None:
+        """
+        What the transport holds for the reactor's next turn goes out, as the reactor would
+        send it.
+        """
+        while self.waiting():
+            self.transport.doWrite()
+
+
+class TLSClient:
+    """
+    The client's end of TLS over a L{Connected} socket, run by Python's C{ssl} through
+    memory BIOs, so that the test decides when bytes move.
+    """
+
+    def __init__(self, connected: Connected, context: ssl.SSLContext, serverHostname: str) -> None:
+        self.connected = connected
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=serverHostname)
+
+    def _toServer(self) -> None:
+        # What TLS wrote goes to the server, which reads it and sends what it answers.
+        data = self._outgoing.read()
+        if data:
+            self.connected.say(data)
+        self.connected.flush()
+
+    def handshake(self) -> None:
+        """
+        Complete the handshake: each flight to the server, its answer back (waited for:
+        the server answers every flight but the client's last).
+        """
+        for _ in range(20):
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._toServer()
+                self._incoming.write(self.connected.receive())
+            else:
+                self._toServer()
+                return
+        raise AssertionError("the TLS handshake did not complete")
+
+    def command(self, line: bytes) -> bytes:
+        """
+        Send C{line} (CRLF added) through TLS and return the decrypted reply, read up to
+        its last line.
+        """
+        self.tls.write(line + b"\r\n")
+        self._toServer()
+        received = b""
+        for _ in range(20):
+            try:
+                received += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                self._incoming.write(self.connected.receive())
+                continue
+            lastLine = received.rstrip(b"\r\n").rpartition(b"\r\n")[2]
+            if received.endswith(b"\r\n") and lastLine[3:4] == b" ":
+                return received
+        raise AssertionError(f"no complete reply through TLS; received {received!r}")
 
 
 class WriteThroughTests(SynchronousTestCase):
@@ -135,10 +207,15 @@ class WriteThroughTests(SynchronousTestCase):
     def test_notThroughTLS(self) -> None:
         """
         After STARTTLS nothing is written to the socket directly: the 220 goes out in
-        clear, and what follows is for TLS to send (here, nothing: the client has not
-        begun its handshake, so the socket stays silent).
+        clear, and what follows is for TLS to send (so, until the client begins its
+        handshake, the socket stays silent).  Once the handshake is done the reply to
+        EHLO comes encrypted: a reply written to the socket past TLS would reach the
+        client in clear and break its TLS.
         """
-        connected = Connected(self)
+        certificate = issue("mx.example.test")
+        connected = Connected(self, key=certificate.key, cert=certificate.cert)
+        # TLS gathers small writes until the reactor's next turn: the test's reactor.
+        self.patch(tls, "_get_default_clock", lambda: connected.reactor)
         connected.receive()
         connected.say(b"EHLO client.example\r\n")
         connected.receive()
@@ -148,6 +225,16 @@ class WriteThroughTests(SynchronousTestCase):
         connected.client.settimeout(0.2)
         with self.assertRaises(TimeoutError):
             connected.receive()
+        connected.client.settimeout(5)
+
+        context = ssl.create_default_context(cadata=authority().cert.decode("ascii"))
+        client = TLSClient(connected, context, "mx.example.test")
+        client.handshake()
+        self.assertTrue(connected.protocol.session.secure)
+        reply = client.command(b"EHLO client.example")
+        self.assertTrue(reply.startswith(b"250-mx.example.test "), reply)
+        self.assertNotIn(b"STARTTLS", reply)
+        self.assertFalse(connected.waiting())
 
     def test_otherTransportsUseWrite(self) -> None:
         """

@@ -42,7 +42,7 @@ def _plain(text: str) -> str:
 
 def _flags(spec: OptionSpec) -> str:
     if not spec.cli:
-        return "(none)"
+        return ", ".join(_literal(form) for form in spec.cliForms) or "(none)"
     if spec.isFlag:
         return f"{_literal('--' + spec.flag)} / {_literal('--no-' + spec.flag)}"
     return _literal("--" + spec.flag)

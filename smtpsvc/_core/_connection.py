@@ -219,11 +219,7 @@ class ServerConnection:
         self._enhanced = options.enhancedStatusCodes
         # Whether AUTH is offered, and whether it must succeed before mail: fixed for the
         # connection, and asked about on every line.
-        self._authOn = (
-            "AUTH" in self._COMMANDS
-            and "AUTH" not in options.disabledCommands
-            and bool(options.authMethods)
-        )
+        self._authOn = "AUTH" not in options.disabledCommands and bool(options.authMethods)
         self._authDemanded = self._authOn and not options.authOptional
         self.session = session
         session.lmtp = options.lmtp
@@ -317,7 +313,7 @@ class ServerConnection:
         12288 bytes long (RFC 4954 section 4).
         """
         limit = self._options.maxCommandLength
-        if self._sasl is not None or head[:5].upper() == b"AUTH ":
+        if self._isSaslLine(head):
             return max(limit, SASL_LINE_LIMIT)
         return limit
 
@@ -326,10 +322,15 @@ class ServerConnection:
         The reply to a line longer than L{lineLimit}, whose bytes were discarded.  It
         counts as an unrecognised command; in an AUTH exchange it ends the exchange.
         """
-        if self._sasl is not None or head[:5].upper() == b"AUTH ":
+        if self._isSaslLine(head):
             self._sasl = None
             return self._send(R.AUTH_LINE_TOO_LONG)
         return self._unrecognizedCommand(R.LINE_TOO_LONG)
+
+    def _isSaslLine(self, head: bytes) -> bool:
+        # A line starting with head belongs to AUTH: a response in an exchange under
+        # way, or the AUTH command itself (which may carry an initial response).
+        return self._sasl is not None or head[:5].upper() == b"AUTH "
 
     def receiveLine(self, raw: bytes) -> Action:
         """
@@ -356,11 +357,8 @@ class ServerConnection:
             return self._send(R.HELO_NOT_IN_LMTP if verb == "HELO" else R.EHLO_NOT_IN_LMTP)
         if not self._available(verb):
             return self._unrecognizedCommand(R.UNRECOGNIZED)
-        if verb != "AUTH" and self._authRequired:
-            self._unauthenticated += 1
-            limit = options.maxAllowedUnauthenticatedCommands
-            if limit is not None and self._unauthenticated >= limit:
-                return self._send(R.TOO_MANY_UNAUTHENTICATED)
+        if verb != "AUTH" and self._authRequired and self._countUnauthenticated():
+            return self._send(R.TOO_MANY_UNAUTHENTICATED)
         if self.state is State.GREETED and needsHello(verb):
             return self._send(R.SEND_LHLO_FIRST if options.lmtp else R.SEND_HELO_FIRST)
         if options.needsUpgrade and not self.session.secure and verb in _NEED_TLS:
@@ -370,6 +368,8 @@ class ServerConnection:
         return self._COMMANDS[verb](self, verb, argument, line)
 
     def _available(self, verb: str) -> bool:
+        # COMMANDS is also the set of keys of _COMMANDS (a test holds them equal), so a
+        # verb that passes the checks below has a method.
         if verb not in COMMANDS:
             return False
         options = self._options
@@ -381,15 +381,18 @@ class ServerConnection:
             return options.lmtp
         if verb == "STARTTLS":
             return self._tlsAvailable
-        return verb in self._COMMANDS
-
-    @property
-    def _authEnabled(self) -> bool:
-        return self._authOn
+        return True
 
     @property
     def _authRequired(self) -> bool:
         return self._authDemanded and self.session.user is None
+
+    def _countUnauthenticated(self) -> bool:
+        # One more line from a client that must authenticate first (the caller has
+        # checked _authRequired); whether that reaches the limit.
+        self._unauthenticated += 1
+        limit = self._options.maxAllowedUnauthenticatedCommands
+        return limit is not None and self._unauthenticated >= limit
 
     def _unrecognizedCommand(self, reply: Reply) -> Send:
         self._unrecognized += 1
@@ -455,14 +458,9 @@ class ServerConnection:
             out.append("ENHANCEDSTATUSCODES")
         if not o.hideDSN:
             out.append("DSN")
-        if self._authEnabled and session.user is None:
+        if self._authOn and session.user is None:
             out.append("AUTH " + " ".join(o.authMethods))
-        if (
-            self._tlsAvailable
-            and not session.secure
-            and not o.hideSTARTTLS
-            and "STARTTLS" not in o.disabledCommands
-        ):
+        if self._starttlsOffered and not session.secure:
             out.append("STARTTLS")
         if session.secure and not o.hideREQUIRETLS:
             out.append("REQUIRETLS")
@@ -552,13 +550,10 @@ class ServerConnection:
     def _saslContinue(self, raw: bytes) -> Action:
         mechanism = self._sasl
         assert mechanism is not None
-        if self._authRequired:
-            # The reference counts SASL lines as unauthenticated commands too.
-            self._unauthenticated += 1
-            limit = self._options.maxAllowedUnauthenticatedCommands
-            if limit is not None and self._unauthenticated >= limit:
-                self._sasl = None
-                return self._send(R.TOO_MANY_UNAUTHENTICATED)
+        # The reference counts SASL lines as unauthenticated commands too.
+        if self._authRequired and self._countUnauthenticated():
+            self._sasl = None
+            return self._send(R.TOO_MANY_UNAUTHENTICATED)
         if raw == b"*":
             self._sasl = None
             return self._send(ABORTED)
@@ -806,9 +801,7 @@ class ServerConnection:
             if size is None or not size.isdigit() or not size.isascii():
                 return self._send(R.BAD_SIZE)
             if o.size and not o.hideSize and int(size) > o.size:
-                return self._send(
-                    R.reply(552, R.TOO_BIG_TEXT.format(size=o.size), R.TOO_BIG_ENHANCED)
-                )
+                return self._send(R.tooBig(o.size))
         if "BODY" in params:
             body = (params["BODY"] or "").upper()
             if body not in ("7BIT", "8BITMIME"):
@@ -918,6 +911,14 @@ class ServerConnection:
         self.state = after
         return _START_DATA
 
+    @property
+    def replySlots(self) -> int:
+        """
+        How many final replies the message in this transaction gets: one per recipient
+        in LMTP (RFC 2033 section 4.2), one in SMTP.
+        """
+        return len(self.session.envelope.rcptTo) if self._options.lmtp else 1
+
     def dataStarted(self) -> Send:
         """
         The 354 that invites the message, once the data handlers have been started.
@@ -943,10 +944,9 @@ class ServerConnection:
         @param bareLineEndings: the message had a bare CR or LF under the C{reject} policy.
         """
         lmtp = self._options.lmtp
-        count = len(self.session.envelope.rcptTo) if lmtp else 1
+        count = self.replySlots
         if tooLarge:
-            reply = R.reply(552, R.TOO_BIG_TEXT.format(size=self._options.size), R.TOO_BIG_ENHANCED)
-            replies = [reply] * count
+            replies = [R.tooBig(self._options.size)] * count
         elif bareLineEndings:
             replies = [R.BARE_LINE_ENDING] * count
         else:

@@ -114,6 +114,14 @@ class DataDecoder:
             self.sizeExceeded = True
         return part, rest
 
+    @property
+    def rejected(self) -> bool:
+        """
+        Whether the message must be refused: it had a bare CR or LF and the policy is
+        C{reject}.  (Under the other policies a bare line ending is only recorded.)
+        """
+        return self.bareLineEndings and self._policy == "reject"
+
 
 def _heldBack(buf: bytes) -> int:
     # The length of the longest end of buf that could be the start of the terminator.

@@ -28,8 +28,13 @@ _FORBIDDEN: Final = re.compile("[\x00-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
 
 # atext (RFC 5322 section 3.2.3).  RFC 6531 adds UTF8-non-ascii, checked separately.
 _ATEXT: Final = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
-# esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
-_KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+#: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"), also the ehlo-keyword of a
+#: downstream's EHLO reply (RFC 5321 section 4.1.1.1).
+KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+#: An RFC 3463 status-code (class "." subject "." detail) at the start of reply text,
+#: followed by a space or the end of the text.  Its digits are ASCII only: \d would also
+#: take other scripts' digits, which go out on the wire as "?".
+ENHANCED_STATUS: Final = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |\Z)")
 _LABEL: Final = re.compile(
     r"[A-Za-z0-9\u0080-\U0010ffff]([A-Za-z0-9\u0080-\U0010ffff-]*[A-Za-z0-9\u0080-\U0010ffff])?\Z"
 )
@@ -153,7 +158,7 @@ def parseParameters(text: str) -> dict[str, str | None]:
         if not item:
             continue
         key, eq, value = item.partition("=")
-        if not _KEYWORD.match(key):
+        if not KEYWORD.match(key):
             raise GrammarError(f"bad parameter keyword {key!r}")
         key = key.upper()
         if key in params:

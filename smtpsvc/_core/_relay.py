@@ -17,17 +17,15 @@ from dataclasses import dataclass
 from typing import Final
 
 from .._errors import SMTPError
+from ._grammar import ENHANCED_STATUS, KEYWORD
 from ._session import Address, Envelope
 
 # Reply-line = *( Reply-code "-" [ textstring ] CRLF ) Reply-code [ SP textstring ] CRLF
 # (RFC 5321 section 4.2); the code's first digit is 2 to 5 (section 4.2.1).
 _REPLY_LINE: Final = re.compile(rb"([2-5][0-9][0-9])([ -]?)(.*)\Z", re.DOTALL)
-# RFC 3463 status-code at the start of the text; its class must be the reply's (RFC 2034).
-_ENHANCED: Final = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |\Z)")
 _UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
 # xchar = %x21-2A / %x2C-3C / %x3E-7E (RFC 3461 section 4).
 _XCHARS: Final = frozenset(chr(c) for c in range(0x21, 0x7F)) - {"+", "="}
-_KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 
 #: Lines one reply may have; a downstream that sends more is broken (or hostile).
 MAX_REPLY_LINES: Final = 100
@@ -67,6 +65,14 @@ class DownstreamReply:
         Whether the reply is a success (2xx).
         """
         return 200 <= self.code < 300
+
+    @property
+    def refusal(self) -> bool:
+        """
+        Whether the reply refuses: 4xx temporarily, 5xx permanently (RFC 5321 section
+        4.2.1).  These are the replies L{error} can pass on as our own.
+        """
+        return 400 <= self.code < 600
 
     def error(self) -> SMTPError:
         """
@@ -143,7 +149,8 @@ def makeReply(code: int, lines: Sequence[str]) -> DownstreamReply:
     """
     clean = [sanitise(line) for line in lines] or [""]
     enhanced = None
-    match = _ENHANCED.match(clean[0])
+    # The status code's class must be the reply's (RFC 2034 section 4).
+    match = ENHANCED_STATUS.match(clean[0])
     if code >= 200 and match is not None and match.group(1) == str(code)[0]:
         enhanced = match.group(0).strip()
         prefix = enhanced + " "
@@ -165,7 +172,7 @@ def parseExtensions(reply: DownstreamReply) -> dict[str, str]:
     # enhanced code on EHLO replies, and a keyword cannot look like one.
     for line in reply.lines[1:]:
         keyword, _, params = line.strip().partition(" ")
-        if _KEYWORD.match(keyword):
+        if KEYWORD.match(keyword):
             extensions[keyword.upper()] = params.strip()
     return extensions
 

@@ -224,7 +224,6 @@ READY_FOR_TLS: Final = reply(220, "Ready to start TLS", "2.0.0")
 STARTTLS_SYNTAX: Final = reply(501, "Error: syntax: STARTTLS", "5.5.4")
 TLS_ALREADY_ACTIVE: Final = reply(503, "Error: TLS already active", "5.5.1")
 MUST_STARTTLS: Final = reply(530, "Must issue a STARTTLS command first", "5.7.0")
-SECURE_REFUSED_TEXT: Final = "Error: connection refused"
 
 # MAIL FROM.  RFC 3463 X.1.7 is "bad sender's mailbox address syntax"; the reference
 # uses X.1.3, the recipient's code, for both.
@@ -277,10 +276,19 @@ DATA_ENHANCED: Final = "2.6.0"
 # RFC 3463 5.3.4 "message too big for system"; the reference sends 4.3.1 on this 552.
 TOO_BIG_TEXT: Final = "Error: message exceeds fixed maximum message size {size}"
 TOO_BIG_ENHANCED: Final = "5.3.4"
+
+
+def tooBig(size: int) -> Reply:
+    """
+    The 552 for a message over C{size} octets, whether MAIL FROM declared it or DATA
+    found it: both must tell the client the same limit.
+    """
+    return reply(552, TOO_BIG_TEXT.format(size=size), TOO_BIG_ENHANCED)
+
+
 BARE_LINE_ENDING: Final = reply(550, "Error: bare <CR> or <LF> received in message data", "5.5.2")
 
 # A handler failed in a way it did not mean to; the traceback goes to the log.
-HANDLER_FAILED: Final = reply(451, "Requested action aborted: local error in processing", "4.3.0")
 HANDLER_FAILED_ERROR: Final = SMTPError(
     451, "Requested action aborted: local error in processing", "4.3.0"
 )

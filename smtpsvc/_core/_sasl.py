@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from .._options import AUTH_MECHANISMS
 from . import _replies as R
 from ._replies import Reply
 
@@ -261,16 +260,24 @@ class _OAuth(Mechanism):
         return Challenge(encode64(json.dumps(detail, separators=(",", ":"))))
 
 
+def _keyValues(text: str) -> dict[str, str]:
+    # The key=value pairs that both OAuth mechanisms separate with ^A; keys are compared
+    # without case, a repeated key keeps its first value, and items without "=" (the
+    # empty ones at the end) are skipped.
+    fields: dict[str, str] = {}
+    for item in text.split("\x01"):
+        key, eq, value = item.partition("=")
+        if eq:
+            fields.setdefault(key.lower(), value)
+    return fields
+
+
 class _XOAuth2(_OAuth):
     name = "XOAUTH2"
 
     def _parse(self, message: str) -> Step:
         # "user=" U ^A "auth=Bearer " T ^A ^A
-        fields: dict[str, str] = {}
-        for item in message.split("\x01"):
-            key, eq, value = item.partition("=")
-            if eq:
-                fields.setdefault(key.lower(), value)
+        fields = _keyValues(message)
         username = fields.get("user", "")
         auth = fields.get("auth", "")
         if not username or not auth.lower().startswith("bearer ") or _CONTROL.search(username):
@@ -289,12 +296,7 @@ class _OAuthBearer(_OAuth):
         if not sep or match is None:
             return Refusal(INVALID_USERDATA)
         authzid = (match.group(2) or "").replace("=2C", ",").replace("=3D", "=")
-        fields: dict[str, str] = {}
-        for item in rest.split("\x01"):
-            key, eq, value = item.partition("=")
-            if eq:
-                fields.setdefault(key.lower(), value)
-        auth = fields.get("auth", "")
+        auth = _keyValues(rest).get("auth", "")
         if not auth.lower().startswith("bearer ") or _CONTROL.search(authzid):
             return Refusal(INVALID_USERDATA)
         return AuthRequest(
@@ -303,10 +305,6 @@ class _OAuthBearer(_OAuth):
             authzid=authzid or None,
             accessToken=auth[7:],
         )
-
-
-#: The mechanisms smtpsvc implements.
-MECHANISMS: Final = AUTH_MECHANISMS
 
 
 @dataclass(frozen=True)

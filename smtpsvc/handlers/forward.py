@@ -196,22 +196,17 @@ class ForwardDelivery:
         link.recipients = []
 
     async def _rcptTo(self, address: Address, session: Session) -> None:
-        link = self._links.get(session.id)
-        if link is None or link.client is None or not link.usable or not link.open:
-            raise self._unavailable(link, session, DownstreamError("no downstream transaction"))
+        link, client = self._transaction(session)
         command = rcptCommand(address, session.envelope, link.extensions)
         try:
-            reply = await link.client.command(command)
+            reply = await client.command(command)
         except DownstreamError as e:
             raise self._unavailable(link, session, e) from None
         self._check(link, session, reply)
         link.recipients.append(address)
 
     async def _data(self, stream: IMessageStream, session: Session) -> _Outcome | list[_Outcome]:
-        link = self._links.get(session.id)
-        if link is None or link.client is None or not link.usable or not link.open:
-            raise self._unavailable(link, session, DownstreamError("no downstream transaction"))
-        client = link.client
+        link, client = self._transaction(session)
         envelope = session.envelope
         header = receivedHeader(
             session,
@@ -226,7 +221,7 @@ class ForwardDelivery:
             )
         except DownstreamError as e:
             early = e.reply
-            if early is not None and early.code // 100 in (4, 5) and early.code != 421:
+            if early is not None and early.refusal and early.code != 421:
                 # The downstream refused the message before its end and hung up: that
                 # refusal is its answer.
                 link.drop(str(e))
@@ -272,6 +267,19 @@ class ForwardDelivery:
 
     # -- the downstream connection ---------------------------------------------------------
 
+    def _transaction(self, session: Session) -> tuple[_Link, DownstreamClient]:
+        """
+        The session's link and its connection, for a command inside the downstream
+        transaction that MAIL FROM opened.
+
+        @raise SMTPError: L{UNAVAILABLE} when there is no such transaction (the connection
+            was lost, or MAIL FROM never reached the downstream); the link is dropped.
+        """
+        link = self._links.get(session.id)
+        if link is None or link.client is None or not link.usable or not link.open:
+            raise self._unavailable(link, session, DownstreamError("no downstream transaction"))
+        return link, link.client
+
     async def _ready(self, link: _Link, session: Session) -> DownstreamClient:
         """
         The downstream connection, greeted and with no transaction open: the one the session
@@ -282,10 +290,7 @@ class ForwardDelivery:
             if link.open:
                 link.open = False
                 link.recipients = []
-                reply = await client.command("RSET")
-                if not reply.positive:
-                    client.abort(f"RSET refused: {reply}")
-                    raise DownstreamError(f"RSET refused: {reply}")
+                await _reset(client)
             return client
         link.drop("reconnecting")
         factory = DownstreamFactory(self._reactor, self.timeout)
@@ -341,10 +346,7 @@ class ForwardDelivery:
         sender = session.envelope.mailFrom
         assert client is not None and sender is not None
         link.open = False
-        reply = await client.command("RSET")
-        if not reply.positive:
-            client.abort(f"RSET refused: {reply}")
-            raise DownstreamError(f"RSET refused: {reply}")
+        await _reset(client)
         link.recipients = []
         for command in [
             mailCommand(sender, session.envelope, link.extensions),
@@ -369,7 +371,7 @@ class ForwardDelivery:
         """
         if reply.positive:
             return
-        if reply.code // 100 in (4, 5):
+        if reply.refusal:
             raise reply.error()
         raise self._unavailable(link, session, DownstreamError(f"unexpected reply {reply}"))
 
@@ -382,6 +384,15 @@ class ForwardDelivery:
                 _log.warn("Downstream unavailable: {why}", why=str(error), sessionId=session.id)
             link.drop(str(error))
         return UNAVAILABLE
+
+
+async def _reset(client: DownstreamClient) -> None:
+    # End the downstream transaction.  RSET must get 250 (RFC 5321 section 4.1.1.5), so a
+    # server that refuses it is broken, and its connection is not used again.
+    reply = await client.command("RSET")
+    if not reply.positive:
+        client.abort(f"RSET refused: {reply}")
+        raise DownstreamError(f"RSET refused: {reply}")
 
 
 def _outcome(reply: DownstreamReply) -> _Outcome:

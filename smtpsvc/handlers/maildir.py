@@ -22,9 +22,8 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -32,26 +31,13 @@ from zope.interface import implementer
 from .._core._session import Session
 from .._core._trace import receivedHeader, returnPath
 from .._errors import SMTPError
+from .._reactor import threadRunner
 from .._stream import MessageDone
 from ..interfaces import IDataHandler, IMessageStream
 
 _log = Logger(namespace="smtpsvc.maildir")
 _T = TypeVar("_T")
 _counter = itertools.count(1)
-
-
-def _atOnce(f: Callable[[], _T]) -> Deferred[_T]:
-    try:
-        return succeed(f())
-    except Exception:
-        return fail()
-
-
-def _inThread(reactor: Any) -> Callable[[Callable[[], _T]], Deferred[_T]]:
-    def run(f: Callable[[], _T]) -> Deferred[_T]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f)
-
-    return run
 
 
 @implementer(IDataHandler)
@@ -82,14 +68,7 @@ class MaildirDelivery:
         self._serverName = serverName or socket.gethostname()
         # Maildir names carry the host name; "/" and ":" would break them.
         self._host = self._serverName.replace("/", r"\057").replace(":", r"\072")
-        if runInThread is None:
-            if reactor is None:
-                from twisted.internet import reactor as globalReactor
-
-                reactor = globalReactor
-            # A reactor without threads (a test clock) does the disk work at once.
-            runInThread = _inThread(reactor) if hasattr(reactor, "getThreadPool") else _atOnce
-        self._runInThread = runInThread
+        self._runInThread = runInThread or threadRunner(reactor)
 
     def prepare(self) -> None:
         """

@@ -1,0 +1,995 @@
+"""
+End-to-end tests of features that were tested only in memory: SIZE, SMTPUTF8, REQUIRETLS,
+socketTimeout, the command limits, SNICallback, Unix socket listeners, C{twist smtpsvc
+--lmtp}, C{--port}, the start-up check for a delivery that takes the messages, and the
+ready-made configurations in C{tap-configs/} run as real services.
+
+Each feature is driven over a real socket (TCP on 127.0.0.1 or a Unix socket in the test's
+directory) by a real client: smtplib, a raw socket client, C{openssl s_client}.  Replies
+are checked as the client sees them, enhanced status codes included.  C{--port} listens on
+every address, so that service runs in a private network namespace (C{unshare}) whose only
+interface is its own loopback; the client joins it with C{nsenter}.
+
+Helpers come from L{tests.e2e_support} and L{tests.service_support}; the few this file
+needs besides are below.  Every wait is bounded and every process started here is
+stopped by its PID in the cleanups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest
+from zope.interface import implementer
+
+from smtpsvc import IDataHandler, IMessageStream, SMTPError, SMTPServer, readMessage, tap
+from smtpsvc import Session as SMTPSession
+from smtpsvc._config import tcpListening
+from smtpsvc.cred import PortalAuthHandler, setPassword
+from smtpsvc.handlers.maildir import MaildirDelivery
+from smtpsvc.testing import RecordingHandler, ServerReply
+
+from .e2e_support import (
+    CLIENT_NAME,
+    CLOSE_TIMEOUT,
+    LISTEN,
+    LOCALHOST,
+    ROOT,
+    SERVER_NAME,
+    SOCKET_TIMEOUT,
+    TOOL_TIMEOUT,
+    E2ETestCase,
+    LoopbackSMTP,
+    LoopbackSMTPSSL,
+    RawClient,
+    assertTwistRefuses,
+    clientContext,
+    haveOpenSSL,
+    listenAlso,
+    runOpenSSL,
+    startServer,
+    theReactor,
+    twistEnvironment,
+    withoutTraceHeaders,
+)
+from .memorytls import authority, issue
+from .service_support import (
+    ServiceProcess,
+    delivered,
+    leftInTmp,
+    message,
+    relocate,
+    sendOne,
+    serviceCommand,
+    startService,
+    traceHeaders,
+)
+from .test_service_e2e import QUICK, workspace
+
+SENDER = "a@example.org"
+RECIPIENT = "u@example.org"
+MX = "mx.example.test"
+B = "b.example.test"
+NO_OPENSSL = "openssl is not installed (apt-get install openssl; `make test` installs it)"
+#: The ready-made configurations.
+CONFIGS = ROOT / "tap-configs"
+#: Seconds a service may take to log something it does at start.
+START_TIMEOUT = 20.0
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def startLocal(
+    testCase: E2ETestCase, handlers: Sequence[object], **options: Any
+) -> Deferred[tuple[SMTPServer, int]]:
+    """
+    L{startServer} with enhanced status codes shown (so that the client sees them) and no
+    reverse DNS (which would ask the system's name server, off the loopback interface),
+    unless C{options} say otherwise.
+    """
+    options.setdefault("hideENHANCEDSTATUSCODES", False)
+    options.setdefault("disableReverseLookup", True)
+    return startServer(testCase, handlers, **options)
+
+
+def shortDirectory(testCase: E2ETestCase) -> str:
+    """
+    A new directory, as an absolute path short enough for Unix socket names inside it
+    (C{sun_path} holds 108 bytes): in trial's working directory if its path is short,
+    else in the system's temporary directory.  A cleanup removes it.
+    """
+    base = os.path.abspath(".")
+    if len(base) > 60:
+        base = tempfile.gettempdir()
+    path = tempfile.mkdtemp(prefix="s", dir=base)
+    testCase.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+async def listenUnix(
+    testCase: E2ETestCase, handlers: Sequence[object], path: str, **options: Any
+) -> SMTPServer:
+    """
+    An in-process server on the real reactor listening on the Unix socket C{path}, named
+    L{SERVER_NAME}, without AUTH, greeting at once, without reverse DNS; the cleanups close
+    it and stop the port, as L{startServer} does for TCP.
+    """
+    options.setdefault("name", SERVER_NAME)
+    options.setdefault("authOptional", True)
+    options.setdefault("earlyTalkerDelay", 0)
+    options.setdefault("disableReverseLookup", True)
+    reactor = theReactor()
+    server = SMTPServer(handlers, reactor=reactor, **options)
+    port = await server.listen(f"unix:{path}")
+    testCase.addCleanup(lambda: maybeDeferred(port.stopListening))
+    testCase.addCleanup(lambda: server.close().addTimeout(CLOSE_TIMEOUT, reactor))
+    return server
+
+
+def spawnService(
+    testCase: E2ETestCase, args: Sequence[str], tmpdir: str, wrapper: Sequence[str] = ()
+) -> ServiceProcess:
+    """
+    Start C{twist smtpsvc ARGS} in C{tmpdir} (through C{wrapper}, which must C{exec} it)
+    without waiting for a TCP port on 127.0.0.1, for services that listen elsewhere (a
+    Unix socket, every address of a private network namespace): wait with
+    C{waitForOutput}.  A cleanup stops it (SIGTERM, then SIGKILL) by its PID.
+    """
+    process = ServiceProcess()
+    # It never logs a port on 127.0.0.1: the wait for one fails when it ends, unheard.
+    process._listening.addErrback(lambda _: None)
+    argv = [*wrapper, *serviceCommand(args)]
+    reactor = cast(IReactorProcess, theReactor())
+    process.processTransport = reactor.spawnProcess(
+        process, argv[0], argv, env=twistEnvironment(), path=tmpdir
+    )
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(process.stop()))
+    return process
+
+
+def freePort() -> int:
+    """
+    A TCP port free on 127.0.0.1 a moment ago: bound with port 0, then closed.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+#: Runs its arguments in a new user and network namespace whose only interface is its own
+#: loopback, brought up first (the shell C{exec}s, so the PID is the command's).
+PRIVATE_NETWORK = (
+    "unshare",
+    "--user",
+    "--map-root-user",
+    "--net",
+    "/bin/sh",
+    "-c",
+    'ip link set lo up && exec "$0" "$@"',
+)
+
+
+def privateNetworkProblem() -> str | None:
+    """
+    Why a private network namespace cannot be used here (no C{unshare}, C{nsenter} or
+    C{ip}, or the kernel refuses unprivileged namespaces), or L{None} when it can.
+    """
+    for tool in ("unshare", "nsenter", "ip"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    try:
+        result = subprocess.run(
+            [*PRIVATE_NETWORK, "true"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unshare failed: {e}"
+    if result.returncode != 0:
+        return f"cannot make a private network namespace: {result.stderr.strip()}"
+    return None
+
+
+def runInNamespaceOf(pid: int, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{argv} in the user and network namespaces of process C{pid} (blocking: run it in
+    a thread), bounded by L{TOOL_TIMEOUT}.
+    """
+    return subprocess.run(
+        ["nsenter", "--preserve-credentials", "--user", "--net", "--target", str(pid), *argv],
+        env=twistEnvironment(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT,
+    )
+
+
+def relocatedConfig(name: str, directory: str, moves: Mapping[str, str]) -> str:
+    """
+    Copy C{tap-configs/NAME} into C{directory} with each text in C{moves} replaced (each
+    must occur exactly once, so that a changed file is noticed rather than half run).
+
+    @return: the copy's path.
+    """
+    text = (CONFIGS / name).read_text()
+    for old in moves:
+        count = text.count(old)
+        assert count == 1, f"{name}: {old!r} occurs {count} times"
+    path = os.path.join(directory, name)
+    Path(path).write_text("".join(relocate([text], moves)))
+    return path
+
+
+def aliceChecker() -> InMemoryUsernamePasswordDatabaseDontUse:
+    """
+    A cred checker that knows alice, password secret (cred compares bytes).
+    """
+    return InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+
+
+# -- SIZE -------------------------------------------------------------------------------------
+
+LIMIT = 2000
+TOO_BIG = (552, f"5.3.4 Error: message exceeds fixed maximum message size {LIMIT}".encode())
+
+
+class SizeTests(E2ETestCase):
+    """
+    RFC 1870: the server advertises its limit and holds messages to it.
+    """
+
+    async def test_sizeLimit(self) -> None:
+        """
+        EHLO advertises SIZE 2000; MAIL with SIZE=2001 gets 552 5.3.4 (SIZE=2000 is
+        accepted); a message over the limit sent without SIZE= gets 552 5.3.4 after the
+        final dot and is not delivered; the same connection then delivers a small
+        message.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        delivery = MaildirDelivery(maildir, reactor=theReactor(), serverName=SERVER_NAME)
+        _, port = await startLocal(self, [delivery], size=LIMIT)
+        big, small = message("too big", size=2 * LIMIT), message("small enough")
+        self.assertTrue(len(small) < LIMIT < len(big))
+
+        def talk() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                out["advertised"] = c.esmtp_features.get("size")
+                out["declaredOver"] = c.mail(SENDER, [f"SIZE={LIMIT + 1}"])
+                out["declaredAt"] = c.mail(SENDER, [f"SIZE={LIMIT}"])
+                out["rset"] = c.rset()
+                # No SIZE= this time: the server finds out while the message comes.
+                out["mail"] = c.mail(SENDER)
+                out["rcpt"] = c.rcpt(RECIPIENT)
+                out["big"] = c.data(big)
+                out["afterwards"] = (c.mail(SENDER), c.rcpt(RECIPIENT), c.data(small))
+                out["quit"] = c.quit()
+            return out
+
+        out = await deferToThread(talk)
+        self.assertEqual(out["advertised"], str(LIMIT))
+        self.assertEqual(out["declaredOver"], TOO_BIG)
+        self.assertEqual(out["declaredAt"], (250, b"2.1.0 Accepted"))
+        self.assertEqual(out["rset"][0], 250)
+        self.assertEqual((out["mail"][0], out["rcpt"][0]), (250, 250))
+        self.assertEqual(out["big"], TOO_BIG)
+        self.assertEqual([reply[0] for reply in out["afterwards"]], [250, 250, 250])
+        self.assertEqual(out["quit"][0], 221)
+        stored = [withoutTraceHeaders(m) for m in delivered(maildir).values()]
+        self.assertEqual(stored, [small])
+        self.assertEqual(leftInTmp(maildir), {})
+
+
+# -- SMTPUTF8 ---------------------------------------------------------------------------------
+
+UTF8_SENDER = "jörg@bücher.example"
+UTF8_RECIPIENT = "δοκιμή@παράδειγμα.example"
+
+
+class SMTPUTF8Tests(E2ETestCase):
+    """
+    RFC 6531: UTF-8 addresses with SMTPUTF8, and refused without it.
+    """
+
+    async def test_utf8AddressesDelivered(self) -> None:
+        """
+        smtplib with mail_options=["SMTPUTF8"] sends from and to UTF-8 addresses: the
+        server advertises SMTPUTF8, accepts both, and the message is delivered with both
+        addresses intact, in the envelope and in the Maildir's trace headers.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        recorder = RecordingHandler()
+        delivery = MaildirDelivery(maildir, reactor=theReactor(), serverName=SERVER_NAME)
+        _, port = await startLocal(self, [recorder, delivery])
+        body = f"From: {UTF8_SENDER}\r\nSubject: utf-8\r\n\r\nGrüße\r\n".encode()
+
+        def send() -> tuple[bool, dict[str, tuple[int, bytes]]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                offered = c.has_extn("smtputf8")
+                refused = c.sendmail(UTF8_SENDER, [UTF8_RECIPIENT], body, ["SMTPUTF8"])
+                c.quit()
+            return offered, refused
+
+        offered, refused = await deferToThread(send)
+        self.assertTrue(offered)
+        self.assertEqual(refused, {})
+        self.assertEqual(len(recorder.messages), 1)
+        envelope = recorder.messages[0].envelope
+        assert envelope.mailFrom is not None
+        self.assertEqual(envelope.mailFrom.address, UTF8_SENDER)
+        self.assertEqual([r.address for r in envelope.rcptTo], [UTF8_RECIPIENT])
+        self.assertTrue(envelope.smtpUtf8)
+        (stored,) = delivered(maildir).values()
+        self.assertEqual(withoutTraceHeaders(stored), body)
+        trace = traceHeaders(stored)
+        self.assertTrue(trace.startswith(f"Return-Path: <{UTF8_SENDER}>\r\n".encode()), trace)
+        self.assertIn(f"\tfor <{UTF8_RECIPIENT}>; ".encode(), trace)
+
+    async def test_utf8WithoutSMTPUTF8Refused(self) -> None:
+        """
+        Without SMTPUTF8 on MAIL, a UTF-8 sender gets 550 5.6.7 and a UTF-8 recipient
+        553 5.6.7; nothing is delivered.
+        """
+        recorder = RecordingHandler()
+        _, port = await startLocal(self, [recorder])
+
+        def talk() -> tuple[tuple[int, bytes], ...]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                # smtplib sends UTF-8 only when told SMTPUTF8; this sends it without.
+                c.command_encoding = "utf-8"
+                sender = c.mail(UTF8_SENDER)
+                ascii = c.mail(SENDER)
+                recipient = c.rcpt(UTF8_RECIPIENT)
+                c.quit()
+            return sender, ascii, recipient
+
+        sender, ascii, recipient = await deferToThread(talk)
+        self.assertEqual(sender, (550, b"5.6.7 Error: non-ASCII sender address requires SMTPUTF8"))
+        self.assertEqual(ascii[0], 250)
+        self.assertEqual(
+            recipient, (553, b"5.6.7 Error: non-ASCII recipient address requires SMTPUTF8")
+        )
+        self.assertEqual((recorder.senders, recorder.recipients), ([SENDER], []))
+        self.assertEqual(recorder.messages, [])
+
+
+# -- REQUIRETLS -------------------------------------------------------------------------------
+
+
+class RequireTLSTests(E2ETestCase):
+    """
+    RFC 8689: REQUIRETLS only on an encrypted connection.
+    """
+
+    async def test_plaintextRefusedThenAcceptedAfterSTARTTLS(self) -> None:
+        """
+        MAIL ... REQUIRETLS in plaintext gets 530 5.7.10 (and REQUIRETLS is not
+        advertised); after STARTTLS, verified with the test CA, it is advertised and
+        accepted, and the message is recorded as requiring TLS.
+        """
+        recorder = RecordingHandler()
+        pair = issue(MX)
+        _, port = await startLocal(
+            self, [recorder], name=MX, key=pair.key, cert=pair.cert, hideREQUIRETLS=False
+        )
+        body = message("requiretls")
+
+        def talk() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            with LoopbackSMTP(MX, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                out["plainOffered"] = c.has_extn("requiretls")
+                out["plain"] = c.mail(SENDER, ["REQUIRETLS"])
+                c.starttls(context=clientContext(authority().cert))
+                c.ehlo()
+                out["secureOffered"] = c.has_extn("requiretls")
+                out["secure"] = c.mail(SENDER, ["REQUIRETLS"])
+                out["rcpt"] = c.rcpt(RECIPIENT)
+                out["data"] = c.data(body)
+                c.quit()
+            return out
+
+        out = await deferToThread(talk)
+        self.assertFalse(out["plainOffered"])
+        self.assertEqual(
+            out["plain"], (530, b"5.7.10 REQUIRETLS not permitted on non-TLS connections")
+        )
+        self.assertTrue(out["secureOffered"])
+        self.assertEqual(out["secure"], (250, b"2.1.0 Accepted"))
+        self.assertEqual((out["rcpt"][0], out["data"][0]), (250, 250))
+        self.assertEqual(len(recorder.messages), 1)
+        self.assertTrue(recorder.messages[0].envelope.requireTLS)
+        self.assertEqual(recorder.messages[0].data, body)
+
+
+# -- socketTimeout ----------------------------------------------------------------------------
+
+
+class SocketTimeoutTests(E2ETestCase):
+    """
+    A client that goes quiet is told and let go after socketTimeout seconds.
+    """
+
+    async def test_silentClientTimedOut(self) -> None:
+        """
+        With socketTimeout=1, a client silent after EHLO gets 421 4.4.2 Timeout - closing
+        connection after about a second, and the connection closes.
+        """
+        _, port = await startLocal(self, [RecordingHandler()], socketTimeout=1)
+
+        def silent() -> tuple[list[int], list[ServerReply], float]:
+            with RawClient(port) as client:
+                codes = [client.readReply().code, client.command(f"EHLO {CLIENT_NAME}").code]
+                started = time.monotonic()
+                replies = client.readUntilClosed(within=SOCKET_TIMEOUT)
+                return codes, replies, time.monotonic() - started
+
+        codes, replies, waited = await deferToThread(silent)
+        self.assertEqual(codes, [220, 250])
+        self.assertEqual(replies, [ServerReply(421, ("4.4.2 Timeout - closing connection",))])
+        self.assertGreater(waited, 0.8)
+        self.assertLess(waited, 4.0)
+
+
+# -- command limits ---------------------------------------------------------------------------
+
+
+class CommandLimitTests(E2ETestCase):
+    """
+    maxCommandLength, maxUnrecognizedCommands and maxAllowedUnauthenticatedCommands.
+    """
+
+    async def test_maxCommandLength(self) -> None:
+        """
+        With maxCommandLength=64, a 64-byte NOOP line is answered 250, a 65-byte one and
+        a 100 kB one 500 5.5.2 Error: line too long, and the connection goes on.
+        """
+        limit = 64
+        _, port = await startLocal(self, [RecordingHandler()], maxCommandLength=limit)
+
+        def talk() -> list[tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                room = limit - len("NOOP ")
+                replies = [
+                    c.docmd("NOOP", "x" * room),
+                    c.docmd("NOOP", "x" * (room + 1)),
+                    c.docmd("NOOP", "y" * 100_000),
+                    c.noop(),
+                    c.mail(SENDER),
+                    c.quit(),
+                ]
+            return replies
+
+        replies = await deferToThread(talk)
+        tooLong = (500, b"5.5.2 Error: line too long")
+        self.assertEqual([r[0] for r in replies], [250, 500, 500, 250, 250, 221])
+        self.assertEqual(replies[1:3], [tooLong, tooLong])
+
+    async def test_maxUnrecognizedCommands(self) -> None:
+        """
+        With maxUnrecognizedCommands=3, two unknown commands get 500 5.5.2 and the third
+        421 4.7.0 Error: too many unrecognized commands, and the connection closes.
+        """
+        _, port = await startLocal(self, [RecordingHandler()], maxUnrecognizedCommands=3)
+
+        def talk() -> tuple[list[ServerReply], list[ServerReply]]:
+            with RawClient(port) as client:
+                before = [client.readReply(), client.command(f"EHLO {CLIENT_NAME}")]
+                before += [client.command("FOO"), client.command("BAR")]
+                client.send(b"BAZ\r\n")
+                return before, client.readUntilClosed()
+
+        before, closing = await deferToThread(talk)
+        self.assertEqual([r.code for r in before], [220, 250, 500, 500])
+        self.assertEqual(
+            before[2:], [ServerReply(500, ("5.5.2 Error: command not recognized",))] * 2
+        )
+        self.assertEqual(
+            closing, [ServerReply(421, ("4.7.0 Error: too many unrecognized commands",))]
+        )
+
+    async def test_maxAllowedUnauthenticatedCommands(self) -> None:
+        """
+        With AUTH required and maxAllowedUnauthenticatedCommands=4, a client that does
+        not authenticate gets 421 4.4.2 at its fourth command (EHLO, NOOP, NOOP, MAIL)
+        and the connection closes; a client that authenticates sends more than four
+        commands and delivers.
+        """
+        recorder = RecordingHandler()
+        auth = PortalAuthHandler.fromCheckers([aliceChecker()])
+        _, port = await startLocal(
+            self,
+            [auth, recorder],
+            authOptional=False,
+            allowInsecureAuth=True,
+            authMethods=("PLAIN",),
+            maxAllowedUnauthenticatedCommands=4,
+        )
+
+        def stranger() -> tuple[list[ServerReply], list[ServerReply]]:
+            with RawClient(port) as client:
+                before = [client.readReply(), client.command(f"EHLO {CLIENT_NAME}")]
+                before += [client.command("NOOP"), client.command("NOOP")]
+                client.send(b"MAIL FROM:<a@example.org>\r\n")
+                return before, client.readUntilClosed()
+
+        def alice() -> tuple[tuple[int, bytes], list[int], dict[str, tuple[int, bytes]]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                login = c.login("alice", "secret")
+                noops = [c.noop()[0] for _ in range(5)]
+                refused = c.sendmail(SENDER, [RECIPIENT], message("alice"))
+                c.quit()
+            return login, noops, refused
+
+        before, closing = await deferToThread(stranger)
+        self.assertEqual([r.code for r in before], [220, 250, 250, 250])
+        self.assertEqual(
+            closing, [ServerReply(421, ("4.4.2 Error: too many unauthenticated commands",))]
+        )
+        self.assertEqual(recorder.senders, [])
+        login, noops, refused = await deferToThread(alice)
+        self.assertEqual(login, (235, b"2.7.0 Authentication successful"))
+        self.assertEqual((noops, refused), ([250] * 5, {}))
+        self.assertEqual([m.user for m in recorder.messages], ["alice"])
+
+
+# -- SNICallback ------------------------------------------------------------------------------
+
+
+async def servedSubject(port: int, serverName: str, starttls: bool) -> str | None:
+    """
+    The subject of the certificate C{openssl s_client -servername NAME} is served on
+    C{port} (after STARTTLS, or at once for implicit TLS), as C{CN=...}, or L{None}.
+    """
+    args = ["s_client", "-connect", f"{LOCALHOST}:{port}", "-servername", serverName]
+    args += ["-brief", "-crlf", "-ign_eof"]
+    if starttls:
+        args += ["-starttls", "smtp", "-name", CLIENT_NAME]
+    result = await runOpenSSL(args, b"QUIT\n", afterReply=not starttls)
+    match = re.search(r"^Peer certificate: (.*)$", result.stderr, re.MULTILINE)
+    return match.group(1).replace(" ", "") if match else None
+
+
+class SNICallbackTests(E2ETestCase):
+    """
+    The SNICallback option chooses the certificate of each handshake.
+    """
+
+    def setUp(self) -> None:
+        if not haveOpenSSL():
+            raise SkipTest(NO_OPENSSL)
+
+    async def test_opensslServernameChoosesCertificate(self) -> None:
+        """
+        openssl s_client -servername B.Example.Test is served the certificate the
+        callback returns for b.example.test (called with the name in lower case), after
+        STARTTLS and with implicit TLS; a name the callback answers None for gets the
+        default certificate.
+        """
+        mx, b = issue(MX), issue(B)
+        asked: list[str] = []
+
+        def certificateFor(name: str) -> dict[str, bytes] | None:
+            asked.append(name)
+            return {"key": b.key, "cert": b.cert} if name == B else None
+
+        server, port = await startLocal(
+            self,
+            [RecordingHandler()],
+            name=MX,
+            key=mx.key,
+            cert=mx.cert,
+            SNICallback=certificateFor,
+        )
+        securePort = await listenAlso(self, server, secure=True)
+        subjects = [
+            await servedSubject(port, "B.Example.Test", starttls=True),
+            await servedSubject(securePort, "B.Example.Test", starttls=False),
+            await servedSubject(port, "other.example.test", starttls=True),
+            await servedSubject(securePort, "other.example.test", starttls=False),
+        ]
+        self.assertEqual(subjects, [f"CN={B}", f"CN={B}", f"CN={MX}", f"CN={MX}"])
+        self.assertEqual(asked, [B, B, "other.example.test", "other.example.test"])
+
+
+# -- Unix socket listener ---------------------------------------------------------------------
+
+
+@implementer(IDataHandler)
+class _PerRecipient:
+    """
+    Answers each LMTP recipient of a message on its own: mailboxes whose name starts
+    with C{full} are full (452 4.2.2), the others get their message.
+    """
+
+    async def onData(self, stream: IMessageStream, session: SMTPSession) -> list[object]:
+        await readMessage(stream)
+        return [
+            SMTPError(452, f"{r.address}: mailbox full", "4.2.2")
+            if r.address.startswith("full")
+            else f"delivered to {r.address}"
+            for r in session.envelope.rcptTo
+        ]
+
+
+def lmtpSend(
+    target: str, port: int, recipients: Sequence[str], body: bytes
+) -> tuple[tuple[int, bytes], list[tuple[int, bytes]], list[tuple[int, bytes]], tuple[int, bytes]]:
+    """
+    Send C{body} to C{recipients} with smtplib.LMTP (blocking: run it in a thread) to the
+    Unix socket C{target} (an absolute path), or to C{target}:C{port}; read one reply
+    after DATA per accepted recipient (smtplib reads the first itself).
+
+    @return: the LHLO reply, the RCPT replies, the replies after DATA, QUIT's reply.
+    """
+    with smtplib.LMTP(target, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT) as c:
+        lhlo = c.ehlo()
+        c.mail(SENDER)
+        rcpts = [c.rcpt(r) for r in recipients]
+        accepted = sum(1 for code, _ in rcpts if code == 250)
+        after = [c.data(body)]
+        after += [c.getreply() for _ in range(accepted - 1)]
+        # Any reply more than one per recipient would come before QUIT's.
+        quit = c.quit()
+    return lhlo, rcpts, after, quit
+
+
+class UnixListenerTests(E2ETestCase):
+    """
+    An SMTPServer listening on a Unix socket, as an LMTP server for a local MTA.
+    """
+
+    async def test_lmtpOverUnixSocket(self) -> None:
+        """
+        smtplib.LMTP on the server's Unix socket sends one message to two recipients
+        and gets one reply for each, in order (250 2.6.0 for one, 452 4.2.2 for the full
+        mailbox), then 221.
+        """
+        path = os.path.join(shortDirectory(self), "lmtp.sock")
+        recorder = RecordingHandler()
+        await listenUnix(self, [_PerRecipient(), recorder], path, lmtp=True)
+        body = message("over a unix socket")
+        recipients = ["one@example.net", "full@example.net"]
+        lhlo, rcpts, after, quit = await deferToThread(lmtpSend, path, 0, recipients, body)
+        self.assertEqual(lhlo[0], 250)
+        self.assertEqual([code for code, _ in rcpts], [250, 250])
+        self.assertEqual(
+            after,
+            [
+                (250, b"2.6.0 delivered to one@example.net"),
+                (452, b"4.2.2 full@example.net: mailbox full"),
+            ],
+        )
+        self.assertEqual(quit[0], 221)
+        self.assertEqual(len(recorder.messages), 1)
+        self.assertEqual(recorder.messages[0].data, body)
+        self.assertEqual([r.address for r in recorder.messages[0].envelope.rcptTo], recipients)
+
+
+# -- twist smtpsvc --lmtp, --port, deliveries --------------------------------------------------
+
+
+class LMTPServiceTests(E2ETestCase):
+    """
+    C{twist smtpsvc --lmtp}.
+    """
+
+    async def test_lmtpService(self) -> None:
+        """
+        twist smtpsvc --lmtp on 127.0.0.1 greets with LMTP; smtplib.LMTP sends to three
+        recipients, the handler refuses bob at RCPT (550 5.1.1), and the message gets one
+        250 2.6.0 per accepted recipient; the Maildir has the message for both.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        args = [
+            *("--lmtp", "--listen", LISTEN),
+            *("--deliver", "python:tests.service_support:makeHandler"),
+            *("--deliver", f"maildir:{maildir}", *QUICK),
+        ]
+        process = await startService(self, args, tmpdir)
+        assert process.port is not None
+        body = message("lmtp service")
+        recipients = ["alice@example.org", "bob@example.org", "carol@example.org"]
+        lhlo, rcpts, after, quit = await deferToThread(
+            lmtpSend, LOCALHOST, process.port, recipients, body
+        )
+        self.assertEqual(lhlo[0], 250)
+        self.assertEqual(
+            rcpts,
+            [
+                (250, b"2.1.5 Accepted"),
+                (550, b"5.1.1 <bob@example.org>: no bobs here (makeHandler)"),
+                (250, b"2.1.5 Accepted"),
+            ],
+        )
+        self.assertEqual([code for code, _ in after], [250, 250])
+        for _, text in after:
+            self.assertTrue(text.startswith(b"2.6.0 "), text)
+        self.assertEqual(quit[0], 221)
+        self.assertIn("LMTP server listening on 127.0.0.1:", process.text)
+        stored = list(delivered(maildir).values())
+        self.assertEqual([withoutTraceHeaders(m) for m in stored], [body])
+        self.assertIn(b" with LMTP", traceHeaders(stored[0]))
+
+    async def test_lmtpOnPort25Refused(self) -> None:
+        """
+        twist smtpsvc --lmtp --listen tcp:25:... stops at start with one line naming RFC
+        2033 and a non-zero status.  (In a private network namespace where one can be
+        made, so that even a broken check listens on no real interface.)
+        """
+        tmpdir = workspace(self)
+        problem = await deferToThread(privateNetworkProblem)
+        wrapper = PRIVATE_NETWORK if problem is None else ()
+        args = ["--lmtp", "--listen", f"tcp:25:interface={LOCALHOST}", "--deliver", "discard"]
+        await assertTwistRefuses(
+            self, args, "--lmtp must not listen on port 25 (RFC 2033)", cwd=tmpdir, wrapper=wrapper
+        )
+
+
+class PortFlagTests(E2ETestCase):
+    """
+    C{--port N}, short for C{--listen tcp:N}: every address.
+    """
+
+    def test_portIsListenOnEveryAddress(self) -> None:
+        """
+        --port N parses to the listener tcp:N, which Twisted binds to every address.
+        """
+        port = freePort()
+        options = tap.Options()
+        options.parseOptions(["--port", str(port), "--deliver", "discard"])
+        self.assertEqual(options.config.listen, [f"tcp:{port}"])
+        where = tcpListening(options.config.listen[0])
+        self.assertEqual((where.interface, where.port) if where else None, ("", port))
+
+    async def test_portServes(self) -> None:
+        """
+        twist smtpsvc --port N (N free on 127.0.0.1 a moment before), run in a private
+        network namespace, listens on 0.0.0.0:N and delivers what smtplib sends to
+        127.0.0.1:N from inside that namespace.
+        """
+        problem = await deferToThread(privateNetworkProblem)
+        if problem is not None:
+            raise SkipTest(f"--port listens on every address; no private network: {problem}")
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        port = freePort()
+        args = ["--port", str(port), "--deliver", f"maildir:{maildir}", *QUICK]
+        process = spawnService(self, args, tmpdir, PRIVATE_NETWORK)
+        await process.waitForOutput(
+            re.compile(rb"SMTP server listening on 0\.0\.0\.0:%d\b" % port), START_TIMEOUT
+        )
+        body = message("--port")
+        client = (
+            "import json, sys\n"
+            "from tests.service_support import sendOne\n"
+            "code, text = sendOne(int(sys.argv[1]), sys.argv[2].encode())\n"
+            "print(json.dumps([code, text.decode()]))\n"
+        )
+        result = await deferToThread(
+            runInNamespaceOf, process.pid, [sys.executable, "-c", client, str(port), body.decode()]
+        )
+        self.assertEqual(result.returncode, 0, f"{result}\n{process.text}")
+        code, text = json.loads(result.stdout)
+        self.assertEqual(code, 250, text)
+        self.assertEqual([withoutTraceHeaders(m) for m in delivered(maildir).values()], [body])
+
+
+class DeliveryCheckTests(E2ETestCase):
+    """
+    A service whose deliveries take no message is refused at start.
+    """
+
+    async def test_filterOnlyRefused(self) -> None:
+        """
+        --deliver python:... naming a handler without onData (a filter), and nothing
+        else, stops at start with one line saying no target takes the messages, and a
+        non-zero status; with discard beside it the service starts and answers 250.
+        """
+        tmpdir = workspace(self)
+        deliver = ["--deliver", "python:tests.service_support:makeHandler"]
+        await assertTwistRefuses(
+            self,
+            ["--listen", LISTEN, *deliver],
+            "no --deliver target takes the messages",
+            "add maildir:DIR, smtp:..., lmtp:... or, to drop them, discard",
+            cwd=tmpdir,
+        )
+        process = await startService(
+            self, ["--listen", LISTEN, *deliver, "--deliver", "discard", *QUICK], tmpdir
+        )
+        assert process.port is not None
+        code, _ = await deferToThread(sendOne, process.port, message("discarded"))
+        self.assertEqual(code, 250)
+
+
+# -- tap-configs/ -------------------------------------------------------------------------------
+
+
+def writeCertificate(directory: str, host: str) -> None:
+    """
+    Write C{certs/HOST.pem} (certificate and key from the test CA) under C{directory}.
+    """
+    Path(directory, "certs").mkdir(exist_ok=True)
+    pair = issue(host)
+    Path(directory, "certs", f"{host}.pem").write_bytes(pair.cert + pair.key)
+
+
+class TapConfigTests(E2ETestCase):
+    """
+    The ready-made configurations of tap-configs/ run as C{twist smtpsvc --config FILE},
+    their listeners and delivery targets moved into the test's reach (127.0.0.1 with ports
+    the OS picks, Unix sockets in the test's directory) and no reverse DNS; everything
+    else as the files say.
+    """
+
+    async def test_mx(self) -> None:
+        """
+        mx.toml: EHLO offers STARTTLS and SIZE 52428800 and no AUTH; after STARTTLS
+        (the file's certificate, verified), mail to elsewhere gets 550 5.7.1 Relay
+        access denied, and mail for example.org is handed over LMTP on a Unix socket (the
+        Dovecot of the file) and answered 250.
+        """
+        tmpdir = workspace(self)
+        writeCertificate(tmpdir, "mx.example.org")
+        store = os.path.join(shortDirectory(self), "lmtp")
+        recorder = RecordingHandler()
+        await listenUnix(self, [recorder], store, lmtp=True, name="dovecot.example.org")
+        config = relocatedConfig(
+            "mx.toml",
+            tmpdir,
+            {'"tcp:25"': f'"{LISTEN}"', "lmtp:unix:/run/dovecot/lmtp": f"lmtp:unix:{store}"},
+        )
+        process = await startService(self, ["--config", config, "--disable-reverse-lookup"], tmpdir)
+        port = process.port
+        assert port is not None
+        body = message("to the mx")
+
+        def talk() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            with LoopbackSMTP("mx.example.org", port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                out["features"] = dict(c.esmtp_features)
+                c.starttls(context=clientContext(authority().cert))
+                c.ehlo()
+                out["mail"] = c.mail("a@remote.example")
+                out["relay"] = c.rcpt("u@elsewhere.example")
+                out["local"] = c.rcpt(RECIPIENT)
+                out["data"] = c.data(body)
+                c.quit()
+            return out
+
+        out = await deferToThread(talk)
+        self.assertIn("starttls", out["features"])
+        self.assertEqual(out["features"].get("size"), "52428800")
+        self.assertNotIn("auth", out["features"])
+        self.assertEqual(out["mail"], (250, b"2.1.0 Accepted"))
+        self.assertEqual(out["relay"], (550, b"5.7.1 Relay access denied"))
+        self.assertEqual(out["local"], (250, b"2.1.5 Accepted"))
+        self.assertEqual(out["data"][0], 250, f"{out['data']!r}\n{process.text}")
+        self.assertEqual(len(recorder.messages), 1)
+        forwarded = recorder.messages[0]
+        assert forwarded.envelope.mailFrom is not None
+        self.assertEqual(forwarded.envelope.mailFrom.address, "a@remote.example")
+        self.assertEqual([r.address for r in forwarded.envelope.rcptTo], [RECIPIENT])
+        self.assertEqual(withoutTraceHeaders(forwarded.data), body)
+
+    async def test_submission(self) -> None:
+        """
+        submission.toml: on the STARTTLS port MAIL before STARTTLS gets 530 5.7.0; after
+        STARTTLS alice logs in (the file's scrypt password file) and sends; on the
+        implicit TLS port she logs in and sends too; both messages reach the local MTA of
+        the file (an in-process server).
+        """
+        tmpdir = workspace(self)
+        writeCertificate(tmpdir, "mail.example.org")
+        setPassword(os.path.join(tmpdir, "passwd"), "alice", "secret")
+        recorder = RecordingHandler()
+        _, mta = await startLocal(self, [recorder])
+        config = relocatedConfig(
+            "submission.toml",
+            tmpdir,
+            {
+                '"tcp:587"': f'"{LISTEN}"',
+                '"tcp:465"': f'"{LISTEN}"',
+                "smtp:tcp:host=127.0.0.1:port=10025": f"smtp:tcp:host={LOCALHOST}:port={mta}",
+            },
+        )
+        process = await startService(self, ["--config", config, "--disable-reverse-lookup"], tmpdir)
+        plain, secure = await process.listeningPorts()
+        bodies = [message("submitted on 587"), message("submitted on 465")]
+        context = clientContext(authority().cert)
+
+        def onSubmission() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            with LoopbackSMTP("mail.example.org", plain, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                out["beforeTLS"] = c.mail(SENDER)
+                c.starttls(context=context)
+                c.ehlo()
+                out["mechanisms"] = c.esmtp_features.get("auth", "").split()
+                out["login"] = c.login("alice", "secret")
+                out["refused"] = c.sendmail(SENDER, ["b@example.net"], bodies[0])
+                c.quit()
+            return out
+
+        def onImplicitTLS() -> tuple[tuple[int, bytes], dict[str, tuple[int, bytes]]]:
+            with LoopbackSMTPSSL(
+                "mail.example.org",
+                secure,
+                local_hostname=CLIENT_NAME,
+                timeout=SOCKET_TIMEOUT,
+                context=context,
+            ) as c:
+                c.ehlo()
+                login = c.login("alice", "secret")
+                refused = c.sendmail(SENDER, ["c@example.net"], bodies[1])
+                c.quit()
+            return login, refused
+
+        out = await deferToThread(onSubmission)
+        self.assertEqual(out["beforeTLS"], (530, b"5.7.0 Must issue a STARTTLS command first"))
+        self.assertEqual(out["mechanisms"], ["PLAIN", "LOGIN"])
+        self.assertEqual(out["login"], (235, b"2.7.0 Authentication successful"))
+        self.assertEqual(out["refused"], {})
+        login, refused = await deferToThread(onImplicitTLS)
+        self.assertEqual((login, refused), ((235, b"2.7.0 Authentication successful"), {}))
+        received = [(m.envelope.rcptTo[0].address, m.data) for m in recorder.messages]
+        self.assertEqual(
+            [(to, withoutTraceHeaders(data)) for to, data in received],
+            [("b@example.net", bodies[0]), ("c@example.net", bodies[1])],
+        )
+
+    async def test_lmtpFront(self) -> None:
+        """
+        lmtp-front.toml: the service listens on its Unix socket (mode 660, as the file
+        says); smtplib.LMTP sends to two recipients and gets one 250 2.6.0 each; the
+        message is in the Maildir next to the file.
+        """
+        tmpdir = workspace(self)
+        sock = os.path.join(shortDirectory(self), "lmtp.sock")
+        config = relocatedConfig(
+            "lmtp-front.toml", tmpdir, {"unix:/run/smtpsvc/lmtp.sock": f"unix:{sock}"}
+        )
+        process = spawnService(self, ["--config", config], tmpdir)
+        await process.waitForOutput(re.compile(rb"LMTP server listening on "), START_TIMEOUT)
+        self.assertEqual(os.stat(sock).st_mode & 0o777, 0o660)
+        body = message("through the lmtp front")
+        recipients = ["one@example.org", "two@example.org"]
+        lhlo, rcpts, after, quit = await deferToThread(lmtpSend, sock, 0, recipients, body)
+        self.assertTrue(lhlo[1].startswith(b"store.example.org "), lhlo)
+        self.assertEqual([code for code, _ in rcpts], [250, 250])
+        self.assertEqual([code for code, _ in after], [250, 250], f"{after}\n{process.text}")
+        for _, text in after:
+            self.assertTrue(text.startswith(b"2.6.0 "), text)
+        self.assertEqual(quit[0], 221)
+        stored = delivered(os.path.join(tmpdir, "Maildir"))
+        self.assertEqual([withoutTraceHeaders(m) for m in stored.values()], [body])
