@@ -117,7 +117,7 @@ class ServerOptions:
     disabledCommands: tuple[str, ...] = _option(
         (),
         "Commands answered as unknown (``500``), e.g. ``AUTH`` or ``VRFY``.  In LMTP mode "
-        "``EHLO`` also disables ``LHLO``.",
+        "``EHLO`` also disables ``LHLO``; ``BDAT`` also stops ``CHUNKING`` being offered.",
     )
     lenientAddressParsing: bool = _option(
         False,

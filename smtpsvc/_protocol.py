@@ -3,9 +3,9 @@ The Twisted side of one connection: bytes in, core actions out, handlers called.
 
 L{SMTPProtocol} is a L{LineReceiver}.  In line mode it cuts the input at CRLF (and only
 there) and hands each line to the core; in raw mode, during DATA, it hands whole chunks to
-the L{DataDecoder}, so a message costs no per-line Python work.  Everything the protocol
-does is one of: feed the core, carry out the action it returns, call the handlers it asks
-for, write what it says.
+the L{DataDecoder} (after BDAT, exactly the chunk's bytes to the L{ChunkDecoder}), so a
+message costs no per-line Python work.  Everything the protocol does is one of: feed the
+core, carry out the action it returns, call the handlers it asks for, write what it says.
 
 Input is paused (L{pauseProducing}) for as long as any of these holds, each a separate
 reason so that one ending does not lift another: a handler's answer is pending (so
@@ -46,17 +46,19 @@ from ._core._connection import (
     CheckRcpt,
     CheckXClient,
     Outcome,
+    ReadChunk,
     Send,
     ServerConnection,
     StartData,
     StartTLS,
     normalizeDataResult,
 )
-from ._core._data import DataDecoder
+from ._core._data import ChunkDecoder, DataDecoder
 from ._core._proxy import ProxyError, ProxyHeaderParser, looksLikeProxyHeader
 from ._core._replies import AUTH_TEMPORARY_ERROR, HANDLER_FAILED_ERROR
 from ._core._sasl import AuthRequest
-from ._core._session import Address, Session
+from ._core._session import Address, Envelope, Session
+from ._core._states import State
 from ._core._xclient import isTrusted
 from ._errors import SMTPError
 from ._stream import (
@@ -211,7 +213,9 @@ class _DataTransaction:
     rule that handler N sees the message end only after handlers 0..N-1 accepted it.
     """
 
-    def __init__(self, protocol: SMTPProtocol, decoder: DataDecoder, slots: int) -> None:
+    def __init__(
+        self, protocol: SMTPProtocol, decoder: DataDecoder | ChunkDecoder, slots: int
+    ) -> None:
         self.protocol = protocol
         self.decoder = decoder
         self.slots = slots
@@ -302,9 +306,9 @@ class _DataTransaction:
         self.ended = True
         self._advance()
 
-    def abort(self) -> None:
+    def abort(self, why: str) -> None:
         self.aborted = True
-        self.fail(MessageAborted("the connection was closed"))
+        self.fail(MessageAborted(why))
 
     def _advance(self) -> None:
         if self.aborted or self._finished:
@@ -342,6 +346,8 @@ class SMTPProtocol(LineReceiver):
         "_accepted",
         "_buffer",
         "_busyReceiving",
+        "_chunk",
+        "_chunkLeft",
         "_closed",
         "_connectedAt",
         "_core",
@@ -400,6 +406,9 @@ class SMTPProtocol(LineReceiver):
         self._socket: socket.socket | None = None
         self._out: list[bytes] = []
         self._data: _DataTransaction | None = None
+        # The BDAT chunk being read, and how many of its bytes are still to come.
+        self._chunk: ReadChunk | None = None
+        self._chunkLeft = 0
         self._greeted = False
         self._closed = False
         self._disconnected = False
@@ -694,11 +703,17 @@ class SMTPProtocol(LineReceiver):
             self._abortData()
             self._perform(self._core.shutDown())
 
-    def _abortData(self) -> None:
+    def _abortData(
+        self,
+        why: str = "the connection was closed",
+        result: str = "aborted",
+        envelope: Envelope | None = None,
+    ) -> None:
+        # End the message being received without a reply: its handlers are told why.
         if self._data is not None:
             transaction, self._data = self._data, None
-            transaction.abort()
-            self._logTransaction(transaction, self._core.session.envelope, "aborted")
+            transaction.abort(why)
+            self._logTransaction(transaction, envelope or self._core.session.envelope, result)
 
     # -- input -----------------------------------------------------------------------------
 
@@ -800,12 +815,26 @@ class SMTPProtocol(LineReceiver):
         return rest
 
     def lineReceived(self, line: bytes) -> None:
-        self._perform(self._core.receiveLine(line))
+        core = self._core
+        if self._data is None:
+            self._perform(core.receiveLine(line))
+            return
+        # Between BDAT chunks: RSET or a hello abandons the message.
+        envelope = core.session.envelope
+        action = core.receiveLine(line)
+        if core.state is not State.CHUNKS:
+            self._abortData("the client reset the transaction", "reset", envelope)
+        self._perform(action)
 
     def rawDataReceived(self, data: bytes) -> None:
+        if self._chunk is not None:
+            self._chunkReceived(data)
+            return
         transaction = self._data
         assert transaction is not None
-        body, rest = transaction.decoder.feed(data)
+        decoder = transaction.decoder
+        assert isinstance(decoder, DataDecoder)
+        body, rest = decoder.feed(data)
         transaction.write(body)
         if rest is not None:
             # The final dot: back to commands, but none is read until the reply is out.
@@ -841,6 +870,9 @@ class SMTPProtocol(LineReceiver):
             self._check("onRcptTo", action.address, self._core.rcptChecked)
         elif kind is StartData:
             self._startData()
+        elif kind is ReadChunk:
+            assert isinstance(action, ReadChunk)
+            self._readChunk(action)
         elif kind is StartTLS:
             assert isinstance(action, StartTLS)
             self._write(action.data)
@@ -1048,6 +1080,63 @@ class SMTPProtocol(LineReceiver):
         self._perform(core.dataStarted())
         self.line_mode = 0
         self._readSize(_DATA_READ_SIZE)
+
+    def _readChunk(self, chunk: ReadChunk) -> None:
+        # BDAT: the next chunk.size bytes are the chunk's, whatever they look like.
+        if chunk.first:
+            options = self._options
+            decoder = ChunkDecoder(options.size, options.bareLineEndings)
+            transaction = self._data = _DataTransaction(self, decoder, self._core.replySlots)
+            transaction.start(self._server._handlersFor("onData"))
+        self._chunk = chunk
+        self._chunkLeft = chunk.size
+        if chunk.size == 0:
+            self._chunkEnded()
+            return
+        self.line_mode = 0
+        if chunk.size > _DATA_READ_SIZE // 4:
+            self._readSize(_DATA_READ_SIZE)
+
+    def _chunkReceived(self, data: bytes) -> None:
+        left = self._chunkLeft
+        rest = b""
+        if len(data) > left:
+            data, rest = data[:left], data[left:]
+        self._chunkLeft = left - len(data)
+        chunk = self._chunk
+        assert chunk is not None
+        if chunk.refusal is None:
+            transaction = self._data
+            assert transaction is not None
+            decoder = transaction.decoder
+            assert isinstance(decoder, ChunkDecoder)
+            transaction.write(decoder.feed(data))
+        if not self._chunkLeft:
+            self._buffer, self._pos = rest, 0
+            self._chunkEnded()
+
+    def _chunkEnded(self) -> None:
+        chunk = self._chunk
+        assert chunk is not None
+        self._chunk = None
+        self.line_mode = 1
+        if chunk.size > _DATA_READ_SIZE // 4:
+            self._readSize(None)
+        if chunk.refusal is not None:
+            self._perform(chunk.refusal)
+            return
+        transaction = self._data
+        assert transaction is not None
+        if chunk.last or transaction.failure is not None:
+            # The message is complete, or already failed (too large, or a bare line ending
+            # refused): the reply to this chunk is the final one (RFC 3030 section 2).
+            decoder = transaction.decoder
+            assert isinstance(decoder, ChunkDecoder)
+            transaction.write(decoder.end())
+            self._pause("data")
+            transaction.end()
+        else:
+            self._perform(self._core.chunkDone(chunk.size))
 
     def _readSize(self, size: int | None) -> None:
         # Set how much the transport reads at a time (None: its default), if it is one

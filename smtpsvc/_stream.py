@@ -39,7 +39,8 @@ class MessageDone(Exception):
 
 class MessageAborted(Exception):
     """
-    The message will not complete: the client disconnected, or the server shut down.
+    The message will not complete: the client disconnected (or reset the transaction
+    between BDAT chunks), or the server shut down.
     """
 
 

@@ -133,7 +133,8 @@ class IMessageStream(Interface):
     handler slows the client down rather than filling memory.
 
     The message can end in failure instead of L{smtpsvc.MessageDone}:
-    L{smtpsvc.MessageAborted} when the client went away or the server shut down,
+    L{smtpsvc.MessageAborted} when the client went away (or, between BDAT chunks, reset
+    the transaction) or the server shut down,
     L{smtpsvc.MessageTooLarge} when it went over the C{size} limit,
     L{smtpsvc.MessageRefused} when an earlier handler refused it or the bare line ending
     policy did.  A handler that sees a failure must not keep the message.

@@ -41,7 +41,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import FailTest, TestCase
+from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from smtpsvc import SMTPServer
@@ -769,7 +769,7 @@ class LogCapture:
     it was logged.
     """
 
-    def __init__(self, testCase: TestCase) -> None:
+    def __init__(self, testCase: SynchronousTestCase) -> None:
         self.events: list[LogEvent] = []
         # Each event as its text followed by all its fields, made when it was logged.
         self._texts: list[str] = []

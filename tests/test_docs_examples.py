@@ -53,6 +53,7 @@ TESTED = (
     "delivery",
     "lmtp_store",
     "conversation",
+    "chunking",
     "test_policy",
 )
 #: What every server example listens on without an argument.
@@ -456,6 +457,42 @@ class ConversationTests(ExampleTestCase):
         printed = output.getvalue()
         self.assertIn("C: EHLO client.example\nS: 250 mx.example.com Nice to meet you", printed)
         self.assertIn("S: 503 Error: send HELO/EHLO first\n", printed)
+        self.assertIn("S: 221 Bye\n", printed)
+
+
+class ChunkingExampleTests(ExampleTestCase):
+    """
+    The state machine page's BDAT example does what the page shows.
+    """
+
+    def test_transcript(self) -> None:
+        """
+        Each chunk but the last gets its 250, DATA and the BDAT after the last chunk get
+        503, and the message is the two chunks, the would-be commands inside as text.
+        """
+        example = loadExample("chunking")
+        transcript, recorder = example.converse(example.STEPS)
+        codes = [[reply.code for reply in replies] for _, replies in transcript]
+        self.assertEqual(codes, [[220], [250], [250, 250], [250], [503], [250], [503], [221]])
+        self.assertIn("CHUNKING", transcript[1][1][0].lines)
+        self.assertEqual(transcript[3][1][0].text, "OK: 22 octets received")
+        self.assertEqual(
+            [m.data for m in recorder.messages],
+            [b"Subject: hi\r\n\r\nHello\r\n.\r\nMAIL FROM:<mallory@example.net>\r\n"],
+        )
+        self.assertEqual(recorder.senders, ["alice@example.org"])
+
+    def test_script(self) -> None:
+        """
+        Run as a script (whose directory Python puts first on the path), chunking.py
+        prints the transcript.
+        """
+        output = self.captureOutput()
+        self.patch(sys, "path", [str(EXAMPLES), *sys.path])
+        runpy.run_path(str(EXAMPLES / "chunking.py"), run_name="__main__")
+        printed = output.getvalue()
+        self.assertIn("C: b'BDAT 22\\r\\nSubject: hi", printed)
+        self.assertIn("S: 250 OK: 22 octets received\n", printed)
         self.assertIn("S: 221 Bye\n", printed)
 
 

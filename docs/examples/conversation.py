@@ -31,9 +31,11 @@ STEPS: list[tuple[str, ...] | bytes] = [
 ]
 
 
-def converse() -> tuple[list[tuple[str, list[ServerReply]]], RecordingHandler]:
+def converse(
+    steps: list[tuple[str, ...] | bytes] = STEPS,
+) -> tuple[list[tuple[str, list[ServerReply]]], RecordingHandler]:
     """
-    Run L{STEPS} against a fresh server; return what was sent with the replies it got,
+    Run C{steps} against a fresh server; return what was sent with the replies it got,
     and the handler that recorded the message.
     """
     recorder = RecordingHandler()
@@ -41,7 +43,7 @@ def converse() -> tuple[list[tuple[str, list[ServerReply]]], RecordingHandler]:
     client = MemoryClient(server)
     assert client.greeting is not None
     transcript = [("(connect)", [client.greeting])]
-    for step in STEPS:
+    for step in steps:
         if isinstance(step, bytes):
             transcript.append((repr(step), client.write(step)))
         else:
@@ -49,10 +51,16 @@ def converse() -> tuple[list[tuple[str, list[ServerReply]]], RecordingHandler]:
     return transcript, recorder
 
 
-if __name__ == "__main__":
-    transcript, recorder = converse()
+def show(transcript: list[tuple[str, list[ServerReply]]], recorder: RecordingHandler) -> None:
+    """
+    Print a transcript from L{converse}, then the message the server received.
+    """
     for sent, replies in transcript:
         print(f"C: {sent}")
         for reply in replies:
             print(f"S: {reply.code} {' / '.join(reply.lines)}")
     print("The message received:", recorder.messages[0].data)
+
+
+if __name__ == "__main__":
+    show(*converse())

@@ -128,7 +128,27 @@ class StartData:
     """
 
 
-Action: TypeAlias = Send | CheckMail | CheckRcpt | StartData | StartTLS | CheckAuth | CheckXClient
+@dataclass(slots=True)
+class ReadChunk:
+    """
+    Read the next C{size} bytes as a BDAT chunk (RFC 3030), whatever they hold: none of
+    them is a command.
+
+    With C{refusal} set, the BDAT was refused: discard the bytes, then carry out
+    C{refusal}.  Otherwise they are the message's: if C{first}, start the L{IDataHandler}s
+    first (BDAT has no 354); after the chunk, end the message if C{last} (then call
+    L{ServerConnection.dataFinished}), else call L{ServerConnection.chunkDone}.
+    """
+
+    size: int
+    last: bool = False
+    first: bool = False
+    refusal: Send | None = None
+
+
+Action: TypeAlias = (
+    Send | CheckMail | CheckRcpt | StartData | ReadChunk | StartTLS | CheckAuth | CheckXClient
+)
 
 #: What one handler may answer for a message (or for one LMTP recipient): L{None} for
 #: the default acceptance, a string for acceptance with that text, or a refusal.
@@ -147,6 +167,14 @@ _NEED_TLS: Final = frozenset(("MAIL", "RCPT", "DATA", "AUTH"))
 SASL_LINE_LIMIT: Final = 12288
 _NOTIFY_VALUES: Final = frozenset(("NEVER", "SUCCESS", "FAILURE", "DELAY"))
 _ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;.+\Z", re.DOTALL)
+# bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ], chunk-size = 1*DIGIT (RFC 3030).
+_BDAT: Final = re.compile(r"([0-9]+)(?: (LAST))?\Z", re.IGNORECASE)
+#: A refused chunk is read and thrown away (its bytes must not be taken for commands) if
+#: it is at most this long, or at most the size limit when there is one; after a longer
+#: one the connection closes instead.
+CHUNK_SKIP_LIMIT: Final = 64 * 1024 * 1024
+# Chunk sizes of more digits are beyond any limit (and int() of them costs).
+_CHUNK_DIGITS: Final = 18
 
 
 class ServerConnection:
@@ -359,6 +387,9 @@ class ServerConnection:
             return self._unrecognizedCommand(R.UNRECOGNIZED)
         if verb != "AUTH" and self._authRequired and self._countUnauthenticated():
             return self._send(R.TOO_MANY_UNAUTHENTICATED)
+        if verb == "BDAT":
+            # Every refusal of a BDAT must still account for its chunk: its own checks.
+            return self._bdat(verb, argument, line)
         if self.state is State.GREETED and needsHello(verb):
             return self._send(R.SEND_LHLO_FIRST if options.lmtp else R.SEND_HELO_FIRST)
         if options.needsUpgrade and not self.session.secure and verb in _NEED_TLS:
@@ -466,6 +497,8 @@ class ServerConnection:
             out.append("REQUIRETLS")
         if o.size:
             out.append("SIZE" if o.hideSize else f"SIZE {o.size}")
+        if "BDAT" not in o.disabledCommands:
+            out.append("CHUNKING")
         if not self._xclientAddressSet:
             if self._trusted(o.useXClient, "XCLIENT"):
                 out.append("XCLIENT " + " ".join(XCLIENT_ATTRIBUTES))
@@ -911,6 +944,50 @@ class ServerConnection:
         self.state = after
         return _START_DATA
 
+    def _bdat(self, verb: str, argument: str, line: str) -> Action:
+        match = _BDAT.match(argument)
+        if match is None:
+            return self._send(R.BDAT_SYNTAX, close=True)
+        digits, last = match.group(1), match.group(2) is not None
+        size = int(digits) if len(digits) <= _CHUNK_DIGITS else 10**_CHUNK_DIGITS
+        limit = self._options.size
+        if limit and size > limit:
+            # More than a whole message may be: not worth reading to throw away.
+            return self._send(R.tooBig(limit), close=True)
+        refusal = self._chunkRefusal(size, last)
+        if refusal is not None:
+            if not limit and size > CHUNK_SKIP_LIMIT:
+                return self._send(refusal, close=True)
+            return ReadChunk(size, refusal=self._send(refusal))
+        first = self.state is State.RCPT
+        self.state = State.CHUNKS
+        return ReadChunk(size, last, first)
+
+    def _chunkRefusal(self, size: int, last: bool) -> Reply | None:
+        # What receiveLine checks before other commands, then BDAT's own rules.
+        options = self._options
+        if self.state is State.GREETED:
+            return R.SEND_LHLO_FIRST if options.lmtp else R.SEND_HELO_FIRST
+        if options.needsUpgrade and not self.session.secure:
+            return R.MUST_STARTTLS
+        if self._authRequired:
+            return R.reply(530, options.authRequiredMessage, "5.7.0")
+        after = transition(self.state, "BDAT")
+        if isinstance(after, Reply):
+            return after
+        if size == 0 and not last:
+            # RFC 3030 allows it, but it does nothing, and a client could repeat it for
+            # ever (standards 3030-09).
+            return R.NULL_CHUNK
+        return None
+
+    def chunkDone(self, size: int) -> Send:
+        """
+        The 250 after a BDAT chunk of C{size} bytes that was not the last; the
+        transaction goes on.
+        """
+        return self._send(R.chunkReceived(size))
+
     @property
     def replySlots(self) -> int:
         """
@@ -966,6 +1043,7 @@ class ServerConnection:
         "MAIL": _mail,
         "RCPT": _rcpt,
         "DATA": _data,
+        "BDAT": _bdat,
         "RSET": _rset,
         "NOOP": _noop,
         "HELP": _help,

@@ -1,5 +1,7 @@
 """
-The DATA decoder: turns the dot-stuffed bytes after ``354`` into the message.
+The message decoders: L{DataDecoder} turns the dot-stuffed bytes after ``354`` into the
+message; L{ChunkDecoder} takes BDAT chunks (RFC 3030), which need no unstuffing, under the
+same size limit and bare line ending policy.
 
 The model, which is RFC 5321's (sections 4.1.1.4 and 4.5.2) and nothing looser:
 
@@ -12,7 +14,7 @@ The model, which is RFC 5321's (sections 4.1.1.4 and 4.5.2) and nothing looser:
 4. Only then are bare CRs and LFs dealt with, by the chosen policy: ``normalize`` turns
    each into CRLF, ``reject`` marks the message as refused, ``pass`` keeps them.
 
-The decoder works on chunks of any size: it never looks at lines one at a time.  It finds
+The DATA decoder works on chunks of any size: it never looks at lines one at a time.  It finds
 the end with C{bytes.find} and unstuffs with one C{bytes.replace}, pretending the data
 starts after a CRLF so that the first line needs no special case.  Up to four bytes that
 could begin the terminator are held back between chunks.
@@ -27,27 +29,17 @@ _STUFFED: Final = b"\r\n."
 _CRLF: Final = b"\r\n"
 
 
-class DataDecoder:
+class _MessageDecoder:
     """
-    Decode one message.
+    What both ways of receiving a message share: the size limit and the policy for bare
+    CR and LF, applied to parts of the message that never split a CRLF.
 
-    @ivar byteLength: bytes of message produced so far (after unstuffing and the
-        line-ending policy; the terminator is not counted).
+    @ivar byteLength: bytes of message produced so far (after the line-ending policy).
     @ivar sizeExceeded: whether C{byteLength} went over the limit.
     @ivar bareLineEndings: whether a bare CR or LF was seen (under any policy).
-    @ivar done: whether the terminator was seen.
     """
 
-    __slots__ = (
-        "_limit",
-        "_pending",
-        "_policy",
-        "_skip",
-        "bareLineEndings",
-        "byteLength",
-        "done",
-        "sizeExceeded",
-    )
+    __slots__ = ("_limit", "_policy", "bareLineEndings", "byteLength", "sizeExceeded")
 
     def __init__(self, limit: int = 0, policy: str = "normalize") -> None:
         """
@@ -58,12 +50,47 @@ class DataDecoder:
             raise ValueError(f"unknown bare line ending policy {policy!r}")
         self._limit = limit
         self._policy = policy
-        # The data starts as if after a CRLF; these two bytes are dropped from the output.
-        self._pending = _CRLF
-        self._skip = 2
         self.byteLength = 0
         self.sizeExceeded = False
         self.bareLineEndings = False
+
+    def _judge(self, part: bytes) -> bytes:
+        # Apply the policy to part (which neither ends inside a CRLF nor starts with the
+        # LF of one) and count it.
+        if part and _hasBareLineEnding(part):
+            self.bareLineEndings = True
+            if self._policy == "normalize":
+                part = part.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        self.byteLength += len(part)
+        if self._limit and self.byteLength > self._limit:
+            self.sizeExceeded = True
+        return part
+
+    @property
+    def rejected(self) -> bool:
+        """
+        Whether the message must be refused: it had a bare CR or LF and the policy is
+        C{reject}.  (Under the other policies a bare line ending is only recorded.)
+        """
+        return self.bareLineEndings and self._policy == "reject"
+
+
+class DataDecoder(_MessageDecoder):
+    """
+    Decode one message sent after DATA.
+
+    @ivar byteLength: bytes of message produced so far (after unstuffing and the
+        line-ending policy; the terminator is not counted).
+    @ivar done: whether the terminator was seen.
+    """
+
+    __slots__ = ("_pending", "_skip", "done")
+
+    def __init__(self, limit: int = 0, policy: str = "normalize") -> None:
+        super().__init__(limit, policy)
+        # The data starts as if after a CRLF; these two bytes are dropped from the output.
+        self._pending = _CRLF
+        self._skip = 2
         self.done = False
 
     def feed(self, data: bytes) -> tuple[bytes, bytes | None]:
@@ -105,22 +132,44 @@ class DataDecoder:
             self._skip -= skipped
         # A part never ends inside a CRLF (a trailing CR is always held back) and never
         # starts with the LF of one, so bare line endings can be judged part by part.
-        if part and _hasBareLineEnding(part):
-            self.bareLineEndings = True
-            if self._policy == "normalize":
-                part = part.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-        self.byteLength += len(part)
-        if self._limit and self.byteLength > self._limit:
-            self.sizeExceeded = True
-        return part, rest
+        return self._judge(part), rest
 
-    @property
-    def rejected(self) -> bool:
+
+class ChunkDecoder(_MessageDecoder):
+    """
+    Decode one message sent in BDAT chunks (RFC 3030): the chunks' bytes are the message
+    as they are, with no dot-stuffing and no terminator.  A text message must still have
+    CRLF line endings (section 3), so the bare CR and LF policy applies as after DATA,
+    across the chunks' boundaries: a CR that ends one chunk waits for the next.
+    """
+
+    __slots__ = ("_heldCR",)
+
+    def __init__(self, limit: int = 0, policy: str = "normalize") -> None:
+        super().__init__(limit, policy)
+        self._heldCR = False
+
+    def feed(self, data: bytes) -> bytes:
         """
-        Whether the message must be refused: it had a bare CR or LF and the policy is
-        C{reject}.  (Under the other policies a bare line ending is only recorded.)
+        The message bytes that the next part of a chunk completes.
         """
-        return self.bareLineEndings and self._policy == "reject"
+        if self._heldCR:
+            data = b"\r" + data
+            self._heldCR = False
+        if data.endswith(b"\r"):
+            data = data[:-1]
+            self._heldCR = True
+        return self._judge(data)
+
+    def end(self) -> bytes:
+        """
+        The message's last bytes once its last chunk is in: a CR held back, which no LF
+        followed.
+        """
+        if self._heldCR:
+            self._heldCR = False
+            return self._judge(b"\r")
+        return b""
 
 
 def _heldBack(buf: bytes) -> int:

@@ -273,6 +273,20 @@ START_DATA: Final = reply(354, "End data with <CR><LF>.<CR><LF>")
 MESSAGE_QUEUED_TEXT: Final = "OK: message queued"
 MESSAGE_ACCEPTED_TEXT: Final = "OK: message accepted"
 DATA_ENHANCED: Final = "2.6.0"
+
+# BDAT (RFC 3030).  After a BDAT line that cannot be read there is no telling where its
+# chunk ends, so the connection closes after this reply (Postfix's code for it).
+BDAT_SYNTAX: Final = reply(521, "Error: syntax: BDAT chunk-size [LAST]", "5.5.4")
+NULL_CHUNK: Final = reply(501, "Error: BDAT 0 is only allowed with LAST", "5.5.4")
+
+
+def chunkReceived(size: int) -> Reply:
+    """
+    The 250 for a BDAT chunk that is not the last (RFC 3030 section 2).
+    """
+    return reply(250, f"OK: {size} octets received", "2.0.0")
+
+
 # RFC 3463 5.3.4 "message too big for system"; the reference sends 4.3.1 on this 552.
 TOO_BIG_TEXT: Final = "Error: message exceeds fixed maximum message size {size}"
 TOO_BIG_ENHANCED: Final = "5.3.4"

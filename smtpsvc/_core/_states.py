@@ -10,6 +10,10 @@ The model (RFC 5321 section 4.1.4, RFC 2033 for LMTP, RFC 3207 for STARTTLS):
 - ``RCPT``: at least one RCPT TO was accepted; DATA may follow.
 - ``DATA``: the message is being received.  No command is read in this state: the bytes
   go to the DATA decoder until the final dot, which leads back to ``READY``.
+- ``CHUNKS``: the message is arriving in BDAT chunks (RFC 3030).  A chunk's bytes are
+  read without looking at them as commands; between chunks only another BDAT moves the
+  transaction on, ``BDAT ... LAST`` ends it, and RSET (or a hello) abandons it.  DATA is
+  a sequence error here (RFC 3030 section 2).
 
 ``TRANSITIONS`` lists every legal ``(state, command)`` pair and the state after the
 command succeeds (a command refused by a handler or by its own syntax leaves the state
@@ -43,9 +47,10 @@ class State(enum.Enum):
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"
+    CHUNKS = "chunks"
 
 
-GREETED, READY, MAIL, RCPT, DATA = State
+GREETED, READY, MAIL, RCPT, DATA, CHUNKS = State
 
 #: Every command the state machine knows.  ``LHLO`` exists only in LMTP, ``HELO`` and
 #: ``EHLO`` only in SMTP; the extension commands only when their extension is on.
@@ -57,6 +62,7 @@ COMMANDS: Final = frozenset(
         "MAIL",
         "RCPT",
         "DATA",
+        "BDAT",
         "RSET",
         "NOOP",
         "HELP",
@@ -72,7 +78,8 @@ COMMANDS: Final = frozenset(
     }
 )
 
-_IDLE: Final = (GREETED, READY, MAIL, RCPT)
+# The states in which commands are read.
+_IDLE: Final = (GREETED, READY, MAIL, RCPT, CHUNKS)
 
 TRANSITIONS: Final[Mapping[tuple[State, str], State]] = {
     # Saying hello: from anywhere outside DATA, and it resets any transaction.
@@ -80,24 +87,30 @@ TRANSITIONS: Final[Mapping[tuple[State, str], State]] = {
     (READY, "HELO"): READY,
     (MAIL, "HELO"): READY,
     (RCPT, "HELO"): READY,
+    (CHUNKS, "HELO"): READY,
     (GREETED, "EHLO"): READY,
     (READY, "EHLO"): READY,
     (MAIL, "EHLO"): READY,
     (RCPT, "EHLO"): READY,
+    (CHUNKS, "EHLO"): READY,
     (GREETED, "LHLO"): READY,
     (READY, "LHLO"): READY,
     (MAIL, "LHLO"): READY,
     (RCPT, "LHLO"): READY,
+    (CHUNKS, "LHLO"): READY,
     # The mail transaction.
     (READY, "MAIL"): MAIL,
     (MAIL, "RCPT"): RCPT,
     (RCPT, "RCPT"): RCPT,
     (RCPT, "DATA"): DATA,
+    (RCPT, "BDAT"): CHUNKS,
+    (CHUNKS, "BDAT"): CHUNKS,
     # RSET ends a transaction but keeps the hello.
     (GREETED, "RSET"): GREETED,
     (READY, "RSET"): READY,
     (MAIL, "RSET"): READY,
     (RCPT, "RSET"): READY,
+    (CHUNKS, "RSET"): READY,
     # Session commands change nothing.
     **{(state, command): state for state in _IDLE for command in ("NOOP", "HELP", "VRFY")},
     **{(state, command): state for state in _IDLE for command in ("QUIT", "WIZ", "SHELL")},
@@ -116,20 +129,28 @@ SEQUENCE_ERRORS: Final[Mapping[tuple[State, str], Reply]] = {
     (GREETED, "MAIL"): _replies.SEND_HELO_FIRST,
     (GREETED, "RCPT"): _replies.SEND_HELO_FIRST,
     (GREETED, "DATA"): _replies.SEND_HELO_FIRST,
+    (GREETED, "BDAT"): _replies.SEND_HELO_FIRST,
     (GREETED, "AUTH"): _replies.SEND_HELO_FIRST,
     (MAIL, "MAIL"): _replies.NESTED_MAIL,
     (RCPT, "MAIL"): _replies.NESTED_MAIL,
+    (CHUNKS, "MAIL"): _replies.NESTED_MAIL,
     (READY, "RCPT"): _replies.NEED_MAIL,
     (READY, "DATA"): _replies.NEED_RCPT,
     (MAIL, "DATA"): _replies.NEED_RCPT,
+    (READY, "BDAT"): _replies.NEED_MAIL,
+    (MAIL, "BDAT"): _replies.NEED_RCPT,
     (MAIL, "AUTH"): _replies.TRANSACTION_IN_PROGRESS,
     (RCPT, "AUTH"): _replies.TRANSACTION_IN_PROGRESS,
+    (CHUNKS, "AUTH"): _replies.TRANSACTION_IN_PROGRESS,
     (MAIL, "STARTTLS"): _replies.TRANSACTION_IN_PROGRESS,
     (RCPT, "STARTTLS"): _replies.TRANSACTION_IN_PROGRESS,
+    (CHUNKS, "STARTTLS"): _replies.TRANSACTION_IN_PROGRESS,
     (MAIL, "XCLIENT"): _replies.TRANSACTION_IN_PROGRESS,
     (RCPT, "XCLIENT"): _replies.TRANSACTION_IN_PROGRESS,
+    (CHUNKS, "XCLIENT"): _replies.TRANSACTION_IN_PROGRESS,
     (MAIL, "XFORWARD"): _replies.TRANSACTION_IN_PROGRESS,
     (RCPT, "XFORWARD"): _replies.TRANSACTION_IN_PROGRESS,
+    (CHUNKS, "XFORWARD"): _replies.TRANSACTION_IN_PROGRESS,
 }
 
 _BAD_SEQUENCE: Final = _replies.reply(503, "Error: bad sequence of commands", "5.5.1")

@@ -1,0 +1,539 @@
+"""
+CHUNKING and BDAT (RFC 3030), in memory: the chunk decoder, and the protocol driven
+through L{MemoryClient}.  Tests named C{test_3030_NN} are the standards checklist's
+(section 1.11).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from smtpsvc import (
+    IDataHandler,
+    IMessageStream,
+    MessageAborted,
+    SMTPError,
+    SMTPServer,
+    readMessage,
+)
+from smtpsvc import Session as SMTPSession
+from smtpsvc._core._connection import CHUNK_SKIP_LIMIT
+from smtpsvc._core._data import ChunkDecoder
+from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
+
+from .e2e_support import LogCapture
+
+NAME = "mx.test"
+SENDER = "a@b.example"
+RECIPIENT = "c@d.example"
+
+
+def makeServer(handlers: list[object], **options: Any) -> SMTPServer:
+    options.setdefault("name", NAME)
+    options.setdefault("authOptional", True)
+    options.setdefault("earlyTalkerDelay", 0)
+    return SMTPServer(handlers, reactor=Clock(), **options)
+
+
+def connect(*handlers: object, **options: Any) -> MemoryClient:
+    """
+    A client that said EHLO (LHLO in LMTP) to a new server with C{handlers}.
+    """
+    client = MemoryClient(makeServer(list(handlers), **options))
+    hello = "LHLO x" if options.get("lmtp") else "EHLO x"
+    assert client.send(hello)[0].code == 250
+    return client
+
+
+def transaction(client: MemoryClient, *recipients: str) -> None:
+    """
+    MAIL FROM and RCPT TO (each of C{recipients}, or L{RECIPIENT}), all accepted.
+    """
+    lines = [f"MAIL FROM:<{SENDER}>", *(f"RCPT TO:<{r}>" for r in recipients or [RECIPIENT])]
+    replies = client.send(*lines)
+    assert [r.code for r in replies] == [250] * len(lines), replies
+
+
+def bdat(data: bytes, last: bool = False) -> bytes:
+    """
+    A BDAT command and its chunk.
+    """
+    return b"BDAT %d%s\r\n%s" % (len(data), b" LAST" if last else b"", data)
+
+
+def codes(replies: list[ServerReply]) -> list[int]:
+    return [r.code for r in replies]
+
+
+@implementer(IDataHandler)
+class Outcomes:
+    """
+    Reads each message to its end and records how it ended: its bytes, or the error.
+    """
+
+    def __init__(self) -> None:
+        self.ended: list[bytes | BaseException] = []
+
+    async def onData(self, stream: IMessageStream, session: SMTPSession) -> None:
+        try:
+            data = await readMessage(stream)
+        except Exception as e:
+            self.ended.append(e)
+            raise
+        self.ended.append(data)
+
+
+@implementer(IDataHandler)
+class LaterAnswer:
+    """
+    Answers each message when the test says so.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[None]] = []
+
+    def onData(self, stream: IMessageStream, session: SMTPSession) -> Deferred[None]:
+        answer: Deferred[None] = Deferred()
+        self.pending.append(answer)
+        return answer
+
+
+class ChunkDecoderTests(SynchronousTestCase):
+    """
+    L{ChunkDecoder}: the chunks' bytes are the message, under the bare line ending policy.
+    """
+
+    def decode(self, parts: list[bytes], **kwargs: Any) -> tuple[bytes, ChunkDecoder]:
+        decoder = ChunkDecoder(**kwargs)
+        out = b"".join(decoder.feed(part) for part in parts) + decoder.end()
+        return out, decoder
+
+    def test_bytesAsSent(self) -> None:
+        """
+        Dots, the DATA terminator and would-be commands are ordinary bytes.
+        """
+        message = b"..x\r\n.\r\nQUIT\r\n.\r\n"
+        out, decoder = self.decode([message])
+        self.assertEqual(
+            (out, decoder.byteLength, decoder.bareLineEndings), (message, len(message), False)
+        )
+
+    def test_crlfAcrossChunks(self) -> None:
+        """
+        A CRLF split between two chunks is one line ending, not a bare CR and a bare LF.
+        """
+        out, decoder = self.decode([b"a\r", b"\nb\r\n"], policy="reject")
+        self.assertEqual(
+            (out, decoder.bareLineEndings, decoder.rejected), (b"a\r\nb\r\n", False, False)
+        )
+
+    def test_3030_12_bareLineEndings(self) -> None:
+        """
+        A bare LF or CR, also a CR that ends the last chunk, is dealt with as after DATA:
+        normalised, refused or kept.
+        """
+        parts = [b"a\nb\r", b"c\r"]
+        normalized, decoder = self.decode(parts)
+        self.assertEqual((normalized, decoder.bareLineEndings), (b"a\r\nb\r\nc\r\n", True))
+        _, decoder = self.decode(parts, policy="reject")
+        self.assertTrue(decoder.rejected)
+        kept, decoder = self.decode(parts, policy="pass")
+        self.assertEqual((kept, decoder.rejected), (b"a\nb\rc\r", False))
+
+    def test_sizeLimit(self) -> None:
+        """
+        The limit counts the message's bytes across chunks.
+        """
+        _, decoder = self.decode([b"12345", b"67890"], limit=10)
+        self.assertFalse(decoder.sizeExceeded)
+        _, decoder = self.decode([b"12345", b"678901"], limit=10)
+        self.assertTrue(decoder.sizeExceeded)
+
+    @given(
+        st.binary(max_size=200),
+        st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+        st.sampled_from(["normalize", "reject", "pass"]),
+    )
+    def test_anyCut(self, message: bytes, cuts: list[int], policy: str) -> None:
+        """
+        However the message is cut into chunks, the output and the findings are the same.
+        """
+        bounds = sorted({0, len(message), *(min(c, len(message)) for c in cuts)})
+        parts = [message[a:b] for a, b in itertools.pairwise(bounds)]
+        whole, one = self.decode([message], policy=policy)
+        cut, many = self.decode(parts, policy=policy)
+        self.assertEqual(
+            (cut, many.bareLineEndings, many.byteLength),
+            (whole, one.bareLineEndings, one.byteLength),
+        )
+
+
+class ChunkingTests(SynchronousTestCase):
+    """
+    BDAT over the wire, in memory.
+    """
+
+    def test_3030_01_advertised(self) -> None:
+        """
+        EHLO (and LMTP's LHLO) lists CHUNKING, and not BINARYMIME, which smtpsvc does not
+        support; disabling BDAT removes CHUNKING and makes BDAT an unknown command.
+        """
+        for options in ({}, {"lmtp": True}):
+            client = MemoryClient(makeServer([], **options))
+            hello = "LHLO x" if options else "EHLO x"
+            lines = client.send(hello)[0].lines
+            self.assertIn("CHUNKING", lines)
+            self.assertNotIn("BINARYMIME", lines)
+        client = MemoryClient(makeServer([], disabledCommands=("BDAT",)))
+        self.assertNotIn("CHUNKING", client.send("EHLO x")[0].lines)
+        self.assertEqual(
+            client.send("BDAT 0 LAST"), [ServerReply(500, ("Error: command not recognized",))]
+        )
+
+    def test_3030_02_eachChunkAcknowledged(self) -> None:
+        """
+        Each chunk gets a 250 once read; the message is the chunks one after another.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder, hideENHANCEDSTATUSCODES=False)
+        transaction(client)
+        self.assertEqual(
+            client.write(bdat(b"hello")), [ServerReply(250, ("2.0.0 OK: 5 octets received",))]
+        )
+        replies = client.write(bdat(b", world\r\n", last=True))
+        self.assertEqual(replies, [ServerReply(250, ("2.6.0 OK: message queued",))])
+        self.assertEqual([m.data for m in recorder.messages], [b"hello, world\r\n"])
+        self.assertEqual(recorder.messages[0].envelope.rcptTo[0].address, RECIPIENT)
+
+    def test_3030_03_emptyLastChunk(self) -> None:
+        """
+        C{BDAT 0 LAST} ends the message: one 250 in SMTP, one reply per accepted
+        recipient in LMTP.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder)
+        transaction(client)
+        self.assertEqual(codes(client.write(bdat(b"x\r\n") + b"BDAT 0 LAST\r\n")), [250, 250])
+        self.assertEqual([m.data for m in recorder.messages], [b"x\r\n"])
+        client = connect(recorder, lmtp=True)
+        transaction(client, "c@d.example", "e@f.example")
+        replies = client.write(b"BDAT 0 LAST\r\n")
+        self.assertEqual(replies, [ServerReply(250, ("2.6.0 OK: message accepted",))] * 2)
+        self.assertEqual(recorder.messages[-1].data, b"")
+
+    def test_3030_03_lmtpPerRecipient(self) -> None:
+        """
+        In LMTP a data handler's per-recipient answers become the replies to BDAT LAST.
+        """
+
+        @implementer(IDataHandler)
+        class SecondFull:
+            def onData(self, stream: IMessageStream, session: SMTPSession) -> list[object]:
+                return [None, SMTPError(452, "Mailbox full")]
+
+        client = connect(SecondFull(), lmtp=True)
+        transaction(client, "c@d.example", "e@f.example")
+        self.assertEqual(codes(client.write(bdat(b"hi\r\n", last=True))), [250, 452])
+
+    def test_3030_04_chunkOfARefusedBDATDiscarded(self) -> None:
+        """
+        A BDAT refused for its place in the conversation still has its chunk read and
+        thrown away: the commands in it are not run, and the connection goes on.
+        """
+        inside = b"QUIT\r\n"
+        cases: list[tuple[dict[str, Any], list[str], str]] = [
+            ({}, [], "503 Error: send HELO/EHLO first"),
+            ({}, ["EHLO x"], "503 Error: need MAIL command"),
+            ({}, ["EHLO x", f"MAIL FROM:<{SENDER}>"], "503 Error: need RCPT command"),
+            ({"needsUpgrade": True}, ["EHLO x"], "530 Must issue a STARTTLS command first"),
+            (
+                {"authOptional": False, "authMethods": ("PLAIN",), "allowInsecureAuth": True},
+                ["EHLO x"],
+                "530 Error: authentication Required",
+            ),
+        ]
+        for options, before, refusal in cases:
+            client = MemoryClient(makeServer([], **options))
+            client.send(*before)
+            replies = client.write(bdat(inside) + b"NOOP\r\n")
+            self.assertEqual(
+                [f"{r.code} {r.text}" for r in replies][:1], [refusal], (options, before)
+            )
+            self.assertEqual(codes(replies)[1:], [250], (options, before))
+            self.assertFalse(client.closed, (options, before))
+
+    def test_3030_04_tooLarge(self) -> None:
+        """
+        A chunk that takes the message over the size limit is read to its end and gets
+        552; the message fails (its handlers are told) and the transaction is over.
+        """
+        outcomes = Outcomes()
+        client = connect(outcomes, size=10, hideENHANCEDSTATUSCODES=False)
+        transaction(client)
+        self.assertEqual(codes(client.write(bdat(b"123456"))), [250])
+        replies = client.write(bdat(b"QUIT\r\n"))
+        self.assertEqual(
+            replies,
+            [ServerReply(552, ("5.3.4 Error: message exceeds fixed maximum message size 10",))],
+        )
+        self.assertEqual([type(e).__name__ for e in outcomes.ended], ["MessageTooLarge"])
+        self.assertEqual(codes(client.write(bdat(b"more", last=True))), [503])
+        self.assertFalse(client.closed)
+        transaction(client)
+        self.assertEqual(codes(client.write(bdat(b"small", last=True))), [250])
+        self.assertEqual(outcomes.ended[-1], b"small")
+
+    def test_3030_05_dataAfterBDAT(self) -> None:
+        """
+        DATA in a transaction that BDAT started gets 503 5.5.1; the transaction goes on.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder, hideENHANCEDSTATUSCODES=False)
+        transaction(client)
+        client.write(bdat(b"part1 "))
+        self.assertEqual(
+            client.send("DATA"), [ServerReply(503, ("5.5.1 Error: bad sequence of commands",))]
+        )
+        self.assertEqual(codes(client.write(bdat(b"part2\r\n", last=True))), [250])
+        self.assertEqual([m.data for m in recorder.messages], [b"part1 part2\r\n"])
+
+    def test_3030_05_otherCommandsBetweenChunks(self) -> None:
+        """
+        Between chunks NOOP works; MAIL, RCPT, AUTH, STARTTLS are sequence errors.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder)
+        transaction(client)
+        client.write(bdat(b"x"))
+        replies = client.send(
+            "NOOP", f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "AUTH PLAIN", "STARTTLS"
+        )
+        self.assertEqual(codes(replies), [250, 503, 503, 503, 503])
+        self.assertEqual(codes(client.write(bdat(b"y\r\n", last=True))), [250])
+        self.assertEqual([m.data for m in recorder.messages], [b"xy\r\n"])
+
+    def test_3030_06_bdatAfterLast(self) -> None:
+        """
+        A BDAT after the last chunk is outside any transaction: 503, and its chunk is
+        discarded.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder, hideENHANCEDSTATUSCODES=False)
+        transaction(client)
+        client.write(bdat(b"one\r\n", last=True))
+        replies = client.write(bdat(b"RSET\r\n") + b"NOOP\r\n")
+        self.assertEqual(
+            replies,
+            [
+                ServerReply(503, ("5.5.1 Error: need MAIL command",)),
+                ServerReply(250, ("2.0.0 OK",)),
+            ],
+        )
+        self.assertEqual([m.data for m in recorder.messages], [b"one\r\n"])
+
+    def test_3030_07_binaryMimeRefused(self) -> None:
+        """
+        BODY=BINARYMIME is refused at MAIL FROM: smtpsvc does not offer BINARYMIME.
+        """
+        client = connect()
+        reply = client.send(f"MAIL FROM:<{SENDER}> BODY=BINARYMIME")[0]
+        self.assertEqual(reply.code, 501)
+
+    def test_3030_08_syntaxErrorCloses(self) -> None:
+        """
+        A BDAT line that cannot be read gets 521 5.5.4 and the connection closes: there
+        is no telling where its chunk would end.
+        """
+        # The last has a digit of another script (FULLWIDTH DIGIT FIVE), which int() takes.
+        lines = ("BDAT", "BDAT abc", "BDAT 5 FIRST", "BDAT -1", "BDAT 5  LAST", "BDAT \uff15")
+        for line in lines:
+            client = connect(hideENHANCEDSTATUSCODES=False)
+            transaction(client)
+            replies = client.write(line.encode() + b"\r\nhelloNOOP\r\n")
+            self.assertEqual(
+                replies, [ServerReply(521, ("5.5.4 Error: syntax: BDAT chunk-size [LAST]",))], line
+            )
+            self.assertTrue(client.closed, line)
+
+    def test_3030_08_lastInAnyCase(self) -> None:
+        """
+        The end marker LAST, like a verb, may be in any case.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder)
+        transaction(client)
+        self.assertEqual(codes(client.write(b"bdat 3 last\r\nabc")), [250])
+        self.assertEqual([m.data for m in recorder.messages], [b"abc"])
+
+    def test_3030_09_nullChunk(self) -> None:
+        """
+        C{BDAT 0} without LAST is refused, as often as it comes; the transaction goes on.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder, hideENHANCEDSTATUSCODES=False)
+        transaction(client)
+        refused = ServerReply(501, ("5.5.4 Error: BDAT 0 is only allowed with LAST",))
+        self.assertEqual(client.send("BDAT 0", "BDAT 0", "BDAT 0"), [refused] * 3)
+        self.assertEqual(codes(client.write(bdat(b"ok", last=True))), [250])
+        self.assertEqual([m.data for m in recorder.messages], [b"ok"])
+
+    def test_3030_10_hugeChunk(self) -> None:
+        """
+        A chunk larger than the size limit gets 552 and the connection closes at once:
+        nothing is read (or held) for it.  Without a limit a refused chunk over
+        CHUNK_SKIP_LIMIT closes too.
+        """
+        client = connect(size=1000, hideENHANCEDSTATUSCODES=False)
+        transaction(client)
+        replies = client.send("BDAT 99999999999999999999")
+        self.assertEqual(
+            replies,
+            [ServerReply(552, ("5.3.4 Error: message exceeds fixed maximum message size 1000",))],
+        )
+        self.assertTrue(client.closed)
+        client = connect()
+        self.assertEqual(codes(client.send(f"BDAT {CHUNK_SKIP_LIMIT + 1}")), [503])
+        self.assertTrue(client.closed)
+        client = connect()
+        self.assertEqual(codes(client.write(b"BDAT 10\r\n" + b"x" * 10)), [503])
+        self.assertFalse(client.closed)
+
+    def test_3030_11_manySmallChunks(self) -> None:
+        """
+        Ten thousand one-byte chunks sent in one go each get their 250, and the message
+        is all of them; the protocol keeps nothing per chunk.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder)
+        transaction(client)
+        count = 10_000
+        replies = client.write(b"BDAT 1\r\nx" * count)
+        # Long pipelined batches are answered a few hundred lines per reactor turn.
+        for _ in range(count):
+            if len(replies) >= count:
+                break
+            client.clock.advance(0)
+            replies += client.received()
+        self.assertEqual(replies, [ServerReply(250, ("OK: 1 octets received",))] * count)
+        self.assertEqual(codes(client.write(b"BDAT 0 LAST\r\n")), [250])
+        self.assertEqual([m.data for m in recorder.messages], [b"x" * count])
+        self.assertEqual(client.protocol._out, [])
+
+    def test_3030_12_bareLineEndingRejected(self) -> None:
+        """
+        Under bareLineEndings=reject a bare LF in a chunk makes BDAT LAST answer 550, as
+        the final dot would after DATA.
+        """
+        client = connect(bareLineEndings="reject")
+        transaction(client)
+        replies = client.write(bdat(b"a\nb\r\n", last=True))
+        self.assertEqual(
+            replies, [ServerReply(550, ("Error: bare <CR> or <LF> received in message data",))]
+        )
+
+    def test_3030_12_bareLineEndingNormalized(self) -> None:
+        """
+        Under the default policy, bare line endings become CRLF, a CRLF split between
+        chunks stays one.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder)
+        transaction(client)
+        client.write(bdat(b"a\nb\r"))
+        client.write(bdat(b"\nc", last=True))
+        self.assertEqual([m.data for m in recorder.messages], [b"a\r\nb\r\nc"])
+
+    def test_commandsInsideAChunk(self) -> None:
+        """
+        A chunk that holds a DATA terminator and whole commands (the SMTP smuggling
+        pattern) is message text: one message, nothing run.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder)
+        transaction(client)
+        inside = b"Subject: a\r\n\r\nA\r\n.\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\n"
+        self.assertEqual(codes(client.write(bdat(inside, last=True))), [250])
+        self.assertEqual([m.data for m in recorder.messages], [inside])
+        self.assertEqual(recorder.senders, [SENDER])
+
+    def test_pipelinedInOneWrite(self) -> None:
+        """
+        A whole transaction with several chunks in one write is answered in one write,
+        in order.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder)
+        data = (
+            f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\n".encode()
+            + bdat(b"one ")
+            + bdat(b"two\r\n", last=True)
+            + b"NOOP\r\n"
+        )
+        client.protocol.dataReceived(data)
+        written = client.transport.value()
+        self.assertEqual(codes(client.received()), [250, 250, 250, 250, 250])
+        self.assertEqual(written.count(b"\r\n"), 5)
+        self.assertEqual([m.data for m in recorder.messages], [b"one two\r\n"])
+
+    def test_byteAtATime(self) -> None:
+        """
+        The chunk's size is counted however the bytes arrive.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder)
+        transaction(client)
+        replies = []
+        for byte in bdat(b"ab\r\n") + bdat(b"cd\r\n", last=True) + b"NOOP\r\n":
+            replies += client.write(bytes([byte]))
+        self.assertEqual(codes(replies), [250, 250, 250])
+        self.assertEqual([m.data for m in recorder.messages], [b"ab\r\ncd\r\n"])
+
+    def test_resetBetweenChunks(self) -> None:
+        """
+        RSET (or a new EHLO) between chunks abandons the message: its handlers see it
+        fail, the log says so, and a new transaction works.
+        """
+        for command in ("RSET", "EHLO y"):
+            log = LogCapture(self)
+            outcomes = Outcomes()
+            client = connect(outcomes)
+            transaction(client)
+            client.write(bdat(b"abandoned"))
+            self.assertEqual(codes(client.send(command)), [250])
+            self.assertEqual([type(e) for e in outcomes.ended], [MessageAborted])
+            self.assertEqual(len(log.matching(f"message from <{SENDER}>")), 1)
+            self.assertIn(": reset in ", log.matching(f"message from <{SENDER}>")[0])
+            transaction(client)
+            self.assertEqual(codes(client.write(bdat(b"kept", last=True))), [250])
+            self.assertEqual(outcomes.ended[1:], [b"kept"])
+
+    def test_answerAwaited(self) -> None:
+        """
+        The reply to BDAT LAST waits for the data handler's answer, and commands sent
+        after it wait too.
+        """
+        later = LaterAnswer()
+        client = connect(later)
+        transaction(client)
+        self.assertEqual(client.write(bdat(b"x", last=True) + b"NOOP\r\n"), [])
+        later.pending[0].callback(None)
+        self.assertEqual(codes(client.received()), [250, 250])
+
+    def test_disconnectBetweenChunks(self) -> None:
+        """
+        A client that goes away between chunks fails the message for its handlers.
+        """
+        outcomes = Outcomes()
+        client = connect(outcomes)
+        transaction(client)
+        client.write(bdat(b"half"))
+        client.disconnect()
+        self.assertEqual([type(e) for e in outcomes.ended], [MessageAborted])

@@ -1,0 +1,154 @@
+"""
+CHUNKING and BDAT (RFC 3030) end to end: C{twist smtpsvc} and in-process servers on
+127.0.0.1, driven by smtplib (whose low-level C{send} and C{getreply} carry BDAT, which
+it has no command for) and by C{openssl s_client} through STARTTLS.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest
+
+from smtpsvc.testing import RecordingHandler
+
+from .e2e_support import (
+    CLIENT_NAME,
+    LISTEN,
+    LOCALHOST,
+    SOCKET_TIMEOUT,
+    E2ETestCase,
+    haveOpenSSL,
+    startServer,
+    withoutTraceHeaders,
+)
+from .service_support import delivered, startService
+from .test_tls_e2e import MX, sClient, startTLSServer
+
+SENDER = "a@example.org"
+RECIPIENT = "u@example.org"
+QUICK = ("--early-talker-delay", "0", "--disable-reverse-lookup")
+
+# A message whose second chunk holds what would end the data and start a new transaction
+# if anything read it as commands (the SMTP smuggling pattern, standards section 2.2).
+HEAD = b"From: a@example.org\r\nTo: u@example.org\r\nSubject: chunked\r\n\r\n"
+SMUGGLED = b"one\r\n.\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<v@example.org>\r\nDATA\r\n"
+TAIL = b"..two dots stay two\r\nlast line\r\n"
+
+
+def sendChunks(
+    port: int, chunks: list[bytes], recipients: list[str], lmtp: bool = False
+) -> tuple[bool, list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    """
+    With smtplib (blocking: run it in a thread): EHLO (LHLO), MAIL, each RCPT, then each
+    of C{chunks} as C{BDAT n}, the last as C{BDAT n LAST}, pipelined in one send; QUIT.
+
+    @return: whether CHUNKING was offered, the reply to each chunk but the last, and the
+        final replies (one per recipient in LMTP).
+    """
+    client = (smtplib.LMTP if lmtp else smtplib.SMTP)(
+        LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT
+    )
+    with client as c:
+        c.ehlo()
+        offered = c.has_extn("chunking")
+        assert c.mail(SENDER)[0] == 250
+        for recipient in recipients:
+            assert c.rcpt(recipient)[0] == 250
+        last = len(chunks) - 1
+        c.send(
+            b"".join(
+                b"BDAT %d%s\r\n%s" % (len(chunk), b" LAST" if i == last else b"", chunk)
+                for i, chunk in enumerate(chunks)
+            )
+        )
+        acknowledged = [c.getreply() for _ in range(last)]
+        final = [c.getreply() for _ in range(len(recipients) if lmtp else 1)]
+        assert c.noop()[0] == 250
+    return offered, acknowledged, final
+
+
+class ChunkingServiceTests(E2ETestCase):
+    """
+    C{twist smtpsvc} receiving BDAT chunks into a Maildir.
+    """
+
+    async def test_chunksDelivered(self) -> None:
+        """
+        smtplib sees CHUNKING, pipelines three chunks (one holding a DATA terminator and
+        commands); each but the last gets 250, the last gets the final 250, and the
+        Maildir holds the chunks exactly, nothing unstuffed, nothing run.
+        """
+        tmpdir = os.path.abspath(self.mktemp())
+        os.makedirs(tmpdir)
+        maildir = os.path.join(tmpdir, "md")
+        process = await startService(
+            self, ["--listen", LISTEN, "--deliver", f"maildir:{maildir}", *QUICK], tmpdir
+        )
+        assert process.port is not None
+        offered, acknowledged, final = await deferToThread(
+            sendChunks, process.port, [HEAD, SMUGGLED, TAIL], [RECIPIENT]
+        )
+        self.assertTrue(offered)
+        self.assertEqual(
+            acknowledged,
+            [(250, b"OK: %d octets received" % len(c)) for c in (HEAD, SMUGGLED)],
+        )
+        self.assertEqual([code for code, _ in final], [250])
+        stored = list(delivered(maildir).values())
+        self.assertEqual([withoutTraceHeaders(m) for m in stored], [HEAD + SMUGGLED + TAIL])
+
+
+class ChunkingLMTPTests(E2ETestCase):
+    """
+    BDAT to an LMTP server: one final reply per recipient (RFC 2033 section 4.2).
+    """
+
+    async def test_replyPerRecipient(self) -> None:
+        """
+        smtplib.LMTP sends a message in two chunks to two recipients and gets a final
+        reply for each after BDAT LAST.
+        """
+        recorder = RecordingHandler()
+        _, port = await startServer(self, [recorder], lmtp=True)
+        recipients = [RECIPIENT, "w@example.org"]
+        offered, acknowledged, final = await deferToThread(
+            sendChunks, port, [HEAD, TAIL], recipients, True
+        )
+        self.assertTrue(offered)
+        self.assertEqual([code for code, _ in acknowledged + final], [250, 250, 250])
+        self.assertEqual([m.data for m in recorder.messages], [HEAD + TAIL])
+
+
+class ChunkingTLSTests(E2ETestCase):
+    """
+    BDAT inside TLS, from openssl s_client.
+    """
+
+    async def test_afterSTARTTLS(self) -> None:
+        """
+        openssl s_client -starttls smtp sends EHLO, MAIL, RCPT and a chunk (C{-crlf}
+        turns each LF into CRLF, so a chunk of two lines is 14 octets); the server
+        acknowledges it, stores it, and says the session was secure.
+        """
+        if not haveOpenSSL():
+            raise SkipTest("openssl is not installed (`make test` installs it)")
+        recorder = RecordingHandler()
+        _, port = await startTLSServer(self, [recorder])
+        script = (
+            f"EHLO {CLIENT_NAME}\nMAIL FROM:<{SENDER}>\nRCPT TO:<{RECIPIENT}>\n"
+            "BDAT 14 LAST\nhello\nworld\nQUIT\n"
+        )
+        result = await sClient(port, "-starttls", "smtp", "-servername", MX, stdin=script.encode())
+        self.assertEqual(result.returncode, 0, str(result))
+        self.assertIn("250 CHUNKING", result.replies, str(result))
+        self.assertEqual(
+            result.replies[-3:],
+            ["250 Accepted", "250 OK: message queued", "221 Bye"],
+            str(result),
+        )
+        self.assertEqual([m.data for m in recorder.messages], [b"hello\r\nworld\r\n"])
+        self.assertEqual([r.address for r in recorder.messages[0].envelope.rcptTo], [RECIPIENT])
+        self.assertTrue(recorder.sessions[0].secure)
