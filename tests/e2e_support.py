@@ -155,6 +155,15 @@ def listenAlso(testCase: TestCase, server: SMTPServer, secure: bool | None = Non
     return server.listen(LISTEN, secure=secure).addCallback(listening)
 
 
+def workspace(testCase: SynchronousTestCase) -> str:
+    """
+    A fresh directory for one test, as an absolute path.
+    """
+    path = os.path.abspath(str(testCase.mktemp()))
+    os.makedirs(path)
+    return path
+
+
 # -- blocking clients (run them with deferToThread) ------------------------------------------
 
 
@@ -535,8 +544,7 @@ async def assertTwistRefuses(
     @raise FailTest: when it is not so.
     """
     if cwd is None:
-        cwd = os.path.abspath(testCase.mktemp())
-        os.makedirs(cwd)
+        cwd = workspace(testCase)
     result = await runTwist(args, cwd, wrapper)
     output = result.stdout
     if result.returncode == 0:

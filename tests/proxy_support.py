@@ -46,6 +46,7 @@ from .e2e_support import (
     RawClient,
     ServerClosedError,
     theReactor,
+    workspace,
 )
 
 # Defined or imported here before L{tests.e2e_support} shared them: still importable
@@ -247,8 +248,7 @@ async def startHAProxy(
     """
     executable = haproxyPath()
     assert executable is not None, "haproxy is not installed"
-    directory = os.path.abspath(testCase.mktemp())
-    os.makedirs(directory)
+    directory = workspace(testCase)
     for attempt in range(5):
         ports = [freePort() for _ in range(frontends)]
         if len(set(ports)) != frontends:

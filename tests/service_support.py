@@ -51,6 +51,9 @@ from .e2e_support import (
 #: The documentation's example files.
 EXAMPLES = ROOT / "docs" / "examples"
 #: The options given to C{twist} itself by default.
+#: The service options that make a test quick: no greeting delay, no reverse DNS (the
+#: test machine's DNS is not part of the tests).
+QUICK = ("--early-talker-delay", "0", "--disable-reverse-lookup")
 TEXT_LOGS = ("--log-format", "text")
 JSON_LOGS = ("--log-format", "json")
 

@@ -61,6 +61,7 @@ from .e2e_support import (
     startServer,
     startTwist,
     theReactor,
+    workspace,
 )
 from .service_support import JSON_LOGS, startService
 
@@ -228,8 +229,7 @@ class SwaksAuthTests(E2ETestCase):
                 "this swaks cannot do STARTTLS: it needs Perl's Net::SSLeay "
                 "(apt-get install libnet-ssleay-perl)"
             )
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = workspace(self)
         self.files = writeCertificates(directory)
 
     def swaksTLS(self) -> list[str]:
@@ -311,8 +311,7 @@ class CurlAuthTests(E2ETestCase):
     def setUp(self) -> None:
         if not haveCurl():
             raise SkipTest("curl is not installed (apt-get install curl)")
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = workspace(self)
         self.files = writeCertificates(directory)
         self.message = os.path.join(directory, "message.eml")
         with open(self.message, "wb") as f:
@@ -475,8 +474,7 @@ class TwistAuthTests(E2ETestCase):
         """
         A new empty directory for this test.
         """
-        path = os.path.abspath(self.mktemp())
-        os.makedirs(path)
+        path = workspace(self)
         return path
 
     def memoryArgs(self, maildir: str) -> list[str]:
@@ -674,8 +672,7 @@ class CommandLineCheckerTests(E2ETestCase):
 
         @return: the recorder and the port.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = workspace(self)
         files = writeCertificates(directory)
         options = Options()
         options.parseOptions(
@@ -736,8 +733,7 @@ class CommandLineCheckerTests(E2ETestCase):
         --auth memory:alice:... --auth scrypt:FILE (bob): no source is silently ignored;
         either the command line is refused or both alice and bob can log in with PLAIN.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = workspace(self)
         passwords = os.path.join(directory, "users.passwd")
         setPassword(passwords, "bob", "bobs-password")
         args = ["--auth", f"memory:{USER}:{PASSWORD}", "--auth", f"scrypt:{passwords}"]
@@ -831,8 +827,7 @@ class ExampleServerTests(E2ETestCase):
         auth_server.py refuses MAIL before AUTH and AUTH before STARTTLS, then takes
         alice's mail after STARTTLS and login into the Maildir, marked ESMTPSA.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = workspace(self)
         files = writeCertificates(directory)
         passwords = os.path.join(directory, "users.passwd")
         setPassword(passwords, USER, PASSWORD)

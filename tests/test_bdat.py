@@ -7,6 +7,7 @@ through L{MemoryClient}.  Tests named C{test_3030_NN} are the standards checklis
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from typing import Any
 
 from hypothesis import given
@@ -409,7 +410,7 @@ class ChunkingTests(SynchronousTestCase):
     def test_3030_11_manySmallChunks(self) -> None:
         """
         Ten thousand one-byte chunks sent in one go each get their 250, and the message
-        is all of them; the protocol keeps nothing per chunk.
+        is all of them.
         """
         recorder = RecordingHandler()
         client = connect(recorder)
@@ -425,7 +426,31 @@ class ChunkingTests(SynchronousTestCase):
         self.assertEqual(replies, [ServerReply(250, ("OK: 1 octets received",))] * count)
         self.assertEqual(codes(client.write(b"BDAT 0 LAST\r\n")), [250])
         self.assertEqual([m.data for m in recorder.messages], [b"x" * count])
-        self.assertEqual(client.protocol._out, [])
+
+    def test_3030_11_boundedMemory(self) -> None:
+        """
+        The server keeps nothing per chunk: after twenty thousand one-byte chunks of a
+        message no handler keeps, it holds no more memory than before them.
+        """
+        client = connect()
+        transaction(client)
+
+        def chunks(count: int) -> None:
+            for _ in range(count // 1000):
+                replies = client.write(b"BDAT 1\r\nx" * 1000)
+                while len(replies) < 1000:
+                    client.clock.advance(0)
+                    replies += client.received()
+
+        chunks(1000)
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        before = tracemalloc.get_traced_memory()[0]
+        chunks(20_000)
+        retained = tracemalloc.get_traced_memory()[0] - before
+        # A record of each chunk, even a small int in a list, would be 160 KB or more.
+        self.assertLess(retained, 64 * 1024)
+        self.assertEqual(codes(client.write(b"BDAT 0 LAST\r\n")), [250])
 
     def test_3030_12_bareLineEndingRejected(self) -> None:
         """

@@ -23,13 +23,13 @@ from .e2e_support import (
     haveOpenSSL,
     startServer,
     withoutTraceHeaders,
+    workspace,
 )
-from .service_support import delivered, startService
+from .service_support import QUICK, delivered, startService
 from .test_tls_e2e import MX, sClient, startTLSServer
 
 SENDER = "a@example.org"
 RECIPIENT = "u@example.org"
-QUICK = ("--early-talker-delay", "0", "--disable-reverse-lookup")
 
 # A message whose second chunk holds what would end the data and start a new transaction
 # if anything read it as commands (the SMTP smuggling pattern, standards section 2.2).
@@ -81,8 +81,7 @@ class ChunkingServiceTests(E2ETestCase):
         commands); each but the last gets 250, the last gets the final 250, and the
         Maildir holds the chunks exactly, nothing unstuffed, nothing run.
         """
-        tmpdir = os.path.abspath(self.mktemp())
-        os.makedirs(tmpdir)
+        tmpdir = workspace(self)
         maildir = os.path.join(tmpdir, "md")
         process = await startService(
             self, ["--listen", LISTEN, "--deliver", f"maildir:{maildir}", *QUICK], tmpdir

@@ -44,6 +44,7 @@ from .e2e_support import (
     startServer,
     startTwist,
     withoutTraceHeaders,
+    workspace,
 )
 
 SENDER = "a@example.org"
@@ -550,8 +551,7 @@ class TwistTests(E2ETestCase):
         """
         if not haveSwaks():
             raise SkipTest(NO_SWAKS)
-        tmpdir = os.path.abspath(self.mktemp())
-        os.makedirs(tmpdir)
+        tmpdir = workspace(self)
         maildir = os.path.join(tmpdir, "md")
         args = [
             "--listen",

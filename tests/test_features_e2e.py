@@ -67,9 +67,11 @@ from .e2e_support import (
     theReactor,
     twistEnvironment,
     withoutTraceHeaders,
+    workspace,
 )
 from .memorytls import authority, issue
 from .service_support import (
+    QUICK,
     ServiceProcess,
     delivered,
     leftInTmp,
@@ -80,7 +82,6 @@ from .service_support import (
     startService,
     traceHeaders,
 )
-from .test_service_e2e import QUICK, workspace
 
 SENDER = "a@example.org"
 RECIPIENT = "u@example.org"

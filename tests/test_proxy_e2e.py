@@ -49,6 +49,7 @@ from .e2e_support import (
     startServer,
     startTwist,
     theReactor,
+    workspace,
 )
 from .memorytls import authority, issue
 from .proxy_support import (
@@ -211,8 +212,7 @@ class HAProxyTests(E2ETestCase):
         """
         if haproxyPath() is None:
             raise SkipTest(NO_HAPROXY)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = workspace(self)
         cert, key = tlsFiles(directory, DOCS_MX)
         maildir = os.path.join(directory, "maildir")
         arguments = deploymentTwistArguments(cert, key, maildir)
@@ -318,12 +318,18 @@ class SwaksProxyTests(E2ETestCase):
         )
         return who, recorder, port, result
 
-    async def _assertNamesClient(self, version: int, family: str) -> None:
+    async def _assertNamesClient(
+        self,
+        version: int,
+        family: str,
+        source: str = CLIENT,
+        destination: tuple[str, int] = ("192.0.2.25", 2525),
+    ) -> None:
         """
         A header of C{version} for C{family} names the client: the session's address and
-        port are the header's source, its local address and port the header's
-        destination (not the server's own), the client's name is its address literal,
-        and the message is delivered as from it.
+        port are the header's C{source} (port 40000), its local address and port the
+        header's C{destination} (not the server's own), the client's name is its address
+        literal, and the message is delivered as from it.
         """
         who, recorder, _, result = await self._send(
             "--proxy-version",
@@ -331,21 +337,21 @@ class SwaksProxyTests(E2ETestCase):
             "--proxy-family",
             family,
             "--proxy-source",
-            CLIENT,
+            source,
             "--proxy-source-port",
             "40000",
             "--proxy-dest",
-            "192.0.2.25",
+            destination[0],
             "--proxy-dest-port",
-            "2525",
+            str(destination[1]),
         )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         [seen] = who.connects
-        self.assertEqual((seen.remoteAddress, seen.remotePort), (CLIENT, 40000))
-        self.assertEqual((seen.localAddress, seen.localPort), ("192.0.2.25", 2525))
+        self.assertEqual((seen.remoteAddress, seen.remotePort), (source, 40000))
+        self.assertEqual((seen.localAddress, seen.localPort), destination)
         self.assertEqual((seen.proxyVersion, seen.proxyCommand), (version, "PROXY"))
-        self.assertEqual(seen.clientHostname, f"[{CLIENT}]")
-        self.assertEqual([m.remoteAddress for m in recorder.messages], [CLIENT])
+        self.assertEqual(seen.clientHostname, f"[{source}]")
+        self.assertEqual([m.remoteAddress for m in recorder.messages], [source])
 
     async def test_versionOne(self) -> None:
         """
@@ -365,25 +371,7 @@ class SwaksProxyTests(E2ETestCase):
         A v2 header (AF_INET6) names an IPv6 client, though the proxy reached the server
         over IPv4.
         """
-        who, recorder, _, result = await self._send(
-            "--proxy-version",
-            "2",
-            "--proxy-family",
-            "AF_INET6",
-            "--proxy-source",
-            "2001:db8::1",
-            "--proxy-source-port",
-            "40000",
-            "--proxy-dest",
-            "2001:db8::25",
-            "--proxy-dest-port",
-            "25",
-        )
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-        [seen] = who.connects
-        self.assertEqual((seen.remoteAddress, seen.remotePort), ("2001:db8::1", 40000))
-        self.assertEqual((seen.localAddress, seen.localPort), ("2001:db8::25", 25))
-        self.assertEqual([m.remoteAddress for m in recorder.messages], ["2001:db8::1"])
+        await self._assertNamesClient(2, "AF_INET6", "2001:db8::1", ("2001:db8::25", 25))
 
     async def test_malformed(self) -> None:
         """

@@ -54,11 +54,13 @@ from .e2e_support import (
     haveOpenSSL,
     twistEnvironment,
     withoutTraceHeaders,
+    workspace,
 )
 from .memorytls import authority, commonName, issue
 from .service_support import (
     EXAMPLES,
     JSON_LOGS,
+    QUICK,
     SYSTEMD_WRAPPER,
     Burst,
     ServiceProcess,
@@ -111,19 +113,9 @@ SERVICE_EXAMPLES = {
     "service_smtpsvc-activated.service",
     "service_smtpsvc.socket",
 }
+
+
 #: Flags most tests give: no greeting delay, no DNS.
-QUICK = ("--early-talker-delay", "0", "--disable-reverse-lookup")
-
-
-def workspace(testCase: E2ETestCase) -> str:
-    """
-    A fresh directory for one test, as an absolute path.
-    """
-    path = os.path.abspath(testCase.mktemp())
-    os.makedirs(path)
-    return path
-
-
 def codes(replies: Sequence[ServerReply]) -> list[int]:
     """
     The codes of C{replies}.

@@ -52,6 +52,7 @@ from .e2e_support import (
     startServer,
     startTwist,
     theReactor,
+    workspace,
 )
 from .memorytls import KeyPair, authority, commonName, issue
 
@@ -78,8 +79,7 @@ def writePEMs(testCase: E2ETestCase) -> dict[str, str]:
         from the CA); C{stranger.crt}, C{stranger.key} (a client certificate from another
         CA); C{c.pem} (certificate and key in one file for c.example.test).
     """
-    directory = os.path.abspath(testCase.mktemp())
-    os.makedirs(directory)
+    directory = workspace(testCase)
     pairs: dict[str, KeyPair] = {
         "mx": issue(MX),
         "b": issue(B),
@@ -611,8 +611,7 @@ class TwistTLSTests(_OpenSSLTestCase):
     """
 
     def _directory(self) -> str:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = workspace(self)
         return directory
 
     async def test_starttlsSNIAndImplicitTLS(self) -> None:

@@ -49,7 +49,7 @@ from smtpsvc._service import (
     workerTwistOptions,
 )
 
-from .e2e_support import LOCALHOST, theReactor
+from .e2e_support import LOCALHOST, theReactor, workspace
 
 NO_REUSEPORT = "the kernel does not spread connections over SO_REUSEPORT sockets (not Linux)"
 
@@ -313,8 +313,7 @@ class WorkerStartTests(TestCase):
         belongs to the user the workers run as.  Each worker is told its path; it is
         removed when the service stops.
         """
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = workspace(self)
         self.patch(tempfile, "tempdir", directory)
         reactor = _SpawnRecordingReactor()
         master = self._master(reactor, (b"KEY\n", b"CERT\n"))

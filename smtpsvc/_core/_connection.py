@@ -161,8 +161,10 @@ _HTTP_VERBS: Final = frozenset(
     ("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT")
 )
 _START_DATA: Final = StartData()
-# Commands refused before STARTTLS when needsUpgrade is set.
-_NEED_TLS: Final = frozenset(("MAIL", "RCPT", "DATA", "AUTH"))
+# Commands refused before STARTTLS when needsUpgrade is set, and before AUTH when
+# authentication is required.
+_NEED_TLS: Final = frozenset(("MAIL", "RCPT", "DATA", "BDAT", "AUTH"))
+_NEED_AUTH: Final = frozenset(("MAIL", "RCPT", "DATA", "BDAT"))
 #: RFC 4954 section 4: AUTH lines of at least 12288 octets must be accepted.
 SASL_LINE_LIMIT: Final = 12288
 _NOTIFY_VALUES: Final = frozenset(("NEVER", "SUCCESS", "FAILURE", "DELAY"))
@@ -388,15 +390,25 @@ class ServerConnection:
         if verb != "AUTH" and self._authRequired and self._countUnauthenticated():
             return self._send(R.TOO_MANY_UNAUTHENTICATED)
         if verb == "BDAT":
-            # Every refusal of a BDAT must still account for its chunk: its own checks.
+            # A refused BDAT must still account for its chunk: it makes these checks
+            # itself.
             return self._bdat(verb, argument, line)
-        if self.state is State.GREETED and needsHello(verb):
-            return self._send(R.SEND_LHLO_FIRST if options.lmtp else R.SEND_HELO_FIRST)
-        if options.needsUpgrade and not self.session.secure and verb in _NEED_TLS:
-            return self._send(R.MUST_STARTTLS)
-        if verb in ("MAIL", "RCPT", "DATA") and self._authRequired:
-            return self._send(R.reply(530, options.authRequiredMessage, "5.7.0"))
+        refusal = self._refusal(verb)
+        if refusal is not None:
+            return self._send(refusal)
         return self._COMMANDS[verb](self, verb, argument, line)
+
+    def _refusal(self, verb: str) -> Reply | None:
+        # The checks every command meets before its own: a hello first, STARTTLS first
+        # (needsUpgrade), authentication first.
+        options = self._options
+        if self.state is State.GREETED and needsHello(verb):
+            return R.SEND_LHLO_FIRST if options.lmtp else R.SEND_HELO_FIRST
+        if options.needsUpgrade and not self.session.secure and verb in _NEED_TLS:
+            return R.MUST_STARTTLS
+        if verb in _NEED_AUTH and self._authRequired:
+            return R.reply(530, options.authRequiredMessage, "5.7.0")
+        return None
 
     def _available(self, verb: str) -> bool:
         # COMMANDS is also the set of keys of _COMMANDS (a test holds them equal), so a
@@ -964,14 +976,10 @@ class ServerConnection:
         return ReadChunk(size, last, first)
 
     def _chunkRefusal(self, size: int, last: bool) -> Reply | None:
-        # What receiveLine checks before other commands, then BDAT's own rules.
-        options = self._options
-        if self.state is State.GREETED:
-            return R.SEND_LHLO_FIRST if options.lmtp else R.SEND_HELO_FIRST
-        if options.needsUpgrade and not self.session.secure:
-            return R.MUST_STARTTLS
-        if self._authRequired:
-            return R.reply(530, options.authRequiredMessage, "5.7.0")
+        # The checks every command meets, then BDAT's own rules.
+        refusal = self._refusal("BDAT")
+        if refusal is not None:
+            return refusal
         after = transition(self.state, "BDAT")
         if isinstance(after, Reply):
             return after
