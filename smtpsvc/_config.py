@@ -109,7 +109,8 @@ class TLSSources:
                     sni[name[: -len(".pem")]] = {"cert": pem, "key": pem}
         for host, (cert, key) in self.sni.items():
             sni[host] = {"cert": readFile("--sni", cert), "key": readFile("--sni", key)}
-        if sni:
+        if sni or self.sniDir is not None:
+            # Even empty: a reload after the last file left --sni-dir drops its names.
             options["sniOptions"] = sni
         return options
 

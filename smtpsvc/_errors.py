@@ -53,6 +53,10 @@ class SMTPError(Exception):
             raise ValueError(
                 f"enhanced status code {enhancedCode!r} does not match reply code {code}"
             )
+        if enhancedCode is not None:
+            # The code is sent on every line (RFC 2034 section 4): one written at the
+            # start of a line of the message is not repeated in its text.
+            lines = [line.removeprefix(f"{enhancedCode} ") for line in lines]
         super().__init__(code, *lines)
         self.code = code
         self.lines: tuple[str, ...] = tuple(lines)

@@ -102,7 +102,8 @@ class ServerOptions:
     hideDSN: bool = _option(
         True,
         "Hide DSN (RFC 3461).  When shown, RET, ENVID, NOTIFY and ORCPT are validated and "
-        "stored on the envelope and addresses; when hidden they stay in ``args``.",
+        "stored on the envelope and addresses; when hidden they are unknown parameters "
+        "(``555``).",
     )
     hideENHANCEDSTATUSCODES: bool | None = _option(
         None,
@@ -116,8 +117,9 @@ class ServerOptions:
     )
     disabledCommands: tuple[str, ...] = _option(
         (),
-        "Commands answered as unknown (``500``), e.g. ``AUTH`` or ``VRFY``.  In LMTP mode "
-        "``EHLO`` also disables ``LHLO``; ``BDAT`` also stops ``CHUNKING`` being offered.",
+        "Commands answered as not implemented (``502``), e.g. ``AUTH`` or ``VRFY``.  In "
+        "LMTP mode ``EHLO`` also disables ``LHLO``; ``BDAT`` also stops ``CHUNKING`` being "
+        "offered.",
     )
     lenientAddressParsing: bool = _option(
         False,
@@ -170,6 +172,19 @@ class ServerOptions:
         "turns the limit off.",
         group="limits",
     )
+    maxRecipients: int | None = _option(
+        1000,
+        "Recipients one transaction may have; RCPT beyond them gets ``452 4.5.3 Error: too "
+        "many recipients`` (RFC 5321 section 4.5.3.1.10), and the client sends the rest in "
+        "another transaction.  At least 100 (section 4.5.3.1.8); unset turns the limit off.",
+        group="limits",
+    )
+    maxReceivedHeaders: int | None = _option(
+        100,
+        "A message whose header has this many ``Received:`` fields is refused as a mail "
+        "loop with ``554 5.4.6`` (RFC 5321 section 6.3).  Unset turns the check off.",
+        group="limits",
+    )
     earlyTalkerDelay: float = _option(
         0.1,
         "Seconds the greeting waits; a client that talks before it gets "
@@ -186,8 +201,9 @@ class ServerOptions:
     )
     needsUpgrade: bool = _option(
         False,
-        "Refuse MAIL, RCPT, DATA and AUTH with ``530 5.7.0 Must issue a STARTTLS command "
-        "first`` until the connection is encrypted.",
+        "Refuse every command but EHLO, HELO, LHLO, STARTTLS, NOOP, RSET and QUIT with "
+        "``530 5.7.0 Must issue a STARTTLS command first`` until the connection is "
+        "encrypted (RFC 3207 section 4).",
         group="tls",
     )
     hideSTARTTLS: bool = _option(False, "Do not advertise STARTTLS (it still works).", group="tls")
@@ -384,6 +400,14 @@ class ServerOptions:
                 f"option authMethods has unknown mechanism {unknown[0]!r}; known are "
                 f"{', '.join(AUTH_MECHANISMS)}"
             )
+        if self.lmtp:
+            # RFC 2033 section 5: an LMTP server MUST implement both.
+            for name in ("hidePIPELINING", "hideENHANCEDSTATUSCODES"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"option {name} cannot be set with lmtp: an LMTP server must offer "
+                        f"{name.removeprefix('hide')} (RFC 2033 section 5)"
+                    )
 
     @property
     def enhancedStatusCodes(self) -> bool:
@@ -527,11 +551,17 @@ class OptionSpec:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"option {self.name} must not be negative, not {value!r}")
         if (
-            self.name in ("maxClients", "maxCommandLength", "authFailureLimit")
+            self.name
+            in ("maxClients", "maxCommandLength", "authFailureLimit", "maxReceivedHeaders")
             and isinstance(value, int)
             and value < 1
         ):
             raise ValueError(f"option {self.name} must be at least 1, not {value!r}")
+        if self.name == "maxRecipients" and isinstance(value, int) and value < 100:
+            raise ValueError(
+                f"option maxRecipients must be at least 100 (RFC 5321 section 4.5.3.1.8), "
+                f"not {value!r}"
+            )
         if self.name == "name" and (not value or any(c in " \r\n" for c in str(value))):
             raise ValueError(f"option name must be a host name without spaces, not {value!r}")
         if self.kind == "str" and any(c in str(value) for c in "\r\n\x00"):

@@ -23,6 +23,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from OpenSSL import SSL
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, gatherResults
@@ -30,6 +31,7 @@ from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
     IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
     IPushProducer,
     ISSLTransport,
     ITLSTransport,
@@ -229,6 +231,11 @@ class _DataTransaction:
         self.aborted = False
         self._nextToEnd = 0
         self._finished = False
+        self._taggedTLSOptional = False
+        # RFC 8689 section 4.1: a TLS-Required: No header field tags the message, unless
+        # MAIL FROM carried REQUIRETLS, which makes the field be ignored.
+        if not protocol._core.session.envelope.requireTLS:
+            decoder.watchTLSRequired()
 
     def start(self, handlers: Sequence[Callable[[MessageStream, Session], object]]) -> None:
         session = self.protocol._core.session
@@ -290,11 +297,16 @@ class _DataTransaction:
         fanOut.byteLength = decoder.byteLength
         if self.failure is not None:
             return
+        if decoder.tlsRequiredNo and not self._taggedTLSOptional:
+            # Before the bytes that completed the field reach the handlers.
+            self._tagTLSOptional()
         if decoder.sizeExceeded:
             fanOut.sizeExceeded = True
             self.fail(MessageTooLarge(f"message exceeds {self.protocol._options.size} bytes"))
         elif decoder.rejected:
             self.fail(MessageRefused("bare CR or LF in message"))
+        elif decoder.loop:
+            self.fail(MessageRefused("mail loop: too many Received header fields"))
         elif chunk:
             fanOut.write(chunk)
 
@@ -304,7 +316,20 @@ class _DataTransaction:
 
     def end(self) -> None:
         self.ended = True
+        decoder = self.decoder
+        if self.failure is None and not self._taggedTLSOptional:
+            # A message that is all header: its last field ends with it.
+            decoder.finishHeader()
+            if decoder.tlsRequiredNo:
+                self._tagTLSOptional()
         self._advance()
+
+    def _tagTLSOptional(self) -> None:
+        # The envelope is frozen: the session gets a tagged copy, which handlers see from
+        # now on (at the latest when their stream ends).  The message is not changed.
+        self._taggedTLSOptional = True
+        session = self.protocol._core.session
+        session.envelope = replace(session.envelope, tlsRequiredNo=True)
 
     def abort(self, why: str) -> None:
         self.aborted = True
@@ -361,6 +386,7 @@ class SMTPProtocol(LineReceiver):
         "_handlerPending",
         "_handshakes",
         "_lastActivity",
+        "_lineStarted",
         "_options",
         "_out",
         "_pauses",
@@ -414,6 +440,9 @@ class SMTPProtocol(LineReceiver):
         self._disconnected = False
         self._handlerPending = False
         self._lastActivity = 0.0
+        # When the first byte of a command line not yet complete was read (None: there is
+        # no such line, or input is paused), for the deadline that stops trickling.
+        self._lineStarted: float | None = None
         self._connectedAt = 0.0
         self._accepted = 0
         self._refused = 0
@@ -452,7 +481,9 @@ class SMTPProtocol(LineReceiver):
         self._core = ServerConnection(
             self._options,
             session,
-            tlsAvailable=True,
+            # STARTTLS is offered only where the transport can start TLS: a TCP
+            # connection can, a pipe or a test's StringTransport cannot.
+            tlsAvailable=ITLSTransport(transport, None) is not None,
             authHandlers=bool(self._server._handlersFor("onAuth")),
             throttle=self._server.authThrottle,
             now=self._reactor.seconds,
@@ -592,6 +623,11 @@ class SMTPProtocol(LineReceiver):
             return
         if error is not None:
             self._perform(self._core.refuseConnection(error))
+            if not self._closed:
+                # Refused, but not with 421: the client may still say QUIT (RFC 5321
+                # section 3.1), and gets 503 for anything else.
+                self._greeted = True
+                self._process()
             return
         if self._core.closing:
             # The server began to close while this client waited for its greeting.
@@ -658,9 +694,17 @@ class SMTPProtocol(LineReceiver):
         if self._disconnected:
             return
         timeout = self._options.socketTimeout
-        idle = self._reactor.seconds() - self._lastActivity
-        if idle < timeout:
-            self._timeoutCall = self._reactor.callLater(timeout - idle, self._checkIdle)
+        now = self._reactor.seconds()
+        left = timeout - (now - self._lastActivity)
+        started = self._lineStarted
+        if started is not None and not self._closed:
+            # Each byte is activity, so a client that trickles a command a byte at a time
+            # is never idle: the command must also be complete within the timeout of its
+            # first byte (standards section 2.5).  That deadline is never later than the
+            # idle one, so the timer, due no later than the idle deadline, finds it.
+            left = min(left, timeout - (now - started))
+        if left > 0:
+            self._timeoutCall = self._reactor.callLater(left, self._checkIdle)
             return
         if self._closed:
             # We said goodbye a timeout ago and the client still has not let go.
@@ -671,7 +715,10 @@ class SMTPProtocol(LineReceiver):
             _log.info("TLS handshake timed out", sessionId=self._core.session.id)
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
-        _log.info("Connection timed out", sessionId=self._core.session.id)
+        if self._lineStarted is not None:
+            _log.info("Command not completed in time", sessionId=self._core.session.id)
+        else:
+            _log.info("Connection timed out", sessionId=self._core.session.id)
         self._abortData()
         self._perform(self._core.timedOut())
 
@@ -783,7 +830,10 @@ class SMTPProtocol(LineReceiver):
                 # Keep nothing but a CR that may start the CRLF.
                 self._buffer = b"\r" if buffer.endswith(b"\r") else b""
                 self._pos = 0
+                if self._lineStarted is None:
+                    self._lineStarted = self._reactor.seconds()
                 return False
+            self._lineStarted = None
             self._pos = end + 2
             self._discardingLine = False
             self._perform(self._core.lineTooLong(self._discardHead))
@@ -797,7 +847,11 @@ class SMTPProtocol(LineReceiver):
                 self._buffer = b"\r" if buffer.endswith(b"\r") else b""
                 self._pos = 0
                 return True
+            if self._lineStarted is None:
+                self._lineStarted = self._reactor.seconds()
             return False
+        if self._lineStarted is not None:
+            self._lineStarted = None
         self._pos = end + 2
         if end - pos > limit:
             self._perform(self._core.lineTooLong(head))
@@ -812,6 +866,7 @@ class SMTPProtocol(LineReceiver):
         """
         rest = self._buffer[self._pos :]
         self._buffer, self._pos = b"", 0
+        self._lineStarted = None
         return rest
 
     def lineReceived(self, line: bytes) -> None:
@@ -875,6 +930,14 @@ class SMTPProtocol(LineReceiver):
             self._readChunk(action)
         elif kind is StartTLS:
             assert isinstance(action, StartTLS)
+            # The server's side of TLS is made before the 220 promises a handshake: once
+            # that is out, a failure could only be answered by closing the connection.
+            creator = self._tlsCreator()
+            if creator is None:
+                # RFC 3207 section 4: 454, and the session goes on in clear as it was
+                # (what the client pipelined after STARTTLS is read as usual).
+                self._perform(self._core.tlsUnavailable())
+                return
             self._write(action.data)
             self._flush()
             # RFC 3207 section 4.2 and CVE-2011-0411: nothing the client sent in clear
@@ -886,7 +949,7 @@ class SMTPProtocol(LineReceiver):
                     sessionId=self._core.session.id,
                     count=len(discarded),
                 )
-            self._startTLS()
+            self._startTLS(creator)
         else:
             raise TypeError(f"unknown action {action!r}")
 
@@ -1014,12 +1077,46 @@ class SMTPProtocol(LineReceiver):
 
     # -- TLS -------------------------------------------------------------------------------
 
-    def _startTLS(self) -> None:
+    def _startTLS(self, creator: _PreparedTLS | None = None) -> None:
+        # STARTTLS made its creator before the 220; implicit TLS makes it here.
+        if creator is None:
+            creator = self._tlsCreator()
+            if creator is None:
+                # Implicit TLS: nothing may be said in clear, so no reply; just close.
+                self._closed = True
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
         self._tlsPending = True
         # From here on every byte goes through TLS.
         self._socket = None
-        transport = ITLSTransport(self.transport)
-        transport.startTLS(self._server.tls)
+        ITLSTransport(self.transport).startTLS(creator)
+
+    def _tlsCreator(self) -> _PreparedTLS | None:
+        """
+        The server's side of a TLS connection, made now, before the handshake is
+        promised; L{None}, logged, when TLS cannot start.
+        """
+        session = self._core.session
+        if ITLSTransport(self.transport, None) is None:
+            _log.warn(
+                "Cannot start TLS: {reason}",
+                sessionId=session.id,
+                reason="the transport cannot do TLS",
+            )
+            return None
+        try:
+            # The TLS layer that will hold the connection does not exist yet; ServerTLS
+            # does not look at it.
+            connection = self._server.tls.serverConnectionForTLS(None)
+        except SSL.Error as e:
+            # OpenSSL could not make the connection (memory, a context it refuses): a
+            # condition of the moment, not a bug, so no traceback.
+            _log.warn("Cannot start TLS: {reason}", sessionId=session.id, reason=str(e))
+            return None
+        except Exception as e:
+            _log.failure("Cannot start TLS: {reason}", sessionId=session.id, reason=repr(e))
+            return None
+        return _PreparedTLS(connection)
 
     def handshakeCompleted(self) -> None:
         """
@@ -1068,13 +1165,15 @@ class SMTPProtocol(LineReceiver):
     def _secured(self, error: SMTPError | None) -> None:
         self._handlerPending = False
         if error is not None and not self._closed:
-            self._perform(self._core.refuseSecure(error))
+            refusal = self._core.refuseSecure(error)
+            if refusal is not None:
+                self._perform(refusal)
         self._resume("handler")
 
     def _startData(self) -> None:
         options = self._options
         core = self._core
-        decoder = DataDecoder(options.size, options.bareLineEndings)
+        decoder = DataDecoder(options.size, options.bareLineEndings, options.maxReceivedHeaders)
         transaction = self._data = _DataTransaction(self, decoder, core.replySlots)
         transaction.start(self._server._handlersFor("onData"))
         self._perform(core.dataStarted())
@@ -1085,7 +1184,9 @@ class SMTPProtocol(LineReceiver):
         # BDAT: the next chunk.size bytes are the chunk's, whatever they look like.
         if chunk.first:
             options = self._options
-            decoder = ChunkDecoder(options.size, options.bareLineEndings)
+            decoder = ChunkDecoder(
+                options.size, options.bareLineEndings, options.maxReceivedHeaders
+            )
             transaction = self._data = _DataTransaction(self, decoder, self._core.replySlots)
             transaction.start(self._server._handlersFor("onData"))
         self._chunk = chunk
@@ -1160,6 +1261,7 @@ class SMTPProtocol(LineReceiver):
             answers,
             tooLarge=decoder.sizeExceeded,
             bareLineEndings=decoder.rejected,
+            mailLoop=decoder.loop,
         )
         if send.data[:1] == b"2":
             self._accepted += 1
@@ -1272,6 +1374,9 @@ class SMTPProtocol(LineReceiver):
         if reason not in self._pauses:
             self._pauses.append(reason)
         self.paused = True
+        # A client cannot finish its command while we do not read: its deadline starts
+        # again when we do (_nextLine notes the partial line anew).
+        self._lineStarted = None
         if not self._busyReceiving:
             self._holdTransport()
 
@@ -1330,6 +1435,26 @@ def _writableSocket(transport: object) -> socket.socket | None:
 
 
 _tcpServerKnown: bool | None = None
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class _PreparedTLS:
+    """
+    Hands the transport's TLS layer the L{SSL.Connection} that L{SMTPProtocol} made
+    before it promised a handshake, so that making it can fail while a reply in clear
+    can still be sent.  It serves one handshake.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: SSL.Connection) -> None:
+        self._connection: SSL.Connection | None = connection
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            raise RuntimeError("a prepared TLS connection serves one handshake")
+        return connection
 
 
 def _host(address: object) -> str:

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from ._config import listeningPort
 from ._core._throttle import FailureBudget
 from ._dns import defaultResolver, reverseLookup
 from ._options import ServerOptions
@@ -252,9 +253,12 @@ class SMTPServer(Factory):
         @param secure: whether connections on this endpoint start with TLS (port 465),
             overriding the C{secure} option, so one server can serve 587 and 465.
         @return: a Deferred that fires with the listening port.
+        @raise ValueError: for an LMTP server on TCP port 25 (RFC 2033 section 5).
         """
         if self.closing:
             raise RuntimeError("the server is closing")
+        if isinstance(endpoint, str):
+            self._checkPort(listeningPort(endpoint))
         target: IStreamServerEndpoint = (
             serverFromString(self.reactor, endpoint) if isinstance(endpoint, str) else endpoint
         )
@@ -280,17 +284,25 @@ class SMTPServer(Factory):
         endpoints of L{listen}.
 
         @param secure: as for L{listen}.
+        @raise ValueError: as for L{listen}.
         """
         if self.closing:
             raise RuntimeError("the server is closing")
         with socket.socket(fileno=os.dup(fd)) as probe:
             family = probe.family
+            if family in (socket.AF_INET, socket.AF_INET6):
+                self._checkPort(probe.getsockname()[1])
         # Twisted requires it, and a blocking socket would stall the reactor on the first
         # read that finds nothing (a TLS handshake makes such reads).
         os.set_blocking(fd, False)
         port: IListeningPort = self.reactor.adoptStreamPort(fd, family, self.factoryFor(secure))
         self._ports.append(port)
         return port
+
+    def _checkPort(self, port: int | None) -> None:
+        if self.options.lmtp and port == 25:
+            # RFC 2033 section 5: LMTP MUST NOT be offered on the SMTP port.
+            raise ValueError("an LMTP server must not listen on TCP port 25 (RFC 2033)")
 
     def factoryFor(self, secure: bool | None) -> Factory:
         """

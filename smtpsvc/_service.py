@@ -39,6 +39,7 @@ from ._config import (
 from ._options import ServerOptions
 from ._reactor import reactorOr
 from ._server import HOOKS, SMTPServer, listenerKind
+from ._tls import settingsFrom, warnTLSProblems
 from .cred import PortalAuthHandler
 
 _log = Logger(namespace="smtpsvc.service")
@@ -253,6 +254,9 @@ class SMTPService(Service):
             _log.error("Certificates not reloaded: {reason}", reason=message)
             return
         _log.info("Certificates reloaded")
+        if not self.config.inherited:
+            # A worker of --workers leaves the warnings to its parent, which says them once.
+            warnTLSProblems(self.server.tls.settings, checkDefault=self.config.tls.cert is not None)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -605,6 +609,13 @@ class WorkerMaster(Service):
 
     def _hangup(self) -> None:
         self._signal(signal.SIGHUP)
+        # The workers reload and report failures; what MTA-STS senders would refuse in
+        # the new certificates is said here, once rather than once per worker.
+        try:
+            settings = settingsFrom(ServerOptions.fromMapping(self.config.resolvedServerOptions()))
+            warnTLSProblems(settings, checkDefault=self.config.tls.cert is not None)
+        except (ConfigurationError, ValueError, TypeError):
+            pass
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import re
 import weakref
 from collections.abc import Callable, Mapping
@@ -187,6 +188,203 @@ def normalizeServerName(name: str) -> str:
             )
         name = ".".join(labels)
     return name
+
+
+# -- what MTA-STS and DANE senders will refuse --------------------------------------------
+#
+# A sender with an MTA-STS policy (RFC 8461) checks that the MX certificate is unexpired
+# and has a subjectAltName DNS-ID matching the MX host name, where "*" may only be the
+# whole leftmost label; the subject's CN does not count.  Senders with a DANE-TA TLSA
+# record (RFC 7672) check the name too.  Whether the chain leads to a trusted root is not
+# checked here: that depends on each sender's trust store, not on this file.
+
+#: Why a problem matters, said once for every warning.
+_CONSEQUENCE: Final = (
+    "senders with an MTA-STS policy (or a DANE-TA TLSA record) for this host will not "
+    "deliver to it: they keep the mail queued, and in the end bounce it"
+)
+
+
+@dataclass(frozen=True)
+class TLSProblem:
+    """
+    Something in the TLS configuration that MTA-STS or DANE senders will refuse.
+
+    @ivar problem: what kind of problem: C{"name"} (the certificate does not cover the
+        host name), C{"expired"}, C{"notYetValid"}, C{"minVersion"} or C{"maxVersion"}.
+    @ivar name: the host name concerned.
+    @ivar text: a sentence saying what is wrong and why it matters.
+    """
+
+    problem: str
+    name: str
+    text: str
+
+
+def _dnsPatternCovers(pattern: str, name: str) -> bool:
+    """
+    Whether the subjectAltName DNS-ID C{pattern} covers C{name} (both normalised).
+    """
+    if pattern == name:
+        return True
+    # "*" must be the whole leftmost label, over at least two labels, and covers one
+    # label: *.example.com covers mx.example.com, not a.mx.example.com, not example.com.
+    if not pattern.startswith("*.") or "*" in pattern[2:] or "." not in pattern[2:]:
+        return False
+    first, dot, rest = name.partition(".")
+    return bool(first and dot) and first != "*" and rest == pattern[2:]
+
+
+def _covered(san: x509.SubjectAlternativeName | None, name: str) -> bool:
+    if san is None:
+        return False
+    try:
+        address = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return address in san.get_values_for_type(x509.IPAddress)
+    for pattern in san.get_values_for_type(x509.DNSName):
+        try:
+            if _dnsPatternCovers(normalizeServerName(pattern), name):
+                return True
+        except UnicodeError:
+            continue
+    return False
+
+
+def certificateProblems(
+    certificate: x509.Certificate | PEM, name: str, now: datetime.datetime | None = None
+) -> list[TLSProblem]:
+    """
+    What MTA-STS and DANE senders will refuse in the certificate a server serves for
+    C{name}: a C{name} that no subjectAltName DNS-ID covers, expiry, or a start of
+    validity still to come.  Only the leaf certificate (the first of a chain) is checked.
+
+    @param certificate: the certificate, or PEM text whose first certificate is the leaf.
+    @param name: the host name clients connect to (an SNI wildcard such as
+        C{*.example.com} must be in the subjectAltName as it is).
+    @param now: the time to check validity at; the current time by default.
+    @raise TLSConfigurationError: when PEM text holds no readable certificate.
+    """
+    if not isinstance(certificate, x509.Certificate):
+        certificate = loadCertificates(certificate)[0]
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
+    problems = []
+    try:
+        normalized = normalizeServerName(name)
+    except UnicodeError:
+        normalized = name
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    if not _covered(san, normalized):
+        names = ", ".join(san.get_values_for_type(x509.DNSName)) if san is not None else ""
+        has = (
+            f"its subjectAltName DNS names are {names}"
+            if names
+            else "it has no subjectAltName DNS names"
+        )
+        problems.append(
+            TLSProblem(
+                "name",
+                name,
+                f"The certificate does not cover {name}: {has} (the subject's CN does not "
+                f"count, and a *. name covers one leftmost label only); {_CONSEQUENCE}",
+            )
+        )
+    notAfter, notBefore = certificate.not_valid_after_utc, certificate.not_valid_before_utc
+    if now > notAfter:
+        problems.append(
+            TLSProblem(
+                "expired",
+                name,
+                f"The certificate for {name} expired on {notAfter:%Y-%m-%d %H:%M} UTC; "
+                f"{_CONSEQUENCE}",
+            )
+        )
+    if now < notBefore:
+        problems.append(
+            TLSProblem(
+                "notYetValid",
+                name,
+                f"The certificate for {name} is not valid yet (not before "
+                f"{notBefore:%Y-%m-%d %H:%M} UTC); {_CONSEQUENCE}",
+            )
+        )
+    return problems
+
+
+def versionProblems(name: str, minVersion: str, maxVersion: str | None) -> list[TLSProblem]:
+    """
+    The protocol versions MTA-STS does not want: a minimum below TLS 1.2 (RFC 8461 asks
+    for TLS 1.2 or later, and RFC 8996 retired 1.0 and 1.1), or a maximum below it, which
+    leaves such senders no version at all.
+
+    @param name: the server's host name, to say which server the problem is about.
+    """
+    floor = _VERSIONS["TLSv1.2"]
+    problems = []
+    if _VERSIONS.get(minVersion, floor) < floor:
+        problems.append(
+            TLSProblem(
+                "minVersion",
+                name,
+                f"The minimum TLS version (minVersion) {minVersion} allows versions below "
+                "TLSv1.2: MTA-STS (RFC 8461) asks for TLS 1.2 or later, and RFC 8996 "
+                "retired TLS 1.0 and 1.1; set minVersion to TLSv1.2",
+            )
+        )
+    if maxVersion is not None and _VERSIONS.get(maxVersion, floor) < floor:
+        problems.append(
+            TLSProblem(
+                "maxVersion",
+                name,
+                f"The maximum TLS version (maxVersion) {maxVersion} is below TLSv1.2, the "
+                f"least MTA-STS senders accept; {_CONSEQUENCE}",
+            )
+        )
+    return problems
+
+
+def settingsProblems(
+    settings: TLSSettings, *, checkDefault: bool = True, now: datetime.datetime | None = None
+) -> list[TLSProblem]:
+    """
+    Every L{TLSProblem} of a TLS configuration: its versions, its default certificate
+    for its C{name}, and each SNI certificate for its host name.
+
+    @param checkDefault: whether to check the default certificate (not the development
+        certificate, which has its own warning).
+    @raise TLSConfigurationError: when a certificate cannot be read.
+    """
+    problems = versionProblems(settings.name, settings.minVersion, settings.maxVersion)
+    if checkDefault and settings.cert is not None:
+        problems += certificateProblems(settings.cert, settings.name, now)
+    for host, entry in settings.sniOptions.items():
+        if "cert" in entry:
+            problems += certificateProblems(entry["cert"], host, now)
+    return problems
+
+
+def warnTLSProblems(settings: TLSSettings, *, checkDefault: bool = True) -> list[TLSProblem]:
+    """
+    Log a warning for each of L{settingsProblems}: MTA-STS and DANE senders would not
+    deliver, but the server still serves everyone else.
+
+    @return: the problems.
+    """
+    problems = settingsProblems(settings, checkDefault=checkDefault)
+    for problem in problems:
+        _log.warn(
+            "{text}",
+            name=problem.name,
+            problem=problem.problem,
+            text=problem.text,
+        )
+    return problems
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -165,6 +165,10 @@ class PortalAuthHandler:
     A refusal by the portal (L{UnauthorizedLogin}, or credentials no checker handles)
     is C{535 5.7.8}; any other failure is logged and the client gets a temporary
     C{454 4.7.0}, so a broken directory does not count as guessing.
+
+    Cred has no notion of acting for someone else, so a client that asks to (an
+    authorisation identity other than the user name it authenticates as, RFC 4616
+    section 2) gets C{535 5.7.8} without the portal being asked.
     """
 
     def __init__(self, portal: Portal, interface: Any = IUser) -> None:
@@ -204,6 +208,8 @@ class PortalAuthHandler:
         return tuple(out)
 
     def onAuth(self, auth: AuthRequest, session: Session) -> Deferred[object]:
+        if auth.authzid is not None and auth.authzid != auth.username:
+            return fail(SMTPError(535, "5.7.8 Error: Authentication credentials invalid"))
         credentials: object
         if auth.method in ("PLAIN", "LOGIN"):
             from twisted.cred.credentials import UsernamePassword

@@ -58,8 +58,9 @@ class ISecureHandler(Interface):
         else L{None}, and C{session.peerCertificateVerified} says whether it chains to
         the server's C{ca}.
 
-        Raise L{smtpsvc.SMTPError} to refuse the client: it gets that reply (encrypted)
-        and the connection closes.
+        Raise L{smtpsvc.SMTPError} to refuse the client: with implicit TLS the reply
+        replaces the greeting; after STARTTLS it answers (encrypted) every command but
+        QUIT (RFC 3207 section 4.1).  A C{421} closes the connection at once.
         """
 
 

@@ -33,7 +33,13 @@ from ._options import OptionSpec, ServerOptions, optionSpecs
 from ._server import SMTPServer
 from ._service import SMTPService, WorkerMaster
 from ._service import buildServer as _buildServer
-from ._tls import ServerTLS, developmentCertificate, settingsFrom, warnDevelopment
+from ._tls import (
+    ServerTLS,
+    developmentCertificate,
+    settingsFrom,
+    warnDevelopment,
+    warnTLSProblems,
+)
 from .cred import IBearerToken
 
 __all__ = ["ConfigurationError", "Options", "buildServer", "makeService"]
@@ -224,9 +230,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             config.tls.development = developmentCertificate(name)
         # Load every certificate now, so that a bad one stops the command at once.
         try:
-            ServerTLS(settingsFrom(ServerOptions.fromMapping(self.serverOptions())))
+            settings = settingsFrom(ServerOptions.fromMapping(self.serverOptions()))
+            ServerTLS(settings)
         except (TypeError, ValueError) as e:
             raise ConfigurationError(withFlags(str(e))) from e
+        if not self.inherited:
+            # What MTA-STS senders would refuse is only a warning: everyone else is still
+            # served.  A worker of --workers leaves it to its parent, which says it once.
+            warnTLSProblems(settings, checkDefault=config.tls.cert is not None)
 
 
 def buildServer(options: Options, reactor: Any = None) -> SMTPServer:

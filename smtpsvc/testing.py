@@ -25,10 +25,11 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from ._core._data import stuff
 from ._core._session import Envelope, Session
@@ -149,6 +150,10 @@ class MemoryClient:
     The server must have been built with a L{Clock} as its reactor; the client advances
     it past the early-talker delay so that the greeting is there when it is made.
 
+    The server offers STARTTLS as on a TCP listener and answers it, but this client
+    cannot do the TLS handshake that follows a C{220}: writing after that raises
+    L{RuntimeError}.
+
     @ivar greeting: the greeting, or the refusal sent instead of it.
     @ivar transport: the server side's L{StringTransport}.
     """
@@ -163,6 +168,11 @@ class MemoryClient:
             hostAddress=IPv4Address("TCP", "127.0.0.1", 25),
             peerAddress=IPv4Address("TCP", peer[0], peer[1]),
         )
+        # Like a TCP connection, the transport can start TLS, so that the server offers
+        # STARTTLS as it would to a real client; no handshake follows (see write).
+        alsoProvides(self.transport, ITLSTransport)
+        self.transport.startTLS = self._startTLS  # type: ignore[attr-defined]
+        self._tlsStarted = False
         self.protocol = server.buildProtocol(self.transport.getPeer())
         self._lost = False
         self.protocol.makeConnection(self.transport)  # type: ignore[no-untyped-call]
@@ -201,6 +211,8 @@ class MemoryClient:
         """
         Send raw bytes and return the replies they caused.
         """
+        if self._tlsStarted:
+            raise RuntimeError("MemoryClient cannot do the TLS handshake STARTTLS began")
         self.protocol.dataReceived(data)
         return self.received()
 
@@ -228,6 +240,9 @@ class MemoryClient:
         """
         self.transport.loseConnection()
         self._loseConnection()
+
+    def _startTLS(self, contextFactory: object, normal: bool = True) -> None:
+        self._tlsStarted = True
 
     def _loseConnection(self) -> None:
         if not self._lost:

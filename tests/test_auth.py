@@ -438,7 +438,7 @@ class ExchangeTests(SynchronousTestCase):
         self.assertEqual(lines(client.received()), ["235 Authentication successful"])
         self.assertEqual((asked, client.session.user), (["abstain", "later"], "someone"))
 
-    def test_handlerBug(self) -> None:
+    def test_4954_16_backendDownIsTemporary(self) -> None:
         """
         A handler that fails unexpectedly gives a temporary 454 and a logged traceback.
         """
@@ -544,7 +544,7 @@ class RequirementTests(SynchronousTestCase):
         client = MemoryClient(makeServer(disabledCommands=("AUTH",)))
         self.assertFalse(any(line.startswith("AUTH") for line in client.send("EHLO x")[0].lines))
         self.assertEqual(
-            [r.code for r in client.send("AUTH PLAIN", "MAIL FROM:<a@b.example>")], [500, 250]
+            [r.code for r in client.send("AUTH PLAIN", "MAIL FROM:<a@b.example>")], [502, 250]
         )
 
     def test_unauthenticatedLimit(self) -> None:
@@ -708,3 +708,104 @@ class BruteForceTests(SynchronousTestCase):
         attempt = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}"
         self.assertEqual([r.code for r in client.send(*[attempt] * 6)], [454] * 6)
         self.assertFalse(client.closed)
+
+
+class SASLprepTests(SynchronousTestCase):
+    """
+    SASLprep (RFC 4013) of authorisation identities (standards 4954-22), and the user
+    names and passwords it leaves alone.
+    """
+
+    def prepare(self, text: str, allowUnassigned: bool = False) -> str | None:
+        from smtpsvc._core._saslprep import saslPrep
+
+        return saslPrep(text, allowUnassigned)
+
+    def test_rfcExamples(self) -> None:
+        """
+        The examples of RFC 4013 section 3: soft hyphen mapped to nothing, case kept,
+        compatibility characters normalised (NFKC), a control character prohibited, and
+        a right-to-left string that does not end right-to-left refused.
+        """
+        self.assertEqual(self.prepare("I\u00adX"), "IX")
+        self.assertEqual(self.prepare("user"), "user")
+        self.assertEqual(self.prepare("USER"), "USER")
+        self.assertEqual(self.prepare("\u00aa"), "a")
+        self.assertEqual(self.prepare("\u2168"), "IX")
+        self.assertIsNone(self.prepare("\u0007"))
+        self.assertIsNone(self.prepare("\u0627\u0031"))
+
+    def test_mappingAndProhibition(self) -> None:
+        """
+        Non-ASCII spaces become spaces; each prohibited table refuses; a string of
+        characters mapped to nothing prepares to the empty string.
+        """
+        self.assertEqual(self.prepare("a\u00a0b\u3000c"), "a b c")
+        self.assertEqual(self.prepare("\u00ad\u200b\ufe0f"), "")
+        self.assertEqual(self.prepare(""), "")
+        for prohibited in (
+            "\u2028",  # C.2.2 non-ASCII control
+            "\ue000",  # C.3 private use
+            "\ufdd0",  # C.4 non-character
+            "\ufff9",  # C.6 inappropriate for plain text
+            "\u2ff0",  # C.7 inappropriate for canonical representation
+            "\u200e",  # C.8 change of display direction
+            "\U000e0041",  # C.9 tagging
+        ):
+            self.assertIsNone(self.prepare(f"alice{prohibited}"), repr(prohibited))
+
+    def test_bidi(self) -> None:
+        """
+        Right-to-left text is accepted when it starts and ends right-to-left and holds
+        no left-to-right letter (RFC 3454 section 6).
+        """
+        self.assertEqual(self.prepare("\u05d0\u0031\u05d1"), "\u05d0\u0031\u05d1")
+        self.assertIsNone(self.prepare("\u05d0a\u05d1"))
+        self.assertIsNone(self.prepare("1\u05d0"))
+
+    def test_unassigned(self) -> None:
+        """
+        Code points unassigned in Unicode 3.2 are refused in stored strings, kept in
+        query strings.
+        """
+        self.assertIsNone(self.prepare("alice\U0001f600"))
+        self.assertEqual(self.prepare("alice\U0001f600", allowUnassigned=True), "alice\U0001f600")
+
+    def test_plainAuthzidAsSent(self) -> None:
+        """
+        A PLAIN authorisation identity that prepares well reaches the handlers as the
+        client sent it, not in its prepared form.
+        """
+        handler = Users()
+        client = connect([handler])
+        response = b64("alice\u00ad\x00alice\x00secret")
+        self.assertEqual([r.code for r in client.send(f"AUTH PLAIN {response}")], [235])
+        self.assertEqual(handler.requests[0].authzid, "alice\u00ad")
+
+    def test_credentialsNotPrepared(self) -> None:
+        """
+        User names and passwords are given to the handlers as sent, even when SASLprep
+        would refuse them: the handlers' stores were not made with it.
+        """
+        handler = Users()
+        client = connect([handler])
+        response = b64("\x00alice\ue000\x00\u05d0secret")
+        self.assertEqual([r.code for r in client.send(f"AUTH PLAIN {response}")], [535])
+        request = handler.requests[0]
+        self.assertEqual((request.username, request.password), ("alice\ue000", "\u05d0secret"))
+
+    def test_oauthBearerUnpreparableAuthzid(self) -> None:
+        """
+        An OAUTHBEARER C{a=} identity that SASLprep prohibits, or maps to nothing, is
+        refused like other malformed responses, without asking the handlers.
+        """
+        handler = Users()
+        client = connect([handler])
+        for authzid in ("alice\u2028", "\u00ad"):
+            response = b64(f"n,a={authzid},\x01auth=Bearer token-alice\x01\x01")
+            self.assertEqual(
+                lines(client.send(f"AUTH OAUTHBEARER {response}")),
+                ["500 Error: invalid userdata"],
+            )
+        self.assertEqual(handler.requests, [])
+        self.assertIsNone(client.session.user)

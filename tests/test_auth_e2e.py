@@ -189,7 +189,7 @@ class SmtplibAuthTests(E2ETestCase):
         self.assertEqual(mailCode, 530)
         self.assertEqual(recorder.messages, [])
 
-    async def test_plaintextNeedsStarttls(self) -> None:
+    async def test_4954_01_plaintextPasswordsNeedStarttls(self) -> None:
         """
         smtplib's login() in clear gets 538 (STARTTLS first); after starttls() on the
         same connection it logs in and sends.

@@ -185,7 +185,7 @@ class ChunkingTests(SynchronousTestCase):
     def test_3030_01_advertised(self) -> None:
         """
         EHLO (and LMTP's LHLO) lists CHUNKING, and not BINARYMIME, which smtpsvc does not
-        support; disabling BDAT removes CHUNKING and makes BDAT an unknown command.
+        support; disabling BDAT removes CHUNKING, and BDAT gets 502 as not implemented.
         """
         for options in ({}, {"lmtp": True}):
             client = MemoryClient(makeServer([], **options))
@@ -196,7 +196,7 @@ class ChunkingTests(SynchronousTestCase):
         client = MemoryClient(makeServer([], disabledCommands=("BDAT",)))
         self.assertNotIn("CHUNKING", client.send("EHLO x")[0].lines)
         self.assertEqual(
-            client.send("BDAT 0 LAST"), [ServerReply(500, ("Error: command not recognized",))]
+            client.send("BDAT 0 LAST"), [ServerReply(502, ("Error: command not implemented",))]
         )
 
     def test_3030_02_eachChunkAcknowledged(self) -> None:
@@ -230,7 +230,7 @@ class ChunkingTests(SynchronousTestCase):
         self.assertEqual(replies, [ServerReply(250, ("2.6.0 OK: message accepted",))] * 2)
         self.assertEqual(recorder.messages[-1].data, b"")
 
-    def test_3030_03_lmtpPerRecipient(self) -> None:
+    def test_2033_07_bdatLastPerRecipient(self) -> None:
         """
         In LMTP a data handler's per-recipient answers become the replies to BDAT LAST.
         """
@@ -342,11 +342,12 @@ class ChunkingTests(SynchronousTestCase):
 
     def test_3030_07_binaryMimeRefused(self) -> None:
         """
-        BODY=BINARYMIME is refused at MAIL FROM: smtpsvc does not offer BINARYMIME.
+        BODY=BINARYMIME is refused at MAIL FROM with 555: smtpsvc does not offer
+        BINARYMIME (see also standards 6152-04).
         """
         client = connect()
         reply = client.send(f"MAIL FROM:<{SENDER}> BODY=BINARYMIME")[0]
-        self.assertEqual(reply.code, 501)
+        self.assertEqual(reply.code, 555)
 
     def test_3030_08_syntaxErrorCloses(self) -> None:
         """

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpsvc._core._data import DataDecoder, _hasBareLineEnding, stuff
+from smtpsvc._core._data import ChunkDecoder, DataDecoder, _hasBareLineEnding, stuff
 
 from . import smuggling
 
@@ -667,3 +667,381 @@ class BareLineEndingCheckTests(SynchronousTestCase):
         """
         self.assertTrue(_hasBareLineEnding(b"a\rbb\nc"))
         self.assertFalse(_hasBareLineEnding(b"a\r\nbb\r\n"))
+
+
+# A header with four Received fields, in every case and with the obsolete space before the
+# colon, among look-alikes that are not (other names, a folded line, a field's value), and
+# a body whose Received lines are not header fields at all.
+_TRACED_HEADER = (
+    b"Received: from a.example by b.example\r\n"
+    b"X-Received: not a trace field\r\n"
+    b"Received-SPF: pass\r\n"
+    b"received: from c.example\r\n"
+    b"\tReceived: the folded rest of the field above\r\n"
+    b"RECEIVED : from d.example\r\n"
+    b"Subject: Received: in a value\r\n"
+    b"ReCeIvEd:x\r\n"
+)
+_TRACED_BODY = b"\r\nReceived: in the body\r\nReceived: again\r\n"
+
+
+def _traced(count: int) -> bytes:
+    return b"".join(b"Received: from hop%d.example\r\n" % i for i in range(count))
+
+
+def _countBoth(
+    chunks: Sequence[bytes], maxReceived: int | None = 100, policy: str = "normalize"
+) -> list[DataDecoder | ChunkDecoder]:
+    """
+    Give C{chunks} (a message without dots at line starts, ended by CRLF) to both
+    decoders: after DATA, then the terminator; in BDAT chunks, then the end.
+    """
+    data = DataDecoder(policy=policy, maxReceived=maxReceived)
+    chunk = ChunkDecoder(policy=policy, maxReceived=maxReceived)
+    for part in chunks:
+        data.feed(part)
+        chunk.feed(part)
+    data.feed(b".\r\n")
+    chunk.end()
+    assert data.done
+    return [data, chunk]
+
+
+class ReceivedCountTests(SynchronousTestCase):
+    """
+    Both decoders count the header's C{Received} fields, for mail loop detection (RFC 5321
+    section 6.3, standards row 5321-31).
+    """
+
+    def test_5321_31_headerFieldsCountedAnyChunking(self) -> None:
+        """
+        Only header lines that start with the field name C{Received} (any case, with or
+        without space before the colon) count, however the message is cut, including
+        inside C{CRLF Received:} and byte by byte.
+        """
+        message = _TRACED_HEADER + _TRACED_BODY
+        for chunks in _chunkings(message):
+            for decoder in _countBoth(chunks):
+                self.assertEqual((decoder.receivedHeaders, decoder.loop), (4, False), chunks)
+
+    def test_caseInsensitive(self) -> None:
+        """
+        The field name is matched without regard to case.
+        """
+        for name in (b"Received", b"received", b"RECEIVED", b"rEcEiVeD"):
+            for decoder in _countBoth([name + b": x\r\n\r\nbody\r\n"]):
+                self.assertEqual(decoder.receivedHeaders, 1, name)
+
+    def test_onlyHeaderCounts(self) -> None:
+        """
+        Counting stops at the first empty line: a message that starts with one has no
+        header, and one without any is all header.
+        """
+        cases = [
+            (_traced(3) + b"\r\n" + _traced(5), 3),
+            (b"\r\n" + _traced(5), 0),
+            (_traced(5), 5),
+            (b"Subject: x\r\n\r\n\r\n" + _traced(5), 0),
+        ]
+        for message, expected in cases:
+            for chunks in _chunkings(message):
+                for decoder in _countBoth(chunks):
+                    self.assertEqual(decoder.receivedHeaders, expected, chunks)
+
+    def test_bareLineEndingsNormalizedFirst(self) -> None:
+        """
+        Under C{normalize} a bare LF ends a header line as the CRLF it becomes does.
+        """
+        message = b"Received: a\nReceived: b\r\n\nReceived: body\r\n"
+        for chunks in _chunkings(message):
+            for decoder in _countBoth(chunks):
+                self.assertEqual(decoder.receivedHeaders, 2, chunks)
+
+    def test_limitExactly(self) -> None:
+        """
+        C{loop} is set when the count reaches the limit, not before; the count stops
+        there.
+        """
+        for count, loop in [(2, False), (3, True), (7, True)]:
+            for chunks in _chunkings(_traced(count) + b"\r\nbody\r\n"):
+                for decoder in _countBoth(chunks, maxReceived=3):
+                    self.assertEqual(
+                        (decoder.receivedHeaders, decoder.loop), (min(count, 3), loop), chunks
+                    )
+
+    def test_loopKnownOnceTheFieldEnds(self) -> None:
+        """
+        The flag is up as soon as the line of the last field allowed is complete, before
+        the rest of the message arrives.
+        """
+        decoder = DataDecoder(maxReceived=2)
+        decoder.feed(_traced(1) + b"Received: from")
+        self.assertFalse(decoder.loop)
+        decoder.feed(b" b.example\r\nSub")
+        self.assertTrue(decoder.loop)
+        self.assertFalse(decoder.done)
+
+    def test_offWhenNone(self) -> None:
+        """
+        With no limit nothing is counted, however many fields there are.
+        """
+        for decoder in _countBoth([_traced(500)], maxReceived=None):
+            self.assertEqual((decoder.receivedHeaders, decoder.loop), (0, False))
+
+    def test_longLinesKeepLittle(self) -> None:
+        """
+        Between chunks only a few bytes of a header line are kept, however long it is,
+        and a long C{Received} field still counts once.
+        """
+        message = (
+            b"Received: " + b"x" * 100_000 + b"\r\n"
+            b"X-Long: " + b"y" * 100_000 + b"\r\n" + _traced(1) + b"\r\n"
+        )
+        for size in (1000, 4099):
+            data = DataDecoder(maxReceived=100)
+            chunk = ChunkDecoder(maxReceived=100)
+            for start in range(0, len(message), size):
+                part = message[start : start + size]
+                for decoder in (data, chunk):
+                    decoder.feed(part)
+                    tail = decoder._headerTail
+                    self.assertLessEqual(len(tail or b""), 64)
+            self.assertEqual((data.receivedHeaders, chunk.receivedHeaders), (2, 2))
+
+    @_FAST
+    @given(
+        st.lists(
+            st.sampled_from(
+                [
+                    b"Received: x",
+                    b"received:",
+                    b"RECEIVED \t: y",
+                    b" Received: folded",
+                    b"X-Received: z",
+                    b"Receivedx: no",
+                    b"Subject: Received:",
+                    b"",
+                    b"a",
+                ]
+            )
+        ),
+        st.data(),
+    )
+    def test_countMatchesLines(self, lines: list[bytes], data: st.DataObject) -> None:
+        """
+        The count is that of the lines before the first empty one that start with the
+        field name and a colon, however the message is cut.
+        """
+        message = b"".join(line + b"\r\n" for line in lines)
+        expected = 0
+        for line in lines:
+            if not line:
+                break
+            expected += re.match(rb"received[ \t]*:", line, re.IGNORECASE) is not None
+        cuts = data.draw(st.lists(st.integers(0, len(message))))
+        for decoder in _countBoth(_split(message, cuts), maxReceived=1000):
+            self.assertEqual(decoder.receivedHeaders, expected)
+
+
+# Headers with a TLS-Required: No field (RFC 8689 section 5), in the forms a header may
+# give it: any case, white space before the colon, around the value, and folded.
+_TLS_OPTIONAL_HEADERS = (
+    b"TLS-Required: No\r\n",
+    b"tls-required:no\r\n",
+    b"TLS-REQUIRED :  NO \t\r\n",
+    b"TLS-Required:\r\n No\r\n",
+    b"TLS-Required:\r\n\t\r\n  no\r\n \r\n",
+    b"Subject: x\r\nTLS-Required: No\r\nFrom: <a@b.example>\r\n",
+)
+# Look-alikes that are not: other values, other names, a value of another field, a
+# continuation line, the body, a message with no header, a comment the grammar lacks.
+_NOT_TLS_OPTIONAL = (
+    b"TLS-Required: Yes\r\n\r\n",
+    b"TLS-Required: No more\r\n\r\n",
+    b"TLS-Required: Nope\r\n\r\n",
+    b"TLS-Required: No\r\n thanks\r\n\r\n",
+    b"TLS-Required: N o\r\n\r\n",
+    b"X-TLS-Required: No\r\n\r\n",
+    b"TLS-Requirements: No\r\n\r\n",
+    b"Subject: TLS-Required: No\r\n\r\n",
+    b"Subject: x\r\n TLS-Required: No\r\n\r\n",
+    b"Subject: x\r\n\r\nTLS-Required: No\r\n",
+    b"\r\nTLS-Required: No\r\n",
+    b"TLS-Required: No (please)\r\n\r\n",
+    b"TLS-Required:" + b" " * 60 + b"No\r\n\r\n",
+)
+
+
+def _watchBoth(
+    chunks: Sequence[bytes], maxReceived: int | None = 100
+) -> list[DataDecoder | ChunkDecoder]:
+    """
+    Give C{chunks} (a message without dots at line starts, ended by CRLF) to both
+    decoders watching for C{TLS-Required: No}, and end the message as the server does.
+    """
+    data = DataDecoder(maxReceived=maxReceived)
+    chunk = ChunkDecoder(maxReceived=maxReceived)
+    for decoder in (data, chunk):
+        decoder.watchTLSRequired()
+    for part in chunks:
+        data.feed(part)
+        chunk.feed(part)
+    data.feed(b".\r\n")
+    chunk.end()
+    assert data.done
+    for decoder in (data, chunk):
+        decoder.finishHeader()
+    return [data, chunk]
+
+
+def _tlsOptionalByModel(message: bytes) -> bool:
+    """
+    Whether C{message}'s header has a field named TLS-Required whose unfolded value is
+    C{No} with white space around it, and which is short (62 bytes with the CRLF before
+    it): the rule the decoders follow, by the book, on the whole message.
+    """
+    lines = (b"\r\n" + message).split(b"\r\n")[1:]
+    fields: list[list[bytes]] = []
+    for line in lines:
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if fields:
+                fields[-1].append(line)
+            continue
+        fields.append([line])
+    for field in fields:
+        raw = b"\r\n".join(field)
+        match = re.fullmatch(rb"tls-required[ \t]*:(.*)", b"".join(field), re.I | re.S)
+        if match and match.group(1).strip(b" \t").lower() == b"no" and len(raw) + 2 <= 62:
+            return True
+    return False
+
+
+class TLSRequiredTests(SynchronousTestCase):
+    """
+    Both decoders notice a C{TLS-Required: No} header field when asked to (RFC 8689
+    section 4.1, standards row 8689-05), reading the header as they do for C{Received}.
+    """
+
+    def test_8689_05_fieldFoundAnyChunking(self) -> None:
+        """
+        The field is found in any of its forms, with a body after the header or none,
+        however the message is cut, byte by byte included.
+        """
+        for header in _TLS_OPTIONAL_HEADERS:
+            for message in (header + b"\r\nbody\r\n", header):
+                for chunks in _chunkings(message):
+                    for decoder in _watchBoth(chunks):
+                        self.assertTrue(decoder.tlsRequiredNo, chunks)
+
+    def test_lookAlikesIgnored(self) -> None:
+        """
+        Other values, other fields, the body and long-winded forms do not count.
+        """
+        for message in _NOT_TLS_OPTIONAL:
+            for chunks in _chunkings(message):
+                for decoder in _watchBoth(chunks):
+                    self.assertFalse(decoder.tlsRequiredNo, chunks)
+
+    def test_knownOnceTheFieldEnds(self) -> None:
+        """
+        The flag is up once the next line shows the field is not continued, before the
+        header ends; not while a continuation may still change the value.
+        """
+        decoder = DataDecoder(maxReceived=100)
+        decoder.watchTLSRequired()
+        decoder.feed(b"TLS-Required: No\r\n")
+        self.assertFalse(decoder.tlsRequiredNo)
+        decoder.feed(b"S")
+        self.assertTrue(decoder.tlsRequiredNo)
+
+    def test_onlyWhenWatched(self) -> None:
+        """
+        A decoder not asked to watch never sets the flag; one asked to watches even when
+        it does not count C{Received} fields, and never calls the message a loop then.
+        """
+        unwatched = DataDecoder(maxReceived=100)
+        unwatched.feed(b"TLS-Required: No\r\n\r\n.\r\n")
+        unwatched.finishHeader()
+        self.assertFalse(unwatched.tlsRequiredNo)
+        message = _traced(300) + b"TLS-Required: No\r\n\r\n"
+        for decoder in _watchBoth([message], maxReceived=None):
+            self.assertEqual((decoder.tlsRequiredNo, decoder.loop), (True, False))
+
+    def test_receivedCountUnchanged(self) -> None:
+        """
+        Keeping an open C{TLS-Required} field between chunks counts no C{Received} field
+        twice or not at all, however the message is cut.
+        """
+        message = _traced(2) + b"TLS-Required:\r\n No\r\n" + _traced(3) + b"\r\n" + _traced(4)
+        for chunks in _chunkings(message):
+            for decoder in _watchBoth(chunks):
+                self.assertEqual((decoder.receivedHeaders, decoder.tlsRequiredNo), (5, True))
+
+    def test_keepsLittle(self) -> None:
+        """
+        Between chunks no more than a line's worth of the header is kept, however long
+        the white space of a C{TLS-Required} field.
+        """
+        message = b"TLS-Required:" + b" \r\n" * 10_000 + b" No\r\n\r\n"
+        for size in (1, 7, 1000):
+            decoder = DataDecoder(maxReceived=100)
+            decoder.watchTLSRequired()
+            for start in range(0, len(message), size):
+                decoder.feed(message[start : start + size])
+                self.assertLessEqual(len(decoder._headerTail or b""), 64)
+            self.assertFalse(decoder.tlsRequiredNo)
+
+    def test_watchBeforeTheMessage(self) -> None:
+        """
+        Asking to watch once the message has started is a mistake.
+        """
+        decoder = DataDecoder()
+        decoder.feed(b"Subject: x\r\n")
+        self.assertRaises(RuntimeError, decoder.watchTLSRequired)
+
+    def test_chunkWithoutFinalLineEnding(self) -> None:
+        """
+        A BDAT message that is all header and ends without CRLF ends its last field.
+        """
+        decoder = ChunkDecoder()
+        decoder.watchTLSRequired()
+        decoder.feed(b"Subject: x\r\nTLS-Required: No")
+        decoder.end()
+        self.assertFalse(decoder.tlsRequiredNo)
+        decoder.finishHeader()
+        self.assertTrue(decoder.tlsRequiredNo)
+
+    @_FAST
+    @given(
+        st.lists(
+            st.sampled_from(
+                [
+                    b"TLS-Required: No",
+                    b"tls-required :no ",
+                    b"TLS-Required:",
+                    b" No",
+                    b"\tno",
+                    b" ",
+                    b" more",
+                    b"TLS-Required: Nope",
+                    b"Received: x",
+                    b"Subject: TLS-Required: No",
+                    b"",
+                    b"a",
+                ]
+            )
+        ),
+        st.data(),
+    )
+    def test_agreesWithTheModel(self, lines: list[bytes], data: st.DataObject) -> None:
+        """
+        However the message is cut, the flag is what reading the whole header by the
+        book says.
+        """
+        message = b"".join(line + b"\r\n" for line in lines)
+        cuts = data.draw(st.lists(st.integers(0, len(message))))
+        expected = _tlsOptionalByModel(message)
+        for decoder in _watchBoth(_split(message, cuts)):
+            self.assertEqual(decoder.tlsRequiredNo, expected, message)

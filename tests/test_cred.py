@@ -330,3 +330,58 @@ def tap_parse(*args: str) -> tap.Options:
     options = tap.Options()
     options.parseOptions(list(args))
     return options
+
+
+class AuthorisationIdentityTests(SynchronousTestCase):
+    """
+    A PLAIN authorisation identity (RFC 4616 section 2) through the portal handler.
+    """
+
+    def handler(self) -> PortalAuthHandler:
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"hunter2")
+        return PortalAuthHandler.fromCheckers([checker])
+
+    def test_actingForAnotherUserRefused(self) -> None:
+        """
+        Alice's right password with Bob's name as the authorisation identity does not log
+        in at all (not as Alice, not as Bob): 535 5.7.8, counted as a failed attempt.
+        """
+        client = connect(self.handler(), hideENHANCEDSTATUSCODES=False, maxAuthFailures=1)
+        attempt = f"AUTH PLAIN {b64('bob' + chr(0) + 'alice' + chr(0) + 'secret')}"
+        [reply] = client.send(attempt)
+        self.assertEqual(
+            (reply.code, reply.lines), (535, ("5.7.8 Error: Authentication credentials invalid",))
+        )
+        self.assertIsNone(client.session.user)
+        self.assertEqual(codes(client.send(attempt)), [421])
+
+    def test_portalNotAsked(self) -> None:
+        """
+        The refusal comes before the checkers are asked.
+        """
+        asked: list[object] = []
+
+        @implementer(ICredentialsChecker)
+        class Recording:
+            credentialInterfaces = InMemoryUsernamePasswordDatabaseDontUse.credentialInterfaces
+
+            def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+                asked.append(credentials)
+                return succeed(credentials.username)
+
+        client = connect(PortalAuthHandler.fromCheckers([Recording()]))
+        self.assertEqual(
+            codes(client.send(f"AUTH PLAIN {b64('bob' + chr(0) + 'alice' + chr(0) + 'x')}")),
+            [535],
+        )
+        self.assertEqual(asked, [])
+
+    def test_ownIdentityAccepted(self) -> None:
+        """
+        An authorisation identity equal to the user name, or given instead of it (the
+        user name left empty), logs in as that user.
+        """
+        for message in ("alice\x00alice\x00secret", "alice\x00\x00secret"):
+            client = connect(self.handler())
+            self.assertEqual(codes(client.send(f"AUTH PLAIN {b64(message)}")), [235], message)
+            self.assertEqual(client.session.user, "alice")

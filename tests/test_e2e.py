@@ -128,7 +128,7 @@ class SmtplibTests(E2ETestCase):
         self.assertEqual(envelope.mailFrom.address, SENDER)
         self.assertEqual([r.address for r in envelope.rcptTo], RECIPIENTS)
 
-    async def test_bigEightBitMessageWithDots(self) -> None:
+    async def test_6152_05_eightBitStoredByteExact(self) -> None:
         """
         A 1 MiB message with 8-bit bytes and lines starting with dots arrives byte-exact.
         """

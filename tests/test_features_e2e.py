@@ -740,7 +740,7 @@ class LMTPServiceTests(E2ETestCase):
         self.assertEqual([withoutTraceHeaders(m) for m in stored], [body])
         self.assertIn(b" with LMTP", traceHeaders(stored[0]))
 
-    async def test_lmtpOnPort25Refused(self) -> None:
+    async def test_2033_06_twistRefusesLmtpOnPort25(self) -> None:
         """
         twist smtpsvc --lmtp --listen tcp:25:... stops at start with one line naming RFC
         2033 and a non-zero status.  (In a private network namespace where one can be

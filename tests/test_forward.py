@@ -40,10 +40,11 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -85,7 +86,7 @@ from .e2e_support import (
     startServer,
     theReactor,
 )
-from .memorytls import authority, issue
+from .memorytls import ClientTLS, Connection, authority, connectTLS, issue
 
 FRONT = "relay.example"
 DOWNSTREAM = "mx.downstream.example"
@@ -717,7 +718,7 @@ class RelayTests(ForwardTestCase):
         self.assertEqual(codes(replies), [250, 250, 354, 554])
         self.assertEqual(replies[-1].lines, ("5.7.1 Spam",))
 
-    def test_parametersRelayed(self) -> None:
+    def test_3461_08_parametersSurviveRelaying(self) -> None:
         """
         BODY, SMTPUTF8, SIZE, RET and ENVID, NOTIFY and ORCPT reach a downstream that
         supports them.
@@ -1604,3 +1605,125 @@ class DocumentationTests(SynchronousTestCase):
         self.assertIn(".. literalinclude:: examples/forward_lmtp.py\n", page)
         index = (EXAMPLES.parent / "index.rst").read_text(encoding="utf-8")
         self.assertIn("   delivery-forward\n", index)
+
+
+# -- REQUIRETLS and TLS-Required: No -------------------------------------------------------------
+
+#: What a downstream that offers REQUIRETLS says to EHLO.
+_REQUIRETLS_EHLO = b"250-scripted.example\r\n250-ENHANCEDSTATUSCODES\r\n250 REQUIRETLS\r\n"
+#: A message that asks to be relayed even where TLS policy would refuse (RFC 8689).
+_TLS_OPTIONAL = b"TLS-Required: No\r\nSubject: hello\r\n\r\nHello.\r\n"
+
+
+class RequireTLSTests(ForwardTestCase):
+    """
+    A REQUIRETLS transaction goes downstream only over TLS with a validated certificate,
+    to a server that offers REQUIRETLS (RFC 8689 section 4.2.1); a message tagged
+    C{TLS-Required: No} goes as any other, its header kept.
+    """
+
+    def tlsEndpoint(self, creator: Any) -> IStreamClientEndpoint:
+        """
+        An endpoint to a scripted downstream offering REQUIRETLS over TLS (with a
+        certificate for L{DOWNSTREAM} from the test authority), the client side of the
+        handshake made by C{creator}.
+        """
+        self.factory = _OneProtocol(lambda: ScriptedServer({"EHLO": _REQUIRETLS_EHLO}))
+        pair = issue(DOWNSTREAM)
+        serverTLS = PrivateCertificate.loadPEM(pair.cert + pair.key).options()
+        # _OneProtocol makes protocols as a factory does, without declaring it.
+        wrapped: Any = self.factory
+        server = TLSMemoryBIOFactory(serverTLS, False, wrapped, clock=self.clock)
+        plain = MemoryEndpoint(self.network, lambda: server)
+        return wrapClientTLS(creator, plain, clock=self.clock)
+
+    def frontOverTLS(self, endpoint: IStreamClientEndpoint) -> Connection:
+        """
+        A front server relaying to C{endpoint}, and a client that completed STARTTLS
+        with it and said EHLO again.
+        """
+        forward = ForwardDelivery(endpoint, reactor=self.clock, serverName=FRONT, timeout=TIMEOUT)
+        pair = issue(FRONT)
+        server = SMTPServer(
+            [forward],
+            reactor=self.clock,
+            name=FRONT,
+            key=pair.key,
+            cert=pair.cert,
+            authOptional=True,
+            earlyTalkerDelay=0,
+            hideENHANCEDSTATUSCODES=False,
+            hideREQUIRETLS=False,
+        )
+        connection = connectTLS(server)
+        self.assertEqual(codes(connection.client.replies()), [220])
+        self.assertEqual(codes(self.exchange(connection, "EHLO c.example", "STARTTLS")), [250, 220])
+        connection.startTLS(ClientTLS())
+        self.assertEqual(codes(self.exchange(connection, "EHLO c.example")), [250])
+        return connection
+
+    def exchange(self, connection: Connection, *lines: str) -> list[ServerReply]:
+        """
+        Send C{lines}, let the front and the downstream work, and return the replies.
+        """
+        connection.clientTransport.write(b"".join(line.encode() + b"\r\n" for line in lines))
+        for _ in range(20):
+            connection.pump.flush()
+            self.network.run()
+        return connection.client.replies()
+
+    def test_8689_06_relayedOverVerifiedTLS(self) -> None:
+        """
+        Over TLS whose certificate the endpoint checked, to a downstream offering it,
+        MAIL FROM goes with REQUIRETLS, and the message follows.
+        """
+        creator = optionsForClientTLS(DOWNSTREAM, Certificate.loadPEM(authority().cert))
+        connection = self.frontOverTLS(self.tlsEndpoint(creator))
+        replies = self.exchange(
+            connection, "MAIL FROM:<a@example.org> REQUIRETLS", "RCPT TO:<b@example.net>", "DATA"
+        )
+        self.assertEqual(codes(replies), [250, 250, 354])
+        connection.clientTransport.write(stuff(MESSAGE))
+        self.assertEqual(codes(self.exchange(connection)), [250])
+        [downstream] = self.factory.built
+        assert isinstance(downstream, ScriptedServer)
+        self.assertEqual(downstream.commands[1], "MAIL FROM:<a@example.org> REQUIRETLS")
+        self.assertTrue(downstream.messages[0].endswith(MESSAGE))
+
+    def test_8689_06_unverifiedTLSRefused(self) -> None:
+        """
+        TLS whose certificate nobody checked is no better than clear text for REQUIRETLS:
+        550 5.7.30, nothing relayed; without REQUIRETLS the sender goes on.
+        """
+        connection = self.frontOverTLS(self.tlsEndpoint(ClientTLS()))
+        replies = self.exchange(connection, "MAIL FROM:<a@example.org> REQUIRETLS")
+        self.assertEqual(
+            [(r.code, r.lines) for r in replies],
+            [(550, ("5.7.30 Error: REQUIRETLS support required",))],
+        )
+        [downstream] = self.factory.built
+        assert isinstance(downstream, ScriptedServer)
+        self.assertEqual(downstream.commands, [f"EHLO {FRONT}"])
+        self.assertEqual(codes(self.exchange(connection, "MAIL FROM:<a@example.org>")), [250])
+
+    def test_8689_05_taggedMessageRelayedAsItIs(self) -> None:
+        """
+        A message tagged C{TLS-Required: No} is relayed over the link there is, byte for
+        byte after our Received header, with no REQUIRETLS; the data handlers after the
+        forwarder see the tag.
+        """
+        seen: list[bool] = []
+
+        @implementer(IDataHandler)
+        class Tags:
+            async def onData(self, stream: IMessageStream, session: Session) -> None:
+                await readMessage(stream)
+                seen.append(session.envelope.tlsRequiredNo)
+
+        self.front(self.downstream, after=[Tags()])
+        replies = self.sendmail("alice@example.org", ["bob@example.net"], _TLS_OPTIONAL)
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertEqual(seen, [True])
+        [received] = self.recorder.messages
+        self.assertRelayed(received.data, _TLS_OPTIONAL)
+        self.assertFalse(received.envelope.requireTLS)

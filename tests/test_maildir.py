@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpsvc import SMTPServer
+from smtpsvc import SMTPServer, TLSInfo
 from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient
 
@@ -189,3 +189,36 @@ class MaildirTests(SynchronousTestCase):
         for i in range(20):
             client.sendmail("a@b.example", ["c@d.example"], f"{i}\r\n".encode())
         self.assertEqual(len(self.stored()), 20)
+
+    def test_receivedNamesTheRegisteredCipher(self) -> None:
+        """
+        Over TLS the Received header names the cipher suite by its registered (IANA)
+        name, not OpenSSL's (RFC 8314 section 4.3), inside the comment before C{by}.
+        """
+        client = self.client()
+        client.session.secure = True
+        client.session.tlsOptions = TLSInfo(
+            name="ECDHE-RSA-AES128-GCM-SHA256",
+            standardName="TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            version="TLSv1.2",
+        )
+        client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
+        [stored] = self.stored()
+        lines = stored.split(b"\r\n")
+        self.assertEqual(
+            lines[2], b"\t(using TLSv1.2 with cipher TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)"
+        )
+        self.assertTrue(lines[3].startswith(b"\tby mx.test (smtpsvc) with ESMTPS id "))
+        self.assertNotIn(b"ECDHE-RSA", stored)
+
+    def test_tlsOptionalMessageStoredAsItIs(self) -> None:
+        """
+        A message with C{TLS-Required: No} is stored byte for byte; its tag changes
+        nothing in it.
+        """
+        body = b"TLS-Required: No\r\nSubject: hi\r\n\r\nbody\r\n"
+        replies = self.client().sendmail("a@b.example", ["c@d.example"], body)
+        self.assertEqual(replies[-1].code, 250)
+        [stored] = self.stored()
+        self.assertTrue(stored.endswith(b"\r\n" + body))
+        self.assertEqual(stored.count(b"TLS-Required"), 1)

@@ -303,10 +303,14 @@ class XClientTests(SynchronousTestCase):
 
     def test_refusedNewClient(self) -> None:
         """
-        If the connect handlers refuse the new client, that is the reply.
+        If the connect handlers refuse the new client, that is the reply; as after a
+        refused greeting, only QUIT is then answered other than with 503 (RFC 5321
+        section 3.1).
         """
         client = self.client([Gate()])
         self.assertEqual(lines(client.send("XCLIENT ADDR=203.0.113.9")), ["554 Go away"])
+        self.assertEqual([r.code for r in client.send("MAIL FROM:<a@b.example>")], [503])
+        self.assertEqual([r.code for r in client.send("QUIT")], [221])
         self.assertTrue(client.closed)
 
     def test_onlyOnce(self) -> None:

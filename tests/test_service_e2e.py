@@ -258,7 +258,7 @@ class ReloadTests(E2ETestCase):
         if not haveOpenSSL():
             raise SkipTest(NO_OPENSSL)
 
-    async def test_sighupReloadsCertificates(self) -> None:
+    async def test_DANE_04_sighupReloadsCertificates(self) -> None:
         """
         After the --cert file is replaced and SIGHUP sent, openssl s_client is served the
         new certificate while a TLS connection opened before still works; a broken file

@@ -514,6 +514,34 @@ class ServiceTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors()), 0)
         return service.stopService()
 
+    def test_reloadSniDirectory(self) -> Deferred[None]:
+        """
+        reload reads --sni-dir again: a name whose file was added is served, and one
+        whose file was removed is not, even when no file is left.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        b, c = issue("b.example.test"), issue("c.example.test")
+        with open(os.path.join(directory, "b.example.test.pem"), "wb") as f:
+            f.write(b.cert + b.key)
+        options = parse(
+            *("--sni-dir", directory, "--listen", "tcp:0:interface=127.0.0.1"),
+            *("--deliver", "discard"),
+        )
+        service = tap.makeService(options)
+        assert isinstance(service, SMTPService)
+        service.startService()
+        self.assertEqual(list(service.server.options.sniOptions), ["b.example.test"])
+        os.unlink(os.path.join(directory, "b.example.test.pem"))
+        with open(os.path.join(directory, "c.example.test.pem"), "wb") as f:
+            f.write(c.cert + c.key)
+        service.reload()
+        self.assertEqual(list(service.server.options.sniOptions), ["c.example.test"])
+        os.unlink(os.path.join(directory, "c.example.test.pem"))
+        service.reload()
+        self.assertEqual(dict(service.server.options.sniOptions), {})
+        return service.stopService()
+
 
 def _listening() -> socket.socket:
     # A listening socket such as a --workers master hands its workers.

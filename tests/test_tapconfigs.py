@@ -120,7 +120,7 @@ class TapConfigTests(SynchronousTestCase):
         server = tap.buildServer(options, reactor=Clock())
         self.assertEqual(server.options.useProxy, ("10.0.0.0/24", "127.0.0.1/32"))
 
-    def test_lmtpNeverOnPort25(self) -> None:
+    def test_2033_06_lmtpNeverOnPort25(self) -> None:
         """
         LMTP on port 25 is refused (RFC 2033).
         """

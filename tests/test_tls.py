@@ -6,18 +6,36 @@ both paths, client certificates, rotation, and the development certificate.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from smtpsvc import ISecureHandler, Session, SMTPError, SMTPServer
-from smtpsvc._tls import TLSConfigurationError, developmentCertificate, standardCipherName
-from smtpsvc.testing import RecordingHandler, ServerReply
+from smtpsvc._tls import (
+    ServerTLS,
+    TLSConfigurationError,
+    TLSProblem,
+    certificateProblems,
+    developmentCertificate,
+    settingsProblems,
+    standardCipherName,
+    versionProblems,
+)
+from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseReplies
 
+from .e2e_support import LogCapture
 from .memorytls import ClientTLS, Connection, authority, commonName, connectTLS, issue
+from .test_standards_mime_dane import certify
 
 MX = "mx.example.test"
 
@@ -98,7 +116,7 @@ class STARTTLSTests(SynchronousTestCase):
         """
         connection, ehlo = saidHello(makeServer(disabledCommands=("STARTTLS",)))
         self.assertNotIn("STARTTLS", ehlo.lines)
-        self.assertEqual(codes(connection.send("STARTTLS")), [500])
+        self.assertEqual(codes(connection.send("STARTTLS")), [502])
 
     def test_upgrade(self) -> None:
         """
@@ -367,7 +385,7 @@ class SNITests(SynchronousTestCase):
     def served(self, connection: Connection) -> str | None:
         return commonName(connection.clientTransport.servedCertificate())
 
-    def test_starttlsByName(self) -> None:
+    def test_DANE_03_certificateChosenBySNI(self) -> None:
         """
         Over STARTTLS the SNI name picks its certificate, in any case.
         """
@@ -390,7 +408,7 @@ class SNITests(SynchronousTestCase):
         self.assertEqual(self.served(connection), MX)
         self.assertEqual(connection.session.servername, "unknown.example.test")
 
-    def test_noName(self) -> None:
+    def test_DANE_03_defaultCertificateWithoutSNI(self) -> None:
         """
         A client that sends no SNI gets the default certificate.
         """
@@ -451,7 +469,7 @@ class RotationTests(SynchronousTestCase):
     updateSecureContext swaps certificates for later handshakes.
     """
 
-    def test_newConnectionsUseNewCertificates(self) -> None:
+    def test_DANE_04_newConnectionsUseNewCertificates(self) -> None:
         """
         After the update the default certificate and the SNI map are the new ones.
         """
@@ -561,20 +579,34 @@ class SecureHandlerTests(SynchronousTestCase):
 
     def test_refusesAfterStarttls(self) -> None:
         """
-        A refusal is sent, encrypted, and the connection closes.
+        After the handshake the client speaks first, so a refusal is the reply, encrypted,
+        to every command but QUIT (RFC 3207 section 4.1; standards 3207-10); a 421 is
+        sent at once and closes the connection.
         """
 
         @implementer(ISecureHandler)
         class Picky:
-            def onSecure(self, session: Session, peerCertificate: Any) -> None:
-                raise SMTPError(554, "5.7.1 Client certificate required")
+            def __init__(self, code: int) -> None:
+                self.code = code
 
-        connection = upgraded(makeServer([Picky()], hideENHANCEDSTATUSCODES=False))
+            def onSecure(self, session: Session, peerCertificate: Any) -> None:
+                raise SMTPError(self.code, f"{self.code // 100}.7.1 Client certificate required")
+
+        server = makeServer([Picky(554)], hideENHANCEDSTATUSCODES=False)
+        connection = upgraded(server)
+        self.assertEqual(connection.client.replies(), [])
         self.assertEqual(
-            [f"{r.code} {r.lines[0]}" for r in connection.client.replies()],
-            ["554 5.7.1 Client certificate required"],
+            [f"{r.code} {r.lines[0]}" for r in connection.send("EHLO x", "MAIL FROM:<a@b.c>")],
+            ["554 5.7.1 Client certificate required"] * 2,
         )
+        self.assertEqual(codes(connection.send("QUIT")), [221])
         self.assertTrue(connection.closed)
+        busy = upgraded(makeServer([Picky(421)], hideENHANCEDSTATUSCODES=False))
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in busy.client.replies()],
+            ["421 4.7.1 Client certificate required"],
+        )
+        self.assertTrue(busy.closed)
 
     def test_onceForImplicitTls(self) -> None:
         """
@@ -595,7 +627,8 @@ class SecureHandlerTests(SynchronousTestCase):
 
     def test_refusesImplicit(self) -> None:
         """
-        A refusal with implicit TLS replaces the greeting.
+        A refusal with implicit TLS replaces the greeting; as after any refused
+        greeting, the client may still say QUIT (RFC 5321 section 3.1).
         """
 
         @implementer(ISecureHandler)
@@ -607,6 +640,8 @@ class SecureHandlerTests(SynchronousTestCase):
         self.assertEqual(
             [f"{r.code} {r.lines[0]}" for r in connection.client.replies()], ["554 Go away"]
         )
+        self.assertFalse(connection.closed)
+        self.assertEqual(codes(connection.send("QUIT")), [221])
         self.assertTrue(connection.closed)
 
 
@@ -727,3 +762,314 @@ class ConfigurationTests(SynchronousTestCase):
         )
         self.assertEqual(standardCipherName("TLS_AES_128_GCM_SHA256"), "TLS_AES_128_GCM_SHA256")
         self.assertEqual(standardCipherName("WEIRD-CIPHER"), "WEIRD-CIPHER")
+
+
+def kinds(problems: list[TLSProblem]) -> list[str]:
+    """
+    What kind each of C{problems} is.
+    """
+    return [p.problem for p in problems]
+
+
+class CertificateProblemsTests(SynchronousTestCase):
+    """
+    STS-01: what MTA-STS and DANE senders would refuse in a certificate or in the TLS
+    versions, found without a handshake.
+    """
+
+    def test_goodCertificate(self) -> None:
+        """
+        A current certificate whose subjectAltName has the name has no problems, given
+        loaded or as PEM with its chain after it.
+        """
+        leaf = certify(MX)
+        self.assertEqual(certificateProblems(leaf.certificate, MX), [])
+        chain = leaf.pem + certify("smtpsvc test intermediate", authority=True).pem
+        self.assertEqual(certificateProblems(chain, MX), [])
+        self.assertEqual(certificateProblems(chain.decode("ascii"), MX), [])
+
+    def test_nameComparedAsSNISendsIt(self) -> None:
+        """
+        Names are compared case-insensitively, without a trailing dot, international
+        names as A-labels.
+        """
+        self.assertEqual(certificateProblems(certify(MX).certificate, "MX.Example.Test."), [])
+        idn = certify("xn--bcher-kva.example.test").certificate
+        self.assertEqual(certificateProblems(idn, "B\u00fccher.example.test"), [])
+
+    def test_otherName(self) -> None:
+        """
+        A certificate for another name does not cover the name, and the problem says
+        which names it has and what senders will do.
+        """
+        problems = certificateProblems(certify("other.example.test").certificate, MX)
+        self.assertEqual(kinds(problems), ["name"])
+        self.assertEqual(problems[0].name, MX)
+        self.assertIn(f"does not cover {MX}", problems[0].text)
+        self.assertIn("other.example.test", problems[0].text)
+        self.assertIn("MTA-STS", problems[0].text)
+
+    def test_commonNameDoesNotCount(self) -> None:
+        """
+        A name in the subject's CN only, without a subjectAltName, does not count.
+        """
+        problems = certificateProblems(certify(MX, names=()).certificate, MX)
+        self.assertEqual(kinds(problems), ["name"])
+        self.assertIn("no subjectAltName", problems[0].text)
+
+    def test_wildcardCoversOneLeftmostLabel(self) -> None:
+        """
+        C{*.example.test} covers C{mx.example.test}, but neither C{a.mx.example.test}
+        nor C{example.test}.
+        """
+        wildcard = certify("*.example.test").certificate
+        self.assertEqual(certificateProblems(wildcard, MX), [])
+        self.assertEqual(kinds(certificateProblems(wildcard, "a.mx.example.test")), ["name"])
+        self.assertEqual(kinds(certificateProblems(wildcard, "example.test")), ["name"])
+
+    def test_wildcardOnlyAsWholeLeftmostLabel(self) -> None:
+        """
+        A C{*} inside a label, below the leftmost label, or over a single label (a whole
+        top-level domain) covers nothing.
+        """
+        for pattern, name in [
+            ("m*.example.test", MX),
+            ("mx.*.test", MX),
+            ("*.test", "example.test"),
+        ]:
+            certificate = certify("x", names=[pattern]).certificate
+            self.assertEqual(kinds(certificateProblems(certificate, name)), ["name"], pattern)
+
+    def test_sniWildcardEntryNeedsTheWildcard(self) -> None:
+        """
+        Checked for an SNI wildcard entry's own name (C{*.example.test}), a certificate
+        must have that wildcard: one for a single host under it does not serve the rest.
+        """
+        name = "*.example.test"
+        self.assertEqual(certificateProblems(certify(name).certificate, name), [])
+        self.assertEqual(kinds(certificateProblems(certify(MX).certificate, name)), ["name"])
+
+    def test_addressDoesNotCoverName(self) -> None:
+        """
+        An IP address in the subjectAltName does not cover a host name; it covers that
+        address.
+        """
+        issued = certify(MX)
+        base, key = issued.certificate, issued.key
+        address = ipaddress.ip_address("192.0.2.25")
+        byAddress = (
+            x509.CertificateBuilder()
+            .subject_name(base.subject)
+            .issuer_name(base.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(base.not_valid_before_utc)
+            .not_valid_after(base.not_valid_after_utc)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(address)]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        problems = certificateProblems(byAddress, MX)
+        self.assertEqual(kinds(problems), ["name"])
+        self.assertIn("no subjectAltName DNS names", problems[0].text)
+        self.assertEqual(certificateProblems(byAddress, "192.0.2.25"), [])
+
+    def test_validity(self) -> None:
+        """
+        A certificate not valid yet, or expired, is a problem, checked at C{now}.
+        """
+        self.assertEqual(
+            kinds(certificateProblems(certify(MX, validDays=(1, 30)).certificate, MX)),
+            ["notYetValid"],
+        )
+        self.assertEqual(
+            kinds(certificateProblems(certify(MX, validDays=(-30, -1)).certificate, MX)),
+            ["expired"],
+        )
+        current = certify(MX).certificate
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=60)
+        problems = certificateProblems(current, MX, now=later)
+        self.assertEqual(kinds(problems), ["expired"])
+        self.assertIn(f"{current.not_valid_after_utc:%Y-%m-%d}", problems[0].text)
+
+    def test_versions(self) -> None:
+        """
+        A minimum below TLS 1.2, or a maximum below it, is a problem; TLS 1.2 and 1.3
+        are not.
+        """
+        self.assertEqual(kinds(versionProblems(MX, "TLSv1", None)), ["minVersion"])
+        self.assertEqual(kinds(versionProblems(MX, "TLSv1.1", None)), ["minVersion"])
+        self.assertEqual(kinds(versionProblems(MX, "TLSv1.2", "TLSv1.1")), ["maxVersion"])
+        self.assertEqual(versionProblems(MX, "TLSv1.2", None), [])
+        self.assertEqual(versionProblems(MX, "TLSv1.3", "TLSv1.3"), [])
+
+    def test_settings(self) -> None:
+        """
+        A server's settings are checked as a whole: the default certificate for the
+        server's name (unless told not to), and each SNI certificate for its host.
+        """
+        self.assertEqual(settingsProblems(makeServer().tls.settings), [])
+        other = makeServer(name="other.example.test").tls.settings
+        problems = settingsProblems(other)
+        self.assertEqual([(p.problem, p.name) for p in problems], [("name", "other.example.test")])
+        self.assertEqual(settingsProblems(other, checkDefault=False), [])
+        wrong = issue("wrong.example.test")
+        sni = {"c.example.test": {"key": wrong.key, "cert": wrong.cert}}
+        problems = settingsProblems(makeServer(sniOptions=sni).tls.settings)
+        self.assertEqual([(p.problem, p.name) for p in problems], [("name", "c.example.test")])
+
+    def test_libraryServerSilent(self) -> None:
+        """
+        C{SMTPServer} itself does not warn: the check is for C{twist smtpsvc}, or for
+        whoever calls it.
+        """
+        capture = LogCapture(self)
+        makeServer(name="other.example.test", minVersion="TLSv1")
+        self.assertEqual([e for e in capture.events if e.get("log_level") == LogLevel.warn], [])
+
+
+class FlakyTLS(ServerTLS):
+    """
+    The server's TLS, except that the next C{failures} connections cannot be made: each
+    attempt raises C{error} instead (OpenSSL out of memory, say).
+
+    @ivar made: how many connections were made.
+    """
+
+    def __init__(self, server: SMTPServer, error: Exception, failures: int = 1) -> None:
+        super().__init__(server.tls.settings)
+        self.error = error
+        self.failures = failures
+        self.made = 0
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        self.made += 1
+        return super().serverConnectionForTLS(tlsProtocol)
+
+
+class TLSUnavailableTests(SynchronousTestCase):
+    """
+    STARTTLS when TLS cannot start: 454 for a passing reason (standards 3207-05), and
+    no STARTTLS at all where the transport cannot do TLS.
+    """
+
+    def flaky(self, error: Exception | None = None, **options: Any) -> SMTPServer:
+        server = makeServer(**options)
+        server.tls = FlakyTLS(server, error or SSL.Error("no memory for a connection"))
+        return server
+
+    def test_454AndTheSessionGoesOnInClear(self) -> None:
+        """
+        STARTTLS gets 454 4.7.0 instead of 220 when the connection cannot be made; the
+        session keeps its EHLO and mail goes ahead in clear.
+        """
+        connection, _ = saidHello(self.flaky(hideENHANCEDSTATUSCODES=False))
+        reply = connection.send("STARTTLS")
+        self.assertEqual(
+            [(r.code, r.lines) for r in reply],
+            [(454, ("4.7.0 TLS not available due to temporary reason",))],
+        )
+        self.assertFalse(connection.session.secure)
+        self.assertFalse(connection.closed)
+        self.assertEqual(connection.session.openingCommand, "EHLO")
+        self.assertEqual(
+            codes(connection.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>")),
+            [250, 250],
+        )
+
+    def test_loggedWithoutTraceback(self) -> None:
+        """
+        The reason is logged as a warning with the session's id; an OpenSSL error is a
+        condition of the moment, not a bug, so no traceback.
+        """
+        capture = LogCapture(self)
+        connection, _ = saidHello(self.flaky())
+        connection.send("STARTTLS")
+        events = [e for e in capture.events if e.get("log_format") == "Cannot start TLS: {reason}"]
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)
+        self.assertEqual(events[0]["sessionId"], connection.session.id)
+        self.assertIn("no memory for a connection", events[0]["reason"])
+        self.assertNotIn("log_failure", events[0])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_pipelinedCommandsStillAnswered(self) -> None:
+        """
+        What the client pipelined after a refused STARTTLS is read as usual: nothing
+        was promised, so nothing is discarded.
+        """
+        connection, _ = saidHello(self.flaky())
+        self.assertEqual(codes(connection.send("STARTTLS", "NOOP")), [454, 250])
+
+    def test_laterStarttlsWorks(self) -> None:
+        """
+        The failure is temporary: a later STARTTLS gets 220 and the handshake.
+        """
+        server = self.flaky()
+        connection, _ = saidHello(server)
+        self.assertEqual(codes(connection.send("STARTTLS")), [454])
+        self.assertEqual(codes(connection.send("STARTTLS")), [220])
+        connection.startTLS(ClientTLS())
+        self.assertTrue(connection.session.secure)
+        self.assertEqual(codes(connection.send("EHLO x")), [250])
+
+    def test_oneConnectionPerStarttls(self) -> None:
+        """
+        Making the connection before the 220 costs nothing more: one connection per
+        handshake, as before.
+        """
+        server = self.flaky()
+        tls = server.tls
+        assert isinstance(tls, FlakyTLS)
+        tls.failures = 0
+        upgraded(server)
+        self.assertEqual(tls.made, 1)
+
+    def test_unexpectedErrorLoggedWith454(self) -> None:
+        """
+        Anything else going wrong is a bug: logged with its traceback, and the client
+        still gets 454 and a working session.
+        """
+        connection, _ = saidHello(self.flaky(RuntimeError("a bug")))
+        self.assertEqual(codes(connection.send("STARTTLS", "NOOP")), [454, 250])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_implicitTLSUnavailableCloses(self) -> None:
+        """
+        On an implicit TLS port nothing may be said in clear: the connection is closed
+        without a reply.
+        """
+        server = self.flaky(secure=True)
+        connection = connectTLS(server)
+        self.assertTrue(connection.closed)
+        self.assertEqual(connection.client.data, b"")
+
+    def test_transportWithoutTLS(self) -> None:
+        """
+        A transport that cannot start TLS (a pipe, a StringTransport) is not offered
+        STARTTLS, and STARTTLS gets 502 there, as a command that is not available.
+        """
+        server = makeServer()
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+        protocol = server.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        transport.clear()
+        protocol.dataReceived(b"EHLO x\r\n")
+        ehlo = parseReplies(transport.value())
+        self.assertEqual(codes(ehlo), [250])
+        self.assertNotIn("STARTTLS", ehlo[0].lines)
+        transport.clear()
+        protocol.dataReceived(b"STARTTLS\r\nNOOP\r\n")
+        self.assertEqual(codes(parseReplies(transport.value())), [502, 250])
+
+    def test_memoryClientOffersStarttls(self) -> None:
+        """
+        L{MemoryClient} looks like a TCP client: STARTTLS is offered and gets 220; as it
+        cannot do the handshake, writing afterwards raises.
+        """
+        client = MemoryClient(makeServer())
+        self.assertIn("STARTTLS", client.send("EHLO x")[0].lines)
+        self.assertEqual(codes(client.send("STARTTLS")), [220])
+        self.assertRaises(RuntimeError, client.send, "EHLO x")

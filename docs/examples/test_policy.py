@@ -103,10 +103,13 @@ class PolicyTests(SynchronousTestCase):
 
     def test_blockedClient(self) -> None:
         """
-        A blocked client gets 554 instead of the greeting, and the connection closes.
+        A blocked client gets 554 instead of the greeting, then 503 to anything but
+        QUIT.
         """
         client = MemoryClient(self.server, peer=("203.0.113.9", 40000))
         self.assertEqual(client.greeting, ServerReply(554, ("Go away",)))
+        self.assertEqual(codes(client.send("EHLO mail.example.net")), [503])
+        self.assertEqual(codes(client.send("QUIT")), [221])
         self.assertTrue(client.closed)
         self.assertEqual(self.recorder.sessions, [])
 

@@ -18,6 +18,7 @@ required"; and only then the command itself.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -163,11 +164,16 @@ _HTTP_VERBS: Final = frozenset(
 _START_DATA: Final = StartData()
 # Commands refused before STARTTLS when needsUpgrade is set, and before AUTH when
 # authentication is required.
-_NEED_TLS: Final = frozenset(("MAIL", "RCPT", "DATA", "BDAT", "AUTH"))
+# What needsUpgrade lets through in clear: RFC 3207 section 4 names NOOP, EHLO, STARTTLS
+# and QUIT; HELO, LHLO and RSET reveal nothing and start nothing either.
+_BEFORE_TLS: Final = frozenset(("EHLO", "HELO", "LHLO", "STARTTLS", "NOOP", "RSET", "QUIT"))
 _NEED_AUTH: Final = frozenset(("MAIL", "RCPT", "DATA", "BDAT"))
 #: RFC 4954 section 4: AUTH lines of at least 12288 octets must be accepted.
 SASL_LINE_LIMIT: Final = 12288
 _NOTIFY_VALUES: Final = frozenset(("NEVER", "SUCCESS", "FAILURE", "DELAY"))
+# Commands of RFC 5321 (and RFC 821, RFC 1985) that are known but not implemented: 502,
+# as for a command switched off, where an unknown one gets 500 (section 4.2.4).
+_NOT_IMPLEMENTED: Final = frozenset(("EXPN", "TURN", "SEND", "SOML", "SAML", "ETRN"))
 _ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;.+\Z", re.DOTALL)
 # bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ], chunk-size = 1*DIGIT (RFC 3030).
 _BDAT: Final = re.compile(r"([0-9]+)(?: (LAST))?\Z", re.IGNORECASE)
@@ -194,11 +200,13 @@ class ServerConnection:
         "_authHandlers",
         "_authOn",
         "_enhanced",
+        "_lineLimits",
         "_mechanisms",
         "_now",
         "_options",
         "_peerAddress",
         "_pendingEnvelope",
+        "_refusedWith",
         "_sasl",
         "_saslWaiting",
         "_throttle",
@@ -258,6 +266,18 @@ class ServerConnection:
         self.closing = False
         self._unrecognized = 0
         self._unauthenticated = 0
+        # The reply to every command but QUIT once the client was refused.
+        self._refusedWith: Reply | None = None
+        # The longest command lines by their first five bytes: the extensions offered
+        # raise the limit for MAIL (RFC 1870 SIZE +26, RFC 3461 DSN +100, RFC 6531
+        # SMTPUTF8 +10) and for RCPT (DSN +500); AUTH may always be longer (RFC 4954).
+        base = options.maxCommandLength
+        dsn = not options.hideDSN
+        self._lineLimits = {
+            b"AUTH ": max(base, SASL_LINE_LIMIT),
+            b"MAIL ": base + (26 if options.size else 0) + (100 if dsn else 0) + 10,
+            b"RCPT ": base + (500 if dsn else 0),
+        }
         # The envelope to restore if MAIL FROM's handlers refuse the sender.
         self._pendingEnvelope: Envelope | None = None
 
@@ -297,9 +317,13 @@ class ServerConnection:
     def refuseConnection(self, error: SMTPError) -> Send:
         """
         The reply to a connection an L{IConnectHandler} refused, instead of the greeting;
-        the connection closes after it.
+        the connection closes after a C{421}.  After any other code (RFC 5321 section 3.1
+        names 554) the client may still say QUIT, and every other command gets C{503}.
         """
-        return self._send(Reply(error.code, error.lines), close=True)
+        if error.code == 421:
+            return self._send(Reply(error.code, error.lines), close=True)
+        self._refusedWith = R.NO_SERVICE
+        return self._send(Reply(error.code, error.lines))
 
     def tooManyClients(self) -> Send:
         """
@@ -342,10 +366,9 @@ class ServerConnection:
         with C{head} (its first bytes): AUTH lines and SASL responses may always be
         12288 bytes long (RFC 4954 section 4).
         """
-        limit = self._options.maxCommandLength
-        if self._isSaslLine(head):
-            return max(limit, SASL_LINE_LIMIT)
-        return limit
+        if self._sasl is not None:
+            return max(self._options.maxCommandLength, SASL_LINE_LIMIT)
+        return self._lineLimits.get(head[:5].upper(), self._options.maxCommandLength)
 
     def lineTooLong(self, head: bytes = b"") -> Send:
         """
@@ -385,8 +408,15 @@ class ServerConnection:
         options = self._options
         if options.lmtp and verb in ("HELO", "EHLO"):
             return self._send(R.HELO_NOT_IN_LMTP if verb == "HELO" else R.EHLO_NOT_IN_LMTP)
+        if self._refusedWith is not None:
+            # The client was refused (see refuseConnection and refuseSecure): only QUIT
+            # is served; the rest count as unrecognised, so that they end in a 421.
+            if verb == "QUIT":
+                return self._send(R.BYE, close=True)
+            return self._unrecognizedCommand(self._refusedWith)
         if not self._available(verb):
-            return self._unrecognizedCommand(R.UNRECOGNIZED)
+            known = verb in _NOT_IMPLEMENTED or (verb in COMMANDS and verb != "LHLO")
+            return self._unrecognizedCommand(R.NOT_IMPLEMENTED if known else R.UNRECOGNIZED)
         if verb != "AUTH" and self._authRequired and self._countUnauthenticated():
             return self._send(R.TOO_MANY_UNAUTHENTICATED)
         if verb == "BDAT":
@@ -404,7 +434,7 @@ class ServerConnection:
         options = self._options
         if self.state is State.GREETED and needsHello(verb):
             return R.SEND_LHLO_FIRST if options.lmtp else R.SEND_HELO_FIRST
-        if options.needsUpgrade and not self.session.secure and verb in _NEED_TLS:
+        if options.needsUpgrade and not self.session.secure and verb not in _BEFORE_TLS:
             return R.MUST_STARTTLS
         if verb in _NEED_AUTH and self._authRequired:
             return R.reply(530, options.authRequiredMessage, "5.7.0")
@@ -533,6 +563,8 @@ class ServerConnection:
         return self._send(R.HELP)
 
     def _vrfy(self, verb: str, argument: str, line: str) -> Send:
+        if not argument.strip():
+            return self._send(R.VRFY_SYNTAX)
         return self._send(R.VRFY)
 
     def _quit(self, verb: str, argument: str, line: str) -> Send:
@@ -801,11 +833,27 @@ class ServerConnection:
         self._resetTransaction()
         self.state = State.GREETED
 
-    def refuseSecure(self, error: SMTPError) -> Send:
+    def refuseSecure(self, error: SMTPError) -> Send | None:
         """
-        The reply to a connection an L{ISecureHandler} refused; it closes after it.
+        An L{ISecureHandler} refused the connection after STARTTLS.  A C{421} is sent at
+        once and the connection closes; any other refusal becomes the reply to every
+        command but QUIT (RFC 3207 section 4.1: "554 Command refused due to lack of
+        security"), since after the handshake the client speaks first.
         """
-        return self._send(R.fromError(error), close=True)
+        reply = R.fromError(error)
+        if reply.code == 421:
+            return self._send(reply, close=True)
+        self._refusedWith = reply
+        return None
+
+    def tlsUnavailable(self) -> Send:
+        """
+        The reply, instead of STARTTLS's C{220}, when the handshake cannot begin for now:
+        C{454 TLS not available due to temporary reason} (RFC 3207 section 4).  Nothing
+        else changes: the session goes on in clear as it was, and the client may carry on
+        without TLS, try again later, or QUIT.
+        """
+        return self._send(R.TLS_UNAVAILABLE)
 
     # -- the mail transaction --------------------------------------------------------------
 
@@ -838,6 +886,8 @@ class ServerConnection:
         if isinstance(after, Send):
             return after
         params = command.params
+        if params and not self._knownParameters(params, "MAIL"):
+            return self._send(R.UNKNOWN_PARAMETER)
         bodyType = "7bit"
         smtpUtf8 = requireTLS = False
         dsn = None
@@ -849,6 +899,9 @@ class ServerConnection:
                 return self._send(R.tooBig(o.size))
         if "BODY" in params:
             body = (params["BODY"] or "").upper()
+            if body == "BINARYMIME":
+                # A value of an extension not offered (RFC 3030 section 3).
+                return self._send(R.UNKNOWN_PARAMETER)
             if body not in ("7BIT", "8BITMIME"):
                 return self._send(R.BAD_BODY)
             bodyType = body.lower()
@@ -882,6 +935,20 @@ class ServerConnection:
         )
         return CheckMail(Address(mailbox, _args(params)))
 
+    def _knownParameters(self, params: dict[str, str | None], verb: str) -> bool:
+        # RFC 5321 section 4.1.1.11: only the parameters of the extensions offered are
+        # known (after HELO, none is offered).
+        if self.session.openingCommand == "HELO":
+            return False
+        return params.keys() <= _parameters(verb, not self._options.hideDSN, self._authOn)
+
+    def _repeated(self, mailbox: str) -> bool:
+        # In SMTP a repeated recipient replaces the earlier one, so it takes no new place.
+        if self._options.lmtp:
+            return False
+        folded = mailbox.casefold()
+        return any(r.address.casefold() == folded for r in self.session.envelope.rcptTo)
+
     def mailChecked(self, address: Address, error: SMTPError | None) -> Send:
         """
         The handlers' answer about the sender of the last L{CheckMail}: accept it when
@@ -914,6 +981,13 @@ class ServerConnection:
         if not mailbox.isascii() and not self.session.envelope.smtpUtf8:
             return self._send(R.RECIPIENT_NEEDS_SMTPUTF8)
         params = command.params
+        if params and not self._knownParameters(params, "RCPT"):
+            return self._send(R.UNKNOWN_PARAMETER)
+        limit = o.maxRecipients
+        recipients = self.session.envelope.rcptTo
+        if limit is not None and len(recipients) >= limit and not self._repeated(mailbox):
+            # RFC 5321 section 4.5.3.1.10: 452, and the client sends the rest later.
+            return self._send(R.TOO_MANY_RECIPIENTS)
         dsn = None
         if not o.hideDSN and ("NOTIFY" in params or "ORCPT" in params):
             notify: tuple[str, ...] | None = None
@@ -935,7 +1009,13 @@ class ServerConnection:
         The handlers' answer about the recipient of the last L{CheckRcpt}.
         """
         if error is not None:
-            return self._send(R.fromError(error))
+            reply = R.fromError(error)
+            # RFC 6531 section 3.7.4: a forward-path in UTF-8 is not for a client that
+            # did not ask for SMTPUTF8; without it, 551 becomes 550.
+            utf8 = not all(line.isascii() for line in reply.lines)
+            if reply.code == 551 and utf8 and not self.session.envelope.smtpUtf8:
+                reply = replace(reply, code=550)
+            return self._send(reply)
         envelope = self.session.envelope
         recipients = envelope.rcptTo
         if not self._options.lmtp:
@@ -1016,6 +1096,7 @@ class ServerConnection:
         *,
         tooLarge: bool = False,
         bareLineEndings: bool = False,
+        mailLoop: bool = False,
     ) -> Send:
         """
         The final reply (in LMTP, one per recipient) once the message has ended and every
@@ -1027,6 +1108,8 @@ class ServerConnection:
             the default text.
         @param tooLarge: the message went over C{size}: 552 whatever the handlers said.
         @param bareLineEndings: the message had a bare CR or LF under the C{reject} policy.
+        @param mailLoop: the message's header had C{maxReceivedHeaders} C{Received}
+            fields: 554 5.4.6 (RFC 5321 section 6.3).
         """
         lmtp = self._options.lmtp
         count = self.replySlots
@@ -1034,6 +1117,8 @@ class ServerConnection:
             replies = [R.tooBig(self._options.size)] * count
         elif bareLineEndings:
             replies = [R.BARE_LINE_ENDING] * count
+        elif mailLoop:
+            replies = [R.MAIL_LOOP] * count
         else:
             default = R.MESSAGE_ACCEPTED_TEXT if lmtp else R.MESSAGE_QUEUED_TEXT
             replies = [_combine(outcomes, i, default) for i in range(count)]
@@ -1084,6 +1169,20 @@ _NO_DSN: Final = EnvelopeDSN()
 _EMPTY_ENVELOPE: Final = Envelope()
 _EMPTY_DSN_ENVELOPE: Final = Envelope(dsn=_NO_DSN)
 _NO_ARGS: Final[MappingProxyType[str, str | bool]] = MappingProxyType({})
+
+
+@functools.cache
+def _parameters(verb: str, dsn: bool, auth: bool) -> frozenset[str]:
+    # The MAIL or RCPT parameters known with DSN (RFC 3461) and AUTH (RFC 4954 section
+    # 5) offered or not; SIZE, BODY, SMTPUTF8 and REQUIRETLS work even when hidden.
+    if verb == "RCPT":
+        return frozenset(("NOTIFY", "ORCPT") if dsn else ())
+    names = {"SIZE", "BODY", "SMTPUTF8", "REQUIRETLS"}
+    if dsn:
+        names |= {"RET", "ENVID"}
+    if auth:
+        names.add("AUTH")
+    return frozenset(names)
 
 
 def _args(params: dict[str, str | None]) -> MappingProxyType[str, str | bool]:

@@ -18,15 +18,48 @@ The DATA decoder works on chunks of any size: it never looks at lines one at a t
 the end with C{bytes.find} and unstuffs with one C{bytes.replace}, pretending the data
 starts after a CRLF so that the first line needs no special case.  Up to four bytes that
 could begin the terminator are held back between chunks.
+
+Both decoders also count the message header's ``Received:`` fields, to stop mail loops
+(RFC 5321 section 6.3).  Only the header is read, the same way: the decoded bytes are
+searched for C{CRLF CRLF} (the empty line that ends it) and for C{CRLF "Received:"} with
+one regular expression, again pretending the message starts after a CRLF.  Between chunks
+only the current line's start is kept, and not even that once it is too long to begin a
+C{Received} field still to be counted; after the header nothing more is done.
+
+The same reading notices a ``TLS-Required: No`` field (RFC 8689 sections 4.1 and 5), when
+asked to: a field whose value, unfolded, is ``No`` with any white space around it.  Such a
+field is only known to be complete once the next line is seen not to continue it, so
+between chunks the whole field is kept (a few bytes); one longer than a line kept is not
+believed, which at worst leaves a message held to the sender's stricter policy.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 _END: Final = b"\r\n.\r\n"
 _STUFFED: Final = b"\r\n."
 _CRLF: Final = b"\r\n"
+_HEADER_END: Final = b"\r\n\r\n"
+# A header field named Received (case-insensitive, RFC 5322 section 1.2.2), at a line's
+# start; the obsolete syntax allows white space before the colon (section 4.5).
+_RECEIVED: Final = re.compile(rb"\r\nreceived[ \t]*:", re.IGNORECASE)
+# A complete TLS-Required field whose value is "No" (RFC 8689 section 5), folded or not:
+# the lookahead sees the next line begin with something other than white space.
+_TLS_REQUIRED_NO: Final = re.compile(
+    rb"\r\ntls-required[ \t]*:(?:[ \t]|\r\n[ \t])*no(?:[ \t]|\r\n[ \t])*(?=\r\n[^ \t])",
+    re.IGNORECASE,
+)
+# A TLS-Required field that may yet turn out to say "No", still open at the end of the
+# data read so far.
+_TLS_REQUIRED_OPEN: Final = re.compile(
+    rb"\r\ntls-required[ \t]*:(?:[ \t]|\r\n[ \t])*(?:no?(?:[ \t]|\r\n[ \t])*)?(?:\r\n)?\Z",
+    re.IGNORECASE,
+)
+# How much of a header line is kept between chunks: plenty for "Received:" and the odd
+# space.  A longer line is judged at once and only its last byte kept, for its CRLF.
+_LINE_KEPT: Final = 64
 
 
 class _MessageDecoder:
@@ -37,14 +70,35 @@ class _MessageDecoder:
     @ivar byteLength: bytes of message produced so far (after the line-ending policy).
     @ivar sizeExceeded: whether C{byteLength} went over the limit.
     @ivar bareLineEndings: whether a bare CR or LF was seen (under any policy).
+    @ivar receivedHeaders: how many C{Received} fields the header had so far (counting
+        stops at the limit).
+    @ivar loop: whether C{receivedHeaders} reached the limit: the message is a mail loop.
+    @ivar tlsRequiredNo: whether the header has a C{TLS-Required: No} field (looked for
+        only after L{watchTLSRequired}).
     """
 
-    __slots__ = ("_limit", "_policy", "bareLineEndings", "byteLength", "sizeExceeded")
+    __slots__ = (
+        "_headerTail",
+        "_limit",
+        "_maxReceived",
+        "_policy",
+        "_watchTLS",
+        "bareLineEndings",
+        "byteLength",
+        "loop",
+        "receivedHeaders",
+        "sizeExceeded",
+        "tlsRequiredNo",
+    )
 
-    def __init__(self, limit: int = 0, policy: str = "normalize") -> None:
+    def __init__(
+        self, limit: int = 0, policy: str = "normalize", maxReceived: int | None = None
+    ) -> None:
         """
         @param limit: the size limit in bytes, 0 for none.
         @param policy: C{"normalize"}, C{"reject"} or C{"pass"} for bare CR and LF.
+        @param maxReceived: the number of C{Received} header fields that makes the
+            message a loop, or L{None} not to count them.
         """
         if policy not in ("normalize", "reject", "pass"):
             raise ValueError(f"unknown bare line ending policy {policy!r}")
@@ -53,6 +107,14 @@ class _MessageDecoder:
         self.byteLength = 0
         self.sizeExceeded = False
         self.bareLineEndings = False
+        self._maxReceived = maxReceived or 0
+        self.receivedHeaders = 0
+        self.loop = False
+        # The start of the header line being read, after the CRLF that began it (for the
+        # first line, an imagined one); None once the header is over or is not read.
+        self._headerTail: bytes | None = _CRLF if maxReceived else None
+        self._watchTLS = False
+        self.tlsRequiredNo = False
 
     def _judge(self, part: bytes) -> bytes:
         # Apply the policy to part (which neither ends inside a CRLF nor starts with the
@@ -64,7 +126,80 @@ class _MessageDecoder:
         self.byteLength += len(part)
         if self._limit and self.byteLength > self._limit:
             self.sizeExceeded = True
+        if self._headerTail is not None and part:
+            self._readHeader(part)
         return part
+
+    def _readHeader(self, part: bytes) -> None:
+        # Count the Received fields that this part of the header completes.
+        tail = self._headerTail
+        assert tail is not None
+        data = tail + part
+        end = data.find(_HEADER_END)
+        if end >= 0:
+            # The empty line: what follows is the body, which is not read.
+            self._headerTail = None
+            count = len(_RECEIVED.findall(data, 0, end + 2))
+            if self._watchTLS:
+                # Up to the CR of the empty line, which shows the last field complete.
+                self._findTLSRequired(data, end + 3)
+        else:
+            # Every line but the last is complete (a match holds no CRLF but its first, so
+            # none runs past the last line's start).  The last is kept, or once it is too
+            # long to be a field still to count, judged now and replaced by a stand-in
+            # that keeps only its last byte, which may be the CR of its CRLF.
+            last = data.rfind(_CRLF)
+            count = len(_RECEIVED.findall(data, 0, last))
+            line = data[last:]
+            if len(line) > _LINE_KEPT:
+                if _RECEIVED.match(line):
+                    count += 1
+                line = b"\r\n-" + line[-1:]
+            if self._watchTLS:
+                # A TLS-Required field still open is kept whole (it is never longer than
+                # a line kept, and holds no Received field to count twice).
+                line = self._findTLSRequired(data, len(data)) or line
+            self._headerTail = line
+        if count:
+            self.receivedHeaders += count
+            if self._maxReceived and self.receivedHeaders >= self._maxReceived:
+                self.receivedHeaders = self._maxReceived
+                self.loop = True
+                self._headerTail = None
+
+    def _findTLSRequired(self, data: bytes, endpos: int) -> bytes | None:
+        # Look in data[:endpos] for a complete TLS-Required: No field; return the
+        # TLS-Required field still open at the end of data, if any, to keep.  An open
+        # field is kept only up to _LINE_KEPT bytes, with its CRLF, so a longer field is
+        # never believed, however the message is cut.
+        for field in _TLS_REQUIRED_NO.finditer(data, 0, endpos):
+            if field.end() - field.start() <= _LINE_KEPT - 2:
+                self.tlsRequiredNo = True
+                self._watchTLS = False
+                return None
+        still = _TLS_REQUIRED_OPEN.search(data, max(0, len(data) - _LINE_KEPT))
+        return data[still.start() :] if still is not None else None
+
+    def watchTLSRequired(self) -> None:
+        """
+        Also look in the header for a C{TLS-Required: No} field (RFC 8689 section 4.1),
+        and read the header for it even when C{Received} fields are not counted.  Call
+        this before the first part of the message.
+        """
+        if self.byteLength:
+            raise RuntimeError("the message has already started")
+        self._watchTLS = True
+        if self._headerTail is None and not self.loop:
+            self._headerTail = _CRLF
+
+    def finishHeader(self) -> None:
+        """
+        The message has ended: a header without an empty line after it ends here, and
+        its last field with it.
+        """
+        tail, self._headerTail = self._headerTail, None
+        if tail is not None and self._watchTLS:
+            self._findTLSRequired(tail + _HEADER_END, len(tail) + 3)
 
     @property
     def rejected(self) -> bool:
@@ -86,8 +221,10 @@ class DataDecoder(_MessageDecoder):
 
     __slots__ = ("_pending", "_skip", "done")
 
-    def __init__(self, limit: int = 0, policy: str = "normalize") -> None:
-        super().__init__(limit, policy)
+    def __init__(
+        self, limit: int = 0, policy: str = "normalize", maxReceived: int | None = None
+    ) -> None:
+        super().__init__(limit, policy, maxReceived)
         # The data starts as if after a CRLF; these two bytes are dropped from the output.
         self._pending = _CRLF
         self._skip = 2
@@ -145,8 +282,10 @@ class ChunkDecoder(_MessageDecoder):
 
     __slots__ = ("_heldCR",)
 
-    def __init__(self, limit: int = 0, policy: str = "normalize") -> None:
-        super().__init__(limit, policy)
+    def __init__(
+        self, limit: int = 0, policy: str = "normalize", maxReceived: int | None = None
+    ) -> None:
+        super().__init__(limit, policy, maxReceived)
         self._heldCR = False
 
     def feed(self, data: bytes) -> bytes:

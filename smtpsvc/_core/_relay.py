@@ -210,14 +210,23 @@ NEEDS_SMTPUTF8: Final = SMTPError(
 NEEDS_REQUIRETLS: Final = SMTPError(550, "Error: REQUIRETLS support required", "5.7.30")
 
 
-def mailCommand(address: Address, envelope: Envelope, extensions: Mapping[str, str]) -> str:
+def mailCommand(
+    address: Address,
+    envelope: Envelope,
+    extensions: Mapping[str, str],
+    *,
+    verifiedTLS: bool = False,
+) -> str:
     """
     The MAIL command for C{address}, with the parameters of C{envelope} that the downstream
     advertised support for: BODY (8BITMIME), SMTPUTF8, SIZE, REQUIRETLS and RET/ENVID (DSN).
 
+    @param verifiedTLS: whether the connection to the downstream is encrypted with TLS
+        and its certificate was validated.
     @raise SMTPError: L{NEEDS_SMTPUTF8} when the sender is not ASCII and the downstream
-        lacks SMTPUTF8; L{NEEDS_REQUIRETLS} when the client asked for REQUIRETLS (RFC 8689
-        section 4.2: relay only to a server that offers it).
+        lacks SMTPUTF8; L{NEEDS_REQUIRETLS} when the client asked for REQUIRETLS and the
+        downstream cannot honour it (RFC 8689 section 4.2.1: relay only over TLS with a
+        validated certificate, to a server that offers REQUIRETLS there).
     """
     params: list[str] = []
     args = address.args
@@ -232,7 +241,9 @@ def mailCommand(address: Address, envelope: Envelope, extensions: Mapping[str, s
     if "SIZE" in extensions and isinstance(size, str) and size.isascii() and size.isdigit():
         params.append(f"SIZE={int(size)}")
     if envelope.requireTLS:
-        if "REQUIRETLS" not in extensions:
+        # A REQUIRETLS keyword heard in clear proves nothing: anyone on the path could
+        # have added it.
+        if "REQUIRETLS" not in extensions or not verifiedTLS:
             raise NEEDS_REQUIRETLS
         params.append("REQUIRETLS")
     dsn = envelope.dsn

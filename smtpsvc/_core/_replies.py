@@ -118,6 +118,8 @@ _BY_CODE: Final = {
     252: "2.1.5",
     420: "4.4.2",
     421: "4.4.2",
+    # RFC 4954 section 6: a password transition is needed; mechanism too weak.
+    432: "4.7.12",
     450: "4.2.1",
     451: "4.3.0",
     452: "4.2.2",
@@ -130,6 +132,7 @@ _BY_CODE: Final = {
     521: "5.3.2",
     523: "5.3.4",
     530: "5.7.0",
+    534: "5.7.9",
     535: "5.7.8",
     538: "5.7.0",
     550: "5.1.1",
@@ -195,6 +198,12 @@ SHELL_WIZARD: Final = reply(
 )
 KILL: Final = reply(500, "Can not kill Mom", "5.5.2")
 TRANSACTION_IN_PROGRESS: Final = reply(503, "Error: Mail transaction in progress", "5.5.1")
+# RFC 5321 section 4.2.4: 502 for a command known but not implemented (or switched
+# off), 500 for one not known at all.
+NOT_IMPLEMENTED: Final = reply(502, "Error: command not implemented", "5.5.1")
+VRFY_SYNTAX: Final = reply(501, "Error: syntax: VRFY address", "5.5.4")
+# RFC 5321 section 3.1: after a 554 instead of the greeting, only QUIT is answered.
+NO_SERVICE: Final = reply(503, "Error: no SMTP service here", "5.5.1")
 
 # AUTH (RFC 4954); texts are the reference's.
 AUTH_OK: Final = reply(235, "Authentication successful", "2.7.0")
@@ -221,6 +230,8 @@ XCLIENT_LOGIN_REFUSED: Final = reply(550, "Authentication credentials invalid", 
 
 # STARTTLS (RFC 3207).
 READY_FOR_TLS: Final = reply(220, "Ready to start TLS", "2.0.0")
+# RFC 3207 section 4's own text, instead of the 220 when the handshake cannot begin.
+TLS_UNAVAILABLE: Final = reply(454, "TLS not available due to temporary reason", "4.7.0")
 STARTTLS_SYNTAX: Final = reply(501, "Error: syntax: STARTTLS", "5.5.4")
 TLS_ALREADY_ACTIVE: Final = reply(503, "Error: TLS already active", "5.5.1")
 MUST_STARTTLS: Final = reply(530, "Must issue a STARTTLS command first", "5.7.0")
@@ -245,6 +256,9 @@ BAD_RET: Final = reply(501, "Invalid RET parameter value. Must be FULL or HDRS",
 BAD_ENVID: Final = reply(
     501, "Invalid ENVID parameter value. Must be xtext of at most 100 characters", "5.5.4"
 )
+# RFC 5321 section 4.1.1.11: a parameter the server does not know, or any parameter
+# after HELO (which announces no extensions).
+UNKNOWN_PARAMETER: Final = reply(555, "Error: unsupported parameter", "5.5.4")
 SENDER_NEEDS_SMTPUTF8: Final = reply(
     550, "Error: non-ASCII sender address requires SMTPUTF8", "5.6.7"
 )
@@ -253,6 +267,7 @@ SENDER_NEEDS_SMTPUTF8: Final = reply(
 RCPT_OK: Final = reply(250, "Accepted", "2.1.5")
 BAD_RECIPIENT: Final = reply(501, "Error: Bad recipient address syntax", "5.1.3")
 NEED_MAIL: Final = reply(503, "Error: need MAIL command", "5.5.1")
+TOO_MANY_RECIPIENTS: Final = reply(452, "Error: too many recipients", "4.5.3")
 BAD_NOTIFY: Final = reply(
     501, "Error: NOTIFY parameter must be NEVER, SUCCESS, FAILURE, or DELAY", "5.5.4"
 )
@@ -301,6 +316,8 @@ def tooBig(size: int) -> Reply:
 
 
 BARE_LINE_ENDING: Final = reply(550, "Error: bare <CR> or <LF> received in message data", "5.5.2")
+# RFC 5321 section 6.3: a message that has passed this server too often is a loop.
+MAIL_LOOP: Final = reply(554, "Error: too many hops, mail loop detected", "5.4.6")
 
 # A handler failed in a way it did not mean to; the traceback goes to the log.
 HANDLER_FAILED_ERROR: Final = SMTPError(

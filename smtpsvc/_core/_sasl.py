@@ -26,10 +26,20 @@ from typing import Final
 
 from . import _replies as R
 from ._replies import Reply
+from ._saslprep import saslPrep
 
 # Control characters refused in user names and authorisation identities: they would end
 # up in logs and trace headers (the reference refuses the same set).
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _unpreparable(authzid: str) -> bool:
+    # RFC 4616 section 2: an authorisation identity the client sent that SASLprep
+    # prohibits, or maps to nothing, fails the exchange.  Only the verdict is used: the
+    # handlers get the identity as sent, like the user name and password, which are not
+    # prepared at all (cred checkers compare the strings they get, and accounts made
+    # without SASLprep must keep working).
+    return bool(authzid) and not saslPrep(authzid)
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,9 @@ class AuthRequest:
     @ivar username: the user name (PLAIN's authcid, or its authzid if the authcid is
         empty, as the reference does; OAUTHBEARER's authzid).
     @ivar password: the password for PLAIN and LOGIN.
-    @ivar authzid: the identity to act as, if the client gave one (PLAIN, OAUTHBEARER).
+    @ivar authzid: the identity to act as, if the client gave one (PLAIN, OAUTHBEARER),
+        as sent; one that SASLprep (RFC 4013) prohibits or maps to nothing is refused
+        before any handler sees it.
     @ivar accessToken: the bearer token for XOAUTH2 and OAUTHBEARER.
     @ivar challenge: for CRAM-MD5, the challenge sent.
     @ivar challengeResponse: for CRAM-MD5, the client's hex digest.
@@ -166,7 +178,7 @@ class _Plain(Mechanism):
         if len(parts) != 3:
             return Refusal(INVALID_USERDATA)
         authzid, authcid, password = parts
-        if _CONTROL.search(authzid) or _CONTROL.search(authcid):
+        if _CONTROL.search(authzid) or _CONTROL.search(authcid) or _unpreparable(authzid):
             return Refusal(INVALID_USERDATA)
         # Some clients put the user in the authzid and leave the authcid empty; the
         # reference accepts that, and so does smtpsvc.
@@ -298,6 +310,8 @@ class _OAuthBearer(_OAuth):
         authzid = (match.group(2) or "").replace("=2C", ",").replace("=3D", "=")
         auth = _keyValues(rest).get("auth", "")
         if not auth.lower().startswith("bearer ") or _CONTROL.search(authzid):
+            return Refusal(INVALID_USERDATA)
+        if _unpreparable(authzid):
             return Refusal(INVALID_USERDATA)
         return AuthRequest(
             method="OAUTHBEARER",

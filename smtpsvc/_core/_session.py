@@ -77,6 +77,9 @@ class Envelope:
     @ivar smtpUtf8: whether MAIL FROM carried SMTPUTF8.
     @ivar requireTLS: whether MAIL FROM carried REQUIRETLS (RFC 8689).
     @ivar dsn: RET and ENVID when DSN is advertised, else L{None}.
+    @ivar tlsRequiredNo: whether the message is tagged C{TLS-Required: No} (RFC 8689
+        section 4.1): set while the message is read, once its header turns out to have
+        that field, unless MAIL FROM carried REQUIRETLS (the field is then ignored).
     """
 
     mailFrom: Address | None = None
@@ -85,6 +88,7 @@ class Envelope:
     smtpUtf8: bool = False
     requireTLS: bool = False
     dsn: EnvelopeDSN | None = None
+    tlsRequiredNo: bool = False
 
     # The two changes every transaction makes, spelled out rather than through
     # dataclasses.replace, which costs several times as much.

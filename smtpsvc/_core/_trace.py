@@ -60,7 +60,10 @@ def receivedHeader(
     lines = [f"Received: from {helo} ({tcpInfo})"]
     tls = session.tlsOptions
     if tls is not None:
-        lines.append(f"\t(using {_token(tls.version)} with cipher {_token(tls.name)})")
+        # RFC 8314 section 4.3 wants the suite's registered (IANA) name, which OpenSSL's
+        # differs from before TLS 1.3; where it is unknown the OpenSSL name stands in.
+        cipher = _token(tls.standardName)
+        lines.append(f"\t(using {_token(tls.version)} with cipher {cipher})")
     lines.append(
         f"\tby {_token(serverName)} (smtpsvc) with {session.transmissionType} id {session.id}"
         f".{session.transaction}"

@@ -13,6 +13,12 @@ One downstream connection serves one client session, across its transactions.  T
 goes downstream as it arrives, with a ``Received:`` header in front (but no
 ``Return-Path:``: this is a relay, RFC 5321 section 4.4), dot-stuffed and with canonical CRLF
 line endings only; it is read from the client only as fast as the downstream takes it.
+
+A REQUIRETLS transaction (RFC 8689) is relayed only over a TLS connection whose certificate
+was validated, to a downstream that offers REQUIRETLS; otherwise its MAIL FROM gets ``550
+5.7.30``.  The tag of a ``TLS-Required: No`` header asks to relay despite a TLS policy; this
+relay has none of its own (it uses the endpoint it is given, encrypted or not), so such a
+message goes the same way as any other, with the header field kept.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import ISystemHandle
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -72,6 +80,7 @@ class _Link:
     @ivar client: the connection, once made.
     @ivar connecting: the connection attempt in progress, if any.
     @ivar extensions: what the downstream's EHLO or LHLO advertised.
+    @ivar verifiedTLS: whether the connection is TLS with a validated certificate.
     @ivar open: whether a downstream transaction is open (MAIL accepted, no final reply).
     @ivar recipients: the recipients the downstream accepted in that transaction.
     @ivar closed: whether the client session has ended.
@@ -81,6 +90,7 @@ class _Link:
         self.client: DownstreamClient | None = None
         self.connecting: Deferred[Any] | None = None
         self.extensions: dict[str, str] = {}
+        self.verifiedTLS = False
         self.open = False
         self.recipients: list[Address] = []
         self.closed = False
@@ -96,6 +106,7 @@ class _Link:
         client, self.client = self.client, None
         self.open = False
         self.recipients = []
+        self.verifiedTLS = False
         if client is not None:
             client.abort(why)
 
@@ -187,7 +198,9 @@ class ForwardDelivery:
             link = self._links[session.id] = _Link()
         try:
             client = await self._ready(link, session)
-            command = mailCommand(address, session.envelope, link.extensions)
+            command = mailCommand(
+                address, session.envelope, link.extensions, verifiedTLS=link.verifiedTLS
+            )
             reply = await client.command(command)
         except DownstreamError as e:
             raise self._unavailable(link, session, e) from None
@@ -324,6 +337,7 @@ class ForwardDelivery:
         if not reply.positive:
             client.abort(f"{hello} refused: {reply}")
             raise DownstreamError(f"{hello} refused: {reply}")
+        link.verifiedTLS = _verifiedTLS(client)
         return client
 
     async def _syncRecipients(self, link: _Link, session: Session) -> None:
@@ -349,7 +363,7 @@ class ForwardDelivery:
         await _reset(client)
         link.recipients = []
         for command in [
-            mailCommand(sender, session.envelope, link.extensions),
+            mailCommand(sender, session.envelope, link.extensions, verifiedTLS=link.verifiedTLS),
             *(rcptCommand(r, session.envelope, link.extensions) for r in expected),
         ]:
             reply = await client.command(command)
@@ -393,6 +407,22 @@ async def _reset(client: DownstreamClient) -> None:
     if not reply.positive:
         client.abort(f"RSET refused: {reply}")
         raise DownstreamError(f"RSET refused: {reply}")
+
+
+def _verifiedTLS(client: DownstreamClient) -> bool:
+    # RFC 8689 section 4.2.1: REQUIRETLS needs TLS to the next hop and a certificate that
+    # was checked.  The connection is under TLS when its transport is Twisted's TLS layer,
+    # whose handle is the OpenSSL connection.  With VERIFY_PEER a certificate that does not
+    # verify ends the handshake, and Twisted's client options (optionsForClientTLS, the
+    # tls: endpoint) end it too when the certificate does not name the host; so a
+    # connection set to verify that got this far has a validated certificate.
+    transport = client.transport
+    if not ISystemHandle.providedBy(transport):
+        return False
+    handle = transport.getHandle()
+    if not isinstance(handle, SSL.Connection) or handle.get_peer_certificate() is None:
+        return False
+    return bool(handle.get_verify_mode() & SSL.VERIFY_PEER)
 
 
 def _outcome(reply: DownstreamReply) -> _Outcome:

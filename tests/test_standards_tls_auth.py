@@ -1,0 +1,845 @@
+"""
+The standards tests for RFC 3207 (STARTTLS), RFC 3461 (DSN), RFC 4954 (AUTH), RFC 8314
+(implicit TLS) and RFC 8689 (REQUIRETLS) that no other module covers.
+
+Each test is named after its row of the standards checklist (C{3207-05} becomes
+C{test_3207_05_...}) and drives the exchange over the wire in memory: through
+L{MemoryClient}, or with real TLS handshakes through L{tests.memorytls}; the relaying rows
+use the in-memory network of L{tests.test_forward}.  Rows whose test lives in another
+module are not repeated here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import mailbox
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IAddress, IProtocolFactory
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from smtpsvc import (
+    AuthRequest,
+    IAuthHandler,
+    IDataHandler,
+    IMessageStream,
+    ISecureHandler,
+    ServerOptions,
+    Session,
+    SMTPError,
+    SMTPServer,
+    readMessage,
+    tap,
+)
+from smtpsvc.handlers.forward import ForwardDelivery
+from smtpsvc.handlers.maildir import MaildirDelivery
+from smtpsvc.testing import MemoryClient, ServerReply, stuff
+
+from . import test_forward
+from .memorytls import ClientTLS, Connection, authority, connectTLS, issue
+
+MX = "mx.example.test"
+#: The name the relaying server gives downstream.
+RELAY = "relay.example.test"
+SENDER = "a@b.example"
+RECIPIENT = "c@d.example"
+MESSAGE = b"Subject: hello\r\n\r\nHello.\r\n"
+#: A message that asks to be delivered even where TLS policy would refuse (RFC 8689).
+TLS_OPTIONAL = b"TLS-Required: No\r\nSubject: hello\r\n\r\nHello.\r\n"
+MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first"
+LACK_OF_SECURITY = "554 Command refused due to lack of security"
+NEEDS_REQUIRETLS = "550 5.7.30 Error: REQUIRETLS support required"
+
+
+def makeServer(handlers: Sequence[object] = (), **options: Any) -> SMTPServer:
+    """
+    A server on a fake clock with a certificate for L{MX}: it greets at once, lets
+    clients send without AUTH and answers failed AUTH without delay, unless C{options}
+    say otherwise.
+    """
+    pair = issue(MX)
+    options.setdefault("name", MX)
+    options.setdefault("authOptional", True)
+    options.setdefault("earlyTalkerDelay", 0)
+    options.setdefault("authFailureDelay", 0)
+    options.setdefault("key", pair.key)
+    options.setdefault("cert", pair.cert)
+    return SMTPServer(list(handlers), reactor=Clock(), **options)
+
+
+def connect(*handlers: object, **options: Any) -> MemoryClient:
+    """
+    A plaintext client of a new server with C{handlers}; it said EHLO.
+    """
+    client = MemoryClient(makeServer(handlers, **options))
+    replies = client.send("EHLO client.example")
+    assert codes(replies) == [250], replies
+    return client
+
+
+def greeted(
+    server: SMTPServer,
+    hello: str = "EHLO client.example",
+    creator: ClientTLS | None = None,
+    implicit: bool = False,
+) -> Connection:
+    """
+    A connection through real TLS transports (in clear until STARTTLS, or encrypted from
+    the first byte when C{implicit} or the server is secure) that got the greeting and
+    said C{hello}.
+    """
+    connection = connectTLS(server, implicit=implicit, creator=creator)
+    greeting = connection.client.replies()
+    assert codes(greeting) == [220], greeting
+    replies = connection.send(hello)
+    assert codes(replies) == [250], replies
+    return connection
+
+
+def upgraded(server: SMTPServer, creator: ClientTLS | None = None) -> Connection:
+    """
+    A connection that said EHLO and completed STARTTLS (and has not said EHLO again).
+    """
+    connection = greeted(server)
+    replies = connection.send("STARTTLS")
+    assert codes(replies) == [220], replies
+    connection.startTLS(creator or ClientTLS())
+    return connection
+
+
+def codes(replies: Sequence[ServerReply]) -> list[int]:
+    """
+    The codes of C{replies}.
+    """
+    return [r.code for r in replies]
+
+
+def wire(reply: ServerReply) -> str:
+    """
+    The first line of C{reply} as it was sent: code, a space, the text.
+    """
+    return f"{reply.code} {reply.lines[0]}"
+
+
+def b64(text: str) -> str:
+    """
+    The base64 of the UTF-8 of C{text}.
+    """
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def plain(user: str, password: str, authzid: str = "") -> str:
+    """
+    C{AUTH PLAIN} with its initial response (RFC 4616: authzid NUL authcid NUL passwd).
+    """
+    return "AUTH PLAIN " + b64("\x00".join((authzid, user, password)))
+
+
+def cramResponse(challenge: ServerReply, user: str, secret: str) -> str:
+    """
+    The client's answer to a CRAM-MD5 challenge (RFC 2195).
+    """
+    text = base64.b64decode(challenge.lines[0])
+    digest = hmac.new(secret.encode(), text, hashlib.md5).hexdigest()
+    return b64(f"{user} {digest}")
+
+
+def transaction(peer: MemoryClient | Connection, message: bytes = MESSAGE) -> list[ServerReply]:
+    """
+    One mail transaction from L{SENDER} to L{RECIPIENT}; every reply, the final one last.
+    """
+    replies = peer.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")
+    if replies and replies[-1].code == 354:
+        replies += peer.write(stuff(message))
+    return replies
+
+
+def runNow(work: Callable[[], Any]) -> Deferred[Any]:
+    """
+    Run a Maildir's blocking work at once, in this thread.
+    """
+    return succeed(work())
+
+
+def storedMessages(path: str) -> list[bytes]:
+    """
+    The messages in the Maildir at C{path}.
+    """
+    box = mailbox.Maildir(path, factory=None, create=False)
+    return [box.get_bytes(key) for key in box.iterkeys()]
+
+
+def receivedHeader(stored: bytes) -> bytes:
+    """
+    The C{Received:} header at the top of a delivered message, unfolded.
+    """
+    match = re.search(rb"^Received: .*?(?=\r\n[^ \t])", stored, re.MULTILINE | re.DOTALL)
+    assert match is not None, stored
+    return re.sub(rb"\r\n[ \t]+", b" ", match.group(0))
+
+
+def withClause(stored: bytes) -> str:
+    """
+    The protocol the C{Received:} header of a delivered message names (RFC 3848).
+    """
+    match = re.search(rb" with (\S+) id ", receivedHeader(stored))
+    assert match is not None, stored
+    return match.group(1).decode("ascii")
+
+
+@implementer(IAuthHandler)
+class Accounts:
+    """
+    Knows alice, whose password is secret; it looks at nothing else (not the authzid).
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[AuthRequest] = []
+
+    def onAuth(self, auth: AuthRequest, session: Session) -> str:
+        self.requests.append(auth)
+        if auth.username == "alice" and auth.validatePassword("secret"):
+            return "alice"
+        raise SMTPError(535, "5.7.8 Error: Authentication credentials invalid")
+
+
+@implementer(IAuthHandler)
+class MechanismPolicy:
+    """
+    The policies of RFC 4954 section 6: alice has no CRAM-MD5 secret yet, so CRAM-MD5
+    needs a password transition (432) until she logs in once with PLAIN; bob may not use
+    PLAIN, which is too weak for him (534), only CRAM-MD5.
+
+    @ivar withCodes: whether the refusals name their enhanced codes, or leave them to
+        the server.
+    """
+
+    def __init__(self, withCodes: bool = True) -> None:
+        self.withCodes = withCodes
+
+    def onAuth(self, auth: AuthRequest, session: Session) -> str:
+        if auth.method == "CRAM-MD5" and auth.username == "alice":
+            raise SMTPError(432, self._text("4.7.12", "A password transition is needed"))
+        if auth.method == "PLAIN" and auth.username == "bob":
+            raise SMTPError(534, self._text("5.7.9", "Authentication mechanism is too weak"))
+        if auth.method == "PLAIN" and auth.username == "alice" and auth.validatePassword("secret"):
+            return "alice"
+        if auth.method == "CRAM-MD5" and auth.username == "bob" and auth.validatePassword("pw"):
+            return "bob"
+        raise SMTPError(535, "5.7.8 Error: Authentication credentials invalid")
+
+    def _text(self, code: str, text: str) -> str:
+        return f"{code} {text}" if self.withCodes else text
+
+
+@implementer(ISecureHandler)
+class ClientCertificatePolicy:
+    """
+    Serves only clients whose certificate verified (RFC 3207 section 4.1's policy).
+    """
+
+    def onSecure(self, session: Session, peerCertificate: object) -> None:
+        if not session.peerCertificateVerified:
+            raise SMTPError(554, "Command refused due to lack of security")
+
+
+@implementer(IDataHandler)
+class TagReader:
+    """
+    Reads each message whole, then notes what its envelope says about TLS: REQUIRETLS,
+    and the tag for a C{TLS-Required: No} header (C{tlsRequiredNo}), if the envelope
+    has one.
+
+    @ivar seen: for each message, (requireTLS, the tag or L{None}, the bytes).
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bool, object, bytes]] = []
+
+    async def onData(self, stream: IMessageStream, session: Session) -> None:
+        data = await readMessage(stream)
+        envelope = session.envelope
+        self.seen.append((envelope.requireTLS, getattr(envelope, "tlsRequiredNo", None), data))
+
+
+@implementer(IProtocolFactory)
+class ScriptedFactory:
+    """
+    Makes the scripted downstream servers of L{tests.test_forward}, and keeps them.
+    """
+
+    def __init__(self, script: dict[str, bytes | list[bytes] | None]) -> None:
+        self.script = script
+        self.built: list[test_forward.ScriptedServer] = []
+
+    def buildProtocol(self, addr: IAddress) -> test_forward.ScriptedServer:
+        protocol = test_forward.ScriptedServer(dict(self.script))
+        self.built.append(protocol)
+        return protocol
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+
+class STARTTLSStandardsTests(SynchronousTestCase):
+    """
+    STARTTLS (RFC 3207; standards section 1.2).
+    """
+
+    def test_3207_05_temporaryFailureGets454(self) -> None:
+        """
+        When TLS cannot be started for the moment, STARTTLS gets 454 4.7.0 TLS not
+        available due to temporary reason, and the session goes on in clear.
+        """
+        server = makeServer(hideENHANCEDSTATUSCODES=False)
+        connection = greeted(server)
+
+        def unusable(tlsProtocol: object) -> SSL.Connection:
+            raise SSL.Error("no TLS connection can be made now")
+
+        self.patch(server.tls, "serverConnectionForTLS", unusable)
+        self.assertEqual(
+            [wire(r) for r in connection.send("STARTTLS")],
+            ["454 4.7.0 TLS not available due to temporary reason"],
+        )
+        self.assertFalse(connection.session.secure)
+        self.assertFalse(connection.closed)
+        self.assertEqual(codes(connection.send("NOOP")), [250])
+        self.flushLoggedErrors(SSL.Error)
+
+    def test_3207_09_everyCommandButFourNeedsStarttls(self) -> None:
+        """
+        A server that requires TLS answers 530 5.7.0 Must issue a STARTTLS command first
+        to every command but NOOP, EHLO, STARTTLS and QUIT; after the handshake mail
+        goes ahead.
+        """
+        server = makeServer(needsUpgrade=True, hideENHANCEDSTATUSCODES=False)
+        connection = greeted(server)
+        # RSET and HELO are left out: docs/tls.rst lets RSET through on purpose, and
+        # Postfix lets HELO through; neither reveals anything or starts a transaction.
+        for command in (
+            f"MAIL FROM:<{SENDER}>",
+            f"RCPT TO:<{RECIPIENT}>",
+            "DATA",
+            plain("alice", "secret"),
+            "VRFY postmaster",
+            "HELP",
+        ):
+            self.assertEqual([wire(r) for r in connection.send(command)], [MUST_STARTTLS], command)
+        self.assertEqual(
+            [wire(r) for r in connection.write(b"BDAT 5 LAST\r\nhello")], [MUST_STARTTLS]
+        )
+        self.assertEqual(codes(connection.send("NOOP", "EHLO client.example")), [250, 250])
+        self.assertEqual(codes(connection.send("STARTTLS")), [220])
+        connection.startTLS(ClientTLS())
+        self.assertEqual(
+            codes(connection.send("EHLO client.example", f"MAIL FROM:<{SENDER}>")), [250, 250]
+        )
+        other = greeted(server)
+        self.assertEqual(codes(other.send("QUIT")), [221])
+        self.assertTrue(other.closed)
+
+    def test_3207_10_insecureSessionRefusedUntilQuit(self) -> None:
+        """
+        When the handshake succeeded but the server's policy is not met (a client
+        certificate that did not verify), every command but QUIT gets 554 Command refused
+        due to lack of security; QUIT gets 221.  A client whose certificate verified is
+        served.
+        """
+        server = makeServer(
+            [ClientCertificatePolicy()],
+            requestCert=True,
+            ca=authority().cert,
+            rejectUnauthorized=False,
+        )
+        connection = upgraded(server)
+        self.assertTrue(connection.session.secure)
+        for command in ("EHLO client.example", f"MAIL FROM:<{SENDER}>", "NOOP"):
+            self.assertEqual(
+                [wire(r) for r in connection.send(command)], [LACK_OF_SECURITY], command
+            )
+            self.assertFalse(connection.closed, command)
+        self.assertEqual(codes(connection.send("QUIT")), [221])
+        self.assertTrue(connection.closed)
+
+        trusted = upgraded(server, ClientTLS(certificate=issue("client.example.test", client=True)))
+        self.assertEqual(
+            codes(trusted.send("EHLO client.example", f"MAIL FROM:<{SENDER}>")), [250, 250]
+        )
+
+    def test_3207_11_mxNeverRequiresStarttls(self) -> None:
+        """
+        STARTTLS is never required by default: a server built by C{twist smtpsvc} for port
+        25 offers STARTTLS and takes mail for its domain in clear.
+        """
+        self.assertFalse(ServerOptions().needsUpgrade)
+        options = tap.Options()
+        options.parseOptions(
+            ["--listen", "tcp:25", "--domain", "example.org", "--deliver", "discard"]
+        )
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertFalse(server.options.needsUpgrade)
+        client = MemoryClient(server)
+        [ehlo] = client.send("EHLO client.example")
+        self.assertIn("STARTTLS", ehlo.lines)
+        replies = client.sendmail(SENDER, ["postmaster@example.org"], MESSAGE)
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertFalse(client.session.secure)
+
+    def test_3207_12_noPlaintextReplyAfterReady(self) -> None:
+        """
+        A client that sends SMTP in clear after 220 Ready to start TLS, or whose
+        handshake fails, gets no SMTP reply: the connection closes.
+        """
+        connection = greeted(makeServer())
+        self.assertEqual(codes(connection.send("STARTTLS")), [220])
+        connection.clientTransport.write(b"EHLO client.example\r\n")
+        connection.pump.flush()
+        self.assertNotRegex(connection.client.data, rb"(\A|\r\n)[2-5][0-9][0-9][ -]")
+        self.assertTrue(connection.closed)
+        self.assertFalse(connection.session.secure)
+
+        failed = greeted(makeServer())
+        self.assertEqual(codes(failed.send("STARTTLS")), [220])
+        failed.startTLS(ClientTLS(maxVersion=SSL.TLS1_1_VERSION))
+        self.assertEqual(failed.client.replies(), [])
+        self.assertTrue(failed.closed)
+        self.assertFalse(failed.session.secure)
+
+    def test_3207_13_receivedSaysEsmtps(self) -> None:
+        """
+        A message received after STARTTLS is stamped C{with ESMTPS}, and C{with ESMTPSA}
+        once the client also authenticated (RFC 3848).
+        """
+        path = self.mktemp()
+        delivery = MaildirDelivery(path, serverName=MX, runInThread=runNow)
+        connection = upgraded(makeServer([Accounts(), delivery]))
+        self.assertEqual(codes(connection.send("EHLO client.example")), [250])
+        self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
+        self.assertEqual(codes(connection.send(plain("alice", "secret"))), [235])
+        self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
+        self.assertEqual(sorted(withClause(m) for m in storedMessages(path)), ["ESMTPS", "ESMTPSA"])
+
+
+class AUTHStandardsTests(SynchronousTestCase):
+    """
+    AUTH (RFC 4954; standards section 1.3).
+    """
+
+    def test_4954_14_challengesAreBase64Only(self) -> None:
+        """
+        Every 334 challenge, of every mechanism and of the OAuth error rounds, is one
+        line of base64 and nothing else, even with enhanced status codes shown.
+        """
+        client = connect(
+            Accounts(),
+            allowInsecureAuth=True,
+            hideENHANCEDSTATUSCODES=False,
+            authMethods=("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER"),
+        )
+        xoauth2 = b64("user=alice\x01auth=Bearer wrong\x01\x01")
+        oauthBearer = b64("n,a=alice,\x01auth=Bearer wrong\x01\x01")
+        challenges: list[ServerReply] = []
+        for opening, answers in (
+            ("AUTH PLAIN", ["*"]),
+            ("AUTH LOGIN", [b64("alice"), "*"]),
+            ("AUTH CRAM-MD5", ["*"]),
+            ("AUTH XOAUTH2", ["*"]),
+            (f"AUTH XOAUTH2 {xoauth2}", [""]),
+            (f"AUTH OAUTHBEARER {oauthBearer}", ["AQ=="]),
+        ):
+            replies = client.send(opening)
+            for answer in answers:
+                challenges += replies
+                replies = client.send(answer)
+            self.assertNotEqual(codes(replies), [334], opening)
+        self.assertEqual(codes(challenges), [334] * 7)
+        for reply in challenges:
+            self.assertEqual(len(reply.lines), 1, reply)
+            [text] = reply.lines
+            decoded = base64.b64decode(text, validate=True)
+            self.assertEqual(base64.b64encode(decoded).decode("ascii"), text)
+
+    def test_4954_17_policyRefusalsLeaveTheClientFreeToRetry(self) -> None:
+        """
+        A handler's 432 4.7.12 (password transition needed) and 534 5.7.9 (mechanism too
+        weak) reach the client as they are; the client is not authenticated and may
+        authenticate again with the mechanism the policy wants.
+        """
+        alice = connect(
+            MechanismPolicy(),
+            allowInsecureAuth=True,
+            authOptional=False,
+            hideENHANCEDSTATUSCODES=False,
+            authMethods=("PLAIN", "CRAM-MD5"),
+        )
+        [challenge] = alice.send("AUTH CRAM-MD5")
+        self.assertEqual(
+            [wire(r) for r in alice.send(cramResponse(challenge, "alice", "whatever"))],
+            ["432 4.7.12 A password transition is needed"],
+        )
+        self.assertIsNone(alice.session.user)
+        self.assertEqual(codes(alice.send(f"MAIL FROM:<{SENDER}>")), [530])
+        self.assertEqual(
+            [wire(r) for r in alice.send(plain("alice", "secret"))],
+            ["235 2.7.0 Authentication successful"],
+        )
+
+        bob = connect(
+            MechanismPolicy(),
+            allowInsecureAuth=True,
+            authOptional=False,
+            hideENHANCEDSTATUSCODES=False,
+            authMethods=("PLAIN", "CRAM-MD5"),
+        )
+        self.assertEqual(
+            [wire(r) for r in bob.send(plain("bob", "pw"))],
+            ["534 5.7.9 Authentication mechanism is too weak"],
+        )
+        self.assertIsNone(bob.session.user)
+        self.assertFalse(bob.closed)
+        [challenge] = bob.send("AUTH CRAM-MD5")
+        self.assertEqual(codes(bob.send(cramResponse(challenge, "bob", "pw"))), [235])
+        self.assertEqual(bob.session.user, "bob")
+
+    def test_4954_17_policyRefusalsGetTheirEnhancedCodes(self) -> None:
+        """
+        A handler that refuses AUTH with a bare 432 or 534 has the server add the
+        enhanced codes RFC 4954 section 6 gives them: 4.7.12 and 5.7.9.
+        """
+        alice = connect(
+            MechanismPolicy(withCodes=False),
+            allowInsecureAuth=True,
+            hideENHANCEDSTATUSCODES=False,
+            authMethods=("PLAIN", "CRAM-MD5"),
+        )
+        [challenge] = alice.send("AUTH CRAM-MD5")
+        self.assertEqual(
+            [wire(r) for r in alice.send(cramResponse(challenge, "alice", "whatever"))],
+            ["432 4.7.12 A password transition is needed"],
+        )
+        self.assertEqual(
+            [wire(r) for r in alice.send(plain("bob", "pw"))],
+            ["534 5.7.9 Authentication mechanism is too weak"],
+        )
+
+    def test_4954_18_authParameterOfMail(self) -> None:
+        """
+        MAIL FROM with AUTH=<> gets 250 whether or not the client authenticated; the
+        value is xtext; AUTH= given twice is refused.
+        """
+        client = connect(Accounts(), allowInsecureAuth=True)
+        self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}> AUTH=<>", "RSET")), [250, 250])
+        self.assertEqual(
+            codes(client.send(f"MAIL FROM:<{SENDER}> AUTH=<e+3Dmc2@b.example>")), [250]
+        )
+        mailFrom = client.session.envelope.mailFrom
+        assert mailFrom is not None
+        self.assertEqual(mailFrom.args["AUTH"], "<e=mc2@b.example>")
+        self.assertEqual(codes(client.send("RSET")), [250])
+        [twice] = client.send(f"MAIL FROM:<{SENDER}> AUTH=<> AUTH=<x@b.example>")
+        self.assertIn(twice.code, (501, 503))
+        self.assertIsNone(client.session.envelope.mailFrom)
+        self.assertEqual(codes(client.send(plain("alice", "secret"))), [235])
+        self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}> AUTH=<>")), [250])
+
+    def test_4954_19_authEndsAPipelinedGroup(self) -> None:
+        """
+        AUTH is a synchronisation point: a command pipelined after an AUTH that wants a
+        further round is not run as a command.  AUTH PLAIN with its initial response
+        completes in one round trip, so the commands after it run.
+        """
+        client = connect(Accounts(), allowInsecureAuth=True, authOptional=False)
+        replies = client.send("AUTH LOGIN", f"MAIL FROM:<{SENDER}>")
+        self.assertEqual(wire(replies[0]), "334 VXNlcm5hbWU6")
+        self.assertEqual(len(replies), 2)
+        self.assertGreaterEqual(replies[1].code, 500)
+        self.assertIsNone(client.session.envelope.mailFrom)
+        self.assertIsNone(client.session.user)
+        replies = client.send(
+            plain("alice", "secret"), f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>"
+        )
+        self.assertEqual(codes(replies), [235, 250, 250])
+
+    def test_4954_21_receivedSaysEsmtpaOrEsmtpsa(self) -> None:
+        """
+        A message from an authenticated client is stamped C{with ESMTPA} in clear and
+        C{with ESMTPSA} over TLS (RFC 3848).
+        """
+        path = self.mktemp()
+        delivery = MaildirDelivery(path, serverName=MX, runInThread=runNow)
+        inClear = connect(Accounts(), delivery, allowInsecureAuth=True)
+        self.assertEqual(codes(inClear.send(plain("alice", "secret"))), [235])
+        self.assertEqual(codes(transaction(inClear)), [250, 250, 354, 250])
+        secure = upgraded(makeServer([Accounts(), delivery]))
+        self.assertEqual(codes(secure.send("EHLO client.example")), [250])
+        self.assertEqual(codes(secure.send(plain("alice", "secret"))), [235])
+        self.assertEqual(codes(transaction(secure)), [250, 250, 354, 250])
+        self.assertEqual(sorted(withClause(m) for m in storedMessages(path)), ["ESMTPA", "ESMTPSA"])
+
+    def test_4954_22_unpreparableAuthzidFails(self) -> None:
+        """
+        An authorisation identity that SASLprep (RFC 4013) prohibits, or that it maps to
+        nothing although the client sent one, fails the authentication, right password
+        or not; a valid one does not.
+        """
+        client = connect(Accounts(), allowInsecureAuth=True)
+        for authzid in (
+            "\u2028alice",  # LINE SEPARATOR: a non-ASCII control character (C.2.2)
+            "\ue000alice",  # a private use character (C.3)
+            "\u00ad",  # SOFT HYPHEN alone: mapped to nothing (B.1), leaving it empty
+        ):
+            replies = client.send(plain("alice", "secret", authzid))
+            self.assertEqual(len(replies), 1, repr(authzid))
+            self.assertGreaterEqual(replies[0].code, 500, repr(authzid))
+            self.assertIsNone(client.session.user, repr(authzid))
+        self.assertEqual(codes(client.send(plain("alice", "secret", "alice"))), [235])
+
+
+class ImplicitTLSStandardsTests(SynchronousTestCase):
+    """
+    Implicit TLS for submission (RFC 8314; standards section 1.16).
+    """
+
+    def test_8314_05_authPolicyAsOnSubmission(self) -> None:
+        """
+        On an implicit TLS connection AUTH works as on port 587 after STARTTLS: the same
+        EHLO keywords, MAIL refused before AUTH, AUTH PLAIN accepted, then MAIL accepted.
+        """
+        server = makeServer([Accounts()], authOptional=False)
+        script = (
+            "EHLO client.example",
+            f"MAIL FROM:<{SENDER}>",
+            plain("alice", "secret"),
+            f"MAIL FROM:<{SENDER}>",
+        )
+        submission = upgraded(server)
+        implicit = connectTLS(server, implicit=True)
+        self.assertEqual(codes(implicit.client.replies()), [220])
+        seen: list[list[ServerReply]] = []
+        for connection in (submission, implicit):
+            seen.append([reply for command in script for reply in connection.send(command)])
+        self.assertEqual([codes(replies) for replies in seen], [[250, 530, 235, 250]] * 2)
+        self.assertEqual(seen[0][0].lines[1:], seen[1][0].lines[1:])
+        self.assertIn("AUTH LOGIN PLAIN", seen[1][0].lines)
+
+    def test_8314_05_receivedRecordsCipherSuite(self) -> None:
+        """
+        A message submitted over implicit TLS with AUTH is stamped C{with ESMTPSA}, and
+        its Received header names the TLS cipher suite by its registered (IANA) name.
+        """
+        path = self.mktemp()
+        delivery = MaildirDelivery(path, serverName=MX, runInThread=runNow)
+        server = makeServer([Accounts(), delivery], secure=True, authOptional=False)
+        connection = greeted(server, creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION))
+        self.assertEqual(codes(connection.send(plain("alice", "secret"))), [235])
+        self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
+        tls = connection.session.tlsOptions
+        assert tls is not None
+        # Over TLS 1.2 OpenSSL's name of the suite is not the registered one.
+        self.assertNotEqual(tls.standardName, tls.name)
+        [stored] = storedMessages(path)
+        header = receivedHeader(stored)
+        self.assertIn(b" with ESMTPSA id ", header)
+        self.assertIn(tls.standardName.encode("ascii"), header)
+
+
+class DSNStandardsTests(SynchronousTestCase):
+    """
+    Delivery status notifications (RFC 3461; standards section 1.6).
+    """
+
+    def test_3461_01_ehloAdvertisesDsn(self) -> None:
+        """
+        With DSN shown, the EHLO (and LHLO) reply lists the keyword DSN, alone.
+        """
+        for hello, lmtp in (("EHLO", False), ("LHLO", True)):
+            client = MemoryClient(makeServer(hideDSN=False, lmtp=lmtp))
+            [reply] = client.send(f"{hello} client.example")
+            self.assertEqual(reply.code, 250, hello)
+            self.assertEqual([k for k in reply.lines[1:] if k.split(" ")[0] == "DSN"], ["DSN"])
+
+    def test_3461_05_badRecipientParametersRefused(self) -> None:
+        """
+        NOTIFY=NEVER with another value, an unknown NOTIFY value, ORCPT without its
+        address type, and ORCPT over 500 characters get 501 5.5.4; no recipient is added.
+        """
+        client = connect(hideDSN=False, hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}>")), [250])
+        never = "501 5.5.4 Error: NOTIFY=NEVER cannot be combined with other values"
+        notify = "501 5.5.4 Error: NOTIFY parameter must be NEVER, SUCCESS, FAILURE, or DELAY"
+        orcpt = "501 5.5.4 Error: ORCPT parameter must be addr-type;xtext of at most 500 characters"
+        for parameter, expected in (
+            ("NOTIFY=NEVER,SUCCESS", never),
+            ("NOTIFY=BOGUS", notify),
+            ("ORCPT=rfc822", orcpt),
+            ("ORCPT=rfc822;" + "x" * 501, orcpt),
+        ):
+            replies = client.send(f"RCPT TO:<{RECIPIENT}> {parameter}")
+            self.assertEqual([wire(r) for r in replies], [expected], parameter)
+        self.assertEqual(client.session.envelope.rcptTo, ())
+        longest = f"RCPT TO:<{RECIPIENT}> ORCPT=rfc822;" + "x" * 500
+        self.assertEqual(codes(client.send(longest)), [250])
+
+    def test_3461_07_longerDsnLinesAccepted(self) -> None:
+        """
+        A MAIL line longer than 512 octets by its ENVID, and a RCPT line longer by its
+        NOTIFY and ORCPT, are accepted whole.
+        """
+        client = connect(hideDSN=False)
+        # The longest mailbox a 256-octet path holds: 64 + 1 + 189 octets.
+        mailbox = "l" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 61
+        envid = "+2B" * 100
+        mail = f"MAIL FROM:<{mailbox}> RET=HDRS ENVID={envid}"
+        self.assertTrue(512 < len(mail) + 2 <= 512 + 100, len(mail))
+        self.assertEqual(codes(client.send(mail)), [250])
+        dsn = client.session.envelope.dsn
+        assert dsn is not None
+        self.assertEqual(dsn.envid, "+" * 100)
+        original = "x" * 500
+        rcpt = f"RCPT TO:<{mailbox}> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;{original}"
+        self.assertTrue(512 < len(rcpt) + 2 <= 512 + 500, len(rcpt))
+        self.assertEqual(codes(client.send(rcpt)), [250])
+        recipientDSN = client.session.envelope.rcptTo[0].dsn
+        assert recipientDSN is not None
+        self.assertEqual(recipientDSN.orcpt, f"rfc822;{original}")
+
+
+class REQUIRETLSStandardsTests(SynchronousTestCase):
+    """
+    REQUIRETLS, receiving side (RFC 8689; standards section 1.8).
+    """
+
+    def test_8689_05_tlsRequiredNoHeaderTagged(self) -> None:
+        """
+        A message without REQUIRETLS whose header has C{TLS-Required: No} is tagged so
+        (the envelope's C{tlsRequiredNo} is true once the message is read); a message
+        without the header is not.  The header itself is kept.
+        """
+        reader = TagReader()
+        client = connect(reader)
+        self.assertEqual(codes(transaction(client, TLS_OPTIONAL)), [250, 250, 354, 250])
+        self.assertEqual(codes(transaction(client)), [250, 250, 354, 250])
+        self.assertEqual(reader.seen, [(False, True, TLS_OPTIONAL), (False, False, MESSAGE)])
+
+    def test_8689_05_headerIgnoredUnderRequireTls(self) -> None:
+        """
+        With REQUIRETLS on MAIL FROM the C{TLS-Required: No} header is ignored: the
+        message stays tagged REQUIRETLS, is not tagged TLS-optional, and keeps the header
+        for onward relay.
+        """
+        reader = TagReader()
+        connection = upgraded(makeServer([reader], hideREQUIRETLS=False))
+        self.assertEqual(codes(connection.send("EHLO client.example")), [250])
+        replies = connection.send(
+            f"MAIL FROM:<{SENDER}> REQUIRETLS", f"RCPT TO:<{RECIPIENT}>", "DATA"
+        )
+        replies += connection.write(stuff(TLS_OPTIONAL))
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        [(requireTLS, tag, data)] = reader.seen
+        self.assertTrue(requireTLS)
+        self.assertNotEqual(tag, True)
+        self.assertEqual(data, TLS_OPTIONAL)
+
+
+class RelayStandardsTests(test_forward.ForwardTestCase):
+    """
+    What the forwarding delivery passes on, and refuses to pass on, to the downstream
+    server (RFC 4954 section 5, RFC 8689 section 4.2.1).
+    """
+
+    def frontOverTLS(self, factory: ScriptedFactory) -> Connection:
+        """
+        A front server relaying to the scripted downstream made by C{factory}, and a
+        client that completed STARTTLS with it and said EHLO again.
+        """
+        endpoint = test_forward.MemoryEndpoint(self.network, lambda: factory)
+        forward = ForwardDelivery(
+            endpoint, reactor=self.clock, serverName=RELAY, timeout=test_forward.TIMEOUT
+        )
+        pair = issue(MX)
+        server = SMTPServer(
+            [forward],
+            reactor=self.clock,
+            name=MX,
+            key=pair.key,
+            cert=pair.cert,
+            authOptional=True,
+            earlyTalkerDelay=0,
+            hideENHANCEDSTATUSCODES=False,
+            hideREQUIRETLS=False,
+        )
+        connection = connectTLS(server)
+        self.assertEqual(codes(connection.client.replies()), [220])
+        replies = self.exchange(connection, "EHLO client.example", "STARTTLS")
+        self.assertEqual(codes(replies), [250, 220])
+        connection.startTLS(ClientTLS())
+        self.assertEqual(codes(self.exchange(connection, "EHLO client.example")), [250])
+        self.assertTrue(connection.session.secure)
+        return connection
+
+    def exchange(self, connection: Connection, *lines: str) -> list[ServerReply]:
+        """
+        Send C{lines} over C{connection}, let the front and the downstream work, and
+        return the front's replies.
+        """
+        connection.clientTransport.write(b"".join(line.encode() + b"\r\n" for line in lines))
+        for _ in range(20):
+            connection.pump.flush()
+            self.network.run()
+        return connection.client.replies()
+
+    def test_4954_18_untrustedAuthParameterNotRelayed(self) -> None:
+        """
+        The AUTH= identity an unauthenticated client claims is treated as AUTH=<>: it is
+        not passed to the downstream, even one that offers AUTH.
+        """
+        factory = ScriptedFactory({"EHLO": b"250-scripted.example\r\n250 AUTH PLAIN\r\n"})
+        self.front(lambda: factory)
+        replies = self.send(
+            "MAIL FROM:<alice@example.org> AUTH=<ceo@example.org>", "RCPT TO:<bob@example.net>"
+        )
+        self.assertEqual(codes(replies), [250, 250])
+        [downstream] = factory.built
+        self.assertEqual(
+            downstream.commands[1:], ["MAIL FROM:<alice@example.org>", "RCPT TO:<bob@example.net>"]
+        )
+
+    def test_8689_06_refusedWhenDownstreamLacksRequireTls(self) -> None:
+        """
+        A REQUIRETLS message cannot go to a downstream that does not offer REQUIRETLS:
+        the sender gets 550 5.7.30 REQUIRETLS support required (its MTA bounces the
+        message) and nothing is relayed; without REQUIRETLS the same sender goes on.
+        """
+        factory = ScriptedFactory({})
+        connection = self.frontOverTLS(factory)
+        replies = self.exchange(connection, f"MAIL FROM:<{SENDER}> REQUIRETLS")
+        self.assertEqual([wire(r) for r in replies], [NEEDS_REQUIRETLS])
+        [downstream] = factory.built
+        self.assertEqual(downstream.commands, [f"EHLO {RELAY}"])
+        self.assertEqual(codes(self.exchange(connection, f"MAIL FROM:<{SENDER}>")), [250])
+
+    def test_8689_06_plaintextDownstreamCannotCarryRequireTls(self) -> None:
+        """
+        A REQUIRETLS message is not relayed over a connection to the downstream that is
+        not encrypted, even if the downstream lists REQUIRETLS: 550 5.7.30.
+        """
+        factory = ScriptedFactory(
+            {"EHLO": b"250-scripted.example\r\n250-ENHANCEDSTATUSCODES\r\n250 REQUIRETLS\r\n"}
+        )
+        connection = self.frontOverTLS(factory)
+        replies = self.exchange(connection, f"MAIL FROM:<{SENDER}> REQUIRETLS")
+        self.assertEqual([wire(r) for r in replies], [NEEDS_REQUIRETLS])
+        [downstream] = factory.built
+        self.assertEqual(downstream.commands, [f"EHLO {RELAY}"])
