@@ -661,16 +661,21 @@ class SMTPProtocol(LineReceiver):
                 reason=reason.getErrorMessage(),
             )
         seconds = self._reactor.seconds() - self._connectedAt
+        tls = session.tlsOptions
+        tlsText = f"{tls.version} {tls.name}" if tls is not None else None
         _log.info(
             # Pre-rendered, as the transaction line is (see _logTransaction).
             "{text}",
             text=f"Connection closed: {session.remoteAddress}:{session.remotePort} after "
-            f"{seconds:.3f} s; messages accepted {self._accepted}, refused {self._refused}",
+            f"{seconds:.3f} s{f' ({tlsText})' if tlsText else ''}; messages accepted "
+            f"{self._accepted}, refused {self._refused}",
             event="disconnect",
             sessionId=session.id,
             remoteAddress=session.remoteAddress,
             remotePort=session.remotePort,
             clientHostname=session.clientHostname,
+            tls=tlsText,
+            servername=session.servername,
             seconds=seconds,
             accepted=self._accepted,
             refused=self._refused,
@@ -1131,14 +1136,9 @@ class SMTPProtocol(LineReceiver):
         connection = cast(Any, ISSLTransport(self.transport)).getHandle()
         info, servername, peer, verified = connectionInfo(connection)
         core = self._core
+        # No log line of its own: the connection's line (see connectionLost) and each
+        # transaction's name the version and cipher.
         core.tlsStarted(info, servername, peer, verified)
-        _log.info(
-            "Connection upgraded to {version} using {cipher}",
-            sessionId=core.session.id,
-            version=info.version,
-            cipher=info.name,
-            servername=servername,
-        )
         if self.implicitTLS and not self._greeted:
             # onSecure runs with onConnect, before the greeting.
             self._admit()

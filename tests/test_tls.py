@@ -130,6 +130,21 @@ class STARTTLSTests(SynchronousTestCase):
         self.assertTrue(session.tlsOptions.name.startswith("TLS_"))
         self.assertEqual(codes(connection.send("NOOP")), [250])
 
+    def test_connectionLogLineNamesTLS(self) -> None:
+        """
+        The handshake writes no log line of its own; the connection's line at its end
+        names the version, the cipher and the SNI name.
+        """
+        capture = LogCapture(self)
+        connection = upgraded(makeServer(), servername=MX)
+        session = connection.session
+        tls = f"{session.tlsOptions.version} {session.tlsOptions.name}"
+        self.assertEqual(codes(connection.send("QUIT")), [221])
+        (closed,) = [e for e in capture.events if e.get("event") == "disconnect"]
+        self.assertEqual((closed["tls"], closed["servername"]), (tls, MX))
+        self.assertIn(f" s ({tls}); messages accepted 0, refused 0", closed["text"])
+        self.assertEqual([e for e in capture.events if "event" not in e], [])
+
     def test_readyReplyHasEnhancedCode(self) -> None:
         """
         The 220 carries 2.0.0 when enhanced codes are shown.

@@ -271,13 +271,9 @@ class ServerConnection:
         # The longest command lines by their first five bytes: the extensions offered
         # raise the limit for MAIL (RFC 1870 SIZE +26, RFC 3461 DSN +100, RFC 6531
         # SMTPUTF8 +10) and for RCPT (DSN +500); AUTH may always be longer (RFC 4954).
-        base = options.maxCommandLength
-        dsn = not options.hideDSN
-        self._lineLimits = {
-            b"AUTH ": max(base, SASL_LINE_LIMIT),
-            b"MAIL ": base + (26 if options.size else 0) + (100 if dsn else 0) + 10,
-            b"RCPT ": base + (500 if dsn else 0),
-        }
+        self._lineLimits = _lineLimits(
+            options.maxCommandLength, bool(options.size), not options.hideDSN
+        )
         # The envelope to restore if MAIL FROM's handlers refuse the sender.
         self._pendingEnvelope: Envelope | None = None
 
@@ -1169,6 +1165,16 @@ _NO_DSN: Final = EnvelopeDSN()
 _EMPTY_ENVELOPE: Final = Envelope()
 _EMPTY_DSN_ENVELOPE: Final = Envelope(dsn=_NO_DSN)
 _NO_ARGS: Final[MappingProxyType[str, str | bool]] = MappingProxyType({})
+
+
+@functools.cache
+def _lineLimits(base: int, size: bool, dsn: bool) -> dict[bytes, int]:
+    # Shared by every connection with these options (a dict each would cost memory).
+    return {
+        b"AUTH ": max(base, SASL_LINE_LIMIT),
+        b"MAIL ": base + (26 if size else 0) + (100 if dsn else 0) + 10,
+        b"RCPT ": base + (500 if dsn else 0),
+    }
 
 
 @functools.cache
