@@ -172,6 +172,16 @@ class ServerOptions:
         "turns the limit off.",
         group="limits",
     )
+    forbidUnauthPipelining: bool = _option(
+        False,
+        "Close, with ``554 5.5.0 Error: SMTP protocol synchronization``, the connection of "
+        "an unauthenticated client that sends more before the reply to a command it must "
+        "wait for (RFC 2920 section 3.1: EHLO, HELO, DATA, NOOP, VRFY, EXPN, TURN, QUIT, "
+        "a step of AUTH; any command while PIPELINING is hidden), as Postfix's "
+        "``smtpd_forbid_unauth_pipelining`` does.  Spam engines that do not read replies "
+        "are caught; clients that follow the RFC never are.",
+        group="limits",
+    )
     maxRecipients: int | None = _option(
         1000,
         "Recipients one transaction may have; RCPT beyond them gets ``452 4.5.3 Error: too "

@@ -860,9 +860,30 @@ class SMTPProtocol(LineReceiver):
         self._pos = end + 2
         if end - pos > limit:
             self._perform(self._core.lineTooLong(head))
-        else:
-            self.lineReceived(buffer[pos:end])
+            return True
+        line = buffer[pos:end]
+        self.lineReceived(line)
+        if (
+            self._options.forbidUnauthPipelining
+            and self._pos < len(self._buffer)
+            and not self._closed
+            and self._core.awaitsReply(line)
+        ):
+            self._unsynchronized()
         return True
+
+    def _unsynchronized(self) -> None:
+        # The client sent more where it had to wait for our reply: a spam engine that
+        # does not read replies, or a smuggling attempt.  Nothing more of it is read.
+        session = self._core.session
+        _log.info(
+            "Closing connection: {remoteAddress} did not wait for a reply",
+            sessionId=session.id,
+            remoteAddress=session.remoteAddress,
+        )
+        self._abortData("the client did not wait for the reply to DATA", "refused")
+        self.clearLineBuffer()
+        self._perform(self._core.unsynchronized())
 
     def clearLineBuffer(self) -> bytes:
         """

@@ -857,7 +857,8 @@ class TapConfigTests(E2ETestCase):
         mx.toml: EHLO offers STARTTLS and SIZE 52428800 and no AUTH; after STARTTLS
         (the file's certificate, verified), mail to elsewhere gets 550 5.7.1 Relay
         access denied, and mail for example.org is handed over LMTP on a Unix socket (the
-        Dovecot of the file) and answered 250.
+        Dovecot of the file) and answered 250.  A client that sends MAIL with EHLO,
+        without waiting for its reply, gets 554 5.5.0 and is disconnected.
         """
         tmpdir = workspace(self)
         writeCertificate(tmpdir, "mx.example.org")
@@ -888,7 +889,19 @@ class TapConfigTests(E2ETestCase):
                 c.quit()
             return out
 
+        def hasty() -> list[ServerReply]:
+            # A client that does not wait for the reply to EHLO (one write).
+            with RawClient(port) as client:
+                client.readReply()
+                client.send(f"EHLO {CLIENT_NAME}\r\nMAIL FROM:<a@remote.example>\r\n".encode())
+                return client.readUntilClosed()
+
         out = await deferToThread(talk)
+        unsynchronized = await deferToThread(hasty)
+        self.assertEqual(
+            [r.code for r in unsynchronized], [250, 554], f"{unsynchronized!r}\n{process.text}"
+        )
+        self.assertEqual(unsynchronized[-1].lines, ("5.5.0 Error: SMTP protocol synchronization",))
         self.assertIn("starttls", out["features"])
         self.assertEqual(out["features"].get("size"), "52428800")
         self.assertNotIn("auth", out["features"])

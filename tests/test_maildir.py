@@ -13,11 +13,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
-from smtpsvc import SMTPServer, TLSInfo
-from smtpsvc.handlers.maildir import MaildirDelivery
-from smtpsvc.testing import MemoryClient
+from smtpsvc import IDataHandler, IMailFromHandler, SMTPServer, TLSInfo
+from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
+from smtpsvc.testing import MemoryClient, ServerReply
 
 
 def runNow(work: Callable[[], Any]) -> Deferred[Any]:
@@ -222,3 +224,194 @@ class MaildirTests(SynchronousTestCase):
         [stored] = self.stored()
         self.assertTrue(stored.endswith(b"\r\n" + body))
         self.assertEqual(stored.count(b"TLS-Required"), 1)
+
+
+MIB = 1024 * 1024
+
+
+def withFree(free: int) -> os.statvfs_result:
+    """
+    What C{os.statvfs} says of a file system with C{free} bytes (a multiple of 4096) left
+    to unprivileged users, and a root reserve on top that they cannot use.
+    """
+    available = free // 4096
+    return os.statvfs_result((4096, 4096, 1 << 30, available + 100_000, available, 0, 0, 0, 0, 255))
+
+
+def lines(replies: list[ServerReply]) -> list[str]:
+    return [f"{r.code} {line}" for r in replies for line in r.lines]
+
+
+def codes(replies: list[ServerReply]) -> list[int]:
+    return [r.code for r in replies]
+
+
+class MaildirFreeSpaceTests(SynchronousTestCase):
+    """
+    MaildirDelivery refuses a sender with 452 4.3.1 at MAIL FROM when the Maildir's file
+    system has no room for the message (RFC 1870 section 6.1).
+    """
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.free: int | OSError = 100 * MIB
+        self.looked: list[str] = []
+
+    def statvfs(self, path: str) -> os.statvfs_result:
+        self.looked.append(path)
+        if isinstance(self.free, OSError):
+            raise self.free
+        return withFree(self.free)
+
+    def client(self, minFree: int = MIB) -> MemoryClient:
+        delivery = MaildirDelivery(
+            self.path,
+            serverName="mx.test",
+            runInThread=runNow,
+            minFree=minFree,
+            statvfs=self.statvfs,
+        )
+        server = SMTPServer(
+            [delivery],
+            reactor=Clock(),
+            name="mx.test",
+            authOptional=True,
+            hideENHANCEDSTATUSCODES=False,
+        )
+        client = MemoryClient(server)
+        client.send("EHLO client.example")
+        return client
+
+    def stored(self) -> list[bytes]:
+        box = mailbox.Maildir(self.path, factory=None, create=False)
+        return [box.get_bytes(key) for key in sorted(box.keys())]
+
+    def test_interfaces(self) -> None:
+        """
+        The delivery is both a sender check and a data handler.
+        """
+        delivery = MaildirDelivery(self.path, runInThread=runNow)
+        self.assertTrue(verifyObject(IMailFromHandler, delivery))
+        self.assertTrue(verifyObject(IDataHandler, delivery))
+
+    def test_declaredSizeThatFits(self) -> None:
+        """
+        A declared size that fits in the free space less the reserve is accepted, up to
+        the last byte; the free space looked at is the Maildir's.
+        """
+        self.free = 10 * MIB
+        client = self.client(minFree=MIB)
+        replies = client.send("MAIL FROM:<a@b.example> SIZE=1000", "RSET")
+        replies += client.send(f"MAIL FROM:<a@b.example> SIZE={9 * MIB}")
+        self.assertEqual(
+            lines(replies), ["250 2.1.0 Accepted", "250 2.0.0 Flushed", "250 2.1.0 Accepted"]
+        )
+        self.assertEqual(self.looked, [os.path.abspath(self.path)] * 2)
+
+    def test_declaredSizeThatDoesNotFit(self) -> None:
+        """
+        A declared size beyond the free space less the reserve gets 452 4.3.1, opens
+        no transaction, stores nothing and is logged; a smaller one is then accepted.
+        """
+        self.free = 10 * MIB
+        client = self.client(minFree=MIB)
+        with capturedLogs() as events:
+            replies = client.send(
+                f"MAIL FROM:<a@b.example> SIZE={9 * MIB + 1}", "RCPT TO:<c@d.example>", "DATA"
+            )
+        self.assertEqual(
+            lines(replies)[:2],
+            ["452 4.3.1 Insufficient system storage", "503 5.5.1 Error: need MAIL command"],
+        )
+        self.assertEqual(replies[2].code, 503)
+        self.assertEqual(self.stored(), [])
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+        [event] = [e for e in events if e.get("log_namespace") == "smtpsvc.maildir"]
+        self.assertEqual((event["free"], event["needed"]), (10 * MIB, 10 * MIB + 1))
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example> SIZE=1000")), [250])
+
+    def test_hugeDeclaredSize(self) -> None:
+        """
+        Without a size limit on the server, a declared size larger than any disk gets
+        452, not an error.
+        """
+        replies = self.client().send("MAIL FROM:<a@b.example> SIZE=99999999999999999999999")
+        self.assertEqual(lines(replies), ["452 4.3.1 Insufficient system storage"])
+
+    def test_nearlyFullWithoutSize(self) -> None:
+        """
+        Without SIZE (or with SIZE=0), a sender is refused when less than the reserve
+        itself is free, and accepted when the reserve is.
+        """
+        self.free = MIB - 4096
+        client = self.client(minFree=MIB)
+        replies = client.send("MAIL FROM:<a@b.example>", "MAIL FROM:<a@b.example> SIZE=0")
+        self.assertEqual(lines(replies), ["452 4.3.1 Insufficient system storage"] * 2)
+        self.free = MIB
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
+
+    def test_noReserve(self) -> None:
+        """
+        With C{minFree=0} only a declared size that does not fit is refused.
+        """
+        self.free = 0
+        client = self.client(minFree=0)
+        replies = client.send("MAIL FROM:<a@b.example>", "RSET", "MAIL FROM:<a@b.example> SIZE=1")
+        self.assertEqual(codes(replies), [250, 250, 452])
+
+    def test_defaultReserve(self) -> None:
+        """
+        By default 16 MiB are kept in reserve.
+        """
+        self.assertEqual(DEFAULT_MIN_FREE, 16 * MIB)
+        delivery = MaildirDelivery(self.path, runInThread=runNow)
+        self.assertEqual(delivery.minFree, DEFAULT_MIN_FREE)
+
+    def test_negativeReserve(self) -> None:
+        """
+        A negative reserve is a mistake, said at once.
+        """
+        self.assertRaises(ValueError, MaildirDelivery, self.path, minFree=-1)
+
+    def test_cannotCheckLetsMailThrough(self) -> None:
+        """
+        When the free space cannot be looked up, the failure is logged and the message
+        is accepted and stored as usual.
+        """
+        self.free = OSError(errno.EIO, "I/O error")
+        client = self.client()
+        with capturedLogs() as events:
+            replies = client.send("MAIL FROM:<a@b.example> SIZE=1000")
+        self.assertEqual(lines(replies), ["250 2.1.0 Accepted"])
+        [event] = [e for e in events if e.get("log_namespace") == "smtpsvc.maildir"]
+        self.assertIs(event["error"], self.free)
+        replies = client.send("RCPT TO:<c@d.example>", "DATA") + client.write(b"x\r\n.\r\n")
+        self.assertEqual(codes(replies), [250, 354, 250])
+        self.assertEqual(len(self.stored()), 1)
+
+    def test_deliversWhenThereIsRoom(self) -> None:
+        """
+        A message whose declared size fits is delivered into new/ as usual.
+        """
+        client = self.client()
+        body = b"Subject: hi\r\n\r\nbody\r\n"
+        replies = client.send(
+            f"MAIL FROM:<a@b.example> SIZE={len(body)}", "RCPT TO:<c@d.example>", "DATA"
+        )
+        replies += client.write(body + b".\r\n")
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        [stored] = self.stored()
+        self.assertTrue(stored.endswith(b"\r\n" + body))
+
+    def test_realFileSystem(self) -> None:
+        """
+        By default the free space is the Maildir's file system's, from C{os.statvfs}: a
+        byte fits there, more bytes than any disk holds do not.
+        """
+        delivery = MaildirDelivery(self.path, serverName="mx.test", runInThread=runNow, minFree=0)
+        client = MemoryClient(SMTPServer([delivery], reactor=Clock(), authOptional=True))
+        client.send("EHLO client.example")
+        replies = client.send(
+            "MAIL FROM:<a@b.example> SIZE=1", "RSET", f"MAIL FROM:<a@b.example> SIZE={10**30}"
+        )
+        self.assertEqual(codes(replies), [250, 250, 452])

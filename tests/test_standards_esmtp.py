@@ -8,6 +8,7 @@ L{MemoryClient}.
 from __future__ import annotations
 
 import base64
+import os
 import re
 from typing import Any
 
@@ -32,6 +33,7 @@ from smtpsvc import (
 )
 from smtpsvc._core import _replies, _sasl
 from smtpsvc._core._replies import Reply, enhancedFor
+from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
 NAME = "mx.test"
@@ -261,8 +263,9 @@ class SizeTests(SynchronousTestCase):
         """
         A declared size within the limit but beyond the storage left gets the handler's
         452 4.3.1, opens no transaction, and a smaller declared size is then accepted.
-        smtpsvc itself knows nothing of storage: an L{IMailFromHandler} decides, with the
-        declared size in C{address.args["SIZE"]}.
+        The protocol core knows nothing of storage: an L{IMailFromHandler} decides, with
+        the declared size in C{address.args["SIZE"]} (the built-in Maildir delivery is
+        one, see the next test).
         """
         client = connect([StorageCheck(free=5000)], size=10_000, hideENHANCEDSTATUSCODES=False)
         replies = client.send(f"MAIL FROM:<{SENDER}> SIZE=6000", f"RCPT TO:<{RECIPIENT}>")
@@ -271,6 +274,33 @@ class SizeTests(SynchronousTestCase):
             ["452 4.3.1 Insufficient system storage", "503 5.5.1 Error: need MAIL command"],
         )
         self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}> SIZE=4000")), [250])
+
+    def test_1870_04_maildirChecksFreeSpace(self) -> None:
+        """
+        The built-in Maildir delivery refuses at MAIL FROM, with 452 4.3.1, a declared
+        size that its file system has no room for (beside its reserve), and accepts and
+        stores one that fits.
+        """
+        path = self.mktemp()
+
+        def statvfs(where: str) -> os.statvfs_result:
+            # 6000 bytes free, counted in 1-byte fragments.
+            return os.statvfs_result((4096, 1, 10**9, 10**6, 6000, 0, 0, 0, 0, 255))
+
+        # A Clock has no thread pool: the delivery syncs at once.
+        delivery = MaildirDelivery(
+            path, reactor=Clock(), serverName=NAME, minFree=1000, statvfs=statvfs
+        )
+        client = connect([delivery], size=10_000, hideENHANCEDSTATUSCODES=False)
+        replies = client.send(f"MAIL FROM:<{SENDER}> SIZE=5001", f"RCPT TO:<{RECIPIENT}>")
+        self.assertEqual(
+            lines(replies),
+            ["452 4.3.1 Insufficient system storage", "503 5.5.1 Error: need MAIL command"],
+        )
+        replies = client.send(f"MAIL FROM:<{SENDER}> SIZE=5000", f"RCPT TO:<{RECIPIENT}>", "DATA")
+        replies += client.write(b"x\r\n.\r\n")
+        self.assertEqual(codes(replies), [250, 250, 354, 250])
+        self.assertEqual(len(os.listdir(os.path.join(path, "new"))), 1)
 
     def test_1870_08_lineLimitRaisedForSize(self) -> None:
         """
@@ -482,6 +512,70 @@ class PipeliningTests(SynchronousTestCase):
         self.assertEqual(codes(client.write(data)), [250, 250, 354, 250, 250])
         self.assertEqual([m.data for m in recorder.messages], [inside])
         self.assertEqual((recorder.senders, recorder.recipients), ([SENDER], [RECIPIENT]))
+
+    def test_2920_07_unsynchronizedClientClosed(self) -> None:
+        """
+        With C{forbidUnauthPipelining}, a client that sends more after a command it must
+        wait for (EHLO, NOOP, QUIT...) gets 554 5.5.0 after that command's reply, and
+        the connection closes: nothing else it sent is read.
+        """
+        recorder = RecordingHandler()
+        for first in ("EHLO client.example", "HELO client.example", "NOOP", "VRFY x"):
+            client = MemoryClient(
+                makeServer([recorder], forbidUnauthPipelining=True, hideENHANCEDSTATUSCODES=False)
+            )
+            replies = client.send(first, f"MAIL FROM:<{SENDER}>")
+            self.assertEqual(
+                lines(replies)[-1], "554 5.5.0 Error: SMTP protocol synchronization", first
+            )
+            self.assertEqual(len(replies), 2, first)
+            self.assertTrue(client.closed, first)
+        self.assertEqual(recorder.senders, [])
+
+    def test_2920_07_dataBeforeThe354(self) -> None:
+        """
+        A client that sends its message with DATA, without waiting for the 354, gets 554
+        5.5.0 after it; the message is aborted, never delivered.
+        """
+        recorder = RecordingHandler()
+        client = connect([recorder], forbidUnauthPipelining=True)
+        data = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
+        replies = client.write(data + b"Subject: spam\r\n\r\nbuy\r\n.\r\n")
+        self.assertEqual(codes(replies), [250, 250, 354, 554])
+        self.assertTrue(client.closed)
+        self.assertEqual(recorder.messages, [])
+
+    def test_2920_07_clientsThatWaitAreServed(self) -> None:
+        """
+        With C{forbidUnauthPipelining}, a client that pipelines only where RFC 2920 lets
+        it (MAIL, RCPT and DATA in one group) and waits for the 354 is served; so is an
+        authenticated client that pipelines anything.
+        """
+        recorder = RecordingHandler()
+        client = connect([recorder], forbidUnauthPipelining=True)
+        group = client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")
+        self.assertEqual(codes(group), [250, 250, 354])
+        self.assertEqual(codes(client.write(b"hi\r\n.\r\n")), [250])
+        self.assertEqual([m.data for m in recorder.messages], [b"hi\r\n"])
+        trusted = connect([Alice()], forbidUnauthPipelining=True, allowInsecureAuth=True)
+        plain = base64.b64encode(b"\0alice\0secret").decode()
+        self.assertEqual(codes(trusted.send(f"AUTH PLAIN {plain}")), [235])
+        self.assertEqual(codes(trusted.send("NOOP", "NOOP", "RSET")), [250, 250, 250])
+        self.assertFalse(trusted.closed)
+
+    def test_2920_07_authStepsAndHiddenPipelining(self) -> None:
+        """
+        A response sent before AUTH's 334 challenge, or a second command while
+        PIPELINING is hidden, is unsynchronised too.
+        """
+        client = connect([Alice()], forbidUnauthPipelining=True, allowInsecureAuth=True)
+        replies = client.send("AUTH LOGIN", base64.b64encode(b"alice").decode())
+        self.assertEqual(codes(replies), [334, 554])
+        self.assertTrue(client.closed)
+        hidden = connect(forbidUnauthPipelining=True, hidePIPELINING=True)
+        replies = hidden.send("RSET", f"MAIL FROM:<{SENDER}>")
+        self.assertEqual(codes(replies), [250, 554])
+        self.assertTrue(hidden.closed)
 
     def test_2920_08_expectedErrorsNotCounted(self) -> None:
         """

@@ -83,7 +83,8 @@ class TapConfigTests(SynchronousTestCase):
 
     def test_mx(self) -> None:
         """
-        The MX accepts mail for its domains and refuses to relay.
+        The MX accepts mail for its domains, refuses to relay, and disconnects clients
+        that do not wait for its replies.
         """
         options = self.load("mx.toml")
         self.assertEqual(listeningPort(options.config.listen[0]), 25)
@@ -95,8 +96,11 @@ class TapConfigTests(SynchronousTestCase):
         client = MemoryClient(
             tap.buildServer(self.load("mx.toml", "--deliver", "discard"), reactor=Clock())
         )
-        client.send("EHLO x", "MAIL FROM:<a@remote.example>")
+        client.send("EHLO x")
+        client.send("MAIL FROM:<a@remote.example>")
         self.assertEqual([r.code for r in client.send("RCPT TO:<u@elsewhere.example>")], [550])
+        self.assertTrue(server.options.forbidUnauthPipelining)
+        self.assertEqual([r.code for r in client.send("NOOP", "RSET")], [250, 554])
 
     def test_lmtpFront(self) -> None:
         """

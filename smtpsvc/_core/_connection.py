@@ -171,6 +171,10 @@ _NEED_AUTH: Final = frozenset(("MAIL", "RCPT", "DATA", "BDAT"))
 #: RFC 4954 section 4: AUTH lines of at least 12288 octets must be accepted.
 SASL_LINE_LIMIT: Final = 12288
 _NOTIFY_VALUES: Final = frozenset(("NEVER", "SUCCESS", "FAILURE", "DELAY"))
+# The commands that end a pipelined group (RFC 2920 section 3.1, and LMTP's LHLO).
+_GROUP_ENDS: Final = frozenset(
+    (b"EHLO", b"HELO", b"LHLO", b"DATA", b"NOOP", b"VRFY", b"EXPN", b"TURN", b"QUIT")
+)
 # Commands of RFC 5321 (and RFC 821, RFC 1985) that are known but not implemented: 502,
 # as for a command switched off, where an unknown one gets 500 (section 4.2.4).
 _NOT_IMPLEMENTED: Final = frozenset(("EXPN", "TURN", "SEND", "SOML", "SAML", "ETRN"))
@@ -333,6 +337,28 @@ class ServerConnection:
         The reply to a client that sent something before the greeting.
         """
         return self._send(Reply(421, (R.TOO_SOON_TEXT.format(name=self._options.name),)))
+
+    def awaitsReply(self, line: bytes) -> bool:
+        """
+        Whether the client, having sent C{line} (just handled), had to wait for the reply
+        before sending more (RFC 2920 section 3.1): after EHLO, HELO, LHLO, DATA, NOOP,
+        VRFY, EXPN, TURN and QUIT, while an AUTH exchange waits for the client's next
+        response, and after any command while PIPELINING is not offered.  Authenticated
+        clients are trusted to pipeline as they like.
+        """
+        if self.session.user is not None:
+            return False
+        if self._sasl is not None:
+            return True
+        verb = line.split(b" ", 1)[0].upper()
+        return verb in _GROUP_ENDS or self._options.hidePIPELINING
+
+    def unsynchronized(self) -> Send:
+        """
+        The reply to a client that did not wait for a reply it had to (see L{awaitsReply});
+        the connection closes after it.
+        """
+        return self._send(R.UNSYNCHRONIZED, close=True)
 
     def timedOut(self) -> Send:
         """

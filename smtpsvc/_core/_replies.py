@@ -201,6 +201,8 @@ TRANSACTION_IN_PROGRESS: Final = reply(503, "Error: Mail transaction in progress
 # RFC 5321 section 4.2.4: 502 for a command known but not implemented (or switched
 # off), 500 for one not known at all.
 NOT_IMPLEMENTED: Final = reply(502, "Error: command not implemented", "5.5.1")
+# RFC 2920 section 3.1, Postfix's wording: input where the client had to wait.
+UNSYNCHRONIZED: Final = reply(554, "Error: SMTP protocol synchronization", "5.5.0")
 VRFY_SYNTAX: Final = reply(501, "Error: syntax: VRFY address", "5.5.4")
 # RFC 5321 section 3.1: after a 554 instead of the greeting, only QUIT is answered.
 NO_SERVICE: Final = reply(503, "Error: no SMTP service here", "5.5.1")

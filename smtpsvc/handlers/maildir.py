@@ -7,6 +7,10 @@ headers in front (RFC 5321 section 4.4), then the file is fsynced, renamed into 
 and ``new/`` itself is fsynced; only then does the handler answer.  A message that fails
 on the way (the client goes away, it is too large, the disk is full) leaves nothing in
 ``new/`` and its ``tmp/`` file is removed.
+
+Before that, at ``MAIL FROM``, a sender is refused with ``452 4.3.1`` when the Maildir's
+file system has no room for the size it declared (RFC 1870 section 6.1) or is nearly full,
+so that a client finds out before it sends the message rather than after.
 """
 
 from __future__ import annotations
@@ -28,24 +32,33 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .._core._session import Session
+from .._core._session import Address, Session
 from .._core._trace import receivedHeader, returnPath
 from .._errors import SMTPError
 from .._reactor import threadRunner
 from .._stream import MessageDone
-from ..interfaces import IDataHandler, IMessageStream
+from ..interfaces import IDataHandler, IMailFromHandler, IMessageStream
 
 _log = Logger(namespace="smtpsvc.maildir")
 _T = TypeVar("_T")
 _counter = itertools.count(1)
 
+DEFAULT_MIN_FREE = 16 * 1024 * 1024
+"""
+The free space, in bytes, that L{MaildirDelivery} keeps in reserve by default: room for
+the headers it adds and for whatever else shares the file system.
+"""
 
-@implementer(IDataHandler)
+
+@implementer(IMailFromHandler, IDataHandler)
 class MaildirDelivery:
     """
-    An L{IDataHandler} that delivers every message into the Maildir at C{path}.
+    An L{IDataHandler} that delivers every message into the Maildir at C{path}, and an
+    L{IMailFromHandler} that refuses a sender, for now, when there is no room for the
+    message.
 
     @ivar path: the Maildir; C{cur}, C{new} and C{tmp} are made if missing.
+    @ivar minFree: the bytes of free space kept in reserve.
     """
 
     def __init__(
@@ -55,6 +68,8 @@ class MaildirDelivery:
         reactor: Any = None,
         serverName: str | None = None,
         runInThread: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+        minFree: int = DEFAULT_MIN_FREE,
+        statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
     ) -> None:
         """
         @param path: the Maildir directory.
@@ -62,8 +77,19 @@ class MaildirDelivery:
         @param serverName: the name in the C{Received} header (the host name if not given).
         @param runInThread: how blocking disk work is run; the default is the reactor's
             thread pool.  Tests pass a function that runs it at once.
+        @param minFree: the bytes of free space to keep in reserve (L{DEFAULT_MIN_FREE},
+            16 MiB, if not given): C{MAIL FROM} gets C{452 4.3.1} when less than the
+            declared C{SIZE} plus this much is free, or without C{SIZE} when less than this
+            much is.  C{0} refuses only a declared size that does not fit.
+        @param statvfs: how the free space is looked up; tests pass a fake.
+
+        @raise ValueError: when C{minFree} is negative.
         """
+        if minFree < 0:
+            raise ValueError(f"minFree must be 0 or more bytes, not {minFree!r}")
         self.path = os.path.abspath(path)
+        self.minFree = minFree
+        self._statvfs = statvfs
         self._prepared = False
         self._serverName = serverName or socket.gethostname()
         # Maildir names carry the host name; "/" and ":" would break them.
@@ -75,7 +101,7 @@ class MaildirDelivery:
         Make the Maildir's C{cur}, C{new} and C{tmp} if missing, readable by this user
         only.  The service calls this when it starts (after twistd has dropped its
         privileges, so that the directories belong to the user that writes them); the
-        first delivery calls it otherwise.
+        first C{MAIL FROM} or delivery calls it otherwise.
 
         @raise OSError: when they cannot be made.
         """
@@ -83,6 +109,49 @@ class MaildirDelivery:
             for sub in ("tmp", "new", "cur"):
                 os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
             self._prepared = True
+
+    def onMailFrom(self, address: Address, session: Session) -> None:
+        """
+        Refuse the sender with C{452 4.3.1} when the Maildir's file system has less free
+        space than the size it declared plus L{minFree} (RFC 1870 section 6.1), or, with
+        no size declared, less than L{minFree} alone.
+        """
+        declared = address.args.get("SIZE")
+        # The core has already refused a SIZE that is not an ASCII number (501).
+        size = 0
+        if isinstance(declared, str) and declared.isascii() and declared.isdigit():
+            size = int(declared)
+        try:
+            self.prepare()
+        except OSError:
+            # onData logs it and answers 451; nothing to measure here.
+            return
+        try:
+            # One quick system call on the reactor thread, like the os.open and os.write
+            # of onData: a file system slow enough to block it would block those too.
+            stats = self._statvfs(self.path)
+        except OSError as e:
+            # A failed check is no reason to refuse: the message goes on to DATA, whose
+            # write errors have their own answers.
+            _log.warn(
+                "Cannot check the free space of {path}: {error}",
+                path=self.path,
+                error=e,
+                sessionId=session.id,
+            )
+            return
+        free = stats.f_bavail * stats.f_frsize
+        needed = size + self.minFree
+        if free < needed:
+            _log.warn(
+                "Refused a sender: {free} bytes free in {path}, {needed} needed",
+                path=self.path,
+                free=free,
+                needed=needed,
+                declared=size,
+                sessionId=session.id,
+            )
+            raise SMTPError(452, "4.3.1 Insufficient system storage")
 
     def _uniqueName(self) -> str:
         now = time.time()
