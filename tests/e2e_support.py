@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -512,11 +512,23 @@ def runTwist(
 
     @param wrapper: a command that runs it (C{unshare ...}), if any.
     """
+    return runCommand([*wrapper, *twistCommand(args)], cwd, twistEnvironment())
+
+
+def runCommand(
+    argv: Sequence[str], cwd: str, env: Mapping[str, str] | None = None
+) -> Deferred[subprocess.CompletedProcess[str]]:
+    """
+    Run C{argv} in C{cwd} to completion in a thread, with nothing on its input, bounded
+    by L{TOOL_TIMEOUT}; stdout and stderr together in C{stdout}.
+
+    @param env: its whole environment; this process's when L{None}.
+    """
     return deferToThread(
         subprocess.run,
-        [*wrapper, *twistCommand(args)],
+        list(argv),
         cwd=cwd,
-        env=twistEnvironment(),
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -6,6 +6,9 @@ a transport whose startTLS runs OpenSSL through memory BIOs, and a small SMTP cl
 from __future__ import annotations
 
 import datetime
+import hashlib
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -38,7 +41,29 @@ class KeyPair:
 
     @property
     def certificate(self) -> x509.Certificate:
+        """
+        The certificate, loaded.
+        """
         return x509.load_pem_x509_certificate(self.cert)
+
+    @property
+    def privateKey(self) -> ec.EllipticCurvePrivateKey:
+        """
+        The private key, loaded.
+        """
+        key = serialization.load_pem_private_key(self.key, None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
+    @property
+    def spkiSha256(self) -> str:
+        """
+        The SHA-256 of the public key (what a TLSA C{3 1 1} record publishes), in hex.
+        """
+        spki = self.certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return hashlib.sha256(spki).hexdigest()
 
 
 def _name(cn: str) -> x509.Name:
@@ -51,27 +76,47 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def authority(cn: str = "smtpsvc test CA") -> KeyPair:
-    """
-    A self-signed certificate authority, the same one for each name.
-    """
-    return _authority(cn)
+#: What may stand in a subjectAltName: a DNS name, or an IP address.
+SubjectName = str | ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-@cache
-def _authority(cn: str) -> KeyPair:
+def certify(
+    cn: str,
+    issuer: KeyPair | None = None,
+    *,
+    names: Sequence[SubjectName] | None = None,
+    authority: bool = False,
+    client: bool = False,
+    validDays: tuple[int, int] = (-1, 30),
+) -> KeyPair:
+    """
+    A new certificate for C{cn} with a new key, signed by C{issuer} (self-signed without
+    one).  Every test certificate is made here; L{authority} and L{issue} keep the ones
+    tests share.
+
+    @param names: its subjectAltName, DNS names and IP addresses; C{[cn]} by default for
+        a server certificate, none for an authority or a client certificate; an empty
+        sequence leaves the extension out.
+    @param authority: make it a CA that may sign certificates.
+    @param client: make it a client certificate (for TLS client authentication) rather
+        than a server certificate; neither is said of an authority.
+    @param validDays: when it becomes valid and when it expires, in days from now.
+    """
     key = ec.generate_private_key(ec.SECP256R1())
+    subject = _name(cn)
     now = datetime.datetime.now(datetime.UTC)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
+        .subject_name(subject)
+        .issuer_name(issuer.certificate.subject if issuer is not None else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
+        .not_valid_before(now + datetime.timedelta(days=validDays[0]))
+        .not_valid_after(now + datetime.timedelta(days=validDays[1]))
+        .add_extension(x509.BasicConstraints(ca=authority, path_length=None), critical=True)
+    )
+    if authority:
+        builder = builder.add_extension(
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
@@ -85,41 +130,44 @@ def _authority(cn: str) -> KeyPair:
             ),
             critical=True,
         )
-        .sign(key, hashes.SHA256())
-    )
+    else:
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if names is None:
+        names = () if authority or client else (cn,)
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(n) if isinstance(n, str) else x509.IPAddress(n) for n in names]
+            ),
+            critical=False,
+        )
+    signer = issuer.privateKey if issuer is not None else key
+    certificate = builder.sign(signer, hashes.SHA256())
     return KeyPair(certificate.public_bytes(serialization.Encoding.PEM), _pem(key))
+
+
+def authority(cn: str = "smtpsvc test CA") -> KeyPair:
+    """
+    A self-signed certificate authority, the same one for each name.
+    """
+    # Through a cached function of a required argument: authority() and
+    # authority("smtpsvc test CA") must be the same.
+    return _authority(cn)
+
+
+@cache
+def _authority(cn: str) -> KeyPair:
+    return certify(cn, authority=True)
 
 
 @cache
 def issue(cn: str, *, client: bool = False, ca: str = "smtpsvc test CA") -> KeyPair:
     """
-    A certificate for C{cn} signed by the test authority C{ca}.
+    A certificate for C{cn} signed by the test authority C{ca}, the same one for each
+    name and kind.
     """
-    issuer = authority(ca)
-    issuerKey = serialization.load_pem_private_key(issuer.key, None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
-            ),
-            critical=False,
-        )
-    )
-    if not client:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False
-        )
-    certificate = builder.sign(issuerKey, hashes.SHA256())  # type: ignore[arg-type]
-    return KeyPair(certificate.public_bytes(serialization.Encoding.PEM), _pem(key))
+    return certify(cn, authority(ca), client=client)
 
 
 def commonName(certificate: x509.Certificate | None) -> str | None:
@@ -155,7 +203,7 @@ class ClientTLS:
             context.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
         if certificate is not None:
             context.use_certificate(certificate.certificate)
-            context.use_privatekey(serialization.load_pem_private_key(certificate.key, None))  # type: ignore[arg-type]
+            context.use_privatekey(certificate.privateKey)
         self.context = context
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import mailbox
 import os
 import re
 import select
@@ -242,14 +241,6 @@ def traceHeaders(stored: bytes) -> bytes:
     """
     body = withoutTraceHeaders(stored)
     return stored[: len(stored) - len(body)]
-
-
-def delivered(path: str) -> dict[str, bytes]:
-    """
-    The messages in the Maildir at C{path}, by file name, as C{mailbox.Maildir} reads them.
-    """
-    box = mailbox.Maildir(path, factory=None, create=False)
-    return {name: box.get_bytes(name) for name in box.iterkeys()}
 
 
 def leftInTmp(path: str) -> dict[str, bytes]:

@@ -25,7 +25,8 @@ from .e2e_support import (
     withoutTraceHeaders,
     workspace,
 )
-from .service_support import QUICK, delivered, startService
+from .maildir_support import delivered
+from .service_support import QUICK, startService
 from .test_tls_e2e import MX, sClient, startTLSServer
 
 SENDER = "a@example.org"

@@ -689,21 +689,33 @@ def _traced(count: int) -> bytes:
     return b"".join(b"Received: from hop%d.example\r\n" % i for i in range(count))
 
 
-def _countBoth(
-    chunks: Sequence[bytes], maxReceived: int | None = 100, policy: str = "normalize"
+def _feedBoth(
+    chunks: Sequence[bytes],
+    maxReceived: int | None = 100,
+    policy: str = "normalize",
+    *,
+    watchTLSRequired: bool = False,
 ) -> list[DataDecoder | ChunkDecoder]:
     """
     Give C{chunks} (a message without dots at line starts, ended by CRLF) to both
-    decoders: after DATA, then the terminator; in BDAT chunks, then the end.
+    decoders, and end the message as the server does: after DATA, then the terminator;
+    in BDAT chunks, then the end.
+
+    @param watchTLSRequired: have the decoders watch for C{TLS-Required: No} too.
     """
     data = DataDecoder(policy=policy, maxReceived=maxReceived)
     chunk = ChunkDecoder(policy=policy, maxReceived=maxReceived)
+    if watchTLSRequired:
+        for decoder in (data, chunk):
+            decoder.watchTLSRequired()
     for part in chunks:
         data.feed(part)
         chunk.feed(part)
     data.feed(b".\r\n")
     chunk.end()
     assert data.done
+    for decoder in (data, chunk):
+        decoder.finishHeader()
     return [data, chunk]
 
 
@@ -721,7 +733,7 @@ class ReceivedCountTests(SynchronousTestCase):
         """
         message = _TRACED_HEADER + _TRACED_BODY
         for chunks in _chunkings(message):
-            for decoder in _countBoth(chunks):
+            for decoder in _feedBoth(chunks):
                 self.assertEqual((decoder.receivedHeaders, decoder.loop), (4, False), chunks)
 
     def test_caseInsensitive(self) -> None:
@@ -729,7 +741,7 @@ class ReceivedCountTests(SynchronousTestCase):
         The field name is matched without regard to case.
         """
         for name in (b"Received", b"received", b"RECEIVED", b"rEcEiVeD"):
-            for decoder in _countBoth([name + b": x\r\n\r\nbody\r\n"]):
+            for decoder in _feedBoth([name + b": x\r\n\r\nbody\r\n"]):
                 self.assertEqual(decoder.receivedHeaders, 1, name)
 
     def test_onlyHeaderCounts(self) -> None:
@@ -745,7 +757,7 @@ class ReceivedCountTests(SynchronousTestCase):
         ]
         for message, expected in cases:
             for chunks in _chunkings(message):
-                for decoder in _countBoth(chunks):
+                for decoder in _feedBoth(chunks):
                     self.assertEqual(decoder.receivedHeaders, expected, chunks)
 
     def test_bareLineEndingsNormalizedFirst(self) -> None:
@@ -754,7 +766,7 @@ class ReceivedCountTests(SynchronousTestCase):
         """
         message = b"Received: a\nReceived: b\r\n\nReceived: body\r\n"
         for chunks in _chunkings(message):
-            for decoder in _countBoth(chunks):
+            for decoder in _feedBoth(chunks):
                 self.assertEqual(decoder.receivedHeaders, 2, chunks)
 
     def test_limitExactly(self) -> None:
@@ -764,7 +776,7 @@ class ReceivedCountTests(SynchronousTestCase):
         """
         for count, loop in [(2, False), (3, True), (7, True)]:
             for chunks in _chunkings(_traced(count) + b"\r\nbody\r\n"):
-                for decoder in _countBoth(chunks, maxReceived=3):
+                for decoder in _feedBoth(chunks, maxReceived=3):
                     self.assertEqual(
                         (decoder.receivedHeaders, decoder.loop), (min(count, 3), loop), chunks
                     )
@@ -785,7 +797,7 @@ class ReceivedCountTests(SynchronousTestCase):
         """
         With no limit nothing is counted, however many fields there are.
         """
-        for decoder in _countBoth([_traced(500)], maxReceived=None):
+        for decoder in _feedBoth([_traced(500)], maxReceived=None):
             self.assertEqual((decoder.receivedHeaders, decoder.loop), (0, False))
 
     def test_longLinesKeepLittle(self) -> None:
@@ -839,7 +851,7 @@ class ReceivedCountTests(SynchronousTestCase):
                 break
             expected += re.match(rb"received[ \t]*:", line, re.IGNORECASE) is not None
         cuts = data.draw(st.lists(st.integers(0, len(message))))
-        for decoder in _countBoth(_split(message, cuts), maxReceived=1000):
+        for decoder in _feedBoth(_split(message, cuts), maxReceived=1000):
             self.assertEqual(decoder.receivedHeaders, expected)
 
 
@@ -870,28 +882,6 @@ _NOT_TLS_OPTIONAL = (
     b"TLS-Required: No (please)\r\n\r\n",
     b"TLS-Required:" + b" " * 60 + b"No\r\n\r\n",
 )
-
-
-def _watchBoth(
-    chunks: Sequence[bytes], maxReceived: int | None = 100
-) -> list[DataDecoder | ChunkDecoder]:
-    """
-    Give C{chunks} (a message without dots at line starts, ended by CRLF) to both
-    decoders watching for C{TLS-Required: No}, and end the message as the server does.
-    """
-    data = DataDecoder(maxReceived=maxReceived)
-    chunk = ChunkDecoder(maxReceived=maxReceived)
-    for decoder in (data, chunk):
-        decoder.watchTLSRequired()
-    for part in chunks:
-        data.feed(part)
-        chunk.feed(part)
-    data.feed(b".\r\n")
-    chunk.end()
-    assert data.done
-    for decoder in (data, chunk):
-        decoder.finishHeader()
-    return [data, chunk]
 
 
 def _tlsOptionalByModel(message: bytes) -> bool:
@@ -932,7 +922,7 @@ class TLSRequiredTests(SynchronousTestCase):
         for header in _TLS_OPTIONAL_HEADERS:
             for message in (header + b"\r\nbody\r\n", header):
                 for chunks in _chunkings(message):
-                    for decoder in _watchBoth(chunks):
+                    for decoder in _feedBoth(chunks, watchTLSRequired=True):
                         self.assertTrue(decoder.tlsRequiredNo, chunks)
 
     def test_lookAlikesIgnored(self) -> None:
@@ -941,7 +931,7 @@ class TLSRequiredTests(SynchronousTestCase):
         """
         for message in _NOT_TLS_OPTIONAL:
             for chunks in _chunkings(message):
-                for decoder in _watchBoth(chunks):
+                for decoder in _feedBoth(chunks, watchTLSRequired=True):
                     self.assertFalse(decoder.tlsRequiredNo, chunks)
 
     def test_knownOnceTheFieldEnds(self) -> None:
@@ -966,7 +956,7 @@ class TLSRequiredTests(SynchronousTestCase):
         unwatched.finishHeader()
         self.assertFalse(unwatched.tlsRequiredNo)
         message = _traced(300) + b"TLS-Required: No\r\n\r\n"
-        for decoder in _watchBoth([message], maxReceived=None):
+        for decoder in _feedBoth([message], maxReceived=None, watchTLSRequired=True):
             self.assertEqual((decoder.tlsRequiredNo, decoder.loop), (True, False))
 
     def test_receivedCountUnchanged(self) -> None:
@@ -976,7 +966,7 @@ class TLSRequiredTests(SynchronousTestCase):
         """
         message = _traced(2) + b"TLS-Required:\r\n No\r\n" + _traced(3) + b"\r\n" + _traced(4)
         for chunks in _chunkings(message):
-            for decoder in _watchBoth(chunks):
+            for decoder in _feedBoth(chunks, watchTLSRequired=True):
                 self.assertEqual((decoder.receivedHeaders, decoder.tlsRequiredNo), (5, True))
 
     def test_keepsLittle(self) -> None:
@@ -1043,5 +1033,5 @@ class TLSRequiredTests(SynchronousTestCase):
         message = b"".join(line + b"\r\n" for line in lines)
         cuts = data.draw(st.lists(st.integers(0, len(message))))
         expected = _tlsOptionalByModel(message)
-        for decoder in _watchBoth(_split(message, cuts)):
+        for decoder in _feedBoth(_split(message, cuts), watchTLSRequired=True):
             self.assertEqual(decoder.tlsRequiredNo, expected, message)

@@ -69,11 +69,11 @@ from .e2e_support import (
     withoutTraceHeaders,
     workspace,
 )
+from .maildir_support import delivered
 from .memorytls import authority, issue
 from .service_support import (
     QUICK,
     ServiceProcess,
-    delivered,
     leftInTmp,
     message,
     relocate,

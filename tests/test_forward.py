@@ -31,6 +31,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import (
+    IAddress,
     IConsumer,
     IProducer,
     IProtocol,
@@ -323,24 +324,6 @@ class MemoryEndpoint:
         return succeed(client)
 
 
-class _OneProtocol:
-    # A factory for ScriptedServer instances that records them.
-    def __init__(self, make: Callable[[], Protocol]) -> None:
-        self.make = make
-        self.built: list[Protocol] = []
-
-    def buildProtocol(self, addr: object) -> Protocol:
-        protocol = self.make()
-        self.built.append(protocol)
-        return protocol
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass
-
-
 class ScriptedServer(LineReceiver):
     """
     A downstream that answers from a script: each verb to the raw bytes to send (a list is
@@ -410,6 +393,30 @@ class ScriptedServer(LineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
+
+
+@implementer(IProtocolFactory)
+class ScriptedFactory:
+    """
+    Makes L{ScriptedServer}s that answer from C{script}, and keeps them.
+
+    @ivar built: every server made, in order.
+    """
+
+    def __init__(self, script: dict[str, bytes | list[bytes] | None]) -> None:
+        self.script = script
+        self.built: list[ScriptedServer] = []
+
+    def buildProtocol(self, addr: IAddress) -> ScriptedServer:
+        protocol = ScriptedServer(self.script)
+        self.built.append(protocol)
+        return protocol
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
 
 
 # -- handlers for the downstream --------------------------------------------------------------
@@ -578,6 +585,45 @@ class ForwardTestCase(SynchronousTestCase):
         if replies[-1].code == 354:
             replies += self.write(stuff(message))
         return replies
+
+    def frontOverTLS(self, endpoint: IStreamClientEndpoint) -> Connection:
+        """
+        A front server (with REQUIRETLS shown) relaying to C{endpoint}, and a client
+        connected through real TLS transports that completed STARTTLS with it and said
+        EHLO again.
+        """
+        forward = ForwardDelivery(endpoint, reactor=self.clock, serverName=FRONT, timeout=TIMEOUT)
+        pair = issue(FRONT)
+        server = SMTPServer(
+            [forward],
+            reactor=self.clock,
+            name=FRONT,
+            key=pair.key,
+            cert=pair.cert,
+            authOptional=True,
+            earlyTalkerDelay=0,
+            hideENHANCEDSTATUSCODES=False,
+            hideREQUIRETLS=False,
+        )
+        connection = connectTLS(server)
+        self.assertEqual(codes(connection.client.replies()), [220])
+        replies = self.exchange(connection, "EHLO client.example", "STARTTLS")
+        self.assertEqual(codes(replies), [250, 220])
+        connection.startTLS(ClientTLS())
+        self.assertEqual(codes(self.exchange(connection, "EHLO client.example")), [250])
+        self.assertTrue(connection.session.secure)
+        return connection
+
+    def exchange(self, connection: Connection, *lines: str) -> list[ServerReply]:
+        """
+        Send C{lines} over a L{frontOverTLS} connection, let the front and the
+        downstream work, and return the front's replies.
+        """
+        connection.clientTransport.write(b"".join(line.encode() + b"\r\n" for line in lines))
+        for _ in range(20):
+            connection.pump.flush()
+            self.network.run()
+        return connection.client.replies()
 
     def assertRelayed(self, data: bytes, message: bytes, frontProtocol: str = "ESMTP") -> None:
         """
@@ -752,14 +798,12 @@ class ScriptedTests(ForwardTestCase):
 
     def scripted(self, **script: bytes | list[bytes] | None) -> None:
         replies = {key.replace("END", "."): value for key, value in script.items()}
-        self.factory = _OneProtocol(lambda: ScriptedServer(replies))
-        self.front(lambda: self.factory)  # type: ignore[arg-type,return-value]
+        self.factory = ScriptedFactory(replies)
+        self.front(lambda: self.factory)
 
     @property
     def server(self) -> ScriptedServer:
-        protocol = self.factory.built[-1]
-        assert isinstance(protocol, ScriptedServer)
-        return protocol
+        return self.factory.built[-1]
 
     def test_multiLineRefusalWithEnhancedCodes(self) -> None:
         """
@@ -899,7 +943,7 @@ class ScriptedTests(ForwardTestCase):
         self.clock.advance(TIMEOUT)
         self.network.run()
         self.assertEqual(codes(self.client.received()), [451])
-        self.assertTrue(self.factory.built[0].lost)  # type: ignore[attr-defined]
+        self.assertTrue(self.factory.built[0].lost)
         self.assertEqual(codes(self.send("MAIL FROM:<a@example.org>")), [250])
         self.assertEqual(len(self.factory.built), 2)
 
@@ -1628,49 +1672,12 @@ class RequireTLSTests(ForwardTestCase):
         certificate for L{DOWNSTREAM} from the test authority), the client side of the
         handshake made by C{creator}.
         """
-        self.factory = _OneProtocol(lambda: ScriptedServer({"EHLO": _REQUIRETLS_EHLO}))
+        self.factory = ScriptedFactory({"EHLO": _REQUIRETLS_EHLO})
         pair = issue(DOWNSTREAM)
         serverTLS = PrivateCertificate.loadPEM(pair.cert + pair.key).options()
-        # _OneProtocol makes protocols as a factory does, without declaring it.
-        wrapped: Any = self.factory
-        server = TLSMemoryBIOFactory(serverTLS, False, wrapped, clock=self.clock)
+        server = TLSMemoryBIOFactory(serverTLS, False, self.factory, clock=self.clock)
         plain = MemoryEndpoint(self.network, lambda: server)
         return wrapClientTLS(creator, plain, clock=self.clock)
-
-    def frontOverTLS(self, endpoint: IStreamClientEndpoint) -> Connection:
-        """
-        A front server relaying to C{endpoint}, and a client that completed STARTTLS
-        with it and said EHLO again.
-        """
-        forward = ForwardDelivery(endpoint, reactor=self.clock, serverName=FRONT, timeout=TIMEOUT)
-        pair = issue(FRONT)
-        server = SMTPServer(
-            [forward],
-            reactor=self.clock,
-            name=FRONT,
-            key=pair.key,
-            cert=pair.cert,
-            authOptional=True,
-            earlyTalkerDelay=0,
-            hideENHANCEDSTATUSCODES=False,
-            hideREQUIRETLS=False,
-        )
-        connection = connectTLS(server)
-        self.assertEqual(codes(connection.client.replies()), [220])
-        self.assertEqual(codes(self.exchange(connection, "EHLO c.example", "STARTTLS")), [250, 220])
-        connection.startTLS(ClientTLS())
-        self.assertEqual(codes(self.exchange(connection, "EHLO c.example")), [250])
-        return connection
-
-    def exchange(self, connection: Connection, *lines: str) -> list[ServerReply]:
-        """
-        Send C{lines}, let the front and the downstream work, and return the replies.
-        """
-        connection.clientTransport.write(b"".join(line.encode() + b"\r\n" for line in lines))
-        for _ in range(20):
-            connection.pump.flush()
-            self.network.run()
-        return connection.client.replies()
 
     def test_8689_06_relayedOverVerifiedTLS(self) -> None:
         """
@@ -1686,7 +1693,6 @@ class RequireTLSTests(ForwardTestCase):
         connection.clientTransport.write(stuff(MESSAGE))
         self.assertEqual(codes(self.exchange(connection)), [250])
         [downstream] = self.factory.built
-        assert isinstance(downstream, ScriptedServer)
         self.assertEqual(downstream.commands[1], "MAIL FROM:<a@example.org> REQUIRETLS")
         self.assertTrue(downstream.messages[0].endswith(MESSAGE))
 
@@ -1702,7 +1708,6 @@ class RequireTLSTests(ForwardTestCase):
             [(550, ("5.7.30 Error: REQUIRETLS support required",))],
         )
         [downstream] = self.factory.built
-        assert isinstance(downstream, ScriptedServer)
         self.assertEqual(downstream.commands, [f"EHLO {FRONT}"])
         self.assertEqual(codes(self.exchange(connection, "MAIL FROM:<a@example.org>")), [250])
 

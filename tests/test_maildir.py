@@ -6,12 +6,11 @@ before it is there.
 from __future__ import annotations
 
 import errno
-import mailbox
 import os
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,9 +20,7 @@ from smtpsvc import IDataHandler, IMailFromHandler, SMTPServer, TLSInfo
 from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
 from smtpsvc.testing import MemoryClient, ServerReply
 
-
-def runNow(work: Callable[[], Any]) -> Deferred[Any]:
-    return succeed(work())
+from .maildir_support import runNow, storedMessages
 
 
 class MaildirTests(SynchronousTestCase):
@@ -45,10 +42,6 @@ class MaildirTests(SynchronousTestCase):
         client.send("EHLO client.example")
         return client
 
-    def stored(self) -> list[bytes]:
-        box = mailbox.Maildir(self.path, factory=None, create=False)
-        return [box.get_bytes(key) for key in sorted(box.keys())]
-
     def leftovers(self) -> list[str]:
         return os.listdir(os.path.join(self.path, "tmp"))
 
@@ -67,7 +60,7 @@ class MaildirTests(SynchronousTestCase):
         Without prepare, the first message makes the directories.
         """
         self.client().sendmail("a@b.example", ["c@d.example"], b"x\r\n")
-        self.assertEqual(len(self.stored()), 1)
+        self.assertEqual(len(storedMessages(self.path)), 1)
 
     def test_cannotMakeDirectories(self) -> None:
         """
@@ -88,7 +81,7 @@ class MaildirTests(SynchronousTestCase):
         replies = client.sendmail("a@b.example", ["c@d.example"], body)
         self.assertEqual(replies[-1].code, 250)
         self.assertTrue(replies[-1].lines[0].startswith("OK: message queued as "))
-        [stored] = self.stored()
+        [stored] = storedMessages(self.path)
         lines = stored.split(b"\r\n")
         self.assertEqual(lines[0], b"Return-Path: <a@b.example>")
         self.assertTrue(lines[1].startswith(b"Received: from client.example ([192.0.2.1])"))
@@ -103,7 +96,7 @@ class MaildirTests(SynchronousTestCase):
         """
         client = self.client()
         client.sendmail("a@b.example", ["c@d.example", "e@f.example"], b"x\r\n")
-        [stored] = self.stored()
+        [stored] = storedMessages(self.path)
         self.assertNotIn(b" for <", stored)
 
     def test_notAnsweredBeforeDurable(self) -> None:
@@ -120,11 +113,11 @@ class MaildirTests(SynchronousTestCase):
         client = self.client(runInThread=later)
         replies = client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
         self.assertEqual(replies[-1].code, 354)
-        self.assertEqual(self.stored(), [])
+        self.assertEqual(storedMessages(self.path), [])
         work, d = pending.pop()
         d.callback(work())
         self.assertEqual(client.received()[0].code, 250)
-        self.assertEqual(len(self.stored()), 1)
+        self.assertEqual(len(storedMessages(self.path)), 1)
 
     def test_tooLargeLeavesNothing(self) -> None:
         """
@@ -133,7 +126,7 @@ class MaildirTests(SynchronousTestCase):
         client = self.client(size=10)
         replies = client.sendmail("a@b.example", ["c@d.example"], b"0123456789abcdef\r\n")
         self.assertEqual(replies[-1].code, 552)
-        self.assertEqual(self.stored(), [])
+        self.assertEqual(storedMessages(self.path), [])
         self.assertEqual(self.leftovers(), [])
 
     def test_disconnectLeavesNothing(self) -> None:
@@ -145,7 +138,7 @@ class MaildirTests(SynchronousTestCase):
         client.write(b"partial\r\n")
         self.assertEqual(len(self.leftovers()), 1)
         client.disconnect()
-        self.assertEqual(self.stored(), [])
+        self.assertEqual(storedMessages(self.path), [])
         self.assertEqual(self.leftovers(), [])
 
     def test_diskFull(self) -> None:
@@ -165,7 +158,7 @@ class MaildirTests(SynchronousTestCase):
         self.assertEqual(
             [f"{r.code} {r.lines[0]}" for r in replies], ["452 Error: insufficient system storage"]
         )
-        self.assertEqual(self.stored(), [])
+        self.assertEqual(storedMessages(self.path), [])
         self.assertEqual(self.leftovers(), [])
 
     def test_commitFails(self) -> None:
@@ -179,7 +172,7 @@ class MaildirTests(SynchronousTestCase):
         client = self.client(runInThread=failing)
         replies = client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
         self.assertEqual(replies[-1].code, 451)
-        self.assertEqual(self.stored(), [])
+        self.assertEqual(storedMessages(self.path), [])
         self.assertEqual(self.leftovers(), [])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
@@ -190,7 +183,7 @@ class MaildirTests(SynchronousTestCase):
         client = self.client()
         for i in range(20):
             client.sendmail("a@b.example", ["c@d.example"], f"{i}\r\n".encode())
-        self.assertEqual(len(self.stored()), 20)
+        self.assertEqual(len(storedMessages(self.path)), 20)
 
     def test_receivedNamesTheRegisteredCipher(self) -> None:
         """
@@ -205,7 +198,7 @@ class MaildirTests(SynchronousTestCase):
             version="TLSv1.2",
         )
         client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
-        [stored] = self.stored()
+        [stored] = storedMessages(self.path)
         lines = stored.split(b"\r\n")
         self.assertEqual(
             lines[2], b"\t(using TLSv1.2 with cipher TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)"
@@ -221,7 +214,7 @@ class MaildirTests(SynchronousTestCase):
         body = b"TLS-Required: No\r\nSubject: hi\r\n\r\nbody\r\n"
         replies = self.client().sendmail("a@b.example", ["c@d.example"], body)
         self.assertEqual(replies[-1].code, 250)
-        [stored] = self.stored()
+        [stored] = storedMessages(self.path)
         self.assertTrue(stored.endswith(b"\r\n" + body))
         self.assertEqual(stored.count(b"TLS-Required"), 1)
 
@@ -282,10 +275,6 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         client.send("EHLO client.example")
         return client
 
-    def stored(self) -> list[bytes]:
-        box = mailbox.Maildir(self.path, factory=None, create=False)
-        return [box.get_bytes(key) for key in sorted(box.keys())]
-
     def test_interfaces(self) -> None:
         """
         The delivery is both a sender check and a data handler.
@@ -324,7 +313,7 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
             ["452 4.3.1 Insufficient system storage", "503 5.5.1 Error: need MAIL command"],
         )
         self.assertEqual(replies[2].code, 503)
-        self.assertEqual(self.stored(), [])
+        self.assertEqual(storedMessages(self.path), [])
         self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
         [event] = [e for e in events if e.get("log_namespace") == "smtpsvc.maildir"]
         self.assertEqual((event["free"], event["needed"]), (10 * MIB, 10 * MIB + 1))
@@ -387,7 +376,7 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         self.assertIs(event["error"], self.free)
         replies = client.send("RCPT TO:<c@d.example>", "DATA") + client.write(b"x\r\n.\r\n")
         self.assertEqual(codes(replies), [250, 354, 250])
-        self.assertEqual(len(self.stored()), 1)
+        self.assertEqual(len(storedMessages(self.path)), 1)
 
     def test_deliversWhenThereIsRoom(self) -> None:
         """
@@ -400,7 +389,7 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         )
         replies += client.write(body + b".\r\n")
         self.assertEqual(codes(replies), [250, 250, 354, 250])
-        [stored] = self.stored()
+        [stored] = storedMessages(self.path)
         self.assertTrue(stored.endswith(b"\r\n" + body))
 
     def test_realFileSystem(self) -> None:

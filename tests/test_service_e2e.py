@@ -56,6 +56,7 @@ from .e2e_support import (
     withoutTraceHeaders,
     workspace,
 )
+from .maildir_support import delivered
 from .memorytls import authority, commonName, issue
 from .service_support import (
     EXAMPLES,
@@ -65,7 +66,6 @@ from .service_support import (
     Burst,
     ServiceProcess,
     alive,
-    delivered,
     isServiceProcess,
     leftInTmp,
     listeningSocket,

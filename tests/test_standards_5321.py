@@ -10,12 +10,10 @@ repeated here.
 from __future__ import annotations
 
 import base64
-import mailbox
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -37,6 +35,7 @@ from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, stuff
 
 from . import test_forward
+from .maildir_support import runNow, storedMessages
 from .test_proxy import FakeResolver
 
 NAME = "mx.test"
@@ -86,10 +85,6 @@ def enhanced(reply: ServerReply) -> str:
     The enhanced status code that starts the reply's text.
     """
     return reply.lines[0].partition(" ")[0]
-
-
-def runNow(work: Callable[[], Any]) -> Deferred[Any]:
-    return succeed(work())
 
 
 def hops(count: int) -> bytes:
@@ -400,9 +395,8 @@ class TraceTests(SynchronousTestCase):
         replies = client.send(mail, f"RCPT TO:<{RECIPIENT}>", "DATA")
         self.assertEqual(codes(replies), [250, 250, 354])
         self.assertEqual(codes(client.write(stuff(TRAVELLED))), [250])
-        box = mailbox.Maildir(path, factory=None, create=False)
-        [key] = box.keys()
-        return box.get_bytes(key)
+        [stored] = storedMessages(path)
+        return stored
 
     def test_5321_29_receivedPrependedEarlierKept(self) -> None:
         """

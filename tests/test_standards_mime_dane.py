@@ -11,25 +11,16 @@ command line in this process; STS-02 runs C{posttls-finger} against C{twist smtp
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import mailbox
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -54,13 +45,14 @@ from .e2e_support import (
     CLIENT_NAME,
     LISTEN,
     LOCALHOST,
-    TOOL_TIMEOUT,
     E2ETestCase,
     LogCapture,
+    runCommand,
     startTwist,
     workspace,
 )
-from .memorytls import ClientTLS, Connection, connectTLS
+from .maildir_support import receivedHeader, runNow, storedMessages
+from .memorytls import ClientTLS, Connection, KeyPair, certify, connectTLS
 
 NAME = "mx.test"
 MX = "mx.example.test"
@@ -123,123 +115,7 @@ def domainOf(length: int) -> str:
     return ".".join(labels)
 
 
-def runNow(work: Callable[[], Any]) -> Deferred[Any]:
-    """
-    Run a Maildir's blocking work at once, in this thread.
-    """
-    return succeed(work())
-
-
-def storedMessages(path: str) -> list[bytes]:
-    """
-    The messages in the Maildir at C{path}.
-    """
-    box = mailbox.Maildir(path, factory=None, create=False)
-    return [box.get_bytes(key) for key in sorted(box.keys())]
-
-
-def receivedHeader(stored: bytes) -> bytes:
-    """
-    The C{Received:} header at the top of a delivered message, unfolded.
-    """
-    match = re.search(rb"^Received: .*?(?=\r\n[^ \t])", stored, re.MULTILINE | re.DOTALL)
-    assert match is not None, stored
-    return re.sub(rb"\r\n[ \t]+", b" ", match.group(0))
-
-
 # -- certificates ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Issued:
-    """
-    A certificate and its private key.
-    """
-
-    certificate: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def pem(self) -> bytes:
-        """
-        The certificate, PEM.
-        """
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def keyPem(self) -> bytes:
-        """
-        The private key, PEM (PKCS #8, unencrypted).
-        """
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    @property
-    def spkiSha256(self) -> str:
-        """
-        The SHA-256 of the public key (what a TLSA C{3 1 1} record publishes), in hex.
-        """
-        spki = self.certificate.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return hashlib.sha256(spki).hexdigest()
-
-
-def certify(
-    cn: str,
-    issuer: Issued | None = None,
-    *,
-    names: Sequence[str] | None = None,
-    authority: bool = False,
-    validDays: tuple[int, int] = (-1, 30),
-) -> Issued:
-    """
-    A certificate for C{cn}, signed by C{issuer} (self-signed without one).
-
-    @param names: the DNS names of its subjectAltName; C{[cn]} by default for a server
-        certificate, none for an authority; an empty sequence leaves the extension out.
-    @param authority: make it a CA that may sign certificates.
-    @param validDays: when it becomes valid and when it expires, in days from now.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.certificate.subject if issuer is not None else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + datetime.timedelta(days=validDays[0]))
-        .not_valid_after(now + datetime.timedelta(days=validDays[1]))
-        .add_extension(x509.BasicConstraints(ca=authority, path_length=None), critical=True)
-    )
-    if authority:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    if names is None:
-        names = () if authority else (cn,)
-    if names:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-        )
-    signer = issuer.key if issuer is not None else key
-    return Issued(builder.sign(signer, hashes.SHA256()), key)
 
 
 @dataclass(frozen=True)
@@ -249,9 +125,9 @@ class Hierarchy:
     intermediate signed: the shape of a WebPKI chain, and of a DANE-TA(2) deployment.
     """
 
-    root: Issued
-    intermediate: Issued
-    leaf: Issued
+    root: KeyPair
+    intermediate: KeyPair
+    leaf: KeyPair
 
 
 def hierarchy(name: str = MX) -> Hierarchy:
@@ -634,7 +510,7 @@ class DANETests(SynchronousTestCase):
         server sheds load by refusing connections with 421, never by dropping STARTTLS.
         """
         leaf = certify(MX)
-        server = makeServer(maxClients=40, key=leaf.keyPem, cert=leaf.pem)
+        server = makeServer(maxClients=40, key=leaf.key, cert=leaf.cert)
         busy = []
         for n in range(39):
             client = MemoryClient(server, (f"198.51.100.{n}", 40000))
@@ -669,12 +545,12 @@ class DANETests(SynchronousTestCase):
         ca = hierarchy()
         other = certify("b.example.test", ca.intermediate)
         server = makeServer(
-            key=ca.leaf.keyPem,
-            cert=ca.leaf.pem + ca.intermediate.pem,
+            key=ca.leaf.key,
+            cert=ca.leaf.cert + ca.intermediate.cert,
             sniOptions={
                 "b.example.test": {
-                    "key": other.keyPem,
-                    "cert": other.pem + ca.intermediate.pem + ca.root.pem,
+                    "key": other.key,
+                    "cert": other.cert + ca.intermediate.cert + ca.root.cert,
                 }
             },
         )
@@ -687,14 +563,14 @@ class DANETests(SynchronousTestCase):
         )
         renewed = certify(MX, ca.intermediate)
         server.updateSecureContext(
-            key=renewed.keyPem, cert=renewed.pem + ca.intermediate.pem + ca.root.pem
+            key=renewed.key, cert=renewed.cert + ca.intermediate.cert + ca.root.cert
         )
         self.assertEqual(
             servedChain(upgrade(server)),
             [renewed.certificate, ca.intermediate.certificate, ca.root.certificate],
         )
         implicit = connectTLS(
-            makeServer(secure=True, key=ca.leaf.keyPem, cert=ca.leaf.pem + ca.intermediate.pem),
+            makeServer(secure=True, key=ca.leaf.key, cert=ca.leaf.cert + ca.intermediate.cert),
             creator=ClientTLS(MX),
         )
         self.assertEqual(servedChain(implicit), [ca.leaf.certificate, ca.intermediate.certificate])
@@ -711,7 +587,7 @@ class MTASTSStartupCheckTests(SynchronousTestCase):
     label only), one that has expired or is not valid yet, or a TLS floor below 1.2.
     """
 
-    def write(self, certificate: Issued, path: str | None = None) -> str:
+    def write(self, certificate: KeyPair, path: str | None = None) -> str:
         """
         Write C{certificate} and its key into one PEM file, a new one without C{path}.
 
@@ -722,7 +598,7 @@ class MTASTSStartupCheckTests(SynchronousTestCase):
             os.makedirs(directory)
             path = os.path.join(directory, "mx.pem")
         with open(path, "wb") as f:
-            f.write(certificate.pem + certificate.keyPem)
+            f.write(certificate.cert + certificate.key)
         return path
 
     def warned(self, capture: LogCapture) -> list[str]:
@@ -743,7 +619,7 @@ class MTASTSStartupCheckTests(SynchronousTestCase):
         options.parseOptions(["--name", name, "--cert", path, "--deliver", "discard", *flags])
         return options
 
-    def warnings(self, certificate: Issued, name: str, *flags: str) -> list[str]:
+    def warnings(self, certificate: KeyPair, name: str, *flags: str) -> list[str]:
         """
         The warnings logged while C{twist smtpsvc --name NAME --cert FILE FLAGS} parses
         its options and builds its service.
@@ -837,7 +713,7 @@ class MTASTSStartupCheckTests(SynchronousTestCase):
         self.write(expired, path)
         service.reload()
         self.assertWarned(self.warned(capture), MX, "expired")
-        self.assertEqual(service.server.options.cert, expired.pem + expired.keyPem)
+        self.assertEqual(service.server.options.cert, expired.cert + expired.key)
 
     def test_STS_01_workersWarnOnce(self) -> None:
         """
@@ -878,9 +754,9 @@ class PosttlsFingerTests(E2ETestCase):
         tmpdir = workspace(self)
         ca = self.ca
         chain = Path(tmpdir, "mx.pem")
-        chain.write_bytes(ca.leaf.pem + ca.intermediate.pem + ca.leaf.keyPem)
-        Path(tmpdir, "root.pem").write_bytes(ca.root.pem)
-        Path(tmpdir, "intermediate.pem").write_bytes(ca.intermediate.pem)
+        chain.write_bytes(ca.leaf.cert + ca.intermediate.cert + ca.leaf.key)
+        Path(tmpdir, "root.pem").write_bytes(ca.root.cert)
+        Path(tmpdir, "intermediate.pem").write_bytes(ca.intermediate.cert)
         # posttls-finger reads main.cf; Postfix is not configured here, so give it one.
         config = Path(tmpdir, "postfix")
         config.mkdir()
@@ -899,18 +775,7 @@ class PosttlsFingerTests(E2ETestCase):
             *("-c", "-o", f"myhostname={CLIENT_NAME}"),
             *(a.replace("%PORT%", str(process.port)) for a in args),
         ]
-        result = await deferToThread(
-            subprocess.run,
-            argv,
-            cwd=tmpdir,
-            env=dict(os.environ, MAIL_CONFIG=str(config)),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            timeout=TOOL_TIMEOUT,
-        )
+        result = await runCommand(argv, tmpdir, dict(os.environ, MAIL_CONFIG=str(config)))
         return result.stdout
 
     def setUp(self) -> None:

@@ -14,14 +14,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import mailbox
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -39,16 +36,14 @@ from smtpsvc import (
     readMessage,
     tap,
 )
-from smtpsvc.handlers.forward import ForwardDelivery
 from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, ServerReply, stuff
 
 from . import test_forward
+from .maildir_support import receivedHeader, runNow, storedMessages
 from .memorytls import ClientTLS, Connection, authority, connectTLS, issue
 
 MX = "mx.example.test"
-#: The name the relaying server gives downstream.
-RELAY = "relay.example.test"
 SENDER = "a@b.example"
 RECIPIENT = "c@d.example"
 MESSAGE = b"Subject: hello\r\n\r\nHello.\r\n"
@@ -152,6 +147,15 @@ def cramResponse(challenge: ServerReply, user: str, secret: str) -> str:
     return b64(f"{user} {digest}")
 
 
+def cramMD5(client: MemoryClient, user: str, secret: str) -> list[str]:
+    """
+    Authenticate with C{AUTH CRAM-MD5} as C{user} with C{secret}: the replies to the
+    response, as they were sent.
+    """
+    [challenge] = client.send("AUTH CRAM-MD5")
+    return [wire(r) for r in client.send(cramResponse(challenge, user, secret))]
+
+
 def transaction(peer: MemoryClient | Connection, message: bytes = MESSAGE) -> list[ServerReply]:
     """
     One mail transaction from L{SENDER} to L{RECIPIENT}; every reply, the final one last.
@@ -160,30 +164,6 @@ def transaction(peer: MemoryClient | Connection, message: bytes = MESSAGE) -> li
     if replies and replies[-1].code == 354:
         replies += peer.write(stuff(message))
     return replies
-
-
-def runNow(work: Callable[[], Any]) -> Deferred[Any]:
-    """
-    Run a Maildir's blocking work at once, in this thread.
-    """
-    return succeed(work())
-
-
-def storedMessages(path: str) -> list[bytes]:
-    """
-    The messages in the Maildir at C{path}.
-    """
-    box = mailbox.Maildir(path, factory=None, create=False)
-    return [box.get_bytes(key) for key in box.iterkeys()]
-
-
-def receivedHeader(stored: bytes) -> bytes:
-    """
-    The C{Received:} header at the top of a delivered message, unfolded.
-    """
-    match = re.search(rb"^Received: .*?(?=\r\n[^ \t])", stored, re.MULTILINE | re.DOTALL)
-    assert match is not None, stored
-    return re.sub(rb"\r\n[ \t]+", b" ", match.group(0))
 
 
 def withClause(stored: bytes) -> str:
@@ -240,6 +220,20 @@ class MechanismPolicy:
         return f"{code} {text}" if self.withCodes else text
 
 
+def policyClient(withCodes: bool = True, **options: Any) -> MemoryClient:
+    """
+    A client that said EHLO to a server with a L{MechanismPolicy} (C{withCodes} as
+    given) offering PLAIN and CRAM-MD5 in clear, enhanced status codes shown.
+    """
+    return connect(
+        MechanismPolicy(withCodes),
+        allowInsecureAuth=True,
+        hideENHANCEDSTATUSCODES=False,
+        authMethods=("PLAIN", "CRAM-MD5"),
+        **options,
+    )
+
+
 @implementer(ISecureHandler)
 class ClientCertificatePolicy:
     """
@@ -268,28 +262,6 @@ class TagReader:
         data = await readMessage(stream)
         envelope = session.envelope
         self.seen.append((envelope.requireTLS, getattr(envelope, "tlsRequiredNo", None), data))
-
-
-@implementer(IProtocolFactory)
-class ScriptedFactory:
-    """
-    Makes the scripted downstream servers of L{tests.test_forward}, and keeps them.
-    """
-
-    def __init__(self, script: dict[str, bytes | list[bytes] | None]) -> None:
-        self.script = script
-        self.built: list[test_forward.ScriptedServer] = []
-
-    def buildProtocol(self, addr: IAddress) -> test_forward.ScriptedServer:
-        protocol = test_forward.ScriptedServer(dict(self.script))
-        self.built.append(protocol)
-        return protocol
-
-    def doStart(self) -> None:
-        pass
-
-    def doStop(self) -> None:
-        pass
 
 
 class STARTTLSStandardsTests(SynchronousTestCase):
@@ -477,17 +449,9 @@ class AUTHStandardsTests(SynchronousTestCase):
         weak) reach the client as they are; the client is not authenticated and may
         authenticate again with the mechanism the policy wants.
         """
-        alice = connect(
-            MechanismPolicy(),
-            allowInsecureAuth=True,
-            authOptional=False,
-            hideENHANCEDSTATUSCODES=False,
-            authMethods=("PLAIN", "CRAM-MD5"),
-        )
-        [challenge] = alice.send("AUTH CRAM-MD5")
+        alice = policyClient(authOptional=False)
         self.assertEqual(
-            [wire(r) for r in alice.send(cramResponse(challenge, "alice", "whatever"))],
-            ["432 4.7.12 A password transition is needed"],
+            cramMD5(alice, "alice", "whatever"), ["432 4.7.12 A password transition is needed"]
         )
         self.assertIsNone(alice.session.user)
         self.assertEqual(codes(alice.send(f"MAIL FROM:<{SENDER}>")), [530])
@@ -496,21 +460,14 @@ class AUTHStandardsTests(SynchronousTestCase):
             ["235 2.7.0 Authentication successful"],
         )
 
-        bob = connect(
-            MechanismPolicy(),
-            allowInsecureAuth=True,
-            authOptional=False,
-            hideENHANCEDSTATUSCODES=False,
-            authMethods=("PLAIN", "CRAM-MD5"),
-        )
+        bob = policyClient(authOptional=False)
         self.assertEqual(
             [wire(r) for r in bob.send(plain("bob", "pw"))],
             ["534 5.7.9 Authentication mechanism is too weak"],
         )
         self.assertIsNone(bob.session.user)
         self.assertFalse(bob.closed)
-        [challenge] = bob.send("AUTH CRAM-MD5")
-        self.assertEqual(codes(bob.send(cramResponse(challenge, "bob", "pw"))), [235])
+        self.assertEqual(cramMD5(bob, "bob", "pw"), ["235 2.7.0 Authentication successful"])
         self.assertEqual(bob.session.user, "bob")
 
     def test_4954_17_policyRefusalsGetTheirEnhancedCodes(self) -> None:
@@ -518,16 +475,9 @@ class AUTHStandardsTests(SynchronousTestCase):
         A handler that refuses AUTH with a bare 432 or 534 has the server add the
         enhanced codes RFC 4954 section 6 gives them: 4.7.12 and 5.7.9.
         """
-        alice = connect(
-            MechanismPolicy(withCodes=False),
-            allowInsecureAuth=True,
-            hideENHANCEDSTATUSCODES=False,
-            authMethods=("PLAIN", "CRAM-MD5"),
-        )
-        [challenge] = alice.send("AUTH CRAM-MD5")
+        alice = policyClient(withCodes=False)
         self.assertEqual(
-            [wire(r) for r in alice.send(cramResponse(challenge, "alice", "whatever"))],
-            ["432 4.7.12 A password transition is needed"],
+            cramMD5(alice, "alice", "whatever"), ["432 4.7.12 A password transition is needed"]
         )
         self.assertEqual(
             [wire(r) for r in alice.send(plain("bob", "pw"))],
@@ -759,53 +709,14 @@ class RelayStandardsTests(test_forward.ForwardTestCase):
     server (RFC 4954 section 5, RFC 8689 section 4.2.1).
     """
 
-    def frontOverTLS(self, factory: ScriptedFactory) -> Connection:
-        """
-        A front server relaying to the scripted downstream made by C{factory}, and a
-        client that completed STARTTLS with it and said EHLO again.
-        """
-        endpoint = test_forward.MemoryEndpoint(self.network, lambda: factory)
-        forward = ForwardDelivery(
-            endpoint, reactor=self.clock, serverName=RELAY, timeout=test_forward.TIMEOUT
-        )
-        pair = issue(MX)
-        server = SMTPServer(
-            [forward],
-            reactor=self.clock,
-            name=MX,
-            key=pair.key,
-            cert=pair.cert,
-            authOptional=True,
-            earlyTalkerDelay=0,
-            hideENHANCEDSTATUSCODES=False,
-            hideREQUIRETLS=False,
-        )
-        connection = connectTLS(server)
-        self.assertEqual(codes(connection.client.replies()), [220])
-        replies = self.exchange(connection, "EHLO client.example", "STARTTLS")
-        self.assertEqual(codes(replies), [250, 220])
-        connection.startTLS(ClientTLS())
-        self.assertEqual(codes(self.exchange(connection, "EHLO client.example")), [250])
-        self.assertTrue(connection.session.secure)
-        return connection
-
-    def exchange(self, connection: Connection, *lines: str) -> list[ServerReply]:
-        """
-        Send C{lines} over C{connection}, let the front and the downstream work, and
-        return the front's replies.
-        """
-        connection.clientTransport.write(b"".join(line.encode() + b"\r\n" for line in lines))
-        for _ in range(20):
-            connection.pump.flush()
-            self.network.run()
-        return connection.client.replies()
-
     def test_4954_18_untrustedAuthParameterNotRelayed(self) -> None:
         """
         The AUTH= identity an unauthenticated client claims is treated as AUTH=<>: it is
         not passed to the downstream, even one that offers AUTH.
         """
-        factory = ScriptedFactory({"EHLO": b"250-scripted.example\r\n250 AUTH PLAIN\r\n"})
+        factory = test_forward.ScriptedFactory(
+            {"EHLO": b"250-scripted.example\r\n250 AUTH PLAIN\r\n"}
+        )
         self.front(lambda: factory)
         replies = self.send(
             "MAIL FROM:<alice@example.org> AUTH=<ceo@example.org>", "RCPT TO:<bob@example.net>"
@@ -822,12 +733,12 @@ class RelayStandardsTests(test_forward.ForwardTestCase):
         the sender gets 550 5.7.30 REQUIRETLS support required (its MTA bounces the
         message) and nothing is relayed; without REQUIRETLS the same sender goes on.
         """
-        factory = ScriptedFactory({})
-        connection = self.frontOverTLS(factory)
+        factory = test_forward.ScriptedFactory({})
+        connection = self.frontOverTLS(test_forward.MemoryEndpoint(self.network, lambda: factory))
         replies = self.exchange(connection, f"MAIL FROM:<{SENDER}> REQUIRETLS")
         self.assertEqual([wire(r) for r in replies], [NEEDS_REQUIRETLS])
         [downstream] = factory.built
-        self.assertEqual(downstream.commands, [f"EHLO {RELAY}"])
+        self.assertEqual(downstream.commands, [f"EHLO {test_forward.FRONT}"])
         self.assertEqual(codes(self.exchange(connection, f"MAIL FROM:<{SENDER}>")), [250])
 
     def test_8689_06_plaintextDownstreamCannotCarryRequireTls(self) -> None:
@@ -835,11 +746,11 @@ class RelayStandardsTests(test_forward.ForwardTestCase):
         A REQUIRETLS message is not relayed over a connection to the downstream that is
         not encrypted, even if the downstream lists REQUIRETLS: 550 5.7.30.
         """
-        factory = ScriptedFactory(
+        factory = test_forward.ScriptedFactory(
             {"EHLO": b"250-scripted.example\r\n250-ENHANCEDSTATUSCODES\r\n250 REQUIRETLS\r\n"}
         )
-        connection = self.frontOverTLS(factory)
+        connection = self.frontOverTLS(test_forward.MemoryEndpoint(self.network, lambda: factory))
         replies = self.exchange(connection, f"MAIL FROM:<{SENDER}> REQUIRETLS")
         self.assertEqual([wire(r) for r in replies], [NEEDS_REQUIRETLS])
         [downstream] = factory.built
-        self.assertEqual(downstream.commands, [f"EHLO {RELAY}"])
+        self.assertEqual(downstream.commands, [f"EHLO {test_forward.FRONT}"])

@@ -10,8 +10,6 @@ import datetime
 import ipaddress
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -34,8 +32,15 @@ from smtpsvc._tls import (
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseReplies
 
 from .e2e_support import LogCapture
-from .memorytls import ClientTLS, Connection, authority, commonName, connectTLS, issue
-from .test_standards_mime_dane import certify
+from .memorytls import (
+    ClientTLS,
+    Connection,
+    authority,
+    certify,
+    commonName,
+    connectTLS,
+    issue,
+)
 
 MX = "mx.example.test"
 
@@ -799,7 +804,7 @@ class CertificateProblemsTests(SynchronousTestCase):
         """
         leaf = certify(MX)
         self.assertEqual(certificateProblems(leaf.certificate, MX), [])
-        chain = leaf.pem + certify("smtpsvc test intermediate", authority=True).pem
+        chain = leaf.cert + certify("smtpsvc test intermediate", authority=True).cert
         self.assertEqual(certificateProblems(chain, MX), [])
         self.assertEqual(certificateProblems(chain.decode("ascii"), MX), [])
 
@@ -869,20 +874,7 @@ class CertificateProblemsTests(SynchronousTestCase):
         An IP address in the subjectAltName does not cover a host name; it covers that
         address.
         """
-        issued = certify(MX)
-        base, key = issued.certificate, issued.key
-        address = ipaddress.ip_address("192.0.2.25")
-        byAddress = (
-            x509.CertificateBuilder()
-            .subject_name(base.subject)
-            .issuer_name(base.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(base.not_valid_before_utc)
-            .not_valid_after(base.not_valid_after_utc)
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(address)]), critical=False)
-            .sign(key, hashes.SHA256())
-        )
+        byAddress = certify(MX, names=[ipaddress.ip_address("192.0.2.25")]).certificate
         problems = certificateProblems(byAddress, MX)
         self.assertEqual(kinds(problems), ["name"])
         self.assertIn("no subjectAltName DNS names", problems[0].text)
