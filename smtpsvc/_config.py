@@ -6,7 +6,9 @@ The file uses the options declaration's names (C{maxClients = 100}) plus the ser
 own keys, named like the flags in camelCase (C{listen}, C{listenTLS}, C{port},
 C{deliver}, C{domain}, C{auth}, C{cert}, C{key}, C{ca}, C{sni}, C{sniDir}, C{workers}).
 Flags given on the command line win over the file; list-valued flags given on the command
-line replace the file's list.  Relative paths in the file are relative to the file.
+line replace the file's list.  Relative paths in the file are relative to the file.  A
+number that may be unset (a limit that unset turns off) is unset with C{none} or C{off},
+as a flag's value or a string in the file (L{UNSET_WORDS}).
 """
 
 from __future__ import annotations
@@ -169,6 +171,35 @@ def withFlags(message: str) -> str:
     return message
 
 
+#: The words that unset a numeric option that may be unset (C{--max-recipients none}),
+#: in any case: neither the command line nor TOML has another way to say "no value".
+UNSET_WORDS = ("none", "off")
+
+# The kinds of the options those words unset: the limits whose documentation says that
+# unset turns them off.  A string may mean itself ("none" is a host name) and a yes-or-no
+# option has its --no- flag, so they are left alone.
+_UNSETTABLE_KINDS = ("int | None", "float | None")
+
+
+def unsettable(spec: OptionSpec) -> bool:
+    """
+    Whether option C{spec} can be unset from the command line or the file with one of
+    L{UNSET_WORDS}.
+    """
+    return spec.kind in _UNSETTABLE_KINDS
+
+
+def unsetNote(spec: OptionSpec) -> str | None:
+    """
+    The sentence telling how to unset option C{spec} with a flag or in the file, as
+    reStructuredText; L{None} for an option that cannot be unset that way.
+    """
+    if not unsettable(spec):
+        return None
+    words = " or ".join(f"``{word}``" for word in UNSET_WORDS)
+    return f"To unset it, give {words}."
+
+
 def convert(spec: OptionSpec, value: Any, source: str) -> Any:
     """
     The value of option C{spec} from text (the command line) or TOML, checked.
@@ -178,18 +209,24 @@ def convert(spec: OptionSpec, value: Any, source: str) -> Any:
     kind = spec.kind
     if isinstance(value, str) and kind not in ("str", "str | None", "bytes | str | None"):
         text = value.strip()
+        if unsettable(spec) and text.lower() in UNSET_WORDS:
+            return None
+        # For an option that may be unset, the error says how.
+        orUnset = f", or {UNSET_WORDS[0]} to unset it" if unsettable(spec) else ""
         if kind in ("int", "int | None"):
             try:
                 return int(text)
             except ValueError:
                 raise ConfigurationError(
-                    f"{source} must be a whole number, not {value!r}"
+                    f"{source} must be a whole number{orUnset}, not {value!r}"
                 ) from None
         if kind in ("float", "float | None"):
             try:
                 return float(text)
             except ValueError:
-                raise ConfigurationError(f"{source} must be a number, not {value!r}") from None
+                raise ConfigurationError(
+                    f"{source} must be a number{orUnset}, not {value!r}"
+                ) from None
         if kind in ("tuple[str, ...]", "bool | tuple[str, ...]"):
             if kind.startswith("bool") and text == "*":
                 return True

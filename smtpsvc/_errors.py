@@ -74,3 +74,12 @@ class SMTPError(Exception):
 
     def __repr__(self) -> str:
         return f"SMTPError({self.code!r}, {self.message!r})"
+
+
+def fresh(error: SMTPError) -> SMTPError:
+    """
+    A new L{SMTPError} like C{error}, to raise where C{error} is a module-level constant:
+    an exception instance raised again keeps every traceback it was raised with, and
+    their frames, for as long as it lives.
+    """
+    return SMTPError(error.code, error.lines, error.enhancedCode)

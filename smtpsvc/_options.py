@@ -182,6 +182,15 @@ class ServerOptions:
         "are caught; clients that follow the RFC never are.",
         group="limits",
     )
+    minDataRate: int | None = _option(
+        500,
+        "Bytes per second a message must keep up once sent (after DATA, and over its BDAT "
+        "chunks): it may take ``socketTimeout`` seconds plus one second per this many "
+        "bytes, or the client gets ``421 4.4.2`` and is disconnected, as with Postfix's "
+        "``smtpd_min_data_rate``.  Against clients that trickle a message a byte at a time "
+        "to hold a connection for ever.  Unset turns the check off.",
+        group="limits",
+    )
     maxRecipients: int | None = _option(
         1000,
         "Recipients one transaction may have; RCPT beyond them gets ``452 4.5.3 Error: too "

@@ -394,6 +394,8 @@ class SMTPProtocol(LineReceiver):
         "_proxyCall",
         "_proxyParser",
         "_proxyPeer",
+        "_rateBytes",
+        "_rateStarted",
         "_reactor",
         "_refused",
         "_server",
@@ -443,6 +445,10 @@ class SMTPProtocol(LineReceiver):
         # When the first byte of a command line not yet complete was read (None: there is
         # no such line, or input is paused), for the deadline that stops trickling.
         self._lineStarted: float | None = None
+        # When the message being received was last seen to start or resume arriving
+        # (None: no message, or input is paused), and its size then, for minDataRate.
+        self._rateStarted: float | None = None
+        self._rateBytes = 0
         self._connectedAt = 0.0
         self._accepted = 0
         self._refused = 0
@@ -708,6 +714,13 @@ class SMTPProtocol(LineReceiver):
             # first byte (standards section 2.5).  That deadline is never later than the
             # idle one, so the timer, due no later than the idle deadline, finds it.
             left = min(left, timeout - (now - started))
+        rate = self._options.minDataRate
+        transaction = self._data
+        if rate and transaction is not None and self._rateStarted is not None:
+            # The same for a message: the time it may take grows with what arrived
+            # (standards section 2.5 (d)); more bytes only move the deadline later.
+            sent = transaction.decoder.byteLength - self._rateBytes
+            left = min(left, self._rateStarted + timeout + sent / rate - now)
         if left > 0:
             self._timeoutCall = self._reactor.callLater(left, self._checkIdle)
             return
@@ -720,7 +733,9 @@ class SMTPProtocol(LineReceiver):
             _log.info("TLS handshake timed out", sessionId=self._core.session.id)
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
-        if self._lineStarted is not None:
+        if self._rateStarted is not None and self._data is not None:
+            _log.info("Message not received in time", sessionId=self._core.session.id)
+        elif self._lineStarted is not None:
             _log.info("Command not completed in time", sessionId=self._core.session.id)
         else:
             _log.info("Connection timed out", sessionId=self._core.session.id)
@@ -764,6 +779,7 @@ class SMTPProtocol(LineReceiver):
         # End the message being received without a reply: its handlers are told why.
         if self._data is not None:
             transaction, self._data = self._data, None
+            self._rateStarted = None
             transaction.abort(why)
             self._logTransaction(transaction, envelope or self._core.session.envelope, result)
 
@@ -789,6 +805,9 @@ class SMTPProtocol(LineReceiver):
             return
         self._buffer = self._buffer[self._pos :] + data if self._pos else self._buffer + data
         self._pos = 0
+        if self._data is not None and self._rateStarted is None:
+            self._rateStarted = self._lastActivity
+            self._rateBytes = self._data.decoder.byteLength
         self._process()
 
     def _process(self) -> None:
@@ -881,7 +900,9 @@ class SMTPProtocol(LineReceiver):
             sessionId=session.id,
             remoteAddress=session.remoteAddress,
         )
-        self._abortData("the client did not wait for the reply to DATA", "refused")
+        if self._data is not None:
+            self._refused += 1
+            self._abortData("the client did not wait for the reply to DATA", "refused")
         self.clearLineBuffer()
         self._perform(self._core.unsynchronized())
 
@@ -1274,6 +1295,7 @@ class SMTPProtocol(LineReceiver):
         if transaction is not self._data:
             return
         self._data = None
+        self._rateStarted = None
         decoder = transaction.decoder
         answers = [answer for answer in transaction.answers if answer is not None]
         session = self._core.session
@@ -1395,9 +1417,10 @@ class SMTPProtocol(LineReceiver):
         if reason not in self._pauses:
             self._pauses.append(reason)
         self.paused = True
-        # A client cannot finish its command while we do not read: its deadline starts
-        # again when we do (_nextLine notes the partial line anew).
+        # A client cannot finish its command (or message) while we do not read: its
+        # deadline starts again when we do (_nextLine and dataReceived note it anew).
         self._lineStarted = None
+        self._rateStarted = None
         if not self._busyReceiving:
             self._holdTransport()
 

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
@@ -252,8 +253,11 @@ class SMTPServer(Factory):
 
         @param secure: whether connections on this endpoint start with TLS (port 465),
             overriding the C{secure} option, so one server can serve 587 and 465.
-        @return: a Deferred that fires with the listening port.
-        @raise ValueError: for an LMTP server on TCP port 25 (RFC 2033 section 5).
+        @return: a Deferred that fires with the listening port.  For an LMTP server on
+            TCP port 25 given as an endpoint object, it fails with L{ValueError} once the
+            port has stopped listening again.
+        @raise ValueError: for an LMTP server on TCP port 25 (RFC 2033 section 5) given
+            as an endpoint string.
         """
         if self.closing:
             raise RuntimeError("the server is closing")
@@ -264,9 +268,25 @@ class SMTPServer(Factory):
         )
         d = target.listen(self.factoryFor(secure))
 
-        def listening(port: IListeningPort) -> IListeningPort:
-            self._ports.append(port)
+        def listening(port: IListeningPort) -> IListeningPort | Deferred[IListeningPort]:
+            # An endpoint object tells where it listens only once it does.
             address = port.getHost()
+            tcp = isinstance(address, (IPv4Address, IPv6Address)) and address.type == "TCP"
+            try:
+                self._checkPort(getattr(address, "port", None) if tcp else None)
+            except ValueError as e:
+                refused = e
+
+                def refuse(ignored: object) -> IListeningPort:
+                    raise refused
+
+                # Fail only once the port is closed, so nothing is left listening.
+                stopping = maybeDeferred(port.stopListening)
+                stopping.addErrback(
+                    lambda f: _log.failure("Cannot stop the refused LMTP listener", f)
+                )
+                return stopping.addCallback(refuse)
+            self._ports.append(port)
             _log.info(
                 "{kind} server listening on {host}:{port}",
                 kind=listenerKind(self.options, secure),

@@ -27,6 +27,7 @@ from ._config import (
     ServiceConfig,
     loadFile,
     resolve,
+    unsetNote,
     withFlags,
 )
 from ._options import OptionSpec, ServerOptions, optionSpecs
@@ -47,7 +48,8 @@ __all__ = ["ConfigurationError", "Options", "buildServer", "makeService"]
 
 def _help(spec: OptionSpec) -> str:
     # The declaration's docs are reStructuredText; the terminal wants plain text.
-    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", spec.doc).replace("``", "")
+    doc = " ".join(filter(None, (spec.doc, unsetNote(spec))))
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc).replace("``", "")
     text = " ".join(text.split())
     return f"{text} [default: {spec.shownDefault}]"
 

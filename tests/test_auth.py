@@ -782,6 +782,17 @@ class SASLprepTests(SynchronousTestCase):
         self.assertEqual([r.code for r in client.send(f"AUTH PLAIN {response}")], [235])
         self.assertEqual(handler.requests[0].authzid, "alice\u00ad")
 
+    def test_unassignedAuthzidAccepted(self) -> None:
+        """
+        An authorisation identity is a query string (RFC 3454 section 7): code points
+        that Unicode 3.2 left unassigned, such as an emoji, are allowed in it.
+        """
+        handler = Users()
+        client = connect([handler])
+        response = b64("\U0001f98afox\x00alice\x00secret")
+        self.assertEqual([r.code for r in client.send(f"AUTH PLAIN {response}")], [235])
+        self.assertEqual(handler.requests[0].authzid, "\U0001f98afox")
+
     def test_credentialsNotPrepared(self) -> None:
         """
         User names and passwords are given to the handlers as sent, even when SASLprep

@@ -26,13 +26,15 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
+    IOpenSSLClientConnectionCreator,
     IProducer,
     IProtocol,
     IProtocolFactory,
@@ -41,7 +43,13 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    PrivateCertificate,
+    optionsForClientTLS,
+    trustRootFromCertificates,
+)
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import LineReceiver
@@ -64,16 +72,19 @@ from smtpsvc import (
 )
 from smtpsvc._core._data import DataDecoder, DotStuffer, stuff
 from smtpsvc._core._relay import (
+    NEEDS_REQUIRETLS,
     DownstreamReply,
     ReplyParser,
     ReplySyntaxError,
     combineReplies,
     encodeXtext,
+    mailCommand,
     parseExtensions,
 )
 from smtpsvc._core._session import Envelope
 from smtpsvc._core._trace import receivedHeader
 from smtpsvc._stream import HIGH_WATER
+from smtpsvc.handlers import forward
 from smtpsvc.handlers.forward import ForwardDelivery
 from smtpsvc.interfaces import ICloseHandler, IMailFromHandler
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
@@ -121,7 +132,9 @@ class MemoryTransport:
     here is paused while the buffer is over L{PIPE_HIGH}.
     """
 
-    def __init__(self, network: MemoryNetwork, protocol: IProtocol, host: int, peer: int) -> None:
+    def __init__(
+        self, network: MemoryNetwork, protocol: IProtocol, host: IAddress, peer: IAddress
+    ) -> None:
         self.network = network
         self.protocol = protocol
         self.other: MemoryTransport | None = None
@@ -133,8 +146,8 @@ class MemoryTransport:
         self.disconnecting = False
         self.disconnected = False
         self.aborted = False
-        self._host = IPv4Address("TCP", "127.0.0.1", host)
-        self._peer = IPv4Address("TCP", "127.0.0.1", peer)
+        self._host = host
+        self._peer = peer
 
     def write(self, data: bytes) -> None:
         if self.disconnecting or self.disconnected or not data:
@@ -159,10 +172,10 @@ class MemoryTransport:
         self.disconnecting = True
         self.aborted = True
 
-    def getPeer(self) -> IPv4Address:
+    def getPeer(self) -> IAddress:
         return self._peer
 
-    def getHost(self) -> IPv4Address:
+    def getHost(self) -> IAddress:
         return self._host
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
@@ -239,13 +252,23 @@ class MemoryNetwork:
         self.written = 0
         self._ports = iter(range(40000, 50000))
 
-    def connect(self, client: IProtocol, server: IProtocol) -> tuple[MemoryTransport, ...]:
+    def connect(
+        self, client: IProtocol, server: IProtocol, unixPath: str | None = None
+    ) -> tuple[MemoryTransport, ...]:
         """
-        Connect two protocols: the server's end first, as a listening port would.
+        Connect two protocols: the server's end first, as a listening port would.  Over
+        TCP on 127.0.0.1, or with C{unixPath}, over the Unix socket of that name.
         """
-        clientPort = next(self._ports)
-        serverEnd = MemoryTransport(self, server, 25, clientPort)
-        clientEnd = MemoryTransport(self, client, clientPort, 25)
+        serverAddress: IAddress
+        clientAddress: IAddress
+        if unixPath is None:
+            serverAddress = IPv4Address("TCP", "127.0.0.1", 25)
+            clientAddress = IPv4Address("TCP", "127.0.0.1", next(self._ports))
+        else:
+            # What a connected Unix socket reports: the path on the listening side only.
+            serverAddress, clientAddress = UNIXAddress(unixPath), UNIXAddress(None)
+        serverEnd = MemoryTransport(self, server, serverAddress, clientAddress)
+        clientEnd = MemoryTransport(self, client, clientAddress, serverAddress)
         serverEnd.other, clientEnd.other = clientEnd, serverEnd
         self.ends += [serverEnd, clientEnd]
         server.makeConnection(serverEnd)
@@ -289,7 +312,8 @@ class MemoryNetwork:
 @implementer(IStreamClientEndpoint)
 class MemoryEndpoint:
     """
-    A client endpoint that connects in memory to a server factory, or fails.
+    A client endpoint that connects in memory to a server factory, or fails; over what
+    looks like TCP, or like the Unix socket C{unixPath}.
 
     @ivar attempts: how many times it was asked to connect.
     @ivar clients: the client ends of the connections made.
@@ -300,10 +324,12 @@ class MemoryEndpoint:
         network: MemoryNetwork,
         server: Callable[[], IProtocolFactory] | None,
         behaviour: str = "connect",
+        unixPath: str | None = None,
     ) -> None:
         self.network = network
         self.server = server
         self.behaviour = behaviour
+        self.unixPath = unixPath
         self.attempts = 0
         self.clients: list[MemoryTransport] = []
         self.servers: list[MemoryTransport] = []
@@ -314,11 +340,15 @@ class MemoryEndpoint:
             return Deferred(lambda d: d.errback(CancelledError()))
         if self.behaviour == "refuse" or self.server is None:
             return fail(ConnectionRefusedError())
-        address = IPv4Address("TCP", "127.0.0.1", 25)
+        address: IAddress = (
+            IPv4Address("TCP", "127.0.0.1", 25)
+            if self.unixPath is None
+            else UNIXAddress(self.unixPath)
+        )
         client = factory.buildProtocol(address)
         server = self.server().buildProtocol(address)
         assert client is not None and server is not None
-        clientEnd, serverEnd = self.network.connect(client, server)
+        clientEnd, serverEnd = self.network.connect(client, server, self.unixPath)
         self.clients.append(clientEnd)
         self.servers.append(serverEnd)
         return succeed(client)
@@ -586,13 +616,15 @@ class ForwardTestCase(SynchronousTestCase):
             replies += self.write(stuff(message))
         return replies
 
-    def frontOverTLS(self, endpoint: IStreamClientEndpoint) -> Connection:
+    def frontOverTLS(self, endpoint: IStreamClientEndpoint, *, lmtp: bool = False) -> Connection:
         """
-        A front server (with REQUIRETLS shown) relaying to C{endpoint}, and a client
-        connected through real TLS transports that completed STARTTLS with it and said
-        EHLO again.
+        A front server (with REQUIRETLS shown) relaying to C{endpoint} (in LMTP if
+        C{lmtp}), and a client connected through real TLS transports that completed
+        STARTTLS with it and said EHLO again.
         """
-        forward = ForwardDelivery(endpoint, reactor=self.clock, serverName=FRONT, timeout=TIMEOUT)
+        forward = ForwardDelivery(
+            endpoint, lmtp=lmtp, reactor=self.clock, serverName=FRONT, timeout=TIMEOUT
+        )
         pair = issue(FRONT)
         server = SMTPServer(
             [forward],
@@ -1032,6 +1064,19 @@ class UnavailableTests(ForwardTestCase):
         self.front(None, behaviour="refuse")
         self.assertEqual(self.send("MAIL FROM:<a@example.org>"), [self.UNAVAILABLE])
 
+    def test_refusalsKeepNoTracebacks(self) -> None:
+        """
+        Each refusal raises a new error: the module's error constants, raised again
+        and again, would keep every traceback (and its frames) for the process's life.
+        """
+        for _ in range(3):
+            self.front(None, behaviour="refuse")
+            self.assertEqual(self.send("MAIL FROM:<a@example.org>"), [self.UNAVAILABLE])
+        with self.assertRaises(SMTPError):
+            mailCommand(Address("a@example.org"), Envelope(requireTLS=True), {})
+        for constant in (forward.UNAVAILABLE, forward.RECIPIENTS_CHANGED, NEEDS_REQUIRETLS):
+            self.assertIsNone(constant.__traceback__)
+
     def test_connectTimeout(self) -> None:
         """
         A connection attempt that hangs: 451 at MAIL after the timeout.
@@ -1453,6 +1498,25 @@ class ReplyParserTests(SynchronousTestCase):
         assert isinstance(mixed, SMTPError)
         self.assertEqual((mixed.code, mixed.enhancedCode), (451, "4.3.0"))
 
+    def test_sizeOnlyAsANumber(self) -> None:
+        """
+        SIZE goes downstream, when offered there, only as the ASCII number the client
+        declared; other digits, or SIZE without a value, are left out.
+        """
+        envelope = Envelope()
+        cases: list[tuple[dict[str, str | bool], str]] = [
+            ({"SIZE": "0100"}, "MAIL FROM:<a@example.org> SIZE=100"),
+            ({"SIZE": "\u0661\u0662"}, "MAIL FROM:<a@example.org>"),
+            ({"SIZE": True}, "MAIL FROM:<a@example.org>"),
+        ]
+        for args, expected in cases:
+            address = Address("a@example.org", args)
+            self.assertEqual(mailCommand(address, envelope, {"SIZE": ""}), expected)
+        self.assertEqual(
+            mailCommand(Address("a@example.org", {"SIZE": "100"}), envelope, {}),
+            "MAIL FROM:<a@example.org>",
+        )
+
     def test_envelopeIsFrozen(self) -> None:
         """
         (Sanity) the envelope type the commands are built from is the session's.
@@ -1659,21 +1723,56 @@ _REQUIRETLS_EHLO = b"250-scripted.example\r\n250-ENHANCEDSTATUSCODES\r\n250 REQU
 _TLS_OPTIONAL = b"TLS-Required: No\r\nSubject: hello\r\n\r\nHello.\r\n"
 
 
-class RequireTLSTests(ForwardTestCase):
+#: What the front says to a REQUIRETLS sender it cannot relay for, code and lines.
+_NEEDS_REQUIRETLS = [(550, ("5.7.30 Error: REQUIRETLS support required",))]
+
+
+def _authorityOnly() -> CertificateOptions:
     """
-    A REQUIRETLS transaction goes downstream only over TLS with a validated certificate,
-    to a server that offers REQUIRETLS (RFC 8689 section 4.2.1); a message tagged
-    C{TLS-Required: No} goes as any other, its header kept.
+    Client TLS options that check the certificate against the test authority and no host
+    name: what the C{ssl:} endpoint string builds from C{caCertsDir} without C{hostname=}.
+    """
+    return CertificateOptions(
+        trustRoot=trustRootFromCertificates([Certificate.loadPEM(authority().cert)])
+    )
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _NameSentNotChecked:
+    """
+    The client side of a handshake that checks the certificate against the test
+    authority and sends C{servername} as SNI, but never checks the certificate against
+    that name: a hand-made creator that forgot to.
     """
 
-    def tlsEndpoint(self, creator: Any) -> IStreamClientEndpoint:
+    def __init__(self, servername: str) -> None:
+        self.servername = servername
+        self.context = _authorityOnly().getContext()
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        connection.set_tlsext_host_name(self.servername.encode("ascii"))
+        connection.set_app_data(tlsProtocol)
+        connection.set_connect_state()
+        return connection
+
+
+class RequireTLSTests(ForwardTestCase):
+    """
+    A REQUIRETLS transaction goes downstream only over TLS with a certificate validated
+    for the downstream's name, to a server that offers REQUIRETLS (RFC 8689 section
+    4.2.1), or to the LMTP store on this host; a message tagged C{TLS-Required: No} goes
+    as any other, its header kept.
+    """
+
+    def tlsEndpoint(self, creator: Any, certifiedName: str = DOWNSTREAM) -> IStreamClientEndpoint:
         """
         An endpoint to a scripted downstream offering REQUIRETLS over TLS (with a
-        certificate for L{DOWNSTREAM} from the test authority), the client side of the
+        certificate for C{certifiedName} from the test authority), the client side of the
         handshake made by C{creator}.
         """
         self.factory = ScriptedFactory({"EHLO": _REQUIRETLS_EHLO})
-        pair = issue(DOWNSTREAM)
+        pair = issue(certifiedName)
         serverTLS = PrivateCertificate.loadPEM(pair.cert + pair.key).options()
         server = TLSMemoryBIOFactory(serverTLS, False, self.factory, clock=self.clock)
         plain = MemoryEndpoint(self.network, lambda: server)
@@ -1710,6 +1809,74 @@ class RequireTLSTests(ForwardTestCase):
         [downstream] = self.factory.built
         self.assertEqual(downstream.commands, [f"EHLO {FRONT}"])
         self.assertEqual(codes(self.exchange(connection, "MAIL FROM:<a@example.org>")), [250])
+
+    def assertRefused(self, endpoint: IStreamClientEndpoint, *, lmtp: bool = False) -> None:
+        """
+        A front relaying to C{endpoint} answers a REQUIRETLS sender 550 5.7.30 and gives
+        the downstream nothing after its hello.
+        """
+        connection = self.frontOverTLS(endpoint, lmtp=lmtp)
+        replies = self.exchange(connection, "MAIL FROM:<a@example.org> REQUIRETLS")
+        self.assertEqual([(r.code, r.lines) for r in replies], _NEEDS_REQUIRETLS)
+        [downstream] = self.factory.built
+        self.assertEqual(downstream.commands, [f"{'LHLO' if lmtp else 'EHLO'} {FRONT}"])
+
+    def test_8689_06_certificateNotCheckedForHostRefused(self) -> None:
+        """
+        A certificate checked against a trusted authority but for no host name (the
+        C{ssl:} endpoint with C{caCertsDir=} and no C{hostname=}) is not enough: any
+        certificate the authority signed, one for C{attacker.example} too, would pass.
+        550 5.7.30, whatever name the certificate has.
+        """
+        for certifiedName in ["attacker.example", DOWNSTREAM]:
+            self.assertRefused(self.tlsEndpoint(_authorityOnly(), certifiedName))
+
+    def test_8689_06_certificateForAnotherHostRefused(self) -> None:
+        """
+        The certificate is checked here against the host name the connection was made
+        for: one for C{attacker.example}, on a connection made for the downstream whose
+        client checked only the authority, gets 550 5.7.30; one for the downstream goes.
+        """
+        self.assertRefused(self.tlsEndpoint(_NameSentNotChecked(DOWNSTREAM), "attacker.example"))
+        connection = self.frontOverTLS(self.tlsEndpoint(_NameSentNotChecked(DOWNSTREAM)))
+        replies = self.exchange(connection, "MAIL FROM:<a@example.org> REQUIRETLS")
+        self.assertEqual(codes(replies), [250])
+        [downstream] = self.factory.built
+        self.assertEqual(downstream.commands[1], "MAIL FROM:<a@example.org> REQUIRETLS")
+
+    def test_8689_06_lmtpStoreOnUnixSocketIsFinalDelivery(self) -> None:
+        """
+        An LMTP store on a Unix socket (C{lmtp:unix:/run/dovecot/lmtp}) is final delivery
+        on this host, not a relay: a REQUIRETLS message is handed to it without TLS and
+        without the REQUIRETLS parameter, and delivered.
+        """
+        self.factory = ScriptedFactory({})
+        endpoint = MemoryEndpoint(self.network, lambda: self.factory, unixPath="/run/dovecot/lmtp")
+        connection = self.frontOverTLS(endpoint, lmtp=True)
+        replies = self.exchange(
+            connection, "MAIL FROM:<a@example.org> REQUIRETLS", "RCPT TO:<b@example.net>", "DATA"
+        )
+        self.assertEqual(codes(replies), [250, 250, 354])
+        connection.clientTransport.write(stuff(MESSAGE))
+        self.assertEqual(codes(self.exchange(connection)), [250])
+        [downstream] = self.factory.built
+        self.assertEqual(
+            downstream.commands,
+            [f"LHLO {FRONT}", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA"],
+        )
+        self.assertTrue(downstream.messages[0].endswith(MESSAGE))
+
+    def test_8689_06_lmtpOverTCPAndSMTPOverUnixSocketRefused(self) -> None:
+        """
+        LMTP over TCP may cross a network, and an SMTP server on a Unix socket relays
+        further: both are still refused a REQUIRETLS message without verified TLS.
+        """
+        self.factory = ScriptedFactory({})
+        self.assertRefused(MemoryEndpoint(self.network, lambda: self.factory), lmtp=True)
+        self.factory = ScriptedFactory({"EHLO": _REQUIRETLS_EHLO})
+        self.assertRefused(
+            MemoryEndpoint(self.network, lambda: self.factory, unixPath="/run/postfix/smtp")
+        )
 
     def test_8689_05_taggedMessageRelayedAsItIs(self) -> None:
         """

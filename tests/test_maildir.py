@@ -222,13 +222,15 @@ class MaildirTests(SynchronousTestCase):
 MIB = 1024 * 1024
 
 
-def withFree(free: int) -> os.statvfs_result:
+def withFree(free: int, size: int = 4096 * (1 << 30)) -> os.statvfs_result:
     """
-    What C{os.statvfs} says of a file system with C{free} bytes (a multiple of 4096) left
-    to unprivileged users, and a root reserve on top that they cannot use.
+    What C{os.statvfs} says of a file system of C{size} bytes (4 TiB if not given) with
+    C{free} bytes left to unprivileged users, and a root reserve on top that they cannot
+    use; both multiples of 4096.
     """
     available = free // 4096
-    return os.statvfs_result((4096, 4096, 1 << 30, available + 100_000, available, 0, 0, 0, 0, 255))
+    blocks = size // 4096
+    return os.statvfs_result((4096, 4096, blocks, available + 100_000, available, 0, 0, 0, 0, 255))
 
 
 def lines(replies: list[ServerReply]) -> list[str]:
@@ -241,20 +243,22 @@ def codes(replies: list[ServerReply]) -> list[int]:
 
 class MaildirFreeSpaceTests(SynchronousTestCase):
     """
-    MaildirDelivery refuses a sender with 452 4.3.1 at MAIL FROM when the Maildir's file
-    system has no room for the message (RFC 1870 section 6.1).
+    MaildirDelivery refuses a sender at MAIL FROM when the Maildir's file system has no
+    room for the message (RFC 1870 section 6.1): for now with 452 4.3.1, for good with
+    552 5.3.4 when it could never hold it.
     """
 
     def setUp(self) -> None:
         self.path = self.mktemp()
         self.free: int | OSError = 100 * MIB
+        self.size = 4096 * (1 << 30)
         self.looked: list[str] = []
 
     def statvfs(self, path: str) -> os.statvfs_result:
         self.looked.append(path)
         if isinstance(self.free, OSError):
             raise self.free
-        return withFree(self.free)
+        return withFree(self.free, self.size)
 
     def client(self, minFree: int = MIB) -> MemoryClient:
         delivery = MaildirDelivery(
@@ -310,7 +314,7 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
             )
         self.assertEqual(
             lines(replies)[:2],
-            ["452 4.3.1 Insufficient system storage", "503 5.5.1 Error: need MAIL command"],
+            ["452 4.3.1 Error: insufficient system storage", "503 5.5.1 Error: need MAIL command"],
         )
         self.assertEqual(replies[2].code, 503)
         self.assertEqual(storedMessages(self.path), [])
@@ -322,10 +326,56 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
     def test_hugeDeclaredSize(self) -> None:
         """
         Without a size limit on the server, a declared size larger than any disk gets
-        452, not an error.
+        552 5.3.4, not an error: trying again later would not help.
         """
         replies = self.client().send("MAIL FROM:<a@b.example> SIZE=99999999999999999999999")
-        self.assertEqual(lines(replies), ["452 4.3.1 Insufficient system storage"])
+        self.assertEqual(lines(replies), ["552 5.3.4 Error: message too big for system"])
+
+    def test_largerThanTheFileSystem(self) -> None:
+        """
+        A declared size over what the file system holds, less the reserve, when empty is
+        refused for good (552 5.3.4), and logged; up to that size a message that does not
+        fit now is refused for now (452 4.3.1), and one that fits is accepted.
+        """
+        self.size = 100 * MIB
+        self.free = 50 * MIB
+        client = self.client(minFree=MIB)
+        with capturedLogs() as events:
+            replies = client.send(f"MAIL FROM:<a@b.example> SIZE={99 * MIB + 1}")
+        self.assertEqual(lines(replies), ["552 5.3.4 Error: message too big for system"])
+        [event] = [e for e in events if e.get("log_namespace") == "smtpsvc.maildir"]
+        self.assertEqual((event["declared"], event["capacity"]), (99 * MIB + 1, 99 * MIB))
+        replies = client.send(f"MAIL FROM:<a@b.example> SIZE={99 * MIB}")
+        self.assertEqual(lines(replies), ["452 4.3.1 Error: insufficient system storage"])
+        self.free = 100 * MIB
+        self.assertEqual(codes(client.send(f"MAIL FROM:<a@b.example> SIZE={99 * MIB}")), [250])
+
+    def test_reserveAsLargeAsTheFileSystem(self) -> None:
+        """
+        A reserve that leaves no room at all is the operator's mistake: senders are
+        refused for now (452), so that their mail waits while it is put right.
+        """
+        self.size = self.free = 100 * MIB
+        replies = self.client(minFree=100 * MIB).send("MAIL FROM:<a@b.example> SIZE=1")
+        self.assertEqual(lines(replies), ["452 4.3.1 Error: insufficient system storage"])
+
+    def test_sameReplyAtMailAndData(self) -> None:
+        """
+        No room at MAIL FROM and a write that fails for want of room at DATA say the
+        same: 452 4.3.1 insufficient system storage.
+        """
+        self.free = 0
+        client = self.client(minFree=0)
+        atMail = client.send("MAIL FROM:<a@b.example> SIZE=1")
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+
+        def full(fd: int, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(os, "write", full)
+        atData = client.write(b"x\r\n.\r\n")
+        self.assertEqual(lines(atMail), ["452 4.3.1 Error: insufficient system storage"])
+        self.assertEqual(lines(atData), lines(atMail))
 
     def test_nearlyFullWithoutSize(self) -> None:
         """
@@ -335,7 +385,7 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         self.free = MIB - 4096
         client = self.client(minFree=MIB)
         replies = client.send("MAIL FROM:<a@b.example>", "MAIL FROM:<a@b.example> SIZE=0")
-        self.assertEqual(lines(replies), ["452 4.3.1 Insufficient system storage"] * 2)
+        self.assertEqual(lines(replies), ["452 4.3.1 Error: insufficient system storage"] * 2)
         self.free = MIB
         self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
 
@@ -395,7 +445,7 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
     def test_realFileSystem(self) -> None:
         """
         By default the free space is the Maildir's file system's, from C{os.statvfs}: a
-        byte fits there, more bytes than any disk holds do not.
+        byte fits there, more bytes than any disk holds never do.
         """
         delivery = MaildirDelivery(self.path, serverName="mx.test", runInThread=runNow, minFree=0)
         client = MemoryClient(SMTPServer([delivery], reactor=Clock(), authOptional=True))
@@ -403,4 +453,4 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         replies = client.send(
             "MAIL FROM:<a@b.example> SIZE=1", "RSET", f"MAIL FROM:<a@b.example> SIZE={10**30}"
         )
-        self.assertEqual(codes(replies), [250, 250, 452])
+        self.assertEqual(codes(replies), [250, 250, 552])

@@ -581,10 +581,10 @@ class SessionCommandTests(SynchronousTestCase):
 
     def test_lhloDisabledWithEhlo(self) -> None:
         """
-        Disabling EHLO disables LHLO in LMTP mode.
+        Disabling EHLO disables LHLO in LMTP mode: 502, as any command switched off.
         """
         self.assertEqual(
-            codes(connect(lmtp=True, disabledCommands=("EHLO",)).send("LHLO x")), [500]
+            codes(connect(lmtp=True, disabledCommands=("EHLO",)).send("LHLO x")), [502]
         )
 
     def test_rset(self) -> None:

@@ -158,7 +158,10 @@ class OptionsTests(SynchronousTestCase):
         Bad values stop the command with one line naming the flag (no usage dump).
         """
         for args, words in (
-            (("--max-clients", "x"), "--max-clients must be a whole number, not 'x'"),
+            (
+                ("--max-clients", "x"),
+                "--max-clients must be a whole number, or none to unset it, not 'x'",
+            ),
             (("--max-clients", "0"), "--max-clients must be at least 1"),
             (("--socket-timeout", "soon"), "--socket-timeout must be a number"),
             (("--bare-line-endings", "maybe"), "--bare-line-endings must be one of normalize"),
@@ -173,6 +176,59 @@ class OptionsTests(SynchronousTestCase):
             self.assertIn(words, str(caught.exception))
             self.assertTrue(str(caught.exception).startswith("twist smtpsvc: "))
             self.assertEqual(str(caught.exception).count("\n"), 0)
+
+    def test_unsetLimit(self) -> None:
+        """
+        A limit that unset turns off is unset with the word none or off, in any case;
+        a number still sets it.
+        """
+        for word in ("none", "off", "None", "OFF"):
+            options = parse("--max-recipients", word, "--deliver", "discard")
+            self.assertEqual(chosen(options), {"maxRecipients": None})
+            server = tap.buildServer(options, reactor=Clock())
+            self.assertIsNone(server.options.maxRecipients)
+        self.assertEqual(chosen(parse("--max-clients", "off")), {"maxClients": None})
+        self.assertEqual(chosen(parse("--max-recipients", "200")), {"maxRecipients": 200})
+
+    def test_unsetOnlyWhereItCan(self) -> None:
+        """
+        An option that cannot be unset refuses none and off with the error it gives any
+        other bad value; a limit that can refuses other words with one saying how.
+        """
+        for args, words in (
+            (
+                ("--max-recipients", "nonsense"),
+                "--max-recipients must be a whole number, or none to unset it, not 'nonsense'",
+            ),
+            (
+                ("--max-command-length", "none"),
+                "--max-command-length must be a whole number, not 'none'",
+            ),
+            (("--socket-timeout", "off"), "--socket-timeout must be a number, not 'off'"),
+            (("--bare-line-endings", "none"), "--bare-line-endings must be one of normalize"),
+            (("--max-version", "off"), "--max-version must be one of TLSv1"),
+        ):
+            with self.assertRaises(ConfigurationError) as caught:
+                parse(*args)
+            self.assertIn(words, str(caught.exception))
+            self.assertEqual(str(caught.exception).count("\n"), 0)
+        # A string option takes the word as itself.
+        self.assertEqual(chosen(parse("--name", "none")), {"name": "none"})
+
+    def test_helpSaysHowToUnset(self) -> None:
+        """
+        The --help text of each limit that may be unset says how; other options' texts
+        do not.
+        """
+        docs = tap.Options().docs
+        for spec in optionSpecs():
+            if spec.cli and not spec.isFlag:
+                self.assertEqual(
+                    "To unset it, give none or off." in docs[spec.flag],
+                    spec.kind in ("int | None", "float | None"),
+                    spec.name,
+                )
+        self.assertIn("To unset it, give none or off. [default: 1000]", docs["max-recipients"])
 
     def test_repeatable(self) -> None:
         """
@@ -360,6 +416,44 @@ class ConfigFileTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             parse("--config", path)
         self.assertIn("socketTimeout must be a number", str(caught.exception))
+
+    def test_unsetLimit(self) -> None:
+        """
+        TOML has no null: a limit is unset with the string "none" or "off", and a flag
+        unsets one the file sets.
+        """
+        path = self.write(
+            'maxRecipients = "none"\nmaxClients = "Off"\nmaxAuthFailures = 5\n'
+            'maxReceivedHeaders = 50\ndeliver = ["discard"]\n'
+        )
+        options = parse("--config", path, "--max-received-headers", "none")
+        self.assertEqual(
+            chosen(options),
+            {
+                "maxRecipients": None,
+                "maxClients": None,
+                "maxAuthFailures": 5,
+                "maxReceivedHeaders": None,
+            },
+        )
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertIsNone(server.options.maxRecipients)
+        self.assertEqual(
+            chosen(parse("--config", path, "--max-recipients", "200"))["maxRecipients"], 200
+        )
+
+    def test_unsetOnlyWhereItCan(self) -> None:
+        """
+        In the file too, "none" is refused by options that cannot be unset.
+        """
+        for text, words in (
+            ('lmtp = "none"\n', "lmtp must be bool, not 'none'"),
+            ('maxCommandLength = "none"\n', "maxCommandLength must be a whole number, not"),
+            ('maxRecipients = "never"\n', "maxRecipients must be a whole number, or none"),
+        ):
+            with self.assertRaises(ConfigurationError) as caught:
+                parse("--config", self.write(text))
+            self.assertIn(words, str(caught.exception))
 
     def test_malformed(self) -> None:
         """

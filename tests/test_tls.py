@@ -986,6 +986,19 @@ class TLSUnavailableTests(SynchronousTestCase):
             [250, 250],
         )
 
+    def test_unsynchronizedAfter454(self) -> None:
+        """
+        STARTTLS ends a pipelined group (RFC 3207 section 4): with
+        C{forbidUnauthPipelining}, a MAIL sent with it is not run after the 454; the
+        client gets 554 5.5.0 and is disconnected.
+        """
+        server = self.flaky(forbidUnauthPipelining=True, hideENHANCEDSTATUSCODES=False)
+        connection, _ = saidHello(server)
+        replies = connection.send("STARTTLS", "MAIL FROM:<a@b.example>")
+        self.assertEqual(codes(replies), [454, 554])
+        self.assertIsNone(connection.session.envelope.mailFrom)
+        self.assertTrue(connection.closed)
+
     def test_loggedWithoutTraceback(self) -> None:
         """
         The reason is logged as a warning with the session's id; an OpenSSL error is a

@@ -18,6 +18,7 @@ from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
 from smtpsvc import _options
+from smtpsvc._config import unsetNote
 from smtpsvc._options import OptionSpec
 
 _HEADERS = ("Option", "Command-line flag", "Default", "Description")
@@ -60,6 +61,9 @@ def _description(spec: OptionSpec) -> list[str]:
     lines = spec.doc.strip().splitlines() or [""]
     if spec.choices:
         lines += ["", "One of " + ", ".join(_literal(c) for c in spec.choices) + "."]
+    note = unsetNote(spec)
+    if note is not None:
+        lines += ["", note]
     return lines
 
 

@@ -171,9 +171,12 @@ _NEED_AUTH: Final = frozenset(("MAIL", "RCPT", "DATA", "BDAT"))
 #: RFC 4954 section 4: AUTH lines of at least 12288 octets must be accepted.
 SASL_LINE_LIMIT: Final = 12288
 _NOTIFY_VALUES: Final = frozenset(("NEVER", "SUCCESS", "FAILURE", "DELAY"))
+# Refusals after which the server closes at once: 421 (RFC 5321 section 3.8) and 521
+# (RFC 7504: this host does not accept mail).  After any other, it waits for QUIT.
+_HANG_UP: Final = frozenset((421, 521))
 # The commands that end a pipelined group (RFC 2920 section 3.1, and LMTP's LHLO).
 _GROUP_ENDS: Final = frozenset(
-    (b"EHLO", b"HELO", b"LHLO", b"DATA", b"NOOP", b"VRFY", b"EXPN", b"TURN", b"QUIT")
+    (b"EHLO", b"HELO", b"LHLO", b"DATA", b"NOOP", b"VRFY", b"EXPN", b"TURN", b"QUIT", b"STARTTLS")
 )
 # Commands of RFC 5321 (and RFC 821, RFC 1985) that are known but not implemented: 502,
 # as for a command switched off, where an unknown one gets 500 (section 4.2.4).
@@ -274,9 +277,10 @@ class ServerConnection:
         self._refusedWith: Reply | None = None
         # The longest command lines by their first five bytes: the extensions offered
         # raise the limit for MAIL (RFC 1870 SIZE +26, RFC 3461 DSN +100, RFC 6531
-        # SMTPUTF8 +10) and for RCPT (DSN +500); AUTH may always be longer (RFC 4954).
+        # SMTPUTF8 +10, RFC 4954 AUTH= +500) and for RCPT (DSN +500); AUTH may always be
+        # longer (RFC 4954 section 4).
         self._lineLimits = _lineLimits(
-            options.maxCommandLength, bool(options.size), not options.hideDSN
+            options.maxCommandLength, bool(options.size), not options.hideDSN, self._authOn
         )
         # The envelope to restore if MAIL FROM's handlers refuse the sender.
         self._pendingEnvelope: Envelope | None = None
@@ -317,10 +321,11 @@ class ServerConnection:
     def refuseConnection(self, error: SMTPError) -> Send:
         """
         The reply to a connection an L{IConnectHandler} refused, instead of the greeting;
-        the connection closes after a C{421}.  After any other code (RFC 5321 section 3.1
-        names 554) the client may still say QUIT, and every other command gets C{503}.
+        the connection closes after a C{421} or a C{521}.  After any other code (RFC 5321
+        section 3.1 names 554) the client may still say QUIT, and every other command gets
+        C{503}.
         """
-        if error.code == 421:
+        if error.code in _HANG_UP:
             return self._send(Reply(error.code, error.lines), close=True)
         self._refusedWith = R.NO_SERVICE
         return self._send(Reply(error.code, error.lines))
@@ -342,8 +347,9 @@ class ServerConnection:
         """
         Whether the client, having sent C{line} (just handled), had to wait for the reply
         before sending more (RFC 2920 section 3.1): after EHLO, HELO, LHLO, DATA, NOOP,
-        VRFY, EXPN, TURN and QUIT, while an AUTH exchange waits for the client's next
-        response, and after any command while PIPELINING is not offered.  Authenticated
+        VRFY, EXPN, TURN, QUIT and STARTTLS, while an AUTH exchange waits for the client's
+        next response, and after any command but BDAT while PIPELINING is not offered
+        (before EHLO, after HELO, or hidden).  Authenticated
         clients are trusted to pipeline as they like.
         """
         if self.session.user is not None:
@@ -351,7 +357,14 @@ class ServerConnection:
         if self._sasl is not None:
             return True
         verb = line.split(b" ", 1)[0].upper()
-        return verb in _GROUP_ENDS or self._options.hidePIPELINING
+        if verb == b"BDAT":
+            # Its chunk follows it at once (RFC 3030 section 2).
+            return False
+        if verb in _GROUP_ENDS:
+            return True
+        # PIPELINING is offered only in the reply to EHLO (or LHLO), unless hidden.
+        hello = self.session.openingCommand
+        return self._options.hidePIPELINING or hello not in ("EHLO", "LHLO")
 
     def unsynchronized(self) -> Send:
         """
@@ -437,7 +450,9 @@ class ServerConnection:
                 return self._send(R.BYE, close=True)
             return self._unrecognizedCommand(self._refusedWith)
         if not self._available(verb):
-            known = verb in _NOT_IMPLEMENTED or (verb in COMMANDS and verb != "LHLO")
+            known = verb in _NOT_IMPLEMENTED or (
+                verb in COMMANDS and (verb != "LHLO" or options.lmtp)
+            )
             return self._unrecognizedCommand(R.NOT_IMPLEMENTED if known else R.UNRECOGNIZED)
         if verb != "AUTH" and self._authRequired and self._countUnauthenticated():
             return self._send(R.TOO_MANY_UNAUTHENTICATED)
@@ -857,13 +872,13 @@ class ServerConnection:
 
     def refuseSecure(self, error: SMTPError) -> Send | None:
         """
-        An L{ISecureHandler} refused the connection after STARTTLS.  A C{421} is sent at
-        once and the connection closes; any other refusal becomes the reply to every
-        command but QUIT (RFC 3207 section 4.1: "554 Command refused due to lack of
+        An L{ISecureHandler} refused the connection after STARTTLS.  A C{421} or C{521} is
+        sent at once and the connection closes; any other refusal becomes the reply to
+        every command but QUIT (RFC 3207 section 4.1: "554 Command refused due to lack of
         security"), since after the handshake the client speaks first.
         """
         reply = R.fromError(error)
-        if reply.code == 421:
+        if reply.code in _HANG_UP:
             return self._send(reply, close=True)
         self._refusedWith = reply
         return None
@@ -913,11 +928,12 @@ class ServerConnection:
         bodyType = "7bit"
         smtpUtf8 = requireTLS = False
         dsn = None
+        address = Address(mailbox, _args(params))
         if "SIZE" in params:
-            size = params["SIZE"]
-            if size is None or not size.isdigit() or not size.isascii():
+            size = address.declaredSize
+            if size is None:
                 return self._send(R.BAD_SIZE)
-            if o.size and not o.hideSize and int(size) > o.size:
+            if o.size and not o.hideSize and size > o.size:
                 return self._send(R.tooBig(o.size))
         if "BODY" in params:
             body = (params["BODY"] or "").upper()
@@ -955,7 +971,7 @@ class ServerConnection:
         self.session.envelope = Envelope(
             bodyType=bodyType, smtpUtf8=smtpUtf8, requireTLS=requireTLS, dsn=dsn
         )
-        return CheckMail(Address(mailbox, _args(params)))
+        return CheckMail(address)
 
     def _knownParameters(self, params: dict[str, str | None], verb: str) -> bool:
         # RFC 5321 section 4.1.1.11: only the parameters of the extensions offered are
@@ -1194,11 +1210,11 @@ _NO_ARGS: Final[MappingProxyType[str, str | bool]] = MappingProxyType({})
 
 
 @functools.cache
-def _lineLimits(base: int, size: bool, dsn: bool) -> dict[bytes, int]:
+def _lineLimits(base: int, size: bool, dsn: bool, auth: bool) -> dict[bytes, int]:
     # Shared by every connection with these options (a dict each would cost memory).
     return {
         b"AUTH ": max(base, SASL_LINE_LIMIT),
-        b"MAIL ": base + (26 if size else 0) + (100 if dsn else 0) + 10,
+        b"MAIL ": base + (26 if size else 0) + (100 if dsn else 0) + 10 + (500 if auth else 0),
         b"RCPT ": base + (500 if dsn else 0),
     }
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .._errors import SMTPError
+from .._errors import SMTPError, fresh
 from ._grammar import ENHANCED_STATUS, KEYWORD
 from ._session import Address, Envelope
 
@@ -216,17 +216,22 @@ def mailCommand(
     extensions: Mapping[str, str],
     *,
     verifiedTLS: bool = False,
+    finalDelivery: bool = False,
 ) -> str:
     """
     The MAIL command for C{address}, with the parameters of C{envelope} that the downstream
     advertised support for: BODY (8BITMIME), SMTPUTF8, SIZE, REQUIRETLS and RET/ENVID (DSN).
 
     @param verifiedTLS: whether the connection to the downstream is encrypted with TLS
-        and its certificate was validated.
+        and its certificate was validated for the downstream's host name.
+    @param finalDelivery: whether the downstream is the message store on this host (an
+        LMTP server on a Unix socket): handing it the message is final delivery, not a
+        relay, so REQUIRETLS asks nothing of it and is not passed on.
     @raise SMTPError: L{NEEDS_SMTPUTF8} when the sender is not ASCII and the downstream
         lacks SMTPUTF8; L{NEEDS_REQUIRETLS} when the client asked for REQUIRETLS and the
-        downstream cannot honour it (RFC 8689 section 4.2.1: relay only over TLS with a
-        validated certificate, to a server that offers REQUIRETLS there).
+        downstream, a relay, cannot honour it (RFC 8689 section 4.2.1: relay only over TLS
+        with a certificate validated for the next hop, to a server that offers REQUIRETLS
+        there).
     """
     params: list[str] = []
     args = address.args
@@ -236,15 +241,15 @@ def mailCommand(
         if "SMTPUTF8" in extensions:
             params.append("SMTPUTF8")
         elif not address.address.isascii():
-            raise NEEDS_SMTPUTF8
-    size = args.get("SIZE")
-    if "SIZE" in extensions and isinstance(size, str) and size.isascii() and size.isdigit():
-        params.append(f"SIZE={int(size)}")
-    if envelope.requireTLS:
+            raise fresh(NEEDS_SMTPUTF8)
+    size = address.declaredSize
+    if "SIZE" in extensions and size is not None:
+        params.append(f"SIZE={size}")
+    if envelope.requireTLS and not finalDelivery:
         # A REQUIRETLS keyword heard in clear proves nothing: anyone on the path could
         # have added it.
         if "REQUIRETLS" not in extensions or not verifiedTLS:
-            raise NEEDS_REQUIRETLS
+            raise fresh(NEEDS_REQUIRETLS)
         params.append("REQUIRETLS")
     dsn = envelope.dsn
     if dsn is not None and "DSN" in extensions:
@@ -264,7 +269,7 @@ def rcptCommand(address: Address, envelope: Envelope, extensions: Mapping[str, s
         lacks SMTPUTF8.
     """
     if not address.address.isascii() and "SMTPUTF8" not in extensions:
-        raise NEEDS_SMTPUTF8
+        raise fresh(NEEDS_SMTPUTF8)
     params: list[str] = []
     dsn = address.dsn
     if dsn is not None and "DSN" in extensions:

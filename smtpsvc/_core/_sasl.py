@@ -38,8 +38,10 @@ def _unpreparable(authzid: str) -> bool:
     # prohibits, or maps to nothing, fails the exchange.  Only the verdict is used: the
     # handlers get the identity as sent, like the user name and password, which are not
     # prepared at all (cred checkers compare the strings they get, and accounts made
-    # without SASLprep must keep working).
-    return bool(authzid) and not saslPrep(authzid)
+    # without SASLprep must keep working).  It is compared with stored names, so it is a
+    # "query" (RFC 3454 section 7): code points Unicode 3.2 did not assign (emoji, newer
+    # scripts) are allowed.
+    return bool(authzid) and not saslPrep(authzid, allowUnassigned=True)
 
 
 @dataclass(frozen=True)

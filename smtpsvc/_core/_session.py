@@ -63,6 +63,18 @@ class Address:
     args: Mapping[str, str | bool] = field(default_factory=lambda: _EMPTY)
     dsn: RecipientDSN | None = None
 
+    @property
+    def declaredSize(self) -> int | None:
+        """
+        The message size in bytes declared with C{SIZE=} (RFC 1870 section 6), or L{None}
+        when there is none or it is not a number.  Its C{size-value} is DIGITs, which are
+        ASCII: C{str.isdigit} alone would also take other scripts' digits.
+        """
+        size = self.args.get("SIZE")
+        if isinstance(size, str) and size.isascii() and size.isdigit():
+            return int(size)
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Envelope:

@@ -15,10 +15,13 @@ goes downstream as it arrives, with a ``Received:`` header in front (but no
 line endings only; it is read from the client only as fast as the downstream takes it.
 
 A REQUIRETLS transaction (RFC 8689) is relayed only over a TLS connection whose certificate
-was validated, to a downstream that offers REQUIRETLS; otherwise its MAIL FROM gets ``550
-5.7.30``.  The tag of a ``TLS-Required: No`` header asks to relay despite a TLS policy; this
-relay has none of its own (it uses the endpoint it is given, encrypted or not), so such a
-message goes the same way as any other, with the header field kept.
+was validated for the downstream's host name, to a downstream that offers REQUIRETLS;
+otherwise its MAIL FROM gets ``550 5.7.30``.  An LMTP downstream on a Unix socket is the
+message store on this host: handing it the message is final delivery, not relaying, and a
+REQUIRETLS transaction goes there without TLS.  The tag of a ``TLS-Required: No`` header
+asks to relay despite a TLS policy; this relay has none of its own (it uses the endpoint it
+is given, encrypted or not), so such a message goes the same way as any other, with the
+header field kept.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from OpenSSL import SSL
+from service_identity import CertificateError, VerificationError
+from service_identity.pyopenssl import verify_hostname
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import ISystemHandle
@@ -45,7 +51,7 @@ from .._core._relay import (
 )
 from .._core._session import Address, Session
 from .._core._trace import receivedHeader
-from .._errors import SMTPError
+from .._errors import SMTPError, fresh
 from .._stream import MessageAborted, MessageRefused, MessageTooLarge
 from ..interfaces import (
     ICloseHandler,
@@ -80,7 +86,10 @@ class _Link:
     @ivar client: the connection, once made.
     @ivar connecting: the connection attempt in progress, if any.
     @ivar extensions: what the downstream's EHLO or LHLO advertised.
-    @ivar verifiedTLS: whether the connection is TLS with a validated certificate.
+    @ivar verifiedTLS: whether the connection is TLS with a certificate validated for the
+        downstream's host name.
+    @ivar finalDelivery: whether the downstream is an LMTP store on this host (a Unix
+        socket), which REQUIRETLS does not apply to.
     @ivar open: whether a downstream transaction is open (MAIL accepted, no final reply).
     @ivar recipients: the recipients the downstream accepted in that transaction.
     @ivar closed: whether the client session has ended.
@@ -91,6 +100,7 @@ class _Link:
         self.connecting: Deferred[Any] | None = None
         self.extensions: dict[str, str] = {}
         self.verifiedTLS = False
+        self.finalDelivery = False
         self.open = False
         self.recipients: list[Address] = []
         self.closed = False
@@ -106,7 +116,7 @@ class _Link:
         client, self.client = self.client, None
         self.open = False
         self.recipients = []
-        self.verifiedTLS = False
+        self.verifiedTLS = self.finalDelivery = False
         if client is not None:
             client.abort(why)
 
@@ -199,7 +209,11 @@ class ForwardDelivery:
         try:
             client = await self._ready(link, session)
             command = mailCommand(
-                address, session.envelope, link.extensions, verifiedTLS=link.verifiedTLS
+                address,
+                session.envelope,
+                link.extensions,
+                verifiedTLS=link.verifiedTLS,
+                finalDelivery=link.finalDelivery,
             )
             reply = await client.command(command)
         except DownstreamError as e:
@@ -338,6 +352,7 @@ class ForwardDelivery:
             client.abort(f"{hello} refused: {reply}")
             raise DownstreamError(f"{hello} refused: {reply}")
         link.verifiedTLS = _verifiedTLS(client)
+        link.finalDelivery = _finalDelivery(client, self.lmtp)
         return client
 
     async def _syncRecipients(self, link: _Link, session: Session) -> None:
@@ -363,7 +378,13 @@ class ForwardDelivery:
         await _reset(client)
         link.recipients = []
         for command in [
-            mailCommand(sender, session.envelope, link.extensions, verifiedTLS=link.verifiedTLS),
+            mailCommand(
+                sender,
+                session.envelope,
+                link.extensions,
+                verifiedTLS=link.verifiedTLS,
+                finalDelivery=link.finalDelivery,
+            ),
             *(rcptCommand(r, session.envelope, link.extensions) for r in expected),
         ]:
             reply = await client.command(command)
@@ -375,7 +396,7 @@ class ForwardDelivery:
                     reply=str(reply),
                     sessionId=session.id,
                 )
-                raise RECIPIENTS_CHANGED
+                raise fresh(RECIPIENTS_CHANGED)
         link.recipients = list(expected)
 
     def _check(self, link: _Link, session: Session, reply: DownstreamReply) -> None:
@@ -397,7 +418,7 @@ class ForwardDelivery:
             if not link.closed:
                 _log.warn("Downstream unavailable: {why}", why=str(error), sessionId=session.id)
             link.drop(str(error))
-        return UNAVAILABLE
+        return fresh(UNAVAILABLE)
 
 
 async def _reset(client: DownstreamClient) -> None:
@@ -410,19 +431,44 @@ async def _reset(client: DownstreamClient) -> None:
 
 
 def _verifiedTLS(client: DownstreamClient) -> bool:
-    # RFC 8689 section 4.2.1: REQUIRETLS needs TLS to the next hop and a certificate that
-    # was checked.  The connection is under TLS when its transport is Twisted's TLS layer,
-    # whose handle is the OpenSSL connection.  With VERIFY_PEER a certificate that does not
-    # verify ends the handshake, and Twisted's client options (optionsForClientTLS, the
-    # tls: endpoint) end it too when the certificate does not name the host; so a
-    # connection set to verify that got this far has a validated certificate.
+    # RFC 8689 section 4.2.1: REQUIRETLS needs TLS to the next hop with a certificate
+    # that chains to a trusted authority *and* is valid for that host (RFC 6125).  The
+    # connection is under TLS when its transport is Twisted's TLS layer, whose handle is
+    # the OpenSSL connection.  With VERIFY_PEER a chain that does not verify ends the
+    # handshake; but CertificateOptions(verify=True), which the ssl: endpoint builds
+    # without hostname=, checks no name at all, so any certificate from the authority
+    # (attacker.example's too) gets this far.  The host name the client options were
+    # made for is the SNI name they sent (optionsForClientTLS, the tls: endpoint, ssl:
+    # with hostname=); the certificate is checked against it here, whatever checked it
+    # before.  No name, no verified link: an IP address is sent no SNI, and is not the
+    # MX host name RFC 8689 wants matched anyway.
     transport = client.transport
     if not ISystemHandle.providedBy(transport):
         return False
     handle = transport.getHandle()
     if not isinstance(handle, SSL.Connection) or handle.get_peer_certificate() is None:
         return False
-    return bool(handle.get_verify_mode() & SSL.VERIFY_PEER)
+    if not handle.get_verify_mode() & SSL.VERIFY_PEER:
+        return False
+    name = handle.get_servername()
+    if not name:
+        return False
+    try:
+        verify_hostname(handle, name.decode("ascii"))
+    except (UnicodeDecodeError, VerificationError, CertificateError):
+        return False
+    return True
+
+
+def _finalDelivery(client: DownstreamClient, lmtp: bool) -> bool:
+    # LMTP to a Unix socket is handing the message to the store on this host (RFC 2033:
+    # LMTP is for final delivery).  REQUIRETLS governs relaying (RFC 8689 section
+    # 4.2.1), and a Unix socket crosses no network: whoever could read it could read the
+    # mailbox too.  LMTP over TCP may cross a network (to a store on another host), so
+    # there it still needs verified TLS, like any SMTP relay; and an SMTP server on a
+    # Unix socket relays further.
+    transport = client.transport
+    return lmtp and transport is not None and isinstance(transport.getPeer(), UNIXAddress)
 
 
 def _outcome(reply: DownstreamReply) -> _Outcome:

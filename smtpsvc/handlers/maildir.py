@@ -10,7 +10,9 @@ on the way (the client goes away, it is too large, the disk is full) leaves noth
 
 Before that, at ``MAIL FROM``, a sender is refused with ``452 4.3.1`` when the Maildir's
 file system has no room for the size it declared (RFC 1870 section 6.1) or is nearly full,
-so that a client finds out before it sends the message rather than after.
+so that a client finds out before it sends the message rather than after; and with ``552
+5.3.4`` when the size it declared is more than the whole file system could ever hold, so
+that it does not try again for days.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
@@ -42,6 +44,14 @@ from ..interfaces import IDataHandler, IMailFromHandler, IMessageStream
 _log = Logger(namespace="smtpsvc.maildir")
 _T = TypeVar("_T")
 _counter = itertools.count(1)
+
+# The replies when there is no room for the message.  Each refusal is a new SMTPError: one
+# instance raised again and again would gather every traceback (and its frames) for good.
+# No room now (RFC 3463 4.3.1, mail system full), at MAIL FROM and when a write fails:
+_NO_ROOM: Final = "4.3.1 Error: insufficient system storage"
+# Never room: the declared size is over what the file system holds when empty (RFC 1870
+# section 6.1; RFC 3463 5.3.4, message too big for system).
+_NEVER_ROOM: Final = "5.3.4 Error: message too big for system"
 
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 """
@@ -80,7 +90,8 @@ class MaildirDelivery:
         @param minFree: the bytes of free space to keep in reserve (L{DEFAULT_MIN_FREE},
             16 MiB, if not given): C{MAIL FROM} gets C{452 4.3.1} when less than the
             declared C{SIZE} plus this much is free, or without C{SIZE} when less than this
-            much is.  C{0} refuses only a declared size that does not fit.
+            much is.  C{0} refuses only a declared size that does not fit.  A declared
+            C{SIZE} over the file system's whole size less this much gets C{552 5.3.4}.
         @param statvfs: how the free space is looked up; tests pass a fake.
 
         @raise ValueError: when C{minFree} is negative.
@@ -114,13 +125,11 @@ class MaildirDelivery:
         """
         Refuse the sender with C{452 4.3.1} when the Maildir's file system has less free
         space than the size it declared plus L{minFree} (RFC 1870 section 6.1), or, with
-        no size declared, less than L{minFree} alone.
+        no size declared, less than L{minFree} alone; with C{552 5.3.4} when the size it
+        declared is more than the file system holds, less L{minFree}, even empty.
         """
-        declared = address.args.get("SIZE")
         # The core has already refused a SIZE that is not an ASCII number (501).
-        size = 0
-        if isinstance(declared, str) and declared.isascii() and declared.isdigit():
-            size = int(declared)
+        size = address.declaredSize or 0
         try:
             self.prepare()
         except OSError:
@@ -140,6 +149,21 @@ class MaildirDelivery:
                 sessionId=session.id,
             )
             return
+        # RFC 1870 section 6.1: a size over the fixed maximum is refused for good (552),
+        # one over the space free for now is refused for now (452).  The fixed maximum
+        # here is the whole file system, root's blocks too, so that a permanent refusal
+        # is certain.  A reserve as large as the file system is the operator's mistake:
+        # left temporary, so that mail waits while it is put right.
+        capacity = stats.f_blocks * stats.f_frsize - self.minFree
+        if 0 < capacity < size:
+            _log.info(
+                "Refused a sender: declared {declared} bytes, {path} holds {capacity}",
+                path=self.path,
+                declared=size,
+                capacity=capacity,
+                sessionId=session.id,
+            )
+            raise SMTPError(552, _NEVER_ROOM)
         free = stats.f_bavail * stats.f_frsize
         needed = size + self.minFree
         if free < needed:
@@ -151,7 +175,7 @@ class MaildirDelivery:
                 declared=size,
                 sessionId=session.id,
             )
-            raise SMTPError(452, "4.3.1 Insufficient system storage")
+            raise SMTPError(452, _NO_ROOM)
 
     def _uniqueName(self) -> str:
         now = time.time()
@@ -240,7 +264,7 @@ class _FileWriter(Protocol):
             done.errback(reason)
         elif self.error is not None:
             _log.error("Cannot write {path}: {error}", path=self.path, error=self.error)
-            done.errback(SMTPError(452, "4.3.1 Error: insufficient system storage"))
+            done.errback(SMTPError(452, _NO_ROOM))
         else:
             done.callback(None)
 
