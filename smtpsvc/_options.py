@@ -176,8 +176,9 @@ class ServerOptions:
         False,
         "Close, with ``554 5.5.0 Error: SMTP protocol synchronization``, the connection of "
         "an unauthenticated client that sends more before the reply to a command it must "
-        "wait for (RFC 2920 section 3.1: EHLO, HELO, DATA, NOOP, VRFY, EXPN, TURN, QUIT, "
-        "a step of AUTH; any command while PIPELINING is hidden), as Postfix's "
+        "wait for (RFC 2920 section 3.1: EHLO, HELO, LHLO, DATA, NOOP, VRFY, EXPN, TURN, "
+        "QUIT, STARTTLS, a step of AUTH; any command but BDAT while PIPELINING is not "
+        "offered: before EHLO, after HELO, or hidden), as Postfix's "
         "``smtpd_forbid_unauth_pipelining`` does.  Spam engines that do not read replies "
         "are caught; clients that follow the RFC never are.",
         group="limits",

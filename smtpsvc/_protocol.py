@@ -1212,25 +1212,24 @@ class SMTPProtocol(LineReceiver):
                 self._perform(refusal)
         self._resume("handler")
 
-    def _startData(self) -> None:
+    def _startMessage(self, decoderClass: type[DataDecoder] | type[ChunkDecoder]) -> None:
+        # A message begins (DATA, or the first BDAT chunk): its decoder, its transaction,
+        # and the data handlers told.
         options = self._options
-        core = self._core
-        decoder = DataDecoder(options.size, options.bareLineEndings, options.maxReceivedHeaders)
-        transaction = self._data = _DataTransaction(self, decoder, core.replySlots)
+        decoder = decoderClass(options.size, options.bareLineEndings, options.maxReceivedHeaders)
+        transaction = self._data = _DataTransaction(self, decoder, self._core.replySlots)
         transaction.start(self._server._handlersFor("onData"))
-        self._perform(core.dataStarted())
+
+    def _startData(self) -> None:
+        self._startMessage(DataDecoder)
+        self._perform(self._core.dataStarted())
         self.line_mode = 0
         self._readSize(_DATA_READ_SIZE)
 
     def _readChunk(self, chunk: ReadChunk) -> None:
         # BDAT: the next chunk.size bytes are the chunk's, whatever they look like.
         if chunk.first:
-            options = self._options
-            decoder = ChunkDecoder(
-                options.size, options.bareLineEndings, options.maxReceivedHeaders
-            )
-            transaction = self._data = _DataTransaction(self, decoder, self._core.replySlots)
-            transaction.start(self._server._handlersFor("onData"))
+            self._startMessage(ChunkDecoder)
         self._chunk = chunk
         self._chunkLeft = chunk.size
         if chunk.size == 0:

@@ -41,6 +41,12 @@ from .interfaces import IAuthHandler
 _log = Logger(namespace="smtpsvc.cred")
 _T = TypeVar("_T")
 
+
+def _invalid() -> SMTPError:
+    # A new one for each refusal (see smtpsvc._errors.fresh).
+    return SMTPError(535, "5.7.8 Error: Authentication credentials invalid")
+
+
 __all__ = [
     "BearerToken",
     "IBearerToken",
@@ -209,7 +215,7 @@ class PortalAuthHandler:
 
     def onAuth(self, auth: AuthRequest, session: Session) -> Deferred[object]:
         if auth.authzid is not None and auth.authzid != auth.username:
-            return fail(SMTPError(535, "5.7.8 Error: Authentication credentials invalid"))
+            return fail(_invalid())
         credentials: object
         if auth.method in ("PLAIN", "LOGIN"):
             from twisted.cred.credentials import UsernamePassword
@@ -228,7 +234,7 @@ class PortalAuthHandler:
 
         def refused(failure: Any) -> Any:
             if failure.check(LoginFailed):
-                raise SMTPError(535, "5.7.8 Error: Authentication credentials invalid")
+                raise _invalid()
             return failure
 
         return d.addCallbacks(loggedIn, refused)
