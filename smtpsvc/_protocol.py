@@ -389,12 +389,12 @@ class SMTPProtocol(LineReceiver):
         "_lineStarted",
         "_options",
         "_out",
+        "_pausedAt",
         "_pauses",
         "_pos",
         "_proxyCall",
         "_proxyParser",
         "_proxyPeer",
-        "_rateBytes",
         "_rateStarted",
         "_reactor",
         "_refused",
@@ -445,10 +445,11 @@ class SMTPProtocol(LineReceiver):
         # When the first byte of a command line not yet complete was read (None: there is
         # no such line, or input is paused), for the deadline that stops trickling.
         self._lineStarted: float | None = None
-        # When the message being received was last seen to start or resume arriving
-        # (None: no message, or input is paused), and its size then, for minDataRate.
+        # When the message being received began, moved later by the time the server did
+        # not read (None: no message), for minDataRate.
         self._rateStarted: float | None = None
-        self._rateBytes = 0
+        # When reading was last paused (see _pause).
+        self._pausedAt = 0.0
         self._connectedAt = 0.0
         self._accepted = 0
         self._refused = 0
@@ -716,11 +717,14 @@ class SMTPProtocol(LineReceiver):
             left = min(left, timeout - (now - started))
         rate = self._options.minDataRate
         transaction = self._data
+        slow = False
         if rate and transaction is not None and self._rateStarted is not None:
             # The same for a message: the time it may take grows with what arrived
             # (standards section 2.5 (d)); more bytes only move the deadline later.
-            sent = transaction.decoder.byteLength - self._rateBytes
-            left = min(left, self._rateStarted + timeout + sent / rate - now)
+            sent = transaction.decoder.byteLength
+            behind = self._rateStarted + timeout + sent / rate - now
+            slow = behind <= 0
+            left = min(left, behind)
         if left > 0:
             self._timeoutCall = self._reactor.callLater(left, self._checkIdle)
             return
@@ -733,14 +737,16 @@ class SMTPProtocol(LineReceiver):
             _log.info("TLS handshake timed out", sessionId=self._core.session.id)
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
-        if self._rateStarted is not None and self._data is not None:
+        if slow:
             _log.info("Message not received in time", sessionId=self._core.session.id)
         elif self._lineStarted is not None:
             _log.info("Command not completed in time", sessionId=self._core.session.id)
         else:
             _log.info("Connection timed out", sessionId=self._core.session.id)
-        self._abortData()
+        # The goodbye first: it closes the connection, so that nothing the client sent
+        # is read when the aborted message's handlers let go of their streams.
         self._perform(self._core.timedOut())
+        self._abortData()
 
     def shutDown(self, force: bool) -> None:
         """
@@ -767,8 +773,9 @@ class SMTPProtocol(LineReceiver):
             and self._pos >= len(self._buffer)
         )
         if force or idle:
-            self._abortData()
+            # The goodbye first, as in _checkIdle.
             self._perform(self._core.shutDown())
+            self._abortData()
 
     def _abortData(
         self,
@@ -805,9 +812,6 @@ class SMTPProtocol(LineReceiver):
             return
         self._buffer = self._buffer[self._pos :] + data if self._pos else self._buffer + data
         self._pos = 0
-        if self._data is not None and self._rateStarted is None:
-            self._rateStarted = self._lastActivity
-            self._rateBytes = self._data.decoder.byteLength
         self._process()
 
     def _process(self) -> None:
@@ -1218,6 +1222,8 @@ class SMTPProtocol(LineReceiver):
         options = self._options
         decoder = decoderClass(options.size, options.bareLineEndings, options.maxReceivedHeaders)
         transaction = self._data = _DataTransaction(self, decoder, self._core.replySlots)
+        # The message's clock for minDataRate starts now (see _checkIdle).
+        self._rateStarted = self._reactor.seconds()
         transaction.start(self._server._handlersFor("onData"))
 
     def _startData(self) -> None:
@@ -1415,11 +1421,12 @@ class SMTPProtocol(LineReceiver):
     def _pause(self, reason: str) -> None:
         if reason not in self._pauses:
             self._pauses.append(reason)
+        if not self.paused:
+            self._pausedAt = self._reactor.seconds()
         self.paused = True
-        # A client cannot finish its command (or message) while we do not read: its
-        # deadline starts again when we do (_nextLine and dataReceived note it anew).
+        # A client cannot finish its command while we do not read: its deadline starts
+        # again when we do (_nextLine notes the partial line anew).
         self._lineStarted = None
-        self._rateStarted = None
         if not self._busyReceiving:
             self._holdTransport()
 
@@ -1438,6 +1445,10 @@ class SMTPProtocol(LineReceiver):
             # A closing connection reads nothing more.
             return
         self.paused = False
+        if self._rateStarted is not None:
+            # Nor can it send its message faster than we read: the time we did not read
+            # is not counted against minDataRate (what it already owed still is).
+            self._rateStarted += self._reactor.seconds() - self._pausedAt
         if self._transportPaused:
             self._transportPaused = False
             assert self.transport is not None
@@ -1454,6 +1465,8 @@ class SMTPProtocol(LineReceiver):
         self._resume("writer")
 
     def stopProducing(self) -> None:
+        # The transport is going away: nothing more is read.
+        self._closed = True
         self._abortData()
 
 

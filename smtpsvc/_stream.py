@@ -108,6 +108,9 @@ class MessageStream:
         self._consumer = protocol
         protocol.makeConnection(self)  # type: ignore[arg-type]
         self._flush()
+        # What was queued is taken: the connection may read again (a reader that came
+        # late, after the queue had filled, would otherwise wait for ever).
+        self._fanOut.drained()
 
     def __aiter__(self) -> MessageStream:
         if self._consumer is not None:

@@ -428,6 +428,17 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         self.assertEqual(codes(replies), [250, 354, 250])
         self.assertEqual(len(storedMessages(self.path)), 1)
 
+    def test_sizelessFileSystemLetsMailThrough(self) -> None:
+        """
+        A file system that reports no sizes at all (FUSE's default statfs, some network
+        file systems) has unknown free space, not none: mail is accepted.
+        """
+        self.free, self.size = 0, 0
+        client = self.client()
+        replies = client.send("MAIL FROM:<a@b.example> SIZE=1000", "RCPT TO:<c@d.example>")
+        self.assertEqual(codes(replies), [250, 250])
+        self.assertEqual(codes(client.send("RSET", "MAIL FROM:<a@b.example>")), [250, 250])
+
     def test_deliversWhenThereIsRoom(self) -> None:
         """
         A message whose declared size fits is delivered into new/ as usual.

@@ -1099,6 +1099,35 @@ class DataTests(SynchronousTestCase):
         client.send("MAIL FROM:<a@b.example>")
         client.send(*[f"RCPT TO:<r{i}@d.example>" for i in range(recipients)])
 
+    def test_lateReaderResumesTheConnection(self) -> None:
+        """
+        A data handler that starts reading only after the message filled its stream (it
+        awaited something first) takes the queue, and the connection reads again: the
+        rest of the message comes in and the client gets its 250.
+        """
+
+        @implementer(IDataHandler)
+        class Late:
+            def __init__(self) -> None:
+                self.gate: Deferred[None] = Deferred()
+                self.messages: list[bytes] = []
+
+            async def onData(self, stream: IMessageStream, session: Session) -> None:
+                await self.gate
+                self.messages.append(await readMessage(stream))
+
+        handler = Late()
+        client = connect([handler])
+        self.transaction(client)
+        self.assertEqual(codes(client.send("DATA")), [354])
+        body = b"x" * 100 + b"\r\n"
+        self.assertEqual(client.write(body * (2 * HIGH_WATER // len(body))), [])
+        self.assertTrue(client.protocol.paused)
+        handler.gate.callback(None)
+        self.assertFalse(client.protocol.paused)
+        self.assertEqual(codes(client.write(b".\r\n")), [250])
+        self.assertEqual(len(handler.messages[0]), len(body) * (2 * HIGH_WATER // len(body)))
+
     def test_withoutRecipient(self) -> None:
         """
         DATA without an accepted recipient gets 503 (standards 5321-24).
@@ -1668,6 +1697,44 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
     """
     socketTimeout and SMTPServer.close (spec sections 2.3, 13.2).
     """
+
+    def test_timeoutWhileHandlerHoldsTheMessage(self) -> None:
+        """
+        A client timed out in the middle of a message that a data handler is holding up
+        (its stream full, the connection not reading) gets 421 and is let go; the handler
+        sees the message aborted, and nothing the client sent after is read as a
+        command, nor does the abort fail anywhere.
+        """
+        aborted: list[BaseException] = []
+
+        @implementer(IDataHandler)
+        class Stuck:
+            def __init__(self) -> None:
+                self.gate: Deferred[None] = Deferred()
+
+            async def onData(self, stream: IMessageStream, session: Session) -> None:
+                await self.gate
+                try:
+                    await readMessage(stream)
+                except MessageAborted as e:
+                    aborted.append(e)
+                    raise
+
+        handler = Stuck()
+        client = connect([handler], socketTimeout=60)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        line = b"NOOP\r\n"
+        self.assertEqual(client.write(line * (2 * HIGH_WATER // len(line))), [])
+        # More arrives while the connection is not reading: it waits in its buffer.
+        self.assertEqual(client.write(line * 10), [])
+        client.clock.advance(60)
+        self.assertEqual(first(client.received()), "421 Timeout - closing connection")
+        self.assertTrue(client.closed)
+        handler.gate.callback(None)
+        self.assertEqual(len(aborted), 1)
+        self.assertEqual(client.received(), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_5321_40_idleTimeoutBetweenCommands(self) -> None:
         """

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -638,6 +639,58 @@ class ConnectionTests(SynchronousTestCase):
             )
             self.assertLessEqual(client.clock.seconds() - began, 60 + 50, start)
             self.assertEqual(recorder.messages, [], start)
+
+    def test_5321_40_chunkedTrickleHitsDeadline(self) -> None:
+        """
+        Pauses the client causes (here, the server's own pause after every hundred
+        commands read in one go) do not give it a fresh allowance: a client that sends a
+        hundred one-byte BDAT chunks every 55 seconds is cut off once its message falls
+        behind C{minDataRate}.
+        """
+        client = connect(socketTimeout=60, hideENHANCEDSTATUSCODES=False)
+        hello(client)
+        client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>")
+        began = client.clock.seconds()
+        replies: list[ServerReply] = []
+        while not client.closed and client.clock.seconds() - began < 600:
+            replies += client.write(b"BDAT 1\r\nx" * 100)
+            client.clock.advance(0)
+            client.clock.advance(55)
+            replies += client.received()
+        self.assertTrue(client.closed)
+        self.assertEqual(replies[-1], ServerReply(421, ("4.4.2 Timeout - closing connection",)))
+        self.assertLessEqual(client.clock.seconds() - began, 60 + 1 + 55)
+
+    def test_5321_40_serverPausesNotCounted(self) -> None:
+        """
+        Time the server does not read (a data handler not keeping up) does not count
+        against C{minDataRate}: the client cannot send faster than it is read.
+        """
+
+        @implementer(IDataHandler)
+        class Stalled:
+            def __init__(self) -> None:
+                self.gate: Deferred[None] = Deferred()
+                self.messages: list[bytes] = []
+
+            async def onData(self, stream: IMessageStream, session: Session) -> None:
+                await self.gate
+                self.messages.append(await readMessage(stream))
+
+        handler = Stalled()
+        client = connect(handler, socketTimeout=60, minDataRate=100_000)
+        hello(client)
+        client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")
+        self.assertEqual(client.write(b"x" * 300_000 + b"\r\n"), [])
+        self.assertTrue(client.protocol.paused)
+        client.clock.advance(50)
+        handler.gate.callback(None)
+        for _ in range(3):
+            self.assertEqual(client.write(b"y" * 1000 + b"\r\n"), [])
+            client.clock.advance(10)
+            self.assertFalse(client.closed)
+        self.assertEqual(codes(client.write(b".\r\n")), [250])
+        self.assertEqual(len(handler.messages), 1)
 
     def test_5321_40_steadyMessageKept(self) -> None:
         """

@@ -26,6 +26,7 @@ header field kept.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -284,7 +285,7 @@ class ForwardDelivery:
                     replies=[str(reply) for reply in replies],
                     sessionId=session.id,
                 )
-                raise combined
+                raise fresh(combined)
             replies = [combined]
         # In SMTP, or for every recipient of our LMTP client, the single reply.
         outcome = _outcome(replies[0])
@@ -455,20 +456,29 @@ def _verifiedTLS(client: DownstreamClient) -> bool:
         return False
     try:
         verify_hostname(handle, name.decode("ascii"))
-    except (UnicodeDecodeError, VerificationError, CertificateError):
+    except (UnicodeDecodeError, ValueError, VerificationError, CertificateError):
+        # ValueError: a server name that is no DNS name (an IP address, say).
         return False
     return True
 
 
 def _finalDelivery(client: DownstreamClient, lmtp: bool) -> bool:
-    # LMTP to a Unix socket is handing the message to the store on this host (RFC 2033:
-    # LMTP is for final delivery).  REQUIRETLS governs relaying (RFC 8689 section
-    # 4.2.1), and a Unix socket crosses no network: whoever could read it could read the
-    # mailbox too.  LMTP over TCP may cross a network (to a store on another host), so
-    # there it still needs verified TLS, like any SMTP relay; and an SMTP server on a
-    # Unix socket relays further.
+    # LMTP to a Unix socket or over loopback is handing the message to the store on this
+    # host (RFC 2033: LMTP is for final delivery).  REQUIRETLS governs relaying (RFC 8689
+    # section 4.2.1), and neither crosses a network: whoever could read it could read
+    # the mailbox too.  LMTP to another host may cross a network, so there it still
+    # needs verified TLS, like any SMTP relay; and an SMTP server relays further.
     transport = client.transport
-    return lmtp and transport is not None and isinstance(transport.getPeer(), UNIXAddress)
+    if not lmtp or transport is None:
+        return False
+    peer = transport.getPeer()
+    if isinstance(peer, UNIXAddress):
+        return True
+    host = getattr(peer, "host", None)
+    try:
+        return isinstance(host, str) and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _outcome(reply: DownstreamReply) -> _Outcome:

@@ -149,6 +149,10 @@ class MaildirDelivery:
                 sessionId=session.id,
             )
             return
+        if stats.f_blocks == 0:
+            # A file system that reports no sizes (FUSE's default, some network ones):
+            # its free space is unknown, not nil.
+            return
         # RFC 1870 section 6.1: a size over the fixed maximum is refused for good (552),
         # one over the space free for now is refused for now (452).  The fixed maximum
         # here is the whole file system, root's blocks too, so that a permanent refusal
