@@ -1794,16 +1794,8 @@ class RequireTLSTests(ForwardTestCase):
         MAIL FROM goes with REQUIRETLS, and the message follows.
         """
         creator = optionsForClientTLS(DOWNSTREAM, Certificate.loadPEM(authority().cert))
-        connection = self.frontOverTLS(self.tlsEndpoint(creator))
-        replies = self.exchange(
-            connection, "MAIL FROM:<a@example.org> REQUIRETLS", "RCPT TO:<b@example.net>", "DATA"
-        )
-        self.assertEqual(codes(replies), [250, 250, 354])
-        connection.clientTransport.write(stuff(MESSAGE))
-        self.assertEqual(codes(self.exchange(connection)), [250])
-        [downstream] = self.factory.built
+        downstream = self.relayRequireTLS(self.tlsEndpoint(creator))
         self.assertEqual(downstream.commands[1], "MAIL FROM:<a@example.org> REQUIRETLS")
-        self.assertTrue(downstream.messages[0].endswith(MESSAGE))
 
     def test_8689_06_unverifiedTLSRefused(self) -> None:
         """
@@ -1869,7 +1861,20 @@ class RequireTLSTests(ForwardTestCase):
         return self.factory
 
     def assertFinalDelivery(self, endpoint: MemoryEndpoint) -> None:
-        connection = self.frontOverTLS(endpoint, lmtp=True)
+        downstream = self.relayRequireTLS(endpoint, lmtp=True)
+        self.assertEqual(
+            downstream.commands,
+            [f"LHLO {FRONT}", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA"],
+        )
+
+    def relayRequireTLS(
+        self, endpoint: IStreamClientEndpoint, *, lmtp: bool = False
+    ) -> ScriptedServer:
+        """
+        Send a REQUIRETLS message through a front relaying to C{endpoint}; it must be
+        accepted and reach the downstream, which is returned.
+        """
+        connection = self.frontOverTLS(endpoint, lmtp=lmtp)
         replies = self.exchange(
             connection, "MAIL FROM:<a@example.org> REQUIRETLS", "RCPT TO:<b@example.net>", "DATA"
         )
@@ -1877,11 +1882,8 @@ class RequireTLSTests(ForwardTestCase):
         connection.clientTransport.write(stuff(MESSAGE))
         self.assertEqual(codes(self.exchange(connection)), [250])
         [downstream] = self.factory.built
-        self.assertEqual(
-            downstream.commands,
-            [f"LHLO {FRONT}", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA"],
-        )
         self.assertTrue(downstream.messages[0].endswith(MESSAGE))
+        return downstream
 
     def test_8689_06_lmtpOverTCPAndSMTPOverUnixSocketRefused(self) -> None:
         """

@@ -1089,6 +1089,22 @@ class Collector:
         return self.result
 
 
+@implementer(IDataHandler)
+class LateReader:
+    """
+    A data handler that reads each message only once C{gate} has fired (a handler that
+    awaits something first, and lets the message fill its stream meanwhile).
+    """
+
+    def __init__(self) -> None:
+        self.gate: Deferred[None] = Deferred()
+        self.messages: list[bytes] = []
+
+    async def onData(self, stream: IMessageStream, session: Session) -> None:
+        await self.gate
+        self.messages.append(await readMessage(stream))
+
+
 class DataTests(SynchronousTestCase):
     """
     DATA and the final reply (spec sections 5.4 and 10).
@@ -1106,17 +1122,7 @@ class DataTests(SynchronousTestCase):
         rest of the message comes in and the client gets its 250.
         """
 
-        @implementer(IDataHandler)
-        class Late:
-            def __init__(self) -> None:
-                self.gate: Deferred[None] = Deferred()
-                self.messages: list[bytes] = []
-
-            async def onData(self, stream: IMessageStream, session: Session) -> None:
-                await self.gate
-                self.messages.append(await readMessage(stream))
-
-        handler = Late()
+        handler = LateReader()
         client = connect([handler])
         self.transaction(client)
         self.assertEqual(codes(client.send("DATA")), [354])

@@ -14,7 +14,6 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -37,6 +36,7 @@ from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, stuff
 
 from . import test_forward
 from .maildir_support import runNow, storedMessages
+from .test_protocol import LateReader
 from .test_proxy import FakeResolver
 
 NAME = "mx.test"
@@ -666,18 +666,7 @@ class ConnectionTests(SynchronousTestCase):
         Time the server does not read (a data handler not keeping up) does not count
         against C{minDataRate}: the client cannot send faster than it is read.
         """
-
-        @implementer(IDataHandler)
-        class Stalled:
-            def __init__(self) -> None:
-                self.gate: Deferred[None] = Deferred()
-                self.messages: list[bytes] = []
-
-            async def onData(self, stream: IMessageStream, session: Session) -> None:
-                await self.gate
-                self.messages.append(await readMessage(stream))
-
-        handler = Stalled()
+        handler = LateReader()
         client = connect(handler, socketTimeout=60, minDataRate=100_000)
         hello(client)
         client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")
