@@ -4,7 +4,8 @@ TOML file, resolved into one L{ServiceConfig}.
 
 The file uses the options declaration's names (C{maxClients = 100}) plus the service's
 own keys, named like the flags in camelCase (C{listen}, C{listenTLS}, C{port},
-C{deliver}, C{domain}, C{auth}, C{cert}, C{key}, C{ca}, C{sni}, C{sniDir}, C{workers}).
+C{deliver}, C{maildirMinFree}, C{domain}, C{auth}, C{cert}, C{key}, C{ca}, C{sni},
+C{sniDir}, C{workers}).
 Flags given on the command line win over the file; list-valued flags given on the command
 line replace the file's list.  Relative paths in the file are relative to the file.  A
 number that may be unset (a limit that unset turns off) is unset with C{none} or C{off},
@@ -24,6 +25,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 
 from ._options import OptionSpec, ServerOptions, optionSpecs
+from .handlers.maildir import DEFAULT_MIN_FREE
 
 #: Keys of the service that are not server options, with the flag each corresponds to.
 SERVICE_KEYS = {
@@ -31,6 +33,7 @@ SERVICE_KEYS = {
     "listenTLS": "--listen-tls",
     "port": "--port",
     "deliver": "--deliver",
+    "maildirMinFree": "--maildir-min-free",
     "domain": "--domain",
     "auth": "--auth",
     "cert": "--cert",
@@ -131,6 +134,9 @@ class ServiceConfig:
     auth: list[str] = field(default_factory=list)
     tls: TLSSources = field(default_factory=TLSSources)
     workers: int = 1
+    #: The bytes of free space every C{maildir:} delivery keeps in reserve (its
+    #: C{minFree}).
+    maildirMinFree: int = DEFAULT_MIN_FREE
     #: Listening sockets inherited from a --workers parent: (file descriptor, whether
     #: TLS starts at once, or L{None} to follow the C{secure} option).
     inherited: list[tuple[int, bool | None]] = field(default_factory=list)
@@ -238,6 +244,27 @@ def convert(spec: OptionSpec, value: Any, source: str) -> Any:
     return value
 
 
+def wholeBytes(value: Any, source: str) -> int:
+    """
+    A number of bytes, 0 or more, from text (the command line) or TOML, checked.
+
+    @param source: how to name the origin in an error (C{"--maildir-min-free"}).
+    """
+    try:
+        # TOML's true is a Python int, and int() would cut 1.5 down to 1: neither is a
+        # number of bytes.
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(value)
+        number = int(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        raise ConfigurationError(
+            f"{source} must be a whole number of bytes, not {value!r}"
+        ) from None
+    if number < 0:
+        raise ConfigurationError(f"{source} must be 0 or more bytes, not {value!r}")
+    return number
+
+
 def loadFile(path: str) -> dict[str, Any]:
     """
     Read a TOML configuration file; relative paths in it are made relative to it.
@@ -311,7 +338,8 @@ def resolve(
     Merge the command line and the file.
 
     @param given: server options from the command line, by option name, as text or
-        booleans; plus C{cert}, C{key}, C{ca}, C{sniDir} paths and C{workers} text.
+        booleans; plus C{cert}, C{key}, C{ca}, C{sniDir} paths and C{workers} and
+        C{maildirMinFree} text.
     @param lists: the repeatable flags (C{listen}, C{listenTLS}, C{port}, C{deliver},
         C{domain}, C{auth}, C{sni}) from the command line.
     @param file: the configuration file's data (from L{loadFile}), or empty.
@@ -350,6 +378,10 @@ def resolve(
         raise ConfigurationError(f"--workers must be a whole number, not {workers!r}") from None
     if config.workers < 1:
         raise ConfigurationError("--workers must be at least 1")
+    if "maildirMinFree" in given:
+        config.maildirMinFree = wholeBytes(given["maildirMinFree"], "--maildir-min-free")
+    elif "maildirMinFree" in file:
+        config.maildirMinFree = wholeBytes(file["maildirMinFree"], f"{path}: maildirMinFree")
     if not config.listen and not config.listenTLS:
         config.listen = [DEFAULT_LISTEN]
     if not config.deliver:

@@ -147,7 +147,10 @@ def buildServer(
         kind, _, argument = target.partition(":")
         if kind == "maildir":
             handler: object = MaildirDelivery(
-                argument, reactor=server.reactor, serverName=server.options.name
+                argument,
+                reactor=server.reactor,
+                serverName=server.options.name,
+                minFree=config.maildirMinFree,
             )
         elif kind in ("smtp", "lmtp"):
             from .handlers.forward import ForwardDelivery

@@ -4,8 +4,9 @@
 Every server option has a flag generated from the options declaration
 (``maxClients`` becomes ``--max-clients``); ``--config FILE`` reads the same options from
 a TOML file, and flags win over it.  ``--listen`` takes Twisted endpoint strings and may
-be repeated; ``--deliver`` chooses where accepted mail goes.  A configuration that cannot
-work stops the command with one line saying why (L{ConfigurationError}).
+be repeated; ``--deliver`` chooses where accepted mail goes, and ``--maildir-min-free``
+how much room its Maildirs keep free.  A configuration that cannot work stops the command
+with one line saying why (L{ConfigurationError}).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ._tls import (
     warnTLSProblems,
 )
 from .cred import IBearerToken
+from .handlers.maildir import DEFAULT_MIN_FREE
 
 __all__ = ["ConfigurationError", "Options", "buildServer", "makeService"]
 
@@ -114,6 +116,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             None,
             "Run this many processes sharing the listening sockets [default: 1].",
+        ],
+        [
+            "maildir-min-free",
+            None,
+            None,
+            "The bytes of free space every maildir: delivery keeps in reserve: MAIL FROM "
+            "gets 452 4.3.1 when less than the declared SIZE plus this much is free (0 "
+            f"refuses only a SIZE that does not fit) [default: {DEFAULT_MIN_FREE}].",
         ],
         *_PARAMETERS,
     ]
@@ -220,6 +230,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
                 given[name] = self[flag]
         if self["workers"] is not None:
             given["workers"] = self["workers"]
+        if self["maildir-min-free"] is not None:
+            given["maildirMinFree"] = self["maildir-min-free"]
         config = resolve(given, self.lists, file, path or "")
         if self.inherited:
             # A worker of --workers: serve on the parent's sockets, start no workers.

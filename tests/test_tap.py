@@ -19,11 +19,11 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from smtpsvc import Address, IRcptToHandler, Session, SMTPError, tap
+from smtpsvc import Address, IRcptToHandler, Session, SMTPError, SMTPServer, tap
 from smtpsvc._config import ConfigurationError, withListenBacklog
 from smtpsvc._options import optionSpecs
 from smtpsvc._service import SMTPService
-from smtpsvc.handlers.maildir import MaildirDelivery
+from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
 from smtpsvc.testing import MemoryClient
 
@@ -34,6 +34,13 @@ def parse(*args: str) -> tap.Options:
     options = tap.Options()
     options.parseOptions(list(args))
     return options
+
+
+def minFrees(server: SMTPServer) -> list[int]:
+    """
+    The C{minFree} of each Maildir delivery of a built server, in order.
+    """
+    return [h.minFree for h in server.handlers if isinstance(h, MaildirDelivery)]
 
 
 def chosen(options: tap.Options) -> dict[str, object]:
@@ -354,6 +361,88 @@ class BuildTests(SynchronousTestCase):
         self.assertIn("open relay", str(caught.exception))
 
 
+class MaildirMinFreeTests(SynchronousTestCase):
+    """
+    --maildir-min-free BYTES: the free space every maildir: delivery keeps in reserve.
+    """
+
+    def test_default(self) -> None:
+        """
+        Without the flag each Maildir delivery keeps the library's default reserve.
+        """
+        options = parse("--deliver", f"maildir:{self.mktemp()}")
+        self.assertEqual(options.config.maildirMinFree, DEFAULT_MIN_FREE)
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertEqual(minFrees(server), [DEFAULT_MIN_FREE])
+
+    def test_everyMaildir(self) -> None:
+        """
+        The reserve given goes to every maildir: delivery the service builds; 0 is
+        allowed, and spaces around the number do not matter.
+        """
+        for text, expected in (("1048576", 1048576), ("0", 0), (" 42 ", 42)):
+            options = parse(
+                "--maildir-min-free",
+                text,
+                "--deliver",
+                f"maildir:{self.mktemp()}",
+                "--deliver",
+                f"maildir:{self.mktemp()}",
+            )
+            server = tap.buildServer(options, reactor=Clock())
+            self.assertEqual(minFrees(server), [expected, expected], text)
+
+    def test_badValues(self) -> None:
+        """
+        Anything but a whole number of bytes, 0 or more, stops the command with one line
+        naming the flag.  Like --size, it takes no K, M or G suffix.
+        """
+        for text, words in (
+            ("lots", "--maildir-min-free must be a whole number of bytes, not 'lots'"),
+            ("16M", "--maildir-min-free must be a whole number of bytes, not '16M'"),
+            ("1.5", "--maildir-min-free must be a whole number of bytes, not '1.5'"),
+            ("", "--maildir-min-free must be a whole number of bytes, not ''"),
+            ("-1", "--maildir-min-free must be 0 or more bytes, not '-1'"),
+        ):
+            with self.assertRaises(ConfigurationError) as caught:
+                parse("--maildir-min-free", text)
+            message = str(caught.exception)
+            self.assertEqual(message, f"twist smtpsvc: {words}", text)
+        with self.assertRaises(ConfigurationError):
+            parse("--size", "16M")
+
+    def test_refusesAtMailFrom(self) -> None:
+        """
+        The built server answers MAIL FROM with 452 4.3.1 when the Maildir's file system
+        has less free than the reserve given (no file system has 4 EiB free).
+        """
+        server = tap.buildServer(
+            parse(
+                "--maildir-min-free",
+                str(2**62),
+                "--deliver",
+                f"maildir:{self.mktemp()}",
+                "--no-hide-enhancedstatuscodes",
+            ),
+            reactor=Clock(),
+        )
+        client = MemoryClient(server)
+        client.send("EHLO x")
+        [reply] = client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(reply.code, 452)
+        self.assertIn("4.3.1", reply.text)
+
+    def test_help(self) -> None:
+        """
+        twist smtpsvc --help lists the flag with what it does and its default.
+        """
+        usage = str(tap.Options())
+        self.assertIn("--maildir-min-free=", usage)
+        docs = tap.Options().docs["maildir-min-free"]
+        self.assertIn("maildir: delivery keeps in reserve", docs)
+        self.assertIn(f"[default: {DEFAULT_MIN_FREE}]", docs)
+
+
 class ConfigFileTests(SynchronousTestCase):
     """
     --config FILE: the same options in TOML; flags win.
@@ -389,6 +478,35 @@ class ConfigFileTests(SynchronousTestCase):
         # Relative paths are relative to the file.
         expected = os.path.join(os.path.dirname(os.path.abspath(path)), "mail")
         self.assertEqual(config.deliver, [f"maildir:{expected}"])
+
+    def test_maildirMinFree(self) -> None:
+        """
+        maildirMinFree in the file sets the reserve of every maildir: delivery, as a
+        number or a string of one; --maildir-min-free wins over it.
+        """
+        for text in ("maildirMinFree = 1000\n", 'maildirMinFree = "1000"\n'):
+            path = self.write(text + 'deliver = ["maildir:a", "maildir:b"]\n')
+            options = parse("--config", path)
+            self.assertEqual(options.config.maildirMinFree, 1000)
+            server = tap.buildServer(options, reactor=Clock())
+            self.assertEqual(minFrees(server), [1000, 1000])
+            options = parse("--config", path, "--maildir-min-free", "0")
+            self.assertEqual(minFrees(tap.buildServer(options, reactor=Clock())), [0, 0])
+
+    def test_badMaildirMinFree(self) -> None:
+        """
+        A bad maildirMinFree names the file and the key, on one line.
+        """
+        for value, words in (
+            ("-5", "maildirMinFree must be 0 or more bytes, not -5"),
+            ("1.5", "maildirMinFree must be a whole number of bytes, not 1.5"),
+            ("true", "maildirMinFree must be a whole number of bytes, not True"),
+            ('"16M"', "maildirMinFree must be a whole number of bytes, not '16M'"),
+        ):
+            path = self.write(f"maildirMinFree = {value}\n")
+            with self.assertRaises(ConfigurationError) as caught:
+                parse("--config", path)
+            self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}", value)
 
     def test_listsReplaced(self) -> None:
         """
