@@ -82,7 +82,7 @@ class ServerOptions:
     lmtp: bool = _option(
         False,
         "Speak LMTP (RFC 2033): ``LHLO`` instead of HELO/EHLO and one reply per accepted "
-        "recipient after DATA.",
+        "recipient after DATA.  An LMTP server refuses to listen on TCP port 25.",
     )
     size: int = _option(
         0,
@@ -96,7 +96,11 @@ class ServerOptions:
         "Advertise a bare ``SIZE`` without the limit, and skip the ``SIZE=`` check at MAIL "
         "(the message itself is still held to ``size``).",
     )
-    hidePIPELINING: bool = _option(False, "Do not advertise PIPELINING (it still works).")
+    hidePIPELINING: bool = _option(
+        False,
+        "Do not advertise PIPELINING (it still works, except for unauthenticated clients "
+        "under ``forbidUnauthPipelining``).  Cannot be set with ``lmtp``.",
+    )
     hide8BITMIME: bool = _option(False, "Do not advertise 8BITMIME (BODY= still works).")
     hideSMTPUTF8: bool = _option(False, "Do not advertise SMTPUTF8 (the parameter still works).")
     hideDSN: bool = _option(
@@ -109,7 +113,7 @@ class ServerOptions:
         None,
         "Hide ENHANCEDSTATUSCODES (RFC 2034).  When shown, replies carry RFC 3463 codes.  "
         "The default hides them for SMTP, as the reference does, and shows them for LMTP, "
-        "which RFC 2033 requires.",
+        "which RFC 2033 requires: setting it true with ``lmtp`` is an error.",
         defaultText="hidden for SMTP, shown for LMTP",
     )
     hideREQUIRETLS: bool = _option(
@@ -138,7 +142,10 @@ class ServerOptions:
     maxCommandLength: int = _option(
         4096,
         "Longest command line accepted, in bytes without the CRLF; a longer one gets 500 "
-        "and is discarded.  AUTH exchanges may always use 12288 bytes (RFC 4954).",
+        "and is discarded.  MAIL and RCPT lines may be longer by what the extensions "
+        "offered add (MAIL: 26 with SIZE, 100 with DSN, 10 for SMTPUTF8, 500 with AUTH; "
+        "RCPT: 500 with DSN), and AUTH lines and SASL responses may be 12288 bytes "
+        "(RFC 4954 section 4).",
         group="limits",
     )
     maxClients: int | None = _option(
@@ -149,8 +156,9 @@ class ServerOptions:
     )
     socketTimeout: float = _option(
         60.0,
-        "Seconds without traffic either way before ``421 Timeout - closing connection``; "
-        "0 turns the timeout off.",
+        "Seconds without traffic either way before ``421 Timeout - closing connection``.  "
+        "It also bounds a command line, from its first byte, and is the head start a "
+        "message gets under ``minDataRate``; 0 turns all three off.",
         group="limits",
     )
     closeTimeout: float = _option(
@@ -168,8 +176,9 @@ class ServerOptions:
     maxUnrecognizedCommands: int | None = _option(
         10,
         "Unrecognised commands a client may send before it gets ``421 Error: too many "
-        "unrecognized commands``; the count starts again after each message.  Unset "
-        "turns the limit off.",
+        "unrecognized commands``: those answered 500 or 502, over-long or invalid lines, "
+        "and every command after a refused greeting (or a refusal after STARTTLS).  The "
+        "count starts again after each message.  Unset turns the limit off.",
         group="limits",
     )
     forbidUnauthPipelining: bool = _option(
@@ -261,7 +270,7 @@ class ServerOptions:
     )
     minVersion: str = _option(
         "TLSv1.2",
-        "Oldest TLS version accepted (RFC 8997 retired TLS 1.0 and 1.1).",
+        "Oldest TLS version accepted (RFC 8996 retired TLS 1.0 and 1.1).",
         choices=TLS_VERSIONS,
         group="tls",
     )
@@ -369,7 +378,7 @@ class ServerOptions:
     )
     authRequiredMessage: str = _option(
         "Error: authentication Required",
-        "Text of the 530 reply sent for MAIL, RCPT and DATA before authentication.",
+        "Text of the 530 reply sent for MAIL, RCPT, DATA and BDAT before authentication.",
         group="auth",
     )
     maxAuthFailures: int | None = _option(

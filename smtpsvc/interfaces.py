@@ -39,8 +39,9 @@ class IConnectHandler(Interface):
         A client connected; the greeting has not been sent yet.
 
         Raise L{smtpsvc.SMTPError} to refuse the client: the error is sent instead of the
-        greeting (C{554 Go away}, or C{421 Busy} for a temporary refusal) and the
-        connection closes.
+        greeting (C{554 Go away}), and the client may then only say QUIT: every other
+        command gets C{503} (RFC 5321 section 3.1).  A C{421} (C{421 Busy}, a temporary
+        refusal) or a C{521} (RFC 7504) closes the connection at once.
         """
 
 
@@ -60,7 +61,7 @@ class ISecureHandler(Interface):
 
         Raise L{smtpsvc.SMTPError} to refuse the client: with implicit TLS the reply
         replaces the greeting; after STARTTLS it answers (encrypted) every command but
-        QUIT (RFC 3207 section 4.1).  A C{421} closes the connection at once.
+        QUIT (RFC 3207 section 4.1).  A C{421} or C{521} closes the connection at once.
         """
 
 

@@ -22,6 +22,8 @@ from smtpsvc._config import unsetNote
 from smtpsvc._options import OptionSpec
 
 _HEADERS = ("Option", "Command-line flag", "Default", "Description")
+# Group headings that are not just the group's name capitalised.
+_GROUP_NAMES = {"tls": "TLS", "auth": "Authentication"}
 
 
 def _literal(text: str) -> str:
@@ -96,7 +98,8 @@ def optionsTableSource(specs: Iterable[OptionSpec]) -> list[str]:
     """
     lines: list[str] = []
     for group, members in _groups(specs).items():
-        lines += [f".. rubric:: {_plain(group.capitalize())}", ""]
+        heading = _GROUP_NAMES.get(group, group.capitalize())
+        lines += [f".. rubric:: {_plain(heading)}", ""]
         lines += [".. list-table::", "   :header-rows: 1", "   :widths: 20 20 15 45", ""]
         lines += _cell(True, [_HEADERS[0]])
         for header in _HEADERS[1:]:

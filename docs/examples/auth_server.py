@@ -57,7 +57,7 @@ async def main(
         key=readFile(keyFile),
         # What the checker can verify: PLAIN and LOGIN (a hash cannot answer CRAM-MD5).
         authMethods=authentication.mechanisms(),
-        # The defaults, spelled out: MAIL, RCPT and DATA need AUTH first (530), and
+        # The defaults, spelled out: MAIL, RCPT, DATA and BDAT need AUTH first (530), and
         # AUTH in clear gets "538 5.7.11 Must issue a STARTTLS command first".
         authOptional=False,
         allowInsecureAuth=False,

@@ -68,8 +68,9 @@ def makeServer(reactor: Any, cert: bytes, key: bytes, maildir: str) -> SMTPServe
         # PEM bytes; the certificate may be followed by its chain.
         cert=cert,
         key=key,
-        # Nothing is accepted in clear: MAIL, RCPT, DATA and AUTH before STARTTLS get
-        # "530 Must issue a STARTTLS command first" (implicit TLS meets it at once).
+        # Nothing is accepted in clear: every command but EHLO, HELO, LHLO, STARTTLS,
+        # NOOP, RSET and QUIT before STARTTLS gets "530 Must issue a STARTTLS command
+        # first" (implicit TLS meets it at once).
         needsUpgrade=True,
         # This example has no IAuthHandler, so it lets clients send without AUTH.  A real
         # submission server (RFC 6409) authenticates them: add one and drop this line.

@@ -55,7 +55,8 @@ class Address:
 
     @ivar address: the mailbox, C{""} for the null sender C{<>}.
     @ivar args: the ESMTP parameters, keyword in upper case to the xtext-decoded value,
-        or C{True} for a keyword without a value; unknown ones are kept here too.
+        or C{True} for a keyword without a value (only those of the extensions offered:
+        any other gets 555 before a handler sees it).
     @ivar dsn: for a recipient when DSN is advertised, its NOTIFY and ORCPT.
     """
 

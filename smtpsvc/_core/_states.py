@@ -4,7 +4,7 @@ The one place that decides which command is legal when.
 The model (RFC 5321 section 4.1.4, RFC 2033 for LMTP, RFC 3207 for STARTTLS):
 
 - ``GREETED``: the greeting has been sent; the client has not said HELO, EHLO or LHLO.
-  Only session commands work; MAIL, RCPT, DATA and AUTH need a HELO first.
+  Only session commands work; MAIL, RCPT, DATA, BDAT and AUTH need a HELO first.
 - ``READY``: the client has said hello; no mail transaction is open.
 - ``MAIL``: MAIL FROM was accepted; no recipient yet.
 - ``RCPT``: at least one RCPT TO was accepted; DATA may follow.
@@ -19,7 +19,8 @@ The model (RFC 5321 section 4.1.4, RFC 2033 for LMTP, RFC 3207 for STARTTLS):
 command succeeds (a command refused by a handler or by its own syntax leaves the state
 alone).  A pair that is not listed is a sequence error: ``SEQUENCE_ERRORS`` holds its 503
 text, and any pair missing from both gets the generic one.  Commands that never reach this
-table (unknown or disabled ones, or ones whose extension is off) are answered 500 before.
+table (unknown or disabled ones, or ones whose extension is off) are answered 500 or 502
+before.
 
 HELO, EHLO and LHLO act as RSET (section 4.1.4); STARTTLS and XCLIENT go back to
 ``GREETED`` because the client must say hello again (RFC 3207 section 4.2, Postfix's
