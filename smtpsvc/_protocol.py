@@ -668,8 +668,7 @@ class SMTPProtocol(LineReceiver):
                 reason=reason.getErrorMessage(),
             )
         seconds = self._reactor.seconds() - self._connectedAt
-        tls = session.tlsOptions
-        tlsText = f"{tls.version} {tls.name}" if tls is not None else None
+        tlsText = _tlsText(session)
         _log.info(
             # Pre-rendered, as the transaction line is (see _logTransaction).
             "{text}",
@@ -1325,7 +1324,6 @@ class SMTPProtocol(LineReceiver):
         # One line per transaction, with what an operator greps for; the fields are
         # structured, so `twist --log-format json` gives them to log processors as such.
         session = self._core.session
-        tls = session.tlsOptions
         mailFrom = envelope.mailFrom.address if envelope.mailFrom else ""
         rcptTo = [r.address for r in envelope.rcptTo]
         size = transaction.decoder.byteLength
@@ -1342,7 +1340,7 @@ class SMTPProtocol(LineReceiver):
             transaction=session.transaction,
             remoteAddress=session.remoteAddress,
             clientHostname=session.clientHostname,
-            tls=f"{tls.version} {tls.name}" if tls is not None else None,
+            tls=_tlsText(session),
             user=_userName(session.user) if session.user is not None else None,
             mailFrom=mailFrom,
             rcptTo=rcptTo,
@@ -1511,6 +1509,12 @@ class _PreparedTLS:
         if connection is None:
             raise RuntimeError("a prepared TLS connection serves one handshake")
         return connection
+
+
+def _tlsText(session: Session) -> str | None:
+    # The TLS version and cipher, as the log lines show them.
+    tls = session.tlsOptions
+    return f"{tls.version} {tls.name}" if tls is not None else None
 
 
 def _host(address: object) -> str:

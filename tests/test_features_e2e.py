@@ -303,6 +303,70 @@ class SizeTests(E2ETestCase):
         self.assertEqual(leftInTmp(maildir), {})
 
 
+# -- RFC 5321 limits -----------------------------------------------------------------------------
+
+
+class TransactionLimitTests(E2ETestCase):
+    """
+    maxRecipients, maxReceivedHeaders and minDataRate, with smtplib and a raw socket.
+    """
+
+    async def test_recipientLimitAndMailLoop(self) -> None:
+        """
+        With maxRecipients=100, smtplib's 101st recipient gets 452 4.5.3 and the message
+        goes to the other hundred; a message with maxReceivedHeaders (5) Received: fields
+        is refused with 554 5.4.6 as a mail loop, and is not delivered.
+        """
+        recorder = RecordingHandler()
+        _, port = await startLocal(self, [recorder], maxRecipients=100, maxReceivedHeaders=5)
+        recipients = [f"r{n}@example.org" for n in range(101)]
+        looped = b"".join(b"Received: from hop%d\r\n" % n for n in range(5)) + message("loop")
+
+        def talk() -> tuple[dict[str, tuple[int, bytes]], tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                refused = c.sendmail(SENDER, recipients, message("many"))
+                c.mail(SENDER)
+                c.rcpt(RECIPIENT)
+                loop = c.data(looped)
+            return refused, loop
+
+        refused, loop = await deferToThread(talk)
+        self.assertEqual(refused, {recipients[-1]: (452, b"4.5.3 Error: too many recipients")})
+        self.assertEqual(loop, (554, b"5.4.6 Error: too many hops, mail loop detected"))
+        self.assertEqual([len(m.envelope.rcptTo) for m in recorder.messages], [100])
+
+    async def test_slowMessageCutOff(self) -> None:
+        """
+        With socketTimeout=1 and minDataRate=10, a client that sends its message a byte
+        every half second (never idle for a second) gets 421 4.4.2 once it falls behind,
+        and the connection closes; nothing is delivered.
+        """
+        recorder = RecordingHandler()
+        _, port = await startLocal(self, [recorder], socketTimeout=1, minDataRate=10)
+
+        def trickle() -> tuple[list[int], list[ServerReply], float]:
+            with RawClient(port) as client:
+                codes = [client.readReply().code, client.command(f"EHLO {CLIENT_NAME}").code]
+                codes += [client.command(f"MAIL FROM:<{SENDER}>").code]
+                codes += [client.command(f"RCPT TO:<{RECIPIENT}>").code]
+                codes += [client.command("DATA").code]
+                started = time.monotonic()
+                try:
+                    for _ in range(20):
+                        client.send(b"x")
+                        time.sleep(0.5)
+                except OSError:
+                    pass
+                replies = client.readUntilClosed(within=SOCKET_TIMEOUT)
+                return codes, replies, time.monotonic() - started
+
+        codes, replies, waited = await deferToThread(trickle)
+        self.assertEqual(codes, [220, 250, 250, 250, 354])
+        self.assertEqual(replies, [ServerReply(421, ("4.4.2 Timeout - closing connection",))])
+        self.assertLess(waited, 8.0)
+        self.assertEqual(recorder.messages, [])
+
+
 # -- SMTPUTF8 ---------------------------------------------------------------------------------
 
 UTF8_SENDER = "jörg@bücher.example"

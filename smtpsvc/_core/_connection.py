@@ -162,11 +162,10 @@ _HTTP_VERBS: Final = frozenset(
     ("OPTIONS", "GET", "HEAD", "POST", "PUT", "DELETE", "TRACE", "CONNECT")
 )
 _START_DATA: Final = StartData()
-# Commands refused before STARTTLS when needsUpgrade is set, and before AUTH when
-# authentication is required.
 # What needsUpgrade lets through in clear: RFC 3207 section 4 names NOOP, EHLO, STARTTLS
 # and QUIT; HELO, LHLO and RSET reveal nothing and start nothing either.
 _BEFORE_TLS: Final = frozenset(("EHLO", "HELO", "LHLO", "STARTTLS", "NOOP", "RSET", "QUIT"))
+# Commands refused before AUTH when authentication is required.
 _NEED_AUTH: Final = frozenset(("MAIL", "RCPT", "DATA", "BDAT"))
 #: RFC 4954 section 4: AUTH lines of at least 12288 octets must be accepted.
 SASL_LINE_LIMIT: Final = 12288
@@ -349,8 +348,8 @@ class ServerConnection:
         before sending more (RFC 2920 section 3.1): after EHLO, HELO, LHLO, DATA, NOOP,
         VRFY, EXPN, TURN, QUIT and STARTTLS, while an AUTH exchange waits for the client's
         next response, and after any command but BDAT while PIPELINING is not offered
-        (before EHLO, after HELO, or hidden).  Authenticated
-        clients are trusted to pipeline as they like.
+        (before EHLO, after HELO, or hidden).  Authenticated clients are trusted to
+        pipeline as they like.
         """
         if self.session.user is not None:
             return False
@@ -449,11 +448,9 @@ class ServerConnection:
             if verb == "QUIT":
                 return self._send(R.BYE, close=True)
             return self._unrecognizedCommand(self._refusedWith)
-        if not self._available(verb):
-            known = verb in _NOT_IMPLEMENTED or (
-                verb in COMMANDS and (verb != "LHLO" or options.lmtp)
-            )
-            return self._unrecognizedCommand(R.NOT_IMPLEMENTED if known else R.UNRECOGNIZED)
+        unavailable = self._unavailable(verb)
+        if unavailable is not None:
+            return self._unrecognizedCommand(unavailable)
         if verb != "AUTH" and self._authRequired and self._countUnauthenticated():
             return self._send(R.TOO_MANY_UNAUTHENTICATED)
         if verb == "BDAT":
@@ -477,21 +474,20 @@ class ServerConnection:
             return R.reply(530, options.authRequiredMessage, "5.7.0")
         return None
 
-    def _available(self, verb: str) -> bool:
-        # COMMANDS is also the set of keys of _COMMANDS (a test holds them equal), so a
-        # verb that passes the checks below has a method.
-        if verb not in COMMANDS:
-            return False
+    def _unavailable(self, verb: str) -> Reply | None:
+        # The reply to a command that is not carried out here (RFC 5321 section 4.2.4):
+        # 502 for one known but not implemented, switched off or impossible on this
+        # connection, 500 for one not known at all (LHLO outside LMTP included); None
+        # for a command with a method.  COMMANDS is also the set of keys of _COMMANDS (a
+        # test holds them equal).
         options = self._options
+        if verb not in COMMANDS or (verb == "LHLO" and not options.lmtp):
+            return R.NOT_IMPLEMENTED if verb in _NOT_IMPLEMENTED else R.UNRECOGNIZED
         # LMTP's LHLO is EHLO for the purpose of disabling it (as in the reference).
         key = "EHLO" if verb == "LHLO" else verb
-        if key in options.disabledCommands:
-            return False
-        if verb == "LHLO":
-            return options.lmtp
-        if verb == "STARTTLS":
-            return self._tlsAvailable
-        return True
+        if key in options.disabledCommands or (verb == "STARTTLS" and not self._tlsAvailable):
+            return R.NOT_IMPLEMENTED
+        return None
 
     @property
     def _authRequired(self) -> bool:

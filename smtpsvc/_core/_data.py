@@ -292,12 +292,7 @@ class ChunkDecoder(_MessageDecoder):
         """
         The message bytes that the next part of a chunk completes.
         """
-        if self._heldCR:
-            data = b"\r" + data
-            self._heldCR = False
-        if data.endswith(b"\r"):
-            data = data[:-1]
-            self._heldCR = True
+        data, self._heldCR = _holdCR(self._heldCR, data)
         return self._judge(data)
 
     def end(self) -> bytes:
@@ -322,6 +317,16 @@ def _heldBack(buf: bytes) -> int:
     if buf.endswith(b"\r"):
         return 1
     return 0
+
+
+def _holdCR(held: bool, data: bytes) -> tuple[bytes, bool]:
+    # Put back the CR held from the last chunk, and hold back one that ends this chunk:
+    # whether it starts a CRLF is for the next chunk to say.
+    if held:
+        data = b"\r" + data
+    if data.endswith(b"\r"):
+        return data[:-1], True
+    return data, False
 
 
 def _hasBareLineEnding(part: bytes) -> bool:
@@ -373,12 +378,7 @@ class DotStuffer:
         """
         The stuffed bytes for the next chunk of the message.
         """
-        if self._heldCR:
-            chunk = b"\r" + chunk
-            self._heldCR = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._heldCR = True
+        chunk, self._heldCR = _holdCR(self._heldCR, chunk)
         if not chunk:
             return b""
         if _hasBareLineEnding(chunk):
