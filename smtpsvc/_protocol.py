@@ -839,7 +839,8 @@ class SMTPProtocol(LineReceiver):
             self._busyReceiving = False
             if self._pos and self._pos >= len(self._buffer):
                 self._buffer, self._pos = b"", 0
-            self._flush()
+            if self._out:
+                self._flushSoon()
             if self.paused:
                 self._holdTransport()
 
@@ -1137,7 +1138,8 @@ class SMTPProtocol(LineReceiver):
                 self.transport.abortConnection()  # type: ignore[union-attr]
                 return
         self._tlsPending = True
-        # From here on every byte goes through TLS.
+        # From here on every byte goes through TLS; what is still to send was not.
+        self._flush()
         self._socket = None
         ITLSTransport(self.transport).startTLS(creator)
 
@@ -1355,11 +1357,23 @@ class SMTPProtocol(LineReceiver):
         if self._closed:
             return
         self._lastActivity = self._reactor.seconds()
-        if self._busyReceiving:
+        if self._busyReceiving or self._out:
             # Replies to pipelined commands leave in one write (RFC 2920 section 3.1).
             self._out.append(data)
+        elif self._socket is not None:
+            self._out.append(data)
+            self._flushSoon()
         else:
             self._send(data)
+
+    def _flushSoon(self) -> None:
+        # What is in _out leaves at the end of this turn of the reactor, with the other
+        # connections' replies (see SMTPServer._sendSoon), when it can go straight to
+        # the socket; else now, to a transport that holds it until then anyway.
+        if self._socket is not None:
+            self._server._sendSoon(self)
+        else:
+            self._flush()
 
     def _flush(self) -> None:
         if self._out and not self._disconnected:

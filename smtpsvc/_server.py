@@ -123,6 +123,10 @@ class SMTPServer(Factory):
         self._closeWaiters: list[Deferred[None]] = []
         self._closedAlready = False
         self._forceCall: IDelayedCall | None = None
+        # Connections whose replies leave at the end of this turn of the reactor (an
+        # ordered set), and the call that sends them.
+        self._unsent: dict[SMTPProtocol, None] = {}
+        self._sendCall: IDelayedCall | None = None
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -173,6 +177,25 @@ class SMTPServer(Factory):
         The open connections; each has a C{session}.
         """
         return frozenset(self._connections)
+
+    def _sendSoon(self, protocol: SMTPProtocol) -> None:
+        # Send what the protocol wrote once the reactor has read from every connection
+        # that was ready this turn.  A client that opens many connections (a relay, a
+        # load tester) then gets its replies in one burst: waking it up once rather than
+        # once per reply is what costs the kernel, and so this server, least.
+        self._unsent[protocol] = None
+        if self._sendCall is None:
+            self._sendCall = self.reactor.callLater(0, self._sendAll)
+
+    def _sendAll(self) -> None:
+        self._sendCall = None
+        unsent, self._unsent = self._unsent, {}
+        for protocol in unsent:
+            try:
+                protocol._flush()
+            except Exception:
+                # A bug, but one connection's: the others' replies still go.
+                _log.failure("Sending replies failed", sessionId=protocol.session.id)
 
     def _connectionMade(self, protocol: SMTPProtocol) -> None:
         self._connections.add(protocol)

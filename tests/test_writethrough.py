@@ -1,10 +1,12 @@
 """
-Replies leave on a plain TCP connection at once, not at the reactor's next turn.
+Replies leave on a plain TCP connection straight to the socket at the end of the
+reactor's turn, every connection's together, not through the transport's buffer at the
+reactor's next turn.
 
 These tests put a real loopback socket in Twisted's real TCP transport, with a
-L{MemoryReactorClock} whose loop never runs: whatever the client receives was sent while
-the protocol handled the input, and whatever waits for the loop is visible as a writer
-registered with the reactor.
+L{MemoryReactorClock} whose loop runs only when the test says: the end of a turn is the
+calls due now (C{advance(0)}), and whatever waits for the next turn is visible as a
+writer registered with the reactor.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from zope.interface import implementer
 
 from smtpsvc import IMailFromHandler, SMTPServer
 from smtpsvc._core._session import Address, Session
+from smtpsvc._protocol import SMTPProtocol
 
 from .memorytls import authority, issue
 
@@ -38,18 +41,21 @@ class Connected:
         testCase: SynchronousTestCase,
         small: bool = False,
         handlers: Sequence[object] = (),
+        server: SMTPServer | None = None,
         **options: Any,
     ) -> None:
-        self.reactor = MemoryReactorClock()
-        server = SMTPServer(
-            handlers,
-            reactor=self.reactor,
-            name="mx.example.test",
-            earlyTalkerDelay=0,
-            disableReverseLookup=True,
-            authOptional=True,
-            **options,
-        )
+        if server is None:
+            server = SMTPServer(
+                handlers,
+                reactor=MemoryReactorClock(),
+                name="mx.example.test",
+                earlyTalkerDelay=0,
+                disableReverseLookup=True,
+                authOptional=True,
+                **options,
+            )
+        self.server = server
+        self.reactor = cast(MemoryReactorClock, server.reactor)
         listener = socket.socket()
         testCase.addCleanup(listener.close)
         listener.bind(("127.0.0.1", 0))
@@ -78,14 +84,35 @@ class Connected:
         return self.transport in self.reactor.getWriters()
 
     def receive(self, size: int = 65536) -> bytes:
+        """
+        What the server sent by the end of this turn of the reactor.
+        """
+        self.endTurn()
         return self.client.recv(size)
+
+    def read(self, data: bytes) -> None:
+        """
+        The client sends C{data}; the server reads it, and the turn goes on.
+        """
+        self.client.sendall(data)
+        self.transport.doRead()
+
+    def endTurn(self) -> None:
+        """
+        Run the calls due now, as the reactor does once it has read from every ready
+        connection.
+        """
+        while self.reactor.getDelayedCalls():
+            due = min(call.getTime() for call in self.reactor.getDelayedCalls())
+            if due > self.reactor.seconds():
+                break
+            self.reactor.advance(0)
 
     def say(self, data: bytes) -> None:
         """
         The client sends C{data}; the server reads it, as the reactor would.
         """
-        self.client.sendall(data)
-        self.transport.doRead()
+        self.read(data)
         # Past each batch of pipelined lines the protocol lets the reactor have a turn.
         while self.reactor.getDelayedCalls() and not self.transport.disconnecting:
             due = min(call.getTime() for call in self.reactor.getDelayedCalls())
@@ -161,16 +188,55 @@ class WriteThroughTests(SynchronousTestCase):
     """
     L{SMTPProtocol} writes to the socket of a plain TCP transport directly while the
     transport's own buffer is empty (Twisted issue #5303: every write otherwise waits for
-    the next reactor turn, two epoll_ctl calls and a wake-up per reply).
+    the next reactor turn, two epoll_ctl calls and a wake-up per reply), at the end of
+    the turn in which it was written.
     """
 
-    def test_greetingSentAtOnce(self) -> None:
+    def test_greetingSentAtTurnEnd(self) -> None:
         """
-        The greeting is on the wire when the connection is made; nothing waits.
+        The greeting is on the wire when the turn in which the connection was made ends;
+        nothing waits for the next turn.
         """
         connected = Connected(self)
+        connected.client.setblocking(False)
+        with self.assertRaises(BlockingIOError):
+            connected.client.recv(100)
+        connected.client.setblocking(True)
         self.assertTrue(connected.receive().startswith(b"220 mx.example.test "))
         self.assertFalse(connected.waiting())
+
+    def test_connectionsSentTogether(self) -> None:
+        """
+        The replies to what the server read from several connections in one turn leave
+        together when it ends, each in one send.
+        """
+        first = Connected(self)
+        second = Connected(self, server=first.server)
+        first.receive()
+        second.receive()
+        sent: list[bytes] = []
+
+        class Spy:
+            # A socket's send method cannot be replaced; the socket the protocol uses can.
+            def __init__(self, real: socket.socket) -> None:
+                self.real = real
+
+            def send(self, data: bytes) -> int:
+                sent.append(data)
+                return self.real.send(data)
+
+        for connected in (first, second):
+            connected.protocol._socket = cast(socket.socket, Spy(connected.transport.socket))
+        first.read(b"NOOP\r\nNOOP\r\n")
+        second.read(b"HELP\r\n")
+        self.assertEqual(sent, [])
+        first.endTurn()
+        self.assertEqual(len(sent), 2)
+        self.assertEqual(sent[0], b"250 OK\r\n250 OK\r\n")
+        self.assertEqual(first.receive(), sent[0])
+        self.assertEqual(second.receive(), sent[1])
+        self.assertTrue(sent[1].startswith(b"214"), sent[1])
+        self.assertFalse(first.waiting() or second.waiting())
 
     def test_pipelinedRepliesInOneSend(self) -> None:
         """
@@ -183,6 +249,30 @@ class WriteThroughTests(SynchronousTestCase):
         self.assertEqual(replies.count(b"\r\n250 "), 3, replies)
         self.assertTrue(replies.endswith(b"250 Accepted\r\n250 OK\r\n"), replies)
         self.assertFalse(connected.waiting())
+
+    def test_oneConnectionsFailureSpared(self) -> None:
+        """
+        Should sending one connection's replies raise (a bug), it is logged and the other
+        connections' replies of the turn still go.
+        """
+        first = Connected(self)
+        second = Connected(self, server=first.server)
+        first.receive()
+        second.receive()
+        real = SMTPProtocol._flush
+
+        def flush(protocol: SMTPProtocol) -> None:
+            if protocol is first.protocol:
+                raise RuntimeError("a bug")
+            real(protocol)
+
+        self.patch(SMTPProtocol, "_flush", flush)
+        first.read(b"NOOP\r\n")
+        second.read(b"NOOP\r\n")
+        first.endTurn()
+        self.assertEqual(second.receive(), b"250 OK\r\n")
+        [failure] = self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(str(failure.value), "a bug")
 
     def test_orderKeptWhenTheSocketIsFull(self) -> None:
         """
