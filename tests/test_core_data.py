@@ -19,7 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from smtpsvc._core._data import ChunkDecoder, DataDecoder, _hasBareLineEnding, stuff
+from smtpsvc._core._data import (
+    _NOT_CRLF,
+    _NOT_CRLF_DOT,
+    ChunkDecoder,
+    DataDecoder,
+    _hasBareLineEnding,
+    stuff,
+)
 
 from . import smuggling
 
@@ -649,8 +656,8 @@ class DataPropertyTests(SynchronousTestCase):
 
 class BareLineEndingCheckTests(SynchronousTestCase):
     """
-    The quick test for bare CR and LF, which counts rather than looks, agrees with the
-    definition.
+    The quick test for bare CR and LF, which looks at the order of the CRs and LFs and
+    then only for a CR alone, agrees with the definition.
     """
 
     @_FAST
@@ -661,12 +668,25 @@ class BareLineEndingCheckTests(SynchronousTestCase):
         """
         self.assertEqual(_hasBareLineEnding(data), _BARE.search(data) is not None, data)
 
+    @_FAST
+    @given(st.one_of(_BYTES, st.text(alphabet="ab.\r\n").map(str.encode)))
+    def test_endingsGiven(self, data: bytes) -> None:
+        """
+        Given the CRs and LFs of the bytes in order, with or without their dots, the test
+        agrees with the definition still.
+        """
+        expected = _BARE.search(data) is not None
+        for endings in (data.translate(None, _NOT_CRLF), data.translate(None, _NOT_CRLF_DOT)):
+            self.assertEqual(_hasBareLineEnding(data, endings), expected, (data, endings))
+
     def test_separatedPair(self) -> None:
         """
         A CR and a LF with something between them are both bare.
         """
         self.assertTrue(_hasBareLineEnding(b"a\rbb\nc"))
+        self.assertTrue(_hasBareLineEnding(b"a\r.\nb\r\n", b"\r.\n\r\n"))
         self.assertFalse(_hasBareLineEnding(b"a\r\nbb\r\n"))
+        self.assertFalse(_hasBareLineEnding(b".a\r\n.b\r\n", b".\r\n.\r\n"))
 
 
 # A header with four Received fields, in every case and with the obsolete space before the

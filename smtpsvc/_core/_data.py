@@ -17,7 +17,10 @@ The model, which is RFC 5321's (sections 4.1.1.4 and 4.5.2) and nothing looser:
 The DATA decoder works on chunks of any size: it never looks at lines one at a time.  It finds
 the end with C{bytes.find} and unstuffs with one C{bytes.replace}, pretending the data
 starts after a CRLF so that the first line needs no special case.  Up to four bytes that
-could begin the terminator are held back between chunks.
+could begin the terminator are held back between chunks.  Before searching, it takes the
+chunk's CRs, LFs and dots out with one C{bytes.translate}: where they hold no CRLF ``.``,
+neither does the chunk, so a chunk of base64 (most of any large message) is never
+searched, and the same bytes show whether the chunk's line endings are all CRLF.
 
 Both decoders also count the message header's ``Received:`` fields, to stop mail loops
 (RFC 5321 section 6.3).  Only the header is read, the same way: the decoded bytes are
@@ -57,6 +60,12 @@ _TLS_REQUIRED_OPEN: Final = re.compile(
     rb"\r\ntls-required[ \t]*:(?:[ \t]|\r\n[ \t])*(?:no?(?:[ \t]|\r\n[ \t])*)?(?:\r\n)?\Z",
     re.IGNORECASE,
 )
+# What bytes.translate deletes to leave only a part's CRs and LFs, or only its CRs, LFs and
+# dots, in their order.
+_NOT_CRLF: Final = bytes(byte for byte in range(256) if byte not in b"\r\n")
+_NOT_CRLF_DOT: Final = bytes(byte for byte in range(256) if byte not in b"\r\n.")
+# A CR that no LF follows.
+_CR_ALONE: Final = re.compile(rb"\r(?!\n)")
 # How much of a header line is kept between chunks: plenty for "Received:" and the odd
 # space.  A longer line is judged at once and only its last byte kept, for its CRLF.
 _LINE_KEPT: Final = 64
@@ -116,10 +125,11 @@ class _MessageDecoder:
         self._watchTLS = False
         self.tlsRequiredNo = False
 
-    def _judge(self, part: bytes) -> bytes:
+    def _judge(self, part: bytes, endings: bytes | None = None) -> bytes:
         # Apply the policy to part (which neither ends inside a CRLF nor starts with the
-        # LF of one) and count it.
-        if part and _hasBareLineEnding(part):
+        # LF of one) and count it; endings, if given, are its CRs and LFs in order, with
+        # or without its dots.
+        if part and _hasBareLineEnding(part, endings):
             self.bareLineEndings = True
             if self._policy == "normalize":
                 part = part.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
@@ -241,9 +251,13 @@ class DataDecoder(_MessageDecoder):
             raise RuntimeError("the message has already ended")
         buf = self._pending + data if self._pending else data
         # The terminator and every line to unstuff start with CRLF "."; most chunks hold
-        # neither, which one search establishes.
-        mark = buf.find(_STUFFED)
+        # neither.  The chunk's CRs, LFs and dots, in order, show that the quickest: where
+        # they hold no CRLF ".", neither does the chunk.  (They are read faster than the
+        # chunk is searched, and they serve the bare line ending check as well.)
+        marks = buf.translate(None, _NOT_CRLF_DOT)
+        mark = buf.find(_STUFFED) if _STUFFED in marks else -1
         end = buf.find(_END, mark) if mark >= 0 else -1
+        endings: bytes | None = None
         if end >= 0:
             # The CRLF before the dot is the message's last line ending.
             part = buf[: end + 2]
@@ -255,21 +269,26 @@ class DataDecoder(_MessageDecoder):
             if hold:
                 part = buf[:-hold]
                 self._pending = buf[-hold:]
+                # What is held back is all CRs, LFs and dots.
+                endings = marks[:-hold]
             else:
                 part = buf
                 self._pending = b""
+                endings = marks
             rest = None
         if mark >= 0 and mark + 3 <= len(part):
             # A stuffed line lies wholly in this part (not the terminator, nor a CRLF "."
             # held back for the next chunk).
             part = part.replace(_STUFFED, _CRLF)
+            endings = None
         if self._skip:
+            endings = None
             skipped = min(self._skip, len(part))
             part = part[skipped:]
             self._skip -= skipped
         # A part never ends inside a CRLF (a trailing CR is always held back) and never
         # starts with the LF of one, so bare line endings can be judged part by part.
-        return self._judge(part), rest
+        return self._judge(part, endings), rest
 
 
 class ChunkDecoder(_MessageDecoder):
@@ -329,11 +348,21 @@ def _holdCR(held: bool, data: bytes) -> tuple[bytes, bool]:
     return data, False
 
 
-def _hasBareLineEnding(part: bytes) -> bool:
-    # The CRs and LFs together number twice the CRLFs exactly when each is in a pair.
-    # (Deleting them with translate is one pass; counting each is two.)
-    endings = len(part) - len(part.translate(None, b"\r\n"))
-    return endings != 2 * part.count(b"\r\n")
+def _hasBareLineEnding(part: bytes, endings: bytes | None = None) -> bool:
+    """
+    Whether C{part} has a CR that no LF follows or an LF that no CR precedes.
+
+    @param endings: C{part}'s CRs and LFs in order, with or without its dots, if known.
+    """
+    # Without bare ones, the CRs and LFs alternate, a CR first, and each CR has an LF
+    # right after it.  Conversely, when both hold, the LFs are as many as the CRs and
+    # each follows one, so none is bare.  (Both are quicker to find out than the CRLFs
+    # are to count, which for two bytes is a slow search.)
+    if endings is None:
+        endings = part.translate(None, _NOT_CRLF)
+    elif b"." in endings:
+        endings = endings.replace(b".", b"")
+    return endings != _CRLF * (len(endings) >> 1) or _CR_ALONE.search(part) is not None
 
 
 def stuff(message: bytes) -> bytes:
