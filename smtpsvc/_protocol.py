@@ -398,6 +398,7 @@ class SMTPProtocol(LineReceiver):
         "_rateStarted",
         "_reactor",
         "_refused",
+        "_replyAwaited",
         "_server",
         "_socket",
         "_timeoutCall",
@@ -441,6 +442,9 @@ class SMTPProtocol(LineReceiver):
         self._closed = False
         self._disconnected = False
         self._handlerPending = False
+        # Whether the client must wait for a reply that a handler (or the AUTH failure
+        # delay) holds back, under forbidUnauthPipelining.
+        self._replyAwaited = False
         self._lastActivity = 0.0
         # When the first byte of a command line not yet complete was read (None: there is
         # no such line, or input is paused), for the deadline that stops trickling.
@@ -888,12 +892,30 @@ class SMTPProtocol(LineReceiver):
         self.lineReceived(line)
         if (
             self._options.forbidUnauthPipelining
-            and self._pos < len(self._buffer)
             and not self._closed
             and self._core.awaitsReply(line)
         ):
-            self._unsynchronized()
+            if self._pos < len(self._buffer):
+                self._unsynchronized()
+            elif self._handlerPending or self._delayCall is not None:
+                # The reply waits: what the client sends meanwhile is looked for when the
+                # reply is made (see _resume).
+                self._replyAwaited = True
         return True
+
+    def _inputWaiting(self) -> bool:
+        # Whether the client has sent anything not yet handled: in our buffer, or still
+        # in the kernel's (peeked at, not read), where it waits while reading is paused.
+        if self._pos < len(self._buffer):
+            return True
+        sock = getattr(self.transport, "socket", None)
+        if not isinstance(sock, socket.socket):
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            # Nothing there (EAGAIN), or an error that reading will find and report.
+            return False
 
     def _unsynchronized(self) -> None:
         # The client sent more where it had to wait for our reply: a spam engine that
@@ -1451,6 +1473,12 @@ class SMTPProtocol(LineReceiver):
             transport.pauseProducing()  # type: ignore[attr-defined]
 
     def _resume(self, reason: str) -> None:
+        if self._replyAwaited and reason in ("handler", "delay"):
+            # The held reply is made now, and is not even on the wire yet: whatever the
+            # client has sent since the command was sent without waiting for it.
+            self._replyAwaited = False
+            if not self._closed and self._inputWaiting():
+                self._unsynchronized()
         if reason in self._pauses:
             self._pauses.remove(reason)
         if self._pauses or not self.paused or self._closed:

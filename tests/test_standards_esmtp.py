@@ -652,6 +652,52 @@ class PipeliningTests(SynchronousTestCase):
         self.assertEqual(codes(replies), [250, 554])
         self.assertTrue(hidden.closed)
 
+    def test_2920_07_sentWhileAHandlerDecides(self) -> None:
+        """
+        A client that sends more while the reply it must wait for is held back by a
+        handler gets 554 5.5.0 after that reply; one that sends nothing until the reply
+        is served.
+        """
+        for early in (True, False):
+            slow = Slow()
+            recorder = RecordingHandler()
+            client = MemoryClient(makeServer([slow, recorder], forbidUnauthPipelining=True))
+            # After HELO, PIPELINING is not offered: the client must wait after MAIL.
+            self.assertEqual(codes(client.send("HELO client.example")), [250])
+            self.assertEqual(client.send(f"MAIL FROM:<{SENDER}>"), [])
+            if early:
+                self.assertEqual(client.send(f"RCPT TO:<{RECIPIENT}>"), [])
+            slow.answer.callback(None)
+            replies = client.received()
+            if early:
+                self.assertEqual(codes(replies), [250, 554], early)
+                self.assertTrue(client.closed)
+                self.assertEqual(recorder.recipients, [])
+            else:
+                self.assertEqual(codes(replies), [250], early)
+                self.assertEqual(codes(client.send(f"RCPT TO:<{RECIPIENT}>")), [250])
+                self.assertFalse(client.closed)
+
+    def test_2920_07_sentDuringTheAuthFailureDelay(self) -> None:
+        """
+        While PIPELINING is hidden, a client must wait for every reply, including a
+        failed AUTH's, which comes only after C{authFailureDelay}: a command sent before
+        it gets 554 5.5.0.
+        """
+        client = connect(
+            [Alice()],
+            forbidUnauthPipelining=True,
+            allowInsecureAuth=True,
+            hidePIPELINING=True,
+            authFailureDelay=1.0,
+        )
+        wrong = base64.b64encode(b"\0alice\0wrong").decode()
+        self.assertEqual(client.send(f"AUTH PLAIN {wrong}"), [])
+        self.assertEqual(client.send("NOOP"), [])
+        client.clock.advance(1.0)
+        self.assertEqual(codes(client.received()), [535, 554])
+        self.assertTrue(client.closed)
+
     def test_2920_08_expectedErrorsNotCounted(self) -> None:
         """
         After a refused MAIL, the pipelined RCPTs each get 503 5.5.1 and DATA (or BDAT)

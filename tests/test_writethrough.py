@@ -11,6 +11,7 @@ writer registered with the reactor.
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 from collections.abc import Sequence
@@ -403,6 +404,44 @@ class ReadingTests(SynchronousTestCase):
         sender.pending[0].callback(None)
         self.assertEqual(connected.receive(), b"250 Accepted\r\n250 OK\r\n")
         self.assertIn(connected.transport, connected.reactor.getReaders())
+
+
+class UnsynchronizedTests(SynchronousTestCase):
+    """
+    Under C{forbidUnauthPipelining}, what a client sent while the reply it had to wait
+    for was held back by a handler is found in the kernel's buffer, where it waits while
+    the server does not read.
+    """
+
+    def test_2920_07_sentWhileReadingPaused(self) -> None:
+        """
+        A command sent before the held reply to MAIL (after HELO, which offers no
+        PIPELINING) gets 554 5.5.0 after that reply; a client that waits is served.
+        """
+        for early in (True, False):
+            sender = LaterSender()
+            connected = Connected(self, handlers=[sender], forbidUnauthPipelining=True)
+            connected.receive()
+            connected.say(b"HELO client.example\r\n")
+            connected.receive()
+            connected.say(b"MAIL FROM:<a@example.org>\r\n")
+            self.assertNotIn(connected.transport, connected.reactor.getReaders())
+            if early:
+                connected.client.sendall(b"RCPT TO:<b@example.org>\r\n")
+                # Loopback delivers it to the server's socket a moment later.
+                select.select([connected.transport.socket], [], [], 5)
+            sender.pending[0].callback(None)
+            replies = connected.receive()
+            if early:
+                self.assertEqual(
+                    replies, b"250 Accepted\r\n554 Error: SMTP protocol synchronization\r\n"
+                )
+                self.assertTrue(connected.transport.disconnecting)
+            else:
+                self.assertEqual(replies, b"250 Accepted\r\n")
+                connected.say(b"RCPT TO:<b@example.org>\r\n")
+                self.assertEqual(connected.receive(), b"250 Accepted\r\n")
+                self.assertFalse(connected.transport.disconnecting)
 
 
 class ReadSizeTests(SynchronousTestCase):
