@@ -80,9 +80,12 @@ _log: Final = Logger(namespace="smtpsvc")
 
 # Lines handled in one go before letting the reactor serve other connections.
 _LINES_PER_TURN: Final = 100
-# How much a socket transport reads at a time while a message comes in (Twisted's
-# default is 64 KB): fewer turns of the reactor per megabyte.
+# How much a socket transport reads at a time while a large message comes in, once a
+# read has filled Twisted's default of 64 KB: fewer turns of the reactor per megabyte.
+# (Not for every message: each read allocates that much first, which where malloc maps
+# such sizes afresh costs a small message more than its whole reading.)
 _DATA_READ_SIZE: Final = 256 * 1024
+_DEFAULT_READ_SIZE: Final = 64 * 1024
 # Stream errors a data handler may let through without it being a bug.
 _MESSAGE_ENDINGS: Final = (MessageAborted, MessageTooLarge, MessageRefused)
 
@@ -964,7 +967,10 @@ class SMTPProtocol(LineReceiver):
         assert isinstance(decoder, DataDecoder)
         body, rest = decoder.feed(data)
         transaction.write(body)
-        if rest is not None:
+        if rest is None:
+            if len(data) >= _DEFAULT_READ_SIZE:
+                self._readSize(_DATA_READ_SIZE)
+        else:
             # The final dot: back to commands, but none is read until the reply is out.
             self.line_mode = 1
             self._readSize(None)
@@ -1253,7 +1259,6 @@ class SMTPProtocol(LineReceiver):
         self._startMessage(DataDecoder)
         self._perform(self._core.dataStarted())
         self.line_mode = 0
-        self._readSize(_DATA_READ_SIZE)
 
     def _readChunk(self, chunk: ReadChunk) -> None:
         # BDAT: the next chunk.size bytes are the chunk's, whatever they look like.

@@ -451,19 +451,31 @@ class ReadSizeTests(SynchronousTestCase):
 
     def test_largerDuringData(self) -> None:
         """
-        After the 354 the TCP transport reads 256 KB at a time; after the final dot it is
-        back to Twisted's default.
+        Once a read during DATA has filled Twisted's default 64 KB, the TCP transport
+        reads 256 KB at a time; after the final dot it is back to the default.  A small
+        message never changes it.
         """
         connected = Connected(self)
         transport = connected.transport
         default = tcp.Server.bufferSize
+        self.assertEqual(default, 64 * 1024)
         connected.receive()
         connected.say(b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
         connected.receive()
-        self.assertEqual(transport.bufferSize, default)
-        connected.say(b"DATA\r\n")
-        self.assertTrue(connected.receive().startswith(b"354 "))
-        self.assertEqual(transport.bufferSize, 256 * 1024)
-        connected.say(b"Subject: x\r\n\r\nbody\r\n.\r\n")
-        self.assertTrue(connected.receive().startswith(b"250 "))
-        self.assertEqual(transport.bufferSize, default)
+        for size in (10, 300_000):
+            connected.say(b"DATA\r\n")
+            self.assertTrue(connected.receive().startswith(b"354 "))
+            self.assertEqual(transport.bufferSize, default)
+            line = b"x" * 998 + b"\r\n"
+            connected.say(b"Subject: x\r\n\r\n" + line * (size // len(line)))
+            self.assertEqual(transport.bufferSize, 256 * 1024 if size > default else default)
+            connected.client.sendall(b".\r\n")
+            for _ in range(20):
+                # Read on while there is more: the 64 KB reads leave some in the kernel.
+                if not select.select([transport.socket], [], [], 0.1)[0]:
+                    break
+                transport.doRead()
+            self.assertTrue(connected.receive().startswith(b"250 "))
+            self.assertEqual(transport.bufferSize, default)
+            connected.say(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
+            connected.receive()
