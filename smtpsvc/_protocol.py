@@ -80,8 +80,9 @@ _log: Final = Logger(namespace="smtpsvc")
 
 # Lines handled in one go before letting the reactor serve other connections.
 _LINES_PER_TURN: Final = 100
-# How much a socket transport reads at a time while a large message comes in, once a
-# read has filled Twisted's default of 64 KB: fewer turns of the reactor per megabyte.
+# How much a socket transport reads at a time while a large message comes in, once
+# more of it than Twisted's default read of 64 KB has come (in one read or, over TLS,
+# which hands on at most 32 KB at a time, in several): fewer turns of the reactor per MB.
 # (Not for every message: each read allocates that much first, which where malloc maps
 # such sizes afresh costs a small message more than its whole reading.)
 _DATA_READ_SIZE: Final = 256 * 1024
@@ -907,15 +908,18 @@ class SMTPProtocol(LineReceiver):
         return True
 
     def _inputWaiting(self) -> bool:
-        # Whether the client has sent anything not yet handled: in our buffer, or still
-        # in the kernel's (peeked at, not read), where it waits while reading is paused.
+        # Whether the client has sent anything not yet handled: in our buffer, or, on a
+        # plain TCP connection, still in the kernel's (peeked at, not read), where it
+        # waits while reading is paused.  (Under TLS the kernel's bytes are records,
+        # which may be the TLS layer's own; what they carried for us is in our buffer.)
         if self._pos < len(self._buffer):
             return True
-        sock = getattr(self.transport, "socket", None)
-        if not isinstance(sock, socket.socket):
+        sock = self._socket
+        if sock is None:
             return False
         try:
-            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            # Twisted's sockets do not block: nothing there raises BlockingIOError.
+            return bool(sock.recv(1, socket.MSG_PEEK))
         except OSError:
             # Nothing there (EAGAIN), or an error that reading will find and report.
             return False
@@ -968,7 +972,7 @@ class SMTPProtocol(LineReceiver):
         body, rest = decoder.feed(data)
         transaction.write(body)
         if rest is None:
-            if len(data) >= _DEFAULT_READ_SIZE:
+            if decoder.byteLength >= _DEFAULT_READ_SIZE:
                 self._readSize(_DATA_READ_SIZE)
         else:
             # The final dot: back to commands, but none is read until the reply is out.
@@ -1166,8 +1170,7 @@ class SMTPProtocol(LineReceiver):
                 self.transport.abortConnection()  # type: ignore[union-attr]
                 return
         self._tlsPending = True
-        # From here on every byte goes through TLS; what is still to send was not.
-        self._flush()
+        # From here on every byte goes through TLS.
         self._socket = None
         ITLSTransport(self.transport).startTLS(creator)
 
@@ -1387,16 +1390,17 @@ class SMTPProtocol(LineReceiver):
         if self._busyReceiving or self._out:
             # Replies to pipelined commands leave in one write (RFC 2920 section 3.1).
             self._out.append(data)
-        elif self._socket is not None:
-            self._out.append(data)
-            self._flushSoon()
         else:
+            # Made outside the reading (a handler's late answer, a timer): at once.  A
+            # reactor's timed calls run after its reading, so one made for the end of
+            # this turn would wait past the next reading, which may find the client
+            # gone (a half-close) and the reply with it.
             self._send(data)
 
     def _flushSoon(self) -> None:
-        # What is in _out leaves at the end of this turn of the reactor, with the other
-        # connections' replies (see SMTPServer._sendSoon), when it can go straight to
-        # the socket; else now, to a transport that holds it until then anyway.
+        # The replies to what was read leave at the end of this turn of the reactor, with
+        # the other connections' replies (see SMTPServer._sendSoon), when they can go
+        # straight to the socket; else now, to a transport that holds them until then.
         if self._socket is not None:
             self._server._sendSoon(self)
         else:
@@ -1478,8 +1482,9 @@ class SMTPProtocol(LineReceiver):
             transport.pauseProducing()  # type: ignore[attr-defined]
 
     def _resume(self, reason: str) -> None:
-        if self._replyAwaited and reason in ("handler", "delay"):
-            # The held reply is made now, and is not even on the wire yet: whatever the
+        if self._replyAwaited and reason in ("handler", "delay") and self._delayCall is None:
+            # The held reply is made now (a handler's refusal of AUTH is still to wait
+            # for the failure delay), and is not even on the wire yet: whatever the
             # client has sent since the command was sent without waiting for it.
             self._replyAwaited = False
             if not self._closed and self._inputWaiting():

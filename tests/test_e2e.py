@@ -13,16 +13,26 @@ import mailbox
 import os
 import signal
 import smtplib
+import socket
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 
-from smtpsvc import Address, IDataHandler, IMessageStream, IRcptToHandler, SMTPError, readMessage
+from smtpsvc import (
+    Address,
+    IDataHandler,
+    IMailFromHandler,
+    IMessageStream,
+    IRcptToHandler,
+    SMTPError,
+    readMessage,
+)
 from smtpsvc import Session as SMTPSession
 from smtpsvc.testing import RecordingHandler, ServerReply
 
@@ -43,6 +53,7 @@ from .e2e_support import (
     runSwaks,
     startServer,
     startTwist,
+    theReactor,
     withoutTraceHeaders,
     workspace,
 )
@@ -187,6 +198,41 @@ class PipeliningTests(E2ETestCase):
         assert envelope.mailFrom is not None
         self.assertEqual(envelope.mailFrom.address, "a@b.example")
         self.assertEqual([r.address for r in envelope.rcptTo], ["c@d.example", "e@f.example"])
+
+
+@implementer(IMailFromHandler)
+class _AnswersLater:
+    """
+    Accepts each sender a tenth of a second later, from a timer of the reactor.
+    """
+
+    def onMailFrom(self, address: Address, session: SMTPSession) -> Deferred[None]:
+        return deferLater(theReactor(), 0.1, lambda: None)
+
+
+class HalfCloseTests(E2ETestCase):
+    """
+    A client may shut down its side of the connection and still read the replies owed.
+    """
+
+    async def test_lateAnswerReachesHalfClosedClient(self) -> None:
+        """
+        The reply a handler makes from a timer is sent when it is made: it reaches a
+        client that half-closed after its command, though the server reads that end of
+        the input at its next turn.
+        """
+        _, port = await startServer(self, [_AnswersLater()])
+
+        def talk() -> list[ServerReply]:
+            with RawClient(port) as client:
+                self.assertEqual(client.readReply().code, 220)
+                self.assertEqual(client.command(f"HELO {CLIENT_NAME}").code, 250)
+                client.send(b"MAIL FROM:<a@b.example>\r\n")
+                client.sock.shutdown(socket.SHUT_WR)
+                return client.readUntilClosed()
+
+        replies = await deferToThread(talk)
+        self.assertEqual(codes(replies), [250])
 
 
 if TYPE_CHECKING:

@@ -190,6 +190,21 @@ class Delivery:
 
 
 @implementer(IAuthHandler)
+class LaterAuth:
+    """
+    Answers each AUTH when the test fires the Deferred it left in C{pending}.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[object]] = []
+
+    def onAuth(self, request: AuthRequest, session: Session) -> Deferred[object]:
+        answer: Deferred[object] = Deferred()
+        self.pending.append(answer)
+        return answer
+
+
+@implementer(IAuthHandler)
 class Alice:
     """
     Knows one user, alice, whose password is secret.
@@ -693,6 +708,28 @@ class PipeliningTests(SynchronousTestCase):
         )
         wrong = base64.b64encode(b"\0alice\0wrong").decode()
         self.assertEqual(client.send(f"AUTH PLAIN {wrong}"), [])
+        self.assertEqual(client.send("NOOP"), [])
+        client.clock.advance(1.0)
+        self.assertEqual(codes(client.received()), [535, 554])
+        self.assertTrue(client.closed)
+
+    def test_2920_07_sentDuringTheDelayAfterAHandler(self) -> None:
+        """
+        When a handler refuses AUTH later and the refusal then waits for
+        C{authFailureDelay}, a command sent during that delay is still before the reply:
+        554 5.5.0 follows the 535.
+        """
+        handler = LaterAuth()
+        client = connect(
+            [handler],
+            forbidUnauthPipelining=True,
+            allowInsecureAuth=True,
+            hidePIPELINING=True,
+            authFailureDelay=1.0,
+        )
+        wrong = base64.b64encode(b"\0alice\0wrong").decode()
+        self.assertEqual(client.send(f"AUTH PLAIN {wrong}"), [])
+        handler.pending.pop().callback(None)
         self.assertEqual(client.send("NOOP"), [])
         client.clock.advance(1.0)
         self.assertEqual(codes(client.received()), [535, 554])

@@ -193,17 +193,28 @@ class WriteThroughTests(SynchronousTestCase):
     the turn in which it was written.
     """
 
-    def test_greetingSentAtTurnEnd(self) -> None:
+    def test_greetingSentAtOnce(self) -> None:
         """
-        The greeting is on the wire when the turn in which the connection was made ends;
-        nothing waits for the next turn.
+        The greeting, which no reading made, is on the wire when the connection is made;
+        nothing waits for the end of the turn or the next one.
         """
         connected = Connected(self)
-        connected.client.setblocking(False)
-        with self.assertRaises(BlockingIOError):
-            connected.client.recv(100)
-        connected.client.setblocking(True)
-        self.assertTrue(connected.receive().startswith(b"220 mx.example.test "))
+        self.assertTrue(connected.client.recv(100).startswith(b"220 mx.example.test "))
+        self.assertFalse(connected.waiting())
+
+    def test_lateAnswerSentAtOnce(self) -> None:
+        """
+        The reply a handler makes later (from a timer, say, which a reactor runs after
+        its reading) is on the wire when it is made: waiting for the end of the turn
+        would let the reactor read first, perhaps the client's half-close.
+        """
+        sender = LaterSender()
+        connected = Connected(self, handlers=[sender])
+        connected.receive()
+        connected.say(b"EHLO client.example\r\nMAIL FROM:<a@example.org>\r\n")
+        self.assertTrue(connected.receive().startswith(b"250-mx.example.test"))
+        sender.pending[0].callback(None)
+        self.assertEqual(connected.client.recv(100), b"250 Accepted\r\n")
         self.assertFalse(connected.waiting())
 
     def test_connectionsSentTogether(self) -> None:
@@ -432,6 +443,9 @@ class UnsynchronizedTests(SynchronousTestCase):
                 select.select([connected.transport.socket], [], [], 5)
             sender.pending[0].callback(None)
             replies = connected.receive()
+            if early and not replies.endswith(b"synchronization\r\n"):
+                # The late reply went at once, the 554 in a send of its own.
+                replies += connected.receive()
             if early:
                 self.assertEqual(
                     replies, b"250 Accepted\r\n554 Error: SMTP protocol synchronization\r\n"
@@ -479,3 +493,33 @@ class ReadSizeTests(SynchronousTestCase):
             self.assertEqual(transport.bufferSize, default)
             connected.say(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
             connected.receive()
+
+    def test_largerOverTLS(self) -> None:
+        """
+        Over TLS, which hands the protocol a record at a time, a message is large once
+        more than 64 KB of it has come: the transport then reads 256 KB at a time too.
+        """
+        certificate = issue("mx.example.test")
+        connected = Connected(self, key=certificate.key, cert=certificate.cert)
+        transport = connected.transport
+        self.patch(tls, "_get_default_clock", lambda: connected.reactor)
+        connected.receive()
+        connected.say(b"EHLO client.example\r\n")
+        connected.receive()
+        connected.say(b"STARTTLS\r\n")
+        connected.receive()
+        context = ssl.create_default_context(cadata=authority().cert.decode("ascii"))
+        client = TLSClient(connected, context, "mx.example.test")
+        client.handshake()
+        client.command(b"EHLO client.example")
+        client.command(b"MAIL FROM:<a@example.org>")
+        client.command(b"RCPT TO:<b@example.org>")
+        self.assertTrue(client.command(b"DATA").startswith(b"354"))
+        self.assertEqual(transport.bufferSize, tcp.Server.bufferSize)
+        client.tls.write((b"x" * 998 + b"\r\n") * 200)
+        connected.client.sendall(client._outgoing.read())
+        for _ in range(100):
+            if not select.select([transport.socket], [], [], 0.1)[0]:
+                break
+            transport.doRead()
+        self.assertEqual(transport.bufferSize, 256 * 1024)
