@@ -697,43 +697,25 @@ class PipeliningTests(SynchronousTestCase):
         """
         While PIPELINING is hidden, a client must wait for every reply, including a
         failed AUTH's, which comes only after C{authFailureDelay}: a command sent before
-        it gets 554 5.5.0.
+        it gets 554 5.5.0 after the 535, whether the handler refused at once or later.
         """
-        client = connect(
-            [Alice()],
-            forbidUnauthPipelining=True,
-            allowInsecureAuth=True,
-            hidePIPELINING=True,
-            authFailureDelay=1.0,
-        )
-        wrong = base64.b64encode(b"\0alice\0wrong").decode()
-        self.assertEqual(client.send(f"AUTH PLAIN {wrong}"), [])
-        self.assertEqual(client.send("NOOP"), [])
-        client.clock.advance(1.0)
-        self.assertEqual(codes(client.received()), [535, 554])
-        self.assertTrue(client.closed)
-
-    def test_2920_07_sentDuringTheDelayAfterAHandler(self) -> None:
-        """
-        When a handler refuses AUTH later and the refusal then waits for
-        C{authFailureDelay}, a command sent during that delay is still before the reply:
-        554 5.5.0 follows the 535.
-        """
-        handler = LaterAuth()
-        client = connect(
-            [handler],
-            forbidUnauthPipelining=True,
-            allowInsecureAuth=True,
-            hidePIPELINING=True,
-            authFailureDelay=1.0,
-        )
-        wrong = base64.b64encode(b"\0alice\0wrong").decode()
-        self.assertEqual(client.send(f"AUTH PLAIN {wrong}"), [])
-        handler.pending.pop().callback(None)
-        self.assertEqual(client.send("NOOP"), [])
-        client.clock.advance(1.0)
-        self.assertEqual(codes(client.received()), [535, 554])
-        self.assertTrue(client.closed)
+        for later in (False, True):
+            handler = LaterAuth()
+            client = connect(
+                [handler if later else Alice()],
+                forbidUnauthPipelining=True,
+                allowInsecureAuth=True,
+                hidePIPELINING=True,
+                authFailureDelay=1.0,
+            )
+            wrong = base64.b64encode(b"\0alice\0wrong").decode()
+            self.assertEqual(client.send(f"AUTH PLAIN {wrong}"), [])
+            if later:
+                handler.pending.pop().callback(None)
+            self.assertEqual(client.send("NOOP"), [])
+            client.clock.advance(1.0)
+            self.assertEqual(codes(client.received()), [535, 554], later)
+            self.assertTrue(client.closed)
 
     def test_2920_08_expectedErrorsNotCounted(self) -> None:
         """
