@@ -819,9 +819,14 @@ class SMTPProtocol(LineReceiver):
             return
         self._buffer = self._buffer[self._pos :] + data if self._pos else self._buffer + data
         self._pos = 0
-        self._process()
+        self._process(reading=True)
 
-    def _process(self) -> None:
+    def _process(self, reading: bool = False) -> None:
+        # Handle what is buffered.  The replies leave at the end of this turn of the
+        # reactor if a read brought it (see _flushSoon), else at once: a reactor's timed
+        # calls, which a handler's late answer may come from, run after its reading, so a
+        # reply made for the end of their turn would wait past the next reading, which
+        # may find the client gone (a half-close) and the reply with it.
         if self._busyReceiving:
             return
         self._busyReceiving = True
@@ -848,7 +853,10 @@ class SMTPProtocol(LineReceiver):
             if self._pos and self._pos >= len(self._buffer):
                 self._buffer, self._pos = b"", 0
             if self._out:
-                self._flushSoon()
+                if reading:
+                    self._flushSoon()
+                else:
+                    self._flush()
             if self.paused:
                 self._holdTransport()
 
@@ -1391,10 +1399,8 @@ class SMTPProtocol(LineReceiver):
             # Replies to pipelined commands leave in one write (RFC 2920 section 3.1).
             self._out.append(data)
         else:
-            # Made outside the reading (a handler's late answer, a timer): at once.  A
-            # reactor's timed calls run after its reading, so one made for the end of
-            # this turn would wait past the next reading, which may find the client
-            # gone (a half-close) and the reply with it.
+            # Made outside the reading (a handler's late answer, a timer): at once, for
+            # the reason _process gives.
             self._send(data)
 
     def _flushSoon(self) -> None:

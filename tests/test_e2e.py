@@ -234,6 +234,24 @@ class HalfCloseTests(E2ETestCase):
         replies = await deferToThread(talk)
         self.assertEqual(codes(replies), [250])
 
+    async def test_pipelinedAfterLateAnswerReachHalfClosedClient(self) -> None:
+        """
+        So do the replies to commands pipelined after one a handler answers later: they
+        are handled once the answer comes, outside any reading, and sent then.
+        """
+        _, port = await startServer(self, [_AnswersLater()])
+
+        def talk() -> list[ServerReply]:
+            with RawClient(port) as client:
+                self.assertEqual(client.readReply().code, 220)
+                self.assertEqual(client.command(f"EHLO {CLIENT_NAME}").code, 250)
+                client.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nNOOP\r\n")
+                client.sock.shutdown(socket.SHUT_WR)
+                return client.readUntilClosed()
+
+        replies = await deferToThread(talk)
+        self.assertEqual(codes(replies), [250, 250, 250])
+
 
 if TYPE_CHECKING:
     _SmugglingBase = E2ETestCase
