@@ -744,6 +744,11 @@ class SMTPProtocol(LineReceiver):
             _log.info("TLS handshake timed out", sessionId=self._core.session.id)
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
+        if self._proxyParser is not None:
+            # Nothing is said to a proxy before its header (and, on an implicit TLS
+            # port, nothing in clear at all).
+            self._proxyFailed("no PROXY header in time")
+            return
         if slow:
             _log.info("Message not received in time", sessionId=self._core.session.id)
         elif self._lineStarted is not None:
@@ -763,7 +768,10 @@ class SMTPProtocol(LineReceiver):
         if self._closed:
             return
         self._core.closing = True
-        if self._tlsPending:
+        if self._tlsPending or self._proxyParser is not None:
+            # In a handshake, or before a proxy's header: no reply can be sent (see
+            # _checkIdle).
+            self._closed = True
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
         if self._greetCall is not None:
@@ -1395,8 +1403,10 @@ class SMTPProtocol(LineReceiver):
         if self._closed:
             return
         self._lastActivity = self._reactor.seconds()
-        if self._busyReceiving or self._out:
-            # Replies to pipelined commands leave in one write (RFC 2920 section 3.1).
+        if self._busyReceiving or self._out or self._replyAwaited:
+            # Replies to pipelined commands leave in one write (RFC 2920 section 3.1);
+            # a held reply that the client must wait for leaves once _resume has looked
+            # for input sent before it.
             self._out.append(data)
         else:
             # Made outside the reading (a handler's late answer, a timer): at once, for
@@ -1490,11 +1500,13 @@ class SMTPProtocol(LineReceiver):
     def _resume(self, reason: str) -> None:
         if self._replyAwaited and reason in ("handler", "delay") and self._delayCall is None:
             # The held reply is made now (a handler's refusal of AUTH is still to wait
-            # for the failure delay), and is not even on the wire yet: whatever the
-            # client has sent since the command was sent without waiting for it.
+            # for the failure delay), and kept back (see _write): whatever the client has
+            # sent by now, it sent without waiting for it.
             self._replyAwaited = False
             if not self._closed and self._inputWaiting():
                 self._unsynchronized()
+            else:
+                self._flush()
         if reason in self._pauses:
             self._pauses.remove(reason)
         if self._pauses or not self.paused or self._closed:
@@ -1521,7 +1533,11 @@ class SMTPProtocol(LineReceiver):
         self._resume("writer")
 
     def stopProducing(self) -> None:
-        # The transport is going away: nothing more is read.
+        # The transport is going away: nothing more is read.  Replies still to send (a
+        # reactor may read the client's half-close before the end of the turn that
+        # sends them) go while the socket is open: a client that half-closed reads on.
+        if self._out:
+            self._flush()
         self._closed = True
         self._abortData()
 

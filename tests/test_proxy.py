@@ -135,6 +135,20 @@ class ProxyHeaderTests(SynchronousTestCase):
         client.clock.advance(0.2)
         self.assertTrue(client.closed)
 
+    def test_nothingSaidBeforeHeader(self) -> None:
+        """
+        Before the header, nothing is said even when the server closes the connection
+        for its own reasons: its shutdown, or an idle timeout shorter than proxyTimeout
+        (standards PP-06).  On an implicit TLS port a reply in clear would be wrong too.
+        """
+        for secure in (False, True):
+            client = MemoryClient(makeServer(useProxy=True, secure=secure))
+            client.protocol.shutDown(True)
+            self.assertEqual((client.transport.value(), client.closed), (b"", True), secure)
+            client = MemoryClient(makeServer(useProxy=True, secure=secure, socketTimeout=1))
+            client.clock.advance(1.5)
+            self.assertEqual((client.transport.value(), client.closed), (b"", True), secure)
+
     def test_untrustedPeerNeedsNoHeader(self) -> None:
         """
         With a list, a client not on it is served directly...

@@ -20,8 +20,10 @@ from typing import Any, cast
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols import tls
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -262,6 +264,19 @@ class WriteThroughTests(SynchronousTestCase):
         self.assertTrue(replies.endswith(b"250 Accepted\r\n250 OK\r\n"), replies)
         self.assertFalse(connected.waiting())
 
+    def test_queuedRepliesSentWhenTheClientHalfCloses(self) -> None:
+        """
+        Should the transport report the connection lost (a reactor that reads the
+        client's half-close before it runs the end of the turn) while replies wait for
+        the end of the turn, they are sent first: the client still reads.
+        """
+        connected = Connected(self)
+        connected.receive()
+        connected.read(b"NOOP\r\n")
+        connected.client.shutdown(socket.SHUT_WR)
+        connected.transport.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(connected.client.recv(100), b"250 OK\r\n")
+
     def test_oneConnectionsFailureSpared(self) -> None:
         """
         Should sending one connection's replies raise (a bug), it is logged and the other
@@ -423,6 +438,42 @@ class UnsynchronizedTests(SynchronousTestCase):
     for was held back by a handler is found in the kernel's buffer, where it waits while
     the server does not read.
     """
+
+    def test_2920_07_answerRightAfterTheHeldReply(self) -> None:
+        """
+        The kernel is looked at before the held reply leaves: a client that reads it and
+        answers at once, even before the server has done anything else, is served.
+        """
+        sender = LaterSender()
+        connected = Connected(self, handlers=[sender], forbidUnauthPipelining=True)
+        connected.receive()
+        connected.say(b"HELO client.example\r\n")
+        connected.receive()
+        connected.say(b"MAIL FROM:<a@example.org>\r\n")
+        read: list[bytes] = []
+
+        class Quick:
+            # The client reads each reply the moment it is sent and answers the 250.
+            def __init__(self, real: socket.socket) -> None:
+                self.real = real
+
+            def send(self, data: bytes) -> int:
+                sent = self.real.send(data)
+                read.append(connected.client.recv(100))
+                if read[-1] == b"250 Accepted\r\n":
+                    connected.client.sendall(b"RCPT TO:<b@example.org>\r\n")
+                    select.select([self.real], [], [], 5)
+                return sent
+
+            def recv(self, size: int, flags: int = 0) -> bytes:
+                return self.real.recv(size, flags)
+
+        connected.protocol._socket = cast(socket.socket, Quick(connected.transport.socket))
+        sender.pending[0].callback(None)
+        self.assertEqual(read, [b"250 Accepted\r\n"])
+        connected.say(b"")
+        self.assertEqual(read, [b"250 Accepted\r\n", b"250 Accepted\r\n"])
+        self.assertFalse(connected.transport.disconnecting)
 
     def test_2920_07_sentWhileReadingPaused(self) -> None:
         """
