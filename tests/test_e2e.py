@@ -219,37 +219,23 @@ class HalfCloseTests(E2ETestCase):
         """
         The reply a handler makes from a timer is sent when it is made: it reaches a
         client that half-closed after its command, though the server reads that end of
-        the input at its next turn.
+        the input at its next turn.  So do the replies to commands pipelined after it,
+        which are handled once the answer comes, outside any reading.
         """
         _, port = await startServer(self, [_AnswersLater()])
 
-        def talk() -> list[ServerReply]:
+        def talk(hello: str, commands: bytes) -> list[ServerReply]:
             with RawClient(port) as client:
                 self.assertEqual(client.readReply().code, 220)
-                self.assertEqual(client.command(f"HELO {CLIENT_NAME}").code, 250)
-                client.send(b"MAIL FROM:<a@b.example>\r\n")
+                self.assertEqual(client.command(f"{hello} {CLIENT_NAME}").code, 250)
+                client.send(commands)
                 client.sock.shutdown(socket.SHUT_WR)
                 return client.readUntilClosed()
 
-        replies = await deferToThread(talk)
+        replies = await deferToThread(talk, "HELO", b"MAIL FROM:<a@b.example>\r\n")
         self.assertEqual(codes(replies), [250])
-
-    async def test_pipelinedAfterLateAnswerReachHalfClosedClient(self) -> None:
-        """
-        So do the replies to commands pipelined after one a handler answers later: they
-        are handled once the answer comes, outside any reading, and sent then.
-        """
-        _, port = await startServer(self, [_AnswersLater()])
-
-        def talk() -> list[ServerReply]:
-            with RawClient(port) as client:
-                self.assertEqual(client.readReply().code, 220)
-                self.assertEqual(client.command(f"EHLO {CLIENT_NAME}").code, 250)
-                client.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nNOOP\r\n")
-                client.sock.shutdown(socket.SHUT_WR)
-                return client.readUntilClosed()
-
-        replies = await deferToThread(talk)
+        pipelined = b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nNOOP\r\n"
+        replies = await deferToThread(talk, "EHLO", pipelined)
         self.assertEqual(codes(replies), [250, 250, 250])
 
 

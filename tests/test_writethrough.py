@@ -439,10 +439,10 @@ class UnsynchronizedTests(SynchronousTestCase):
     the server does not read.
     """
 
-    def test_2920_07_answerRightAfterTheHeldReply(self) -> None:
+    def heldMail(self) -> tuple[LaterSender, Connected]:
         """
-        The kernel is looked at before the held reply leaves: a client that reads it and
-        answers at once, even before the server has done anything else, is served.
+        A client that said HELO (so PIPELINING is not offered) and MAIL, whose reply a
+        handler holds back.
         """
         sender = LaterSender()
         connected = Connected(self, handlers=[sender], forbidUnauthPipelining=True)
@@ -450,6 +450,14 @@ class UnsynchronizedTests(SynchronousTestCase):
         connected.say(b"HELO client.example\r\n")
         connected.receive()
         connected.say(b"MAIL FROM:<a@example.org>\r\n")
+        return sender, connected
+
+    def test_2920_07_answerRightAfterTheHeldReply(self) -> None:
+        """
+        The kernel is looked at before the held reply leaves: a client that reads it and
+        answers at once, even before the server has done anything else, is served.
+        """
+        sender, connected = self.heldMail()
         read: list[bytes] = []
 
         class Quick:
@@ -481,12 +489,7 @@ class UnsynchronizedTests(SynchronousTestCase):
         PIPELINING) gets 554 5.5.0 after that reply; a client that waits is served.
         """
         for early in (True, False):
-            sender = LaterSender()
-            connected = Connected(self, handlers=[sender], forbidUnauthPipelining=True)
-            connected.receive()
-            connected.say(b"HELO client.example\r\n")
-            connected.receive()
-            connected.say(b"MAIL FROM:<a@example.org>\r\n")
+            sender, connected = self.heldMail()
             self.assertNotIn(connected.transport, connected.reactor.getReaders())
             if early:
                 connected.client.sendall(b"RCPT TO:<b@example.org>\r\n")
