@@ -86,7 +86,7 @@ _LINES_PER_TURN: Final = 100
 # (Not for every message: each read allocates that much first, which where malloc maps
 # such sizes afresh costs a small message more than its whole reading.)
 _DATA_READ_SIZE: Final = 256 * 1024
-_DEFAULT_READ_SIZE: Final = 64 * 1024
+_DEFAULT_READ_SIZE: Final = FileDescriptor.bufferSize
 # Stream errors a data handler may let through without it being a bug.
 _MESSAGE_ENDINGS: Final = (MessageAborted, MessageTooLarge, MessageRefused)
 
@@ -1289,7 +1289,7 @@ class SMTPProtocol(LineReceiver):
             self._chunkEnded()
             return
         self.line_mode = 0
-        if chunk.size > _DATA_READ_SIZE // 4:
+        if chunk.size > _DEFAULT_READ_SIZE:
             self._readSize(_DATA_READ_SIZE)
 
     def _chunkReceived(self, data: bytes) -> None:
@@ -1315,7 +1315,7 @@ class SMTPProtocol(LineReceiver):
         assert chunk is not None
         self._chunk = None
         self.line_mode = 1
-        if chunk.size > _DATA_READ_SIZE // 4:
+        if chunk.size > _DEFAULT_READ_SIZE:
             self._readSize(None)
         if chunk.refusal is not None:
             self._perform(chunk.refusal)

@@ -5,7 +5,6 @@ The server object applications build: options, handlers, listening, shutting dow
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import socket
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from twisted.logger import Logger
 
 from ._config import listeningPort
 from ._core._throttle import FailureBudget
+from ._core._xclient import isLoopback
 from ._dns import defaultResolver, reverseLookup
 from ._options import ServerOptions
 from ._protocol import SMTPProtocol
@@ -40,13 +40,6 @@ if TYPE_CHECKING:
 
 _log = Logger(namespace="smtpsvc")
 _UNSET: Any = object()
-
-
-def _isLoopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 # Each hook, the interface that provides it.  The order is the order of a conversation.
@@ -225,7 +218,7 @@ class SMTPServer(Factory):
             loopback address with the system's resolver, or a reactor without UDP, such
             as a test clock).
         """
-        if self.options.resolver is None and _isLoopback(address):
+        if self.options.resolver is None and isLoopback(address):
             return None
         if self._resolver is _UNSET:
             self._resolver = self.options.resolver or defaultResolver(self.reactor)

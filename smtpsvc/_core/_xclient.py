@@ -32,6 +32,17 @@ XFORWARD_ATTRIBUTES: Final = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", 
 _PORT: Final = re.compile(r"[0-9]{1,5}\Z")
 
 
+def isLoopback(address: str) -> bool:
+    """
+    Whether C{address} is an IP address of this host's loopback (C{127.0.0.0/8},
+    C{::1}); L{False} for anything that is not an IP address.
+    """
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def isTrusted(spec: bool | tuple[str, ...], address: str) -> bool:
     """
     Whether C{address} is allowed by an option such as C{useXClient}: true for

@@ -26,7 +26,6 @@ header field kept.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -52,7 +51,9 @@ from .._core._relay import (
 )
 from .._core._session import Address, Session
 from .._core._trace import receivedHeader
+from .._core._xclient import isLoopback
 from .._errors import SMTPError, fresh
+from .._reactor import reactorOr
 from .._stream import MessageAborted, MessageRefused, MessageTooLarge
 from ..interfaces import (
     ICloseHandler,
@@ -152,11 +153,7 @@ class ForwardDelivery:
         @param timeout: seconds to wait for each downstream reply, for the connection to be
             made, and for a downstream that stopped reading the message.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
-        self._reactor = reactor
+        self._reactor = reactor = reactorOr(reactor)
         self._endpoint: IStreamClientEndpoint = (
             clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
         )
@@ -475,10 +472,7 @@ def _finalDelivery(client: DownstreamClient, lmtp: bool) -> bool:
     if isinstance(peer, UNIXAddress):
         return True
     host = getattr(peer, "host", None)
-    try:
-        return isinstance(host, str) and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return isinstance(host, str) and isLoopback(host)
 
 
 def _outcome(reply: DownstreamReply) -> _Outcome:

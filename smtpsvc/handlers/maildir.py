@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
@@ -42,7 +42,6 @@ from .._stream import MessageDone
 from ..interfaces import IDataHandler, IMailFromHandler, IMessageStream
 
 _log = Logger(namespace="smtpsvc.maildir")
-_T = TypeVar("_T")
 _counter = itertools.count(1)
 
 # The replies when there is no room for the message.  Each refusal is a new SMTPError: one
