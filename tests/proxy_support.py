@@ -39,6 +39,7 @@ from smtpsvc import Address, IConnectHandler, IMailFromHandler, Session, SMTPSer
 
 from .e2e_support import (
     CLOSE_TIMEOUT,
+    EXAMPLES,
     LISTEN,
     LOCALHOST,
     START_TIMEOUT,
@@ -48,13 +49,6 @@ from .e2e_support import (
     theReactor,
     workspace,
 )
-
-# Defined or imported here before L{tests.e2e_support} shared them: still importable
-# from here.
-from .e2e_support import EXAMPLES as EXAMPLES
-from .e2e_support import EXIT_TIMEOUT as EXIT_TIMEOUT
-from .e2e_support import ROOT as ROOT
-from .e2e_support import loadExample as loadExample
 
 #: The documentation's deployment examples, which the tests run.
 DEPLOY_HAPROXY = EXAMPLES / "deploy_haproxy.cfg"

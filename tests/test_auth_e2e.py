@@ -470,13 +470,6 @@ class TwistAuthTests(E2ETestCase):
     C{twist smtpsvc --auth ...}: AUTH from the command line, in a separate process.
     """
 
-    def directory(self) -> str:
-        """
-        A new empty directory for this test.
-        """
-        path = workspace(self)
-        return path
-
     def memoryArgs(self, maildir: str) -> list[str]:
         """
         The command line of a service that knows alice:secret and allows AUTH in clear.
@@ -498,7 +491,7 @@ class TwistAuthTests(E2ETestCase):
         --auth memory:alice:secret offers PLAIN, LOGIN and CRAM-MD5, refuses MAIL before
         AUTH with 530, and delivers into the Maildir after AUTH PLAIN.
         """
-        directory = self.directory()
+        directory = workspace(self)
         maildir = os.path.join(directory, "maildir")
         process = await startTwist(self, self.memoryArgs(maildir), directory)
         assert process.port is not None
@@ -534,7 +527,7 @@ class TwistAuthTests(E2ETestCase):
         """
         if passwdCommand() is None:
             raise SkipTest("the smtpsvc-passwd command is not installed (pip install -e .)")
-        directory = self.directory()
+        directory = workspace(self)
         files = writeCertificates(directory)
         passwords = os.path.join(directory, "users.passwd")
         made = await runPasswd(passwords, USER, PASSWORD)
@@ -594,7 +587,7 @@ class TwistAuthTests(E2ETestCase):
         """
         wrong = "Wr0ng-guess-7d41"
         right = "C0rrect-h0rse-3b9e"
-        directory = self.directory()
+        directory = workspace(self)
         args = self.memoryArgs(os.path.join(directory, "maildir"))
         args[1] = f"memory:{USER}:{right}"
         process = await startService(

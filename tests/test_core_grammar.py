@@ -1015,6 +1015,7 @@ class ShortcutTests(SynchronousTestCase):
             self.assertIsNone(_PLAIN_DOMAIN.match(domain), domain)
             self.assertFalse(_accepts(_checkDomainFully, domain), domain)
         self.assertTrue(_accepts(_checkLocalPart, "a" * 64))
+        self.assertFalse(_accepts(_checkLocalPart, "a" * 65))
         self.assertFalse(_accepts(_checkLocalPartFully, "a" * 65))
 
     def test_domainShortcutLeavesPunycode(self) -> None:

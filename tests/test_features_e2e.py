@@ -254,6 +254,20 @@ LIMIT = 2000
 TOO_BIG = (552, f"5.3.4 Error: message exceeds fixed maximum message size {LIMIT}".encode())
 
 
+def closedAfter(
+    port: int, commands: Sequence[str], last: str
+) -> tuple[list[ServerReply], list[ServerReply]]:
+    """
+    Read the greeting, say EHLO and each of C{commands}, then send C{last} and read until
+    the server closes: the replies before C{last}, and those after it.
+    """
+    with RawClient(port) as client:
+        before = [client.readReply(), client.command(f"EHLO {CLIENT_NAME}")]
+        before += [client.command(command) for command in commands]
+        client.send(last.encode() + b"\r\n")
+        return before, client.readUntilClosed()
+
+
 class SizeTests(E2ETestCase):
     """
     RFC 1870: the server advertises its limit and holds messages to it.
@@ -563,14 +577,7 @@ class CommandLimitTests(E2ETestCase):
         """
         _, port = await startLocal(self, [RecordingHandler()], maxUnrecognizedCommands=3)
 
-        def talk() -> tuple[list[ServerReply], list[ServerReply]]:
-            with RawClient(port) as client:
-                before = [client.readReply(), client.command(f"EHLO {CLIENT_NAME}")]
-                before += [client.command("FOO"), client.command("BAR")]
-                client.send(b"BAZ\r\n")
-                return before, client.readUntilClosed()
-
-        before, closing = await deferToThread(talk)
+        before, closing = await deferToThread(closedAfter, port, ("FOO", "BAR"), "BAZ")
         self.assertEqual([r.code for r in before], [220, 250, 500, 500])
         self.assertEqual(
             before[2:], [ServerReply(500, ("5.5.2 Error: command not recognized",))] * 2
@@ -597,13 +604,6 @@ class CommandLimitTests(E2ETestCase):
             maxAllowedUnauthenticatedCommands=4,
         )
 
-        def stranger() -> tuple[list[ServerReply], list[ServerReply]]:
-            with RawClient(port) as client:
-                before = [client.readReply(), client.command(f"EHLO {CLIENT_NAME}")]
-                before += [client.command("NOOP"), client.command("NOOP")]
-                client.send(b"MAIL FROM:<a@example.org>\r\n")
-                return before, client.readUntilClosed()
-
         def alice() -> tuple[tuple[int, bytes], list[int], dict[str, tuple[int, bytes]]]:
             with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
                 c.ehlo()
@@ -613,7 +613,9 @@ class CommandLimitTests(E2ETestCase):
                 c.quit()
             return login, noops, refused
 
-        before, closing = await deferToThread(stranger)
+        before, closing = await deferToThread(
+            closedAfter, port, ("NOOP", "NOOP"), "MAIL FROM:<a@example.org>"
+        )
         self.assertEqual([r.code for r in before], [220, 250, 250, 250])
         self.assertEqual(
             closing, [ServerReply(421, ("4.4.2 Error: too many unauthenticated commands",))]

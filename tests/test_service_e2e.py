@@ -115,7 +115,6 @@ SERVICE_EXAMPLES = {
 }
 
 
-#: Flags most tests give: no greeting delay, no DNS.
 def codes(replies: Sequence[ServerReply]) -> list[int]:
     """
     The codes of C{replies}.

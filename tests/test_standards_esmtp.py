@@ -8,7 +8,6 @@ L{MemoryClient}.
 from __future__ import annotations
 
 import base64
-import os
 import re
 from typing import Any
 
@@ -34,7 +33,6 @@ from smtpsvc import (
 )
 from smtpsvc._core import _replies, _sasl
 from smtpsvc._core._replies import Reply, enhancedFor
-from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
 from .e2e_support import LogCapture
@@ -296,33 +294,6 @@ class SizeTests(SynchronousTestCase):
         )
         self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}> SIZE=4000")), [250])
 
-    def test_1870_04_maildirChecksFreeSpace(self) -> None:
-        """
-        The built-in Maildir delivery refuses at MAIL FROM, with 452 4.3.1, a declared
-        size that its file system has no room for (beside its reserve), and accepts and
-        stores one that fits.
-        """
-        path = self.mktemp()
-
-        def statvfs(where: str) -> os.statvfs_result:
-            # 6000 bytes free, counted in 1-byte fragments.
-            return os.statvfs_result((4096, 1, 10**9, 10**6, 6000, 0, 0, 0, 0, 255))
-
-        # A Clock has no thread pool: the delivery syncs at once.
-        delivery = MaildirDelivery(
-            path, reactor=Clock(), serverName=NAME, minFree=1000, statvfs=statvfs
-        )
-        client = connect([delivery], size=10_000, hideENHANCEDSTATUSCODES=False)
-        replies = client.send(f"MAIL FROM:<{SENDER}> SIZE=5001", f"RCPT TO:<{RECIPIENT}>")
-        self.assertEqual(
-            lines(replies),
-            ["452 4.3.1 Error: insufficient system storage", "503 5.5.1 Error: need MAIL command"],
-        )
-        replies = client.send(f"MAIL FROM:<{SENDER}> SIZE=5000", f"RCPT TO:<{RECIPIENT}>", "DATA")
-        replies += client.write(b"x\r\n.\r\n")
-        self.assertEqual(codes(replies), [250, 250, 354, 250])
-        self.assertEqual(len(os.listdir(os.path.join(path, "new"))), 1)
-
     def test_1870_08_lineLimitRaisedForSize(self) -> None:
         """
         A MAIL line carrying SIZE may be 26 octets longer than the command line limit:
@@ -366,17 +337,12 @@ class LMTPTests(SynchronousTestCase):
         would hide one of the two required ones is either refused or has no effect.
         """
         self.assertIn("8BITMIME", MemoryClient(makeServer(lmtp=True)).send("LHLO x")[0].lines)
+        offered = MemoryClient(makeServer(lmtp=True)).send("LHLO x")[0].lines
+        self.assertIn("PIPELINING", offered)
+        self.assertIn("ENHANCEDSTATUSCODES", offered)
         for hide in ("hidePIPELINING", "hideENHANCEDSTATUSCODES"):
             hidden: dict[str, Any] = {hide: True}
-            try:
-                server = makeServer(lmtp=True, **hidden)
-            except ValueError:
-                continue
-            client = MemoryClient(server)
-            offered = client.send("LHLO x")[0].lines
-            self.assertIn("PIPELINING", offered, hide)
-            self.assertIn("ENHANCEDSTATUSCODES", offered, hide)
-            self.assertEqual(lines(client.send("NOOP")), ["250 2.0.0 OK"], hide)
+            self.assertRaises(ValueError, makeServer, lmtp=True, **hidden)
 
     def test_2033_03_dataWithoutAcceptedRecipient(self) -> None:
         """
@@ -440,12 +406,7 @@ class LMTPTests(SynchronousTestCase):
         lmtp = SMTPServer([], reactor=reactor, name=NAME, lmtp=True)
         self.successResultOf(lmtp.listen("tcp:2524:interface=127.0.0.1"))
         self.assertEqual([port for port, *_ in reactor.tcpServers], [25, 2524])
-        try:
-            listening = lmtp.listen("tcp:25:interface=127.0.0.1")
-        except ValueError:
-            pass
-        else:
-            self.failureResultOf(listening, ValueError)
+        self.assertRaises(ValueError, lmtp.listen, "tcp:25:interface=127.0.0.1")
         self.assertEqual([port for port, *_ in reactor.tcpServers], [25, 2524])
 
         # An endpoint object says where it listens only once it does: the port is closed

@@ -250,19 +250,18 @@ class ClientCertificatePolicy:
 class TagReader:
     """
     Reads each message whole, then notes what its envelope says about TLS: REQUIRETLS,
-    and the tag for a C{TLS-Required: No} header (C{tlsRequiredNo}), if the envelope
-    has one.
+    and the tag for a C{TLS-Required: No} header (C{tlsRequiredNo}).
 
-    @ivar seen: for each message, (requireTLS, the tag or L{None}, the bytes).
+    @ivar seen: for each message, (requireTLS, tlsRequiredNo, the bytes).
     """
 
     def __init__(self) -> None:
-        self.seen: list[tuple[bool, object, bytes]] = []
+        self.seen: list[tuple[bool, bool, bytes]] = []
 
     async def onData(self, stream: IMessageStream, session: Session) -> None:
         data = await readMessage(stream)
         envelope = session.envelope
-        self.seen.append((envelope.requireTLS, getattr(envelope, "tlsRequiredNo", None), data))
+        self.seen.append((envelope.requireTLS, envelope.tlsRequiredNo, data))
 
 
 class STARTTLSStandardsTests(SynchronousTestCase):
@@ -704,7 +703,7 @@ class REQUIRETLSStandardsTests(SynchronousTestCase):
         self.assertEqual(codes(replies), [250, 250, 354, 250])
         [(requireTLS, tag, data)] = reader.seen
         self.assertTrue(requireTLS)
-        self.assertNotEqual(tag, True)
+        self.assertIs(tag, False)
         self.assertEqual(data, TLS_OPTIONAL)
 
 

@@ -610,10 +610,6 @@ class TwistTLSTests(_OpenSSLTestCase):
     The TLS flags of C{twist smtpsvc}, run as a separate process.
     """
 
-    def _directory(self) -> str:
-        directory = workspace(self)
-        return directory
-
     async def test_starttlsSNIAndImplicitTLS(self) -> None:
         """
         With --cert/--key, --sni, --sni-dir, --listen and --listen-tls the service logs one
@@ -622,7 +618,7 @@ class TwistTLSTests(_OpenSSLTestCase):
         delivers into the Maildir, recorded as ESMTPS.
         """
         paths = writePEMs(self)
-        tmpdir = self._directory()
+        tmpdir = workspace(self)
         sniDir = os.path.join(tmpdir, "sni")
         os.makedirs(sniDir)
         Path(sniDir, f"{C}.pem").write_bytes(Path(paths["c.pem"]).read_bytes())
@@ -663,7 +659,7 @@ class TwistTLSTests(_OpenSSLTestCase):
         self.assertIn(b" with ESMTPS id ", stored[0])
 
     async def _developmentService(self) -> Any:
-        tmpdir = self._directory()
+        tmpdir = workspace(self)
         args = [
             *("--name", "dev.example.test", "--listen", LISTEN, "--listen-tls", LISTEN),
             *("--deliver", "discard", "--early-talker-delay", "0"),
@@ -716,13 +712,13 @@ class TwistTLSTests(_OpenSSLTestCase):
     async def _refused(self, args: list[str], problem: str) -> None:
         # Listening and delivering as a working service would, with ARGS added.
         listen = ["--listen", LISTEN, "--deliver", "discard"]
-        await assertTwistRefuses(self, [*listen, *args], problem, cwd=self._directory())
+        await assertTwistRefuses(self, [*listen, *args], problem, cwd=workspace(self))
 
     async def test_missingCertificateFile(self) -> None:
         """
         --cert naming a file that does not exist: one error line naming the flag and file.
         """
-        missing = os.path.join(self._directory(), "missing.pem")
+        missing = os.path.join(workspace(self), "missing.pem")
         await self._refused(["--cert", missing], f"--cert: cannot read {missing}")
 
     async def test_keyDoesNotMatch(self) -> None:

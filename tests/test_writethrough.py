@@ -103,9 +103,10 @@ class Connected:
     def endTurn(self) -> None:
         """
         Run the calls due now, as the reactor does once it has read from every ready
-        connection.
+        connection (past each batch of pipelined lines the protocol also lets the reactor
+        have a turn), until the connection is closing.
         """
-        while self.reactor.getDelayedCalls():
+        while self.reactor.getDelayedCalls() and not self.transport.disconnecting:
             due = min(call.getTime() for call in self.reactor.getDelayedCalls())
             if due > self.reactor.seconds():
                 break
@@ -116,12 +117,7 @@ class Connected:
         The client sends C{data}; the server reads it, as the reactor would.
         """
         self.read(data)
-        # Past each batch of pipelined lines the protocol lets the reactor have a turn.
-        while self.reactor.getDelayedCalls() and not self.transport.disconnecting:
-            due = min(call.getTime() for call in self.reactor.getDelayedCalls())
-            if due > self.reactor.seconds():
-                break
-            self.reactor.advance(0)
+        self.endTurn()
 
     def flush(self) -> None:
         """

@@ -16,12 +16,12 @@ line endings only; it is read from the client only as fast as the downstream tak
 
 A REQUIRETLS transaction (RFC 8689) is relayed only over a TLS connection whose certificate
 was validated for the downstream's host name, to a downstream that offers REQUIRETLS;
-otherwise its MAIL FROM gets ``550 5.7.30``.  An LMTP downstream on a Unix socket is the
-message store on this host: handing it the message is final delivery, not relaying, and a
-REQUIRETLS transaction goes there without TLS.  The tag of a ``TLS-Required: No`` header
-asks to relay despite a TLS policy; this relay has none of its own (it uses the endpoint it
-is given, encrypted or not), so such a message goes the same way as any other, with the
-header field kept.
+otherwise its MAIL FROM gets ``550 5.7.30``.  An LMTP downstream on a Unix socket or over
+loopback is the message store on this host: handing it the message is final delivery, not
+relaying, and a REQUIRETLS transaction goes there without TLS.  The tag of a
+``TLS-Required: No`` header asks to relay despite a TLS policy; this relay has none of its
+own (it uses the endpoint it is given, encrypted or not), so such a message goes the same
+way as any other, with the header field kept.
 """
 
 from __future__ import annotations
