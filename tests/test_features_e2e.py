@@ -69,7 +69,7 @@ from .e2e_support import (
     withoutTraceHeaders,
     workspace,
 )
-from .maildir_support import delivered
+from .maildir_support import delivered, storedMessages
 from .memorytls import authority, issue
 from .service_support import (
     QUICK,
@@ -348,6 +348,39 @@ class TransactionLimitTests(E2ETestCase):
         self.assertEqual(refused, {recipients[-1]: (452, b"4.5.3 Error: too many recipients")})
         self.assertEqual(loop, (554, b"5.4.6 Error: too many hops, mail loop detected"))
         self.assertEqual([len(m.envelope.rcptTo) for m in recorder.messages], [100])
+
+    async def test_serviceFlags(self) -> None:
+        """
+        C{twist smtpsvc}: with C{--maildir-min-free} more than any disk has, smtplib's MAIL
+        FROM gets 452 and nothing is stored; with the limit C{--max-received-headers
+        off}, a message of 150 Received: fields is delivered.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        hops = b"".join(b"Received: from hop%d\r\n" % n for n in range(150))
+        deliver = ("--listen", LISTEN, "--deliver", f"maildir:{maildir}", *QUICK)
+
+        def mailFrom(port: int) -> tuple[int, bytes]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                return c.mail(SENDER)
+
+        def send(port: int) -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                return c.sendmail(SENDER, [RECIPIENT], hops + message("hops"))
+
+        full = await startService(self, [*deliver, "--maildir-min-free", str(10**18)], tmpdir)
+        assert full.port is not None
+        self.assertEqual(
+            await deferToThread(mailFrom, full.port),
+            (452, b"Error: insufficient system storage"),
+        )
+        self.assertEqual(storedMessages(maildir), [])
+        unlimited = await startService(self, [*deliver, "--max-received-headers", "off"], tmpdir)
+        assert unlimited.port is not None
+        self.assertEqual(await deferToThread(send, unlimited.port), {})
+        [stored] = storedMessages(maildir)
+        self.assertEqual(stored.count(b"Received: from hop"), 150)
 
     async def test_slowMessageCutOff(self) -> None:
         """

@@ -260,8 +260,9 @@ class ReloadTests(E2ETestCase):
     async def test_DANE_04_sighupReloadsCertificates(self) -> None:
         """
         After the --cert file is replaced and SIGHUP sent, openssl s_client is served the
-        new certificate while a TLS connection opened before still works; a broken file
-        and another SIGHUP are logged and the certificate in use stays.
+        new certificate while a TLS connection opened before still works, and the log
+        warns that the new one does not cover the server's name; a broken file and
+        another SIGHUP are logged and the certificate in use stays.
         """
         tmpdir = workspace(self)
         pem = Path(tmpdir, "mx.pem")
@@ -275,6 +276,8 @@ class ReloadTests(E2ETestCase):
         port = process.port
         assert port is not None
         self.assertEqual(await servedCommonName(port, "x"), "mx.example.test")
+        # A certificate that covers the name draws no warning (see tls.rst).
+        self.assertEqual(process.lines("does not cover"), [], process.text)
 
         client = await deferToThread(RawClient, port)
         self.addCleanup(client.close)
@@ -290,6 +293,11 @@ class ReloadTests(E2ETestCase):
         process.sendSignal("HUP")
         await process.waitForOutput(re.compile(rb"Certificates reloaded"), SIGNAL_TIMEOUT)
         self.assertEqual(await servedCommonName(port, "x"), "renewed.example.test")
+        # The renewed one is for another name: MTA-STS senders would refuse it, and the
+        # reload says so.
+        await process.waitForOutput(
+            re.compile(rb"The certificate does not cover mx\.example\.test"), SIGNAL_TIMEOUT
+        )
 
         def stillThere() -> tuple[ServerReply, str | None]:
             noop = client.command("NOOP")
@@ -308,6 +316,25 @@ class ReloadTests(E2ETestCase):
         self.assertEqual(len(process.lines("Certificates reloaded")), 1, process.text)
         self.assertEqual(await servedCommonName(port, "x"), "renewed.example.test")
         self.assertEqual((await deferToThread(client.command, "QUIT")).code, 221)
+
+    async def test_startupWarnsOfUncoveredName(self) -> None:
+        """
+        A certificate that does not cover C{--name} is served all the same, and the log
+        says at start that MTA-STS senders would refuse it.
+        """
+        tmpdir = workspace(self)
+        pem = Path(tmpdir, "other.pem")
+        other = issue("other.example.test")
+        pem.write_bytes(other.cert + other.key)
+        args = [
+            *("--cert", str(pem), "--name", "mx.example.test"),
+            *("--listen-tls", LISTEN, "--deliver", "discard", *QUICK),
+        ]
+        process = await startService(self, args, tmpdir)
+        assert process.port is not None
+        self.assertEqual(await servedCommonName(process.port, "x"), "other.example.test")
+        [warning] = process.lines("The certificate does not cover mx.example.test")
+        self.assertIn("MTA-STS", warning)
 
 
 class DurabilityTests(E2ETestCase):
