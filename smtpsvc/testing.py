@@ -52,7 +52,7 @@ class ReceivedMessage:
     """
     A message as L{RecordingHandler} kept it.
 
-    @ivar envelope: the transaction's envelope when the message arrived.
+    @ivar envelope: the transaction's envelope once the whole message had arrived.
     @ivar data: the message bytes.
     @ivar sessionId: the id of the session it came in on.
     @ivar remoteAddress: the client's address.
@@ -95,10 +95,11 @@ class RecordingHandler:
         self.recipients.append(address.address)
 
     async def onData(self, stream: IMessageStream, session: Session) -> None:
-        envelope = session.envelope
         data = await readMessage(stream)
+        # The envelope as the whole message leaves it: its header may tag it
+        # (tlsRequiredNo), which a copy taken before reading would miss.
         self.messages.append(
-            ReceivedMessage(envelope, data, session.id, session.remoteAddress, session.user)
+            ReceivedMessage(session.envelope, data, session.id, session.remoteAddress, session.user)
         )
 
     def onClose(self, session: Session) -> None:

@@ -538,6 +538,35 @@ class RequireTLSTests(E2ETestCase):
         self.assertTrue(recorder.messages[0].envelope.requireTLS)
         self.assertEqual(recorder.messages[0].data, body)
 
+    async def test_8689_05_tlsRequiredNoTagged(self) -> None:
+        """
+        smtplib sends, over STARTTLS, a message with a C{TLS-Required: No} header field:
+        its envelope is tagged C{tlsRequiredNo}.  The same message with REQUIRETLS on MAIL
+        FROM is not (the field is then ignored), nor is one without the field; the field
+        is kept in every message.
+        """
+        recorder = RecordingHandler()
+        pair = issue(MX)
+        _, port = await startLocal(
+            self, [recorder], name=MX, key=pair.key, cert=pair.cert, hideREQUIRETLS=False
+        )
+        optional = b"TLS-Required: No\r\n" + message("optional")
+
+        def talk() -> list[dict[str, tuple[int, bytes]]]:
+            with LoopbackSMTP(MX, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.starttls(context=clientContext(authority().cert))
+                return [
+                    c.sendmail(SENDER, [RECIPIENT], optional),
+                    c.sendmail(SENDER, [RECIPIENT], optional, mail_options=["REQUIRETLS"]),
+                    c.sendmail(SENDER, [RECIPIENT], message("plain")),
+                ]
+
+        self.assertEqual(await deferToThread(talk), [{}, {}, {}])
+        envelopes = [m.envelope for m in recorder.messages]
+        self.assertEqual([e.tlsRequiredNo for e in envelopes], [True, False, False])
+        self.assertEqual([e.requireTLS for e in envelopes], [False, True, False])
+        self.assertEqual([m.data for m in recorder.messages][:2], [optional, optional])
+
 
 # -- socketTimeout ----------------------------------------------------------------------------
 
