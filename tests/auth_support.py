@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from smtpsvc import AuthRequest, IAuthHandler, Session, SMTPServer
+from smtpsvc import AuthRequest, IAuthHandler, Session, SMTPError, SMTPServer
 
 from .e2e_support import (
     CLIENT_NAME,
@@ -44,6 +44,24 @@ from .e2e_support import (
     theReactor,
 )
 from .memorytls import authority, issue
+
+
+@implementer(IAuthHandler)
+class Alice:
+    """
+    Knows one user, alice, whose password is secret, by any mechanism; it looks at
+    nothing else (not the authzid), and keeps every request in C{requests}.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[AuthRequest] = []
+
+    def onAuth(self, auth: AuthRequest, session: Session) -> str:
+        self.requests.append(auth)
+        if auth.username == "alice" and auth.validatePassword("secret"):
+            return "alice"
+        raise SMTPError(535, "5.7.8 Error: Authentication credentials invalid")
+
 
 #: The name the test certificate is issued for; clients ask for and verify it.
 MX_NAME = "mx.example.test"

@@ -20,8 +20,6 @@ from zope.interface import implementer
 
 from smtpsvc import (
     Address,
-    AuthRequest,
-    IAuthHandler,
     IConnectHandler,
     IDataHandler,
     IMessageStream,
@@ -35,6 +33,7 @@ from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, stuff
 
 from . import test_forward
+from .auth_support import Alice
 from .maildir_support import runNow, storedMessages
 from .test_protocol import LateReader
 from .test_proxy import FakeResolver
@@ -107,18 +106,6 @@ class RefuseEveryone:
 
     def onConnect(self, session: Session) -> None:
         raise SMTPError(554, "No SMTP service here")
-
-
-@implementer(IAuthHandler)
-class Accounts:
-    """
-    Knows alice, whose password is secret.
-    """
-
-    def onAuth(self, auth: AuthRequest, session: Session) -> object:
-        if (auth.username, auth.password) == ("alice", "secret"):
-            return "alice"
-        raise SMTPError(535, "5.7.8 Authentication credentials invalid")
 
 
 @implementer(IRcptToHandler, IDataHandler)
@@ -402,7 +389,7 @@ class TraceTests(SynchronousTestCase):
         """
         path = self.mktemp()
         delivery = MaildirDelivery(path, serverName=NAME, runInThread=runNow)
-        client = connect(delivery, Accounts(), allowInsecureAuth=True, **options)
+        client = connect(delivery, Alice(), allowInsecureAuth=True, **options)
         self.assertEqual(codes(client.send(hello)), [250])
         if authenticate:
             response = base64.b64encode(b"\0alice\0secret").decode("ascii")

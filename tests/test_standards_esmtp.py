@@ -35,6 +35,7 @@ from smtpsvc._core import _replies, _sasl
 from smtpsvc._core._replies import Reply, enhancedFor
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
+from .auth_support import Alice
 from .e2e_support import LogCapture
 
 NAME = "mx.test"
@@ -200,18 +201,6 @@ class LaterAuth:
         answer: Deferred[object] = Deferred()
         self.pending.append(answer)
         return answer
-
-
-@implementer(IAuthHandler)
-class Alice:
-    """
-    Knows one user, alice, whose password is secret.
-    """
-
-    def onAuth(self, auth: AuthRequest, session: Session) -> str | None:
-        if auth.username == "alice" and auth.validatePassword("secret"):
-            return "alice"
-        return None
 
 
 def paddedMail(length: int, size: int) -> bytes:

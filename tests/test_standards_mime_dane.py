@@ -27,8 +27,6 @@ from zope.interface import implementer
 
 from smtpsvc import (
     Address,
-    AuthRequest,
-    IAuthHandler,
     IDataHandler,
     IMessageStream,
     IRcptToHandler,
@@ -41,6 +39,7 @@ from smtpsvc import (
 from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, stuff
 
+from .auth_support import Alice
 from .e2e_support import (
     CLIENT_NAME,
     LISTEN,
@@ -165,18 +164,6 @@ def upgrade(server: SMTPServer, servername: str | None = None) -> Connection:
 
 
 # -- handlers -------------------------------------------------------------------------------
-
-
-@implementer(IAuthHandler)
-class Alice:
-    """
-    Accepts alice with the password secret.
-    """
-
-    def onAuth(self, auth: AuthRequest, session: Session) -> str:
-        if auth.username == "alice" and auth.validatePassword("secret"):
-            return "alice"
-        raise SMTPError(535, "5.7.8 Error: Authentication credentials invalid")
 
 
 #: AUTH PLAIN's initial response for alice.

@@ -40,6 +40,7 @@ from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, ServerReply, stuff
 
 from . import test_forward
+from .auth_support import Alice
 from .e2e_support import LogCapture
 from .maildir_support import receivedHeader, runNow, storedMessages
 from .memorytls import ClientTLS, Connection, authority, connectTLS, issue
@@ -174,22 +175,6 @@ def withClause(stored: bytes) -> str:
     match = re.search(rb" with (\S+) id ", receivedHeader(stored))
     assert match is not None, stored
     return match.group(1).decode("ascii")
-
-
-@implementer(IAuthHandler)
-class Accounts:
-    """
-    Knows alice, whose password is secret; it looks at nothing else (not the authzid).
-    """
-
-    def __init__(self) -> None:
-        self.requests: list[AuthRequest] = []
-
-    def onAuth(self, auth: AuthRequest, session: Session) -> str:
-        self.requests.append(auth)
-        if auth.username == "alice" and auth.validatePassword("secret"):
-            return "alice"
-        raise SMTPError(535, "5.7.8 Error: Authentication credentials invalid")
 
 
 @implementer(IAuthHandler)
@@ -400,7 +385,7 @@ class STARTTLSStandardsTests(SynchronousTestCase):
         """
         path = self.mktemp()
         delivery = MaildirDelivery(path, serverName=MX, runInThread=runNow)
-        connection = upgraded(makeServer([Accounts(), delivery]))
+        connection = upgraded(makeServer([Alice(), delivery]))
         self.assertEqual(codes(connection.send("EHLO client.example")), [250])
         self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
         self.assertEqual(codes(connection.send(plain("alice", "secret"))), [235])
@@ -419,7 +404,7 @@ class AUTHStandardsTests(SynchronousTestCase):
         line of base64 and nothing else, even with enhanced status codes shown.
         """
         client = connect(
-            Accounts(),
+            Alice(),
             allowInsecureAuth=True,
             hideENHANCEDSTATUSCODES=False,
             authMethods=("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER"),
@@ -493,7 +478,7 @@ class AUTHStandardsTests(SynchronousTestCase):
         MAIL FROM with AUTH=<> gets 250 whether or not the client authenticated; the
         value is xtext; AUTH= given twice is refused.
         """
-        client = connect(Accounts(), allowInsecureAuth=True)
+        client = connect(Alice(), allowInsecureAuth=True)
         self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}> AUTH=<>", "RSET")), [250, 250])
         self.assertEqual(
             codes(client.send(f"MAIL FROM:<{SENDER}> AUTH=<e+3Dmc2@b.example>")), [250]
@@ -514,7 +499,7 @@ class AUTHStandardsTests(SynchronousTestCase):
         further round is not run as a command.  AUTH PLAIN with its initial response
         completes in one round trip, so the commands after it run.
         """
-        client = connect(Accounts(), allowInsecureAuth=True, authOptional=False)
+        client = connect(Alice(), allowInsecureAuth=True, authOptional=False)
         replies = client.send("AUTH LOGIN", f"MAIL FROM:<{SENDER}>")
         self.assertEqual(wire(replies[0]), "334 VXNlcm5hbWU6")
         self.assertEqual(len(replies), 2)
@@ -533,10 +518,10 @@ class AUTHStandardsTests(SynchronousTestCase):
         """
         path = self.mktemp()
         delivery = MaildirDelivery(path, serverName=MX, runInThread=runNow)
-        inClear = connect(Accounts(), delivery, allowInsecureAuth=True)
+        inClear = connect(Alice(), delivery, allowInsecureAuth=True)
         self.assertEqual(codes(inClear.send(plain("alice", "secret"))), [235])
         self.assertEqual(codes(transaction(inClear)), [250, 250, 354, 250])
-        secure = upgraded(makeServer([Accounts(), delivery]))
+        secure = upgraded(makeServer([Alice(), delivery]))
         self.assertEqual(codes(secure.send("EHLO client.example")), [250])
         self.assertEqual(codes(secure.send(plain("alice", "secret"))), [235])
         self.assertEqual(codes(transaction(secure)), [250, 250, 354, 250])
@@ -548,7 +533,7 @@ class AUTHStandardsTests(SynchronousTestCase):
         nothing although the client sent one, fails the authentication, right password
         or not; a valid one does not.
         """
-        client = connect(Accounts(), allowInsecureAuth=True)
+        client = connect(Alice(), allowInsecureAuth=True)
         for authzid in (
             "\u2028alice",  # LINE SEPARATOR: a non-ASCII control character (C.2.2)
             "\ue000alice",  # a private use character (C.3)
@@ -571,7 +556,7 @@ class ImplicitTLSStandardsTests(SynchronousTestCase):
         On an implicit TLS connection AUTH works as on port 587 after STARTTLS: the same
         EHLO keywords, MAIL refused before AUTH, AUTH PLAIN accepted, then MAIL accepted.
         """
-        server = makeServer([Accounts()], authOptional=False)
+        server = makeServer([Alice()], authOptional=False)
         script = (
             "EHLO client.example",
             f"MAIL FROM:<{SENDER}>",
@@ -595,7 +580,7 @@ class ImplicitTLSStandardsTests(SynchronousTestCase):
         """
         path = self.mktemp()
         delivery = MaildirDelivery(path, serverName=MX, runInThread=runNow)
-        server = makeServer([Accounts(), delivery], secure=True, authOptional=False)
+        server = makeServer([Alice(), delivery], secure=True, authOptional=False)
         connection = greeted(server, creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION))
         self.assertEqual(codes(connection.send(plain("alice", "secret"))), [235])
         self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
