@@ -160,6 +160,17 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError):
             parse("--lmtp", "--no-lmtp")
 
+    def refusal(self, *args: str) -> str:
+        """
+        The error that parsing C{args} stops with: one line, naming the command.
+        """
+        with self.assertRaises(ConfigurationError) as caught:
+            parse(*args)
+        text = str(caught.exception)
+        self.assertTrue(text.startswith("twist smtpsvc: "), text)
+        self.assertEqual(text.count("\n"), 0, text)
+        return text
+
     def test_badValues(self) -> None:
         """
         Bad values stop the command with one line naming the flag (no usage dump).
@@ -178,11 +189,7 @@ class OptionsTests(SynchronousTestCase):
             (("--cert", "no-such.pem"), "--cert: cannot read no-such.pem"),
             (("--use-proxy", "nowhere"), "--use-proxy must list addresses and networks"),
         ):
-            with self.assertRaises(ConfigurationError) as caught:
-                parse(*args)
-            self.assertIn(words, str(caught.exception))
-            self.assertTrue(str(caught.exception).startswith("twist smtpsvc: "))
-            self.assertEqual(str(caught.exception).count("\n"), 0)
+            self.assertIn(words, self.refusal(*args))
 
     def test_unsetLimit(self) -> None:
         """
@@ -215,10 +222,7 @@ class OptionsTests(SynchronousTestCase):
             (("--bare-line-endings", "none"), "--bare-line-endings must be one of normalize"),
             (("--max-version", "off"), "--max-version must be one of TLSv1"),
         ):
-            with self.assertRaises(ConfigurationError) as caught:
-                parse(*args)
-            self.assertIn(words, str(caught.exception))
-            self.assertEqual(str(caught.exception).count("\n"), 0)
+            self.assertIn(words, self.refusal(*args))
         # A string option takes the word as itself.
         self.assertEqual(chosen(parse("--name", "none")), {"name": "none"})
 
