@@ -76,14 +76,18 @@ class ServerSpec:
         return env
 
 
-def smtpsvc(*extra: str) -> Callable[[Launch, int, bool], list[str]]:
+def smtpsvc(
+    *extra: str, twistOptions: tuple[str, ...] = ()
+) -> Callable[[Launch, int, bool], list[str]]:
     """
-    The C{twist smtpsvc} command line, with C{extra} flags after the plugin's own.
+    The C{twist smtpsvc} command line, with C{extra} flags after the plugin's own and
+    C{twistOptions} (C{--log-level warn}, say) before it, for C{twist} itself.
     """
 
     def argv(launch: Launch, port: int, tls: bool) -> list[str]:
         command = [
             str(launch.tools.twist),
+            *twistOptions,
             "smtpsvc",
             "--listen",
             f"tcp:{port}:interface=127.0.0.1"
@@ -153,6 +157,14 @@ SMTPSVC_WORKERS = ServerSpec(
     workers=2,
 )
 SMTPSVC_DELAY = ServerSpec("smtpsvc delay 0.1 s", "smtpsvc", smtpsvc(), profilable=True)
+# Without its log line per message and per connection (info events are dropped), as
+# smtp-server runs by default (logger: false): what the logging costs, like for like.
+SMTPSVC_QUIET = ServerSpec(
+    "smtpsvc log warn",
+    "smtpsvc",
+    smtpsvc("--early-talker-delay", "0", twistOptions=("--log-level", "warn")),
+    profilable=True,
+)
 TWISTED_MAIL = ServerSpec("twisted.mail", "twisted.mail", _twistedMail)
 AIOSMTPD = ServerSpec("aiosmtpd", "aiosmtpd", _aiosmtpd)
 # smtp-server always waits 100 ms before its greeting (its early-talker check, not an

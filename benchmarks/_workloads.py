@@ -24,6 +24,7 @@ from benchmarks._servers import (
     SMTP_SINK,
     SMTPSVC,
     SMTPSVC_DELAY,
+    SMTPSVC_QUIET,
     SMTPSVC_WORKERS,
     TWISTED_MAIL,
     Launch,
@@ -189,7 +190,7 @@ WORKLOADS = (
             f"{s.w1Connections} connections, one after another on each"
         ),
         "msg",
-        (SMTPSVC, SMTPSVC_WORKERS, *_PEERS),
+        (SMTPSVC, SMTPSVC_QUIET, SMTPSVC_WORKERS, *_PEERS),
         _w1,
     ),
     Workload(
@@ -199,7 +200,7 @@ WORKLOADS = (
             f"{s.w2Concurrency} at a time (smtpsvc's early-talker delay off, and 0.1 s)"
         ),
         "session",
-        (SMTPSVC, SMTPSVC_DELAY, *_PEERS),
+        (SMTPSVC, SMTPSVC_QUIET, SMTPSVC_DELAY, *_PEERS),
         _w2,
     ),
     Workload(
