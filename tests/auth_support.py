@@ -11,6 +11,7 @@ bounded, and whatever is started is stopped by the test case's cleanups.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import shutil
 import smtplib
@@ -293,3 +294,25 @@ def runExampleMain(
     if len(reactor.ports) != 1:
         testCase.fail(f"main() listens on {len(reactor.ports)} ports, not 1")
     return int(reactor.ports[0].getHost().port)
+
+
+def b64(text: str) -> str:
+    """
+    The base64 of the UTF-8 of C{text}, as SASL sends it.
+    """
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def plainResponse(user: str, password: str, authzid: str = "") -> str:
+    """
+    The initial response of C{AUTH PLAIN} (RFC 4616): C{authzid NUL user NUL password}, in
+    base64.
+    """
+    return b64(f"{authzid}\0{user}\0{password}")
+
+
+def authPlain(user: str, password: str, authzid: str = "") -> str:
+    """
+    The command C{AUTH PLAIN} with its initial response (L{plainResponse}).
+    """
+    return f"AUTH PLAIN {plainResponse(user, password, authzid)}"

@@ -1,6 +1,7 @@
 """
 Real TLS over iosim's in-memory transports, for tests: certificates made at test time,
-a transport whose startTLS runs OpenSSL through memory BIOs, and a small SMTP client.
+a transport whose startTLS runs OpenSSL through memory BIOs, a small SMTP client, and
+connections of it that said EHLO or completed STARTTLS.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from zope.interface import alsoProvides, implementer
 
 from smtpsvc import SMTPServer
 from smtpsvc.testing import ServerReply, parseReplies
+
+from .protocol_support import codes
 
 
 @dataclass(frozen=True)
@@ -404,3 +407,56 @@ def connectTLS(
     clock.advance(server.options.earlyTalkerDelay)
     pump.flush()
     return Connection(server, serverProtocol, client, serverTransport, clientTransport, pump)
+
+
+def saidHello(
+    server: SMTPServer,
+    hello: str = "EHLO client.example",
+    creator: ClientTLS | None = None,
+    implicit: bool = False,
+) -> tuple[Connection, ServerReply]:
+    """
+    A connection (see L{connectTLS}: in clear until STARTTLS, or encrypted from the first
+    byte when C{implicit} or C{server} is secure, the client being C{creator}) that was
+    greeted with 220 and said C{hello}, which got 250.
+
+    @return: the connection and the reply to C{hello}.
+    """
+    connection = connectTLS(server, implicit=implicit, creator=creator)
+    greeting = connection.client.replies()
+    assert codes(greeting) == [220], greeting
+    replies = connection.send(hello)
+    assert codes(replies) == [250], replies
+    return connection, replies[0]
+
+
+def upgraded(
+    server: SMTPServer, servername: str | None = None, certificate: KeyPair | None = None
+) -> Connection:
+    """
+    A connection that said C{EHLO client.example}, was offered STARTTLS and completed it
+    (and has not said EHLO again), the client sending C{servername} as SNI and presenting
+    C{certificate}.
+    """
+    connection, ehlo = saidHello(server)
+    assert "STARTTLS" in ehlo.lines, ehlo
+    replies = connection.send("STARTTLS")
+    assert codes(replies) == [220], replies
+    connection.startTLS(ClientTLS(servername, certificate))
+    return connection
+
+
+def connectInClear(server: SMTPServer) -> tuple[SMTPClient, TLSMemoryTransport, IOPump]:
+    """
+    Join a client to C{server} (one that starts TLS at once) as a client that does not:
+    nothing has moved yet, and the pump leaves the server's clock alone.
+
+    @return: the client, the server's transport and the pump.
+    """
+    protocol = server.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1))
+    client = SMTPClient()
+    serverTransport = TLSMemoryTransport(protocol, isServer=True)
+    clientTransport = TLSMemoryTransport(client, isServer=False)
+    serverTransport.clock = clientTransport.clock = server.reactor
+    pump = connect(protocol, serverTransport, client, clientTransport, greet=False)
+    return client, serverTransport, pump

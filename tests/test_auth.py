@@ -20,13 +20,10 @@ from zope.interface import implementer, provider
 from smtpsvc import AuthRequest, IAuthHandler, Session, SMTPError, SMTPServer
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
+from .auth_support import authPlain, b64, plainResponse
 from .memorytls import ClientTLS, connectTLS
 
 USERS = {"alice": "secret", "tim": "tanstaaftanstaaf"}
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 @implementer(IAuthHandler)
@@ -80,7 +77,7 @@ class MechanismTests(SynchronousTestCase):
         AUTH PLAIN with the credentials on the line gets 235 (standards 4954-05).
         """
         client = connect(hideENHANCEDSTATUSCODES=False)
-        response = b64("\x00alice\x00secret")
+        response = plainResponse("alice", "secret")
         self.assertEqual(
             lines(client.send(f"AUTH PLAIN {response}")), ["235 2.7.0 Authentication successful"]
         )
@@ -108,7 +105,7 @@ class MechanismTests(SynchronousTestCase):
         self.assertEqual(client.write(b"AUTH PLAIN\r\n"), [ServerReply(334, ("",))])
         self.assertEqual(client.transport.value(), b"")
         self.assertEqual(
-            lines(client.send(b64("\x00alice\x00secret"))), ["235 Authentication successful"]
+            lines(client.send(plainResponse("alice", "secret"))), ["235 Authentication successful"]
         )
 
     def test_plainEmptyResponse(self) -> None:
@@ -125,7 +122,7 @@ class MechanismTests(SynchronousTestCase):
         """
         client = connect()
         self.assertEqual(
-            lines(client.send(f"AUTH PLAIN {b64('alice' + chr(0) + chr(0) + 'secret')}")),
+            lines(client.send(authPlain("", "secret", "alice"))),
             ["235 Authentication successful"],
         )
 
@@ -326,7 +323,7 @@ class ExchangeTests(SynchronousTestCase):
         """
         handler = Users()
         client = connect([handler])
-        response = b64("\x00u\r\nX-Injected: 1\x00secret")
+        response = plainResponse("u\r\nX-Injected: 1", "secret")
         self.assertEqual(
             lines(client.send(f"AUTH PLAIN {response}")), ["500 Error: invalid userdata"]
         )
@@ -338,7 +335,7 @@ class ExchangeTests(SynchronousTestCase):
         """
         client = connect(hideENHANCEDSTATUSCODES=False)
         self.assertEqual(
-            lines(client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'nope')}")),
+            lines(client.send(authPlain("alice", "nope"))),
             ["535 5.7.8 Error: Authentication credentials invalid"],
         )
 
@@ -380,7 +377,7 @@ class ExchangeTests(SynchronousTestCase):
         (standards 4954-12).
         """
         client = connect()
-        client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}")
+        client.send(authPlain("alice", "secret"))
         self.assertNotIn("AUTH", " ".join(client.send("EHLO x")[0].lines))
         self.assertEqual(
             lines(client.send("AUTH PLAIN")), ["503 Error: No identity changes permitted"]
@@ -398,7 +395,7 @@ class ExchangeTests(SynchronousTestCase):
         client.send("AUTH LOGIN")
         client.send("*")
         self.assertEqual(
-            lines(client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}")),
+            lines(client.send(authPlain("alice", "secret"))),
             ["235 Authentication successful"],
         )
 
@@ -408,7 +405,7 @@ class ExchangeTests(SynchronousTestCase):
         """
         client = connect([RecordingHandler()])
         self.assertEqual(
-            lines(client.send(f"AUTH PLAIN {b64(chr(0) + 'a' + chr(0) + 'b')}")),
+            lines(client.send(authPlain("a", "b"))),
             ["535 Authentication not implemented"],
         )
 
@@ -433,7 +430,7 @@ class ExchangeTests(SynchronousTestCase):
 
         later = Later()
         client = connect([Abstain(), later, Users()])
-        self.assertEqual(client.send(f"AUTH PLAIN {b64(chr(0) + 'x' + chr(0) + 'y')}"), [])
+        self.assertEqual(client.send(authPlain("x", "y")), [])
         later.d.callback("someone")
         self.assertEqual(lines(client.received()), ["235 Authentication successful"])
         self.assertEqual((asked, client.session.user), (["abstain", "later"], "someone"))
@@ -450,7 +447,7 @@ class ExchangeTests(SynchronousTestCase):
 
         client = connect([Broken()], hideENHANCEDSTATUSCODES=False)
         self.assertEqual(
-            lines(client.send(f"AUTH PLAIN {b64(chr(0) + 'a' + chr(0) + 'b')}")),
+            lines(client.send(authPlain("a", "b"))),
             ["454 4.7.0 Temporary authentication failure"],
         )
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
@@ -488,8 +485,8 @@ class ExchangeTests(SynchronousTestCase):
         globalLogPublisher.addObserver(observe)
         try:
             client = connect()
-            client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'hunter2-wrong')}")
-            client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}")
+            client.send(authPlain("alice", "hunter2-wrong"))
+            client.send(authPlain("alice", "secret"))
             other = connect()
             token = b64("user=alice\x01auth=Bearer sesame-token\x01\x01")
             other.send(f"AUTH XOAUTH2 {token}")
@@ -515,7 +512,7 @@ class RequirementTests(SynchronousTestCase):
             lines(client.send("MAIL FROM:<a@b.example>")),
             ["530 5.7.0 Error: authentication Required"],
         )
-        client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}")
+        client.send(authPlain("alice", "secret"))
         self.assertEqual([r.code for r in client.send("MAIL FROM:<a@b.example>")], [250])
 
     def test_customMessage(self) -> None:
@@ -574,7 +571,7 @@ class RequirementTests(SynchronousTestCase):
         Once authenticated, commands no longer count.
         """
         client = connect(maxAllowedUnauthenticatedCommands=3)
-        client.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}")
+        client.send(authPlain("alice", "secret"))
         self.assertEqual([r.code for r in client.send(*["NOOP"] * 5)], [250] * 5)
 
     def test_plaintextRefused(self) -> None:
@@ -609,7 +606,7 @@ class RequirementTests(SynchronousTestCase):
         connection.startTLS(ClientTLS())
         connection.send("EHLO x")
         self.assertEqual(
-            lines(connection.send(f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}")),
+            lines(connection.send(authPlain("alice", "secret"))),
             ["235 Authentication successful"],
         )
 
@@ -624,7 +621,7 @@ class RequirementTests(SynchronousTestCase):
         server = makeServer(earlyTalkerDelay=0, key=mx.key, cert=mx.cert)
         connection = connectTLS(server)
         connection.client.replies()
-        connection.send("EHLO a", f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}")
+        connection.send("EHLO a", authPlain("alice", "secret"))
         connection.send("STARTTLS")
         connection.startTLS(ClientTLS())
         self.assertEqual([r.code for r in connection.send("MAIL FROM:<a@b.example>")], [503])
@@ -643,7 +640,7 @@ class BruteForceTests(SynchronousTestCase):
         Each failure's reply waits longer: the delay times the failures so far.
         """
         client = connect(authFailureDelay=2.0)
-        wrong = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'nope')}"
+        wrong = authPlain("alice", "nope")
         self.assertEqual(client.send(wrong, "NOOP"), [])
         client.clock.advance(1.9)
         self.assertEqual(client.received(), [])
@@ -661,7 +658,7 @@ class BruteForceTests(SynchronousTestCase):
         (RFC 4954 section 9, standards 4954-20).
         """
         client = connect(hideENHANCEDSTATUSCODES=False)
-        wrong = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'nope')}"
+        wrong = authPlain("alice", "nope")
         for _ in range(3):
             self.assertEqual([r.code for r in client.send(wrong)], [535])
         self.assertFalse(client.closed)
@@ -676,8 +673,8 @@ class BruteForceTests(SynchronousTestCase):
         gets 454 4.7.0 on every connection until the failures age out.
         """
         server = makeServer(authFailureLimit=4, authFailureWindow=30, hideENHANCEDSTATUSCODES=False)
-        wrong = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'nope')}"
-        right = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}"
+        wrong = authPlain("alice", "nope")
+        right = authPlain("alice", "secret")
         for _ in range(2):
             client = MemoryClient(server)
             client.send("EHLO x")
@@ -705,7 +702,7 @@ class BruteForceTests(SynchronousTestCase):
                 raise SMTPError(454, "4.7.0 Temporary authentication failure")
 
         client = connect([Down()])
-        attempt = f"AUTH PLAIN {b64(chr(0) + 'alice' + chr(0) + 'secret')}"
+        attempt = authPlain("alice", "secret")
         self.assertEqual([r.code for r in client.send(*[attempt] * 6)], [454] * 6)
         self.assertFalse(client.closed)
 
@@ -780,7 +777,7 @@ class SASLprepTests(SynchronousTestCase):
         for authzid in ("alice\u00ad", "\U0001f98afox"):
             handler = Users()
             client = connect([handler])
-            response = b64(f"{authzid}\x00alice\x00secret")
+            response = plainResponse("alice", "secret", authzid)
             self.assertEqual([r.code for r in client.send(f"AUTH PLAIN {response}")], [235])
             self.assertEqual(handler.requests[0].authzid, authzid)
 
@@ -791,7 +788,7 @@ class SASLprepTests(SynchronousTestCase):
         """
         handler = Users()
         client = connect([handler])
-        response = b64("\x00alice\ue000\x00\u05d0secret")
+        response = plainResponse("alice\ue000", "\u05d0secret")
         self.assertEqual([r.code for r in client.send(f"AUTH PLAIN {response}")], [535])
         request = handler.requests[0]
         self.assertEqual((request.username, request.password), ("alice\ue000", "\u05d0secret"))

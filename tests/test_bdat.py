@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import itertools
 import tracemalloc
+from functools import partial
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -22,7 +22,6 @@ from smtpsvc import (
     IMessageStream,
     MessageAborted,
     SMTPError,
-    SMTPServer,
     readMessage,
 )
 from smtpsvc import Session as SMTPSession
@@ -30,29 +29,14 @@ from smtpsvc._core._connection import CHUNK_SKIP_LIMIT
 from smtpsvc._core._data import ChunkDecoder
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
+from . import protocol_support
 from .e2e_support import LogCapture
-from .test_standards_esmtp import drain
+from .protocol_support import RECIPIENT, SENDER, Later, codes, drain
 
-NAME = "mx.test"
-SENDER = "a@b.example"
-RECIPIENT = "c@d.example"
-
-
-def makeServer(handlers: list[object], **options: Any) -> SMTPServer:
-    options.setdefault("name", NAME)
-    options.setdefault("authOptional", True)
-    options.setdefault("earlyTalkerDelay", 0)
-    return SMTPServer(handlers, reactor=Clock(), **options)
-
-
-def connect(*handlers: object, **options: Any) -> MemoryClient:
-    """
-    A client that said EHLO (LHLO in LMTP) to a new server with C{handlers}.
-    """
-    client = MemoryClient(makeServer(list(handlers), **options))
-    hello = "LHLO x" if options.get("lmtp") else "EHLO x"
-    assert client.send(hello)[0].code == 250
-    return client
+#: A server (see L{protocol_support.makeServer}) that greets at once.
+makeServer = partial(protocol_support.makeServer, earlyTalkerDelay=0)
+#: A client that said EHLO (LHLO in LMTP) to a new server that greets at once.
+connect = partial(protocol_support.connect, clientName="x", earlyTalkerDelay=0)
 
 
 def transaction(client: MemoryClient, *recipients: str) -> None:
@@ -69,10 +53,6 @@ def bdat(data: bytes, last: bool = False) -> bytes:
     A BDAT command and its chunk.
     """
     return b"BDAT %d%s\r\n%s" % (len(data), b" LAST" if last else b"", data)
-
-
-def codes(replies: list[ServerReply]) -> list[int]:
-    return [r.code for r in replies]
 
 
 @implementer(IDataHandler)
@@ -94,18 +74,13 @@ class Outcomes:
 
 
 @implementer(IDataHandler)
-class LaterAnswer:
+class LaterAnswer(Later[None]):
     """
     Answers each message when the test says so.
     """
 
-    def __init__(self) -> None:
-        self.pending: list[Deferred[None]] = []
-
     def onData(self, stream: IMessageStream, session: SMTPSession) -> Deferred[None]:
-        answer: Deferred[None] = Deferred()
-        self.pending.append(answer)
-        return answer
+        return self.later()
 
 
 class ChunkDecoderTests(SynchronousTestCase):

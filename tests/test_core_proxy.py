@@ -43,6 +43,8 @@ from smtpsvc._core._xclient import (
 )
 from smtpsvc._options import ServerOptions
 
+from .protocol_support import proxied
+
 _FAST = settings(max_examples=200, deadline=None)
 _XCLIENT_UNAVAILABLE = ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
 _XFORWARD_UNAVAILABLE = ("[UNAVAILABLE]",)
@@ -120,15 +122,7 @@ def clientHello() -> bytes:
 
 
 TCP4_LINE = b"PROXY TCP4 192.0.2.1 198.51.100.1 40000 25\r\n"
-TCP4_HEADER = ProxyHeader(
-    version=1,
-    command="PROXY",
-    family="TCP4",
-    sourceAddress="192.0.2.1",
-    sourcePort=40000,
-    destinationAddress="198.51.100.1",
-    destinationPort=25,
-)
+TCP4_HEADER = proxied(1, "TCP4", ("192.0.2.1", 40000), ("198.51.100.1", 25))
 
 
 class VersionOneTests(SynchronousTestCase):
@@ -178,19 +172,7 @@ class VersionOneTests(SynchronousTestCase):
         """
         result = parse(b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 25\r\n")
         self.assertEqual(
-            result,
-            (
-                ProxyHeader(
-                    version=1,
-                    command="PROXY",
-                    family="TCP6",
-                    sourceAddress="2001:db8::1",
-                    sourcePort=40000,
-                    destinationAddress="2001:db8::2",
-                    destinationPort=25,
-                ),
-                b"",
-            ),
+            result, (proxied(1, "TCP6", ("2001:db8::1", 40000), ("2001:db8::2", 25)), b"")
         )
 
     def test_PP02_tcp6UpperCase(self) -> None:
@@ -374,19 +356,7 @@ class VersionTwoTests(SynchronousTestCase):
         self.assertEqual(data[12:16], b"\x21\x11\x00\x0c")
         result = parse(data)
         self.assertEqual(
-            result,
-            (
-                ProxyHeader(
-                    version=2,
-                    command="PROXY",
-                    family="TCP4",
-                    sourceAddress="192.0.2.1",
-                    sourcePort=40000,
-                    destinationAddress="198.51.100.1",
-                    destinationPort=25,
-                ),
-                b"",
-            ),
+            result, (proxied(2, "TCP4", ("192.0.2.1", 40000), ("198.51.100.1", 25)), b"")
         )
         assert result is not None
         self.assertTrue(result[0].relayed)
@@ -581,16 +551,10 @@ _TLVS = st.dictionaries(st.integers(0, 255), st.binary(max_size=40), max_size=4)
 @st.composite
 def _relayed(draw: st.DrawFn, family: str) -> ProxyHeader:
     addresses = _IPV4 if family == "TCP4" else _IPV6
-    return ProxyHeader(
-        version=2,
-        command="PROXY",
-        family=family,
-        sourceAddress=draw(addresses),
-        sourcePort=draw(_PORTS),
-        destinationAddress=draw(addresses),
-        destinationPort=draw(_PORTS),
-        tlvs=draw(_TLVS),
-    )
+    # Drawn in the order of the header's fields.
+    source = (draw(addresses), draw(_PORTS))
+    destination = (draw(addresses), draw(_PORTS))
+    return proxied(2, family, source, destination, draw(_TLVS))
 
 
 _V2_HEADERS = st.one_of(_relayed("TCP4"), _relayed("TCP6"))
@@ -606,15 +570,7 @@ def _validHeaders(draw: st.DrawFn) -> tuple[bytes, ProxyHeader]:
         family = draw(st.sampled_from(["TCP4", "TCP6"]))
         header = draw(_relayed(family))
         # Python's own spelling of IPv6 addresses is one inet_pton takes in every version.
-        header = ProxyHeader(
-            version=1,
-            command="PROXY",
-            family=family,
-            sourceAddress=header.sourceAddress,
-            sourcePort=header.sourcePort,
-            destinationAddress=header.destinationAddress,
-            destinationPort=header.destinationPort,
-        )
+        header = dataclasses.replace(header, version=1, tlvs={})
         line = (
             f"PROXY {family} {header.sourceAddress} {header.destinationAddress} "
             f"{header.sourcePort} {header.destinationPort}\r\n"

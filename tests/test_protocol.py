@@ -37,33 +37,7 @@ from smtpsvc._stream import HIGH_WATER
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseReplies
 
 from . import smuggling
-
-NAME = "mx.test"
-
-
-def makeServer(handlers: list[object] | None = None, **options: Any) -> SMTPServer:
-    """
-    A server on a fake clock with AUTH out of the way, as most tests want it.
-    """
-    options.setdefault("name", NAME)
-    options.setdefault("authOptional", True)
-    return SMTPServer(handlers or [], reactor=Clock(), **options)
-
-
-def connect(handlers: list[object] | None = None, **options: Any) -> MemoryClient:
-    return MemoryClient(makeServer(handlers, **options))
-
-
-def codes(replies: list[ServerReply]) -> list[int]:
-    return [r.code for r in replies]
-
-
-def first(replies: list[ServerReply]) -> str:
-    return f"{replies[0].code} {replies[0].lines[0]}"
-
-
-def hello(client: MemoryClient, verb: str = "EHLO") -> None:
-    assert client.send(f"{verb} client.example")[0].code == 250
+from .protocol_support import NAME, codes, connect, first, hello, makeServer
 
 
 class GreetingTests(SynchronousTestCase):
@@ -129,7 +103,7 @@ class GreetingTests(SynchronousTestCase):
             def onConnect(self, session: Session) -> None:
                 raise SMTPError(554, "Go away")
 
-        client = connect([GoAway()], hideENHANCEDSTATUSCODES=False)
+        client = connect(GoAway(), hideENHANCEDSTATUSCODES=False)
         self.assertEqual(client.greeting, ServerReply(554, ("Go away",)))
         self.assertFalse(client.closed)
         self.assertEqual(first(client.send("QUIT")), "221 2.0.0 Bye")
@@ -147,7 +121,7 @@ class GreetingTests(SynchronousTestCase):
                 d.errback(SMTPError(421, "Busy"))
                 return d
 
-        client = connect([Busy()])
+        client = connect(Busy())
         self.assertEqual(client.greeting, ServerReply(421, ("Busy",)))
         self.assertTrue(client.closed)
 
@@ -165,7 +139,7 @@ class GreetingTests(SynchronousTestCase):
                 return self.d
 
         slow = Slow()
-        client = connect([slow])
+        client = connect(slow)
         self.assertIsNone(client.greeting)
         replies = client.send("EHLO x")
         self.assertEqual(first(replies), f"421 {NAME} You talk too soon")
@@ -684,7 +658,7 @@ class MailTests(SynchronousTestCase):
         self.policy = Policy()
 
     def client(self, **options: Any) -> MemoryClient:
-        client = connect([self.policy], **options)
+        client = connect(self.policy, **options)
         hello(client)
         return client
 
@@ -943,7 +917,7 @@ class RcptTests(SynchronousTestCase):
     """
 
     def client(self, **options: Any) -> MemoryClient:
-        client = connect([Policy()], **options)
+        client = connect(Policy(), **options)
         hello(client)
         return client
 
@@ -1123,7 +1097,7 @@ class DataTests(SynchronousTestCase):
         """
 
         handler = LateReader()
-        client = connect([handler])
+        client = connect(handler)
         self.transaction(client)
         self.assertEqual(codes(client.send("DATA")), [354])
         body = b"x" * 100 + b"\r\n"
@@ -1167,7 +1141,7 @@ class DataTests(SynchronousTestCase):
         The handler gets the message unstuffed, with its last CRLF and without the dot.
         """
         collector = Collector()
-        client = connect([collector])
+        client = connect(collector)
         self.transaction(client)
         client.send("DATA")
         client.write(b"..leading\r\n...two\r\n.x\r\nend\r\n.\r\n")
@@ -1178,7 +1152,7 @@ class DataTests(SynchronousTestCase):
         DATA then a lone dot is an empty message (standards 5321-27).
         """
         collector = Collector()
-        client = connect([collector])
+        client = connect(collector)
         self.transaction(client)
         client.send("DATA")
         self.assertEqual(codes(client.write(b".\r\n")), [250])
@@ -1200,7 +1174,7 @@ class DataTests(SynchronousTestCase):
         """
         A handler answering a string gets 250 with that text.
         """
-        client = connect([Collector("queued as 12345")])
+        client = connect(Collector("queued as 12345"))
         self.transaction(client)
         client.send("DATA")
         self.assertEqual(first(client.write(b"x\r\n.\r\n")), "250 queued as 12345")
@@ -1215,7 +1189,7 @@ class DataTests(SynchronousTestCase):
             (SMTPError(554, "Rejected content"), "554 5.6.0 Rejected content"),
             (SMTPError(552, "Too big"), "552 5.2.2 Too big"),
         ):
-            client = connect([Collector(error)], hideENHANCEDSTATUSCODES=False)
+            client = connect(Collector(error), hideENHANCEDSTATUSCODES=False)
             self.transaction(client)
             client.send("DATA")
             self.assertEqual(first(client.write(b"x\r\n.\r\n")), expected)
@@ -1241,7 +1215,7 @@ class DataTests(SynchronousTestCase):
         failed (standards 1870-07, 2.11); the next transaction works.
         """
         collector = Collector()
-        client = connect([collector], size=100, hideENHANCEDSTATUSCODES=False)
+        client = connect(collector, size=100, hideENHANCEDSTATUSCODES=False)
         self.transaction(client)
         client.send("DATA")
         self.assertEqual(client.write(b"x" * 60 + b"\r\n"), [])
@@ -1271,7 +1245,7 @@ class DataTests(SynchronousTestCase):
         By default a bare LF or CR in the message becomes CRLF.
         """
         collector = Collector()
-        client = connect([collector])
+        client = connect(collector)
         self.transaction(client)
         client.send("DATA")
         self.assertEqual(codes(client.write(b"a\nb\rc\r\n.\r\n")), [250])
@@ -1282,7 +1256,7 @@ class DataTests(SynchronousTestCase):
         With bareLineEndings=reject a message with a bare LF gets 550 and is not kept.
         """
         collector = Collector()
-        client = connect([collector], bareLineEndings="reject", hideENHANCEDSTATUSCODES=False)
+        client = connect(collector, bareLineEndings="reject", hideENHANCEDSTATUSCODES=False)
         self.transaction(client)
         client.send("DATA")
         self.assertEqual(
@@ -1297,7 +1271,7 @@ class DataTests(SynchronousTestCase):
         With bareLineEndings=pass the bytes are kept as sent.
         """
         collector = Collector()
-        client = connect([collector], bareLineEndings="pass")
+        client = connect(collector, bareLineEndings="pass")
         self.transaction(client)
         client.send("DATA")
         client.write(b"a\nb\rc\r\n.\r\n")
@@ -1310,7 +1284,7 @@ class DataTests(SynchronousTestCase):
         """
         for separator in smuggling.SEPARATORS:
             collector = Collector()
-            client = connect([collector])
+            client = connect(collector)
             self.transaction(client)
             client.send("DATA")
             replies = client.write(smuggling.payload(separator))
@@ -1326,7 +1300,7 @@ class DataTests(SynchronousTestCase):
         LMTP answers once per accepted recipient after the dot, in RCPT order, with
         duplicates counted (standards 2033-04).
         """
-        client = connect([Policy()], lmtp=True)
+        client = connect(Policy(), lmtp=True)
         hello(client, "LHLO")
         replies = client.send(
             "MAIL FROM:<a@b.example>",
@@ -1347,7 +1321,7 @@ class DataTests(SynchronousTestCase):
         An LMTP data handler may answer per recipient.
         """
         result = [None, SMTPError(452, "4.2.2 Mailbox full"), "stored"]
-        client = connect([Collector(result)], lmtp=True)
+        client = connect(Collector(result), lmtp=True)
         self.transaction(client, recipients=3)
         client.send("DATA")
         self.assertEqual(
@@ -1359,7 +1333,7 @@ class DataTests(SynchronousTestCase):
         """
         A per-recipient answer of the wrong length is a handler bug: 451 for everyone.
         """
-        client = connect([Collector([None])], lmtp=True)
+        client = connect(Collector([None]), lmtp=True)
         self.transaction(client, recipients=2)
         client.send("DATA")
         self.assertEqual(codes(client.write(b"x\r\n.\r\n")), [451, 451])
@@ -1369,7 +1343,7 @@ class DataTests(SynchronousTestCase):
         """
         In SMTP a list answer is a handler bug (the reference sends several replies).
         """
-        client = connect([Collector(["a", "b"])])
+        client = connect(Collector(["a", "b"]))
         self.transaction(client)
         client.send("DATA")
         self.assertEqual(codes(client.write(b"x\r\n.\r\n")), [451])
@@ -1428,7 +1402,7 @@ class StreamingTests(SynchronousTestCase):
     """
 
     def start(self, handlers: list[object], **options: Any) -> MemoryClient:
-        client = connect(handlers, **options)
+        client = connect(*handlers, **options)
         hello(client, "LHLO" if options.get("lmtp") else "EHLO")
         client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>")
         self.assertEqual(codes(client.send("DATA")), [354])
@@ -1568,7 +1542,7 @@ class StreamingTests(SynchronousTestCase):
         A handler that lets its stream's failure through is not logged as a bug.
         """
         collector = Collector()
-        client = connect([collector], size=5)
+        client = connect(collector, size=5)
         hello(client)
         client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
         self.assertEqual(codes(client.write(b"0123456789\r\n.\r\n")), [552])
@@ -1605,7 +1579,7 @@ class PipeliningTests(SynchronousTestCase):
             def onMailFrom(self, address: Address, session: Session) -> Deferred[None]:
                 return pending
 
-        client = connect([Slow()])
+        client = connect(Slow())
         hello(client)
         replies = client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "NOOP")
         self.assertEqual(replies, [])
@@ -1627,7 +1601,7 @@ class PipeliningTests(SynchronousTestCase):
                 if address.address.startswith("no"):
                     raise SMTPError(550, "No such user")
 
-        client = connect([Async()])
+        client = connect(Async())
         hello(client)
         client.send("MAIL FROM:<a@b.example>")
         self.assertEqual(client.send("RCPT TO:<no@d.example>", "RCPT TO:<yes@d.example>"), [])
@@ -1693,7 +1667,7 @@ class PipeliningTests(SynchronousTestCase):
                     raise SMTPError(550, f"refused by {self.name}")
                 return succeed(None)
 
-        client = connect([Named("a"), Named("b", refuse=True), Named("c")])
+        client = connect(Named("a"), Named("b", refuse=True), Named("c"))
         hello(client)
         self.assertEqual(first(client.send("MAIL FROM:<x@y.example>")), "550 refused by b")
         self.assertEqual(calls, ["a", "b"])
@@ -1727,7 +1701,7 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
                     raise
 
         handler = Stuck()
-        client = connect([handler], socketTimeout=60)
+        client = connect(handler, socketTimeout=60)
         hello(client)
         client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
         line = b"NOOP\r\n"
@@ -1760,7 +1734,7 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         A client that stalls mid-message times out and the handler is told.
         """
         handler = Manual()
-        client = connect([handler], socketTimeout=10)
+        client = connect(handler, socketTimeout=10)
         hello(client)
         client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
         client.write(b"partial")

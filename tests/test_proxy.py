@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -21,26 +22,27 @@ from smtpsvc import (
     IConnectHandler,
     Session,
     SMTPError,
-    SMTPServer,
     _server,
 )
 from smtpsvc._core._proxy import ProxyHeader, encodeVersion2
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
+from . import protocol_support
 from .memorytls import ClientTLS, connectTLS, issue
+from .protocol_support import proxied, wire
 
 V1 = b"PROXY TCP4 198.51.100.7 192.0.2.25 40001 25\r\n"
 
 
-def makeServer(handlers: list[object] | None = None, **options: Any) -> SMTPServer:
-    options.setdefault("name", "mx.test")
-    options.setdefault("authOptional", True)
-    options.setdefault("earlyTalkerDelay", 0)
-    return SMTPServer(handlers or [], reactor=Clock(), **options)
+#: A server (see L{protocol_support.makeServer}) that greets at once.
+makeServer = partial(protocol_support.makeServer, earlyTalkerDelay=0)
 
 
 def lines(replies: list[ServerReply]) -> list[str]:
-    return [f"{r.code} {r.lines[0]}" for r in replies]
+    """
+    The first line of each of C{replies}, as it was sent.
+    """
+    return [wire(r) for r in replies]
 
 
 class ProxyHeaderTests(SynchronousTestCase):
@@ -70,15 +72,8 @@ class ProxyHeaderTests(SynchronousTestCase):
         """
         A v2 header works the same and its TLVs are kept (standards PP-07).
         """
-        header = ProxyHeader(
-            version=2,
-            command="PROXY",
-            family="TCP6",
-            sourceAddress="2001:db8::7",
-            sourcePort=40002,
-            destinationAddress="2001:db8::25",
-            destinationPort=587,
-            tlvs={0x02: b"mx.example.test"},
+        header = proxied(
+            2, "TCP6", ("2001:db8::7", 40002), ("2001:db8::25", 587), {0x02: b"mx.example.test"}
         )
         client = MemoryClient(makeServer(useProxy=True))
         self.assertEqual([r.code for r in client.write(encodeVersion2(header))], [220])
@@ -270,7 +265,7 @@ class XClientTests(SynchronousTestCase):
     XCLIENT from a trusted front end (Postfix's XCLIENT_README, standards 1.13).
     """
 
-    def client(self, handlers: list[object] | None = None, **options: Any) -> MemoryClient:
+    def client(self, handlers: Sequence[object] = (), **options: Any) -> MemoryClient:
         options.setdefault("useXClient", ("192.0.2.0/24",))
         client = MemoryClient(makeServer(handlers, **options))
         client.send("EHLO proxy.example")
@@ -426,7 +421,7 @@ class XForwardTests(SynchronousTestCase):
     XFORWARD from a trusted content filter (XFORWARD_README, standards 1.14).
     """
 
-    def client(self, handlers: list[object] | None = None, **options: Any) -> MemoryClient:
+    def client(self, handlers: Sequence[object] = (), **options: Any) -> MemoryClient:
         options.setdefault("useXForward", True)
         client = MemoryClient(makeServer(handlers, **options))
         client.send("EHLO filter.example")

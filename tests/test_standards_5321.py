@@ -9,12 +9,9 @@ repeated here.
 
 from __future__ import annotations
 
-import base64
 import re
-from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -26,21 +23,18 @@ from smtpsvc import (
     IRcptToHandler,
     Session,
     SMTPError,
-    SMTPServer,
     readMessage,
 )
 from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, stuff
 
 from . import test_forward
-from .auth_support import Alice
+from .auth_support import Alice, authPlain
 from .maildir_support import runNow, storedMessages
+from .protocol_support import NAME, RECIPIENT, SENDER, codes, connect, hello, makeServer
 from .test_protocol import LateReader
 from .test_proxy import FakeResolver
 
-NAME = "mx.test"
-SENDER = "a@b.example"
-RECIPIENT = "c@d.example"
 #: A message that has already travelled: two trace headers (one folded) before ours.
 TRAVELLED = (
     b"Received: from a.example by b.example; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
@@ -50,34 +44,6 @@ TRAVELLED = (
     b"\r\n"
     b"hello\r\n"
 )
-
-
-def makeServer(handlers: Sequence[object] = (), **options: Any) -> SMTPServer:
-    """
-    A server on a fake clock, with AUTH out of the way unless a test wants it.
-    """
-    options.setdefault("name", NAME)
-    options.setdefault("authOptional", True)
-    return SMTPServer(list(handlers), reactor=Clock(), **options)
-
-
-def connect(*handlers: object, **options: Any) -> MemoryClient:
-    """
-    A client of a new server with C{handlers}; it has seen the greeting.
-    """
-    return MemoryClient(makeServer(handlers, **options))
-
-
-def hello(client: MemoryClient, command: str = "EHLO client.example") -> None:
-    """
-    Say hello, which must succeed.
-    """
-    replies = client.send(command)
-    assert [r.code for r in replies] == [250], replies
-
-
-def codes(replies: Sequence[ServerReply]) -> list[int]:
-    return [r.code for r in replies]
 
 
 def enhanced(reply: ServerReply) -> str:
@@ -225,7 +191,7 @@ class HelloTests(SynchronousTestCase):
         (RFC 5321 sections 4.1.1.1 and 4.1.1.11); the same commands without them work.
         """
         client = connect(size=1000, hideDSN=False)
-        hello(client, "HELO client.example")
+        hello(client, "HELO")
         for parameter in ("SIZE=100", "BODY=8BITMIME", "SMTPUTF8", "RET=HDRS"):
             self.assertEqual(
                 codes(client.send(f"MAIL FROM:<{SENDER}> {parameter}")), [555], parameter
@@ -392,8 +358,7 @@ class TraceTests(SynchronousTestCase):
         client = connect(delivery, Alice(), allowInsecureAuth=True, **options)
         self.assertEqual(codes(client.send(hello)), [250])
         if authenticate:
-            response = base64.b64encode(b"\0alice\0secret").decode("ascii")
-            self.assertEqual(codes(client.send(f"AUTH PLAIN {response}")), [235])
+            self.assertEqual(codes(client.send(authPlain("alice", "secret"))), [235])
         replies = client.send(mail, f"RCPT TO:<{RECIPIENT}>", "DATA")
         self.assertEqual(codes(replies), [250, 250, 354])
         self.assertEqual(codes(client.write(stuff(TRAVELLED))), [250])
@@ -423,14 +388,14 @@ class TraceTests(SynchronousTestCase):
         ESMTP after EHLO, ESMTPA once authenticated, UTF8SMTP with SMTPUTF8, LMTP.
         """
         mail = f"MAIL FROM:<{SENDER}>"
-        for hello, command, options, protocol in (
+        for helloCommand, command, options, protocol in (
             ("HELO client.example", mail, {}, "SMTP"),
             ("EHLO client.example", mail, {}, "ESMTP"),
             ("EHLO client.example", mail, {"authenticate": True}, "ESMTPA"),
             ("EHLO client.example", f"{mail} SMTPUTF8", {}, "UTF8SMTP"),
             ("LHLO client.example", mail, {"lmtp": True}, "LMTP"),
         ):
-            stored = self.deliver(hello, command, **options)
+            stored = self.deliver(helloCommand, command, **options)
             header = stored[: -len(TRAVELLED)]
             self.assertIn(f" with {protocol} id ".encode(), header, protocol)
 
@@ -516,7 +481,7 @@ class LoopTests(SynchronousTestCase):
         """
         recorder = RecordingHandler()
         client = connect(recorder, lmtp=True, hideENHANCEDSTATUSCODES=False)
-        hello(client, "LHLO client.example")
+        hello(client, "LHLO")
         replies = client.sendmail(SENDER, [RECIPIENT, "e@d.example"], hops(100) + b"\r\nhi\r\n")
         self.assertEqual(codes(replies[:4]), [250, 250, 250, 354])
         self.assertEqual([(r.code, enhanced(r)) for r in replies[4:]], [(554, "5.4.6")] * 2)

@@ -7,13 +7,12 @@ L{MemoryClient}.
 
 from __future__ import annotations
 
-import base64
 import re
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -35,40 +34,20 @@ from smtpsvc._core import _replies, _sasl
 from smtpsvc._core._replies import Reply, enhancedFor
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
-from .auth_support import Alice
+from . import protocol_support
+from .auth_support import Alice, authPlain, b64
 from .e2e_support import LogCapture
-
-NAME = "mx.test"
-SENDER = "a@b.example"
-RECIPIENT = "c@d.example"
+from .protocol_support import NAME, RECIPIENT, SENDER, Later, codes, drain
 
 # RFC 3463 section 2: status-code = class "." subject "." detail, class 2, 4 or 5, subject
 # and detail 1*3digit; RFC 2034 section 4 puts it right after the reply code and a space.
 ENHANCED = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3} ")
 
 
-def makeServer(handlers: list[object] | None = None, **options: Any) -> SMTPServer:
-    """
-    A server on a fake clock, with AUTH out of the way unless a test asks for it.
-    """
-    options.setdefault("name", NAME)
-    options.setdefault("authOptional", True)
-    options.setdefault("earlyTalkerDelay", 0)
-    return SMTPServer(handlers or [], reactor=Clock(), **options)
-
-
-def connect(handlers: list[object] | None = None, **options: Any) -> MemoryClient:
-    """
-    A client that has said EHLO (LHLO to an LMTP server) to a new server.
-    """
-    client = MemoryClient(makeServer(handlers, **options))
-    hello = "LHLO client.example" if options.get("lmtp") else "EHLO client.example"
-    assert client.send(hello)[0].code == 250
-    return client
-
-
-def codes(replies: list[ServerReply]) -> list[int]:
-    return [r.code for r in replies]
+#: A server (see L{protocol_support.makeServer}) that greets at once.
+makeServer = partial(protocol_support.makeServer, earlyTalkerDelay=0)
+#: A client that said EHLO (LHLO to an LMTP server) to a new server that greets at once.
+connect = partial(protocol_support.connect, clientName="client.example", earlyTalkerDelay=0)
 
 
 def lines(replies: list[ServerReply]) -> list[str]:
@@ -76,19 +55,6 @@ def lines(replies: list[ServerReply]) -> list[str]:
     Every reply line as the client reads it, code first (continuation marks left out).
     """
     return [f"{r.code} {line}" for r in replies for line in r.lines]
-
-
-def drain(client: MemoryClient) -> list[ServerReply]:
-    """
-    The replies sent so far and those still to come as the reactor takes the turns the
-    server leaves it between long batches of pipelined commands.
-    """
-    replies = client.received()
-    clock = client.clock
-    while any(call.getTime() <= clock.seconds() for call in clock.getDelayedCalls()):
-        clock.advance(0)
-        replies += client.received()
-    return replies
 
 
 def withoutEnhancedCode(replies: list[ServerReply]) -> list[str]:
@@ -189,18 +155,13 @@ class Delivery:
 
 
 @implementer(IAuthHandler)
-class LaterAuth:
+class LaterAuth(Later[object]):
     """
     Answers each AUTH when the test fires the Deferred it left in C{pending}.
     """
 
-    def __init__(self) -> None:
-        self.pending: list[Deferred[object]] = []
-
     def onAuth(self, request: AuthRequest, session: Session) -> Deferred[object]:
-        answer: Deferred[object] = Deferred()
-        self.pending.append(answer)
-        return answer
+        return self.later()
 
 
 def paddedMail(length: int, size: int) -> bytes:
@@ -252,7 +213,7 @@ class SizeTests(SynchronousTestCase):
         """
         policy = Policy()
         recorder = RecordingHandler()
-        client = connect([policy, recorder], size=1000, hideENHANCEDSTATUSCODES=False)
+        client = connect(policy, recorder, size=1000, hideENHANCEDSTATUSCODES=False)
         for declared in (0, 999, 1000):
             replies = client.send(f"MAIL FROM:<{SENDER}> SIZE={declared}", "RSET")
             self.assertEqual(lines(replies), ["250 2.1.0 Accepted", "250 2.0.0 Flushed"])
@@ -275,7 +236,7 @@ class SizeTests(SynchronousTestCase):
         the declared size in C{address.args["SIZE"]} (the built-in Maildir delivery is
         one, see the next test).
         """
-        client = connect([StorageCheck(free=5000)], size=10_000, hideENHANCEDSTATUSCODES=False)
+        client = connect(StorageCheck(free=5000), size=10_000, hideENHANCEDSTATUSCODES=False)
         replies = client.send(f"MAIL FROM:<{SENDER}> SIZE=6000", f"RCPT TO:<{RECIPIENT}>")
         self.assertEqual(
             lines(replies),
@@ -339,7 +300,7 @@ class LMTPTests(SynchronousTestCase):
         thrown away); once a recipient is accepted DATA gets 354.
         """
         recorder = RecordingHandler()
-        client = connect([Policy(), recorder], lmtp=True)
+        client = connect(Policy(), recorder, lmtp=True)
         replies = client.send(f"MAIL FROM:<{SENDER}>", "RCPT TO:<blocked@d.example>", "DATA")
         self.assertEqual(
             lines(replies),
@@ -359,7 +320,7 @@ class LMTPTests(SynchronousTestCase):
         recipient gets 451, none 250.
         """
         first, second = Delivery(), Delivery()
-        client = connect([first, second], lmtp=True)
+        client = connect(first, second, lmtp=True)
         replies = client.send(
             f"MAIL FROM:<{SENDER}>", "RCPT TO:<one@d.example>", "RCPT TO:<two@d.example>", "DATA"
         )
@@ -375,7 +336,7 @@ class LMTPTests(SynchronousTestCase):
             ["451 4.3.0 Cannot store", "250 2.6.0 OK: message accepted"],
         )
         delivery = Delivery()
-        client = connect([delivery], lmtp=True)
+        client = connect(delivery, lmtp=True)
         client.send(f"MAIL FROM:<{SENDER}>", "RCPT TO:<one@d.example>", "RCPT TO:<two@d.example>")
         client.send("DATA")
         self.assertEqual(client.write(b"hello\r\n.\r\n"), [])
@@ -449,7 +410,7 @@ class PipeliningTests(SynchronousTestCase):
         """
         slow = Slow()
         recorder = RecordingHandler()
-        client = connect([slow, recorder])
+        client = connect(slow, recorder)
         group = (
             f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nRCPT TO:<e@f.example>\r\nDATA\r\n"
         ).encode()
@@ -513,7 +474,7 @@ class PipeliningTests(SynchronousTestCase):
         the message, never commands.
         """
         recorder = RecordingHandler()
-        client = connect([recorder])
+        client = connect(recorder)
         inside = b"MAIL FROM:<evil@x.example>\r\nRCPT TO:<v@y.example>\r\n"
         data = (
             f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
@@ -551,7 +512,7 @@ class PipeliningTests(SynchronousTestCase):
         """
         capture = LogCapture(self)
         recorder = RecordingHandler()
-        client = connect([recorder], forbidUnauthPipelining=True)
+        client = connect(recorder, forbidUnauthPipelining=True)
         data = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nDATA\r\n".encode()
         replies = client.write(data + b"Subject: spam\r\n\r\nbuy\r\n.\r\n")
         self.assertEqual(codes(replies), [250, 250, 354, 554])
@@ -567,14 +528,13 @@ class PipeliningTests(SynchronousTestCase):
         authenticated client that pipelines anything.
         """
         recorder = RecordingHandler()
-        client = connect([recorder], forbidUnauthPipelining=True)
+        client = connect(recorder, forbidUnauthPipelining=True)
         group = client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")
         self.assertEqual(codes(group), [250, 250, 354])
         self.assertEqual(codes(client.write(b"hi\r\n.\r\n")), [250])
         self.assertEqual([m.data for m in recorder.messages], [b"hi\r\n"])
-        trusted = connect([Alice()], forbidUnauthPipelining=True, allowInsecureAuth=True)
-        plain = base64.b64encode(b"\0alice\0secret").decode()
-        self.assertEqual(codes(trusted.send(f"AUTH PLAIN {plain}")), [235])
+        trusted = connect(Alice(), forbidUnauthPipelining=True, allowInsecureAuth=True)
+        self.assertEqual(codes(trusted.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(trusted.send("NOOP", "NOOP", "RSET")), [250, 250, 250])
         self.assertFalse(trusted.closed)
 
@@ -583,9 +543,10 @@ class PipeliningTests(SynchronousTestCase):
         A BDAT chunk comes right after its command (RFC 3030), so it is never
         unsynchronised, even while PIPELINING is hidden.
         """
-        for options in ({}, {"hidePIPELINING": True}):
+        variants: tuple[dict[str, Any], ...] = ({}, {"hidePIPELINING": True})
+        for options in variants:
             recorder = RecordingHandler()
-            client = connect([recorder], forbidUnauthPipelining=True, **options)
+            client = connect(recorder, forbidUnauthPipelining=True, **options)
             self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}>")), [250])
             self.assertEqual(codes(client.send(f"RCPT TO:<{RECIPIENT}>")), [250])
             self.assertEqual(codes(client.write(b"BDAT 4 LAST\r\nhi\r\n")), [250], options)
@@ -608,8 +569,8 @@ class PipeliningTests(SynchronousTestCase):
         A response sent before AUTH's 334 challenge, or a second command while
         PIPELINING is hidden, is unsynchronised too.
         """
-        client = connect([Alice()], forbidUnauthPipelining=True, allowInsecureAuth=True)
-        replies = client.send("AUTH LOGIN", base64.b64encode(b"alice").decode())
+        client = connect(Alice(), forbidUnauthPipelining=True, allowInsecureAuth=True)
+        replies = client.send("AUTH LOGIN", b64("alice"))
         self.assertEqual(codes(replies), [334, 554])
         self.assertTrue(client.closed)
         hidden = connect(forbidUnauthPipelining=True, hidePIPELINING=True)
@@ -652,14 +613,13 @@ class PipeliningTests(SynchronousTestCase):
         for later in (False, True):
             handler = LaterAuth()
             client = connect(
-                [handler if later else Alice()],
+                handler if later else Alice(),
                 forbidUnauthPipelining=True,
                 allowInsecureAuth=True,
                 hidePIPELINING=True,
                 authFailureDelay=1.0,
             )
-            wrong = base64.b64encode(b"\0alice\0wrong").decode()
-            self.assertEqual(client.send(f"AUTH PLAIN {wrong}"), [])
+            self.assertEqual(client.send(authPlain("alice", "wrong")), [])
             if later:
                 handler.pending.pop().callback(None)
             self.assertEqual(client.send("NOOP"), [])
@@ -673,7 +633,7 @@ class PipeliningTests(SynchronousTestCase):
         503 5.5.1 too; none of these counts towards the unrecognised-command limit, and
         the connection goes on.
         """
-        client = connect([Policy()], maxUnrecognizedCommands=2, hideENHANCEDSTATUSCODES=False)
+        client = connect(Policy(), maxUnrecognizedCommands=2, hideENHANCEDSTATUSCODES=False)
         for _ in range(3):
             replies = client.send(
                 "MAIL FROM:<blocked@b.example>",
@@ -765,10 +725,8 @@ class EnhancedStatusCodeTests(SynchronousTestCase):
         )
         seen += client.send("AUTH FOO", "AUTH PLAIN")
         seen += client.send("*", "AUTH CRAM-MD5 Zm9v")
-        plain = base64.b64encode(b"\x00alice\x00wrong").decode()
-        seen += client.send(f"AUTH PLAIN {plain}")
-        plain = base64.b64encode(b"\x00alice\x00secret").decode()
-        seen += client.send(f"AUTH PLAIN {plain}", f"AUTH PLAIN {plain}")
+        seen += client.send(authPlain("alice", "wrong"))
+        seen += client.send(authPlain("alice", "secret"), authPlain("alice", "secret"))
         seen += client.send("STARTTLS x", "WIZ", "WIZ x", "SHELL", "KILL", "QUIT")
         self.assertIn(334, codes(seen))
         self.assertIn(354, codes(seen))
@@ -784,7 +742,7 @@ class EnhancedStatusCodeTests(SynchronousTestCase):
         idle.clock.advance(10)
         seen += idle.received()
         self.assertEqual(codes(seen), [500, 421, 421])
-        lmtp = connect([Policy()], lmtp=True)
+        lmtp = connect(Policy(), lmtp=True)
         seen += lmtp.send(
             f"MAIL FROM:<{SENDER}>",
             "RCPT TO:<one@d.example>",
@@ -803,11 +761,11 @@ class EnhancedStatusCodeTests(SynchronousTestCase):
         the server picks for them, and throughout its catalogue of fixed replies.
         """
         replies: list[ServerReply] = []
-        client = connect([Policy()], hideENHANCEDSTATUSCODES=False)
+        client = connect(Policy(), hideENHANCEDSTATUSCODES=False)
         for code in range(400, 600):
             if code == 421:
                 # 421 closes the connection (RFC 5321 section 3.8): a client of its own.
-                other = connect([Policy()], hideENHANCEDSTATUSCODES=False)
+                other = connect(Policy(), hideENHANCEDSTATUSCODES=False)
                 replies += other.send("MAIL FROM:<c421@b.example>")
                 continue
             replies += client.send(f"MAIL FROM:<c{code}@b.example>")
@@ -845,7 +803,7 @@ class EnhancedStatusCodeTests(SynchronousTestCase):
                     raise SMTPError(550, ["First line", "Second line"], "5.7.1")
                 raise SMTPError(450, "word " * 200)
 
-        client = connect([Wordy()], hideENHANCEDSTATUSCODES=False)
+        client = connect(Wordy(), hideENHANCEDSTATUSCODES=False)
         client.protocol.dataReceived(b"MAIL FROM:<two@b.example>\r\n")
         self.assertEqual(
             client.transport.value(), b"550-5.7.1 First line\r\n550 5.7.1 Second line\r\n"
@@ -875,5 +833,5 @@ class EnhancedStatusCodeTests(SynchronousTestCase):
             (False, ["550 5.7.1 Relaying denied", "550 5.7.1 Ask your postmaster"]),
             (True, ["550 Relaying denied", "550 Ask your postmaster"]),
         ):
-            client = connect([EveryLine()], hideENHANCEDSTATUSCODES=hidden)
+            client = connect(EveryLine(), hideENHANCEDSTATUSCODES=hidden)
             self.assertEqual(lines(client.send(f"MAIL FROM:<{SENDER}>")), expected, hidden)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -37,9 +37,10 @@ from smtpsvc import (
     tap,
 )
 from smtpsvc.handlers.maildir import MaildirDelivery
-from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, stuff
+from smtpsvc.testing import MemoryClient, RecordingHandler, stuff
 
-from .auth_support import Alice
+from . import protocol_support
+from .auth_support import Alice, authPlain
 from .e2e_support import (
     CLIENT_NAME,
     LISTEN,
@@ -51,12 +52,10 @@ from .e2e_support import (
     workspace,
 )
 from .maildir_support import receivedHeader, runNow, storedMessages
-from .memorytls import ClientTLS, Connection, KeyPair, certify, connectTLS
+from .memorytls import ClientTLS, Connection, KeyPair, certify, connectTLS, upgraded
+from .protocol_support import NAME, RECIPIENT, SENDER, codes, wire
 
-NAME = "mx.test"
 MX = "mx.example.test"
-SENDER = "a@b.example"
-RECIPIENT = "c@d.example"
 #: The examples of standards 6531-02: a Chinese sender and a Greek recipient.
 UTF8_SENDER = "\u7528\u6237@\u4f8b\u5b50.\u5e7f\u544a"
 UTF8_RECIPIENT = (
@@ -68,38 +67,10 @@ UTF8_RECIPIENT = (
 EIGHT_BIT = bytes(range(0x80, 0x100))
 
 
-def makeServer(handlers: Sequence[object] = (), **options: Any) -> SMTPServer:
-    """
-    A server on a fake clock that greets at once and lets clients send without AUTH.
-    """
-    options.setdefault("name", NAME)
-    options.setdefault("authOptional", True)
-    options.setdefault("earlyTalkerDelay", 0)
-    return SMTPServer(list(handlers), reactor=Clock(), **options)
-
-
-def connect(*handlers: object, **options: Any) -> MemoryClient:
-    """
-    A client that said EHLO (LHLO in LMTP) to a new server with C{handlers}.
-    """
-    client = MemoryClient(makeServer(handlers, **options))
-    hello = "LHLO client.example" if options.get("lmtp") else "EHLO client.example"
-    assert client.send(hello)[0].code == 250
-    return client
-
-
-def wire(reply: ServerReply) -> str:
-    """
-    The first line of C{reply} as it was sent: code, a space, the text.
-    """
-    return f"{reply.code} {reply.lines[0]}"
-
-
-def codes(replies: list[ServerReply]) -> list[int]:
-    """
-    The codes of C{replies}.
-    """
-    return [r.code for r in replies]
+#: A server (see L{protocol_support.makeServer}) that greets at once.
+makeServer = partial(protocol_support.makeServer, earlyTalkerDelay=0)
+#: A client that said EHLO (LHLO in LMTP) to a new server that greets at once.
+connect = partial(protocol_support.connect, clientName="client.example", earlyTalkerDelay=0)
 
 
 def domainOf(length: int) -> str:
@@ -149,25 +120,17 @@ def servedChain(connection: Connection) -> list[x509.Certificate]:
 
 def upgrade(server: SMTPServer, servername: str | None = None) -> Connection:
     """
-    A connection to C{server} that said EHLO, did STARTTLS with C{servername} as SNI,
-    and said EHLO again inside TLS.
+    A connection to C{server} that did STARTTLS with C{servername} as SNI (see
+    L{upgraded}) and said EHLO again inside TLS.
     """
-    connection = connectTLS(server)
-    assert [r.code for r in connection.client.replies()] == [220]
-    ehlo = connection.send("EHLO client.example")
-    assert [r.code for r in ehlo] == [250] and "STARTTLS" in ehlo[0].lines, ehlo
-    assert [r.code for r in connection.send("STARTTLS")] == [220]
-    connection.startTLS(ClientTLS(servername))
+    connection = upgraded(server, servername)
     assert connection.session.secure
-    assert [r.code for r in connection.send("EHLO client.example")] == [250]
+    hello = connection.send("EHLO client.example")
+    assert codes(hello) == [250], hello
     return connection
 
 
 # -- handlers -------------------------------------------------------------------------------
-
-
-#: AUTH PLAIN's initial response for alice.
-ALICE_PLAIN = "AGFsaWNlAHNlY3JldA=="
 
 
 @implementer(IRcptToHandler)
@@ -418,12 +381,12 @@ class SMTPUTF8Tests(SynchronousTestCase):
 
         def authenticated(delivery: MaildirDelivery) -> MemoryClient:
             client = connect(Alice(), delivery, allowInsecureAuth=True)
-            self.assertEqual(codes(client.send(f"AUTH PLAIN {ALICE_PLAIN}")), [235])
+            self.assertEqual(codes(client.send(authPlain("alice", "secret"))), [235])
             return client
 
         def both(delivery: MaildirDelivery) -> Connection:
             connection = upgrade(makeServer([Alice(), delivery]))
-            self.assertEqual(codes(connection.send(f"AUTH PLAIN {ALICE_PLAIN}")), [235])
+            self.assertEqual(codes(connection.send(authPlain("alice", "secret"))), [235])
             return connection
 
         mail = f"MAIL FROM:<{UTF8_SENDER}> SMTPUTF8"

@@ -39,15 +39,14 @@ from smtpsvc import (
 from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, ServerReply, stuff
 
-from . import test_forward
-from .auth_support import Alice
+from . import protocol_support, test_forward
+from .auth_support import Alice, authPlain, b64
 from .e2e_support import LogCapture
 from .maildir_support import receivedHeader, runNow, storedMessages
-from .memorytls import ClientTLS, Connection, authority, connectTLS, issue
+from .memorytls import ClientTLS, Connection, authority, connectTLS, issue, saidHello, upgraded
+from .protocol_support import RECIPIENT, SENDER, clientOf, codes, wire
 
 MX = "mx.example.test"
-SENDER = "a@b.example"
-RECIPIENT = "c@d.example"
 MESSAGE = b"Subject: hello\r\n\r\nHello.\r\n"
 #: A message that asks to be delivered even where TLS policy would refuse (RFC 8689).
 TLS_OPTIONAL = b"TLS-Required: No\r\nSubject: hello\r\n\r\nHello.\r\n"
@@ -58,86 +57,23 @@ NEEDS_REQUIRETLS = "550 5.7.30 Error: REQUIRETLS support required"
 
 def makeServer(handlers: Sequence[object] = (), **options: Any) -> SMTPServer:
     """
-    A server on a fake clock with a certificate for L{MX}: it greets at once, lets
-    clients send without AUTH and answers failed AUTH without delay, unless C{options}
-    say otherwise.
+    A server for L{MX} (see L{protocol_support.makeServer}) with a certificate for it: it
+    greets at once and answers failed AUTH without delay, unless C{options} say otherwise.
     """
     pair = issue(MX)
     options.setdefault("name", MX)
-    options.setdefault("authOptional", True)
     options.setdefault("earlyTalkerDelay", 0)
     options.setdefault("authFailureDelay", 0)
     options.setdefault("key", pair.key)
     options.setdefault("cert", pair.cert)
-    return SMTPServer(list(handlers), reactor=Clock(), **options)
+    return protocol_support.makeServer(handlers, **options)
 
 
 def connect(*handlers: object, **options: Any) -> MemoryClient:
     """
     A plaintext client of a new server with C{handlers}; it said EHLO.
     """
-    client = MemoryClient(makeServer(handlers, **options))
-    replies = client.send("EHLO client.example")
-    assert codes(replies) == [250], replies
-    return client
-
-
-def greeted(
-    server: SMTPServer,
-    hello: str = "EHLO client.example",
-    creator: ClientTLS | None = None,
-    implicit: bool = False,
-) -> Connection:
-    """
-    A connection through real TLS transports (in clear until STARTTLS, or encrypted from
-    the first byte when C{implicit} or the server is secure) that got the greeting and
-    said C{hello}.
-    """
-    connection = connectTLS(server, implicit=implicit, creator=creator)
-    greeting = connection.client.replies()
-    assert codes(greeting) == [220], greeting
-    replies = connection.send(hello)
-    assert codes(replies) == [250], replies
-    return connection
-
-
-def upgraded(server: SMTPServer, creator: ClientTLS | None = None) -> Connection:
-    """
-    A connection that said EHLO and completed STARTTLS (and has not said EHLO again).
-    """
-    connection = greeted(server)
-    replies = connection.send("STARTTLS")
-    assert codes(replies) == [220], replies
-    connection.startTLS(creator or ClientTLS())
-    return connection
-
-
-def codes(replies: Sequence[ServerReply]) -> list[int]:
-    """
-    The codes of C{replies}.
-    """
-    return [r.code for r in replies]
-
-
-def wire(reply: ServerReply) -> str:
-    """
-    The first line of C{reply} as it was sent: code, a space, the text.
-    """
-    return f"{reply.code} {reply.lines[0]}"
-
-
-def b64(text: str) -> str:
-    """
-    The base64 of the UTF-8 of C{text}.
-    """
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def plain(user: str, password: str, authzid: str = "") -> str:
-    """
-    C{AUTH PLAIN} with its initial response (RFC 4616: authzid NUL authcid NUL passwd).
-    """
-    return "AUTH PLAIN " + b64("\x00".join((authzid, user, password)))
+    return clientOf(makeServer(handlers, **options), "client.example")
 
 
 def cramResponse(challenge: ServerReply, user: str, secret: str) -> str:
@@ -261,7 +197,7 @@ class STARTTLSStandardsTests(SynchronousTestCase):
         """
         capture = LogCapture(self)
         server = makeServer(hideENHANCEDSTATUSCODES=False)
-        connection = greeted(server)
+        connection, _ = saidHello(server)
 
         def unusable(tlsProtocol: object) -> SSL.Connection:
             raise SSL.Error("no TLS connection can be made now")
@@ -286,14 +222,14 @@ class STARTTLSStandardsTests(SynchronousTestCase):
         goes ahead.
         """
         server = makeServer(needsUpgrade=True, hideENHANCEDSTATUSCODES=False)
-        connection = greeted(server)
+        connection, _ = saidHello(server)
         # RSET and HELO are left out: docs/tls.rst lets RSET through on purpose, and
         # Postfix lets HELO through; neither reveals anything or starts a transaction.
         for command in (
             f"MAIL FROM:<{SENDER}>",
             f"RCPT TO:<{RECIPIENT}>",
             "DATA",
-            plain("alice", "secret"),
+            authPlain("alice", "secret"),
             "VRFY postmaster",
             "HELP",
         ):
@@ -307,7 +243,7 @@ class STARTTLSStandardsTests(SynchronousTestCase):
         self.assertEqual(
             codes(connection.send("EHLO client.example", f"MAIL FROM:<{SENDER}>")), [250, 250]
         )
-        other = greeted(server)
+        other, _ = saidHello(server)
         self.assertEqual(codes(other.send("QUIT")), [221])
         self.assertTrue(other.closed)
 
@@ -334,7 +270,7 @@ class STARTTLSStandardsTests(SynchronousTestCase):
         self.assertEqual(codes(connection.send("QUIT")), [221])
         self.assertTrue(connection.closed)
 
-        trusted = upgraded(server, ClientTLS(certificate=issue("client.example.test", client=True)))
+        trusted = upgraded(server, certificate=issue("client.example.test", client=True))
         self.assertEqual(
             codes(trusted.send("EHLO client.example", f"MAIL FROM:<{SENDER}>")), [250, 250]
         )
@@ -363,7 +299,7 @@ class STARTTLSStandardsTests(SynchronousTestCase):
         A client that sends SMTP in clear after 220 Ready to start TLS, or whose
         handshake fails, gets no SMTP reply: the connection closes.
         """
-        connection = greeted(makeServer())
+        connection, _ = saidHello(makeServer())
         self.assertEqual(codes(connection.send("STARTTLS")), [220])
         connection.clientTransport.write(b"EHLO client.example\r\n")
         connection.pump.flush()
@@ -371,7 +307,7 @@ class STARTTLSStandardsTests(SynchronousTestCase):
         self.assertTrue(connection.closed)
         self.assertFalse(connection.session.secure)
 
-        failed = greeted(makeServer())
+        failed, _ = saidHello(makeServer())
         self.assertEqual(codes(failed.send("STARTTLS")), [220])
         failed.startTLS(ClientTLS(maxVersion=SSL.TLS1_1_VERSION))
         self.assertEqual(failed.client.replies(), [])
@@ -388,7 +324,7 @@ class STARTTLSStandardsTests(SynchronousTestCase):
         connection = upgraded(makeServer([Alice(), delivery]))
         self.assertEqual(codes(connection.send("EHLO client.example")), [250])
         self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
-        self.assertEqual(codes(connection.send(plain("alice", "secret"))), [235])
+        self.assertEqual(codes(connection.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
         self.assertEqual(sorted(withClause(m) for m in storedMessages(path)), ["ESMTPS", "ESMTPSA"])
 
@@ -445,13 +381,13 @@ class AUTHStandardsTests(SynchronousTestCase):
         self.assertIsNone(alice.session.user)
         self.assertEqual(codes(alice.send(f"MAIL FROM:<{SENDER}>")), [530])
         self.assertEqual(
-            [wire(r) for r in alice.send(plain("alice", "secret"))],
+            [wire(r) for r in alice.send(authPlain("alice", "secret"))],
             ["235 2.7.0 Authentication successful"],
         )
 
         bob = policyClient(authOptional=False)
         self.assertEqual(
-            [wire(r) for r in bob.send(plain("bob", "pw"))],
+            [wire(r) for r in bob.send(authPlain("bob", "pw"))],
             ["534 5.7.9 Authentication mechanism is too weak"],
         )
         self.assertIsNone(bob.session.user)
@@ -469,7 +405,7 @@ class AUTHStandardsTests(SynchronousTestCase):
             cramMD5(alice, "alice", "whatever"), ["432 4.7.12 A password transition is needed"]
         )
         self.assertEqual(
-            [wire(r) for r in alice.send(plain("bob", "pw"))],
+            [wire(r) for r in alice.send(authPlain("bob", "pw"))],
             ["534 5.7.9 Authentication mechanism is too weak"],
         )
 
@@ -490,7 +426,7 @@ class AUTHStandardsTests(SynchronousTestCase):
         [twice] = client.send(f"MAIL FROM:<{SENDER}> AUTH=<> AUTH=<x@b.example>")
         self.assertIn(twice.code, (501, 503))
         self.assertIsNone(client.session.envelope.mailFrom)
-        self.assertEqual(codes(client.send(plain("alice", "secret"))), [235])
+        self.assertEqual(codes(client.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}> AUTH=<>")), [250])
 
     def test_4954_19_authEndsAPipelinedGroup(self) -> None:
@@ -507,7 +443,7 @@ class AUTHStandardsTests(SynchronousTestCase):
         self.assertIsNone(client.session.envelope.mailFrom)
         self.assertIsNone(client.session.user)
         replies = client.send(
-            plain("alice", "secret"), f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>"
+            authPlain("alice", "secret"), f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>"
         )
         self.assertEqual(codes(replies), [235, 250, 250])
 
@@ -519,11 +455,11 @@ class AUTHStandardsTests(SynchronousTestCase):
         path = self.mktemp()
         delivery = MaildirDelivery(path, serverName=MX, runInThread=runNow)
         inClear = connect(Alice(), delivery, allowInsecureAuth=True)
-        self.assertEqual(codes(inClear.send(plain("alice", "secret"))), [235])
+        self.assertEqual(codes(inClear.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(transaction(inClear)), [250, 250, 354, 250])
         secure = upgraded(makeServer([Alice(), delivery]))
         self.assertEqual(codes(secure.send("EHLO client.example")), [250])
-        self.assertEqual(codes(secure.send(plain("alice", "secret"))), [235])
+        self.assertEqual(codes(secure.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(transaction(secure)), [250, 250, 354, 250])
         self.assertEqual(sorted(withClause(m) for m in storedMessages(path)), ["ESMTPA", "ESMTPSA"])
 
@@ -539,11 +475,11 @@ class AUTHStandardsTests(SynchronousTestCase):
             "\ue000alice",  # a private use character (C.3)
             "\u00ad",  # SOFT HYPHEN alone: mapped to nothing (B.1), leaving it empty
         ):
-            replies = client.send(plain("alice", "secret", authzid))
+            replies = client.send(authPlain("alice", "secret", authzid))
             self.assertEqual(len(replies), 1, repr(authzid))
             self.assertGreaterEqual(replies[0].code, 500, repr(authzid))
             self.assertIsNone(client.session.user, repr(authzid))
-        self.assertEqual(codes(client.send(plain("alice", "secret", "alice"))), [235])
+        self.assertEqual(codes(client.send(authPlain("alice", "secret", "alice"))), [235])
 
 
 class ImplicitTLSStandardsTests(SynchronousTestCase):
@@ -560,7 +496,7 @@ class ImplicitTLSStandardsTests(SynchronousTestCase):
         script = (
             "EHLO client.example",
             f"MAIL FROM:<{SENDER}>",
-            plain("alice", "secret"),
+            authPlain("alice", "secret"),
             f"MAIL FROM:<{SENDER}>",
         )
         submission = upgraded(server)
@@ -581,8 +517,8 @@ class ImplicitTLSStandardsTests(SynchronousTestCase):
         path = self.mktemp()
         delivery = MaildirDelivery(path, serverName=MX, runInThread=runNow)
         server = makeServer([Alice(), delivery], secure=True, authOptional=False)
-        connection = greeted(server, creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION))
-        self.assertEqual(codes(connection.send(plain("alice", "secret"))), [235])
+        connection, _ = saidHello(server, creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION))
+        self.assertEqual(codes(connection.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
         tls = connection.session.tlsOptions
         assert tls is not None

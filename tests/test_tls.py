@@ -29,8 +29,9 @@ from smtpsvc._tls import (
     standardCipherName,
     versionProblems,
 )
-from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseReplies
+from smtpsvc.testing import MemoryClient, RecordingHandler, parseReplies
 
+from . import protocol_support
 from .e2e_support import LogCapture
 from .memorytls import (
     ClientTLS,
@@ -38,19 +39,26 @@ from .memorytls import (
     authority,
     certify,
     commonName,
+    connectInClear,
     connectTLS,
     issue,
+    saidHello,
+    upgraded,
 )
+from .protocol_support import codes
 
 MX = "mx.example.test"
 
 
 def makeServer(handlers: list[object] | None = None, **options: Any) -> SMTPServer:
+    """
+    A server for L{MX} (see L{protocol_support.makeServer}) that greets at once, with
+    certificates for L{MX}, b.example.test and *.wild.example.test (by SNI).
+    """
     mx = issue(MX)
     b = issue("b.example.test")
     wild = issue("*.wild.example.test")
     options.setdefault("name", MX)
-    options.setdefault("authOptional", True)
     options.setdefault("earlyTalkerDelay", 0)
     options.setdefault("key", mx.key)
     options.setdefault("cert", mx.cert)
@@ -61,38 +69,7 @@ def makeServer(handlers: list[object] | None = None, **options: Any) -> SMTPServ
             "*.wild.example.test": {"key": wild.key, "cert": wild.cert},
         },
     )
-    return SMTPServer(handlers or [], reactor=Clock(), **options)
-
-
-def saidHello(
-    server: SMTPServer, hello: str = "EHLO x", creator: ClientTLS | None = None
-) -> tuple[Connection, ServerReply]:
-    """
-    A connection that was greeted with 220 (in clear, or inside TLS when C{server} is
-    secure, the client being C{creator}) and said C{hello}, which got 250.
-
-    @return: the connection and the reply to C{hello}.
-    """
-    connection = connectTLS(server, creator=creator)
-    greeting = connection.client.replies()
-    assert codes(greeting) == [220], greeting
-    replies = connection.send(hello)
-    assert codes(replies) == [250], replies
-    return connection, replies[0]
-
-
-def upgraded(server: SMTPServer, servername: str | None = None, **client: Any) -> Connection:
-    """
-    A connection that said EHLO and completed STARTTLS.
-    """
-    connection, _ = saidHello(server, "EHLO client.example")
-    assert [r.code for r in connection.send("STARTTLS")] == [220]
-    connection.startTLS(ClientTLS(servername, **client))
-    return connection
-
-
-def codes(replies: list[Any]) -> list[int]:
-    return [r.code for r in replies]
+    return protocol_support.makeServer(handlers or [], **options)
 
 
 class STARTTLSTests(SynchronousTestCase):
@@ -104,14 +81,14 @@ class STARTTLSTests(SynchronousTestCase):
         """
         STARTTLS is offered on a plaintext connection (standards 3207-01).
         """
-        _, ehlo = saidHello(makeServer())
+        _, ehlo = saidHello(makeServer(), "EHLO x")
         self.assertIn("STARTTLS", ehlo.lines)
 
     def test_hidden(self) -> None:
         """
         hideSTARTTLS removes the keyword but STARTTLS still works.
         """
-        connection, ehlo = saidHello(makeServer(hideSTARTTLS=True))
+        connection, ehlo = saidHello(makeServer(hideSTARTTLS=True), "EHLO x")
         self.assertNotIn("STARTTLS", ehlo.lines)
         self.assertEqual(codes(connection.send("STARTTLS")), [220])
 
@@ -119,7 +96,7 @@ class STARTTLSTests(SynchronousTestCase):
         """
         A disabled STARTTLS is neither offered nor accepted.
         """
-        connection, ehlo = saidHello(makeServer(disabledCommands=("STARTTLS",)))
+        connection, ehlo = saidHello(makeServer(disabledCommands=("STARTTLS",)), "EHLO x")
         self.assertNotIn("STARTTLS", ehlo.lines)
         self.assertEqual(codes(connection.send("STARTTLS")), [502])
 
@@ -154,7 +131,7 @@ class STARTTLSTests(SynchronousTestCase):
         """
         The 220 carries 2.0.0 when enhanced codes are shown.
         """
-        connection, _ = saidHello(makeServer(hideENHANCEDSTATUSCODES=False))
+        connection, _ = saidHello(makeServer(hideENHANCEDSTATUSCODES=False), "EHLO x")
         reply = connection.send("STARTTLS")[0]
         self.assertEqual(reply.lines, ("2.0.0 Ready to start TLS",))
 
@@ -180,7 +157,7 @@ class STARTTLSTests(SynchronousTestCase):
         STARTTLS with an argument gets 501 and the connection stays usable
         (standards 3207-04).
         """
-        connection, _ = saidHello(makeServer())
+        connection, _ = saidHello(makeServer(), "EHLO x")
         self.assertEqual(
             [f"{r.code} {r.lines[0]}" for r in connection.send("STARTTLS FOO")],
             ["501 Error: syntax: STARTTLS"],
@@ -271,7 +248,7 @@ class STARTTLSTests(SynchronousTestCase):
         self.assertIn("REQUIRETLS", connection.send("EHLO x")[0].lines)
         self.assertEqual(codes(connection.send("MAIL FROM:<a@b.example> REQUIRETLS")), [250])
         self.assertTrue(connection.session.envelope.requireTLS)
-        _, ehlo = saidHello(makeServer(hideREQUIRETLS=False))
+        _, ehlo = saidHello(makeServer(hideREQUIRETLS=False), "EHLO x")
         self.assertNotIn("REQUIRETLS", ehlo.lines)
 
     def test_requireTlsWithValue(self) -> None:
@@ -292,7 +269,9 @@ class NeedsUpgradeTests(SynchronousTestCase):
         """
         MAIL before STARTTLS gets 530 5.7.0 Must issue a STARTTLS command first.
         """
-        connection, _ = saidHello(makeServer(needsUpgrade=True, hideENHANCEDSTATUSCODES=False))
+        connection, _ = saidHello(
+            makeServer(needsUpgrade=True, hideENHANCEDSTATUSCODES=False), "EHLO x"
+        )
         self.assertEqual(
             [f"{r.code} {r.lines[0]}" for r in connection.send("MAIL FROM:<a@b.example>")],
             ["530 5.7.0 Must issue a STARTTLS command first"],
@@ -310,7 +289,7 @@ class NeedsUpgradeTests(SynchronousTestCase):
         """
         With implicit TLS the requirement is met from the start.
         """
-        connection, _ = saidHello(makeServer(needsUpgrade=True, secure=True))
+        connection, _ = saidHello(makeServer(needsUpgrade=True, secure=True), "EHLO x")
         self.assertEqual(codes(connection.send("MAIL FROM:<a@b.example>")), [250])
 
 
@@ -333,7 +312,7 @@ class ImplicitTLSTests(SynchronousTestCase):
         """
         EHLO does not offer STARTTLS and STARTTLS gets 503 (standards 8314-03).
         """
-        connection, ehlo = saidHello(makeServer(secure=True))
+        connection, ehlo = saidHello(makeServer(secure=True), "EHLO x")
         self.assertNotIn("STARTTLS", ehlo.lines)
         self.assertEqual(codes(connection.send("STARTTLS")), [503])
 
@@ -342,18 +321,7 @@ class ImplicitTLSTests(SynchronousTestCase):
         A client that speaks SMTP in clear gets no SMTP reply; the connection closes
         (standards 8314-02).
         """
-        server = makeServer(secure=True)
-        from twisted.internet.address import IPv4Address
-        from twisted.test.iosim import connect
-
-        from .memorytls import SMTPClient, TLSMemoryTransport
-
-        protocol = server.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1))
-        client = SMTPClient()
-        serverTransport = TLSMemoryTransport(protocol, isServer=True)
-        clientTransport = TLSMemoryTransport(client, isServer=False)
-        serverTransport.clock = clientTransport.clock = server.reactor
-        pump = connect(protocol, serverTransport, client, clientTransport, greet=False)
+        client, serverTransport, pump = connectInClear(makeServer(secure=True))
         client.transport.write(b"EHLO x\r\n")  # type: ignore[union-attr]
         pump.flush()
         self.assertNotIn(b"250", client.data)
@@ -366,17 +334,7 @@ class ImplicitTLSTests(SynchronousTestCase):
         server goes on serving others.
         """
         server = makeServer(secure=True, socketTimeout=10)
-        from twisted.internet.address import IPv4Address
-        from twisted.test.iosim import connect
-
-        from .memorytls import SMTPClient, TLSMemoryTransport
-
-        protocol = server.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1))
-        client = SMTPClient()
-        serverTransport = TLSMemoryTransport(protocol, isServer=True)
-        clientTransport = TLSMemoryTransport(client, isServer=False)
-        serverTransport.clock = clientTransport.clock = server.reactor
-        pump = connect(protocol, serverTransport, client, clientTransport, greet=False)
+        _, serverTransport, pump = connectInClear(server)
         pump.flush()
         server.reactor.advance(11)
         pump.flush()
@@ -704,7 +662,9 @@ class VersionTests(SynchronousTestCase):
         never runs twice.
         """
         server = makeServer(secure=True)
-        connection, _ = saidHello(server, creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION))
+        connection, _ = saidHello(
+            server, "EHLO x", creator=ClientTLS(maxVersion=SSL.TLS1_2_VERSION)
+        )
         handle = connection.clientTransport.getHandle()
         handle.renegotiate()
         with contextlib.suppress(SSL.WantReadError):
@@ -972,7 +932,7 @@ class TLSUnavailableTests(SynchronousTestCase):
         STARTTLS gets 454 4.7.0 instead of 220 when the connection cannot be made; the
         session keeps its EHLO and mail goes ahead in clear.
         """
-        connection, _ = saidHello(self.flaky(hideENHANCEDSTATUSCODES=False))
+        connection, _ = saidHello(self.flaky(hideENHANCEDSTATUSCODES=False), "EHLO x")
         reply = connection.send("STARTTLS")
         self.assertEqual(
             [(r.code, r.lines) for r in reply],
@@ -993,7 +953,7 @@ class TLSUnavailableTests(SynchronousTestCase):
         client gets 554 5.5.0 and is disconnected.
         """
         server = self.flaky(forbidUnauthPipelining=True, hideENHANCEDSTATUSCODES=False)
-        connection, _ = saidHello(server)
+        connection, _ = saidHello(server, "EHLO x")
         replies = connection.send("STARTTLS", "MAIL FROM:<a@b.example>")
         self.assertEqual(codes(replies), [454, 554])
         self.assertIsNone(connection.session.envelope.mailFrom)
@@ -1005,7 +965,7 @@ class TLSUnavailableTests(SynchronousTestCase):
         condition of the moment, not a bug, so no traceback.
         """
         capture = LogCapture(self)
-        connection, _ = saidHello(self.flaky())
+        connection, _ = saidHello(self.flaky(), "EHLO x")
         connection.send("STARTTLS")
         events = [e for e in capture.events if e.get("log_format") == "Cannot start TLS: {reason}"]
         self.assertEqual(len(events), 1)
@@ -1020,7 +980,7 @@ class TLSUnavailableTests(SynchronousTestCase):
         What the client pipelined after a refused STARTTLS is read as usual: nothing
         was promised, so nothing is discarded.
         """
-        connection, _ = saidHello(self.flaky())
+        connection, _ = saidHello(self.flaky(), "EHLO x")
         self.assertEqual(codes(connection.send("STARTTLS", "NOOP")), [454, 250])
 
     def test_laterStarttlsWorks(self) -> None:
@@ -1028,7 +988,7 @@ class TLSUnavailableTests(SynchronousTestCase):
         The failure is temporary: a later STARTTLS gets 220 and the handshake.
         """
         server = self.flaky()
-        connection, _ = saidHello(server)
+        connection, _ = saidHello(server, "EHLO x")
         self.assertEqual(codes(connection.send("STARTTLS")), [454])
         self.assertEqual(codes(connection.send("STARTTLS")), [220])
         connection.startTLS(ClientTLS())
@@ -1052,7 +1012,7 @@ class TLSUnavailableTests(SynchronousTestCase):
         Anything else going wrong is a bug: logged with its traceback, and the client
         still gets 454 and a working session.
         """
-        connection, _ = saidHello(self.flaky(RuntimeError("a bug")))
+        connection, _ = saidHello(self.flaky(RuntimeError("a bug")), "EHLO x")
         self.assertEqual(codes(connection.send("STARTTLS", "NOOP")), [454, 250])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 

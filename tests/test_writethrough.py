@@ -32,6 +32,10 @@ from smtpsvc._core._session import Address, Session
 from smtpsvc._protocol import SMTPProtocol
 
 from .memorytls import authority, issue
+from .protocol_support import Later
+
+#: The server's name, for which its certificate is.
+MX = "mx.example.test"
 
 
 class Connected:
@@ -45,13 +49,26 @@ class Connected:
         small: bool = False,
         handlers: Sequence[object] = (),
         server: SMTPServer | None = None,
+        certified: bool = False,
         **options: Any,
     ) -> None:
+        """
+        @param small: give both sides small kernel buffers, so that the server's socket
+            fills.
+        @param server: the server to connect to; by default a new one with C{handlers}
+            and C{options}.
+        @param certified: give the new server a certificate for L{MX} from the test CA,
+            and let TLS gather small writes until this reactor's next turn (not the
+            global reactor's).
+        """
+        if certified:
+            certificate = issue(MX)
+            options.update(key=certificate.key, cert=certificate.cert)
         if server is None:
             server = SMTPServer(
                 handlers,
                 reactor=MemoryReactorClock(),
-                name="mx.example.test",
+                name=MX,
                 earlyTalkerDelay=0,
                 disableReverseLookup=True,
                 authOptional=True,
@@ -79,6 +96,8 @@ class Connected:
         port = SimpleNamespace(_realPortNumber=listener.getsockname()[1])
         self.transport = tcp.Server(accepted, self.protocol, peer, cast(Any, port), 1, self.reactor)
         self.protocol.makeConnection(self.transport)
+        if certified:
+            testCase.patch(tls, "_get_default_clock", lambda: self.reactor)
 
     def waiting(self) -> bool:
         """
@@ -126,6 +145,28 @@ class Connected:
         """
         while self.waiting():
             self.transport.doWrite()
+
+    def startTLS(self) -> bytes:
+        """
+        The client reads the greeting, says EHLO and then STARTTLS.
+
+        @return: the reply to STARTTLS.
+        """
+        self.receive()
+        self.say(b"EHLO client.example\r\n")
+        self.receive()
+        self.say(b"STARTTLS\r\n")
+        return self.receive()
+
+    def handshake(self) -> TLSClient:
+        """
+        The client's TLS, which trusts the test CA and expects L{MX}, once it has
+        completed the handshake.
+        """
+        context = ssl.create_default_context(cadata=authority().cert.decode("ascii"))
+        client = TLSClient(self, context, MX)
+        client.handshake()
+        return client
 
 
 class TLSClient:
@@ -325,24 +366,15 @@ class WriteThroughTests(SynchronousTestCase):
         EHLO comes encrypted: a reply written to the socket past TLS would reach the
         client in clear and break its TLS.
         """
-        certificate = issue("mx.example.test")
-        connected = Connected(self, key=certificate.key, cert=certificate.cert)
-        # TLS gathers small writes until the reactor's next turn: the test's reactor.
-        self.patch(tls, "_get_default_clock", lambda: connected.reactor)
-        connected.receive()
-        connected.say(b"EHLO client.example\r\n")
-        connected.receive()
-        connected.say(b"STARTTLS\r\n")
-        self.assertEqual(connected.receive(), b"220 Ready to start TLS\r\n")
+        connected = Connected(self, certified=True)
+        self.assertEqual(connected.startTLS(), b"220 Ready to start TLS\r\n")
         self.assertTrue(connected.transport.TLS)
         connected.client.settimeout(0.2)
         with self.assertRaises(TimeoutError):
             connected.receive()
         connected.client.settimeout(5)
 
-        context = ssl.create_default_context(cadata=authority().cert.decode("ascii"))
-        client = TLSClient(connected, context, "mx.example.test")
-        client.handshake()
+        client = connected.handshake()
         self.assertTrue(connected.protocol.session.secure)
         reply = client.command(b"EHLO client.example")
         self.assertTrue(reply.startswith(b"250-mx.example.test "), reply)
@@ -362,18 +394,13 @@ class WriteThroughTests(SynchronousTestCase):
 
 
 @implementer(IMailFromHandler)
-class LaterSender:
+class LaterSender(Later[None]):
     """
     Answers about the sender when the test says so.
     """
 
-    def __init__(self) -> None:
-        self.pending: list[Deferred[None]] = []
-
     def onMailFrom(self, address: Address, session: Session) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self.pending.append(d)
-        return d
+        return self.later()
 
 
 class ReadingTests(SynchronousTestCase):
@@ -549,18 +576,10 @@ class ReadSizeTests(SynchronousTestCase):
         Over TLS, which hands the protocol a record at a time, a message is large once
         more than 64 KB of it has come: the transport then reads 256 KB at a time too.
         """
-        certificate = issue("mx.example.test")
-        connected = Connected(self, key=certificate.key, cert=certificate.cert)
+        connected = Connected(self, certified=True)
         transport = connected.transport
-        self.patch(tls, "_get_default_clock", lambda: connected.reactor)
-        connected.receive()
-        connected.say(b"EHLO client.example\r\n")
-        connected.receive()
-        connected.say(b"STARTTLS\r\n")
-        connected.receive()
-        context = ssl.create_default_context(cadata=authority().cert.decode("ascii"))
-        client = TLSClient(connected, context, "mx.example.test")
-        client.handshake()
+        connected.startTLS()
+        client = connected.handshake()
         client.command(b"EHLO client.example")
         client.command(b"MAIL FROM:<a@example.org>")
         client.command(b"RCPT TO:<b@example.org>")

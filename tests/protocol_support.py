@@ -1,0 +1,141 @@
+"""
+Helpers for the tests that drive the conversation over the wire in memory, through
+L{MemoryClient}: a server on a fake clock, a client of it, and the replies as the tests
+look at them; handlers whose answers the test gives; PROXY headers.
+
+A module whose servers differ (one that greets at once, say) binds its own defaults with
+L{functools.partial}: the options a test passes still win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Generic, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from smtpsvc import SMTPServer
+from smtpsvc._core._proxy import ProxyHeader
+from smtpsvc.testing import MemoryClient, ServerReply
+
+_T = TypeVar("_T")
+
+#: The server's name.
+NAME = "mx.test"
+#: The sender of the tests' transactions.
+SENDER = "a@b.example"
+#: The recipient of the tests' transactions.
+RECIPIENT = "c@d.example"
+
+
+def makeServer(handlers: Iterable[object] = (), **options: Any) -> SMTPServer:
+    """
+    A server named L{NAME} on a fake clock, with AUTH out of the way, unless C{options}
+    say otherwise.
+    """
+    options.setdefault("name", NAME)
+    options.setdefault("authOptional", True)
+    return SMTPServer(handlers, reactor=Clock(), **options)
+
+
+def hello(client: MemoryClient, verb: str = "EHLO", name: str = "client.example") -> None:
+    """
+    Say C{verb} (EHLO, HELO or LHLO) with C{name}, which must get one 250.
+    """
+    replies = client.send(f"{verb} {name}")
+    assert codes(replies) == [250], replies
+
+
+def clientOf(server: SMTPServer, clientName: str | None = None) -> MemoryClient:
+    """
+    A client of C{server}: it has seen the greeting and, given a C{clientName}, said
+    EHLO (LHLO to an LMTP server) with it.
+    """
+    client = MemoryClient(server)
+    if clientName is not None:
+        hello(client, "LHLO" if server.options.lmtp else "EHLO", clientName)
+    return client
+
+
+def connect(*handlers: object, clientName: str | None = None, **options: Any) -> MemoryClient:
+    """
+    A client of a new server (L{makeServer}) with C{handlers} and C{options}, as
+    L{clientOf} leaves it.
+    """
+    return clientOf(makeServer(handlers, **options), clientName)
+
+
+def codes(replies: Iterable[ServerReply]) -> list[int]:
+    """
+    The codes of C{replies}.
+    """
+    return [r.code for r in replies]
+
+
+def wire(reply: ServerReply) -> str:
+    """
+    The first line of C{reply} as it was sent: code, a space, the text.
+    """
+    return f"{reply.code} {reply.lines[0]}"
+
+
+def first(replies: Sequence[ServerReply]) -> str:
+    """
+    The first line of the first of C{replies}, as L{wire} gives it.
+    """
+    return wire(replies[0])
+
+
+def drain(client: MemoryClient) -> list[ServerReply]:
+    """
+    The replies sent so far and those still to come as the reactor takes the turns the
+    server leaves it between long batches of pipelined commands.
+    """
+    replies = client.received()
+    clock = client.clock
+    while any(call.getTime() <= clock.seconds() for call in clock.getDelayedCalls()):
+        clock.advance(0)
+        replies += client.received()
+    return replies
+
+
+class Later(Generic[_T]):
+    """
+    The base of a handler that answers when the test says so: each answer it is asked
+    for is a L{Deferred} left in C{pending}, which the test fires.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[_T]] = []
+
+    def later(self) -> Deferred[_T]:
+        """
+        A new answer, left in C{pending}.
+        """
+        answer: Deferred[_T] = Deferred()
+        self.pending.append(answer)
+        return answer
+
+
+def proxied(
+    version: int,
+    family: str,
+    source: tuple[str, int],
+    destination: tuple[str, int],
+    tlvs: dict[int, bytes] | None = None,
+) -> ProxyHeader:
+    """
+    The PROXY header of a relayed connection (a PROXY command) from C{source} to
+    C{destination}, each an address and a port, with C{tlvs} (none by default).
+    """
+    return ProxyHeader(
+        version=version,
+        command="PROXY",
+        family=family,
+        sourceAddress=source[0],
+        sourcePort=source[1],
+        destinationAddress=destination[0],
+        destinationPort=destination[1],
+        tlvs={} if tlvs is None else tlvs,
+    )
