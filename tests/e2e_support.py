@@ -8,8 +8,8 @@ that it turns a command line down; L{RawClient} is a byte-exact blocking client 
 C{deferToThread}; L{LoopbackSMTP} and L{LoopbackSMTPSSL} are smtplib clients that verify a
 server's certificate for a host name while connecting to 127.0.0.1; L{runSwaks} and
 L{runOpenSSL} run those tools in a thread.  L{LogCapture} keeps what this process logs;
-L{loadExample} and L{ExampleReactor} run the documentation's examples.  Every wait is
-bounded and everything started here is stopped by the test case's cleanups.
+L{loadExample}, L{ExampleReactor} and L{startExample} run the documentation's examples.
+Every wait is bounded and everything started here is stopped by the test case's cleanups.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
@@ -113,7 +114,7 @@ class E2ETestCase(TestCase):
 
 
 def startServer(
-    testCase: TestCase, handlers: Iterable[object], **options: Any
+    testCase: TestCase, handlers: Iterable[object], *, listen: str = LISTEN, **options: Any
 ) -> Deferred[tuple[SMTPServer, int]]:
     """
     Build an L{SMTPServer} on the real reactor and listen on 127.0.0.1, port chosen by the OS.
@@ -122,7 +123,9 @@ def startServer(
     without AUTH (C{authOptional}) and greets at once (C{earlyTalkerDelay=0}).  A cleanup
     closes the server (bounded by L{CLOSE_TIMEOUT}) and stops the port.
 
-    @return: a Deferred firing with the server and its port number.
+    @param listen: the endpoint to listen on instead (C{unix:PATH} for a Unix socket).
+    @return: a Deferred firing with the server and its port number (0 for a listener
+        that has none, such as a Unix socket).
     """
     options.setdefault("name", SERVER_NAME)
     options.setdefault("authOptional", True)
@@ -135,9 +138,9 @@ def startServer(
         # even if close() went wrong.
         testCase.addCleanup(lambda: maybeDeferred(port.stopListening))
         testCase.addCleanup(lambda: server.close().addTimeout(CLOSE_TIMEOUT, reactor))
-        return server, int(port.getHost().port)
+        return server, int(getattr(port.getHost(), "port", 0))
 
-    return server.listen(LISTEN).addCallback(listening)
+    return server.listen(listen).addCallback(listening)
 
 
 def listenAlso(testCase: TestCase, server: SMTPServer, secure: bool | None = None) -> Deferred[int]:
@@ -153,6 +156,24 @@ def listenAlso(testCase: TestCase, server: SMTPServer, secure: bool | None = Non
         return int(port.getHost().port)
 
     return server.listen(LISTEN, secure=secure).addCallback(listening)
+
+
+def freePort() -> int:
+    """
+    A TCP port of 127.0.0.1 that was free a moment ago (bound with port 0, then closed),
+    for programs that cannot listen on port 0 and say which port they got.  Someone else
+    may take it before they bind it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def aliceChecker() -> InMemoryUsernamePasswordDatabaseDontUse:
+    """
+    A cred checker that knows alice, password secret (cred compares bytes).
+    """
+    return InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
 
 
 def workspace(testCase: SynchronousTestCase) -> str:
@@ -501,6 +522,14 @@ def twistEnvironment() -> dict[str, str]:
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
+
+
+def maildirArgs(maildir: str) -> list[str]:
+    """
+    The arguments of a C{twist smtpsvc} that listens on an OS-chosen port of 127.0.0.1,
+    stores what it accepts in the Maildir C{maildir} and greets at once.
+    """
+    return ["--listen", LISTEN, "--deliver", f"maildir:{maildir}", "--early-talker-delay", "0"]
 
 
 def runTwist(
@@ -879,3 +908,28 @@ class ExampleReactor:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
+
+
+def startExample(
+    testCase: TestCase, module: ModuleType, *argv: str
+) -> tuple[ExampleReactor, Deferred[object]]:
+    """
+    Start C{module.main(reactor, *argv)} on an L{ExampleReactor}.  A cleanup does what
+    Ctrl-C would (the shutdown triggers, which close the server) and then cancels C{main},
+    which otherwise serves for ever.
+
+    @return: the reactor (whose C{ports} and C{triggers} the test may look at) and the
+        Deferred of C{main}.
+    """
+    reactor = ExampleReactor()
+    running: Deferred[object] = Deferred.fromCoroutine(module.main(reactor, *argv))
+
+    async def stop() -> None:
+        for trigger in list(reactor.triggers.values()):
+            await maybeDeferred(trigger)
+        running.cancel()
+        with contextlib.suppress(CancelledError):
+            await running
+
+    testCase.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+    return reactor, running

@@ -1,16 +1,23 @@
 """
 Helpers for tests that deliver into a Maildir: run L{MaildirDelivery}'s blocking work at
-once instead of in a thread, and read back what it stored.
+once instead of in a thread, talk to an in-memory server that delivers into one, and read
+back what it stored.
 """
 
 from __future__ import annotations
 
 import mailbox
+import os
 import re
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from smtpsvc import SMTPServer
+from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
+from smtpsvc.testing import MemoryClient
 
 
 def runNow(work: Callable[[], Any]) -> Deferred[Any]:
@@ -18,6 +25,32 @@ def runNow(work: Callable[[], Any]) -> Deferred[Any]:
     Run a Maildir's blocking work at once, in this thread (its C{runInThread}).
     """
     return succeed(work())
+
+
+def maildirClient(
+    path: str,
+    *,
+    runInThread: Callable[[Callable[[], Any]], Deferred[Any]] = runNow,
+    minFree: int = DEFAULT_MIN_FREE,
+    statvfs: Callable[[str], os.statvfs_result] = os.statvfs,
+    **options: Any,
+) -> MemoryClient:
+    """
+    A client that has said EHLO to an in-memory server named C{mx.test} (on a L{Clock},
+    AUTH optional, with C{options}) that delivers into the Maildir at C{path} with a
+    L{MaildirDelivery} named C{mx.test} too.
+
+    @param runInThread: how the delivery runs its blocking work (at once by default).
+    @param minFree: the delivery's reserve of free space.
+    @param statvfs: how the delivery looks up the free space.
+    """
+    delivery = MaildirDelivery(
+        path, serverName="mx.test", runInThread=runInThread, minFree=minFree, statvfs=statvfs
+    )
+    server = SMTPServer([delivery], reactor=Clock(), name="mx.test", authOptional=True, **options)
+    client = MemoryClient(server)
+    client.send("EHLO client.example")
+    return client
 
 
 def delivered(path: str) -> dict[str, bytes]:

@@ -46,6 +46,7 @@ from .e2e_support import (
     OutputProcess,
     RawClient,
     ServerClosedError,
+    freePort,
     theReactor,
     workspace,
 )
@@ -163,17 +164,6 @@ async def listenOn(testCase: TestCase, server: SMTPServer) -> int:
 
 
 # -- ports -------------------------------------------------------------------------------------
-
-
-def freePort() -> int:
-    """
-    A port of 127.0.0.1 that was free a moment ago, for programs that cannot listen on
-    port 0 and say which port they got (HAProxy).  Someone else may take it before they
-    bind it: callers retry.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOCALHOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def _connectable(ports: Sequence[int]) -> bool:

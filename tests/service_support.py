@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import FailTest, TestCase
@@ -46,6 +46,7 @@ from .e2e_support import (
     twistEnvironment,
     withoutTraceHeaders,
 )
+from .memorytls import issue
 
 #: The documentation's example files.
 EXAMPLES = ROOT / "docs" / "examples"
@@ -139,6 +140,7 @@ def startService(
     childFDs: Mapping[int, int] | None = None,
     wrapper: Sequence[str] = (),
     program: str = "twist",
+    waitForPort: bool = True,
 ) -> Deferred[ServiceProcess]:
     """
     Start C{twist TWISTOPTIONS smtpsvc ARGS} (or C{twistd ...} when C{program} says so) in
@@ -149,8 +151,14 @@ def startService(
     @param environment: variables to add to the child's environment.
     @param childFDs: descriptors of this process to pass as the child's (C{{3: fd}}).
     @param wrapper: a command to run the child through (it must C{exec} it).
+    @param waitForPort: when false, do not wait for a port on 127.0.0.1 (for services that
+        listen elsewhere: a Unix socket, every address of a private network namespace);
+        the test waits with C{waitForOutput}.
     """
     process = ServiceProcess()
+    if not waitForPort:
+        # It never logs a port on 127.0.0.1: the wait for one fails when it ends, unheard.
+        process._listening.addErrback(lambda _: None)
     reactor = cast(IReactorProcess, theReactor())
     argv = [*wrapper, *serviceCommand(args, twistOptions, program)]
     env = dict(twistEnvironment(), **(environment or {}))
@@ -162,6 +170,8 @@ def startService(
         process, argv[0], argv, env=env, path=tmpdir, childFDs=fds
     )
     testCase.addCleanup(lambda: Deferred.fromCoroutine(process.stop()))
+    if not waitForPort:
+        return succeed(process)
     return Deferred.fromCoroutine(process._started()).addCallback(lambda _: process)
 
 
@@ -390,21 +400,39 @@ class Burst:
 # -- openssl ----------------------------------------------------------------------------------
 
 
+async def _peerCertificate(port: int, serverName: str, starttls: bool) -> str | None:
+    """
+    What C{openssl s_client -servername NAME -brief} says of the certificate it is served
+    on C{port} (after STARTTLS, or at once for implicit TLS), bounded by the tool timeout:
+    the rest of its C{Peer certificate:} line, or L{None}.
+    """
+    args = ["s_client", "-connect", f"{LOCALHOST}:{port}", "-servername", serverName]
+    args += ["-brief", "-crlf", "-ign_eof"]
+    if starttls:
+        args += ["-starttls", "smtp", "-name", CLIENT_NAME]
+    result = await runOpenSSL(args, b"QUIT\n", afterReply=not starttls)
+    match = re.search(r"^Peer certificate: (.*)$", result.stderr, re.MULTILINE)
+    return match.group(1) if match else None
+
+
 async def servedCommonName(port: int, serverName: str) -> str | None:
     """
     The common name of the certificate C{openssl s_client -servername NAME} is served on
     the implicit TLS port C{port} (bounded by the tool timeout), or L{None}.
     """
-    result = await runOpenSSL(
-        [
-            *("s_client", "-connect", f"{LOCALHOST}:{port}", "-servername", serverName),
-            *("-brief", "-crlf", "-ign_eof"),
-        ],
-        b"QUIT\n",
-        afterReply=True,
-    )
-    match = re.search(r"^Peer certificate: .*?CN\s*=\s*([^,/\n]+)", result.stderr, re.MULTILINE)
+    subject = await _peerCertificate(port, serverName, starttls=False)
+    match = re.search(r"CN\s*=\s*([^,/\n]+)", subject or "")
     return match.group(1).strip() if match else None
+
+
+async def servedSubject(port: int, serverName: str, starttls: bool) -> str | None:
+    """
+    The subject of the certificate C{openssl s_client -servername NAME} is served on
+    C{port} (after STARTTLS, or at once for implicit TLS), as C{CN=...} without spaces,
+    or L{None}.
+    """
+    subject = await _peerCertificate(port, serverName, starttls)
+    return subject.replace(" ", "") if subject is not None else None
 
 
 # -- listening sockets a test hands over ---------------------------------------------------------
@@ -475,6 +503,16 @@ def unitSetting(unit: Path, key: str) -> list[str]:
         for line in unit.read_text().splitlines()
         if line.strip().startswith(prefix)
     ]
+
+
+def writeCertificate(directory: str, host: str) -> None:
+    """
+    Write C{certs/HOST.pem} (certificate and key from the test CA), as the ready-made
+    configurations of C{tap-configs/} name them, under C{directory}.
+    """
+    Path(directory, "certs").mkdir(exist_ok=True)
+    pair = issue(host)
+    Path(directory, "certs", f"{host}.pem").write_bytes(pair.cert + pair.key)
 
 
 def relocate(words: Sequence[str], moves: Mapping[str, str]) -> list[str]:

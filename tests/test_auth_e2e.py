@@ -16,13 +16,13 @@ import mailbox
 import os
 import re
 import smtplib
+import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
 from types import ModuleType, SimpleNamespace
 from typing import Any, cast
 
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent
 from twisted.python.usage import UsageError
@@ -37,11 +37,13 @@ from .auth_support import (
     MX_NAME,
     AuthRecorder,
     MXClient,
+    b64,
     clientContext,
     connectionsDropped,
     haveCurl,
     listenOn,
     passwdCommand,
+    plainResponse,
     runCurl,
     runExampleMain,
     runPasswd,
@@ -55,8 +57,10 @@ from .e2e_support import (
     E2ETestCase,
     LogCapture,
     RawClient,
+    aliceChecker,
     haveSwaks,
     loadExample,
+    maildirArgs,
     runSwaks,
     startServer,
     startTwist,
@@ -76,27 +80,6 @@ MESSAGE = (
 MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
 #: Seconds a failed AUTH waits in tests that fail on purpose (the default is 1).
 FAILURE_DELAY = 0.05
-
-
-def b64(text: str) -> str:
-    """
-    The base64 of C{text} (UTF-8).
-    """
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
-
-
-def plainResponse(user: str, password: str) -> str:
-    """
-    PLAIN's response for C{user} and C{password}, with no authorisation identity.
-    """
-    return b64(f"\0{user}\0{password}")
-
-
-def aliceChecker() -> InMemoryUsernamePasswordDatabaseDontUse:
-    """
-    A cred checker that knows alice (cred compares bytes).
-    """
-    return InMemoryUsernamePasswordDatabaseDontUse(**{USER: PASSWORD.encode()})
 
 
 async def startAuthServer(
@@ -334,7 +317,16 @@ class CurlAuthTests(E2ETestCase):
             self.message,
         ]
 
-    async def _bearer(self, mechanism: str) -> None:
+    async def _curlBearer(
+        self, mechanism: str, token: str
+    ) -> tuple[AuthRecorder, RecordingHandler, LogCapture, subprocess.CompletedProcess[str]]:
+        """
+        Send one message with curl, authenticating with C{token} and C{mechanism}, to a
+        server that offers only C{mechanism} and knows L{TOKEN} as alice's.
+
+        @return: the server's record of AUTH requests and of messages, its log from
+            before curl ran, and what curl did.
+        """
         recorder = AuthRecorder()
         received = RecordingHandler()
         tokens = loadExample("auth_tokens").TokenAuth({self.TOKEN: USER})
@@ -342,9 +334,11 @@ class CurlAuthTests(E2ETestCase):
             self, [recorder, tokens, received], authMethods=(mechanism,)
         )
         log = LogCapture(self)
-        result = await runCurl(
-            port, *self.curlSend("--oauth2-bearer", self.TOKEN, "-u", USER + ":")
-        )
+        result = await runCurl(port, *self.curlSend("--oauth2-bearer", token, "-u", USER + ":"))
+        return recorder, received, log, result
+
+    async def _bearer(self, mechanism: str) -> None:
+        recorder, received, log, result = await self._curlBearer(mechanism, self.TOKEN)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertTrue(log.mentioning(f"Authenticated as {USER}"), log.events)
         self.assertEqual(log.mentioning(self.TOKEN), [])
@@ -362,15 +356,8 @@ class CurlAuthTests(E2ETestCase):
 
         @return: the JSON error and curl's verbose output.
         """
-        recorder = AuthRecorder()
-        received = RecordingHandler()
-        tokens = loadExample("auth_tokens").TokenAuth({self.TOKEN: USER})
-        _, port = await startAuthServer(
-            self, [recorder, tokens, received], authMethods=(mechanism,)
-        )
-        log = LogCapture(self)
         token = "expired-token-0c5e"
-        result = await runCurl(port, *self.curlSend("--oauth2-bearer", token, "-u", USER + ":"))
+        recorder, received, log, result = await self._curlBearer(mechanism, token)
         # 67 is CURLE_LOGIN_DENIED.
         self.assertEqual(result.returncode, 67, result.stderr)
         self.assertEqual(
@@ -478,12 +465,7 @@ class TwistAuthTests(E2ETestCase):
             "--auth",
             f"memory:{USER}:{PASSWORD}",
             "--allow-insecure-auth",
-            "--listen",
-            LISTEN,
-            "--deliver",
-            f"maildir:{maildir}",
-            "--early-talker-delay",
-            "0",
+            *maildirArgs(maildir),
         ]
 
     async def test_memoryAuth(self) -> None:
@@ -542,12 +524,7 @@ class TwistAuthTests(E2ETestCase):
             files.key,
             "--auth-failure-delay",
             str(FAILURE_DELAY),
-            "--listen",
-            LISTEN,
-            "--deliver",
-            f"maildir:{maildir}",
-            "--early-talker-delay",
-            "0",
+            *maildirArgs(maildir),
         ]
         process = await startTwist(self, args, directory)
         assert process.port is not None

@@ -11,7 +11,6 @@ child process.  The testing page's example test case is run by trial's own loade
 
 from __future__ import annotations
 
-import contextlib
 import io
 import mailbox
 import os
@@ -22,7 +21,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.reporter import TestResult
@@ -36,9 +34,9 @@ from .e2e_support import (
     EXAMPLES,
     LISTEN,
     LOCALHOST,
-    ExampleReactor,
     RawClient,
     loadExample,
+    startExample,
     startTwist,
 )
 
@@ -91,6 +89,19 @@ class ExampleTestCase(TestCase):
         self.patch(sys, "stdout", output)
         return output
 
+    def runScript(self, name: str, *argv: str) -> str:
+        """
+        Run C{docs/examples/NAME.py} as a script, as Python would: with C{argv} as its
+        arguments and its directory first on C{sys.path}.
+
+        @return: what it printed.
+        """
+        output = self.captureOutput()
+        self.patch(sys, "argv", [f"{name}.py", *argv])
+        self.patch(sys, "path", [str(EXAMPLES), *sys.path])
+        runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
+        return output.getvalue()
+
     def makeDirectory(self) -> str:
         """
         A new empty directory for this test.
@@ -105,17 +116,7 @@ class ExampleTestCase(TestCase):
         listens on.  A cleanup does what Ctrl-C would (the shutdown triggers, which close
         the server) and then cancels C{main}, which otherwise serves for ever.
         """
-        reactor = ExampleReactor()
-        running = Deferred.fromCoroutine(module.main(reactor, *argv))
-
-        async def stop() -> None:
-            for trigger in list(reactor.triggers.values()):
-                await maybeDeferred(trigger)
-            running.cancel()
-            with contextlib.suppress(CancelledError):
-                await running
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        reactor, running = startExample(self, module, *argv)
         # A TCP endpoint listens at once, so main is serving by now (or it failed).
         if running.called:
             self.successResultOf(running)
@@ -182,11 +183,8 @@ class QuickstartTests(ExampleTestCase):
         directory = os.path.abspath(str(self.mktemp()))
         box = mailbox.Maildir(directory, create=True)
         box.add(b"Return-Path: <a@example.org>\r\nReceived: from x\r\nSubject: Hi\r\n\r\nBody\r\n")
-        output = self.captureOutput()
-        self.patch(sys, "argv", ["read_maildir.py", directory])
-        runpy.run_path(str(EXAMPLES / "read_maildir.py"), run_name="__main__")
         self.assertEqual(
-            output.getvalue(),
+            self.runScript("read_maildir", directory),
             "Return-Path: <a@example.org>\nReceived: from x\nSubject: Hi\n\n",
         )
 
@@ -452,9 +450,7 @@ class ConversationTests(ExampleTestCase):
         """
         Run as a script, conversation.py prints the transcript.
         """
-        output = self.captureOutput()
-        runpy.run_path(str(EXAMPLES / "conversation.py"), run_name="__main__")
-        printed = output.getvalue()
+        printed = self.runScript("conversation")
         self.assertIn("C: EHLO client.example\nS: 250 mx.example.com Nice to meet you", printed)
         self.assertIn("S: 503 Error: send HELO/EHLO first\n", printed)
         self.assertIn("S: 221 Bye\n", printed)
@@ -487,10 +483,7 @@ class ChunkingExampleTests(ExampleTestCase):
         Run as a script (whose directory Python puts first on the path), chunking.py
         prints the transcript.
         """
-        output = self.captureOutput()
-        self.patch(sys, "path", [str(EXAMPLES), *sys.path])
-        runpy.run_path(str(EXAMPLES / "chunking.py"), run_name="__main__")
-        printed = output.getvalue()
+        printed = self.runScript("chunking")
         self.assertIn("C: b'BDAT 22\\r\\nSubject: hi", printed)
         self.assertIn("S: 250 OK: 22 octets received\n", printed)
         self.assertIn("S: 221 Bye\n", printed)

@@ -50,6 +50,7 @@ from .e2e_support import (
     connectionRefused,
     describeDifference,
     haveSwaks,
+    maildirArgs,
     runSwaks,
     startServer,
     startTwist,
@@ -603,15 +604,7 @@ class TwistTests(E2ETestCase):
             raise SkipTest(NO_SWAKS)
         tmpdir = workspace(self)
         maildir = os.path.join(tmpdir, "md")
-        args = [
-            "--listen",
-            LISTEN,
-            "--deliver",
-            f"maildir:{maildir}",
-            "--early-talker-delay",
-            "0",
-        ]
-        process = await startTwist(self, args, tmpdir)
+        process = await startTwist(self, maildirArgs(maildir), tmpdir)
         assert process.port is not None
         message = simpleMessage("from smtplib")
         refused = await deferToThread(sendWithSmtplib, process.port, message, RECIPIENTS[:1])

@@ -22,18 +22,15 @@ import os
 import re
 import shutil
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
@@ -47,22 +44,23 @@ from smtpsvc.testing import RecordingHandler, ServerReply
 
 from .e2e_support import (
     CLIENT_NAME,
-    CLOSE_TIMEOUT,
     LISTEN,
     LOCALHOST,
     ROOT,
     SERVER_NAME,
     SOCKET_TIMEOUT,
+    START_TIMEOUT,
     TOOL_TIMEOUT,
     E2ETestCase,
     LoopbackSMTP,
     LoopbackSMTPSSL,
     RawClient,
+    aliceChecker,
     assertTwistRefuses,
     clientContext,
+    freePort,
     haveOpenSSL,
     listenAlso,
-    runOpenSSL,
     startServer,
     theReactor,
     twistEnvironment,
@@ -73,14 +71,14 @@ from .maildir_support import delivered, storedMessages
 from .memorytls import authority, issue
 from .service_support import (
     QUICK,
-    ServiceProcess,
     leftInTmp,
     message,
     relocate,
     sendOne,
-    serviceCommand,
+    servedSubject,
     startService,
     traceHeaders,
+    writeCertificate,
 )
 
 SENDER = "a@example.org"
@@ -90,8 +88,6 @@ B = "b.example.test"
 NO_OPENSSL = "openssl is not installed (apt-get install openssl; `make test` installs it)"
 #: The ready-made configurations.
 CONFIGS = ROOT / "tap-configs"
-#: Seconds a service may take to log something it does at start.
-START_TIMEOUT = 20.0
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -122,56 +118,6 @@ def shortDirectory(testCase: E2ETestCase) -> str:
     path = tempfile.mkdtemp(prefix="s", dir=base)
     testCase.addCleanup(shutil.rmtree, path, True)
     return path
-
-
-async def listenUnix(
-    testCase: E2ETestCase, handlers: Sequence[object], path: str, **options: Any
-) -> SMTPServer:
-    """
-    An in-process server on the real reactor listening on the Unix socket C{path}, named
-    L{SERVER_NAME}, without AUTH, greeting at once, without reverse DNS; the cleanups close
-    it and stop the port, as L{startServer} does for TCP.
-    """
-    options.setdefault("name", SERVER_NAME)
-    options.setdefault("authOptional", True)
-    options.setdefault("earlyTalkerDelay", 0)
-    options.setdefault("disableReverseLookup", True)
-    reactor = theReactor()
-    server = SMTPServer(handlers, reactor=reactor, **options)
-    port = await server.listen(f"unix:{path}")
-    testCase.addCleanup(lambda: maybeDeferred(port.stopListening))
-    testCase.addCleanup(lambda: server.close().addTimeout(CLOSE_TIMEOUT, reactor))
-    return server
-
-
-def spawnService(
-    testCase: E2ETestCase, args: Sequence[str], tmpdir: str, wrapper: Sequence[str] = ()
-) -> ServiceProcess:
-    """
-    Start C{twist smtpsvc ARGS} in C{tmpdir} (through C{wrapper}, which must C{exec} it)
-    without waiting for a TCP port on 127.0.0.1, for services that listen elsewhere (a
-    Unix socket, every address of a private network namespace): wait with
-    C{waitForOutput}.  A cleanup stops it (SIGTERM, then SIGKILL) by its PID.
-    """
-    process = ServiceProcess()
-    # It never logs a port on 127.0.0.1: the wait for one fails when it ends, unheard.
-    process._listening.addErrback(lambda _: None)
-    argv = [*wrapper, *serviceCommand(args)]
-    reactor = cast(IReactorProcess, theReactor())
-    process.processTransport = reactor.spawnProcess(
-        process, argv[0], argv, env=twistEnvironment(), path=tmpdir
-    )
-    testCase.addCleanup(lambda: Deferred.fromCoroutine(process.stop()))
-    return process
-
-
-def freePort() -> int:
-    """
-    A TCP port free on 127.0.0.1 a moment ago: bound with port 0, then closed.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
 
 
 #: Runs its arguments in a new user and network namespace whose only interface is its own
@@ -239,13 +185,6 @@ def relocatedConfig(name: str, directory: str, moves: Mapping[str, str]) -> str:
     path = os.path.join(directory, name)
     Path(path).write_text("".join(relocate([text], moves)))
     return path
-
-
-def aliceChecker() -> InMemoryUsernamePasswordDatabaseDontUse:
-    """
-    A cred checker that knows alice, password secret (cred compares bytes).
-    """
-    return InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
 
 
 # -- SIZE -------------------------------------------------------------------------------------
@@ -692,20 +631,6 @@ class CommandLimitTests(E2ETestCase):
 # -- SNICallback ------------------------------------------------------------------------------
 
 
-async def servedSubject(port: int, serverName: str, starttls: bool) -> str | None:
-    """
-    The subject of the certificate C{openssl s_client -servername NAME} is served on
-    C{port} (after STARTTLS, or at once for implicit TLS), as C{CN=...}, or L{None}.
-    """
-    args = ["s_client", "-connect", f"{LOCALHOST}:{port}", "-servername", serverName]
-    args += ["-brief", "-crlf", "-ign_eof"]
-    if starttls:
-        args += ["-starttls", "smtp", "-name", CLIENT_NAME]
-    result = await runOpenSSL(args, b"QUIT\n", afterReply=not starttls)
-    match = re.search(r"^Peer certificate: (.*)$", result.stderr, re.MULTILINE)
-    return match.group(1).replace(" ", "") if match else None
-
-
 class SNICallbackTests(E2ETestCase):
     """
     The SNICallback option chooses the certificate of each handshake.
@@ -803,7 +728,13 @@ class UnixListenerTests(E2ETestCase):
         """
         path = os.path.join(shortDirectory(self), "lmtp.sock")
         recorder = RecordingHandler()
-        await listenUnix(self, [_PerRecipient(), recorder], path, lmtp=True)
+        await startServer(
+            self,
+            [_PerRecipient(), recorder],
+            listen=f"unix:{path}",
+            lmtp=True,
+            disableReverseLookup=True,
+        )
         body = message("over a unix socket")
         recipients = ["one@example.net", "full@example.net"]
         lhlo, rcpts, after, quit = await deferToThread(lmtpSend, path, 0, recipients, body)
@@ -912,7 +843,7 @@ class PortFlagTests(E2ETestCase):
         maildir = os.path.join(tmpdir, "md")
         port = freePort()
         args = ["--port", str(port), "--deliver", f"maildir:{maildir}", *QUICK]
-        process = spawnService(self, args, tmpdir, PRIVATE_NETWORK)
+        process = await startService(self, args, tmpdir, wrapper=PRIVATE_NETWORK, waitForPort=False)
         await process.waitForOutput(
             re.compile(rb"SMTP server listening on 0\.0\.0\.0:%d\b" % port), START_TIMEOUT
         )
@@ -963,15 +894,6 @@ class DeliveryCheckTests(E2ETestCase):
 # -- tap-configs/ -------------------------------------------------------------------------------
 
 
-def writeCertificate(directory: str, host: str) -> None:
-    """
-    Write C{certs/HOST.pem} (certificate and key from the test CA) under C{directory}.
-    """
-    Path(directory, "certs").mkdir(exist_ok=True)
-    pair = issue(host)
-    Path(directory, "certs", f"{host}.pem").write_bytes(pair.cert + pair.key)
-
-
 class TapConfigTests(E2ETestCase):
     """
     The ready-made configurations of tap-configs/ run as C{twist smtpsvc --config FILE},
@@ -992,7 +914,14 @@ class TapConfigTests(E2ETestCase):
         writeCertificate(tmpdir, "mx.example.org")
         store = os.path.join(shortDirectory(self), "lmtp")
         recorder = RecordingHandler()
-        await listenUnix(self, [recorder], store, lmtp=True, name="dovecot.example.org")
+        await startServer(
+            self,
+            [recorder],
+            listen=f"unix:{store}",
+            lmtp=True,
+            name="dovecot.example.org",
+            disableReverseLookup=True,
+        )
         config = relocatedConfig(
             "mx.toml",
             tmpdir,
@@ -1121,7 +1050,7 @@ class TapConfigTests(E2ETestCase):
         config = relocatedConfig(
             "lmtp-front.toml", tmpdir, {"unix:/run/smtpsvc/lmtp.sock": f"unix:{sock}"}
         )
-        process = spawnService(self, ["--config", config], tmpdir)
+        process = await startService(self, ["--config", config], tmpdir, waitForPort=False)
         await process.waitForOutput(re.compile(rb"LMTP server listening on "), START_TIMEOUT)
         self.assertEqual(os.stat(sock).st_mode & 0o777, 0o660)
         body = message("through the lmtp front")

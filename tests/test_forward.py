@@ -13,7 +13,6 @@ example.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import smtplib
@@ -28,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import (
@@ -94,8 +93,8 @@ from .e2e_support import (
     EXAMPLES,
     LISTEN,
     LOCALHOST,
-    ExampleReactor,
     loadExample,
+    startExample,
     startServer,
     theReactor,
 )
@@ -1666,23 +1665,9 @@ class RealReactorTests(TestCase):
         example = loadExample("forward_lmtp")
         output = io.StringIO()
         self.patch(sys, "stdout", output)
-        reactor = ExampleReactor()
-        running = Deferred.fromCoroutine(
-            example.main(
-                reactor,
-                LISTEN,
-                f"tcp:host={LOCALHOST}:port={downstreamPort}",
-            )
+        reactor, running = startExample(
+            self, example, LISTEN, f"tcp:host={LOCALHOST}:port={downstreamPort}"
         )
-
-        async def stop() -> None:
-            for trigger in list(reactor.triggers.values()):
-                await maybeDeferred(trigger)
-            running.cancel()
-            with contextlib.suppress(CancelledError):
-                await running
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
         self.assertFalse(running.called)
         [port] = reactor.ports
 
@@ -1802,26 +1787,22 @@ class RequireTLSTests(ForwardTestCase):
         TLS whose certificate nobody checked is no better than clear text for REQUIRETLS:
         550 5.7.30, nothing relayed; without REQUIRETLS the sender goes on.
         """
-        connection = self.frontOverTLS(self.tlsEndpoint(ClientTLS()))
-        replies = self.exchange(connection, "MAIL FROM:<a@example.org> REQUIRETLS")
-        self.assertEqual(
-            [(r.code, r.lines) for r in replies],
-            [(550, ("5.7.30 Error: REQUIRETLS support required",))],
-        )
-        [downstream] = self.factory.built
-        self.assertEqual(downstream.commands, [f"EHLO {FRONT}"])
+        connection = self.assertRefused(self.tlsEndpoint(ClientTLS()))
         self.assertEqual(codes(self.exchange(connection, "MAIL FROM:<a@example.org>")), [250])
 
-    def assertRefused(self, endpoint: IStreamClientEndpoint, *, lmtp: bool = False) -> None:
+    def assertRefused(self, endpoint: IStreamClientEndpoint, *, lmtp: bool = False) -> Connection:
         """
         A front relaying to C{endpoint} answers a REQUIRETLS sender 550 5.7.30 and gives
         the downstream nothing after its hello.
+
+        @return: the connection, for the test to go on with.
         """
         connection = self.frontOverTLS(endpoint, lmtp=lmtp)
         replies = self.exchange(connection, "MAIL FROM:<a@example.org> REQUIRETLS")
         self.assertEqual([(r.code, r.lines) for r in replies], _NEEDS_REQUIRETLS)
         [downstream] = self.factory.built
         self.assertEqual(downstream.commands, [f"{'LHLO' if lmtp else 'EHLO'} {FRONT}"])
+        return connection
 
     def test_8689_06_certificateNotCheckedForHostRefused(self) -> None:
         """

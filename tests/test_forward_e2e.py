@@ -34,6 +34,7 @@ from .e2e_support import (
     START_TIMEOUT,
     E2ETestCase,
     OutputProcess,
+    freePort,
     startServer,
     theReactor,
 )
@@ -72,15 +73,6 @@ def stopSink(process: SinkProcess) -> Deferred[None]:
     Stop C{process} (a cleanup).
     """
     return Deferred.fromCoroutine(process.stop())
-
-
-def freePort() -> int:
-    """
-    A port of 127.0.0.1 that was free a moment ago.
-    """
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def waitForListener(port: int, within: float) -> bool:

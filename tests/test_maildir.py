@@ -11,16 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from smtpsvc import IDataHandler, IMailFromHandler, SMTPServer, TLSInfo
+from smtpsvc import IDataHandler, IMailFromHandler, TLSInfo
 from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
 from smtpsvc.testing import MemoryClient, ServerReply
 
-from .maildir_support import runNow, storedMessages
+from .maildir_support import maildirClient, runNow, storedMessages
 
 
 class MaildirTests(SynchronousTestCase):
@@ -34,13 +33,7 @@ class MaildirTests(SynchronousTestCase):
     def client(
         self, runInThread: Callable[[Callable[[], Any]], Deferred[Any]] = runNow, **options: Any
     ) -> MemoryClient:
-        delivery = MaildirDelivery(self.path, serverName="mx.test", runInThread=runInThread)
-        server = SMTPServer(
-            [delivery], reactor=Clock(), name="mx.test", authOptional=True, **options
-        )
-        client = MemoryClient(server)
-        client.send("EHLO client.example")
-        return client
+        return maildirClient(self.path, runInThread=runInThread, **options)
 
     def leftovers(self) -> list[str]:
         return os.listdir(os.path.join(self.path, "tmp"))
@@ -261,23 +254,9 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         return withFree(self.free, self.size)
 
     def client(self, minFree: int = MIB) -> MemoryClient:
-        delivery = MaildirDelivery(
-            self.path,
-            serverName="mx.test",
-            runInThread=runNow,
-            minFree=minFree,
-            statvfs=self.statvfs,
+        return maildirClient(
+            self.path, minFree=minFree, statvfs=self.statvfs, hideENHANCEDSTATUSCODES=False
         )
-        server = SMTPServer(
-            [delivery],
-            reactor=Clock(),
-            name="mx.test",
-            authOptional=True,
-            hideENHANCEDSTATUSCODES=False,
-        )
-        client = MemoryClient(server)
-        client.send("EHLO client.example")
-        return client
 
     def test_interfaces(self) -> None:
         """
@@ -458,9 +437,7 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         By default the free space is the Maildir's file system's, from C{os.statvfs}: a
         byte fits there, more bytes than any disk holds never do.
         """
-        delivery = MaildirDelivery(self.path, serverName="mx.test", runInThread=runNow, minFree=0)
-        client = MemoryClient(SMTPServer([delivery], reactor=Clock(), authOptional=True))
-        client.send("EHLO client.example")
+        client = maildirClient(self.path, minFree=0)
         replies = client.send(
             "MAIL FROM:<a@b.example> SIZE=1", "RSET", f"MAIL FROM:<a@b.example> SIZE={10**30}"
         )

@@ -19,6 +19,7 @@ import smtplib
 import ssl
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,23 @@ def transaction(client: RawClient, subject: str) -> ServerReply:
             return reply
     client.send(message(subject) + b".\r\n")
     return client.readReply()
+
+
+def forwardedSession(
+    port: int, xforwards: Sequence[str], subjects: Sequence[str]
+) -> list[ServerReply]:
+    """
+    Read the greeting, say EHLO, send each of the C{xforwards} commands, then send one
+    message for each of C{subjects} (blocking: run it in a thread).
+
+    @return: every reply, in order: greeting, EHLO, one for each XFORWARD, then the reply
+        to each message's data.
+    """
+    with RawClient(port) as client:
+        replies = [client.readReply(), client.command(f"EHLO {CLIENT_NAME}")]
+        replies += [client.command(command) for command in xforwards]
+        replies += [transaction(client, subject) for subject in subjects]
+        return replies
 
 
 def receivedHeaders(maildir: str) -> dict[str, list[str]]:
@@ -694,18 +712,12 @@ class XForwardTests(E2ETestCase):
         the real client's again.
         """
         who, maildir, port = await self._server()
-
-        def run() -> list[ServerReply]:
-            with RawClient(port) as client:
-                replies = [client.readReply(), client.command(f"EHLO {CLIENT_NAME}")]
-                replies.append(
-                    client.command(f"XFORWARD NAME=spike.example.org ADDR={CLIENT} PROTO=ESMTP")
-                )
-                replies.append(transaction(client, "forwarded"))
-                replies.append(transaction(client, "direct"))
-                return replies
-
-        _, ehlo, xforward, forwarded, direct = await deferToThread(run)
+        _, ehlo, xforward, forwarded, direct = await deferToThread(
+            forwardedSession,
+            port,
+            [f"XFORWARD NAME=spike.example.org ADDR={CLIENT} PROTO=ESMTP"],
+            ["forwarded", "direct"],
+        )
         self.assertIn("XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE", ehlo.lines)
         self.assertEqual((xforward.code, forwarded.code, direct.code), (250, 250, 250))
         first, second = who.senders
@@ -730,20 +742,15 @@ class XForwardTests(E2ETestCase):
         PORT, then PROTO HELO IDENT SOURCE); from a trusted proxy both are accepted.
         """
         who, maildir, port = await self._server()
-
-        def run() -> list[ServerReply]:
-            with RawClient(port) as client:
-                replies = [client.readReply(), client.command(f"EHLO {CLIENT_NAME}")]
-                replies.append(
-                    client.command(f"XFORWARD NAME=spike.example.org ADDR={CLIENT} PORT=40000")
-                )
-                replies.append(
-                    client.command("XFORWARD PROTO=ESMTP HELO=spike.example.org SOURCE=REMOTE")
-                )
-                replies.append(transaction(client, "postfix"))
-                return replies
-
-        _, _, first, second, delivered = await deferToThread(run)
+        _, _, first, second, delivered = await deferToThread(
+            forwardedSession,
+            port,
+            [
+                f"XFORWARD NAME=spike.example.org ADDR={CLIENT} PORT=40000",
+                "XFORWARD PROTO=ESMTP HELO=spike.example.org SOURCE=REMOTE",
+            ],
+            ["postfix"],
+        )
         self.assertEqual(first.code, 250)
         self.assertEqual(
             (second.code, second.lines),

@@ -257,6 +257,24 @@ class ReloadTests(E2ETestCase):
         if not haveOpenSSL():
             raise SkipTest(NO_OPENSSL)
 
+    async def startWithCertificate(self, fileName: str, host: str) -> tuple[ServiceProcess, Path]:
+        """
+        Write a certificate for C{host} (and its key) from the test CA into C{fileName} in
+        a new directory, and start there a service named C{mx.example.test} that serves it
+        on an implicit TLS port and discards what it accepts.
+
+        @return: the service and the certificate file.
+        """
+        tmpdir = workspace(self)
+        pem = Path(tmpdir, fileName)
+        pair = issue(host)
+        pem.write_bytes(pair.cert + pair.key)
+        args = [
+            *("--cert", str(pem), "--name", "mx.example.test"),
+            *("--listen-tls", LISTEN, "--deliver", "discard", *QUICK),
+        ]
+        return await startService(self, args, tmpdir), pem
+
     async def test_DANE_04_sighupReloadsCertificates(self) -> None:
         """
         After the --cert file is replaced and SIGHUP sent, openssl s_client is served the
@@ -264,15 +282,7 @@ class ReloadTests(E2ETestCase):
         warns that the new one does not cover the server's name; a broken file and
         another SIGHUP are logged and the certificate in use stays.
         """
-        tmpdir = workspace(self)
-        pem = Path(tmpdir, "mx.pem")
-        first = issue("mx.example.test")
-        pem.write_bytes(first.cert + first.key)
-        args = [
-            *("--cert", str(pem), "--name", "mx.example.test"),
-            *("--listen-tls", LISTEN, "--deliver", "discard", *QUICK),
-        ]
-        process = await startService(self, args, tmpdir)
+        process, pem = await self.startWithCertificate("mx.pem", "mx.example.test")
         port = process.port
         assert port is not None
         self.assertEqual(await servedCommonName(port, "x"), "mx.example.test")
@@ -322,15 +332,7 @@ class ReloadTests(E2ETestCase):
         A certificate that does not cover C{--name} is served all the same, and the log
         says at start that MTA-STS senders would refuse it.
         """
-        tmpdir = workspace(self)
-        pem = Path(tmpdir, "other.pem")
-        other = issue("other.example.test")
-        pem.write_bytes(other.cert + other.key)
-        args = [
-            *("--cert", str(pem), "--name", "mx.example.test"),
-            *("--listen-tls", LISTEN, "--deliver", "discard", *QUICK),
-        ]
-        process = await startService(self, args, tmpdir)
+        process, _ = await self.startWithCertificate("other.pem", "other.example.test")
         assert process.port is not None
         self.assertEqual(await servedCommonName(process.port, "x"), "other.example.test")
         [warning] = process.lines("The certificate does not cover mx.example.test")

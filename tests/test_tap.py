@@ -36,6 +36,15 @@ def parse(*args: str) -> tap.Options:
     return options
 
 
+def buildService(*args: str) -> SMTPService:
+    """
+    The service C{twist smtpsvc ARGS} runs, not yet started.
+    """
+    service = tap.makeService(parse(*args))
+    assert isinstance(service, SMTPService)
+    return service
+
+
 def minFrees(server: SMTPServer) -> list[int]:
     """
     The C{minFree} of each Maildir delivery of a built server, in order.
@@ -651,7 +660,7 @@ class ServiceTests(TestCase):
         """
         Starting listens on each endpoint; stopping closes the server.
         """
-        options = parse(
+        service = buildService(
             "--listen",
             "tcp:0:interface=127.0.0.1",
             "--listen-tls",
@@ -660,8 +669,6 @@ class ServiceTests(TestCase):
             "discard",
             "--disable-reverse-lookup",
         )
-        service = tap.makeService(options)
-        assert isinstance(service, SMTPService)
         service.startService()
         self.assertEqual(len(service.ports), 2)
         stopped: Deferred[None] = service.stopService()
@@ -671,7 +678,7 @@ class ServiceTests(TestCase):
         """
         A TCP listener gets a backlog of 511 unless its endpoint string sets one.
         """
-        options = parse(
+        service = buildService(
             "--listen",
             "tcp:0:interface=127.0.0.1",
             "--listen",
@@ -679,8 +686,6 @@ class ServiceTests(TestCase):
             "--deliver",
             "discard",
         )
-        service = tap.makeService(options)
-        assert isinstance(service, SMTPService)
         service.startService()
         self.assertEqual([cast(Any, port).backlog for port in service.ports], [511, 7])
         return service.stopService()
@@ -689,10 +694,7 @@ class ServiceTests(TestCase):
         """
         A port already in use stops the service with one clear line.
         """
-        first = tap.makeService(
-            parse("--listen", "tcp:0:interface=127.0.0.1", "--deliver", "discard")
-        )
-        assert isinstance(first, SMTPService)
+        first = buildService("--listen", "tcp:0:interface=127.0.0.1", "--deliver", "discard")
         first.startService()
         port = first.ports[0].getHost().port  # type: ignore[attr-defined]
         second = tap.makeService(
@@ -714,11 +716,9 @@ class ServiceTests(TestCase):
         mx, renewed = issue("mx.example.test"), issue("renewed.example.test")
         with open(path, "wb") as f:
             f.write(mx.cert + mx.key)
-        options = parse(
+        service = buildService(
             "--cert", path, "--listen", "tcp:0:interface=127.0.0.1", "--deliver", "discard"
         )
-        service = tap.makeService(options)
-        assert isinstance(service, SMTPService)
         service.startService()
         with open(path, "wb") as f:
             f.write(renewed.cert + renewed.key)
@@ -740,12 +740,10 @@ class ServiceTests(TestCase):
         b, c = issue("b.example.test"), issue("c.example.test")
         with open(os.path.join(directory, "b.example.test.pem"), "wb") as f:
             f.write(b.cert + b.key)
-        options = parse(
+        service = buildService(
             *("--sni-dir", directory, "--listen", "tcp:0:interface=127.0.0.1"),
             *("--deliver", "discard"),
         )
-        service = tap.makeService(options)
-        assert isinstance(service, SMTPService)
         service.startService()
         self.assertEqual(list(service.server.options.sniOptions), ["b.example.test"])
         os.unlink(os.path.join(directory, "b.example.test.pem"))
@@ -789,9 +787,7 @@ class InheritedSocketTests(TestCase):
         self.addCleanup(sock.close)
         inherit = ["--inherit", f"{sock.fileno()}:plain"]
         quick = ["--disable-reverse-lookup", "--early-talker-delay", "0"]
-        service = tap.makeService(parse(*args, *inherit, "--deliver", "discard", *quick))
-        assert isinstance(service, SMTPService)
-        return service, sock
+        return buildService(*args, *inherit, "--deliver", "discard", *quick), sock
 
     async def test_plainFollowsSecure(self) -> None:
         """

@@ -18,7 +18,7 @@ from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
 from smtpsvc.testing import MemoryClient
 
-from .memorytls import issue
+from .service_support import writeCertificate
 
 CONFIGS = Path(__file__).resolve().parent.parent / "tap-configs"
 
@@ -33,10 +33,9 @@ class TapConfigTests(SynchronousTestCase):
         Copy the file beside the certificates and password file it names, and parse it.
         """
         directory = Path(self.mktemp()).resolve()
-        (directory / "certs").mkdir(parents=True)
+        directory.mkdir(parents=True)
         for host in ("mx.example.org", "mail.example.org"):
-            pair = issue(host)
-            (directory / "certs" / f"{host}.pem").write_bytes(pair.cert + pair.key)
+            writeCertificate(str(directory), host)
         setPassword(str(directory / "passwd"), "alice", "secret")
         shutil.copy(CONFIGS / name, directory / name)
         options = tap.Options()
