@@ -91,6 +91,66 @@ _DEFAULT_READ_SIZE: Final = FileDescriptor.bufferSize
 _MESSAGE_ENDINGS: Final = (MessageAborted, MessageTooLarge, MessageRefused)
 
 
+# What a chain of handlers decided: the value the decisive one gave (callFirst's user), and
+# the refusal, if one refused.
+_Decision = tuple[object, SMTPError | None]
+
+
+def _inTurn(
+    calls: Sequence[Callable[[], object]],
+    hook: str,
+    session: Session,
+    unexpected: SMTPError,
+    decisive: bool,
+) -> _Decision | Deferred[_Decision]:
+    # Call each of `calls` in order until one refuses (an SMTPError) or, when `decisive`,
+    # one returns anything but None.  A handler that fails otherwise is logged and the
+    # answer is `unexpected`.  Synchronous while every handler is: no Deferred is made on
+    # that path, the common one.
+    for index, call in enumerate(calls):
+        try:
+            result = call()
+        except SMTPError as e:
+            return None, e
+        except Exception:
+            _logHandlerFailure(Failure(), hook, session)
+            return None, unexpected
+        if isinstance(result, Deferred) or inspect.iscoroutine(result):
+            return _afterPending(result, calls[index + 1 :], hook, session, unexpected, decisive)
+        if decisive and result is not None:
+            return result, None
+    return None, None
+
+
+def _afterPending(
+    pending: object,
+    rest: Sequence[Callable[[], object]],
+    hook: str,
+    session: Session,
+    unexpected: SMTPError,
+    decisive: bool,
+) -> Deferred[_Decision]:
+    # One handler answered with a Deferred or a coroutine: the chain goes on (or stops)
+    # once it fires.
+    def answered(value: object) -> _Decision | Deferred[_Decision]:
+        if decisive and value is not None:
+            return value, None
+        return _inTurn(rest, hook, session, unexpected, decisive)
+
+    def failed(failure: Failure) -> _Decision:
+        if isinstance(failure.value, SMTPError):
+            return None, failure.value
+        _logHandlerFailure(failure, hook, session)
+        return None, unexpected
+
+    chained: Deferred[_Decision] = _ensureDeferred(pending).addCallbacks(answered, failed)
+    return chained
+
+
+def _refusalOf(decision: _Decision) -> SMTPError | None:
+    return decision[1]
+
+
 def callChain(
     calls: Sequence[Callable[[], object]], hook: str, session: Session
 ) -> SMTPError | Deferred[SMTPError | None] | None:
@@ -101,40 +161,15 @@ def callChain(
         handler answered synchronously (no Deferred is made on that path), else a
         Deferred.  Unexpected exceptions are logged and become a 451.
     """
-    for index, call in enumerate(calls):
-        try:
-            result = call()
-        except SMTPError as e:
-            return e
-        except Exception:
-            _logHandlerFailure(Failure(), hook, session)
-            return HANDLER_FAILED_ERROR
-        if isinstance(result, Deferred) or inspect.iscoroutine(result):
-            return _afterPending(result, calls[index + 1 :], hook, session)
-    return None
-
-
-def _afterPending(
-    pending: object, rest: Sequence[Callable[[], object]], hook: str, session: Session
-) -> Deferred[SMTPError | None]:
-    # One handler answered with a Deferred or a coroutine: the chain goes on (or stops)
-    # once it fires.
-    def accepted(_: object) -> SMTPError | Deferred[SMTPError | None] | None:
-        return callChain(rest, hook, session)
-
-    def failed(failure: Failure) -> SMTPError:
-        if isinstance(failure.value, SMTPError):
-            return failure.value
-        _logHandlerFailure(failure, hook, session)
-        return HANDLER_FAILED_ERROR
-
-    chained: Deferred[SMTPError | None] = _ensureDeferred(pending).addCallbacks(accepted, failed)
-    return chained
+    decision = _inTurn(calls, hook, session, HANDLER_FAILED_ERROR, decisive=False)
+    if isinstance(decision, Deferred):
+        return decision.addCallback(_refusalOf)
+    return decision[1]
 
 
 def callFirst(
     calls: Sequence[Callable[[], object]], session: Session
-) -> tuple[object, SMTPError | None] | Deferred[tuple[object, SMTPError | None]]:
+) -> _Decision | Deferred[_Decision]:
     """
     Ask authentication handlers in order: the first that returns a user (anything but
     L{None}) accepts; an L{SMTPError} refuses; L{None} passes to the next.  A handler
@@ -143,39 +178,7 @@ def callFirst(
 
     @return: (user, refusal), synchronously when every handler answered synchronously.
     """
-    for index, call in enumerate(calls):
-        try:
-            result = call()
-        except SMTPError as e:
-            return None, e
-        except Exception:
-            _logHandlerFailure(Failure(), "onAuth", session)
-            return None, AUTH_TEMPORARY_ERROR
-        if isinstance(result, Deferred) or inspect.iscoroutine(result):
-            return _authAfterPending(result, calls[index + 1 :], session)
-        if result is not None:
-            return result, None
-    return None, None
-
-
-def _authAfterPending(
-    pending: object, rest: Sequence[Callable[[], object]], session: Session
-) -> Deferred[tuple[object, SMTPError | None]]:
-    def decided(
-        user: object,
-    ) -> tuple[object, SMTPError | None] | Deferred[tuple[object, SMTPError | None]]:
-        return (user, None) if user is not None else callFirst(rest, session)
-
-    def failed(failure: Failure) -> tuple[object, SMTPError | None]:
-        if isinstance(failure.value, SMTPError):
-            return None, failure.value
-        _logHandlerFailure(failure, "onAuth", session)
-        return None, AUTH_TEMPORARY_ERROR
-
-    chained: Deferred[tuple[object, SMTPError | None]] = _ensureDeferred(pending).addCallbacks(
-        decided, failed
-    )
-    return chained
+    return _inTurn(calls, "onAuth", session, AUTH_TEMPORARY_ERROR, decisive=True)
 
 
 def _userName(user: object) -> str:

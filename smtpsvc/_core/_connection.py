@@ -725,21 +725,42 @@ class ServerConnection:
             return False
         return isTrusted(spec, self._peerAddress or self.session.remoteAddress)
 
-    def _xclient(self, verb: str, argument: str, line: str) -> Action:
-        if self._xclientAddressSet or not self._trusted(self._options.useXClient, verb):
-            return self._send(R.NOT_ALLOWED)
+    def _attributes(
+        self, verb: str, argument: str, names: tuple[str, ...], unavailable: tuple[str, ...]
+    ) -> tuple[State, dict[str, str | None]] | Send:
+        # What XCLIENT or XFORWARD (once allowed) may do here: the state after it and its
+        # attributes, or the refusal.  Trust stays with the real client, whatever either
+        # says it speaks for (Postfix sends two XFORWARD commands in a row).
         after = self._sequence(verb)
         if isinstance(after, Send):
             return after
         try:
-            attributes = parseAttributes(
-                argument, XCLIENT_ATTRIBUTES, ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
-            )
+            attributes = parseAttributes(argument, names, unavailable)
         except BadAttribute as e:
             return self._send(R.BAD_PARAMETER_ADDRESS if e.address else R.BAD_PARAMETER_SYNTAX)
-        session = self.session
         if self._peerAddress is None:
-            self._peerAddress = session.remoteAddress
+            self._peerAddress = self.session.remoteAddress
+        return after, attributes
+
+    def _nameAndPort(self, attributes: dict[str, str | None]) -> None:
+        # NAME and PORT, which XCLIENT and XFORWARD both carry, once ADDR is in place.
+        session = self.session
+        if "NAME" in attributes:
+            name = attributes["NAME"]
+            session.clientHostname = name.lower() if name else f"[{session.remoteAddress}]"
+        if attributes.get("PORT") is not None:
+            session.remotePort = int(attributes["PORT"] or 0)
+
+    def _xclient(self, verb: str, argument: str, line: str) -> Action:
+        if self._xclientAddressSet or not self._trusted(self._options.useXClient, verb):
+            return self._send(R.NOT_ALLOWED)
+        allowed = self._attributes(
+            verb, argument, XCLIENT_ATTRIBUTES, ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
+        )
+        if isinstance(allowed, Send):
+            return allowed
+        after, attributes = allowed
+        session = self.session
         session.xClient.update(attributes)
         address = attributes.get("ADDR")
         if "ADDR" in attributes:
@@ -747,11 +768,7 @@ class ServerConnection:
             if address is not None:
                 session.remoteAddress = address
                 session.clientHostname = f"[{address}]"
-        if "NAME" in attributes:
-            name = attributes["NAME"]
-            session.clientHostname = name.lower() if name else f"[{session.remoteAddress}]"
-        if attributes.get("PORT") is not None:
-            session.remotePort = int(attributes["PORT"] or 0)
+        self._nameAndPort(attributes)
         if attributes.get("DESTADDR") is not None:
             session.localAddress = attributes["DESTADDR"] or session.localAddress
         if attributes.get("DESTPORT") is not None:
@@ -796,18 +813,11 @@ class ServerConnection:
     def _xforward(self, verb: str, argument: str, line: str) -> Action:
         if not self._trusted(self._options.useXForward, verb):
             return self._send(R.NOT_ALLOWED)
-        after = self._sequence(verb)
-        if isinstance(after, Send):
-            return after
-        try:
-            attributes = parseAttributes(argument, XFORWARD_ATTRIBUTES, ("[UNAVAILABLE]",))
-        except BadAttribute as e:
-            return self._send(R.BAD_PARAMETER_ADDRESS if e.address else R.BAD_PARAMETER_SYNTAX)
+        allowed = self._attributes(verb, argument, XFORWARD_ATTRIBUTES, ("[UNAVAILABLE]",))
+        if isinstance(allowed, Send):
+            return allowed
+        after, attributes = allowed
         session = self.session
-        if self._peerAddress is None:
-            # Trust stays with the real client, whatever XFORWARD says it forwards for
-            # (Postfix sends two XFORWARD commands in a row).
-            self._peerAddress = session.remoteAddress
         if self._xforwardBase is None:
             self._xforwardBase = (
                 session.remoteAddress,
@@ -818,11 +828,7 @@ class ServerConnection:
         session.xForward.update(attributes)
         if attributes.get("ADDR") is not None:
             session.remoteAddress = attributes["ADDR"] or session.remoteAddress
-        if "NAME" in attributes:
-            name = attributes["NAME"]
-            session.clientHostname = name.lower() if name else f"[{session.remoteAddress}]"
-        if attributes.get("PORT") is not None:
-            session.remotePort = int(attributes["PORT"] or 0)
+        self._nameAndPort(attributes)
         if attributes.get("HELO") is not None:
             session.hostNameAppearsAs = (attributes["HELO"] or "").lower()
         self.state = after
