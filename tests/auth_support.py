@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import shutil
 import smtplib
 import socket
@@ -33,6 +35,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from smtpsvc import AuthRequest, IAuthHandler, Session, SMTPError, SMTPServer
+from smtpsvc.testing import ServerReply
 
 from .e2e_support import (
     CLIENT_NAME,
@@ -309,6 +312,16 @@ def plainResponse(user: str, password: str, authzid: str = "") -> str:
     base64.
     """
     return b64(f"{authzid}\0{user}\0{password}")
+
+
+def cramResponse(challenge: ServerReply, user: str, secret: str) -> str:
+    """
+    The client's answer to the CRAM-MD5 challenge C{challenge} (RFC 2195): C{user}, a
+    space and the HMAC-MD5 of the challenge keyed with C{secret}, in base64.
+    """
+    text = base64.b64decode(challenge.lines[0])
+    digest = hmac.new(secret.encode(), text, hashlib.md5).hexdigest()
+    return b64(f"{user} {digest}")
 
 
 def authPlain(user: str, password: str, authzid: str = "") -> str:

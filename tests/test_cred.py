@@ -5,9 +5,6 @@ file, its command, the --auth plugin and the service's AUTH.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import io
 import os
 import stat
@@ -36,7 +33,7 @@ from smtpsvc.cred import (
 )
 from smtpsvc.testing import MemoryClient
 
-from .auth_support import authPlain, b64
+from .auth_support import authPlain, b64, cramResponse
 from .protocol_support import codes
 
 
@@ -94,9 +91,8 @@ class PortalTests(SynchronousTestCase):
         CRAM-MD5 becomes IUsernameHashedPassword credentials.
         """
         client = connect(self.handler())
-        challenge = base64.b64decode(client.send("AUTH CRAM-MD5")[0].lines[0])
-        digest = hmac.new(b"secret", challenge, hashlib.md5).hexdigest()
-        self.assertEqual(codes(client.send(b64(f"alice {digest}"))), [235])
+        [challenge] = client.send("AUTH CRAM-MD5")
+        self.assertEqual(codes(client.send(cramResponse(challenge, "alice", "secret"))), [235])
 
     def test_wrongPassword(self) -> None:
         """

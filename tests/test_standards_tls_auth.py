@@ -12,8 +12,6 @@ module are not repeated here.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -40,7 +38,7 @@ from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.testing import MemoryClient, ServerReply, stuff
 
 from . import protocol_support, test_forward
-from .auth_support import Alice, authPlain, b64
+from .auth_support import Alice, authPlain, b64, cramResponse
 from .e2e_support import LogCapture
 from .maildir_support import receivedHeader, runNow, storedMessages
 from .memorytls import ClientTLS, Connection, authority, connectTLS, issue, saidHello, upgraded
@@ -74,15 +72,6 @@ def connect(*handlers: object, **options: Any) -> MemoryClient:
     A plaintext client of a new server with C{handlers}; it said EHLO.
     """
     return clientOf(makeServer(handlers, **options), "client.example")
-
-
-def cramResponse(challenge: ServerReply, user: str, secret: str) -> str:
-    """
-    The client's answer to a CRAM-MD5 challenge (RFC 2195).
-    """
-    text = base64.b64decode(challenge.lines[0])
-    digest = hmac.new(secret.encode(), text, hashlib.md5).hexdigest()
-    return b64(f"{user} {digest}")
 
 
 def cramMD5(client: MemoryClient, user: str, secret: str) -> list[str]:
