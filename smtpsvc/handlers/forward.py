@@ -49,7 +49,7 @@ from .._core._relay import (
     parseExtensions,
     rcptCommand,
 )
-from .._core._session import Address, Session
+from .._core._session import Address, Envelope, Session
 from .._core._trace import receivedHeader
 from .._core._xclient import isLoopback
 from .._errors import SMTPError, fresh
@@ -110,6 +110,19 @@ class _Link:
     @property
     def usable(self) -> bool:
         return self.client is not None and self.client.usable and not self.closed
+
+    def mailCommand(self, sender: Address, envelope: Envelope) -> str:
+        """
+        The MAIL command for C{sender} and the parameters of C{envelope} that this
+        downstream can take (see L{smtpsvc._core._relay.mailCommand}).
+        """
+        return mailCommand(
+            sender,
+            envelope,
+            self.extensions,
+            verifiedTLS=self.verifiedTLS,
+            finalDelivery=self.finalDelivery,
+        )
 
     def drop(self, why: str) -> None:
         """
@@ -206,14 +219,7 @@ class ForwardDelivery:
             link = self._links[session.id] = _Link()
         try:
             client = await self._ready(link, session)
-            command = mailCommand(
-                address,
-                session.envelope,
-                link.extensions,
-                verifiedTLS=link.verifiedTLS,
-                finalDelivery=link.finalDelivery,
-            )
-            reply = await client.command(command)
+            reply = await client.command(link.mailCommand(address, session.envelope))
         except DownstreamError as e:
             raise self._unavailable(link, session, e) from None
         self._check(link, session, reply)
@@ -376,13 +382,7 @@ class ForwardDelivery:
         await _reset(client)
         link.recipients = []
         for command in [
-            mailCommand(
-                sender,
-                session.envelope,
-                link.extensions,
-                verifiedTLS=link.verifiedTLS,
-                finalDelivery=link.finalDelivery,
-            ),
+            link.mailCommand(sender, session.envelope),
             *(rcptCommand(r, session.envelope, link.extensions) for r in expected),
         ]:
             reply = await client.command(command)
