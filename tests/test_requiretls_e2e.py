@@ -188,6 +188,21 @@ class RequireTLSRelayTests(E2ETestCase):
         roots = escaped(self.trustRoots())
         return f"tls:{DOWNSTREAM}:{port}:trustRoots={roots}:endpoint={nested}"
 
+    async def assertRefusedThenPlain(self, relay: TwistProcess) -> None:
+        """
+        Through C{relay}, C{MAIL FROM ... REQUIRETLS} gets C{550 5.7.30}; the same session
+        then sends the message without REQUIRETLS, which gets 250 for MAIL, RCPT and
+        DATA and is the only one the downstream receives.
+        """
+        assert relay.port is not None
+        replies = await deferToThread(sendREQUIRETLS, relay.port, plainAfter=True)
+        self.assertEqual(replies[0], NEEDS_REQUIRETLS)
+        self.assertEqual([code for code, _ in replies[1:]], [250, 250, 250], replies)
+        [received] = self.recorder.messages
+        self.assertTrue(received.data.endswith(MESSAGE), received.data)
+        self.assertEqual(received.envelope.requireTLS, False)
+        self.assertEqual(self.recorder.senders, [SENDER])
+
     async def test_8689_06_relayedOverVerifiedTLS(self) -> None:
         """
         Through C{tls:mx.downstream.test:...:trustRoots=DIR} to a downstream whose
@@ -241,14 +256,7 @@ class RequireTLSRelayTests(E2ETestCase):
         _, secure = await self.startDownstream(ATTACKER)
         roots = escaped(self.trustRoots())
         relay = await self.startRelay(f"ssl:host={LOCALHOST}:port={secure}:caCertsDir={roots}")
-        assert relay.port is not None
-        replies = await deferToThread(sendREQUIRETLS, relay.port, plainAfter=True)
-        self.assertEqual(replies[0], NEEDS_REQUIRETLS)
-        self.assertEqual([code for code, _ in replies[1:]], [250, 250, 250], replies)
-        [received] = self.recorder.messages
-        self.assertTrue(received.data.endswith(MESSAGE), received.data)
-        self.assertEqual(received.envelope.requireTLS, False)
-        self.assertEqual(self.recorder.senders, [SENDER])
+        await self.assertRefusedThenPlain(relay)
 
     async def test_8689_06_plaintextDownstreamRefused(self) -> None:
         """
@@ -257,13 +265,6 @@ class RequireTLSRelayTests(E2ETestCase):
         """
         plain, _ = await self.startDownstream()
         relay = await self.startRelay(f"tcp:{LOCALHOST}:{plain}")
-        assert relay.port is not None
-        replies = await deferToThread(sendREQUIRETLS, relay.port, plainAfter=True)
-        self.assertEqual(replies[0], NEEDS_REQUIRETLS)
-        self.assertEqual([code for code, _ in replies[1:]], [250, 250, 250], replies)
-        [received] = self.recorder.messages
-        self.assertTrue(received.data.endswith(MESSAGE), received.data)
-        self.assertEqual(received.envelope.requireTLS, False)
-        self.assertEqual(self.recorder.senders, [SENDER])
+        await self.assertRefusedThenPlain(relay)
         [session] = self.recorder.sessions
         self.assertEqual(session.secure, False)
