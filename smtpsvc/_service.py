@@ -13,7 +13,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from twisted.application.service import Service
 from twisted.cred import strcred
@@ -200,7 +200,7 @@ class SMTPService(Service):
         self.config = config
         self.ports: list[IListeningPort] = []
         self._listening = False
-        self._previousHangup: Any = None
+        self._signals: SignalHandlers | None = None
 
     def privilegedStartService(self) -> None:
         # twistd calls this before dropping privileges, so port 25 works; twist calls
@@ -213,7 +213,8 @@ class SMTPService(Service):
         # Under twistd --uid this runs after privileges are dropped.
         prepareDeliveries(self.server)
         self._listen()
-        self._previousHangup = installHangup(self.server.reactor, self.reload)
+        self._signals = SignalHandlers(self.server.reactor, self.reload)
+        self._signals.install()
 
     def _listen(self) -> None:
         if self._listening:
@@ -263,7 +264,8 @@ class SMTPService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        restoreHangup(self._previousHangup)
+        if self._signals is not None:
+            self._signals.restore()
         return self.server.close()
 
 
@@ -301,25 +303,75 @@ def adopt(server: SMTPServer, fd: int, secure: bool | None) -> IListeningPort:
     return port
 
 
-def installHangup(reactor: Any, reload: Callable[[], None]) -> Any:
+class SignalHandlers:
     """
-    Call C{reload} in C{reactor} on SIGHUP; return the previous handler.
+    The service's signal handling: C{reload} in the reactor on SIGHUP; and the handlers
+    of SIGTERM and SIGINT that the reactor installs as it starts run in its loop rather
+    than wherever the signal interrupts it.
+
+    Those handlers log before they stop the reactor.  Run as a signal handler, between
+    two bytecodes of the main thread, that logging can deadlock: under C{twistd} the log
+    file's lock (once a thread pool has run, as the Maildir delivery's fsyncs do) is a
+    pure-Python C{RLock}, and a signal that arrives while the thread is inside its
+    C{acquire} or C{release} finds the inner lock held by a thread that is not yet (or
+    no longer) its owner, and waits for ever: the service would ignore SIGTERM.  From
+    the loop nothing is half-taken.
     """
 
-    def hangup(signum: int, frame: Any) -> None:
-        reactor.callFromThread(reload)
+    #: The signals whose handlers (the reactor's) are run from its loop.
+    DEFERRED: Final = (signal.SIGTERM, signal.SIGINT)
 
-    try:
-        return signal.signal(signal.SIGHUP, hangup)
-    except ValueError:
-        # Not the main thread (tests); no signals there.
-        return None
+    def __init__(self, reactor: Any, reload: Callable[[], None]) -> None:
+        self._reactor = reactor
+        self._reload = reload
+        self._previous: dict[int, Any] = {}
+        self._installed = False
 
+    def install(self) -> None:
+        """
+        Handle SIGHUP now, and wrap the reactor's handlers once it runs (C{twistd} starts
+        the service before the reactor installs them; C{twist}, after).
+        """
+        if not self._replace(signal.SIGHUP, self._hangup):
+            # Not the main thread (tests): no signals there.
+            return
+        self._installed = True
+        self._reactor.callWhenRunning(self._wrapReactors)
 
-def restoreHangup(previous: Any) -> None:
-    if previous is not None:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGHUP, previous)
+    def restore(self) -> None:
+        """
+        Put back the handlers replaced.
+        """
+        self._installed = False
+        previous, self._previous = self._previous, {}
+        for number, handler in previous.items():
+            if handler is not None:
+                with contextlib.suppress(ValueError):
+                    signal.signal(number, handler)
+
+    def _replace(self, number: int, handler: Callable[[int, Any], None]) -> bool:
+        try:
+            self._previous[number] = signal.signal(number, handler)
+        except ValueError:
+            return False
+        return True
+
+    def _hangup(self, number: int, frame: Any) -> None:
+        self._reactor.callFromThread(self._reload)
+
+    def _wrapReactors(self) -> None:
+        if not self._installed:
+            return
+        for number in self.DEFERRED:
+            handler = signal.getsignal(number)
+            if callable(handler):
+                self._replace(number, self._inLoop(handler))
+
+    def _inLoop(self, handler: Callable[[int, Any], object]) -> Callable[[int, Any], None]:
+        def later(number: int, frame: Any) -> None:
+            self._reactor.callFromThread(handler, number, None)
+
+        return later
 
 
 def canSpreadConnections() -> bool:
@@ -498,7 +550,7 @@ class WorkerMaster(Service):
         self.workers: dict[int, Any] = {}
         self._listening = False
         self._stopping = False
-        self._previousHangup: Any = None
+        self._signals: SignalHandlers | None = None
 
     def privilegedStartService(self) -> None:
         # twistd calls this before dropping privileges, so port 25 works; twist calls
@@ -522,7 +574,8 @@ class WorkerMaster(Service):
                 self._spawn(number)
             except OSError as e:
                 raise ConfigurationError(f"cannot start worker {number}: {e}") from e
-        self._previousHangup = installHangup(self.reactor, self._hangup)
+        self._signals = SignalHandlers(self.reactor, self._hangup)
+        self._signals.install()
 
     def _listenAll(self) -> None:
         if self._listening:
@@ -623,7 +676,8 @@ class WorkerMaster(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
-        restoreHangup(self._previousHangup)
+        if self._signals is not None:
+            self._signals.restore()
         ended = [worker.ended for worker, _ in self.workers.values()]
         self._signal(signal.SIGTERM)
         # Workers close gracefully within closeTimeout; then they are killed.

@@ -6,8 +6,10 @@ file, the relay policy, deliveries chosen by name, and the service.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.application.service import IServiceMaker
@@ -22,7 +24,7 @@ from zope.interface import implementer
 from smtpsvc import Address, IRcptToHandler, Session, SMTPError, SMTPServer, tap
 from smtpsvc._config import ConfigurationError, withListenBacklog
 from smtpsvc._options import optionSpecs
-from smtpsvc._service import SMTPService
+from smtpsvc._service import SignalHandlers, SMTPService
 from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
 from smtpsvc.testing import MemoryClient
@@ -775,6 +777,108 @@ def _greetingOverTLS(port: int) -> bytes:
         context.wrap_socket(raw) as tls,
     ):
         return tls.recv(1024)
+
+
+class FakeSignalReactor:
+    """
+    The part of a reactor that L{SignalHandlers} uses: what it asked to run once the
+    reactor runs, and what it asked to run in the reactor's thread.
+    """
+
+    def __init__(self) -> None:
+        self.whenRunning: list[Callable[[], object]] = []
+        self.fromThread: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def callWhenRunning(self, f: Callable[[], object]) -> None:
+        self.whenRunning.append(f)
+
+    def callFromThread(self, f: Callable[..., object], *args: object) -> None:
+        self.fromThread.append((f, args))
+
+    def start(self) -> None:
+        """
+        Run what waits for the reactor to run, as its startup does.
+        """
+        waiting, self.whenRunning = self.whenRunning, []
+        for f in waiting:
+            f()
+
+
+class SignalHandlersTests(SynchronousTestCase):
+    """
+    The service reloads on SIGHUP, and runs the reactor's SIGTERM and SIGINT handlers
+    from its loop: run inside the signal handler, their logging can deadlock on the log
+    file's lock under twistd.
+    """
+
+    def setUp(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.reactor = FakeSignalReactor()
+        self.reloads = 0
+        for number, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int")):
+            # The reactor's own handlers, as it installs them when it starts.
+            self.addCleanup(signal.signal, number, signal.getsignal(number))
+            signal.signal(number, self.recorder(name))
+        self.addCleanup(signal.signal, signal.SIGHUP, signal.getsignal(signal.SIGHUP))
+
+    def recorder(self, name: str) -> Callable[[int, Any], None]:
+        def handler(number: int, frame: Any) -> None:
+            self.seen.append((name, number))
+
+        return handler
+
+    def reload(self) -> None:
+        self.reloads += 1
+
+    def test_reactorHandlersRunInItsLoop(self) -> None:
+        """
+        Once the reactor runs, SIGTERM's and SIGINT's handlers only ask it to run the
+        handlers that were there; they run from its loop, with the signal's number.
+        """
+        handlers = SignalHandlers(self.reactor, self.reload)
+        handlers.install()
+        before = signal.getsignal(signal.SIGTERM)
+        self.reactor.start()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            handler = signal.getsignal(number)
+            assert callable(handler)
+            handler(number, None)
+        self.assertEqual(self.seen, [])
+        for f, args in self.reactor.fromThread:
+            f(*args)
+        self.assertEqual(self.seen, [("term", signal.SIGTERM), ("int", signal.SIGINT)])
+        self.assertIsNot(signal.getsignal(signal.SIGTERM), before)
+        handlers.restore()
+        self.assertIs(signal.getsignal(signal.SIGTERM), before)
+
+    def test_hangupReloadsInTheLoop(self) -> None:
+        """
+        SIGHUP's handler, installed at once, asks the reactor to reload; restoring puts
+        the previous handler back.
+        """
+        previous = signal.getsignal(signal.SIGHUP)
+        handlers = SignalHandlers(self.reactor, self.reload)
+        handlers.install()
+        hangup = signal.getsignal(signal.SIGHUP)
+        assert callable(hangup)
+        hangup(signal.SIGHUP, None)
+        self.assertEqual(self.reloads, 0)
+        [(f, args)] = self.reactor.fromThread
+        f(*args)
+        self.assertEqual(self.reloads, 1)
+        handlers.restore()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
+
+    def test_restoredBeforeRunning(self) -> None:
+        """
+        A service stopped before the reactor runs leaves the reactor's handlers alone.
+        """
+        handlers = SignalHandlers(self.reactor, self.reload)
+        handlers.install()
+        before = signal.getsignal(signal.SIGTERM)
+        handlers.restore()
+        self.reactor.start()
+        self.assertIs(signal.getsignal(signal.SIGTERM), before)
 
 
 class InheritedSocketTests(TestCase):
