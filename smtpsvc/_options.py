@@ -434,8 +434,8 @@ class ServerOptions:
             for name in ("hidePIPELINING", "hideENHANCEDSTATUSCODES"):
                 if getattr(self, name):
                     raise ValueError(
-                        f"option {name} cannot be set with lmtp: an LMTP server must offer "
-                        f"{name.removeprefix('hide')} (RFC 2033 section 5)"
+                        f"option {name} cannot be set with option lmtp (an LMTP server must "
+                        f"offer {name.removeprefix('hide')}, RFC 2033 section 5)"
                     )
 
     @property

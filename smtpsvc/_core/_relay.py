@@ -225,8 +225,8 @@ def mailCommand(
     @param verifiedTLS: whether the connection to the downstream is encrypted with TLS
         and its certificate was validated for the downstream's host name.
     @param finalDelivery: whether the downstream is the message store on this host (an
-        LMTP server on a Unix socket): handing it the message is final delivery, not a
-        relay, so REQUIRETLS asks nothing of it and is not passed on.
+        LMTP server on a Unix socket or over loopback): handing it the message is final
+        delivery, not a relay, so REQUIRETLS asks nothing of it and is not passed on.
     @raise SMTPError: L{NEEDS_SMTPUTF8} when the sender is not ASCII and the downstream
         lacks SMTPUTF8; L{NEEDS_REQUIRETLS} when the client asked for REQUIRETLS and the
         downstream, a relay, cannot honour it (RFC 8689 section 4.2.1: relay only over TLS

@@ -90,8 +90,8 @@ class _Link:
     @ivar extensions: what the downstream's EHLO or LHLO advertised.
     @ivar verifiedTLS: whether the connection is TLS with a certificate validated for the
         downstream's host name.
-    @ivar finalDelivery: whether the downstream is an LMTP store on this host (a Unix
-        socket), which REQUIRETLS does not apply to.
+    @ivar finalDelivery: whether the downstream is an LMTP store on this host (on a Unix
+        socket or over loopback), which REQUIRETLS does not apply to.
     @ivar open: whether a downstream transaction is open (MAIL accepted, no final reply).
     @ivar recipients: the recipients the downstream accepted in that transaction.
     @ivar closed: whether the client session has ended.
