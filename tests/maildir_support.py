@@ -75,3 +75,13 @@ def receivedHeader(stored: bytes) -> bytes:
     match = re.search(rb"^Received: .*?(?=\r\n[^ \t])", stored, re.MULTILINE | re.DOTALL)
     assert match is not None, stored
     return re.sub(rb"\r\n[ \t]+", b" ", match.group(0))
+
+
+def withClause(header: bytes) -> str:
+    """
+    The protocol that an unfolded C{Received:} header (L{receivedHeader}) names in its
+    C{with} clause (RFC 3848): C{ESMTPS}, C{UTF8SMTPA}...
+    """
+    match = re.search(rb" with (\S+) id ", header)
+    assert match is not None, header
+    return match.group(1).decode("ascii")

@@ -413,16 +413,15 @@ def saidHello(
     server: SMTPServer,
     hello: str = "EHLO client.example",
     creator: ClientTLS | None = None,
-    implicit: bool = False,
 ) -> tuple[Connection, ServerReply]:
     """
     A connection (see L{connectTLS}: in clear until STARTTLS, or encrypted from the first
-    byte when C{implicit} or C{server} is secure, the client being C{creator}) that was
-    greeted with 220 and said C{hello}, which got 250.
+    byte when C{server} is secure, the client being C{creator}) that was greeted with 220
+    and said C{hello}, which got 250.
 
     @return: the connection and the reply to C{hello}.
     """
-    connection = connectTLS(server, implicit=implicit, creator=creator)
+    connection = connectTLS(server, creator=creator)
     greeting = connection.client.replies()
     assert codes(greeting) == [220], greeting
     replies = connection.send(hello)

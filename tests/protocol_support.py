@@ -1,7 +1,8 @@
 """
 Helpers for the tests that drive the conversation over the wire in memory, through
 L{MemoryClient}: a server on a fake clock, a client of it, and the replies as the tests
-look at them; handlers whose answers the test gives; PROXY headers.
+look at them; handlers whose answers the test gives, a data handler that reads late, a
+DNS resolver answering from tables; PROXY headers.
 
 A module whose servers differ (one that greets at once, say) binds its own defaults with
 L{functools.partial}: the options a test passes still win.
@@ -12,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.names import dns
+from zope.interface import implementer
 
-from smtpsvc import SMTPServer
+from smtpsvc import IDataHandler, IMessageStream, Session, SMTPServer, readMessage
 from smtpsvc._core._proxy import ProxyHeader
 from smtpsvc.testing import MemoryClient, ServerReply
 
@@ -77,7 +80,22 @@ def wire(reply: ServerReply) -> str:
     """
     The first line of C{reply} as it was sent: code, a space, the text.
     """
-    return f"{reply.code} {reply.lines[0]}"
+    return f"{reply.code} {reply.lines[0]}" if reply.lines else str(reply.code)
+
+
+def wires(replies: Iterable[ServerReply]) -> list[str]:
+    """
+    The first line of each of C{replies}, as L{wire} gives it.
+    """
+    return [wire(r) for r in replies]
+
+
+def lines(replies: Iterable[ServerReply]) -> list[str]:
+    """
+    Every line of C{replies} as the client reads it, code first (continuation marks left
+    out).
+    """
+    return [f"{r.code} {line}" for r in replies for line in r.lines]
 
 
 def first(replies: Sequence[ServerReply]) -> str:
@@ -116,6 +134,52 @@ class Later(Generic[_T]):
         answer: Deferred[_T] = Deferred()
         self.pending.append(answer)
         return answer
+
+
+@implementer(IDataHandler)
+class LateReader:
+    """
+    A data handler that reads each message only once C{gate} has fired (a handler that
+    awaits something first, and lets the message fill its stream meanwhile).
+    """
+
+    def __init__(self) -> None:
+        self.gate: Deferred[None] = Deferred()
+        self.messages: list[bytes] = []
+
+    async def onData(self, stream: IMessageStream, session: Session) -> None:
+        await self.gate
+        self.messages.append(await readMessage(stream))
+
+
+class FakeResolver:
+    """
+    Answers PTR, A and AAAA questions from tables, at once or never.
+    """
+
+    def __init__(
+        self, pointers: dict[str, str], addresses: dict[str, str], silent: bool = False
+    ) -> None:
+        self.pointers = pointers
+        self.addresses = addresses
+        self.silent = silent
+        self.asked: list[str] = []
+
+    def _answer(self, name: str, record: Any, kind: int) -> Deferred[Any]:
+        self.asked.append(name)
+        if self.silent:
+            return Deferred()
+        return succeed(([dns.RRHeader(name=name, type=kind, payload=record)], [], []))
+
+    def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:
+        target = self.pointers.get(name)
+        if target is None and not self.silent:
+            self.asked.append(name)
+            return succeed(([], [], []))
+        return self._answer(name, dns.Record_PTR(target or "nowhere.invalid"), dns.PTR)
+
+    def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:
+        return self._answer(name, dns.Record_A(self.addresses.get(name, "0.0.0.0")), dns.A)
 
 
 def proxied(

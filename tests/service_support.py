@@ -37,7 +37,6 @@ from smtpsvc import Address, IRcptToHandler, Session, SMTPError
 from .e2e_support import (
     CLIENT_NAME,
     LOCALHOST,
-    ROOT,
     SOCKET_TIMEOUT,
     TwistProcess,
     runOpenSSL,
@@ -48,12 +47,10 @@ from .e2e_support import (
 )
 from .memorytls import issue
 
-#: The documentation's example files.
-EXAMPLES = ROOT / "docs" / "examples"
-#: The options given to C{twist} itself by default.
 #: The service options that make a test quick: no greeting delay, no reverse DNS (the
 #: test machine's DNS is not part of the tests).
 QUICK = ("--early-talker-delay", "0", "--disable-reverse-lookup")
+#: The options given to C{twist} itself by default.
 TEXT_LOGS = ("--log-format", "text")
 JSON_LOGS = ("--log-format", "json")
 

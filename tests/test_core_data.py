@@ -756,14 +756,6 @@ class ReceivedCountTests(SynchronousTestCase):
             for decoder in _feedBoth(chunks):
                 self.assertEqual((decoder.receivedHeaders, decoder.loop), (4, False), chunks)
 
-    def test_caseInsensitive(self) -> None:
-        """
-        The field name is matched without regard to case.
-        """
-        for name in (b"Received", b"received", b"RECEIVED", b"rEcEiVeD"):
-            for decoder in _feedBoth([name + b": x\r\n\r\nbody\r\n"]):
-                self.assertEqual(decoder.receivedHeaders, 1, name)
-
     def test_onlyHeaderCounts(self) -> None:
         """
         Counting stops at the first empty line: a message that starts with one has no

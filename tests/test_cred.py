@@ -9,7 +9,6 @@ import io
 import os
 import stat
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from twisted.cred import strcred
@@ -34,11 +33,8 @@ from smtpsvc.cred import (
 from smtpsvc.testing import MemoryClient
 
 from .auth_support import authPlain, b64, cramResponse
+from .maildir_support import runNow
 from .protocol_support import codes
-
-
-def runNow(work: Callable[[], Any]) -> Deferred[Any]:
-    return succeed(work())
 
 
 def connect(handler: PortalAuthHandler, **options: Any) -> MemoryClient:

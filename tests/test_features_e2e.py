@@ -291,8 +291,9 @@ class TransactionLimitTests(E2ETestCase):
     async def test_serviceFlags(self) -> None:
         """
         C{twist smtpsvc}: with C{--maildir-min-free} more than any disk has, smtplib's MAIL
-        FROM gets 452 and nothing is stored; with the limit C{--max-received-headers
-        off}, a message of 150 Received: fields is delivered.
+        FROM gets 452 and the refusal is logged; with the limit C{--max-received-headers
+        off}, a message of 150 Received: fields is delivered; with C{--max-recipients
+        none}, a message to 1001 recipients is.
         """
         tmpdir = workspace(self)
         maildir = os.path.join(tmpdir, "md")
@@ -304,9 +305,9 @@ class TransactionLimitTests(E2ETestCase):
                 c.ehlo()
                 return c.mail(SENDER)
 
-        def send(port: int) -> dict[str, tuple[int, bytes]]:
+        def send(port: int, recipients: Sequence[str], body: bytes) -> dict[str, tuple[int, bytes]]:
             with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
-                return c.sendmail(SENDER, [RECIPIENT], hops + message("hops"))
+                return c.sendmail(SENDER, list(recipients), body)
 
         full = await startService(self, [*deliver, "--maildir-min-free", str(10**18)], tmpdir)
         assert full.port is not None
@@ -314,12 +315,18 @@ class TransactionLimitTests(E2ETestCase):
             await deferToThread(mailFrom, full.port),
             (452, b"Error: insufficient system storage"),
         )
-        self.assertEqual(storedMessages(maildir), [])
+        await full.waitForOutput(re.compile(rb"Refused a sender: \d+ bytes free in "))
         unlimited = await startService(self, [*deliver, "--max-received-headers", "off"], tmpdir)
         assert unlimited.port is not None
-        self.assertEqual(await deferToThread(send, unlimited.port), {})
+        sent = await deferToThread(send, unlimited.port, [RECIPIENT], hops + message("hops"))
+        self.assertEqual(sent, {})
         [stored] = storedMessages(maildir)
         self.assertEqual(stored.count(b"Received: from hop"), 150)
+        many = [f"r{n}@example.org" for n in range(1001)]
+        anyNumber = await startService(self, [*deliver, "--max-recipients", "none"], tmpdir)
+        assert anyNumber.port is not None
+        self.assertEqual(await deferToThread(send, anyNumber.port, many, message("many")), {})
+        self.assertEqual(len(storedMessages(maildir)), 2)
 
     async def test_slowMessageCutOff(self) -> None:
         """
@@ -728,13 +735,7 @@ class UnixListenerTests(E2ETestCase):
         """
         path = os.path.join(shortDirectory(self), "lmtp.sock")
         recorder = RecordingHandler()
-        await startServer(
-            self,
-            [_PerRecipient(), recorder],
-            listen=f"unix:{path}",
-            lmtp=True,
-            disableReverseLookup=True,
-        )
+        await startLocal(self, [_PerRecipient(), recorder], listen=f"unix:{path}", lmtp=True)
         body = message("over a unix socket")
         recipients = ["one@example.net", "full@example.net"]
         lhlo, rcpts, after, quit = await deferToThread(lmtpSend, path, 0, recipients, body)
@@ -914,13 +915,8 @@ class TapConfigTests(E2ETestCase):
         writeCertificate(tmpdir, "mx.example.org")
         store = os.path.join(shortDirectory(self), "lmtp")
         recorder = RecordingHandler()
-        await startServer(
-            self,
-            [recorder],
-            listen=f"unix:{store}",
-            lmtp=True,
-            name="dovecot.example.org",
-            disableReverseLookup=True,
+        await startLocal(
+            self, [recorder], listen=f"unix:{store}", lmtp=True, name="dovecot.example.org"
         )
         config = relocatedConfig(
             "mx.toml",

@@ -1202,6 +1202,39 @@ class StreamFailureTests(ForwardTestCase):
         [received] = self.recorder.messages
         self.assertEqual([r.address for r in received.envelope.rcptTo], ["b@example.net"])
 
+    def test_downstreamChangesItsMind(self) -> None:
+        """
+        When the transaction is made again downstream without a recipient a later handler
+        refused, and the downstream now refuses one it had accepted, the client gets 451
+        4.3.0 and nothing is relayed; each time a new error.
+        """
+        refuse = RefuseSome({"no@example.net": SMTPError(550, "5.7.1 Not here")})
+        for _ in range(2):
+            # The first try accepts both recipients, the second refuses b.
+            factory = ScriptedFactory(
+                {"RCPT": [b"250 2.1.5 Ok\r\n", b"250 2.1.5 Ok\r\n", b"550 5.1.1 Gone\r\n"]}
+            )
+            self.front(lambda: factory, after=[refuse])  # noqa: B023
+            replies = self.sendmail("a@example.org", ["b@example.net", "no@example.net"])
+            self.assertEqual(codes(replies), [250, 250, 550, 354, 451])
+            self.assertEqual(
+                replies[-1].text, "4.3.0 Error: the downstream changed its mind about a recipient"
+            )
+            [downstream] = factory.built
+            self.assertEqual(
+                downstream.commands[1:],
+                [
+                    "MAIL FROM:<a@example.org>",
+                    "RCPT TO:<b@example.net>",
+                    "RCPT TO:<no@example.net>",
+                    "RSET",
+                    "MAIL FROM:<a@example.org>",
+                    "RCPT TO:<b@example.net>",
+                ],
+            )
+            self.assertEqual(downstream.messages, [])
+        self.assertIsNone(forward.RECIPIENTS_CHANGED.__traceback__)
+
 
 class SessionTests(ForwardTestCase):
     """
@@ -1291,7 +1324,7 @@ class LMTPTests(ForwardTestCase):
         self.front(lambda: self.downstream([perRecipient], lmtp=True), lmtp=True)
         for _ in range(2):
             replies = self.sendmail("s@example.org", ["a@example.net", "full@example.net"])
-            self.assertEqual(codes(replies[-2:]), [354, 451])
+            self.assertEqual(codes(replies), [250, 250, 250, 354, 451])
             self.assertTrue(replies[-1].text.startswith("4.3.0 "))
         # A new error each time: the constant, raised again, would keep every traceback.
         self.assertIsNone(MIXED_RESULTS.__traceback__)
@@ -1760,13 +1793,16 @@ class RequireTLSTests(ForwardTestCase):
     as any other, its header kept.
     """
 
-    def tlsEndpoint(self, creator: Any, certifiedName: str = DOWNSTREAM) -> IStreamClientEndpoint:
+    def tlsEndpoint(
+        self, creator: Any, certifiedName: str = DOWNSTREAM, ehlo: bytes = _REQUIRETLS_EHLO
+    ) -> IStreamClientEndpoint:
         """
-        An endpoint to a scripted downstream offering REQUIRETLS over TLS (with a
-        certificate for C{certifiedName} from the test authority), the client side of the
-        handshake made by C{creator}.
+        An endpoint to a scripted downstream that answers EHLO with C{ehlo} (offering
+        REQUIRETLS unless told otherwise) over TLS (with a certificate for
+        C{certifiedName} from the test authority), the client side of the handshake made
+        by C{creator}.
         """
-        self.factory = ScriptedFactory({"EHLO": _REQUIRETLS_EHLO})
+        self.factory = ScriptedFactory({"EHLO": ehlo})
         pair = issue(certifiedName)
         serverTLS = PrivateCertificate.loadPEM(pair.cert + pair.key).options()
         server = TLSMemoryBIOFactory(serverTLS, False, self.factory, clock=self.clock)
@@ -1784,11 +1820,21 @@ class RequireTLSTests(ForwardTestCase):
 
     def test_8689_06_unverifiedTLSRefused(self) -> None:
         """
-        TLS whose certificate nobody checked is no better than clear text for REQUIRETLS:
-        550 5.7.30, nothing relayed; without REQUIRETLS the sender goes on.
+        TLS whose certificate nobody checked is no better than clear text for REQUIRETLS,
+        even with the downstream's name sent: 550 5.7.30, nothing relayed; without
+        REQUIRETLS the sender goes on.
         """
-        connection = self.assertRefused(self.tlsEndpoint(ClientTLS()))
+        connection = self.assertRefused(self.tlsEndpoint(ClientTLS(DOWNSTREAM)))
         self.assertEqual(codes(self.exchange(connection, "MAIL FROM:<a@example.org>")), [250])
+
+    def test_8689_06_verifiedTLSWithoutRequireTLSRefused(self) -> None:
+        """
+        Verified TLS is not enough when the downstream does not offer REQUIRETLS: it
+        could not keep the promise further on.  550 5.7.30, nothing relayed.
+        """
+        creator = optionsForClientTLS(DOWNSTREAM, Certificate.loadPEM(authority().cert))
+        ehlo = b"250-scripted.example\r\n250 ENHANCEDSTATUSCODES\r\n"
+        self.assertRefused(self.tlsEndpoint(creator, ehlo=ehlo))
 
     def assertRefused(self, endpoint: IStreamClientEndpoint, *, lmtp: bool = False) -> Connection:
         """

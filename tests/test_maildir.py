@@ -17,9 +17,10 @@ from zope.interface.verify import verifyObject
 
 from smtpsvc import IDataHandler, IMailFromHandler, TLSInfo
 from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
-from smtpsvc.testing import MemoryClient, ServerReply
+from smtpsvc.testing import MemoryClient
 
 from .maildir_support import maildirClient, runNow, storedMessages
+from .protocol_support import codes, lines
 
 
 class MaildirTests(SynchronousTestCase):
@@ -219,19 +220,14 @@ def withFree(free: int, size: int = 4096 * (1 << 30)) -> os.statvfs_result:
     """
     What C{os.statvfs} says of a file system of C{size} bytes (4 TiB if not given) with
     C{free} bytes left to unprivileged users, and a root reserve on top that they cannot
-    use; both multiples of 4096.
+    use; both multiples of 4096, the fragment size that counts the blocks.  The preferred
+    I/O size differs, as it may, so that sizes counted in it would be wrong.
     """
     available = free // 4096
     blocks = size // 4096
-    return os.statvfs_result((4096, 4096, blocks, available + 100_000, available, 0, 0, 0, 0, 255))
-
-
-def lines(replies: list[ServerReply]) -> list[str]:
-    return [f"{r.code} {line}" for r in replies for line in r.lines]
-
-
-def codes(replies: list[ServerReply]) -> list[int]:
-    return [r.code for r in replies]
+    return os.statvfs_result(
+        (1 << 20, 4096, blocks, available + 100_000, available, 0, 0, 0, 0, 255)
+    )
 
 
 class MaildirFreeSpaceTests(SynchronousTestCase):

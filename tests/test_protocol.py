@@ -37,7 +37,7 @@ from smtpsvc._stream import HIGH_WATER
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseReplies
 
 from . import smuggling
-from .protocol_support import NAME, codes, connect, first, hello, makeServer
+from .protocol_support import NAME, LateReader, codes, connect, first, hello, makeServer
 
 
 class GreetingTests(SynchronousTestCase):
@@ -189,6 +189,9 @@ class CommandCheckTests(SynchronousTestCase):
         for verb in ("EXPN x", "ETRN x", "TURN", "SEND", "SAML", "SOML"):
             self.assertEqual(first(client.send(verb)), "502 Error: command not implemented")
         self.assertEqual(first(client.send("XYZZY")), "500 Error: command not recognized")
+        limited = connect(maxUnrecognizedCommands=2)
+        self.assertEqual(codes(limited.send("TURN", "TURN")), [502, 421])
+        self.assertTrue(limited.closed)
 
     def test_emptyLineAndLeadingSpace(self) -> None:
         """
@@ -1061,22 +1064,6 @@ class Collector:
         if isinstance(self.result, BaseException):
             raise self.result
         return self.result
-
-
-@implementer(IDataHandler)
-class LateReader:
-    """
-    A data handler that reads each message only once C{gate} has fired (a handler that
-    awaits something first, and lets the message fill its stream meanwhile).
-    """
-
-    def __init__(self) -> None:
-        self.gate: Deferred[None] = Deferred()
-        self.messages: list[bytes] = []
-
-    async def onData(self, stream: IMessageStream, session: Session) -> None:
-        await self.gate
-        self.messages.append(await readMessage(stream))
 
 
 class DataTests(SynchronousTestCase):

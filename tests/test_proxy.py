@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.names import dns
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -25,24 +24,17 @@ from smtpsvc import (
     _server,
 )
 from smtpsvc._core._proxy import ProxyHeader, encodeVersion2
-from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
+from smtpsvc.testing import MemoryClient, RecordingHandler
 
 from . import protocol_support
 from .memorytls import ClientTLS, connectTLS, issue
-from .protocol_support import proxied, wire
+from .protocol_support import FakeResolver, proxied, wires
 
 V1 = b"PROXY TCP4 198.51.100.7 192.0.2.25 40001 25\r\n"
 
 
 #: A server (see L{protocol_support.makeServer}) that greets at once.
 makeServer = partial(protocol_support.makeServer, earlyTalkerDelay=0)
-
-
-def lines(replies: list[ServerReply]) -> list[str]:
-    """
-    The first line of each of C{replies}, as it was sent.
-    """
-    return [wire(r) for r in replies]
 
 
 class ProxyHeaderTests(SynchronousTestCase):
@@ -289,7 +281,7 @@ class XClientTests(SynchronousTestCase):
         """
         client = self.client(useXClient=("10.0.0.0/8",), hideENHANCEDSTATUSCODES=False)
         self.assertEqual(
-            lines(client.send("XCLIENT ADDR=198.51.100.7")), ["550 5.7.0 Error: Not allowed"]
+            wires(client.send("XCLIENT ADDR=198.51.100.7")), ["550 5.7.0 Error: Not allowed"]
         )
 
     def test_changesClient(self) -> None:
@@ -300,7 +292,7 @@ class XClientTests(SynchronousTestCase):
         gate = Gate()
         client = self.client([gate], hideENHANCEDSTATUSCODES=False)
         replies = client.send("XCLIENT ADDR=198.51.100.7 NAME=Spike.Example.org PORT=40001")
-        self.assertEqual(lines(replies), ["220 2.0.0 mx.test ESMTP"])
+        self.assertEqual(wires(replies), ["220 2.0.0 mx.test ESMTP"])
         session = client.session
         self.assertEqual(
             (session.remoteAddress, session.remotePort, session.clientHostname),
@@ -317,7 +309,7 @@ class XClientTests(SynchronousTestCase):
         section 3.1).
         """
         client = self.client([Gate()])
-        self.assertEqual(lines(client.send("XCLIENT ADDR=203.0.113.9")), ["554 Go away"])
+        self.assertEqual(wires(client.send("XCLIENT ADDR=203.0.113.9")), ["554 Go away"])
         self.assertEqual([r.code for r in client.send("MAIL FROM:<a@b.example>")], [503])
         self.assertEqual([r.code for r in client.send("QUIT")], [221])
         self.assertTrue(client.closed)
@@ -337,7 +329,7 @@ class XClientTests(SynchronousTestCase):
         client = self.client()
         client.send("MAIL FROM:<a@b.example>")
         self.assertEqual(
-            lines(client.send("XCLIENT ADDR=198.51.100.7")),
+            wires(client.send("XCLIENT ADDR=198.51.100.7")),
             ["503 Error: Mail transaction in progress"],
         )
 
@@ -356,7 +348,7 @@ class XClientTests(SynchronousTestCase):
             ("HELO=x+0D+0AX-Injected:+20y", "Error: Bad command parameter syntax"),
         ):
             self.assertEqual(
-                lines(client.send(f"XCLIENT {argument}".strip())), [f"501 {text}"], argument
+                wires(client.send(f"XCLIENT {argument}".strip())), [f"501 {text}"], argument
             )
 
     def test_unavailableAndIpv6(self) -> None:
@@ -388,7 +380,7 @@ class XClientTests(SynchronousTestCase):
         """
         client = self.client()
         self.assertEqual(
-            lines(client.send("XCLIENT LOGIN=alice")), ["550 Authentication credentials invalid"]
+            wires(client.send("XCLIENT LOGIN=alice")), ["550 Authentication credentials invalid"]
         )
         self.assertTrue(client.closed)
 
@@ -434,7 +426,7 @@ class XForwardTests(SynchronousTestCase):
         recorder = RecordingHandler()
         client = self.client([recorder], hideENHANCEDSTATUSCODES=False)
         self.assertEqual(
-            lines(client.send("XFORWARD NAME=spike.example.org ADDR=198.51.100.7 PROTO=ESMTP")),
+            wires(client.send("XFORWARD NAME=spike.example.org ADDR=198.51.100.7 PROTO=ESMTP")),
             ["250 2.0.0 OK"],
         )
         self.assertEqual(client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")[-1].code, 250)
@@ -478,36 +470,6 @@ class XForwardTests(SynchronousTestCase):
             (client.session.remoteAddress, client.session.hostNameAppearsAs),
             ("192.0.2.1", "filter.example"),
         )
-
-
-class FakeResolver:
-    """
-    Answers PTR, A and AAAA questions from tables, at once or never.
-    """
-
-    def __init__(
-        self, pointers: dict[str, str], addresses: dict[str, str], silent: bool = False
-    ) -> None:
-        self.pointers = pointers
-        self.addresses = addresses
-        self.silent = silent
-        self.asked: list[str] = []
-
-    def _answer(self, name: str, record: Any, kind: int) -> Deferred[Any]:
-        self.asked.append(name)
-        if self.silent:
-            return Deferred()
-        return succeed(([dns.RRHeader(name=name, type=kind, payload=record)], [], []))
-
-    def lookupPointer(self, name: str, timeout: Any = None) -> Deferred[Any]:
-        target = self.pointers.get(name)
-        if target is None and not self.silent:
-            self.asked.append(name)
-            return succeed(([], [], []))
-        return self._answer(name, dns.Record_PTR(target or "nowhere.invalid"), dns.PTR)
-
-    def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:
-        return self._answer(name, dns.Record_A(self.addresses.get(name, "0.0.0.0")), dns.A)
 
 
 class ReverseDNSTests(SynchronousTestCase):

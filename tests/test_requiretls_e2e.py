@@ -21,6 +21,7 @@ import re
 import smtplib
 from pathlib import Path
 
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.threads import deferToThread
 
 from smtpsvc.testing import RecordingHandler
@@ -40,6 +41,7 @@ from .e2e_support import (
     workspace,
 )
 from .memorytls import authority, issue
+from .service_support import writeCertificate
 
 #: The downstream's name: what its certificate is for and what the relay verifies.
 DOWNSTREAM = "mx.downstream.test"
@@ -70,14 +72,6 @@ MISMATCH = re.compile(
 
 #: What a client session saw: each reply, in order.
 Replies = list[tuple[int, bytes]]
-
-
-def escaped(value: str) -> str:
-    """
-    C{value} as an argument of a Twisted endpoint string: its backslashes and colons
-    escaped.
-    """
-    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 def sendREQUIRETLS(port: int, *, plainAfter: bool = False) -> Replies:
@@ -165,12 +159,9 @@ class RequireTLSRelayTests(E2ETestCase):
         (C{--deliver smtp:ENDPOINT}), offering STARTTLS with a certificate for L{RELAY}.
         """
         directory = workspace(self)
-        relay = issue(RELAY)
-        cert, key = Path(directory, "relay.pem"), Path(directory, "relay.key")
-        cert.write_bytes(relay.cert)
-        key.write_bytes(relay.key)
+        writeCertificate(directory, RELAY)
         args = [
-            *("--name", RELAY, "--cert", str(cert), "--key", str(key)),
+            *("--name", RELAY, "--cert", str(Path(directory, "certs", f"{RELAY}.pem"))),
             *("--listen", LISTEN, "--domain", "example.net"),
             *("--deliver", f"smtp:{endpoint}"),
             *("--no-hide-enhancedstatuscodes", "--early-talker-delay", "0"),
@@ -184,8 +175,8 @@ class RequireTLSRelayTests(E2ETestCase):
         verifies the certificate against the test CA and for L{DOWNSTREAM}, and connects
         to 127.0.0.1.
         """
-        nested = escaped(f"tcp:{LOCALHOST}:{port}")
-        roots = escaped(self.trustRoots())
+        nested = quoteStringArgument(f"tcp:{LOCALHOST}:{port}")
+        roots = quoteStringArgument(self.trustRoots())
         return f"tls:{DOWNSTREAM}:{port}:trustRoots={roots}:endpoint={nested}"
 
     async def assertRefusedThenPlain(self, relay: TwistProcess) -> None:
@@ -254,7 +245,7 @@ class RequireTLSRelayTests(E2ETestCase):
         arrives.
         """
         _, secure = await self.startDownstream(ATTACKER)
-        roots = escaped(self.trustRoots())
+        roots = quoteStringArgument(self.trustRoots())
         relay = await self.startRelay(f"ssl:host={LOCALHOST}:port={secure}:caCertsDir={roots}")
         await self.assertRefusedThenPlain(relay)
 

@@ -43,6 +43,7 @@ from smtpsvc.testing import MemoryClient, ServerReply, stuff
 
 from .e2e_support import (
     CLIENT_NAME,
+    EXAMPLES,
     LISTEN,
     LOCALHOST,
     SOCKET_TIMEOUT,
@@ -59,7 +60,6 @@ from .e2e_support import (
 from .maildir_support import delivered
 from .memorytls import authority, commonName, issue
 from .service_support import (
-    EXAMPLES,
     JSON_LOGS,
     QUICK,
     SYSTEMD_WRAPPER,

@@ -31,9 +31,17 @@ from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, stuff
 from . import test_forward
 from .auth_support import Alice, authPlain
 from .maildir_support import runNow, storedMessages
-from .protocol_support import NAME, RECIPIENT, SENDER, codes, connect, hello, makeServer
-from .test_protocol import LateReader
-from .test_proxy import FakeResolver
+from .protocol_support import (
+    NAME,
+    RECIPIENT,
+    SENDER,
+    FakeResolver,
+    LateReader,
+    codes,
+    connect,
+    hello,
+    makeServer,
+)
 
 #: A message that has already travelled: two trace headers (one folded) before ours.
 TRAVELLED = (
@@ -416,7 +424,7 @@ class RelayTraceTests(test_forward.ForwardTestCase):
         sent = [(SENDER, carrying), ("", TRAVELLED)]
         for sender, message in sent:
             replies = self.sendmail(sender, ["bob@example.net"], message)
-            self.assertEqual(test_forward.codes(replies), [250, 250, 354, 250], sender)
+            self.assertEqual(codes(replies), [250, 250, 354, 250], sender)
         self.assertEqual(len(self.recorder.messages), 2)
         for (_, message), received in zip(sent, self.recorder.messages, strict=True):
             data = received.data
@@ -577,9 +585,13 @@ class ConnectionTests(SynchronousTestCase):
             recorder = RecordingHandler()
             client = connect(recorder, socketTimeout=60, hideENHANCEDSTATUSCODES=False)
             hello(client)
-            client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", *start)
+            self.assertEqual(
+                codes(client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", *start)),
+                [250, 250, 354] if start else [250, 250],
+                start,
+            )
             if not start:
-                client.write(b"BDAT 1000 LAST\r\n")
+                self.assertEqual(client.write(b"BDAT 1000 LAST\r\n"), [])
             began = client.clock.seconds()
             replies: list[ServerReply] = []
             while not client.closed and client.clock.seconds() - began < 600:
@@ -601,7 +613,9 @@ class ConnectionTests(SynchronousTestCase):
         """
         client = connect(socketTimeout=60, hideENHANCEDSTATUSCODES=False)
         hello(client)
-        client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>")
+        self.assertEqual(
+            codes(client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>")), [250, 250]
+        )
         began = client.clock.seconds()
         replies: list[ServerReply] = []
         while not client.closed and client.clock.seconds() - began < 600:
@@ -610,7 +624,11 @@ class ConnectionTests(SynchronousTestCase):
             client.clock.advance(55)
             replies += client.received()
         self.assertTrue(client.closed)
+        # Every chunk before the deadline was taken: the server did not cut the client
+        # off at its own first pause.
+        self.assertEqual(set(codes(replies[:-1])), {250})
         self.assertEqual(replies[-1], ServerReply(421, ("4.4.2 Timeout - closing connection",)))
+        self.assertGreaterEqual(client.clock.seconds() - began, 60)
         self.assertLessEqual(client.clock.seconds() - began, 60 + 1 + 55)
 
     def test_5321_40_serverPausesNotCounted(self) -> None:

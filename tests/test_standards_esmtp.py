@@ -37,7 +37,7 @@ from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 from . import protocol_support
 from .auth_support import Alice, authPlain, b64
 from .e2e_support import LogCapture
-from .protocol_support import NAME, RECIPIENT, SENDER, Later, codes, drain
+from .protocol_support import NAME, RECIPIENT, SENDER, Later, codes, drain, lines
 
 # RFC 3463 section 2: status-code = class "." subject "." detail, class 2, 4 or 5, subject
 # and detail 1*3digit; RFC 2034 section 4 puts it right after the reply code and a space.
@@ -48,13 +48,6 @@ ENHANCED = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3} ")
 makeServer = partial(protocol_support.makeServer, earlyTalkerDelay=0)
 #: A client that said EHLO (LHLO to an LMTP server) to a new server that greets at once.
 connect = partial(protocol_support.connect, clientName="client.example", earlyTalkerDelay=0)
-
-
-def lines(replies: list[ServerReply]) -> list[str]:
-    """
-    Every reply line as the client reads it, code first (continuation marks left out).
-    """
-    return [f"{r.code} {line}" for r in replies for line in r.lines]
 
 
 def withoutEnhancedCode(replies: list[ServerReply]) -> list[str]:
@@ -234,7 +227,7 @@ class SizeTests(SynchronousTestCase):
         452 4.3.1, opens no transaction, and a smaller declared size is then accepted.
         The protocol core knows nothing of storage: an L{IMailFromHandler} decides, with
         the declared size in C{address.args["SIZE"]} (the built-in Maildir delivery is
-        one, see the next test).
+        one, tested in L{tests.test_maildir}).
         """
         client = connect(StorageCheck(free=5000), size=10_000, hideENHANCEDSTATUSCODES=False)
         replies = client.send(f"MAIL FROM:<{SENDER}> SIZE=6000", f"RCPT TO:<{RECIPIENT}>")

@@ -12,7 +12,6 @@ module are not repeated here.
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,8 +38,7 @@ from smtpsvc.testing import MemoryClient, ServerReply, stuff
 
 from . import protocol_support, test_forward
 from .auth_support import Alice, authPlain, b64, cramResponse
-from .e2e_support import LogCapture
-from .maildir_support import receivedHeader, runNow, storedMessages
+from .maildir_support import receivedHeader, runNow, storedMessages, withClause
 from .memorytls import ClientTLS, Connection, authority, connectTLS, issue, saidHello, upgraded
 from .protocol_support import RECIPIENT, SENDER, clientOf, codes, wire
 
@@ -91,15 +89,6 @@ def transaction(peer: MemoryClient | Connection, message: bytes = MESSAGE) -> li
     if replies and replies[-1].code == 354:
         replies += peer.write(stuff(message))
     return replies
-
-
-def withClause(stored: bytes) -> str:
-    """
-    The protocol the C{Received:} header of a delivered message names (RFC 3848).
-    """
-    match = re.search(rb" with (\S+) id ", receivedHeader(stored))
-    assert match is not None, stored
-    return match.group(1).decode("ascii")
 
 
 @implementer(IAuthHandler)
@@ -178,31 +167,6 @@ class STARTTLSStandardsTests(SynchronousTestCase):
     """
     STARTTLS (RFC 3207; standards section 1.2).
     """
-
-    def test_3207_05_temporaryFailureGets454(self) -> None:
-        """
-        When TLS cannot be started for the moment, STARTTLS gets 454 4.7.0 TLS not
-        available due to temporary reason, and the session goes on in clear.
-        """
-        capture = LogCapture(self)
-        server = makeServer(hideENHANCEDSTATUSCODES=False)
-        connection, _ = saidHello(server)
-
-        def unusable(tlsProtocol: object) -> SSL.Connection:
-            raise SSL.Error("no TLS connection can be made now")
-
-        self.patch(server.tls, "serverConnectionForTLS", unusable)
-        self.assertEqual(
-            [wire(r) for r in connection.send("STARTTLS")],
-            ["454 4.7.0 TLS not available due to temporary reason"],
-        )
-        self.assertFalse(connection.session.secure)
-        self.assertFalse(connection.closed)
-        self.assertEqual(codes(connection.send("NOOP")), [250])
-        # A condition of the moment, not a bug: a warning, without a traceback.
-        [warning] = capture.matching("Cannot start TLS")
-        self.assertIn("no TLS connection can be made now", warning)
-        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_3207_09_everyCommandButFourNeedsStarttls(self) -> None:
         """
@@ -315,7 +279,10 @@ class STARTTLSStandardsTests(SynchronousTestCase):
         self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
         self.assertEqual(codes(connection.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(transaction(connection)), [250, 250, 354, 250])
-        self.assertEqual(sorted(withClause(m) for m in storedMessages(path)), ["ESMTPS", "ESMTPSA"])
+        self.assertEqual(
+            sorted(withClause(receivedHeader(m)) for m in storedMessages(path)),
+            ["ESMTPS", "ESMTPSA"],
+        )
 
 
 class AUTHStandardsTests(SynchronousTestCase):
@@ -413,7 +380,7 @@ class AUTHStandardsTests(SynchronousTestCase):
         self.assertEqual(mailFrom.args["AUTH"], "<e=mc2@b.example>")
         self.assertEqual(codes(client.send("RSET")), [250])
         [twice] = client.send(f"MAIL FROM:<{SENDER}> AUTH=<> AUTH=<x@b.example>")
-        self.assertIn(twice.code, (501, 503))
+        self.assertEqual(wire(twice), "501 Error: Bad sender address syntax")
         self.assertIsNone(client.session.envelope.mailFrom)
         self.assertEqual(codes(client.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}> AUTH=<>")), [250])
@@ -424,11 +391,13 @@ class AUTHStandardsTests(SynchronousTestCase):
         further round is not run as a command.  AUTH PLAIN with its initial response
         completes in one round trip, so the commands after it run.
         """
-        client = connect(Alice(), allowInsecureAuth=True, authOptional=False)
+        client = connect(Alice(), allowInsecureAuth=True)
         replies = client.send("AUTH LOGIN", f"MAIL FROM:<{SENDER}>")
-        self.assertEqual(wire(replies[0]), "334 VXNlcm5hbWU6")
-        self.assertEqual(len(replies), 2)
-        self.assertGreaterEqual(replies[1].code, 500)
+        # The MAIL line is read as the user name, which is no base64: had it run as a
+        # command it would have got 250 and set the sender.
+        self.assertEqual(
+            [wire(r) for r in replies], ["334 VXNlcm5hbWU6", "501 Error: invalid base64 data"]
+        )
         self.assertIsNone(client.session.envelope.mailFrom)
         self.assertIsNone(client.session.user)
         replies = client.send(
@@ -450,7 +419,10 @@ class AUTHStandardsTests(SynchronousTestCase):
         self.assertEqual(codes(secure.send("EHLO client.example")), [250])
         self.assertEqual(codes(secure.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(transaction(secure)), [250, 250, 354, 250])
-        self.assertEqual(sorted(withClause(m) for m in storedMessages(path)), ["ESMTPA", "ESMTPSA"])
+        self.assertEqual(
+            sorted(withClause(receivedHeader(m)) for m in storedMessages(path)),
+            ["ESMTPA", "ESMTPSA"],
+        )
 
     def test_4954_22_unpreparableAuthzidFails(self) -> None:
         """
@@ -465,8 +437,9 @@ class AUTHStandardsTests(SynchronousTestCase):
             "\u00ad",  # SOFT HYPHEN alone: mapped to nothing (B.1), leaving it empty
         ):
             replies = client.send(authPlain("alice", "secret", authzid))
-            self.assertEqual(len(replies), 1, repr(authzid))
-            self.assertGreaterEqual(replies[0].code, 500, repr(authzid))
+            self.assertEqual(
+                [wire(r) for r in replies], ["500 Error: invalid userdata"], repr(authzid)
+            )
             self.assertIsNone(client.session.user, repr(authzid))
         self.assertEqual(codes(client.send(authPlain("alice", "secret", "alice"))), [235])
 

@@ -93,6 +93,18 @@ class PluginTests(SynchronousTestCase):
         self.assertIs(makers["smtpsvc"].options, tap.Options)
 
 
+def refusal(testCase: SynchronousTestCase, *args: str) -> str:
+    """
+    The error that parsing C{args} stops with, checked to be one line naming the command.
+    """
+    with testCase.assertRaises(ConfigurationError) as caught:
+        parse(*args)
+    text = str(caught.exception)
+    testCase.assertTrue(text.startswith("twist smtpsvc: "), text)
+    testCase.assertEqual(text.count("\n"), 0, text)
+    return text
+
+
 class OptionsTests(SynchronousTestCase):
     """
     The command line is generated from the options declaration.
@@ -171,17 +183,6 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError):
             parse("--lmtp", "--no-lmtp")
 
-    def refusal(self, *args: str) -> str:
-        """
-        The error that parsing C{args} stops with: one line, naming the command.
-        """
-        with self.assertRaises(ConfigurationError) as caught:
-            parse(*args)
-        text = str(caught.exception)
-        self.assertTrue(text.startswith("twist smtpsvc: "), text)
-        self.assertEqual(text.count("\n"), 0, text)
-        return text
-
     def test_badValues(self) -> None:
         """
         Bad values stop the command with one line naming the flag (no usage dump).
@@ -199,8 +200,23 @@ class OptionsTests(SynchronousTestCase):
             (("--workers", "0"), "--workers must be at least 1"),
             (("--cert", "no-such.pem"), "--cert: cannot read no-such.pem"),
             (("--use-proxy", "nowhere"), "--use-proxy must list addresses and networks"),
+            (
+                ("--max-recipients", "99"),
+                "--max-recipients must be at least 100 (RFC 5321 section 4.5.3.1.8), not 99",
+            ),
+            (("--max-received-headers", "0"), "--max-received-headers must be at least 1, not 0"),
+            (
+                ("--lmtp", "--hide-pipelining"),
+                "--hide-pipelining cannot be set with --lmtp (an LMTP server must offer "
+                "PIPELINING, RFC 2033 section 5)",
+            ),
+            (
+                ("--lmtp", "--hide-enhancedstatuscodes"),
+                "--hide-enhancedstatuscodes cannot be set with --lmtp (an LMTP server must "
+                "offer ENHANCEDSTATUSCODES, RFC 2033 section 5)",
+            ),
         ):
-            self.assertIn(words, self.refusal(*args))
+            self.assertIn(words, refusal(self, *args))
 
     def test_unsetLimit(self) -> None:
         """
@@ -213,6 +229,7 @@ class OptionsTests(SynchronousTestCase):
             server = tap.buildServer(options, reactor=Clock())
             self.assertIsNone(server.options.maxRecipients)
         self.assertEqual(chosen(parse("--max-clients", "off")), {"maxClients": None})
+        self.assertEqual(chosen(parse("--min-data-rate", "off")), {"minDataRate": None})
         self.assertEqual(chosen(parse("--max-recipients", "200")), {"maxRecipients": 200})
 
     def test_unsetOnlyWhereItCan(self) -> None:
@@ -233,7 +250,7 @@ class OptionsTests(SynchronousTestCase):
             (("--bare-line-endings", "none"), "--bare-line-endings must be one of normalize"),
             (("--max-version", "off"), "--max-version must be one of TLSv1"),
         ):
-            self.assertIn(words, self.refusal(*args))
+            self.assertIn(words, refusal(self, *args))
         # A string option takes the word as itself.
         self.assertEqual(chosen(parse("--name", "none")), {"name": "none"})
 
@@ -419,10 +436,7 @@ class MaildirMinFreeTests(SynchronousTestCase):
             ("", "--maildir-min-free must be a whole number of bytes, not ''"),
             ("-1", "--maildir-min-free must be 0 or more bytes, not '-1'"),
         ):
-            with self.assertRaises(ConfigurationError) as caught:
-                parse("--maildir-min-free", text)
-            message = str(caught.exception)
-            self.assertEqual(message, f"twist smtpsvc: {words}", text)
+            self.assertEqual(refusal(self, "--maildir-min-free", text), f"twist smtpsvc: {words}")
         with self.assertRaises(ConfigurationError):
             parse("--size", "16M")
 

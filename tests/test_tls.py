@@ -927,7 +927,7 @@ class TLSUnavailableTests(SynchronousTestCase):
         server.tls = FlakyTLS(server, error or SSL.Error("no memory for a connection"))
         return server
 
-    def test_454AndTheSessionGoesOnInClear(self) -> None:
+    def test_3207_05_454AndTheSessionGoesOnInClear(self) -> None:
         """
         STARTTLS gets 454 4.7.0 instead of 220 when the connection cannot be made; the
         session keeps its EHLO and mail goes ahead in clear.
@@ -959,7 +959,7 @@ class TLSUnavailableTests(SynchronousTestCase):
         self.assertIsNone(connection.session.envelope.mailFrom)
         self.assertTrue(connection.closed)
 
-    def test_loggedWithoutTraceback(self) -> None:
+    def test_3207_05_loggedWithoutTraceback(self) -> None:
         """
         The reason is logged as a warning with the session's id; an OpenSSL error is a
         condition of the moment, not a bug, so no traceback.
