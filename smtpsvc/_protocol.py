@@ -412,7 +412,6 @@ class SMTPProtocol(LineReceiver):
         "_tlsPending",
         "_transportPaused",
         "_turnCall",
-        "closedDeferred",
         "connected",
         "factory",
         "implicitTLS",
@@ -475,7 +474,6 @@ class SMTPProtocol(LineReceiver):
         self._proxyPeer = ""
         self._proxyCall: IDelayedCall | None = None
         self.implicitTLS = server.options.secure
-        self.closedDeferred: Deferred[None] = Deferred()
 
     @property
     def session(self) -> Session:
@@ -705,9 +703,10 @@ class SMTPProtocol(LineReceiver):
             if isinstance(result, Deferred) or inspect.iscoroutine(result)
         ]
         if pending:
-            gatherResults(pending).addBoth(lambda _: self.closedDeferred.callback(None))
+            gatherResults(pending).addBoth(lambda _: self._server._connectionEnded())
         else:
-            self.closedDeferred.callback(None)
+            # No Deferred when every handler answered at once (or there is none).
+            self._server._connectionEnded()
 
     def _checkIdle(self) -> None:
         # Rather than resetting a timer on every read and write, note the time of the

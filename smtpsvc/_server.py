@@ -194,14 +194,13 @@ class SMTPServer(Factory):
         self._connections.add(protocol)
 
     def _connectionLost(self, protocol: SMTPProtocol) -> None:
+        # Its close handlers are yet to run: close() waits for them (_connectionEnded).
         self._connections.discard(protocol)
         self._ending += 1
 
-        def ended(_: object) -> None:
-            self._ending -= 1
-            self._checkClosed()
-
-        protocol.closedDeferred.addBoth(ended)
+    def _connectionEnded(self) -> None:
+        self._ending -= 1
+        self._checkClosed()
 
     # -- reverse DNS -------------------------------------------------------------------------
 

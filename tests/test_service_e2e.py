@@ -1,9 +1,10 @@
 """
 End-to-end tests of the C{twist smtpsvc} service as an operator runs it: a configuration
-file with flags over it, the transaction log in text and JSON, certificates reloaded on
-SIGHUP, no mail lost to C{kill -9}, graceful SIGTERM, C{--workers}, one-line errors,
-C{python:} deliveries, C{twistd}, and the documentation's example files (the TOML file,
-the systemd units run with a socket handed over as systemd does, the handler module).
+file with flags over it, the transaction log in text and JSON, the flags against abusive
+clients, certificates (and C{--sni-dir}) reloaded on SIGHUP, no mail lost to C{kill -9},
+graceful SIGTERM, C{--workers}, one-line errors, C{python:} deliveries, C{twistd}, and
+the documentation's example files (the TOML file, the systemd units run with a socket
+handed over as systemd does, the handler module).
 
 Every process runs on 127.0.0.1 with ports the OS picks, every wait is bounded, and every
 process is stopped by its PID in the cleanups.  Helpers are in L{tests.service_support}
@@ -17,6 +18,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import smtplib
@@ -248,6 +250,110 @@ class ConfigurationFileTests(E2ETestCase):
             self.assertIsInstance(json.loads(line[1:]), dict)
 
 
+class ProtectionFlagTests(E2ETestCase):
+    """
+    The flags against abusive clients, as C{twist smtpsvc} parses them, over real sockets:
+    C{--forbid-unauth-pipelining} and C{--min-data-rate}.
+    """
+
+    async def test_2920_07_forbidUnauthPipeliningFlag(self) -> None:
+        """
+        With --forbid-unauth-pipelining, a client that sends MAIL in the same write as
+        EHLO gets its EHLO reply, then 554 and the end of the connection; smtplib, which
+        waits for each reply, still delivers.  Without the flag the same bytes get 250.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        args = ["--listen", LISTEN, "--deliver", f"maildir:{maildir}", *QUICK]
+        lenient = await startService(self, args, tmpdir)
+        strict = await startService(self, [*args, "--forbid-unauth-pipelining"], tmpdir)
+        assert lenient.port is not None and strict.port is not None
+
+        replies = await deferToThread(mailWithEhlo, lenient.port, 2)
+        self.assertEqual(codes(replies), [250, 250])
+
+        replies = await deferToThread(mailWithEhlo, strict.port, None)
+        self.assertEqual(codes(replies), [250, 554], replies)
+        self.assertEqual(replies[-1].text, "Error: SMTP protocol synchronization")
+        code, _ = await deferToThread(sendOne, strict.port, message("waits"))
+        self.assertEqual(code, 250)
+        self.assertEqual(len(delivered(maildir)), 1, strict.text)
+
+    async def test_5321_40_minDataRateFlag(self) -> None:
+        """
+        --min-data-rate sets the rate a message must keep up after --socket-timeout's head
+        start: at 20 bytes/s a message sent at about 100 bytes/s for two seconds is
+        accepted (the default, 500, would cut it off after about 1.25 s), and at 1000
+        bytes/s one sent at about 600 bytes/s is cut off with 421 after about 2.5 s (the
+        default would never cut it off).
+        """
+        tmpdir = workspace(self)
+        common = ["--listen", LISTEN, "--deliver", "discard", *QUICK, "--socket-timeout", "1"]
+        lenient = await startService(self, [*common, "--min-data-rate", "20"], tmpdir)
+        strict = await startService(self, [*common, "--min-data-rate", "1000"], tmpdir)
+        assert lenient.port is not None and strict.port is not None
+
+        accepted, _ = await deferToThread(trickle, lenient.port, 100, 2.0)
+        self.assertEqual(accepted[-1].code, 250, lenient.text)
+
+        replies, seconds = await deferToThread(trickle, strict.port, 600, 6.0)
+        self.assertEqual(
+            [(r.code, r.text) for r in replies], [(421, "Timeout - closing connection")]
+        )
+        # 1 s + 0.6 s per second at 1000 bytes/s: 2.5 s, give or take the client's steps.
+        self.assertTrue(1.5 <= seconds < 5.0, seconds)
+        await strict.waitForOutput(re.compile(rb"Message not received in time"))
+
+
+def mailWithEhlo(port: int, count: int | None) -> list[ServerReply]:
+    """
+    Send EHLO and MAIL FROM to C{port} in one write, after the greeting, and read
+    C{count} replies, or (L{None}) all until the server closes the connection.
+    """
+    with RawClient(port) as client:
+        assert client.readReply().code == 220
+        client.send(f"EHLO {CLIENT_NAME}\r\nMAIL FROM:<{SENDER}>\r\n".encode())
+        if count is not None:
+            return client.readReplies(count)
+        return client.readUntilClosed()
+
+
+def trickle(port: int, rate: int, within: float) -> tuple[list[ServerReply], float]:
+    """
+    Send a message to C{port} at about C{rate} bytes per second (a line every 0.1 s) for
+    C{within} seconds, or until the server says something.
+
+    @return: the replies after the 354 (to the end of data, if the server let it be
+        sent; else all it said before it closed the connection) and the seconds the body
+        was sent for.
+    @raise FailTest: the server spoke and did not close the connection.
+    """
+    line = b"x" * (rate // 10 - 2) + b"\r\n"
+    with RawClient(port) as client:
+        assert client.readReply().code == 220
+        for command, code in (
+            (f"EHLO {CLIENT_NAME}", 250),
+            (f"MAIL FROM:<{SENDER}>", 250),
+            ("RCPT TO:<u@example.org>", 250),
+            ("DATA", 354),
+        ):
+            reply = client.command(command)
+            assert reply.code == code, (command, reply)
+        started = time.monotonic()
+        answered = False
+        while not answered and time.monotonic() - started < within:
+            try:
+                client.send(line)
+            except OSError:
+                break
+            answered = bool(select.select([client.sock], [], [], 0.1)[0])
+        seconds = time.monotonic() - started
+        if not answered:
+            client.send(b".\r\n")
+            return [client.readReply()], seconds
+        return client.readUntilClosed(), seconds
+
+
 class ReloadTests(E2ETestCase):
     """
     SIGHUP reads the certificate files again, without dropping connections.
@@ -326,6 +432,43 @@ class ReloadTests(E2ETestCase):
         self.assertEqual(len(process.lines("Certificates reloaded")), 1, process.text)
         self.assertEqual(await servedCommonName(port, "x"), "renewed.example.test")
         self.assertEqual((await deferToThread(client.command, "QUIT")).code, 221)
+
+    async def test_sighupReloadsSniDirectory(self) -> None:
+        """
+        SIGHUP reads --sni-dir again: openssl s_client asking for a name whose file was
+        added is served that file's certificate, and one asking for a name whose file was
+        removed gets the --cert certificate, down to an empty directory.
+        """
+        tmpdir = workspace(self)
+        sniDir = Path(tmpdir, "sni")
+        sniDir.mkdir()
+        mx, b, c = issue("mx.example.test"), issue("b.example.test"), issue("c.example.test")
+        Path(tmpdir, "mx.pem").write_bytes(mx.cert + mx.key)
+        sniDir.joinpath("b.example.test.pem").write_bytes(b.cert + b.key)
+        args = [
+            *("--cert", "mx.pem", "--name", "mx.example.test", "--sni-dir", "sni"),
+            *("--listen-tls", LISTEN, "--deliver", "discard", *QUICK),
+        ]
+        process = await startService(self, args, tmpdir)
+        port = process.port
+        assert port is not None
+
+        async def served() -> list[str | None]:
+            return [
+                await servedCommonName(port, name) for name in ("b.example.test", "c.example.test")
+            ]
+
+        self.assertEqual(await served(), ["b.example.test", "mx.example.test"])
+        sniDir.joinpath("b.example.test.pem").unlink()
+        sniDir.joinpath("c.example.test.pem").write_bytes(c.cert + c.key)
+        process.sendSignal("HUP")
+        await process.waitForOutput(occurrences(b"Certificates reloaded", 1), SIGNAL_TIMEOUT)
+        self.assertEqual(await served(), ["mx.example.test", "c.example.test"])
+        sniDir.joinpath("c.example.test.pem").unlink()
+        process.sendSignal("HUP")
+        await process.waitForOutput(occurrences(b"Certificates reloaded", 2), SIGNAL_TIMEOUT)
+        self.assertEqual(await served(), ["mx.example.test", "mx.example.test"])
+        self.assertEqual(process.lines("Certificates not reloaded"), [], process.text)
 
     async def test_startupWarnsOfUncoveredName(self) -> None:
         """
