@@ -493,21 +493,24 @@ class SMTPProtocol(LineReceiver):
             localPort=getattr(host, "port", 0),
             remoteAddress=_host(peer),
             remotePort=getattr(peer, "port", 0),
+            # ServerConnection gives it its own at once.
+            envelope=_PLACEHOLDER_ENVELOPE,
         )
+        self._socket = _writableSocket(transport)
         self._core = ServerConnection(
             self._options,
             session,
             # STARTTLS is offered only where the transport can start TLS: a TCP
             # connection can, a pipe or a test's StringTransport cannot.
-            tlsAvailable=ITLSTransport(transport, None) is not None,
+            # (A plain TCP transport is one: _writableSocket made sure of it.)
+            tlsAvailable=self._socket is not None or ITLSTransport(transport, None) is not None,
             authHandlers=bool(self._server._handlersFor("onAuth")),
             throttle=self._server.authThrottle,
             now=self._reactor.seconds,
         )
         self._proxyPeer = session.remoteAddress
         self._server._connectionMade(self)
-        self._socket = _writableSocket(transport)
-        IConsumer(transport).registerProducer(self, True)
+        self._consumer().registerProducer(self, True)
         self._lastActivity = self._connectedAt = self._reactor.seconds()
         if self._options.socketTimeout:
             self._timeoutCall = self._reactor.callLater(
@@ -523,6 +526,12 @@ class SMTPProtocol(LineReceiver):
             )
             return
         self._afterProxy(b"")
+
+    def _consumer(self) -> IConsumer:
+        # A plain TCP transport is its own consumer (_writableSocket made sure of it):
+        # no adaptation per connection to find that out again.
+        transport = self.transport
+        return cast(IConsumer, transport) if self._socket is not None else IConsumer(transport)
 
     def _afterProxy(self, rest: bytes) -> None:
         if self.implicitTLS:
@@ -1458,7 +1467,7 @@ class SMTPProtocol(LineReceiver):
         self._flush()
         transport = self.transport
         assert transport is not None
-        IConsumer(transport).unregisterProducer()
+        self._consumer().unregisterProducer()
         self._pauses.clear()
         self.paused = False
         if self._transportPaused:
@@ -1556,8 +1565,13 @@ def _writableSocket(transport: object) -> socket.socket | None:
     if _tcpServerKnown is None:
         # Whether this Twisted's TCP transport has the attributes _send looks at: asked
         # of the first one only.
+        # (connectionMade counts on it to provide ITLSTransport and IConsumer too.)
         needed = ("dataBuffer", "_tempDataBuffer", "disconnecting", "TLS", "socket")
-        _tcpServerKnown = all(hasattr(transport, name) for name in needed)
+        _tcpServerKnown = (
+            all(hasattr(transport, name) for name in needed)
+            and ITLSTransport.providedBy(transport)
+            and IConsumer.providedBy(transport)
+        )
     if not _tcpServerKnown:
         return None
     sock = cast(Any, transport).socket
@@ -1565,6 +1579,8 @@ def _writableSocket(transport: object) -> socket.socket | None:
 
 
 _tcpServerKnown: bool | None = None
+# The envelope a Session is made with before its ServerConnection gives it a fresh one.
+_PLACEHOLDER_ENVELOPE: Final = Envelope()
 
 
 @implementer(IOpenSSLServerConnectionCreator)
