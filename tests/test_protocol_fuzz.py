@@ -1,0 +1,512 @@
+"""
+The whole protocol under random conversations, in memory: the pure core's robustness
+tests (L{tests.test_core_connection.RobustnessTests}) with the driver around it.
+
+Each example is a server (with one of several sets of options) and a client that writes
+command lines, pipelined groups, message bytes and garbage, split anywhere; handlers that
+accept, refuse, fail, or answer later (when the example fires their L{Deferred}s) and
+data handlers that read at once, late, or pause the stream; the clock moves through the
+timeouts; the client may go away at any point.  After every step everything the server
+sent must be well-formed replies, and nothing may be logged as a failure but the errors
+the handlers raised on purpose.  At the end, with every late answer given and the clock
+moved far ahead, the connection must be gone with no timer left, and the server must
+close at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol
+from twisted.logger import LogEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from smtpsvc import (
+    Address,
+    AuthRequest,
+    IAuthHandler,
+    ICloseHandler,
+    IConnectHandler,
+    IDataHandler,
+    IMailFromHandler,
+    IMessageStream,
+    IRcptToHandler,
+    Session,
+    SMTPError,
+    readMessage,
+)
+from smtpsvc.testing import MemoryClient, stuff
+
+from .auth_support import authPlain, b64
+from .e2e_support import LogCapture
+from .protocol_support import makeServer
+
+#: The ways a handler answers, drawn by the example (accepting more often than not, so
+#: that conversations get as far as a message).
+ANSWERS = ("accept",) * 8 + ("refuse", "temporary", "close", "fail", "later", "later", "coroutine")
+#: How a data handler reads its message (on top of the answer it gives).
+READINGS = ("whole", "none", "paused", "late")
+
+#: The option sets the server is built with.
+OPTION_SETS: tuple[dict[str, Any], ...] = (
+    {},
+    {"lmtp": True},
+    {"forbidUnauthPipelining": True, "hideENHANCEDSTATUSCODES": False},
+    {"authOptional": False, "allowInsecureAuth": True, "authMethods": ("PLAIN", "LOGIN")},
+    {"size": 60, "hideDSN": False, "bareLineEndings": "reject", "maxRecipients": 100},
+    {"useXClient": True, "useXForward": True, "hidePIPELINING": True},
+    {"useProxy": True, "proxyTimeout": 2.0},
+    {"socketTimeout": 5.0, "minDataRate": 100, "earlyTalkerDelay": 0.5},
+    {"maxUnrecognizedCommands": 3, "maxAllowedUnauthenticatedCommands": 3},
+    {"bareLineEndings": "pass", "lenientAddressParsing": True, "authFailureDelay": 1.0},
+)
+
+SENDER = "a@b.example"
+#: Command lines, and pieces of conversations, that the client draws from.
+VOCABULARY: tuple[bytes, ...] = tuple(
+    line.encode("utf-8")
+    for line in (
+        "EHLO client.example\r\n",
+        "HELO client.example\r\n",
+        "LHLO client.example\r\n",
+        "EHLO\r\n",
+        f"MAIL FROM:<{SENDER}>\r\n",
+        "MAIL FROM:<>\r\n",
+        f"MAIL FROM:<{SENDER}> SIZE=100 BODY=8BITMIME\r\n",
+        f"MAIL FROM:<{SENDER}> SMTPUTF8 RET=HDRS ENVID=abc\r\n",
+        f"MAIL FROM:<{SENDER}> AUTH=<>\r\n",
+        "MAIL FROM:<ü@b.example> SMTPUTF8\r\n",
+        "MAIL FROM:<a@b.example> BODY=BINARYMIME\r\n",
+        "MAIL FROM:a@b.example\r\n",
+        "RCPT TO:<c@d.example>\r\n",
+        "RCPT TO:<e@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;e@d.example\r\n",
+        "RCPT TO:<postmaster>\r\n",
+        "RCPT TO:<\r\n",
+        "DATA\r\n",
+        "Subject: x\r\n\r\nbody\r\n.\r\n",
+        ".\r\n",
+        "..dotted\r\n",
+        "line with bare LF\n",
+        "bare CR\r",
+        "\r\n.\r\n",
+        "BDAT 5\r\nhello",
+        "BDAT 5 LAST\r\nhello",
+        "BDAT 0 LAST\r\n",
+        "BDAT 9999999999999999999999\r\n",
+        "BDAT x\r\n",
+        "RSET\r\n",
+        "NOOP\r\n",
+        "QUIT\r\n",
+        "VRFY someone\r\n",
+        "HELP\r\n",
+        "WIZ x\r\n",
+        authPlain("alice", "secret") + "\r\n",
+        authPlain("alice", "wrong") + "\r\n",
+        "AUTH PLAIN\r\n",
+        "AUTH LOGIN\r\n",
+        b64("alice") + "\r\n",
+        b64("secret") + "\r\n",
+        "*\r\n",
+        "=\r\n",
+        "AUTH CRAM-MD5\r\n",
+        "AUTH XOAUTH2 " + b64("user=alice\x01auth=Bearer t\x01\x01") + "\r\n",
+        "XCLIENT ADDR=192.0.2.9 NAME=spike.example HELO=x\r\n",
+        "XCLIENT ADDR=[UNAVAILABLE]\r\n",
+        "XFORWARD ADDR=198.51.100.7 PORT=25 IDENT=q1\r\n",
+        "PROXY TCP4 192.0.2.5 192.0.2.6 4000 25\r\n",
+        "PROXY UNKNOWN\r\n",
+        "GET / HTTP/1.1\r\n",
+        "\x00\xff\r\n",
+        "\r\n",
+        "EHLO " + "x" * 600 + "\r\n",
+        "MAIL FROM:<" + "a" * 70 + "@b.example>\r\n",
+    )
+)
+#: PROXY v2: its signature, and a whole header (PROXY, TCP over IPv4, 12 address bytes).
+_PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+_PROXY_V2 = (
+    _PROXY_V2_SIGNATURE
+    + bytes((0x21, 0x11, 0, 12, 192, 0, 2, 5, 192, 0, 2, 6))
+    + (4000).to_bytes(2, "big")
+    + (25).to_bytes(2, "big")
+)
+
+
+class Deliberate(Exception):
+    """
+    The error a handler raises on purpose: logged as an unexpected failure, and the only
+    one that may be.
+    """
+
+
+@implementer(IProtocol)
+class _PausingReader:
+    """
+    Reads a message with C{deliverBody}, pausing its producer after the first chunk until
+    the example resumes it.
+    """
+
+    def __init__(self, resumers: list[Callable[[], None]]) -> None:
+        self.resumers = resumers
+        self.done: Deferred[None] = Deferred()
+        self.transport: Any = None
+        self._paused = False
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.connectionMade()
+
+    def connectionMade(self) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+            self.resumers.append(self.transport.resumeProducing)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+@implementer(
+    IConnectHandler,
+    IAuthHandler,
+    IMailFromHandler,
+    IRcptToHandler,
+    IDataHandler,
+    ICloseHandler,
+)
+class Chaos:
+    """
+    A handler of every hook whose answers, and ways of reading messages, are drawn from
+    the example's lists in turn (once its answers are used up, it accepts).
+    """
+
+    def __init__(self, answers: list[str], readings: list[str]) -> None:
+        self.answers = answers
+        self.readings = readings
+        self._answer = 0
+        self._reading = 0
+        #: Late answers not given yet, with the outcome each will get when the example
+        #: gives it.
+        self.pending: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+        #: What resumes the streams paused by data handlers.
+        self.resumers: list[Callable[[], None]] = []
+        #: Deferreds that let late readers read.
+        self.gates: list[Deferred[None]] = []
+        #: The late answers of close handlers.
+        self.closeAnswers: list[Deferred[Any]] = []
+
+    def _next(self) -> str:
+        # The drawn answers first, then acceptance: later transactions get through.
+        answer = self.answers[self._answer] if self._answer < len(self.answers) else "accept"
+        self._answer += 1
+        return answer
+
+    def _decide(self, value: Callable[[], Any]) -> Any:
+        how = self._next()
+        if how == "accept":
+            return value()
+        if how == "refuse":
+            raise SMTPError(550, "refused by the example")
+        if how == "temporary":
+            raise SMTPError(451, "later, says the example")
+        if how == "close":
+            raise SMTPError(421, "closing, says the example")
+        if how == "fail":
+            raise Deliberate(how)
+        if how == "later":
+            answer: Deferred[Any] = Deferred()
+            self.pending.append((answer, value))
+            return answer
+
+        async def soon() -> Any:
+            return value()
+
+        return soon()
+
+    def onConnect(self, session: Session) -> object:
+        return self._decide(lambda: None)
+
+    def onAuth(self, auth: AuthRequest, session: Session) -> object:
+        return self._decide(lambda: auth.username if auth.password != "wrong" else None)
+
+    def onMailFrom(self, address: Address, session: Session) -> object:
+        return self._decide(lambda: None)
+
+    def onRcptTo(self, address: Address, session: Session) -> object:
+        return self._decide(lambda: None)
+
+    def onData(self, stream: IMessageStream, session: Session) -> object:
+        reading = self.readings[self._reading % len(self.readings)]
+        self._reading += 1
+        lmtp = session.lmtp
+        recipients = len(session.envelope.rcptTo)
+
+        def verdict() -> Any:
+            if lmtp and recipients > 1:
+                return [None] + [SMTPError(550, "not this one")] * (recipients - 1)
+            return None
+
+        if reading == "none":
+            # Answer without reading: the handler gets no more of the message.
+            return self._decide(verdict)
+
+        async def read() -> Any:
+            if reading == "whole":
+                await readMessage(stream)
+            elif reading == "late":
+                gate: Deferred[None] = Deferred()
+                self.gates.append(gate)
+                await gate
+                await readMessage(stream)
+            else:
+                reader = _PausingReader(self.resumers)
+                stream.deliverBody(reader)
+                await reader.done
+            return await _settled(self._decide(verdict))
+
+        return read()
+
+    def onClose(self, session: Session) -> object:
+        how = self._next()
+        if how == "fail":
+            raise Deliberate(how)
+        if how == "later":
+            # Its answer is ignored, an error logged: a late refusal is an error too.
+            answer: Deferred[Any] = Deferred()
+            self.pending.append((answer, lambda: None))
+            self.closeAnswers.append(answer)
+            return answer
+        return None
+
+    def giveOne(self, outcome: str) -> None:
+        """
+        Give the oldest late answer: as decided, or as an error.
+        """
+        if not self.pending:
+            return
+        answer, value = self.pending.pop(0)
+        if outcome == "refuse" and answer not in self.closeAnswers:
+            answer.errback(SMTPError(554, "refused late"))
+        elif outcome != "accept":
+            answer.errback(Deliberate("late"))
+        else:
+            answer.callback(value())
+
+    def settleAll(self) -> None:
+        """
+        Give every late answer, open every gate, resume every stream.
+        """
+        for _ in range(1000):
+            if self.pending:
+                self.giveOne("accept")
+            elif self.gates:
+                self.gates.pop(0).callback(None)
+            elif self.resumers:
+                self.resumers.pop(0)()
+            else:
+                return
+        raise AssertionError("the handlers kept asking for more")
+
+
+async def _settled(result: Any) -> Any:
+    # A handler's answer, once it is there.
+    return await result if inspect.isawaitable(result) else result
+
+
+#: A transaction as a client that follows the protocol sends it: hello, perhaps AUTH,
+#: MAIL, recipients, then the message after DATA or in BDAT chunks of a given size, to
+#: its end or not (the client stops before the end of the data, or the last chunk).
+TRANSACTIONS = st.tuples(
+    st.booleans(),
+    st.booleans(),
+    st.integers(min_value=1, max_value=3),
+    st.one_of(st.binary(max_size=300), st.sampled_from(VOCABULARY)),
+    st.integers(min_value=1, max_value=120),
+    st.booleans(),
+)
+
+
+def transaction(
+    lmtp: bool,
+    chunked: bool,
+    auth: bool,
+    recipients: int,
+    body: bytes,
+    chunkSize: int,
+    finished: bool,
+) -> list[bytes]:
+    """
+    The writes of one transaction (see L{TRANSACTIONS}), one command or chunk each.
+    """
+    writes = [b"LHLO client.example\r\n" if lmtp else b"EHLO client.example\r\n"]
+    if auth:
+        writes.append(authPlain("alice", "secret").encode() + b"\r\n")
+    writes.append(f"MAIL FROM:<{SENDER}>\r\n".encode())
+    writes += [f"RCPT TO:<r{i}@d.example>\r\n".encode() for i in range(recipients)]
+    if not chunked:
+        data = stuff(body)
+        return [*writes, b"DATA\r\n", data if finished else data.removesuffix(b".\r\n")]
+    chunks = [body[i : i + chunkSize] for i in range(0, len(body), chunkSize)] or [b""]
+    for i, chunk in enumerate(chunks):
+        last = b" LAST" if i == len(chunks) - 1 else b""
+        writes.append(b"BDAT %d%s\r\n%s" % (len(chunk), last, chunk))
+    return writes if finished else writes[:-1]
+
+
+#: One step of the client, or of the world around the connection.
+STEPS = st.one_of(
+    # (Three times: a third of the steps are whole transactions.)
+    *[st.tuples(st.just("transaction"), TRANSACTIONS)] * 3,
+    st.tuples(st.just("write"), st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=4)),
+    st.tuples(st.just("bytes"), st.binary(max_size=40)),
+    st.tuples(st.just("advance"), st.sampled_from((0.0, 0.3, 1.0, 2.5, 6.0, 61.0))),
+    st.tuples(st.just("answer"), st.sampled_from(("accept", "refuse", "fail"))),
+    st.tuples(st.just("gate"), st.just(None)),
+    st.tuples(st.just("resume"), st.just(None)),
+    st.tuples(st.just("proxy"), st.sampled_from((_PROXY_V2, _PROXY_V2_SIGNATURE))),
+)
+
+_REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][^\r\n]*\r\n")
+
+
+class WholeProtocolFuzzTests(SynchronousTestCase):
+    """
+    Random conversations with the whole protocol: no traceback, no malformed reply, no
+    connection or timer left behind.
+    """
+
+    def setUp(self) -> None:
+        self.log = LogCapture(self)
+        self.looked = 0
+
+    def unexpectedFailures(self) -> list[LogEvent]:
+        """
+        The failures logged since the last call but the handlers' deliberate ones.
+        """
+        events, self.looked = self.log.events[self.looked :], len(self.log.events)
+        return [
+            event
+            for event in events
+            if event.get("log_failure") is not None and not event["log_failure"].check(Deliberate)
+        ]
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(range(len(OPTION_SETS))),
+        st.lists(st.sampled_from(ANSWERS), max_size=8),
+        st.lists(st.sampled_from(READINGS), min_size=1, max_size=3),
+        st.lists(st.tuples(STEPS, st.integers(min_value=0, max_value=200)), max_size=14),
+        st.booleans(),
+    )
+    def test_anyConversation(
+        self,
+        optionSet: int,
+        answers: list[str],
+        readings: list[str],
+        steps: list[tuple[tuple[str, Any], int]],
+        goesAway: bool,
+    ) -> None:
+        """
+        Whatever the client sends, however it is split, whatever the handlers answer and
+        whenever: only well-formed replies, no failure logged but the handlers' own, and
+        at the end no connection, no timer, and a server that closes at once.
+        """
+        handler = Chaos(answers, readings)
+        server = makeServer([handler], **OPTION_SETS[optionSet])
+        client = MemoryClient(server)
+        sent = bytearray()
+        seen = 0
+
+        def check() -> None:
+            nonlocal seen
+            sent.extend(client.transport.value())
+            client.transport.clear()
+            # (Nothing left to parse: this only reports the connection lost, as a real
+            # transport would, once the server closed it.)
+            client.received()
+            # Whole reply lines, and at most an incomplete one at the end.
+            end = sent.rfind(b"\r\n") + 2 if b"\r\n" in sent else 0
+            for line in re.findall(rb"[^\n]*\n", bytes(sent[seen:end])):
+                self.assertIsNotNone(_REPLY_LINE.fullmatch(line), bytes(sent))
+            seen = end
+            self.assertEqual(self.unexpectedFailures(), [])
+
+        def write(data: bytes) -> None:
+            if data and not client.closed:
+                client.protocol.dataReceived(data)
+            check()
+
+        check()
+        lmtp = server.options.lmtp
+        for (kind, value), split in steps:
+            if kind == "transaction":
+                for data in transaction(lmtp, *value):
+                    cut = split % (len(data) + 1)
+                    write(data[:cut])
+                    write(data[cut:])
+            elif kind == "write":
+                data = b"".join(value)
+                cut = split % (len(data) + 1)
+                write(data[:cut])
+                write(data[cut:])
+            elif kind in ("bytes", "proxy"):
+                write(value)
+            elif kind == "advance":
+                client.clock.advance(value)
+            elif kind == "answer":
+                handler.giveOne(value)
+            elif kind == "gate" and handler.gates:
+                handler.gates.pop(0).callback(None)
+            elif kind == "resume" and handler.resumers:
+                handler.resumers.pop(0)()
+            check()
+
+        def timersLeft() -> list[Any]:
+            # The connection's timers still to run, once it is closed (and check() has
+            # reported it lost).
+            if not client.closed:
+                return []
+            calls = client.clock.getDelayedCalls()
+            return [
+                c
+                for c in calls
+                if getattr(getattr(c, "func", None), "__self__", None) is client.protocol
+            ]
+
+        self.assertEqual(timersLeft(), [])
+        if goesAway and not client.closed:
+            client.disconnect()
+            self.assertEqual(timersLeft(), [])
+        handler.settleAll()
+        check()
+        # Whatever is left: the timeouts close it.
+        for _ in range(20):
+            client.clock.advance(120)
+            handler.settleAll()
+            check()
+            self.assertEqual(timersLeft(), [])
+        if not client.closed:
+            client.disconnect()
+            handler.settleAll()
+        self.assertEqual(timersLeft(), [])
+        client.received()
+        client.clock.advance(1000)
+        check()
+        self.assertEqual(server.connectionCount, 0)
+        self.assertEqual(client.clock.getDelayedCalls(), [])
+        closed = server.close()
+        self.assertTrue(closed.called)
+        self.assertEqual(client.clock.getDelayedCalls(), [])
+        self.flushLoggedErrors(Deliberate)
