@@ -3,14 +3,15 @@ The whole protocol under random conversations, in memory: the pure core's robust
 tests (L{tests.test_core_connection.RobustnessTests}) with the driver around it.
 
 Each example is a server (with one of several sets of options) and a client that writes
-command lines, pipelined groups, message bytes and garbage, split anywhere; handlers that
-accept, refuse, fail, or answer later (when the example fires their L{Deferred}s) and
-data handlers that read at once, late, or pause the stream; the clock moves through the
-timeouts; the client may go away at any point.  After every step everything the server
-sent must be well-formed replies, and nothing may be logged as a failure but the errors
-the handlers raised on purpose.  At the end, with every late answer given and the clock
-moved far ahead, the connection must be gone with no timer left, and the server must
-close at once.
+command lines, pipelined groups, message bytes and garbage, split anywhere; handlers
+that accept, refuse, fail, or answer later (when the example fires their L{Deferred}s)
+and data handlers that read at once, late, or pause the stream; the clock moves through
+the timeouts; the client may go away at any point.  A second test does the same over real
+TLS in memory (STARTTLS, implicit TLS, client certificates, bytes under the TLS layer).
+After every step everything the server sent must be well-formed replies, and nothing may
+be logged as a failure but the errors the handlers raised on purpose.  At the end, with
+every late answer given and the clock moved far ahead, the connection must be gone with
+no timer left, and the server must close at once.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol
+from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -41,12 +44,14 @@ from smtpsvc import (
     IRcptToHandler,
     Session,
     SMTPError,
+    SMTPServer,
     readMessage,
 )
 from smtpsvc.testing import MemoryClient, stuff
 
 from .auth_support import authPlain, b64
 from .e2e_support import LogCapture
+from .memorytls import ClientTLS, authority, connectTLS, issue
 from .protocol_support import makeServer
 
 #: The ways a handler answers, drawn by the example (accepting more often than not, so
@@ -378,6 +383,31 @@ STEPS = st.one_of(
     st.tuples(st.just("proxy"), st.sampled_from((_PROXY_V2, _PROXY_V2_SIGNATURE))),
 )
 
+#: The option sets of the TLS examples (C{implicit}: TLS from the first byte).
+TLS_OPTION_SETS: tuple[dict[str, Any], ...] = (
+    {},
+    {"implicit": True},
+    {"lmtp": True},
+    {"requestCert": True, "rejectUnauthorized": False},
+    {"requestCert": True, "rejectUnauthorized": True, "implicit": True},
+    {"needsUpgrade": True, "forbidUnauthPipelining": True},
+    {"authOptional": False, "authMethods": ("PLAIN", "LOGIN", "CRAM-MD5")},
+)
+#: The steps of the TLS examples: those of L{STEPS}, an upgrade (EHLO, STARTTLS, the
+#: handshake, EHLO), STARTTLS and the handshake whatever the reply (perhaps with more
+#: after STARTTLS in the same write), and bytes written under the TLS layer.
+TLS_STEPS = st.one_of(
+    STEPS,
+    # (Twice: an upgrade as a client that follows the protocol makes it.)
+    *[st.tuples(st.just("upgrade"), st.just(None))] * 2,
+    st.tuples(st.just("starttls"), st.sampled_from((b"", *VOCABULARY[:8]))),
+    st.tuples(st.just("starttls"), st.just(b"")),
+    st.tuples(st.just("raw"), st.binary(min_size=1, max_size=40)),
+)
+#: The server's certificate, and the client's (both from the test authority).
+_SERVER = issue("mx.test")
+_CLIENT = issue("client.example", client=True)
+
 _REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][^\r\n]*\r\n")
 
 
@@ -425,17 +455,57 @@ class WholeProtocolFuzzTests(SynchronousTestCase):
         """
         handler = Chaos(answers, readings)
         server = makeServer([handler], **OPTION_SETS[optionSet])
-        client = MemoryClient(server)
+        self.converse(_Plain(server), handler, steps, goesAway)
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.sampled_from(range(len(TLS_OPTION_SETS))),
+        st.lists(st.sampled_from(ANSWERS), max_size=8),
+        st.lists(st.sampled_from(READINGS), min_size=1, max_size=3),
+        st.lists(st.tuples(TLS_STEPS, st.integers(min_value=0, max_value=200)), max_size=14),
+        st.booleans(),
+    )
+    def test_anyConversationWithTLS(
+        self,
+        optionSet: int,
+        answers: list[str],
+        readings: list[str],
+        steps: list[tuple[tuple[str, Any], int]],
+        goesAway: bool,
+    ) -> None:
+        """
+        The same with real TLS in memory: STARTTLS (the handshake begun whatever the
+        server answered, or with commands sent along with STARTTLS), implicit TLS, client
+        certificates, and bytes written under the TLS layer at any point.
+        """
+        handler = Chaos(answers, readings)
+        options = dict(TLS_OPTION_SETS[optionSet])
+        implicit = bool(options.pop("implicit", False))
+        server = makeServer(
+            [handler], cert=_SERVER.cert, key=_SERVER.key, ca=authority().cert, **options
+        )
+        self.converse(_Encrypted(server, implicit), handler, steps, goesAway)
+
+    def converse(
+        self,
+        client: _Plain | _Encrypted,
+        handler: Chaos,
+        steps: list[tuple[tuple[str, Any], int]],
+        goesAway: bool,
+    ) -> None:
+        """
+        Take C{steps} with C{client}, checking after each what the server sent and
+        logged, then end the connection every way there is and check that nothing is
+        left of it.
+        """
+        server = client.server
+        clock = client.clock
         sent = bytearray()
         seen = 0
 
         def check() -> None:
             nonlocal seen
-            sent.extend(client.transport.value())
-            client.transport.clear()
-            # (Nothing left to parse: this only reports the connection lost, as a real
-            # transport would, once the server closed it.)
-            client.received()
+            sent.extend(client.output())
             # Whole reply lines, and at most an incomplete one at the end.
             end = sent.rfind(b"\r\n") + 2 if b"\r\n" in sent else 0
             for line in re.findall(rb"[^\n]*\n", bytes(sent[seen:end])):
@@ -443,28 +513,45 @@ class WholeProtocolFuzzTests(SynchronousTestCase):
             seen = end
             self.assertEqual(self.unexpectedFailures(), [])
 
-        def write(data: bytes) -> None:
-            if data and not client.closed:
-                client.protocol.dataReceived(data)
-            check()
+        def write(data: bytes, split: int) -> None:
+            cut = split % (len(data) + 1)
+            for piece in (data[:cut], data[cut:]):
+                if piece:
+                    client.write(piece)
+                check()
+
+        def timersLeft() -> list[Any]:
+            # The connection's timers still to run once it is gone.
+            if not client.lost:
+                return []
+            return [
+                c
+                for c in clock.getDelayedCalls()
+                if getattr(getattr(c, "func", None), "__self__", None) is client.protocol
+            ]
 
         check()
         lmtp = server.options.lmtp
         for (kind, value), split in steps:
             if kind == "transaction":
                 for data in transaction(lmtp, *value):
-                    cut = split % (len(data) + 1)
-                    write(data[:cut])
-                    write(data[cut:])
+                    write(data, split)
             elif kind == "write":
-                data = b"".join(value)
-                cut = split % (len(data) + 1)
-                write(data[:cut])
-                write(data[cut:])
+                write(b"".join(value), split)
             elif kind in ("bytes", "proxy"):
-                write(value)
+                write(value, split)
+            elif kind == "raw":
+                client.raw(value)
+            elif kind == "upgrade":
+                write(b"EHLO client.example\r\n", split)
+                write(b"STARTTLS\r\n", split)
+                client.startTLS()
+                write(b"EHLO client.example\r\n", split)
+            elif kind == "starttls":
+                write(b"STARTTLS\r\n" + value, split)
+                client.startTLS()
             elif kind == "advance":
-                client.clock.advance(value)
+                clock.advance(value)
             elif kind == "answer":
                 handler.giveOne(value)
             elif kind == "gate" and handler.gates:
@@ -472,41 +559,124 @@ class WholeProtocolFuzzTests(SynchronousTestCase):
             elif kind == "resume" and handler.resumers:
                 handler.resumers.pop(0)()
             check()
+            self.assertEqual(timersLeft(), [])
 
-        def timersLeft() -> list[Any]:
-            # The connection's timers still to run, once it is closed (and check() has
-            # reported it lost).
-            if not client.closed:
-                return []
-            calls = client.clock.getDelayedCalls()
-            return [
-                c
-                for c in calls
-                if getattr(getattr(c, "func", None), "__self__", None) is client.protocol
-            ]
-
-        self.assertEqual(timersLeft(), [])
-        if goesAway and not client.closed:
+        if goesAway:
             client.disconnect()
+            check()
             self.assertEqual(timersLeft(), [])
         handler.settleAll()
         check()
         # Whatever is left: the timeouts close it.
         for _ in range(20):
-            client.clock.advance(120)
+            clock.advance(120)
             handler.settleAll()
             check()
             self.assertEqual(timersLeft(), [])
-        if not client.closed:
-            client.disconnect()
-            handler.settleAll()
+        client.disconnect()
+        handler.settleAll()
+        check()
+        self.assertTrue(client.lost)
         self.assertEqual(timersLeft(), [])
-        client.received()
-        client.clock.advance(1000)
+        clock.advance(1000)
         check()
         self.assertEqual(server.connectionCount, 0)
-        self.assertEqual(client.clock.getDelayedCalls(), [])
+        self.assertEqual(clock.getDelayedCalls(), [])
         closed = server.close()
         self.assertTrue(closed.called)
-        self.assertEqual(client.clock.getDelayedCalls(), [])
+        self.assertEqual(clock.getDelayedCalls(), [])
         self.flushLoggedErrors(Deliberate)
+
+
+class _Plain:
+    """
+    A client whose bytes go straight into the protocol (L{MemoryClient}'s way): no TLS.
+    """
+
+    def __init__(self, server: SMTPServer) -> None:
+        self.server = server
+        self._client = MemoryClient(server)
+        self.clock = self._client.clock
+        self.protocol = self._client.protocol
+
+    @property
+    def lost(self) -> bool:
+        """
+        Whether the connection is gone (and the server told).
+        """
+        return self._client.closed
+
+    def write(self, data: bytes) -> None:
+        if not self._client.closed:
+            self.protocol.dataReceived(data)
+
+    raw = write
+
+    def startTLS(self) -> None:
+        """
+        Nothing: this client cannot.
+        """
+
+    def output(self) -> bytes:
+        """
+        What the server sent since the last call; once it closed the connection, the
+        connection is reported lost, as a real transport would.
+        """
+        transport = self._client.transport
+        data: bytes = transport.value()
+        transport.clear()
+        self._client.received()
+        return data
+
+    def disconnect(self) -> None:
+        if not self._client.closed:
+            self._client.disconnect()
+
+
+class _Encrypted:
+    """
+    A client joined to the server through iosim, with real TLS (L{connectTLS}): it
+    starts TLS when told, whatever the server said.
+    """
+
+    def __init__(self, server: SMTPServer, implicit: bool) -> None:
+        self.server = server
+        self._connection = connectTLS(server, implicit=implicit, creator=ClientTLS("mx.test"))
+        self.clock = cast(Clock, server.reactor)
+        self.protocol = self._connection.protocol
+
+    @property
+    def lost(self) -> bool:
+        """
+        Whether the connection is gone, and both ends told.
+        """
+        return bool(self._connection.client.lost and self._connection.serverTransport.disconnected)
+
+    def write(self, data: bytes) -> None:
+        if not self._connection.clientTransport.disconnecting:
+            self._connection.clientTransport.write(data)
+        self._connection.pump.flush()
+
+    def raw(self, data: bytes) -> None:
+        """
+        Write C{data} under the TLS layer, if there is one: records that are not.
+        """
+        if not self._connection.clientTransport.disconnecting:
+            FakeTransport.write(self._connection.clientTransport, data)
+        self._connection.pump.flush()
+
+    def startTLS(self) -> None:
+        transport = self._connection.clientTransport
+        if transport.tlsProtocol is None and not transport.disconnecting:
+            self._connection.startTLS(ClientTLS("mx.test", _CLIENT))
+
+    def output(self) -> bytes:
+        self._connection.pump.flush()
+        client = self._connection.client
+        data: bytes = client.data
+        client.data = b""
+        return data
+
+    def disconnect(self) -> None:
+        self._connection.clientTransport.loseConnection()
+        self._connection.pump.flush()
