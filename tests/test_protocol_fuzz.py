@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from hypothesis import given, settings
@@ -408,6 +409,34 @@ TLS_STEPS = st.one_of(
 _SERVER = issue("mx.test")
 _CLIENT = issue("client.example", client=True)
 
+
+@dataclass(frozen=True)
+class Script:
+    """
+    What an example draws besides its options: the handlers' answers and ways of reading,
+    the steps, each with where to split its writes, and whether the client goes away at
+    the end (else the timeouts end the connection).
+    """
+
+    answers: list[str]
+    readings: list[str]
+    steps: list[tuple[tuple[str, Any], int]]
+    goesAway: bool
+
+
+def scripts(steps: st.SearchStrategy[tuple[str, Any]]) -> st.SearchStrategy[Script]:
+    """
+    Scripts whose steps are drawn from C{steps}.
+    """
+    return st.builds(
+        Script,
+        st.lists(st.sampled_from(ANSWERS), max_size=8),
+        st.lists(st.sampled_from(READINGS), min_size=1, max_size=3),
+        st.lists(st.tuples(steps, st.integers(min_value=0, max_value=200)), max_size=14),
+        st.booleans(),
+    )
+
+
 _REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][^\r\n]*\r\n")
 
 
@@ -433,70 +462,38 @@ class WholeProtocolFuzzTests(SynchronousTestCase):
         ]
 
     @settings(max_examples=400, deadline=None)
-    @given(
-        st.sampled_from(range(len(OPTION_SETS))),
-        st.lists(st.sampled_from(ANSWERS), max_size=8),
-        st.lists(st.sampled_from(READINGS), min_size=1, max_size=3),
-        st.lists(st.tuples(STEPS, st.integers(min_value=0, max_value=200)), max_size=14),
-        st.booleans(),
-    )
-    def test_anyConversation(
-        self,
-        optionSet: int,
-        answers: list[str],
-        readings: list[str],
-        steps: list[tuple[tuple[str, Any], int]],
-        goesAway: bool,
-    ) -> None:
+    @given(st.sampled_from(OPTION_SETS), scripts(STEPS))
+    def test_anyConversation(self, options: dict[str, Any], script: Script) -> None:
         """
         Whatever the client sends, however it is split, whatever the handlers answer and
         whenever: only well-formed replies, no failure logged but the handlers' own, and
         at the end no connection, no timer, and a server that closes at once.
         """
-        handler = Chaos(answers, readings)
-        server = makeServer([handler], **OPTION_SETS[optionSet])
-        self.converse(_Plain(server), handler, steps, goesAway)
+        handler = Chaos(script.answers, script.readings)
+        server = makeServer([handler], **options)
+        self.converse(_Plain(server), handler, script)
 
     @settings(max_examples=150, deadline=None)
-    @given(
-        st.sampled_from(range(len(TLS_OPTION_SETS))),
-        st.lists(st.sampled_from(ANSWERS), max_size=8),
-        st.lists(st.sampled_from(READINGS), min_size=1, max_size=3),
-        st.lists(st.tuples(TLS_STEPS, st.integers(min_value=0, max_value=200)), max_size=14),
-        st.booleans(),
-    )
-    def test_anyConversationWithTLS(
-        self,
-        optionSet: int,
-        answers: list[str],
-        readings: list[str],
-        steps: list[tuple[tuple[str, Any], int]],
-        goesAway: bool,
-    ) -> None:
+    @given(st.sampled_from(TLS_OPTION_SETS), scripts(TLS_STEPS))
+    def test_anyConversationWithTLS(self, options: dict[str, Any], script: Script) -> None:
         """
         The same with real TLS in memory: STARTTLS (the handshake begun whatever the
         server answered, or with commands sent along with STARTTLS), implicit TLS, client
         certificates, and bytes written under the TLS layer at any point.
         """
-        handler = Chaos(answers, readings)
-        options = dict(TLS_OPTION_SETS[optionSet])
+        handler = Chaos(script.answers, script.readings)
+        options = dict(options)
         implicit = bool(options.pop("implicit", False))
         server = makeServer(
             [handler], cert=_SERVER.cert, key=_SERVER.key, ca=authority().cert, **options
         )
-        self.converse(_Encrypted(server, implicit), handler, steps, goesAway)
+        self.converse(_Encrypted(server, implicit), handler, script)
 
-    def converse(
-        self,
-        client: _Plain | _Encrypted,
-        handler: Chaos,
-        steps: list[tuple[tuple[str, Any], int]],
-        goesAway: bool,
-    ) -> None:
+    def converse(self, client: _Plain | _Encrypted, handler: Chaos, script: Script) -> None:
         """
-        Take C{steps} with C{client}, checking after each what the server sent and
-        logged, then end the connection every way there is and check that nothing is
-        left of it.
+        Take the steps of C{script} with C{client}, checking after each what the server
+        sent and logged, then end the connection every way there is and check that
+        nothing is left of it.
         """
         server = client.server
         clock = client.clock
@@ -532,7 +529,7 @@ class WholeProtocolFuzzTests(SynchronousTestCase):
 
         check()
         lmtp = server.options.lmtp
-        for (kind, value), split in steps:
+        for (kind, value), split in script.steps:
             if kind == "transaction":
                 for data in transaction(lmtp, *value):
                     write(data, split)
@@ -561,7 +558,7 @@ class WholeProtocolFuzzTests(SynchronousTestCase):
             check()
             self.assertEqual(timersLeft(), [])
 
-        if goesAway:
+        if script.goesAway:
             client.disconnect()
             check()
             self.assertEqual(timersLeft(), [])
