@@ -11,7 +11,8 @@ TLS in memory (STARTTLS, implicit TLS, client certificates, bytes under the TLS 
 After every step everything the server sent must be well-formed replies, and nothing may
 be logged as a failure but the errors the handlers raised on purpose.  At the end, with
 every late answer given and the clock moved far ahead, the connection must be gone with
-no timer left, and the server must close at once.
+no timer left, the server must close at once, and no message may have got 250 that the
+data handler did not accept.
 """
 
 from __future__ import annotations
@@ -212,6 +213,8 @@ class Chaos:
         self.gates: list[Deferred[None]] = []
         #: The late answers of close handlers.
         self.closeAnswers: list[Deferred[Any]] = []
+        #: How many messages the data handler accepted.
+        self.acceptedMessages = 0
 
     def _next(self) -> str:
         # The drawn answers first, then acceptance: later transactions get through.
@@ -260,6 +263,7 @@ class Chaos:
         recipients = len(session.envelope.rcptTo)
 
         def verdict() -> Any:
+            self.acceptedMessages += 1
             if lmtp and recipients > 1:
                 return [None] + [SMTPError(550, "not this one")] * (recipients - 1)
             return None
@@ -466,8 +470,9 @@ class WholeProtocolFuzzTests(SynchronousTestCase):
     def test_anyConversation(self, options: dict[str, Any], script: Script) -> None:
         """
         Whatever the client sends, however it is split, whatever the handlers answer and
-        whenever: only well-formed replies, no failure logged but the handlers' own, and
-        at the end no connection, no timer, and a server that closes at once.
+        whenever: only well-formed replies, no failure logged but the handlers' own, no
+        250 for a message the data handler did not accept, and at the end no connection,
+        no timer, and a server that closes at once.
         """
         handler = Chaos(script.answers, script.readings)
         server = makeServer([handler], **options)
@@ -497,6 +502,7 @@ class WholeProtocolFuzzTests(SynchronousTestCase):
         """
         server = client.server
         clock = client.clock
+        firstEvent = len(self.log.events)
         sent = bytearray()
         seen = 0
 
@@ -582,6 +588,13 @@ class WholeProtocolFuzzTests(SynchronousTestCase):
         closed = server.close()
         self.assertTrue(closed.called)
         self.assertEqual(clock.getDelayedCalls(), [])
+        # Never a 250 for a message the data handler did not accept.
+        queued = [
+            event
+            for event in self.log.events[firstEvent:]
+            if event.get("event") == "transaction" and event["result"].startswith("250")
+        ]
+        self.assertLessEqual(len(queued), handler.acceptedMessages)
         self.flushLoggedErrors(Deliberate)
 
 
