@@ -6,7 +6,8 @@ Most tests run two smtpsvc servers in memory on one fake clock: the front one, w
 L{ForwardDelivery}, talked to with L{MemoryClient}; and the downstream one, reached through
 an in-memory endpoint (L{MemoryNetwork}) whose transports buffer, pause their writers'
 producers when full and respect a reader's pause, as sockets do.  A scripted downstream
-(L{ScriptedServer}) sends replies no smtpsvc would: odd characters, garbage, silence.  The
+(L{ScriptedServer}) sends replies no smtpsvc would: odd characters, garbage, silence; a
+property test (L{AnyDownstreamTests}) draws such downstreams and clients at random.  The
 last tests use the real reactor over loopback: TLS to the downstream, and the documentation's
 example.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import smtplib
 import sys
 import tracemalloc
@@ -23,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address, UNIXAddress
@@ -93,6 +95,7 @@ from .e2e_support import (
     EXAMPLES,
     LISTEN,
     LOCALHOST,
+    LogCapture,
     loadExample,
     startExample,
     startServer,
@@ -1571,6 +1574,219 @@ _INTERESTING = st.lists(
     st.sampled_from([b"\r", b"\n", b".", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"..", b"a", b"\x00"])
 ).map(b"".join)
 _FAST = settings(max_examples=300, deadline=None)
+
+
+# -- any downstream, any client ------------------------------------------------------------------
+
+#: What a scripted downstream may answer each verb with: what a server should say, a
+#: refusal, a temporary failure, a goodbye, something malformed, or nothing at all.
+_ANSWERS: dict[str, tuple[bytes | None, ...]] = {
+    "GREETING": (
+        b"220 scripted.example ESMTP\r\n",
+        b"220-scripted.example\r\n220 ESMTP\r\n",
+        b"421 4.3.2 busy\r\n",
+        b"554 5.7.1 go away\r\n",
+        b"hello there\r\n",
+        None,
+    ),
+    "EHLO": (
+        ScriptedServer.DEFAULTS["EHLO"],
+        b"250 scripted.example\r\n",
+        b"250-scripted.example\r\n250-PIPELINING\r\n250-SIZE 10\r\n250-SMTPUTF8\r\n"
+        b"250-DSN\r\n250 8BITMIME\r\n",
+        b"500 5.5.1 what\r\n",
+        b"250\r\n",
+        b"2500 wrong\r\n",
+        None,
+    ),
+    "HELO": (b"250 scripted.example\r\n", b"501 5.5.4 no\r\n"),
+    "MAIL": (
+        b"250 2.1.0 Ok\r\n",
+        b"451 4.3.0 later\r\n",
+        b"550 5.7.1 no\r\n",
+        b"421 4.3.2 closing\r\n",
+        b"250-2.1.0 one\r\n250 2.1.0 two\r\n",
+        b"2\r\n",
+        None,
+    ),
+    "RCPT": (
+        b"250 2.1.5 Ok\r\n",
+        b"452 4.5.3 too many\r\n",
+        b"550 5.1.1 no such user\r\n",
+        b"421 4.3.2 closing\r\n",
+        b"250 Ok\r\n250 and more\r\n",
+        None,
+    ),
+    "DATA": (
+        b"354 go ahead\r\n",
+        b"554 5.5.1 no valid recipients\r\n",
+        b"451 4.3.0 later\r\n",
+        b"250 2.0.0 not what was asked\r\n",
+        None,
+    ),
+    ".": (
+        b"250 2.0.0 Ok: queued as ABC\r\n",
+        b"451 4.3.0 later\r\n",
+        b"554 5.7.1 spam\r\n",
+        b"250 Ok\r\n250 an extra reply\r\n",
+        b"queued\r\n",
+        None,
+    ),
+    "RSET": (b"250 2.0.0 Ok\r\n", b"500 5.5.1 what\r\n", None),
+}
+
+
+#: The script of a downstream that answers everything right.
+_RIGHT: dict[str, list[bytes | None]] = {verb: [answers[0]] for verb, answers in _ANSWERS.items()}
+
+
+@st.composite
+def _scripts(draw: st.DrawFn) -> dict[str, list[bytes | None]]:
+    """
+    A downstream's script: for each verb, the answers it gives in turn (its last
+    repeated).  One or two verbs, or none, get wrong answers drawn from L{_ANSWERS}; the
+    others the right one, so that examples get as far as a message.
+    """
+    odd = draw(st.lists(st.sampled_from(sorted(_ANSWERS)), max_size=2, unique=True))
+    return {
+        verb: (
+            draw(st.lists(st.sampled_from(answers[1:]), min_size=1, max_size=3))
+            if verb in odd
+            else [answers[0]]
+        )
+        for verb, answers in _ANSWERS.items()
+    }
+
+
+#: What the client does: a transaction (its recipients, its message, and whether it ends
+#: it), a command, or waiting a while.
+_CLIENT_STEPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("mail"),
+            st.integers(min_value=1, max_value=3),
+            st.one_of(st.just(MESSAGE), st.binary(max_size=200)),
+            st.booleans(),
+        ),
+        st.tuples(
+            st.just("line"), st.sampled_from(("RSET", "NOOP", "MAIL FROM:<>", "DATA", "QUIT"))
+        ),
+        st.tuples(st.just("wait"), st.sampled_from((0.5, TIMEOUT + 1, 100.0))),
+    ),
+    max_size=6,
+)
+_REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][^\r\n]*\r\n")
+
+
+class _Counting(ScriptedServer):
+    """
+    A scripted downstream that counts the messages it answered with a 2xx reply.
+    """
+
+    def __init__(self, script: dict[str, bytes | list[bytes] | None], counts: list[int]) -> None:
+        super().__init__(script)
+        self.counts = counts
+
+    def _reply(self, verb: str) -> bytes | None:
+        sent = super()._reply(verb)
+        if verb == "." and sent is not None and sent.startswith(b"2"):
+            self.counts[0] += 1
+        return sent
+
+
+class AnyDownstreamTests(ForwardTestCase):
+    """
+    The forwarding delivery against downstreams that say anything, right or wrong, or
+    nothing, with a client that sends whole transactions or not: the client only ever
+    gets well-formed replies, nothing is logged as a failure, no message gets 250 that
+    the downstream did not take, and nothing is left once the client has gone.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.capture = LogCapture(self)
+
+    @settings(max_examples=300, deadline=None)
+    @given(_scripts(), _CLIENT_STEPS, st.booleans())
+    # Each way of not taking a message, at least once in every run.
+    @example({**_RIGHT, ".": [b"451 4.3.0 later\r\n"]}, [("mail", 1, MESSAGE, True)], False)
+    @example({**_RIGHT, ".": [None]}, [("mail", 2, MESSAGE, True)], False)
+    @example({**_RIGHT, ".": [b"queued\r\n"]}, [("mail", 1, MESSAGE, True)], False)
+    @example({**_RIGHT, "DATA": [b"250 2.0.0 odd\r\n"]}, [("mail", 1, MESSAGE, True)], False)
+    def test_anyDownstream(
+        self,
+        script: dict[str, list[bytes | None]],
+        steps: list[tuple[Any, ...]],
+        downstreamLMTP: bool,
+    ) -> None:
+        """
+        Whatever the downstream answers and whatever the client does: well-formed
+        replies, no failure logged, no 250 for a message the downstream did not take
+        with a 2xx, no connection or timer left; over SMTP or LMTP to the downstream.
+        """
+        # A new network and clock for each example (trial ran setUp once for them all).
+        ForwardTestCase.setUp(self)
+        first = len(self.capture.events)
+        taken = [0]
+        client = self.front(lambda: _CountingFactory(script, taken), lmtp=downstreamLMTP)
+        raw = bytearray()
+
+        def write(data: bytes) -> None:
+            if not client.closed:
+                client.protocol.dataReceived(data)
+            self.network.run()
+            raw.extend(client.transport.value())
+            client.transport.clear()
+            client.received()
+
+        for step in steps:
+            if step[0] == "mail":
+                _, recipients, message, finished = step
+                write(b"MAIL FROM:<a@example.org>\r\n")
+                for i in range(recipients):
+                    write(b"RCPT TO:<r%d@example.net>\r\n" % i)
+                write(b"DATA\r\n")
+                data = stuff(message)
+                write(data if finished else data.removesuffix(b".\r\n"))
+            elif step[0] == "line":
+                write(step[1].encode() + b"\r\n")
+            else:
+                self.clock.advance(step[1])
+                write(b"")
+        client.disconnect()
+        for _ in range(5):
+            self.clock.advance(100)
+            self.network.run()
+        raw.extend(client.transport.value())
+
+        for line in re.findall(rb"[^\n]*\n", bytes(raw)):
+            self.assertIsNotNone(_REPLY_LINE.fullmatch(line), bytes(raw))
+        events = self.capture.events[first:]
+        self.assertEqual([e for e in events if e.get("log_failure") is not None], [])
+        queued = [
+            e for e in events if e.get("event") == "transaction" and e["result"].startswith("250")
+        ]
+        self.assertLessEqual(len(queued), taken[0])
+        self.assertEqual(self.network.ends, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+@implementer(IProtocolFactory)
+class _CountingFactory(ScriptedFactory):
+    """
+    Makes L{_Counting} downstreams that add to C{counts}.
+    """
+
+    def __init__(self, script: dict[str, Any], counts: list[int]) -> None:
+        super().__init__(script)
+        self.counts = counts
+
+    def buildProtocol(self, addr: IAddress) -> _Counting:
+        # Each connection gets its own copy of the script's lists, used up in turn.
+        script = {k: list(v) if isinstance(v, list) else v for k, v in self.script.items()}
+        protocol = _Counting(script, self.counts)
+        self.built.append(protocol)
+        return protocol
 
 
 def _split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
