@@ -938,7 +938,8 @@ class SMTPProtocol(LineReceiver):
         # Whether the client has sent anything not yet handled: in our buffer, or, on a
         # plain TCP connection, still in the kernel's (peeked at, not read), where it
         # waits while reading is paused.  (Under TLS the kernel's bytes are records,
-        # which may be the TLS layer's own; what they carried for us is in our buffer.)
+        # which may be the TLS layer's own: there _holdTransport reads on while the reply
+        # is held, so that what they carried for us is in our buffer.)
         if self._pos < len(self._buffer):
             return True
         sock = self._socket
@@ -1505,6 +1506,12 @@ class SMTPProtocol(LineReceiver):
         # paused: a pause that a synchronous answer lifts at once costs no system call.
         transport = self.transport
         if self.paused and not self._transportPaused and not self._closed and transport is not None:
+            if self._replyAwaited and self._socket is None and self._pos >= len(self._buffer):
+                # A reply the client must wait for is held, and what waits in the kernel
+                # cannot be peeked at here (over TLS it is records): read on, so that
+                # whatever the client sends before the reply is in our buffer when
+                # _resume looks.  The first byte of it settles that; then we stop.
+                return
             self._transportPaused = True
             transport.pauseProducing()  # type: ignore[attr-defined]
 
@@ -1521,7 +1528,9 @@ class SMTPProtocol(LineReceiver):
         if reason in self._pauses:
             self._pauses.remove(reason)
         if self._pauses or not self.paused or self._closed:
-            # A closing connection reads nothing more.
+            # A closing connection reads nothing more; one still paused for another
+            # reason stops reading now if it read on past a held reply.
+            self._holdTransport()
             return
         self.paused = False
         if self._rateStarted is not None:

@@ -11,6 +11,7 @@ writer registered with the reactor.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
@@ -181,9 +182,17 @@ class TLSClient:
         self._outgoing = ssl.MemoryBIO()
         self.tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=serverHostname)
 
-    def _toServer(self) -> None:
-        # What TLS wrote goes to the server, which reads it and sends what it answers.
-        data = self._outgoing.read()
+    def sent(self) -> bytes:
+        """
+        What TLS wrote since the last call, for the test to send.
+        """
+        return self._outgoing.read()
+
+    def toServer(self) -> None:
+        """
+        What TLS wrote goes to the server, which reads it and sends what it answers.
+        """
+        data = self.sent()
         if data:
             self.connected.say(data)
         self.connected.flush()
@@ -197,12 +206,52 @@ class TLSClient:
             try:
                 self.tls.do_handshake()
             except ssl.SSLWantReadError:
-                self._toServer()
+                self.toServer()
                 self._incoming.write(self.connected.receive())
             else:
-                self._toServer()
+                self.toServer()
                 return
         raise AssertionError("the TLS handshake did not complete")
+
+    def readUntil(self, end: bytes, attempts: int = 5) -> bytes:
+        """
+        The decrypted bytes the server sends, read until they end with C{end}.
+        """
+        received = b""
+        for _ in range(attempts):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                received += self.tls.read(65536)
+            if received.endswith(end):
+                return received
+            # The reply may have been made outside a read: the TLS layer's write is then
+            # for the reactor to send.
+            self.connected.endTurn()
+            self.connected.flush()
+            self._incoming.write(self.connected.client.recv(65536))
+        raise AssertionError(f"nothing through TLS ending {end!r}; received {received!r}")
+
+    def closedByServer(self) -> bool:
+        """
+        Whether the server ends TLS (its close_notify comes) without sending more.
+        """
+        for _ in range(3):
+            try:
+                data = self.tls.read(65536)
+            except ssl.SSLZeroReturnError:
+                return True
+            except ssl.SSLWantReadError:
+                self.connected.endTurn()
+                self.connected.flush()
+                ready = select.select([self.connected.client], [], [], 0.2)[0]
+                if not ready:
+                    return False
+                self._incoming.write(self.connected.client.recv(65536))
+            else:
+                if data:
+                    raise AssertionError(f"the server sent {data!r}")
+                # (Python's ssl reads the close_notify as the end of the data.)
+                return True
+        return False
 
     def command(self, line: bytes) -> bytes:
         """
@@ -210,7 +259,7 @@ class TLSClient:
         its last line.
         """
         self.tls.write(line + b"\r\n")
-        self._toServer()
+        self.toServer()
         received = b""
         for _ in range(20):
             try:
@@ -459,7 +508,8 @@ class UnsynchronizedTests(SynchronousTestCase):
     """
     Under C{forbidUnauthPipelining}, what a client sent while the reply it had to wait
     for was held back by a handler is found in the kernel's buffer, where it waits while
-    the server does not read.
+    the server does not read; over TLS, whose records there cannot be peeked at, the
+    server reads on while the reply is held.
     """
 
     def heldMail(self) -> tuple[LaterSender, Connected]:
@@ -533,6 +583,46 @@ class UnsynchronizedTests(SynchronousTestCase):
                 connected.say(b"RCPT TO:<b@example.org>\r\n")
                 self.assertEqual(connected.receive(), b"250 Accepted\r\n")
                 self.assertFalse(connected.transport.disconnecting)
+
+    def test_2920_07_sentWhileReplyHeldOverTLS(self) -> None:
+        """
+        Over TLS, whose records in the kernel cannot be peeked at, the server reads on
+        while a reply the client must wait for is held: a command sent before the held
+        reply to MAIL (after HELO) gets 554 5.5.0 after that reply, and a client that
+        waits is served.
+        """
+        for early in (True, False):
+            sender = LaterSender()
+            connected = Connected(
+                self, handlers=[sender], certified=True, forbidUnauthPipelining=True
+            )
+            connected.startTLS()
+            client = connected.handshake()
+            self.assertTrue(client.command(b"HELO client.example").startswith(b"250 "))
+            client.tls.write(b"MAIL FROM:<a@example.org>\r\n")
+            client.toServer()
+            self.assertEqual(len(sender.pending), 1)
+            # Held, and still reading.
+            self.assertIn(connected.transport, connected.reactor.getReaders())
+            if early:
+                client.tls.write(b"RCPT TO:<b@example.org>\r\n")
+                connected.client.sendall(client.sent())
+                # Loopback delivers it to the server's socket a moment later; the reactor
+                # then reads it, if the transport is reading.
+                select.select([connected.transport.socket], [], [], 5)
+                if connected.transport in connected.reactor.getReaders():
+                    connected.transport.doRead()
+            sender.pending[0].callback(None)
+            if early:
+                self.assertEqual(
+                    client.readUntil(b"synchronization\r\n"),
+                    b"250 Accepted\r\n554 Error: SMTP protocol synchronization\r\n",
+                )
+                self.assertTrue(client.closedByServer())
+            else:
+                self.assertEqual(client.readUntil(b"\r\n"), b"250 Accepted\r\n")
+                self.assertEqual(client.command(b"RCPT TO:<b@example.org>"), b"250 Accepted\r\n")
+                self.assertFalse(client.closedByServer())
 
 
 class ReadSizeTests(SynchronousTestCase):
