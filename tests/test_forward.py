@@ -1667,6 +1667,8 @@ _CLIENT_STEPS = st.lists(
             st.integers(min_value=1, max_value=3),
             st.one_of(st.just(MESSAGE), st.binary(max_size=200)),
             st.booleans(),
+            # The size of its BDAT chunks, or 0 for DATA.
+            st.sampled_from((0, 0, 7, 64)),
         ),
         st.tuples(
             st.just("line"), st.sampled_from(("RSET", "NOOP", "MAIL FROM:<>", "DATA", "QUIT"))
@@ -1709,10 +1711,10 @@ class AnyDownstreamTests(ForwardTestCase):
     @settings(max_examples=300, deadline=None)
     @given(_scripts(), _CLIENT_STEPS, st.booleans())
     # Each way of not taking a message, at least once in every run.
-    @example({**_RIGHT, ".": [b"451 4.3.0 later\r\n"]}, [("mail", 1, MESSAGE, True)], False)
-    @example({**_RIGHT, ".": [None]}, [("mail", 2, MESSAGE, True)], False)
-    @example({**_RIGHT, ".": [b"queued\r\n"]}, [("mail", 1, MESSAGE, True)], False)
-    @example({**_RIGHT, "DATA": [b"250 2.0.0 odd\r\n"]}, [("mail", 1, MESSAGE, True)], False)
+    @example({**_RIGHT, ".": [b"451 4.3.0 later\r\n"]}, [("mail", 1, MESSAGE, True, 0)], False)
+    @example({**_RIGHT, ".": [None]}, [("mail", 2, MESSAGE, True, 0)], False)
+    @example({**_RIGHT, ".": [b"queued\r\n"]}, [("mail", 1, MESSAGE, True, 7)], False)
+    @example({**_RIGHT, "DATA": [b"250 2.0.0 odd\r\n"]}, [("mail", 1, MESSAGE, True, 0)], False)
     def test_anyDownstream(
         self,
         script: dict[str, list[bytes | None]],
@@ -1741,13 +1743,20 @@ class AnyDownstreamTests(ForwardTestCase):
 
         for step in steps:
             if step[0] == "mail":
-                _, recipients, message, finished = step
+                _, recipients, message, finished, chunkSize = step
                 write(b"MAIL FROM:<a@example.org>\r\n")
                 for i in range(recipients):
                     write(b"RCPT TO:<r%d@example.net>\r\n" % i)
-                write(b"DATA\r\n")
-                data = stuff(message)
-                write(data if finished else data.removesuffix(b".\r\n"))
+                if not chunkSize:
+                    write(b"DATA\r\n")
+                    data = stuff(message)
+                    write(data if finished else data.removesuffix(b".\r\n"))
+                    continue
+                chunks = [message[i : i + chunkSize] for i in range(0, len(message), chunkSize)]
+                for chunk in chunks:
+                    write(b"BDAT %d\r\n%s" % (len(chunk), chunk))
+                if finished:
+                    write(b"BDAT 0 LAST\r\n")
             elif step[0] == "line":
                 write(step[1].encode() + b"\r\n")
             else:
