@@ -10,6 +10,7 @@ L{functools.partial}: the options a test passes still win.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -67,6 +68,18 @@ def connect(*handlers: object, clientName: str | None = None, **options: Any) ->
     L{clientOf} leaves it.
     """
     return clientOf(makeServer(handlers, **options), clientName)
+
+
+#: One line of a reply as it is sent: a code from 200 to 599, a space or a hyphen, text.
+_REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][^\r\n]*\r\n")
+
+
+def malformedReplyLines(sent: bytes) -> list[bytes]:
+    """
+    The complete lines of what a server C{sent} that are not reply lines (an incomplete
+    last line is left out).
+    """
+    return [line for line in re.findall(rb"[^\n]*\n", sent) if _REPLY_LINE.fullmatch(line) is None]
 
 
 def codes(replies: Iterable[ServerReply]) -> list[int]:

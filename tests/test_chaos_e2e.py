@@ -51,11 +51,6 @@ CLIENT_TIMEOUT = 3.0
 ALL_TIMEOUT = 30.0
 
 
-def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection((LOCALHOST, port), timeout=CLIENT_TIMEOUT)
-    return sock
-
-
 def _reset(sock: socket.socket) -> None:
     # Close with a RST rather than a FIN: SO_LINGER on, with a zero timeout.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -236,7 +231,7 @@ def oneClient(port: int, seed: int) -> str:
     rng = random.Random(seed)
     chosen = rng.choice(MISBEHAVIOURS)
     try:
-        sock = _connect(port)
+        sock = socket.create_connection((LOCALHOST, port), timeout=CLIENT_TIMEOUT)
     except OSError:
         return f"{chosen.__name__}: not connected"
     try:
