@@ -901,24 +901,28 @@ class SMTPProtocol(LineReceiver):
             self._discardingLine = False
             self._perform(self._core.lineTooLong(self._discardHead))
             return True
-        head = buffer[pos : pos + 5]
-        limit = self._core.lineLimit(head)
-        if end < 0:
-            if len(buffer) - pos > limit + 1:
-                self._discardingLine = True
-                self._discardHead = head
-                self._buffer = b"\r" if buffer.endswith(b"\r") else b""
-                self._pos = 0
+        if end < 0 or end - pos > self._core.minLineLimit:
+            # Not a complete line short enough for any command: look at its limit.
+            head = buffer[pos : pos + 5]
+            limit = self._core.lineLimit(head)
+            if end < 0:
+                if len(buffer) - pos > limit + 1:
+                    self._discardingLine = True
+                    self._discardHead = head
+                    self._buffer = b"\r" if buffer.endswith(b"\r") else b""
+                    self._pos = 0
+                    return True
+                if self._lineStarted is None:
+                    self._lineStarted = self._reactor.seconds()
+                return False
+            if end - pos > limit:
+                self._lineStarted = None
+                self._pos = end + 2
+                self._perform(self._core.lineTooLong(head))
                 return True
-            if self._lineStarted is None:
-                self._lineStarted = self._reactor.seconds()
-            return False
         if self._lineStarted is not None:
             self._lineStarted = None
         self._pos = end + 2
-        if end - pos > limit:
-            self._perform(self._core.lineTooLong(head))
-            return True
         line = buffer[pos:end]
         self.lineReceived(line)
         if (

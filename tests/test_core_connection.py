@@ -219,6 +219,23 @@ class AuthLineTests(SynchronousTestCase):
         self.assertEqual(connection.lineLimit(b"NOOP"), 100)
         self.assertEqual(drive(connection, b"NOOP")[:3], b"250")
 
+    def test_minLineLimit(self) -> None:
+        """
+        minLineLimit is maxCommandLength, and no line's limit is less, whatever the
+        options that lengthen MAIL and RCPT lines and whether an AUTH exchange is on.
+        """
+        for options in ({}, {"size": 1000, "hideDSN": False}, {"authMethods": ()}):
+            connection = newConnection(maxCommandLength=100, **options)
+            self.assertEqual(connection.minLineLimit, 100)
+            drive(connection, b"EHLO x")
+            heads = (b"MAIL ", b"rcpt ", b"AUTH ", b"NOOP", b"", b"\xff")
+            for head in heads:
+                self.assertGreaterEqual(connection.lineLimit(head), 100, (options, head))
+            if options.get("authMethods", True):
+                drive(connection, b"AUTH PLAIN")
+                for head in heads:
+                    self.assertGreaterEqual(connection.lineLimit(head), 100, (options, head))
+
     def test_unauthenticatedCount(self) -> None:
         """
         Before a required authentication, commands other than AUTH and the lines of an

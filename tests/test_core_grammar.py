@@ -32,6 +32,7 @@ from smtpsvc._core._grammar import (
     decodeXtext,
     isValidHeloName,
     parseMailbox,
+    parsePathCommand,
     splitPathCommand,
 )
 
@@ -1034,3 +1035,84 @@ class ShortcutTests(SynchronousTestCase):
         """
         text = "<" + text
         self.assertEqual(_outcome(_pathEnd, text), _outcome(_scanPathEnd, text), text)
+
+
+# MAIL and RCPT lines around those parts: the keyword in any case and spacing, the path's
+# brackets or not, and parameters of every kind after it.
+_KEYWORDS = st.sampled_from(
+    ["MAIL FROM", "RCPT TO", "mail from", "Rcpt To", "MAIL FROM ", " RCPT TO", "MAIL  FROM"]
+)
+_TAILS = st.one_of(
+    st.just(""),
+    st.sampled_from([" SIZE=100", " BODY=8BITMIME SMTPUTF8", "SIZE=1", " ", "  X=a+2Bb", ">"]),
+    st.text(alphabet=' =+0Aab<>"\x00', max_size=12),
+)
+_PATH_LINES = st.one_of(
+    st.builds(
+        "{}:{}<{}@{}>{}".format,
+        _KEYWORDS,
+        st.sampled_from(["", "", " "]),
+        _LOCAL_PARTS,
+        _DOMAINS,
+        _TAILS,
+    ),
+    st.builds("{}:{}".format, _KEYWORDS, st.text(alphabet=_ADDRESS_ALPHABET, max_size=40)),
+)
+
+
+class PathCommandShortcutTests(SynchronousTestCase):
+    """
+    L{parsePathCommand}, which takes the commonest MAIL and RCPT lines with one regular
+    expression, gives what L{splitPathCommand} and L{parseMailbox} give, or refuses what
+    they refuse.
+    """
+
+    @_FAST
+    @given(_PATH_LINES, st.booleans(), st.booleans())
+    @example("MAIL FROM:<" + "a" * 64 + "@example.com>", False, False)
+    @example("MAIL FROM:<" + "a" * 65 + "@example.com>", False, False)
+    @example("RCPT TO:<" + "a" * 64 + "@" + ".".join(["b" * 62] * 3) + ".cd>", False, True)
+    @example("RCPT TO:<" + "a" * 64 + "@" + ".".join(["b" * 62] * 3) + ".c>", False, True)
+    @example("MAIL FROM:<a@xn--bcher-kva.example> SIZE=10", True, False)
+    @example("MAIL FROM:<a@mail.xn--zz.example>", False, False)
+    @example("MAIL FROM:<a@b.example>SIZE=10", False, False)
+    @example("RCPT TO:<postmaster>", False, True)
+    def test_sameAsTheGeneralChecks(self, line: str, lenient: bool, postmaster: bool) -> None:
+        """
+        The same mailbox and command, or a L{GrammarError} where they raise one.
+        """
+        keyword = "MAIL FROM" if line.strip().upper().startswith("MAIL") else "RCPT TO"
+
+        def general(line: str) -> object:
+            command = splitPathCommand(line, keyword)
+            mailbox = parseMailbox(command.path, lenient=lenient, allowPostmaster=postmaster)
+            return mailbox, command
+
+        def shortcut(line: str) -> object:
+            return parsePathCommand(line, keyword, lenient=lenient, allowPostmaster=postmaster)
+
+        expected = _outcome(general, line)
+        if isinstance(expected, str):
+            self.assertRaises(GrammarError, shortcut, line)
+        else:
+            self.assertEqual(shortcut(line), expected, line)
+
+    def test_commonLines(self) -> None:
+        """
+        The lines every client sends are taken whole, parameters included.
+        """
+        self.assertEqual(
+            parsePathCommand("MAIL FROM:<alice@example.net> SIZE=4096 BODY=8BITMIME", "MAIL FROM"),
+            (
+                "alice@example.net",
+                PathCommand(
+                    "alice@example.net",
+                    {"SIZE": "4096", "BODY": "8BITMIME"},
+                    {"SIZE": "4096", "BODY": "8BITMIME"},
+                ),
+            ),
+        )
+        self.assertEqual(
+            parsePathCommand("rcpt to:<Bob.Smith@Mail.Example.ORG>", "RCPT TO"),
+            ("Bob.Smith@Mail.Example.ORG", PathCommand("Bob.Smith@Mail.Example.ORG", {}, {})),
+        )

@@ -30,7 +30,7 @@ from typing import Final, TypeAlias
 from .._errors import SMTPError
 from .._options import ServerOptions
 from . import _replies as R
-from ._grammar import GrammarError, decodeXtext, isValidHeloName, parseMailbox, splitPathCommand
+from ._grammar import GrammarError, decodeXtext, isValidHeloName, parsePathCommand
 from ._replies import Reply
 from ._sasl import (
     ABORTED,
@@ -198,6 +198,8 @@ class ServerConnection:
     @ivar session: the L{Session} handlers see; this object keeps it current.
     @ivar state: where the conversation is (see L{smtpsvc._core._states}).
     @ivar closing: set when the server shuts down: every further command gets 421.
+    @ivar minLineLimit: the least L{lineLimit} there is: no line this long or shorter is
+        ever too long.
     """
 
     __slots__ = (
@@ -222,6 +224,7 @@ class ServerConnection:
         "_xclientAddressSet",
         "_xforwardBase",
         "closing",
+        "minLineLimit",
         "session",
         "state",
     )
@@ -261,6 +264,7 @@ class ServerConnection:
         self._xclientAddressSet = False
         self._xforwardBase: tuple[str, int, str, str | None] | None = None
         self._enhanced = options.enhancedStatusCodes
+        self.minLineLimit = options.maxCommandLength
         # Whether AUTH is offered, and whether it must succeed before mail: fixed for the
         # connection, and asked about on every line.
         self._authOn = "AUTH" not in options.disabledCommands and bool(options.authMethods)
@@ -917,8 +921,7 @@ class ServerConnection:
     def _mail(self, verb: str, argument: str, line: str) -> Action:
         o = self._options
         try:
-            command = splitPathCommand(line, "MAIL FROM")
-            mailbox = parseMailbox(command.path, lenient=o.lenientAddressParsing)
+            mailbox, command = parsePathCommand(line, "MAIL FROM", lenient=o.lenientAddressParsing)
         except GrammarError:
             return self._send(R.BAD_SENDER)
         after = self._sequence(verb)
@@ -1007,9 +1010,8 @@ class ServerConnection:
     def _rcpt(self, verb: str, argument: str, line: str) -> Action:
         o = self._options
         try:
-            command = splitPathCommand(line, "RCPT TO")
-            mailbox = parseMailbox(
-                command.path, lenient=o.lenientAddressParsing, allowPostmaster=True
+            mailbox, command = parsePathCommand(
+                line, "RCPT TO", lenient=o.lenientAddressParsing, allowPostmaster=True
             )
         except GrammarError:
             return self._send(R.BAD_RECIPIENT)

@@ -20,7 +20,9 @@ starts after a CRLF so that the first line needs no special case.  Up to four by
 could begin the terminator are held back between chunks.  Before searching, it takes the
 chunk's CRs, LFs and dots out with one C{bytes.translate}: where they hold no CRLF ``.``,
 neither does the chunk, so a chunk of base64 (most of any large message) is never
-searched, and the same bytes show whether the chunk's line endings are all CRLF.
+searched, and the same bytes show whether the chunk's line endings are all CRLF.  Where
+they hold exactly one CRLF ``.`` and the chunk ends with the terminator (a small message's
+last chunk), that CRLF ``.`` is the terminator's, and the chunk is not searched either.
 
 Both decoders also count the message header's ``Received:`` fields, to stop mail loops
 (RFC 5321 section 6.3).  Only the header is read, the same way: the decoded bytes are
@@ -255,8 +257,14 @@ class DataDecoder(_MessageDecoder):
         # they hold no CRLF ".", neither does the chunk.  (They are read faster than the
         # chunk is searched, and they serve the bare line ending check as well.)
         marks = buf.translate(None, _NOT_CRLF_DOT)
-        mark = buf.find(_STUFFED) if _STUFFED in marks else -1
-        end = buf.find(_END, mark) if mark >= 0 else -1
+        stuffed = marks.count(_STUFFED)
+        if stuffed == 1 and buf.endswith(_END):
+            # The commonest chunk: a message's last, whose only CRLF "." is the
+            # terminator that ends it.  (Each CRLF "." of the chunk is one of its marks.)
+            end = mark = len(buf) - 5
+        else:
+            mark = buf.find(_STUFFED) if stuffed else -1
+            end = buf.find(_END, mark) if mark >= 0 else -1
         endings: bytes | None = None
         if end >= 0:
             # The CRLF before the dot is the message's last line ending.
@@ -264,6 +272,9 @@ class DataDecoder(_MessageDecoder):
             rest: bytes | None = buf[end + 5 :]
             self._pending = b""
             self.done = True
+            if not rest:
+                # The terminator ends the chunk: the part's marks are all but its last.
+                endings = marks[:-3]
         else:
             hold = _heldBack(buf)
             if hold:
@@ -282,8 +293,10 @@ class DataDecoder(_MessageDecoder):
             part = part.replace(_STUFFED, _CRLF)
             endings = None
         if self._skip:
-            endings = None
             skipped = min(self._skip, len(part))
+            if endings is not None:
+                # What is skipped is the imagined CRLF, which is the marks' start.
+                endings = endings[skipped:] if part[:skipped] == _CRLF[:skipped] else None
             part = part[skipped:]
             self._skip -= skipped
         # A part never ends inside a CRLF (a trailing CR is always held back) and never

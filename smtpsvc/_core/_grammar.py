@@ -47,6 +47,12 @@ _PLAIN_DOMAIN: Final = re.compile(
     r"(?!.*(?:^|\.)[Xx][Nn]--)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
 )
+# A path of those shapes, right after "MAIL FROM:" or "RCPT TO:", and what may follow it
+# (a space, or the end of the line).  A label is not punycode: those are checked fully.
+_LABEL_ASCII: Final = r"(?![Xx][Nn]--)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_COMMON_PATH: Final = re.compile(
+    rf"<({_ATOM}(?:\.{_ATOM})*)@({_LABEL_ASCII}(?:\.{_LABEL_ASCII})*)>(?= |\Z)"
+)
 # Snum = 1*3DIGIT: ASCII digits only (a str pattern's \d would also match other scripts').
 _IPV4: Final = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\Z")
 _XTEXT_HEX: Final = re.compile(r"\+([0-9A-Fa-f]{2})")
@@ -95,6 +101,13 @@ def splitPathCommand(line: str, keyword: str) -> PathCommand:
     tail = rest[end + 1 :]
     if tail and not tail.startswith(" "):
         raise GrammarError("text after the path must be separated by a space")
+    return _pathCommand(path, tail)
+
+
+def _pathCommand(path: str, tail: str) -> PathCommand:
+    # The command, from its path and what followed it (empty or starting with a space).
+    if not tail:
+        return PathCommand(path, {}, {})
     raw = parseParameters(tail)
     params = {}
     for key, value in raw.items():
@@ -104,6 +117,35 @@ def splitPathCommand(line: str, keyword: str) -> PathCommand:
                 raise GrammarError(f"control character in parameter {key}")
         params[key] = value
     return PathCommand(path, params, raw)
+
+
+def parsePathCommand(
+    line: str, keyword: str, *, lenient: bool = False, allowPostmaster: bool = False
+) -> tuple[str, PathCommand]:
+    """
+    L{splitPathCommand}, then L{parseMailbox} on the path: the mailbox and the command.
+
+    The commonest lines (C{MAIL FROM:<user@example.com>}, perhaps with parameters) are
+    recognised by one regular expression, with the same results; any other line goes
+    through the general checks.
+
+    @raise GrammarError: as either of them would.
+    """
+    start = len(keyword) + 1
+    if line[: start - 1].upper() == keyword and line[start - 1 : start] == ":":
+        match = _COMMON_PATH.match(line, start)
+        if match is not None:
+            local, domain = match.group(1, 2)
+            if (
+                len(local) <= MAX_LOCAL_PART
+                and len(domain) <= MAX_DOMAIN
+                and len(local) + len(domain) < MAX_MAILBOX
+            ):
+                path = line[start + 1 : match.end() - 1]
+                return path, _pathCommand(path, line[match.end() :])
+    command = splitPathCommand(line, keyword)
+    mailbox = parseMailbox(command.path, lenient=lenient, allowPostmaster=allowPostmaster)
+    return mailbox, command
 
 
 def _pathEnd(text: str) -> int:
