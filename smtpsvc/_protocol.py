@@ -353,7 +353,7 @@ class _DataTransaction:
                     break
                 streams[index].finish(MessageDone())
                 self._nextToEnd += 1
-        if self.ended and all(answer is not None for answer in self.answers):
+        if self.ended and None not in self.answers:
             self._finished = True
             self.protocol._dataFinished(self)
 

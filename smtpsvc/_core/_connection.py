@@ -1164,7 +1164,7 @@ class ServerConnection:
         else:
             default = R.MESSAGE_ACCEPTED_TEXT if lmtp else R.MESSAGE_QUEUED_TEXT
             replies = [_combine(outcomes, i, default) for i in range(count)]
-        send = self._sendAll(replies)
+        send = self._send(replies[0]) if count == 1 else self._sendAll(replies)
         self.session.transaction += 1
         self._unrecognized = 0
         self._resetTransaction()
