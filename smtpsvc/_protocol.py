@@ -1448,7 +1448,7 @@ class SMTPProtocol(LineReceiver):
         # costs two epoll_ctl calls and a wake-up per reply (Twisted issue #5303).  When
         # nothing is waiting in its buffer, send at once; what the socket does not take
         # (or an error, which the transport then finds and reports) goes the usual way.
-        transport = cast(Any, self.transport)
+        transport: Any = self.transport
         sock = self._socket
         if sock is not None and not (
             transport.dataBuffer

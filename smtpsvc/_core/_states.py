@@ -50,6 +50,10 @@ class State(enum.Enum):
     DATA = "data"
     CHUNKS = "chunks"
 
+    # The members are singletons compared by identity: hashing them by identity too
+    # spares the transition table's every lookup a call to Enum.__hash__.
+    __hash__ = object.__hash__
+
 
 GREETED, READY, MAIL, RCPT, DATA, CHUNKS = State
 
