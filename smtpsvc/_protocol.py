@@ -901,28 +901,25 @@ class SMTPProtocol(LineReceiver):
             self._discardingLine = False
             self._perform(self._core.lineTooLong(self._discardHead))
             return True
-        if end < 0 or end - pos > self._core.minLineLimit:
-            # Not a complete line short enough for any command: look at its limit.
+        if end < 0:
             head = buffer[pos : pos + 5]
-            limit = self._core.lineLimit(head)
-            if end < 0:
-                if len(buffer) - pos > limit + 1:
-                    self._discardingLine = True
-                    self._discardHead = head
-                    self._buffer = b"\r" if buffer.endswith(b"\r") else b""
-                    self._pos = 0
-                    return True
-                if self._lineStarted is None:
-                    self._lineStarted = self._reactor.seconds()
-                return False
-            if end - pos > limit:
-                self._lineStarted = None
-                self._pos = end + 2
+            if len(buffer) - pos > self._core.lineLimit(head) + 1:
+                self._discardingLine = True
+                self._discardHead = head
+                self._buffer = b"\r" if buffer.endswith(b"\r") else b""
+                self._pos = 0
+                return True
+            if self._lineStarted is None:
+                self._lineStarted = self._reactor.seconds()
+            return False
+        self._lineStarted = None
+        self._pos = end + 2
+        if end - pos > self._core.minLineLimit:
+            # Longer than some commands may be: is it longer than this one may?
+            head = buffer[pos : pos + 5]
+            if end - pos > self._core.lineLimit(head):
                 self._perform(self._core.lineTooLong(head))
                 return True
-        if self._lineStarted is not None:
-            self._lineStarted = None
-        self._pos = end + 2
         line = buffer[pos:end]
         self.lineReceived(line)
         if (

@@ -295,8 +295,8 @@ class DataDecoder(_MessageDecoder):
         if self._skip:
             skipped = min(self._skip, len(part))
             if endings is not None:
-                # What is skipped is the imagined CRLF, which is the marks' start.
-                endings = endings[skipped:] if part[:skipped] == _CRLF[:skipped] else None
+                # What is skipped is the imagined CRLF, which starts the marks too.
+                endings = endings[skipped:]
             part = part[skipped:]
             self._skip -= skipped
         # A part never ends inside a CRLF (a trailing CR is always held back) and never
