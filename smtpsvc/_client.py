@@ -174,17 +174,29 @@ class DownstreamClient(LineReceiver):
     async def _sendData(
         self, stream: IMessageStream, header: bytes, recipients: int | None
     ) -> DownstreamReply | list[DownstreamReply]:
-        reply = await self.command("DATA")
-        if reply.code != 354:
-            if not reply.refusal:
-                self.abort(f"unexpected reply to DATA: {reply}")
-                raise DownstreamError(f"unexpected reply to DATA: {reply}")
-            return reply
+        answer = self.command("DATA")
+        # The stream is taken now but held until the server invites the message: a
+        # message that fails meanwhile (its client went away or abandoned it) drops the
+        # connection at once, not once the server has answered DATA.
         sender = self._sending = _MessageSender(
             self, header, recipients if recipients is not None else 1
         )
         try:
             stream.deliverBody(sender)
+            try:
+                reply = await answer
+            except DownstreamError:
+                sender.done.addErrback(lambda _: None)
+                if sender.failure is not None:
+                    raise sender.failure from None
+                raise
+            if reply.code != 354:
+                sender.cancel()
+                if not reply.refusal:
+                    self.abort(f"unexpected reply to DATA: {reply}")
+                    raise DownstreamError(f"unexpected reply to DATA: {reply}")
+                return reply
+            sender.start()
             waiters = await sender.done
         finally:
             self._sending = None
@@ -289,7 +301,12 @@ class _MessageSender(Protocol):
         self._producer: IPushProducer | None = None
         self._stall: IDelayedCall | None = None
         self._registered = False
+        self._started = False
+        # The message ended (all of it, which is none) before start.
+        self._endedEarly = False
         self._finished = False
+        #: The error that ended the message, if it failed.
+        self.failure: BaseException | None = None
         #: Fires once the message is sent with a Deferred for each final reply.
         self.done: Deferred[list[Deferred[DownstreamReply]]] = Deferred()
 
@@ -299,13 +316,35 @@ class _MessageSender(Protocol):
         super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     def connectionMade(self) -> None:
+        # Nothing is read until start: the server has not invited the message yet.  (The
+        # stream still tells of a failure at once.)
+        assert self._producer is not None
+        self._producer.pauseProducing()
+
+    def start(self) -> None:
+        """
+        The server invited the message (354): send it.
+        """
         clientTransport = self._client.transport
-        if clientTransport is None:
+        if self._finished or clientTransport is None:
             return
+        self._started = True
         IConsumer(clientTransport).registerProducer(self, True)
         self._registered = True
         if self._header:
             self._write(self._stuffer.feed(self._header))
+        if self._endedEarly:
+            self.connectionLost(Failure(MessageDone()))
+            return
+        assert self._producer is not None
+        self._producer.resumeProducing()
+
+    def cancel(self) -> None:
+        """
+        The server did not invite the message: none of it is sent, and the stream is
+        left as it is (whoever answers for the message lets go of it).
+        """
+        self._finished = True
 
     def dataReceived(self, data: bytes) -> None:
         self._write(self._stuffer.feed(data))
@@ -317,6 +356,11 @@ class _MessageSender(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._finished:
+            return
+        if not self._started and reason.check(MessageDone):
+            # The stream tells its end even while paused, once it holds nothing more: an
+            # empty message.  Its end goes once the server has invited it.
+            self._endedEarly = True
             return
         self._finished = True
         self._unregister()
@@ -332,7 +376,9 @@ class _MessageSender(Protocol):
             else:
                 self.done.errback(DownstreamError(self._client._lostWhy))
             return
-        # The message failed here: the downstream has part of it and must not keep it.
+        # The message failed here: the downstream may have part of it and must not keep
+        # it.
+        self.failure = reason.value
         self._client.abort(f"message failed: {reason.getErrorMessage()}")
         self.done.errback(reason)
 

@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._core._connection import (
+    Action,
     CheckAuth,
     CheckMail,
     CheckRcpt,
@@ -236,6 +237,8 @@ class _DataTransaction:
         self.ended = False
         self.failure: BaseException | None = None
         self.aborted = False
+        # Called once every handler has answered a message that was aborted.
+        self._onSettled: Callable[[], None] | None = None
         self._nextToEnd = 0
         self._finished = False
         self._taggedTLSOptional = False
@@ -342,8 +345,26 @@ class _DataTransaction:
         self.aborted = True
         self.fail(MessageAborted(why))
 
+    def whenSettled(self, settled: Callable[[], None]) -> bool:
+        """
+        Call C{settled} once every handler of this aborted message has answered.
+
+        @return: whether it is to be called later; L{False} when every handler has
+            answered already (it is not called then).
+        """
+        if None not in self.answers:
+            return False
+        self._onSettled = settled
+        return True
+
     def _advance(self) -> None:
-        if self.aborted or self._finished:
+        if self.aborted:
+            settled = self._onSettled
+            if settled is not None and None not in self.answers:
+                self._onSettled = None
+                settled()
+            return
+        if self._finished:
             return
         if self.ended and self.failure is None:
             streams = self.fanOut.streams
@@ -984,11 +1005,24 @@ class SMTPProtocol(LineReceiver):
             self._perform(core.receiveLine(line))
             return
         # Between BDAT chunks: RSET or a hello abandons the message.
+        transaction = self._data
         envelope = core.session.envelope
         action = core.receiveLine(line)
         if core.state is not State.CHUNKS:
             self._abortData("the client reset the transaction", "reset", envelope)
+            # Its reply waits for the message's data handlers to let go of it: no handler
+            # of the next transaction may run while one of this message's still does.
+            if transaction.whenSettled(partial(self._afterAbandoned, action)):
+                self._handlerPending = True
+                self._pause("handler")
+                return
         self._perform(action)
+
+    def _afterAbandoned(self, action: Action) -> None:
+        self._handlerPending = False
+        if not self._closed:
+            self._perform(action)
+        self._resume("handler")
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._chunk is not None:

@@ -18,7 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from smtpsvc import (
+    Address,
     IDataHandler,
+    IMailFromHandler,
     IMessageStream,
     MessageAborted,
     SMTPError,
@@ -81,6 +83,19 @@ class LaterAnswer(Later[None]):
 
     def onData(self, stream: IMessageStream, session: SMTPSession) -> Deferred[None]:
         return self.later()
+
+
+@implementer(IMailFromHandler)
+class Senders:
+    """
+    Accepts every sender, and notes each.
+    """
+
+    def __init__(self) -> None:
+        self.called: list[str] = []
+
+    def onMailFrom(self, address: Address, session: SMTPSession) -> None:
+        self.called.append(address.address)
 
 
 class ChunkDecoderTests(SynchronousTestCase):
@@ -522,6 +537,51 @@ class ChunkingTests(SynchronousTestCase):
             transaction(client)
             self.assertEqual(codes(client.write(bdat(b"kept", last=True))), [250])
             self.assertEqual(outcomes.ended[1:], [b"kept"])
+
+    def test_resetWaitsForTheDataHandlers(self) -> None:
+        """
+        The reply to RSET (or a new EHLO) that abandons a message waits until the
+        message's data handlers have answered: no handler of the next transaction runs
+        while one of the abandoned message's still does (a relay has one downstream
+        connection per session, busy until its data handler lets go).
+        """
+        for command in (b"RSET", b"EHLO y"):
+            later = LaterAnswer()
+            senders = Senders()
+            client = connect(senders, later)
+            transaction(client)
+            self.assertEqual(codes(client.write(bdat(b"abandoned"))), [250])
+            senders.called.clear()
+            held = client.write(command + b"\r\n" + f"MAIL FROM:<{SENDER}>\r\n".encode())
+            self.assertEqual(held, [])
+            self.assertEqual(senders.called, [])
+            later.pending[0].errback(MessageAborted("gone"))
+            self.assertEqual(codes(client.received()), [250, 250])
+            self.assertEqual(senders.called, [SENDER])
+
+    def test_resetAfterTheDataHandlersAnswered(self) -> None:
+        """
+        When the abandoned message's handlers answered already, RSET is answered at once.
+        """
+        outcomes = Outcomes()
+        client = connect(outcomes)
+        transaction(client)
+        client.write(bdat(b"abandoned"))
+        self.assertEqual(codes(client.write(b"RSET\r\n")), [250])
+
+    def test_clientLeavesWhileResetWaits(self) -> None:
+        """
+        A client that goes away while its RSET waits for the abandoned message's handlers
+        gets nothing more, and the handlers' late answer finds the connection closed.
+        """
+        later = LaterAnswer()
+        client = connect(later)
+        transaction(client)
+        client.write(bdat(b"abandoned"))
+        self.assertEqual(client.write(b"RSET\r\n"), [])
+        client.disconnect()
+        later.pending[0].callback(None)
+        self.assertEqual(client.received(), [])
 
     def test_answerAwaited(self) -> None:
         """

@@ -14,6 +14,7 @@ example.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import smtplib
@@ -386,7 +387,7 @@ class ScriptedServer(LineReceiver):
         "QUIT": b"221 2.0.0 Bye\r\n",
     }
 
-    def __init__(self, script: dict[str, bytes | list[bytes] | None]) -> None:
+    def __init__(self, script: dict[str, bytes | list[bytes | None] | None]) -> None:
         self.script = dict(script)
         self.commands: list[str] = []
         self.messages: list[bytes] = []
@@ -442,7 +443,7 @@ class ScriptedFactory:
     @ivar built: every server made, in order.
     """
 
-    def __init__(self, script: dict[str, bytes | list[bytes] | None]) -> None:
+    def __init__(self, script: dict[str, bytes | list[bytes | None] | None]) -> None:
         self.script = script
         self.built: list[ScriptedServer] = []
 
@@ -837,7 +838,7 @@ class ScriptedTests(ForwardTestCase):
     Against a downstream that says things smtpsvc would not.
     """
 
-    def scripted(self, **script: bytes | list[bytes] | None) -> None:
+    def scripted(self, **script: bytes | list[bytes | None] | None) -> None:
         replies = {key.replace("END", "."): value for key, value in script.items()}
         self.factory = ScriptedFactory(replies)
         self.front(lambda: self.factory)
@@ -977,7 +978,7 @@ class ScriptedTests(ForwardTestCase):
         A downstream that does not answer within the timeout is unavailable; the client's
         next try gets a new connection.
         """
-        self.scripted(MAIL=[None, b"250 2.1.0 Ok\r\n"])  # type: ignore[list-item]
+        self.scripted(MAIL=[None, b"250 2.1.0 Ok\r\n"])
         self.client.protocol.dataReceived(b"MAIL FROM:<a@example.org>\r\n")
         self.network.run()
         self.assertEqual(self.client.received(), [])
@@ -1167,6 +1168,76 @@ class StreamFailureTests(ForwardTestCase):
         self.network.run()
         self.assertTrue(all(end.disconnected for end in self.endpoint.clients))
         self.assertEqual(self.recorder.messages, [])
+
+    def test_resetBetweenChunksBeforeDownstreamAnswersDATA(self) -> None:
+        """
+        The client abandons a message sent in BDAT chunks (RSET between chunks) while the
+        downstream has not answered DATA yet: the downstream connection is dropped at
+        once, RSET gets its 250 without waiting for the downstream, and the next
+        transaction goes through on a new connection.
+        """
+        factory = ScriptedFactory({"DATA": [None]})
+        self.front(lambda: factory)
+        capture = LogCapture(self)
+        self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
+        self.assertEqual(codes(self.write(b"BDAT 5\r\nhello")), [250])
+        self.assertEqual(codes(self.send("RSET")), [250])
+        self.assertTrue(self.endpoint.clients[0].aborted)
+        # Logged as the message's failure, not as the downstream's.
+        self.assertEqual(
+            capture.matching("Message not relayed"),
+            ["Message not relayed: the client reset the transaction"],
+        )
+        self.assertEqual(capture.matching("Downstream unavailable"), [])
+        factory.script["DATA"] = [ScriptedServer.DEFAULTS["DATA"]]
+        self.assertEqual(
+            codes(self.sendmail("a@example.org", ["b@example.net"])), [250, 250, 354, 250]
+        )
+        self.assertEqual(len(factory.built), 2)
+        self.assertEqual(len(factory.built[1].messages), 1)
+        # No Deferred was left with an unhandled error.
+        gc.collect()
+        self.assertEqual([e for e in capture.events if e.get("log_failure")], [])
+
+    def test_resetBetweenChunksAfterDownstreamAnswersDATA(self) -> None:
+        """
+        The same once the downstream has the start of the message: it is dropped, and
+        keeps nothing.
+        """
+        factory = ScriptedFactory({})
+        self.front(lambda: factory)
+        self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
+        self.assertEqual(codes(self.write(b"BDAT 7\r\nhello\r\n")), [250])
+        self.assertEqual(codes(self.send("RSET")), [250])
+        self.assertTrue(self.endpoint.clients[0].aborted)
+        self.assertEqual(factory.built[0].messages, [])
+        self.assertEqual(
+            codes(self.sendmail("a@example.org", ["b@example.net"])), [250, 250, 354, 250]
+        )
+        self.assertEqual(len(factory.built[1].messages), 1)
+
+    def test_wholeMessageBeforeDownstreamAnswersDATA(self) -> None:
+        """
+        An empty message ends before the downstream has answered DATA: its final dot
+        waits for the 354, and goes nowhere when DATA is refused.
+        """
+        for answer, expected in ((None, 250), (b"554 5.5.1 no valid recipients\r\n", 554)):
+            script: dict[str, bytes | list[bytes | None] | None] = (
+                {} if answer is None else {"DATA": [answer]}
+            )
+            factory = ScriptedFactory(script)
+            self.front(lambda: factory)  # noqa: B023
+            self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
+            self.assertEqual(codes(self.write(b"DATA\r\n.\r\n")), [354, expected])
+            [downstream] = factory.built
+            self.assertNotIn(".", downstream.commands)
+            # The empty message, with our Received field.
+            self.assertEqual(
+                [m.startswith(b"Received: ") for m in downstream.messages],
+                [True] if expected == 250 else [],
+            )
+            replies = self.sendmail("a@example.org", ["b@example.net"])
+            self.assertEqual(codes(replies), [250, 250, 354, expected])
 
     def test_tooLarge(self) -> None:
         """
@@ -1684,7 +1755,9 @@ class _Counting(ScriptedServer):
     A scripted downstream that counts the messages it answered with a 2xx reply.
     """
 
-    def __init__(self, script: dict[str, bytes | list[bytes] | None], counts: list[int]) -> None:
+    def __init__(
+        self, script: dict[str, bytes | list[bytes | None] | None], counts: list[int]
+    ) -> None:
         super().__init__(script)
         self.counts = counts
 
