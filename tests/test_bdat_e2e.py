@@ -9,9 +9,19 @@ from __future__ import annotations
 import os
 import smtplib
 
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
+from zope.interface import implementer
 
+from smtpsvc import (
+    Address,
+    IDataHandler,
+    IMailFromHandler,
+    IMessageStream,
+    Session,
+    readMessage,
+)
 from smtpsvc.testing import RecordingHandler
 
 from .e2e_support import (
@@ -22,6 +32,7 @@ from .e2e_support import (
     E2ETestCase,
     haveOpenSSL,
     startServer,
+    theReactor,
     withoutTraceHeaders,
     workspace,
 )
@@ -99,6 +110,62 @@ class ChunkingServiceTests(E2ETestCase):
         self.assertEqual([code for code, _ in final], [250])
         stored = list(delivered(maildir).values())
         self.assertEqual([withoutTraceHeaders(m) for m in stored], [HEAD + SMUGGLED + TAIL])
+
+
+@implementer(IMailFromHandler, IDataHandler)
+class SlowToLetGo:
+    """
+    A data handler that answers 0.3 s after its message ended (however it ended), and
+    a sender handler that notes whether every message's data handler had answered by then.
+    """
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.sendersSeen: list[tuple[str, int]] = []
+
+    def onMailFrom(self, address: Address, session: Session) -> None:
+        self.sendersSeen.append((address.address, self.pending))
+
+    async def onData(self, stream: IMessageStream, session: Session) -> None:
+        self.pending += 1
+        try:
+            await readMessage(stream)
+        finally:
+            await deferLater(theReactor(), 0.3, lambda: None)
+            self.pending -= 1
+
+
+def abandonChunkedMessage(port: int) -> list[tuple[int, bytes]]:
+    """
+    With smtplib (blocking: run it in a thread): a transaction whose message's first
+    chunk is followed by RSET, then MAIL FROM; every reply from MAIL on.
+    """
+    with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT) as c:
+        c.ehlo()
+        replies = [c.mail(SENDER), c.rcpt(RECIPIENT)]
+        c.send(b"BDAT 5\r\nhello")
+        replies.append(c.getreply())
+        replies.append(c.rset())
+        replies.append(c.mail(SENDER))
+    return replies
+
+
+class ChunkingAbandonTests(E2ETestCase):
+    """
+    A message abandoned between chunks, over a real connection.
+    """
+
+    async def test_resetWaitsForTheDataHandler(self) -> None:
+        """
+        smtplib abandons a chunked message with RSET and starts another transaction: the
+        RSET is answered only once the data handler has let go of the message, so the
+        next MAIL FROM's handler runs after it.
+        """
+        handler = SlowToLetGo()
+        _, port = await startServer(self, [handler])
+        replies = await deferToThread(abandonChunkedMessage, port)
+        self.assertEqual([code for code, _ in replies], [250] * 5)
+        self.assertEqual(handler.sendersSeen, [(SENDER, 0), (SENDER, 0)])
 
 
 class ChunkingLMTPTests(E2ETestCase):
