@@ -288,7 +288,9 @@ class DownstreamClient(LineReceiver):
 class _MessageSender(Protocol):
     """
     Reads the message from the stream (L{IMessageStream.deliverBody}) and writes it to the
-    downstream connection, dot-stuffed.  It is also the push producer registered with that
+    downstream connection, dot-stuffed.  It takes the stream as DATA is sent and holds it
+    paused until L{start} (the server's 354), so that a message that fails before then
+    drops the connection at once.  It is also the push producer registered with that
     connection's transport: when the transport's buffer is full it pauses the stream, which
     in turn stops reading from the client once its own buffer is full.
     """
