@@ -186,6 +186,7 @@ class DownstreamClient(LineReceiver):
             try:
                 reply = await answer
             except DownstreamError:
+                # The sender fails too, with this error or the stream's: told here.
                 sender.done.addErrback(lambda _: None)
                 if sender.failure is not None:
                     raise sender.failure from None

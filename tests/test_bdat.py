@@ -18,9 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from smtpsvc import (
-    Address,
     IDataHandler,
-    IMailFromHandler,
     IMessageStream,
     MessageAborted,
     SMTPError,
@@ -83,19 +81,6 @@ class LaterAnswer(Later[None]):
 
     def onData(self, stream: IMessageStream, session: SMTPSession) -> Deferred[None]:
         return self.later()
-
-
-@implementer(IMailFromHandler)
-class Senders:
-    """
-    Accepts every sender, and notes each.
-    """
-
-    def __init__(self) -> None:
-        self.called: list[str] = []
-
-    def onMailFrom(self, address: Address, session: SMTPSession) -> None:
-        self.called.append(address.address)
 
 
 class ChunkDecoderTests(SynchronousTestCase):
@@ -547,17 +532,17 @@ class ChunkingTests(SynchronousTestCase):
         """
         for command in (b"RSET", b"EHLO y"):
             later = LaterAnswer()
-            senders = Senders()
-            client = connect(senders, later)
+            recorder = RecordingHandler()
+            client = connect(recorder, later)
             transaction(client)
             self.assertEqual(codes(client.write(bdat(b"abandoned"))), [250])
-            senders.called.clear()
+            recorder.senders.clear()
             held = client.write(command + b"\r\n" + f"MAIL FROM:<{SENDER}>\r\n".encode())
             self.assertEqual(held, [])
-            self.assertEqual(senders.called, [])
+            self.assertEqual(recorder.senders, [])
             later.pending[0].errback(MessageAborted("gone"))
             self.assertEqual(codes(client.received()), [250, 250])
-            self.assertEqual(senders.called, [SENDER])
+            self.assertEqual(recorder.senders, [SENDER])
 
     def test_resetAfterTheDataHandlersAnswered(self) -> None:
         """

@@ -23,7 +23,7 @@ import tracemalloc
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeAlias
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -364,6 +364,11 @@ class MemoryEndpoint:
         return succeed(client)
 
 
+#: A scripted downstream's answers: for each verb, the bytes to send, or a list of them
+#: used up in order (its last then repeated), where L{None} sends nothing.
+Script: TypeAlias = dict[str, bytes | list[bytes | None] | None]
+
+
 class ScriptedServer(LineReceiver):
     """
     A downstream that answers from a script: each verb to the raw bytes to send (a list is
@@ -387,7 +392,7 @@ class ScriptedServer(LineReceiver):
         "QUIT": b"221 2.0.0 Bye\r\n",
     }
 
-    def __init__(self, script: dict[str, bytes | list[bytes | None] | None]) -> None:
+    def __init__(self, script: Script) -> None:
         self.script = dict(script)
         self.commands: list[str] = []
         self.messages: list[bytes] = []
@@ -443,7 +448,7 @@ class ScriptedFactory:
     @ivar built: every server made, in order.
     """
 
-    def __init__(self, script: dict[str, bytes | list[bytes | None] | None]) -> None:
+    def __init__(self, script: Script) -> None:
         self.script = script
         self.built: list[ScriptedServer] = []
 
@@ -1222,9 +1227,7 @@ class StreamFailureTests(ForwardTestCase):
         waits for the 354, and goes nowhere when DATA is refused.
         """
         for answer, expected in ((None, 250), (b"554 5.5.1 no valid recipients\r\n", 554)):
-            script: dict[str, bytes | list[bytes | None] | None] = (
-                {} if answer is None else {"DATA": [answer]}
-            )
+            script: Script = {} if answer is None else {"DATA": [answer]}
             factory = ScriptedFactory(script)
             self.front(lambda: factory)  # noqa: B023
             self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
@@ -1755,9 +1758,7 @@ class _Counting(ScriptedServer):
     A scripted downstream that counts the messages it answered with a 2xx reply.
     """
 
-    def __init__(
-        self, script: dict[str, bytes | list[bytes | None] | None], counts: list[int]
-    ) -> None:
+    def __init__(self, script: Script, counts: list[int]) -> None:
         super().__init__(script)
         self.counts = counts
 
