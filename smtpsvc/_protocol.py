@@ -79,6 +79,18 @@ if TYPE_CHECKING:
 
 _log: Final = Logger(namespace="smtpsvc")
 
+
+def _logLine(text: str, **fields: object) -> None:
+    """
+    Log, at info level, a line written once per connection or per message: C{text}, with
+    C{fields} as the event's structured fields and C{text} among them.
+    """
+    # The text is the event's format, with its braces doubled so that it names no field:
+    # a JSON log observer copies each field a format names into the event once more, and
+    # a format naming each value would have doubled the line's cost.
+    _log.info(text.replace("{", "{{").replace("}", "}}"), text=text, **fields)
+
+
 # Lines handled in one go before letting the reactor serve other connections.
 _LINES_PER_TURN: Final = 100
 # How much a socket transport reads at a time while a large message comes in, once
@@ -401,6 +413,7 @@ class SMTPProtocol(LineReceiver):
         "_busyReceiving",
         "_chunk",
         "_chunkLeft",
+        "_closeWhenFlushed",
         "_closed",
         "_connectedAt",
         "_core",
@@ -467,6 +480,9 @@ class SMTPProtocol(LineReceiver):
         self._chunkLeft = 0
         self._greeted = False
         self._closed = False
+        # Whether the connection closes once the replies waiting for the end of the turn
+        # have gone (see _closeAfterWrite).
+        self._closeWhenFlushed = False
         self._disconnected = False
         self._handlerPending = False
         # Whether the client must wait for a reply that a handler (or the AUTH failure
@@ -708,10 +724,8 @@ class SMTPProtocol(LineReceiver):
             )
         seconds = self._reactor.seconds() - self._connectedAt
         tlsText = _tlsText(session)
-        _log.info(
-            # Pre-rendered, as the transaction line is (see _logTransaction).
-            "{text}",
-            text=f"Connection closed: {session.remoteAddress}:{session.remotePort} after "
+        _logLine(
+            f"Connection closed: {session.remoteAddress}:{session.remotePort} after "
             f"{seconds:.3f} s{f' ({tlsText})' if tlsText else ''}; messages accepted "
             f"{self._accepted}, refused {self._refused}",
             event="disconnect",
@@ -1423,12 +1437,8 @@ class SMTPProtocol(LineReceiver):
         rcptTo = [r.address for r in envelope.rcptTo]
         size = transaction.decoder.byteLength
         seconds = self._reactor.seconds() - transaction.started
-        _log.info(
-            # The line is rendered here rather than from a format naming each field: a
-            # JSON log observer copies every field a format names, which doubled the cost
-            # of the one line written per message.
-            "{text}",
-            text=f"{session.id} message from <{mailFrom}> to {rcptTo} ({size} bytes) for "
+        _logLine(
+            f"{session.id} message from <{mailFrom}> to {rcptTo} ({size} bytes) for "
             f"{session.clientHostname} [{session.remoteAddress}]: {result} in {seconds:.3f} s",
             event="transaction",
             sessionId=session.id,
@@ -1473,6 +1483,10 @@ class SMTPProtocol(LineReceiver):
         if self._out and not self._disconnected:
             out, self._out = self._out, []
             self._send(out[0] if len(out) == 1 else b"".join(out))
+        if self._closeWhenFlushed:
+            self._closeWhenFlushed = False
+            if not self._disconnected:
+                self._loseConnection()
 
     def _send(self, data: bytes) -> None:
         # Twisted's TCP transport holds every write until the reactor's next turn, which
@@ -1500,7 +1514,6 @@ class SMTPProtocol(LineReceiver):
         if self._closed:
             return
         self._closed = True
-        self._flush()
         transport = self.transport
         assert transport is not None
         self._consumer().unregisterProducer()
@@ -1511,6 +1524,29 @@ class SMTPProtocol(LineReceiver):
             # only once the peer's close_notify or FIN has been read.
             self._transportPaused = False
             transport.resumeProducing()  # type: ignore[attr-defined]
+        if self._socket is not None:
+            # The last replies leave at the end of this turn, as the others do, and the
+            # connection closes right after them (see _flush).
+            self._closeWhenFlushed = True
+            self._server._sendSoon(self)
+            return
+        self._flush()
+        self._loseConnection()
+
+    def _loseConnection(self) -> None:
+        transport: Any = self.transport
+        if self._socket is not None and not (
+            transport.dataBuffer
+            or transport._tempDataBuffer
+            or transport.disconnecting
+            or transport.TLS
+        ):
+            # Everything went straight to the socket (see _send), so nothing is left for
+            # the transport to write: close now, as the transport itself does when it has
+            # no more to write, rather than have loseConnection wait for the reactor to
+            # find the socket writable (two epoll_ctl calls, a turn and an empty send).
+            transport.connectionLost(connectionDone)
+            return
         transport.loseConnection()
         # A client that never reads would keep the socket open for ever: the idle timer,
         # if there is one, aborts it (see _checkIdle), else a timer of its own.

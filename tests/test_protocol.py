@@ -12,6 +12,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import eventAsJSON, eventFromJSON, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -37,6 +38,7 @@ from smtpsvc._stream import HIGH_WATER
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseReplies
 
 from . import smuggling
+from .e2e_support import LogCapture
 from .protocol_support import NAME, LateReader, codes, connect, first, hello, makeServer
 
 
@@ -1094,6 +1096,32 @@ class DataTests(SynchronousTestCase):
         self.assertFalse(client.protocol.paused)
         self.assertEqual(codes(client.write(b".\r\n")), [250])
         self.assertEqual(len(handler.messages[0]), len(body) * (2 * HIGH_WATER // len(body)))
+
+    def test_logLinesKeepBraces(self) -> None:
+        """
+        The transaction's log line and the connection's show what the client sent as it
+        was, braces included (a local part may have them): as text, and in the event
+        C{twist --log-format json} writes, whose C{text} field is the line.
+        """
+        capture = LogCapture(self)
+        sender = "{0}x}{text}{@b.example"
+        client = connect(RecordingHandler())
+        hello(client)
+        self.assertEqual(
+            codes(client.send(f"MAIL FROM:<{sender}>", "RCPT TO:<r@d.example>", "DATA")),
+            [250, 250, 354],
+        )
+        self.assertEqual(codes(client.write(b"hi\r\n.\r\n")), [250])
+        client.send("QUIT")
+        events = [e for e in capture.events if e.get("event") in ("transaction", "disconnect")]
+        self.assertEqual([e["event"] for e in events], ["transaction", "disconnect"])
+        self.assertIn(f" message from <{sender}> to ['r@d.example'] (4 bytes) ", events[0]["text"])
+        self.assertTrue(events[1]["text"].startswith("Connection closed: "), events[1])
+        for event in events:
+            self.assertEqual(formatEvent(event), event["text"])
+            fromJSON = eventFromJSON(eventAsJSON(event))
+            self.assertEqual(formatEvent(fromJSON), event["text"])
+            self.assertEqual(fromJSON["text"], event["text"])
 
     def test_withoutRecipient(self) -> None:
         """

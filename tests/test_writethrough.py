@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from smtpsvc import IMailFromHandler, SMTPServer
+from smtpsvc import ICloseHandler, IMailFromHandler, SMTPServer
 from smtpsvc._core._session import Address, Session
 from smtpsvc._protocol import SMTPProtocol
 
@@ -124,9 +124,12 @@ class Connected:
         """
         Run the calls due now, as the reactor does once it has read from every ready
         connection (past each batch of pipelined lines the protocol also lets the reactor
-        have a turn), until the connection is closing.
+        have a turn), until the connection is closing or closed.
         """
-        while self.reactor.getDelayedCalls() and not self.transport.disconnecting:
+        transport = self.transport
+        while (
+            self.reactor.getDelayedCalls() and transport.connected and not transport.disconnecting
+        ):
             due = min(call.getTime() for call in self.reactor.getDelayedCalls())
             if due > self.reactor.seconds():
                 break
@@ -430,6 +433,59 @@ class WriteThroughTests(SynchronousTestCase):
         self.assertNotIn(b"STARTTLS", reply)
         self.assertFalse(connected.waiting())
 
+    def test_closedRightAfterTheLastReply(self) -> None:
+        """
+        When the server closes the connection (after QUIT, say) and its last reply went
+        straight to the socket, the socket is closed at the end of the same turn: the
+        client reads the reply and then the end of the stream, with nothing left waiting
+        for the reactor to find the socket writable.  The close handlers have run.
+        """
+        closed: list[Session] = []
+
+        @implementer(ICloseHandler)
+        class Closing:
+            def onClose(self, session: Session) -> None:
+                closed.append(session)
+
+        connected = Connected(self, handlers=[Closing()])
+        connected.receive()
+        connected.read(b"NOOP\r\nQUIT\r\n")
+        self.assertTrue(connected.transport.connected)
+        connected.endTurn()
+        self.assertFalse(connected.transport.connected)
+        self.assertFalse(connected.waiting())
+        self.assertNotIn(connected.transport, connected.reactor.getReaders())
+        self.assertEqual(connected.client.recv(100), b"250 OK\r\n221 Bye\r\n")
+        self.assertEqual(connected.client.recv(100), b"")
+        self.assertEqual(closed, [connected.protocol.session])
+        self.assertEqual(connected.server.connectionCount, 0)
+
+    def test_closedOnceTheSocketHasTakenEverything(self) -> None:
+        """
+        When the socket could not take all the replies before the close, the rest waits
+        in the transport, which closes the connection once it has sent them: the client
+        gets every reply, then the end of the stream.
+        """
+        connected = Connected(self, small=True)
+        connected.receive()
+        expected = b"250 OK\r\n" * 2000 + b"221 Bye\r\n"
+        connected.say(b"NOOP\r\n" * 2000 + b"QUIT\r\n")
+        self.assertTrue(connected.waiting())
+        self.assertTrue(connected.transport.disconnecting)
+        received = b""
+        for _ in range(10000):
+            if connected.waiting():
+                # As the reactor does: write, and close when the transport says so.
+                why = connected.transport.doWrite()
+                if why is not None:
+                    connected.transport.connectionLost(Failure(why))
+            data = connected.client.recv(65536)
+            if not data:
+                break
+            received += data
+        self.assertEqual(received, expected)
+        self.assertFalse(connected.transport.connected)
+
     def test_otherTransportsUseWrite(self) -> None:
         """
         Any transport but Twisted's plain TCP one gets every byte through C{write}.
@@ -577,7 +633,8 @@ class UnsynchronizedTests(SynchronousTestCase):
                 self.assertEqual(
                     replies, b"250 Accepted\r\n554 Error: SMTP protocol synchronization\r\n"
                 )
-                self.assertTrue(connected.transport.disconnecting)
+                self.assertFalse(connected.transport.connected)
+                self.assertEqual(connected.client.recv(100), b"")
             else:
                 self.assertEqual(replies, b"250 Accepted\r\n")
                 connected.say(b"RCPT TO:<b@example.org>\r\n")
