@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, cast
 
 from OpenSSL import SSL
 from twisted.internet import tcp
@@ -78,6 +78,9 @@ if TYPE_CHECKING:
     from ._server import SMTPServer
 
 _log: Final = Logger(namespace="smtpsvc")
+_T = TypeVar("_T")
+#: What XCLIENT's handlers call once they have answered, with a maker of its reply.
+_XClientDone: TypeAlias = Callable[[Callable[[], Action]], None]
 
 
 def _logLine(text: str, **fields: object) -> None:
@@ -357,17 +360,19 @@ class _DataTransaction:
         self.aborted = True
         self.fail(MessageAborted(why))
 
-    def whenSettled(self, settled: Callable[[], None]) -> bool:
+    @property
+    def settled(self) -> bool:
         """
-        Call C{settled} once every handler of this aborted message has answered.
+        Whether every data handler of the message has answered.
+        """
+        return None not in self.answers
 
-        @return: whether it is to be called later; L{False} when every handler has
-            answered already (it is not called then).
+    def whenSettled(self, settled: Callable[[], None]) -> None:
         """
-        if None not in self.answers:
-            return False
+        Call C{settled} once every handler of this aborted message, which is not yet
+        L{settled}, has answered.
+        """
         self._onSettled = settled
-        return True
 
     def _advance(self) -> None:
         if self.aborted:
@@ -1026,17 +1031,10 @@ class SMTPProtocol(LineReceiver):
             self._abortData("the client reset the transaction", "reset", envelope)
             # Its reply waits for the message's data handlers to let go of it: no handler
             # of the next transaction may run while one of this message's still does.
-            if transaction.whenSettled(partial(self._afterAbandoned, action)):
-                self._handlerPending = True
-                self._pause("handler")
+            if not transaction.settled:
+                transaction.whenSettled(partial(self._holdFor(self._perform), action))
                 return
         self._perform(action)
-
-    def _afterAbandoned(self, action: Action) -> None:
-        self._handlerPending = False
-        if not self._closed:
-            self._perform(action)
-        self._resume("handler")
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._chunk is not None:
@@ -1129,16 +1127,31 @@ class SMTPProtocol(LineReceiver):
         if not isinstance(result, Deferred):
             self._perform(answer(address, result))
             return
+
+        def answered(error: SMTPError | None) -> None:
+            self._perform(answer(address, error))
+
+        result.addCallback(self._holdFor(answered))
+
+    def _holdFor(self, answered: Callable[[_T], object]) -> Callable[[_T], None]:
+        """
+        Read nothing more until a handler answers (the reply to a command waits for it,
+        and no later command may be handled before it).
+
+        @param answered: what to do with the answer, unless the connection has closed
+            by then.
+        @return: what to call with the answer: it calls C{answered}, then reads on.
+        """
         self._handlerPending = True
         self._pause("handler")
 
-        def answered(error: SMTPError | None) -> None:
+        def resume(answer: _T) -> None:
             self._handlerPending = False
             if not self._closed:
-                self._perform(answer(address, error))
+                answered(answer)
             self._resume("handler")
 
-        result.addCallback(answered)
+        return resume
 
     def _sendLater(self, send: Send) -> None:
         # A failed AUTH's reply waits, and so does everything after it.
@@ -1160,19 +1173,9 @@ class SMTPProtocol(LineReceiver):
         if not isinstance(result, Deferred):
             self._authenticated(result)
             return
-        self._handlerPending = True
-        self._pause("handler")
-
-        def answered(outcome: tuple[object, SMTPError | None]) -> None:
-            self._handlerPending = False
-            self._authenticated(outcome)
-            self._resume("handler")
-
-        result.addCallback(answered)
+        result.addCallback(self._holdFor(self._authenticated))
 
     def _authenticated(self, outcome: tuple[object, SMTPError | None]) -> None:
-        if self._closed:
-            return
         user, error = outcome
         session = self._core.session
         if error is None and user is not None:
@@ -1190,8 +1193,8 @@ class SMTPProtocol(LineReceiver):
     def _xclient(self, login: AuthRequest | None) -> None:
         # XCLIENT made this a new client: check its LOGIN, then ask the connect handlers
         # about it, as if it had just connected; nothing else is read meanwhile.
-        self._handlerPending = True
-        self._pause("handler")
+        # Its reply, made (if the connection is still open) once the handlers have answered.
+        done: _XClientDone = self._holdFor(lambda reply: self._perform(reply()))
         session = self._core.session
         _log.info(
             "XCLIENT from {proxy}: client {remoteAddress}:{remotePort} ({clientHostname})",
@@ -1202,38 +1205,32 @@ class SMTPProtocol(LineReceiver):
             clientHostname=session.clientHostname,
         )
         if login is None:
-            self._xclientConnect()
+            self._xclientConnect(done)
             return
         calls = [partial(h, login, session) for h in self._server._handlersFor("onAuth")]
         result = callFirst(calls, session)
         if isinstance(result, Deferred):
-            result.addCallback(self._xclientLoggedIn)
+            result.addCallback(self._xclientLoggedIn, done)
         else:
-            self._xclientLoggedIn(result)
+            self._xclientLoggedIn(result, done)
 
-    def _xclientLoggedIn(self, outcome: tuple[object, SMTPError | None]) -> None:
+    def _xclientLoggedIn(
+        self, outcome: tuple[object, SMTPError | None], done: _XClientDone
+    ) -> None:
         if self._closed:
             return
         refusal = self._core.xclientLogin(*outcome)
         if refusal is not None:
-            self._handlerPending = False
-            self._perform(refusal)
-            self._resume("handler")
+            done(lambda: refusal)
             return
-        self._xclientConnect()
+        self._xclientConnect(done)
 
-    def _xclientConnect(self) -> None:
+    def _xclientConnect(self, done: _XClientDone) -> None:
         result = callChain(self._connectCalls(), "onConnect", self._core.session)
         if isinstance(result, Deferred):
-            result.addCallback(self._xclientDone)
+            result.addCallback(lambda error: done(partial(self._core.xclientDone, error)))
         else:
-            self._xclientDone(result)
-
-    def _xclientDone(self, error: SMTPError | None) -> None:
-        self._handlerPending = False
-        if not self._closed:
-            self._perform(self._core.xclientDone(error))
-        self._resume("handler")
+            done(partial(self._core.xclientDone, result))
 
     # -- TLS -------------------------------------------------------------------------------
 
@@ -1302,9 +1299,7 @@ class SMTPProtocol(LineReceiver):
         if not isinstance(result, Deferred):
             self._secured(result)
             return
-        self._handlerPending = True
-        self._pause("handler")
-        result.addCallback(self._secured)
+        result.addCallback(self._holdFor(self._secured))
 
     def _connectCalls(self) -> list[Callable[[], object]]:
         session = self._core.session
@@ -1318,12 +1313,10 @@ class SMTPProtocol(LineReceiver):
         ]
 
     def _secured(self, error: SMTPError | None) -> None:
-        self._handlerPending = False
-        if error is not None and not self._closed:
+        if error is not None:
             refusal = self._core.refuseSecure(error)
             if refusal is not None:
                 self._perform(refusal)
-        self._resume("handler")
 
     def _startMessage(self, decoderClass: type[DataDecoder] | type[ChunkDecoder]) -> None:
         # A message begins (DATA, or the first BDAT chunk): its decoder, its transaction,

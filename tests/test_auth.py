@@ -20,6 +20,7 @@ from smtpsvc._core._saslprep import saslPrep
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
 
 from .auth_support import authPlain, b64, cramResponse, plainResponse
+from .e2e_support import LogCapture
 from .memorytls import ClientTLS, connectTLS
 from .protocol_support import wires
 
@@ -430,6 +431,26 @@ class ExchangeTests(SynchronousTestCase):
         later.d.callback("someone")
         self.assertEqual(wires(client.received()), ["235 Authentication successful"])
         self.assertEqual((asked, client.session.user), (["abstain", "later"], "someone"))
+
+    def test_answerAfterTheClientLeft(self) -> None:
+        """
+        A handler's answer that comes after the client has gone is dropped: the session
+        is not authenticated and no login is logged.
+        """
+        log = LogCapture(self)
+        later: Deferred[str] = Deferred()
+
+        @implementer(IAuthHandler)
+        class Later:
+            def onAuth(self, auth: AuthRequest, session: Session) -> Deferred[str]:
+                return later
+
+        client = connect([Later()])
+        self.assertEqual(client.send(authPlain("alice", "secret")), [])
+        client.disconnect()
+        later.callback("alice")
+        self.assertIsNone(client.session.user)
+        self.assertEqual(log.matching("Authenticat"), [])
 
     def test_4954_16_backendDownIsTemporary(self) -> None:
         """
