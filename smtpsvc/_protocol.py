@@ -253,7 +253,7 @@ class _DataTransaction:
         self.failure: BaseException | None = None
         self.aborted = False
         # Called once every handler has answered a message that was aborted.
-        self._onSettled: Callable[[], None] | None = None
+        self._onSettled: list[Callable[[], None]] = []
         self._nextToEnd = 0
         self._finished = False
         self._taggedTLSOptional = False
@@ -370,16 +370,16 @@ class _DataTransaction:
     def whenSettled(self, settled: Callable[[], None]) -> None:
         """
         Call C{settled} once every handler of this aborted message, which is not yet
-        L{settled}, has answered.
+        L{settled}, has answered (after the calls asked for before it).
         """
-        self._onSettled = settled
+        self._onSettled.append(settled)
 
     def _advance(self) -> None:
         if self.aborted:
-            settled = self._onSettled
-            if settled is not None and None not in self.answers:
-                self._onSettled = None
-                settled()
+            if self._onSettled and None not in self.answers:
+                calls, self._onSettled = self._onSettled, []
+                for settled in calls:
+                    settled()
             return
         if self._finished:
             return
@@ -446,6 +446,7 @@ class SMTPProtocol(LineReceiver):
         "_refused",
         "_replyAwaited",
         "_server",
+        "_settling",
         "_socket",
         "_timeoutCall",
         "_tlsPending",
@@ -490,6 +491,9 @@ class SMTPProtocol(LineReceiver):
         self._closeWhenFlushed = False
         self._disconnected = False
         self._handlerPending = False
+        # A message that was aborted while its data handlers had yet to answer, until
+        # they have.
+        self._settling: _DataTransaction | None = None
         # Whether the client must wait for a reply that a handler (or the AUTH failure
         # delay) holds back, under forbidUnauthPipelining.
         self._replyAwaited = False
@@ -745,6 +749,16 @@ class SMTPProtocol(LineReceiver):
             refused=self._refused,
         )
         self._server._connectionLost(self)
+        if self._settling is not None:
+            # A message the connection was receiving still has data handlers to answer:
+            # the close handlers wait for them (a relay's data handler is still using the
+            # downstream connection its close handler ends), and so does server.close().
+            self._settling.whenSettled(self._closeHandlers)
+        else:
+            self._closeHandlers()
+
+    def _closeHandlers(self) -> None:
+        session = self._core.session
         # Every close handler runs, whatever the others do; their errors are logged.
         pending = [
             _ensureDeferred(result).addErrback(_logHandlerFailure, "onClose", session)
@@ -855,6 +869,13 @@ class SMTPProtocol(LineReceiver):
             self._rateStarted = None
             transaction.abort(why)
             self._logTransaction(transaction, envelope or self._core.session.envelope, result)
+            if not transaction.settled:
+                # Its data handlers are still to answer: see lineReceived and connectionLost.
+                self._settling = transaction
+                transaction.whenSettled(self._settled)
+
+    def _settled(self) -> None:
+        self._settling = None
 
     # -- input -----------------------------------------------------------------------------
 
@@ -1024,15 +1045,14 @@ class SMTPProtocol(LineReceiver):
             self._perform(core.receiveLine(line))
             return
         # Between BDAT chunks: RSET or a hello abandons the message.
-        transaction = self._data
         envelope = core.session.envelope
         action = core.receiveLine(line)
         if core.state is not State.CHUNKS:
             self._abortData("the client reset the transaction", "reset", envelope)
             # Its reply waits for the message's data handlers to let go of it: no handler
             # of the next transaction may run while one of this message's still does.
-            if not transaction.settled:
-                transaction.whenSettled(partial(self._holdFor(self._perform), action))
+            if self._settling is not None:
+                self._settling.whenSettled(partial(self._holdFor(self._perform), action))
                 return
         self._perform(action)
 

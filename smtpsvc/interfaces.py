@@ -189,8 +189,9 @@ class ICloseHandler(Interface):
 
     def onClose(session: Session) -> object:
         """
-        The connection closed, for whatever reason.  The answer is ignored; an error is
-        logged.
+        The connection closed, for whatever reason.  This is the session's last call:
+        when a message was being received, it comes once the message's data handlers
+        have answered.  The answer is ignored; an error is logged.
         """
 
 

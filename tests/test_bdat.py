@@ -568,6 +568,49 @@ class ChunkingTests(SynchronousTestCase):
         later.pending[0].callback(None)
         self.assertEqual(client.received(), [])
 
+    def test_closeHandlersWaitForTheDataHandlers(self) -> None:
+        """
+        The close handlers of a connection lost in the middle of a message (sent with
+        DATA or in chunks, or abandoned by an RSET that waits for its data handlers) run
+        only once the message's data handlers have answered, and the server's close()
+        waits for them: a close handler may end what a data handler still uses.
+        """
+        sendings = {
+            "DATA": lambda client: client.write(b"DATA\r\nSubject: partial\r\n"),
+            "BDAT": lambda client: client.write(bdat(b"partial")),
+            "RSET": lambda client: client.write(bdat(b"partial") + b"RSET\r\n"),
+        }
+        for name, send in sendings.items():
+            later = LaterAnswer()
+            closing = RecordingHandler()
+            client = connect(later, closing)
+            transaction(client)
+            send(client)
+            client.disconnect()
+            closed = client.server.close()
+            self.assertEqual(closing.closed, [], name)
+            self.assertNoResult(closed)
+            later.pending[0].callback(None)
+            self.assertEqual(closing.closed, [client.session], name)
+            self.assertIsNone(self.successResultOf(closed))
+            # Nothing more reaches the client (the RSET's reply was held, then dropped).
+            self.assertEqual(client.received(), [], name)
+
+    def test_closeHandlersAtOnceWhenTheDataHandlersAnswered(self) -> None:
+        """
+        When the message's data handlers answered before the connection was lost (at the
+        message's end, say), the close handlers run at once.
+        """
+        later = LaterAnswer()
+        closing = RecordingHandler()
+        client = connect(later, closing)
+        transaction(client)
+        client.write(bdat(b"partial"))
+        client.write(b"RSET\r\n")
+        later.pending[0].callback(None)
+        client.disconnect()
+        self.assertEqual(closing.closed, [client.session])
+
     def test_answerAwaited(self) -> None:
         """
         The reply to BDAT LAST waits for the data handler's answer, and commands sent
