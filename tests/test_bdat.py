@@ -598,8 +598,8 @@ class ChunkingTests(SynchronousTestCase):
 
     def test_closeHandlersAtOnceWhenTheDataHandlersAnswered(self) -> None:
         """
-        When the message's data handlers answered before the connection was lost (at the
-        message's end, say), the close handlers run at once.
+        When the data handlers of an aborted message have answered before the connection
+        is lost (here a message abandoned by RSET), the close handlers run at once.
         """
         later = LaterAnswer()
         closing = RecordingHandler()

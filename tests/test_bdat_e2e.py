@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import smtplib
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
@@ -16,6 +17,7 @@ from zope.interface import implementer
 
 from smtpsvc import (
     Address,
+    ICloseHandler,
     IDataHandler,
     IMailFromHandler,
     IMessageStream,
@@ -148,6 +150,59 @@ def abandonChunkedMessage(port: int) -> list[tuple[int, bytes]]:
         replies.append(c.rset())
         replies.append(c.mail(SENDER))
     return replies
+
+
+@implementer(ICloseHandler)
+class SlowToLetGoClosing(SlowToLetGo):
+    """
+    L{SlowToLetGo}, which also notes, when the connection's close handlers run, how many
+    messages' data handlers had still to answer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pendingAtClose: list[int] = []
+        self.closed: Deferred[None] = Deferred()
+
+    def onClose(self, session: Session) -> None:
+        self.pendingAtClose.append(self.pending)
+        self.closed.callback(None)
+
+
+def leaveInTheMiddle(port: int) -> int:
+    """
+    With smtplib (blocking: run it in a thread): a transaction whose client closes the
+    connection after the first line of its message; the reply to DATA.
+    """
+    client = smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT)
+    try:
+        client.ehlo()
+        client.mail(SENDER)
+        client.rcpt(RECIPIENT)
+        client.putcmd("DATA")
+        code, _ = client.getreply()
+        client.send(b"Subject: never finished\r\n")
+    finally:
+        client.close()
+    return code
+
+
+class CloseAfterDataHandlersTests(E2ETestCase):
+    """
+    The close handlers of a connection lost in the middle of a message, over a real
+    connection.
+    """
+
+    async def test_closeHandlersWaitForTheDataHandler(self) -> None:
+        """
+        smtplib closes its connection in the middle of a message: the close handlers run
+        once the message's data handler has answered, not before.
+        """
+        handler = SlowToLetGoClosing()
+        _, port = await startServer(self, [handler])
+        self.assertEqual(await deferToThread(leaveInTheMiddle, port), 354)
+        await handler.closed
+        self.assertEqual(handler.pendingAtClose, [0])
 
 
 class ChunkingAbandonTests(E2ETestCase):
