@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IStreamServerEndpoint
 
 _log = Logger(namespace="smtpsvc")
+#: How long close() waits for handlers still answering once it has cut off the last clients
+#: (closeTimeout, then a second for those that do not read): close handlers, and the data
+#: handlers of messages cut off.  It then gives up on them, so that a handler that never
+#: answers cannot keep the server from closing (a --workers master kills a worker at
+#: closeTimeout plus 5 seconds).
+HANDLER_GRACE = 3.0
 _UNSET: Any = object()
 
 
@@ -116,6 +122,7 @@ class SMTPServer(Factory):
         self._closeWaiters: list[Deferred[None]] = []
         self._closedAlready = False
         self._forceCall: IDelayedCall | None = None
+        self._giveUpCall: IDelayedCall | None = None
         # Connections whose replies leave at the end of this turn of the reactor (an
         # ordered set), and the call that sends them.
         self._unsent: dict[SMTPProtocol, None] = {}
@@ -358,7 +365,9 @@ class SMTPServer(Factory):
         they are doing (a message not yet answered is not lost: the client has no 250).
 
         @return: a Deferred that fires once no connection is left and every close handler
-            has run.  Calling it again returns a Deferred for the same moment.
+            has run (and every data handler of a message cut off has answered), or, should
+            a handler not answer, at most C{closeTimeout} plus 4 seconds after the call,
+            with a warning.  Calling it again returns a Deferred for the same moment.
         """
         waiter: Deferred[None] = Deferred()
         if self._closedAlready:
@@ -385,6 +394,10 @@ class SMTPServer(Factory):
             protocol.shutDown(force=force)
         if self._connections and not force:
             self._forceCall = self.reactor.callLater(self.options.closeTimeout, self._force)
+        if not self._closedAlready:
+            self._giveUpCall = self.reactor.callLater(
+                self.options.closeTimeout + 1.0 + HANDLER_GRACE, self._giveUp
+            )
         return waiter
 
     def _force(self) -> None:
@@ -399,6 +412,15 @@ class SMTPServer(Factory):
             if protocol.transport is not None:
                 protocol.transport.abortConnection()  # type: ignore[attr-defined]
 
+    def _giveUp(self) -> None:
+        self._giveUpCall = None
+        _log.warn(
+            "Closing the server without waiting any longer for the handlers of {count} "
+            "connection(s)",
+            count=self._ending + len(self._connections),
+        )
+        self._closed()
+
     def _checkClosed(self) -> None:
         if (
             self.closing
@@ -407,14 +429,18 @@ class SMTPServer(Factory):
             and not self._connections
             and not self._ending
         ):
-            if self._forceCall is not None and self._forceCall.active():
-                self._forceCall.cancel()
-            self._forceCall = None
-            self._closedAlready = True
             _log.info("Server closed")
-            waiters, self._closeWaiters = self._closeWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+            self._closed()
+
+    def _closed(self) -> None:
+        for call in (self._forceCall, self._giveUpCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._forceCall = self._giveUpCall = None
+        self._closedAlready = True
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
 
 # The options updateSecureContext may change: the TLS settings, but not the name, which

@@ -32,7 +32,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import FailTest, TestCase
 from zope.interface import implementer
 
-from smtpsvc import Address, IRcptToHandler, Session, SMTPError
+from smtpsvc import Address, ICloseHandler, IRcptToHandler, Session, SMTPError
 
 from .e2e_support import (
     CLIENT_NAME,
@@ -544,3 +544,20 @@ def makeHandler() -> NoBobs:
     The handler C{--deliver python:tests.service_support:makeHandler} loads.
     """
     return NoBobs()
+
+
+@implementer(ICloseHandler)
+class NeverClosing:
+    """
+    A close handler that never answers.
+    """
+
+    def onClose(self, session: Session) -> Deferred[None]:
+        return Deferred()
+
+
+def makeNeverClosing() -> NeverClosing:
+    """
+    The handler C{--deliver python:tests.service_support:makeNeverClosing} loads.
+    """
+    return NeverClosing()

@@ -19,6 +19,7 @@ from zope.interface import implementer
 from smtpsvc import (
     Address,
     Envelope,
+    ICloseHandler,
     IConnectHandler,
     IDataHandler,
     IMailFromHandler,
@@ -34,6 +35,7 @@ from smtpsvc import (
 )
 from smtpsvc._core._connection import _HELLOS
 from smtpsvc._core._session import newSessionID
+from smtpsvc._server import HANDLER_GRACE
 from smtpsvc._stream import HIGH_WATER
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseReplies
 
@@ -1859,6 +1861,65 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         closed = server.close()
         self.assertEqual(first(client.received()), "421 Server shutting down")
         self.successResultOf(closed)
+
+    def test_closeGivesUpOnHandlersThatNeverAnswer(self) -> None:
+        """
+        A close handler that never answers, or the data handler of a message cut off that
+        never does, keeps close() waiting only until closeTimeout, the second given to
+        clients that do not read, and HANDLER_GRACE have passed; a warning says so.
+        """
+
+        @implementer(ICloseHandler)
+        class NeverClosing:
+            def onClose(self, session: Session) -> Deferred[None]:
+                return Deferred()
+
+        @implementer(IDataHandler)
+        class NeverAnswering:
+            def onData(self, stream: IMessageStream, session: Session) -> Deferred[None]:
+                return Deferred()
+
+        for handler, inMessage in ((NeverClosing(), False), (NeverAnswering(), True)):
+            log = LogCapture(self)
+            server = makeServer([handler], closeTimeout=5)
+            client = MemoryClient(server)
+            hello(client)
+            if inMessage:
+                client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+            closed = server.close()
+            server.reactor.advance(5)
+            self.assertEqual(first(client.received()), "421 Server shutting down")
+            self.assertTrue(client.closed)
+            server.reactor.advance(1 + HANDLER_GRACE - 0.01)
+            self.assertNoResult(closed)
+            self.assertEqual(log.matching("without waiting"), [])
+            server.reactor.advance(0.01)
+            self.successResultOf(closed)
+            self.assertEqual(
+                log.matching("without waiting"),
+                [
+                    "Closing the server without waiting any longer for the handlers of 1 "
+                    "connection(s)"
+                ],
+            )
+            self.successResultOf(server.close())
+            self.assertEqual(server.reactor.getDelayedCalls(), [])
+
+    def test_closeLeavesNoTimer(self) -> None:
+        """
+        A server that closed in time leaves no timer behind, whether it had clients or
+        not.
+        """
+        for count in (0, 1):
+            server = makeServer(closeTimeout=5)
+            clients = [MemoryClient(server) for _ in range(count)]
+            for client in clients:
+                hello(client)
+            closed = server.close()
+            for client in clients:
+                self.assertEqual(first(client.received()), "421 Server shutting down")
+            self.successResultOf(closed)
+            self.assertEqual(server.reactor.getDelayedCalls(), [])
 
     def test_closeTwice(self) -> None:
         """

@@ -38,6 +38,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 
 from smtpsvc import tap
+from smtpsvc._server import HANDLER_GRACE
 from smtpsvc._service import canSpreadConnections
 from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
@@ -648,6 +649,33 @@ class ShutdownTests(E2ETestCase):
         self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)
         self.assertEqual(delivered(maildir), {})
         self.assertEqual(leftInTmp(maildir), {})
+
+    async def test_handlerThatNeverAnswers(self) -> None:
+        """
+        A close handler that never answers does not keep the process from exiting on
+        SIGTERM: the server waits for it until closeTimeout, a second and HANDLER_GRACE
+        have passed, says so, and exits cleanly.
+        """
+        tmpdir = workspace(self)
+        args = [
+            *("--listen", LISTEN, "--deliver", "discard"),
+            *("--deliver", "python:tests.service_support:makeNeverClosing"),
+            *("--close-timeout", str(CLOSE_TIMEOUT), *QUICK),
+        ]
+        process = await startService(self, args, tmpdir)
+        assert process.port is not None
+        code, _ = await deferToThread(sendOne, process.port, message("then QUIT"))
+        self.assertEqual(code, 250)
+        started = time.monotonic()
+        process.sendSignal("TERM")
+        limit = CLOSE_TIMEOUT + 1 + HANDLER_GRACE
+        await process.waitForExit(limit + EXIT_MARGIN)
+        self.assertGreater(time.monotonic() - started, limit - 0.5)
+        self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)
+        self.assertIn(
+            "Closing the server without waiting any longer for the handlers of 1 connection(s)",
+            process.text,
+        )
 
 
 def sendInParallel(port: int, count: int) -> list[tuple[int, bytes]]:
