@@ -8,7 +8,7 @@ import dataclasses
 import os
 import socket
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -44,7 +44,7 @@ _log = Logger(namespace="smtpsvc")
 #: handlers of messages cut off.  It then gives up on them, so that a handler that never
 #: answers cannot keep the server from closing (a --workers master kills a worker at
 #: closeTimeout plus 5 seconds).
-HANDLER_GRACE = 3.0
+HANDLER_GRACE: Final = 3.0
 _UNSET: Any = object()
 
 
