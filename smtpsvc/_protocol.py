@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from OpenSSL import SSL
 from twisted.internet import tcp
@@ -79,8 +79,6 @@ if TYPE_CHECKING:
 
 _log: Final = Logger(namespace="smtpsvc")
 _T = TypeVar("_T")
-#: What XCLIENT's handlers call once they have answered, with a maker of its reply.
-_XClientDone: TypeAlias = Callable[[Callable[[], Action]], None]
 
 
 def _logLine(text: str, **fields: object) -> None:
@@ -376,7 +374,7 @@ class _DataTransaction:
 
     def _advance(self) -> None:
         if self.aborted:
-            if self._onSettled and None not in self.answers:
+            if self._onSettled and self.settled:
                 calls, self._onSettled = self._onSettled, []
                 for settled in calls:
                     settled()
@@ -391,7 +389,7 @@ class _DataTransaction:
                     break
                 streams[index].finish(MessageDone())
                 self._nextToEnd += 1
-        if self.ended and None not in self.answers:
+        if self.ended and self.settled:
             self._finished = True
             self.protocol._dataFinished(self)
 
@@ -1213,8 +1211,8 @@ class SMTPProtocol(LineReceiver):
     def _xclient(self, login: AuthRequest | None) -> None:
         # XCLIENT made this a new client: check its LOGIN, then ask the connect handlers
         # about it, as if it had just connected; nothing else is read meanwhile.
-        # Its reply, made (if the connection is still open) once the handlers have answered.
-        done: _XClientDone = self._holdFor(lambda reply: self._perform(reply()))
+        # Its reply, sent (if the connection is still open) once the handlers have answered.
+        done: Callable[[Action], None] = self._holdFor(self._perform)
         session = self._core.session
         _log.info(
             "XCLIENT from {proxy}: client {remoteAddress}:{remotePort} ({clientHostname})",
@@ -1235,22 +1233,22 @@ class SMTPProtocol(LineReceiver):
             self._xclientLoggedIn(result, done)
 
     def _xclientLoggedIn(
-        self, outcome: tuple[object, SMTPError | None], done: _XClientDone
+        self, outcome: tuple[object, SMTPError | None], done: Callable[[Action], None]
     ) -> None:
         if self._closed:
             return
         refusal = self._core.xclientLogin(*outcome)
         if refusal is not None:
-            done(lambda: refusal)
+            done(refusal)
             return
         self._xclientConnect(done)
 
-    def _xclientConnect(self, done: _XClientDone) -> None:
+    def _xclientConnect(self, done: Callable[[Action], None]) -> None:
         result = callChain(self._connectCalls(), "onConnect", self._core.session)
         if isinstance(result, Deferred):
-            result.addCallback(lambda error: done(partial(self._core.xclientDone, error)))
+            result.addCallback(lambda error: done(self._core.xclientDone(error)))
         else:
-            done(partial(self._core.xclientDone, result))
+            done(self._core.xclientDone(result))
 
     # -- TLS -------------------------------------------------------------------------------
 
@@ -1506,14 +1504,8 @@ class SMTPProtocol(LineReceiver):
         # costs two epoll_ctl calls and a wake-up per reply (Twisted issue #5303).  When
         # nothing is waiting in its buffer, send at once; what the socket does not take
         # (or an error, which the transport then finds and reports) goes the usual way.
-        transport: Any = self.transport
-        sock = self._socket
-        if sock is not None and not (
-            transport.dataBuffer
-            or transport._tempDataBuffer
-            or transport.disconnecting
-            or transport.TLS
-        ):
+        sock = self._idleSocket()
+        if sock is not None:
             try:
                 sent = sock.send(data)
             except OSError:
@@ -1521,7 +1513,21 @@ class SMTPProtocol(LineReceiver):
             if sent == len(data):
                 return
             data = data[sent:]
-        transport.write(data)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def _idleSocket(self) -> socket.socket | None:
+        # The socket of a plain TCP transport that holds nothing to send (see
+        # _writableSocket): what is written to it directly goes out in order.
+        transport: Any = self.transport
+        if self._socket is None or (
+            transport.dataBuffer
+            or transport._tempDataBuffer
+            or transport.disconnecting
+            or transport.TLS
+        ):
+            return None
+        return self._socket
 
     def _closeAfterWrite(self) -> None:
         if self._closed:
@@ -1548,12 +1554,7 @@ class SMTPProtocol(LineReceiver):
 
     def _loseConnection(self) -> None:
         transport: Any = self.transport
-        if self._socket is not None and not (
-            transport.dataBuffer
-            or transport._tempDataBuffer
-            or transport.disconnecting
-            or transport.TLS
-        ):
+        if self._idleSocket() is not None:
             # Everything went straight to the socket (see _send), so nothing is left for
             # the transport to write: close now, as the transport itself does when it has
             # no more to write, rather than have loseConnection wait for the reactor to
