@@ -25,6 +25,8 @@ BARE_LINE_ENDING_POLICIES: Final = ("normalize", "reject", "pass")
 AUTH_MECHANISMS: Final = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER")
 #: TLS versions by the names the reference (and Node) uses.
 TLS_VERSIONS: Final = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+#: Twisted's log levels, by name, least severe first.
+LOG_LEVELS: Final = ("debug", "info", "warn", "error", "critical")
 
 
 def _option(
@@ -219,6 +221,16 @@ class ServerOptions:
         "Seconds the greeting waits; a client that talks before it gets "
         "``421 <name> You talk too soon``.  0 sends the greeting at once.",
         group="limits",
+    )
+    logLevel: str = _option(
+        "info",
+        "The least severe level of the events the server and its connections log "
+        "(namespace ``smtpsvc``): those below it are not made at all, which saves what "
+        "building them costs as well as their output.  At ``warn`` that is the line per "
+        "connection and per message.  ``twist smtpsvc`` takes it from ``twist --log-level``.",
+        choices=LOG_LEVELS,
+        cli=False,
+        cliForms=("twist --log-level LEVEL",),
     )
 
     # -- TLS -----------------------------------------------------------------------------

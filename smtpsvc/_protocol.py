@@ -37,7 +37,7 @@ from twisted.internet.interfaces import (
     ITLSTransport,
 )
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -79,17 +79,6 @@ if TYPE_CHECKING:
 
 _log: Final = Logger(namespace="smtpsvc")
 _T = TypeVar("_T")
-
-
-def _logLine(text: str, **fields: object) -> None:
-    """
-    Log, at info level, a line written once per connection or per message: C{text}, with
-    C{fields} as the event's structured fields and C{text} among them.
-    """
-    # The text is the event's format, with its braces doubled so that it names no field:
-    # a JSON log observer copies each field a format names into the event once more, and
-    # a format naming each value would have doubled the line's cost.
-    _log.info(text.replace("{", "{{").replace("}", "}}"), text=text, **fields)
 
 
 # Lines handled in one go before letting the reactor serve other connections.
@@ -222,6 +211,7 @@ def _ensureDeferred(result: object) -> Deferred[Any]:
 
 
 def _logHandlerFailure(failure: Failure, hook: str, session: Session) -> None:
+    # At critical level, as Logger.failure logs: every logLevel keeps it.
     _log.failure(
         "Handler failed in {hook} for session {sessionId}",
         failure,
@@ -468,6 +458,7 @@ class SMTPProtocol(LineReceiver):
         self._server = server
         self._options = server.options
         self._reactor = server.reactor
+        self._log = server._log
         self._core: ServerConnection
         self._buffer = b""
         self._pos = 0
@@ -613,7 +604,7 @@ class SMTPProtocol(LineReceiver):
             session.clientHostname = f"[{session.remoteAddress}]"
             session.localAddress = header.destinationAddress or session.localAddress
             session.localPort = header.destinationPort or session.localPort
-        _log.info(
+        self._log.info(
             "PROXY v{version} {command} from {proxy}: client {remoteAddress}:{remotePort}",
             sessionId=session.id,
             version=header.version,
@@ -630,7 +621,7 @@ class SMTPProtocol(LineReceiver):
 
     def _proxyFailed(self, why: str) -> None:
         # No SMTP reply: the peer is a load balancer that spoke wrongly, or a spoofer.
-        _log.warn(
+        self._log.warn(
             "Closing connection from {peer}: {why}",
             sessionId=self._core.session.id,
             peer=self._proxyPeer,
@@ -724,14 +715,26 @@ class SMTPProtocol(LineReceiver):
         self._abortData()
         session = self._core.session
         if self._tlsPending:
-            _log.info(
+            self._log.info(
                 "TLS handshake failed: {reason}",
                 sessionId=session.id,
                 reason=reason.getErrorMessage(),
             )
+        if self._log.wants(LogLevel.info):
+            self._logDisconnect(session)
+        self._server._connectionLost(self)
+        if self._settling is not None:
+            # A message the connection was receiving still has data handlers to answer:
+            # the close handlers wait for them (a relay's data handler is still using the
+            # downstream connection its close handler ends), and so does server.close().
+            self._settling.whenSettled(self._closeHandlers)
+        else:
+            self._closeHandlers()
+
+    def _logDisconnect(self, session: Session) -> None:
         seconds = self._reactor.seconds() - self._connectedAt
         tlsText = _tlsText(session)
-        _logLine(
+        self._log.line(
             f"Connection closed: {session.remoteAddress}:{session.remotePort} after "
             f"{seconds:.3f} s{f' ({tlsText})' if tlsText else ''}; messages accepted "
             f"{self._accepted}, refused {self._refused}",
@@ -746,14 +749,6 @@ class SMTPProtocol(LineReceiver):
             accepted=self._accepted,
             refused=self._refused,
         )
-        self._server._connectionLost(self)
-        if self._settling is not None:
-            # A message the connection was receiving still has data handlers to answer:
-            # the close handlers wait for them (a relay's data handler is still using the
-            # downstream connection its close handler ends), and so does server.close().
-            self._settling.whenSettled(self._closeHandlers)
-        else:
-            self._closeHandlers()
 
     def _closeHandlers(self) -> None:
         session = self._core.session
@@ -804,7 +799,7 @@ class SMTPProtocol(LineReceiver):
             return
         if self._tlsPending:
             # No reply can be sent in the middle of a handshake.
-            _log.info("TLS handshake timed out", sessionId=self._core.session.id)
+            self._log.info("TLS handshake timed out", sessionId=self._core.session.id)
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
         if self._proxyParser is not None:
@@ -813,11 +808,11 @@ class SMTPProtocol(LineReceiver):
             self._proxyFailed("no PROXY header in time")
             return
         if slow:
-            _log.info("Message not received in time", sessionId=self._core.session.id)
+            self._log.info("Message not received in time", sessionId=self._core.session.id)
         elif self._lineStarted is not None:
-            _log.info("Command not completed in time", sessionId=self._core.session.id)
+            self._log.info("Command not completed in time", sessionId=self._core.session.id)
         else:
-            _log.info("Connection timed out", sessionId=self._core.session.id)
+            self._log.info("Connection timed out", sessionId=self._core.session.id)
         # The goodbye first: it closes the connection, so that nothing the client sent
         # is read when the aborted message's handlers let go of their streams.
         self._perform(self._core.timedOut())
@@ -1016,7 +1011,7 @@ class SMTPProtocol(LineReceiver):
         # The client sent more where it had to wait for our reply: a spam engine that
         # does not read replies, or a smuggling attempt.  Nothing more of it is read.
         session = self._core.session
-        _log.info(
+        self._log.info(
             "Closing connection: {remoteAddress} did not wait for a reply",
             sessionId=session.id,
             remoteAddress=session.remoteAddress,
@@ -1120,7 +1115,7 @@ class SMTPProtocol(LineReceiver):
             # after STARTTLS may be read as if it came through TLS.
             discarded = self.clearLineBuffer()
             if discarded:
-                _log.warn(
+                self._log.warn(
                     "Discarded {count} bytes sent in clear after STARTTLS",
                     sessionId=self._core.session.id,
                     count=len(discarded),
@@ -1197,9 +1192,9 @@ class SMTPProtocol(LineReceiver):
         user, error = outcome
         session = self._core.session
         if error is None and user is not None:
-            _log.info("Authenticated as {user}", sessionId=session.id, user=_userName(user))
+            self._log.info("Authenticated as {user}", sessionId=session.id, user=_userName(user))
         else:
-            _log.info(
+            self._log.info(
                 "Authentication failed: {reason}",
                 sessionId=session.id,
                 reason=str(error) if error is not None else "credentials invalid",
@@ -1214,7 +1209,7 @@ class SMTPProtocol(LineReceiver):
         # Its reply, sent (if the connection is still open) once the handlers have answered.
         done: Callable[[Action], None] = self._holdFor(self._perform)
         session = self._core.session
-        _log.info(
+        self._log.info(
             "XCLIENT from {proxy}: client {remoteAddress}:{remotePort} ({clientHostname})",
             sessionId=session.id,
             proxy=self._proxyPeer,
@@ -1273,7 +1268,7 @@ class SMTPProtocol(LineReceiver):
         """
         session = self._core.session
         if ITLSTransport(self.transport, None) is None:
-            _log.warn(
+            self._log.warn(
                 "Cannot start TLS: {reason}",
                 sessionId=session.id,
                 reason="the transport cannot do TLS",
@@ -1286,10 +1281,10 @@ class SMTPProtocol(LineReceiver):
         except SSL.Error as e:
             # OpenSSL could not make the connection (memory, a context it refuses): a
             # condition of the moment, not a bug, so no traceback.
-            _log.warn("Cannot start TLS: {reason}", sessionId=session.id, reason=str(e))
+            self._log.warn("Cannot start TLS: {reason}", sessionId=session.id, reason=str(e))
             return None
         except Exception as e:
-            _log.failure("Cannot start TLS: {reason}", sessionId=session.id, reason=repr(e))
+            self._log.failure("Cannot start TLS: {reason}", sessionId=session.id, reason=repr(e))
             return None
         return _PreparedTLS(connection)
 
@@ -1443,12 +1438,14 @@ class SMTPProtocol(LineReceiver):
     def _logTransaction(self, transaction: _DataTransaction, envelope: Any, result: str) -> None:
         # One line per transaction, with what an operator greps for; the fields are
         # structured, so `twist --log-format json` gives them to log processors as such.
+        if not self._log.wants(LogLevel.info):
+            return
         session = self._core.session
         mailFrom = envelope.mailFrom.address if envelope.mailFrom else ""
         rcptTo = [r.address for r in envelope.rcptTo]
         size = transaction.decoder.byteLength
         seconds = self._reactor.seconds() - transaction.started
-        _logLine(
+        self._log.line(
             f"{session.id} message from <{mailFrom}> to {rcptTo} ({size} bytes) for "
             f"{session.clientHostname} [{session.remoteAddress}]: {result} in {seconds:.3f} s",
             event="transaction",

@@ -15,12 +15,13 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from ._config import listeningPort
 from ._core._throttle import FailureBudget
 from ._core._xclient import isLoopback
 from ._dns import defaultResolver, reverseLookup
+from ._logging import LevelLogger
 from ._options import ServerOptions
 from ._protocol import SMTPProtocol
 from ._reactor import reactorOr
@@ -38,7 +39,6 @@ from .interfaces import (
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IStreamServerEndpoint
 
-_log = Logger(namespace="smtpsvc")
 #: How long close() lets clients it has told 421 after closeTimeout read it before it cuts
 #: off those that do not read.
 _ABORT_DELAY: Final = 1.0
@@ -102,6 +102,8 @@ class SMTPServer(Factory):
             value L{ValueError}.
         """
         self.options = ServerOptions.fromMapping(options)
+        #: The server's and its connections' events (see the C{logLevel} option).
+        self._log = LevelLogger("smtpsvc", LogLevel.levelWithName(self.options.logLevel))
         #: Makes the TLS side of each connection; see L{updateSecureContext}.
         self.tls = ServerTLS(settingsFrom(self.options))
         #: Failed AUTH attempts per client address, shared by every connection.
@@ -197,7 +199,7 @@ class SMTPServer(Factory):
                 protocol._flush()
             except Exception:
                 # A bug, but one connection's: the others' replies still go.
-                _log.failure("Sending replies failed", sessionId=protocol.session.id)
+                self._log.failure("Sending replies failed", sessionId=protocol.session.id)
 
     def _connectionMade(self, protocol: SMTPProtocol) -> None:
         self._connections.add(protocol)
@@ -264,7 +266,7 @@ class SMTPServer(Factory):
         options = dataclasses.replace(self.options, **tlsOptions)
         self.tls.update(settingsFrom(options))
         self.options = options
-        _log.info("TLS certificates updated")
+        self._log.info("TLS certificates updated")
 
     # -- listening and closing -------------------------------------------------------------
 
@@ -307,11 +309,11 @@ class SMTPServer(Factory):
                 # Fail only once the port is closed, so nothing is left listening.
                 stopping = maybeDeferred(port.stopListening)
                 stopping.addErrback(
-                    lambda f: _log.failure("Cannot stop the refused LMTP listener", f)
+                    lambda f: self._log.failure("Cannot stop the refused LMTP listener", f)
                 )
                 return stopping.addCallback(refuse)
             self._ports.append(port)
-            _log.info(
+            self._log.info(
                 "{kind} server listening on {host}:{port}",
                 kind=listenerKind(self.options, secure),
                 host=getattr(address, "host", address),
@@ -379,7 +381,7 @@ class SMTPServer(Factory):
         if self.closing:
             return waiter
         self.closing = True
-        _log.info(
+        self._log.info(
             "Server closing with {count} connection(s), waiting {timeout} seconds",
             count=len(self._connections),
             timeout=self.options.closeTimeout,
@@ -416,7 +418,7 @@ class SMTPServer(Factory):
 
     def _giveUp(self) -> None:
         self._giveUpCall = None
-        _log.warn(
+        self._log.warn(
             "Closing the server without waiting any longer for the handlers of {count} "
             "connection(s)",
             count=self._ending + len(self._connections),
@@ -431,7 +433,7 @@ class SMTPServer(Factory):
             and not self._connections
             and not self._ending
         ):
-            _log.info("Server closed")
+            self._log.info("Server closed")
             self._closed()
 
     def _closed(self) -> None:

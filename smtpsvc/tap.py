@@ -19,6 +19,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.cred import strcred
 from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
+from twisted.logger import LogLevel
 from twisted.python import usage
 
 from ._config import (
@@ -238,6 +239,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             config.inherited = self.inherited
             config.listen, config.listenTLS, config.workers = [], [], 1
         self.config = config
+        twistLevel: Any = self.parent.get("logLevel") if self.parent is not None else None
+        if twistLevel in list(LogLevel.iterconstants()):
+            # twist --log-level: the server does not make the events twist would drop.
+            config.serverOptions["logLevel"] = twistLevel.name
         if not config.tls.given:
             name = ServerOptions.fromMapping(config.serverOptions).name
             warnDevelopment(name)

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.application.service import IServiceMaker
+from twisted.application.twist._options import TwistOptions
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -124,13 +126,19 @@ class OptionsTests(SynchronousTestCase):
     def test_otherFlagsExist(self) -> None:
         """
         The flags the options table names for options set another way (--cert FILE,
-        --sni HOST=CERT[,KEY] ...) are flags of the command line.
+        --sni HOST=CERT[,KEY] ...) are flags of the command line: of C{twist smtpsvc},
+        or of C{twist} itself for those written C{twist --flag}.
         """
         longOptions = {name.rstrip("=") for name in tap.Options().longOpt}
+        twistOptions = {name.rstrip("=") for name in TwistOptions().longOpt}
         forms = [form for s in optionSpecs() if not s.cli for form in s.cliForms]
-        self.assertEqual(len(forms), 5)
+        self.assertEqual(len(forms), 6)
         for form in forms:
-            self.assertIn(form.split()[0].removeprefix("--"), longOptions, form)
+            words = form.split()
+            if words[0] == "twist":
+                self.assertIn(words[1].removeprefix("--"), twistOptions, form)
+            else:
+                self.assertIn(words[0].removeprefix("--"), longOptions, form)
 
     def test_defaults(self) -> None:
         """
@@ -141,6 +149,25 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options.config.listen, ["tcp:2525:interface=127.0.0.1"])
         self.assertEqual(options.config.deliver, ["maildir:./maildir"])
         self.assertEqual(chosen(options), {})
+
+    def test_twistLogLevel(self) -> None:
+        """
+        C{twist --log-level} sets the server's C{logLevel}, so that it does not make the
+        events C{twist} would drop; without the flag, C{twist}'s default, C{info}.  Parsed
+        without C{twist} (as C{twistd} does), the option keeps its default.
+        """
+        for args, expected in ((["--log-level", "warn"], LogLevel.warn), ([], LogLevel.info)):
+            twist = TwistOptions()
+            # Present, so that parsing installs no reactor.
+            twist["reactor"] = Clock()
+            twist.parseOptions([*args, "smtpsvc", "--deliver", "discard"])
+            sub = twist.subOptions
+            assert isinstance(sub, tap.Options)
+            self.assertEqual(sub.config.serverOptions["logLevel"], expected.name)
+            self.assertEqual(tap.buildServer(sub)._log.level, expected)
+        alone = parse("--deliver", "discard")
+        self.assertNotIn("logLevel", chosen(alone))
+        self.assertEqual(tap.buildServer(alone)._log.level, LogLevel.info)
 
     def test_values(self) -> None:
         """

@@ -1,0 +1,137 @@
+"""
+Tests for the C{logLevel} option: the server does not make the events below it.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from twisted.logger import ILogObserver, LogEvent, LogLevel, LogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from smtpsvc import IMailFromHandler, Session, SMTPServer, _protocol
+from smtpsvc._core._session import Address
+from smtpsvc._logging import LevelLogger
+from smtpsvc.testing import MemoryClient, RecordingHandler
+
+from .e2e_support import LogCapture
+from .protocol_support import codes, connect, hello, makeServer
+
+
+def mailOnce(client: MemoryClient) -> None:
+    """
+    Send one message and QUIT: a transaction line and a connection line at info level.
+    """
+    hello(client)
+    replies = client.send("MAIL FROM:<a@b.example>", "RCPT TO:<r@d.example>", "DATA")
+    assert codes(replies) == [250, 250, 354], replies
+    assert codes(client.write(b"hi\r\n.\r\n")) == [250]
+    client.send("QUIT")
+
+
+def smtpsvcEvents(capture: LogCapture) -> list[LogEvent]:
+    return [e for e in capture.events if e.get("log_namespace") == "smtpsvc"]
+
+
+@implementer(IMailFromHandler)
+class Broken:
+    """
+    A MAIL FROM handler with a bug.
+    """
+
+    def onMailFrom(self, address: Address, session: Session) -> None:
+        raise ValueError("a bug in the handler")
+
+
+class LevelLoggerTests(SynchronousTestCase):
+    """
+    L{LevelLogger} publishes the events at or above its level and no others.
+    """
+
+    def test_emit(self) -> None:
+        events: list[LogEvent] = []
+        log = LevelLogger("test", LogLevel.warn)
+        log.observer = LogPublisher(cast(ILogObserver, events.append))
+        log.info("not made")
+        log.debug("not made")
+        log.warn("made {n}", n=1)
+        log.error("made {n}", n=2)
+        log.line("not made either {}")
+        self.assertEqual([e["n"] for e in events], [1, 2])
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.warn, LogLevel.error])
+
+    def test_wants(self) -> None:
+        log = LevelLogger("test", LogLevel.info)
+        self.assertFalse(log.wants(LogLevel.debug))
+        self.assertTrue(log.wants(LogLevel.info))
+        self.assertTrue(log.wants(LogLevel.critical))
+
+
+class LogLevelOptionTests(SynchronousTestCase):
+    """
+    The C{logLevel} option of L{SMTPServer}.
+    """
+
+    def test_defaultInfo(self) -> None:
+        """
+        By default the server writes its line per message and per connection.
+        """
+        capture = LogCapture(self)
+        mailOnce(connect(RecordingHandler()))
+        kinds = [e.get("event") for e in smtpsvcEvents(capture)]
+        self.assertEqual(kinds, ["transaction", "disconnect"])
+
+    def test_warnMakesNoInfoLines(self) -> None:
+        """
+        At C{warn} the lines are neither published nor built: the session goes on as
+        ever, and nothing of the lines' text is computed.
+        """
+        built: list[object] = []
+        realTLSText = _protocol._tlsText
+
+        def tlsText(session: Session) -> str | None:
+            built.append(session)
+            return realTLSText(session)
+
+        self.patch(_protocol, "_tlsText", tlsText)
+        capture = LogCapture(self)
+        handler = RecordingHandler()
+        mailOnce(connect(handler, logLevel="warn"))
+        self.assertEqual(len(handler.messages), 1)
+        self.assertEqual(smtpsvcEvents(capture), [])
+        self.assertEqual(built, [])
+        # The same session at info builds both lines' TLS text.
+        mailOnce(connect(RecordingHandler(), logLevel="info"))
+        self.assertEqual(len(built), 2)
+
+    def test_errorDropsWarnings(self) -> None:
+        """
+        At C{error} a warning (a bad PROXY header) is not made; at C{warn} it is.
+        """
+        for level, expected in (("error", 0), ("warn", 1)):
+            capture = LogCapture(self)
+            client = MemoryClient(makeServer(useProxy=True, logLevel=level))
+            client.write(b"PROXY WHAT\r\n")
+            self.assertTrue(client.closed)
+            warnings = [e for e in smtpsvcEvents(capture) if e["log_level"] == LogLevel.warn]
+            self.assertEqual(len(warnings), expected, level)
+
+    def test_handlerFailuresAtEveryLevel(self) -> None:
+        """
+        A handler's failure is logged at C{critical}, as L{Logger.failure} logs: every
+        level keeps it.  The client gets its 451.
+        """
+        client = connect(Broken(), logLevel="critical")
+        hello(client)
+        self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [451])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_unknownLevel(self) -> None:
+        """
+        A level Twisted does not have is refused with the option's name and the choices.
+        """
+        with self.assertRaises(ValueError) as caught:
+            SMTPServer(logLevel="loud")
+        self.assertIn("logLevel", str(caught.exception))
+        self.assertIn("debug, info, warn, error, critical", str(caught.exception))
