@@ -35,12 +35,16 @@ class Meter:
         self._overflows0 = self._overflows1 = 0
         self._busy0 = self._busy1 = 0.0
         self._external: float | None = None
+        #: Under valgrind: the instructions the server executed from L{begin} to L{end}.
+        self.instructions = 0
 
     def begin(self) -> None:
         """
         The load starts now.
         """
         self.server.refresh()
+        if self.server.callgrind is not None:
+            self.server.zeroInstructions()
         self._overflows0 = _proc.listenOverflows()
         self._cpu0 = self.server.cpu()
         self._self0 = _selfCpu()
@@ -56,6 +60,8 @@ class Meter:
         self._self1 = _selfCpu()
         self._cpu1 = self.server.cpu()
         self._overflows1 = _proc.listenOverflows()
+        if self.server.callgrind is not None:
+            self.instructions = self.server.dumpInstructions()
 
     def setClientCpu(self, seconds: float) -> None:
         """

@@ -367,6 +367,41 @@ def targetLines(found: Sequence[Target]) -> str:
     return "\n".join(lines)
 
 
+def instructionTable(workloads: Sequence[Workload], measurements: Sequence[Measurement]) -> str:
+    """
+    Under C{--instructions}: per workload, each server's instructions per unit of load
+    (median of the runs, with the spread) and its ratio to smtpsvc's.
+    """
+    lines = []
+    for workload in workloads:
+        runs: dict[str, list[float]] = {}
+        uncounted: list[str] = []
+        for m in measurements:
+            if m.workload != workload.key or not m.ok:
+                continue
+            if m.instructionsPerUnit:
+                runs.setdefault(m.server, []).append(m.instructionsPerUnit)
+            elif m.server not in uncounted:
+                uncounted.append(m.server)
+        if not runs:
+            continue
+        base = Spread.of(runs.get("smtpsvc", []))
+        lines.append(f"{workload.key}: instructions per {workload.unit}")
+        width = max(len(name) for name in runs)
+        for name, values in runs.items():
+            spread = Spread.of(values)
+            assert spread is not None
+            ratio = spread.median / base.median if base is not None else None
+            lines.append(
+                f"  {name:<{width}}  {_cell(spread, len(values)):>28}  x smtpsvc {_ratio(ratio)}"
+            )
+        for name in uncounted:
+            lines.append(f"  {name}: not counted (workers, or a change of user, escape valgrind)")
+    if not lines:
+        return "No instructions were counted."
+    return "\n".join(lines)
+
+
 def profiles(paths: Sequence[Path], count: int = 15) -> str:
     """
     For each cProfile statistics file, its costliest functions by own time.

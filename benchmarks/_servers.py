@@ -21,6 +21,8 @@ from benchmarks._peers import SCRIPTS, Tools
 
 #: The name every server answers with.
 NAME = "bench.example.test"
+#: How many times longer a server takes to start under valgrind.
+_VALGRIND_SLOWDOWN = 20
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class Launch:
     #: Where to write cProfile statistics of the servers that can be profiled (smtpsvc
     #: without workers), one file per measurement; None: no profiling.
     profileDir: Path | None = None
+    #: Where callgrind writes its counts for the servers that are one process (all but
+    #: the C{--workers} rows), which then run under valgrind; None: no counting.
+    instructionsDir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class ServerSpec:
     remarks: dict[str, str] = field(default_factory=dict)
     #: Whether C{--profile} runs it under cProfile (a Python command, one process).
     profilable: bool = False
+    #: Whether C{--instructions} can count it under valgrind: not a server that gives up
+    #: root for another user (valgrind's control channel stays root's).
+    countable: bool = True
 
     def environment(self, launch: Launch) -> dict[str, str]:
         """
@@ -177,7 +185,7 @@ SMTP_SERVER = ServerSpec(
     env=_smtpServerEnv,
     remarks={key: _GREETING_DELAY for key in ("W2", "W4", "W5")},
 )
-SMTP_SINK = ServerSpec("smtp-sink", "smtp-sink", _smtpSink, tls=False)
+SMTP_SINK = ServerSpec("smtp-sink", "smtp-sink", _smtpSink, tls=False, countable=False)
 
 # `twist` under cProfile, in the same process.  After SIGTERM has stopped the reactor, twist
 # kills itself with the signal again (so that its exit status tells), which would lose the
@@ -243,6 +251,11 @@ class RunningServer:
         self.profile: Path | None = None
         if launch.profileDir is not None and spec.profilable:
             self.profile = launch.profileDir / f"{logPath.stem}.prof"
+        #: The callgrind output of a server run under valgrind; its dumps are this
+        #: name with C{.1}, C{.2} ... after it.
+        self.callgrind: Path | None = None
+        if launch.instructionsDir is not None and not spec.workers and spec.countable:
+            self.callgrind = launch.instructionsDir / f"{logPath.stem}.callgrind"
 
     def start(self, timeout: float = 30.0, attempts: int = 3) -> None:
         """
@@ -251,6 +264,8 @@ class RunningServer:
         @raise ServerFailed: when it does not within C{timeout}, after C{attempts} ports.
         """
         reason = ""
+        if self.callgrind is not None:
+            timeout *= _VALGRIND_SLOWDOWN
         for _ in range(attempts):
             self.port = freePort()
             reason = self._startOnce(timeout)
@@ -270,6 +285,14 @@ class RunningServer:
                 _PROFILED_TWIST,
                 str(self.profile),
                 *argv[1:],
+            ]
+        if self.callgrind is not None:
+            argv = self.argv = [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={self.callgrind}",
+                "--dump-instr=no",
+                *argv,
             ]
         env = self.spec.environment(self.launch)
         with open(self.logPath, "ab") as log:
@@ -295,6 +318,37 @@ class RunningServer:
                 return ""
             time.sleep(0.05)
         return f"no 220 on port {self.port} within {timeout:.0f} s: {self.logTail()}"
+
+    def zeroInstructions(self) -> None:
+        """
+        Under valgrind: start counting the server's instructions afresh.
+        """
+        self._callgrindControl("--zero")
+
+    def dumpInstructions(self) -> int:
+        """
+        Under valgrind: the instructions the server executed since L{zeroInstructions}.
+        """
+        assert self.callgrind is not None
+        dumps = self.callgrind.parent.glob(f"{self.callgrind.name}.*")
+        before = set(dumps)
+        self._callgrindControl("--dump=measured")
+        new = set(self.callgrind.parent.glob(f"{self.callgrind.name}.*")) - before
+        if len(new) != 1:
+            raise RuntimeError(f"callgrind wrote {len(new)} dumps, not 1")
+        for line in new.pop().read_text(errors="replace").splitlines():
+            if line.startswith("summary:"):
+                return int(line.split()[1])
+        raise RuntimeError("no summary line in callgrind's dump")
+
+    def _callgrindControl(self, command: str) -> None:
+        assert self.process is not None
+        subprocess.run(
+            ["callgrind_control", command, str(self.process.pid)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def _workersUp(self) -> bool:
         if not self.spec.workers:

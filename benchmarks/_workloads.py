@@ -59,6 +59,7 @@ class Sizes:
     w5Concurrency: int = 20
     w5Size: int = 2048
     timeout: float = 120.0
+    warmUpTimeout: float = 60.0
 
 
 #: The warm-up run before each measurement: enough for node's JIT to compile the hot paths
@@ -102,7 +103,9 @@ class Context:
         """
         The same, with the small sizes of the warm-up run.
         """
-        sizes = replace(self.sizes, **WARM_UP, timeout=min(self.sizes.timeout, 60))
+        sizes = replace(
+            self.sizes, **WARM_UP, timeout=min(self.sizes.timeout, self.sizes.warmUpTimeout)
+        )
         return Context(sizes, self.tools, self.bodies, warmUp=False)
 
 
@@ -274,6 +277,10 @@ class Measurement:
     growthKiB: int = 0
     listenOverflows: int = 0
     errors: int = 0
+    #: Under valgrind (C{--instructions}): the server's instructions in the run, and per
+    #: unit; 0 otherwise.
+    instructions: int = 0
+    instructionsPerUnit: float = 0.0
     perProcessCpu: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -356,6 +363,8 @@ def measure(
     result.throughput = result.units / meter.wall if meter.wall > 0 else 0.0
     result.cpu = meter.serverCpu
     result.cpuPer1000 = 1000 * result.cpu / result.units if result.units else 0.0
+    result.instructions = meter.instructions
+    result.instructionsPerUnit = meter.instructions / result.units if result.units else 0.0
     result.cores = result.cpu / meter.wall if meter.wall > 0 else 0.0
     result.clientCpu = meter.clientCpu
     result.otherCpu = meter.otherCpu

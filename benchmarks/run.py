@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,15 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run smtpsvc (not its --workers row) under cProfile, write one statistics file "
         "per measurement into DIR and print the costliest functions (the figures are then "
         "inflated by the profiler)",
+    )
+    parser.add_argument(
+        "--instructions",
+        type=Path,
+        metavar="DIR",
+        help="run every server that is one process under valgrind's callgrind (output in "
+        "DIR) and report the instructions it executes per unit of load: a count that other "
+        "load on the machine does not move, unlike CPU time (which valgrind inflates 20 to "
+        "50 times); the quick sizes and one run unless told otherwise",
     )
     parser.add_argument(
         "--no-warm-up",
@@ -166,13 +176,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     Run the suite; the exit status is 1 when a measurement of smtpsvc failed.
     """
     options = _arguments(argv)
-    sizes: Sizes = QUICK if options.quick else FULL
+    if options.instructions:
+        missing = [t for t in ("valgrind", "callgrind_control") if shutil.which(t) is None]
+        if missing:
+            print(f"--instructions needs {missing[0]} (apt-get install valgrind)", file=sys.stderr)
+            return 2
+        if options.profile:
+            print("--instructions and --profile do not go together", file=sys.stderr)
+            return 2
+    sizes: Sizes = QUICK if options.quick or options.instructions else FULL
     try:
         sizes = _override(sizes, options.set)
     except ValueError as e:
         print(f"--set: {e}", file=sys.stderr)
         return 2
-    runs = options.runs or (1 if options.quick else 3)
+    if options.instructions:
+        # Valgrind slows the servers 20 to 50 times; the counts still bound each workload.
+        sizes = dataclasses.replace(
+            sizes, timeout=sizes.timeout * 10, warmUpTimeout=sizes.warmUpTimeout * 10
+        )
+    runs = options.runs or (1 if options.quick or options.instructions else 3)
     keys = [k.strip() for k in options.workloads.split(",") if k.strip()]
     unknown = sorted(set(keys) - {w.key for w in WORKLOADS})
     if unknown:
@@ -193,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if tools.smtpSource is None:
         print("  W1 uses this suite's own Python client (smtp-source is missing)")
     mode = "quick" if options.quick else "full"
+    if options.instructions:
+        mode = "instructions"
     print(
         f"Mode {mode}: {runs} run(s); {os.cpu_count()} CPUs; file limit {files}; "
         f"smtpsvc at {_gitDescription()}",
@@ -209,7 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.profile:
             options.profile = options.profile.resolve()
             options.profile.mkdir(parents=True, exist_ok=True)
-        launch = Launch(tools, cert, key, workdir, options.backlog, options.profile)
+        if options.instructions:
+            options.instructions = options.instructions.resolve()
+            options.instructions.mkdir(parents=True, exist_ok=True)
+        launch = Launch(
+            tools, cert, key, workdir, options.backlog, options.profile, options.instructions
+        )
         context = Context(sizes, tools, warmUp=not options.no_warm_up)
         for run in range(1, runs + 1):
             for workload in workloads:
@@ -229,15 +259,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = [row for w in workloads for row in _report.summarise(w, measurements)]
     rows = [row for row in rows if row.runs]
-    found = _report.targets(rows, sizes)
+    found = [] if options.instructions else _report.targets(rows, sizes)
     print()
     print(_report.table(workloads, rows, sizes))
     print()
-    print(_report.targetLines(found))
+    if options.instructions:
+        print("Targets not checked: they are timings, which valgrind inflates.")
+    else:
+        print(_report.targetLines(found))
 
     if options.profile:
         print()
         print(_report.profiles(sorted(options.profile.glob("*.prof"))))
+    if options.instructions:
+        print()
+        print("Under valgrind the timings above are inflated 20 to 50 times; compare these:")
+        print(_report.instructionTable(workloads, measurements))
 
     finished = datetime.datetime.now(datetime.UTC)
     document: dict[str, Any] = {
@@ -249,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sizes": sizes.__dict__,
         "backlog": options.backlog,
         "profiled": bool(options.profile),
+        "instructions": bool(options.instructions),
         "warmUp": not options.no_warm_up,
         "machine": {
             "cpus": os.cpu_count(),
