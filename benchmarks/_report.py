@@ -53,8 +53,11 @@ class Row:
     cores: Spread | None = None
     clientCpuPer1000: Spread | None = None
     otherCores: Spread | None = None
+    #: Under C{--instructions}: the server's instructions per unit (None: not counted).
+    instructions: Spread | None = None
     throughputRatio: float | None = None
     cpuRatio: float | None = None
+    instructionsRatio: float | None = None
     extra: dict[str, Spread | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -92,6 +95,7 @@ def summarise(workload: Workload, measurements: Sequence[Measurement]) -> list[R
             good, lambda m: 1000 * m.clientCpu / m.units if m.units else 0.0
         )
         row.otherCores = _spread(good, lambda m: m.otherCpu / m.wall if m.wall else 0.0)
+        row.instructions = Spread.of([m.instructionsPerUnit for m in good if m.instructions])
         if row.otherCores and row.otherCores.high >= 0.25:
             row.notes.append(f"machine busy elsewhere: up to {row.otherCores.high:.2f} cores")
         overflows = sum(m.listenOverflows for m in mine)
@@ -117,9 +121,12 @@ def summarise(workload: Workload, measurements: Sequence[Measurement]) -> list[R
             row.throughputRatio = row.throughput.median / base.throughput.median
         if row.cpuPer1000 and base.cpuPer1000 and base.cpuPer1000.median:
             row.cpuRatio = row.cpuPer1000.median / base.cpuPer1000.median
+        if row.instructions and base.instructions:
+            row.instructionsRatio = row.instructions.median / base.instructions.median
     if base is not None and (base.throughput or base.cpuPer1000):
         base.throughputRatio = 1.0 if base.throughput else None
         base.cpuRatio = 1.0 if base.cpuPer1000 else None
+        base.instructionsRatio = 1.0 if base.instructions else None
     return rows
 
 
@@ -367,36 +374,25 @@ def targetLines(found: Sequence[Target]) -> str:
     return "\n".join(lines)
 
 
-def instructionTable(workloads: Sequence[Workload], measurements: Sequence[Measurement]) -> str:
+def instructionTable(workloads: Sequence[Workload], rows: Sequence[Row]) -> str:
     """
     Under C{--instructions}: per workload, each server's instructions per unit of load
     (median of the runs, with the spread) and its ratio to smtpsvc's.
     """
     lines = []
     for workload in workloads:
-        runs: dict[str, list[float]] = {}
-        uncounted: list[str] = []
-        for m in measurements:
-            if m.workload != workload.key or not m.ok:
-                continue
-            if m.instructionsPerUnit:
-                runs.setdefault(m.server, []).append(m.instructionsPerUnit)
-            elif m.server not in uncounted:
-                uncounted.append(m.server)
-        if not runs:
+        mine = [row for row in rows if row.workload == workload.key and row.throughput]
+        if not any(row.instructions for row in mine):
             continue
-        base = Spread.of(runs.get("smtpsvc", []))
         lines.append(f"{workload.key}: instructions per {workload.unit}")
-        width = max(len(name) for name in runs)
-        for name, values in runs.items():
-            spread = Spread.of(values)
-            assert spread is not None
-            ratio = spread.median / base.median if base is not None else None
-            lines.append(
-                f"  {name:<{width}}  {_cell(spread, len(values)):>28}  x smtpsvc {_ratio(ratio)}"
-            )
-        for name in uncounted:
-            lines.append(f"  {name}: not counted (workers, or a change of user, escape valgrind)")
+        width = max(len(row.server) for row in mine)
+        for row in mine:
+            if row.instructions is None:
+                text = "not counted (workers, or a change of user, escape valgrind)"
+            else:
+                cell = _cell(row.instructions, row.runs)
+                text = f"{cell:>28}  x smtpsvc {_ratio(row.instructionsRatio)}"
+            lines.append(f"  {row.server:<{width}}  {text}")
     if not lines:
         return "No instructions were counted."
     return "\n".join(lines)

@@ -330,10 +330,10 @@ class RunningServer:
         Under valgrind: the instructions the server executed since L{zeroInstructions}.
         """
         assert self.callgrind is not None
-        dumps = self.callgrind.parent.glob(f"{self.callgrind.name}.*")
-        before = set(dumps)
+        pattern = f"{self.callgrind.name}.*"
+        before = set(self.callgrind.parent.glob(pattern))
         self._callgrindControl("--dump=measured")
-        new = set(self.callgrind.parent.glob(f"{self.callgrind.name}.*")) - before
+        new = set(self.callgrind.parent.glob(pattern)) - before
         if len(new) != 1:
             raise RuntimeError(f"callgrind wrote {len(new)} dumps, not 1")
         for line in new.pop().read_text(errors="replace").splitlines():

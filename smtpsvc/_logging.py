@@ -44,6 +44,6 @@ class LevelLogger(Logger):
         # field: a JSON log observer copies each field a format names into the event
         # once more, and a format naming each value would have doubled the line's cost.
         if LogLevel.info in self._made:
-            Logger.emit(
-                self, LogLevel.info, text.replace("{", "{{").replace("}", "}}"), text=text, **fields
+            self.emit(
+                LogLevel.info, text.replace("{", "{{").replace("}", "}}"), text=text, **fields
             )

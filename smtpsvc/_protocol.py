@@ -720,8 +720,7 @@ class SMTPProtocol(LineReceiver):
                 sessionId=session.id,
                 reason=reason.getErrorMessage(),
             )
-        if self._log.wants(LogLevel.info):
-            self._logDisconnect(session)
+        self._logDisconnect(session)
         self._server._connectionLost(self)
         if self._settling is not None:
             # A message the connection was receiving still has data handlers to answer:
@@ -732,6 +731,10 @@ class SMTPProtocol(LineReceiver):
             self._closeHandlers()
 
     def _logDisconnect(self, session: Session) -> None:
+        # The line per connection, like Postfix's "disconnect from"; not built when no one
+        # would keep it (see _logTransaction).
+        if not self._log.wants(LogLevel.info):
+            return
         seconds = self._reactor.seconds() - self._connectedAt
         tlsText = _tlsText(session)
         self._log.line(
@@ -1438,6 +1441,7 @@ class SMTPProtocol(LineReceiver):
     def _logTransaction(self, transaction: _DataTransaction, envelope: Any, result: str) -> None:
         # One line per transaction, with what an operator greps for; the fields are
         # structured, so `twist --log-format json` gives them to log processors as such.
+        # Below the server's logLevel it is not even built: that is most of its cost.
         if not self._log.wants(LogLevel.info):
             return
         session = self._core.session
