@@ -4,9 +4,10 @@ Tests for the C{logLevel} option: the server does not make the events below it.
 
 from __future__ import annotations
 
+import time
 from typing import cast
 
-from twisted.logger import ILogObserver, LogEvent, LogLevel, LogPublisher
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -60,6 +61,41 @@ class LevelLoggerTests(SynchronousTestCase):
         log.line("not made either {}")
         self.assertEqual([e["n"] for e in events], [1, 2])
         self.assertEqual([e["log_level"] for e in events], [LogLevel.warn, LogLevel.error])
+
+    def test_sameEvents(self) -> None:
+        """
+        Its events are those a L{Logger} makes: the same keys with the same values, but
+        for the logger itself and the time (it makes them without L{Logger.emit}).
+        """
+        events: list[LogEvent] = []
+        observer = LogPublisher(cast(ILogObserver, events.append))
+        source = object()
+        ours = LevelLogger("test", LogLevel.info)
+        ours.source, ours.observer = source, observer
+        theirs = Logger("test", source, observer)
+        for log in (ours, theirs):
+            before = time.time()
+            log.warn("made {n}", n=1)
+            self.assertTrue(before <= events[-1]["log_time"] <= time.time())
+        made, reference = events
+        self.assertIs(made["log_logger"], ours)
+        self.assertIs(reference["log_logger"], theirs)
+        for event in events:
+            del event["log_logger"], event["log_time"]
+        self.assertEqual(made, reference)
+
+    def test_trace(self) -> None:
+        """
+        An event given a C{log_trace} list records the logger and its observer in it, as
+        L{Logger.emit} does.
+        """
+        events: list[LogEvent] = []
+        log = LevelLogger("test", LogLevel.info)
+        log.observer = observer = LogPublisher(cast(ILogObserver, events.append))
+        trace: list[object] = []
+        log.info("traced", log_trace=trace)
+        self.assertEqual(trace[0], (log, observer))
+        self.assertEqual(len(events), 1)
 
     def test_wants(self) -> None:
         log = LevelLogger("test", LogLevel.info)
