@@ -62,7 +62,5 @@ class LevelLogger(Logger):
         # The text is the event's format, with its braces doubled so that it names no
         # field: a JSON log observer copies each field a format names into the event
         # once more, and a format naming each value would have doubled the line's cost.
-        if LogLevel.info in self._made:
-            self.emit(
-                LogLevel.info, text.replace("{", "{{").replace("}", "}}"), text=text, **fields
-            )
+        # (Below info, emit drops it; the callers, which build the text, ask wants first.)
+        self.emit(LogLevel.info, text.replace("{", "{{").replace("}", "}}"), text=text, **fields)
