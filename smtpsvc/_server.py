@@ -41,11 +41,11 @@ if TYPE_CHECKING:
 
 #: How long close() lets clients it has told 421 after closeTimeout read it before it cuts
 #: off those that do not read.
-_ABORT_DELAY: Final = 1.0
+ABORT_DELAY: Final = 1.0
 #: How long close() waits for handlers still answering once it has cut off the last clients
-#: (closeTimeout, then _ABORT_DELAY): close handlers, and the data handlers of messages cut
+#: (closeTimeout, then ABORT_DELAY): close handlers, and the data handlers of messages cut
 #: off.  It then gives up on them, so that a handler that never answers cannot keep the
-#: server from closing (a --workers master kills a worker at closeTimeout plus 5 seconds).
+#: server from closing (a --workers master kills a worker only a second after that).
 HANDLER_GRACE: Final = 3.0
 _UNSET: Any = object()
 
@@ -400,7 +400,7 @@ class SMTPServer(Factory):
             self._forceCall = self.reactor.callLater(self.options.closeTimeout, self._force)
         if not self._closedAlready:
             self._giveUpCall = self.reactor.callLater(
-                self.options.closeTimeout + _ABORT_DELAY + HANDLER_GRACE, self._giveUp
+                self.options.closeTimeout + ABORT_DELAY + HANDLER_GRACE, self._giveUp
             )
         return waiter
 
@@ -409,7 +409,7 @@ class SMTPServer(Factory):
         for protocol in list(self._connections):
             protocol.shutDown(force=True)
         # Clients that do not read cannot be told; give them a moment, then cut them off.
-        self.reactor.callLater(_ABORT_DELAY, self._abortRemaining)
+        self.reactor.callLater(ABORT_DELAY, self._abortRemaining)
 
     def _abortRemaining(self) -> None:
         for protocol in list(self._connections):

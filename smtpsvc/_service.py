@@ -38,7 +38,7 @@ from ._config import (
 )
 from ._options import ServerOptions
 from ._reactor import reactorOr
-from ._server import HOOKS, SMTPServer, listenerKind
+from ._server import ABORT_DELAY, HANDLER_GRACE, HOOKS, SMTPServer, listenerKind
 from ._tls import settingsFrom, warnTLSProblems
 from .cred import PortalAuthHandler
 
@@ -457,6 +457,9 @@ def listenPerWorker(reactor: Any, where: TCPListening, count: int) -> list[IList
 _MAX_RELAYED_LINE = 1 << 20
 #: How much of a line of a worker's output that is not a log event is logged.
 _MAX_LOGGED_OUTPUT = 4096
+#: How long after a worker's close() has given up on its handlers, at the latest, the
+#: master kills a worker that has not exited.
+_KILL_MARGIN: Final = 1.0
 
 
 class _Worker(ProcessProtocol):
@@ -680,8 +683,11 @@ class WorkerMaster(Service):
             self._signals.restore()
         ended = [worker.ended for worker, _ in self.workers.values()]
         self._signal(signal.SIGTERM)
-        # Workers close gracefully within closeTimeout; then they are killed.
-        limit = float(self.config.serverOptions.get("closeTimeout", 30.0)) + 5.0
+        # Workers close gracefully within closeTimeout, and at the latest give up on their
+        # handlers ABORT_DELAY and HANDLER_GRACE later (see SMTPServer.close); a second
+        # after that, they are killed.
+        closeTimeout = float(self.config.serverOptions.get("closeTimeout", 30.0))
+        limit = closeTimeout + ABORT_DELAY + HANDLER_GRACE + _KILL_MARGIN
         killer = self.reactor.callLater(limit, self._signal, signal.SIGKILL)
 
         def done(_: object) -> Deferred[None]:

@@ -35,12 +35,12 @@ from smtpsvc import (
 )
 from smtpsvc._core._connection import _HELLOS
 from smtpsvc._core._session import newSessionID
-from smtpsvc._server import HANDLER_GRACE
+from smtpsvc._server import ABORT_DELAY, HANDLER_GRACE
 from smtpsvc._stream import HIGH_WATER
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseReplies
 
 from . import smuggling
-from .e2e_support import LogCapture
+from .e2e_support import ROOT, LogCapture
 from .protocol_support import NAME, LateReader, codes, connect, first, hello, makeServer
 
 
@@ -1865,8 +1865,8 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
     def test_closeGivesUpOnHandlersThatNeverAnswer(self) -> None:
         """
         A close handler that never answers, or the data handler of a message cut off that
-        never does, keeps close() waiting only until closeTimeout, the second given to
-        clients that do not read, and HANDLER_GRACE have passed; a warning says so.
+        never does, keeps close() waiting only until closeTimeout, the ABORT_DELAY given
+        to clients that do not read, and HANDLER_GRACE have passed; a warning says so.
         """
 
         @implementer(ICloseHandler)
@@ -1890,7 +1890,7 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
             server.reactor.advance(5)
             self.assertEqual(first(client.received()), "421 Server shutting down")
             self.assertTrue(client.closed)
-            server.reactor.advance(1 + HANDLER_GRACE - 0.01)
+            server.reactor.advance(ABORT_DELAY + HANDLER_GRACE - 0.01)
             self.assertNoResult(closed)
             self.assertEqual(log.matching("without waiting"), [])
             server.reactor.advance(0.01)
@@ -1904,6 +1904,18 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
             )
             self.successResultOf(server.close())
             self.assertEqual(server.reactor.getDelayedCalls(), [])
+
+    def test_giveUpDocumented(self) -> None:
+        """
+        The pages that tell how long close() waits for handlers give the bound the code
+        has: closeTimeout plus ABORT_DELAY and HANDLER_GRACE.
+        """
+        bound = f"``closeTimeout`` plus {ABORT_DELAY + HANDLER_GRACE:g} seconds"
+        for page in ("service.rst", "handlers.rst"):
+            text = " ".join((ROOT / "docs" / page).read_text(encoding="utf-8").split())
+            self.assertIn(bound, text, page)
+        docstring = " ".join((SMTPServer.close.__doc__ or "").split())
+        self.assertIn(f"C{{closeTimeout}} plus {ABORT_DELAY + HANDLER_GRACE:g} seconds", docstring)
 
     def test_closeLeavesNoTimer(self) -> None:
         """

@@ -38,7 +38,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 
 from smtpsvc import tap
-from smtpsvc._server import HANDLER_GRACE
+from smtpsvc._server import ABORT_DELAY, HANDLER_GRACE
 from smtpsvc._service import canSpreadConnections
 from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
@@ -653,7 +653,7 @@ class ShutdownTests(E2ETestCase):
     async def test_handlerThatNeverAnswers(self) -> None:
         """
         A close handler that never answers does not keep the process from exiting on
-        SIGTERM: the server waits for it until closeTimeout, a second and HANDLER_GRACE
+        SIGTERM: the server waits for it until closeTimeout, ABORT_DELAY and HANDLER_GRACE
         have passed, says so, and exits cleanly.
         """
         tmpdir = workspace(self)
@@ -668,7 +668,7 @@ class ShutdownTests(E2ETestCase):
         self.assertEqual(code, 250)
         started = time.monotonic()
         process.sendSignal("TERM")
-        limit = CLOSE_TIMEOUT + 1 + HANDLER_GRACE
+        limit = CLOSE_TIMEOUT + ABORT_DELAY + HANDLER_GRACE
         await process.waitForExit(limit + EXIT_MARGIN)
         self.assertGreater(time.monotonic() - started, limit - 0.5)
         self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)

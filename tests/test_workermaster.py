@@ -40,6 +40,7 @@ from smtpsvc._config import (
     TCPListening,
     tcpListening,
 )
+from smtpsvc._server import ABORT_DELAY, HANDLER_GRACE
 from smtpsvc._service import (
     _MAX_RELAYED_LINE,
     WorkerMaster,
@@ -57,7 +58,7 @@ NO_REUSEPORT = "the kernel does not spread connections over SO_REUSEPORT sockets
 class _Spawned:
     """
     A worker process that was not started: what the master asked for, and the signals
-    sent to it.  SIGTERM ends it at once.
+    sent to it.  SIGTERM ends it at once, unless C{endsOnTerm} is false.
     """
 
     def __init__(self, protocol: Any, args: Sequence[str], childFDs: Mapping[int, Any]) -> None:
@@ -65,10 +66,11 @@ class _Spawned:
         self.args = list(args)
         self.childFDs = dict(childFDs)
         self.signals: list[int] = []
+        self.endsOnTerm = True
 
     def signalProcess(self, signum: int) -> None:
         self.signals.append(signum)
-        if signum == signal.SIGTERM:
+        if signum == signal.SIGTERM and self.endsOnTerm:
             self.protocol.processEnded(Failure(ProcessTerminated(signal=signum)))
 
 
@@ -365,6 +367,31 @@ class WorkerStartTests(TestCase):
             [line.partition(" server listening on ")[0] for line in lines],
             ["LMTP", "LMTP (implicit TLS)"],
         )
+
+    def test_killedOnlyOnceCloseHasGivenUp(self) -> None:
+        """
+        A worker still running after SIGTERM is killed, but only a second after its
+        server's close() has given up waiting for handlers (closeTimeout, ABORT_DELAY and
+        HANDLER_GRACE): never while that close() may still end it cleanly.
+        """
+        reactor = _SpawnRecordingReactor()
+        config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
+        config.serverOptions["closeTimeout"] = 2.0
+        master = self._master(reactor, config=config)
+        master.startService()
+        for worker in reactor.spawned:
+            worker.endsOnTerm = False
+        stopped = master.stopService()
+        reactor.clock.advance(2.0 + ABORT_DELAY + HANDLER_GRACE)
+        self.assertEqual([w.signals for w in reactor.spawned], [[signal.SIGTERM]] * 2)
+        reactor.clock.advance(1.0)
+        self.assertEqual(
+            [w.signals for w in reactor.spawned], [[signal.SIGTERM, signal.SIGKILL]] * 2
+        )
+        for worker in reactor.spawned:
+            worker.protocol.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        reactor.clock.advance(0)
+        self.successResultOf(stopped)
 
     def test_cannotStart(self) -> None:
         """
