@@ -14,6 +14,7 @@ from zope.interface import implementer
 from smtpsvc import IMailFromHandler, Session, SMTPServer, _protocol
 from smtpsvc._core._session import Address
 from smtpsvc._logging import LevelLogger
+from smtpsvc._options import LOG_LEVELS
 from smtpsvc.testing import MemoryClient, RecordingHandler
 
 from .e2e_support import LogCapture
@@ -162,6 +163,14 @@ class LogLevelOptionTests(SynchronousTestCase):
         hello(client)
         self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [451])
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_levelsAreTwisteds(self) -> None:
+        """
+        The option's choices, written out in the pure L{smtpsvc._options} (which cannot
+        import Twisted), are Twisted's levels by name, in order: each one the server takes
+        is one C{twist --log-level} takes.
+        """
+        self.assertEqual(LOG_LEVELS, tuple(level.name for level in LogLevel.iterconstants()))
 
     def test_unknownLevel(self) -> None:
         """

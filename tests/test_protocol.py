@@ -19,7 +19,6 @@ from zope.interface import implementer
 from smtpsvc import (
     Address,
     Envelope,
-    ICloseHandler,
     IConnectHandler,
     IDataHandler,
     IMailFromHandler,
@@ -42,6 +41,7 @@ from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseRe
 from . import smuggling
 from .e2e_support import ROOT, LogCapture
 from .protocol_support import NAME, LateReader, codes, connect, first, hello, makeServer
+from .service_support import NeverClosing
 
 
 class GreetingTests(SynchronousTestCase):
@@ -1868,11 +1868,6 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         never does, keeps close() waiting only until closeTimeout, the ABORT_DELAY given
         to clients that do not read, and HANDLER_GRACE have passed; a warning says so.
         """
-
-        @implementer(ICloseHandler)
-        class NeverClosing:
-            def onClose(self, session: Session) -> Deferred[None]:
-                return Deferred()
 
         @implementer(IDataHandler)
         class NeverAnswering:
