@@ -124,6 +124,10 @@ def _twistedMail(launch: Launch, port: int, tls: bool) -> list[str]:
     return [str(launch.tools.python), str(script), str(port), *tail]
 
 
+def _twistedFloor(launch: Launch, port: int, tls: bool) -> list[str]:
+    return [str(launch.tools.python), str(SCRIPTS / "twisted_floor.py"), str(port)]
+
+
 def _aiosmtpd(launch: Launch, port: int, tls: bool) -> list[str]:
     script = SCRIPTS / "aiosmtpd_server.py"
     tail = [str(launch.cert), str(launch.key)] if tls else []
@@ -174,6 +178,9 @@ SMTPSVC_QUIET = ServerSpec(
     profilable=True,
 )
 TWISTED_MAIL = ServerSpec("twisted.mail", "twisted.mail", _twistedMail)
+# Not a peer: the least a server on Twisted can do per message (see its script), so that
+# W1 shows how much of smtpsvc's cost is Twisted's own, measured in the same run.
+TWISTED_FLOOR = ServerSpec("twisted floor", "twisted floor", _twistedFloor, tls=False)
 AIOSMTPD = ServerSpec("aiosmtpd", "aiosmtpd", _aiosmtpd)
 # smtp-server always waits 100 ms before its greeting (its early-talker check, not an
 # option): sessions that wait for the greeting are paced as smtpsvc's "delay 0.1 s" row.

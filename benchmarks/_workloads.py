@@ -26,6 +26,7 @@ from benchmarks._servers import (
     SMTPSVC_DELAY,
     SMTPSVC_QUIET,
     SMTPSVC_WORKERS,
+    TWISTED_FLOOR,
     TWISTED_MAIL,
     Launch,
     RunningServer,
@@ -193,7 +194,7 @@ WORKLOADS = (
             f"{s.w1Connections} connections, one after another on each"
         ),
         "msg",
-        (SMTPSVC, SMTPSVC_QUIET, SMTPSVC_WORKERS, *_PEERS),
+        (SMTPSVC, SMTPSVC_QUIET, SMTPSVC_WORKERS, *_PEERS, TWISTED_FLOOR),
         _w1,
     ),
     Workload(
