@@ -41,26 +41,35 @@ class LevelLogger(Logger):
         # (JSON log included).  test_sameEvents compares the two events.
         if level not in self._made:
             return
-        kwargs.update(
-            log_logger=self,
-            log_level=level,
-            log_namespace=self.namespace,
-            log_source=self.source,
-            log_format=format,
-            log_time=time(),
-        )
         if "log_trace" in kwargs:
             trace = cast("list[tuple[Logger, ILogObserver]]", kwargs["log_trace"])
             trace.append((self, self.observer))
-        self.observer(kwargs)
+        self._publish(kwargs, level, format)
+
+    def _publish(self, event: dict[str, object], level: LogLevel, format: str | None) -> None:
+        # Complete the event made of a call's keywords (the call's own dictionary, which
+        # no one else holds) and publish it.
+        event["log_logger"] = self
+        event["log_level"] = level
+        event["log_namespace"] = self.namespace
+        event["log_source"] = self.source
+        event["log_format"] = format
+        event["log_time"] = time()
+        self.observer(event)
 
     def line(self, text: str, **fields: object) -> None:
         """
         Log, at info level, a line written once per connection or per message: C{text},
         with C{fields} as the event's structured fields and C{text} among them.
         """
+        # (Below info, nothing is made; the callers, which build the text, ask wants
+        # first.)
+        if LogLevel.info not in self._made:
+            return
         # The text is the event's format, with its braces doubled so that it names no
         # field: a JSON log observer copies each field a format names into the event
         # once more, and a format naming each value would have doubled the line's cost.
-        # (Below info, emit drops it; the callers, which build the text, ask wants first.)
-        self.emit(LogLevel.info, text.replace("{", "{{").replace("}", "}}"), text=text, **fields)
+        # The event is the dictionary of this call's keywords: passed on to emit as
+        # keywords, it would be copied again (this is the one event per message).
+        fields["text"] = text
+        self._publish(fields, LogLevel.info, text.replace("{", "{{").replace("}", "}}"))

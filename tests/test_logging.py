@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import cast
 
-from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, LogPublisher
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, LogPublisher, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -84,6 +84,30 @@ class LevelLoggerTests(SynchronousTestCase):
         for event in events:
             del event["log_logger"], event["log_time"]
         self.assertEqual(made, reference)
+
+    def test_lineEvent(self) -> None:
+        """
+        L{LevelLogger.line} makes the event a L{Logger} makes for an info line whose format
+        is the text with its braces doubled and whose fields are the given ones and the
+        text: that format names no field, and a text observer shows the text as it is.
+        """
+        events: list[LogEvent] = []
+        observer = LogPublisher(cast(ILogObserver, events.append))
+        source = object()
+        ours = LevelLogger("test", LogLevel.info)
+        ours.source, ours.observer = source, observer
+        theirs = Logger("test", source, observer)
+        text = "from <{a}> to ['b'] for {x!r}"
+        before = time.time()
+        ours.line(text, event="transaction", size=3)
+        self.assertTrue(before <= events[-1]["log_time"] <= time.time())
+        theirs.info("from <{{a}}> to ['b'] for {{x!r}}", event="transaction", size=3, text=text)
+        made, reference = events
+        self.assertIs(made["log_logger"], ours)
+        for event in events:
+            del event["log_logger"], event["log_time"]
+        self.assertEqual(made, reference)
+        self.assertEqual(formatEvent(made), text)
 
     def test_trace(self) -> None:
         """
