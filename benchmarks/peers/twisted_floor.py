@@ -4,16 +4,19 @@ The least a Twisted SMTP server can do, as a W1 reference row: not a peer anyone
 Usage: ``python twisted_floor.py PORT``; ``BENCH_BACKLOG`` in the environment sets the listen
 backlog.  It answers each command line by its first four letters, finds the end of a message
 with ``bytes.find`` and keeps none of it, writes the replies to what one read brought in one
-write, and logs nothing (as smtp-server runs by default).  No grammar, no states, no
-handlers, no limits: what is left is Twisted's own cost per message (the reactor, the TCP
-transport, a protocol's ``dataReceived``) and the kernel's, which any server built on
-Twisted pays, smtpsvc and twisted.mail included.
+write, and logs nothing (as smtp-server runs by default).  It writes as smtpsvc does:
+straight to the socket while the transport holds nothing, since Twisted's own ``write``
+waits for the reactor's next turn, at the cost of two ``epoll_ctl`` calls per reply.  No
+grammar, no states, no handlers, no limits: what is left is Twisted's own cost per message
+(the reactor, the TCP transport, a protocol's ``dataReceived``) and the kernel's, which
+any server built on Twisted pays, smtpsvc and twisted.mail included.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from twisted.internet import protocol, reactor
 
@@ -60,14 +63,28 @@ class FloorProtocol(protocol.Protocol):
             if verb == b"EHLO":
                 replies.append(b"250-bench.example.test\r\n250 PIPELINING\r\n")
             elif verb == b"QUIT":
-                self.transport.write(b"".join(replies) + b"221 2.0.0 Bye\r\n")
+                self._send(b"".join(replies) + b"221 2.0.0 Bye\r\n")
                 self.transport.loseConnection()
                 return
             else:
                 replies.append(b"250 2.1.0 Ok\r\n")
         self._buffer = buffer
         if replies:
-            self.transport.write(b"".join(replies))
+            self._send(b"".join(replies))
+
+    def _send(self, data: bytes) -> None:
+        # Straight to the socket when the transport holds nothing, else (and for what the
+        # socket does not take) through the transport, which keeps the order.
+        transport: Any = self.transport
+        if not (transport.dataBuffer or transport._tempDataBuffer):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                # Nothing taken (EAGAIN), or an error the transport then finds and reports.
+                sent = 0
+            data = data[sent:]
+        if data:
+            transport.write(data)
 
 
 def main() -> None:
