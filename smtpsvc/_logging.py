@@ -70,6 +70,6 @@ class LevelLogger(Logger):
         # field: a JSON log observer copies each field a format names into the event
         # once more, and a format naming each value would have doubled the line's cost.
         # The event is the dictionary of this call's keywords: passed on to emit as
-        # keywords, it would be copied again (this is the one event per message).
+        # keywords, it would be copied again (this is the event logged for each message).
         fields["text"] = text
         self._publish(fields, LogLevel.info, text.replace("{", "{{").replace("}", "}}"))

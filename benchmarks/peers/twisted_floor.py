@@ -4,12 +4,13 @@ The least a Twisted SMTP server can do, as a W1 reference row: not a peer anyone
 Usage: ``python twisted_floor.py PORT``; ``BENCH_BACKLOG`` in the environment sets the listen
 backlog.  It answers each command line by its first four letters, finds the end of a message
 with ``bytes.find`` and keeps none of it, writes the replies to what one read brought in one
-write, and logs nothing (as smtp-server runs by default).  It writes as smtpsvc does:
-straight to the socket while the transport holds nothing, since Twisted's own ``write``
-waits for the reactor's next turn, at the cost of two ``epoll_ctl`` calls per reply.  No
-grammar, no states, no handlers, no limits: what is left is Twisted's own cost per message
-(the reactor, the TCP transport, a protocol's ``dataReceived``) and the kernel's, which
-any server built on Twisted pays, smtpsvc and twisted.mail included.
+write, and logs nothing (as smtp-server runs by default).  Like smtpsvc, it writes straight
+to the socket while the transport holds nothing (smtpsvc does so at the end of the
+reactor's turn, this at once), since Twisted's own ``write`` waits for the reactor's next
+turn at the cost of two ``epoll_ctl`` calls per reply.  No grammar, no states, no
+handlers, no limits: what is left is Twisted's own cost per message (the reactor, the TCP
+transport, a protocol's ``dataReceived``) and the kernel's, which any server built on
+Twisted pays, smtpsvc and twisted.mail included.
 """
 
 from __future__ import annotations
