@@ -63,21 +63,23 @@ class LevelLoggerTests(SynchronousTestCase):
         self.assertEqual([e["n"] for e in events], [1, 2])
         self.assertEqual([e["log_level"] for e in events], [LogLevel.warn, LogLevel.error])
 
-    def test_sameEvents(self) -> None:
+    def _loggers(self) -> tuple[list[LogEvent], LevelLogger, Logger]:
         """
-        Its events are those a L{Logger} makes: the same keys with the same values, but
-        for the logger itself and the time (it makes them without L{Logger.emit}).
+        A L{LevelLogger} at info level and a L{Logger} with the same namespace, source
+        and observer, and the list that observer keeps their events in.
         """
         events: list[LogEvent] = []
         observer = LogPublisher(cast(ILogObserver, events.append))
         source = object()
         ours = LevelLogger("test", LogLevel.info)
         ours.source, ours.observer = source, observer
-        theirs = Logger("test", source, observer)
-        for log in (ours, theirs):
-            before = time.time()
-            log.warn("made {n}", n=1)
-            self.assertTrue(before <= events[-1]["log_time"] <= time.time())
+        return events, ours, Logger("test", source, observer)
+
+    def assertSameEvents(self, events: list[LogEvent], ours: LevelLogger, theirs: Logger) -> None:
+        """
+        C{events} are one event of C{ours} and then one of C{theirs}, each naming its own
+        logger, and equal but for the logger and the time.
+        """
         made, reference = events
         self.assertIs(made["log_logger"], ours)
         self.assertIs(reference["log_logger"], theirs)
@@ -85,29 +87,32 @@ class LevelLoggerTests(SynchronousTestCase):
             del event["log_logger"], event["log_time"]
         self.assertEqual(made, reference)
 
+    def test_sameEvents(self) -> None:
+        """
+        Its events are those a L{Logger} makes: the same keys with the same values, but
+        for the logger itself and the time (it makes them without L{Logger.emit}).
+        """
+        events, ours, theirs = self._loggers()
+        for log in (ours, theirs):
+            before = time.time()
+            log.warn("made {n}", n=1)
+            self.assertTrue(before <= events[-1]["log_time"] <= time.time())
+        self.assertSameEvents(events, ours, theirs)
+
     def test_lineEvent(self) -> None:
         """
         L{LevelLogger.line} makes the event a L{Logger} makes for an info line whose format
         is the text with its braces doubled and whose fields are the given ones and the
         text: that format names no field, and a text observer shows the text as it is.
         """
-        events: list[LogEvent] = []
-        observer = LogPublisher(cast(ILogObserver, events.append))
-        source = object()
-        ours = LevelLogger("test", LogLevel.info)
-        ours.source, ours.observer = source, observer
-        theirs = Logger("test", source, observer)
+        events, ours, theirs = self._loggers()
         text = "from <{a}> to ['b'] for {x!r}"
         before = time.time()
         ours.line(text, event="transaction", size=3)
         self.assertTrue(before <= events[-1]["log_time"] <= time.time())
         theirs.info("from <{{a}}> to ['b'] for {{x!r}}", event="transaction", size=3, text=text)
-        made, reference = events
-        self.assertIs(made["log_logger"], ours)
-        for event in events:
-            del event["log_logger"], event["log_time"]
-        self.assertEqual(made, reference)
-        self.assertEqual(formatEvent(made), text)
+        self.assertSameEvents(events, ours, theirs)
+        self.assertEqual(formatEvent(events[0]), text)
 
     def test_trace(self) -> None:
         """
