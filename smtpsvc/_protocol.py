@@ -788,9 +788,14 @@ class SMTPProtocol(LineReceiver):
         slow = False
         if rate and transaction is not None and self._rateStarted is not None:
             # The same for a message: the time it may take grows with what arrived
-            # (standards section 2.5 (d)); more bytes only move the deadline later.
+            # (standards section 2.5 (d)); more bytes only move the deadline later.  A
+            # pause under way does not count, as _resume will not count it: not the
+            # handlers' time after the message's end either (see _pause("data")).
             sent = transaction.decoder.byteLength
-            behind = self._rateStarted + timeout + sent / rate - now
+            started = self._rateStarted
+            if self.paused:
+                started += now - self._pausedAt
+            behind = started + timeout + sent / rate - now
             slow = behind <= 0
             left = min(left, behind)
         if left > 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -650,6 +651,64 @@ class ConnectionTests(SynchronousTestCase):
             self.assertFalse(client.closed)
         self.assertEqual(codes(client.write(b".\r\n")), [250])
         self.assertEqual(len(handler.messages), 1)
+
+    def test_5321_40_pauseUnderWayNotCounted(self) -> None:
+        """
+        Nor is the time of a pause still under way: a client that sent slowly, then
+        waited on a data handler past the point where its message would have fallen
+        behind C{minDataRate}, is not cut off while it waits, and its message is
+        received once the handler reads it.
+        """
+        handler = LateReader()
+        client = connect(handler, socketTimeout=60, minDataRate=100_000)
+        hello(client)
+        client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")
+        for _ in range(5):
+            # 300 kB in 40 seconds: a deadline of 63 seconds, and the handler reads none.
+            self.assertEqual(client.write(b"x" * 59_998 + b"\r\n"), [])
+            client.clock.advance(10)
+        self.assertTrue(client.protocol.paused)
+        client.clock.advance(30)
+        self.assertFalse(client.closed)
+        handler.gate.callback(None)
+        self.assertEqual(codes(client.write(b".\r\n")), [250])
+        self.assertEqual(len(handler.messages[0]), 300_000)
+
+    def test_5321_40_handlersAfterTheEndNotCounted(self) -> None:
+        """
+        Once the client has sent the whole message (the final dot, or the last BDAT
+        chunk), the time its data handlers take is not held against C{minDataRate}: a
+        message sent just inside its allowance gets the handler's 250, not 421, however
+        long after the allowance the handler answers.
+        """
+
+        @implementer(IDataHandler)
+        class SlowStore:
+            def __init__(self) -> None:
+                self.messages: list[bytes] = []
+
+            async def onData(self, stream: IMessageStream, session: Session) -> None:
+                self.messages.append(await readMessage(stream))
+                await deferLater(client.clock, 5, lambda: None)
+
+        message = b"Subject: x\r\n\r\nhello\r\n"
+        for start, body in (
+            (["DATA"], stuff(message)),
+            ([], b"BDAT %d LAST\r\n" % len(message) + message),
+        ):
+            handler = SlowStore()
+            client = connect(handler, socketTimeout=60, minDataRate=500)
+            hello(client)
+            client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", *start)
+            # The allowance is 60 seconds and a little: the message comes at 58.
+            client.clock.advance(58)
+            self.assertEqual(client.write(body), [], start)
+            replies: list[ServerReply] = []
+            for _ in range(10):
+                client.clock.advance(1)
+                replies += client.received()
+            self.assertEqual(codes(replies), [250], start)
+            self.assertEqual(handler.messages, [message], start)
 
     def test_5321_40_steadyMessageKept(self) -> None:
         """
