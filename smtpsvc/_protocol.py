@@ -377,9 +377,12 @@ class _DataTransaction:
                 index = self._nextToEnd
                 if index > 0 and self.answers[index - 1] is None:
                     break
+                # Counted before the stream ends: a handler may answer from inside
+                # finish (a reader that fires the handler's Deferred on MessageDone), and
+                # that answer runs this loop again, from the next stream on.
+                self._nextToEnd = index + 1
                 streams[index].finish(MessageDone())
-                self._nextToEnd += 1
-        if self.ended and self.settled:
+        if self.ended and self.settled and not self._finished:
             self._finished = True
             self.protocol._dataFinished(self)
 

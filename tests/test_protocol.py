@@ -1379,15 +1379,17 @@ class DataTests(SynchronousTestCase):
 @implementer(IDataHandler)
 class Manual:
     """
-    A data handler driven by the test: it reads with deliverBody and answers when told.
+    A data handler driven by the test: it reads with deliverBody and answers when told,
+    or (C{answerAtEnd}) as soon as its reader sees the message end.
     """
 
-    def __init__(self, pauseAt: int | None = None) -> None:
+    def __init__(self, pauseAt: int | None = None, answerAtEnd: bool = False) -> None:
         self.chunks: list[bytes] = []
         self.ended: BaseException | None = None
         self.answer: Deferred[object] = Deferred()
         self.stream: Any = None
         self.pauseAt = pauseAt
+        self.answerAtEnd = answerAtEnd
         self.producer: Any = None
 
     def onData(self, stream: IMessageStream, session: Session) -> Deferred[object]:
@@ -1408,6 +1410,8 @@ class Manual:
 
             def connectionLost(self, reason: Failure = connectionDone) -> None:
                 handler.ended = reason.value
+                if handler.answerAtEnd and reason.check(MessageDone):
+                    handler.answer.callback(None)
 
         stream.deliverBody(Reader())
         return self.answer
@@ -1539,6 +1543,23 @@ class StreamingTests(SynchronousTestCase):
         self.assertIsInstance(second.ended, MessageDone)
         self.assertEqual(client.received(), [])
         second.answer.callback("stored")
+        self.assertEqual(first(client.received()), "250 stored")
+
+    def test_chainGoesOnAfterAnAnswerAtTheEnd(self) -> None:
+        """
+        A handler that answers as its stream ends (a reader that fires the handler's
+        Deferred on MessageDone, as readMessage does) hands the end on to the next
+        handler, and that one, once it accepted, to the one after it.
+        """
+        first_, second, third = Manual(answerAtEnd=True), Manual(), Manual()
+        client = self.start([first_, second, third])
+        client.write(b"body\r\n.\r\n")
+        self.assertIsInstance(second.ended, MessageDone)
+        self.assertIsNone(third.ended)
+        second.answer.callback(None)
+        self.assertIsInstance(third.ended, MessageDone)
+        self.assertEqual(client.received(), [])
+        third.answer.callback("stored")
         self.assertEqual(first(client.received()), "250 stored")
 
     def test_firstRefusalStopsTheChain(self) -> None:
