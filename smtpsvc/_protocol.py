@@ -253,7 +253,7 @@ class _DataTransaction:
     def start(self, handlers: Sequence[Callable[[MessageStream, Session], object]]) -> None:
         session = self.protocol._core.session
         for index, onData in enumerate(handlers):
-            stream = self.fanOut.newStream()
+            stream = self.fanOut.newStream(partial(self._readerFailed, index))
             self.answers.append(None)
             self._call(index, onData, stream, session)
 
@@ -293,7 +293,15 @@ class _DataTransaction:
             _logHandlerFailure(failure, "onData", self.protocol._core.session)
         return (HANDLER_FAILED_ERROR,) * self.slots
 
+    def _readerFailed(self, index: int, failure: Failure) -> None:
+        # The protocol handler index gave deliverBody raised: the handler failed, whatever
+        # it answers later (if it ever does).
+        self._answered(index, self._fromException(failure))
+
     def _answered(self, index: int, outcomes: tuple[Outcome, ...]) -> None:
+        if self.answers[index] is not None:
+            # A handler whose reader failed answered after all: too late.
+            return
         self.answers[index] = outcomes
         streams = self.fanOut.streams
         streams[index].abandon()

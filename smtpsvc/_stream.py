@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -24,6 +24,8 @@ from .interfaces import IMessageStream
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocol
+
+_T = TypeVar("_T")
 
 #: Unread bytes a stream holds before the connection stops reading from the client.
 HIGH_WATER = 256 * 1024
@@ -63,8 +65,9 @@ class MessageStream:
     One data handler's view of the message.  See L{IMessageStream}.
     """
 
-    def __init__(self, fanOut: _FanOut) -> None:
+    def __init__(self, fanOut: _FanOut, readerFailed: Callable[[Failure], None]) -> None:
         self._fanOut = fanOut
+        self._readerFailed = readerFailed
         self._queue: deque[bytes] = deque()
         self._queued = 0
         self._end: BaseException | None = None
@@ -164,7 +167,7 @@ class MessageStream:
         if self._discarding or self._end is not None or not chunk:
             return
         if self._consumer is not None and not self._paused and not self._queue:
-            self._consumer.dataReceived(chunk)
+            self._toReader(self._consumer.dataReceived, chunk)
             return
         self._queue.append(chunk)
         self._queued += len(chunk)
@@ -208,11 +211,21 @@ class MessageStream:
         while self._queue and not self._paused:
             chunk = self._queue.popleft()
             self._queued -= len(chunk)
-            consumer.dataReceived(chunk)
+            self._toReader(consumer.dataReceived, chunk)
         if not self._queue and self._end is not None and not self._discarding:
             end, self._end = self._end, _DELIVERED
             self._discarding = True
-            consumer.connectionLost(Failure(end))
+            self._toReader(consumer.connectionLost, Failure(end))
+
+    def _toReader(self, method: Callable[[_T], object], argument: _T) -> None:
+        # A reader that raises has a bug: it gets nothing more, and its handler is
+        # answered as failed (logged, and 451 for the message) without waiting for an
+        # answer that the bug may have lost.
+        try:
+            method(argument)
+        except Exception:
+            self._readerFailed(Failure())
+            self._discard()
 
 
 # Marks a stream whose end has been handed to its consumer.
@@ -233,8 +246,12 @@ class _FanOut:
         self.byteLength = 0
         self.sizeExceeded = False
 
-    def newStream(self) -> MessageStream:
-        stream = MessageStream(self)
+    def newStream(self, readerFailed: Callable[[Failure], None]) -> MessageStream:
+        """
+        A stream for one more handler; C{readerFailed} is called with the failure if the
+        protocol it delivers the message to raises.
+        """
+        stream = MessageStream(self, readerFailed)
         self.streams.append(stream)
         return stream
 

@@ -19,6 +19,7 @@ from zope.interface import implementer
 from smtpsvc import (
     Address,
     Envelope,
+    ICloseHandler,
     IConnectHandler,
     IDataHandler,
     IMailFromHandler,
@@ -1380,16 +1381,20 @@ class DataTests(SynchronousTestCase):
 class Manual:
     """
     A data handler driven by the test: it reads with deliverBody and answers when told,
-    or (C{answerAtEnd}) as soon as its reader sees the message end.
+    or (C{answerAtEnd}) as soon as its reader sees the message end.  Its reader can have a
+    bug: C{raiseIn} names the reader's method that raises.
     """
 
-    def __init__(self, pauseAt: int | None = None, answerAtEnd: bool = False) -> None:
+    def __init__(
+        self, pauseAt: int | None = None, answerAtEnd: bool = False, raiseIn: str = ""
+    ) -> None:
         self.chunks: list[bytes] = []
         self.ended: BaseException | None = None
         self.answer: Deferred[object] = Deferred()
         self.stream: Any = None
         self.pauseAt = pauseAt
         self.answerAtEnd = answerAtEnd
+        self.raiseIn = raiseIn
         self.producer: Any = None
 
     def onData(self, stream: IMessageStream, session: Session) -> Deferred[object]:
@@ -1407,9 +1412,13 @@ class Manual:
 
             def dataReceived(self, data: bytes) -> None:
                 handler.chunks.append(data)
+                if handler.raiseIn == "dataReceived":
+                    raise ZeroDivisionError(data)
 
             def connectionLost(self, reason: Failure = connectionDone) -> None:
                 handler.ended = reason.value
+                if handler.raiseIn == "connectionLost":
+                    raise ZeroDivisionError(reason.value)
                 if handler.answerAtEnd and reason.check(MessageDone):
                     handler.answer.callback(None)
 
@@ -1561,6 +1570,51 @@ class StreamingTests(SynchronousTestCase):
         self.assertEqual(client.received(), [])
         third.answer.callback("stored")
         self.assertEqual(first(client.received()), "250 stored")
+
+    def test_readerFailureIsHandlerFailure(self) -> None:
+        """
+        A handler whose reader raises (in dataReceived, or in connectionLost with the
+        message's end) has failed: the error is logged, the client gets 451, the next
+        handler never sees the end, and the session goes on.  The handler's own answer
+        changes nothing, whether it comes before the message's end (its reader missed
+        the rest) or after the reply.
+        """
+        for where in ("dataReceived", "connectionLost"):
+            buggy, store = Manual(raiseIn=where), Manual()
+            client = self.start([buggy, store])
+            self.assertEqual(client.write(b"body\r\n"), [], where)
+            if where == "dataReceived":
+                buggy.answer.callback("stored")
+            self.assertEqual(client.write(b"more\r\n.\r\n"), [], where)
+            self.assertIsInstance(store.ended, MessageRefused, where)
+            store.answer.callback(None)
+            self.assertEqual(codes(client.received()), [451], where)
+            self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1, where)
+            if where == "connectionLost":
+                buggy.answer.callback("stored")
+            self.assertEqual(codes(client.send("NOOP")), [250], where)
+
+    def test_readerFailureOnAbort(self) -> None:
+        """
+        A reader that raises when told the message was aborted (the client went away)
+        leaves no connection behind: the connection ends, and its close handlers run,
+        without waiting for the handler's answer.
+        """
+        buggy = Manual(raiseIn="connectionLost")
+        closed: list[Session] = []
+
+        @implementer(ICloseHandler)
+        class Closer:
+            def onClose(self, session: Session) -> None:
+                closed.append(session)
+
+        client = self.start([buggy, Closer()])
+        client.write(b"partial\r\n")
+        client.disconnect()
+        self.assertIsInstance(buggy.ended, MessageAborted)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(len(closed), 1)
+        self.assertEqual(client.server.connectionCount, 0)
 
     def test_firstRefusalStopsTheChain(self) -> None:
         """

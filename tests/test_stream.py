@@ -32,7 +32,8 @@ from smtpsvc.testing import MemoryClient
 def newStream() -> tuple[MessageStream, list[str]]:
     events: list[str] = []
     fanOut = _FanOut(lambda: events.append("pause"), lambda: events.append("resume"))
-    return fanOut.newStream(), events
+    stream = fanOut.newStream(lambda failure: events.append(f"failed: {failure.value}"))
+    return stream, events
 
 
 class Sink(Protocol):
@@ -165,6 +166,29 @@ class MessageStreamTests(SynchronousTestCase):
         stream.resumeProducing()
         self.assertEqual(len(sink.data), 5)
         self.assertEqual(events, ["pause", "resume"])
+
+    def test_readerFailure(self) -> None:
+        """
+        A reader that raises gets nothing more, its stream reports the failure, and the
+        connection it paused reads again: the stream holds nothing for it.
+        """
+
+        class Broken(Sink):
+            def dataReceived(self, data: bytes) -> None:
+                raise ZeroDivisionError("division by zero")
+
+        stream, events = newStream()
+        sink = Broken()
+        stream.deliverBody(sink)
+        stream.pauseProducing()
+        for _ in range(3):
+            stream._fanOut.write(b"x" * 100_000)
+        stream.resumeProducing()
+        self.assertEqual(events, ["pause", "failed: division by zero", "resume"])
+        self.assertEqual(stream.backlog, 0)
+        stream._fanOut.write(b"more")
+        stream.finish(MessageDone())
+        self.assertIsNone(sink.reason)
 
     def test_stopProducingDiscards(self) -> None:
         """
