@@ -451,6 +451,22 @@ class ServerOptions:
                     )
 
     @property
+    def authOffered(self) -> bool:
+        """
+        Whether EHLO offers AUTH: it is not among C{disabledCommands} and some mechanism
+        is left in C{authMethods}.
+        """
+        return "AUTH" not in self.disabledCommands and bool(self.authMethods)
+
+    @property
+    def authRequired(self) -> bool:
+        """
+        Whether a client must authenticate before mail: AUTH is offered and not
+        C{authOptional}.
+        """
+        return self.authOffered and not self.authOptional
+
+    @property
     def enhancedStatusCodes(self) -> bool:
         """
         Whether replies carry RFC 3463 codes, after resolving the LMTP-dependent default.

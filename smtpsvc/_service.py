@@ -125,17 +125,19 @@ def buildServer(
         disabled = tuple(serverOptions.get("disabledCommands", ()))
         if "AUTH" not in (c.upper() for c in disabled):
             serverOptions["disabledCommands"] = (*disabled, "AUTH")
+    try:
+        server = SMTPServer((), reactor=reactor, **serverOptions)
+    except (TypeError, ValueError) as e:
+        raise ConfigurationError(withFlags(str(e))) from e
     relaying = any(target.startswith("smtp:") for target in config.deliver)
-    authRequired = authentication is not None and not serverOptions.get("authOptional")
+    # Required as the server will require it: --auth-optional, --auth-methods and
+    # --disabled-commands AUTH all count.
+    authRequired = authentication is not None and server.options.authRequired
     if relaying and not config.domains and not authRequired:
         raise ConfigurationError(
             "--deliver smtp: forwards mail onwards: give --domain (the domains this server "
             "receives mail for) or require --auth, or it would be an open relay"
         )
-    try:
-        server = SMTPServer((), reactor=reactor, **serverOptions)
-    except (TypeError, ValueError) as e:
-        raise ConfigurationError(withFlags(str(e))) from e
     if config.domains:
         try:
             server.addHandler(RelayPolicy(config.domains))

@@ -419,6 +419,25 @@ class BuildTests(SynchronousTestCase):
             tap.buildServer(parse("--deliver", "smtp:tcp:host=127.0.0.1:port=2600"))
         self.assertIn("open relay", str(caught.exception))
 
+    def test_relayNeedsAuthThatIsRequired(self) -> None:
+        """
+        --auth counts for forwarding only while it is required: with AUTH switched off
+        (by --disabled-commands or an empty --auth-methods) or optional, forwarding
+        without --domain is refused as well; with it required, it is allowed.
+        """
+        relay = ("--deliver", "smtp:tcp:host=127.0.0.1:port=2600", "--auth", "memory:a:b")
+        for extra in (
+            ("--disabled-commands", "AUTH"),
+            ("--disabled-commands", "vrfy,auth"),
+            ("--auth-methods", ""),
+            ("--auth-optional",),
+        ):
+            with self.assertRaises(ConfigurationError, msg=extra) as caught:
+                tap.buildServer(parse(*relay, *extra))
+            self.assertIn("open relay", str(caught.exception), extra)
+        server = tap.buildServer(parse(*relay), reactor=Clock())
+        self.assertTrue(server.options.authRequired)
+
 
 class MaildirMinFreeTests(SynchronousTestCase):
     """

@@ -267,8 +267,8 @@ class ServerConnection:
         self.minLineLimit = options.maxCommandLength
         # Whether AUTH is offered, and whether it must succeed before mail: fixed for the
         # connection, and asked about on every line.
-        self._authOn = "AUTH" not in options.disabledCommands and bool(options.authMethods)
-        self._authDemanded = self._authOn and not options.authOptional
+        self._authOn = options.authOffered
+        self._authDemanded = options.authRequired
         self.session = session
         session.lmtp = options.lmtp
         session.envelope = self._freshEnvelope()
