@@ -32,9 +32,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from ._core._replies import AUTH_TEMPORARY_ERROR
 from ._core._sasl import AuthRequest
 from ._core._session import Session
-from ._errors import SMTPError
+from ._errors import SMTPError, fresh
 from ._reactor import threadRunner
 from .interfaces import IAuthHandler
 
@@ -49,6 +50,7 @@ def _invalid() -> SMTPError:
 
 __all__ = [
     "BearerToken",
+    "CheckerUnavailable",
     "IBearerToken",
     "IUser",
     "PasswordFile",
@@ -57,6 +59,15 @@ __all__ = [
     "hashPassword",
     "verifyPassword",
 ]
+
+
+class CheckerUnavailable(Exception):
+    """
+    A checker cannot check credentials for now: its source (a password file, a
+    directory) is missing, unreadable or malformed.  L{PortalAuthHandler} logs the
+    message as one error line, without a traceback, and answers C{454 4.7.0}: the
+    operator has something to mend, but the code has no bug to show.
+    """
 
 
 class IBearerToken(ICredentials):
@@ -170,7 +181,8 @@ class PortalAuthHandler:
 
     A refusal by the portal (L{UnauthorizedLogin}, or credentials no checker handles)
     is C{535 5.7.8}; any other failure is logged and the client gets a temporary
-    C{454 4.7.0}, so a broken directory does not count as guessing.
+    C{454 4.7.0}, so a broken directory does not count as guessing: a
+    L{CheckerUnavailable} as one error line, anything else with its traceback.
 
     Cred has no notion of acting for someone else, so a client that asks to (an
     authorisation identity other than the user name it authenticates as, RFC 4616
@@ -235,6 +247,15 @@ class PortalAuthHandler:
         def refused(failure: Any) -> Any:
             if failure.check(LoginFailed):
                 raise _invalid()
+            if failure.check(CheckerUnavailable):
+                # The operator's to mend, once per attempt until they do; a traceback
+                # would only bury the reason.
+                _log.error(
+                    "Authentication unavailable: {reason}",
+                    reason=failure.getErrorMessage(),
+                    sessionId=session.id,
+                )
+                raise fresh(AUTH_TEMPORARY_ERROR)
             return failure
 
         return d.addCallbacks(loggedIn, refused)
@@ -302,18 +323,22 @@ def readPasswordFile(path: str) -> dict[str, str]:
     The entries of a password file: C{user:hash} lines; blank lines and C{#} comments
     are skipped.
 
-    @raise ValueError: for a line that is not C{user:hash}.
+    @raise ValueError: for a line that is not C{user:hash}, or a file that is not
+        UTF-8; the message starts with the path.
     """
     entries: dict[str, str] = {}
     with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            user, colon, hashed = line.partition(":")
-            if not colon or not user or not hashed.startswith(_SCHEME):
-                raise ValueError(f"{path}:{number}: expected user:{_SCHEME}... ")
-            entries[user] = hashed
+        try:
+            for number, raw in enumerate(f, 1):
+                line = raw.strip()
+                if not line or line.startswith("#"):
+                    continue
+                user, colon, hashed = line.partition(":")
+                if not colon or not user or not hashed.startswith(_SCHEME):
+                    raise ValueError(f"{path}:{number}: expected user:{_SCHEME}...")
+                entries[user] = hashed
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text") from e
     return entries
 
 
@@ -322,7 +347,8 @@ class PasswordFile:
     """
     A cred checker for a file of salted scrypt hashes.  The file is read again when it
     changes, so adding a user needs no restart.  Hashing runs in the reactor's thread
-    pool; unknown users cost as much as known ones.
+    pool; unknown users cost as much as known ones.  While the file is missing,
+    unreadable or malformed every check fails with L{CheckerUnavailable}.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -351,8 +377,11 @@ class PasswordFile:
     def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         try:
             entries = self._load()
-        except (OSError, ValueError) as e:
-            return fail(e)
+        except OSError as e:
+            reason = f"cannot read the password file {self.path}: {e.strerror or e}"
+            return fail(CheckerUnavailable(reason))
+        except ValueError as e:
+            return fail(CheckerUnavailable(f"malformed password file {e}"))
         username = credentials.username
         name = username.decode("utf-8", "replace") if isinstance(username, bytes) else username
         password = credentials.password

@@ -16,11 +16,13 @@ from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordD
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from smtpsvc import SMTPServer, tap
 from smtpsvc.cred import (
+    CheckerUnavailable,
     IBearerToken,
     PasswordFile,
     PortalAuthHandler,
@@ -33,6 +35,7 @@ from smtpsvc.cred import (
 from smtpsvc.testing import MemoryClient
 
 from .auth_support import authPlain, b64, cramResponse
+from .e2e_support import LogCapture
 from .maildir_support import runNow
 from .protocol_support import codes
 
@@ -154,6 +157,38 @@ class PortalTests(SynchronousTestCase):
         self.assertEqual(codes(client.send(authPlain("a", "b"))), [454])
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
 
+    def test_uncheckableChecker(self) -> None:
+        """
+        A checker whose source cannot be used says so with CheckerUnavailable: the client
+        gets 454 4.7.0 and the log one error line with the reason, and no traceback.
+        """
+
+        @implementer(ICredentialsChecker)
+        class Unavailable:
+            from twisted.cred.credentials import IUsernamePassword
+
+            credentialInterfaces = (IUsernamePassword,)
+
+            def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+                return fail(CheckerUnavailable("the directory is down"))
+
+        log = LogCapture(self)
+        handler = PortalAuthHandler.fromCheckers([Unavailable()])
+        client = connect(handler, hideENHANCEDSTATUSCODES=False)
+        [reply] = client.send(authPlain("a", "b"))
+        self.assertEqual((reply.code, reply.text), (454, "4.7.0 Temporary authentication failure"))
+        errors = [e for e in log.events if e["log_level"] >= LogLevel.error]
+        self.assertEqual(
+            [(formatEvent(e), e["log_level"], e["sessionId"]) for e in errors],
+            [
+                (
+                    "Authentication unavailable: the directory is down",
+                    LogLevel.error,
+                    client.session.id,
+                )
+            ],
+        )
+
 
 class PasswordFileTests(SynchronousTestCase):
     """
@@ -249,6 +284,53 @@ class PasswordFileTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             readPasswordFile(self.path)
         self.assertIn(":1:", str(caught.exception))
+
+    def test_brokenAtRunTime(self) -> None:
+        """
+        A file that becomes malformed, or goes away, while the server runs gets every AUTH
+        a 454 and one error line naming the file and what is wrong with it, without a
+        traceback; once it is mended, AUTH works again.
+        """
+        setPassword(self.path, "alice", "secret")
+        handler = PortalAuthHandler.fromCheckers([self.checker()])
+        log = LogCapture(self)
+
+        def attempt() -> tuple[int, list[str]]:
+            del log.events[:]
+            [reply] = connect(handler).send(authPlain("alice", "secret"))
+            errors = [e for e in log.events if e["log_level"] >= LogLevel.error]
+            return reply.code, [formatEvent(e) for e in errors]
+
+        self.assertEqual(attempt(), (235, []))
+        with open(self.path) as f:
+            good = f.read()
+        with open(self.path, "a") as f:
+            f.write("garbage\n")
+        malformed = (
+            f"Authentication unavailable: malformed password file {self.path}:3: "
+            "expected user:$scrypt$..."
+        )
+        self.assertEqual(attempt(), (454, [malformed]))
+        self.assertEqual(attempt(), (454, [malformed]))
+        os.unlink(self.path)
+        missing = (
+            f"Authentication unavailable: cannot read the password file {self.path}: "
+            "No such file or directory"
+        )
+        self.assertEqual(attempt(), (454, [missing]))
+        with open(self.path, "w") as f:
+            f.write(good)
+        self.assertEqual(attempt(), (235, []))
+
+    def test_notUTF8(self) -> None:
+        """
+        A file that is not UTF-8 is refused, naming the file.
+        """
+        with open(self.path, "wb") as f:
+            f.write(b"alice:$scrypt$\xff\n")
+        with self.assertRaises(ValueError) as caught:
+            readPasswordFile(self.path)
+        self.assertEqual(str(caught.exception), f"{self.path}: not UTF-8 text")
 
     def test_command(self) -> None:
         """
