@@ -266,9 +266,21 @@ class SMTPService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        if self._signals is not None:
-            self._signals.restore()
-        return self.server.close()
+        return _closing(self._signals, self.server.close)
+
+
+def _closing(signals: SignalHandlers | None, close: Callable[[], Deferred[None]]) -> Deferred[None]:
+    # A service that closes ignores further stop signals until it has closed (see
+    # SignalHandlers.stopping), then puts back the handlers it replaced.
+    if signals is None:
+        return close()
+    signals.stopping()
+
+    def restore(result: object) -> object:
+        signals.restore()
+        return result
+
+    return close().addBoth(restore)
 
 
 def _now(d: Deferred[Any]) -> Any:
@@ -318,6 +330,12 @@ class SignalHandlers:
     C{acquire} or C{release} finds the inner lock held by a thread that is not yet (or
     no longer) its owner, and waits for ever: the service would ignore SIGTERM.  From
     the loop nothing is half-taken.
+
+    Only the first stop signal reaches them.  Each asks the reactor to stop, and a
+    reactor asked twice raises C{ReactorNotRunning}, which Twisted logs as critical with
+    its traceback; yet a second one is common: Ctrl-C sends SIGINT to a C{--workers}
+    master and its workers alike, and the master then sends each worker SIGTERM.  Later
+    ones are logged and ignored until L{restore}.
     """
 
     #: The signals whose handlers (the reactor's) are run from its loop.
@@ -328,6 +346,7 @@ class SignalHandlers:
         self._reload = reload
         self._previous: dict[int, Any] = {}
         self._installed = False
+        self._stopping = False
 
     def install(self) -> None:
         """
@@ -340,6 +359,14 @@ class SignalHandlers:
         self._installed = True
         self._reactor.callWhenRunning(self._wrapReactors)
 
+    def stopping(self) -> None:
+        """
+        The service is stopping: put SIGHUP's handler back, and from now until
+        L{restore} log and ignore SIGTERM and SIGINT (the reactor is stopping already).
+        """
+        self._stopping = True
+        self._put(signal.SIGHUP, self._previous.pop(signal.SIGHUP, None))
+
     def restore(self) -> None:
         """
         Put back the handlers replaced.
@@ -347,9 +374,12 @@ class SignalHandlers:
         self._installed = False
         previous, self._previous = self._previous, {}
         for number, handler in previous.items():
-            if handler is not None:
-                with contextlib.suppress(ValueError):
-                    signal.signal(number, handler)
+            self._put(number, handler)
+
+    def _put(self, number: int, handler: Any) -> None:
+        if handler is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(number, handler)
 
     def _replace(self, number: int, handler: Callable[[int, Any], None]) -> bool:
         try:
@@ -371,9 +401,22 @@ class SignalHandlers:
 
     def _inLoop(self, handler: Callable[[int, Any], object]) -> Callable[[int, Any], None]:
         def later(number: int, frame: Any) -> None:
-            self._reactor.callFromThread(handler, number, None)
+            self._reactor.callFromThread(self._stop, handler, number)
 
         return later
+
+    def _stop(self, handler: Callable[[int, Any], object], number: int) -> None:
+        # Decided in the loop, in the order the signals came: of two at once (SIGINT from
+        # the terminal, SIGTERM from the master) the second finds the first's mark.  The
+        # reactor's own state would not tell: its handlers only queue their stop, so both
+        # would find it running.
+        if self._stopping:
+            _log.info(
+                "Received {signal}, already shutting down.", signal=signal.Signals(number).name
+            )
+            return
+        self._stopping = True
+        handler(number, None)
 
 
 def canSpreadConnections() -> bool:
@@ -681,8 +724,9 @@ class WorkerMaster(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
-        if self._signals is not None:
-            self._signals.restore()
+        return _closing(self._signals, self._stopWorkers)
+
+    def _stopWorkers(self) -> Deferred[None]:
         ended = [worker.ended for worker, _ in self.workers.values()]
         self._signal(signal.SIGTERM)
         # Workers close gracefully within closeTimeout, and at the latest give up on their

@@ -80,6 +80,7 @@ from .service_support import (
     sendOne,
     servedCommonName,
     serviceCommand,
+    servingProcesses,
     socketActivation,
     startService,
     traceHeaders,
@@ -650,6 +651,35 @@ class ShutdownTests(E2ETestCase):
         self.assertEqual(delivered(maildir), {})
         self.assertEqual(leftInTmp(maildir), {})
 
+    async def test_secondStopSignalWhileClosing(self) -> None:
+        """
+        A SIGTERM or SIGINT that comes while the server is closing changes nothing and
+        logs one line each, not Twisted's critical ReactorNotRunning traceback: the client
+        in DATA still finishes its message, and the process exits cleanly.
+        """
+        process, maildir = await self._start()
+        assert process.port is not None
+        body = message("finished after three signals", size=50_000)
+        busy = await self._inData(process.port, body)
+        process.sendSignal("TERM")
+        await process.waitForOutput(re.compile(rb"Server closing with 1 connection\(s\)"))
+        process.sendSignal("TERM")
+        process.sendSignal("INT")
+        await process.waitForOutput(occurrences(b"already shutting down.", 2), SIGNAL_TIMEOUT)
+
+        def finish() -> ServerReply:
+            busy.send(stuff(body)[len(body) // 2 :])
+            return busy.readReply()
+
+        self.assertEqual((await deferToThread(finish)).code, 250)
+        await process.waitForExit(CLOSE_TIMEOUT + EXIT_MARGIN)
+        self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)
+        self.assertEqual(len(process.lines("Received SIGTERM, already shutting down.")), 1)
+        self.assertEqual(len(process.lines("Received SIGINT, already shutting down.")), 1)
+        self.assertNotIn("Traceback", process.text)
+        self.assertNotIn("ReactorNotRunning", process.text)
+        self.assertEqual(len(delivered(maildir)), 1)
+
     async def test_handlerThatNeverAnswers(self) -> None:
         """
         A close handler that never answers does not keep the process from exiting on
@@ -694,6 +724,36 @@ def resume(pid: int) -> None:
     """
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)
+
+
+def clientInDataForEach(port: int, workers: Sequence[int]) -> list[RawClient]:
+    """
+    For each of the processes C{workers}, a client it serves that has sent half a
+    message after DATA (blocking: run it in a thread).  Connections go to the worker the
+    kernel picks: open them until each worker has one, and close the others.
+    """
+    chosen: dict[int, RawClient] = {}
+    try:
+        for _ in range(50):
+            if len(chosen) == len(workers):
+                break
+            client = RawClient(port)
+            assert client.readReply().code == 220
+            pid = servingProcesses(workers, port).get(client.sock.getsockname()[1])
+            if pid is None or pid in chosen:
+                client.close()
+                continue
+            chosen[pid] = client
+            client.command(f"EHLO {CLIENT_NAME}")
+            client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<u@example.org>\r\nDATA\r\n")
+            assert codes(client.readReplies(3)) == [250, 250, 354]
+            client.send(b"Subject: half\r\n\r\n")
+    except BaseException:
+        for client in chosen.values():
+            client.close()
+        raise
+    assert len(chosen) == len(workers), f"no connection reached some of {workers}"
+    return list(chosen.values())
 
 
 class WorkerTests(E2ETestCase):
@@ -759,6 +819,44 @@ class WorkerTests(E2ETestCase):
         for pid in (workers[1], replacement):
             self.assertFalse(alive(pid), f"worker {pid} still runs")
         self.assertEqual(len(process.lines("Server closed")), 2, process.text)
+
+    async def test_ctrlC(self) -> None:
+        """
+        Ctrl-C in a terminal sends SIGINT to the master and its workers alike, and the
+        master then sends each worker SIGTERM: a worker that gets both while it closes
+        logs the second as ignored, not Twisted's critical ReactorNotRunning traceback,
+        and all exit.  (A client in DATA on each worker keeps it closing for
+        closeTimeout, so that the master's SIGTERM finds it there.)
+        """
+        if not canSpreadConnections():
+            raise SkipTest("a client for each worker is found through SO_REUSEPORT on Linux")
+        tmpdir = workspace(self)
+        args = [
+            *("--listen", LISTEN, "--workers", "2", "--deliver", "discard", *QUICK),
+            *("--close-timeout", str(CLOSE_TIMEOUT)),
+        ]
+        process = await startService(self, args, tmpdir, environment={"TMPDIR": tmpdir})
+        port = process.port
+        assert port is not None
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        workers = process.workerPIDs
+        clients = await deferToThread(clientInDataForEach, port, workers)
+        for client in clients:
+            self.addCleanup(client.close)
+
+        # What the terminal does, one process of the group after the other.
+        for pid in [process.pid, *workers]:
+            os.kill(pid, signal.SIGINT)
+        await process.waitForExit(CLOSE_TIMEOUT + EXIT_MARGIN)
+        self.assertEqual((process.exitCode, process.signal), (None, signal.SIGINT), process.text)
+        # Whichever of its two signals reaches a worker first stops it.
+        stops = re.findall(r"Received SIG(?:INT|TERM), shutting down\.", process.text)
+        ignored = re.findall(r"Received SIG(?:INT|TERM), already shutting down\.", process.text)
+        self.assertEqual((len(stops), len(ignored)), (3, 2), process.text)
+        self.assertNotIn("Traceback", process.text)
+        self.assertNotIn("ReactorNotRunning", process.text)
+        for pid in workers:
+            self.assertFalse(alive(pid), f"worker {pid} still runs")
 
     async def test_burstSpreadOverWorkers(self) -> None:
         """

@@ -26,11 +26,12 @@ from zope.interface import implementer
 from smtpsvc import Address, IRcptToHandler, Session, SMTPError, SMTPServer, tap
 from smtpsvc._config import ConfigurationError, withListenBacklog
 from smtpsvc._options import optionSpecs
-from smtpsvc._service import SignalHandlers, SMTPService
+from smtpsvc._service import SignalHandlers, SMTPService, _closing
 from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
 from smtpsvc.testing import MemoryClient
 
+from .e2e_support import LogCapture
 from .memorytls import issue
 
 
@@ -890,25 +891,99 @@ class SignalHandlersTests(SynchronousTestCase):
     def reload(self) -> None:
         self.reloads += 1
 
+    def _signal(self, number: int) -> None:
+        # What the kernel does: call the handler installed for the signal.
+        handler = signal.getsignal(number)
+        assert callable(handler)
+        handler(number, None)
+
+    def _runLoop(self) -> None:
+        # What the reactor does with the calls it was asked to make from its loop.
+        calls, self.reactor.fromThread = self.reactor.fromThread, []
+        for f, args in calls:
+            f(*args)
+
     def test_reactorHandlersRunInItsLoop(self) -> None:
         """
         Once the reactor runs, SIGTERM's and SIGINT's handlers only ask it to run the
         handlers that were there; they run from its loop, with the signal's number.
         """
+        for number, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int")):
+            self.seen = []
+            handlers = SignalHandlers(self.reactor, self.reload)
+            handlers.install()
+            before = signal.getsignal(number)
+            self.reactor.start()
+            self._signal(number)
+            self.assertEqual(self.seen, [])
+            self._runLoop()
+            self.assertEqual(self.seen, [(name, number)])
+            self.assertIsNot(signal.getsignal(number), before)
+            handlers.restore()
+            self.assertIs(signal.getsignal(number), before)
+
+    def test_secondStopSignalIgnored(self) -> None:
+        """
+        A stop signal after the first (SIGINT from the terminal, then SIGTERM from the
+        --workers master, both before the loop runs) does not reach the reactor's
+        handlers, which would ask it to stop a second time: it is logged as ignored.
+        """
+        log = LogCapture(self)
         handlers = SignalHandlers(self.reactor, self.reload)
         handlers.install()
-        before = signal.getsignal(signal.SIGTERM)
         self.reactor.start()
-        for number in (signal.SIGTERM, signal.SIGINT):
-            handler = signal.getsignal(number)
-            assert callable(handler)
-            handler(number, None)
-        self.assertEqual(self.seen, [])
-        for f, args in self.reactor.fromThread:
-            f(*args)
-        self.assertEqual(self.seen, [("term", signal.SIGTERM), ("int", signal.SIGINT)])
-        self.assertIsNot(signal.getsignal(signal.SIGTERM), before)
+        self._signal(signal.SIGINT)
+        self._signal(signal.SIGTERM)
+        self._runLoop()
+        self._signal(signal.SIGINT)
+        self._runLoop()
+        self.assertEqual(self.seen, [("int", signal.SIGINT)])
+        self.assertEqual(
+            log.matching("already shutting down"),
+            [
+                "Received SIGTERM, already shutting down.",
+                "Received SIGINT, already shutting down.",
+            ],
+        )
         handlers.restore()
+
+    def test_stopSignalsIgnoredWhileStopping(self) -> None:
+        """
+        Once the service is stopping (stopped by other means than a signal), SIGTERM and
+        SIGINT are ignored and SIGHUP's previous handler is back; restore puts the
+        reactor's handlers back.
+        """
+        previousHangup = signal.getsignal(signal.SIGHUP)
+        before = signal.getsignal(signal.SIGTERM)
+        handlers = SignalHandlers(self.reactor, self.reload)
+        handlers.install()
+        self.reactor.start()
+        handlers.stopping()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previousHangup)
+        self._signal(signal.SIGTERM)
+        self._signal(signal.SIGINT)
+        self._runLoop()
+        self.assertEqual(self.seen, [])
+        handlers.restore()
+        self.assertIs(signal.getsignal(signal.SIGTERM), before)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previousHangup)
+
+    def test_restoredOnceClosed(self) -> None:
+        """
+        A service's stopService leaves the stop signals ignored while its close runs, and
+        puts the reactor's handlers back once it has closed.
+        """
+        before = signal.getsignal(signal.SIGTERM)
+        handlers = SignalHandlers(self.reactor, self.reload)
+        handlers.install()
+        self.reactor.start()
+        closing: Deferred[None] = Deferred()
+        closed = _closing(handlers, lambda: closing)
+        self._signal(signal.SIGTERM)
+        self._runLoop()
+        self.assertEqual(self.seen, [])
+        closing.callback(None)
+        self.successResultOf(closed)
         self.assertIs(signal.getsignal(signal.SIGTERM), before)
 
     def test_hangupReloadsInTheLoop(self) -> None:
