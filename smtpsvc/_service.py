@@ -18,14 +18,15 @@ from typing import Any, Final
 from twisted.application.service import Service
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.internet import tcp
+from twisted.internet import fdesc, tcp
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.internet.interfaces import IListeningPort, IReadDescriptor
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ._config import (
     ConfigurationError,
@@ -203,6 +204,7 @@ class SMTPService(Service):
         self.ports: list[IListeningPort] = []
         self._listening = False
         self._signals: SignalHandlers | None = None
+        self._master: MasterPipe | None = None
 
     def privilegedStartService(self) -> None:
         # twistd calls this before dropping privileges, so port 25 works; twist calls
@@ -217,6 +219,19 @@ class SMTPService(Service):
         self._listen()
         self._signals = SignalHandlers(self.server.reactor, self.reload)
         self._signals.install()
+        if self.config.inherited:
+            self._master = MasterPipe.fromEnvironment(self.server.reactor, self._masterGone)
+
+    def _masterGone(self, master: int) -> None:
+        # As on SIGTERM: stop accepting, let the transactions under way finish.
+        _log.error(
+            "The --workers master (PID {master}) has gone; worker {pid} is closing",
+            master=master,
+            pid=os.getpid(),
+        )
+        # A stop signal may have asked for the stop already, in this turn of the loop.
+        with contextlib.suppress(ReactorNotRunning):
+            self.server.reactor.stop()
 
     def _listen(self) -> None:
         if self._listening:
@@ -266,6 +281,10 @@ class SMTPService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
+        if self._master is not None:
+            # Closing already: the master's end no longer matters.
+            self._master.stop()
+            self._master = None
         return _closing(self._signals, self.server.close)
 
 
@@ -303,9 +322,13 @@ def _now(d: Deferred[Any]) -> Any:
 
 def adopt(server: SMTPServer, fd: int, secure: bool | None) -> IListeningPort:
     """
-    Serve on a listening socket inherited from a --workers parent.
+    Serve on a listening socket inherited from a --workers parent, which this process
+    owns: the descriptor is closed once the port has its own (Twisted adopts a copy), so
+    that stopping the port closes the socket, and new connections are refused rather
+    than left queued for nobody while the server closes.
     """
     port = server.adopt(fd, secure=secure)
+    os.close(fd)
     address = port.getHost()
     _log.info(
         "{kind} worker {pid} serving {host}:{port}",
@@ -315,6 +338,92 @@ def adopt(server: SMTPServer, fd: int, secure: bool | None) -> IListeningPort:
         port=getattr(address, "port", ""),
     )
     return port
+
+
+#: The environment variable in which a C{--workers} master names the worker's descriptor
+#: of the pipe it holds (L{MasterPipe}).
+MASTER_PIPE: Final = "SMTPSVC_MASTER_PIPE"
+
+
+@implementer(IReadDescriptor)
+class MasterPipe:
+    """
+    A worker's end of a pipe whose other end only its C{--workers} master holds, and never
+    writes to: it reads end-of-file once the master is gone, however it went.
+
+    The kernel closes a dead process's descriptors whatever killed it (SIGKILL, the OOM
+    killer, a crash), so the end-of-file is as sure as Linux's C{PR_SET_PDEATHSIG}, and
+    better suited: it works on every POSIX system; it arrives in the reactor as any
+    other event, so the worker closes as on SIGTERM (it stops accepting and lets the
+    transactions under way finish) rather than dying wherever a signal lands; and it
+    follows the master process, where the death signal follows the thread that started
+    the worker, and must be asked for between fork and exec, where C{spawnProcess} has
+    no hook, or after the exec, too late for a master that died in between.  Twisted's
+    own C{trial -j} workers end the same way, at the end of their pipe from trial.
+    """
+
+    def __init__(self, reactor: Any, fd: int, master: int, gone: Callable[[int], None]) -> None:
+        """
+        @param fd: the worker's end of the pipe.
+        @param master: the master's process ID, for the log.
+        @param gone: called with it once the master is gone.
+        """
+        self._reactor = reactor
+        self._fd = fd
+        self._master = master
+        self._gone = gone
+
+    @classmethod
+    def fromEnvironment(cls, reactor: Any, gone: Callable[[int], None]) -> MasterPipe | None:
+        """
+        Watch the pipe L{MASTER_PIPE} names; L{None} when it names none (this process
+        was not started by a C{--workers} master).  The variable is removed, so that
+        processes the worker starts (for a C{python:} handler) do not take themselves for
+        workers.
+
+        @param gone: called with the master's process ID once it is gone.
+        """
+        value = os.environ.pop(MASTER_PIPE, "")
+        if not value.isdigit():
+            return None
+        fd = int(value)
+        try:
+            # Nor do they hold the pipe open, which would keep the master from seeing
+            # the worker end.
+            os.set_inheritable(fd, False)
+            fdesc.setNonBlocking(fd)
+        except OSError:
+            return None
+        pipe = cls(reactor, fd, os.getppid(), gone)
+        reactor.addReader(pipe)
+        return pipe
+
+    def stop(self) -> None:
+        """
+        Stop watching, and close the pipe.
+        """
+        if self._fd < 0:
+            return
+        self._reactor.removeReader(self)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = -1
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "MasterPipe"
+
+    def doRead(self) -> Failure | None:
+        # Nothing is ever written: whatever comes is ignored until the end, which this
+        # returns as the reactor wants it (ConnectionDone, or ConnectionLost on an error).
+        ended: Failure | None = fdesc.readFromFD(self._fd, lambda data: None)
+        return ended
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.stop()
+        self._gone(self._master)
 
 
 class SignalHandlers:
@@ -677,9 +786,14 @@ class WorkerMaster(Service):
             port = ports[number % len(ports)]
             childFDs[3 + index] = port.fileno()  # type: ignore[attr-defined]
             args += ["--inherit", f"{3 + index}:{'tls' if secure else 'plain'}"]
+        # A pipe that ends when this process does, however it ends: the worker closes
+        # then (MasterPipe), and does not serve on for nobody behind an init process.
+        pipe = 3 + len(self.ports)
+        childFDs[pipe] = "w"
+        environment = {**os.environ, MASTER_PIPE: str(pipe)}
         worker = _Worker(self, number, relay)
         transport = self.reactor.spawnProcess(
-            worker, sys.executable, args, env=os.environ, childFDs=childFDs
+            worker, sys.executable, args, env=environment, childFDs=childFDs
         )
         self.workers[number] = (worker, transport)
 

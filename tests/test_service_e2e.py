@@ -22,6 +22,7 @@ import select
 import shutil
 import signal
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
@@ -70,6 +71,7 @@ from .service_support import (
     ServiceProcess,
     alive,
     isServiceProcess,
+    killWorkers,
     leftInTmp,
     listeningSocket,
     maildirPIDs,
@@ -726,6 +728,34 @@ def resume(pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
+def clientInData(port: int, start: bytes) -> RawClient:
+    """
+    A client that has sent C{start} after DATA (blocking: run it in a thread).
+    """
+    client = RawClient(port)
+    try:
+        assert client.readReply().code == 220
+        client.command(f"EHLO {CLIENT_NAME}")
+        client.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<u@example.org>\r\nDATA\r\n")
+        assert codes(client.readReplies(3)) == [250, 250, 354]
+        client.send(start)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def refused(port: int) -> bool:
+    """
+    Whether a connection to C{port} is refused.
+    """
+    try:
+        socket.create_connection((LOCALHOST, port), timeout=SOCKET_TIMEOUT).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def clientInDataForEach(port: int, workers: Sequence[int]) -> list[RawClient]:
     """
     For each of the processes C{workers}, a client it serves that has sent half a
@@ -910,6 +940,65 @@ class WorkerTests(E2ETestCase):
         self.assertGreater(served[stopped], 0, served)
         replies = await deferToThread(connections.quit)
         self.assertEqual({reply[:4] for reply in replies}, {b"221 "}, replies)
+
+    async def test_masterKilled(self) -> None:
+        """
+        When the master is killed (SIGKILL, as the OOM killer does), its workers close as
+        on SIGTERM instead of serving on: they stop accepting at once, a client in DATA
+        still finishes its message and gets its 250, then they exit, and the port is free
+        for a new master.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        args = [
+            *("--listen", LISTEN, "--workers", "2", "--deliver", f"maildir:{maildir}"),
+            *("--close-timeout", "10", *QUICK),
+        ]
+        process = await startService(self, args, tmpdir, environment={"TMPDIR": tmpdir})
+        port = process.port
+        assert port is not None
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        workers = process.workerPIDs
+        # Should they outlive their master, they go before the master's own cleanup, which
+        # waits for the end of the output they share.
+        self.addCleanup(killWorkers, process)
+        body = message("finished after the master died", size=50_000)
+        busy = await deferToThread(clientInData, port, stuff(body)[: len(body) // 2])
+        self.addCleanup(busy.close)
+
+        master = process.pid
+        started = time.monotonic()
+        os.kill(master, signal.SIGKILL)
+        for pid in workers:
+            await process.waitForOutput(
+                re.compile(
+                    rb"The --workers master \(PID %d\) has gone; worker %d is closing"
+                    % (master, pid)
+                ),
+                SIGNAL_TIMEOUT,
+            )
+        await until(lambda: refused(port), SIGNAL_TIMEOUT, "new connections refused")
+
+        def finish() -> tuple[ServerReply, list[ServerReply]]:
+            busy.send(stuff(body)[len(body) // 2 :])
+            done = busy.readReply()
+            busy.send(b"QUIT\r\n")
+            return done, busy.readUntilClosed(SOCKET_TIMEOUT)
+
+        done, after = await deferToThread(finish)
+        self.assertEqual(done.code, 250)
+        self.assertIn(codes(after), [[221], [421]])
+        await until(
+            lambda: not any(alive(pid) for pid in workers), SIGNAL_TIMEOUT, "the workers exit"
+        )
+        self.assertLess(time.monotonic() - started, SIGNAL_TIMEOUT)
+        self.assertEqual(len(process.lines("Server closed")), 2, process.text)
+        self.assertNotIn("Traceback", process.text)
+        self.assertEqual([withoutTraceHeaders(m) for m in delivered(maildir).values()], [body])
+        with socket.socket() as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind((LOCALHOST, port))
+            again.listen(1)
 
     async def test_workersLeaveNoKeyBehind(self) -> None:
         """

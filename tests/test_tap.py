@@ -1021,12 +1021,13 @@ class InheritedSocketTests(TestCase):
     A worker of --workers serves the sockets its master hands it with --inherit.
     """
 
-    def _worker(self, *args: str) -> tuple[SMTPService, socket.socket]:
+    def _worker(self, *args: str) -> tuple[SMTPService, int]:
+        # The worker owns the socket it inherits, as from its master: it closes it.
         sock = _listening()
-        self.addCleanup(sock.close)
-        inherit = ["--inherit", f"{sock.fileno()}:plain"]
+        port = sock.getsockname()[1]
+        inherit = ["--inherit", f"{sock.detach()}:plain"]
         quick = ["--disable-reverse-lookup", "--early-talker-delay", "0"]
-        return buildService(*args, *inherit, "--deliver", "discard", *quick), sock
+        return buildService(*args, *inherit, "--deliver", "discard", *quick), port
 
     async def test_plainFollowsSecure(self) -> None:
         """
@@ -1034,23 +1035,26 @@ class InheritedSocketTests(TestCase):
         connection starts with TLS.  (The socket here is a blocking one, which the worker
         makes non-blocking as Twisted needs.)
         """
-        service, sock = self._worker("--secure")
+        service, port = self._worker("--secure")
         service.startService()
         self.addCleanup(service.stopService)
-        greeting = await deferToThread(_greetingOverTLS, sock.getsockname()[1])
+        greeting = await deferToThread(_greetingOverTLS, port)
         self.assertTrue(greeting.startswith(b"220 "), greeting)
 
     async def test_closedWithTheServer(self) -> None:
         """
         Stopping the service stops listening on the inherited socket, as on the service's
-        own listeners, instead of accepting (and refusing) until the server is gone.
+        own listeners, instead of accepting (and refusing) until the server is gone; and
+        the socket is closed, so that new connections are refused, not queued on it.
         """
-        service, _ = self._worker()
+        service, portNumber = self._worker()
         service.startService()
         [port] = service.ports
         self.assertTrue(cast(Any, port).connected)
         await service.stopService()
         self.assertFalse(cast(Any, port).connected)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", portNumber), timeout=10).close()
 
     def test_badInherit(self) -> None:
         """

@@ -43,6 +43,8 @@ from smtpsvc._config import (
 from smtpsvc._server import ABORT_DELAY, HANDLER_GRACE
 from smtpsvc._service import (
     _MAX_RELAYED_LINE,
+    MASTER_PIPE,
+    MasterPipe,
     WorkerMaster,
     _Worker,
     canSpreadConnections,
@@ -61,10 +63,17 @@ class _Spawned:
     sent to it.  SIGTERM ends it at once, unless C{endsOnTerm} is false.
     """
 
-    def __init__(self, protocol: Any, args: Sequence[str], childFDs: Mapping[int, Any]) -> None:
+    def __init__(
+        self,
+        protocol: Any,
+        args: Sequence[str],
+        childFDs: Mapping[int, Any],
+        env: Mapping[str, str],
+    ) -> None:
         self.protocol = protocol
         self.args = list(args)
         self.childFDs = dict(childFDs)
+        self.env = dict(env)
         self.signals: list[int] = []
         self.endsOnTerm = True
 
@@ -87,7 +96,7 @@ class _SpawnRecordingReactor:
     def spawnProcess(
         self, protocol: Any, executable: str, args: Sequence[str], **kwargs: Any
     ) -> _Spawned:
-        spawned = _Spawned(protocol, args, kwargs["childFDs"])
+        spawned = _Spawned(protocol, args, kwargs["childFDs"], kwargs["env"])
         self.spawned.append(spawned)
         return spawned
 
@@ -217,6 +226,19 @@ class WorkerSocketsTests(TestCase):
         reactor.clock.advance(1.0)
         self.assertEqual(len(reactor.spawned), 4)
         self.assertEqual(reactor.spawned[3].childFDs, dead.childFDs)
+
+    def test_pipeToEachWorker(self) -> None:
+        """
+        Each worker is handed, after its sockets, the read end of a pipe from the master,
+        which it is told of in its environment: the pipe ends when the master does.
+        """
+        unix, _ = self._unixListen()
+        _, reactor = self._start([f"tcp:0:interface={LOCALHOST}", unix], 2)
+        self.assertEqual(len(reactor.spawned), 2)
+        for spawned in reactor.spawned:
+            self.assertEqual(spawned.childFDs[5], "w")
+            self.assertEqual(spawned.env[MASTER_PIPE], "5")
+            self.assertEqual(max(spawned.childFDs), 5)
 
     def test_sharedSocketWithoutReusePort(self) -> None:
         """
@@ -423,6 +445,75 @@ class WorkerStartTests(TestCase):
         reactor.failing = False
         reactor.clock.advance(5.0)
         self.assertEqual(len(reactor.spawned), 3)
+
+
+class MasterPipeTests(TestCase):
+    """
+    A worker watches the pipe its master's environment names, and hears when the master
+    is gone: the pipe's end.
+    """
+
+    def _pipe(self) -> tuple[int, list[int]]:
+        # A pipe as the master hands it: the worker's end inheritable, as spawnProcess
+        # leaves it, named in the environment.  The other end is closed at the end of the
+        # test unless the test closed it (popped it) first.
+        read, write = os.pipe()
+        os.set_inheritable(read, True)
+        writeEnd = [write]
+
+        def closeWriteEnd() -> None:
+            for fd in writeEnd:
+                os.close(fd)
+
+        self.addCleanup(closeWriteEnd)
+        self.patch(os, "environ", {**os.environ, MASTER_PIPE: str(read)})
+        return read, writeEnd
+
+    async def test_goneAtTheEnd(self) -> None:
+        """
+        When the last holder of the pipe's other end closes it (the master dies), the
+        worker is told, with the master's process ID, and its end is closed.  The
+        variable is taken out of the environment, and the pipe out of what processes the
+        worker starts inherit.
+        """
+        read, writeEnd = self._pipe()
+        told: Deferred[int] = Deferred()
+        pipe = MasterPipe.fromEnvironment(theReactor(), told.callback)
+        assert pipe is not None
+        self.addCleanup(pipe.stop)
+        self.assertNotIn(MASTER_PIPE, os.environ)
+        self.assertFalse(os.get_inheritable(read))
+        os.write(writeEnd[0], b"ignored")
+        os.close(writeEnd.pop())
+        self.assertEqual(await told, os.getppid())
+        self.assertEqual(pipe.fileno(), -1)
+
+    def test_stopped(self) -> None:
+        """
+        Once stopped (the worker is closing anyway), the pipe is closed and no longer
+        watched.
+        """
+        read, _ = self._pipe()
+        reactor = theReactor()
+        pipe = MasterPipe.fromEnvironment(reactor, lambda master: self.fail("told"))
+        assert pipe is not None
+        self.assertIn(pipe, reactor.getReaders())
+        pipe.stop()
+        self.assertRaises(OSError, os.fstat, read)
+        self.assertNotIn(pipe, reactor.getReaders())
+        pipe.stop()
+
+    def test_noMaster(self) -> None:
+        """
+        Without the variable, or with one that names no descriptor, there is nothing to
+        watch.
+        """
+        for value in (None, "", "x", "987654"):
+            environ = {k: v for k, v in os.environ.items() if k != MASTER_PIPE}
+            if value is not None:
+                environ[MASTER_PIPE] = value
+            self.patch(os, "environ", environ)
+            self.assertIsNone(MasterPipe.fromEnvironment(theReactor(), lambda master: None))
 
 
 class ListenPerWorkerTests(SynchronousTestCase):
