@@ -700,7 +700,9 @@ class WorkerMaster(Service):
         self.config = config
         self.pluginArgs = list(pluginArgs)
         self.development = development
-        # Files made for the workers (the development certificate), removed at stop.
+        # The development certificate handed to the workers: a file in memory, closed at
+        # stop; or where there are none, a temporary file, removed at stop.
+        self.certificateFile: int | None = None
         self.temporaryFiles: list[str] = []
         self.ports: list[tuple[list[IListeningPort], bool]] = []
         self.socketPerWorker = canSpreadConnections()
@@ -718,14 +720,9 @@ class WorkerMaster(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._listenAll()
-        if self.development is not None and not self.temporaryFiles:
-            # Written now, after twistd --uid has dropped privileges, so that the workers,
-            # which run as the same user, can read it; nobody else can.
-            fd, path = tempfile.mkstemp(prefix="smtpsvc-development-", suffix=".pem")
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.development[1] + self.development[0])
-            self.temporaryFiles.append(path)
-            self.pluginArgs += ["--cert", path]
+        handedOver = self.certificateFile is not None or self.temporaryFiles
+        if self.development is not None and not handedOver:
+            self._handOver(self.development[1] + self.development[0])
         for number in range(self.config.workers):
             try:
                 self._spawn(number)
@@ -733,6 +730,18 @@ class WorkerMaster(Service):
                 raise ConfigurationError(f"cannot start worker {number}: {e}") from e
         self._signals = SignalHandlers(self.reactor, self._hangup)
         self._signals.install()
+
+    def _handOver(self, certificate: bytes) -> None:
+        # Written now, after twistd --uid has dropped privileges, so that the workers,
+        # which run as the same user, can read it; nobody else can.
+        self.certificateFile = inMemory(certificate)
+        if self.certificateFile is not None:
+            return
+        fd, path = tempfile.mkstemp(prefix="smtpsvc-development-", suffix=".pem")
+        with os.fdopen(fd, "wb") as f:
+            f.write(certificate)
+        self.temporaryFiles.append(path)
+        self.pluginArgs += ["--cert", path]
 
     def _listenAll(self) -> None:
         if self._listening:
@@ -791,6 +800,9 @@ class WorkerMaster(Service):
         pipe = 3 + len(self.ports)
         childFDs[pipe] = "w"
         environment = {**os.environ, MASTER_PIPE: str(pipe)}
+        if self.certificateFile is not None:
+            childFDs[pipe + 1] = self.certificateFile
+            args += ["--cert", f"/dev/fd/{pipe + 1}"]
         worker = _Worker(self, number, relay)
         transport = self.reactor.spawnProcess(
             worker, sys.executable, args, env=environment, childFDs=childFDs
@@ -853,6 +865,9 @@ class WorkerMaster(Service):
         def done(_: object) -> Deferred[None]:
             if killer.active():
                 killer.cancel()
+            if self.certificateFile is not None:
+                os.close(self.certificateFile)
+                self.certificateFile = None
             for path in self.temporaryFiles:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -862,6 +877,41 @@ class WorkerMaster(Service):
         if not ended:
             return done(None)
         return DeferredList(ended).addCallback(done)
+
+
+def inMemory(contents: bytes) -> int | None:
+    """
+    A file in memory that holds C{contents}, for worker processes to read as
+    C{/dev/fd/N} from their copy of the descriptor, as often as they like (on SIGHUP
+    too).  It has no name: no process, however it ends, can leave it behind.
+
+    @return: its descriptor; or L{None} where that cannot be: without C{memfd_create}
+        (Linux only), or where opening C{/dev/fd/N} copies the descriptor instead of
+        opening the file afresh (the BSDs), so that its readers would share one offset
+        and all but the first read nothing.
+    """
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return None
+    try:
+        fd: int = create("smtpsvc-development.pem")
+    except OSError:
+        # A kernel older than 3.17, or a sandbox that forbids it.
+        return None
+    try:
+        view = memoryview(contents)
+        while view:
+            view = view[os.write(fd, view) :]
+        # Read back as a worker will, twice: here the offset is at the end, which a
+        # mere copy of the descriptor would start from.
+        for _ in range(2):
+            with open(f"/dev/fd/{fd}", "rb") as f:
+                if f.read() != contents:
+                    raise OSError(f"/dev/fd/{fd} does not open the file afresh")
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def workerTwistOptions(argv: Sequence[str], reactor: Any) -> tuple[list[str], bool]:

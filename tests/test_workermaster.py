@@ -33,6 +33,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from smtpsvc import _service
 from smtpsvc._config import (
     LISTEN_BACKLOG,
     ConfigurationError,
@@ -48,6 +49,7 @@ from smtpsvc._service import (
     WorkerMaster,
     _Worker,
     canSpreadConnections,
+    inMemory,
     listenPerWorker,
     workerTwistOptions,
 )
@@ -330,13 +332,45 @@ class WorkerStartTests(TestCase):
         reactor.clock.advance(0)
         self.successResultOf(stopped)
 
+    def test_developmentCertificateInMemory(self) -> None:
+        """
+        Where the system has files in memory (Linux), the development certificate goes
+        into one, nothing goes into the temporary directory, and each worker reads it as
+        C{/dev/fd/N}, N a copy of it handed after the master's pipe, as often as it likes.
+        It is made only in startService: under twistd that runs after --uid has taken
+        effect, so the file belongs to the user the workers run as.  It is closed when the
+        service stops.
+        """
+        if inMemory(b"probe") is None:
+            raise SkipTest("no files in memory that /dev/fd/N opens afresh (Linux only)")
+        directory = workspace(self)
+        self.patch(tempfile, "tempdir", directory)
+        reactor = _SpawnRecordingReactor()
+        master = self._master(reactor, (b"KEY\n", b"CERT\n"))
+        master.privilegedStartService()
+        self.assertIsNone(master.certificateFile)
+        master.startService()
+        self.assertEqual(os.listdir(directory), [])
+        self.assertEqual(len(reactor.spawned), 2)
+        for spawned in reactor.spawned:
+            self.assertEqual(spawned.args[spawned.args.index("--cert") + 1], "/dev/fd/5")
+            self.assertEqual(spawned.childFDs[4], "w")
+            self.assertEqual(spawned.childFDs[5], master.certificateFile)
+        for _ in range(2):
+            self.assertEqual(Path(f"/dev/fd/{master.certificateFile}").read_bytes(), b"CERT\nKEY\n")
+        certificateFile = master.certificateFile
+        assert certificateFile is not None
+        self._stop(master, reactor)
+        self.assertIsNone(master.certificateFile)
+        self.assertRaises(OSError, os.fstat, certificateFile)
+
     def test_developmentCertificateWrittenAtStart(self) -> None:
         """
-        The development certificate goes into a file of this user's, private to it, only
-        in startService: under twistd that runs after --uid has taken effect, so the file
-        belongs to the user the workers run as.  Each worker is told its path; it is
-        removed when the service stops.
+        Elsewhere the development certificate goes into a file of this user's, private to
+        it, only in startService.  Each worker is told its path; it is removed when the
+        service stops.
         """
+        self.patch(_service, "inMemory", lambda contents: None)
         directory = workspace(self)
         self.patch(tempfile, "tempdir", directory)
         reactor = _SpawnRecordingReactor()
@@ -352,6 +386,7 @@ class WorkerStartTests(TestCase):
         self.assertEqual(len(reactor.spawned), 2)
         for spawned in reactor.spawned:
             self.assertEqual(spawned.args[spawned.args.index("--cert") + 1], path)
+            self.assertEqual(max(spawned.childFDs), 4)
         self._stop(master, reactor)
         self.assertEqual(os.listdir(directory), [])
 
