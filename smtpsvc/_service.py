@@ -853,6 +853,10 @@ class WorkerMaster(Service):
         return _closing(self._signals, self._stopWorkers)
 
     def _stopWorkers(self) -> Deferred[None]:
+        # This process's copies of the listening sockets close now, as the workers close
+        # theirs, so that new connections are refused, as by a single process, instead of
+        # waiting on sockets that nobody accepts on any more until the workers are done.
+        closing = [p.stopListening() for ports, _ in self.ports for p in ports]
         ended = [worker.ended for worker, _ in self.workers.values()]
         self._signal(signal.SIGTERM)
         # Workers close gracefully within closeTimeout, and at the latest give up on their
@@ -862,7 +866,7 @@ class WorkerMaster(Service):
         limit = closeTimeout + ABORT_DELAY + HANDLER_GRACE + _KILL_MARGIN
         killer = self.reactor.callLater(limit, self._signal, signal.SIGKILL)
 
-        def done(_: object) -> Deferred[None]:
+        def done(_: object) -> None:
             if killer.active():
                 killer.cancel()
             if self.certificateFile is not None:
@@ -871,12 +875,9 @@ class WorkerMaster(Service):
             for path in self.temporaryFiles:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            closing = [p.stopListening() for ports, _ in self.ports for p in ports]
-            return DeferredList([d for d in closing if d is not None]).addCallback(lambda _: None)
 
-        if not ended:
-            return done(None)
-        return DeferredList(ended).addCallback(done)
+        waits = ended + [d for d in closing if d is not None]
+        return DeferredList(waits).addCallback(done)
 
 
 def inMemory(contents: bytes) -> int | None:

@@ -854,9 +854,9 @@ class WorkerTests(E2ETestCase):
         """
         Ctrl-C in a terminal sends SIGINT to the master and its workers alike, and the
         master then sends each worker SIGTERM: a worker that gets both while it closes
-        logs the second as ignored, not Twisted's critical ReactorNotRunning traceback,
-        and all exit.  (A client in DATA on each worker keeps it closing for
-        closeTimeout, so that the master's SIGTERM finds it there.)
+        logs the second as ignored, not Twisted's critical ReactorNotRunning traceback;
+        new clients are refused at once, and all exit.  (A client in DATA on each worker
+        keeps it closing for closeTimeout, so that the master's SIGTERM finds it there.)
         """
         if not canSpreadConnections():
             raise SkipTest("a client for each worker is found through SO_REUSEPORT on Linux")
@@ -877,6 +877,11 @@ class WorkerTests(E2ETestCase):
         # What the terminal does, one process of the group after the other.
         for pid in [process.pid, *workers]:
             os.kill(pid, signal.SIGINT)
+        # While the workers close, new clients are refused, as by a single process.
+        await until(lambda: refused(port), CLOSE_TIMEOUT, "new connections refused")
+        self.assertTrue(
+            all(alive(pid) for pid in workers), "new connections refused only once all ended"
+        )
         await process.waitForExit(CLOSE_TIMEOUT + EXIT_MARGIN)
         self.assertEqual((process.exitCode, process.signal), (None, signal.SIGINT), process.text)
         # Whichever of its two signals reaches a worker first stops it.

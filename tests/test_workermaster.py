@@ -450,6 +450,25 @@ class WorkerStartTests(TestCase):
         reactor.clock.advance(0)
         self.successResultOf(stopped)
 
+    def test_stopsListeningAtOnce(self) -> None:
+        """
+        On stop the master closes its copies of the listening sockets at once, not once
+        the workers have ended, so that new connections are refused meanwhile.
+        """
+        reactor = _SpawnRecordingReactor()
+        master = self._master(reactor)
+        master.startService()
+        for worker in reactor.spawned:
+            worker.endsOnTerm = False
+        stopped = master.stopService()
+        reactor.clock.advance(0)
+        ports = [port for ports, _ in master.ports for port in ports]
+        self.assertEqual([cast(Any, port).connected for port in ports], [False] * len(ports))
+        self.assertNoResult(stopped)
+        for worker in reactor.spawned:
+            worker.protocol.processEnded(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+        self.successResultOf(stopped)
+
     def test_cannotStart(self) -> None:
         """
         Workers that cannot be started stop the service with one clear line.
