@@ -168,12 +168,16 @@ def readFile(flag: str, path: str) -> bytes:
         raise ConfigurationError(f"{flag}: cannot read {path}: {e.strerror}") from e
 
 
-def withFlags(message: str) -> str:
+def withFlags(message: str, sources: Mapping[str, str] | None = None) -> str:
     """
     Name command-line flags instead of option names in a message from the library.
+
+    @param sources: for options that came from elsewhere, how to name them instead
+        (C{{"size": "smtpsvc.toml: size"}}, see L{ServiceConfig.sources}).
     """
     for spec in optionSpecs():
-        message = message.replace(f"option {spec.name} ", f"--{spec.flag} ")
+        name = (sources or {}).get(spec.name, f"--{spec.flag}")
+        message = message.replace(f"option {spec.name} ", f"{name} ")
     return message
 
 
@@ -208,10 +212,21 @@ def unsetNote(spec: OptionSpec) -> str | None:
 
 def convert(spec: OptionSpec, value: Any, source: str) -> Any:
     """
-    The value of option C{spec} from text (the command line) or TOML, checked.
+    The value of option C{spec} from text (the command line) or TOML, checked as the
+    library checks it (L{OptionSpec.check}).
 
     @param source: how to name the origin in an error (C{"--max-clients"}).
     """
+    value = _parsed(spec, value, source)
+    try:
+        spec.check(value)
+    except ValueError as e:
+        raise ConfigurationError(withFlags(str(e), {spec.name: source})) from None
+    return value
+
+
+def _parsed(spec: OptionSpec, value: Any, source: str) -> Any:
+    # The value of option spec from text or TOML, before the library's checks.
     kind = spec.kind
     if isinstance(value, str) and kind not in ("str", "str | None", "bytes | str | None"):
         text = value.strip()

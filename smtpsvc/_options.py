@@ -13,6 +13,7 @@ This module is pure: standard library only.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -605,6 +606,10 @@ class OptionSpec:
             raise ValueError(
                 f"option {self.name} must be one of {', '.join(self.choices)}, not {value!r}"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            # float() reads nan, inf and 1e400 too: none of them is a time or a rate, and
+            # a timer of nan seconds fails on every connection.
+            raise ValueError(f"option {self.name} must be a finite number, not {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"option {self.name} must not be negative, not {value!r}")
         if (

@@ -246,6 +246,21 @@ class OptionsTests(SynchronousTestCase):
         ):
             self.assertIn(words, refusal(self, *args))
 
+    def test_nonFiniteNumbers(self) -> None:
+        """
+        Every option that takes a number of seconds (or any fraction) refuses nan, inf
+        and a number too large to be finite, naming the flag: a timer of nan seconds
+        would fail on every connection.
+        """
+        floats = [s for s in optionSpecs() if s.cli and s.kind in ("float", "float | None")]
+        self.assertIn("socketTimeout", [s.name for s in floats])
+        for spec in floats:
+            for text in ("nan", "NaN", "inf", "-inf", "Infinity", "1e400"):
+                self.assertIn(
+                    f"--{spec.flag} must be a finite number, not ",
+                    refusal(self, f"--{spec.flag}", text),
+                )
+
     def test_unsetLimit(self) -> None:
         """
         A limit that unset turns off is unset with the word none or off, in any case;
@@ -610,6 +625,17 @@ class ConfigFileTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             parse("--config", path)
         self.assertIn("socketTimeout must be a number", str(caught.exception))
+
+    def test_nonFiniteNumbers(self) -> None:
+        """
+        TOML's nan and inf, and strings of them, are refused with the file and the key.
+        """
+        for text in ("socketTimeout = nan", "closeTimeout = inf", 'proxyTimeout = "-inf"'):
+            path = self.write(text + "\n")
+            with self.assertRaises(ConfigurationError) as caught:
+                parse("--config", path)
+            key = text.split()[0]
+            self.assertIn(f"{path}: {key} must be a finite number, not ", str(caught.exception))
 
     def test_unsetLimit(self) -> None:
         """
