@@ -15,13 +15,19 @@ as a flag's value or a string in the file (L{UNSET_WORDS}).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    clientFromString,
+    serverFromString,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 
 from ._options import OptionSpec, ServerOptions, optionSpecs
@@ -293,6 +299,10 @@ def loadFile(path: str) -> dict[str, Any]:
         raise ConfigurationError(f"--config: cannot read {path}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigurationError(f"{path}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigurationError(
+            f"{path}: not UTF-8 text, as TOML must be (byte {e.start} is {e.object[e.start]:#04x})"
+        ) from e
     known = {spec.name for spec in optionSpecs() if spec.cli or spec.name in ("key", "cert")}
     known |= set(SERVICE_KEYS)
     unknown = sorted(set(data) - known)
@@ -309,13 +319,27 @@ def loadFile(path: str) -> dict[str, Any]:
     for name in ("cert", "key", "ca", "sniDir"):
         if isinstance(data.get(name), str):
             data[name] = relative(data[name])
-    if isinstance(data.get("sni"), Mapping):
+    if "sni" in data:
+        if not isinstance(data["sni"], Mapping):
+            raise ConfigurationError(
+                f'{path}: sni must be a table of host names, e.g. sni."mx.example.com" = '
+                f'"CERT[,KEY]", not {data["sni"]!r}'
+            )
         resolved = {}
         for host, entry in data["sni"].items():
             if isinstance(entry, str):
                 cert, _, key = entry.partition(",")
                 entry = {"cert": cert, "key": key or cert}
-            if not isinstance(entry, Mapping) or "cert" not in entry:
+            if (
+                not isinstance(entry, Mapping)
+                or not set(entry) <= {"cert", "key"}
+                or not all(isinstance(name, str) and name for name in entry.values())
+            ):
+                raise ConfigurationError(
+                    f'{path}: sni.{host} must be "CERT[,KEY]" or a table of cert and key, '
+                    f"file names, not {entry!r}"
+                )
+            if "cert" not in entry:
                 raise ConfigurationError(f"{path}: sni.{host} needs a cert (and a key)")
             resolved[host] = (relative(entry["cert"]), relative(entry.get("key", entry["cert"])))
         data["sni"] = resolved
@@ -440,16 +464,109 @@ def withListenBacklog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
     return f"{description}:backlog={backlog}"
 
 
-def listenEndpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+def listenFlag(secure: bool | None) -> str:
+    """
+    The flag that gives a listener: C{--listen-tls} for one where TLS starts at once
+    whatever the C{secure} option says (L{True}), else C{--listen}.
+    """
+    return "--listen-tls" if secure else "--listen"
+
+
+def listenEndpoint(
+    reactor: Any, description: str, secure: bool | None = None
+) -> IStreamServerEndpoint:
     """
     The endpoint the service listens on for C{description} (with the service's
     backlog, see L{withListenBacklog}), or a L{ConfigurationError} naming it.
+
+    @param secure: as in L{ServiceConfig.listeners}, to name the flag that gave it.
     """
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, withListenBacklog(description))
-    except (ValueError, TypeError) as e:
-        raise ConfigurationError(f"--listen {description}: {e}") from e
+    except Exception as e:
+        # Each kind of endpoint has its own parser (a plugin's, perhaps), and what they
+        # raise for a bad string ranges from ValueError to IndexError.
+        raise ConfigurationError(
+            f"{listenFlag(secure)} {description}: {endpointProblem(e, description)}"
+        ) from e
     return endpoint
+
+
+def clientEndpoint(reactor: Any, description: str, source: str) -> IStreamClientEndpoint:
+    """
+    The client endpoint for C{description}, or a L{ConfigurationError} naming it.
+
+    @param source: how to name it in an error (C{"--deliver smtp:tcp:host=..."}).
+    """
+    try:
+        endpoint: IStreamClientEndpoint = clientFromString(reactor, description)
+    except Exception as e:
+        raise ConfigurationError(f"{source}: {endpointProblem(e, description)}") from e
+    return endpoint
+
+
+def endpointProblem(error: Exception, description: str) -> str:
+    """
+    What is wrong with endpoint string C{description}, in words, from what Twisted's
+    parser for it raised (which names Python's internals rather than the string's parts).
+    """
+    text = str(error)
+    if isinstance(error, OSError):
+        # ssl: reads its certificate files as it parses.
+        return f"cannot read {error.filename}: {error.strerror}" if error.strerror else text
+    if _endpointParts(description)[0] == "systemd" and isinstance(error, (IndexError, KeyError)):
+        return (
+            "systemd passed no such socket (a systemd: listener works only when the "
+            "service is started by its socket unit)"
+        )
+    number = re.search(r"invalid literal for int\(\) with base 10: (.*)", text)
+    if number:
+        return f"{number.group(1)} is not a whole number"
+    missing = re.search(
+        r"missing \d+ required (?:positional |keyword-only )?arguments?: (.*)", text
+    )
+    if missing:
+        return f"it needs {missing.group(1)}"
+    unexpected = re.search(r"unexpected keyword argument (.*)", text)
+    if unexpected:
+        return f"unknown argument {unexpected.group(1)}"
+    return text or type(error).__name__
+
+
+def checkListeners(config: ServiceConfig) -> None:
+    """
+    Parse every listener of C{config} (without listening), so that a bad one stops the
+    command with one line naming it, before anything is served.
+
+    @raise ConfigurationError: for an endpoint string Twisted cannot parse.
+    """
+    for description, secure in config.listeners():
+        # Parsing uses no reactor: the endpoint is only made, never listened on.
+        listenEndpoint(object(), description, secure)
+
+
+def checkSocketDirectories(config: ServiceConfig) -> None:
+    """
+    Refuse a Unix socket listener whose directory does not exist, when the service is
+    about to listen (Twisted would report the failure of its lock file's symlink).
+    """
+    for description, secure in config.listeners():
+        kind, *arguments = _endpointParts(description)
+        # The address is the first argument without a name, or address=.
+        paths = [a.removeprefix("address=") for a in arguments if a.startswith("address=")]
+        paths += [a for a in arguments if "=" not in a]
+        if kind == "unix" and paths and paths[0]:
+            path = _unescaped(paths[0])
+            directory = os.path.dirname(os.path.abspath(path))
+            if not path.startswith(("\0", "@")) and not os.path.isdir(directory):
+                raise ConfigurationError(
+                    f"{listenFlag(secure)} {description}: no directory {directory}"
+                )
+
+
+def _unescaped(part: str) -> str:
+    # An endpoint string's part without the backslashes that escape its characters.
+    return re.sub(r"\\(.)", r"\1", part)
 
 
 def _endpointParts(description: str) -> list[str]:

@@ -72,7 +72,9 @@ class ServerOptions:
 
     # -- identity and protocol ------------------------------------------------------------
     name: str = _option(
-        doc="Server name used in the greeting, the HELO/EHLO reply and a few 421 replies.",
+        doc="Server name used in the greeting, the HELO/EHLO reply and a few 421 replies.  An "
+        "internationalised name is used as its A-labels (``xn--...``): the greeting and the "
+        "EHLO reply must be ASCII (RFC 6531 section 3.7.1).",
         defaultFactory=socket.gethostname,
         defaultText="the machine's host name",
     )
@@ -428,6 +430,11 @@ class ServerOptions:
         object.__setattr__(
             self, "authMethods", tuple(m.upper() for m in _strings(self, "authMethods"))
         )
+        if isinstance(self.name, str) and not self.name.isascii():
+            # The greeting and the EHLO reply carry the name before the client could know
+            # whether SMTPUTF8 is offered, so an internationalised one goes as A-labels
+            # (RFC 6531 section 3.7.1); the Received header and the certificates too.
+            object.__setattr__(self, "name", _aLabels(self.name))
         for name in ("useProxy", "useXClient", "useXForward"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -508,6 +515,20 @@ def _networks(name: str, value: Iterable[object]) -> bool | tuple[str, ...]:
                 f"option {name} must list addresses and networks, and {item!r} is neither"
             ) from e
     return tuple(out)
+
+
+def _aLabels(name: str) -> str:
+    # An internationalised host name with each label that is not ASCII as its A-label
+    # (xn--...).
+    try:
+        return ".".join(
+            label if label.isascii() else label.encode("idna").decode("ascii")
+            for label in name.split(".")
+        )
+    except UnicodeError as e:
+        raise ValueError(
+            f"option name must be a host name, and {name!r} has no A-label form (IDNA): {e}"
+        ) from None
 
 
 def _strings(options: ServerOptions, name: str) -> tuple[str, ...]:

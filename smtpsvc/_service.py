@@ -32,6 +32,7 @@ from ._config import (
     ConfigurationError,
     ServiceConfig,
     TCPListening,
+    clientEndpoint,
     listenEndpoint,
     tcpListening,
     withFlags,
@@ -159,7 +160,7 @@ def buildServer(
             from .handlers.forward import ForwardDelivery
 
             handler = ForwardDelivery(
-                argument,
+                clientEndpoint(server.reactor, argument, f"--deliver {target}"),
                 lmtp=kind == "lmtp",
                 reactor=server.reactor,
                 serverName=server.options.name,
@@ -241,7 +242,7 @@ class SMTPService(Service):
         for fd, inheritedSecure in self.config.inherited:
             self.ports.append(adopt(self.server, fd, inheritedSecure))
         for description, secure in self.config.listeners():
-            endpoint = listenEndpoint(self.server.reactor, description)
+            endpoint = listenEndpoint(self.server.reactor, description, secure)
             result = self.server.listen(endpoint, secure=secure)
             port = _now(result)
             if isinstance(port, Failure):

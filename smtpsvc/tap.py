@@ -11,7 +11,9 @@ with one line saying why (L{ConfigurationError}).
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +29,8 @@ from ._config import (
     DEFAULT_LISTEN,
     ConfigurationError,
     ServiceConfig,
+    checkListeners,
+    checkSocketDirectories,
     loadFile,
     resolve,
     unsetNote,
@@ -202,7 +206,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """
         fd, _, kind = spec.partition(":")
         if not fd.isdigit() or kind not in ("tls", "plain"):
-            raise usage.UsageError(f"--inherit: expected FD:tls or FD:plain, not {spec!r}")
+            raise ConfigurationError(f"--inherit: expected FD:tls or FD:plain, not {spec!r}")
+        try:
+            mode = os.fstat(int(fd)).st_mode
+        except OSError as e:
+            raise ConfigurationError(
+                f"--inherit {spec}: file descriptor {fd} is not open ({e.strerror})"
+            ) from e
+        if not stat.S_ISSOCK(mode):
+            raise ConfigurationError(f"--inherit {spec}: file descriptor {fd} is not a socket")
         self.inherited.append((int(fd), True if kind == "tls" else None))
 
     def serverOptions(self) -> dict[str, object]:
@@ -238,6 +250,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             # A worker of --workers: serve on the parent's sockets, start no workers.
             config.inherited = self.inherited
             config.listen, config.listenTLS, config.workers = [], [], 1
+        else:
+            # (A worker's own --listen strings are its parent's, which checked them: a
+            # systemd: one could not even be parsed here, the sockets being the parent's.)
+            checkListeners(config)
         self.config = config
         twistLevel: Any = self.parent.get("logLevel") if self.parent is not None else None
         if twistLevel in list(LogLevel.iterconstants()):
@@ -271,6 +287,7 @@ def makeService(options: Options) -> IService:
     The service C{twist smtpsvc} runs.
     """
     config = options.config
+    checkSocketDirectories(config)
     if config.workers > 1:
         # Check the configuration in this process, where errors can still be told.
         buildServer(options)

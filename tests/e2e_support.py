@@ -577,9 +577,9 @@ async def assertTwistRefuses(
     """
     Run C{twist smtpsvc ARGS} (L{runTwist}, through C{wrapper}) in C{cwd}, or in a new
     directory, and check
-    that it refuses them as a configuration error should be refused: a non-zero status
-    and one line of output, C{twist smtpsvc: ...}, which contains each of C{expected};
-    no traceback, no usage text.
+    that it refuses them as a configuration error should be refused (docs/service.rst):
+    exit status 1 and one line of output, C{twist smtpsvc: ...}, which contains each of
+    C{expected}; no traceback, no usage text.
 
     @return: that line.
     @raise FailTest: when it is not so.
@@ -588,8 +588,10 @@ async def assertTwistRefuses(
         cwd = workspace(testCase)
     result = await runTwist(args, cwd, wrapper)
     output = result.stdout
-    if result.returncode == 0:
-        raise FailTest(f"twist smtpsvc {list(args)} exited with status 0:\n{output}")
+    if result.returncode != 1:
+        raise FailTest(
+            f"twist smtpsvc {list(args)} exited with status {result.returncode}:\n{output}"
+        )
     lines = output.strip().splitlines()
     if len(lines) != 1 or not lines[0].startswith("twist smtpsvc: "):
         raise FailTest(f"twist smtpsvc {list(args)}: not one error line:\n{output}")

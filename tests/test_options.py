@@ -28,3 +28,17 @@ class ValueTests(SynchronousTestCase):
                     ServerOptions.fromMapping({name: value})
                 self.assertIn(f"option {name} must be a finite number", str(caught.exception))
         self.assertEqual(ServerOptions(socketTimeout=1e300).socketTimeout, 1e300)
+
+    def test_internationalName(self) -> None:
+        """
+        An internationalised name is kept as its A-labels, which the greeting and the
+        EHLO reply must use (RFC 6531 section 3.7.1); one that has no A-label form is
+        refused.
+        """
+        self.assertEqual(
+            ServerOptions(name="mx.b\u00fccher.example").name, "mx.xn--bcher-kva.example"
+        )
+        self.assertEqual(ServerOptions(name="mx.example").name, "mx.example")
+        with self.assertRaises(ValueError) as caught:
+            ServerOptions(name="a" * 64 + "\u00fc.example")
+        self.assertIn("option name must be a host name", str(caught.exception))

@@ -1082,6 +1082,32 @@ class CommandLineErrorTests(E2ETestCase):
             "--deliver python:no.such:thing: cannot import no.such",
         )
 
+    async def test_noTraceback(self) -> None:
+        """
+        Mistakes that used to end in a Python traceback are one line naming the flag
+        with status 1: a systemd: listener outside socket activation, a forwarding target
+        without a port, a timeout of nan.
+        """
+        await gatherResults(
+            [
+                Deferred.fromCoroutine(assertTwistRefuses(self, args, *expected))
+                for args, expected in (
+                    (
+                        ["--listen-tls", "systemd:domain=INET:index=0"],
+                        ["--listen-tls systemd:domain=INET:index=0: systemd passed no such"],
+                    ),
+                    (
+                        ["--deliver", "lmtp:tcp:host=127.0.0.1"],
+                        ["--deliver lmtp:tcp:host=127.0.0.1: it needs 'port'"],
+                    ),
+                    (
+                        ["--socket-timeout", "nan", "--deliver", "discard"],
+                        ["--socket-timeout must be a finite number, not nan"],
+                    ),
+                )
+            ]
+        )
+
     async def test_openRelayRefused(self) -> None:
         """
         Forwarding with smtp: without --domain or required AUTH would be an open relay.

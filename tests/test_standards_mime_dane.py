@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -671,7 +672,11 @@ class MTASTSStartupCheckTests(SynchronousTestCase):
         master._hangup()
         self.assertEqual(len(self.warned(capture)), 2)
         self.assertWarned(self.warned(capture)[1:], MX, "does not cover")
-        worker: Any = tap.makeService(self.options(MX, path, "--inherit", "3:plain"))
+        inherited = socket.socket()
+        self.addCleanup(inherited.close)
+        worker: Any = tap.makeService(
+            self.options(MX, path, "--inherit", f"{inherited.fileno()}:plain")
+        )
         worker.reload()
         self.assertEqual(len(self.warned(capture)), 2)
 

@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
+from cryptography import x509
 from twisted.application.service import IServiceMaker
 from twisted.application.twist._options import TwistOptions
 from twisted.internet.defer import Deferred
@@ -19,7 +20,6 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel
 from twisted.plugin import getPlugins
-from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -342,6 +342,66 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(server.options.cert, options.serverOptions()["cert"])
 
 
+class EndpointErrorTests(SynchronousTestCase):
+    """
+    Endpoint strings Twisted cannot use stop the command with one line naming the flag
+    and the string, instead of the traceback of whatever Twisted's parser raised.
+    """
+
+    def test_listeners(self) -> None:
+        """
+        Each listener is parsed when the command line is: an ssl: one whose key is
+        missing, a systemd: one outside socket activation, an unknown kind, a port that
+        is not a number; --listen-tls is named as itself.
+        """
+        missing = os.path.abspath(self.mktemp())
+        for flag, description, words in (
+            (
+                "--listen",
+                f"ssl:0:privateKey={missing}",
+                f"cannot read {missing}: No such file or directory",
+            ),
+            ("--listen", "systemd:domain=INET:index=0", "systemd passed no such socket"),
+            ("--listen", "systemd:domain=INET:name=smtp", "systemd passed no such socket"),
+            ("--listen-tls", "systemd:domain=INET:index=1", "systemd passed no such socket"),
+            ("--listen-tls", "bogus", "Unknown endpoint type: 'bogus'"),
+            ("--listen", "tcp:notaport", "'notaport' is not a whole number"),
+            ("--listen", "tcp:25:backlog=lots", "'lots' is not a whole number"),
+        ):
+            text = refusal(self, flag, description)
+            self.assertTrue(text.startswith(f"twist smtpsvc: {flag} {description}: {words}"), text)
+
+    def test_socketDirectory(self) -> None:
+        """
+        A Unix socket listener in a directory that does not exist is refused, naming the
+        directory, as the service is made (and before it listens).
+        """
+        missing = os.path.abspath(self.mktemp())
+        for flag in ("--listen", "--listen-tls"):
+            description = f"unix:{missing}/smtp.sock:mode=660"
+            with self.assertRaises(ConfigurationError) as caught:
+                tap.makeService(parse(flag, description, "--deliver", "discard"))
+            self.assertEqual(
+                str(caught.exception),
+                f"twist smtpsvc: {flag} {description}: no directory {missing}",
+            )
+
+    def test_forwardingTargets(self) -> None:
+        """
+        The client endpoint of an smtp: or lmtp: delivery is parsed as the server is
+        built: an unknown kind, a missing port and a port that is not a number are one
+        line naming the --deliver target.
+        """
+        for target, words in (
+            ("smtp:bogus", "Unknown endpoint type: 'bogus'"),
+            ("lmtp:tcp:host=127.0.0.1", "it needs 'port'"),
+            ("lmtp:tcp:host=127.0.0.1:port=abc", "'abc' is not a whole number"),
+        ):
+            with self.assertRaises(ConfigurationError) as caught:
+                tap.buildServer(parse("--deliver", target, "--domain", "example.org"))
+            self.assertEqual(str(caught.exception), f"twist smtpsvc: --deliver {target}: {words}")
+
+
 class BuildTests(SynchronousTestCase):
     """
     The server the command line describes.
@@ -390,6 +450,26 @@ class BuildTests(SynchronousTestCase):
             with self.assertRaises(ConfigurationError) as caught:
                 tap.buildServer(parse("--deliver", target))
             self.assertIn(words, str(caught.exception))
+
+    def test_internationalName(self) -> None:
+        """
+        An internationalised --name is served as its A-labels, in the greeting and the
+        EHLO reply (RFC 6531 section 3.7.1), and the development certificate is made for
+        that form.
+        """
+        options = parse("--name", "b\u00fccher.example", "--deliver", "discard")
+        server = tap.buildServer(options, reactor=Clock())
+        self.assertEqual(server.options.name, "xn--bcher-kva.example")
+        client = MemoryClient(server)
+        assert client.greeting is not None
+        self.assertTrue(client.greeting.lines[0].startswith("xn--bcher-kva.example "))
+        [ehlo] = client.send("EHLO x")
+        self.assertTrue(ehlo.lines[0].startswith("xn--bcher-kva.example "), ehlo)
+        pem = options.serverOptions()["cert"]
+        assert isinstance(pem, bytes)
+        certificate = x509.load_pem_x509_certificate(pem)
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        self.assertIn("xn--bcher-kva.example", san.value.get_values_for_type(x509.DNSName))
 
     def test_relayPolicy(self) -> None:
         """
@@ -683,6 +763,38 @@ class ConfigFileTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             parse("--config", path)
         self.assertIn(path, str(caught.exception))
+
+    def test_notUTF8(self) -> None:
+        """
+        A file that is not UTF-8 is one clear error naming it.
+        """
+        path = self.write("")
+        with open(path, "wb") as f:
+            f.write(b'name = "mx.example"\nbanner = "\xff"\n')
+        with self.assertRaises(ConfigurationError) as caught:
+            parse("--config", path)
+        self.assertEqual(
+            str(caught.exception),
+            f"twist smtpsvc: {path}: not UTF-8 text, as TOML must be (byte 30 is 0xff)",
+        )
+
+    def test_sniOfTheWrongType(self) -> None:
+        """
+        sni must be a table of host names, each a file name or a table of cert and key.
+        """
+        for text, words in (
+            ('sni = "x"\n', "sni must be a table of host names"),
+            ('sni = ["a.example=cert.pem"]\n', "sni must be a table of host names"),
+            ('[sni]\n"a.example" = 5\n', "sni.a.example must be"),
+            ('[sni."a.example"]\ncert = 5\n', "sni.a.example must be"),
+            ('[sni."a.example"]\ncert = "a.pem"\nkey = ["a.key"]\n', "sni.a.example must be"),
+            ('[sni."a.example"]\ncert = "a.pem"\nchain = "c.pem"\n', "sni.a.example must be"),
+            ('[sni."a.example"]\nkey = "a.key"\n', "sni.a.example needs a cert"),
+        ):
+            path = self.write(text)
+            with self.assertRaises(ConfigurationError, msg=text) as caught:
+                parse("--config", path)
+            self.assertIn(f"{path}: {words}", str(caught.exception))
 
     def test_missing(self) -> None:
         """
@@ -1084,8 +1196,21 @@ class InheritedSocketTests(TestCase):
 
     def test_badInherit(self) -> None:
         """
-        --inherit takes FD:tls or FD:plain.
+        --inherit takes FD:tls or FD:plain, the descriptor of an open socket; anything
+        else is one line naming the flag, not usage text or a traceback.
         """
-        for spec in ("x:tls", "3:other", "3"):
-            with self.assertRaises(usage.UsageError):
-                parse("--inherit", spec)
+        with open(self.mktemp(), "w") as notSocket:
+            closed = os.dup(notSocket.fileno())
+            os.close(closed)
+            for spec, words in (
+                ("x:tls", "--inherit: expected FD:tls or FD:plain, not 'x:tls'"),
+                ("3:other", "--inherit: expected FD:tls or FD:plain, not '3:other'"),
+                ("3", "--inherit: expected FD:tls or FD:plain, not '3'"),
+                (f"{closed}:tls", f"--inherit {closed}:tls: file descriptor {closed} is not open"),
+                (
+                    f"{notSocket.fileno()}:plain",
+                    f"--inherit {notSocket.fileno()}:plain: file descriptor "
+                    f"{notSocket.fileno()} is not a socket",
+                ),
+            ):
+                self.assertIn(words, refusal(self, "--inherit", spec, "--deliver", "discard"))
