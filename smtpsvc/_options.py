@@ -443,6 +443,14 @@ class ServerOptions:
                 object.__setattr__(self, name, _networks(name, value))
         for spec in optionSpecs():
             spec.check(getattr(self, spec.name))
+        if self.maxVersion is not None and TLS_VERSIONS.index(self.minVersion) > TLS_VERSIONS.index(
+            self.maxVersion
+        ):
+            # OpenSSL would take both and fail every handshake: "no protocols available".
+            raise ValueError(
+                f"option minVersion {self.minVersion} is newer than option maxVersion "
+                f"{self.maxVersion}, which leaves no TLS version to use"
+            )
         unknown = [m for m in self.authMethods if m not in AUTH_MECHANISMS]
         if unknown:
             raise ValueError(

@@ -5,8 +5,10 @@ the library, the command line and the configuration file all go through.
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from smtpsvc import SMTPServer
 from smtpsvc._options import ServerOptions, optionSpecs
 
 
@@ -42,3 +44,24 @@ class ValueTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             ServerOptions(name="a" * 64 + "\u00fc.example")
         self.assertIn("option name must be a host name", str(caught.exception))
+
+    def test_versionsInOrder(self) -> None:
+        """
+        A minimum TLS version newer than the maximum leaves none, and is refused; the
+        same version for both is one version, and is taken.  Rotating to such a pair
+        is refused too.
+        """
+        with self.assertRaises(ValueError) as caught:
+            ServerOptions(minVersion="TLSv1.3", maxVersion="TLSv1.2")
+        self.assertEqual(
+            str(caught.exception),
+            "option minVersion TLSv1.3 is newer than option maxVersion TLSv1.2, which "
+            "leaves no TLS version to use",
+        )
+        self.assertEqual(
+            ServerOptions(minVersion="TLSv1.3", maxVersion="TLSv1.3").maxVersion, "TLSv1.3"
+        )
+        server = SMTPServer(reactor=Clock(), minVersion="TLSv1.3")
+        with self.assertRaises(ValueError):
+            server.updateSecureContext(maxVersion="TLSv1.2")
+        self.assertIsNone(server.options.maxVersion)

@@ -234,6 +234,11 @@ class OptionsTests(SynchronousTestCase):
             ),
             (("--max-received-headers", "0"), "--max-received-headers must be at least 1, not 0"),
             (
+                ("--min-version", "TLSv1.3", "--max-version", "TLSv1.2"),
+                "--min-version TLSv1.3 is newer than --max-version TLSv1.2, which leaves no "
+                "TLS version to use",
+            ),
+            (
                 ("--lmtp", "--hide-pipelining"),
                 "--hide-pipelining cannot be set with --lmtp (an LMTP server must offer "
                 "PIPELINING, RFC 2033 section 5)",
