@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,33 +265,51 @@ def _parsed(spec: OptionSpec, value: Any, source: str) -> Any:
     return value
 
 
+def wholeNumber(value: Any, source: str, what: str = "a whole number") -> int:
+    """
+    A whole number from text (the command line) or TOML, checked.
+
+    @param source: how to name the origin in an error (C{"--workers"}).
+    @param what: what the error says it must be.
+    """
+    try:
+        # TOML's true is a Python int, and int() would cut 1.5 down to 1: neither is a
+        # whole number.
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(value)
+        return int(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        raise ConfigurationError(f"{source} must be {what}, not {value!r}") from None
+
+
 def wholeBytes(value: Any, source: str) -> int:
     """
     A number of bytes, 0 or more, from text (the command line) or TOML, checked.
 
     @param source: how to name the origin in an error (C{"--maildir-min-free"}).
     """
-    try:
-        # TOML's true is a Python int, and int() would cut 1.5 down to 1: neither is a
-        # number of bytes.
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(value)
-        number = int(value.strip() if isinstance(value, str) else value)
-    except ValueError:
-        raise ConfigurationError(
-            f"{source} must be a whole number of bytes, not {value!r}"
-        ) from None
+    number = wholeNumber(value, source, "a whole number of bytes")
     if number < 0:
         raise ConfigurationError(f"{source} must be 0 or more bytes, not {value!r}")
     return number
+
+
+#: The service's keys that name a file or directory.
+_PATH_KEYS = ("cert", "key", "ca", "sniDir")
+#: The service's repeatable keys: each a list in the file (or a single value).
+_REPEATABLE_KEYS = ("listen", "listenTLS", "port", "deliver", "domain", "auth")
 
 
 def loadFile(path: str) -> dict[str, Any]:
     """
     Read a TOML configuration file; relative paths in it are made relative to it.
 
-    @raise ConfigurationError: for an unreadable or malformed file, or an unknown key.
+    @raise ConfigurationError: for an unreadable or malformed file, an unknown key, or
+        a service key of the wrong type.
     """
+    if not path:
+        # An unset variable (--config "$CONFIG") must not start a default server.
+        raise ConfigurationError("--config needs a file name, and it was given an empty one")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -316,9 +334,17 @@ def loadFile(path: str) -> dict[str, Any]:
     def relative(value: str) -> str:
         return value if os.path.isabs(value) else os.path.join(base, value)
 
-    for name in ("cert", "key", "ca", "sniDir"):
-        if isinstance(data.get(name), str):
+    for name in _PATH_KEYS:
+        if name in data:
+            # open(5) would read file descriptor 5.
+            if not isinstance(data[name], str) or not data[name]:
+                raise ConfigurationError(
+                    f"{path}: {name} must be a file name (a string), not {data[name]!r}"
+                )
             data[name] = relative(data[name])
+    for name in _REPEATABLE_KEYS:
+        if name in data:
+            data[name] = _strings(data[name], name, path)
     if "sni" in data:
         if not isinstance(data["sni"], Mapping):
             raise ConfigurationError(
@@ -343,31 +369,37 @@ def loadFile(path: str) -> dict[str, Any]:
                 raise ConfigurationError(f"{path}: sni.{host} needs a cert (and a key)")
             resolved[host] = (relative(entry["cert"]), relative(entry.get("key", entry["cert"])))
         data["sni"] = resolved
-    if isinstance(data.get("auth"), list):
+    if "auth" in data:
         # scrypt:FILE and file:FILE name files: relative to this file too.
         data["auth"] = [
             f"{a.partition(':')[0]}:{relative(a.partition(':')[2])}"
-            if isinstance(a, str) and a.partition(":")[0] in ("scrypt", "file")
+            if a.partition(":")[0] in ("scrypt", "file")
             else a
             for a in data["auth"]
         ]
-    if isinstance(data.get("deliver"), list):
+    if "deliver" in data:
         data["deliver"] = [_relativeDelivery(d, relative) for d in data["deliver"]]
     return data
 
 
-def _relativeDelivery(target: Any, relative: Any) -> Any:
-    if isinstance(target, str) and target.startswith("maildir:"):
+def _relativeDelivery(target: str, relative: Callable[[str], str]) -> str:
+    if target.startswith("maildir:"):
         return "maildir:" + relative(target[len("maildir:") :])
     return target
 
 
 def _strings(value: Any, key: str, path: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
-        return [str(v) for v in value]
-    raise ConfigurationError(f"{path}: {key} must be a string or a list of strings")
+    # A repeatable key's value: a list, or a single value standing for a list of one;
+    # strings, and for port whole numbers too.
+    values = value if isinstance(value, list) else [value]
+    numbers = key == "port"
+    if all(
+        isinstance(v, str) or (numbers and isinstance(v, int) and not isinstance(v, bool))
+        for v in values
+    ):
+        return [str(v) for v in values]
+    what = "a port number or a list of them" if numbers else "a string or a list of strings"
+    raise ConfigurationError(f"{path}: {key} must be {what}, not {value!r}")
 
 
 def resolve(
@@ -395,7 +427,7 @@ def resolve(
     for key in ("listen", "listenTLS", "port", "deliver", "domain", "auth"):
         values = list(lists.get(key, []))
         if not values and key in file:
-            values = _strings(file[key], key, path)
+            values = list(file[key])
         if key == "port":
             for port in values:
                 if not port.isdigit() or not 0 < int(port) < 65536:
@@ -410,13 +442,11 @@ def resolve(
     tls.sniDir = given.get("sniDir", file.get("sniDir"))
     tls.sni = dict(file.get("sni", {}))
     tls.sni.update(lists.get("sni", {}))  # type: ignore[arg-type]
+    workersFrom = "--workers" if "workers" in given else f"{path}: workers"
     workers = given.get("workers", file.get("workers", 1))
-    try:
-        config.workers = int(workers)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"--workers must be a whole number, not {workers!r}") from None
+    config.workers = wholeNumber(workers, workersFrom)
     if config.workers < 1:
-        raise ConfigurationError("--workers must be at least 1")
+        raise ConfigurationError(f"{workersFrom} must be at least 1, not {workers!r}")
     if "maildirMinFree" in given:
         config.maildirMinFree = wholeBytes(given["maildirMinFree"], "--maildir-min-free")
     elif "maildirMinFree" in file:

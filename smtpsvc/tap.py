@@ -226,7 +226,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def postOptions(self) -> None:
         path = self["config"]
-        file = loadFile(path) if path else {}
+        file = loadFile(path) if path is not None else {}
         given: dict[str, Any] = {}
         for flag, spec in _BY_FLAG.items():
             if spec.isFlag:

@@ -225,7 +225,8 @@ class OptionsTests(SynchronousTestCase):
             (("--bare-line-endings", "maybe"), "--bare-line-endings must be one of normalize"),
             (("--deliver", "mbox:/x"), "--deliver: expected maildir:DIR"),
             (("--port", "70000"), "--port must be a port number"),
-            (("--workers", "0"), "--workers must be at least 1"),
+            (("--workers", "0"), "--workers must be at least 1, not '0'"),
+            (("--workers", "1.5"), "--workers must be a whole number, not '1.5'"),
             (("--cert", "no-such.pem"), "--cert: cannot read no-such.pem"),
             (("--use-proxy", "nowhere"), "--use-proxy must list addresses and networks"),
             (
@@ -683,6 +684,81 @@ class ConfigFileTests(SynchronousTestCase):
             with self.assertRaises(ConfigurationError) as caught:
                 parse("--config", path)
             self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}", value)
+
+    def test_singleStringsRelative(self) -> None:
+        """
+        A repeatable key given one string instead of a list is read as a list of it,
+        relative paths included: they are relative to the file, as in a list.
+        """
+        path = self.write('deliver = "maildir:strmd"\nauth = "scrypt:passwd"\n')
+        base = os.path.dirname(os.path.abspath(path))
+        config = parse("--config", path).config
+        self.assertEqual(config.deliver, [f"maildir:{os.path.join(base, 'strmd')}"])
+        self.assertEqual(config.auth, [f"scrypt:{os.path.join(base, 'passwd')}"])
+
+    def test_repeatableKeysAreStrings(self) -> None:
+        """
+        The values of the repeatable keys are strings (for port, whole numbers too): a
+        list of numbers for domain is not converted to the domains "1" and "2".
+        """
+        for text, words in (
+            ("domain = [1, 2]\n", "domain must be a string or a list of strings, not [1, 2]"),
+            ("listen = [true]\n", "listen must be a string or a list of strings, not [True]"),
+            ("deliver = 5\n", "deliver must be a string or a list of strings, not 5"),
+            ("auth = [{a = 1}]\n", "auth must be a string or a list of strings, not [{'a': 1}]"),
+            ("port = [25.5]\n", "port must be a port number or a list of them, not [25.5]"),
+            ("port = true\n", "port must be a port number or a list of them, not True"),
+        ):
+            path = self.write(text)
+            with self.assertRaises(ConfigurationError, msg=text) as caught:
+                parse("--config", path)
+            self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}")
+        path = self.write('port = [25, "587"]\n')
+        self.assertEqual(parse("--config", path).config.listen, ["tcp:25", "tcp:587"])
+
+    def test_pathsAreStrings(self) -> None:
+        """
+        cert, key, ca and sniDir must be file names: cert = 5 would read file descriptor
+        5.
+        """
+        for key in ("cert", "key", "ca", "sniDir"):
+            for value, shown in (("5", "5"), ("true", "True"), ('""', "''"), ('["a"]', "['a']")):
+                path = self.write(f"{key} = {value}\n")
+                with self.assertRaises(ConfigurationError) as caught:
+                    parse("--config", path)
+                self.assertEqual(
+                    str(caught.exception),
+                    f"twist smtpsvc: {path}: {key} must be a file name (a string), not {shown}",
+                )
+
+    def test_workers(self) -> None:
+        """
+        workers is a whole number, 1 or more: 2.5 is not cut down to 2, nor true taken
+        for 1; --workers wins over it.
+        """
+        for value, words in (
+            ("2.5", "workers must be a whole number, not 2.5"),
+            ('"2.5"', "workers must be a whole number, not '2.5'"),
+            ("true", "workers must be a whole number, not True"),
+            ("0", "workers must be at least 1, not 0"),
+        ):
+            path = self.write(f"workers = {value}\n")
+            with self.assertRaises(ConfigurationError) as caught:
+                parse("--config", path)
+            self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}", value)
+        path = self.write("workers = 3\n")
+        self.assertEqual(parse("--config", path).config.workers, 3)
+        self.assertEqual(parse("--config", path, "--workers", "2").config.workers, 2)
+
+    def test_emptyName(self) -> None:
+        """
+        An empty --config (as from an unset variable) is refused instead of ignored,
+        which started a default server.
+        """
+        self.assertEqual(
+            refusal(self, "--config", ""),
+            "twist smtpsvc: --config needs a file name, and it was given an empty one",
+        )
 
     def test_listsReplaced(self) -> None:
         """
