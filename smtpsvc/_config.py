@@ -424,14 +424,19 @@ def resolve(
             config.serverOptions[name] = convert(spec, given[name], f"--{spec.flag}")
         elif name in file:
             config.serverOptions[name] = convert(spec, file[name], f"{path}: {name}")
-    for key in ("listen", "listenTLS", "port", "deliver", "domain", "auth"):
+    # --port N is --listen tcp:N, so either on the command line replaces both of the
+    # file's lists (and the file's listenTLS stays).
+    listening = bool(lists.get("listen") or lists.get("port"))
+    for key in _REPEATABLE_KEYS:
         values = list(lists.get(key, []))
-        if not values and key in file:
+        fromFile = not values and key in file and not (key in ("listen", "port") and listening)
+        if fromFile:
             values = list(file[key])
         if key == "port":
+            source = f"{path}: port" if fromFile else "--port"
             for port in values:
                 if not port.isdigit() or not 0 < int(port) < 65536:
-                    raise ConfigurationError(f"--port must be a port number, not {port!r}")
+                    raise ConfigurationError(f"{source} must be a port number, not {port!r}")
                 config.listen.append(f"tcp:{int(port)}")
         else:
             getattr(config, key if key != "domain" else "domains").extend(values)

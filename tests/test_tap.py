@@ -769,6 +769,27 @@ class ConfigFileTests(SynchronousTestCase):
             parse("--config", path, "--listen", "tcp:2525").config.listen, ["tcp:2525"]
         )
 
+    def test_portReplacesListen(self) -> None:
+        """
+        --port N is --listen tcp:N: either on the command line replaces the file's listen
+        and port lists, and leaves its listenTLS.
+        """
+        path = self.write('listen = ["tcp:25"]\nport = [587]\nlistenTLS = ["tcp:465"]\n')
+        self.assertEqual(parse("--config", path).config.listen, ["tcp:25", "tcp:587"])
+        for args, listen in (
+            (("--port", "2526"), ["tcp:2526"]),
+            (("--listen", "tcp:2527"), ["tcp:2527"]),
+            (("--listen", "tcp:2527", "--port", "2526"), ["tcp:2527", "tcp:2526"]),
+        ):
+            config = parse("--config", path, *args).config
+            self.assertEqual((config.listen, config.listenTLS), (listen, ["tcp:465"]), args)
+        path = self.write('port = "smtp"\n')
+        with self.assertRaises(ConfigurationError) as caught:
+            parse("--config", path)
+        self.assertEqual(
+            str(caught.exception), f"twist smtpsvc: {path}: port must be a port number, not 'smtp'"
+        )
+
     def test_unknownOption(self) -> None:
         """
         An unknown key is one clear error.
