@@ -19,7 +19,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet.endpoints import (
     TCP4ServerEndpoint,
@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndp
 from twisted.internet.protocol import Factory
 
 from ._options import OptionSpec, ServerOptions, optionSpecs
+from ._tls import checkedHostName
 from .handlers.maildir import DEFAULT_MIN_FREE
 
 #: Keys of the service that are not server options, with the flag each corresponds to.
@@ -116,8 +117,9 @@ class TLSSources:
             for name in names:
                 if name.endswith(".pem"):
                     path = os.path.join(self.sniDir, name)
+                    host = sniHost(name[: -len(".pem")], f"--sni-dir: {path}")
                     pem = readFile("--sni-dir", path)
-                    sni[name[: -len(".pem")]] = {"cert": pem, "key": pem}
+                    sni[host] = {"cert": pem, "key": pem}
         for host, (cert, key) in self.sni.items():
             sni[host] = {"cert": readFile("--sni", cert), "key": readFile("--sni", key)}
         if sni or self.sniDir is not None:
@@ -146,6 +148,20 @@ class ServiceConfig:
     #: Listening sockets inherited from a --workers parent: (file descriptor, whether
     #: TLS starts at once, or L{None} to follow the C{secure} option).
     inherited: list[tuple[int, bool | None]] = field(default_factory=list)
+    #: How to name, in an error, the options and service keys the configuration file
+    #: gave (C{{"size": "smtpsvc.toml: size"}}); the others are named by their flags.
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def origin(self, name: str) -> str:
+        """
+        How to name option or service key C{name} in an error: the file and its key when
+        the file gave it, else its flag (C{--max-clients}, C{--domain}).
+        """
+        if name in self.sources:
+            return self.sources[name]
+        if name in SERVICE_KEYS:
+            return SERVICE_KEYS[name]
+        return flagOf(next(spec for spec in optionSpecs() if spec.name == name))
 
     def listeners(self) -> list[tuple[str, bool | None]]:
         """
@@ -163,6 +179,20 @@ class ServiceConfig:
         return options
 
 
+def sniHost(host: str, source: str) -> str:
+    """
+    C{host} if it is a host name or a pattern such as C{*.example.com}, which a client's
+    SNI name can match (L{checkedHostName}); else a L{ConfigurationError}.
+
+    @param source: how to name where it came from in the error.
+    """
+    try:
+        checkedHostName(host, wildcard=True)
+    except ValueError as e:
+        raise ConfigurationError(f"{source}: {host!r} is {e}") from e
+    return host
+
+
 def readFile(flag: str, path: str) -> bytes:
     """
     The bytes of C{path}, or a L{ConfigurationError} that names the flag and the file.
@@ -174,6 +204,20 @@ def readFile(flag: str, path: str) -> bytes:
         raise ConfigurationError(f"{flag}: cannot read {path}: {e.strerror}") from e
 
 
+def flagOf(spec: OptionSpec) -> str:
+    """
+    How the command line sets option C{spec}: C{--max-clients}, C{--cert} for C{cert},
+    C{twist --log-level} for C{logLevel}; C{option resolver} for one it cannot set.
+    """
+    if spec.cli:
+        return f"--{spec.flag}"
+    if spec.cliForms:
+        # "--sni HOST=CERT[,KEY]": the flag, without what it takes.
+        words = spec.cliForms[0].split()
+        return " ".join(words[:-1] if len(words) > 1 else words)
+    return f"option {spec.name}"
+
+
 def withFlags(message: str, sources: Mapping[str, str] | None = None) -> str:
     """
     Name command-line flags instead of option names in a message from the library.
@@ -182,7 +226,7 @@ def withFlags(message: str, sources: Mapping[str, str] | None = None) -> str:
         (C{{"size": "smtpsvc.toml: size"}}, see L{ServiceConfig.sources}).
     """
     for spec in optionSpecs():
-        name = (sources or {}).get(spec.name, f"--{spec.flag}")
+        name = (sources or {}).get(spec.name, flagOf(spec))
         message = message.replace(f"option {spec.name} ", f"{name} ")
     return message
 
@@ -367,6 +411,7 @@ def loadFile(path: str) -> dict[str, Any]:
                 )
             if "cert" not in entry:
                 raise ConfigurationError(f"{path}: sni.{host} needs a cert (and a key)")
+            sniHost(host, f"{path}: sni")
             resolved[host] = (relative(entry["cert"]), relative(entry.get("key", entry["cert"])))
         data["sni"] = resolved
     if "auth" in data:
@@ -416,14 +461,21 @@ def resolve(
     @param file: the configuration file's data (from L{loadFile}), or empty.
     """
     config = ServiceConfig()
-    specs = {spec.name: spec for spec in optionSpecs()}
-    for name, spec in specs.items():
+
+    def source(name: str, fromFile: bool) -> str:
+        # How to name name in an error, remembered for the checks made later.
+        if fromFile:
+            config.sources[name] = f"{path}: {name}"
+        return config.origin(name)
+
+    for spec in optionSpecs():
+        name = spec.name
         if name in ("key", "cert", "ca"):
             continue
         if name in given:
-            config.serverOptions[name] = convert(spec, given[name], f"--{spec.flag}")
+            config.serverOptions[name] = convert(spec, given[name], source(name, False))
         elif name in file:
-            config.serverOptions[name] = convert(spec, file[name], f"{path}: {name}")
+            config.serverOptions[name] = convert(spec, file[name], source(name, True))
     # --port N is --listen tcp:N, so either on the command line replaces both of the
     # file's lists (and the file's listenTLS stays).
     listening = bool(lists.get("listen") or lists.get("port"))
@@ -432,22 +484,24 @@ def resolve(
         fromFile = not values and key in file and not (key in ("listen", "port") and listening)
         if fromFile:
             values = list(file[key])
+        named = source(key, fromFile)
         if key == "port":
-            source = f"{path}: port" if fromFile else "--port"
             for port in values:
                 if not port.isdigit() or not 0 < int(port) < 65536:
-                    raise ConfigurationError(f"{source} must be a port number, not {port!r}")
+                    raise ConfigurationError(f"{named} must be a port number, not {port!r}")
                 config.listen.append(f"tcp:{int(port)}")
         else:
             getattr(config, key if key != "domain" else "domains").extend(values)
     tls = config.tls
+    for key in _PATH_KEYS:
+        source(key, key not in given and key in file)
     tls.cert = given.get("cert", file.get("cert"))
     tls.key = given.get("key", file.get("key"))
     tls.ca = given.get("ca", file.get("ca"))
     tls.sniDir = given.get("sniDir", file.get("sniDir"))
     tls.sni = dict(file.get("sni", {}))
     tls.sni.update(lists.get("sni", {}))  # type: ignore[arg-type]
-    workersFrom = "--workers" if "workers" in given else f"{path}: workers"
+    workersFrom = source("workers", "workers" not in given and "workers" in file)
     workers = given.get("workers", file.get("workers", 1))
     config.workers = wholeNumber(workers, workersFrom)
     if config.workers < 1:
@@ -455,7 +509,7 @@ def resolve(
     if "maildirMinFree" in given:
         config.maildirMinFree = wholeBytes(given["maildirMinFree"], "--maildir-min-free")
     elif "maildirMinFree" in file:
-        config.maildirMinFree = wholeBytes(file["maildirMinFree"], f"{path}: maildirMinFree")
+        config.maildirMinFree = wholeBytes(file["maildirMinFree"], source("maildirMinFree", True))
     if not config.listen and not config.listenTLS:
         config.listen = [DEFAULT_LISTEN]
     if not config.deliver:
@@ -464,17 +518,93 @@ def resolve(
         kind, _, argument = target.partition(":")
         if kind not in DELIVERY_KINDS or (kind == "discard") != (not argument):
             raise ConfigurationError(
-                f"--deliver: expected maildir:DIR, smtp:ENDPOINT, lmtp:ENDPOINT, "
-                f"python:MODULE:NAME or discard, not {target!r}"
+                f"{config.origin('deliver')}: expected maildir:DIR, smtp:ENDPOINT, "
+                f"lmtp:ENDPOINT, python:MODULE:NAME or discard, not {target!r}"
             )
     try:
         options = ServerOptions.fromMapping(config.serverOptions)
     except (TypeError, ValueError) as e:
-        raise ConfigurationError(withFlags(str(e))) from e
+        raise ConfigurationError(withFlags(str(e), config.sources)) from e
     if options.lmtp and any(listeningPort(d) == 25 for d in config.listen + config.listenTLS):
         # RFC 2033 section 5: LMTP must not be offered on the SMTP port.
-        raise ConfigurationError("--lmtp must not listen on port 25 (RFC 2033)")
+        raise ConfigurationError(f"{config.origin('lmtp')} must not listen on port 25 (RFC 2033)")
     return config
+
+
+#: The shortest longest command line the service takes: RFC 5321 section 4.5.3.1.4 has
+#: servers accept command lines of 512 octets, CRLF included (maxCommandLength leaves the
+#: CRLF out).
+MIN_COMMAND_LENGTH: Final = 510
+# SASL mechanisms whose whole exchange can be the AUTH command itself, with an initial
+# response (RFC 4954 section 4); the others take at least one more line.
+_ONE_LINE_MECHANISMS: Final = frozenset(("PLAIN", "XOAUTH2", "OAUTHBEARER"))
+
+
+def checkUsable(options: ServerOptions, config: ServiceConfig) -> None:
+    """
+    Refuse a configuration whose server could start but serve nobody, or whose listeners
+    some could never use: each is a mistake, and a server that starts and then refuses
+    every client hides it until mail is lost.
+
+    @param options: the options of the server as built (with AUTH switched off when the
+        service has no C{--auth}).
+    @raise ConfigurationError: saying which options, and why no client could get through.
+    """
+    name = config.origin
+    if options.maxCommandLength < MIN_COMMAND_LENGTH:
+        raise ConfigurationError(
+            f"{name('maxCommandLength')} must be at least {MIN_COMMAND_LENGTH}, not "
+            f"{options.maxCommandLength}: RFC 5321 section 4.5.3.1.4 has servers take command "
+            "lines of 512 octets with their CRLF"
+        )
+    disabled = set(options.disabledCommands)
+    # In LMTP, disabling EHLO disables LHLO (as in the reference).
+    for needed in (["EHLO"] if options.lmtp else ["EHLO", "HELO"], ["MAIL"], ["RCPT"]):
+        if disabled >= set(needed):
+            what = " and ".join(needed) + (" (which in LMTP is LHLO)" if options.lmtp else "")
+            raise ConfigurationError(
+                f"{name('disabledCommands')} turns off {what}, without which no client can "
+                "send mail"
+            )
+    if disabled >= {"DATA", "BDAT"}:
+        raise ConfigurationError(
+            f"{name('disabledCommands')} turns off DATA and BDAT, without which no client can "
+            "send a message"
+        )
+    listeners = [(f"{listenFlag(secure)} {d}", secure) for d, secure in config.listeners()]
+    listeners += [(f"--inherit {fd}:plain", secure) for fd, secure in config.inherited]
+    clear = [where for where, secure in listeners if not (options.secure or secure)]
+    starttls = "STARTTLS" not in disabled
+    if options.needsUpgrade and not starttls and clear:
+        raise ConfigurationError(
+            f"{name('needsUpgrade')} with STARTTLS in {name('disabledCommands')}: clients of "
+            f"{clear[0]} must start TLS before anything else, and cannot"
+        )
+    if options.requestCert and options.rejectUnauthorized and options.ca is None:
+        raise ConfigurationError(
+            f"{name('requestCert')} needs {name('ca')}, the CAs client certificates must chain "
+            "to: without it none verifies, and every handshake fails (with "
+            "--no-reject-unauthorized, handlers judge unverified certificates instead)"
+        )
+    limit = options.maxAllowedUnauthenticatedCommands
+    if options.authRequired and limit is not None:
+        # What a client must send before it is authenticated, each line counted against
+        # the limit (the command that reaches it is refused): EHLO, and STARTTLS and EHLO
+        # again where AUTH waits for TLS; AUTH itself is not counted, but the lines of a
+        # SASL exchange are.
+        tlsFirst = options.needsUpgrade or (
+            starttls and not options.hideSTARTTLS and not options.allowInsecureAuth
+        )
+        before = ["EHLO", "STARTTLS", "EHLO"] if tlsFirst and clear else ["EHLO"]
+        sasl = 0 if _ONE_LINE_MECHANISMS & set(options.authMethods) else 1
+        least = len(before) + sasl + 1
+        if limit < least:
+            steps = ", ".join(before) + (" and a SASL response" if sasl else "")
+            raise ConfigurationError(
+                f"{name('maxAllowedUnauthenticatedCommands')} must be at least {least} while "
+                f"AUTH is required, not {limit}: a client's {steps} count before it has "
+                "authenticated, and the command that reaches the limit is refused"
+            )
 
 
 #: The listen backlog the service asks for when an endpoint string does not say: Twisted's

@@ -20,12 +20,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Final
 
+from ._core._states import COMMANDS
+
 #: The ways the DATA decoder can treat a bare CR or a bare LF inside a message.
 BARE_LINE_ENDING_POLICIES: Final = ("normalize", "reject", "pass")
 #: The SASL mechanisms smtpsvc implements.
 AUTH_MECHANISMS: Final = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER")
 #: TLS versions by the names the reference (and Node) uses.
 TLS_VERSIONS: Final = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+#: The commands RFC 5321 names that smtpsvc never carries out (502), and RFC 1985's ETRN:
+#: listing them in disabledCommands changes nothing, but is no mistake either.
+NOT_IMPLEMENTED_COMMANDS: Final = frozenset(("EXPN", "TURN", "SEND", "SOML", "SAML", "ETRN"))
+#: The names disabledCommands may list: the commands the state machine knows, and those.
+DISABLEABLE_COMMANDS: Final = COMMANDS | NOT_IMPLEMENTED_COMMANDS
 #: Twisted's log levels, by name, least severe first.
 LOG_LEVELS: Final = ("debug", "info", "warn", "error", "critical")
 
@@ -128,7 +135,9 @@ class ServerOptions:
         (),
         "Commands answered as not implemented (``502``), e.g. ``AUTH`` or ``VRFY``.  In "
         "LMTP mode ``EHLO`` also disables ``LHLO``; ``BDAT`` also stops ``CHUNKING`` being "
-        "offered.",
+        "offered.  A name that is not a command the server knows (or one of those it never "
+        "carries out, such as ``EXPN``) is refused, so that a typo cannot leave the command "
+        "meant enabled.",
     )
     lenientAddressParsing: bool = _option(
         False,
@@ -450,6 +459,13 @@ class ServerOptions:
             raise ValueError(
                 f"option minVersion {self.minVersion} is newer than option maxVersion "
                 f"{self.maxVersion}, which leaves no TLS version to use"
+            )
+        strangers = [c for c in self.disabledCommands if c not in DISABLEABLE_COMMANDS]
+        if strangers:
+            # A typo (EXNP) would leave the command it meant enabled, without a word.
+            raise ValueError(
+                f"option disabledCommands has unknown command {strangers[0]!r}; known are "
+                f"{', '.join(sorted(DISABLEABLE_COMMANDS))}"
             )
         unknown = [m for m in self.authMethods if m not in AUTH_MECHANISMS]
         if unknown:

@@ -32,6 +32,7 @@ from ._config import (
     ConfigurationError,
     ServiceConfig,
     TCPListening,
+    checkUsable,
     clientEndpoint,
     listenEndpoint,
     tcpListening,
@@ -60,17 +61,44 @@ def _bytesUsers(checker: Any) -> Any:
     return checker
 
 
-def checkersFor(descriptions: Sequence[str]) -> list[Any]:
+def checkersFor(descriptions: Sequence[str], source: str = "--auth") -> list[Any]:
     """
     The cred checkers for C{--auth} descriptions (C{memory:alice:secret},
     C{scrypt:/etc/smtpsvc/passwd} ...).
+
+    @param source: how to name them in an error (C{--auth}, or the file's key).
+    @raise ConfigurationError: for a description cred cannot make a checker of, or one
+        that nobody could ever log in with: a password file that cannot be read (cred's
+        C{file:} only prints a warning), C{memory} without users.
     """
     checkers = []
     for description in descriptions:
+        named = f"{source} {description}"
+        kind, _, argument = description.partition(":")
+        if kind in ("file", "scrypt"):
+            if not argument:
+                raise ConfigurationError(f"{named}: expected {kind}:FILE, a password file")
+            try:
+                with open(argument, "rb"):
+                    pass
+            except OSError as e:
+                raise ConfigurationError(f"{named}: cannot read {argument}: {e.strerror}") from e
         try:
-            checkers.append(_bytesUsers(strcred.makeChecker(description)))
+            checker = _bytesUsers(strcred.makeChecker(description))
+        except strcred.InvalidAuthType as e:
+            raise ConfigurationError(
+                f"{named}: unknown source {kind!r} (twist smtpsvc --help-auth lists them)"
+            ) from e
+        except strcred.InvalidAuthArgumentString as e:
+            raise ConfigurationError(f"{named}: {e}") from e
         except (strcred.StrcredException, OSError, ValueError) as e:
-            raise ConfigurationError(f"--auth {description}: {e}") from e
+            raise ConfigurationError(f"{named}: {e}") from e
+        if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse) and not checker.users:
+            raise ConfigurationError(
+                f"{named}: no users, so nobody could log in; expected "
+                "memory:USER:PASSWORD[:USER:PASSWORD...]"
+            )
+        checkers.append(checker)
     return checkers
 
 
@@ -114,7 +142,9 @@ def buildServer(
     from .handlers.relay import RelayPolicy
 
     serverOptions = config.resolvedServerOptions()
-    allCheckers = [_bytesUsers(c) for c in checkers] + checkersFor(config.auth)
+    allCheckers = [_bytesUsers(c) for c in checkers] + checkersFor(
+        config.auth, config.origin("auth")
+    )
     authentication: PortalAuthHandler | None = None
     if allCheckers:
         # AUTH is offered, and required unless --auth-optional, with the mechanisms
@@ -130,7 +160,8 @@ def buildServer(
     try:
         server = SMTPServer((), reactor=reactor, **serverOptions)
     except (TypeError, ValueError) as e:
-        raise ConfigurationError(withFlags(str(e))) from e
+        raise ConfigurationError(withFlags(str(e), config.sources)) from e
+    checkUsable(server.options, config)
     relaying = any(target.startswith("smtp:") for target in config.deliver)
     # Required as the server will require it: --auth-optional, --auth-methods and
     # --disabled-commands AUTH all count.
@@ -144,7 +175,7 @@ def buildServer(
         try:
             server.addHandler(RelayPolicy(config.domains))
         except ValueError as e:
-            raise ConfigurationError(f"--domain: {e}") from e
+            raise ConfigurationError(f"{config.origin('domain')}: {e}") from e
     if authentication is not None:
         server.addHandler(authentication)
     for target in config.deliver:

@@ -190,6 +190,42 @@ def normalizeServerName(name: str) -> str:
     return name
 
 
+# A label of a host name: letters, digits and hyphens, neither first nor last, at most 63
+# (RFC 1123 section 2.1; RFC 5321's sub-domain; A-labels are of this form too).
+_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+
+def checkedHostName(name: str, *, wildcard: bool = False) -> str:
+    """
+    C{name} as SNI sends it (L{normalizeServerName}), checked to be a host name: labels
+    of letters, digits and hyphens, 253 characters at most.  A name that is not one can
+    never match a name a client sends, or a domain in an address.
+
+    @param wildcard: whether C{*.example.com} is allowed too: a C{*} that is the whole
+        first label, before at least two others (it covers one label, see
+        L{certificateProblems}).
+    @raise ValueError: saying what is wrong, as a predicate: C{"not a host name (...)"}.
+    """
+    try:
+        normalized = normalizeServerName(name)
+    except UnicodeError:
+        raise ValueError("not a host name: it has no A-label form (IDNA)") from None
+    labels = normalized.split(".")
+    if wildcard and labels[0] == "*":
+        if len(labels) < 3:
+            raise ValueError(
+                "not a host name pattern: a * stands for one label before at least two "
+                "others, as in *.example.com"
+            )
+        labels = labels[1:]
+    if len(normalized) > 253 or not all(_LABEL.match(label) for label in labels):
+        star = "; a * may only be the whole first label" if wildcard else ""
+        raise ValueError(
+            f"not a host name (labels of letters, digits and hyphens, joined by dots{star})"
+        )
+    return normalized
+
+
 # -- what MTA-STS and DANE senders will refuse --------------------------------------------
 #
 # A sender with an MTA-STS policy (RFC 8461) checks that the MX certificate is unexpired
@@ -441,7 +477,10 @@ class ServerTLS:
                 context = self._context(settings, entry["key"], entry["cert"], default=False)
             except TLSConfigurationError as e:
                 raise TLSConfigurationError(f"SNI certificate for {host}: {e}") from e
-            name = normalizeServerName(host)
+            try:
+                name = checkedHostName(host, wildcard=True)
+            except ValueError as e:
+                raise TLSConfigurationError(f"option sniOptions: {host!r} is {e}") from e
             if name.startswith("*."):
                 wildcards[name[2:]] = context
             else:

@@ -33,12 +33,13 @@ from ._config import (
     checkSocketDirectories,
     loadFile,
     resolve,
+    sniHost,
     unsetNote,
     withFlags,
 )
 from ._options import OptionSpec, ServerOptions, optionSpecs
 from ._server import SMTPServer
-from ._service import SMTPService, WorkerMaster
+from ._service import SMTPService, WorkerMaster, checkersFor
 from ._service import buildServer as _buildServer
 from ._tls import (
     ServerTLS,
@@ -195,9 +196,26 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """
         host, eq, files = spec.partition("=")
         if not eq or not host or not files:
-            raise usage.UsageError(f"--sni: expected HOST=CERT[,KEY], not {spec!r}")
+            raise ConfigurationError(f"--sni: expected HOST=CERT[,KEY], not {spec!r}")
         cert, _, key = files.partition(",")
-        self.lists["sni"][host] = (cert, key or cert)
+        self.lists["sni"][sniHost(host, "--sni")] = (cert, key or cert)
+
+    def opt_auth(self, description: str) -> None:
+        """
+        Where passwords come from (repeatable), e.g. scrypt:FILE, file:FILE, unix or
+        memory:USER:PASSWORD; --help-auth lists the sources.  With any, AUTH is required
+        unless --auth-optional
+        """
+        # strcred's own opt_auth answers a mistake with the usage text and status 64;
+        # the service's is one line and status 1, as from the file.
+        for checker in checkersFor([description]):
+            try:
+                self.addChecker(checker)  # type: ignore[no-untyped-call]
+            except strcred.UnsupportedInterfaces as e:
+                raise ConfigurationError(
+                    f"--auth {description}: its checker verifies neither passwords nor "
+                    "bearer tokens"
+                ) from e
 
     def opt_inherit(self, spec: str) -> None:
         """
@@ -268,7 +286,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             settings = settingsFrom(ServerOptions.fromMapping(self.serverOptions()))
             ServerTLS(settings)
         except (TypeError, ValueError) as e:
-            raise ConfigurationError(withFlags(str(e))) from e
+            raise ConfigurationError(withFlags(str(e), config.sources)) from e
         if not self.inherited:
             # What MTA-STS senders would refuse is only a warning: everyone else is still
             # served.  A worker of --workers leaves it to its parent, which says it once.

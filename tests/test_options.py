@@ -9,7 +9,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from smtpsvc import SMTPServer
-from smtpsvc._options import ServerOptions, optionSpecs
+from smtpsvc._core._connection import _NOT_IMPLEMENTED
+from smtpsvc._options import NOT_IMPLEMENTED_COMMANDS, ServerOptions, optionSpecs
 
 
 class ValueTests(SynchronousTestCase):
@@ -65,3 +66,19 @@ class ValueTests(SynchronousTestCase):
         with self.assertRaises(ValueError):
             server.updateSecureContext(maxVersion="TLSv1.2")
         self.assertIsNone(server.options.maxVersion)
+
+    def test_disabledCommandsKnown(self) -> None:
+        """
+        disabledCommands names commands the server knows, in any case, or those RFC 5321
+        names that it never carries out (EXPN...); a typo is refused rather than leaving
+        the command it meant enabled.
+        """
+        with self.assertRaises(ValueError) as caught:
+            ServerOptions(disabledCommands=("VRFY", "exnp"))
+        self.assertIn("option disabledCommands has unknown command 'EXNP'", str(caught.exception))
+        self.assertEqual(
+            ServerOptions(disabledCommands=("vrfy", "EXPN", "etrn")).disabledCommands,
+            ("VRFY", "EXPN", "ETRN"),
+        )
+        # The list of the commands never carried out is the state machine's.
+        self.assertEqual(NOT_IMPLEMENTED_COMMANDS, _NOT_IMPLEMENTED)

@@ -1108,6 +1108,30 @@ class CommandLineErrorTests(E2ETestCase):
             ]
         )
 
+    async def test_unusableRefused(self) -> None:
+        """
+        Configurations that would start a server nobody could use are one line with
+        status 1: an --auth source cred cannot make (which cred's own flag answered with
+        usage text and status 64), a typo in --disabled-commands, a command length below
+        RFC 5321's.
+        """
+        await gatherResults(
+            [
+                Deferred.fromCoroutine(assertTwistRefuses(self, [*args, *QUICK], *expected))
+                for args, expected in (
+                    (["--auth", "memory:alice"], ["--auth memory:alice: argstring must be"]),
+                    (
+                        ["--disabled-commands", "VRFY,EXNP"],
+                        ["--disabled-commands has unknown command 'EXNP'"],
+                    ),
+                    (
+                        ["--max-command-length", "4", "--deliver", "discard"],
+                        ["--max-command-length must be at least 510, not 4"],
+                    ),
+                )
+            ]
+        )
+
     async def test_openRelayRefused(self) -> None:
         """
         Forwarding with smtp: without --domain or required AUTH would be an open relay.

@@ -5,6 +5,7 @@ file, the relay policy, deliveries chosen by name, and the service.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -32,7 +33,7 @@ from smtpsvc.handlers.relay import RelayPolicy
 from smtpsvc.testing import MemoryClient
 
 from .e2e_support import LogCapture
-from .memorytls import issue
+from .memorytls import authority, issue
 
 
 def parse(*args: str) -> tap.Options:
@@ -541,6 +542,216 @@ class BuildTests(SynchronousTestCase):
         self.assertTrue(server.options.authRequired)
 
 
+def writeConfig(testCase: SynchronousTestCase, text: str) -> str:
+    """
+    The path of a new configuration file, alone in its directory, holding C{text}.
+    """
+    directory = testCase.mktemp()
+    os.makedirs(directory)
+    path = os.path.join(directory, "smtpsvc.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def builtRefusal(testCase: SynchronousTestCase, *args: str) -> str:
+    """
+    The error that building the server of C{args} (parsed without error) stops with,
+    checked to be one line naming the command.
+    """
+    with testCase.assertRaises(ConfigurationError) as caught:
+        tap.buildServer(parse(*args), reactor=Clock())
+    text = str(caught.exception)
+    testCase.assertTrue(text.startswith("twist smtpsvc: "), text)
+    testCase.assertEqual(text.count("\n"), 0, text)
+    return text
+
+
+class UnusableConfigurationTests(SynchronousTestCase):
+    """
+    Configurations with which the server would start but could serve nobody (or nobody
+    on one of its listeners) are mistakes, refused at start with one line saying why.
+    """
+
+    def test_disabledCommands(self) -> None:
+        """
+        An unknown command (a typo) is refused, and so is turning off what every mail
+        transaction needs: the greeting (EHLO and HELO; in LMTP, EHLO, which is LHLO),
+        MAIL, RCPT, or both DATA and BDAT.  Turning off some of them is fine.
+        """
+        self.assertIn(
+            "--disabled-commands has unknown command 'EXNP'",
+            refusal(self, "--disabled-commands", "VRFY,EXNP"),
+        )
+        for args, words in (
+            (("--disabled-commands", "ehlo,HELO"), "turns off EHLO and HELO, without which"),
+            (("--lmtp", "--disabled-commands", "EHLO"), "turns off EHLO (which in LMTP is LHLO)"),
+            (("--disabled-commands", "MAIL"), "turns off MAIL, without which"),
+            (("--disabled-commands", "RCPT"), "turns off RCPT, without which"),
+            (("--disabled-commands", "DATA,BDAT"), "turns off DATA and BDAT, without which"),
+        ):
+            self.assertIn(
+                f"--disabled-commands {words}", builtRefusal(self, *args, "--deliver", "discard")
+            )
+        for disabled in ("HELO", "EHLO", "DATA", "BDAT", "VRFY,EXPN,HELP"):
+            tap.buildServer(parse("--disabled-commands", disabled, "--deliver", "discard"))
+
+    def test_commandLength(self) -> None:
+        """
+        RFC 5321 section 4.5.3.1.4: a server takes command lines of 512 octets with their
+        CRLF, so --max-command-length is at least 510 (from the file too).
+        """
+        self.assertIn(
+            "--max-command-length must be at least 510, not 4: RFC 5321 section 4.5.3.1.4",
+            builtRefusal(self, "--max-command-length", "4", "--deliver", "discard"),
+        )
+        tap.buildServer(parse("--max-command-length", "510", "--deliver", "discard"))
+        path = writeConfig(self, 'maxCommandLength = 509\ndeliver = "discard"\n')
+        self.assertIn(
+            f"{path}: maxCommandLength must be at least 510, not 509",
+            builtRefusal(self, "--config", path),
+        )
+
+    def test_unauthenticatedLimit(self) -> None:
+        """
+        With AUTH required, --max-allowed-unauthenticated-commands must leave a client
+        room to authenticate: the command that reaches the limit is refused, and EHLO
+        counts, as do STARTTLS and the second EHLO where AUTH waits for TLS, and the
+        SASL responses of a mechanism without an initial response.  At the least it
+        needs, a client does log in.
+        """
+        auth = ("--auth", "memory:alice:secret", "--deliver", "discard")
+        insecure = (*auth, "--allow-insecure-auth")
+        flag = "--max-allowed-unauthenticated-commands"
+        for args, least in (
+            (insecure, 2),
+            (auth, 4),
+            ((*auth, "--needs-upgrade"), 4),
+            ((*insecure, "--auth-methods", "LOGIN,CRAM-MD5"), 3),
+        ):
+            self.assertIn(
+                f"{flag} must be at least {least} while AUTH is required, not {least - 1}",
+                builtRefusal(self, *args, flag, str(least - 1)),
+            )
+            tap.buildServer(parse(*args, flag, str(least)))
+        # Where AUTH is not required, the limit does not count.
+        tap.buildServer(parse("--deliver", "discard", flag, "0"))
+        tap.buildServer(parse(*auth, "--auth-optional", flag, "1"))
+        plain = base64.b64encode(b"\0alice\0secret").decode()
+        login = [base64.b64encode(t).decode() for t in (b"alice", b"secret")]
+        logins: list[tuple[tuple[str, ...], list[str]]] = [
+            ((*insecure, flag, "2"), ["EHLO x", f"AUTH PLAIN {plain}"]),
+            (
+                (*insecure, "--auth-methods", "LOGIN", flag, "3"),
+                ["EHLO x", f"AUTH LOGIN {login[0]}", login[1]],
+            ),
+        ]
+        for loginArgs, steps in logins:
+            client = MemoryClient(tap.buildServer(parse(*loginArgs), reactor=Clock()))
+            replies = [reply for step in steps for reply in client.send(step)]
+            self.assertEqual(replies[-1].code, 235, replies)
+
+    def test_needsUpgradeWithoutStarttls(self) -> None:
+        """
+        --needs-upgrade with STARTTLS turned off leaves the clients of a listener without
+        implicit TLS no way to send anything; with implicit TLS on every listener it
+        works.
+        """
+        args = ("--needs-upgrade", "--disabled-commands", "STARTTLS", "--deliver", "discard")
+        self.assertIn(
+            "--needs-upgrade with STARTTLS in --disabled-commands: clients of --listen "
+            "tcp:2525:interface=127.0.0.1 must start TLS before anything else",
+            builtRefusal(self, *args),
+        )
+        tap.buildServer(parse(*args, "--secure"))
+        tap.buildServer(parse(*args, "--listen-tls", "tcp:465"))
+
+    def test_requestCertNeedsCA(self) -> None:
+        """
+        --request-cert without --ca would fail every handshake, none of the clients'
+        certificates verifying; with --ca, or --no-reject-unauthorized, it works.
+        """
+        self.assertIn(
+            "--request-cert needs --ca, the CAs client certificates must chain to",
+            builtRefusal(self, "--request-cert", "--deliver", "discard"),
+        )
+        tap.buildServer(parse("--request-cert", "--no-reject-unauthorized", "--deliver", "discard"))
+        ca = self.mktemp()
+        with open(ca, "wb") as f:
+            f.write(authority().cert)
+        tap.buildServer(parse("--request-cert", "--ca", ca, "--deliver", "discard"))
+
+    def test_domains(self) -> None:
+        """
+        A --domain that no address can have is refused: the --sni wildcard form, a name
+        with a space, an address; names, .names and address literals are taken.
+        """
+        for domain, words in (
+            ("*.example.com", "is not a domain: write .example.com for the subdomains of"),
+            ("bad domain", "is not a host name (labels of letters, digits and hyphens"),
+            ("@example.com", "is not a host name"),
+            ("[example.com]", "is not a domain: not an address literal"),
+        ):
+            self.assertIn(
+                f"twist smtpsvc: --domain: {domain!r} {words}",
+                builtRefusal(self, "--domain", domain, "--deliver", "discard"),
+            )
+        policy = RelayPolicy(["Example.org", ".example.net", "[192.0.2.1]", "b\u00fccher.example"])
+        self.assertEqual(
+            (policy.domains, policy.suffixes),
+            ({"example.org", "[192.0.2.1]", "xn--bcher-kva.example"}, (".example.net",)),
+        )
+        path = writeConfig(self, 'domain = "*.example.org"\ndeliver = "discard"\n')
+        self.assertIn(f"{path}: domain: '*.example.org'", builtRefusal(self, "--config", path))
+
+    def test_sniNames(self) -> None:
+        """
+        An --sni name that no client could send is refused, from the command line, the
+        file and the names of --sni-dir's files.
+        """
+        for spec, words in (
+            ("bad host!=c.pem", "'bad host!' is not a host name"),
+            ("*.*.example.com=c.pem", "'*.*.example.com' is not a host name"),
+            ("*.com=c.pem", "'*.com' is not a host name pattern"),
+        ):
+            self.assertIn(f"--sni: {words}", refusal(self, "--sni", spec))
+        path = writeConfig(self, '[sni."bad host!"]\ncert = "c.pem"\n')
+        self.assertIn(f"{path}: sni: 'bad host!' is not a host name", refusal(self, "-c", path))
+        directory = self.mktemp()
+        os.makedirs(directory)
+        open(os.path.join(directory, "bad host!.pem"), "wb").close()
+        self.assertIn(
+            f"--sni-dir: {os.path.join(directory, 'bad host!.pem')}: 'bad host!' is not a host",
+            refusal(self, "--sni-dir", directory),
+        )
+
+    def test_auth(self) -> None:
+        """
+        An --auth source nobody could log in with (a password file that cannot be read,
+        memory without users) is refused, and so is one cred cannot make; each is one
+        line with status 1, as from the file, not usage text.
+        """
+        missing = os.path.abspath(self.mktemp())
+        for description, words in (
+            (f"file:{missing}", f"cannot read {missing}: No such file or directory"),
+            (f"scrypt:{missing}", f"cannot read {missing}: No such file or directory"),
+            ("file:", "expected file:FILE, a password file"),
+            (
+                "memory",
+                "no users, so nobody could log in; expected "
+                "memory:USER:PASSWORD[:USER:PASSWORD...]",
+            ),
+            ("memory:alice", "argstring must be in format U:P:..."),
+            ("bogus", "unknown source 'bogus' (twist smtpsvc --help-auth lists them)"),
+        ):
+            self.assertEqual(
+                refusal(self, "--auth", description),
+                f"twist smtpsvc: --auth {description}: {words}",
+            )
+        path = writeConfig(self, 'auth = "memory"\ndeliver = "discard"\n')
+        self.assertIn(f"{path}: auth memory: no users", builtRefusal(self, "--config", path))
+
+
 class MaildirMinFreeTests(SynchronousTestCase):
     """
     --maildir-min-free BYTES: the free space every maildir: delivery keeps in reserve.
@@ -626,12 +837,7 @@ class ConfigFileTests(SynchronousTestCase):
     """
 
     def write(self, text: str) -> str:
-        directory = self.mktemp()
-        os.makedirs(directory)
-        path = os.path.join(directory, "smtpsvc.toml")
-        with open(path, "w") as f:
-            f.write(text)
-        return path
+        return writeConfig(self, text)
 
     def test_options(self) -> None:
         """

@@ -728,6 +728,20 @@ class ConfigurationTests(SynchronousTestCase):
         with self.assertRaises(TLSConfigurationError):
             makeServer(sniOptions={"x.example.test": {"cert": issue("x.example.test").cert}})
 
+    def test_sniNamesAreHostNames(self) -> None:
+        """
+        An SNI name that no client could send (not a host name, or a * that is not the
+        whole first label before two others) is refused as the server is built, instead
+        of never being chosen.
+        """
+        x = issue("x.example.test")
+        for host in ("bad host!", "*.*.example.test", "*.test", "x.*.example.test", "a..b"):
+            with self.assertRaises(TLSConfigurationError, msg=host) as caught:
+                makeServer(sniOptions={host: {"key": x.key, "cert": x.cert}})
+            self.assertIn(f"option sniOptions: {host!r} is not a host name", str(caught.exception))
+        for host in ("x.example.test", "*.example.test", "X.Example.Test.", "b\u00fccher.example"):
+            makeServer(sniOptions={host: {"key": x.key, "cert": x.cert}})
+
     def test_standardCipherNames(self) -> None:
         """
         OpenSSL cipher names map to their IANA names.

@@ -6,13 +6,14 @@ RFC 2505).
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from zope.interface import implementer
 
 from .._core._session import Address, Session
 from .._errors import SMTPError
-from .._tls import normalizeServerName
+from .._tls import checkedHostName, normalizeServerName
 from ..interfaces import IRcptToHandler
 
 
@@ -29,13 +30,15 @@ class RelayPolicy:
     """
 
     def __init__(self, domains: Iterable[str]) -> None:
+        """
+        @raise ValueError: for a domain that no address can have (C{*.example.com},
+            C{bad domain}, C{@example.com}): mail for it would be refused.
+        """
         self.domains: set[str] = set()
         self.suffixes: tuple[str, ...] = ()
         suffixes = []
         for domain in domains:
-            name = normalizeServerName(domain)
-            if not name.strip("."):
-                raise ValueError(f"not a domain: {domain!r}")
+            name = _checkedDomain(domain)
             if name.startswith("."):
                 suffixes.append(name)
             else:
@@ -60,3 +63,25 @@ class RelayPolicy:
         if session.user is not None or self.isLocal(address.address):
             return
         raise SMTPError(550, "5.7.1 Relay access denied")
+
+
+def _checkedDomain(domain: str) -> str:
+    # A domain of the policy as isLocal compares it: a host name, .example.com for its
+    # subdomains, or an address literal such as [192.0.2.1] (RFC 5321 section 4.1.3).
+    text = domain.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            ipaddress.ip_address(text[1:-1].removeprefix("IPv6:").removeprefix("ipv6:"))
+        except ValueError:
+            raise ValueError(f"{domain!r} is not a domain: not an address literal") from None
+        return normalizeServerName(text)
+    if text.startswith("*."):
+        # The --sni syntax, which would match nothing here.
+        raise ValueError(
+            f"{domain!r} is not a domain: write {text[1:]} for the subdomains of {text[2:]}"
+        )
+    suffix = "." if text.startswith(".") else ""
+    try:
+        return suffix + checkedHostName(text.removeprefix(suffix))
+    except ValueError as e:
+        raise ValueError(f"{domain!r} is {e}") from None
