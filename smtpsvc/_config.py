@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndp
 from twisted.internet.protocol import Factory
 
 from ._options import OptionSpec, ServerOptions, optionSpecs
-from ._tls import checkedHostName
+from ._tls import TLSConfigurationError, checkedHostName, loadCertificates, loadKeyPair
 from .handlers.maildir import DEFAULT_MIN_FREE
 
 #: Keys of the service that are not server options, with the flag each corresponds to.
@@ -80,6 +80,9 @@ class TLSSources:
     sniDir: str | None = None
     #: A development certificate made at start (key, cert), when no --cert was given.
     development: tuple[bytes, bytes] | None = None
+    #: How to name, in an error, where C{cert}, C{key}, C{ca}, C{sniDir} and each SNI
+    #: name came from, when not from their flags: the file's key.
+    origins: dict[str, str] = field(default_factory=dict)
 
     @property
     def given(self) -> bool:
@@ -95,33 +98,43 @@ class TLSSources:
         @raise ConfigurationError: when a file cannot be read.
         """
         options: dict[str, Any] = {}
+        origin = self.origins.get
         if self.cert is not None:
-            options["cert"] = readFile("--cert", self.cert)
             # One PEM file with the certificate and its key is common (certbot's
             # combined files, haproxy's).
-            options["key"] = readFile("--key", self.key) if self.key else options["cert"]
+            options["cert"], options["key"] = _keyPair(
+                (origin("cert", "--cert"), self.cert), (origin("key", "--key"), self.key)
+            )
         elif self.key is not None:
-            raise ConfigurationError("--key needs --cert")
+            raise ConfigurationError(f"{origin('key', '--key')} needs --cert")
         elif self.development is not None:
             options["key"], options["cert"] = self.development
         if self.ca is not None:
-            options["ca"] = readFile("--ca", self.ca)
+            caFrom = origin("ca", "--ca")
+            options["ca"] = readFile(caFrom, self.ca)
+            try:
+                loadCertificates(options["ca"], "CA certificate")
+            except TLSConfigurationError as e:
+                raise ConfigurationError(f"{caFrom}: {self.ca}: {e}") from e
         sni: dict[str, dict[str, bytes]] = {}
         if self.sniDir is not None:
+            dirFrom = origin("sniDir", "--sni-dir")
             try:
                 names = sorted(os.listdir(self.sniDir))
             except OSError as e:
                 raise ConfigurationError(
-                    f"--sni-dir: cannot read {self.sniDir}: {e.strerror}"
+                    f"{dirFrom}: cannot read {self.sniDir}: {e.strerror}"
                 ) from e
             for name in names:
                 if name.endswith(".pem"):
                     path = os.path.join(self.sniDir, name)
-                    host = sniHost(name[: -len(".pem")], f"--sni-dir: {path}")
-                    pem = readFile("--sni-dir", path)
+                    host = sniHost(name[: -len(".pem")], f"{dirFrom}: {path}")
+                    pem, _ = _keyPair((dirFrom, path), (dirFrom, None))
                     sni[host] = {"cert": pem, "key": pem}
         for host, (cert, key) in self.sni.items():
-            sni[host] = {"cert": readFile("--sni", cert), "key": readFile("--sni", key)}
+            sniFrom = origin(f"sni.{host}", "--sni")
+            pem, keyPEM = _keyPair((sniFrom, cert), (sniFrom, key if key != cert else None))
+            sni[host] = {"cert": pem, "key": keyPEM}
         if sni or self.sniDir is not None:
             # Even empty: a reload after the last file left --sni-dir drops its names.
             options["sniOptions"] = sni
@@ -177,6 +190,29 @@ class ServiceConfig:
         options = dict(self.serverOptions)
         options.update(self.tls.load())
         return options
+
+
+def _keyPair(cert: tuple[str, str], key: tuple[str, str | None]) -> tuple[bytes, bytes]:
+    # The PEM of a certificate file and of its key's (the same file when the key's path
+    # is None), each (how to name it, path), checked to be readable and to belong
+    # together, or a ConfigurationError naming the file at fault.
+    (certFrom, certPath), (keyFrom, keyPath) = cert, key
+    certPEM = readFile(certFrom, certPath)
+    keyPEM = certPEM if keyPath is None else readFile(keyFrom, keyPath)
+    try:
+        loadKeyPair(certPEM, keyPEM)
+    except TLSConfigurationError as e:
+        if e.part == "cert":
+            raise ConfigurationError(f"{certFrom}: {certPath}: {e}") from e
+        if keyPath is None:
+            alone = " (with no key file given, it must be in this one)" if e.part == "key" else ""
+            raise ConfigurationError(f"{certFrom}: {certPath}: {e}{alone}") from e
+        if e.part == "key":
+            raise ConfigurationError(f"{keyFrom}: {keyPath}: {e}") from e
+        raise ConfigurationError(
+            f"{keyFrom}: {keyPath}: the private key does not match the certificate in {certPath}"
+        ) from e
+    return certPEM, keyPEM
 
 
 def sniHost(host: str, source: str) -> str:
@@ -276,34 +312,50 @@ def convert(spec: OptionSpec, value: Any, source: str) -> Any:
 
 
 def _parsed(spec: OptionSpec, value: Any, source: str) -> Any:
-    # The value of option spec from text or TOML, before the library's checks.
+    # The value of option spec from text (the command line) or TOML (any type), before
+    # the library's checks; a value of the wrong type is refused here, in the words the
+    # file's author needs rather than the declaration's Python types.
     kind = spec.kind
-    if isinstance(value, str) and kind not in ("str", "str | None", "bytes | str | None"):
-        text = value.strip()
-        if unsettable(spec) and text.lower() in UNSET_WORDS:
-            return None
-        # For an option that may be unset, the error says how.
-        orUnset = f", or {UNSET_WORDS[0]} to unset it" if unsettable(spec) else ""
-        if kind in ("int", "int | None"):
+    # For an option that may be unset, the error says how.
+    orUnset = f", or {UNSET_WORDS[0]} to unset it" if unsettable(spec) else ""
+
+    def wrong(what: str) -> ConfigurationError:
+        return ConfigurationError(f"{source} must be {what}{orUnset}, not {value!r}")
+
+    if isinstance(value, str) and unsettable(spec) and value.strip().lower() in UNSET_WORDS:
+        return None
+    if kind in ("int", "int | None"):
+        if isinstance(value, str):
             try:
-                return int(text)
+                return int(value.strip())
             except ValueError:
-                raise ConfigurationError(
-                    f"{source} must be a whole number{orUnset}, not {value!r}"
-                ) from None
-        if kind in ("float", "float | None"):
+                raise wrong("a whole number") from None
+        # TOML's true is a Python int, and 1.5 is not a whole number.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("a whole number")
+    elif kind in ("float", "float | None"):
+        if isinstance(value, str):
             try:
-                return float(text)
+                return float(value.strip())
             except ValueError:
-                raise ConfigurationError(
-                    f"{source} must be a number{orUnset}, not {value!r}"
-                ) from None
-        if kind in ("tuple[str, ...]", "bool | tuple[str, ...]"):
-            if kind.startswith("bool") and text == "*":
+                raise wrong("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+    elif kind in ("bool", "bool | None"):
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif kind in ("tuple[str, ...]", "bool | tuple[str, ...]"):
+        either = kind.startswith("bool")
+        if isinstance(value, str):
+            if either and value.strip() == "*":
                 return True
-            return tuple(part.strip() for part in text.split(",") if part.strip())
-    if kind in ("tuple[str, ...]", "bool | tuple[str, ...]") and isinstance(value, list):
-        return tuple(value)
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        if not (either and isinstance(value, bool)):
+            raise wrong("true or false, or a list of strings" if either else "a list of strings")
+    elif kind in ("str", "str | None") and not isinstance(value, str):
+        raise wrong("a string")
     if spec.choices and value is not None and value not in spec.choices:
         raise ConfigurationError(f"{source} must be one of {', '.join(spec.choices)}")
     return value
@@ -501,6 +553,11 @@ def resolve(
     tls.sniDir = given.get("sniDir", file.get("sniDir"))
     tls.sni = dict(file.get("sni", {}))
     tls.sni.update(lists.get("sni", {}))  # type: ignore[arg-type]
+    tls.origins = {key: config.origin(key) for key in _PATH_KEYS}
+    tls.origins.update(
+        {f"sni.{host}": f"{path}: sni.{host}" for host in file.get("sni", {})},
+    )
+    tls.origins.update({f"sni.{host}": f"--sni {host}" for host in lists.get("sni", {})})
     workersFrom = source("workers", "workers" not in given and "workers" in file)
     workers = given.get("workers", file.get("workers", 1))
     config.workers = wholeNumber(workers, workersFrom)

@@ -47,7 +47,15 @@ _VERSIONS: Final = {
 class TLSConfigurationError(ValueError):
     """
     A certificate, key or TLS option cannot be used; the message says which and why.
+
+    @ivar part: what of a certificate and its key is wrong, for those who name the files
+        they came from: C{"cert"}, C{"key"}, C{"pair"} (they do not belong together), or
+        L{None} for anything else.
     """
+
+    def __init__(self, message: str, part: str | None = None) -> None:
+        super().__init__(message)
+        self.part = part
 
 
 @dataclass(frozen=True)
@@ -111,9 +119,9 @@ def loadCertificates(pem: PEM, what: str = "certificate") -> list[x509.Certifica
     try:
         certificates = x509.load_pem_x509_certificates(_asBytes(pem))
     except ValueError as e:
-        raise TLSConfigurationError(f"cannot read the {what}: {e}") from e
+        raise TLSConfigurationError(f"cannot read the {what}: {e}", "cert") from e
     if not certificates:
-        raise TLSConfigurationError(f"no {what} found in the PEM data")
+        raise TLSConfigurationError(f"no {what} found in the PEM data", "cert")
     return certificates
 
 
@@ -126,7 +134,25 @@ def loadPrivateKey(pem: PEM) -> Any:
     try:
         return serialization.load_pem_private_key(_asBytes(pem), password=None)
     except (ValueError, TypeError) as e:
-        raise TLSConfigurationError(f"cannot read the private key: {e}") from e
+        raise TLSConfigurationError(f"cannot read the private key: {e}", "key") from e
+
+
+def loadKeyPair(cert: PEM, key: PEM) -> tuple[list[x509.Certificate], Any]:
+    """
+    The certificates of a PEM text (a certificate followed by its chain) and the private
+    key of another (or the same), checked to belong together.
+
+    @raise TLSConfigurationError: if either cannot be read, or the key is not the
+        certificate's (its C{part} says which).
+    """
+    certificates = loadCertificates(cert)
+    privateKey = loadPrivateKey(key)
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if certificates[0].public_key().public_bytes(der, spki) != privateKey.public_key().public_bytes(
+        der, spki
+    ):
+        raise TLSConfigurationError("the private key does not match the certificate", "pair")
+    return certificates, privateKey
 
 
 def developmentCertificate(name: str) -> tuple[bytes, bytes]:
@@ -488,8 +514,7 @@ class ServerTLS:
         return _ContextMap(default, byName, wildcards)
 
     def _context(self, settings: TLSSettings, key: PEM, cert: PEM, default: bool) -> SSL.Context:
-        certificates = loadCertificates(cert)
-        privateKey = loadPrivateKey(key)
+        certificates, privateKey = loadKeyPair(cert, key)
         context = SSL.Context(SSL.TLS_METHOD)
         try:
             context.set_min_proto_version(_VERSIONS[settings.minVersion])
@@ -505,7 +530,9 @@ class ServerTLS:
             try:
                 context.set_cipher_list(settings.ciphers.encode("ascii"))
             except SSL.Error as e:
-                raise TLSConfigurationError(f"unusable cipher list {settings.ciphers!r}") from e
+                raise TLSConfigurationError(
+                    f"option ciphers {settings.ciphers!r} names no cipher OpenSSL can use"
+                ) from e
         try:
             context.use_certificate(certificates[0])
             for extra in certificates[1:]:
@@ -513,7 +540,9 @@ class ServerTLS:
             context.use_privatekey(privateKey)
             context.check_privatekey()
         except SSL.Error as e:
-            raise TLSConfigurationError("the private key does not match the certificate") from e
+            raise TLSConfigurationError(
+                "the private key does not match the certificate", "pair"
+            ) from e
         # Sessions resumed across contexts must belong to this server.
         context.set_session_id(b"smtpsvc")
         if settings.requestCert:

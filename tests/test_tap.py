@@ -1025,6 +1025,42 @@ class ConfigFileTests(SynchronousTestCase):
             key = text.split()[0]
             self.assertIn(f"{path}: {key} must be a finite number, not ", str(caught.exception))
 
+    def test_wrongTypes(self) -> None:
+        """
+        A value of the wrong type names the file and the key, and says what it must be
+        in words rather than the declaration's Python types.
+        """
+        for text, words in (
+            ("size = 1.5", "size must be a whole number, not 1.5"),
+            ("size = true", "size must be a whole number, not True"),
+            ("maxClients = 2.5", "maxClients must be a whole number, or none to unset it, not 2.5"),
+            ("socketTimeout = true", "socketTimeout must be a number, not True"),
+            ('lmtp = "yes"', "lmtp must be true or false, not 'yes'"),
+            ("hideENHANCEDSTATUSCODES = 1", "hideENHANCEDSTATUSCODES must be true or false, not 1"),
+            ("name = 5", "name must be a string, not 5"),
+            ("ciphers = [1]", "ciphers must be a string, not [1]"),
+            ("disabledCommands = [1]", "disabledCommands must be a list of strings, not [1]"),
+            ("useProxy = 5", "useProxy must be true or false, or a list of strings, not 5"),
+            ("bareLineEndings = 5", "bareLineEndings must be a string, not 5"),
+        ):
+            path = self.write(text + "\n")
+            with self.assertRaises(ConfigurationError, msg=text) as caught:
+                parse("--config", path)
+            self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}", text)
+
+    def test_crossOptionErrorsNameTheFile(self) -> None:
+        """
+        An error about options taken together names the file's keys for those it gave.
+        """
+        path = self.write('minVersion = "TLSv1.3"\nlmtp = true\nhidePIPELINING = true\n')
+        with self.assertRaises(ConfigurationError) as caught:
+            parse("--config", path, "--max-version", "TLSv1.2")
+        self.assertEqual(
+            str(caught.exception),
+            f"twist smtpsvc: {path}: minVersion TLSv1.3 is newer than --max-version TLSv1.2, "
+            "which leaves no TLS version to use",
+        )
+
     def test_unsetLimit(self) -> None:
         """
         TOML has no null: a limit is unset with the string "none" or "off", and a flag
@@ -1055,7 +1091,7 @@ class ConfigFileTests(SynchronousTestCase):
         In the file too, "none" is refused by options that cannot be unset.
         """
         for text, words in (
-            ('lmtp = "none"\n', "lmtp must be bool, not 'none'"),
+            ('lmtp = "none"\n', "lmtp must be true or false, not 'none'"),
             ('maxCommandLength = "none"\n', "maxCommandLength must be a whole number, not"),
             ('maxRecipients = "never"\n', "maxRecipients must be a whole number, or none"),
         ):
@@ -1132,6 +1168,88 @@ class ConfigFileTests(SynchronousTestCase):
         self.assertEqual(server.options.cert, mx.cert + mx.key)
         self.assertIn("b.example.test", server.options.sniOptions)
         self.assertIn("AUTH PLAIN LOGIN CRAM-MD5", MemoryClient(server).send("EHLO x")[0].lines)
+
+
+class CertificateErrorTests(SynchronousTestCase):
+    """
+    A certificate, key or TLS option that cannot be used is one line naming the flag (or
+    the file's key) and the file at fault.
+    """
+
+    def pems(self) -> dict[str, str]:
+        """
+        Files holding a certificate, its key, both, another key, and garbage.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        mx, other = issue("mx.example.test"), issue("other.example.test")
+        files = {
+            "cert": mx.cert,
+            "key": mx.key,
+            "both": mx.cert + mx.key,
+            "other.key": other.key,
+            "garbage": b"garbage\n",
+        }
+        paths = {}
+        for name, data in files.items():
+            paths[name] = os.path.join(directory, name + ".pem")
+            with open(paths[name], "wb") as f:
+                f.write(data)
+        return paths
+
+    def test_files(self) -> None:
+        """
+        Each file is read and checked as it is named: a certificate file that is not one,
+        a certificate without its key (and no --key), a key file that is not one, a key
+        that is another certificate's, CA certificates that are not, SNI files too.
+        """
+        p = self.pems()
+        for args, words in (
+            (("--cert", p["garbage"]), f"--cert: {p['garbage']}: cannot read the certificate"),
+            (
+                ("--cert", p["cert"]),
+                f"--cert: {p['cert']}: cannot read the private key: ",
+            ),
+            (("--cert", p["cert"], "--key", p["garbage"]), f"--key: {p['garbage']}: cannot read"),
+            (
+                ("--cert", p["cert"], "--key", p["other.key"]),
+                f"--key: {p['other.key']}: the private key does not match the certificate in "
+                f"{p['cert']}",
+            ),
+            (("--ca", p["garbage"]), f"--ca: {p['garbage']}: cannot read the CA certificate"),
+            (
+                ("--sni", f"b.example.test={p['cert']},{p['other.key']}"),
+                f"--sni b.example.test: {p['other.key']}: the private key does not match",
+            ),
+            (
+                ("--sni", f"b.example.test={p['garbage']}"),
+                f"--sni b.example.test: {p['garbage']}: cannot read the certificate",
+            ),
+        ):
+            self.assertIn(words, refusal(self, *args), args)
+        self.assertIn(
+            "(with no key file given, it must be in this one)", refusal(self, "--cert", p["cert"])
+        )
+        path = writeConfig(self, f'cert = "{p["cert"]}"\nkey = "{p["other.key"]}"\n')
+        self.assertIn(f"{path}: key: {p['other.key']}: the private key", refusal(self, "-c", path))
+        path = writeConfig(self, f'[sni."b.example.test"]\ncert = "{p["garbage"]}"\n')
+        self.assertIn(
+            f"{path}: sni.b.example.test: {p['garbage']}: cannot read", refusal(self, "-c", path)
+        )
+        parse("--cert", p["both"])
+        parse("--cert", p["cert"], "--key", p["key"], "--sni", f"b.example.test={p['both']}")
+
+    def test_ciphers(self) -> None:
+        """
+        A cipher list OpenSSL can use nothing of names the flag (or the file's key).
+        """
+        self.assertIn(
+            "--ciphers 'BOGUS' names no cipher OpenSSL can use", refusal(self, "--ciphers", "BOGUS")
+        )
+        path = writeConfig(self, 'ciphers = "BOGUS"\n')
+        self.assertIn(
+            f"{path}: ciphers 'BOGUS' names no cipher OpenSSL can use", refusal(self, "-c", path)
+        )
 
 
 class ListenBacklogTests(SynchronousTestCase):
