@@ -85,11 +85,13 @@ class TLSSources:
     origins: dict[str, str] = field(default_factory=dict)
 
     @property
-    def given(self) -> bool:
+    def needsDevelopment(self) -> bool:
         """
-        Whether any certificate file was named.
+        Whether the server needs the development certificate: no default certificate
+        (nor key) was named.  SNI certificates do not count: clients that send no name,
+        or another, get the default one.
         """
-        return bool(self.cert or self.key or self.sni or self.sniDir)
+        return self.cert is None and self.key is None
 
     def load(self) -> dict[str, Any]:
         """

@@ -277,7 +277,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if twistLevel in list(LogLevel.iterconstants()):
             # twist --log-level: the server does not make the events twist would drop.
             config.serverOptions["logLevel"] = twistLevel.name
-        if not config.tls.given:
+        if config.tls.needsDevelopment:
+            # Made here, once, and given to the server, which would otherwise make (and
+            # announce) one of its own each time it builds its contexts.
             name = ServerOptions.fromMapping(config.serverOptions).name
             warnDevelopment(name)
             config.tls.development = developmentCertificate(name)

@@ -409,6 +409,32 @@ class EndpointErrorTests(SynchronousTestCase):
             self.assertEqual(str(caught.exception), f"twist smtpsvc: --deliver {target}: {words}")
 
 
+class DevelopmentCertificateTests(SynchronousTestCase):
+    """
+    Without --cert the service makes one development certificate, and says so once.
+    """
+
+    def test_onceWithSNI(self) -> None:
+        """
+        With --sni (or --sni-dir) but no --cert, the development certificate is made
+        once, at parse time, announced once, and is the one the server serves by
+        default; the SNI certificates are served for their names.
+        """
+        b = issue("b.example.test")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "b.example.test.pem")
+        with open(path, "wb") as f:
+            f.write(b.cert + b.key)
+        for args in (("--sni", f"b.example.test={path}"), ("--sni-dir", directory)):
+            logs = LogCapture(self)
+            options = parse(*args, "--deliver", "discard")
+            server = tap.buildServer(options, reactor=Clock())
+            self.assertEqual(len(logs.matching("development certificate")), 1, args)
+            self.assertEqual(server.options.cert, options.serverOptions()["cert"])
+            self.assertEqual(server.options.sniOptions["b.example.test"]["cert"], b.cert + b.key)
+
+
 class BuildTests(SynchronousTestCase):
     """
     The server the command line describes.
