@@ -1,10 +1,12 @@
 """
 The ``smtpsvc-options`` directive: the options table, generated from the one declaration of
-the options in L{smtpsvc._options}.
+the options in L{smtpsvc._options}; and the ``smtpsvc-service-flags`` directive: the table
+of the flags ``twist smtpsvc`` has besides them, generated from its command line
+(L{smtpsvc.tap.Options}) with the texts ``--help`` shows.
 
-The directive writes reStructuredText (a rubric and a ``list-table`` per option group, groups
-in the order they are first declared) and parses it in place, so the options' documentation
-strings keep their inline markup and roles.
+The directives write reStructuredText (for the options, a rubric and a ``list-table`` per
+option group, groups in the order they are first declared) and parse it in place, so the
+options' documentation strings keep their inline markup and roles.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-from smtpsvc import _options
+from smtpsvc import _options, tap
 from smtpsvc._config import unsetNote
 from smtpsvc._options import OptionSpec
 
@@ -113,6 +115,102 @@ def optionsTableSource(specs: Iterable[OptionSpec]) -> list[str]:
     return lines
 
 
+#: For each flag of ``twist smtpsvc`` that is not an option's: what it takes (or None), and
+#: the page that describes it (None for Twisted's own --help and --version).  A flag
+#: missing here stops the documentation's build, so a new one cannot go undocumented.
+SERVICE_FLAGS: dict[str, tuple[str | None, str | None]] = {
+    "config": ("FILE", "service"),
+    "listen": ("ENDPOINT", "service"),
+    "listen-tls": ("ENDPOINT", "tls"),
+    "port": ("PORT", "service"),
+    "deliver": ("TARGET", "service"),
+    "maildir-min-free": ("BYTES", "delivery-maildir"),
+    "domain": ("DOMAIN", "service"),
+    "auth": ("SOURCE", "auth"),
+    "help-auth": (None, "auth"),
+    "help-auth-type": ("SOURCE", "auth"),
+    "cert": ("FILE", "tls"),
+    "key": ("FILE", "tls"),
+    "ca": ("FILE", "tls"),
+    "sni": ("HOST=CERT[,KEY]", "tls"),
+    "sni-dir": ("DIR", "tls"),
+    "workers": ("N", "service"),
+    "inherit": ("FD:KIND", "service"),
+    "help": (None, None),
+    "version": (None, None),
+}
+
+
+def serviceFlags(options: tap.Options) -> list[tuple[str, str]]:
+    """
+    The flags of C{options} that no server option generated, each with its C{--help}
+    text as one line, in the order C{--help} lists them.
+    """
+    generated = set()
+    for spec in _options.optionSpecs():
+        if spec.cli:
+            generated |= {spec.flag, f"no-{spec.flag}"}
+    flags = []
+    for name in options.longOpt:
+        flag = name.rstrip("=")
+        if flag not in generated:
+            flags.append((flag, " ".join((options.docs.get(flag) or "").split())))
+    return flags
+
+
+def _withFlags(text: str) -> str:
+    """
+    Inline RST showing plain C{text} with the flags it names (C{--auth-optional}) as
+    literals, which typography would otherwise turn into dashes.
+    """
+    parts = re.split(r"(--[a-z0-9][a-z0-9-]*)", text)
+    return "".join(_literal(part) if i % 2 else _plain(part) for i, part in enumerate(parts))
+
+
+def serviceFlagsSource(flags: Iterable[tuple[str, str]]) -> list[str]:
+    """
+    The reStructuredText of the table of the service's own flags.
+
+    @raise ValueError: for a flag L{SERVICE_FLAGS} does not know.
+    """
+    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 25 55 20", ""]
+    lines += _cell(True, ["Flag"]) + _cell(False, ["Description (as --help says)"])
+    lines += _cell(False, ["Described in"])
+    for flag, text in flags:
+        if flag not in SERVICE_FLAGS:
+            raise ValueError(f"--{flag} is not in SERVICE_FLAGS (docs/_ext/smtpsvc_options.py)")
+        argument, page = SERVICE_FLAGS[flag]
+        lines += _cell(True, [_literal(f"--{flag}" + (f" {argument}" if argument else ""))])
+        lines += _cell(False, [_withFlags(text)])
+        lines += _cell(False, [f":doc:`{page}`" if page else "this list"])
+    lines.append("")
+    return lines
+
+
+class SMTPServiceFlagsDirective(SphinxDirective):
+    """
+    C{.. smtpsvc-service-flags::}: takes no arguments and renders the flags of C{twist
+    smtpsvc} that are not options'.
+    """
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        if tap.__file__:
+            self.env.note_dependency(tap.__file__)
+        source, line = self.get_source_info()
+        try:
+            rst = serviceFlagsSource(serviceFlags(tap.Options()))
+        except ValueError as e:
+            raise self.error(str(e)) from e
+        content = StringList()
+        for text in rst:
+            content.append(text, source, line)
+        container = nodes.container()
+        self.state.nested_parse(content, self.content_offset, container)
+        return list(container.children)
+
+
 class SMTPServiceOptionsDirective(SphinxDirective):
     """
     C{.. smtpsvc-options::}: takes no arguments and renders every option.
@@ -137,4 +235,5 @@ def setup(app: Sphinx) -> dict[str, object]:
     Register the directive.
     """
     app.add_directive("smtpsvc-options", SMTPServiceOptionsDirective)
+    app.add_directive("smtpsvc-service-flags", SMTPServiceFlagsDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
