@@ -89,8 +89,6 @@ def checkersFor(descriptions: Sequence[str], source: str = "--auth") -> list[Any
             raise ConfigurationError(
                 f"{named}: unknown source {kind!r} (twist smtpsvc --help-auth lists them)"
             ) from e
-        except strcred.InvalidAuthArgumentString as e:
-            raise ConfigurationError(f"{named}: {e}") from e
         except (strcred.StrcredException, OSError, ValueError) as e:
             raise ConfigurationError(f"{named}: {e}") from e
         if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse) and not checker.users:
