@@ -1893,20 +1893,26 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
 
     def test_closeLetsTransactionFinish(self) -> None:
         """
-        A client in a transaction may finish its message; its next command gets 421.
+        A client in a transaction may finish its message, whether close() came in the
+        middle of the message or of the envelope; its next command gets 421.
         """
-        recorder = RecordingHandler()
-        server = makeServer([recorder])
-        client = MemoryClient(server)
-        hello(client)
-        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
-        closed = server.close()
-        self.assertNoResult(closed)
-        self.assertEqual(client.received(), [])
-        self.assertEqual(codes(client.write(b"x\r\n.\r\n")), [250])
-        self.assertEqual(len(recorder.messages), 1)
-        self.assertEqual(first(client.send("MAIL FROM:<a@b.example>")), "421 Server shutting down")
-        self.successResultOf(closed)
+        envelope = ["MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA"]
+        for split in (3, 1):
+            recorder = RecordingHandler()
+            server = makeServer([recorder])
+            client = MemoryClient(server)
+            hello(client)
+            client.send(*envelope[:split])
+            closed = server.close()
+            self.assertNoResult(closed)
+            self.assertEqual(client.received(), [])
+            self.assertEqual(codes(client.send(*envelope[split:])), [250, 354][split - 1 :])
+            self.assertEqual(codes(client.write(b"x\r\n.\r\n")), [250])
+            self.assertEqual(len(recorder.messages), 1)
+            self.assertEqual(
+                first(client.send("MAIL FROM:<a@b.example>")), "421 Server shutting down"
+            )
+            self.successResultOf(closed)
 
     def test_closeForcesAfterTimeout(self) -> None:
         """

@@ -197,7 +197,8 @@ class ServerConnection:
 
     @ivar session: the L{Session} handlers see; this object keeps it current.
     @ivar state: where the conversation is (see L{smtpsvc._core._states}).
-    @ivar closing: set when the server shuts down: every further command gets 421.
+    @ivar closing: set when the server shuts down: every further command outside a mail
+        transaction gets 421 (one in a transaction may finish it first).
     @ivar minLineLimit: the least L{lineLimit} there is: no line this long or shorter is
         ever too long.
     """
@@ -427,7 +428,9 @@ class ServerConnection:
         """
         Handle one command line (without its CRLF) and say what to do.
         """
-        if self.closing:
+        if self.closing and self.idle:
+            # A client in a transaction may finish it (see SMTPServer.close); the next
+            # command after it gets the 421.
             return self._send(R.SHUTTING_DOWN)
         if self._sasl is not None:
             return self._saslContinue(raw)
