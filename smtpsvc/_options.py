@@ -170,9 +170,10 @@ class ServerOptions:
     )
     socketTimeout: float = _option(
         60.0,
-        "Seconds without traffic either way before ``421 Timeout - closing connection``.  "
-        "It also bounds a command line, from its first byte, and is the head start a "
-        "message gets under ``minDataRate``; 0 turns all three off.",
+        "Seconds without traffic either way before ``421 Timeout - closing connection``, "
+        "not counting the time the client waits for a handler's answer (RFC 5321 section "
+        "4.5.3.2.7).  It also bounds a command line, from its first byte, and is the head "
+        "start a message gets under ``minDataRate``; 0 turns all three off.",
         group="limits",
     )
     closeTimeout: float = _option(

@@ -83,6 +83,11 @@ _T = TypeVar("_T")
 
 # Lines handled in one go before letting the reactor serve other connections.
 _LINES_PER_TURN: Final = 100
+# The reasons to stop reading while the reply to the client's last command is ours to
+# give: while one holds, the client is waiting for us and the idle timeout does not run
+# (see _checkIdle).  Not "stream": a data handler that holds a message up for a whole
+# timeout, in the middle of it, is stuck, and the client is let go.
+_REPLY_PAUSES: Final = frozenset({"handler", "delay", "data"})
 # How much a socket transport reads at a time while a large message comes in, once
 # more of it than Twisted's default read of 64 KB has come (in one read or, over TLS,
 # which hands on at most 32 KB at a time, in several): fewer turns of the reactor per MB.
@@ -785,6 +790,16 @@ class SMTPProtocol(LineReceiver):
         if self._disconnected:
             return
         timeout = self._options.socketTimeout
+        if not self._closed and (
+            self._handlerPending or not _REPLY_PAUSES.isdisjoint(self._pauses)
+        ):
+            # The timeout is for the server awaiting the client's next command (RFC 5321
+            # section 4.5.3.2.7), and now the client awaits our reply: a handler deciding
+            # (after the final dot the client waits ten minutes, section 4.5.3.2.6), a
+            # failed AUTH's delay.  Look again a timeout later; the reply, when it comes,
+            # starts the client's time afresh.
+            self._timeoutCall = self._reactor.callLater(timeout, self._checkIdle)
+            return
         now = self._reactor.seconds()
         left = timeout - (now - self._lastActivity)
         started = self._lineStarted

@@ -1821,6 +1821,45 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         self.assertEqual(first(client.received()), "421 Timeout - closing connection")
         self.assertTrue(client.closed)
 
+    def test_5321_40_noTimeoutWhileTheReplyIsOurs(self) -> None:
+        """
+        The idle timeout is for the server awaiting the client's next command (RFC 5321
+        section 4.5.3.2.7): while a handler decides about a recipient, or about a message
+        whose final dot has come, the client waits for us and is not timed out, however
+        long that takes.  Once the reply is out, the client has a whole timeout again.
+        """
+        gates: list[Deferred[None]] = []
+
+        def later() -> Deferred[None]:
+            gate: Deferred[None] = Deferred()
+            gates.append(gate)
+            return gate
+
+        @implementer(IRcptToHandler, IDataHandler)
+        class Slow:
+            async def onRcptTo(self, address: Address, session: Session) -> None:
+                await later()
+
+            async def onData(self, stream: IMessageStream, session: Session) -> None:
+                await readMessage(stream)
+                await later()
+
+        client = connect(Slow(), socketTimeout=60)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>")
+        # The RCPT's reply waits for its handler; so does the final dot's, after the 354.
+        for data, atOnce in ((b"RCPT TO:<c@d.example>\r\n", []), (b"DATA\r\nx\r\n.\r\n", [354])):
+            self.assertEqual(codes(client.write(data)), atOnce, data)
+            client.clock.advance(90)
+            self.assertEqual(client.received(), [], data)
+            self.assertFalse(client.closed, data)
+            gates.pop().callback(None)
+            self.assertEqual(codes(client.received()), [250], data)
+        client.clock.advance(59)
+        self.assertFalse(client.closed)
+        client.clock.advance(1)
+        self.assertEqual(first(client.received()), "421 Timeout - closing connection")
+
     def test_timeoutMidDataAbortsMessage(self) -> None:
         """
         A client that stalls mid-message times out and the handler is told.
