@@ -248,6 +248,8 @@ class _DataTransaction:
         # Called once every handler has answered a message that was aborted.
         self._onSettled: list[Callable[[], None]] = []
         self._nextToEnd = 0
+        # Whether a handler refused the message for every recipient.
+        self._refused = False
         self._finished = False
         self._taggedTLSOptional = False
         # RFC 8689 section 4.1: a TLS-Required: No header field tags the message, unless
@@ -259,6 +261,9 @@ class _DataTransaction:
         session = self.protocol._core.session
         for index, onData in enumerate(handlers):
             stream = self.fanOut.newStream(partial(self._readerFailed, index))
+            if self._refused:
+                # An earlier handler refused already, from inside its call.
+                stream.finish(MessageRefused("refused by an earlier handler"))
             self.answers.append(None)
             self._call(index, onData, stream, session)
 
@@ -311,8 +316,10 @@ class _DataTransaction:
         streams = self.fanOut.streams
         streams[index].abandon()
         if self.failure is None and all(isinstance(o, SMTPError) for o in outcomes):
-            # The first refusal stops the chain: later handlers never see the end.  (A
-            # message that already failed has told every handler why.)
+            # The first refusal stops the chain: later handlers never see the end, those
+            # not yet called included (see start).  (A message that already failed has
+            # told every handler why.)
+            self._refused = True
             for later in streams[index + 1 :]:
                 later.finish(MessageRefused("refused by an earlier handler"))
         self._advance()

@@ -1629,6 +1629,26 @@ class StreamingTests(SynchronousTestCase):
         store.answer.callback(None)
         self.assertEqual(first(client.received()), "554 Rejected content")
 
+    def test_refusalFromInsideTheCallStopsTheChain(self) -> None:
+        """
+        A data handler that refuses at once, from inside its call (before the handlers
+        after it are called), stops the chain as well: the next one never sees the end,
+        so a message the client was told is refused is not delivered.
+        """
+
+        @implementer(IDataHandler)
+        class Blocklist:
+            def onData(self, stream: IMessageStream, session: Session) -> None:
+                raise SMTPError(554, "sender blocked by policy")
+
+        store = Manual()
+        client = self.start([Blocklist(), store])
+        self.assertIsInstance(store.ended, MessageRefused)
+        client.write(b"spam\r\n.\r\n")
+        self.assertIsInstance(store.ended, MessageRefused)
+        store.answer.callback(None)
+        self.assertEqual(first(client.received()), "554 sender blocked by policy")
+
     def test_streamErrorFromHandlerIsNotABug(self) -> None:
         """
         A handler that lets its stream's failure through is not logged as a bug.
