@@ -438,6 +438,7 @@ class SMTPProtocol(LineReceiver):
         "_discardHead",
         "_discardingLine",
         "_disconnected",
+        "_goodbyeAfterReply",
         "_greetCall",
         "_greeted",
         "_handlerPending",
@@ -497,6 +498,9 @@ class SMTPProtocol(LineReceiver):
         self._chunk: ReadChunk | None = None
         self._chunkLeft = 0
         self._greeted = False
+        # Set when the server must close while a received message's handlers decide: the
+        # goodbye follows their reply (see shutDown).
+        self._goodbyeAfterReply = False
         self._closed = False
         # Whether the connection closes once the replies waiting for the end of the turn
         # have gone (see _closeAfterWrite).
@@ -886,6 +890,12 @@ class SMTPProtocol(LineReceiver):
             and not self._handlerPending
             and self._pos >= len(self._buffer)
         )
+        if force and self._data is not None and self._data.ended:
+            # The whole message is in and its handlers are deciding; one may have
+            # stored it already.  Their reply goes first, then the goodbye: a 421 now
+            # could make the client send again a message that was delivered.
+            self._goodbyeAfterReply = True
+            return
         if force or idle:
             # The goodbye first, as in _checkIdle.
             self._perform(self._core.shutDown())
@@ -1474,6 +1484,9 @@ class SMTPProtocol(LineReceiver):
             transaction, envelope, send.data.decode("ascii", "replace").rstrip("\r\n")
         )
         self._perform(send)
+        if self._goodbyeAfterReply:
+            self._perform(self._core.shutDown())
+            return
         self._resume("data")
 
     def _logTransaction(self, transaction: _DataTransaction, envelope: Any, result: str) -> None:

@@ -366,7 +366,9 @@ class SMTPServer(Factory):
         Clients with nothing in progress get C{421 Server shutting down} at once; clients
         in a transaction may finish it, and get the 421 at their next command.  After
         C{closeTimeout} seconds the remaining ones get the 421 and are closed whatever
-        they are doing (a message not yet answered is not lost: the client has no 250).
+        they are doing (a message not yet answered is not lost: the client has no 250),
+        except that a message received whole gets its handlers' reply before the 421, if
+        they answer within a second.
 
         @return: a Deferred that fires once no connection is left and every close handler
             has run (and every data handler of a message cut off has answered), or, should

@@ -41,7 +41,16 @@ from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply, parseRe
 
 from . import smuggling
 from .e2e_support import ROOT, LogCapture
-from .protocol_support import NAME, LateReader, codes, connect, first, hello, makeServer
+from .protocol_support import (
+    NAME,
+    LateReader,
+    codes,
+    connect,
+    first,
+    hello,
+    makeServer,
+    wires,
+)
 from .service_support import NeverClosing
 
 
@@ -1988,6 +1997,27 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         self.assertNoResult(closed)
         server.reactor.advance(0.1)
         self.assertEqual(first(client.received()), "421 Server shutting down")
+        self.successResultOf(closed)
+
+    def test_closeWaitsForTheReplyToAReceivedMessage(self) -> None:
+        """
+        When the server closes a client at once (closeTimeout=0, or once closeTimeout has
+        run out) while the handlers of a message it received whole are deciding, their
+        reply goes out first and the 421 right after it: the client is not told to send
+        again a message that was stored.
+        """
+        handler = Manual()
+        server = makeServer([handler], closeTimeout=0)
+        client = MemoryClient(server)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.assertEqual(client.write(b"x\r\n.\r\n"), [])
+        closed = server.close()
+        self.assertEqual(client.received(), [])
+        self.assertIsInstance(handler.ended, MessageDone)
+        handler.answer.callback("stored")
+        self.assertEqual(wires(client.received()), ["250 stored", "421 Server shutting down"])
+        self.assertTrue(client.closed)
         self.successResultOf(closed)
 
     def test_closeTimeoutZero(self) -> None:
