@@ -531,13 +531,19 @@ class BuildTests(SynchronousTestCase):
             ("u@external.example", 550),
             ("@example.org:u@external.example", 550),
             ("u@[192.0.2.9]", 550),
-            ('"u@external.example"@example.org', 250),
-            ("u%external.example@example.org", 250),
+            # Sender-specified routing counts as foreign (standards 2.7).
+            ('"u@external.example"@example.org', 550),
+            ("u%external.example@example.org", 550),
+            ("u!external.example@example.org", 550),
+            # Not a domain for RFC 5321; a trailing dot is foreign to the policy too, for
+            # the lenientAddressParsing that lets it through.
+            ("u@example.org.", 501),
             ("postmaster", 250),
         ):
             replies = client.send(f"RCPT TO:<{recipient}>")
             self.assertEqual([r.code for r in replies], [code], recipient)
         self.assertIn("5.7.1 Relay access denied", client.send("RCPT TO:<x@y.example>")[0].text)
+        self.assertFalse(RelayPolicy(["example.org"]).isLocal("u@example.org."))
 
     def test_relayNeedsDomainOrAuth(self) -> None:
         """

@@ -16,6 +16,10 @@ from .._errors import SMTPError
 from .._tls import checkedHostName, normalizeServerName
 from ..interfaces import IRcptToHandler
 
+# What makes a local part a route to somewhere else: the percent hack, UUCP's bang path,
+# and an address inside the quotes.
+_ROUTING = frozenset("@%!")
+
 
 @implementer(IRcptToHandler)
 class RelayPolicy:
@@ -47,12 +51,18 @@ class RelayPolicy:
 
     def isLocal(self, address: str) -> bool:
         """
-        Whether mail for C{address} is for one of our domains.
+        Whether mail for C{address} is for one of our domains.  An address that routes
+        onwards from its local part (C{u%other.example@ours}, C{u!other.example@ours},
+        C{"u@other.example"@ours}) is not, nor is one whose domain ends with a dot: a
+        server we forward to may read them as mail for elsewhere (standards 2.7; as
+        Postfix's C{allow_untrusted_routing = no}).
         """
-        _, at, domain = address.rpartition("@")
+        local, at, domain = address.rpartition("@")
         if not at:
             # <Postmaster> with no domain is always ours.
             return address.lower() == "postmaster"
+        if _ROUTING.intersection(local) or domain.endswith("."):
+            return False
         try:
             name = normalizeServerName(domain)
         except UnicodeError:
