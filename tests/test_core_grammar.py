@@ -829,6 +829,16 @@ class HeloNameTests(SynchronousTestCase):
         for special in '<>()"\\;,@':
             self.assertFalse(isValidHeloName(f"a{special}b"), special)
 
+    def test_5321_lengthOfADomain(self) -> None:
+        """
+        A name may be as long as a domain may (255 octets, RFC 5321 section 4.5.3.1.2),
+        and no longer: it goes into the Received field, whose line RFC 5322 limits.
+        """
+        longest = ".".join(["a" * 63] * 4)
+        self.assertEqual(len(longest), 255)
+        self.assertTrue(isValidHeloName(longest))
+        self.assertFalse(isValidHeloName(longest + "a"))
+
     def test_2_13_rejectsNonAscii(self) -> None:
         """
         C{bücher.example} is invalid: EHLO stays ASCII even with SMTPUTF8.

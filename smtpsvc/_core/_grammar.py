@@ -404,9 +404,17 @@ def isValidHeloName(name: str) -> bool:
     underscores and other oddities, so this checks only what keeps trace headers and logs
     safe: printable ASCII (RFC 6531 section 3.7.1 keeps EHLO ASCII even with SMTPUTF8)
     without the characters that have meaning in a header (RFC 5322 specials other than
-    the dot, the colon and the brackets of a literal).
+    the dot, the colon and the brackets of a literal), and no longer than a domain may be
+    (255 octets, RFC 5321 section 4.5.3.1.2), so that the Received field it goes into
+    stays within RFC 5322's line length.
     """
-    return bool(name) and name.isascii() and name.isprintable() and not _HELO_BAD.search(name)
+    return (
+        0 < len(name) <= _HELO_MAX
+        and name.isascii()
+        and name.isprintable()
+        and not _HELO_BAD.search(name)
+    )
 
 
 _HELO_BAD: Final = re.compile(r'[\s<>()"\\;,@]')
+_HELO_MAX: Final = 255
