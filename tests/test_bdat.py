@@ -351,6 +351,19 @@ class ChunkingTests(SynchronousTestCase):
         self.assertEqual(codes(client.write(b"bdat 3 last\r\nabc")), [250])
         self.assertEqual([m.data for m in recorder.messages], [b"abc"])
 
+    def test_3030_08_leadingZeros(self) -> None:
+        """
+        A chunk size may have any number of leading zeros (chunk-size = 1*DIGIT):
+        C{BDAT 0000000000000000000005 LAST} is a chunk of five bytes, however many digits
+        that is.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder, size=1000)
+        transaction(client)
+        self.assertEqual(codes(client.write(b"BDAT " + b"0" * 30 + b"5 LAST\r\nhello")), [250])
+        self.assertEqual([m.data for m in recorder.messages], [b"hello"])
+        self.assertEqual(codes(client.send("NOOP")), [250])
+
     def test_3030_09_nullChunk(self) -> None:
         """
         C{BDAT 0} without LAST is refused, as often as it comes; the transaction goes on.

@@ -1085,7 +1085,8 @@ class ServerConnection:
         match = _BDAT.match(argument)
         if match is None:
             return self._send(R.BDAT_SYNTAX, close=True)
-        digits, last = match.group(1), match.group(2) is not None
+        # Leading zeros are allowed (1*DIGIT) and change nothing.
+        digits, last = match.group(1).lstrip("0") or "0", match.group(2) is not None
         size = int(digits) if len(digits) <= _CHUNK_DIGITS else 10**_CHUNK_DIGITS
         limit = self._options.size
         if limit and size > limit:
