@@ -20,6 +20,8 @@ from typing import Any, Final
 
 _EMPTY: Final[Mapping[str, str | bool]] = MappingProxyType({})
 _BASE32_BY_BYTE: Final = bytes(b"0123456789abcdefghijklmnopqrstuv"[b & 31] for b in range(256))
+# RFC 1870 section 6: size-value ::= 1*20DIGIT.
+_SIZE_DIGITS: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +71,15 @@ class Address:
         """
         The message size in bytes declared with C{SIZE=} (RFC 1870 section 6), or L{None}
         when there is none or it is not a number.  Its C{size-value} is DIGITs, which are
-        ASCII: C{str.isdigit} alone would also take other scripts' digits.
+        ASCII (C{str.isdigit} alone would also take other scripts' digits).  A number of
+        more than 20 digits, leading zeros aside, is larger than any C{size-value} (RFC
+        1870 section 6): it counts as 10**20 (and C{int} never meets the thousands of
+        digits a command line may hold).
         """
         size = self.args.get("SIZE")
         if isinstance(size, str) and size.isascii() and size.isdigit():
-            return int(size)
+            digits = size.lstrip("0") or "0"
+            return int(digits) if len(digits) <= _SIZE_DIGITS else 10**_SIZE_DIGITS
         return None
 
 
