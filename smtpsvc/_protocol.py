@@ -243,6 +243,7 @@ class _DataTransaction:
         self.answers: list[tuple[Outcome, ...] | None] = []
         self.started = protocol._reactor.seconds()
         self.ended = False
+        self.early = False
         self.failure: BaseException | None = None
         self.aborted = False
         # Called once every handler has answered a message that was aborted.
@@ -347,8 +348,13 @@ class _DataTransaction:
         self.failure = reason
         self.fanOut.failAll(reason)
 
-    def end(self) -> None:
+    def end(self, early: bool = False) -> None:
+        """
+        The client has sent all it will of the message; C{early} if that is a BDAT
+        chunk before the last, on which the message failed.
+        """
         self.ended = True
+        self.early = early
         decoder = self.decoder
         if self.failure is None and not self._taggedTLSOptional:
             # A message that is all header: its last field ends with it.
@@ -1447,7 +1453,7 @@ class SMTPProtocol(LineReceiver):
             assert isinstance(decoder, ChunkDecoder)
             transaction.write(decoder.end())
             self._pause("data")
-            transaction.end()
+            transaction.end(early=not chunk.last)
         else:
             self._perform(self._core.chunkDone(chunk.size))
 
@@ -1475,6 +1481,7 @@ class SMTPProtocol(LineReceiver):
             tooLarge=decoder.sizeExceeded,
             bareLineEndings=decoder.rejected,
             mailLoop=decoder.loop,
+            early=transaction.early,
         )
         if send.data[:1] == b"2":
             self._accepted += 1

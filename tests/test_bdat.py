@@ -220,6 +220,37 @@ class ChunkingTests(SynchronousTestCase):
         transaction(client, "c@d.example", "e@f.example")
         self.assertEqual(codes(client.write(bdat(b"hi\r\n", last=True))), [250, 452])
 
+    def test_2033_07_failedChunkBeforeLastOneReply(self) -> None:
+        """
+        In LMTP a BDAT chunk before the last that makes the message fail (here, over the
+        size limit) gets one reply, as every BDAT does: the replies per recipient answer
+        only the end of the message, and more would be taken for the replies to the
+        client's next commands.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder, lmtp=True, size=10)
+        transaction(client, "c@d.example", "e@f.example")
+        self.assertEqual(codes(client.write(bdat(b"12345678"))), [250])
+        self.assertEqual(codes(client.write(bdat(b"12345678"))), [552])
+        self.assertEqual(codes(client.send("RSET")), [250])
+        self.assertEqual(recorder.messages, [])
+
+    def test_2033_07_nothingAfterA421(self) -> None:
+        """
+        In LMTP a recipient's 421 closes the connection right after it: the replies for
+        the recipients after it are not sent (RFC 5321 section 3.8).
+        """
+
+        @implementer(IDataHandler)
+        class GoingDown:
+            def onData(self, stream: IMessageStream, session: SMTPSession) -> list[object]:
+                return [None, SMTPError(421, "store going down"), None]
+
+        client = connect(GoingDown(), lmtp=True)
+        transaction(client, "c@d.example", "e@f.example", "g@h.example")
+        self.assertEqual(codes(client.write(bdat(b"hi\r\n", last=True))), [250, 421])
+        self.assertTrue(client.closed)
+
     def test_3030_04_chunkOfARefusedBDATDiscarded(self) -> None:
         """
         A BDAT refused for its place in the conversation still has its chunk read and

@@ -300,9 +300,14 @@ class ServerConnection:
         return Send(reply.encode(self._enhanced), close or reply.closes)
 
     def _sendAll(self, replies: Sequence[Reply]) -> Send:
-        # Several replies in one write (LMTP's per-recipient replies after DATA).
-        sends = [self._send(r) for r in replies]
-        return Send(b"".join(s.data for s in sends), any(s.close for s in sends))
+        # Several replies in one write (LMTP's per-recipient replies after DATA), up to
+        # the first that closes the connection (a 421): nothing may follow it.
+        sends = []
+        for reply in replies:
+            sends.append(self._send(reply))
+            if sends[-1].close:
+                break
+        return Send(b"".join(s.data for s in sends), sends[-1].close)
 
     def greeting(self) -> Send:
         """
@@ -1143,6 +1148,7 @@ class ServerConnection:
         tooLarge: bool = False,
         bareLineEndings: bool = False,
         mailLoop: bool = False,
+        early: bool = False,
     ) -> Send:
         """
         The final reply (in LMTP, one per recipient) once the message has ended and every
@@ -1156,9 +1162,12 @@ class ServerConnection:
         @param bareLineEndings: the message had a bare CR or LF under the C{reject} policy.
         @param mailLoop: the message's header had C{maxReceivedHeaders} C{Received}
             fields: 554 5.4.6 (RFC 5321 section 6.3).
+        @param early: the message failed on a BDAT chunk before the last, whose reply
+            this is: a single one, in LMTP too (the client waits for one per BDAT; the
+            replies per recipient answer only the end of the message).
         """
         lmtp = self._options.lmtp
-        count = self.replySlots
+        count = 1 if early else self.replySlots
         if tooLarge:
             replies = [R.tooBig(self._options.size)] * count
         elif bareLineEndings:
