@@ -28,7 +28,7 @@ from smtpsvc.testing import MemoryClient, RecordingHandler
 
 from . import protocol_support
 from .memorytls import ClientTLS, connectTLS, issue
-from .protocol_support import FakeResolver, proxied, wires
+from .protocol_support import FakeResolver, codes, proxied, wires
 
 V1 = b"PROXY TCP4 198.51.100.7 192.0.2.25 40001 25\r\n"
 
@@ -470,6 +470,28 @@ class XForwardTests(SynchronousTestCase):
             (client.session.remoteAddress, client.session.hostNameAppearsAs),
             ("192.0.2.1", "filter.example"),
         )
+
+    def test_withXClient(self) -> None:
+        """
+        From a front end trusted with both: XCLIENT after XFORWARD gives the client it
+        names (XFORWARD's values are forgotten first, not put back over it), and once
+        XCLIENT has given an address, the session is the client's, which may not
+        XFORWARD (550, as a second XCLIENT gets).
+        """
+        client = self.client(useXClient=True)
+        client.send("XFORWARD ADDR=198.51.100.7 PORT=4444 NAME=fwd.example")
+        self.assertEqual(
+            codes(client.send("XCLIENT ADDR=203.0.113.9 PORT=5555 NAME=spike.example")), [220]
+        )
+        session = client.session
+        self.assertEqual(
+            (session.remoteAddress, session.remotePort, session.clientHostname),
+            ("203.0.113.9", 5555, "spike.example"),
+        )
+        self.assertEqual(session.xForward, {})
+        client.send("EHLO spike.example")
+        self.assertEqual(codes(client.send("XFORWARD ADDR=192.0.2.77 NAME=trusted.example")), [550])
+        self.assertEqual(session.remoteAddress, "203.0.113.9")
 
 
 class ReverseDNSTests(SynchronousTestCase):

@@ -773,6 +773,9 @@ class ServerConnection:
             return allowed
         after, attributes = allowed
         session = self.session
+        # The session starts again as if the new client had just connected: an XFORWARD
+        # before is forgotten first, so that it cannot restore its own values over these.
+        self._resetTransaction()
         session.xClient.update(attributes)
         address = attributes.get("ADDR")
         if "ADDR" in attributes:
@@ -785,10 +788,8 @@ class ServerConnection:
             session.localAddress = attributes["DESTADDR"] or session.localAddress
         if attributes.get("DESTPORT") is not None:
             session.localPort = int(attributes["DESTPORT"] or 0)
-        # The session starts again as if the new client had just connected.
         session.openingCommand = None
         session.hostNameAppearsAs = None
-        self._resetTransaction()
         self.state = after
         login: AuthRequest | None = None
         if "LOGIN" in attributes:
@@ -823,7 +824,9 @@ class ServerConnection:
         return self._send(Reply(220, (self._greetingText(),), "2.0.0"))
 
     def _xforward(self, verb: str, argument: str, line: str) -> Action:
-        if not self._trusted(self._options.useXForward, verb):
+        # Once XCLIENT has given the client's address the session is the client's, which
+        # is not trusted to say where mail comes from (as a second XCLIENT).
+        if self._xclientAddressSet or not self._trusted(self._options.useXForward, verb):
             return self._send(R.NOT_ALLOWED)
         allowed = self._attributes(verb, argument, XFORWARD_ATTRIBUTES, ("[UNAVAILABLE]",))
         if isinstance(allowed, Send):
