@@ -239,6 +239,23 @@ class CommandCheckTests(SynchronousTestCase):
         self.assertEqual(first(client.send("FOO")), "421 Error: too many unrecognized commands")
         self.assertTrue(client.closed)
 
+    def test_every500Counts(self) -> None:
+        """
+        Every command answered 500 counts towards the limit: the reference's jokes (KILL,
+        SHELL, WIZ without a password) and, in LMTP, HELO and EHLO, as well as unknown
+        commands.
+        """
+        for lmtp, command in (
+            (False, "KILL"),
+            (False, "SHELL"),
+            (False, "WIZ"),
+            (True, "HELO x"),
+            (True, "EHLO x"),
+        ):
+            client = connect(maxUnrecognizedCommands=3, lmtp=lmtp)
+            self.assertEqual(codes(client.send(command, "FOO", command)), [500, 500, 421], command)
+            self.assertTrue(client.closed, command)
+
     def test_unrecognizedLimitResetByMessage(self) -> None:
         """
         The count of unrecognised commands starts again after each message.

@@ -453,7 +453,9 @@ class ServerConnection:
             return self._send(R.HTTP_REFUSED)
         options = self._options
         if options.lmtp and verb in ("HELO", "EHLO"):
-            return self._send(R.HELO_NOT_IN_LMTP if verb == "HELO" else R.EHLO_NOT_IN_LMTP)
+            return self._unrecognizedCommand(
+                R.HELO_NOT_IN_LMTP if verb == "HELO" else R.EHLO_NOT_IN_LMTP
+            )
         if self._refusedWith is not None:
             # The client was refused (see refuseConnection and refuseSecure): only QUIT
             # is served; the rest count as unrecognised, so that they end in a 421.
@@ -615,17 +617,22 @@ class ServerConnection:
     def _quit(self, verb: str, argument: str, line: str) -> Send:
         return self._send(R.BYE, close=True)
 
+    # The reference's jokes.  Their 500s count as unrecognised commands, as every 500 does:
+    # a client cannot send them for ever.
+
     def _wiz(self, verb: str, argument: str, line: str) -> Send:
         if not argument.strip():
-            return self._send(R.NO_WIZARD)
+            return self._unrecognizedCommand(R.NO_WIZARD)
         self.session.isWizard = True
         return self._send(R.WIZARD)
 
     def _shell(self, verb: str, argument: str, line: str) -> Send:
-        return self._send(R.SHELL_WIZARD if self.session.isWizard else R.SHELL_MORTAL)
+        return self._unrecognizedCommand(
+            R.SHELL_WIZARD if self.session.isWizard else R.SHELL_MORTAL
+        )
 
     def _kill(self, verb: str, argument: str, line: str) -> Send:
-        return self._send(R.KILL)
+        return self._unrecognizedCommand(R.KILL)
 
     # -- AUTH ------------------------------------------------------------------------------
 
