@@ -410,10 +410,12 @@ class SMTPServer(Factory):
         self._forceCall = None
         for protocol in list(self._connections):
             protocol.shutDown(force=True)
-        # Clients that do not read cannot be told; give them a moment, then cut them off.
-        self.reactor.callLater(ABORT_DELAY, self._abortRemaining)
+        # Clients that do not read cannot be told; give them a moment, then cut them off
+        # (unless all are gone by then: _closed cancels this next step).
+        self._forceCall = self.reactor.callLater(ABORT_DELAY, self._abortRemaining)
 
     def _abortRemaining(self) -> None:
+        self._forceCall = None
         for protocol in list(self._connections):
             if protocol.transport is not None:
                 protocol.transport.abortConnection()  # type: ignore[attr-defined]

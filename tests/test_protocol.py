@@ -2119,6 +2119,21 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
             self.successResultOf(closed)
             self.assertEqual(server.reactor.getDelayedCalls(), [])
 
+    def test_forcedCloseLeavesNoTimer(self) -> None:
+        """
+        Nor does one whose last clients were cut off at closeTimeout and went away at
+        once: the step after (aborting those that did not read their 421) is called off.
+        """
+        server = makeServer(closeTimeout=5)
+        client = MemoryClient(server)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>")
+        closed = server.close()
+        server.reactor.advance(5)
+        self.assertEqual(first(client.received()), "421 Server shutting down")
+        self.successResultOf(closed)
+        self.assertEqual(server.reactor.getDelayedCalls(), [])
+
     def test_closeTwice(self) -> None:
         """
         Every call to close() gets a Deferred that fires when the server is closed.
