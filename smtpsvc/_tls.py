@@ -586,7 +586,12 @@ class ServerTLS:
         raw = connection.get_servername()
         if not raw:
             return
-        name = normalizeServerName(raw.decode("ascii", "replace"))
+        try:
+            name = normalizeServerName(raw.decode("ascii"))
+        except (UnicodeError, ValueError):
+            # Not a host name as RFC 6066 section 3 has them (A-labels): it names nothing
+            # of ours, and the default certificate serves.
+            return
         try:
             context = self._lookup(name)
         except Exception:

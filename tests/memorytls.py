@@ -186,14 +186,14 @@ def commonName(certificate: x509.Certificate | None) -> str | None:
 @implementer(IOpenSSLClientConnectionCreator)
 class ClientTLS:
     """
-    The client side of a test handshake: sends C{servername} as SNI, verifies nothing
-    (so a test can look at whatever certificate it was served), and may present a
-    client certificate.
+    The client side of a test handshake: sends C{servername} as SNI (bytes as they are),
+    verifies nothing (so a test can look at whatever certificate it was served), and may
+    present a client certificate.
     """
 
     def __init__(
         self,
-        servername: str | None = None,
+        servername: str | bytes | None = None,
         certificate: KeyPair | None = None,
         maxVersion: int | None = None,
     ) -> None:
@@ -211,8 +211,11 @@ class ClientTLS:
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self.context, None)
-        if self.servername is not None:
-            connection.set_tlsext_host_name(self.servername.encode("idna"))
+        name = self.servername
+        if name is not None:
+            connection.set_tlsext_host_name(
+                name if isinstance(name, bytes) else name.encode("idna")
+            )
         connection.set_app_data(tlsProtocol)
         connection.set_connect_state()
         return connection
@@ -430,7 +433,7 @@ def saidHello(
 
 
 def upgraded(
-    server: SMTPServer, servername: str | None = None, certificate: KeyPair | None = None
+    server: SMTPServer, servername: str | bytes | None = None, certificate: KeyPair | None = None
 ) -> Connection:
     """
     A connection that said C{EHLO client.example}, was offered STARTTLS and completed it

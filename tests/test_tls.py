@@ -386,6 +386,16 @@ class SNITests(SynchronousTestCase):
         self.assertEqual(self.served(connection), MX)
         self.assertEqual(connection.session.servername, "unknown.example.test")
 
+    def test_nameNotASCII(self) -> None:
+        """
+        An SNI name that is not ASCII (UTF-8, as some clients send, where RFC 6066 asks
+        for A-labels) is no name of ours: the default certificate, and no error.
+        """
+        connection = upgraded(makeServer(), "bücher.example".encode())
+        self.assertEqual(self.served(connection), MX)
+        self.assertTrue(connection.session.secure)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_DANE_03_defaultCertificateWithoutSNI(self) -> None:
         """
         A client that sends no SNI gets the default certificate.
