@@ -314,6 +314,18 @@ class ExchangeTests(SynchronousTestCase):
             client.send("AUTH PLAIN")
             self.assertEqual(wires(client.send(bad)), ["501 5.5.2 Error: invalid base64 data"], bad)
 
+    def test_base64OfNotUTF8(self) -> None:
+        """
+        A response that is base64, of bytes that are not UTF-8, is data of the wrong
+        shape: 500 invalid userdata, not 501 invalid base64, in every mechanism.
+        """
+        notUTF8 = base64.b64encode(b"\x00alice\x00\xffsecret").decode("ascii")
+        for command in (f"AUTH PLAIN {notUTF8}", f"AUTH LOGIN {notUTF8}"):
+            client = connect(hideENHANCEDSTATUSCODES=False)
+            self.assertEqual(
+                wires(client.send(command)), ["500 5.5.2 Error: invalid userdata"], command
+            )
+
     def test_controlCharactersInUser(self) -> None:
         """
         Control characters in a user name are refused before any handler sees them.

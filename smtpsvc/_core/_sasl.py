@@ -118,18 +118,22 @@ MISSING_USERNAME: Final = R.reply(500, "Error: missing username", "5.5.2")
 OAUTH_REFUSED: Final = R.reply(535, "Error: Username and Password not accepted", "5.7.8")
 
 
-def decode64(text: str) -> str | None:
+def decode64(text: str) -> str | Refusal:
     """
     Decode a client's base64 response strictly; C{=} alone is the empty response
-    (RFC 4954 section 4).  L{None} when it is not base64 or not UTF-8.
+    (RFC 4954 section 4).  When it is not base64, the refusal C{501 invalid base64 data};
+    when what it holds is not UTF-8 (as SASL's strings are), C{500 invalid userdata}.
     """
     if text == "=":
         return ""
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
-        return raw.decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
-        return None
+        return Refusal(BAD_BASE64)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeError:
+        return Refusal(INVALID_USERDATA)
 
 
 def encode64(text: str) -> str:
@@ -174,8 +178,8 @@ class _Plain(Mechanism):
 
     def respond(self, line: str) -> Step:
         message = decode64(line)
-        if message is None:
-            return Refusal(BAD_BASE64)
+        if isinstance(message, Refusal):
+            return message
         parts = message.split("\x00")
         if len(parts) != 3:
             return Refusal(INVALID_USERDATA)
@@ -207,8 +211,8 @@ class _Login(Mechanism):
 
     def respond(self, line: str) -> Step:
         decoded = decode64(line)
-        if decoded is None:
-            return Refusal(BAD_BASE64)
+        if isinstance(decoded, Refusal):
+            return decoded
         if self._username is None:
             if not decoded:
                 return Refusal(MISSING_USERNAME)
@@ -231,8 +235,8 @@ class _CramMD5(Mechanism):
 
     def respond(self, line: str) -> Step:
         decoded = decode64(line)
-        if decoded is None:
-            return Refusal(BAD_BASE64)
+        if isinstance(decoded, Refusal):
+            return decoded
         username, _, digest = decoded.rpartition(" ")
         if not username or not re.fullmatch(r"[0-9a-fA-F]{32}", digest):
             return Refusal(INVALID_USERDATA)
@@ -262,8 +266,8 @@ class _OAuth(Mechanism):
             # Whatever the client says after the error challenge, the answer is no.
             return Refusal(OAUTH_REFUSED)
         decoded = decode64(line)
-        if decoded is None:
-            return Refusal(BAD_BASE64)
+        if isinstance(decoded, Refusal):
+            return decoded
         return self._parse(decoded)
 
     def _parse(self, message: str) -> Step:
