@@ -459,6 +459,7 @@ class SMTPProtocol(LineReceiver):
         "_proxyCall",
         "_proxyParser",
         "_proxyPeer",
+        "_proxyWatch",
         "_rateStarted",
         "_reactor",
         "_refused",
@@ -539,6 +540,9 @@ class SMTPProtocol(LineReceiver):
         self._tlsPending = False
         self._handshakes = 0
         self._proxyParser: ProxyHeaderParser | None = None
+        # Whether the client's first bytes are still to be looked at for a PROXY header
+        # it is not trusted to send (see dataReceived).
+        self._proxyWatch = False
         self._proxyPeer = ""
         self._proxyCall: IDelayedCall | None = None
         self.implicitTLS = server.options.secure
@@ -586,13 +590,15 @@ class SMTPProtocol(LineReceiver):
             )
         # No log line yet: the connection's one line is written when it closes.
 
-        if self._options.useProxy and isTrusted(self._options.useProxy, session.remoteAddress):
-            # The proxy's header comes first, in clear, even before a TLS handshake.
-            self._proxyParser = ProxyHeaderParser()
-            self._proxyCall = self._reactor.callLater(
-                self._options.proxyTimeout, self._proxyTimedOut
-            )
-            return
+        if self._options.useProxy:
+            if isTrusted(self._options.useProxy, session.remoteAddress):
+                # The proxy's header comes first, in clear, even before a TLS handshake.
+                self._proxyParser = ProxyHeaderParser()
+                self._proxyCall = self._reactor.callLater(
+                    self._options.proxyTimeout, self._proxyTimedOut
+                )
+                return
+            self._proxyWatch = True
         self._afterProxy(b"")
 
     def _consumer(self) -> IConsumer:
@@ -936,10 +942,14 @@ class SMTPProtocol(LineReceiver):
         if self._proxyParser is not None:
             self._proxyReceived(data)
             return
-        if not self._greeted:
-            if self._options.useProxy and looksLikeProxyHeader(data):
+        if self._proxyWatch:
+            # A header from an address not trusted to send one is refused, whether it
+            # comes before the greeting or, with no early-talker delay, after it.
+            self._proxyWatch = False
+            if looksLikeProxyHeader(data):
                 self._proxyFailed("PROXY header from an address not trusted to send one")
                 return
+        if not self._greeted:
             # RFC 5321 section 4.3.1: the client waits for the greeting.  One that does
             # not is most likely a spam engine that does not read replies.
             if self._greetCall is not None and self._greetCall.active():

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -145,20 +147,22 @@ class ProxyHeaderTests(SynchronousTestCase):
 
     def test_untrustedHeaderRefused(self) -> None:
         """
-        ...and a PROXY header from it closes the connection (standards PP-12, 2.9).
+        ...and a PROXY header from it, version 1 or 2, closes the connection without a
+        reply (standards PP-12, 2.9): before the greeting, and also after it, as it comes
+        when there is no early-talker delay.
         """
-        server = makeServer(useProxy=("10.0.0.0/8",), earlyTalkerDelay=0.5)
-        client = MemoryClient.__new__(MemoryClient)
-        from twisted.internet.address import IPv4Address
-        from twisted.internet.testing import StringTransport
-
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 1))
-        protocol = server.buildProtocol(transport.getPeer())
-        protocol.makeConnection(transport)
-        protocol.dataReceived(V1)
-        self.assertEqual(transport.value(), b"")
-        self.assertTrue(transport.disconnecting)
-        del client
+        v2 = encodeVersion2(proxied(2, "TCP4", ("198.51.100.7", 40001), ("192.0.2.25", 25)))
+        for delay in (0.5, 0.0):
+            for header in (V1, v2):
+                transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 1))
+                server = makeServer(useProxy=("10.0.0.0/8",), earlyTalkerDelay=delay)
+                protocol = server.buildProtocol(transport.getPeer())
+                protocol.makeConnection(transport)
+                greeting = transport.value()
+                self.assertEqual(greeting[:4], b"220 " if delay == 0 else b"", delay)
+                protocol.dataReceived(header)
+                self.assertEqual(transport.value(), greeting, (delay, header))
+                self.assertTrue(transport.disconnecting, (delay, header))
 
     def test_trustedPeer(self) -> None:
         """

@@ -420,7 +420,7 @@ class TrustTests(E2ETestCase):
     async def _server(self) -> tuple[WhoIsThere, int]:
         who = WhoIsThere()
         # A greeting delay, so that a header sent at once surely arrives before the
-        # greeting (after it, PROXY would be an unknown command).
+        # greeting (test_untrustedWithoutHeader sends one after it).
         _, port = await serve(self, who, useProxy=("10.0.0.0/8",), earlyTalkerDelay=1.0)
         return who, port
 
@@ -447,25 +447,31 @@ class TrustTests(E2ETestCase):
     async def test_untrustedWithoutHeader(self) -> None:
         """
         A client outside the list that sends no header is an ordinary client: it is
-        greeted and keeps its own address; a PROXY line after the greeting is just an
-        unknown command.
+        greeted and keeps its own address.  A PROXY header it sends first thing after the
+        greeting (as a proxy does when there is no early-talker delay) is refused as
+        before it: the connection closes without a reply.
         """
+        log = LogWatcher(self)
         who, port = await self._server()
 
-        def plain() -> list[ServerReply]:
+        def plain() -> ServerReply:
             with RawClient(port) as client:
-                return [
-                    client.readReply(),
-                    client.command(f"PROXY TCP4 {CLIENT} {LOCALHOST} 40000 {port}"),
-                    client.command(f"EHLO {CLIENT_NAME}"),
-                ]
+                client.readReply()
+                return client.command(f"EHLO {CLIENT_NAME}")
 
-        greeting, proxy, ehlo = await deferToThread(plain)
-        self.assertEqual(greeting.code, 220)
-        self.assertEqual(proxy.code, 500)
+        def late() -> tuple[ServerReply, list[ServerReply]]:
+            with RawClient(port) as client:
+                greeting = client.readReply()
+                client.send(f"PROXY TCP4 {CLIENT} {LOCALHOST} 40000 {port}\r\n".encode())
+                return greeting, client.readUntilClosed(within=3)
+
+        ehlo = await deferToThread(plain)
         self.assertEqual(ehlo.lines[0], f"{SERVER_NAME} Nice to meet you, [{LOCALHOST}]")
         [seen] = who.connects
         self.assertEqual((seen.remoteAddress, seen.proxyVersion), (LOCALHOST, None))
+        greeting, after = await deferToThread(late)
+        self.assertEqual((greeting.code, after), (220, []))
+        self.assertIsNotNone(log.search(r"PROXY header from an address not trusted to send one"))
 
 
 class TimeoutTests(E2ETestCase):
