@@ -684,7 +684,8 @@ class EnhancedStatusCodeTests(SynchronousTestCase):
                 allowInsecureAuth=True,
                 authMethods=("PLAIN", "CRAM-MD5"),
                 authFailureDelay=0,
-                maxUnrecognizedCommands=3,
+                # WIZ, SHELL and KILL at the end are three unrecognised commands.
+                maxUnrecognizedCommands=4,
             )
         )
         seen = client.send("NOOP", f"MAIL FROM:<{SENDER}>", "RSET")
