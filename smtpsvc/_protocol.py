@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from OpenSSL import SSL
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import (
     IConsumer,
@@ -565,6 +566,9 @@ class SMTPProtocol(LineReceiver):
             localPort=getattr(host, "port", 0),
             remoteAddress=_host(peer),
             remotePort=getattr(peer, "port", 0),
+            # A client on a UNIX socket (an LMTP front on this host) is local, named as
+            # Postfix names one: localhost [127.0.0.1].
+            clientHostname="" if isinstance(peer, (IPv4Address, IPv6Address)) else "localhost",
             # ServerConnection gives it its own at once.
             envelope=_PLACEHOLDER_ENVELOPE,
         )
@@ -1773,8 +1777,10 @@ def _tlsText(session: Session) -> str | None:
 
 
 def _host(address: object) -> str:
-    host = getattr(address, "host", None)
-    if isinstance(host, str):
+    # The IP address of one end of a connection.
+    if isinstance(address, (IPv4Address, IPv6Address)):
         # IPv4-mapped IPv6 addresses are IPv4 clients on a dual-stack socket.
+        host = address.host
         return host.removeprefix("::ffff:") if "." in host else host
-    return str(address)
+    # Not an IP connection (a UNIX socket, a pipe): this host, as Postfix has it.
+    return "127.0.0.1"

@@ -10,7 +10,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
@@ -313,12 +313,20 @@ class SMTPServer(Factory):
                 )
                 return stopping.addCallback(refuse)
             self._ports.append(port)
-            self._log.info(
-                "{kind} server listening on {host}:{port}",
-                kind=listenerKind(self.options, secure),
-                host=getattr(address, "host", address),
-                port=getattr(address, "port", ""),
-            )
+            kind = listenerKind(self.options, secure)
+            if isinstance(address, UNIXAddress):
+                self._log.info(
+                    "{kind} server listening on {path}",
+                    kind=kind,
+                    path=os.fsdecode(address.name or b""),
+                )
+            else:
+                self._log.info(
+                    "{kind} server listening on {host}:{port}",
+                    kind=kind,
+                    host=getattr(address, "host", address),
+                    port=getattr(address, "port", ""),
+                )
             return port
 
         return d.addCallback(listening)

@@ -69,6 +69,7 @@ from .e2e_support import (
 )
 from .maildir_support import delivered, storedMessages
 from .memorytls import authority, issue
+from .proxy_support import LogWatcher
 from .service_support import (
     QUICK,
     leftInTmp,
@@ -735,7 +736,9 @@ class UnixListenerTests(E2ETestCase):
         """
         path = os.path.join(shortDirectory(self), "lmtp.sock")
         recorder = RecordingHandler()
+        log = LogWatcher(self)
         await startLocal(self, [_PerRecipient(), recorder], listen=f"unix:{path}", lmtp=True)
+        self.assertIsNotNone(log.search(f"LMTP server listening on {re.escape(path)}$"))
         body = message("over a unix socket")
         recipients = ["one@example.net", "full@example.net"]
         lhlo, rcpts, after, quit = await deferToThread(lmtpSend, path, 0, recipients, body)
@@ -752,6 +755,9 @@ class UnixListenerTests(E2ETestCase):
         self.assertEqual(len(recorder.messages), 1)
         self.assertEqual(recorder.messages[0].data, body)
         self.assertEqual([r.address for r in recorder.messages[0].envelope.rcptTo], recipients)
+        # A client on a UNIX socket is local, as Postfix names one: localhost [127.0.0.1].
+        self.assertEqual(recorder.messages[0].remoteAddress, "127.0.0.1")
+        self.assertTrue(lhlo[1].startswith(b"mx.e2e.test Nice to meet you, localhost"), lhlo)
 
 
 # -- twist smtpsvc --lmtp, --port, deliveries --------------------------------------------------
