@@ -10,12 +10,12 @@ from __future__ import annotations
 # read the interpreter's library by the time the first client connects.
 import encodings.idna  # noqa: F401
 import ipaddress
-from typing import Any
+from typing import Any, Final
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorUDP
 from twisted.logger import Logger
-from twisted.names import dns
+from twisted.names import dns, error
 from twisted.python.failure import Failure
 
 from ._core._grammar import isValidHeloName
@@ -98,7 +98,7 @@ def reverseLookup(
         _log.info(
             "Reverse lookup of {address} failed: {reason}",
             address=address,
-            reason=failure.getErrorMessage() or repr(failure.value),
+            reason=_reason(failure),
         )
         return None
 
@@ -118,3 +118,21 @@ def _confirm(resolver: Any, name: str, ip: Any) -> Deferred[str | None]:
 
     d: Deferred[str | None] = maybeDeferred(lookup, name).addCallback(check)
     return d
+
+
+# Twisted's DNS errors carry the whole answer as their message: say what it means instead.
+_DNS_ERRORS: Final = (
+    (error.DNSNameError, "no such name (NXDOMAIN)"),
+    (error.DNSServerError, "name server failure (SERVFAIL)"),
+    (error.DNSQueryRefusedError, "query refused (REFUSED)"),
+    (error.DNSFormatError, "format error (FORMERR)"),
+    (error.DNSNotImplementedError, "not implemented (NOTIMP)"),
+)
+
+
+def _reason(failure: Failure) -> str:
+    # Why a lookup failed, in words for the log.
+    for kind, text in _DNS_ERRORS:
+        if failure.check(kind):
+            return text
+    return failure.getErrorMessage() or repr(failure.value)

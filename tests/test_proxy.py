@@ -12,8 +12,11 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import StringTransport
+from twisted.names import dns
+from twisted.names.error import DNSNameError, DNSServerError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -29,6 +32,7 @@ from smtpsvc._core._proxy import ProxyHeader, encodeVersion2
 from smtpsvc.testing import MemoryClient, RecordingHandler
 
 from . import protocol_support
+from .e2e_support import LogCapture
 from .memorytls import ClientTLS, connectTLS, issue
 from .protocol_support import FakeResolver, codes, proxied, wires
 
@@ -522,6 +526,25 @@ class ReverseDNSTests(SynchronousTestCase):
         """
         client = MemoryClient(makeServer(resolver=FakeResolver({}, {})))
         self.assertEqual(client.session.clientHostname, "[192.0.2.1]")
+
+    def test_failureLoggedInWords(self) -> None:
+        """
+        A failed lookup leaves the name [address], and the log says why in words (no
+        such name, a name server failure), not with the DNS answer Twisted's errors hold.
+        """
+        for kind, words in (
+            (DNSNameError, "no such name (NXDOMAIN)"),
+            (DNSServerError, "name server failure (SERVFAIL)"),
+        ):
+            resolver = FakeResolver({}, {})
+            failure = Failure(kind(dns.Message(rCode=dns.ENAME)))
+            resolver.lookupPointer = partial(lambda f, *a, **k: fail(f), failure)  # type: ignore[method-assign]
+            log = LogCapture(self)
+            client = MemoryClient(makeServer(resolver=resolver))
+            self.assertEqual(client.session.clientHostname, "[192.0.2.1]")
+            self.assertEqual(
+                log.matching("Reverse lookup"), [f"Reverse lookup of 192.0.2.1 failed: {words}"]
+            )
 
     def test_loopbackNotLookedUp(self) -> None:
         """
