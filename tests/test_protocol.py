@@ -1575,13 +1575,22 @@ class StreamingTests(SynchronousTestCase):
         first_, second = Manual(), Manual()
         client = self.start([first_, second])
         client.write(b"body\r\n.\r\n")
-        self.assertIsInstance(first_.ended, MessageDone)
-        self.assertIsNone(second.ended)
         self.assertEqual(second.chunks, [b"body\r\n"])
-        first_.answer.callback(None)
-        self.assertIsInstance(second.ended, MessageDone)
-        self.assertEqual(client.received(), [])
-        second.answer.callback("stored")
+        self.assertEndsInTurn(client, [first_, second])
+
+    def assertEndsInTurn(self, client: MemoryClient, handlers: list[Manual]) -> None:
+        """
+        Each of C{handlers}, whose message has come whole, sees its end only once the
+        one before it accepted (each accepts when this says), and the last one's answer
+        is the reply.
+        """
+        for index, handler in enumerate(handlers):
+            self.assertIsInstance(handler.ended, MessageDone, index)
+            self.assertEqual(
+                [h.ended for h in handlers[index + 1 :]], [None] * (len(handlers) - index - 1)
+            )
+            self.assertEqual(client.received(), [])
+            handler.answer.callback("stored" if handler is handlers[-1] else None)
         self.assertEqual(first(client.received()), "250 stored")
 
     def test_chainGoesOnAfterAnAnswerAtTheEnd(self) -> None:
@@ -1593,13 +1602,8 @@ class StreamingTests(SynchronousTestCase):
         first_, second, third = Manual(answerAtEnd=True), Manual(), Manual()
         client = self.start([first_, second, third])
         client.write(b"body\r\n.\r\n")
-        self.assertIsInstance(second.ended, MessageDone)
-        self.assertIsNone(third.ended)
-        second.answer.callback(None)
-        self.assertIsInstance(third.ended, MessageDone)
-        self.assertEqual(client.received(), [])
-        third.answer.callback("stored")
-        self.assertEqual(first(client.received()), "250 stored")
+        self.assertTrue(first_.answer.called)
+        self.assertEndsInTurn(client, [second, third])
 
     def test_readerFailureIsHandlerFailure(self) -> None:
         """
