@@ -36,6 +36,19 @@ def newStream() -> tuple[MessageStream, list[str]]:
     return stream, events
 
 
+def pausedWithBacklog(reader: Protocol, chunks: int) -> tuple[MessageStream, list[str]]:
+    """
+    A stream delivering to C{reader}, paused by it, with C{chunks} chunks of 100 kB
+    written to it since.
+    """
+    stream, events = newStream()
+    stream.deliverBody(reader)
+    stream.pauseProducing()
+    for _ in range(chunks):
+        stream._fanOut.write(b"x" * 100_000)
+    return stream, events
+
+
 class Sink(Protocol):
     def __init__(self) -> None:
         self.data: list[bytes] = []
@@ -155,12 +168,8 @@ class MessageStreamTests(SynchronousTestCase):
         A paused reader lets data pile up until the high-water mark, which pauses the
         connection; resuming delivers it and lets the connection go on.
         """
-        stream, events = newStream()
         sink = Sink()
-        stream.deliverBody(sink)
-        stream.pauseProducing()
-        for _ in range(5):
-            stream._fanOut.write(b"x" * 100_000)
+        stream, events = pausedWithBacklog(sink, 5)
         self.assertEqual(events, ["pause"])
         self.assertEqual(sink.data, [])
         stream.resumeProducing()
@@ -177,12 +186,8 @@ class MessageStreamTests(SynchronousTestCase):
             def dataReceived(self, data: bytes) -> None:
                 raise ZeroDivisionError("division by zero")
 
-        stream, events = newStream()
         sink = Broken()
-        stream.deliverBody(sink)
-        stream.pauseProducing()
-        for _ in range(3):
-            stream._fanOut.write(b"x" * 100_000)
+        stream, events = pausedWithBacklog(sink, 3)
         stream.resumeProducing()
         self.assertEqual(events, ["pause", "failed: division by zero", "resume"])
         self.assertEqual(stream.backlog, 0)
