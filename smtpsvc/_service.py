@@ -20,6 +20,7 @@ from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import fdesc, tcp
 from twisted.internet.abstract import isIPv6Address
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IReadDescriptor
@@ -782,13 +783,22 @@ class WorkerMaster(Service):
             ports = self._listen(description)
             self.ports.append((ports, bool(secure)))
             address = ports[0].getHost()
-            _log.info(
-                "{kind} server listening on {host}:{port} with {workers} workers",
-                kind=listenerKind(options, secure),
-                host=getattr(address, "host", ""),
-                port=getattr(address, "port", ""),
-                workers=self.config.workers,
-            )
+            kind, workers = listenerKind(options, secure), self.config.workers
+            if isinstance(address, UNIXAddress):
+                _log.info(
+                    "{kind} server listening on {path} with {workers} workers",
+                    kind=kind,
+                    path=os.fsdecode(address.name or b""),
+                    workers=workers,
+                )
+            else:
+                _log.info(
+                    "{kind} server listening on {host}:{port} with {workers} workers",
+                    kind=kind,
+                    host=getattr(address, "host", ""),
+                    port=getattr(address, "port", ""),
+                    workers=workers,
+                )
 
     def _listen(self, description: str) -> list[IListeningPort]:
         # The listener's sockets: one per worker, or one for all.  The workers accept;

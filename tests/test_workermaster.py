@@ -54,7 +54,7 @@ from smtpsvc._service import (
     workerTwistOptions,
 )
 
-from .e2e_support import LOCALHOST, theReactor, workspace
+from .e2e_support import LOCALHOST, LogCapture, theReactor, workspace
 
 NO_REUSEPORT = "the kernel does not spread connections over SO_REUSEPORT sockets (not Linux)"
 
@@ -183,7 +183,10 @@ class WorkerSocketsTests(TestCase):
         if not canSpreadConnections():
             raise SkipTest(NO_REUSEPORT)
         unix, path = self._unixListen()
+        log = LogCapture(self)
         master, _ = self._start([f"tcp:0:interface={LOCALHOST}", unix], 3)
+        # The Unix socket is named by its path in the log.
+        self.assertIn(f"SMTP server listening on {path} with 3 workers", log.messages())
         (tcpPorts, tcpSecure), (unixPorts, unixSecure) = master.ports
         self.assertEqual((tcpSecure, unixSecure), (False, False))
 
