@@ -501,11 +501,12 @@ class SignalHandlers:
 
     def stopping(self) -> None:
         """
-        The service is stopping: put SIGHUP's handler back, and from now until
-        L{restore} log and ignore SIGTERM and SIGINT (the reactor is stopping already).
+        The service is stopping: from now until L{restore} log and ignore SIGTERM and
+        SIGINT (the reactor is stopping already), and SIGHUP too.  (SIGHUP's own handler
+        put back now would be the default one, which kills the process: the clients
+        still finishing their messages would be cut off without their 421.)
         """
         self._stopping = True
-        self._put(signal.SIGHUP, self._previous.pop(signal.SIGHUP, None))
 
     def restore(self) -> None:
         """
@@ -529,7 +530,13 @@ class SignalHandlers:
         return True
 
     def _hangup(self, number: int, frame: Any) -> None:
-        self._reactor.callFromThread(self._reload)
+        self._reactor.callFromThread(self._reloadUnlessStopping)
+
+    def _reloadUnlessStopping(self) -> None:
+        if self._stopping:
+            _log.info("Received SIGHUP, already shutting down.")
+            return
+        self._reload()
 
     def _wrapReactors(self) -> None:
         if not self._installed:

@@ -656,8 +656,9 @@ class ShutdownTests(E2ETestCase):
     async def test_secondStopSignalWhileClosing(self) -> None:
         """
         A SIGTERM or SIGINT that comes while the server is closing changes nothing and
-        logs one line each, not Twisted's critical ReactorNotRunning traceback: the client
-        in DATA still finishes its message, and the process exits cleanly.
+        logs one line each, not Twisted's critical ReactorNotRunning traceback; nor does a
+        SIGHUP, which would otherwise meet the default handler and kill the process: the
+        client in DATA still finishes its message, and the process exits cleanly.
         """
         process, maildir = await self._start()
         assert process.port is not None
@@ -667,7 +668,8 @@ class ShutdownTests(E2ETestCase):
         await process.waitForOutput(re.compile(rb"Server closing with 1 connection\(s\)"))
         process.sendSignal("TERM")
         process.sendSignal("INT")
-        await process.waitForOutput(occurrences(b"already shutting down.", 2), SIGNAL_TIMEOUT)
+        process.sendSignal("HUP")
+        await process.waitForOutput(occurrences(b"already shutting down.", 3), SIGNAL_TIMEOUT)
 
         def finish() -> ServerReply:
             busy.send(stuff(body)[len(body) // 2 :])
@@ -678,6 +680,7 @@ class ShutdownTests(E2ETestCase):
         self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)
         self.assertEqual(len(process.lines("Received SIGTERM, already shutting down.")), 1)
         self.assertEqual(len(process.lines("Received SIGINT, already shutting down.")), 1)
+        self.assertEqual(len(process.lines("Received SIGHUP, already shutting down.")), 1)
         self.assertNotIn("Traceback", process.text)
         self.assertNotIn("ReactorNotRunning", process.text)
         self.assertEqual(len(delivered(maildir)), 1)

@@ -1545,21 +1545,30 @@ class SignalHandlersTests(SynchronousTestCase):
 
     def test_stopSignalsIgnoredWhileStopping(self) -> None:
         """
-        Once the service is stopping (stopped by other means than a signal), SIGTERM and
-        SIGINT are ignored and SIGHUP's previous handler is back; restore puts the
-        reactor's handlers back.
+        Once the service is stopping (stopped by other means than a signal), SIGTERM,
+        SIGINT and SIGHUP are ignored, each with a line in the log: SIGHUP's previous
+        handler, the default one, would kill the process while clients finish their
+        messages.  restore puts the previous handlers back.
         """
         previousHangup = signal.getsignal(signal.SIGHUP)
         before = signal.getsignal(signal.SIGTERM)
+        log = LogCapture(self)
         handlers = SignalHandlers(self.reactor, self.reload)
         handlers.install()
         self.reactor.start()
         handlers.stopping()
-        self.assertEqual(signal.getsignal(signal.SIGHUP), previousHangup)
         self._signal(signal.SIGTERM)
         self._signal(signal.SIGINT)
+        self._signal(signal.SIGHUP)
         self._runLoop()
-        self.assertEqual(self.seen, [])
+        self.assertEqual((self.seen, self.reloads), ([], 0))
+        self.assertEqual(
+            log.matching("already shutting down"),
+            [
+                f"Received {name}, already shutting down."
+                for name in ("SIGTERM", "SIGINT", "SIGHUP")
+            ],
+        )
         handlers.restore()
         self.assertIs(signal.getsignal(signal.SIGTERM), before)
         self.assertEqual(signal.getsignal(signal.SIGHUP), previousHangup)
