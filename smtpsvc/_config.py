@@ -617,10 +617,13 @@ def checkUsable(options: ServerOptions, config: ServiceConfig) -> None:
             "lines of 512 octets with their CRLF"
         )
     disabled = set(options.disabledCommands)
-    # In LMTP, disabling EHLO disables LHLO (as in the reference).
-    for needed in (["EHLO"] if options.lmtp else ["EHLO", "HELO"], ["MAIL"], ["RCPT"]):
+    # In LMTP, disabling EHLO disables LHLO (as in the reference), as LHLO itself does.
+    hellos = [["EHLO"], ["LHLO"]] if options.lmtp else [["EHLO", "HELO"]]
+    for needed in (*hellos, ["MAIL"], ["RCPT"]):
         if disabled >= set(needed):
-            what = " and ".join(needed) + (" (which in LMTP is LHLO)" if options.lmtp else "")
+            what = " and ".join(needed) + (
+                " (which in LMTP is LHLO)" if needed == ["EHLO"] and options.lmtp else ""
+            )
             raise ConfigurationError(
                 f"{name('disabledCommands')} turns off {what}, without which no client can "
                 "send mail"

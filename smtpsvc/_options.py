@@ -134,10 +134,10 @@ class ServerOptions:
     disabledCommands: tuple[str, ...] = _option(
         (),
         "Commands answered as not implemented (``502``), e.g. ``AUTH`` or ``VRFY``.  In "
-        "LMTP mode ``EHLO`` also disables ``LHLO``; ``BDAT`` also stops ``CHUNKING`` being "
-        "offered.  A name that is not a command the server knows (or one of those it never "
-        "carries out, such as ``EXPN``) is refused, so that a typo cannot leave the command "
-        "meant enabled.",
+        "LMTP mode ``EHLO`` also disables ``LHLO`` (as ``LHLO`` does); ``BDAT`` also stops "
+        "``CHUNKING`` being offered.  A name that is not a command the server knows (or one "
+        "of those it never carries out, such as ``EXPN``) is refused, so that a typo cannot "
+        "leave the command meant enabled.",
     )
     lenientAddressParsing: bool = _option(
         False,

@@ -589,11 +589,12 @@ class SessionCommandTests(SynchronousTestCase):
 
     def test_lhloDisabledWithEhlo(self) -> None:
         """
-        Disabling EHLO disables LHLO in LMTP mode: 502, as any command switched off.
+        Disabling EHLO disables LHLO in LMTP mode: 502, as any command switched off; so
+        does disabling LHLO by its own name.
         """
-        self.assertEqual(
-            codes(connect(lmtp=True, disabledCommands=("EHLO",)).send("LHLO x")), [502]
-        )
+        for name in ("EHLO", "LHLO"):
+            client = connect(lmtp=True, disabledCommands=(name,))
+            self.assertEqual(codes(client.send("LHLO x")), [502], name)
 
     def test_rset(self) -> None:
         """

@@ -618,6 +618,7 @@ class UnusableConfigurationTests(SynchronousTestCase):
         for args, words in (
             (("--disabled-commands", "ehlo,HELO"), "turns off EHLO and HELO, without which"),
             (("--lmtp", "--disabled-commands", "EHLO"), "turns off EHLO (which in LMTP is LHLO)"),
+            (("--lmtp", "--disabled-commands", "lhlo"), "turns off LHLO, without which"),
             (("--disabled-commands", "MAIL"), "turns off MAIL, without which"),
             (("--disabled-commands", "RCPT"), "turns off RCPT, without which"),
             (("--disabled-commands", "DATA,BDAT"), "turns off DATA and BDAT, without which"),

@@ -497,9 +497,14 @@ class ServerConnection:
         options = self._options
         if verb not in COMMANDS or (verb == "LHLO" and not options.lmtp):
             return R.NOT_IMPLEMENTED if verb in _NOT_IMPLEMENTED else R.UNRECOGNIZED
-        # LMTP's LHLO is EHLO for the purpose of disabling it (as in the reference).
-        key = "EHLO" if verb == "LHLO" else verb
-        if key in options.disabledCommands or (verb == "STARTTLS" and not self._tlsAvailable):
+        # LMTP's LHLO is EHLO for the purpose of disabling it (as in the reference), and
+        # disabling it by its own name does the same.
+        disabled = options.disabledCommands
+        if (
+            verb in disabled
+            or (verb == "LHLO" and "EHLO" in disabled)
+            or (verb == "STARTTLS" and not self._tlsAvailable)
+        ):
             return R.NOT_IMPLEMENTED
         return None
 
