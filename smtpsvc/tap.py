@@ -263,6 +263,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             given["workers"] = self["workers"]
         if self["maildir-min-free"] is not None:
             given["maildirMinFree"] = self["maildir-min-free"]
+        if self.get("credCheckers"):
+            # --auth on the command line replaces the file's auth list, as every
+            # repeatable flag replaces the file's list (its checkers are made already).
+            file = {key: value for key, value in file.items() if key != "auth"}
         config = resolve(given, self.lists, file, path or "")
         if self.inherited:
             # A worker of --workers: serve on the parent's sockets, start no workers.

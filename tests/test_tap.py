@@ -32,6 +32,7 @@ from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
 from smtpsvc.testing import MemoryClient
 
+from .auth_support import plainResponse
 from .e2e_support import LogCapture
 from .memorytls import authority, issue
 
@@ -1007,6 +1008,25 @@ class ConfigFileTests(SynchronousTestCase):
         self.assertEqual(
             parse("--config", path, "--listen", "tcp:2525").config.listen, ["tcp:2525"]
         )
+
+    def test_authReplaced(self) -> None:
+        """
+        --auth on the command line replaces the file's auth list too: only the command
+        line's users can log in.
+        """
+        path = self.write('auth = ["memory:bob:bobs"]\ndeliver = ["discard"]\n')
+        for args, users in (((), {"bob"}), (("--auth", "memory:alice:secret"), {"alice"})):
+            options = parse("--config", path, "--allow-insecure-auth", *args)
+            self.assertEqual(options.config.auth, ["memory:bob:bobs"] if not args else [], args)
+            server = tap.buildServer(options, reactor=Clock())
+            for user, password in (("alice", "secret"), ("bob", "bobs")):
+                client = MemoryClient(server)
+                client.send("EHLO x")
+                replies = client.send("AUTH PLAIN " + plainResponse(user, password))
+                # A refusal waits for the failure delay.
+                server.reactor.advance(10)
+                [reply] = replies + client.received()
+                self.assertEqual(reply.code == 235, user in users, (args, user))
 
     def test_portReplacesListen(self) -> None:
         """
