@@ -217,14 +217,15 @@ def normalizeServerName(name: str) -> str:
 
 
 # A label of a host name: letters, digits and hyphens, neither first nor last, at most 63
-# (RFC 1123 section 2.1; RFC 5321's sub-domain; A-labels are of this form too).
-_LABEL: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+# (RFC 1123 section 2.1; RFC 5321's sub-domain; A-labels are of this form too).  Also
+# underscores, which real host names (mail_1.example.com) have and clients send as SNI.
+_LABEL: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 
 
 def checkedHostName(name: str, *, wildcard: bool = False) -> str:
     """
     C{name} as SNI sends it (L{normalizeServerName}), checked to be a host name: labels
-    of letters, digits and hyphens, 253 characters at most.  A name that is not one can
+    of letters, digits, hyphens and underscores, 253 characters at most.  A name that is not one can
     never match a name a client sends, or a domain in an address.
 
     @param wildcard: whether C{*.example.com} is allowed too: a C{*} that is the whole
@@ -247,7 +248,8 @@ def checkedHostName(name: str, *, wildcard: bool = False) -> str:
     if len(normalized) > 253 or not all(_LABEL.match(label) for label in labels):
         star = "; a * may only be the whole first label" if wildcard else ""
         raise ValueError(
-            f"not a host name (labels of letters, digits and hyphens, joined by dots{star})"
+            f"not a host name (labels of letters, digits, hyphens and underscores, joined by "
+            f"dots{star})"
         )
     return normalized
 

@@ -722,19 +722,37 @@ class UnusableConfigurationTests(SynchronousTestCase):
         """
         for domain, words in (
             ("*.example.com", "is not a domain: write .example.com for the subdomains of"),
-            ("bad domain", "is not a host name (labels of letters, digits and hyphens"),
+            ("bad domain", "is not a host name (labels of letters, digits, hyphens and"),
             ("@example.com", "is not a host name"),
             ("[example.com]", "is not a domain: not an address literal"),
+            ("[2001:db8::2]", "is not a domain: not an address literal"),
         ):
             self.assertIn(
                 f"twist smtpsvc: --domain: {domain!r} {words}",
                 builtRefusal(self, "--domain", domain, "--deliver", "discard"),
             )
-        policy = RelayPolicy(["Example.org", ".example.net", "[192.0.2.1]", "b\u00fccher.example"])
+        policy = RelayPolicy(
+            [
+                "Example.org",
+                ".example.net",
+                "[192.0.2.1]",
+                "b\u00fccher.example",
+                "[IPv6:2001:db8:0:0::1]",
+            ]
+        )
         self.assertEqual(
             (policy.domains, policy.suffixes),
-            ({"example.org", "[192.0.2.1]", "xn--bcher-kva.example"}, (".example.net",)),
+            (
+                {"example.org", "[192.0.2.1]", "xn--bcher-kva.example", "[ipv6:2001:db8::1]"},
+                (".example.net",),
+            ),
         )
+        # An address literal is ours however its address is written.
+        for address in ("u@[IPv6:2001:DB8::1]", "u@[ipv6:2001:db8:0::1]", "u@[192.0.2.1]"):
+            self.assertTrue(policy.isLocal(address), address)
+        self.assertFalse(policy.isLocal("u@[IPv6:2001:db8::2]"))
+        # Underscores are in real host names.
+        RelayPolicy(["mail_1.example.com"])
         path = writeConfig(self, 'domain = "*.example.org"\ndeliver = "discard"\n')
         self.assertIn(f"{path}: domain: '*.example.org'", builtRefusal(self, "--config", path))
 

@@ -63,6 +63,8 @@ class RelayPolicy:
             return address.lower() == "postmaster"
         if _ROUTING.intersection(local) or domain.endswith("."):
             return False
+        if domain.startswith("["):
+            return _literal(domain) in self.domains
         try:
             name = normalizeServerName(domain)
         except UnicodeError:
@@ -79,12 +81,11 @@ def _checkedDomain(domain: str) -> str:
     # A domain of the policy as isLocal compares it: a host name, .example.com for its
     # subdomains, or an address literal such as [192.0.2.1] (RFC 5321 section 4.1.3).
     text = domain.strip()
-    if text.startswith("[") and text.endswith("]"):
-        try:
-            ipaddress.ip_address(text[1:-1].removeprefix("IPv6:").removeprefix("ipv6:"))
-        except ValueError:
-            raise ValueError(f"{domain!r} is not a domain: not an address literal") from None
-        return normalizeServerName(text)
+    if text.startswith("["):
+        literal = _literal(text)
+        if literal is None:
+            raise ValueError(f"{domain!r} is not a domain: not an address literal")
+        return literal
     if text.startswith("*."):
         # The --sni syntax, which would match nothing here.
         raise ValueError(
@@ -95,3 +96,20 @@ def _checkedDomain(domain: str) -> str:
         return suffix + checkedHostName(text.removeprefix(suffix))
     except ValueError as e:
         raise ValueError(f"{domain!r} is {e}") from None
+
+
+def _literal(text: str) -> str | None:
+    # An address literal (RFC 5321 section 4.1.3) as the policy compares it, whichever
+    # way its address is written ([IPv6:2001:db8:0:0::1] is [ipv6:2001:db8::1]); None for
+    # one that is not: no closing bracket, not an address, an IPv6 one without its tag.
+    if not text.endswith("]"):
+        return None
+    inner = text[1:-1]
+    tagged = inner[:5].lower() == "ipv6:"
+    try:
+        address = ipaddress.ip_address(inner[5:] if tagged else inner)
+    except ValueError:
+        return None
+    if (address.version == 6) != tagged:
+        return None
+    return f"[ipv6:{address.compressed}]" if tagged else f"[{address}]"
