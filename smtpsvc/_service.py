@@ -22,7 +22,7 @@ from twisted.internet import fdesc, tcp
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReadDescriptor
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, eventFromJSON
@@ -260,9 +260,8 @@ class SMTPService(Service):
             master=master,
             pid=os.getpid(),
         )
-        # A stop signal may have asked for the stop already, in this turn of the loop.
-        with contextlib.suppress(ReactorNotRunning):
-            self.server.reactor.stop()
+        assert self._signals is not None
+        self._signals.stopNow()
 
     def _listen(self) -> None:
         if self._listening:
@@ -551,6 +550,16 @@ class SignalHandlers:
             self._reactor.callFromThread(self._stop, handler, number)
 
         return later
+
+    def stopNow(self) -> None:
+        """
+        Stop the reactor for a reason of the service's own (a worker's master has gone),
+        as a first stop signal would: unless a stop signal got there first, and so that
+        any that comes later is only logged.
+        """
+        if not self._stopping:
+            self._stopping = True
+            self._reactor.stop()
 
     def _stop(self, handler: Callable[[int, Any], object], number: int) -> None:
         # Decided in the loop, in the order the signals came: of two at once (SIGINT from

@@ -1484,6 +1484,10 @@ class FakeSignalReactor:
     def __init__(self) -> None:
         self.whenRunning: list[Callable[[], object]] = []
         self.fromThread: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+        self.stops = 0
+
+    def stop(self) -> None:
+        self.stops += 1
 
     def callWhenRunning(self, f: Callable[[], object]) -> None:
         self.whenRunning.append(f)
@@ -1580,6 +1584,31 @@ class SignalHandlersTests(SynchronousTestCase):
                 "Received SIGINT, already shutting down.",
             ],
         )
+        handlers.restore()
+
+    def test_stopNow(self) -> None:
+        """
+        A stop of the service's own (a worker whose master has gone) stops the reactor
+        once, as a first stop signal would: a stop signal after it is only logged, and
+        after a stop signal it asks for no second stop.
+        """
+        log = LogCapture(self)
+        handlers = SignalHandlers(self.reactor, self.reload)
+        handlers.install()
+        self.reactor.start()
+        handlers.stopNow()
+        self._signal(signal.SIGTERM)
+        self._runLoop()
+        self.assertEqual((self.seen, self.reactor.stops), ([], 1))
+        self.assertEqual(log.matching("already"), ["Received SIGTERM, already shutting down."])
+        handlers.restore()
+        handlers = SignalHandlers(self.reactor, self.reload)
+        handlers.install()
+        self.reactor.start()
+        self._signal(signal.SIGTERM)
+        self._runLoop()
+        handlers.stopNow()
+        self.assertEqual((self.seen, self.reactor.stops), ([("term", signal.SIGTERM)], 1))
         handlers.restore()
 
     def test_stopSignalsIgnoredWhileStopping(self) -> None:
