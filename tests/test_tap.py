@@ -1046,6 +1046,24 @@ class ConfigFileTests(SynchronousTestCase):
                 [reply] = replies + client.received()
                 self.assertEqual(reply.code == 235, user in users, (args, user))
 
+    def test_sniMerged(self) -> None:
+        """
+        sni is a table: --sni replaces the file's entry for its host, and leaves the
+        others; each certificate served is the one its source named.
+        """
+        path = self.write('[sni."a.example"]\ncert = "a.pem"\n[sni."b.example"]\ncert = "b.pem"\n')
+        pairs = {}
+        for name in ("a", "b", "c"):
+            pairs[name] = issue(f"{name}.example")
+            with open(os.path.join(os.path.dirname(path), f"{name}.pem"), "wb") as f:
+                f.write(pairs[name].cert + pairs[name].key)
+        cPath = os.path.join(os.path.dirname(path), "c.pem")
+        options = parse("--config", path, "--sni", f"b.example={cPath}", "--deliver", "discard")
+        sni = options.serverOptions()["sniOptions"]
+        self.assertEqual(sorted(sni), ["a.example", "b.example"])
+        self.assertEqual(sni["a.example"]["cert"], pairs["a"].cert + pairs["a"].key)
+        self.assertEqual(sni["b.example"]["cert"], pairs["c"].cert + pairs["c"].key)
+
     def test_portReplacesListen(self) -> None:
         """
         --port N is --listen tcp:N: either on the command line replaces the file's listen
