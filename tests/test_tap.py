@@ -662,6 +662,7 @@ class UnusableConfigurationTests(SynchronousTestCase):
             (auth, 4),
             ((*auth, "--needs-upgrade"), 4),
             ((*insecure, "--auth-methods", "LOGIN,CRAM-MD5"), 3),
+            ((*auth, "--auth-methods", "LOGIN,CRAM-MD5"), 5),
         ):
             self.assertIn(
                 f"{flag} must be at least {least} while AUTH is required, not {least - 1}",
