@@ -1060,7 +1060,7 @@ class ConfigFileTests(SynchronousTestCase):
                 f.write(pairs[name].cert + pairs[name].key)
         cPath = os.path.join(os.path.dirname(path), "c.pem")
         options = parse("--config", path, "--sni", f"b.example={cPath}", "--deliver", "discard")
-        sni = options.serverOptions()["sniOptions"]
+        sni: Any = options.serverOptions()["sniOptions"]
         self.assertEqual(sorted(sni), ["a.example", "b.example"])
         self.assertEqual(sni["a.example"]["cert"], pairs["a"].cert + pairs["a"].key)
         self.assertEqual(sni["b.example"]["cert"], pairs["c"].cert + pairs["c"].key)
