@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Final
 
-from ._core._states import COMMANDS
+from ._core._states import COMMANDS, NOT_IMPLEMENTED
 
 #: The ways the DATA decoder can treat a bare CR or a bare LF inside a message.
 BARE_LINE_ENDING_POLICIES: Final = ("normalize", "reject", "pass")
@@ -28,11 +28,9 @@ BARE_LINE_ENDING_POLICIES: Final = ("normalize", "reject", "pass")
 AUTH_MECHANISMS: Final = ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER")
 #: TLS versions by the names the reference (and Node) uses.
 TLS_VERSIONS: Final = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
-#: The commands RFC 5321 names that smtpsvc never carries out (502), and RFC 1985's ETRN:
-#: listing them in disabledCommands changes nothing, but is no mistake either.
-NOT_IMPLEMENTED_COMMANDS: Final = frozenset(("EXPN", "TURN", "SEND", "SOML", "SAML", "ETRN"))
-#: The names disabledCommands may list: the commands the state machine knows, and those.
-DISABLEABLE_COMMANDS: Final = COMMANDS | NOT_IMPLEMENTED_COMMANDS
+#: The names disabledCommands may list: the commands the state machine knows, and those it
+#: never carries out (listing them changes nothing, but is no mistake either).
+DISABLEABLE_COMMANDS: Final = COMMANDS | NOT_IMPLEMENTED
 #: Twisted's log levels, by name, least severe first.
 LOG_LEVELS: Final = ("debug", "info", "warn", "error", "critical")
 

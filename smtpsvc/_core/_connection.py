@@ -44,7 +44,7 @@ from ._sasl import (
     oauthErrorDetail,
 )
 from ._session import Address, Envelope, EnvelopeDSN, RecipientDSN, Session, TLSInfo
-from ._states import COMMANDS, State, needsHello, transition
+from ._states import COMMANDS, NOT_IMPLEMENTED, State, needsHello, transition
 from ._throttle import FailureBudget
 from ._xclient import (
     XCLIENT_ATTRIBUTES,
@@ -177,9 +177,6 @@ _HANG_UP: Final = frozenset((421, 521))
 _GROUP_ENDS: Final = frozenset(
     (b"EHLO", b"HELO", b"LHLO", b"DATA", b"NOOP", b"VRFY", b"EXPN", b"TURN", b"QUIT", b"STARTTLS")
 )
-# Commands of RFC 5321 (and RFC 821, RFC 1985) that are known but not implemented: 502,
-# as for a command switched off, where an unknown one gets 500 (section 4.2.4).
-_NOT_IMPLEMENTED: Final = frozenset(("EXPN", "TURN", "SEND", "SOML", "SAML", "ETRN"))
 _ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;.+\Z", re.DOTALL)
 # bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ], chunk-size = 1*DIGIT (RFC 3030).
 _BDAT: Final = re.compile(r"([0-9]+)(?: (LAST))?\Z", re.IGNORECASE)
@@ -496,7 +493,7 @@ class ServerConnection:
         # test holds them equal).
         options = self._options
         if verb not in COMMANDS or (verb == "LHLO" and not options.lmtp):
-            return R.NOT_IMPLEMENTED if verb in _NOT_IMPLEMENTED else R.UNRECOGNIZED
+            return R.NOT_IMPLEMENTED if verb in NOT_IMPLEMENTED else R.UNRECOGNIZED
         # LMTP's LHLO is EHLO for the purpose of disabling it (as in the reference), and
         # disabling it by its own name does the same.
         disabled = options.disabledCommands

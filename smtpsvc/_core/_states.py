@@ -83,6 +83,10 @@ COMMANDS: Final = frozenset(
     }
 )
 
+#: Commands of RFC 5321 (and RFC 821, RFC 1985's ETRN) that are known but never carried
+#: out: 502, as for a command switched off, where an unknown one gets 500 (section 4.2.4).
+NOT_IMPLEMENTED: Final = frozenset(("EXPN", "TURN", "SEND", "SOML", "SAML", "ETRN"))
+
 # The states in which commands are read.
 _IDLE: Final = (GREETED, READY, MAIL, RCPT, CHUNKS)
 
