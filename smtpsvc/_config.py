@@ -327,14 +327,7 @@ def _parsed(spec: OptionSpec, value: Any, source: str) -> Any:
     if isinstance(value, str) and unsettable(spec) and value.strip().lower() in UNSET_WORDS:
         return None
     if kind in ("int", "int | None"):
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise wrong("a whole number") from None
-        # TOML's true is a Python int, and 1.5 is not a whole number.
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong("a whole number")
+        value = wholeNumber(value, source, f"a whole number{orUnset}")
     elif kind in ("float", "float | None"):
         if isinstance(value, str):
             try:
