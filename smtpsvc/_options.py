@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Final
 
+from ._core._grammar import aLabels
 from ._core._states import COMMANDS, NOT_IMPLEMENTED
 
 #: The ways the DATA decoder can treat a bare CR or a bare LF inside a message.
@@ -541,13 +542,9 @@ def _networks(name: str, value: Iterable[object]) -> bool | tuple[str, ...]:
 
 
 def _aLabels(name: str) -> str:
-    # An internationalised host name with each label that is not ASCII as its A-label
-    # (xn--...).
+    # The name option, internationalised, as A-labels (xn--...).
     try:
-        return ".".join(
-            label if label.isascii() else label.encode("idna").decode("ascii")
-            for label in name.split(".")
-        )
+        return aLabels(name)
     except UnicodeError as e:
         raise ValueError(
             f"option name must be a host name, and {name!r} has no A-label form (IDNA): {e}"

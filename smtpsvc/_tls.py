@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ._core._grammar import aLabels
 from ._core._session import TLSInfo
 
 _log = Logger(namespace="smtpsvc.tls")
@@ -205,15 +206,7 @@ def normalizeServerName(name: str) -> str:
     """
     A host name as SNI sends it: lower case, A-labels, no trailing dot.
     """
-    name = name.strip().rstrip(".").lower()
-    if not name.isascii():
-        labels = []
-        for label in name.split("."):
-            labels.append(
-                label if label.isascii() or label == "*" else label.encode("idna").decode("ascii")
-            )
-        name = ".".join(labels)
-    return name
+    return aLabels(name.strip().rstrip(".").lower())
 
 
 # A label of a host name: letters, digits and hyphens, neither first nor last, at most 63

@@ -416,5 +416,19 @@ def isValidHeloName(name: str) -> bool:
     )
 
 
+def aLabels(name: str) -> str:
+    """
+    A host name with each label that is not ASCII as its A-label (C{xn--...}, IDNA).
+
+    @raise UnicodeError: for a label that has no A-label form.
+    """
+    if name.isascii():
+        return name
+    return ".".join(
+        label if label.isascii() else label.encode("idna").decode("ascii")
+        for label in name.split(".")
+    )
+
+
 _HELO_BAD: Final = re.compile(r'[\s<>()"\\;,@]')
 _HELO_MAX: Final = 255
