@@ -128,6 +128,20 @@ def codes(replies: Sequence[ServerReply]) -> list[int]:
     return [reply.code for reply in replies]
 
 
+def finishAndQuit(
+    client: RawClient, body: bytes, within: float
+) -> tuple[ServerReply, list[ServerReply]]:
+    """
+    Send the rest of C{body}, of which C{client} sent the first half after DATA, then
+    QUIT: the reply to the message, and what came after it until the server closed (in
+    C{within} seconds).
+    """
+    client.send(stuff(body)[len(body) // 2 :])
+    done = client.readReply()
+    client.send(b"QUIT\r\n")
+    return done, client.readUntilClosed(within)
+
+
 class ConfigurationFileTests(E2ETestCase):
     """
     C{twist smtpsvc --config FILE}: the file's options with flags over them, delivery into
@@ -617,13 +631,7 @@ class ShutdownTests(E2ETestCase):
         await process.waitForOutput(re.compile(rb"Server closing with 2 connection\(s\)"))
         self.assertFalse(process.ended)
 
-        def finish() -> tuple[ServerReply, list[ServerReply]]:
-            busy.send(stuff(body)[len(body) // 2 :])
-            done = busy.readReply()
-            busy.send(b"QUIT\r\n")
-            return done, busy.readUntilClosed(CLOSE_TIMEOUT)
-
-        done, after = await deferToThread(finish)
+        done, after = await deferToThread(finishAndQuit, busy, body, CLOSE_TIMEOUT)
         self.assertEqual(done.code, 250)
         self.assertIn(codes(after), [[221], [421]])
         await process.waitForExit(CLOSE_TIMEOUT + EXIT_MARGIN)
@@ -990,13 +998,7 @@ class WorkerTests(E2ETestCase):
             )
         await until(lambda: refused(port), SIGNAL_TIMEOUT, "new connections refused")
 
-        def finish() -> tuple[ServerReply, list[ServerReply]]:
-            busy.send(stuff(body)[len(body) // 2 :])
-            done = busy.readReply()
-            busy.send(b"QUIT\r\n")
-            return done, busy.readUntilClosed(SOCKET_TIMEOUT)
-
-        done, after = await deferToThread(finish)
+        done, after = await deferToThread(finishAndQuit, busy, body, SOCKET_TIMEOUT)
         self.assertEqual(done.code, 250)
         self.assertIn(codes(after), [[221], [421]])
         await until(
