@@ -18,6 +18,7 @@ from typing import Any, Final
 from twisted.application.service import Service
 from twisted.cred import strcred
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.internet import fdesc, tcp
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.address import UNIXAddress
@@ -44,7 +45,7 @@ from ._options import ServerOptions
 from ._reactor import reactorOr
 from ._server import ABORT_DELAY, HANDLER_GRACE, HOOKS, SMTPServer, listenerKind
 from ._tls import settingsFrom, warnTLSProblems
-from .cred import PortalAuthHandler
+from .cred import IBearerToken, PortalAuthHandler
 
 _log = Logger(namespace="smtpsvc.service")
 
@@ -62,6 +63,11 @@ def _bytesUsers(checker: Any) -> Any:
     return checker
 
 
+#: What the service's checkers may verify: passwords (PLAIN, LOGIN), CRAM-MD5, bearer
+#: tokens (XOAUTH2, OAUTHBEARER).
+AUTH_INTERFACES: Final = (IUsernamePassword, IUsernameHashedPassword, IBearerToken)
+
+
 def checkersFor(descriptions: Sequence[str], source: str = "--auth") -> list[Any]:
     """
     The cred checkers for C{--auth} descriptions (C{memory:alice:secret},
@@ -70,7 +76,8 @@ def checkersFor(descriptions: Sequence[str], source: str = "--auth") -> list[Any
     @param source: how to name them in an error (C{--auth}, or the file's key).
     @raise ConfigurationError: for a description cred cannot make a checker of, or one
         that nobody could ever log in with: a password file that cannot be read (cred's
-        C{file:} only prints a warning), C{memory} without users.
+        C{file:} only prints a warning), C{memory} without users, a checker of neither
+        passwords nor bearer tokens (C{anonymous}).
     """
     checkers = []
     for description in descriptions:
@@ -96,6 +103,10 @@ def checkersFor(descriptions: Sequence[str], source: str = "--auth") -> list[Any
             raise ConfigurationError(
                 f"{named}: no users, so nobody could log in; expected "
                 "memory:USER:PASSWORD[:USER:PASSWORD...]"
+            )
+        if not set(checker.credentialInterfaces) & set(AUTH_INTERFACES):
+            raise ConfigurationError(
+                f"{named}: its checker verifies neither passwords nor bearer tokens"
             )
         checkers.append(checker)
     return checkers
@@ -128,22 +139,15 @@ def loadHandler(spec: str) -> object:
     return found
 
 
-def buildServer(
-    config: ServiceConfig, reactor: Any = None, checkers: Sequence[Any] = ()
-) -> SMTPServer:
+def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
     """
     The server a service configuration describes.
-
-    @param checkers: cred checkers already made (from C{--auth} on the command line);
-        the file's C{auth} descriptions are added to them.
     """
     from .handlers.maildir import MaildirDelivery
     from .handlers.relay import RelayPolicy
 
     serverOptions = config.resolvedServerOptions()
-    allCheckers = [_bytesUsers(c) for c in checkers] + checkersFor(
-        config.auth, config.origin("auth")
-    )
+    allCheckers = checkersFor(config.auth, config.origin("auth"))
     authentication: PortalAuthHandler | None = None
     if allCheckers:
         # AUTH is offered, and required unless --auth-optional, with the mechanisms

@@ -20,7 +20,6 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.cred import strcred
-from twisted.cred.credentials import IUsernameHashedPassword, IUsernamePassword
 from twisted.logger import LogLevel
 from twisted.python import usage
 
@@ -39,7 +38,7 @@ from ._config import (
 )
 from ._options import OptionSpec, ServerOptions, optionSpecs
 from ._server import SMTPServer
-from ._service import SMTPService, WorkerMaster, checkersFor
+from ._service import AUTH_INTERFACES, SMTPService, WorkerMaster, checkersFor
 from ._service import buildServer as _buildServer
 from ._tls import (
     ServerTLS,
@@ -48,7 +47,6 @@ from ._tls import (
     warnDevelopment,
     warnTLSProblems,
 )
-from .cred import IBearerToken
 from .handlers.maildir import DEFAULT_MIN_FREE
 
 __all__ = ["ConfigurationError", "Options", "buildServer", "makeService"]
@@ -90,8 +88,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     @ivar argv: the arguments as given (for worker processes).
     """
 
-    # What --auth checkers may verify: passwords (PLAIN, LOGIN), CRAM-MD5, bearer tokens.
-    supportedInterfaces = (IUsernamePassword, IUsernameHashedPassword, IBearerToken)
+    # What --auth checkers may verify (for --help-auth's list of sources).
+    supportedInterfaces = AUTH_INTERFACES
 
     synopsis = "[options]"
     longdesc = (
@@ -143,6 +141,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "port": [],
             "deliver": [],
             "domain": [],
+            "auth": [],
             "sni": {},
         }
         self.inherited: list[tuple[int, bool | None]] = []
@@ -207,15 +206,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         unless --auth-optional
         """
         # strcred's own opt_auth answers a mistake with the usage text and status 64;
-        # the service's is one line and status 1, as from the file.
-        for checker in checkersFor([description]):
-            try:
-                self.addChecker(checker)  # type: ignore[no-untyped-call]
-            except strcred.UnsupportedInterfaces as e:
-                raise ConfigurationError(
-                    f"--auth {description}: its checker verifies neither passwords nor "
-                    "bearer tokens"
-                ) from e
+        # the service's is one line and status 1, as from the file.  Checked now, made
+        # with the file's (which these replace) when the server is built.
+        checkersFor([description])
+        self.lists["auth"].append(description)
 
     def opt_inherit(self, spec: str) -> None:
         """
@@ -263,10 +257,6 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             given["workers"] = self["workers"]
         if self["maildir-min-free"] is not None:
             given["maildirMinFree"] = self["maildir-min-free"]
-        if self.get("credCheckers"):
-            # --auth on the command line replaces the file's auth list, as every
-            # repeatable flag replaces the file's list (its checkers are made already).
-            file = {key: value for key, value in file.items() if key != "auth"}
         config = resolve(given, self.lists, file, path or "")
         if self.inherited:
             # A worker of --workers: serve on the parent's sockets, start no workers.
@@ -303,7 +293,7 @@ def buildServer(options: Options, reactor: Any = None) -> SMTPServer:
     """
     The server the command line (and its file) describes.
     """
-    return _buildServer(options.config, reactor, options.get("credCheckers", []))
+    return _buildServer(options.config, reactor)
 
 
 def makeService(options: Options) -> IService:

@@ -781,7 +781,8 @@ class UnusableConfigurationTests(SynchronousTestCase):
     def test_auth(self) -> None:
         """
         An --auth source nobody could log in with (a password file that cannot be read,
-        memory without users) is refused, and so is one cred cannot make; each is one
+        memory without users, a checker of neither passwords nor tokens) is refused, from
+        the command line and from the file alike, and so is one cred cannot make; each is one
         line with status 1, as from the file, not usage text.
         """
         missing = os.path.abspath(self.mktemp())
@@ -796,13 +797,17 @@ class UnusableConfigurationTests(SynchronousTestCase):
             ),
             ("memory:alice", "argstring must be in format U:P:..."),
             ("bogus", "unknown source 'bogus' (twist smtpsvc --help-auth lists them)"),
+            ("anonymous", "its checker verifies neither passwords nor bearer tokens"),
         ):
             self.assertEqual(
                 refusal(self, "--auth", description),
                 f"twist smtpsvc: --auth {description}: {words}",
             )
-        path = writeConfig(self, 'auth = "memory"\ndeliver = "discard"\n')
-        self.assertIn(f"{path}: auth memory: no users", builtRefusal(self, "--config", path))
+        for description, words in (("memory", "no users"), ("anonymous", "its checker")):
+            path = writeConfig(self, f'auth = "{description}"\ndeliver = "discard"\n')
+            self.assertIn(
+                f"{path}: auth {description}: {words}", builtRefusal(self, "--config", path)
+            )
 
 
 class MaildirMinFreeTests(SynchronousTestCase):
@@ -1036,7 +1041,7 @@ class ConfigFileTests(SynchronousTestCase):
         path = self.write('auth = ["memory:bob:bobs"]\ndeliver = ["discard"]\n')
         for args, users in (((), {"bob"}), (("--auth", "memory:alice:secret"), {"alice"})):
             options = parse("--config", path, "--allow-insecure-auth", *args)
-            self.assertEqual(options.config.auth, ["memory:bob:bobs"] if not args else [], args)
+            self.assertEqual(options.config.auth, list(args[1:]) or ["memory:bob:bobs"], args)
             server = tap.buildServer(options, reactor=Clock())
             for user, password in (("alice", "secret"), ("bob", "bobs")):
                 client = MemoryClient(server)
