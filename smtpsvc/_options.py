@@ -175,6 +175,17 @@ class ServerOptions:
         "start a message gets under ``minDataRate``; 0 turns all three off.",
         group="limits",
     )
+    handlerTimeout: float = _option(
+        300.0,
+        "Seconds the client may wait for the handlers' answer (to the connection, to a "
+        "command they check, to a message whose end has come) before it gets ``421 Handler "
+        "timeout - closing connection`` and is disconnected, whatever the handlers "
+        "answer later.  The message is not accepted, so the client sends it again, even if "
+        "a handler stored it in the meantime.  Five minutes is RFC 5321's least wait of a "
+        "client for a reply (section 4.5.3.2) and Postfix's ``milter_content_timeout``; 0 "
+        "turns the limit off.",
+        group="limits",
+    )
     closeTimeout: float = _option(
         30.0,
         "Seconds :meth:`SMTPServer.close` waits for clients in a transaction before closing "

@@ -448,6 +448,7 @@ class SMTPProtocol(LineReceiver):
         "_goodbyeAfterReply",
         "_greetCall",
         "_greeted",
+        "_handlerCall",
         "_handlerPending",
         "_handshakes",
         "_lastActivity",
@@ -538,6 +539,8 @@ class SMTPProtocol(LineReceiver):
         self._turnCall: IDelayedCall | None = None
         self._abortCall: IDelayedCall | None = None
         self._delayCall: IDelayedCall | None = None
+        # Due when the handlers the client waits for have had handlerTimeout seconds.
+        self._handlerCall: IDelayedCall | None = None
         self._tlsPending = False
         self._handshakes = 0
         self._proxyParser: ProxyHeaderParser | None = None
@@ -716,12 +719,14 @@ class SMTPProtocol(LineReceiver):
         result = callChain(calls, "onConnect", self._core.session)
         if isinstance(result, Deferred):
             self._handlerPending = True
+            self._awaitHandlers()
             result.addCallback(self._greeting)
         else:
             self._greeting(result)
 
     def _greeting(self, error: SMTPError | None) -> None:
         self._handlerPending = False
+        self._handlersAnswered()
         if self._closed:
             return
         if error is not None:
@@ -750,11 +755,12 @@ class SMTPProtocol(LineReceiver):
             self._abortCall,
             self._delayCall,
             self._proxyCall,
+            self._handlerCall,
         ):
             if call is not None and call.active():
                 call.cancel()
         self._timeoutCall = self._greetCall = self._turnCall = None
-        self._abortCall = self._delayCall = self._proxyCall = None
+        self._abortCall = self._delayCall = self._proxyCall = self._handlerCall = None
         self._abortData()
         session = self._core.session
         if self._tlsPending:
@@ -1140,6 +1146,9 @@ class SMTPProtocol(LineReceiver):
             self._buffer, self._pos = rest, 0
             self._pause("data")
             transaction.end()
+            if self._data is transaction:
+                # Not answered at once: the client waits for the data handlers.
+                self._awaitHandlers()
 
     # -- carrying out actions --------------------------------------------------------------
 
@@ -1227,15 +1236,44 @@ class SMTPProtocol(LineReceiver):
         @return: what to call with the answer: it calls C{answered}, then reads on.
         """
         self._handlerPending = True
+        self._awaitHandlers()
         self._pause("handler")
 
         def resume(answer: _T) -> None:
             self._handlerPending = False
+            self._handlersAnswered()
             if not self._closed:
                 answered(answer)
             self._resume("handler")
 
         return resume
+
+    def _awaitHandlers(self) -> None:
+        # The client now waits for the handlers' answer: for handlerTimeout seconds at
+        # most (only when the answer did not come at once, so that the common case costs
+        # no timer).
+        timeout = self._options.handlerTimeout
+        if timeout and self._handlerCall is None and not self._closed:
+            self._handlerCall = self._reactor.callLater(timeout, self._handlersTimedOut)
+
+    def _handlersAnswered(self) -> None:
+        call, self._handlerCall = self._handlerCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _handlersTimedOut(self) -> None:
+        self._handlerCall = None
+        if self._closed:
+            return
+        self._log.warn(
+            "Closing connection: handlers did not answer within {timeout} s",
+            sessionId=self._core.session.id,
+            timeout=self._options.handlerTimeout,
+        )
+        # The goodbye first, as in _checkIdle; the handlers' late answer finds the
+        # connection closed (and the message, if any, aborted) and is dropped.
+        self._perform(self._core.handlersTimedOut())
+        self._abortData("the handlers did not answer in time", "timed out")
 
     def _sendLater(self, send: Send) -> None:
         # A failed AUTH's reply waits, and so does everything after it.
@@ -1468,6 +1506,8 @@ class SMTPProtocol(LineReceiver):
             transaction.write(decoder.end())
             self._pause("data")
             transaction.end(early=not chunk.last)
+            if self._data is transaction:
+                self._awaitHandlers()
         else:
             self._perform(self._core.chunkDone(chunk.size))
 
@@ -1486,6 +1526,7 @@ class SMTPProtocol(LineReceiver):
             return
         self._data = None
         self._rateStarted = None
+        self._handlersAnswered()
         decoder = transaction.decoder
         answers = [answer for answer in transaction.answers if answer is not None]
         session = self._core.session

@@ -544,6 +544,55 @@ class SocketTimeoutTests(E2ETestCase):
         self.assertLess(waited, 4.0)
 
 
+@implementer(IDataHandler)
+class _ReadsThenHangs:
+    """
+    Reads each message, then answers only when the test fires C{gate}.
+    """
+
+    def __init__(self) -> None:
+        self.gate: Deferred[None] = Deferred()
+        self.messages: list[bytes] = []
+
+    async def onData(self, stream: IMessageStream, session: SMTPSession) -> None:
+        self.messages.append(await readMessage(stream))
+        await self.gate
+
+
+class HandlerTimeoutTests(E2ETestCase):
+    """
+    A client is not kept waiting for ever by a handler that does not answer.
+    """
+
+    async def test_hungDataHandler(self) -> None:
+        """
+        With handlerTimeout=1, smtplib's message, whose data handler never answers, gets
+        421 4.3.0 after about a second instead of a 250, and the connection closes; the
+        handler's answer, when it comes, changes nothing.
+        """
+        handler = _ReadsThenHangs()
+        _, port = await startLocal(self, [handler], handlerTimeout=1, socketTimeout=0)
+
+        def send() -> tuple[smtplib.SMTPDataError, float]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                started = time.monotonic()
+                try:
+                    c.sendmail(SENDER, [SENDER], b"Subject: x\r\n\r\nbody\r\n")
+                except smtplib.SMTPDataError as e:
+                    return e, time.monotonic() - started
+                raise AssertionError("the message was accepted")
+
+        error, waited = await deferToThread(send)
+        handler.gate.callback(None)
+        self.assertEqual(
+            (error.smtp_code, error.smtp_error),
+            (421, b"4.3.0 Handler timeout - closing connection"),
+        )
+        self.assertEqual(handler.messages, [b"Subject: x\r\n\r\nbody\r\n"])
+        self.assertGreater(waited, 0.8)
+        self.assertLess(waited, 4.0)
+
+
 # -- command limits ---------------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ from . import smuggling
 from .e2e_support import ROOT, LogCapture
 from .protocol_support import (
     NAME,
+    Later,
     LateReader,
     codes,
     connect,
@@ -1914,6 +1915,130 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         self.assertFalse(client.closed)
         client.clock.advance(1)
         self.assertEqual(first(client.received()), "421 Timeout - closing connection")
+
+    def test_handlerTimeoutOnCommand(self) -> None:
+        """
+        A handler that has not answered a command within handlerTimeout seconds gets its
+        client C{421} and a closed connection, and a warning logged; its late
+        answer is dropped, and nothing the client pipelined after is read.  An answer
+        in time stops the clock: the next wait has a whole timeout again.
+        """
+        log = LogCapture(self)
+
+        @implementer(IRcptToHandler)
+        class Hung(Later[None]):
+            def onRcptTo(self, address: Address, session: Session) -> Deferred[None]:
+                return self.later()
+
+        handler = Hung()
+        client = connect(handler, socketTimeout=0, handlerTimeout=30)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(client.send("RCPT TO:<c@d.example>"), [])
+        client.clock.advance(29)
+        handler.pending.pop().callback(None)
+        self.assertEqual(codes(client.received()), [250])
+        self.assertEqual(client.clock.getDelayedCalls(), [])
+        self.assertEqual(client.send("RCPT TO:<e@f.example>", "NOOP"), [])
+        client.clock.advance(29)
+        self.assertFalse(client.closed)
+        client.clock.advance(1)
+        self.assertEqual(wires(client.received()), ["421 Handler timeout - closing connection"])
+        self.assertTrue(client.closed)
+        handler.pending.pop().callback(None)
+        self.assertEqual(client.received(), [])
+        self.assertEqual(len(log.matching("handlers did not answer within 30 s")), 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_handlerTimeoutAfterFinalDot(self) -> None:
+        """
+        Data handlers that have not answered a message handlerTimeout seconds after its
+        end (the final dot, or the last BDAT chunk): the client gets C{421} (not a 250,
+        so it sends the message again) and is disconnected; the transaction is logged as
+        timed out, and the handlers' late answer is dropped.  In LMTP too, with one
+        reply for all the recipients.
+        """
+        for lmtp, message in ((False, b"DATA"), (True, b"DATA"), (False, b"BDAT")):
+            log = LogCapture(self)
+
+            @implementer(IDataHandler)
+            class Hung(Later[None]):
+                async def onData(self, stream: IMessageStream, session: Session) -> None:
+                    await readMessage(stream)
+                    await self.later()
+
+            handler = Hung()
+            client = connect(
+                handler, socketTimeout=0, handlerTimeout=60, lmtp=lmtp, clientName="c.example"
+            )
+            client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "RCPT TO:<e@d.example>")
+            if message == b"DATA":
+                self.assertEqual(codes(client.send("DATA")), [354])
+                self.assertEqual(client.write(b"x\r\n.\r\n"), [])
+            else:
+                self.assertEqual(client.write(b"BDAT 3 LAST\r\nx\r\n"), [])
+            client.clock.advance(59)
+            self.assertEqual(client.received(), [], message)
+            client.clock.advance(1)
+            self.assertEqual(
+                wires(client.received()),
+                [
+                    "421 4.3.0 Handler timeout - closing connection"
+                    if lmtp
+                    else "421 Handler timeout - closing connection"
+                ],
+                (lmtp, message),
+            )
+            self.assertTrue(client.closed)
+            handler.pending.pop().callback(None)
+            self.assertEqual(client.received(), [])
+            [line] = [e for e in log.events if e.get("event") == "transaction"]
+            self.assertEqual(line["result"], "timed out")
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_handlerTimeoutBeforeGreeting(self) -> None:
+        """
+        Connect handlers that do not answer within handlerTimeout: 421 instead of the
+        greeting.
+        """
+
+        @implementer(IConnectHandler)
+        class Hung(Later[None]):
+            def onConnect(self, session: Session) -> Deferred[None]:
+                return self.later()
+
+        handler = Hung()
+        server = makeServer([handler], handlerTimeout=5, socketTimeout=0)
+        client = MemoryClient(server)
+        self.assertEqual(client.received(), [])
+        client.clock.advance(5)
+        self.assertEqual(wires(client.received()), ["421 Handler timeout - closing connection"])
+        self.assertTrue(client.closed)
+        handler.pending.pop().callback(None)
+        self.assertEqual(client.received(), [])
+
+    def test_handlerTimeoutCostsNoTimerWhenAnsweredAtOnce(self) -> None:
+        """
+        Handlers that answer at once start no timer; with handlerTimeout 0, handlers may
+        take as long as they like.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder, socketTimeout=0, clientName="c.example")
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.assertEqual(codes(client.write(b"x\r\n.\r\n")), [250])
+        self.assertEqual(client.clock.getDelayedCalls(), [])
+
+        @implementer(IMailFromHandler)
+        class Slow(Later[None]):
+            def onMailFrom(self, address: Address, session: Session) -> Deferred[None]:
+                return self.later()
+
+        handler = Slow()
+        client = connect(handler, socketTimeout=0, handlerTimeout=0, clientName="c.example")
+        self.assertEqual(client.send("MAIL FROM:<a@b.example>"), [])
+        client.clock.advance(86400)
+        handler.pending.pop().callback(None)
+        self.assertEqual(codes(client.received()), [250])
 
     def test_timeoutMidDataAbortsMessage(self) -> None:
         """

@@ -385,6 +385,13 @@ class ServerConnection:
         """
         return self._send(R.TIMEOUT)
 
+    def handlersTimedOut(self) -> Send:
+        """
+        The reply when the handlers have not answered within C{handlerTimeout} seconds;
+        the connection closes after it.
+        """
+        return self._send(R.HANDLER_TIMEOUT)
+
     def shutDown(self) -> Send:
         """
         The reply sent when the server closes a connection on shutdown.

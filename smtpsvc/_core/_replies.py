@@ -171,6 +171,7 @@ HTTP_REFUSED: Final = reply(421, "HTTP requests not allowed", "4.4.2")
 TOO_MANY_UNRECOGNIZED: Final = reply(421, "Error: too many unrecognized commands", "4.7.0")
 TOO_MANY_UNAUTHENTICATED: Final = reply(421, "Error: too many unauthenticated commands", "4.4.2")
 TIMEOUT: Final = reply(421, "Timeout - closing connection", "4.4.2")
+HANDLER_TIMEOUT: Final = reply(421, "Handler timeout - closing connection", "4.3.0")
 # RFC 3463 4.3.2 "system not accepting network messages"; the reference says 4.4.2.
 SHUTTING_DOWN: Final = reply(421, "Server shutting down", "4.3.2")
 
