@@ -178,6 +178,25 @@ class ServiceConfig:
             return SERVICE_KEYS[name]
         return flagOf(next(spec for spec in optionSpecs() if spec.name == name))
 
+    def entry(self, key: str, value: str) -> str:
+        """
+        How to name C{value}, one entry of the repeatable key C{key}, in an error: the
+        flag and the value (C{--deliver smtp:tcp:...}), or the file, its key and the value.
+        """
+        return f"{self.origin(key)} {value}"
+
+    def listener(self, description: str, secure: bool | None) -> str:
+        """
+        How to name a listener of L{listeners} in an error, by the flag or file key that
+        gave it (C{--listen}, C{--listen-tls}, and C{--port} or C{port}, which give
+        C{tcp:PORT} listeners).
+        """
+        if secure:
+            return self.entry("listenTLS", description)
+        if "listen" not in self.sources and "port" in self.sources:
+            return self.entry("port", description)
+        return self.entry("listen", description)
+
     def listeners(self) -> list[tuple[str, bool | None]]:
         """
         Each endpoint to listen on, and whether TLS starts at once on it: L{True} for
@@ -626,7 +645,7 @@ def checkUsable(options: ServerOptions, config: ServiceConfig) -> None:
             f"{name('disabledCommands')} turns off DATA and BDAT, without which no client can "
             "send a message"
         )
-    listeners = [(f"{listenFlag(secure)} {d}", secure) for d, secure in config.listeners()]
+    listeners = [(config.listener(d, secure), secure) for d, secure in config.listeners()]
     listeners += [(f"--inherit {fd}:plain", secure) for fd, secure in config.inherited]
     clear = [where for where, secure in listeners if not (options.secure or secure)]
     starttls = "STARTTLS" not in disabled
@@ -684,31 +703,19 @@ def withListenBacklog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
     return f"{description}:backlog={backlog}"
 
 
-def listenFlag(secure: bool | None) -> str:
-    """
-    The flag that gives a listener: C{--listen-tls} for one where TLS starts at once
-    whatever the C{secure} option says (L{True}), else C{--listen}.
-    """
-    return "--listen-tls" if secure else "--listen"
-
-
-def listenEndpoint(
-    reactor: Any, description: str, secure: bool | None = None
-) -> IStreamServerEndpoint:
+def listenEndpoint(reactor: Any, description: str, source: str) -> IStreamServerEndpoint:
     """
     The endpoint the service listens on for C{description} (with the service's
     backlog, see L{withListenBacklog}), or a L{ConfigurationError} naming it.
 
-    @param secure: as in L{ServiceConfig.listeners}, to name the flag that gave it.
+    @param source: how to name it in an error (L{ServiceConfig.listener}).
     """
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, withListenBacklog(description))
     except Exception as e:
         # Each kind of endpoint has its own parser (a plugin's, perhaps), and what they
         # raise for a bad string ranges from ValueError to IndexError.
-        raise ConfigurationError(
-            f"{listenFlag(secure)} {description}: {endpointProblem(e, description)}"
-        ) from e
+        raise ConfigurationError(f"{source}: {endpointProblem(e, description)}") from e
     return endpoint
 
 
@@ -762,7 +769,7 @@ def checkListeners(config: ServiceConfig) -> None:
     """
     for description, secure in config.listeners():
         # Parsing uses no reactor: the endpoint is only made, never listened on.
-        listenEndpoint(object(), description, secure)
+        listenEndpoint(object(), description, config.listener(description, secure))
 
 
 def checkSocketDirectories(config: ServiceConfig) -> None:
@@ -780,7 +787,7 @@ def checkSocketDirectories(config: ServiceConfig) -> None:
             directory = os.path.dirname(os.path.abspath(path))
             if not path.startswith(("\0", "@")) and not os.path.isdir(directory):
                 raise ConfigurationError(
-                    f"{listenFlag(secure)} {description}: no directory {directory}"
+                    f"{config.listener(description, secure)}: no directory {directory}"
                 )
 
 

@@ -112,20 +112,23 @@ def checkersFor(descriptions: Sequence[str], source: str = "--auth") -> list[Any
     return checkers
 
 
-def loadHandler(spec: str) -> object:
+def loadHandler(spec: str, source: str | None = None) -> object:
     """
     The handler named by C{package.module:name}: the object itself if it provides one of
     smtpsvc's interfaces, or what calling it with no arguments returns.
+
+    @param source: how to name it in an error (C{--deliver python:SPEC} unless given).
     """
+    named = source or f"--deliver python:{spec}"
     module, colon, name = spec.rpartition(":")
     if not colon or not module or not name:
-        raise ConfigurationError(f"--deliver python:{spec}: expected python:MODULE:NAME")
+        raise ConfigurationError(f"{named}: expected python:MODULE:NAME")
     try:
         found = getattr(importlib.import_module(module), name)
     except ImportError as e:
-        raise ConfigurationError(f"--deliver python:{spec}: cannot import {module}: {e}") from e
+        raise ConfigurationError(f"{named}: cannot import {module}: {e}") from e
     except AttributeError as e:
-        raise ConfigurationError(f"--deliver python:{spec}: {module} has no {name}") from e
+        raise ConfigurationError(f"{named}: {module} has no {name}") from e
 
     def provides(candidate: object) -> bool:
         return any(iface.providedBy(candidate) for iface in HOOKS.values())
@@ -133,9 +136,7 @@ def loadHandler(spec: str) -> object:
     if not provides(found) and callable(found):
         found = found()
     if not provides(found):
-        raise ConfigurationError(
-            f"--deliver python:{spec}: the object provides none of smtpsvc's interfaces"
-        )
+        raise ConfigurationError(f"{named}: the object provides none of smtpsvc's interfaces")
     return found
 
 
@@ -194,13 +195,13 @@ def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
             from .handlers.forward import ForwardDelivery
 
             handler = ForwardDelivery(
-                clientEndpoint(server.reactor, argument, f"--deliver {target}"),
+                clientEndpoint(server.reactor, argument, config.entry("deliver", target)),
                 lmtp=kind == "lmtp",
                 reactor=server.reactor,
                 serverName=server.options.name,
             )
         elif kind == "python":
-            handler = loadHandler(argument)
+            handler = loadHandler(argument, config.entry("deliver", target))
         else:
             continue
         server.addHandler(handler)
@@ -213,7 +214,7 @@ def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
     return server
 
 
-def prepareDeliveries(server: SMTPServer) -> None:
+def prepareDeliveries(server: SMTPServer, config: ServiceConfig) -> None:
     """
     Make what deliveries need on disk, as the user the service runs as.
     """
@@ -224,7 +225,8 @@ def prepareDeliveries(server: SMTPServer) -> None:
             try:
                 handler.prepare()
             except OSError as e:
-                raise ConfigurationError(f"--deliver maildir:{handler.path}: {e.strerror}") from e
+                where = config.entry("deliver", f"maildir:{handler.path}")
+                raise ConfigurationError(f"{where}: {e.strerror}") from e
 
 
 class SMTPService(Service):
@@ -250,7 +252,7 @@ class SMTPService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         # Under twistd --uid this runs after privileges are dropped.
-        prepareDeliveries(self.server)
+        prepareDeliveries(self.server, self.config)
         self._listen()
         self._signals = SignalHandlers(self.server.reactor, self.reload)
         self._signals.install()
@@ -275,7 +277,9 @@ class SMTPService(Service):
         for fd, inheritedSecure in self.config.inherited:
             self.ports.append(adopt(self.server, fd, inheritedSecure))
         for description, secure in self.config.listeners():
-            endpoint = listenEndpoint(self.server.reactor, description, secure)
+            endpoint = listenEndpoint(
+                self.server.reactor, description, self.config.listener(description, secure)
+            )
             result = self.server.listen(endpoint, secure=secure)
             port = _now(result)
             if isinstance(port, Failure):
@@ -800,7 +804,7 @@ class WorkerMaster(Service):
         self._listening = True
         options = ServerOptions.fromMapping(self.config.serverOptions)
         for description, secure in self.config.listeners():
-            ports = self._listen(description)
+            ports = self._listen(description, self.config.listener(description, secure))
             self.ports.append((ports, bool(secure)))
             address = ports[0].getHost()
             kind, workers = listenerKind(options, secure), self.config.workers
@@ -820,10 +824,10 @@ class WorkerMaster(Service):
                     workers=workers,
                 )
 
-    def _listen(self, description: str) -> list[IListeningPort]:
+    def _listen(self, description: str, source: str) -> list[IListeningPort]:
         # The listener's sockets: one per worker, or one for all.  The workers accept;
         # this process only holds the sockets (it may bind port 25 as root).
-        endpoint = listenEndpoint(self.reactor, description)
+        endpoint = listenEndpoint(self.reactor, description, source)
         where = None
         if self.socketPerWorker and self.config.workers > 1:
             where = tcpListening(withListenBacklog(description))

@@ -1143,6 +1143,59 @@ class ConfigFileTests(SynchronousTestCase):
                 parse("--config", path)
             self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}", text)
 
+    def test_entryErrorsNameTheFile(self) -> None:
+        """
+        An error about an entry of the file's listen, listenTLS, port or deliver names
+        the file, its key and the entry, not the flag that could also have given it;
+        the same entry from the command line is named by its flag.
+        """
+        missing = os.path.abspath(self.mktemp())
+        socket = f"unix:{missing}/smtp.sock"
+
+        def build(*args: str) -> None:
+            tap.buildServer(parse(*args), reactor=Clock())
+
+        def serve(*args: str) -> None:
+            tap.makeService(parse(*args))
+
+        for text, make, entry, words in (
+            ('listen = ["tcp:notaport"]', parse, "listen tcp:notaport", "'notaport' is not"),
+            ('listenTLS = ["bogus"]', parse, "listenTLS bogus", "Unknown endpoint type"),
+            (f'listen = ["{socket}"]', serve, f"listen {socket}", f"no directory {missing}"),
+            (
+                'deliver = ["python:no.such.module:thing"]',
+                build,
+                "deliver python:no.such.module:thing",
+                "cannot import no.such.module",
+            ),
+            (
+                'deliver = ["smtp:tcp:host=mx.example:port=lots"]\ndomain = ["example.com"]',
+                build,
+                "deliver smtp:tcp:host=mx.example:port=lots",
+                "'lots' is not a whole number",
+            ),
+            (
+                'port = ["2525"]\nneedsUpgrade = true\ndisabledCommands = ["STARTTLS"]',
+                build,
+                "port tcp:2525",
+                "must start TLS",
+            ),
+        ):
+            path = self.write(text + "\n")
+            args = ["--config", path] + ([] if "deliver" in text else ["--deliver", "discard"])
+            with self.assertRaises(ConfigurationError, msg=text) as caught:
+                make(*args)
+            message = str(caught.exception)
+            self.assertIn(f"{path}: {entry}", message)
+            self.assertIn(words, message)
+        with self.assertRaises(ConfigurationError) as caught:
+            build("--deliver", "python:no.such.module:thing")
+        self.assertTrue(
+            str(caught.exception).startswith(
+                "twist smtpsvc: --deliver python:no.such.module:thing: cannot import"
+            )
+        )
+
     def test_crossOptionErrorsNameTheFile(self) -> None:
         """
         An error about options taken together names the file's keys for those it gave.
