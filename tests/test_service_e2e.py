@@ -1407,6 +1407,7 @@ class ExampleFileTests(E2ETestCase):
         self.assertEqual([type(h) for h in server.handlers], [RelayPolicy, MaildirDelivery])
         self.assertEqual(server.options.name, "mx.example.org")
         self.assertEqual(server.options.closeTimeout, 20)
+        self.assertEqual(server.options.handlerTimeout, 120)
         client = MemoryClient(server)
         client.send("EHLO client.example")
         replies = client.send("MAIL FROM:<a@remote.example>", "RCPT TO:<u@elsewhere.example>")
