@@ -72,6 +72,7 @@ OPTION_SETS: tuple[dict[str, Any], ...] = (
     {"useXClient": True, "useXForward": True, "hidePIPELINING": True},
     {"useProxy": True, "proxyTimeout": 2.0},
     {"socketTimeout": 5.0, "minDataRate": 100, "earlyTalkerDelay": 0.5},
+    {"handlerTimeout": 2.0, "lmtp": True, "socketTimeout": 0},
     {"maxUnrecognizedCommands": 3, "maxAllowedUnauthenticatedCommands": 3},
     {"bareLineEndings": "pass", "lenientAddressParsing": True, "authFailureDelay": 1.0},
 )
