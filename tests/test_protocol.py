@@ -1999,7 +1999,8 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
     def test_handlerTimeoutBeforeGreeting(self) -> None:
         """
         Connect handlers that do not answer within handlerTimeout: 421 instead of the
-        greeting.
+        greeting, without an enhanced code even where replies carry them (RFC 2034
+        section 4), as the greeting itself.
         """
 
         @implementer(IConnectHandler)
@@ -2007,15 +2008,34 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
             def onConnect(self, session: Session) -> Deferred[None]:
                 return self.later()
 
-        handler = Hung()
-        server = makeServer([handler], handlerTimeout=5, socketTimeout=0)
-        client = MemoryClient(server)
-        self.assertEqual(client.received(), [])
-        client.clock.advance(5)
-        self.assertEqual(wires(client.received()), ["421 Handler timeout - closing connection"])
-        self.assertTrue(client.closed)
-        handler.pending.pop().callback(None)
-        self.assertEqual(client.received(), [])
+        for options in ({}, {"lmtp": True}, {"hideENHANCEDSTATUSCODES": False}):
+            handler = Hung()
+            server = makeServer([handler], handlerTimeout=5, socketTimeout=0, **options)
+            client = MemoryClient(server)
+            self.assertEqual(client.received(), [])
+            client.clock.advance(5)
+            self.assertEqual(
+                wires(client.received()), ["421 Handler timeout - closing connection"], options
+            )
+            self.assertTrue(client.closed)
+            handler.pending.pop().callback(None)
+            self.assertEqual(client.received(), [])
+
+    def test_shutDownBeforeGreetingWithoutEnhancedCode(self) -> None:
+        """
+        A server that closes while a client waits for its greeting (in the early-talker
+        delay) says goodbye without an enhanced code, even in LMTP; after the greeting,
+        with one.
+        """
+        server = makeServer(lmtp=True, earlyTalkerDelay=5)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+        protocol = server.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        greeted = MemoryClient(makeServer(lmtp=True, closeTimeout=0))
+        greeted.server.close()
+        server.close()
+        self.assertEqual(transport.value(), b"421 Server shutting down\r\n")
+        self.assertEqual(wires(greeted.received()), ["421 4.3.2 Server shutting down"])
 
     def test_handlerTimeoutCostsNoTimerWhenAnsweredAtOnce(self) -> None:
         """

@@ -206,6 +206,7 @@ class ServerConnection:
         "_authHandlers",
         "_authOn",
         "_enhanced",
+        "_greeted",
         "_lineLimits",
         "_mechanisms",
         "_now",
@@ -262,6 +263,9 @@ class ServerConnection:
         self._xclientAddressSet = False
         self._xforwardBase: tuple[str, int, str, str | None] | None = None
         self._enhanced = options.enhancedStatusCodes
+        # Whether the greeting has been sent: what is sent instead of it carries no
+        # enhanced code (RFC 2034 section 4), as the greeting itself does not.
+        self._greeted = False
         self.minLineLimit = options.maxCommandLength
         # Whether AUTH is offered, and whether it must succeed before mail: fixed for the
         # connection, and asked about on every line.
@@ -317,7 +321,12 @@ class ServerConnection:
             greeting = Reply(220, (text,))
             if len(_GREETINGS) < 16:
                 _GREETINGS[text] = greeting
+        self._greeted = True
         return self._send(greeting)
+
+    def _sendInsteadOfGreeting(self, reply: Reply) -> Send:
+        # A reply that may come before the greeting: without its enhanced code then.
+        return self._send(reply if self._greeted else Reply(reply.code, reply.lines))
 
     def _greetingText(self) -> str:
         o = self._options
@@ -383,20 +392,20 @@ class ServerConnection:
         """
         The reply when nothing moved for C{socketTimeout} seconds.
         """
-        return self._send(R.TIMEOUT)
+        return self._sendInsteadOfGreeting(R.TIMEOUT)
 
     def handlersTimedOut(self) -> Send:
         """
         The reply when the handlers have not answered within C{handlerTimeout} seconds;
         the connection closes after it.
         """
-        return self._send(R.HANDLER_TIMEOUT)
+        return self._sendInsteadOfGreeting(R.HANDLER_TIMEOUT)
 
     def shutDown(self) -> Send:
         """
         The reply sent when the server closes a connection on shutdown.
         """
-        return self._send(R.SHUTTING_DOWN)
+        return self._sendInsteadOfGreeting(R.SHUTTING_DOWN)
 
     @property
     def idle(self) -> bool:
