@@ -610,6 +610,20 @@ class _ReusePortListener(tcp.Port):
         return skt
 
 
+def _closesItsCopyOnly(port: IListeningPort) -> IListeningPort:
+    """
+    C{port}, a listening socket of a C{--workers} master that its workers share, made to
+    close only this process's descriptor when it stops listening.
+
+    Twisted shuts a socket down before closing it, and C{shutdown()} acts on the socket
+    that every process shares, not on one descriptor: each worker's C{accept()} would
+    fail at once (C{EINVAL}, logged as an unhandled error) while it still serves.
+    """
+    if isinstance(port, tcp.Port):  # UNIX ports too
+        port._shouldShutdown = False
+    return port
+
+
 def _refuseTakenPort(where: TCPListening) -> None:
     # Sockets of the same user that all set SO_REUSEPORT share a port: a second --workers
     # master on the port (or an old one still running) would silently take half of the
@@ -833,15 +847,16 @@ class WorkerMaster(Service):
             where = tcpListening(withListenBacklog(description))
         if where is not None:
             try:
-                return listenPerWorker(self.reactor, where, self.config.workers)
+                ports = listenPerWorker(self.reactor, where, self.config.workers)
             except CannotListenError as e:
                 raise ConfigurationError(f"cannot listen on {description}: {e}") from e
+            return [_closesItsCopyOnly(port) for port in ports]
         port = _now(endpoint.listen(Factory()))
         if isinstance(port, Failure) or port is None or not hasattr(port, "fileno"):
             why = port.getErrorMessage() if isinstance(port, Failure) else "not a socket"
             raise ConfigurationError(f"cannot listen on {description}: {why}")
         port.stopReading()
-        return [port]
+        return [_closesItsCopyOnly(port)]
 
     def _spawn(self, number: int) -> None:
         options, relay = workerTwistOptions(sys.argv, self.reactor)

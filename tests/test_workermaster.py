@@ -21,7 +21,7 @@ from typing import Any, cast
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ProcessTerminated
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -259,6 +259,42 @@ class WorkerSocketsTests(TestCase):
             [spawned.childFDs[3] for spawned in reactor.spawned],
             [descriptor(port)] * 3,
         )
+
+    async def test_workersAcceptAfterTheMasterClosed(self) -> None:
+        """
+        The master's closing of its copies of the listening sockets leaves the workers'
+        copies able to accept (a socket shut down rather than closed would fail every
+        worker's accept() with EINVAL while it still serves): for one socket per worker,
+        one socket for all, and a Unix socket.
+        """
+        unix, _ = self._unixListen()
+        for listen, perWorker in (
+            (f"tcp:0:interface={LOCALHOST}", True),
+            (f"tcp:0:interface={LOCALHOST}", False),
+            (unix, False),
+        ):
+            master, reactor = self._start([listen], 2, perWorker=perWorker)
+            # A worker's copy of the socket handed to the first worker.
+            worker = socket.socket(fileno=os.dup(reactor.spawned[0].childFDs[3]))
+            self.addCleanup(worker.close)
+            master.stopService()
+            # The ports close in the next turn of their reactor: the clock, or (for those
+            # an endpoint made) the real one.
+            reactor.clock.advance(0)
+            await deferLater(theReactor(), 0, lambda: None)
+            ports = [port for ports, _ in master.ports for port in ports]
+            self.assertEqual([cast(Any, p).connected for p in ports], [False] * len(ports))
+            # Still listening: nothing to accept yet, rather than EINVAL.
+            worker.setblocking(False)
+            self.assertRaises(BlockingIOError, worker.accept)
+            if listen == unix:
+                # (The master's port removed the socket's file: only the worker's open
+                # socket is left, which new clients cannot find.)
+                continue
+            worker.settimeout(5)
+            with socket.create_connection(worker.getsockname(), timeout=5):
+                accepted, _ = worker.accept()
+                accepted.close()
 
     def test_tlsListenerToo(self) -> None:
         """
