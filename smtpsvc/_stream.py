@@ -42,7 +42,9 @@ class MessageDone(Exception):
 class MessageAborted(Exception):
     """
     The message will not complete: the client disconnected (or reset the transaction
-    between BDAT chunks), or the server shut down.
+    between BDAT chunks), or the server shut down; or, for a handler that had not read
+    it to its end, it was cut off after its end without a reply (the handlers took
+    longer than C{handlerTimeout}, or the client went away).
     """
 
 
@@ -176,9 +178,15 @@ class MessageStream:
     def finish(self, reason: BaseException) -> None:
         """
         End the stream: L{MessageDone} after the queued data, or an error.  An error
-        drops whatever was not taken yet.
+        drops whatever was not taken yet, and replaces a L{MessageDone} the reader has
+        not taken yet either: a message aborted after its end (the client went away, or
+        the handlers took too long to answer) was never accepted, so its client sends it
+        again, and a handler that had not read it to its end should not store it.
         """
-        if self._end is not None:
+        end = self._end
+        if end is not None and (
+            end is _DELIVERED or not isinstance(end, MessageDone) or isinstance(reason, MessageDone)
+        ):
             return
         if not isinstance(reason, MessageDone):
             self._queue.clear()

@@ -1996,6 +1996,40 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
             self.assertEqual(line["result"], "timed out")
             self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_lateReaderOfAnAbortedMessageSeesItAborted(self) -> None:
+        """
+        A data handler that had not read its message to the end when the message was cut
+        off after its final dot (its handlers timed out, or the client went away) gets
+        MessageAborted, not the message: the client got no 250 and will send it again,
+        so a handler that stored it would make a duplicate.
+        """
+        for cutOff in ("timeout", "disconnect"):
+            results: list[object] = []
+
+            @implementer(IDataHandler)
+            class LateReader(Later[None]):
+                async def onData(self, stream: IMessageStream, session: Session) -> None:
+                    await self.later()
+                    try:
+                        results.append(await readMessage(stream))
+                    except MessageAborted as e:
+                        results.append(e)
+                        raise
+
+            handler = LateReader()
+            client = connect(handler, socketTimeout=0, handlerTimeout=60, clientName="c.example")
+            client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+            self.assertEqual(client.write(b"whole message\r\n.\r\n"), [])
+            if cutOff == "timeout":
+                client.clock.advance(60)
+                self.assertEqual(codes(client.received()), [421])
+            else:
+                client.disconnect()
+            handler.pending.pop().callback(None)
+            [result] = results
+            self.assertIsInstance(result, MessageAborted, cutOff)
+            self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_handlerTimeoutBeforeGreeting(self) -> None:
         """
         Connect handlers that do not answer within handlerTimeout: 421 instead of the

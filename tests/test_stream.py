@@ -130,6 +130,33 @@ class MessageStreamTests(SynchronousTestCase):
         stream.finish(MessageAborted("gone"))
         self.failureResultOf(d, MessageAborted)
 
+    def test_abortAfterTheEndNotTaken(self) -> None:
+        """
+        A message aborted after its end, before the reader took the end, is aborted for
+        that reader: it was never accepted, and its client sends it again.
+        """
+        stream, _ = newStream()
+        stream.write(b"whole message")
+        stream.finish(MessageDone())
+        stream.finish(MessageAborted("the handlers did not answer in time"))
+        self.failureResultOf(readMessage(stream), MessageAborted)
+
+    def test_abortAfterTheEndTaken(self) -> None:
+        """
+        Once the reader has the end, an abort changes nothing for it; nor does a second
+        end, for one whose stream was aborted.
+        """
+        stream, _ = newStream()
+        d = readMessage(stream)
+        stream.write(b"whole message")
+        stream.finish(MessageDone())
+        stream.finish(MessageAborted("gone"))
+        self.assertEqual(self.successResultOf(d), b"whole message")
+        stream, _ = newStream()
+        stream.finish(MessageAborted("gone"))
+        stream.finish(MessageDone())
+        self.failureResultOf(readMessage(stream), MessageAborted)
+
     def test_asyncIteration(self) -> None:
         """
         async for yields the chunks, then stops at the end.
