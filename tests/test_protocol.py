@@ -2004,16 +2004,17 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         so a handler that stored it would make a duplicate.
         """
         for cutOff in ("timeout", "disconnect"):
-            results: list[object] = []
 
             @implementer(IDataHandler)
             class LateReader(Later[None]):
+                results: list[object] = []
+
                 async def onData(self, stream: IMessageStream, session: Session) -> None:
                     await self.later()
                     try:
-                        results.append(await readMessage(stream))
+                        self.results.append(await readMessage(stream))
                     except MessageAborted as e:
-                        results.append(e)
+                        self.results.append(e)
                         raise
 
             handler = LateReader()
@@ -2026,7 +2027,7 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
             else:
                 client.disconnect()
             handler.pending.pop().callback(None)
-            [result] = results
+            [result] = handler.results
             self.assertIsInstance(result, MessageAborted, cutOff)
             self.assertEqual(self.flushLoggedErrors(), [])
 
