@@ -923,6 +923,20 @@ class SMTPProtocol(LineReceiver):
             self._perform(self._core.shutDown())
             self._abortData()
 
+    def cutOff(self) -> None:
+        """
+        The server waits no longer (see L{SMTPServer.close}): a client still waiting for
+        the handlers' reply to its message gets the goodbye without it (and sends the
+        message again); the others, told already, that have not let go are cut off.
+        """
+        if self._goodbyeAfterReply and not self._closed:
+            self._goodbyeAfterReply = False
+            self._perform(self._core.shutDown())
+            self._abortData("the server is closing", "aborted")
+            return
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def _abortData(
         self,
         why: str = "the connection was closed",

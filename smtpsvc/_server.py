@@ -425,8 +425,7 @@ class SMTPServer(Factory):
     def _abortRemaining(self) -> None:
         self._forceCall = None
         for protocol in list(self._connections):
-            if protocol.transport is not None:
-                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            protocol.cutOff()
 
     def _giveUp(self) -> None:
         self._giveUpCall = None

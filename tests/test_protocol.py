@@ -2230,6 +2230,32 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         self.assertTrue(client.closed)
         self.successResultOf(closed)
 
+    def test_closeTellsClientsWhoseReplyNeverCame(self) -> None:
+        """
+        A client whose message came whole, and whose handlers have not answered by the
+        time close() stops waiting for clients (closeTimeout, then ABORT_DELAY), gets
+        the 421 rather than a reset connection, and sends the message again; the
+        handlers' late answer is dropped.
+        """
+        handler = Manual()
+        server = makeServer([handler], closeTimeout=5)
+        client = MemoryClient(server)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.assertEqual(client.write(b"x\r\n.\r\n"), [])
+        closed = server.close()
+        server.reactor.advance(5)
+        self.assertEqual(client.received(), [])
+        self.assertFalse(client.closed)
+        server.reactor.advance(ABORT_DELAY)
+        self.assertEqual(wires(client.received()), ["421 Server shutting down"])
+        self.assertTrue(client.closed)
+        handler.answer.callback("stored")
+        self.assertEqual(client.received(), [])
+        server.reactor.advance(HANDLER_GRACE)
+        self.successResultOf(closed)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_closeTimeoutZero(self) -> None:
         """
         closeTimeout=0 closes every client at once.
