@@ -112,14 +112,13 @@ def checkersFor(descriptions: Sequence[str], source: str = "--auth") -> list[Any
     return checkers
 
 
-def loadHandler(spec: str, source: str | None = None) -> object:
+def loadHandler(spec: str, named: str) -> object:
     """
     The handler named by C{package.module:name}: the object itself if it provides one of
     smtpsvc's interfaces, or what calling it with no arguments returns.
 
-    @param source: how to name it in an error (C{--deliver python:SPEC} unless given).
+    @param named: how to name it in an error (C{--deliver python:SPEC}).
     """
-    named = source or f"--deliver python:{spec}"
     module, colon, name = spec.rpartition(":")
     if not colon or not module or not name:
         raise ConfigurationError(f"{named}: expected python:MODULE:NAME")

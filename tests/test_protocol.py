@@ -2209,6 +2209,19 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         # read their 421) is called off, and no timer is left.
         self.assertEqual(server.reactor.getDelayedCalls(), [])
 
+    def _closingWithMessageIn(
+        self, closeTimeout: float
+    ) -> tuple[Manual, SMTPServer, MemoryClient, Deferred[None]]:
+        # A server closing while the data handler of a message it received whole has yet
+        # to answer: the handler, the server, its client and what close() returned.
+        handler = Manual()
+        server = makeServer([handler], closeTimeout=closeTimeout)
+        client = MemoryClient(server)
+        hello(client)
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.assertEqual(client.write(b"x\r\n.\r\n"), [])
+        return handler, server, client, server.close()
+
     def test_closeWaitsForTheReplyToAReceivedMessage(self) -> None:
         """
         When the server closes a client at once (closeTimeout=0, or once closeTimeout has
@@ -2216,13 +2229,7 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         reply goes out first and the 421 right after it: the client is not told to send
         again a message that was stored.
         """
-        handler = Manual()
-        server = makeServer([handler], closeTimeout=0)
-        client = MemoryClient(server)
-        hello(client)
-        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
-        self.assertEqual(client.write(b"x\r\n.\r\n"), [])
-        closed = server.close()
+        handler, _, client, closed = self._closingWithMessageIn(closeTimeout=0)
         self.assertEqual(client.received(), [])
         self.assertIsInstance(handler.ended, MessageDone)
         handler.answer.callback("stored")
@@ -2237,13 +2244,7 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
         the 421 rather than a reset connection, and sends the message again; the
         handlers' late answer is dropped.
         """
-        handler = Manual()
-        server = makeServer([handler], closeTimeout=5)
-        client = MemoryClient(server)
-        hello(client)
-        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
-        self.assertEqual(client.write(b"x\r\n.\r\n"), [])
-        closed = server.close()
+        handler, server, client, closed = self._closingWithMessageIn(closeTimeout=5)
         server.reactor.advance(5)
         self.assertEqual(client.received(), [])
         self.assertFalse(client.closed)
