@@ -216,6 +216,11 @@ def _ensureDeferred(result: object) -> Deferred[Any]:
     return Deferred.fromCoroutine(result)
 
 
+def _resultText(send: Send) -> str:
+    # A message's final reply (replies, in LMTP) as its log line gives it.
+    return send.data.decode("ascii", "replace").rstrip("\r\n")
+
+
 def _logHandlerFailure(failure: Failure, hook: str, session: Session) -> None:
     # At critical level, as Logger.failure logs: every logLevel keeps it.
     _log.failure(
@@ -1284,10 +1289,21 @@ class SMTPProtocol(LineReceiver):
             sessionId=self._core.session.id,
             timeout=self._options.handlerTimeout,
         )
+        transaction = self._data
+        result = "timed out"
+        envelope = self._core.session.envelope
+        if transaction is not None and transaction.ended and transaction.decoder.failed:
+            # The message failed whatever its handlers say (too large, bare line endings,
+            # a mail loop), so its reply need not wait for them: the client gets it (say
+            # 552, after which it does not send the message again, as it would after a
+            # 421) before the goodbye.
+            send = self._finalReply(transaction, [])
+            result = _resultText(send)
+            self._perform(send)
         # The goodbye first, as in _checkIdle; the handlers' late answer finds the
         # connection closed (and the message, if any, aborted) and is dropped.
         self._perform(self._core.handlersTimedOut())
-        self._abortData("the handlers did not answer in time", "timed out")
+        self._abortData("the handlers did not answer in time", result, envelope)
 
     def _sendLater(self, send: Send) -> None:
         # A failed AUTH's reply waits, and so does everything after it.
@@ -1541,10 +1557,22 @@ class SMTPProtocol(LineReceiver):
         self._data = None
         self._rateStarted = None
         self._handlersAnswered()
-        decoder = transaction.decoder
         answers = [answer for answer in transaction.answers if answer is not None]
-        session = self._core.session
-        envelope = session.envelope
+        envelope = self._core.session.envelope
+        send = self._finalReply(transaction, answers)
+        self._logTransaction(transaction, envelope, _resultText(send))
+        self._perform(send)
+        if self._goodbyeAfterReply:
+            self._perform(self._core.shutDown())
+            return
+        self._resume("data")
+
+    def _finalReply(
+        self, transaction: _DataTransaction, answers: Sequence[Sequence[Outcome]]
+    ) -> Send:
+        # The reply (in LMTP, one per recipient) that ends the message, and the start of
+        # the next transaction.
+        decoder = transaction.decoder
         send = self._core.dataFinished(
             answers,
             tooLarge=decoder.sizeExceeded,
@@ -1556,14 +1584,7 @@ class SMTPProtocol(LineReceiver):
             self._accepted += 1
         else:
             self._refused += 1
-        self._logTransaction(
-            transaction, envelope, send.data.decode("ascii", "replace").rstrip("\r\n")
-        )
-        self._perform(send)
-        if self._goodbyeAfterReply:
-            self._perform(self._core.shutDown())
-            return
-        self._resume("data")
+        return send
 
     def _logTransaction(self, transaction: _DataTransaction, envelope: Any, result: str) -> None:
         # One line per transaction, with what an operator greps for; the fields are

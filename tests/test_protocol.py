@@ -1996,6 +1996,73 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
             self.assertEqual(line["result"], "timed out")
             self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_handlerTimeoutAfterAFailedMessage(self) -> None:
+        """
+        A message that fails whatever its handlers say (too large, a bare line ending
+        under the reject policy, a mail loop) whose handlers do not answer within
+        handlerTimeout gets its own reply, say C{552} (which the client does not answer by
+        sending the message again, as it would a 421), then C{421} and a closed
+        connection; in LMTP one reply per recipient, and for a BDAT chunk before the
+        last, one.  (A BDAT chunk over C{size} is refused before any handler sees it.)
+        The transaction is logged with that reply; close handlers still wait for the
+        hung handler.
+        """
+        body = b"Received: x\r\nReceived: y\r\n\r\nbody\nline\r\n" + b"z" * 200 + b"\r\n"
+        cases: list[tuple[dict[str, Any], str, bool, bytes]] = [
+            ({"size": 100}, "552 5.3.4", False, b"DATA"),
+            ({"size": 100}, "552 5.3.4", True, b"DATA"),
+            ({"bareLineEndings": "reject"}, "550 5.5.2", False, b"DATA"),
+            ({"bareLineEndings": "reject"}, "550 5.5.2", False, b"BDAT"),
+            ({"maxReceivedHeaders": 2}, "554 5.4.6", True, b"DATA"),
+            ({"maxReceivedHeaders": 2}, "554 5.4.6", False, b"BDAT early"),
+        ]
+        for options, reply, lmtp, message in cases:
+            log = LogCapture(self)
+
+            @implementer(IDataHandler, ICloseHandler)
+            class Hung(Later[None]):
+                closed: list[Session] = []
+
+                def onData(self, stream: IMessageStream, session: Session) -> Deferred[None]:
+                    return self.later()
+
+                def onClose(self, session: Session) -> None:
+                    self.closed.append(session)
+
+            handler = Hung()
+            client = connect(
+                handler,
+                socketTimeout=0,
+                handlerTimeout=60,
+                lmtp=lmtp,
+                clientName="c.example",
+                hideENHANCEDSTATUSCODES=False,
+                **options,
+            )
+            client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "RCPT TO:<e@d.example>")
+            case = (options, lmtp, message)
+            if message == b"DATA":
+                self.assertEqual(codes(client.send("DATA")), [354], case)
+                self.assertEqual(client.write(body + b".\r\n"), [], case)
+            elif message == b"BDAT":
+                self.assertEqual(client.write(b"BDAT %d LAST\r\n" % len(body) + body), [], case)
+            else:
+                self.assertEqual(client.write(b"BDAT %d\r\n" % len(body) + body), [], case)
+            client.clock.advance(59)
+            self.assertEqual(client.received(), [], case)
+            client.clock.advance(1)
+            replies = client.received()
+            count = 2 if lmtp else 1
+            self.assertEqual([r[:9] for r in wires(replies)], [reply] * count + ["421 4.3.0"], case)
+            self.assertTrue(client.closed, case)
+            self.assertEqual(handler.closed, [], case)
+            handler.pending.pop().callback(None)
+            self.assertEqual(client.received(), [], case)
+            self.assertEqual(len(handler.closed), 1, case)
+            [line] = [e for e in log.events if e.get("event") == "transaction"]
+            self.assertTrue(line["result"].startswith(reply), (case, line["result"]))
+            self.assertEqual(self.flushLoggedErrors(), [], case)
+
     def test_lateReaderOfAnAbortedMessageSeesItAborted(self) -> None:
         """
         A data handler that had not read its message to the end when the message was cut

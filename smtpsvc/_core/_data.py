@@ -221,6 +221,14 @@ class _MessageDecoder:
         """
         return self.bareLineEndings and self._policy == "reject"
 
+    @property
+    def failed(self) -> bool:
+        """
+        Whether the message fails whatever its handlers say: it is too large, has a bare
+        line ending that the policy refuses, or is a mail loop.
+        """
+        return self.sizeExceeded or self.rejected or self.loop
+
 
 class DataDecoder(_MessageDecoder):
     """
