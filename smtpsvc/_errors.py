@@ -35,6 +35,8 @@ class SMTPError(Exception):
     ) -> None:
         if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
             raise ValueError(f"an SMTPError code must be an integer from 400 to 599, not {code!r}")
+        if isinstance(message, (bytes, bytearray)):
+            raise TypeError(f"SMTPError text must be str, not {type(message).__name__}")
         lines = [message] if isinstance(message, str) else list(message)
         if not lines:
             lines = [""]

@@ -463,6 +463,14 @@ class ServerOptions:
                 object.__setattr__(self, name, _networks(name, value))
         for spec in optionSpecs():
             spec.check(getattr(self, spec.name))
+        if self.resolver is not None and not callable(
+            getattr(self.resolver, "lookupPointer", None)
+        ):
+            # Found out otherwise only at the first connection, which would get no greeting.
+            raise ValueError(
+                f"option resolver must be a twisted.internet.interfaces.IResolver, and "
+                f"{self.resolver!r} has no lookupPointer method"
+            )
         if self.maxVersion is not None and TLS_VERSIONS.index(self.minVersion) > TLS_VERSIONS.index(
             self.maxVersion
         ):

@@ -59,7 +59,7 @@ from ._core._connection import (
 )
 from ._core._data import ChunkDecoder, DataDecoder
 from ._core._proxy import ProxyError, ProxyHeaderParser, looksLikeProxyHeader
-from ._core._replies import AUTH_TEMPORARY_ERROR, HANDLER_FAILED_ERROR
+from ._core._replies import AUTH_TEMPORARY_ERROR, CONNECT_HANDLER_FAILED, HANDLER_FAILED_ERROR
 from ._core._sasl import AuthRequest
 from ._core._session import Address, Envelope, Session
 from ._core._states import State
@@ -107,49 +107,69 @@ _Decision = tuple[object, SMTPError | None]
 
 def _inTurn(
     calls: Sequence[Callable[[], object]],
-    hook: str,
+    hooks: Sequence[str],
     session: Session,
     unexpected: SMTPError,
     decisive: bool,
 ) -> _Decision | Deferred[_Decision]:
-    # Call each of `calls` in order until one refuses (an SMTPError) or, when `decisive`,
-    # one returns anything but None.  A handler that fails otherwise is logged and the
-    # answer is `unexpected`.  Synchronous while every handler is: no Deferred is made on
-    # that path, the common one.
+    # Call each of `calls` (hooks[i] names calls[i]'s hook in the log) in order until
+    # one refuses (an SMTPError, raised or returned) or, when `decisive`, one returns
+    # anything but None.  A handler that fails otherwise is logged and the answer is
+    # `unexpected`.  Synchronous while every handler is: no Deferred is made on that
+    # path, the common one.
     for index, call in enumerate(calls):
         try:
             result = call()
         except SMTPError as e:
             return None, e
         except Exception:
-            _logHandlerFailure(Failure(), hook, session)
+            _logHandlerFailure(Failure(), hooks[index], session)
             return None, unexpected
         if isinstance(result, Deferred) or inspect.iscoroutine(result):
-            return _afterPending(result, calls[index + 1 :], hook, session, unexpected, decisive)
-        if decisive and result is not None:
-            return result, None
+            return _afterPending(
+                result, calls[index + 1 :], hooks[index:], session, unexpected, decisive
+            )
+        decision = _decided(result, decisive)
+        if decision is not None:
+            return decision
     return None, None
+
+
+def _decided(result: object, decisive: bool) -> _Decision | None:
+    # What one handler's answer decides, or None to ask the next.  A returned SMTPError
+    # refuses as a raised one does (an easy slip, as data handlers return theirs in
+    # LMTP).  For a decisive chain (AUTH), anything but None decides: a user, or, for
+    # False, 0 or an empty string (say a password check's answer), a refusal, as in the
+    # reference, which takes any false user for "credentials invalid".
+    if isinstance(result, SMTPError):
+        return None, result
+    if not decisive or result is None:
+        return None
+    if isinstance(result, (int, str, bytes)) and not result:
+        return None, None
+    return result, None
 
 
 def _afterPending(
     pending: object,
     rest: Sequence[Callable[[], object]],
-    hook: str,
+    hooks: Sequence[str],
     session: Session,
     unexpected: SMTPError,
     decisive: bool,
 ) -> Deferred[_Decision]:
-    # One handler answered with a Deferred or a coroutine: the chain goes on (or stops)
-    # once it fires.
+    # One handler (hooks[0] names its hook) answered with a Deferred or a coroutine: the
+    # chain goes on (or stops) once it fires.
     def answered(value: object) -> _Decision | Deferred[_Decision]:
-        if decisive and value is not None:
-            return value, None
-        return _inTurn(rest, hook, session, unexpected, decisive)
+        decision = _decided(value, decisive)
+        if decision is not None:
+            return decision
+        return _inTurn(rest, hooks[1:], session, unexpected, decisive)
 
     def failed(failure: Failure) -> _Decision:
         if isinstance(failure.value, SMTPError):
             return None, failure.value
-        _logHandlerFailure(failure, hook, session)
+        _logHandlerFailure(failure, hooks[0], session)
         return None, unexpected
 
     chained: Deferred[_Decision] = _ensureDeferred(pending).addCallbacks(answered, failed)
@@ -161,16 +181,24 @@ def _refusalOf(decision: _Decision) -> SMTPError | None:
 
 
 def callChain(
-    calls: Sequence[Callable[[], object]], hook: str, session: Session
+    calls: Sequence[Callable[[], object]],
+    hook: str | Sequence[str],
+    session: Session,
+    unexpected: SMTPError = HANDLER_FAILED_ERROR,
 ) -> SMTPError | Deferred[SMTPError | None] | None:
     """
-    Call each of C{calls} in order until one refuses.
+    Call each of C{calls} in order until one refuses: raises an L{SMTPError}, or
+    returns one.
 
+    @param hook: the name of the hook the calls are of, for the log; or one name per
+        call.
+    @param unexpected: the refusal when a handler fails otherwise (which is logged).
     @return: the first refusal, or L{None} when all accepted; synchronously when every
         handler answered synchronously (no Deferred is made on that path), else a
-        Deferred.  Unexpected exceptions are logged and become a 451.
+        Deferred.
     """
-    decision = _inTurn(calls, hook, session, HANDLER_FAILED_ERROR, decisive=False)
+    hooks = [hook] * len(calls) if isinstance(hook, str) else hook
+    decision = _inTurn(calls, hooks, session, unexpected, decisive=False)
     if isinstance(decision, Deferred):
         return decision.addCallback(_refusalOf)
     return decision[1]
@@ -180,14 +208,16 @@ def callFirst(
     calls: Sequence[Callable[[], object]], session: Session
 ) -> _Decision | Deferred[_Decision]:
     """
-    Ask authentication handlers in order: the first that returns a user (anything but
-    L{None}) accepts; an L{SMTPError} refuses; L{None} passes to the next.  A handler
-    that fails unexpectedly is logged and the client gets a temporary 454 (RFC 4954
-    section 6: the authentication backend is unavailable).
+    Ask authentication handlers in order: the first that returns a user (any object but
+    L{None} that is not false) accepts; an L{SMTPError} (raised or returned) refuses, and
+    so does C{False}, C{0} or C{""} (credentials invalid); L{None} passes to the next.  A
+    handler that fails unexpectedly is logged and the client gets a temporary 454 (RFC
+    4954 section 6: the authentication backend is unavailable).
 
-    @return: (user, refusal), synchronously when every handler answered synchronously.
+    @return: (user, refusal), synchronously when every handler answered synchronously;
+        (L{None}, L{None}) when no handler accepted or refused.
     """
-    return _inTurn(calls, "onAuth", session, AUTH_TEMPORARY_ERROR, decisive=True)
+    return _inTurn(calls, ["onAuth"] * len(calls), session, AUTH_TEMPORARY_ERROR, decisive=True)
 
 
 def _userName(user: object) -> str:
@@ -718,10 +748,16 @@ class SMTPProtocol(LineReceiver):
 
     def _connectHandlers(self) -> None:
         calls = self._connectCalls()
+        hooks = ["onConnect"] * len(calls)
         if self.implicitTLS:
             # As in the reference: onConnect, then onSecure, then the greeting.
-            calls += self._secureCalls()
-        result = callChain(calls, "onConnect", self._core.session)
+            secure = self._secureCalls()
+            calls += secure
+            hooks += ["onSecure"] * len(secure)
+        # A handler that fails unexpectedly leaves no service to give: 421, and the
+        # connection closes (a greeting may only be 220 or 554, RFC 5321 section 4.3.2,
+        # and 421 may come at any time).
+        result = callChain(calls, hooks, self._core.session, CONNECT_HANDLER_FAILED)
         if isinstance(result, Deferred):
             self._handlerPending = True
             self._awaitHandlers()
@@ -1378,7 +1414,9 @@ class SMTPProtocol(LineReceiver):
         self._xclientConnect(done)
 
     def _xclientConnect(self, done: Callable[[Action], None]) -> None:
-        result = callChain(self._connectCalls(), "onConnect", self._core.session)
+        result = callChain(
+            self._connectCalls(), "onConnect", self._core.session, CONNECT_HANDLER_FAILED
+        )
         if isinstance(result, Deferred):
             result.addCallback(lambda error: done(self._core.xclientDone(error)))
         else:

@@ -19,11 +19,21 @@ _T = TypeVar("_T")
 def reactorOr(reactor: Any) -> Any:
     """
     C{reactor}, or the global reactor when it is L{None}.
+
+    @raise TypeError: when C{reactor} has no C{callLater} and C{seconds}.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
         return globalReactor
+    if not (
+        callable(getattr(reactor, "callLater", None))
+        and callable(getattr(reactor, "seconds", None))
+    ):
+        # Found out otherwise only at the first timer or listener, far from the mistake.
+        raise TypeError(
+            f"reactor must be a Twisted reactor (or a twisted.internet.task.Clock), not {reactor!r}"
+        )
     return reactor
 
 

@@ -115,6 +115,10 @@ class SMTPServer(Factory):
         self.reactor = reactor = reactorOr(reactor)
         self._handlers: list[object] = []
         self._byHook: dict[str, list[Callable[..., object]]] = {hook: [] for hook in HOOKS}
+        if any(i.providedBy(handlers) for i in HOOKS.values()):
+            raise TypeError(
+                f"handlers must be a list of handlers: [{handlers!r}], not {handlers!r}"
+            )
         for handler in handlers:
             self.addHandler(handler)
         self._connections: set[SMTPProtocol] = set()
@@ -150,13 +154,26 @@ class SMTPServer(Factory):
         """
         hooks = [hook for hook, iface in HOOKS.items() if iface.providedBy(handler)]
         if not hooks:
+            if isinstance(handler, type) and any(i.implementedBy(handler) for i in HOOKS.values()):
+                raise TypeError(
+                    f"{handler!r} is a handler class; register an instance of it: "
+                    f"{handler.__name__}()"
+                )
             raise TypeError(
                 f"{handler!r} provides none of smtpsvc's handler interfaces; declare the ones "
                 "it implements with @zope.interface.implementer(IMailFromHandler, ...)"
             )
-        self._handlers.append(handler)
+        methods = []
         for hook in hooks:
-            self._byHook[hook].append(getattr(handler, hook))
+            method = getattr(handler, hook, None)
+            if not callable(method):
+                raise TypeError(
+                    f"{handler!r} declares {HOOKS[hook].__name__} but has no {hook} method"
+                )
+            methods.append((hook, method))
+        self._handlers.append(handler)
+        for hook, method in methods:
+            self._byHook[hook].append(method)
 
     def _handlersFor(self, hook: str) -> list[Callable[..., object]]:
         return self._byHook[hook]
@@ -287,6 +304,11 @@ class SMTPServer(Factory):
         """
         if self.closing:
             raise RuntimeError("the server is closing")
+        if not (isinstance(endpoint, str) or callable(getattr(endpoint, "listen", None))):
+            raise TypeError(
+                "endpoint must be an endpoint string such as 'tcp:2525' or an "
+                f"IStreamServerEndpoint, not {endpoint!r}"
+            )
         if isinstance(endpoint, str):
             self._checkPort(listeningPort(endpoint))
         target: IStreamServerEndpoint = (

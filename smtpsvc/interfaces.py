@@ -77,11 +77,12 @@ class IAuthHandler(Interface):
         C{accessToken}; for CRAM-MD5 C{challenge}, C{challengeResponse} and
         C{validatePassword(password)}).
 
-        Return the user (any object but L{None}; it becomes C{session.user}) to accept;
-        return L{None} to leave the decision to the next authentication handler; raise
-        L{smtpsvc.SMTPError} to refuse (C{535 5.7.8} is the usual refusal, C{454 4.7.0}
-        a temporary one that does not count as a failed attempt).  If no handler
-        accepts, the client gets C{535 Error: Authentication credentials invalid}.
+        Return the user (any object but L{None} that is not false; it becomes
+        C{session.user}) to accept; return L{None} to leave the decision to the next
+        authentication handler; raise (or return) L{smtpsvc.SMTPError} to refuse
+        (C{535 5.7.8} is the usual refusal, C{454 4.7.0} a temporary one that does not
+        count as a failed attempt).  C{False}, C{0} or C{""} refuses too, with C{535
+        Error: Authentication credentials invalid}, as when no handler accepts.
         """
 
 

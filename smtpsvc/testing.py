@@ -227,10 +227,20 @@ class MemoryClient:
         """
         Run one transaction: MAIL, each RCPT, DATA, the dot-stuffed message.
 
-        @return: every reply to the transaction, the final one last.
+        @return: every reply to the transaction, the final one last (unless a data
+            handler answers later: its reply is then in L{received} after the clock has
+            moved on).
+        @raise RuntimeError: when a handler answers MAIL or a RCPT later, on the clock:
+            without the reply to DATA, the message cannot be sent.
         """
         replies = self.send(f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{r}>" for r in recipients))
         replies += self.send("DATA")
+        if len(replies) < len(recipients) + 2 and not self.closed:
+            raise RuntimeError(
+                f"sendmail: {len(replies)} of the {len(recipients) + 2} replies to MAIL, "
+                "RCPT and DATA came, as a handler answers later: move the clock on and go "
+                "on with received() and write(stuff(message))"
+            )
         if replies and replies[-1].code == 354:
             replies += self.write(stuff(message))
         return replies

@@ -9,7 +9,7 @@ import base64
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -443,6 +443,39 @@ class ExchangeTests(SynchronousTestCase):
         later.d.callback("someone")
         self.assertEqual(wires(client.received()), ["235 Authentication successful"])
         self.assertEqual((asked, client.session.user), (["abstain", "later"], "someone"))
+
+    def test_falseAnswerRefuses(self) -> None:
+        """
+        A handler that answers False, 0 or "" (say, a password check's result) refuses
+        with 535, as in the reference, and the chain stops there: no later handler
+        accepts.  True, and any other value but None, is the user.  An SMTPError
+        returned instead of raised refuses with that reply.  At once or later.
+        """
+        answers: list[object] = [False, 0, "", b"", True, "alice", SMTPError(454, "Busy")]
+        for answer in answers:
+            for later in (False, True):
+
+                @implementer(IAuthHandler)
+                class Check:
+                    def __init__(self, answer: object, later: bool) -> None:
+                        self.answer, self.later = answer, later
+
+                    def onAuth(self, auth: AuthRequest, session: Session) -> object:
+                        return succeed(self.answer) if self.later else self.answer
+
+                client = connect([Check(answer, later), Users()])
+                replies = wires(client.send(authPlain("alice", "secret")))
+                case = (answer, later)
+                if isinstance(answer, SMTPError):
+                    self.assertEqual(replies, ["454 Busy"], case)
+                elif answer:
+                    self.assertEqual(replies, ["235 Authentication successful"], case)
+                    self.assertEqual(client.session.user, answer, case)
+                else:
+                    self.assertEqual(
+                        replies, ["535 Error: Authentication credentials invalid"], case
+                    )
+                    self.assertIsNone(client.session.user, case)
 
     def test_answerAfterTheClientLeft(self) -> None:
         """

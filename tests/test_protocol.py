@@ -6,6 +6,7 @@ ordering, pausing, timing and shutdown.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
@@ -45,11 +46,13 @@ from .protocol_support import (
     NAME,
     Later,
     LateReader,
+    clientOf,
     codes,
     connect,
     first,
     hello,
     makeServer,
+    wire,
     wires,
 )
 from .service_support import NeverClosing
@@ -139,6 +142,107 @@ class GreetingTests(SynchronousTestCase):
         client = connect(Busy())
         self.assertEqual(client.greeting, ServerReply(421, ("Busy",)))
         self.assertTrue(client.closed)
+
+    def test_connectHandlerBug(self) -> None:
+        """
+        A connect handler that fails unexpectedly leaves no service to give: the client
+        gets 421 (a greeting may only be 220 or 554, RFC 5321 section 4.3.2) without an
+        enhanced code, the connection closes, and the traceback is logged.  At once or
+        later; after XCLIENT, whose reply is the new client's greeting, too.
+        """
+        for later in (False, True):
+
+            @implementer(IConnectHandler)
+            class Buggy:
+                calls = 0
+                answersLater = later
+
+                def onConnect(self, session: Session) -> Deferred[None] | None:
+                    self.calls += 1
+                    if self.calls == 1 and not self.answersLater:
+                        raise KeyError("oops")
+                    d: Deferred[None] = Deferred()
+                    if self.calls == 1:
+                        d.errback(KeyError("oops"))
+                    else:
+                        d.callback(None)
+                    return d
+
+            client = connect(Buggy(), hideENHANCEDSTATUSCODES=False)
+            self.assertEqual(
+                wire(cast(ServerReply, client.greeting)),
+                "421 Local error in processing - closing connection",
+                later,
+            )
+            self.assertTrue(client.closed, later)
+            self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1, later)
+
+        @implementer(IConnectHandler)
+        class BuggyForTheNewClient:
+            def onConnect(self, session: Session) -> None:
+                if session.remoteAddress == "198.51.100.7":
+                    raise KeyError("oops")
+
+        client = connect(BuggyForTheNewClient(), useXClient=("192.0.2.0/24",))
+        client.send("EHLO proxy.example")
+        self.assertEqual(
+            wires(client.send("XCLIENT ADDR=198.51.100.7")),
+            ["421 Local error in processing - closing connection"],
+        )
+        self.assertTrue(client.closed)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_returnedRefusal(self) -> None:
+        """
+        An SMTPError that a connect, MAIL or RCPT handler returns (at once, or as a
+        Deferred's result) instead of raising refuses as a raised one does, and stops
+        the chain: nothing after it accepts, and no message is delivered.
+        """
+        for later in (False, True):
+
+            def answer(refusal: SMTPError, later: bool = later) -> object:
+                return succeed(refusal) if later else refusal
+
+            @implementer(IConnectHandler, IMailFromHandler, IRcptToHandler)
+            class Returns:
+                def onConnect(self, session: Session) -> object:
+                    if session.remoteAddress == "203.0.113.9":
+                        return answer(SMTPError(554, "Go away"))
+                    return None
+
+                def onMailFrom(self, address: Address, session: Session) -> object:
+                    if address.address == "spam@b.example":
+                        return answer(SMTPError(550, "5.7.1 Sender refused"))
+                    return None
+
+                def onRcptTo(self, address: Address, session: Session) -> object:
+                    return answer(SMTPError(550, "5.1.1 No such user"))
+
+            recorder = RecordingHandler()
+            server = makeServer([Returns(), recorder], hideENHANCEDSTATUSCODES=False)
+            refused = MemoryClient(server, peer=("203.0.113.9", 40000))
+            self.assertEqual(wire(cast(ServerReply, refused.greeting)), "554 Go away", later)
+            client = clientOf(server, "c.example")
+            self.assertEqual(
+                wires(client.send("MAIL FROM:<spam@b.example>")),
+                ["550 5.7.1 Sender refused"],
+                later,
+            )
+            replies = client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+            self.assertEqual(
+                wires(replies),
+                [
+                    "250 2.1.0 Accepted",
+                    "550 5.1.1 No such user",
+                    "503 5.5.1 Error: need RCPT command",
+                ],
+                later,
+            )
+            self.assertEqual(
+                (recorder.senders, recorder.recipients),
+                (["a@b.example"], []),
+                later,
+            )
 
     def test_connectHandlerPendingThenEarlyTalk(self) -> None:
         """
@@ -1131,6 +1235,41 @@ class DataTests(SynchronousTestCase):
         self.assertFalse(client.protocol.paused)
         self.assertEqual(codes(client.write(b".\r\n")), [250])
         self.assertEqual(len(handler.messages[0]), len(body) * (2 * HIGH_WATER // len(body)))
+
+    def test_answerWithItsOwnEnhancedCode(self) -> None:
+        """
+        A data handler's answer text that starts with an enhanced status code of class 2
+        ("2.0.0 Ok: queued as X", as Postfix writes it) gives the reply that code in
+        place of the default one, sent only where enhanced codes are: never two codes.
+        Text that only looks like one keeps it as text.
+        """
+
+        @implementer(IDataHandler)
+        class Queue:
+            def __init__(self, text: str) -> None:
+                self.text = text
+
+            def onData(self, stream: IMessageStream, session: Session) -> str:
+                return self.text
+
+        cases: list[tuple[str, dict[str, Any], str]] = [
+            ("2.0.0 Ok: queued as X", {}, "250 Ok: queued as X"),
+            (
+                "2.0.0 Ok: queued as X",
+                {"hideENHANCEDSTATUSCODES": False},
+                "250 2.0.0 Ok: queued as X",
+            ),
+            ("2.0.0 Ok: queued as X", {"lmtp": True}, "250 2.0.0 Ok: queued as X"),
+            ("2.0.0", {"lmtp": True}, "250 2.0.0 "),
+            ("Ok: queued as X", {"lmtp": True}, "250 2.6.0 Ok: queued as X"),
+            ("2.0.0x queued", {"lmtp": True}, "250 2.6.0 2.0.0x queued"),
+            ("5.1.1 odd", {"lmtp": True}, "250 2.6.0 5.1.1 odd"),
+        ]
+        for text, options, expected in cases:
+            client = connect(Queue(text), clientName=None, **options)
+            self.transaction(client)
+            client.send("DATA")
+            self.assertEqual(wires(client.write(b"x\r\n.\r\n")), [expected], (text, options))
 
     def test_logLinesKeepBraces(self) -> None:
         """
@@ -2493,6 +2632,35 @@ class ServerTests(SynchronousTestCase):
     Building a server.
     """
 
+    def test_misuseCaughtAtTheCall(self) -> None:
+        """
+        Mistakes in building a server or its handlers fail where they are made, with a
+        sentence that says what is wrong, not later, deep inside a connection.
+        """
+
+        @implementer(IMailFromHandler)
+        class NoMethod:  # type: ignore[misc]
+            pass
+
+        @implementer(IMailFromHandler)
+        class Fine:
+            def onMailFrom(self, address: Address, session: Session) -> None:
+                pass
+
+        mistakes: list[tuple[Callable[[], object], type[Exception], str]] = [
+            (lambda: SMTPServer(reactor=Clock(), resolver=5), ValueError, "lookupPointer"),
+            (lambda: SMTPServer(reactor=5), TypeError, "Twisted reactor"),
+            (lambda: SMTPServer([NoMethod()], reactor=Clock()), TypeError, "no onMailFrom"),
+            (lambda: SMTPServer([Fine], reactor=Clock()), TypeError, "an instance of it: Fine()"),
+            (lambda: SMTPServer(Fine(), reactor=Clock()), TypeError, "a list of handlers"),  # type: ignore[arg-type]
+            (lambda: SMTPServer(reactor=Clock()).listen(2525), TypeError, "'tcp:2525'"),  # type: ignore[arg-type]
+            (lambda: SMTPError(550, b"No such user"), TypeError, "not bytes"),  # type: ignore[arg-type]
+        ]
+        for make, kind, words in mistakes:
+            with self.assertRaises(kind) as caught:
+                make()
+            self.assertIn(words, str(caught.exception))
+
     def test_unknownOption(self) -> None:
         """
         An unknown option is a TypeError that names it.
@@ -2527,6 +2695,36 @@ class ReplyParsingTests(SynchronousTestCase):
     """
     L{parseReplies} and L{MemoryClient.received}, which tests read the server with.
     """
+
+    def test_sendmailWithAnAnswerToCome(self) -> None:
+        """
+        L{MemoryClient.sendmail} with a RCPT handler that answers later on the clock has
+        no 354 to send the message after: it says so, rather than return as though the
+        transaction were done.  A data handler that answers later leaves the final reply
+        for L{MemoryClient.received}.
+        """
+
+        @implementer(IRcptToHandler)
+        class Slow(Later[None]):
+            def onRcptTo(self, address: Address, session: Session) -> Deferred[None]:
+                return self.later()
+
+        client = connect(Slow(), clientName="c.example")
+        with self.assertRaises(RuntimeError) as caught:
+            client.sendmail("a@b.example", ["c@d.example"], b"Subject: x\r\n\r\nx\r\n")
+        self.assertIn("1 of the 3 replies", str(caught.exception))
+
+        @implementer(IDataHandler)
+        class SlowData(Later[None]):
+            def onData(self, stream: IMessageStream, session: Session) -> Deferred[None]:
+                return self.later()
+
+        handler = SlowData()
+        client = connect(handler, clientName="c.example")
+        replies = client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
+        self.assertEqual(codes(replies), [250, 250, 354])
+        handler.pending.pop().callback(None)
+        self.assertEqual(codes(client.received()), [250])
 
     def test_parseReplies(self) -> None:
         """

@@ -632,6 +632,40 @@ class SecureHandlerTests(SynchronousTestCase):
         self.assertEqual(codes(connection.send("QUIT")), [221])
         self.assertTrue(connection.closed)
 
+    def test_implicitSecureHandlerBug(self) -> None:
+        """
+        With implicit TLS, a secure handler that fails unexpectedly is logged under its
+        own hook's name (not onConnect's, which runs in the same chain), and, as a
+        failed connect handler, leaves no service to give: 421 instead of the greeting,
+        and the connection closes.  A refusal it returns instead of raising refuses.
+        """
+        log = LogCapture(self)
+
+        @implementer(ISecureHandler)
+        class Buggy:
+            def onSecure(self, session: Session, peerCertificate: Any) -> None:
+                raise KeyError("oops")
+
+        connection = connectTLS(makeServer([RecordingHandler(), Buggy()], secure=True))
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in connection.client.replies()],
+            ["421 Local error in processing - closing connection"],
+        )
+        self.assertTrue(connection.closed)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        self.assertEqual(len(log.matching("Handler failed in onSecure for session")), 1)
+        self.assertEqual(log.matching("Handler failed in onConnect"), [])
+
+        @implementer(ISecureHandler)
+        class Returns:
+            def onSecure(self, session: Session, peerCertificate: Any) -> SMTPError:
+                return SMTPError(554, "Go away")
+
+        connection = connectTLS(makeServer([Returns()], secure=True))
+        self.assertEqual(
+            [f"{r.code} {r.lines[0]}" for r in connection.client.replies()], ["554 Go away"]
+        )
+
 
 class VersionTests(SynchronousTestCase):
     """

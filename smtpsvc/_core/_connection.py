@@ -30,7 +30,13 @@ from typing import Final, TypeAlias
 from .._errors import SMTPError
 from .._options import ServerOptions
 from . import _replies as R
-from ._grammar import GrammarError, decodeXtext, isValidHeloName, parsePathCommand
+from ._grammar import (
+    ENHANCED_STATUS,
+    GrammarError,
+    decodeXtext,
+    isValidHeloName,
+    parsePathCommand,
+)
 from ._replies import Reply
 from ._sasl import (
     ABORTED,
@@ -1313,6 +1319,11 @@ def _combine(outcomes: Sequence[Sequence[Outcome]], index: int, default: str) ->
             text = outcome
     if text is None:
         return _DEFAULT_DATA_REPLIES[default]
+    match = ENHANCED_STATUS.match(text)
+    if match is not None and match.group(1) == "2":
+        # The text gives its own enhanced code ("2.0.0 Ok: queued as X", as Postfix
+        # writes it), as an SMTPError's may: sent in its place, not after the default.
+        return Reply(250, (text[match.end() :],), match.group(0).strip())
     return Reply(250, (text,), R.DATA_ENHANCED)
 
 

@@ -326,3 +326,8 @@ MAIL_LOOP: Final = reply(554, "Error: too many hops, mail loop detected", "5.4.6
 HANDLER_FAILED_ERROR: Final = SMTPError(
     451, "Requested action aborted: local error in processing", "4.3.0"
 )
+# The same when the client awaits its greeting, which cannot be 451 (RFC 5321 section
+# 4.3.2): there is no service to give it.
+CONNECT_HANDLER_FAILED: Final = SMTPError(
+    421, "Local error in processing - closing connection", "4.3.0"
+)
