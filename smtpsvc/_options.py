@@ -170,18 +170,20 @@ class ServerOptions:
     socketTimeout: float = _option(
         60.0,
         "Seconds without traffic either way before ``421 Timeout - closing connection``, "
-        "not counting the time the client waits for a handler's answer (RFC 5321 section "
-        "4.5.3.2.7).  It also bounds a command line, from its first byte, and is the head "
-        "start a message gets under ``minDataRate``; 0 turns all three off.",
+        "not counting the time the client waits for the handlers (their answer, RFC 5321 "
+        "section 4.5.3.2.7, or a data handler taking the message).  It also bounds a "
+        "command line, from its first byte, and is the head start a message gets under "
+        "``minDataRate``; 0 turns all three off.",
         group="limits",
     )
     handlerTimeout: float = _option(
         300.0,
         "Seconds the client may wait for the handlers' answer (to the connection, to a "
-        "command they check, to a message whose end has come) before it gets ``421 Handler "
-        "timeout - closing connection`` and is disconnected, whatever the handlers "
-        "answer later.  The message is not accepted, so the client sends it again, even if "
-        "a handler stored it in the meantime.  Five minutes is RFC 5321's least wait of a "
+        "command they check, to a message whose end has come), or for a data handler to "
+        "take more of a message, before it gets ``421 Handler timeout - closing "
+        "connection`` and is disconnected, whatever the handlers answer later.  The "
+        "message is not accepted, so the client sends it again, even if a handler stored "
+        "it in the meantime.  Five minutes is RFC 5321's least wait of a "
         "client for a reply (section 4.5.3.2) and Postfix's ``milter_content_timeout``; 0 "
         "turns the limit off.",
         group="limits",

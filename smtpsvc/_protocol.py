@@ -84,11 +84,11 @@ _T = TypeVar("_T")
 
 # Lines handled in one go before letting the reactor serve other connections.
 _LINES_PER_TURN: Final = 100
-# The reasons to stop reading while the reply to the client's last command is ours to
-# give: while one holds, the client is waiting for us and the idle timeout does not run
-# (see _checkIdle).  Not "stream": a data handler that holds a message up for a whole
-# timeout, in the middle of it, is stuck, and the client is let go.
-_REPLY_PAUSES: Final = frozenset({"handler", "delay", "data"})
+# The reasons to stop reading that are the server's own wait: the reply to the client's
+# last command is ours to give, or ("stream") a data handler has not taken what came of
+# the message yet.  While one holds, the client is waiting for us and the idle timeout
+# does not run (see _checkIdle); handlerTimeout bounds the handlers' part.
+_SERVER_WAITS: Final = frozenset({"handler", "delay", "data", "stream"})
 # How much a socket transport reads at a time while a large message comes in, once
 # more of it than Twisted's default read of 64 KB has come (in one read or, over TLS,
 # which hands on at most 32 KB at a time, in several): fewer turns of the reactor per MB.
@@ -273,9 +273,7 @@ class _DataTransaction:
         self.protocol = protocol
         self.decoder = decoder
         self.slots = slots
-        self.fanOut = _FanOut(
-            pause=lambda: protocol._pause("stream"), resume=lambda: protocol._resume("stream")
-        )
+        self.fanOut = _FanOut(pause=protocol._streamFull, resume=protocol._streamDrained)
         self.answers: list[tuple[Outcome, ...] | None] = []
         self.started = protocol._reactor.seconds()
         self.ended = False
@@ -865,11 +863,12 @@ class SMTPProtocol(LineReceiver):
             return
         timeout = self._options.socketTimeout
         if not self._closed and (
-            self._handlerPending or not _REPLY_PAUSES.isdisjoint(self._pauses)
+            self._handlerPending or not _SERVER_WAITS.isdisjoint(self._pauses)
         ):
             # The timeout is for the server awaiting the client's next command (RFC 5321
-            # section 4.5.3.2.7), and now the client awaits our reply: a handler deciding
-            # (after the final dot the client waits ten minutes, section 4.5.3.2.6), a
+            # section 4.5.3.2.7), and now the client awaits us: a data handler taking the
+            # message slowly, a handler deciding (after the final dot the client waits ten
+            # minutes, section 4.5.3.2.6), a
             # failed AUTH's delay.  Look again a timeout later; the reply, when it comes,
             # starts the client's time afresh.
             self._timeoutCall = self._reactor.callLater(timeout, self._checkIdle)
@@ -1316,16 +1315,37 @@ class SMTPProtocol(LineReceiver):
         if call is not None and call.active():
             call.cancel()
 
+    def _streamFull(self) -> None:
+        # A data handler has not taken what came of the message: nothing more is read
+        # until it has, and meanwhile the client waits for the handlers, as for their
+        # answer (handlerTimeout), not the other way round (socketTimeout).
+        self._pause("stream")
+        self._awaitHandlers()
+
+    def _streamDrained(self) -> None:
+        transaction = self._data
+        if transaction is not None and not transaction.ended:
+            # (Once the message has ended, the clock runs on for the handlers' answer.)
+            self._handlersAnswered()
+        self._resume("stream")
+
     def _handlersTimedOut(self) -> None:
         self._handlerCall = None
         if self._closed:
             return
-        self._log.warn(
-            "Closing connection: handlers did not answer within {timeout} s",
-            sessionId=self._core.session.id,
-            timeout=self._options.handlerTimeout,
-        )
         transaction = self._data
+        if transaction is not None and not transaction.ended:
+            self._log.warn(
+                "Closing connection: data handlers took none of the message for {timeout} s",
+                sessionId=self._core.session.id,
+                timeout=self._options.handlerTimeout,
+            )
+        else:
+            self._log.warn(
+                "Closing connection: handlers did not answer within {timeout} s",
+                sessionId=self._core.session.id,
+                timeout=self._options.handlerTimeout,
+            )
         result = "timed out"
         envelope = self._core.session.envelope
         if transaction is not None and transaction.ended and transaction.decoder.failed:

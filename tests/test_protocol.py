@@ -1965,13 +1965,38 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
     socketTimeout and SMTPServer.close (spec sections 2.3, 13.2).
     """
 
+    def test_handlerHoldsTheMessageUpWithinHandlerTimeout(self) -> None:
+        """
+        A data handler that holds a message up (its stream full, the connection not
+        reading) is the server's wait, not the client's: socketTimeout does not run
+        meanwhile, and once the handler takes the message the client goes on and gets
+        its reply.
+        """
+        handler = LateReader()
+        client = connect(handler, socketTimeout=15, handlerTimeout=300, clientName="c.example")
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        line = b"x" * 98 + b"\r\n"
+        self.assertEqual(client.write(line * (2 * HIGH_WATER // len(line))), [])
+        self.assertTrue(client.protocol.paused)
+        client.clock.advance(250)
+        self.assertFalse(client.closed)
+        handler.gate.callback(None)
+        # The handlers' clock has stopped; the client's runs again, from now.
+        clock = client.clock
+        self.assertEqual(
+            [round(c.getTime() - clock.seconds()) for c in clock.getDelayedCalls()], [15]
+        )
+        self.assertEqual(codes(client.write(b".\r\n")), [250])
+
     def test_timeoutWhileHandlerHoldsTheMessage(self) -> None:
         """
-        A client timed out in the middle of a message that a data handler is holding up
-        (its stream full, the connection not reading) gets 421 and is let go; the handler
-        sees the message aborted, and nothing the client sent after is read as a
-        command, nor does the abort fail anywhere.
+        A client held up in the middle of a message by a data handler (its stream full,
+        the connection not reading) for handlerTimeout seconds gets 421 and is let go,
+        with a warning: socketTimeout, shorter, does not cut it off, since the client is
+        not the one that is slow.  The handler sees the message aborted, and nothing the
+        client sent after is read as a command, nor does the abort fail anywhere.
         """
+        log = LogCapture(self)
         aborted: list[BaseException] = []
 
         @implementer(IDataHandler)
@@ -1988,16 +2013,19 @@ class TimeoutAndShutdownTests(SynchronousTestCase):
                     raise
 
         handler = Stuck()
-        client = connect(handler, socketTimeout=60)
+        client = connect(handler, socketTimeout=60, handlerTimeout=120)
         hello(client)
         client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
         line = b"NOOP\r\n"
         self.assertEqual(client.write(line * (2 * HIGH_WATER // len(line))), [])
         # More arrives while the connection is not reading: it waits in its buffer.
         self.assertEqual(client.write(line * 10), [])
-        client.clock.advance(60)
-        self.assertEqual(first(client.received()), "421 Timeout - closing connection")
+        client.clock.advance(119)
+        self.assertFalse(client.closed)
+        client.clock.advance(1)
+        self.assertEqual(first(client.received()), "421 Handler timeout - closing connection")
         self.assertTrue(client.closed)
+        self.assertEqual(len(log.matching("took none of the message for 120 s")), 1)
         handler.gate.callback(None)
         self.assertEqual(len(aborted), 1)
         self.assertEqual(client.received(), [])
