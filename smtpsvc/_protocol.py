@@ -96,6 +96,8 @@ _SERVER_WAITS: Final = frozenset({"handler", "delay", "data", "stream"})
 # such sizes afresh costs a small message more than its whole reading.)
 _DATA_READ_SIZE: Final = 256 * 1024
 _DEFAULT_READ_SIZE: Final = FileDescriptor.bufferSize
+# How long a TLS connection we close waits for the client's close_notify.
+_TLS_CLOSE_GRACE: Final = 2.0
 # Stream errors a data handler may let through without it being a bug.
 _MESSAGE_ENDINGS: Final = (MessageAborted, MessageTooLarge, MessageRefused)
 
@@ -244,6 +246,20 @@ def _ensureDeferred(result: object) -> Deferred[Any]:
         return result
     assert isinstance(result, Coroutine)
     return Deferred.fromCoroutine(result)
+
+
+def _handshakeFailure(reason: Failure) -> str:
+    # Why a TLS handshake failed, in words: OpenSSL's reasons rather than the repr of its
+    # error queue ("[('SSL routines', '', 'unsupported protocol')]").
+    error = reason.value
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        texts = [
+            str(item[-1] or item[0]) if isinstance(item, tuple) and item else str(item)
+            for item in error.args[0]
+        ]
+        if texts:
+            return "; ".join(texts)
+    return reason.getErrorMessage()
 
 
 def _resultText(send: Send) -> str:
@@ -803,10 +819,13 @@ class SMTPProtocol(LineReceiver):
         self._abortData()
         session = self._core.session
         if self._tlsPending:
+            # (Not when we cut the handshake off ourselves: see _cutHandshake.)
             self._log.info(
-                "TLS handshake failed: {reason}",
+                "TLS handshake failed: {reason} ({remoteAddress}:{remotePort})",
                 sessionId=session.id,
-                reason=reason.getErrorMessage(),
+                reason=_handshakeFailure(reason),
+                remoteAddress=session.remoteAddress,
+                remotePort=session.remotePort,
             )
         self._logDisconnect(session)
         self._server._connectionLost(self)
@@ -906,8 +925,14 @@ class SMTPProtocol(LineReceiver):
             return
         if self._tlsPending:
             # No reply can be sent in the middle of a handshake.
-            self._log.info("TLS handshake timed out", sessionId=self._core.session.id)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            session = self._core.session
+            self._log.info(
+                "TLS handshake timed out ({remoteAddress}:{remotePort})",
+                sessionId=session.id,
+                remoteAddress=session.remoteAddress,
+                remotePort=session.remotePort,
+            )
+            self._cutHandshake()
             return
         if self._proxyParser is not None:
             # Nothing is said to a proxy before its header (and, on an implicit TLS
@@ -937,7 +962,7 @@ class SMTPProtocol(LineReceiver):
             # In a handshake, or before a proxy's header: no reply can be sent (see
             # _checkIdle).
             self._closed = True
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._cutHandshake()
             return
         if self._greetCall is not None:
             # Still in the early-talker delay: say goodbye instead of hello.
@@ -1769,12 +1794,27 @@ class SMTPProtocol(LineReceiver):
             transport.connectionLost(connectionDone)
             return
         transport.loseConnection()
+        if self._core.session.secure:
+            # Over TLS the close completes only once the client answers our close_notify
+            # with its own (or closes), which a client that is not reading never does: an
+            # idle client would hold server.close() for all of closeTimeout.  RFC 8446
+            # section 6.1 does not ask the side that closes to wait for the answer, and
+            # what we sent is with the kernel by then: close a moment later regardless.
+            self._abortCall = self._reactor.callLater(_TLS_CLOSE_GRACE, self._abortIfOpen)
+            return
         # A client that never reads would keep the socket open for ever: the idle timer,
         # if there is one, aborts it (see _checkIdle), else a timer of its own.
         if self._timeoutCall is not None:
             self._lastActivity = self._reactor.seconds()
         else:
             self._abortCall = self._reactor.callLater(30.0, self._abortIfOpen)
+
+    def _cutHandshake(self) -> None:
+        # End a connection in the middle of its TLS handshake (or before its PROXY
+        # header) on our side's account: not a handshake the client failed, which
+        # connectionLost would otherwise log.
+        self._tlsPending = False
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _abortIfOpen(self) -> None:
         self._abortCall = None

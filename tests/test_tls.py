@@ -112,6 +112,42 @@ class STARTTLSTests(SynchronousTestCase):
         self.assertTrue(session.tlsOptions.name.startswith("TLS_"))
         self.assertEqual(codes(connection.send("NOOP")), [250])
 
+    def test_closeDoesNotWaitForTheClientsCloseNotify(self) -> None:
+        """
+        A TLS connection the server closes (after QUIT, or at server.close()) ends two
+        seconds later at most, though a client that does not read never answers the
+        server's close_notify with its own: an idle TLS client does not hold
+        server.close() for all of closeTimeout (RFC 8446 section 6.1).  A client that
+        does answer ends it at once.
+        """
+        for how in ("QUIT", "close", "answering client"):
+            server = makeServer(closeTimeout=30)
+            clock = server.reactor
+            assert isinstance(clock, Clock)
+            connection = upgraded(server)
+            self.assertEqual(codes(connection.send("EHLO client.example")), [250])
+            tls = connection.clientTransport.tlsProtocol
+            assert tls is not None
+            if how != "answering client":
+                # From now on the client reads nothing.
+                tls.dataReceived = lambda data: None  # type: ignore[method-assign]
+            if how == "close":
+                closed = server.close()
+            else:
+                connection.client.transport.write(b"QUIT\r\n")  # type: ignore[union-attr]
+            connection.pump.flush()
+            if how == "answering client":
+                self.assertTrue(connection.serverTransport.disconnected, how)
+                continue
+            clock.advance(1.9)
+            connection.pump.flush()
+            self.assertFalse(connection.serverTransport.disconnected, how)
+            clock.advance(0.1)
+            connection.pump.flush()
+            self.assertTrue(connection.serverTransport.disconnected, how)
+            if how == "close":
+                self.assertIsNone(self.successResultOf(closed), how)
+
     def test_connectionLogLineNamesTLS(self) -> None:
         """
         The handshake writes no log line of its own; the connection's line at its end
@@ -321,18 +357,24 @@ class ImplicitTLSTests(SynchronousTestCase):
         A client that speaks SMTP in clear gets no SMTP reply; the connection closes
         (standards 8314-02).
         """
+        log = LogCapture(self)
         client, serverTransport, pump = connectInClear(makeServer(secure=True))
         client.transport.write(b"EHLO x\r\n")  # type: ignore[union-attr]
         pump.flush()
         self.assertNotIn(b"250", client.data)
         self.assertNotIn(b"220", client.data)
         self.assertTrue(serverTransport.disconnecting)
+        # The line says why in OpenSSL's words (not the repr of its error queue), and
+        # names the client, as the connection's last line does.
+        [line] = log.matching("TLS handshake failed")
+        self.assertRegex(line, r"^TLS handshake failed: [a-z][a-z ]+ \(127\.0\.0\.1:0\)$")
 
     def test_stalledHandshake(self) -> None:
         """
         A client that never sends its ClientHello is cut off after socketTimeout; the
         server goes on serving others.
         """
+        log = LogCapture(self)
         server = makeServer(secure=True, socketTimeout=10)
         _, serverTransport, pump = connectInClear(server)
         pump.flush()
@@ -341,6 +383,15 @@ class ImplicitTLSTests(SynchronousTestCase):
         self.assertTrue(serverTransport.disconnecting)
         other = connectTLS(server)
         self.assertEqual(codes(other.client.replies()), [220])
+        # One line says why, naming the client; the abort that follows is ours, not a
+        # handshake the client failed.  Nor is one cut off by the server's close.
+        self.assertEqual(log.matching("TLS handshake"), ["TLS handshake timed out (127.0.0.1:0)"])
+        _, serverTransport, pump = connectInClear(server)
+        pump.flush()
+        server.close()
+        pump.flush()
+        self.assertTrue(serverTransport.disconnecting)
+        self.assertEqual(len(log.matching("TLS handshake")), 1)
 
     def test_perListenerOverride(self) -> None:
         """
