@@ -43,11 +43,20 @@ class DownstreamError(Exception):
 
     @ivar reply: the reply that ended the connection, when one did: a C{421}, or a refusal
         sent before the end of the message (which some servers send and then hang up).
+    @ivar replies: the final replies the server gave after the message before it could no
+        longer be used: in LMTP, those of its first recipients, in order.  Empty when it
+        failed before any of them (and always in SMTP, which has one).
     """
 
-    def __init__(self, why: str, reply: DownstreamReply | None = None) -> None:
+    def __init__(
+        self,
+        why: str,
+        reply: DownstreamReply | None = None,
+        replies: tuple[DownstreamReply, ...] = (),
+    ) -> None:
         super().__init__(why)
         self.reply = reply
+        self.replies = replies
 
 
 class DownstreamClient(LineReceiver):
@@ -167,7 +176,9 @@ class DownstreamClient(LineReceiver):
             then still open), else of the list of final replies: one in SMTP, one per
             recipient in LMTP.  It fails with the stream's error when the message fails
             (the connection is then dropped: half a message cannot be taken back), or with
-            L{DownstreamError}.
+            L{DownstreamError}; in LMTP, one that failed after the replies for some
+            recipients came carries them (L{DownstreamError.replies}), since each is that
+            recipient's final answer.
         """
         return Deferred.fromCoroutine(self._sendData(stream, header, recipients))
 
@@ -201,13 +212,21 @@ class DownstreamClient(LineReceiver):
             waiters = await sender.done
         finally:
             self._sending = None
-        replies = []
+        replies: list[DownstreamReply] = []
         try:
             for waiter in waiters:
-                final = await waiter
+                try:
+                    final = await waiter
+                except DownstreamError as e:
+                    if not replies:
+                        raise
+                    # In LMTP each reply is final for its recipient (RFC 2033 section
+                    # 4.2): those that came stand, even though the others never will.
+                    raise DownstreamError(str(e), e.reply, tuple(replies)) from None
                 if not (final.positive or final.refusal):
-                    self.abort(f"unexpected reply after the message: {final}")
-                    raise DownstreamError(f"unexpected reply after the message: {final}")
+                    why = f"unexpected reply after the message: {final}"
+                    self.abort(why)
+                    raise DownstreamError(why, replies=tuple(replies))
                 replies.append(final)
         finally:
             # When one fails the rest fail too, with the same error: already told.

@@ -1444,6 +1444,105 @@ class LMTPTests(ForwardTestCase):
         self.assertEqual(codes(replies), [250, 250, 250, 354, 554, 554])
 
 
+class PartialRepliesTests(ForwardTestCase):
+    """
+    An LMTP downstream that becomes unusable after the message, having replied for its first
+    recipients only: each reply that came is final for its recipient, so an LMTP client
+    hears it, and only the recipients whose reply never came get 451 4.4.1.
+    """
+
+    RECIPIENTS = ["r0@example.net", "r1@example.net", "r2@example.net"]
+    DELIVERED = b"250 2.0.0 <r0@example.net> delivered\r\n"
+
+    def partial(self, then: Callable[[ITransport], None], *, frontLMTP: bool = True) -> None:
+        """
+        Send a message to three recipients through a scripted LMTP downstream that replies
+        C{250} for the first after the message and then calls C{then} with its end of the
+        connection; keep the client's final replies in C{self.replies}.
+        """
+        self.factory = ScriptedFactory({".": None})
+        self.front(lambda: self.factory, lmtp=True, frontLMTP=frontLMTP)
+        replies = self.sendmail("s@example.org", self.RECIPIENTS)
+        self.assertEqual(codes(replies), [250, 250, 250, 250, 354])
+        server = self.factory.built[0]
+        self.assertEqual(len(server.messages), 1)
+        transport = server.transport
+        assert transport is not None
+        transport.write(self.DELIVERED)
+        self.network.run()
+        self.assertEqual(self.client.received(), [])
+        then(transport)
+        self.network.run()
+        self.replies = self.client.received()
+
+    def assertPartial(self) -> None:
+        """
+        The client got the downstream's 250 for the first recipient and 451 4.4.1 for the
+        others; the downstream connection is gone, and the next transaction opens a new
+        one.
+        """
+        self.assertEqual(
+            self.replies,
+            [
+                ServerReply(250, ("2.6.0 <r0@example.net> delivered",)),
+                UnavailableTests.UNAVAILABLE,
+                UnavailableTests.UNAVAILABLE,
+            ],
+        )
+        self.assertTrue(self.endpoint.clients[0].disconnected)
+        self.assertEqual(self.forward._links[self.client.session.id].client, None)
+        self.factory.script["."] = b"250 2.0.0 Ok\r\n" * 3
+        replies = self.sendmail("s@example.org", self.RECIPIENTS)
+        self.assertEqual(codes(replies), [250, 250, 250, 250, 354, 250, 250, 250])
+        self.assertEqual(len(self.factory.built), 2)
+
+    def test_connectionLost(self) -> None:
+        """
+        A downstream that hangs up after its first reply: that recipient keeps its 250.
+        """
+        self.partial(lambda transport: transport.loseConnection())
+        self.assertPartial()
+
+    def test_downstream421(self) -> None:
+        """
+        A 421 for the second recipient ends the connection: the first keeps its 250, the
+        second and third get 451 4.4.1.
+        """
+        self.partial(lambda transport: transport.write(b"421 4.3.2 Bye\r\n"))
+        self.assertPartial()
+
+    def test_garbage(self) -> None:
+        """
+        Something that is not a reply for the second recipient: the first keeps its 250.
+        """
+        self.partial(lambda transport: transport.write(b"HTTP/1.1 400 Oops\r\n"))
+        self.assertPartial()
+
+    def test_unexpectedReply(self) -> None:
+        """
+        A reply that is no final reply (a 354) for the second recipient: the first keeps
+        its 250.
+        """
+        self.partial(lambda transport: transport.write(b"354 Again\r\n"))
+        self.assertPartial()
+
+    def test_timeout(self) -> None:
+        """
+        No reply for the second recipient within the timeout: the first keeps its 250.
+        """
+        self.partial(lambda transport: self.clock.advance(TIMEOUT))
+        self.assertPartial()
+
+    def test_smtpFront(self) -> None:
+        """
+        An SMTP client has one reply for the whole message: it gets 451 4.4.1, as when
+        the downstream is lost before any reply.
+        """
+        self.partial(lambda transport: transport.loseConnection(), frontLMTP=False)
+        self.assertEqual(self.replies, [UnavailableTests.UNAVAILABLE])
+        self.assertTrue(self.endpoint.clients[0].disconnected)
+
+
 class LargeMessageTests(ForwardTestCase):
     """
     A large message passes through in bounded memory.

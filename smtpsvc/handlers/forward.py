@@ -251,6 +251,8 @@ class ForwardDelivery:
                 stream, header, len(link.recipients) if self.lmtp else None
             )
         except DownstreamError as e:
+            if e.replies and self.lmtp and session.lmtp:
+                return self._partialAnswer(link, session, e)
             early = e.reply
             if early is not None and early.refusal and early.code != 421:
                 # The downstream refused the message before its end and hung up: that
@@ -295,6 +297,30 @@ class ForwardDelivery:
         if isinstance(outcome, SMTPError):
             raise outcome
         return outcome
+
+    def _partialAnswer(
+        self, link: _Link, session: Session, error: DownstreamError
+    ) -> list[_Outcome]:
+        """
+        The per-recipient answer of an LMTP client when the LMTP downstream became unusable
+        after the message, having replied for its first recipients only.
+
+        Each of those replies is final for its recipient (RFC 2033 section 4.2): a
+        recipient told 250 downstream has the message, and a 451 for it as well would
+        have the client send it to that recipient twice.  So those replies are passed on
+        as they came, and only the recipients whose reply never came get L{UNAVAILABLE}.
+        """
+        replies = error.replies
+        missing = len(session.envelope.rcptTo) - len(replies)
+        _log.warn(
+            "Downstream unavailable after {received} of {expected} replies: {why}",
+            received=len(replies),
+            expected=len(replies) + missing,
+            why=str(error),
+            sessionId=session.id,
+        )
+        link.drop(str(error))
+        return [_outcome(reply) for reply in replies] + [fresh(UNAVAILABLE) for _ in range(missing)]
 
     # -- the downstream connection ---------------------------------------------------------
 
