@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from smtpsvc import SMTPServer
@@ -22,9 +22,13 @@ from smtpsvc.testing import MemoryClient
 
 def runNow(work: Callable[[], Any]) -> Deferred[Any]:
     """
-    Run a Maildir's blocking work at once, in this thread (its C{runInThread}).
+    Run a Maildir's blocking work at once, in this thread (its C{runInThread}); its
+    exception is a failed Deferred, as from a thread.
     """
-    return succeed(work())
+    try:
+        return succeed(work())
+    except Exception:
+        return fail()
 
 
 def maildirClient(

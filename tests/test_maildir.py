@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -21,6 +22,9 @@ from smtpsvc.testing import MemoryClient
 
 from .maildir_support import maildirClient, runNow, storedMessages
 from .protocol_support import codes, lines
+
+#: The directories of a Maildir.
+SUBDIRECTORIES = ("tmp", "new", "cur")
 
 
 class MaildirTests(SynchronousTestCase):
@@ -157,18 +161,136 @@ class MaildirTests(SynchronousTestCase):
 
     def test_commitFails(self) -> None:
         """
-        If making the message durable fails, the client gets 451 and nothing is left.
+        If making the message durable fails, the client gets 451, nothing is left, and
+        the error is logged in one line, without a traceback: it is the disk's, not a bug.
+        """
+        error = OSError(errno.EIO, "I/O error")
+
+        def failing(work: Callable[[], Any]) -> Deferred[Any]:
+            return fail(error)
+
+        client = self.client(runInThread=failing)
+        with capturedLogs() as events:
+            replies = client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
+        self.assertEqual(replies[-1].code, 451)
+        self.assertEqual(storedMessages(self.path), [])
+        self.assertEqual(self.leftovers(), [])
+        [event] = [e for e in events if e.get("log_namespace") == "smtpsvc.maildir"]
+        self.assertEqual(event["log_level"], LogLevel.error)
+        self.assertIs(event["error"], error)
+        self.assertNotIn("log_failure", event)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_commitFailsUnexpectedly(self) -> None:
+        """
+        Anything but an OSError while making the message durable is a bug: the client
+        gets 451, nothing is left, and it is logged with its traceback.
         """
 
         def failing(work: Callable[[], Any]) -> Deferred[Any]:
-            return fail(OSError(errno.EIO, "I/O error"))
+            return fail(ZeroDivisionError())
 
         client = self.client(runInThread=failing)
         replies = client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")
         self.assertEqual(replies[-1].code, 451)
         self.assertEqual(storedMessages(self.path), [])
         self.assertEqual(self.leftovers(), [])
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_newRemoved(self) -> None:
+        """
+        A message whose new/ was removed before it got there gets 451, its file is
+        removed, and the failure is logged in one line, without a traceback; new/ is made
+        again, so the next message is delivered.
+        """
+        client = self.client()
+        client.sendmail("a@b.example", ["c@d.example"], b"first\r\n")
+        shutil.rmtree(os.path.join(self.path, "new"))
+        with capturedLogs() as events:
+            replies = client.sendmail("a@b.example", ["c@d.example"], b"second\r\n")
+        self.assertEqual(lines(replies[-1:]), ["451 Error: cannot store message"])
+        self.assertEqual(self.leftovers(), [])
+        [event] = [e for e in events if e.get("log_namespace") == "smtpsvc.maildir"]
+        self.assertEqual(event["log_level"], LogLevel.error)
+        self.assertIsInstance(event["error"], FileNotFoundError)
+        self.assertNotIn("log_failure", event)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        replies = client.sendmail("a@b.example", ["c@d.example"], b"third\r\n")
+        self.assertEqual(replies[-1].code, 250)
+        [stored] = storedMessages(self.path)
+        self.assertTrue(stored.endswith(b"\r\nthird\r\n"))
+
+    def test_maildirRemoved(self) -> None:
+        """
+        A Maildir removed while the service runs is made again, with its three
+        directories as they were made first (0700), by the next message, which is
+        delivered.
+        """
+        client = self.client()
+        client.sendmail("a@b.example", ["c@d.example"], b"first\r\n")
+        modes = {sub: os.stat(os.path.join(self.path, sub)).st_mode for sub in SUBDIRECTORIES}
+        shutil.rmtree(self.path)
+        with capturedLogs() as events:
+            replies = client.sendmail("a@b.example", ["c@d.example"], b"second\r\n")
+        self.assertEqual(replies[-1].code, 250)
+        [stored] = storedMessages(self.path)
+        self.assertTrue(stored.endswith(b"\r\nsecond\r\n"))
+        self.assertEqual(
+            {sub: os.stat(os.path.join(self.path, sub)).st_mode for sub in SUBDIRECTORIES},
+            modes,
+        )
+        self.assertEqual(modes["new"] & 0o777, 0o700)
+        [event] = [e for e in events if e.get("log_namespace") == "smtpsvc.maildir"][:1]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(event["path"], os.path.abspath(self.path))
+
+    def test_maildirRemovedAndCannotBeMade(self) -> None:
+        """
+        A Maildir that went away while the service runs and cannot be made again (a
+        symbolic link to a volume that is gone) gets 451, and the error is logged in one
+        line.
+        """
+        client = self.client()
+        client.sendmail("a@b.example", ["c@d.example"], b"first\r\n")
+        shutil.rmtree(self.path)
+        os.symlink(self.mktemp(), self.path)
+        with capturedLogs() as events:
+            replies = client.sendmail("a@b.example", ["c@d.example"], b"second\r\n")
+        self.assertEqual(replies[-1].code, 451)
+        logged = [
+            (e["log_level"], e["log_format"].split(" {")[0])
+            for e in events
+            if e.get("log_namespace") == "smtpsvc.maildir"
+        ]
+        # (The first is the free space that MAIL FROM could not look up.)
+        self.assertEqual(
+            logged[1:],
+            [(LogLevel.warn, "The Maildir"), (LogLevel.error, "Cannot create")],
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_directoriesMadeAgainOncePerMessage(self) -> None:
+        """
+        A file that still cannot be created once the directories are made again gets
+        451: they are made again once for each message, not for ever.
+        """
+        client = self.client()
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>")
+        tmp = os.path.join(os.path.abspath(self.path), "tmp")
+        real = os.open
+        creates: list[str] = []
+
+        def missing(path: str, flags: int, mode: int = 0o777) -> int:
+            if os.path.dirname(path) == tmp:
+                creates.append(path)
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            return real(path, flags, mode)
+
+        self.patch(os, "open", missing)
+        replies = client.send("DATA") + client.write(b"x\r\n.\r\n")
+        self.assertEqual(codes(replies), [354, 451])
+        self.assertEqual(len(creates), 2)
+        self.assertEqual(len(set(creates)), 1)
 
     def test_uniqueNames(self) -> None:
         """

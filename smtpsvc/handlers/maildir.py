@@ -6,7 +6,8 @@ Each message is written to ``tmp/`` as it arrives, with ``Return-Path`` and ``Re
 headers in front (RFC 5321 section 4.4), then the file is fsynced, renamed into ``new/``,
 and ``new/`` itself is fsynced; only then does the handler answer.  A message that fails
 on the way (the client goes away, it is too large, the disk is full) leaves nothing in
-``new/`` and its ``tmp/`` file is removed.
+``new/`` and its ``tmp/`` file is removed.  A Maildir whose directories were removed while
+the service runs has them made again by the next message.
 
 Before that, at ``MAIL FROM``, a sender is refused with ``452 4.3.1`` when the Maildir's
 file system has no room for the size it declared (RFC 1870 section 6.1) or is nearly full,
@@ -116,9 +117,38 @@ class MaildirDelivery:
         @raise OSError: when they cannot be made.
         """
         if not self._prepared:
-            for sub in ("tmp", "new", "cur"):
-                os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+            self._makeDirectories()
             self._prepared = True
+
+    def _makeDirectories(self) -> None:
+        """
+        Make the Maildir and its C{tmp}, C{new} and C{cur} where missing, C{0700}.
+        """
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+
+    def _create(self, path: str, session: Session) -> int:
+        """
+        Create the message's file in C{tmp/}.  A missing directory (the Maildir, or its
+        C{tmp/}, was removed while the service runs) is made again, and the file created
+        once more: else every message would fail until the service was restarted.
+
+        @raise SMTPError: C{451} when it cannot be created.
+        """
+        try:
+            try:
+                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:
+                _log.warn(
+                    "The Maildir {path} or its tmp/ is missing; making its directories again",
+                    path=self.path,
+                    sessionId=session.id,
+                )
+                self._makeDirectories()
+                return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            _log.error("Cannot create {path}: {error}", path=path, error=e, sessionId=session.id)
+            raise SMTPError(451, "4.3.0 Error: cannot store message") from e
 
     def onMailFrom(self, address: Address, session: Session) -> None:
         """
@@ -208,11 +238,7 @@ class MaildirDelivery:
             date=format_datetime(datetime.now(UTC)),
             recipient=recipient,
         )
-        try:
-            fd = os.open(tmpPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as e:
-            _log.error("Cannot create {path}: {error}", path=tmpPath, error=e)
-            raise SMTPError(451, "4.3.0 Error: cannot store message") from e
+        fd = self._create(tmpPath, session)
         writer = _FileWriter(fd, tmpPath)
         writer.write(header)
         done: Deferred[None] = Deferred()
@@ -223,9 +249,19 @@ class MaildirDelivery:
             return self._runInThread(lambda: _commit(fd, tmpPath, newPath)).addErrback(notStored)
 
         def notStored(failure: Failure) -> None:
-            failure.trap(OSError)
-            _log.failure("Cannot store {path}", failure, path=newPath)
             _discard(None, tmpPath)
+            # An OSError is the disk or the directories, said in one line like a failed
+            # create; anything else is a bug, and goes on to be logged with its traceback.
+            failure.trap(OSError)
+            error = failure.value
+            _log.error(
+                "Cannot store {path}: {error}", path=newPath, error=error, sessionId=session.id
+            )
+            if isinstance(error, FileNotFoundError):
+                # new/ or tmp/ (and the message's file with it) was removed: this message
+                # is lost to us, but the next one need not be.
+                with contextlib.suppress(OSError):
+                    self._makeDirectories()
             raise SMTPError(451, "4.3.0 Error: cannot store message")
 
         def failed(failure: Failure) -> Failure:
