@@ -259,7 +259,7 @@ class MaildirDelivery:
             )
             if isinstance(error, FileNotFoundError):
                 # new/ or tmp/ (and the message's file with it) was removed: this message
-                # is lost to us, but the next one need not be.
+                # gets 451 and comes again, and the directories are there for it then.
                 with contextlib.suppress(OSError):
                     self._makeDirectories()
             raise SMTPError(451, "4.3.0 Error: cannot store message")
