@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
+    IHalfCloseableProtocol,
     IHandshakeListener,
     IOpenSSLServerConnectionCreator,
     IPushProducer,
@@ -89,6 +90,9 @@ _LINES_PER_TURN: Final = 100
 # the message yet.  While one holds, the client is waiting for us and the idle timeout
 # does not run (see _checkIdle); handlerTimeout bounds the handlers' part.
 _SERVER_WAITS: Final = frozenset({"handler", "delay", "data", "stream"})
+# The pauses under which the connection reads on after a message's end (see
+# _holdTransport): not while the client does not read our replies ("writer").
+_AFTER_A_MESSAGE: Final = frozenset({"data", "stream"})
 # How much a socket transport reads at a time while a large message comes in, once
 # more of it than Twisted's default read of 64 KB has come (in one read or, over TLS,
 # which hands on at most 32 KB at a time, in several): fewer turns of the reactor per MB.
@@ -96,6 +100,9 @@ _SERVER_WAITS: Final = frozenset({"handler", "delay", "data", "stream"})
 # such sizes afresh costs a small message more than its whole reading.)
 _DATA_READ_SIZE: Final = 256 * 1024
 _DEFAULT_READ_SIZE: Final = FileDescriptor.bufferSize
+# How much of what a client sends after its message's end is read (and kept) while the
+# reply to the message is awaited (see _holdTransport).
+_READ_ON_LIMIT: Final = 16 * 1024
 # How long a TLS connection we close waits for the client's close_notify.
 _TLS_CLOSE_GRACE: Final = 2.0
 # Stream errors a data handler may let through without it being a bug.
@@ -463,7 +470,7 @@ class _DataTransaction:
             self.protocol._dataFinished(self)
 
 
-@implementer(IPushProducer, IHandshakeListener)
+@implementer(IPushProducer, IHandshakeListener, IHalfCloseableProtocol)
 class SMTPProtocol(LineReceiver):
     """
     One SMTP or LMTP connection.  Build it through L{smtpsvc.SMTPServer}, which is its
@@ -513,6 +520,7 @@ class SMTPProtocol(LineReceiver):
         "_proxyWatch",
         "_rateStarted",
         "_reactor",
+        "_readClosed",
         "_refused",
         "_replyAwaited",
         "_server",
@@ -549,6 +557,8 @@ class SMTPProtocol(LineReceiver):
         # The reasons input is paused (a list: there are few, and an empty set is large).
         self._pauses: list[str] = []
         self._transportPaused = False
+        # Whether the client has closed its side (see readConnectionLost).
+        self._readClosed = False
         self._socket: socket.socket | None = None
         self._out: list[bytes] = []
         self._data: _DataTransaction | None = None
@@ -1081,6 +1091,10 @@ class SMTPProtocol(LineReceiver):
             self._busyReceiving = False
             if self._pos and self._pos >= len(self._buffer):
                 self._buffer, self._pos = b"", 0
+            if self._readClosed and not self.paused and not self._closed:
+                # The client has closed its side and all it sent that can be answered has
+                # been (what is left, if anything, is a line it never finished).
+                self._closeAfterWrite()
             if self._out:
                 if reading:
                     self._flushSoon()
@@ -1844,6 +1858,16 @@ class SMTPProtocol(LineReceiver):
                 # whatever the client sends before the reply is in our buffer when
                 # _resume looks.  The first byte of it settles that; then we stop.
                 return
+            if (
+                "data" in self._pauses
+                and _AFTER_A_MESSAGE.issuperset(self._pauses)
+                and len(self._buffer) - self._pos < _READ_ON_LIMIT
+            ):
+                # The client awaits the reply to its message while the handlers decide,
+                # and may go away meanwhile: read on (a little of what it pipelines is
+                # kept), so that its going is seen (connectionLost, readConnectionLost)
+                # before the handlers have committed to a message it will send again.
+                return
             self._transportPaused = True
             transport.pauseProducing()  # type: ignore[attr-defined]
 
@@ -1872,8 +1896,34 @@ class SMTPProtocol(LineReceiver):
         if self._transportPaused:
             self._transportPaused = False
             assert self.transport is not None
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            if not self._readClosed:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
         self._process()
+
+    # IHalfCloseableProtocol: a TCP transport calls these instead of connectionLost when the
+    # client closes its side (a FIN; a reset is connectionLost still).
+
+    def readConnectionLost(self) -> None:
+        """
+        The client has closed its side of the connection: it will send nothing more.
+        """
+        if self._closed or self._pos >= len(self._buffer):
+            # Nothing of it is left to answer: the connection ends now, as for a protocol
+            # that is not half-closeable.  That includes a client whose message's reply
+            # the handlers are deciding, and which did not wait for it (it said no QUIT
+            # after the final dot): its message is aborted, so that handlers that have not
+            # committed to it yet keep nothing of what it will send again.
+            self.transport.connectionLost(connectionDone)  # type: ignore[union-attr]
+            return
+        # It left commands to answer (a pipelined QUIT after the final dot, say) and shut
+        # down its writing only (as ``nc -N`` does): it reads on.  They are answered, and
+        # the connection closes after (see _process), now if they have been.
+        self._readClosed = True
+        self._process()
+
+    def writeConnectionLost(self) -> None:
+        # Never asked for (loseWriteConnection is not used): nothing to do.
+        pass
 
     # IPushProducer: the transport calls these when the client stops (and starts again)
     # reading our replies.

@@ -17,11 +17,13 @@ stopped by its PID in the cleanups.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,11 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 
-from smtpsvc import IDataHandler, IMessageStream, SMTPError, SMTPServer, readMessage, tap
+from smtpsvc import (
+    IDataHandler,
+    IMessageStream,
+    MessageAborted,
+    SMTPError,
+    SMTPServer,
+    readMessage,
+    tap,
+)
 from smtpsvc import Session as SMTPSession
 from smtpsvc._config import tcpListening
 from smtpsvc.cred import PortalAuthHandler, setPassword
@@ -52,9 +63,11 @@ from .e2e_support import (
     START_TIMEOUT,
     TOOL_TIMEOUT,
     E2ETestCase,
+    LogCapture,
     LoopbackSMTP,
     LoopbackSMTPSSL,
     RawClient,
+    ServerClosedError,
     aliceChecker,
     assertTwistRefuses,
     clientContext,
@@ -79,6 +92,7 @@ from .service_support import (
     servedSubject,
     startService,
     traceHeaders,
+    until,
     writeCertificate,
 )
 
@@ -591,6 +605,114 @@ class HandlerTimeoutTests(E2ETestCase):
         self.assertEqual(handler.messages, [b"Subject: x\r\n\r\nbody\r\n"])
         self.assertGreater(waited, 0.8)
         self.assertLess(waited, 4.0)
+
+
+@implementer(IDataHandler)
+class _WaitsThenReads:
+    """
+    Reads each message only once the test fires C{gate} (a handler busy with something
+    else first), and keeps what reading it gave: the message, or the stream's error.
+    """
+
+    def __init__(self) -> None:
+        self.gate: Deferred[None] = Deferred()
+        self.called = False
+        self.results: list[object] = []
+
+    async def onData(self, stream: IMessageStream, session: SMTPSession) -> None:
+        self.called = True
+        await self.gate
+        try:
+            self.results.append(await readMessage(stream))
+        except MessageAborted as e:
+            self.results.append(e)
+            raise
+
+
+class ClientGoneTests(E2ETestCase):
+    """
+    A client that closes its side of the connection after its message, over a real
+    socket: gone (its message aborted), or only done sending (it is answered).
+    """
+
+    def _sendMessage(self, port: int, after: bytes, then: str) -> Deferred[list[str]]:
+        # A message and its final dot, then `after` in the same write; then the client
+        # closes its socket ("close") or only its writing ("shutdown"), and reads what
+        # is left to read.
+        def talk() -> list[str]:
+            client = RawClient(port)
+            try:
+                client.readReply()
+                for line in (
+                    "EHLO " + CLIENT_NAME,
+                    f"MAIL FROM:<{SENDER}>",
+                    f"RCPT TO:<{RECIPIENT}>",
+                ):
+                    client.command(line)
+                assert client.command("DATA").code == 354
+                client.send(b"Subject: x\r\n\r\nbody\r\n.\r\n" + after)
+                if then == "close":
+                    return []
+                client.sock.shutdown(socket.SHUT_WR)
+                replies = []
+                with contextlib.suppress(ServerClosedError):
+                    while True:
+                        reply = client.readReply()
+                        replies.append(f"{reply.code} {reply.lines[0]}")
+                return replies
+            finally:
+                client.close()
+
+        return deferToThread(talk)
+
+    async def test_goneAfterTheFinalDot(self) -> None:
+        """
+        A client that closes its connection after its final dot, without waiting for the
+        reply, is seen gone while its data handler has yet to take the message: the
+        handler gets MessageAborted, not the message, which the client will send again
+        (a handler that stored it would make a duplicate), and the transaction is logged
+        as aborted.
+        """
+        handler = _WaitsThenReads()
+        server, port = await startLocal(self, [handler])
+        logs = LogCapture(self)
+        await self._sendMessage(port, b"", "close")
+        await until(lambda: server.connectionCount == 0, 5, "the connection seen closed")
+        handler.gate.callback(None)
+        [result] = handler.results
+        self.assertIsInstance(result, MessageAborted)
+        [line] = [e for e in logs.events if e.get("event") == "transaction"]
+        self.assertEqual(line["result"], "aborted")
+
+    async def test_doneSendingAfterQuit(self) -> None:
+        """
+        A client that pipelines QUIT after its final dot and shuts down its writing (as
+        ``nc -N`` does) still reads: once the handler has taken the message it gets the
+        250 and the 221, and the connection closes.  So does one that shuts down after
+        commands without QUIT.
+        """
+        handler = _WaitsThenReads()
+        _, port = await startLocal(self, [handler])
+        talking = self._sendMessage(port, b"QUIT\r\n", "shutdown")
+        await until(lambda: handler.called, 5, "the data handler called")
+        # Time for the server to read the client's shutdown, if it does.
+        await deferLater(theReactor(), 0.3, lambda: None)
+        handler.gate.callback(None)
+        replies = await talking
+        self.assertEqual([r[:4] for r in replies], ["250 ", "221 "], replies)
+        self.assertEqual(handler.results, [b"Subject: x\r\n\r\nbody\r\n"])
+
+        def noQuit() -> list[int]:
+            with RawClient(port) as client:
+                client.readReply()
+                client.send(f"EHLO {CLIENT_NAME}\r\nNOOP\r\nNOOP".encode())
+                client.sock.shutdown(socket.SHUT_WR)
+                replies = client.readReplies(2)
+                with self.assertRaises(ServerClosedError):
+                    client.readReply()
+                return [r.code for r in replies]
+
+        self.assertEqual(await deferToThread(noQuit), [250, 250])
 
 
 # -- command limits ---------------------------------------------------------------------------
