@@ -90,6 +90,8 @@ class SMTPServer(Factory):
     """
 
     protocol = SMTPProtocol
+    # It logs its listeners itself (see listen): not Twisted's "Starting factory" too.
+    noisy = False
 
     def __init__(
         self, handlers: Iterable[object] = (), *, reactor: Any = None, **options: Any
@@ -490,9 +492,16 @@ class _Listener(Factory):
     The server's factory for one listener whose TLS mode differs from the option.
     """
 
+    # The server logs its listeners itself (see SMTPServer.listen).
+    noisy = False
+
     def __init__(self, server: SMTPServer, secure: bool) -> None:
         self._server = server
         self._secure = secure
+
+    def logPrefix(self) -> str:
+        # Twisted's own line for a port that starts listening is named after this.
+        return type(self._server).__name__
 
     def buildProtocol(self, addr: IAddress | None) -> SMTPProtocol:
         protocol = self._server.buildProtocol(addr)

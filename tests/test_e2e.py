@@ -45,6 +45,7 @@ from .e2e_support import (
     SERVER_NAME,
     SOCKET_TIMEOUT,
     E2ETestCase,
+    LogCapture,
     RawClient,
     assertTwistRefuses,
     connectionRefused,
@@ -238,6 +239,25 @@ class HalfCloseTests(E2ETestCase):
         pipelined = b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nNOOP\r\n"
         replies = await deferToThread(talk, "EHLO", pipelined)
         self.assertEqual(codes(replies), [250, 250, 250])
+
+
+class ListeningLogTests(E2ETestCase):
+    """
+    What the log says when the server starts listening.
+    """
+
+    async def test_noFactoryNoise(self) -> None:
+        """
+        The server logs each listener once, itself; Twisted's "Starting factory" lines
+        (two per implicit TLS listener) are not there too, and Twisted's own line for a
+        port names the server, not a private class.
+        """
+        logs = LogCapture(self)
+        server, _ = await startServer(self, [])
+        await server.listen(LISTEN, secure=True)
+        self.assertEqual(logs.matching("Starting factory"), [])
+        self.assertEqual(len(logs.matching("server listening on")), 2)
+        self.assertEqual(len(logs.matching("SMTPServer starting on")), 2, logs.messages())
 
 
 if TYPE_CHECKING:
