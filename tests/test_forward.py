@@ -890,11 +890,12 @@ class ScriptedTests(ForwardTestCase):
 
     def test_finalTextRelayed(self) -> None:
         """
-        The client's 250 carries the downstream's text (its queue id).
+        The client's 250 carries the downstream's text (its queue id) and its enhanced
+        status code.
         """
         self.scripted()
         replies = self.sendmail("a@example.org", ["b@example.net"])
-        self.assertEqual(replies[-1], ServerReply(250, ("2.6.0 Ok: queued as ABC123",)))
+        self.assertEqual(replies[-1], ServerReply(250, ("2.0.0 Ok: queued as ABC123",)))
         self.assertEqual(self.server.messages[0].count(b"Received: "), 1)
 
     def test_parametersOnlyWhenAdvertised(self) -> None:
@@ -1484,7 +1485,7 @@ class PartialRepliesTests(ForwardTestCase):
         self.assertEqual(
             self.replies,
             [
-                ServerReply(250, ("2.6.0 <r0@example.net> delivered",)),
+                ServerReply(250, ("2.0.0 <r0@example.net> delivered",)),
                 UnavailableTests.UNAVAILABLE,
                 UnavailableTests.UNAVAILABLE,
             ],

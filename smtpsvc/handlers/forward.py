@@ -503,9 +503,12 @@ def _finalDelivery(client: DownstreamClient, lmtp: bool) -> bool:
 
 def _outcome(reply: DownstreamReply) -> _Outcome:
     # A downstream's final reply as a data handler's answer: its text for a success (the
-    # server adds the code), or the refusal.
+    # server adds the code; the downstream's enhanced code, if it gave one, in front of
+    # the text takes the place of the server's own), or the refusal.
     if reply.positive:
-        return reply.text or None
+        if not reply.text:
+            return None
+        return f"{reply.enhanced} {reply.text}" if reply.enhanced else reply.text
     return reply.error()
 
 
