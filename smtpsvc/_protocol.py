@@ -1907,19 +1907,36 @@ class SMTPProtocol(LineReceiver):
         """
         The client has closed its side of the connection: it will send nothing more.
         """
-        if self._closed or self._pos >= len(self._buffer):
-            # Nothing of it is left to answer: the connection ends now, as for a protocol
-            # that is not half-closeable.  That includes a client whose message's reply
-            # the handlers are deciding, and which did not wait for it (it said no QUIT
-            # after the final dot): its message is aborted, so that handlers that have not
-            # committed to it yet keep nothing of what it will send again.
+        transaction = self._data
+        if self._closed or self._pos < len(self._buffer):
+            # It left commands to answer (a pipelined QUIT after the final dot, say) and
+            # shut down its writing only, as ``nc -N`` does: it reads on.  They are
+            # answered, and the connection closes after (see _process), now if they have
+            # been.  (Or we are closing already.)
+            self._readClosed = True
+            self._process()
+            return
+        if transaction is None or not transaction.ended:
+            # Nothing is left to answer: the connection ends now, as for a protocol that
+            # is not half-closeable (a message cut short is aborted).
             self.transport.connectionLost(connectionDone)  # type: ignore[union-attr]
             return
-        # It left commands to answer (a pipelined QUIT after the final dot, say) and shut
-        # down its writing only (as ``nc -N`` does): it reads on.  They are answered, and
-        # the connection closes after (see _process), now if they have been.
+        # Its message has come whole, and it closed its side without waiting for the reply
+        # (nor saying QUIT): gone, most likely, and it will send the message again; or
+        # only done sending.  Data handlers that have not taken the message yet are told
+        # it is aborted, so that they keep nothing of it; those that have (it is stored,
+        # say) answer as they will, and the reply goes out for a client that reads on.
+        # Then the connection closes.
+        session = self._core.session
+        self._log.info(
+            "{remoteAddress} closed its side of the connection without waiting for the "
+            "reply to its message",
+            sessionId=session.id,
+            remoteAddress=session.remoteAddress,
+        )
         self._readClosed = True
-        self._process()
+        if transaction.failure is None:
+            transaction.fail(MessageAborted("the client closed its side of the connection"))
 
     def writeConnectionLost(self) -> None:
         # Never asked for (loseWriteConnection is not used): nothing to do.

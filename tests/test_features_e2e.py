@@ -668,21 +668,46 @@ class ClientGoneTests(E2ETestCase):
     async def test_goneAfterTheFinalDot(self) -> None:
         """
         A client that closes its connection after its final dot, without waiting for the
-        reply, is seen gone while its data handler has yet to take the message: the
-        handler gets MessageAborted, not the message, which the client will send again
-        (a handler that stored it would make a duplicate), and the transaction is logged
-        as aborted.
+        reply (nor saying QUIT), is seen gone while its data handler has yet to take the
+        message: the handler gets MessageAborted, not the message, which the client will
+        send again (a handler that stored it would make a duplicate); the transaction is
+        logged with the 451 that follows, and the connection closes.
         """
         handler = _WaitsThenReads()
         server, port = await startLocal(self, [handler])
         logs = LogCapture(self)
         await self._sendMessage(port, b"", "close")
-        await until(lambda: server.connectionCount == 0, 5, "the connection seen closed")
+        await until(
+            lambda: logs.matching("without waiting for the reply to its message"),
+            5,
+            "the client's going seen",
+        )
         handler.gate.callback(None)
         [result] = handler.results
         self.assertIsInstance(result, MessageAborted)
         [line] = [e for e in logs.events if e.get("event") == "transaction"]
-        self.assertEqual(line["result"], "aborted")
+        self.assertTrue(line["result"].startswith("451 "), line["result"])
+        await until(lambda: server.connectionCount == 0, 5, "the connection closed")
+
+    async def test_doneSendingAfterAStoredMessage(self) -> None:
+        """
+        A client that shuts down its writing after its final dot, without QUIT, and reads
+        on, gets the 250 of a handler that had already taken the message (it is stored:
+        a 451 would have the client send it twice), then the connection closes.
+        """
+        handler = _ReadsThenHangs()
+        _, port = await startLocal(self, [handler])
+        logs = LogCapture(self)
+        talking = self._sendMessage(port, b"", "shutdown")
+        await until(
+            lambda: logs.matching("without waiting for the reply to its message"),
+            5,
+            "the client's shutdown seen",
+        )
+        handler.gate.callback(None)
+        replies = await talking
+        self.assertEqual([r[:4] for r in replies], ["250 "], replies)
+        self.assertEqual(handler.messages, [b"Subject: x\r\n\r\nbody\r\n"])
 
     async def test_doneSendingAfterQuit(self) -> None:
         """
