@@ -14,6 +14,8 @@ as a flag's value or a string in the file (L{UNSET_WORDS}).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import tomllib
@@ -80,6 +82,12 @@ class TLSSources:
     sniDir: str | None = None
     #: A development certificate made at start (key, cert), when no --cert was given.
     development: tuple[bytes, bytes] | None = None
+    #: In a worker of C{--workers}: the certificates its master last loaded (what L{load}
+    #: gives), which it serves from the start in place of what the files hold now, as a
+    #: process that was already running would (a renewal caught half-way is kept for the
+    #: next reload); in the master, those it hands over at start.  L{load} gives them
+    #: until L{reread} drops them (SIGHUP).
+    handedOver: dict[str, Any] | None = None
     #: How to name, in an error, where C{cert}, C{key}, C{ca}, C{sniDir} and each SNI
     #: name came from, when not from their flags: the file's key.
     origins: dict[str, str] = field(default_factory=dict)
@@ -95,10 +103,13 @@ class TLSSources:
 
     def load(self) -> dict[str, Any]:
         """
-        Read the files: the C{key}, C{cert}, C{ca} and C{sniOptions} server options.
+        Read the files: the C{key}, C{cert}, C{ca} and C{sniOptions} server options (or
+        those L{handedOver}, which are not read again).
 
         @raise ConfigurationError: when a file cannot be read.
         """
+        if self.handedOver is not None:
+            return dict(self.handedOver)
         options: dict[str, Any] = {}
         origin = self.origins.get
         if self.cert is not None:
@@ -141,6 +152,69 @@ class TLSSources:
             # Even empty: a reload after the last file left --sni-dir drops its names.
             options["sniOptions"] = sni
         return options
+
+    def reread(self) -> dict[str, Any]:
+        """
+        Read the files again (SIGHUP), whatever was L{handedOver}; from now on L{load}
+        reads them too.
+
+        @raise ConfigurationError: when a file cannot be read.
+        """
+        self.handedOver = None
+        return self.load()
+
+
+# The certificate options a --workers master hands its workers, and their PEM values.
+_HANDED_OVER: Final = ("cert", "key", "ca")
+
+
+def certificatesAsBytes(options: Mapping[str, Any]) -> bytes:
+    """
+    The certificates L{TLSSources.load} gave, as a C{--workers} master hands them to its
+    workers (L{certificatesFromBytes} reads them back): JSON, with the PEM texts in base64
+    so that any bytes a PEM file holds come back unchanged.
+    """
+
+    def encoded(pem: bytes | str) -> str:
+        raw = pem.encode("ascii") if isinstance(pem, str) else pem
+        return base64.b64encode(raw).decode("ascii")
+
+    data: dict[str, Any] = {
+        name: encoded(options[name]) for name in _HANDED_OVER if name in options
+    }
+    if "sniOptions" in options:
+        data["sniOptions"] = {
+            host: {part: encoded(pem) for part, pem in entry.items()}
+            for host, entry in options["sniOptions"].items()
+        }
+    return json.dumps(data).encode("ascii")
+
+
+def certificatesFromBytes(data: bytes, source: str) -> dict[str, Any]:
+    """
+    The certificates of L{certificatesAsBytes}, as L{TLSSources.load} gave them.
+
+    @param source: how to name them in an error.
+    @raise ConfigurationError: when C{data} is not what L{certificatesAsBytes} writes.
+    """
+    try:
+        decoded = json.loads(data)
+        options: dict[str, Any] = {
+            name: base64.b64decode(decoded[name], validate=True)
+            for name in _HANDED_OVER
+            if name in decoded
+        }
+        if "sniOptions" in decoded:
+            options["sniOptions"] = {
+                str(host): {
+                    str(part): base64.b64decode(pem, validate=True) for part, pem in entry.items()
+                }
+                for host, entry in decoded["sniOptions"].items()
+            }
+    except (ValueError, TypeError, AttributeError) as e:
+        # (A bad base64 text is a ValueError too.)
+        raise ConfigurationError(f"{source}: not certificates handed over by a master") from e
+    return options
 
 
 @dataclass

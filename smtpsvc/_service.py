@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from twisted.application.service import Service
@@ -34,6 +34,7 @@ from ._config import (
     ConfigurationError,
     ServiceConfig,
     TCPListening,
+    certificatesAsBytes,
     checkUsable,
     clientEndpoint,
     listenEndpoint,
@@ -44,7 +45,7 @@ from ._config import (
 from ._options import ServerOptions
 from ._reactor import reactorOr
 from ._server import ABORT_DELAY, HANDLER_GRACE, HOOKS, SMTPServer, listenerKind
-from ._tls import settingsFrom, warnTLSProblems
+from ._tls import ServerTLS, settingsFrom, warnTLSProblems
 from .cred import IBearerToken, PortalAuthHandler
 
 _log = Logger(namespace="smtpsvc.service")
@@ -306,7 +307,7 @@ class SMTPService(Service):
         Connections already open keep theirs; a failure keeps the old certificates.
         """
         try:
-            self.server.updateSecureContext(**self.config.tls.load())
+            self.server.updateSecureContext(**self.config.tls.reread())
         except (ConfigurationError, ValueError, TypeError) as e:
             message = e.message if isinstance(e, ConfigurationError) else str(e)
             _log.error("Certificates not reloaded: {reason}", reason=message)
@@ -682,6 +683,14 @@ _MAX_LOGGED_OUTPUT = 4096
 #: How long after a worker's close() has given up on its handlers, at the latest, the
 #: master kills a worker that has not exited.
 _KILL_MARGIN: Final = 1.0
+#: A worker that ends sooner than this after it was started, other than by SIGKILL, could
+#: not start (its configuration, files or handlers fail as it loads them): it is started
+#: again later and later, up to L{_MAX_RESTART_DELAY}, not every second.
+_START_WINDOW: Final = 10.0
+#: How long the master waits before it starts a worker again after one that ran ended.
+_RESTART_DELAY: Final = 1.0
+#: The longest it waits before it tries again to start a worker that could not start.
+_MAX_RESTART_DELAY: Final = 60.0
 
 
 class _Worker(ProcessProtocol):
@@ -696,9 +705,29 @@ class _Worker(ProcessProtocol):
         self.number = number
         self.relay = relay
         self.ended: Deferred[None] = Deferred()
+        #: When it was started (the reactor's time; the master sets it).
+        self.started = 0.0
         self._pending = {1: b"", 2: b""}
+        # The end of what it wrote on standard error: why it ended, if it could not start.
+        self._errorTail = b""
+
+    @property
+    def lastError(self) -> str:
+        """
+        The last line it wrote on standard error (C{twist smtpsvc: ...} when it could not
+        start), or C{""}.
+        """
+        lines = self._errorTail.decode("utf-8", "replace").splitlines()
+        return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 2:
+            self._errorTail = (self._errorTail + data)[-_MAX_LOGGED_OUTPUT:]
+            if not self.relay:
+                # Under twist its standard error is this process's, as it wrote it: the
+                # master only reads it on the way, to say why a worker could not start.
+                _writeAll(2, data)
+                return
         if childFD not in self._pending:
             return
         lines = (self._pending[childFD] + data).split(b"\n")
@@ -735,6 +764,13 @@ class _Worker(ProcessProtocol):
         self.master._workerEnded(self, reason)
 
 
+def _writeAll(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    with contextlib.suppress(OSError):
+        while view:
+            view = view[os.write(fd, view) :]
+
+
 class WorkerMaster(Service):
     """
     C{--workers N}: listen, then run N worker processes that serve the listening
@@ -758,23 +794,42 @@ class WorkerMaster(Service):
         pluginArgs: Sequence[str],
         reactor: Any = None,
         development: tuple[bytes, bytes] | None = None,
+        certificates: Mapping[str, Any] | None = None,
     ) -> None:
         """
         @param pluginArgs: the plugin's command line, which each worker gets too.
         @param development: the development key and certificate (PEM) this process
             made, which the workers must serve as well.
+        @param certificates: the certificates this process loaded (what
+            L{TLSSources.load} gave): each worker serves them from its start, and after
+            each SIGHUP whose files this process can load, the new ones.  A worker
+            started again thus serves what the others serve, even once the files have
+            become unusable (a renewal caught half-way, a key whose permissions changed),
+            which it would otherwise read at start and fail on, again and again.
         """
         self.reactor = reactorOr(reactor)
         self.config = config
         self.pluginArgs = list(pluginArgs)
         self.development = development
+        self.certificates = None if certificates is None else dict(certificates)
         # The development certificate handed to the workers: a file in memory, closed at
         # stop; or where there are none, a temporary file, removed at stop.
         self.certificateFile: int | None = None
         self.temporaryFiles: list[str] = []
+        # The same for the certificates handed over: a file in memory, replaced by
+        # another as they change (a worker holds its own descriptor from its start);
+        # or a temporary file, replaced in one rename.
+        self.handedOverFile: int | None = None
+        self.handedOverPath: str | None = None
         self.ports: list[tuple[list[IListeningPort], bool]] = []
         self.socketPerWorker = canSpreadConnections()
         self.workers: dict[int, Any] = {}
+        # For each worker that could not start: how many times in a row, and when it is
+        # tried again.
+        self._failedStarts: dict[int, int] = {}
+        self._later: dict[int, Any] = {}
+        # The workers whose own sockets (socketPerWorker) are paused while none serves them.
+        self._paused: set[int] = set()
         self._listening = False
         self._stopping = False
         self._signals: SignalHandlers | None = None
@@ -791,6 +846,9 @@ class WorkerMaster(Service):
         handedOver = self.certificateFile is not None or self.temporaryFiles
         if self.development is not None and not handedOver:
             self._handOver(self.development[1] + self.development[0])
+        handedOverCertificates = self.handedOverFile is not None or self.handedOverPath
+        if self.certificates is not None and not handedOverCertificates:
+            self._handOverCertificates(self.certificates)
         for number in range(self.config.workers):
             try:
                 self._spawn(number)
@@ -810,6 +868,27 @@ class WorkerMaster(Service):
             f.write(certificate)
         self.temporaryFiles.append(path)
         self.pluginArgs += ["--cert", path]
+
+    def _handOverCertificates(self, certificates: Mapping[str, Any]) -> None:
+        # Written after twistd --uid has dropped privileges, as the development
+        # certificate is (see _handOver).
+        contents = certificatesAsBytes(certificates)
+        self.certificates = dict(certificates)
+        fd = inMemory(contents, "smtpsvc-certificates")
+        if fd is not None:
+            if self.handedOverFile is not None:
+                os.close(self.handedOverFile)
+            self.handedOverFile = fd
+            return
+        # A worker starting now opens either the old file or the new one, whole.
+        descriptor, path = tempfile.mkstemp(prefix="smtpsvc-certificates-", suffix=".json")
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(contents)
+        if self.handedOverPath is None:
+            self.handedOverPath = path
+            self.temporaryFiles.append(path)
+        else:
+            os.replace(path, self.handedOverPath)
 
     def _listenAll(self) -> None:
         if self._listening:
@@ -878,36 +957,121 @@ class WorkerMaster(Service):
         pipe = 3 + len(self.ports)
         childFDs[pipe] = "w"
         environment = {**os.environ, MASTER_PIPE: str(pipe)}
+        nextFD = pipe + 1
         if self.certificateFile is not None:
-            childFDs[pipe + 1] = self.certificateFile
-            args += ["--cert", f"/dev/fd/{pipe + 1}"]
+            childFDs[nextFD] = self.certificateFile
+            args += ["--cert", f"/dev/fd/{nextFD}"]
+            nextFD += 1
+        if self.handedOverFile is not None:
+            childFDs[nextFD] = self.handedOverFile
+            args += ["--inherit-certificates", f"/dev/fd/{nextFD}"]
+        elif self.handedOverPath is not None:
+            args += ["--inherit-certificates", self.handedOverPath]
+        # Its standard error is read (and under twist passed on), to say why it ended.
+        childFDs[2] = "r"
         worker = _Worker(self, number, relay)
+        worker.started = self.reactor.seconds()
         transport = self.reactor.spawnProcess(
             worker, sys.executable, args, env=environment, childFDs=childFDs
         )
         self.workers[number] = (worker, transport)
+        if number in self._failedStarts:
+            self._later[number] = self.reactor.callLater(_START_WINDOW, self._startedAgain, worker)
 
     def _workerEnded(self, worker: _Worker, reason: Failure) -> None:
-        self.workers.pop(worker.number, None)
+        number = worker.number
+        self.workers.pop(number, None)
         if self._stopping:
             return
-        _log.error(
-            "Worker {number} ended ({reason}); starting another",
-            number=worker.number,
-            reason=reason.getErrorMessage(),
-        )
-        self.reactor.callLater(1.0, self._respawn, worker.number)
+        later = self._later.pop(number, None)
+        if later is not None and later.active():
+            later.cancel()
+        killed = getattr(reason.value, "signal", None) == signal.SIGKILL
+        if killed or self.reactor.seconds() - worker.started >= _START_WINDOW:
+            # It ran, or was killed from outside (the OOM killer, kill -9) however soon:
+            # another starts at once, on its socket.
+            self._failedStarts.pop(number, None)
+            _log.error(
+                "Worker {number} ended ({reason}); starting another",
+                number=number,
+                reason=reason.getErrorMessage(),
+            )
+            self._later[number] = self.reactor.callLater(_RESTART_DELAY, self._respawn, number)
+            return
+        # It could not start, and one started at once with the same configuration would
+        # most likely fail the same way: try later and later, and meanwhile leave no
+        # socket of its own listening for nobody (its clients would wait for ever).
+        failures = self._failedStarts.get(number, 0) + 1
+        self._failedStarts[number] = failures
+        delay = min(_RESTART_DELAY * 2**failures, _MAX_RESTART_DELAY)
+        self._pause(number)
+        why = reason.getErrorMessage()
+        if worker.lastError:
+            why = f"{worker.lastError} ({why})"
+        if failures == 1:
+            _log.critical(
+                "Worker {number} could not start: {why}; until one can, new connections "
+                "go to the other workers; trying again in {delay:g} s, then less and less "
+                "often",
+                number=number,
+                why=why,
+                delay=delay,
+            )
+        else:
+            _log.error(
+                "Worker {number} could not start again: {why}; trying again in {delay:g} s",
+                number=number,
+                why=why,
+                delay=delay,
+            )
+        self._later[number] = self.reactor.callLater(delay, self._respawn, number)
+
+    def _startedAgain(self, worker: _Worker) -> None:
+        self._later.pop(worker.number, None)
+        if self.workers.get(worker.number, (None,))[0] is worker:
+            self._failedStarts.pop(worker.number, None)
+            _log.info("Worker {number} started again and serves", number=worker.number)
 
     def _respawn(self, number: int) -> None:
+        self._later.pop(number, None)
         if self._stopping:
             return
+        self._resume(number)
         try:
             self._spawn(number)
         except OSError as e:
+            self._pause(number)
             _log.critical(
                 "Cannot start worker {number}: {reason}; trying again", number=number, reason=e
             )
-            self.reactor.callLater(5.0, self._respawn, number)
+            self._later[number] = self.reactor.callLater(5.0, self._respawn, number)
+
+    def _ownSockets(self, number: int) -> list[socket.socket]:
+        # The sockets only worker `number` accepts on: its own of each listener that has
+        # one per worker.  A shared socket the other workers still serve.
+        return [ports[number].socket for ports, _ in self.ports if len(ports) > 1]  # type: ignore[attr-defined]
+
+    def _pause(self, number: int) -> None:
+        # On Linux a listening socket shut down for reading stops listening, yet stays
+        # bound: the kernel hands its share of new connections to the other sockets of
+        # the port, refuses the connections that waited on it (they were never going to
+        # be accepted), and a listen() later takes it back into the group.
+        if number in self._paused or not self._ownSockets(number):
+            return
+        self._paused.add(number)
+        for sock in self._ownSockets(number):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+
+    def _resume(self, number: int) -> None:
+        if number not in self._paused:
+            return
+        self._paused.discard(number)
+        for ports, _ in self.ports:
+            if len(ports) > 1:
+                port = ports[number]
+                with contextlib.suppress(OSError):
+                    port.socket.listen(port.backlog)  # type: ignore[attr-defined]
 
     def _signal(self, signum: int) -> None:
         for _, transport in list(self.workers.values()):
@@ -916,18 +1080,35 @@ class WorkerMaster(Service):
                 transport.signalProcess(signum)
 
     def _hangup(self) -> None:
-        self._signal(signal.SIGHUP)
-        # The workers reload and report failures; what MTA-STS senders would refuse in
-        # the new certificates is said here, once rather than once per worker.
+        # Read before the workers are told, so that one started from now on gets what
+        # they are about to load.  Loaded as a worker loads them (every context built):
+        # certificates a worker would refuse are never handed over.
         try:
-            settings = settingsFrom(ServerOptions.fromMapping(self.config.resolvedServerOptions()))
-            warnTLSProblems(settings, checkDefault=self.config.tls.cert is not None)
+            certificates = self.config.tls.reread()
+            settings = settingsFrom(
+                ServerOptions.fromMapping({**self.config.serverOptions, **certificates})
+            )
+            ServerTLS(settings)
         except (ConfigurationError, ValueError, TypeError):
-            pass
+            # The workers say why, each, and keep the certificates they have: a worker
+            # started again gets those too.
+            settings = None
+        else:
+            if self.certificates is not None:
+                self._handOverCertificates(certificates)
+        self._signal(signal.SIGHUP)
+        if settings is not None:
+            # What MTA-STS senders would refuse in the new certificates is said here, once
+            # rather than once per worker.
+            warnTLSProblems(settings, checkDefault=self.config.tls.cert is not None)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         self._stopping = True
+        for later in self._later.values():
+            if later.active():
+                later.cancel()
+        self._later.clear()
         return _closing(self._signals, self._stopWorkers)
 
     def _stopWorkers(self) -> Deferred[None]:
@@ -950,6 +1131,9 @@ class WorkerMaster(Service):
             if self.certificateFile is not None:
                 os.close(self.certificateFile)
                 self.certificateFile = None
+            if self.handedOverFile is not None:
+                os.close(self.handedOverFile)
+                self.handedOverFile = None
             for path in self.temporaryFiles:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -958,12 +1142,13 @@ class WorkerMaster(Service):
         return DeferredList(waits).addCallback(done)
 
 
-def inMemory(contents: bytes) -> int | None:
+def inMemory(contents: bytes, name: str = "smtpsvc-development.pem") -> int | None:
     """
     A file in memory that holds C{contents}, for worker processes to read as
     C{/dev/fd/N} from their copy of the descriptor, as often as they like (on SIGHUP
     too).  It has no name: no process, however it ends, can leave it behind.
 
+    @param name: its name in C{/proc/PID/fd} (it has no other).
     @return: its descriptor; or L{None} where that cannot be: without C{memfd_create}
         (Linux only), or where opening C{/dev/fd/N} copies the descriptor instead of
         opening the file afresh (the BSDs), so that its readers would share one offset
@@ -973,7 +1158,7 @@ def inMemory(contents: bytes) -> int | None:
     if create is None:
         return None
     try:
-        fd: int = create("smtpsvc-development.pem")
+        fd: int = create(name)
     except OSError:
         # A kernel older than 3.17, or a sandbox that forbids it.
         return None

@@ -28,9 +28,11 @@ from ._config import (
     DEFAULT_LISTEN,
     ConfigurationError,
     ServiceConfig,
+    certificatesFromBytes,
     checkListeners,
     checkSocketDirectories,
     loadFile,
+    readFile,
     resolve,
     sniHost,
     unsetNote,
@@ -145,6 +147,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             "sni": {},
         }
         self.inherited: list[tuple[int, bool | None]] = []
+        self.handedOver: dict[str, Any] | None = None
         self.argv: list[str] = []
         self.config = ServiceConfig()
 
@@ -229,6 +232,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise ConfigurationError(f"--inherit {spec}: file descriptor {fd} is not a socket")
         self.inherited.append((int(fd), True if kind == "tls" else None))
 
+    def opt_inherit_certificates(self, path: str) -> None:
+        """
+        Internal to --workers: serve, until SIGHUP reads the files again, the
+        certificates the master last loaded, which it hands over in this file
+        """
+        source = f"--inherit-certificates {path}"
+        self.handedOver = certificatesFromBytes(readFile(source, path), source)
+
     def serverOptions(self) -> dict[str, object]:
         """
         The server options as the server gets them, after resolving flags, file and
@@ -262,6 +273,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             # A worker of --workers: serve on the parent's sockets, start no workers.
             config.inherited = self.inherited
             config.listen, config.listenTLS, config.workers = [], [], 1
+            config.tls.handedOver = self.handedOver
         else:
             # (A worker's own --listen strings are its parent's, which checked them: a
             # systemd: one could not even be parsed here, the sockets being the parent's.)
@@ -303,11 +315,20 @@ def makeService(options: Options) -> IService:
     config = options.config
     checkSocketDirectories(config)
     if config.workers > 1:
+        # The workers serve the certificates loaded here, and after each SIGHUP that
+        # loads, the new ones: a worker started again serves them whatever became of the
+        # files.  They are read once, so that the server built here checks those bytes.
+        config.tls.handedOver = config.tls.load()
         # Check the configuration in this process, where errors can still be told.
         buildServer(options)
         # The workers serve the development certificate made here, if one was: the
         # master hands it over in a file when it starts.
-        return WorkerMaster(config, options.argv, development=config.tls.development)
+        return WorkerMaster(
+            config,
+            options.argv,
+            development=config.tls.development,
+            certificates=config.tls.handedOver,
+        )
     return SMTPService(buildServer(options), config)
 
 

@@ -861,6 +861,83 @@ class WorkerTests(E2ETestCase):
             self.assertFalse(alive(pid), f"worker {pid} still runs")
         self.assertEqual(len(process.lines("Server closed")), 2, process.text)
 
+    async def test_restartedWorkerServesCertificatesInUse(self) -> None:
+        """
+        A worker that dies after its certificate files have become unusable (SIGHUP kept
+        the certificates in use) is replaced by one that serves the certificates in use,
+        the last ones loaded, instead of failing on the files again and again while its
+        share of new connections waits on a socket nobody accepts on: every new client
+        is served, with the certificate in use.
+        """
+        if not haveOpenSSL():
+            raise SkipTest(NO_OPENSSL)
+        tmpdir = workspace(self)
+        cert, key = Path(tmpdir, "cert.pem"), Path(tmpdir, "key.pem")
+        first = issue("first.example.test")
+        cert.write_bytes(first.cert)
+        key.write_bytes(first.key)
+        args = [
+            *("--cert", str(cert), "--key", str(key), "--name", "mx.example.test"),
+            *("--listen-tls", LISTEN, "--workers", "2", "--deliver", "discard", *QUICK),
+        ]
+        process = await startService(self, args, tmpdir)
+        port = process.port
+        assert port is not None
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        workers = process.workerPIDs
+
+        renewed = issue("renewed.example.test")
+        cert.write_bytes(renewed.cert)
+        key.write_bytes(renewed.key)
+        process.sendSignal("HUP")
+        await process.waitForOutput(occurrences(b"Certificates reloaded", 2), SIGNAL_TIMEOUT)
+        # A renewal caught half-way: the key is not the certificate's.
+        key.write_bytes(first.key)
+        process.sendSignal("HUP")
+        await process.waitForOutput(occurrences(b"Certificates not reloaded", 2), SIGNAL_TIMEOUT)
+
+        os.kill(workers[0], signal.SIGKILL)
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 3), SIGNAL_TIMEOUT)
+        # Clients are spread over the workers by their port: a dozen reach both (or
+        # the replacement is not alone to fail them).
+        served = [await servedCommonName(port, "mx.example.test") for _ in range(12)]
+        self.assertEqual(served, ["renewed.example.test"] * 12, process.text)
+        self.assertEqual(len(process.lines("starting another")), 1, process.text)
+        self.assertEqual(process.lines("could not start"), [], process.text)
+
+    async def test_workerThatCannotStart(self) -> None:
+        """
+        A worker that cannot start again (here its configuration file was broken after
+        the master started) draws one critical line that says why, and is tried again
+        later rather than every second; meanwhile its socket does not listen, so that
+        every new client is served by the other worker instead of waiting for nobody.
+        """
+        if not canSpreadConnections():
+            raise SkipTest("a worker has a socket of its own through SO_REUSEPORT on Linux")
+        tmpdir = workspace(self)
+        config = Path(tmpdir, "smtpsvc.toml")
+        config.write_text(f'listen = ["{LISTEN}"]\ndeliver = ["discard"]\n')
+        args = ["--config", str(config), "--workers", "2", *QUICK]
+        process = await startService(self, args, tmpdir, environment={"TMPDIR": tmpdir})
+        port = process.port
+        assert port is not None
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        workers = process.workerPIDs
+
+        config.write_text("this is not TOML\n")
+        os.kill(workers[0], signal.SIGKILL)
+        await process.waitForOutput(
+            re.compile(rb"Worker \d could not start: twist smtpsvc: .*smtpsvc\.toml"),
+            SIGNAL_TIMEOUT,
+        )
+
+        def sendSome() -> list[int]:
+            return [sendOne(port, message(f"{n}"))[0] for n in range(12)]
+
+        self.assertEqual(await deferToThread(sendSome), [250] * 12)
+        self.assertEqual(len(process.lines("could not start")), 1, process.text)
+        self.assertEqual(len(process.lines("starting another")), 1, process.text)
+
     async def test_ctrlC(self) -> None:
         """
         Ctrl-C in a terminal sends SIGINT to the master and its workers alike, and the

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from smtpsvc import Address, IRcptToHandler, Session, SMTPError, SMTPServer, tap
-from smtpsvc._config import ConfigurationError, withListenBacklog
+from smtpsvc._config import ConfigurationError, certificatesAsBytes, withListenBacklog
 from smtpsvc._options import optionSpecs
 from smtpsvc._service import SignalHandlers, SMTPService, _closing
 from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
@@ -1805,6 +1805,53 @@ class InheritedSocketTests(TestCase):
         self.assertFalse(cast(Any, port).connected)
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", portNumber), timeout=10).close()
+
+    def test_handedOverCertificates(self) -> None:
+        """
+        A worker serves from its start the certificates its master hands it with
+        --inherit-certificates, not what the --cert and --key files hold (which may have
+        become unusable since the master loaded them: here the key is another's); SIGHUP
+        reads the files again, and when they cannot be used keeps the handed-over ones.
+        """
+        handed = issue("handed.example.test")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert, key, certificates = (os.path.join(directory, n) for n in ("c", "k", "handed"))
+        with open(cert, "wb") as f:
+            f.write(issue("files.example.test").cert)
+        with open(key, "wb") as f:
+            f.write(issue("other.example.test").key)
+        with open(certificates, "wb") as f:
+            f.write(certificatesAsBytes({"cert": handed.cert, "key": handed.key}))
+        service, _ = self._worker(
+            "--cert", cert, "--key", key, "--inherit-certificates", certificates
+        )
+        self.assertEqual(service.server.tls.settings.cert, handed.cert)
+        service.reload()
+        self.assertEqual(service.server.tls.settings.cert, handed.cert)
+        renewed = issue("files.example.test")
+        for path, pem in ((cert, renewed.cert), (key, renewed.key)):
+            with open(path, "wb") as f:
+                f.write(pem)
+        service.reload()
+        self.assertEqual(service.server.tls.settings.cert, renewed.cert)
+
+    def test_badHandedOverCertificates(self) -> None:
+        """
+        --inherit-certificates names a file of certificates as the master writes them;
+        anything else is one line naming the flag and the file.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b'{"cert": "not base64!"}')
+        self.assertIn(
+            f"--inherit-certificates {path}: not certificates handed over by a master",
+            refusal(self, "--inherit-certificates", path, "--deliver", "discard"),
+        )
+        self.assertIn(
+            f"--inherit-certificates {path}x: cannot read {path}x",
+            refusal(self, "--inherit-certificates", f"{path}x", "--deliver", "discard"),
+        )
 
     def test_badInherit(self) -> None:
         """

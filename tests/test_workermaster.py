@@ -39,6 +39,7 @@ from smtpsvc._config import (
     ConfigurationError,
     ServiceConfig,
     TCPListening,
+    certificatesFromBytes,
     tcpListening,
 )
 from smtpsvc._server import ABORT_DELAY, HANDLER_GRACE
@@ -55,6 +56,7 @@ from smtpsvc._service import (
 )
 
 from .e2e_support import LOCALHOST, LogCapture, theReactor, workspace
+from .memorytls import issue
 
 NO_REUSEPORT = "the kernel does not spread connections over SO_REUSEPORT sockets (not Linux)"
 
@@ -104,6 +106,9 @@ class _SpawnRecordingReactor:
 
     def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
         return self.clock.callLater(delay, f, *args, **kwargs)
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(theReactor(), name)
@@ -530,6 +535,8 @@ class WorkerStartTests(TestCase):
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
         reactor.failing = True
+        # It ran for a minute first: this is not a worker that could not start.
+        reactor.clock.advance(60.0)
         reactor.spawned[0].protocol.processEnded(Failure(ProcessTerminated(1)))
         reactor.clock.advance(1.0)
         critical = [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical]
@@ -538,6 +545,169 @@ class WorkerStartTests(TestCase):
         reactor.failing = False
         reactor.clock.advance(5.0)
         self.assertEqual(len(reactor.spawned), 3)
+
+
+def handedOver(spawned: _Spawned) -> dict[str, Any]:
+    """
+    The certificates a worker was handed with C{--inherit-certificates /dev/fd/N}.
+    """
+    path = spawned.args[spawned.args.index("--inherit-certificates") + 1]
+    fd = int(path.removeprefix("/dev/fd/"))
+    return certificatesFromBytes(Path(f"/dev/fd/{spawned.childFDs[fd]}").read_bytes(), path)
+
+
+def listening(port: IListeningPort) -> bool:
+    """
+    Whether a socket listens (and the kernel gives it connections).
+    """
+    with viewOf(port) as sock:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
+class WorkerRestartTests(TestCase):
+    """
+    A worker started again serves the certificates the others serve; one that cannot
+    start is tried again less and less often, and its own socket does not wait for it.
+    """
+
+    def _master(
+        self, config: ServiceConfig, certificates: dict[str, Any] | None = None
+    ) -> tuple[WorkerMaster, _SpawnRecordingReactor]:
+        reactor = _SpawnRecordingReactor()
+        master = WorkerMaster(config, ["--deliver", "discard"], reactor, certificates=certificates)
+        master.startService()
+
+        def stop() -> None:
+            stopped = master.stopService()
+            reactor.clock.advance(0)
+            self.successResultOf(stopped)
+
+        self.addCleanup(stop)
+        return master, reactor
+
+    def test_certificatesLoadedLastHandedOver(self) -> None:
+        """
+        Each worker is handed the certificates the master loaded, and after a SIGHUP
+        whose files load, the new ones: a worker started after the files have become
+        unusable (and SIGHUP kept the certificates in use) serves those in use, instead
+        of failing on the files.
+        """
+        if inMemory(b"probe") is None:
+            raise SkipTest("no files in memory that /dev/fd/N opens afresh (Linux only)")
+        directory = workspace(self)
+        first, renewed = issue("first.example.test"), issue("renewed.example.test")
+        cert, key = Path(directory, "cert.pem"), Path(directory, "key.pem")
+        config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
+        config.tls.cert, config.tls.key = str(cert), str(key)
+        master, reactor = self._master(config, {"cert": first.cert, "key": first.key})
+        self.assertEqual(
+            [handedOver(w) for w in reactor.spawned],
+            [{"cert": first.cert, "key": first.key}] * 2,
+        )
+
+        cert.write_bytes(renewed.cert)
+        key.write_bytes(renewed.key)
+        master._hangup()
+        # Not one's key: the workers keep what they have, and so do new ones.
+        key.write_bytes(first.key)
+        master._hangup()
+        self.assertEqual([w.signals for w in reactor.spawned], [[signal.SIGHUP] * 2] * 2)
+        reactor.spawned[0].protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        reactor.clock.advance(1.0)
+        self.assertEqual(len(reactor.spawned), 3)
+        self.assertEqual(handedOver(reactor.spawned[2]), {"cert": renewed.cert, "key": renewed.key})
+
+    def test_certificatesInTemporaryFile(self) -> None:
+        """
+        Without files in memory the certificates are handed over in a file private to
+        this user, replaced whole when a SIGHUP loads new ones, and removed at stop.
+        """
+        self.patch(_service, "inMemory", lambda contents, name="": None)
+        directory = workspace(self)
+        self.patch(tempfile, "tempdir", directory)
+        first, renewed = issue("first.example.test"), issue("renewed.example.test")
+        Path(directory, "cert.pem").write_bytes(renewed.cert + renewed.key)
+        config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
+        config.tls.cert = str(Path(directory, "cert.pem"))
+        reactor = _SpawnRecordingReactor()
+        master = WorkerMaster(config, [], reactor, certificates={"cert": first.cert})
+        master.startService()
+        [name] = [n for n in os.listdir(directory) if n.startswith("smtpsvc-certificates-")]
+        path = os.path.join(directory, name)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        for spawned in reactor.spawned:
+            self.assertEqual(spawned.args[spawned.args.index("--inherit-certificates") + 1], path)
+        master._hangup()
+        self.assertEqual(
+            certificatesFromBytes(Path(path).read_bytes(), path),
+            {"cert": renewed.cert + renewed.key, "key": renewed.cert + renewed.key},
+        )
+        stopped = master.stopService()
+        reactor.clock.advance(0)
+        self.successResultOf(stopped)
+        self.assertEqual(sorted(os.listdir(directory)), ["cert.pem"])
+
+    def test_couldNotStart(self) -> None:
+        """
+        A worker that ends on its own soon after its start could not start: one critical
+        line says why (its last line on standard error) and its own socket stops
+        listening, so that the kernel gives its share of new connections to the other
+        workers rather than to a socket nobody accepts on; it is tried again after 2 s,
+        then 4, 8 ... up to a minute, its socket listening again for each try, and once
+        one has run for a while, the next is started after a second, as usual.
+        """
+        if not canSpreadConnections():
+            raise SkipTest(NO_REUSEPORT)
+        events: list[LogEvent] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        # Under twist a worker's standard error is the master's, passed on as it comes.
+        passedOn: list[tuple[int, bytes]] = []
+        self.patch(_service, "_writeAll", lambda fd, data: passedOn.append((fd, data)))
+        config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
+        master, reactor = self._master(config)
+        [(ports, _)] = master.ports
+
+        def fails() -> None:
+            worker = reactor.spawned[-1]
+            self.assertTrue(listening(ports[0]))
+            worker.protocol.childDataReceived(2, b"twist smtpsvc: --key: k.pem: no good\n")
+            worker.protocol.processEnded(Failure(ProcessTerminated(1)))
+            self.assertFalse(listening(ports[0]))
+            self.assertTrue(listening(ports[1]))
+
+        reactor.clock.advance(60.0)
+        reactor.spawned[0].protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        reactor.clock.advance(1.0)
+        self.assertEqual(len(reactor.spawned), 3)
+        fails()
+        [critical] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical]
+        self.assertIn(
+            "Worker 0 could not start: twist smtpsvc: --key: k.pem: no good (A process has "
+            "ended with a probable error condition: process ended with exit code 1.)",
+            critical,
+        )
+        self.assertIn("trying again in 2 s", critical)
+        self.assertEqual(passedOn, [(2, b"twist smtpsvc: --key: k.pem: no good\n")])
+        for delay in [2, 4, 8, 16, 32, 60, 60]:
+            reactor.clock.advance(delay - 0.5)
+            spawned = len(reactor.spawned)
+            reactor.clock.advance(0.5)
+            self.assertEqual(len(reactor.spawned), spawned + 1, delay)
+            fails()
+        self.assertEqual(
+            len([e for e in events if e["log_level"] == LogLevel.critical]), 1, "one critical"
+        )
+        reactor.clock.advance(60.0)
+        self.assertTrue(listening(ports[0]))
+        reactor.clock.advance(10.0)
+        self.assertIn("Worker 0 started again and serves", [formatEvent(e) for e in events][-1])
+        spawned = len(reactor.spawned)
+        reactor.spawned[-1].protocol.processEnded(Failure(ProcessTerminated(1)))
+        reactor.clock.advance(1.0)
+        self.assertEqual(len(reactor.spawned), spawned + 1)
+        self.assertTrue(listening(ports[0]))
 
 
 class MasterPipeTests(TestCase):

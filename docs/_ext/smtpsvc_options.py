@@ -136,6 +136,7 @@ SERVICE_FLAGS: dict[str, tuple[str | None, str | None]] = {
     "sni-dir": ("DIR", "tls"),
     "workers": ("N", "service"),
     "inherit": ("FD:KIND", "service"),
+    "inherit-certificates": ("FILE", "service"),
     "help": (None, None),
     "version": (None, None),
 }
