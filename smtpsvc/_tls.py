@@ -12,6 +12,7 @@ assignment, so a handshake sees either the old certificates or the new ones, nev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
@@ -23,7 +24,7 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -489,6 +490,7 @@ class ServerTLS:
                 self._development = (settings.name, *developmentCertificate(settings.name))
             _, key, cert = self._development
         default = self._context(settings, key, cert, default=True)
+        _checkHandshake(settings, key, cert)
         byName: dict[str, SSL.Context] = {}
         wildcards: dict[str, SSL.Context] = {}
         for host, entry in settings.sniOptions.items():
@@ -496,6 +498,7 @@ class ServerTLS:
                 raise TLSConfigurationError(f"the SNI entry for {host!r} needs a key and a cert")
             try:
                 context = self._context(settings, entry["key"], entry["cert"], default=False)
+                _checkHandshake(settings, entry["key"], entry["cert"])
             except TLSConfigurationError as e:
                 raise TLSConfigurationError(f"SNI certificate for {host}: {e}") from e
             try:
@@ -509,35 +512,7 @@ class ServerTLS:
         return _ContextMap(default, byName, wildcards)
 
     def _context(self, settings: TLSSettings, key: PEM, cert: PEM, default: bool) -> SSL.Context:
-        certificates, privateKey = loadKeyPair(cert, key)
-        context = SSL.Context(SSL.TLS_METHOD)
-        try:
-            context.set_min_proto_version(_VERSIONS[settings.minVersion])
-            if settings.maxVersion is not None:
-                context.set_max_proto_version(_VERSIONS[settings.maxVersion])
-        except KeyError as e:
-            raise TLSConfigurationError(f"unknown TLS version {e.args[0]!r}") from e
-        options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
-        if settings.honorCipherOrder:
-            options |= SSL.OP_CIPHER_SERVER_PREFERENCE
-        context.set_options(options)
-        if settings.ciphers:
-            try:
-                context.set_cipher_list(settings.ciphers.encode("ascii"))
-            except SSL.Error as e:
-                raise TLSConfigurationError(
-                    f"option ciphers {settings.ciphers!r} names no cipher OpenSSL can use"
-                ) from e
-        try:
-            context.use_certificate(certificates[0])
-            for extra in certificates[1:]:
-                context.add_extra_chain_cert(extra)
-            context.use_privatekey(privateKey)
-            context.check_privatekey()
-        except SSL.Error as e:
-            raise TLSConfigurationError(
-                "the private key does not match the certificate", "pair"
-            ) from e
+        context = _serverContext(settings, key, cert)
         # Sessions resumed across contexts must belong to this server.
         context.set_session_id(b"smtpsvc")
         if settings.requestCert:
@@ -609,6 +584,110 @@ class ServerTLS:
                 self._callbackContexts[cacheKey] = context
             return context
         return self._map.lookup(name)
+
+
+def _serverContext(settings: TLSSettings, key: PEM, cert: PEM) -> SSL.Context:
+    # A server context with a certificate and its key, and the versions and ciphers of
+    # the settings: what every handshake needs, before client certificates and SNI.
+    certificates, privateKey = loadKeyPair(cert, key)
+    context = SSL.Context(SSL.TLS_METHOD)
+    try:
+        context.set_min_proto_version(_VERSIONS[settings.minVersion])
+        if settings.maxVersion is not None:
+            context.set_max_proto_version(_VERSIONS[settings.maxVersion])
+    except KeyError as e:
+        raise TLSConfigurationError(f"unknown TLS version {e.args[0]!r}") from e
+    options = SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+    if settings.honorCipherOrder:
+        options |= SSL.OP_CIPHER_SERVER_PREFERENCE
+    context.set_options(options)
+    if settings.ciphers:
+        try:
+            context.set_cipher_list(settings.ciphers.encode("ascii"))
+        except SSL.Error as e:
+            raise TLSConfigurationError(
+                f"option ciphers {settings.ciphers!r} names no cipher OpenSSL can use"
+            ) from e
+    try:
+        context.use_certificate(certificates[0])
+        for extra in certificates[1:]:
+            context.add_extra_chain_cert(extra)
+        context.use_privatekey(privateKey)
+        context.check_privatekey()
+    except SSL.Error as e:
+        raise TLSConfigurationError("the private key does not match the certificate", "pair") from e
+    return context
+
+
+#: How many times the two ends of the handshake of L{_checkHandshake} take turns at most
+#: (a full TLS 1.2 handshake takes three or four).
+_HANDSHAKE_TURNS: Final = 10
+
+
+def _checkHandshake(settings: TLSSettings, key: PEM, cert: PEM) -> None:
+    """
+    Check, in memory, that a client that would take anything (any version, any cipher,
+    no certificate checks) can complete a handshake with the server's certificate C{cert}
+    and the versions and ciphers of C{settings}.  The cipher list applies to TLS 1.2 and
+    older only and OpenSSL accepts it as long as it names some cipher, whatever the
+    certificate: one that names only suites of another kind of key (ECDSA suites for an
+    RSA certificate) with C{maxVersion} below TLS 1.3, or a version OpenSSL's security
+    level refuses, would leave a server that starts and fails every handshake.
+
+    Only lists of ciphers and versions that could leave nothing are checked (a handshake
+    per certificate, at start and on reload): the defaults always leave TLS 1.3.
+
+    @raise TLSConfigurationError: saying why no handshake can complete.
+    """
+    if not settings.ciphers and settings.maxVersion in (None, "TLSv1.3"):
+        return
+    server = SSL.Connection(_serverContext(settings, key, cert), None)
+    server.set_accept_state()
+    anything = SSL.Context(SSL.TLS_METHOD)
+    anything.set_cipher_list(b"ALL:@SECLEVEL=0")
+    client = SSL.Connection(anything, None)
+    client.set_connect_state()
+    done = {client: False, server: False}
+    try:
+        for _ in range(_HANDSHAKE_TURNS):
+            for end, other in ((client, server), (server, client)):
+                if not done[end]:
+                    try:
+                        end.do_handshake()
+                        done[end] = True
+                    except SSL.WantReadError:
+                        pass
+                with contextlib.suppress(SSL.WantReadError):
+                    other.bio_write(end.bio_read(1 << 16))
+            if all(done.values()):
+                return
+    except SSL.Error as e:
+        errors = e.args[0] if e.args and isinstance(e.args[0], list) else []
+        reason = ", ".join(str(error[-1]) for error in errors if error and error[-1])
+        why = f" ({reason})" if reason else ""
+        low, high = settings.minVersion, settings.maxVersion or "TLSv1.3"
+        versions = low if low == high else f"{low} to {high}"
+        kind = _keyKind(loadPrivateKey(key))
+        if settings.ciphers:
+            raise TLSConfigurationError(
+                f"option ciphers {settings.ciphers!r} leaves no cipher suite for the "
+                f"certificate, whose key is {kind}, at {versions}{why}: every "
+                "handshake would fail"
+            ) from e
+        raise TLSConfigurationError(
+            f"no cipher suite for the certificate, whose key is {kind}, is allowed "
+            f"at {versions}{why}: every handshake would fail"
+        ) from e
+    raise TLSConfigurationError("no handshake with the certificate completes in memory")
+
+
+def _keyKind(privateKey: Any) -> str:
+    # What kind of key a certificate has, as cipher suite names say it.
+    if isinstance(privateKey, rsa.RSAPrivateKey):
+        return "RSA"
+    if isinstance(privateKey, ec.EllipticCurvePrivateKey):
+        return "ECDSA"
+    return type(privateKey).__name__.removesuffix("PrivateKey").removeprefix("_")
 
 
 def connectionInfo(connection: SSL.Connection) -> tuple[TLSInfo, str | None, Any, bool]:

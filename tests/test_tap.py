@@ -1399,6 +1399,20 @@ class CertificateErrorTests(SynchronousTestCase):
             f"{path}: ciphers 'BOGUS' names no cipher OpenSSL can use", refusal(self, "-c", path)
         )
 
+    def test_ciphersUnusableWithTheCertificate(self) -> None:
+        """
+        So does a cipher list that leaves no suite for the certificate's key (here the
+        development certificate's ECDSA key) at the versions allowed: every handshake
+        would fail.
+        """
+        unusable = "twist smtpsvc: --ciphers 'ECDHE-RSA-AES128-GCM-SHA256' leaves no cipher "
+        self.assertIn(
+            unusable + "suite for the certificate, whose key is ECDSA, at TLSv1.2 (no shared "
+            "cipher): every handshake would fail",
+            refusal(self, "--max-version", "TLSv1.2", "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"),
+        )
+        parse("--max-version", "TLSv1.2", "--ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256")
+
 
 class ListenBacklogTests(SynchronousTestCase):
     """

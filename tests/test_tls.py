@@ -10,6 +10,10 @@ import datetime
 import ipaddress
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -36,6 +40,7 @@ from .e2e_support import LogCapture
 from .memorytls import (
     ClientTLS,
     Connection,
+    KeyPair,
     authority,
     certify,
     commonName,
@@ -770,6 +775,34 @@ class VersionTests(SynchronousTestCase):
         self.assertEqual(connection.session.hostNameAppearsAs, "x")
 
 
+def rsaPair(cn: str) -> KeyPair:
+    """
+    A self-signed certificate for C{cn} with an RSA key (the test authority's are ECDSA).
+    """
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return KeyPair(
+        certificate.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
 class ConfigurationTests(SynchronousTestCase):
     """
     Certificates given, missing or wrong.
@@ -836,6 +869,56 @@ class ConfigurationTests(SynchronousTestCase):
             self.assertIn(f"option sniOptions: {host!r} is not a host name", str(caught.exception))
         for host in ("x.example.test", "*.example.test", "X.Example.Test.", "b\u00fccher.example"):
             makeServer(sniOptions={host: {"key": x.key, "cert": x.cert}})
+
+    def test_ciphersUnusableWithTheKey(self) -> None:
+        """
+        A cipher list that leaves no suite for the certificate's kind of key (RSA suites
+        for an ECDSA key) at the versions allowed (up to TLS 1.2, where the list applies)
+        is refused as the server is built, saying so, rather than failing every
+        handshake with "no shared cipher"; the same list with TLS 1.3 allowed, or suites
+        for the key, are served.
+        """
+        with self.assertRaises(TLSConfigurationError) as caught:
+            makeServer(maxVersion="TLSv1.2", ciphers="ECDHE-RSA-AES128-GCM-SHA256")
+        self.assertEqual(
+            str(caught.exception),
+            "option ciphers 'ECDHE-RSA-AES128-GCM-SHA256' leaves no cipher suite for the "
+            "certificate, whose key is ECDSA, at TLSv1.2 (no shared cipher): every "
+            "handshake would fail",
+        )
+        connection = connectTLS(makeServer(secure=True, ciphers="ECDHE-RSA-AES128-GCM-SHA256"))
+        self.assertEqual(connection.session.tlsOptions.version, "TLSv1.3")
+        connection = connectTLS(
+            makeServer(secure=True, maxVersion="TLSv1.2", ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
+        )
+        self.assertEqual(
+            connection.session.tlsOptions.standardName, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+        )
+
+    def test_ciphersUnusableWithAnSNICertificate(self) -> None:
+        """
+        Each SNI certificate is checked too, as the server is built and when certificates
+        are updated (the old ones then stay).
+        """
+        rsa = rsaPair("rsa.example.test")
+        ecdsaOnly: dict[str, Any] = {
+            "maxVersion": "TLSv1.2",
+            "ciphers": "ECDHE-ECDSA-AES128-GCM-SHA256",
+        }
+        with self.assertRaises(TLSConfigurationError) as caught:
+            makeServer(
+                sniOptions={"rsa.example.test": {"key": rsa.key, "cert": rsa.cert}}, **ecdsaOnly
+            )
+        self.assertIn(
+            "SNI certificate for rsa.example.test: option ciphers "
+            "'ECDHE-ECDSA-AES128-GCM-SHA256' leaves no cipher suite for the certificate, whose "
+            "key is RSA, at TLSv1.2",
+            str(caught.exception),
+        )
+        server = makeServer(**ecdsaOnly)
+        with self.assertRaises(TLSConfigurationError):
+            server.updateSecureContext(key=rsa.key, cert=rsa.cert)
+        self.assertEqual(commonName(upgraded(server).clientTransport.servedCertificate()), MX)
 
     def test_standardCipherNames(self) -> None:
         """
