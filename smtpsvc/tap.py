@@ -286,9 +286,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         if config.tls.needsDevelopment:
             # Made here, once, and given to the server, which would otherwise make (and
             # announce) one of its own each time it builds its contexts.
-            name = ServerOptions.fromMapping(config.serverOptions).name
-            warnDevelopment(name)
-            config.tls.development = developmentCertificate(name)
+            serverOptions = ServerOptions.fromMapping(config.serverOptions)
+            if _offersTLS(config, serverOptions):
+                # Where no client can start TLS (STARTTLS disabled, no implicit TLS: an
+                # LMTP socket for the local MTA), it serves nobody: nothing to warn of.
+                warnDevelopment(serverOptions.name)
+            config.tls.development = developmentCertificate(serverOptions.name)
         # Load every certificate now, so that a bad one stops the command at once.
         try:
             settings = settingsFrom(ServerOptions.fromMapping(self.serverOptions()))
@@ -299,6 +302,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             # What MTA-STS senders would refuse is only a warning: everyone else is still
             # served.  A worker of --workers leaves it to its parent, which says it once.
             warnTLSProblems(settings, checkDefault=config.tls.cert is not None)
+
+
+def _offersTLS(config: ServiceConfig, options: ServerOptions) -> bool:
+    # Whether a client of some listener can have TLS: implicit TLS, or STARTTLS.
+    if config.listenTLS or options.secure:
+        return True
+    return "STARTTLS" not in (command.upper() for command in options.disabledCommands)
 
 
 def buildServer(options: Options, reactor: Any = None) -> SMTPServer:

@@ -18,6 +18,7 @@ from smtpsvc.handlers.maildir import MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
 from smtpsvc.testing import MemoryClient
 
+from .e2e_support import LogCapture
 from .service_support import writeCertificate
 
 CONFIGS = Path(__file__).resolve().parent.parent / "tap-configs"
@@ -103,15 +104,38 @@ class TapConfigTests(SynchronousTestCase):
 
     def test_lmtpFront(self) -> None:
         """
-        The LMTP front speaks LMTP and files mail in its Maildir.
+        The LMTP front speaks LMTP and files mail in its Maildir.  On its local socket it
+        offers no STARTTLS, so it needs no certificate and warns of none; its comments
+        say that the socket's directory must exist.
         """
+        log = LogCapture(self)
         options = self.load("lmtp-front.toml")
         server = tap.buildServer(options, reactor=Clock())
         self.assertTrue(server.options.lmtp)
+        self.assertEqual(log.matching("certificate"), [])
         client = MemoryClient(server)
-        client.send("LHLO x")
+        [lhlo] = client.send("LHLO x")
+        self.assertNotIn("STARTTLS", lhlo.lines)
+        self.assertEqual([r.code for r in client.send("STARTTLS")], [502])
         replies = client.sendmail("a@b.example", ["c@d.example", "e@f.example"], b"x\r\n")
         self.assertEqual([r.code for r in replies[-2:]], [250, 250])
+        comments = (CONFIGS / "lmtp-front.toml").read_text()
+        self.assertIn("RuntimeDirectory=smtpsvc", comments)
+
+    def test_developmentCertificateWarnedOfOnlyWhereTLSIsOffered(self) -> None:
+        """
+        Without a certificate the service warns that it serves a development one, unless
+        no client could start TLS; implicit TLS, or STARTTLS on, draws the warning.
+        """
+        for extra, warned in (
+            ((), 0),
+            (("--listen-tls", "tcp:0:interface=127.0.0.1"), 1),
+            (("--secure",), 1),
+            (("--disabled-commands", "VRFY"), 1),
+        ):
+            log = LogCapture(self)
+            self.load("lmtp-front.toml", *extra)
+            self.assertEqual(len(log.matching("development certificate")), warned, extra)
 
     def test_haproxyNode(self) -> None:
         """
