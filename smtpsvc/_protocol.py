@@ -1908,17 +1908,18 @@ class SMTPProtocol(LineReceiver):
         The client has closed its side of the connection: it will send nothing more.
         """
         transaction = self._data
-        if self._closed or self._pos < len(self._buffer):
+        if self._pos < len(self._buffer) and not self._closed:
             # It left commands to answer (a pipelined QUIT after the final dot, say) and
             # shut down its writing only, as ``nc -N`` does: it reads on.  They are
             # answered, and the connection closes after (see _process), now if they have
-            # been.  (Or we are closing already.)
+            # been.
             self._readClosed = True
             self._process()
             return
-        if transaction is None or not transaction.ended:
-            # Nothing is left to answer: the connection ends now, as for a protocol that
-            # is not half-closeable (a message cut short is aborted).
+        if self._closed or transaction is None or not transaction.ended:
+            # Nothing is left to answer (or we said goodbye already): the connection ends
+            # now, as for a protocol that is not half-closeable (a message cut short is
+            # aborted; replies still to send go first, see stopProducing).
             self.transport.connectionLost(connectionDone)  # type: ignore[union-attr]
             return
         # Its message has come whole, and it closed its side without waiting for the reply
