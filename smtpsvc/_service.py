@@ -140,6 +140,24 @@ def loadHandler(spec: str, named: str) -> object:
     return found
 
 
+#: How long forwarding waits for each reply of the downstream, unless handlerTimeout is
+#: shorter (see forwardTimeout).
+FORWARD_TIMEOUT: Final = 60.0
+
+
+def forwardTimeout(handlerTimeout: float) -> float:
+    """
+    How long forwarding waits for each reply of the downstream: a minute, or, when
+    C{handlerTimeout} is shorter, four fifths of it.  So a downstream that does not answer
+    is given up with its own C{451 4.4.1} (and its connection dropped) before the client
+    is cut off with C{421 Handler timeout}, which would leave the downstream connection
+    for its own timeout to end.
+    """
+    if handlerTimeout and handlerTimeout < FORWARD_TIMEOUT:
+        return handlerTimeout * 0.8
+    return FORWARD_TIMEOUT
+
+
 def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
     """
     The server a service configuration describes.
@@ -199,6 +217,7 @@ def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
                 lmtp=kind == "lmtp",
                 reactor=server.reactor,
                 serverName=server.options.name,
+                timeout=forwardTimeout(server.options.handlerTimeout),
             )
         elif kind == "python":
             handler = loadHandler(argument, config.entry("deliver", target))

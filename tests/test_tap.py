@@ -28,6 +28,7 @@ from smtpsvc import Address, IRcptToHandler, Session, SMTPError, SMTPServer, tap
 from smtpsvc._config import ConfigurationError, certificatesAsBytes, withListenBacklog
 from smtpsvc._options import optionSpecs
 from smtpsvc._service import SignalHandlers, SMTPService, _closing
+from smtpsvc.handlers.forward import ForwardDelivery
 from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
 from smtpsvc.testing import MemoryClient
@@ -554,6 +555,19 @@ class BuildTests(SynchronousTestCase):
         with self.assertRaises(ConfigurationError) as caught:
             tap.buildServer(parse("--deliver", "smtp:tcp:host=127.0.0.1:port=2600"))
         self.assertIn("open relay", str(caught.exception))
+
+    def test_forwardTimeoutWithinHandlerTimeout(self) -> None:
+        """
+        Forwarding waits a minute for each downstream reply, or four fifths of
+        handlerTimeout when that is shorter (0, no limit, leaves the minute).
+        """
+        forward = ("--deliver", "smtp:tcp:host=127.0.0.1:port=2600", "--domain", "example.org")
+        for handlerTimeout, expected in (("300", 60.0), ("0", 60.0), ("30", 24.0), ("60", 60.0)):
+            server = tap.buildServer(
+                parse(*forward, "--handler-timeout", handlerTimeout), reactor=Clock()
+            )
+            [delivery] = [h for h in server._handlers if isinstance(h, ForwardDelivery)]
+            self.assertEqual(delivery.timeout, expected, handlerTimeout)
 
     def test_relayNeedsAuthThatIsRequired(self) -> None:
         """
