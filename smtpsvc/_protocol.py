@@ -1860,6 +1860,7 @@ class SMTPProtocol(LineReceiver):
                 return
             if (
                 "data" in self._pauses
+                and self._socket is not None
                 and _AFTER_A_MESSAGE.issuperset(self._pauses)
                 and len(self._buffer) - self._pos < _READ_ON_LIMIT
             ):
@@ -1867,6 +1868,9 @@ class SMTPProtocol(LineReceiver):
                 # and may go away meanwhile: read on (a little of what it pipelines is
                 # kept), so that its going is seen (connectionLost, readConnectionLost)
                 # before the handlers have committed to a message it will send again.
+                # Not over TLS, whose layer takes a close_notify, or a FIN, for the end of
+                # the whole connection: a client that pipelines QUIT and closes its side
+                # would lose the replies it may still read.
                 return
             self._transportPaused = True
             transport.pauseProducing()  # type: ignore[attr-defined]
@@ -1924,10 +1928,11 @@ class SMTPProtocol(LineReceiver):
             return
         # Its message has come whole, and it closed its side without waiting for the reply
         # (nor saying QUIT): gone, most likely, and it will send the message again; or
-        # only done sending.  Data handlers that have not taken the message yet are told
-        # it is aborted, so that they keep nothing of it; those that have (it is stored,
-        # say) answer as they will, and the reply goes out for a client that reads on.
-        # Then the connection closes.
+        # only done sending.  While no data handler has taken the message, they are told
+        # it is aborted, so that none keeps it.  Once one has (it is stored, say), aborting
+        # the others would leave it with some and not others, and the retry a duplicate
+        # at the first whatever the client is: they answer as they will, and the reply
+        # goes out for a client that reads on.  Then the connection closes.
         session = self._core.session
         self._log.info(
             "{remoteAddress} closed its side of the connection without waiting for the "
@@ -1936,7 +1941,7 @@ class SMTPProtocol(LineReceiver):
             remoteAddress=session.remoteAddress,
         )
         self._readClosed = True
-        if transaction.failure is None:
+        if transaction.failure is None and not transaction.fanOut.anyDelivered:
             transaction.fail(MessageAborted("the client closed its side of the connection"))
 
     def writeConnectionLost(self) -> None:

@@ -165,6 +165,14 @@ class MessageStream:
         """
         return self._queued <= LOW_WATER
 
+    @property
+    def delivered(self) -> bool:
+        """
+        Whether its reader has had the whole message, L{MessageDone} included: a
+        handler that may have stored it.
+        """
+        return self._end is _DELIVERED
+
     def write(self, chunk: bytes) -> None:
         if self._discarding or self._end is not None or not chunk:
             return
@@ -274,6 +282,13 @@ class _FanOut:
         if self._paused and all(stream.hungry for stream in self.streams):
             self._paused = False
             self._resume()
+
+    @property
+    def anyDelivered(self) -> bool:
+        """
+        Whether any handler's reader has had the whole message.
+        """
+        return any(stream.delivered for stream in self.streams)
 
     def failAll(self, reason: BaseException) -> None:
         for stream in self.streams:

@@ -294,6 +294,15 @@ class DataResultTests(SynchronousTestCase):
         self.assertEqual(normalizeDataResult("ok", 3, lmtp=True), ("ok", "ok", "ok"))
         self.assertEqual(normalizeDataResult(None, 3, lmtp=False), (None,))
 
+    def test_returnedRefusal(self) -> None:
+        """
+        An SMTPError returned, not raised, refuses as a raised one does: in SMTP, and in
+        LMTP for every recipient.
+        """
+        error = SMTPError(550, "no")
+        self.assertEqual(normalizeDataResult(error, 1, lmtp=False), (error,))
+        self.assertEqual(normalizeDataResult(error, 2, lmtp=True), (error, error))
+
     def test_perRecipient(self) -> None:
         """
         A sequence gives one outcome per recipient.

@@ -709,6 +709,30 @@ class ClientGoneTests(E2ETestCase):
         self.assertEqual([r[:4] for r in replies], ["250 "], replies)
         self.assertEqual(handler.messages, [b"Subject: x\r\n\r\nbody\r\n"])
 
+    async def test_doneSendingOnceOneHandlerHasTheMessage(self) -> None:
+        """
+        With two data handlers, of which the first has taken the message (stored it, say)
+        and the second not yet, a client that shuts down its writing after its final dot
+        is not taken for gone: aborting the second would leave the message with the first
+        only, and the client's retry a duplicate there.  Both answer, the client gets the
+        250, and the second has the message too.
+        """
+        first, second = _ReadsThenHangs(), _WaitsThenReads()
+        first.gate.callback(None)
+        _, port = await startLocal(self, [first, second])
+        logs = LogCapture(self)
+        talking = self._sendMessage(port, b"", "shutdown")
+        await until(
+            lambda: logs.matching("without waiting for the reply to its message"),
+            5,
+            "the client's shutdown seen",
+        )
+        second.gate.callback(None)
+        replies = await talking
+        self.assertEqual([r[:4] for r in replies], ["250 "], replies)
+        self.assertEqual(first.messages, [b"Subject: x\r\n\r\nbody\r\n"])
+        self.assertEqual(second.results, first.messages)
+
     async def test_doneSendingAfterQuit(self) -> None:
         """
         A client that pipelines QUIT after its final dot and shuts down its writing (as

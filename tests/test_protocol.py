@@ -1271,6 +1271,28 @@ class DataTests(SynchronousTestCase):
             client.send("DATA")
             self.assertEqual(wires(client.write(b"x\r\n.\r\n")), [expected], (text, options))
 
+    def test_returnedRefusal(self) -> None:
+        """
+        A data handler that returns an SMTPError instead of raising it refuses the message
+        with it, as any other handler's returned refusal does; in LMTP for every
+        recipient.
+        """
+
+        @implementer(IDataHandler)
+        class Returns:
+            def onData(self, stream: IMessageStream, session: Session) -> SMTPError:
+                return SMTPError(554, "5.7.1 Refused by policy")
+
+        for lmtp in (False, True):
+            client = connect(Returns(), lmtp=lmtp, hideENHANCEDSTATUSCODES=not lmtp)
+            self.transaction(client, recipients=2)
+            client.send("DATA")
+            self.assertEqual(
+                wires(client.write(b"x\r\n.\r\n")),
+                ["554 5.7.1 Refused by policy"] * 2 if lmtp else ["554 Refused by policy"],
+                lmtp,
+            )
+
     def test_logLinesKeepBraces(self) -> None:
         """
         The transaction's log line and the connection's show what the client sent as it

@@ -1333,14 +1333,16 @@ def normalizeDataResult(result: object, recipients: int, lmtp: bool) -> tuple[Ou
     SMTP, one per recipient in LMTP.
 
     A handler answers L{None}, a string, or (LMTP only) a sequence with one such answer or
-    L{SMTPError} per recipient.  Refusals are raised, not returned, so an L{SMTPError}
-    arrives here only inside a sequence.
+    L{SMTPError} per recipient.  Refusals are raised; one returned refuses just the same
+    (for every recipient, in LMTP), as for the other handlers.
 
     @raise ValueError: for any other answer, which the glue treats as a handler failure.
     """
     slots = recipients if lmtp else 1
     if result is None or isinstance(result, str):
         _checkText(result)
+        return (result,) * slots
+    if isinstance(result, SMTPError):
         return (result,) * slots
     if isinstance(result, (list, tuple)):
         if not lmtp:
