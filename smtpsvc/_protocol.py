@@ -1366,6 +1366,9 @@ class SMTPProtocol(LineReceiver):
         if transaction is not None and not transaction.ended:
             # (Once the message has ended, the clock runs on for the handlers' answer.)
             self._handlersAnswered()
+        # The client's clock starts afresh: the time it was held up was ours, not idle
+        # time of its own (as a reply starts it afresh after a handler's answer).
+        self._lastActivity = self._reactor.seconds()
         self._resume("stream")
 
     def _handlersTimedOut(self) -> None:
