@@ -665,6 +665,23 @@ class ClientGoneTests(E2ETestCase):
 
         return deferToThread(talk)
 
+    async def _shutDownAfterTheDot(
+        self, handlers: Sequence[object], release: Deferred[None]
+    ) -> list[str]:
+        # A server with `handlers`; a client that sends its message and shuts down its
+        # writing after the final dot; once the server has seen that, `release` fires
+        # (the handlers go on).  What the client read.
+        _, port = await startLocal(self, handlers)
+        logs = LogCapture(self)
+        talking = self._sendMessage(port, b"", "shutdown")
+        await until(
+            lambda: logs.matching("without waiting for the reply to its message"),
+            5,
+            "the client's shutdown seen",
+        )
+        release.callback(None)
+        return await talking
+
     async def test_goneAfterTheFinalDot(self) -> None:
         """
         A client that closes its connection after its final dot, without waiting for the
@@ -696,16 +713,7 @@ class ClientGoneTests(E2ETestCase):
         a 451 would have the client send it twice), then the connection closes.
         """
         handler = _ReadsThenHangs()
-        _, port = await startLocal(self, [handler])
-        logs = LogCapture(self)
-        talking = self._sendMessage(port, b"", "shutdown")
-        await until(
-            lambda: logs.matching("without waiting for the reply to its message"),
-            5,
-            "the client's shutdown seen",
-        )
-        handler.gate.callback(None)
-        replies = await talking
+        replies = await self._shutDownAfterTheDot([handler], handler.gate)
         self.assertEqual([r[:4] for r in replies], ["250 "], replies)
         self.assertEqual(handler.messages, [b"Subject: x\r\n\r\nbody\r\n"])
 
@@ -719,16 +727,7 @@ class ClientGoneTests(E2ETestCase):
         """
         first, second = _ReadsThenHangs(), _WaitsThenReads()
         first.gate.callback(None)
-        _, port = await startLocal(self, [first, second])
-        logs = LogCapture(self)
-        talking = self._sendMessage(port, b"", "shutdown")
-        await until(
-            lambda: logs.matching("without waiting for the reply to its message"),
-            5,
-            "the client's shutdown seen",
-        )
-        second.gate.callback(None)
-        replies = await talking
+        replies = await self._shutDownAfterTheDot([first, second], second.gate)
         self.assertEqual([r[:4] for r in replies], ["250 "], replies)
         self.assertEqual(first.messages, [b"Subject: x\r\n\r\nbody\r\n"])
         self.assertEqual(second.results, first.messages)
