@@ -1376,18 +1376,13 @@ class SMTPProtocol(LineReceiver):
         if self._closed:
             return
         transaction = self._data
-        if transaction is not None and not transaction.ended:
-            self._log.warn(
-                "Closing connection: data handlers took none of the message for {timeout} s",
-                sessionId=self._core.session.id,
-                timeout=self._options.handlerTimeout,
-            )
-        else:
-            self._log.warn(
-                "Closing connection: handlers did not answer within {timeout} s",
-                sessionId=self._core.session.id,
-                timeout=self._options.handlerTimeout,
-            )
+        self._log.warn(
+            "Closing connection: data handlers took none of the message for {timeout} s"
+            if transaction is not None and not transaction.ended
+            else "Closing connection: handlers did not answer within {timeout} s",
+            sessionId=self._core.session.id,
+            timeout=self._options.handlerTimeout,
+        )
         result = "timed out"
         envelope = self._core.session.envelope
         if transaction is not None and transaction.ended and transaction.decoder.failed:

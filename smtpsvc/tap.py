@@ -308,7 +308,8 @@ def _offersTLS(config: ServiceConfig, options: ServerOptions) -> bool:
     # Whether a client of some listener can have TLS: implicit TLS, or STARTTLS.
     if config.listenTLS or options.secure:
         return True
-    return "STARTTLS" not in (command.upper() for command in options.disabledCommands)
+    # (ServerOptions keeps disabledCommands in upper case.)
+    return "STARTTLS" not in options.disabledCommands
 
 
 def buildServer(options: Options, reactor: Any = None) -> SMTPServer:

@@ -911,6 +911,16 @@ class ConfigFileTests(SynchronousTestCase):
     def write(self, text: str) -> str:
         return writeConfig(self, text)
 
+    def assertFileRefused(self, text: str, words: str, *args: str) -> None:
+        """
+        A configuration file holding C{text} (with C{args} on the command line) stops
+        the command with C{words}, after the file's name.
+        """
+        path = self.write(text)
+        with self.assertRaises(ConfigurationError, msg=text) as caught:
+            parse("--config", path, *args)
+        self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}", text)
+
     def test_options(self) -> None:
         """
         Options are read by their names; flags override them.
@@ -958,10 +968,7 @@ class ConfigFileTests(SynchronousTestCase):
             ("true", "maildirMinFree must be a whole number of bytes, not True"),
             ('"16M"', "maildirMinFree must be a whole number of bytes, not '16M'"),
         ):
-            path = self.write(f"maildirMinFree = {value}\n")
-            with self.assertRaises(ConfigurationError) as caught:
-                parse("--config", path)
-            self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}", value)
+            self.assertFileRefused(f"maildirMinFree = {value}\n", words)
 
     def test_singleStringsRelative(self) -> None:
         """
@@ -987,10 +994,7 @@ class ConfigFileTests(SynchronousTestCase):
             ("port = [25.5]\n", "port must be a port number or a list of them, not [25.5]"),
             ("port = true\n", "port must be a port number or a list of them, not True"),
         ):
-            path = self.write(text)
-            with self.assertRaises(ConfigurationError, msg=text) as caught:
-                parse("--config", path)
-            self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}")
+            self.assertFileRefused(text, words)
         path = self.write('port = [25, "587"]\n')
         self.assertEqual(parse("--config", path).config.listen, ["tcp:25", "tcp:587"])
 
@@ -1001,12 +1005,8 @@ class ConfigFileTests(SynchronousTestCase):
         """
         for key in ("cert", "key", "ca", "sniDir"):
             for value, shown in (("5", "5"), ("true", "True"), ('""', "''"), ('["a"]', "['a']")):
-                path = self.write(f"{key} = {value}\n")
-                with self.assertRaises(ConfigurationError) as caught:
-                    parse("--config", path)
-                self.assertEqual(
-                    str(caught.exception),
-                    f"twist smtpsvc: {path}: {key} must be a file name (a string), not {shown}",
+                self.assertFileRefused(
+                    f"{key} = {value}\n", f"{key} must be a file name (a string), not {shown}"
                 )
 
     def test_workers(self) -> None:
@@ -1020,10 +1020,7 @@ class ConfigFileTests(SynchronousTestCase):
             ("true", "workers must be a whole number, not True"),
             ("0", "workers must be at least 1, not 0"),
         ):
-            path = self.write(f"workers = {value}\n")
-            with self.assertRaises(ConfigurationError) as caught:
-                parse("--config", path)
-            self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}", value)
+            self.assertFileRefused(f"workers = {value}\n", words)
         path = self.write("workers = 3\n")
         self.assertEqual(parse("--config", path).config.workers, 3)
         self.assertEqual(parse("--config", path, "--workers", "2").config.workers, 2)
@@ -1098,12 +1095,7 @@ class ConfigFileTests(SynchronousTestCase):
         ):
             config = parse("--config", path, *args).config
             self.assertEqual((config.listen, config.listenTLS), (listen, ["tcp:465"]), args)
-        path = self.write('port = "smtp"\n')
-        with self.assertRaises(ConfigurationError) as caught:
-            parse("--config", path)
-        self.assertEqual(
-            str(caught.exception), f"twist smtpsvc: {path}: port must be a port number, not 'smtp'"
-        )
+        self.assertFileRefused('port = "smtp"\n', "port must be a port number, not 'smtp'")
 
     def test_unknownOption(self) -> None:
         """
@@ -1152,10 +1144,7 @@ class ConfigFileTests(SynchronousTestCase):
             ("useProxy = 5", "useProxy must be true or false, or a list of strings, not 5"),
             ("bareLineEndings = 5", "bareLineEndings must be a string, not 5"),
         ):
-            path = self.write(text + "\n")
-            with self.assertRaises(ConfigurationError, msg=text) as caught:
-                parse("--config", path)
-            self.assertEqual(str(caught.exception), f"twist smtpsvc: {path}: {words}", text)
+            self.assertFileRefused(text + "\n", words)
 
     def test_entryErrorsNameTheFile(self) -> None:
         """
@@ -1214,13 +1203,12 @@ class ConfigFileTests(SynchronousTestCase):
         """
         An error about options taken together names the file's keys for those it gave.
         """
-        path = self.write('minVersion = "TLSv1.3"\nlmtp = true\nhidePIPELINING = true\n')
-        with self.assertRaises(ConfigurationError) as caught:
-            parse("--config", path, "--max-version", "TLSv1.2")
-        self.assertEqual(
-            str(caught.exception),
-            f"twist smtpsvc: {path}: minVersion TLSv1.3 is newer than --max-version TLSv1.2, "
-            "which leaves no TLS version to use",
+        self.assertFileRefused(
+            'minVersion = "TLSv1.3"\nlmtp = true\nhidePIPELINING = true\n',
+            "minVersion TLSv1.3 is newer than --max-version TLSv1.2, which leaves no TLS "
+            "version to use",
+            "--max-version",
+            "TLSv1.2",
         )
 
     def test_unsetLimit(self) -> None:

@@ -604,6 +604,28 @@ class RotationTests(E2ETestCase):
         self.assertEqual(await deferToThread(stillServed), (250, {}, MX))
         self.assertEqual([m.data for m in recorder.messages], [MESSAGE])
 
+    async def test_idleClientDoesNotHoldClose(self) -> None:
+        """
+        A TLS client that sits idle, reading nothing (so never answering the server's
+        close_notify), does not hold server.close() for all of closeTimeout: it gets its
+        421, and its connection ends two seconds later at most.
+        """
+        server, port = await startTLSServer(self, [RecordingHandler()], closeTimeout=30)
+
+        def upgraded() -> LoopbackSMTP:
+            c = LoopbackSMTP(MX, port, local_hostname=CLIENT_NAME, timeout=SOCKET_TIMEOUT)
+            c.ehlo()
+            c.starttls(context=trustingContext())
+            c.ehlo()
+            return c
+
+        idle = await deferToThread(upgraded)
+        self.addCleanup(idle.close)
+        started = time.monotonic()
+        await server.close()
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(server.connectionCount, 0)
+
 
 class TwistTLSTests(_OpenSSLTestCase):
     """
