@@ -442,6 +442,38 @@ class SMTPUTF8Tests(SynchronousTestCase):
             self.assertEqual(codes(client.send(f"{verb} xn--bcher-kva.example")), [250])
             self.assertEqual(client.session.hostNameAppearsAs, "xn--bcher-kva.example")
 
+    def test_utf8AddressWithoutSmtputf8LeavesNoTransaction(self) -> None:
+        """
+        Postfix's 2026 fix (standards 2.14): a UTF-8 address without SMTPUTF8 in VRFY,
+        MAIL and RCPT leaves no half-made transaction behind, so DATA and its data get
+        503 and nothing reaches the data handler; the connection goes on as if nothing
+        had been sent, and a plain transaction after it is delivered.
+        """
+        recorder = RecordingHandler()
+        client = connect(recorder, hideENHANCEDSTATUSCODES=False)
+        replies = client.send(
+            f"VRFY <{UTF8_SENDER}>",
+            f"MAIL FROM:<{UTF8_SENDER}>",
+            f"RCPT TO:<{UTF8_RECIPIENT}>",
+            "DATA",
+            "Subject: crafted",
+            ".",
+        )
+        self.assertEqual(codes(replies)[0], 252)
+        self.assertEqual(wire(replies[1])[:9], "550 5.6.7")
+        self.assertEqual([wire(reply)[:9] for reply in replies[2:4]], ["503 5.5.1"] * 2)
+        # What would have been the message: read as two unknown commands.
+        self.assertEqual([code // 100 for code in codes(replies[4:])], [5, 5])
+        self.assertEqual(recorder.senders, [])
+        self.assertEqual(recorder.messages, [])
+        self.assertFalse(client.closed)
+        self.assertEqual(
+            codes(client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")),
+            [250, 250, 354],
+        )
+        self.assertEqual(codes(client.write(b"Subject: plain\r\n\r\nbody\r\n.\r\n")), [250])
+        self.assertEqual(len(recorder.messages), 1)
+
 
 # -- DANE (RFC 7672) ------------------------------------------------------------------------
 

@@ -348,6 +348,58 @@ class STARTTLSTests(_OpenSSLTestCase):
             len(logs.matching("Discarded 6 bytes sent in clear after STARTTLS")), 1, logs.messages()
         )
 
+    async def test_closeNotifyDuringBDATThenClear(self) -> None:
+        """
+        Exim's "Dead.Letter" (CVE-2026-45185, standards 2.14): over STARTTLS, C{BDAT 100}
+        with 10 of its bytes, then the client's close_notify, then one byte in clear.  The
+        server closes the TCP connection without a reply in clear, nothing is delivered,
+        and it goes on serving.
+        """
+        recorder = RecordingHandler()
+        _, port = await startTLSServer(self, [recorder])
+
+        def talk() -> tuple[bytes, bytes]:
+            with RawClient(port) as client:
+                client.readReply()
+                client.command("EHLO t")
+                self.assertEqual(client.command("STARTTLS").code, 220)
+                client.startTLS(trustingContext(), MX)
+                client.command("EHLO t")
+                self.assertEqual(client.command("MAIL FROM:<a@example.org>").code, 250)
+                self.assertEqual(client.command("RCPT TO:<u@example.org>").code, 250)
+                client.send(b"BDAT 100\r\n0123456789")
+                tlsSocket = client.sock
+                assert isinstance(tlsSocket, ssl.SSLSocket)
+                try:
+                    # Sends close_notify; Python then waits for the server's.
+                    client.sock = tlsSocket.unwrap()
+                except (OSError, ValueError):
+                    # The server closed the connection at once: that is a pass too.
+                    return b"", b""
+                try:
+                    client.send(b"X")
+                except OSError:
+                    return b"", b""
+                tail = client.readAvailable(3.0)
+                # The connection is closed: a read gives end of file (or a reset).
+                try:
+                    client.sock.settimeout(1.0)
+                    after = client.sock.recv(100)
+                except ConnectionResetError:
+                    after = b""
+                return tail, after
+
+        tail, after = await deferToThread(talk)
+        self.assertEqual(tail, b"", "the server answered in clear after close_notify")
+        self.assertEqual(after, b"", "the connection is still open")
+        self.assertEqual(recorder.messages, [])
+
+        def another() -> int:
+            with RawClient(port) as client:
+                return client.readReply().code
+
+        self.assertEqual(await deferToThread(another), 220)
+
 
 class ImplicitTLSTests(_OpenSSLTestCase):
     """
