@@ -56,6 +56,8 @@ from .e2e_support import (
     RawClient,
     assertTwistRefuses,
     clientContext,
+    connectionRefused,
+    freePort,
     haveOpenSSL,
     twistEnvironment,
     withoutTraceHeaders,
@@ -266,6 +268,43 @@ class ConfigurationFileTests(E2ETestCase):
         for line in process.text.split("\n")[:-1]:
             self.assertTrue(line.startswith("\x1e"), line)
             self.assertIsInstance(json.loads(line[1:]), dict)
+
+    async def test_logLevelWarn(self) -> None:
+        """
+        Under C{twist --log-level warn}, a message and its connection write no line (nor
+        does the start), while a warning still does: the plaintext a client pipelined
+        after STARTTLS.
+        """
+        tmpdir = workspace(self)
+        port = freePort()
+        args = ["--listen", f"tcp:{port}:interface={LOCALHOST}", "--deliver", "discard", *QUICK]
+        process = await startService(
+            self,
+            args,
+            tmpdir,
+            twistOptions=("--log-format", "text", "--log-level", "warn"),
+            waitForPort=False,
+        )
+
+        def talk() -> tuple[int, int]:
+            deadline = time.monotonic() + 30
+            while connectionRefused(port):
+                self.assertFalse(process.ended, process.text)
+                self.assertLess(time.monotonic(), deadline, "the service never listened")
+                time.sleep(0.1)
+            code, _ = sendOne(port, message("quiet"))
+            with RawClient(port) as client:
+                client.readReply()
+                client.command("EHLO t")
+                client.send(b"STARTTLS\r\nNOOP\r\n")
+                ready = client.readReply().code
+            return code, ready
+
+        self.assertEqual(await deferToThread(talk), (250, 220))
+        await process.waitForOutput(re.compile(rb"Discarded 6 bytes sent in clear after STARTTLS"))
+        await process.stop()
+        for info in (" message from <", "Connection closed", "listening on", "Server closed"):
+            self.assertEqual(process.lines(info), [], process.text)
 
 
 class ProtectionFlagTests(E2ETestCase):
