@@ -128,7 +128,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             None,
             None,
             "The bytes of free space every maildir: delivery keeps in reserve: MAIL FROM "
-            "gets 452 4.3.1 when less than the declared SIZE plus this much is free (0 "
+            "gets 452 4.3.1 when less than the declared SIZE plus this much is free, and a "
+            "message whose writing brings the free space under it gets the same (0 "
             f"refuses only a SIZE that does not fit) [default: {DEFAULT_MIN_FREE}].",
         ],
         *_PARAMETERS,

@@ -343,6 +343,42 @@ class TransactionLimitTests(E2ETestCase):
         self.assertEqual(await deferToThread(send, anyNumber.port, many, message("many")), {})
         self.assertEqual(len(storedMessages(maildir)), 2)
 
+    async def test_reserveKeptWhileWriting(self) -> None:
+        """
+        C{twist smtpsvc} with C{--maildir-min-free} set to leave 4 MiB of the real file
+        system's free space usable: smtplib's MAIL FROM (no SIZE) is accepted, and its
+        message of 24 MiB gets 452 4.3.1 after its end of data; nothing is stored and
+        nothing is left in C{tmp/}, and the refusal is logged.
+        """
+        tmpdir = workspace(self)
+        maildir = os.path.join(tmpdir, "md")
+        stats = os.statvfs(tmpdir)
+        free = stats.f_bavail * stats.f_frsize
+        if free < 64 * 1024 * 1024:
+            raise SkipTest(f"{free} bytes free under {tmpdir}: too little for this test")
+        reserve = free - 4 * 1024 * 1024
+        args = ["--listen", LISTEN, "--deliver", f"maildir:{maildir}", *QUICK]
+        args += ["--maildir-min-free", str(reserve), "--no-hide-enhancedstatuscodes"]
+        process = await startService(self, args, tmpdir)
+        assert process.port is not None
+        port = process.port
+        body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * (24 * 1024)
+
+        def send() -> tuple[int, tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                c.ehlo()
+                self.assertFalse(c.has_extn("size"))
+                code = c.mail(SENDER)[0]
+                c.rcpt(RECIPIENT)
+                return code, c.data(body)
+
+        mail, end = await deferToThread(send)
+        self.assertEqual(mail, 250)
+        self.assertEqual(end, (452, b"4.3.1 Error: insufficient system storage"))
+        self.assertEqual(storedMessages(maildir), [])
+        self.assertEqual(os.listdir(os.path.join(maildir, "tmp")), [])
+        await process.waitForOutput(re.compile(rb"Refused a message while writing it: \d+ bytes"))
+
     async def test_slowMessageCutOff(self) -> None:
         """
         With socketTimeout=1 and minDataRate=10, a client that sends its message a byte

@@ -544,6 +544,83 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         self.assertEqual(codes(replies), [250, 250])
         self.assertEqual(codes(client.send("RSET", "MAIL FROM:<a@b.example>")), [250, 250])
 
+    def shrinkingWithWrites(self) -> str:
+        """
+        Make the free space the fake file system reports shrink by what the Maildir's
+        C{tmp/} holds, as a real one's would; return that C{tmp/}.
+        """
+        tmp = os.path.join(self.path, "tmp")
+
+        def statvfs(path: str) -> os.statvfs_result:
+            self.looked.append(path)
+            assert isinstance(self.free, int)
+            held = sum(os.path.getsize(os.path.join(tmp, name)) for name in os.listdir(tmp))
+            return withFree(self.free - held, self.size)
+
+        self.statvfs = statvfs  # type: ignore[method-assign]
+        return tmp
+
+    def sendMiB(self, client: MemoryClient, count: int) -> None:
+        """
+        Send C{count} MiB of message lines (of 1 KiB each) in chunks of 64 KiB.
+        """
+        chunk = (b"x" * 1022 + b"\r\n") * 64
+        for _ in range(count * 16):
+            self.assertEqual(client.write(chunk), [])
+
+    def test_reserveKeptWhileWriting(self) -> None:
+        """
+        A message sent without SIZE whose writing brings the free space under the
+        reserve is refused: its file leaves C{tmp/} at once, the rest of it is read and
+        thrown away, the client gets 452 4.3.1 after its end of data, and the refusal is
+        logged; the next message, which fits, is delivered.
+        """
+        self.free = 4 * MIB
+        tmp = self.shrinkingWithWrites()
+        client = self.client(minFree=MIB)
+        replies = client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.assertEqual(codes(replies), [250, 250, 354])
+        with capturedLogs() as events:
+            self.sendMiB(client, 5)
+            heldBeforeTheEnd = os.listdir(tmp)
+            end = client.write(b".\r\n")
+        self.assertEqual(lines(end), ["452 4.3.1 Error: insufficient system storage"])
+        self.assertEqual(heldBeforeTheEnd, [])
+        [event] = [e for e in events if e.get("log_namespace") == "smtpsvc.maildir"]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(event["minFree"], MIB)
+        self.assertLess(event["free"], MIB)
+        self.assertEqual(storedMessages(self.path), [])
+        replies = client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.assertEqual(codes(replies + client.write(b"small\r\n.\r\n")), [250, 250, 354, 250])
+        self.assertEqual(len(storedMessages(self.path)), 1)
+
+    def test_roomWhileWriting(self) -> None:
+        """
+        A message that leaves the reserve free is delivered; the free space was looked
+        at once at MAIL FROM and once per MiB written.
+        """
+        self.free = 100 * MIB
+        self.shrinkingWithWrites()
+        client = self.client(minFree=MIB)
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.sendMiB(client, 3)
+        self.assertEqual(codes(client.write(b".\r\n")), [250])
+        self.assertEqual(len(storedMessages(self.path)), 1)
+        self.assertEqual(len(self.looked), 1 + 3)
+
+    def test_noReserveNoCheckWhileWriting(self) -> None:
+        """
+        With C{minFree=0} the free space is not looked at while a message is written.
+        """
+        self.free = 0
+        self.shrinkingWithWrites()
+        client = self.client(minFree=0)
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>", "DATA")
+        self.sendMiB(client, 2)
+        self.assertEqual(codes(client.write(b".\r\n")), [250])
+        self.assertEqual(len(self.looked), 1)
+
     def test_deliversWhenThereIsRoom(self) -> None:
         """
         A message whose declared size fits is delivered into new/ as usual.

@@ -13,12 +13,14 @@ Before that, at ``MAIL FROM``, a sender is refused with ``452 4.3.1`` when the M
 file system has no room for the size it declared (RFC 1870 section 6.1) or is nearly full,
 so that a client finds out before it sends the message rather than after; and with ``552
 5.3.4`` when the size it declared is more than the whole file system could ever hold, so
-that it does not try again for days.
+that it does not try again for days.  A message that, as it is written, brings the free
+space under the reserve is refused with ``452 4.3.1`` too, and its file removed at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import secrets
@@ -30,6 +32,7 @@ from email.utils import format_datetime
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -52,6 +55,9 @@ _NO_ROOM: Final = "4.3.1 Error: insufficient system storage"
 # Never room: the declared size is over what the file system holds when empty (RFC 1870
 # section 6.1; RFC 3463 5.3.4, message too big for system).
 _NEVER_ROOM: Final = "5.3.4 Error: message too big for system"
+
+# How many bytes of a message are written between two looks at the free space left.
+_CHECK_EVERY: Final = 1024 * 1024
 
 DEFAULT_MIN_FREE = 16 * 1024 * 1024
 """
@@ -90,8 +96,11 @@ class MaildirDelivery:
         @param minFree: the bytes of free space to keep in reserve (L{DEFAULT_MIN_FREE},
             16 MiB, if not given): C{MAIL FROM} gets C{452 4.3.1} when less than the
             declared C{SIZE} plus this much is free, or without C{SIZE} when less than this
-            much is.  C{0} refuses only a declared size that does not fit.  A declared
-            C{SIZE} over the file system's whole size less this much gets C{552 5.3.4}.
+            much is.  A message whose writing brings the free space under it (looked
+            at after each MiB written) is refused with the same reply, and its file
+            removed at once.  C{0} refuses only a declared size that does not fit.  A
+            declared C{SIZE} over the file system's whole size less this much gets C{552
+            5.3.4}.
         @param statvfs: how the free space is looked up; tests pass a fake.
 
         @raise ValueError: when C{minFree} is negative.
@@ -210,6 +219,30 @@ class MaildirDelivery:
             )
             raise SMTPError(452, _NO_ROOM)
 
+    def _underReserve(self, session: Session) -> bool:
+        # Whether a message being written has brought the free space under the reserve
+        # (logged if so).  Without this, a message that declared no size (or a false
+        # one) could fill the file system: MAIL FROM saw only the space free then.
+        if self.minFree == 0:
+            return False
+        try:
+            stats = self._statvfs(self.path)
+        except OSError:
+            # As at MAIL FROM, a failed check refuses nothing; writes have their answers.
+            return False
+        free = stats.f_bavail * stats.f_frsize
+        if stats.f_blocks == 0 or free >= self.minFree:
+            return False
+        _log.warn(
+            "Refused a message while writing it: {free} bytes free in {path}, under the "
+            "reserve of {minFree}",
+            path=self.path,
+            free=free,
+            minFree=self.minFree,
+            sessionId=session.id,
+        )
+        return True
+
     def _uniqueName(self) -> str:
         now = time.time()
         seconds = int(now)
@@ -239,7 +272,7 @@ class MaildirDelivery:
             recipient=recipient,
         )
         fd = self._create(tmpPath, session)
-        writer = _FileWriter(fd, tmpPath)
+        writer = _FileWriter(fd, tmpPath, lambda: self._underReserve(session))
         writer.write(header)
         done: Deferred[None] = Deferred()
         writer.done = done
@@ -276,11 +309,13 @@ class MaildirDelivery:
 
 
 class _FileWriter(Protocol):
-    def __init__(self, fd: int, path: str) -> None:
+    def __init__(self, fd: int, path: str, underReserve: Callable[[], bool]) -> None:
         self.fd = fd
         self.path = path
         self.error: OSError | None = None
         self.done: Deferred[None] | None = None
+        self._underReserve = underReserve
+        self._unchecked = 0
 
     def write(self, data: bytes) -> None:
         if self.error is not None:
@@ -295,10 +330,28 @@ class _FileWriter(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.write(data)
+        self._unchecked += len(data)
+        if self._unchecked >= _CHECK_EVERY and self.error is None:
+            self._unchecked -= _CHECK_EVERY
+            if self._underReserve():
+                self._refuse()
+
+    def _refuse(self) -> None:
+        # No room left for the rest: the handler answers now (the client hears it after
+        # the end of its message), takes no more of the message, and its file goes at
+        # once, giving its space back.
+        done, self.done = self.done, None
+        assert done is not None
+        self.error = OSError(errno.ENOSPC, "the reserve of free space is reached")
+        # The transport is the message stream, a push producer.
+        IPushProducer(self.transport).stopProducing()
+        done.errback(SMTPError(452, _NO_ROOM))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         done, self.done = self.done, None
-        assert done is not None
+        if done is None:
+            # Refused already (_refuse).
+            return
         if not reason.check(MessageDone):
             done.errback(reason)
         elif self.error is not None:
