@@ -167,6 +167,15 @@ class ServerOptions:
         "clients`` and is closed.  Unset means no limit.",
         group="limits",
     )
+    maxClientsPerAddress: int | None = _option(
+        None,
+        "Most connections served at once from one client address (after a PROXY header, "
+        "the real client's; an IPv6 client's /64 network counts as one address); the next "
+        "one gets ``421 <name> Error: too many connections from <address>`` and is closed, "
+        "as with Postfix's ``smtpd_client_connection_count_limit``.  So that one client "
+        "cannot take every slot of ``maxClients``.  Unset means no limit.",
+        group="limits",
+    )
     socketTimeout: float = _option(
         60.0,
         "Seconds without traffic either way before ``421 Timeout - closing connection``, "
@@ -206,6 +215,24 @@ class ServerOptions:
         "unrecognized commands``: those answered 500 or 502, over-long or invalid lines, "
         "and every command after a refused greeting (or a refusal after STARTTLS).  The "
         "count starts again after each message.  Unset turns the limit off.",
+        group="limits",
+    )
+    maxErrors: int | None = _option(
+        20,
+        "Error replies (4xx and 5xx, to commands) a client may get before ``421 4.7.0 "
+        "Error: too many errors`` instead of the last one, and the connection closes, as "
+        "with Postfix's ``smtpd_hard_error_limit``.  A refused message counts as one "
+        "error, and the recipients over ``maxRecipients`` as none.  The count starts "
+        "again after each message accepted.  Unset turns the limit off.",
+        group="limits",
+    )
+    maxJunkCommands: int | None = _option(
+        100,
+        "NOOP, RSET, VRFY and HELP commands a client may send before each one more "
+        "counts as an error towards ``maxErrors``, as with Postfix's "
+        "``smtpd_junk_command_limit``: a session of nothing else would hold its "
+        "connection for ever.  The count starts again after each message accepted.  Unset "
+        "turns the limit off.",
         group="limits",
     )
     forbidUnauthPipelining: bool = _option(
@@ -676,7 +703,14 @@ class OptionSpec:
             raise ValueError(f"option {self.name} must not be negative, not {value!r}")
         if (
             self.name
-            in ("maxClients", "maxCommandLength", "authFailureLimit", "maxReceivedHeaders")
+            in (
+                "maxClients",
+                "maxClientsPerAddress",
+                "maxCommandLength",
+                "authFailureLimit",
+                "maxReceivedHeaders",
+                "maxErrors",
+            )
             and isinstance(value, int)
             and value < 1
         ):

@@ -64,6 +64,7 @@ from ._core._replies import AUTH_TEMPORARY_ERROR, CONNECT_HANDLER_FAILED, HANDLE
 from ._core._sasl import AuthRequest
 from ._core._session import Address, Envelope, Session
 from ._core._states import State
+from ._core._throttle import clientNetwork
 from ._core._xclient import isTrusted
 from ._errors import SMTPError
 from ._stream import (
@@ -496,6 +497,7 @@ class SMTPProtocol(LineReceiver):
         "_closed",
         "_connectedAt",
         "_core",
+        "_countedAs",
         "_data",
         "_delayCall",
         "_discardHead",
@@ -570,6 +572,8 @@ class SMTPProtocol(LineReceiver):
         # goodbye follows their reply (see shutDown).
         self._goodbyeAfterReply = False
         self._closed = False
+        # The client as maxClientsPerAddress counts it, once counted.
+        self._countedAs: str | None = None
         # Whether the connection closes once the replies waiting for the end of the turn
         # have gone (see _closeAfterWrite).
         self._closeWhenFlushed = False
@@ -743,6 +747,13 @@ class SMTPProtocol(LineReceiver):
         if limit is not None and self._server.connectionCount > limit:
             self._perform(self._core.tooManyClients())
             return
+        perAddress = self._options.maxClientsPerAddress
+        if perAddress is not None:
+            address = self._core.session.remoteAddress
+            self._countedAs = key = clientNetwork(address)
+            if self._server._addressAdmitted(key) > perAddress:
+                self._perform(self._core.tooManyFromAddress(address))
+                return
         if self._server.closing:
             self._perform(self._core.shutDown())
             return
@@ -838,6 +849,9 @@ class SMTPProtocol(LineReceiver):
                 remotePort=session.remotePort,
             )
         self._logDisconnect(session)
+        if self._countedAs is not None:
+            self._server._addressLeft(self._countedAs)
+            self._countedAs = None
         self._server._connectionLost(self)
         if self._settling is not None:
             # A message the connection was receiving still has data handlers to answer:

@@ -124,6 +124,9 @@ class SMTPServer(Factory):
         for handler in handlers:
             self.addHandler(handler)
         self._connections: set[SMTPProtocol] = set()
+        #: Connections admitted per client address (see clientNetwork), while
+        #: maxClientsPerAddress is set.
+        self._perAddress: dict[str, int] = {}
         self._resolver: Any = _UNSET
         self._ending = 0
         self._ports: list[IListeningPort] = []
@@ -222,6 +225,17 @@ class SMTPServer(Factory):
 
     def _connectionMade(self, protocol: SMTPProtocol) -> None:
         self._connections.add(protocol)
+
+    def _addressAdmitted(self, key: str) -> int:
+        # One more connection from the client key names; how many it has now.
+        count = self._perAddress.get(key, 0) + 1
+        self._perAddress[key] = count
+        return count
+
+    def _addressLeft(self, key: str) -> None:
+        count = self._perAddress.pop(key, 0) - 1
+        if count > 0:
+            self._perAddress[key] = count
 
     def _connectionLost(self, protocol: SMTPProtocol) -> None:
         # Its close handlers are yet to run: close() waits for them (_connectionEnded).

@@ -28,6 +28,7 @@ from smtpsvc._core._states import (
     State,
     transition,
 )
+from smtpsvc._core._throttle import clientNetwork
 from smtpsvc._options import ServerOptions
 
 COMMAND_LINES = [
@@ -347,3 +348,28 @@ class RobustnessTests(SynchronousTestCase):
         drive(connection, b"EHLO x")
         drive(connection, ("MAIL FROM:" + text).encode())
         drive(connection, ("RCPT TO:" + text).encode())
+
+
+class ClientNetworkTests(SynchronousTestCase):
+    """
+    L{clientNetwork}: what counts as one client for maxClientsPerAddress.
+    """
+
+    def test_networks(self) -> None:
+        """
+        An IPv4 address is itself (IPv4-mapped too); an IPv6 address is its /64; what is
+        not an IP address stays as it is.
+        """
+        self.assertEqual(
+            [
+                clientNetwork(address)
+                for address in (
+                    "192.0.2.7",
+                    "::ffff:192.0.2.7",
+                    "2001:db8:1:2:3:4:5:6",
+                    "2001:db8:1:2::",
+                    "unix",
+                )
+            ],
+            ["192.0.2.7", "192.0.2.7", "2001:db8:1:2::/64", "2001:db8:1:2::/64", "unix"],
+        )

@@ -457,6 +457,60 @@ class GuardTests(E2ETestCase):
         replies = await deferToThread(talk)
         self.assertEqual(replies, [ServerReply(421, ("HTTP requests not allowed",))])
 
+    async def test_maxClientsPerAddress(self) -> None:
+        """
+        With maxClientsPerAddress=2, a third connection from 127.0.0.1 gets 421 naming
+        the address and is cut off, while the first two are served; once one of them
+        has left, the address may connect again.
+        """
+        _, port = await startServer(self, [RecordingHandler()], maxClientsPerAddress=2)
+
+        def talk() -> tuple[list[ServerReply], int, int]:
+            with RawClient(port) as first, RawClient(port) as second:
+                first.readReply()
+                second.readReply()
+                with RawClient(port) as third:
+                    refused = third.readUntilClosed()
+                served = first.command(f"EHLO {CLIENT_NAME}").code
+                first.command("QUIT")
+                first.readUntilClosed()
+                # The server sees the close a moment later: bounded retries.
+                for _ in range(50):
+                    with RawClient(port) as again:
+                        code = again.readReply().code
+                    if code == 220:
+                        break
+                    time.sleep(0.05)
+            return refused, served, code
+
+        refused, served, again = await deferToThread(talk)
+        self.assertEqual(
+            refused,
+            [ServerReply(421, (f"{SERVER_NAME} Error: too many connections from {LOCALHOST}",))],
+        )
+        self.assertEqual((served, again), (250, 220))
+
+    async def test_maxErrors(self) -> None:
+        """
+        With maxErrors=3, a client whose commands keep failing gets 421 4.7.0 in place
+        of its third error reply, and the connection closes.
+        """
+        _, port = await startServer(
+            self, [RecordingHandler()], maxErrors=3, hideENHANCEDSTATUSCODES=False
+        )
+
+        def talk() -> list[ServerReply]:
+            with RawClient(port) as client:
+                client.readReply()
+                client.command(f"EHLO {CLIENT_NAME}")
+                client.send(b"MAIL FROM:<a@@b>\r\nVRFY\r\nVRFY\r\nNOOP\r\n")
+                return client.readUntilClosed()
+
+        self.assertEqual(
+            [(reply.code, reply.lines[0][:5]) for reply in await deferToThread(talk)],
+            [(501, "5.1.7"), (501, "5.5.4"), (421, "4.7.0")],
+        )
+
 
 NO_SUCH_USER = "nobody@example.net"
 

@@ -44,6 +44,8 @@ from . import smuggling
 from .e2e_support import ROOT, LogCapture
 from .protocol_support import (
     NAME,
+    RECIPIENT,
+    SENDER,
     Later,
     LateReader,
     clientOf,
@@ -51,6 +53,7 @@ from .protocol_support import (
     connect,
     first,
     hello,
+    lines,
     makeServer,
     wire,
     wires,
@@ -285,6 +288,54 @@ class GreetingTests(SynchronousTestCase):
         e = MemoryClient(server)
         self.assertEqual(e.greeting.code if e.greeting else None, 220)
 
+    def test_maxClientsPerAddress(self) -> None:
+        """
+        A connection over maxClientsPerAddress from one address gets 421 naming it and is
+        closed; other addresses are served; once one of the first leaves, the address
+        may connect again, and a refused connection, once closed, holds no slot.
+        """
+        server = makeServer(maxClientsPerAddress=2)
+        first = [MemoryClient(server, ("192.0.2.7", 4000 + n)) for n in range(2)]
+        third = MemoryClient(server, ("192.0.2.7", 4002))
+        self.assertEqual(codes([c.greeting for c in first]), [220, 220])  # type: ignore[misc]
+        self.assertEqual(
+            third.greeting,
+            ServerReply(421, (f"{NAME} Error: too many connections from 192.0.2.7",)),
+        )
+        self.assertTrue(third.closed)
+        other = MemoryClient(server, ("192.0.2.8", 4000))
+        self.assertEqual(other.greeting.code if other.greeting else None, 220)
+        first[0].send("QUIT")
+        again = MemoryClient(server, ("192.0.2.7", 4003))
+        self.assertEqual(again.greeting.code if again.greeting else None, 220)
+        self.assertEqual(server._perAddress, {"192.0.2.7": 2, "192.0.2.8": 1})
+
+    def test_maxClientsPerAddressAfterProxy(self) -> None:
+        """
+        Behind a PROXY header the real client's address is counted, not the proxy's;
+        an IPv6 client's /64 network counts as one address.
+        """
+        server = makeServer(maxClientsPerAddress=1, useProxy=True, earlyTalkerDelay=0)
+
+        def behindProxy(source: str, family: str = "TCP6") -> int:
+            client = MemoryClient(server, ("10.0.0.1", 5000))
+            to = "2001:db8::25" if family == "TCP6" else "10.0.0.25"
+            [reply] = client.write(f"PROXY {family} {source} {to} 40000 25\r\n".encode())
+            return reply.code
+
+        sources = ["2001:db8:1:2::1", "2001:db8:1:2:ffff::9", "2001:db8:1:3::1"]
+        self.assertEqual([behindProxy(source) for source in sources], [220, 421, 220])
+        self.assertEqual(behindProxy("192.0.2.9", "TCP4"), 220)
+
+
+def acceptOne(client: MemoryClient) -> None:
+    """
+    Send one message, which must be accepted.
+    """
+    replies = client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")
+    assert codes(replies) == [250, 250, 354], replies
+    assert codes(client.write(b"hi\r\n.\r\n")) == [250]
+
 
 class CommandCheckTests(SynchronousTestCase):
     """
@@ -374,10 +425,92 @@ class CommandCheckTests(SynchronousTestCase):
 
     def test_unrecognizedLimitOff(self) -> None:
         """
-        maxUnrecognizedCommands=None turns the limit off.
+        maxUnrecognizedCommands=None turns the limit off (maxErrors too: each 500 is an
+        error).
         """
-        client = connect(maxUnrecognizedCommands=None)
+        client = connect(maxUnrecognizedCommands=None, maxErrors=None)
         self.assertEqual(codes(client.send(*["FOO"] * 30)), [500] * 30)
+        self.assertFalse(client.closed)
+
+    def test_maxErrors(self) -> None:
+        """
+        Error replies of every kind (syntax, a handler's refusal, an unknown command)
+        count towards maxErrors; the one that reaches it is replaced by 421 4.7.0 and
+        the connection closes (standards 5321-38).
+        """
+        client = connect(
+            Policy(), hideENHANCEDSTATUSCODES=False, maxErrors=4, clientName="c.example"
+        )
+        replies = client.send("MAIL FROM:<a@@b>", "MAIL FROM:<blocked@b.example>", "FOO")
+        self.assertEqual(codes(replies), [501, 550, 500])
+        self.assertFalse(client.closed)
+        self.assertEqual(lines(client.send("VRFY", "NOOP")), ["421 4.7.0 Error: too many errors"])
+        self.assertTrue(client.closed)
+
+    def test_maxErrorsCountsAgainAfterAMessage(self) -> None:
+        """
+        The error count starts again after a message accepted; a message refused (here
+        over the size limit) counts as one error.
+        """
+        client = connect(RecordingHandler(), maxErrors=3, size=100, clientName="c.example")
+        self.assertEqual(codes(client.send("MAIL FROM:<a@@b>", "VRFY")), [501, 501])
+        acceptOne(client)
+        replies = client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")
+        replies += client.write(b"x" * 200 + b"\r\n.\r\n")
+        self.assertEqual(codes(replies), [250, 250, 354, 552])
+        self.assertEqual(codes(client.send("VRFY")), [501])
+        self.assertFalse(client.closed)
+        self.assertEqual(codes(client.send("VRFY")), [421])
+
+    def test_expectedErrorsAreJunk(self) -> None:
+        """
+        The 503s a pipelining client could not foresee (its RCPTs and DATA after a
+        refused MAIL) are not errors but junk commands: many of them pass while under
+        maxJunkCommands, and past it each counts as an error.
+        """
+        client = connect(Policy(), maxErrors=3, maxJunkCommands=12, clientName="c.example")
+        batch = ["MAIL FROM:<blocked@b.example>", *["RCPT TO:<r@d.example>"] * 10, "DATA"]
+        self.assertEqual(codes(client.send(*batch)), [550] + [503] * 11)
+        self.assertFalse(client.closed)
+        # A second refused MAIL is the second error; one more 503 is the 12th junk, the
+        # next the 13th: an error, the third, which closes.
+        replies = client.send("MAIL FROM:<blocked@b.example>", "DATA", "DATA")
+        self.assertEqual(codes(replies), [550, 503, 421])
+
+    def test_unforeseen503sAfterAcceptedMailAreErrors(self) -> None:
+        """
+        A 503 the client could have foreseen (RCPT before any MAIL, DATA before RCPT
+        after an accepted MAIL) is an error.
+        """
+        client = connect(maxErrors=3, clientName="c.example")
+        replies = client.send("RCPT TO:<r@d.example>", f"MAIL FROM:<{SENDER}>", "DATA", "DATA")
+        self.assertEqual(codes(replies), [503, 250, 503, 421])
+
+    def test_maxJunkCommands(self) -> None:
+        """
+        NOOP, RSET, VRFY and HELP pass up to maxJunkCommands; past it each counts as an
+        error, so that a session of nothing else ends with 421 4.7.0 at maxErrors.  The
+        count starts again after a message accepted.
+        """
+        client = connect(RecordingHandler(), maxJunkCommands=4, maxErrors=2, clientName="c.example")
+        self.assertEqual(codes(client.send("NOOP", "RSET", "VRFY x", "HELP")), [250, 250, 252, 214])
+        acceptOne(client)
+        self.assertEqual(
+            codes(client.send("NOOP", "RSET", "VRFY x", "HELP", "NOOP")),
+            [250] * 2 + [252, 214, 250],
+        )
+        self.assertFalse(client.closed)
+        self.assertEqual(lines(client.send("NOOP")), ["421 Error: too many errors"])
+        self.assertTrue(client.closed)
+
+    def test_junkAndErrorLimitsOff(self) -> None:
+        """
+        With maxJunkCommands and maxErrors unset, any number of either is answered.
+        """
+        client = connect(maxJunkCommands=None, maxErrors=None, clientName="c.example")
+        for _ in range(6):
+            self.assertEqual(codes(client.send(*["NOOP"] * 50)), [250] * 50)
+        self.assertEqual(codes(client.send(*["MAIL FROM:<a@@b>"] * 50)), [501] * 50)
         self.assertFalse(client.closed)
 
     def test_disabledCommand(self) -> None:
@@ -1950,7 +2083,7 @@ class PipeliningTests(SynchronousTestCase):
         A very long batch of pipelined commands is answered in turns, letting other
         connections run in between.
         """
-        client = connect()
+        client = connect(maxJunkCommands=None)
         replies = client.send(*["NOOP"] * 250)
         self.assertEqual(len(replies), 100)
         self.assertEqual(client.transport.producerState, "paused")

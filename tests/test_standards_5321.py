@@ -521,10 +521,10 @@ class ConnectionTests(SynchronousTestCase):
     def test_5321_38_errorsNeverCloseWithout421(self) -> None:
         """
         Syntax errors, sequence errors and refusals of senders, recipients and messages
-        leave the connection open however many there are; only an error limit closes it,
-        after a 421 4.7.0.
+        leave the connection open however many there are when maxErrors is off; only an
+        error limit closes it, after a 421 4.7.0 (see also test_maxErrors).
         """
-        client = connect(Grumpy(), hideENHANCEDSTATUSCODES=False)
+        client = connect(Grumpy(), hideENHANCEDSTATUSCODES=False, maxErrors=None)
         hello(client)
         for _ in range(10):
             replies = client.send(

@@ -403,7 +403,7 @@ class PipeliningTests(SynchronousTestCase):
         """
         slow = Slow()
         recorder = RecordingHandler()
-        client = connect(slow, recorder)
+        client = connect(slow, recorder, maxJunkCommands=None)
         group = (
             f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RECIPIENT}>\r\nRCPT TO:<e@f.example>\r\nDATA\r\n"
         ).encode()
@@ -755,7 +755,8 @@ class EnhancedStatusCodeTests(SynchronousTestCase):
         the server picks for them, and throughout its catalogue of fixed replies.
         """
         replies: list[ServerReply] = []
-        client = connect(Policy(), hideENHANCEDSTATUSCODES=False)
+        # (Every refusal is an error: no maxErrors, or the 20th would be a 421.)
+        client = connect(Policy(), hideENHANCEDSTATUSCODES=False, maxErrors=None)
         for code in range(400, 600):
             if code == 421:
                 # 421 closes the connection (RFC 5321 section 3.8): a client of its own.

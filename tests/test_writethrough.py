@@ -395,7 +395,7 @@ class WriteThroughTests(SynchronousTestCase):
         When the socket takes only part of a reply, the rest waits in the transport, and
         so does every later reply until it has gone: the client gets them all, in order.
         """
-        connected = Connected(self, small=True)
+        connected = Connected(self, small=True, maxJunkCommands=None)
         connected.receive()
         expected = b"250 OK\r\n" * 2000
         connected.say(b"NOOP\r\n" * 2000)
@@ -466,7 +466,7 @@ class WriteThroughTests(SynchronousTestCase):
         in the transport, which closes the connection once it has sent them: the client
         gets every reply, then the end of the stream.
         """
-        connected = Connected(self, small=True)
+        connected = Connected(self, small=True, maxJunkCommands=None)
         connected.receive()
         expected = b"250 OK\r\n" * 2000 + b"221 Bye\r\n"
         connected.say(b"NOOP\r\n" * 2000 + b"QUIT\r\n")

@@ -212,7 +212,11 @@ class ServerConnection:
         "_authHandlers",
         "_authOn",
         "_enhanced",
+        "_errors",
+        "_expected",
+        "_finalReplies",
         "_greeted",
+        "_junk",
         "_lineLimits",
         "_mechanisms",
         "_now",
@@ -226,6 +230,7 @@ class ServerConnection:
         "_tlsAvailable",
         "_unauthenticated",
         "_unrecognized",
+        "_verb",
         "_xclientAddressSet",
         "_xforwardBase",
         "closing",
@@ -284,6 +289,18 @@ class ServerConnection:
         self.closing = False
         self._unrecognized = 0
         self._unauthenticated = 0
+        # Error replies (maxErrors) and junk commands (maxJunkCommands) since the last
+        # message accepted; a message's final replies are not counted one by one (see
+        # dataFinished).
+        self._errors = 0
+        self._junk = 0
+        self._finalReplies = False
+        # The verb of the command being answered, and whether the client's last MAIL or
+        # RCPT was refused: a pipelining client's RCPTs and DATA after a refused MAIL (or
+        # DATA after its RCPTs were all refused) get 503s it could not foresee, which
+        # are not its errors (standards 2920-08); they count as junk commands instead.
+        self._verb = ""
+        self._expected = False
         # The reply to every command but QUIT once the client was refused.
         self._refusedWith: Reply | None = None
         # The longest command lines by their first five bytes: the extensions offered
@@ -300,11 +317,48 @@ class ServerConnection:
 
     def _send(self, reply: Reply, close: bool = False) -> Send:
         if reply.code >= 400:
+            if not (close or reply.closes or self._finalReplies) and reply is not (
+                R.TOO_MANY_RECIPIENTS
+            ):
+                # (The recipients over maxRecipients are not the client's error: it
+                # sends them in another transaction, RFC 5321 section 4.5.3.1.10.)
+                if reply.code == 503 and self._expected:
+                    reply = self._countJunk(reply)
+                else:
+                    reply = self._countError(reply)
+                if self._verb in ("MAIL", "RCPT"):
+                    self._expected = True
             if reply.enhanced and self._enhanced:
                 self.session.error = f"{reply.code} {reply.enhanced} {reply.text}"
             else:
                 self.session.error = f"{reply.code} {reply.text}"
+        elif reply is R.MAIL_OK:
+            self._expected = False
         return Send(reply.encode(self._enhanced), close or reply.closes)
+
+    def _countError(self, reply: Reply) -> Reply:
+        # One more error (an error reply, or a junk command over maxJunkCommands):
+        # C{reply}, or the 421 that ends the connection once they reach maxErrors, as
+        # Postfix's smtpd_hard_error_limit does.
+        self._errors += 1
+        limit = self._options.maxErrors
+        if limit is not None and self._errors >= limit:
+            return R.TOO_MANY_ERRORS
+        return reply
+
+    def _countJunk(self, reply: Reply) -> Reply:
+        # One more junk command: NOOP, RSET, VRFY, HELP, or a 503 the client could not
+        # foresee.  Harmless alone, but a session of nothing else holds a connection for
+        # ever: past maxJunkCommands each counts as an error too, as with Postfix's
+        # smtpd_junk_command_limit.
+        self._junk += 1
+        limit = self._options.maxJunkCommands
+        if limit is not None and self._junk > limit:
+            return self._countError(reply)
+        return reply
+
+    def _junkCommand(self, reply: Reply) -> Send:
+        return self._send(self._countJunk(reply))
 
     def _sendAll(self, replies: Sequence[Reply]) -> Send:
         # Several replies in one write (LMTP's per-recipient replies after DATA), up to
@@ -356,6 +410,13 @@ class ServerConnection:
         The reply to a connection over C{maxClients}.
         """
         text = R.TOO_MANY_CLIENTS_TEXT.format(name=self._options.name)
+        return self._send(Reply(421, (text,)))
+
+    def tooManyFromAddress(self, address: str) -> Send:
+        """
+        The reply to a connection over C{maxClientsPerAddress} from C{address}.
+        """
+        text = R.TOO_MANY_FROM_ADDRESS_TEXT.format(name=self._options.name, address=address)
         return self._send(Reply(421, (text,)))
 
     def talkTooSoon(self) -> Send:
@@ -467,7 +528,7 @@ class ServerConnection:
         if "\r" in line or "\n" in line or "\x00" in line:
             return self._unrecognizedCommand(R.INVALID_CHARACTERS)
         verb, _, argument = line.partition(" ")
-        verb = verb.upper()
+        self._verb = verb = verb.upper()
         if verb in _HTTP_VERBS and _HTTP.match(line):
             return self._send(R.HTTP_REFUSED)
         options = self._options
@@ -623,20 +684,21 @@ class ServerConnection:
         after = self._sequence(verb)
         if isinstance(after, Send):
             return after
+        self._expected = False
         self._resetTransaction()
         self.state = after
-        return self._send(R.FLUSHED)
+        return self._junkCommand(R.FLUSHED)
 
     def _noop(self, verb: str, argument: str, line: str) -> Send:
-        return self._send(R.OK)
+        return self._junkCommand(R.OK)
 
     def _help(self, verb: str, argument: str, line: str) -> Send:
-        return self._send(R.HELP)
+        return self._junkCommand(R.HELP)
 
     def _vrfy(self, verb: str, argument: str, line: str) -> Send:
         if not argument.strip():
             return self._send(R.VRFY_SYNTAX)
-        return self._send(R.VRFY)
+        return self._junkCommand(R.VRFY)
 
     def _quit(self, verb: str, argument: str, line: str) -> Send:
         return self._send(R.BYE, close=True)
@@ -1211,7 +1273,19 @@ class ServerConnection:
         else:
             default = R.MESSAGE_ACCEPTED_TEXT if lmtp else R.MESSAGE_QUEUED_TEXT
             replies = [_combine(outcomes, i, default) for i in range(count)]
-        send = self._send(replies[0]) if count == 1 else self._sendAll(replies)
+        # The final replies are not counted as errors one by one (in LMTP there is one per
+        # recipient, and none may become a 421): a message refused is one error, and a
+        # message accepted (for any recipient) starts the counts again.
+        self._finalReplies = True
+        try:
+            send = self._send(replies[0]) if count == 1 else self._sendAll(replies)
+        finally:
+            self._finalReplies = False
+        if any(reply.code < 400 for reply in replies):
+            self._errors = self._junk = 0
+        else:
+            self._errors += 1
+        self._expected = False
         self.session.transaction += 1
         self._unrecognized = 0
         self._resetTransaction()

@@ -170,6 +170,8 @@ TOO_MANY_CLIENTS_TEXT: Final = "{name} Too many connected clients, try again in 
 HTTP_REFUSED: Final = reply(421, "HTTP requests not allowed", "4.4.2")
 TOO_MANY_UNRECOGNIZED: Final = reply(421, "Error: too many unrecognized commands", "4.7.0")
 TOO_MANY_UNAUTHENTICATED: Final = reply(421, "Error: too many unauthenticated commands", "4.4.2")
+TOO_MANY_ERRORS: Final = reply(421, "Error: too many errors", "4.7.0")
+TOO_MANY_FROM_ADDRESS_TEXT: Final = "{name} Error: too many connections from {address}"
 TIMEOUT: Final = reply(421, "Timeout - closing connection", "4.4.2")
 HANDLER_TIMEOUT: Final = reply(421, "Handler timeout - closing connection", "4.3.0")
 # RFC 3463 4.3.2 "system not accepting network messages"; the reference says 4.4.2.

@@ -10,6 +10,7 @@ so this is pure and testable.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict, deque
 
 
@@ -53,3 +54,20 @@ class FailureBudget:
         self._failures.move_to_end(address)
         while len(self._failures) > self.maxAddresses:
             self._failures.popitem(last=False)
+
+
+def clientNetwork(address: str) -> str:
+    """
+    What counts as one client for limits per address: an IPv4 address itself (an
+    IPv4-mapped IPv6 one as IPv4), an IPv6 address's /64 network (one site's, RFC 6177:
+    a client given one has all of it), anything else as it is.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
