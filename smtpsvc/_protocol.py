@@ -300,6 +300,9 @@ class _DataTransaction:
         self.fanOut = _FanOut(pause=protocol._streamFull, resume=protocol._streamDrained)
         self.answers: list[tuple[Outcome, ...] | None] = []
         self.started = protocol._reactor.seconds()
+        # The transaction's number in the session, as its Received id has it (the core
+        # counts on to the next one once the message has its final reply).
+        self.number = protocol._core.session.transaction
         self.ended = False
         self.early = False
         self.failure: BaseException | None = None
@@ -1711,7 +1714,7 @@ class SMTPProtocol(LineReceiver):
             f"{session.clientHostname} [{session.remoteAddress}]: {result} in {seconds:.3f} s",
             event="transaction",
             sessionId=session.id,
-            transaction=session.transaction,
+            transaction=transaction.number,
             remoteAddress=session.remoteAddress,
             clientHostname=session.clientHostname,
             tls=_tlsText(session),

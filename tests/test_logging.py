@@ -5,7 +5,7 @@ Tests for the C{logLevel} option: the server does not make the events below it.
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import Any, cast
 
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, LogPublisher, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -209,3 +209,32 @@ class LogLevelOptionTests(SynchronousTestCase):
             SMTPServer(logLevel="loud")
         self.assertIn("logLevel", str(caught.exception))
         self.assertIn("debug, info, warn, error, critical", str(caught.exception))
+
+
+class TransactionLineTests(SynchronousTestCase):
+    """
+    The line logged for each message.
+    """
+
+    def test_numberIsTheReceivedId(self) -> None:
+        """
+        The line's C{transaction} is the message's number in the session, the one the
+        data handlers see in C{session.transaction} and the C{Received:} id ends with:
+        1, then 2.
+        """
+        recorder = RecordingHandler()
+        seen: list[int] = []
+
+        class Numbers(RecordingHandler):
+            async def onData(self, stream: Any, session: Session) -> None:
+                seen.append(session.transaction)
+                await recorder.onData(stream, session)
+
+        capture = LogCapture(self)
+        client = connect(Numbers(), clientName="c.example")
+        for _ in range(2):
+            replies = client.send("MAIL FROM:<a@b.example>", "RCPT TO:<r@d.example>", "DATA")
+            self.assertEqual(codes(replies + client.write(b"hi\r\n.\r\n")), [250, 250, 354, 250])
+        lines = [e for e in smtpsvcEvents(capture) if e.get("event") == "transaction"]
+        self.assertEqual([line["transaction"] for line in lines], [1, 2])
+        self.assertEqual(seen, [1, 2])
