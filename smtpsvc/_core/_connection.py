@@ -1276,15 +1276,20 @@ class ServerConnection:
         # The final replies are not counted as errors one by one (in LMTP there is one per
         # recipient, and none may become a 421): a message refused is one error, and a
         # message accepted (for any recipient) starts the counts again.
-        self._finalReplies = True
-        try:
-            send = self._send(replies[0]) if count == 1 else self._sendAll(replies)
-        finally:
-            self._finalReplies = False
-        if any(reply.code < 400 for reply in replies):
+        if count == 1 and replies[0].code < 400:
+            # (The usual case, first: a message accepted.)
+            send = self._send(replies[0])
             self._errors = self._junk = 0
         else:
-            self._errors += 1
+            self._finalReplies = True
+            try:
+                send = self._send(replies[0]) if count == 1 else self._sendAll(replies)
+            finally:
+                self._finalReplies = False
+            if any(reply.code < 400 for reply in replies):
+                self._errors = self._junk = 0
+            else:
+                self._errors += 1
         self._expected = False
         self.session.transaction += 1
         self._unrecognized = 0
