@@ -119,14 +119,25 @@ def loadHandler(spec: str, named: str) -> object:
     smtpsvc's interfaces, or what calling it with no arguments returns.
 
     @param named: how to name it in an error (C{--deliver python:SPEC}).
+    @raise ConfigurationError: when the module cannot be imported (whatever its code
+        raises while it is), has no such name, calling the name fails, or what is found
+        is no handler: one line naming C{named} and the error, never a traceback.
     """
     module, colon, name = spec.rpartition(":")
     if not colon or not module or not name:
         raise ConfigurationError(f"{named}: expected python:MODULE:NAME")
     try:
-        found = getattr(importlib.import_module(module), name)
+        imported = importlib.import_module(module)
     except ImportError as e:
         raise ConfigurationError(f"{named}: cannot import {module}: {e}") from e
+    except Exception as e:
+        # The module's own code failed as it ran (or it does not compile): the user's
+        # mistake, to be told in one line like the others.
+        raise ConfigurationError(
+            f"{named}: importing {module} failed: {type(e).__name__}: {e}"
+        ) from e
+    try:
+        found = getattr(imported, name)
     except AttributeError as e:
         raise ConfigurationError(f"{named}: {module} has no {name}") from e
 
@@ -134,7 +145,12 @@ def loadHandler(spec: str, named: str) -> object:
         return any(iface.providedBy(candidate) for iface in HOOKS.values())
 
     if not provides(found) and callable(found):
-        found = found()
+        try:
+            found = found()
+        except Exception as e:
+            raise ConfigurationError(
+                f"{named}: calling {name}() failed: {type(e).__name__}: {e}"
+            ) from e
     if not provides(found):
         raise ConfigurationError(f"{named}: the object provides none of smtpsvc's interfaces")
     return found

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -485,6 +486,49 @@ class BuildTests(SynchronousTestCase):
             with self.assertRaises(ConfigurationError) as caught:
                 tap.buildServer(parse("--deliver", target))
             self.assertIn(words, str(caught.exception))
+
+    def test_failingPythonDelivery(self) -> None:
+        """
+        A python: delivery whose module fails as it is imported (a RuntimeError, a
+        SyntaxError), or whose factory fails when called without arguments, stops the
+        command with one line naming the target and the error, not a traceback.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        for module, text in (
+            ("smtpsvc_test_raises", "raise RuntimeError('not today')\n"),
+            ("smtpsvc_test_broken", "def (\n"),
+        ):
+            with open(os.path.join(directory, f"{module}.py"), "w") as f:
+                f.write(text)
+            self.addCleanup(sys.modules.pop, module, None)
+        sys.path.insert(0, directory)
+        self.addCleanup(sys.path.remove, directory)
+        for target, words in (
+            ("python:json:loads", "calling loads() failed: TypeError: "),
+            (
+                "python:smtpsvc.handlers:MaildirDelivery",
+                "calling MaildirDelivery() failed: TypeError: ",
+            ),
+            (
+                "python:smtpsvc_test_raises:thing",
+                "importing smtpsvc_test_raises failed: RuntimeError: not today",
+            ),
+            (
+                "python:smtpsvc_test_broken:thing",
+                "importing smtpsvc_test_broken failed: SyntaxError",
+            ),
+        ):
+            self.assertIn(
+                f"twist smtpsvc: --deliver {target}: {words}",
+                builtRefusal(self, "--deliver", target),
+            )
+        # From the file too, named by the file and its key.
+        path = writeConfig(self, 'deliver = ["python:json:loads"]\n')
+        self.assertIn(
+            f"{path}: deliver python:json:loads: calling loads() failed: TypeError: ",
+            builtRefusal(self, "--config", path),
+        )
 
     def test_internationalName(self) -> None:
         """
