@@ -171,6 +171,17 @@ _MECHANISMS: tuple[tuple[Any, tuple[str, ...]], ...] = (
     (IUsernameHashedPassword, ("CRAM-MD5",)),
     (IBearerToken, ("XOAUTH2", "OAUTHBEARER")),
 )
+# The kinds of credentials a user might hold, each with the interfaces of its mechanisms:
+# a client with a password picks one of PLAIN, LOGIN and CRAM-MD5, whoever checks it.
+_FAMILIES: tuple[tuple[Any, ...], ...] = (
+    (IUsernamePassword, IUsernameHashedPassword),
+    (IBearerToken,),
+)
+
+
+def _checks(interfaces: Iterable[Any], interface: Any) -> bool:
+    # Whether a checker of credentials `interfaces` can check `interface`'s.
+    return any(interface.isOrExtends(s) or s.isOrExtends(interface) for s in interfaces)
 
 
 @implementer(IAuthHandler)
@@ -196,14 +207,19 @@ class PortalAuthHandler:
         """
         self.portal = portal
         self.interface = interface
+        # The credential interfaces of each checker, when fromCheckers knows them.
+        self._sources: list[tuple[Any, ...]] | None = None
 
     @classmethod
     def fromCheckers(cls, checkers: Iterable[ICredentialsChecker]) -> PortalAuthHandler:
         """
         A handler over a portal of C{checkers} and a L{UserRealm}.  Several checkers for
-        the same kind of credentials (two password files, say) are asked in turn.
+        the same kind of credentials (two password files, say) are asked in turn: the
+        first that accepts decides.  L{mechanisms} then offers only what every checker of
+        passwords (and every checker of bearer tokens) can verify.
         """
         portal = Portal(UserRealm())
+        checkers = list(checkers)
         byInterface: dict[Any, list[ICredentialsChecker]] = {}
         for checker in checkers:
             for interface in checker.credentialInterfaces:
@@ -211,17 +227,33 @@ class PortalAuthHandler:
         for interface, sources in byInterface.items():
             checker = sources[0] if len(sources) == 1 else FirstMatch(sources)
             portal.registerChecker(checker, interface)
-        return cls(portal)
+        handler = cls(portal)
+        handler._sources = [tuple(checker.credentialInterfaces) for checker in checkers]
+        return handler
 
     def mechanisms(self) -> tuple[str, ...]:
         """
         The SASL mechanisms the portal's checkers can verify, in a sensible order: the
         value for the C{authMethods} option.
+
+        For a handler made by L{fromCheckers}, a mechanism is left out when one of the
+        checkers of its kind of credentials cannot verify it: a password file of hashes
+        beside C{memory:} users gives PLAIN and LOGIN, not CRAM-MD5, which the file's users
+        could not pass (and a client that tries CRAM-MD5 first would fail with every
+        login, and be locked out for it).
         """
         supported = self.portal.listCredentialsInterfaces()
         out: list[str] = []
         for interface, names in _MECHANISMS:
-            if any(interface.isOrExtends(s) or s.isOrExtends(interface) for s in supported):
+            if not _checks(supported, interface):
+                continue
+            family = next(f for f in _FAMILIES if interface in f)
+            peers = [
+                source
+                for source in self._sources or ()
+                if any(_checks(source, kind) for kind in family)
+            ]
+            if all(_checks(source, interface) for source in peers):
                 out.extend(names)
         return tuple(out)
 

@@ -139,6 +139,40 @@ class PortalTests(SynchronousTestCase):
         self.assertEqual(codes(client.send(f"AUTH OAUTHBEARER {token}")), [235])
         self.assertEqual(client.session.user, "bob")
 
+    def test_mechanismsEverySourceCanCheck(self) -> None:
+        """
+        With several checkers of passwords, only the mechanisms every one of them can
+        verify are offered: beside a file of scrypt hashes, clear passwords give PLAIN and
+        LOGIN but not CRAM-MD5, which the file's users could not pass.  The users of
+        either log in; a checker of bearer tokens beside them adds its own mechanisms.
+        """
+        hashes = self.mktemp()
+        setPassword(hashes, "bob", "hunter2")
+        handler = PortalAuthHandler.fromCheckers(
+            [
+                InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret"),
+                PasswordFile(hashes, reactor=Clock()),
+            ]
+        )
+        self.assertEqual(handler.mechanisms(), ("PLAIN", "LOGIN"))
+        for user, password in (("alice", "secret"), ("bob", "hunter2")):
+            client = connect(handler)
+            self.assertNotIn("CRAM-MD5", " ".join(client.send("EHLO x")[0].lines))
+            self.assertEqual(codes(client.send(authPlain(user, password))), [235], user)
+
+        @implementer(ICredentialsChecker)
+        class Tokens:
+            credentialInterfaces = (IBearerToken,)
+
+            def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
+                return fail(UnauthorizedLogin())
+
+        clear = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+        handler = PortalAuthHandler.fromCheckers([clear, Tokens()])
+        self.assertEqual(
+            handler.mechanisms(), ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2", "OAUTHBEARER")
+        )
+
     def test_brokenChecker(self) -> None:
         """
         A checker that fails unexpectedly gives a temporary 454, and is logged.
@@ -377,6 +411,20 @@ class ServiceAuthTests(SynchronousTestCase):
         self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [530])
         self.assertEqual(codes(client.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
+
+    def test_twoSources(self) -> None:
+        """
+        --auth memory:... beside --auth scrypt:FILE offers PLAIN and LOGIN only: not
+        CRAM-MD5, which the file's users could not pass.
+        """
+        hashes = self.mktemp()
+        setPassword(hashes, "bob", "hunter2")
+        options = tap_parse(
+            *("--auth", "memory:alice:secret", "--auth", f"scrypt:{hashes}"),
+            *("--deliver", "discard", "--allow-insecure-auth"),
+        )
+        client = MemoryClient(tap.buildServer(options, reactor=Clock()))
+        self.assertIn("AUTH PLAIN LOGIN", client.send("EHLO x")[0].lines)
 
     def test_authMethodsOverride(self) -> None:
         """
