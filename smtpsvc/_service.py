@@ -200,6 +200,8 @@ def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
     except (TypeError, ValueError) as e:
         raise ConfigurationError(withFlags(str(e), config.sources)) from e
     checkUsable(server.options, config)
+    if authentication is not None:
+        checkAuthUsable(server.options, config, authentication.mechanisms())
     relaying = any(target.startswith("smtp:") for target in config.deliver)
     # Required as the server will require it: --auth-optional, --auth-methods and
     # --disabled-commands AUTH all count.
@@ -247,6 +249,38 @@ def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
             "only filters); add maildir:DIR, smtp:..., lmtp:... or, to drop them, discard"
         )
     return server
+
+
+def checkAuthUsable(
+    options: ServerOptions, config: ServiceConfig, checkable: Sequence[str]
+) -> None:
+    """
+    Refuse C{--auth} where nobody could log in: AUTH turned off, no mechanism offered, or
+    one offered that the credential sources cannot check (a client that picks it fails
+    every time, and is locked out for it).
+
+    @param options: the options of the server as built.
+    @param checkable: the mechanisms every source of C{--auth} can check
+        (L{PortalAuthHandler.mechanisms}).
+    @raise ConfigurationError: saying which options contradict each other.
+    """
+    auth, methods = config.origin("auth"), config.origin("authMethods")
+    if "AUTH" in options.disabledCommands:
+        raise ConfigurationError(
+            f"{auth} with AUTH in {config.origin('disabledCommands')}: AUTH is never "
+            "offered, so nobody could log in; drop one or the other"
+        )
+    if not options.authMethods:
+        raise ConfigurationError(
+            f"{auth} with an empty {methods}: no mechanism is offered, so nobody could log in"
+        )
+    uncheckable = [m for m in options.authMethods if m not in checkable]
+    if uncheckable:
+        raise ConfigurationError(
+            f"{methods} offers {', '.join(uncheckable)}, which the {auth} sources cannot "
+            f"all check (they can: {', '.join(checkable) or 'none'}): a login with it "
+            "would always fail"
+        )
 
 
 def prepareDeliveries(server: SMTPServer, config: ServiceConfig) -> None:

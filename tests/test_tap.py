@@ -29,6 +29,7 @@ from smtpsvc import Address, IRcptToHandler, Session, SMTPError, SMTPServer, tap
 from smtpsvc._config import ConfigurationError, certificatesAsBytes, withListenBacklog
 from smtpsvc._options import optionSpecs
 from smtpsvc._service import SignalHandlers, SMTPService, _closing
+from smtpsvc.cred import setPassword
 from smtpsvc.handlers.forward import ForwardDelivery
 from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
 from smtpsvc.handlers.relay import RelayPolicy
@@ -615,20 +616,15 @@ class BuildTests(SynchronousTestCase):
 
     def test_relayNeedsAuthThatIsRequired(self) -> None:
         """
-        --auth counts for forwarding only while it is required: with AUTH switched off
-        (by --disabled-commands or an empty --auth-methods) or optional, forwarding
-        without --domain is refused as well; with it required, it is allowed.
+        --auth counts for forwarding only while it is required: with it optional,
+        forwarding without --domain is refused as well; with it required, it is allowed.
+        (With AUTH switched off, --auth itself is refused: see
+        UnusableConfigurationTests.test_authNobodyCanUse.)
         """
         relay = ("--deliver", "smtp:tcp:host=127.0.0.1:port=2600", "--auth", "memory:a:b")
-        for extra in (
-            ("--disabled-commands", "AUTH"),
-            ("--disabled-commands", "vrfy,auth"),
-            ("--auth-methods", ""),
-            ("--auth-optional",),
-        ):
-            with self.assertRaises(ConfigurationError, msg=extra) as caught:
-                tap.buildServer(parse(*relay, *extra))
-            self.assertIn("open relay", str(caught.exception), extra)
+        with self.assertRaises(ConfigurationError) as caught:
+            tap.buildServer(parse(*relay, "--auth-optional"))
+        self.assertIn("open relay", str(caught.exception))
         server = tap.buildServer(parse(*relay), reactor=Clock())
         self.assertTrue(server.options.authRequired)
 
@@ -703,6 +699,42 @@ class UnusableConfigurationTests(SynchronousTestCase):
             f"{path}: maxCommandLength must be at least 510, not 509",
             builtRefusal(self, "--config", path),
         )
+
+    def test_authNobodyCanUse(self) -> None:
+        """
+        --auth where nobody could log in stops the command, as --auth anonymous does:
+        AUTH in --disabled-commands (MAIL would be taken without it), an empty
+        --auth-methods, or a mechanism the sources cannot check (XOAUTH2 with passwords
+        only, CRAM-MD5 with a file of hashes); from the file, named by its keys.
+        """
+        auth = ("--auth", "memory:a:b", "--deliver", "discard")
+        for extra, words in (
+            (("--disabled-commands", "AUTH"), "--auth with AUTH in --disabled-commands"),
+            (("--disabled-commands", "vrfy,auth"), "--auth with AUTH in --disabled-commands"),
+            (("--disabled-commands", "AUTH", "--auth-optional"), "AUTH is never offered"),
+            (("--auth-methods", ""), "--auth with an empty --auth-methods"),
+            (
+                ("--auth-methods", "XOAUTH2"),
+                "--auth-methods offers XOAUTH2, which the --auth sources cannot all check "
+                "(they can: PLAIN, LOGIN, CRAM-MD5): a login with it would always fail",
+            ),
+            (("--auth-methods", "PLAIN,OAUTHBEARER"), "offers OAUTHBEARER, which"),
+        ):
+            self.assertIn(words, builtRefusal(self, *auth, *extra), extra)
+        hashes = self.mktemp()
+        setPassword(hashes, "bob", "hunter2")
+        self.assertIn(
+            "--auth-methods offers CRAM-MD5, which the --auth sources cannot all check "
+            "(they can: PLAIN, LOGIN)",
+            builtRefusal(self, *auth, "--auth", f"scrypt:{hashes}", "--auth-methods", "CRAM-MD5"),
+        )
+        path = writeConfig(self, 'auth = ["memory:a:b"]\nauthMethods = []\ndeliver = "discard"\n')
+        self.assertIn(
+            f"{path}: auth with an empty {path}: authMethods", builtRefusal(self, "--config", path)
+        )
+        # What the sources can check is fine, a part of it too.
+        for methods in ("PLAIN", "CRAM-MD5,LOGIN"):
+            tap.buildServer(parse(*auth, "--auth-methods", methods), reactor=Clock())
 
     def test_unauthenticatedLimit(self) -> None:
         """
