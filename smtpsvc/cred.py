@@ -479,24 +479,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--stdin", action="store_true", help="read the password from stdin")
     group.add_argument("--delete", action="store_true", help="remove the user")
     arguments = parser.parse_args(argv)
+    try:
+        return _passwd(arguments.file, arguments.user, arguments.stdin, arguments.delete)
+    except KeyboardInterrupt:
+        # Ctrl-C, at the prompt or while hashing: the file is as it was.
+        print("\nsmtpsvc-passwd: interrupted; nothing changed", file=sys.stderr)
+        return 130
+
+
+def _hasTerminal() -> bool:
+    # Whether getpass can ask on a terminal: the process's controlling one, as getpass
+    # opens it, or standard input.
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return sys.stdin is not None and sys.stdin.isatty()
+    os.close(fd)
+    return True
+
+
+def _passwd(path: str, user: str, stdin: bool, delete: bool) -> int:
+    # What main does once its arguments are parsed: its exit status, every mistake said
+    # in one line naming the user's file, never a traceback.
     password: str | None = None
-    if not arguments.delete:
-        if arguments.stdin:
+    if not delete:
+        if stdin:
             password = sys.stdin.readline().rstrip("\r\n")
         else:
-            password = getpass.getpass(f"Password for {arguments.user}: ")
-            if getpass.getpass("Again: ") != password:
+            if not _hasTerminal():
+                # getpass would warn (in three lines) and read standard input instead.
+                print(
+                    "smtpsvc-passwd: no terminal to ask for the password on; give it on "
+                    "standard input with --stdin",
+                    file=sys.stderr,
+                )
+                return 1
+            try:
+                password = getpass.getpass(f"Password for {user}: ")
+                again = getpass.getpass("Again: ")
+            except EOFError:
+                # Ctrl-D at the prompt, or no terminal and nothing on standard input.
+                print(
+                    "smtpsvc-passwd: no password given (standard input ended); to read it "
+                    "from a pipe, use --stdin",
+                    file=sys.stderr,
+                )
+                return 1
+            if again != password:
                 print("smtpsvc-passwd: the passwords differ", file=sys.stderr)
                 return 1
         if not password:
             print("smtpsvc-passwd: the password is empty", file=sys.stderr)
             return 1
     try:
-        setPassword(arguments.file, arguments.user, password)
+        setPassword(path, user, password)
     except KeyError:
-        print(f"smtpsvc-passwd: no user {arguments.user!r} in {arguments.file}", file=sys.stderr)
+        print(f"smtpsvc-passwd: no user {user!r} in {path}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        # The error may name the temporary file beside it: name the user's.
+        print(f"smtpsvc-passwd: cannot update {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
         print(f"smtpsvc-passwd: {e}", file=sys.stderr)
         return 1
     return 0

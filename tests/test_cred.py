@@ -5,9 +5,11 @@ file, its command, the --auth plugin and the service's AUTH.
 
 from __future__ import annotations
 
+import getpass
 import io
 import os
 import stat
+import subprocess
 import sys
 from typing import Any
 
@@ -20,7 +22,7 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from smtpsvc import SMTPServer, tap
+from smtpsvc import SMTPServer, cred, tap
 from smtpsvc.cred import (
     CheckerUnavailable,
     IBearerToken,
@@ -375,6 +377,72 @@ class PasswordFileTests(SynchronousTestCase):
         self.assertTrue(verifyPassword("secret", readPasswordFile(self.path)["alice"]))
         self.patch(sys, "stderr", io.StringIO())
         self.assertEqual(main([self.path, "nobody", "--delete"]), 1)
+
+    def commandError(self, *args: str, status: int = 1) -> str:
+        """
+        What smtpsvc-passwd ARGS says on standard error, checked to be one line (after
+        the prompt's line end) and to end with exit status C{status}.
+        """
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        self.assertEqual(main(list(args)), status)
+        text = stderr.getvalue().lstrip("\n")
+        self.assertEqual(text.count("\n"), 1, text)
+        self.assertTrue(text.startswith("smtpsvc-passwd: "), text)
+        return text
+
+    def test_commandPromptEnds(self) -> None:
+        """
+        Ctrl-D at the password prompt is one line and status 1; Ctrl-C there is one
+        line and status 130; the file is left as it was.
+        """
+        setPassword(self.path, "alice", "secret")
+        before = readPasswordFile(self.path)
+        self.patch(cred, "_hasTerminal", lambda: True)
+        for error, status, words in (
+            (EOFError, 1, "no password given (standard input ended)"),
+            (KeyboardInterrupt, 130, "interrupted; nothing changed"),
+        ):
+
+            def prompt(text: str = "", stream: object = None, error: type = error) -> str:
+                raise error()
+
+            self.patch(getpass, "getpass", prompt)
+            self.assertIn(words, self.commandError(self.path, "alice", status=status))
+            self.assertEqual(readPasswordFile(self.path), before)
+
+    def test_commandWithoutTerminal(self) -> None:
+        """
+        Without --stdin and without a terminal (a script, cron), smtpsvc-passwd says
+        in one line to use --stdin, with status 1, and no traceback.
+        """
+        result = subprocess.run(
+            [sys.executable, "-m", "smtpsvc.cred", self.path, "alice"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(
+            result.stderr,
+            "smtpsvc-passwd: no terminal to ask for the password on; give it on standard "
+            "input with --stdin\n",
+        )
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_commandCannotWrite(self) -> None:
+        """
+        A file in a directory that does not exist is one line naming that file, not
+        the temporary file it would have been written to first.
+        """
+        self.patch(sys, "stdin", io.StringIO("secret\n"))
+        missing = os.path.join(self.mktemp(), "passwd")
+        self.assertEqual(
+            self.commandError(missing, "alice", "--stdin"),
+            f"smtpsvc-passwd: cannot update {missing}: No such file or directory\n",
+        )
 
     def test_strcredPlugin(self) -> None:
         """
