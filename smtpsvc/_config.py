@@ -587,6 +587,31 @@ def _strings(value: Any, key: str, path: str) -> list[str]:
     raise ConfigurationError(f"{path}: {key} must be {what}, not {value!r}")
 
 
+def _portNumber(port: str, source: str) -> int:
+    # A --port value (or one of the file's port list) as a port number, checked.
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"{source} must be a port number, not {port!r}")
+    return int(port)
+
+
+def _workers(value: Any, source: str) -> int:
+    # The number of worker processes, checked.
+    workers = wholeNumber(value, source)
+    if workers < 1:
+        raise ConfigurationError(f"{source} must be at least 1, not {value!r}")
+    return workers
+
+
+def _deliveryTarget(target: str, source: str) -> None:
+    # Refuse a --deliver target of no kind the service knows.
+    kind, _, argument = target.partition(":")
+    if kind not in DELIVERY_KINDS or (kind == "discard") != (not argument):
+        raise ConfigurationError(
+            f"{source}: expected maildir:DIR, smtp:ENDPOINT, lmtp:ENDPOINT, "
+            f"python:MODULE:NAME or discard, not {target!r}"
+        )
+
+
 def resolve(
     given: Mapping[str, Any], lists: Mapping[str, list[str]], file: Mapping[str, Any], path: str
 ) -> ServiceConfig:
@@ -614,6 +639,10 @@ def resolve(
             continue
         if name in given:
             config.serverOptions[name] = convert(spec, given[name], source(name, False))
+            if name in file:
+                # Overridden, yet a mistake in the file all the same: say so now, not on
+                # the day the flag is dropped.
+                convert(spec, file[name], f"{path}: {name}")
         elif name in file:
             config.serverOptions[name] = convert(spec, file[name], source(name, True))
     # --port N is --listen tcp:N, so either on the command line replaces both of the
@@ -625,11 +654,16 @@ def resolve(
         if fromFile:
             values = list(file[key])
         named = source(key, fromFile)
+        if key in file and not fromFile:
+            # The file's list, replaced by the command line's, is checked all the same.
+            for value in file[key]:
+                if key == "port":
+                    _portNumber(value, f"{path}: {key}")
+                elif key == "deliver":
+                    _deliveryTarget(value, f"{path}: {key}")
         if key == "port":
             for port in values:
-                if not port.isdigit() or not 0 < int(port) < 65536:
-                    raise ConfigurationError(f"{named} must be a port number, not {port!r}")
-                config.listen.append(f"tcp:{int(port)}")
+                config.listen.append(f"tcp:{_portNumber(port, named)}")
         else:
             getattr(config, key if key != "domain" else "domains").extend(values)
     tls = config.tls
@@ -646,26 +680,23 @@ def resolve(
         {f"sni.{host}": f"{path}: sni.{host}" for host in file.get("sni", {})},
     )
     tls.origins.update({f"sni.{host}": f"--sni {host}" for host in lists.get("sni", {})})
+    if "workers" in given and "workers" in file:
+        _workers(file["workers"], f"{path}: workers")
     workersFrom = source("workers", "workers" not in given and "workers" in file)
-    workers = given.get("workers", file.get("workers", 1))
-    config.workers = wholeNumber(workers, workersFrom)
-    if config.workers < 1:
-        raise ConfigurationError(f"{workersFrom} must be at least 1, not {workers!r}")
+    config.workers = _workers(given.get("workers", file.get("workers", 1)), workersFrom)
+    if "maildirMinFree" in file:
+        fileMinFree = wholeBytes(file["maildirMinFree"], f"{path}: maildirMinFree")
+        if "maildirMinFree" not in given:
+            source("maildirMinFree", True)
+            config.maildirMinFree = fileMinFree
     if "maildirMinFree" in given:
         config.maildirMinFree = wholeBytes(given["maildirMinFree"], "--maildir-min-free")
-    elif "maildirMinFree" in file:
-        config.maildirMinFree = wholeBytes(file["maildirMinFree"], source("maildirMinFree", True))
     if not config.listen and not config.listenTLS:
         config.listen = [DEFAULT_LISTEN]
     if not config.deliver:
         config.deliver = [DEFAULT_DELIVERY]
     for target in config.deliver:
-        kind, _, argument = target.partition(":")
-        if kind not in DELIVERY_KINDS or (kind == "discard") != (not argument):
-            raise ConfigurationError(
-                f"{config.origin('deliver')}: expected maildir:DIR, smtp:ENDPOINT, "
-                f"lmtp:ENDPOINT, python:MODULE:NAME or discard, not {target!r}"
-            )
+        _deliveryTarget(target, config.origin("deliver"))
     try:
         options = ServerOptions.fromMapping(config.serverOptions)
     except (TypeError, ValueError) as e:

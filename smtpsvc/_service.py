@@ -156,6 +156,9 @@ def loadHandler(spec: str, named: str) -> object:
     return found
 
 
+# The flags the relay refusal names.
+_RELAY_FLAGS: Final = ("--domain", "--auth")
+
 #: How long forwarding waits for each reply of the downstream, unless handlerTimeout is
 #: shorter (see forwardTimeout).
 FORWARD_TIMEOUT: Final = 60.0
@@ -202,14 +205,16 @@ def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
     checkUsable(server.options, config)
     if authentication is not None:
         checkAuthUsable(server.options, config, authentication.mechanisms())
-    relaying = any(target.startswith("smtp:") for target in config.deliver)
-    # Required as the server will require it: --auth-optional, --auth-methods and
-    # --disabled-commands AUTH all count.
+    relaying = [target for target in config.deliver if target.startswith("smtp:")]
+    # Required as the server will require it: --auth-optional counts.
     authRequired = authentication is not None and server.options.authRequired
     if relaying and not config.domains and not authRequired:
+        # Named as the file names them when the target came from it.
+        domain, auth = ("domain", "auth") if "deliver" in config.sources else _RELAY_FLAGS
         raise ConfigurationError(
-            "--deliver smtp: forwards mail onwards: give --domain (the domains this server "
-            "receives mail for) or require --auth, or it would be an open relay"
+            f"{config.entry('deliver', relaying[0])}: forwards mail onwards: give {domain} "
+            f"(the domains this server receives mail for) or require {auth}, or it would be "
+            "an open relay"
         )
     if config.domains:
         try:

@@ -1259,6 +1259,13 @@ class ConfigFileTests(SynchronousTestCase):
                 "port tcp:2525",
                 "must start TLS",
             ),
+            (
+                "deliver = ['smtp:tcp:host=127.0.0.1:port=1']",
+                build,
+                "deliver smtp:tcp:host=127.0.0.1:port=1",
+                ": forwards mail onwards: give domain (the domains this server receives "
+                "mail for) or require auth, or it would be an open relay",
+            ),
         ):
             path = self.write(text + "\n")
             args = ["--config", path] + ([] if "deliver" in text else ["--deliver", "discard"])
@@ -1274,6 +1281,39 @@ class ConfigFileTests(SynchronousTestCase):
                 "twist smtpsvc: --deliver python:no.such.module:thing: cannot import"
             )
         )
+
+    def test_overriddenValuesChecked(self) -> None:
+        """
+        A value of the file that a flag overrides is checked all the same, and its
+        error names the file and the key: the file is wrong, whatever wins today.
+        """
+        for text, args, words in (
+            ('port = [2525, "x"]', ("--listen", "tcp:2525"), "port must be a port number, not 'x'"),
+            ("port = [70000]", ("--port", "25"), "port must be a port number, not '70000'"),
+            (
+                'maxClients = "lots"',
+                ("--max-clients", "5"),
+                "maxClients must be a whole number, or none to unset it, not 'lots'",
+            ),
+            ("workers = 0", ("--workers", "2"), "workers must be at least 1, not 0"),
+            (
+                'maildirMinFree = "x"',
+                ("--maildir-min-free", "0"),
+                "maildirMinFree must be a whole number of bytes, not 'x'",
+            ),
+            (
+                'deliver = ["mbox:x"]',
+                ("--deliver", "discard"),
+                "deliver: expected maildir:DIR, smtp:ENDPOINT, lmtp:ENDPOINT, "
+                "python:MODULE:NAME or discard, not 'mbox:x'",
+            ),
+        ):
+            self.assertFileRefused(text + "\n", words, *args)
+        # Values that are fine are overridden as before.
+        path = self.write('port = [2526]\nmaxClients = 7\ndeliver = ["discard"]\n')
+        options = parse("--config", path, "--listen", "tcp:2525", "--max-clients", "5")
+        self.assertEqual(options.config.listen, ["tcp:2525"])
+        self.assertEqual(options.config.serverOptions["maxClients"], 5)
 
     def test_crossOptionErrorsNameTheFile(self) -> None:
         """
