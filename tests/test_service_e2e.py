@@ -53,6 +53,7 @@ from .e2e_support import (
     SOCKET_TIMEOUT,
     TOOL_TIMEOUT,
     E2ETestCase,
+    LogCapture,
     RawClient,
     assertTwistRefuses,
     clientContext,
@@ -1615,3 +1616,16 @@ class ExampleFileTests(E2ETestCase):
         ]
         self.assertEqual(codes(replies), [250, 250, 550])
         self.assertEqual(replies[2].lines, ("No such user here",))
+        # While the file cannot be read: a 451 of its own, and one line in the log
+        # saying why, not the crash of a handler.
+        recipients.unlink()
+        logged = LogCapture(self)
+        [reply] = client.send("RCPT TO:<alice@example.org>")
+        self.assertEqual(
+            (reply.code, reply.lines), (451, ("Recipients unavailable, try again later",))
+        )
+        self.assertEqual(
+            logged.messages(),
+            [f"Cannot read the recipients file {recipients}: No such file or directory"],
+        )
+        self.assertEqual([e for e in logged.events if e.get("log_failure")], [])

@@ -5,16 +5,20 @@ for unknown users at RCPT time instead of bouncing it later.
 
 The file is named by the environment variable ``SMTPSVC_RECIPIENTS`` (by default
 ``/etc/smtpsvc/recipients``) and read again whenever it changes; lines starting with ``#``
-are comments.  While it cannot be read, recipients get a temporary ``451``.
+are comments.  While it cannot be read, recipients get a temporary ``451 4.3.0`` and the
+log says why, one line for each.
 """
 
 from __future__ import annotations
 
 import os
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from smtpsvc import Address, IRcptToHandler, Session, SMTPError
+
+_log = Logger()
 
 
 @implementer(IRcptToHandler)
@@ -38,7 +42,17 @@ class KnownRecipients:
         return self._known
 
     def onRcptTo(self, address: Address, session: Session) -> None:
-        if address.address.lower() not in self._recipients():
+        try:
+            known = self._recipients()
+        except OSError as e:
+            # The operator's to mend: the sender tries again later, and no mail is lost.
+            _log.error(
+                "Cannot read the recipients file {path}: {reason}",
+                path=self.path,
+                reason=e.strerror or e,
+            )
+            raise SMTPError(451, "4.3.0 Recipients unavailable, try again later") from e
+        if address.address.lower() not in known:
             raise SMTPError(550, "5.1.1 No such user here")
 
 
