@@ -138,6 +138,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        # The opt_ methods' docstrings keep their line breaks and indentation, which the
+        # help would print as runs of spaces: one space between words, as in _help.
+        self.docs = {flag: " ".join(doc.split()) if doc else doc for flag, doc in self.docs.items()}
         self.lists: dict[str, Any] = {
             "listen": [],
             "listenTLS": [],

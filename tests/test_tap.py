@@ -323,6 +323,18 @@ class OptionsTests(SynchronousTestCase):
                 )
         self.assertIn("To unset it, give none or off. [default: 1000]", docs["max-recipients"])
 
+    def test_helpHasNoRunsOfSpaces(self) -> None:
+        """
+        No flag's --help text has two spaces in a row (the indentation of a docstring's
+        continued lines), nor a line break: twist wraps them itself.
+        """
+        docs = tap.Options().docs
+        self.assertIn("listen", docs)
+        for flag, doc in docs.items():
+            if doc:
+                self.assertNotIn("  ", doc, flag)
+                self.assertNotIn("\n", doc, flag)
+
     def test_repeatable(self) -> None:
         """
         --listen, --port and --deliver may be given several times.
