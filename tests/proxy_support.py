@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shlex
 import shutil
 import socket
 import ssl
@@ -50,6 +49,7 @@ from .e2e_support import (
     theReactor,
     workspace,
 )
+from .service_support import unitCommand
 
 #: The documentation's deployment examples, which the tests run.
 DEPLOY_HAPROXY = EXAMPLES / "deploy_haproxy.cfg"
@@ -296,14 +296,7 @@ def deploymentTwistArguments(cert: str, key: str, maildir: str) -> list[str]:
     the given certificate, key and Maildir, and no reverse DNS or greeting delay (the
     test machine's DNS is not part of the test).
     """
-    unit = DEPLOY_UNIT.read_text(encoding="utf-8")
-    found = re.search(r"^ExecStart=((?:.*\\\n)*.*)$", unit, re.MULTILINE)
-    if found is None:
-        raise FailTest(f"{DEPLOY_UNIT.name} has no ExecStart")
-    command = shlex.split(found.group(1).replace("\\\n", " "))
-    if Path(command[0]).name != "twist" or command[1] != "smtpsvc":
-        raise FailTest(f"{DEPLOY_UNIT.name} does not run twist smtpsvc: {command}")
-    arguments = command[2:]
+    arguments = unitCommand(DEPLOY_UNIT)
     values = {
         "--listen": LISTEN,
         "--listen-tls": LISTEN,

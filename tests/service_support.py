@@ -472,6 +472,24 @@ def unitCommand(unit: Path) -> list[str]:
     """
     The arguments after C{twist smtpsvc} in the C{ExecStart=} of a systemd unit file.
     """
+    words = unitExecStart(unit)
+    return words[words.index("smtpsvc") + 1 :]
+
+
+def unitTwistOptions(unit: Path) -> list[str]:
+    """
+    The options of C{twist} itself, before C{smtpsvc}, in the C{ExecStart=} of a
+    systemd unit file.
+    """
+    words = unitExecStart(unit)
+    return words[1 : words.index("smtpsvc")]
+
+
+def unitExecStart(unit: Path) -> list[str]:
+    """
+    The words of the C{ExecStart=} of a systemd unit file, checked to run
+    C{twist ... smtpsvc}.
+    """
     logical: list[str] = []
     pending = ""
     for raw in unit.read_text().splitlines():
@@ -486,8 +504,8 @@ def unitCommand(unit: Path) -> list[str]:
     starts = [line for line in logical if line.startswith("ExecStart=")]
     assert len(starts) == 1, f"{unit}: {starts}"
     words = shlex.split(starts[0][len("ExecStart=") :])
-    assert words[1] == "smtpsvc", words
-    return words[2:]
+    assert Path(words[0]).name == "twist" and "smtpsvc" in words, words
+    return words
 
 
 def unitSetting(unit: Path, key: str) -> list[str]:

@@ -91,6 +91,7 @@ from .service_support import (
     traceHeaders,
     unitCommand,
     unitSetting,
+    unitTwistOptions,
     until,
 )
 
@@ -1493,6 +1494,19 @@ class ExampleFileTests(E2ETestCase):
         page = (EXAMPLES.parent / "service.rst").read_text(encoding="utf-8")
         for name in sorted(SERVICE_EXAMPLES):
             self.assertIn(f".. literalinclude:: examples/{name}\n", page, name)
+
+    def test_unitsLogText(self) -> None:
+        """
+        Each systemd unit of the docs runs twist with --log-format text: its output is
+        not a terminal there, so twist would write JSON to the journal instead of the
+        lines the docs show.
+        """
+        for name in (
+            "service_smtpsvc.service",
+            "service_smtpsvc-activated.service",
+            "deploy_smtpsvc@.service",
+        ):
+            self.assertEqual(unitTwistOptions(EXAMPLES / name), ["--log-format", "text"], name)
 
     def _etc(self) -> tuple[str, dict[str, str]]:
         # A stand-in for /etc/smtpsvc with the example file and its certificate, and the
