@@ -190,8 +190,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def opt_domain(self, domain: str) -> None:
         """
         A domain this server receives mail for (repeatable; .example.com covers its
-        subdomains); with any, mail for other domains needs AUTH: 550 5.7.1 Relay
-        access denied
+        subdomains); with any, mail for other domains needs AUTH: 550 Relay access
+        denied [5.7.1]
         """
         self.lists["domain"].append(domain)
 

@@ -335,6 +335,20 @@ class OptionsTests(SynchronousTestCase):
                 self.assertNotIn("  ", doc, flag)
                 self.assertNotIn("\n", doc, flag)
 
+    def test_domainHelpShowsTheReply(self) -> None:
+        """
+        --help for --domain quotes the reply a client gets for mail to another domain
+        as it gets it with the default options (no enhanced status code in the text),
+        the code in brackets after it, as the docs write it.
+        """
+        server = tap.buildServer(
+            parse("--domain", "example.org", "--deliver", "discard"), reactor=Clock()
+        )
+        client = MemoryClient(server)
+        client.send("EHLO x", "MAIL FROM:<a@b.example>")
+        [reply] = client.send("RCPT TO:<u@elsewhere.example>")
+        self.assertIn(f"{reply.code} {reply.lines[0]} [5.7.1]", tap.Options().docs["domain"])
+
     def test_repeatable(self) -> None:
         """
         --listen, --port and --deliver may be given several times.

@@ -25,7 +25,7 @@ _ROUTING = frozenset("@%!")
 class RelayPolicy:
     """
     An L{IRcptToHandler} that accepts recipients in C{domains} from any client and
-    others only from authenticated ones (C{550 5.7.1 Relay access denied}).
+    others only from authenticated ones (C{550 Relay access denied} [5.7.1]).
 
     A domain written C{.example.com} covers every subdomain of example.com (but not
     example.com itself).  Domains are compared in lower case, as A-labels, so
