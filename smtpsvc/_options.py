@@ -599,6 +599,39 @@ def _aLabels(name: str) -> str:
         ) from None
 
 
+#: A label of a host name: letters, digits and hyphens, neither first nor last, at most 63
+#: (RFC 1123 section 2.1; RFC 5321's sub-domain; A-labels are of this form too).  Also
+#: underscores, which real host names (mail_1.example.com) have and clients send as SNI.
+HOST_LABEL: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+
+
+def _checkServerName(name: str) -> None:
+    # The name option goes into the greeting, the EHLO reply, Received headers and the
+    # development certificate: a host name, by the rule SNI names are checked with
+    # (smtpsvc._tls.checkedHostName), or an address literal (RFC 5321 section 4.1.3).
+    if name.startswith("[") and name.endswith("]"):
+        literal = name[1:-1]
+        try:
+            if literal.startswith("IPv6:"):
+                ipaddress.IPv6Address(literal[len("IPv6:") :])
+            else:
+                ipaddress.IPv4Address(literal)
+        except ValueError:
+            pass
+        else:
+            return
+    try:
+        normalized = aLabels(name.strip().rstrip(".").lower())
+    except UnicodeError:
+        normalized = ""
+    if len(normalized) > 253 or not all(HOST_LABEL.match(x) for x in normalized.split(".")):
+        raise ValueError(
+            f"option name must be a host name or an address literal such as [192.0.2.1], "
+            f"and {name!r} is not a host name (labels of letters, digits, hyphens and "
+            "underscores, joined by dots)"
+        )
+
+
 def _strings(options: ServerOptions, name: str) -> tuple[str, ...]:
     value = getattr(options, name)
     if isinstance(value, str):
@@ -720,8 +753,8 @@ class OptionSpec:
                 f"option maxRecipients must be at least 100 (RFC 5321 section 4.5.3.1.8), "
                 f"not {value!r}"
             )
-        if self.name == "name" and (not value or any(c in " \r\n" for c in str(value))):
-            raise ValueError(f"option name must be a host name without spaces, not {value!r}")
+        if self.name == "name" and isinstance(value, str):
+            _checkServerName(value)
         if self.kind == "str" and any(c in str(value) for c in "\r\n\x00"):
             raise ValueError(f"option {self.name} must not contain CR, LF or NUL")
 

@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from ._core._grammar import aLabels
 from ._core._session import TLSInfo
+from ._options import HOST_LABEL
 
 _log = Logger(namespace="smtpsvc.tls")
 
@@ -210,10 +211,8 @@ def normalizeServerName(name: str) -> str:
     return aLabels(name.strip().rstrip(".").lower())
 
 
-# A label of a host name: letters, digits and hyphens, neither first nor last, at most 63
-# (RFC 1123 section 2.1; RFC 5321's sub-domain; A-labels are of this form too).  Also
-# underscores, which real host names (mail_1.example.com) have and clients send as SNI.
-_LABEL: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+# A label of a host name (the rule the name option is checked with too).
+_LABEL: Final = HOST_LABEL
 
 
 def checkedHostName(name: str, *, wildcard: bool = False) -> str:

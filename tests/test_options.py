@@ -45,6 +45,30 @@ class ValueTests(SynchronousTestCase):
             ServerOptions(name="a" * 64 + "\u00fc.example")
         self.assertIn("option name must be a host name", str(caught.exception))
 
+    def test_nameIsAHostName(self) -> None:
+        """
+        The name, which the greeting, the EHLO reply and the development certificate
+        carry, must be a host name (labels of letters, digits, hyphens and underscores,
+        none empty) or an address literal; anything else is refused.
+        """
+        for name in ("a..b!", "foo_bar!", "", "mx example.org", ".mx.example", "[192.0.2.999]"):
+            with self.assertRaises(ValueError, msg=name) as caught:
+                ServerOptions(name=name)
+            self.assertIn(
+                "option name must be a host name or an address literal such as [192.0.2.1], "
+                f"and {name!r} is not a host name",
+                str(caught.exception),
+            )
+        for name in (
+            "mx.example.org",
+            "MX.Example.ORG.",
+            "localhost",
+            "mail_1.example.com",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+        ):
+            self.assertEqual(ServerOptions(name=name).name, name)
+
     def test_versionsInOrder(self) -> None:
         """
         A minimum TLS version newer than the maximum leaves none, and is refused; the

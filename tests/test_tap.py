@@ -557,6 +557,18 @@ class BuildTests(SynchronousTestCase):
             builtRefusal(self, "--config", path),
         )
 
+    def test_nameIsAHostName(self) -> None:
+        """
+        --name that is not a host name (nor an address literal) stops the command with
+        one line, as an empty one does.
+        """
+        for name in ("a..b!", "foo_bar!", ""):
+            self.assertIn(
+                f"twist smtpsvc: --name must be a host name or an address literal such as "
+                f"[192.0.2.1], and {name!r} is not a host name",
+                refusal(self, "--name", name, "--deliver", "discard"),
+            )
+
     def test_internationalName(self) -> None:
         """
         An internationalised --name is served as its A-labels, in the greeting and the
