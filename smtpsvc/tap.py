@@ -157,7 +157,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         self.argv = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)  # type: ignore[no-untyped-call]
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as e:
+            # twist answers a UsageError with the usage text of every flag (hundreds of
+            # lines) and status 64; a misspelt flag is a mistake like any other: one line.
+            why = str(e).rstrip(".")
+            raise ConfigurationError(f"{why} (twist smtpsvc --help lists the options)") from e
 
     def opt_listen(self, endpoint: str) -> None:
         """

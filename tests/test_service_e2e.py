@@ -1195,6 +1195,17 @@ class CommandLineErrorTests(E2ETestCase):
             cwd=tmpdir,
         )
 
+    async def test_misspeltFlag(self) -> None:
+        """
+        A flag twist smtpsvc does not have is one line and status 1, not twist's usage
+        text and status 64.
+        """
+        await assertTwistRefuses(
+            self,
+            ["--lisen", "tcp:1"],
+            "option --lisen not recognized (twist smtpsvc --help lists the options)",
+        )
+
     async def test_pythonDeliveryNotFound(self) -> None:
         """
         --deliver python: naming a module that does not exist.

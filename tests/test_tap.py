@@ -323,6 +323,22 @@ class OptionsTests(SynchronousTestCase):
                 )
         self.assertIn("To unset it, give none or off. [default: 1000]", docs["max-recipients"])
 
+    def test_usageErrorsAreOneLine(self) -> None:
+        """
+        A flag twist smtpsvc does not have, one without its value, or an argument it
+        does not take is one line pointing at --help, as any other mistake (not twist's
+        usage text of every flag).
+        """
+        for args, words in (
+            (("--lisen", "tcp:1"), "option --lisen not recognized"),
+            (("--workers",), "option --workers requires argument"),
+            (("extra",), "Wrong number of arguments"),
+        ):
+            self.assertEqual(
+                refusal(self, *args),
+                f"twist smtpsvc: {words} (twist smtpsvc --help lists the options)",
+            )
+
     def test_helpHasNoRunsOfSpaces(self) -> None:
         """
         No flag's --help text has two spaces in a row (the indentation of a docstring's
