@@ -101,6 +101,14 @@ class TLSSources:
         """
         return self.cert is None and self.key is None
 
+    @property
+    def namesFiles(self) -> bool:
+        """
+        Whether any certificate file or directory was named (L{reread} has something to
+        read), rather than only the development certificate being served.
+        """
+        return any((self.cert, self.key, self.ca, self.sni, self.sniDir))
+
     def load(self) -> dict[str, Any]:
         """
         Read the files: the C{key}, C{cert}, C{ca} and C{sniOptions} server options (or

@@ -134,9 +134,9 @@ class ServerOptions:
         (),
         "Commands answered as not implemented (``502``), e.g. ``AUTH`` or ``VRFY``.  In "
         "LMTP mode ``EHLO`` also disables ``LHLO`` (as ``LHLO`` does); ``BDAT`` also stops "
-        "``CHUNKING`` being offered.  A name that is not a command the server knows (or one "
-        "of those it never carries out, such as ``EXPN``) is refused, so that a typo cannot "
-        "leave the command meant enabled.",
+        "``CHUNKING`` being offered.  Commands the server never carries out, such as ``EXPN`` "
+        "(always ``502``), may be named too; any other name is refused, so that a typo "
+        "cannot leave the command meant enabled.",
     )
     lenientAddressParsing: bool = _option(
         False,

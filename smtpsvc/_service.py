@@ -379,7 +379,14 @@ class SMTPService(Service):
         """
         Read the certificate files again and use them for new connections (SIGHUP).
         Connections already open keep theirs; a failure keeps the old certificates.
+        With no certificate file named, there is nothing to read: that is said instead.
         """
+        if not self.config.tls.namesFiles:
+            _log.info(
+                "Certificates not reloaded: no certificate files were given (the "
+                "development certificate is kept)"
+            )
+            return
         try:
             self.server.updateSecureContext(**self.config.tls.reread())
         except (ConfigurationError, ValueError, TypeError) as e:

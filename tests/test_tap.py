@@ -323,6 +323,17 @@ class OptionsTests(SynchronousTestCase):
                 )
         self.assertIn("To unset it, give none or off. [default: 1000]", docs["max-recipients"])
 
+    def test_disabledCommandsHelp(self) -> None:
+        """
+        --help for --disabled-commands says what happens to a command the server never
+        carries out: it may be named (EXPN is taken), only other names are refused.
+        """
+        doc = tap.Options().docs["disabled-commands"]
+        self.assertIn("such as EXPN (always 502), may be named too; any other name", doc)
+        self.assertEqual(
+            chosen(parse("--disabled-commands", "EXPN"))["disabledCommands"], ("EXPN",)
+        )
+
     def test_usageErrorsAreOneLine(self) -> None:
         """
         A flag twist smtpsvc does not have, one without its value, or an argument it
@@ -1690,6 +1701,32 @@ class ServiceTests(TestCase):
         self.assertEqual(service.server.options.cert, renewed.cert + renewed.key)
         self.assertEqual(len(self.flushLoggedErrors()), 0)
         return service.stopService()
+
+    def test_reloadDevelopmentCertificate(self) -> None:
+        """
+        With only the development certificate, reload reads nothing, and says so rather
+        than that certificates were reloaded; with an --sni file beside it, that is read.
+        """
+        service = buildService("--deliver", "discard")
+        before = service.server.options.cert
+        logged = LogCapture(self)
+        service.reload()
+        self.assertEqual(
+            logged.messages(),
+            [
+                "Certificates not reloaded: no certificate files were given (the development "
+                "certificate is kept)"
+            ],
+        )
+        self.assertEqual(service.server.options.cert, before)
+        path = self.mktemp()
+        pair = issue("other.example.test")
+        with open(path, "wb") as f:
+            f.write(pair.cert + pair.key)
+        service = buildService("--deliver", "discard", "--sni", f"other.example.test={path}")
+        logged = LogCapture(self)
+        service.reload()
+        self.assertIn("Certificates reloaded", logged.messages())
 
     def test_reloadSniDirectory(self) -> Deferred[None]:
         """
