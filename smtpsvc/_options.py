@@ -223,7 +223,8 @@ class ServerOptions:
         "Error: too many errors`` instead of the last one, and the connection closes, as "
         "with Postfix's ``smtpd_hard_error_limit``.  A refused message counts as one "
         "error, and the recipients over ``maxRecipients`` as none.  The count starts "
-        "again after each message accepted.  Unset turns the limit off.",
+        "again after each message accepted.  Unset turns the limit off; do so behind a "
+        "trusted MTA (an LMTP front), whose refused recipients are no attack.",
         group="limits",
     )
     maxJunkCommands: int | None = _option(

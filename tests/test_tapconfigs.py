@@ -92,6 +92,7 @@ class TapConfigTests(SynchronousTestCase):
         self.assertIsInstance(server.handlers[0], RelayPolicy)
         self.assertEqual(type(server.handlers[1]).__name__, "ForwardDelivery")
         self.assertIn("AUTH", server.options.disabledCommands)
+        self.assertEqual(server.options.maxClientsPerAddress, 20)
         # Without the Dovecot of the example, the relay policy is checked on its own.
         client = MemoryClient(
             tap.buildServer(self.load("mx.toml", "--deliver", "discard"), reactor=Clock())
@@ -112,6 +113,8 @@ class TapConfigTests(SynchronousTestCase):
         options = self.load("lmtp-front.toml")
         server = tap.buildServer(options, reactor=Clock())
         self.assertTrue(server.options.lmtp)
+        # The MTA is trusted: no error or junk limits.
+        self.assertEqual((server.options.maxErrors, server.options.maxJunkCommands), (None, None))
         self.assertEqual(log.matching("certificate"), [])
         client = MemoryClient(server)
         [lhlo] = client.send("LHLO x")
