@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from smtpsvc import IDataHandler, IMailFromHandler, TLSInfo
+from smtpsvc import IDataHandler, IMailFromHandler, SMTPServer, TLSInfo
 from smtpsvc.handlers.maildir import DEFAULT_MIN_FREE, MaildirDelivery
 from smtpsvc.testing import MemoryClient
 
@@ -598,7 +599,7 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
     def test_roomWhileWriting(self) -> None:
         """
         A message that leaves the reserve free is delivered; the free space was looked
-        at once at MAIL FROM and once per MiB written.
+        at once at MAIL FROM, once per MiB written and once at the end.
         """
         self.free = 100 * MIB
         self.shrinkingWithWrites()
@@ -607,7 +608,36 @@ class MaildirFreeSpaceTests(SynchronousTestCase):
         self.sendMiB(client, 3)
         self.assertEqual(codes(client.write(b".\r\n")), [250])
         self.assertEqual(len(storedMessages(self.path)), 1)
-        self.assertEqual(len(self.looked), 1 + 3)
+        self.assertEqual(len(self.looked), 1 + 3 + 1)
+
+    def test_reserveKeptByMessagesAtOnce(self) -> None:
+        """
+        Two messages under a MiB each, written at once, that together take the reserve:
+        the one that ends first, finding the free space under the reserve, is refused
+        (its file removed), and the other, which then fits, is delivered.
+        """
+        self.free = MIB + MIB
+        self.shrinkingWithWrites()
+        delivery = MaildirDelivery(
+            self.path,
+            serverName="mx.test",
+            runInThread=runNow,
+            minFree=MIB,
+            statvfs=self.statvfs,
+        )
+        server = SMTPServer([delivery], reactor=Clock(), name="mx.test", authOptional=True)
+        clients = [MemoryClient(server) for _ in range(2)]
+        part = (b"x" * 1022 + b"\r\n") * 64 * 10  # 640 KiB
+        for client in clients:
+            replies = client.send("EHLO c.example", "MAIL FROM:<a@b.example>")
+            replies += client.send("RCPT TO:<c@d.example>", "DATA")
+            self.assertEqual(codes(replies), [250, 250, 250, 354])
+        for client in clients:
+            self.assertEqual(client.write(part), [])
+        ends = [codes(client.write(b".\r\n")) for client in clients]
+        self.assertEqual(ends, [[452], [250]])
+        self.assertEqual(len(storedMessages(self.path)), 1)
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
 
     def test_noReserveNoCheckWhileWriting(self) -> None:
         """

@@ -97,8 +97,8 @@ class MaildirDelivery:
             16 MiB, if not given): C{MAIL FROM} gets C{452 4.3.1} when less than the
             declared C{SIZE} plus this much is free, or without C{SIZE} when less than this
             much is.  A message whose writing brings the free space under it (looked
-            at after each MiB written) is refused with the same reply, and its file
-            removed at once.  C{0} refuses only a declared size that does not fit.  A
+            at after each MiB written and at its end) is refused with the same reply,
+            and its file removed at once.  C{0} refuses only a declared size that does not fit.  A
             declared C{SIZE} over the file system's whole size less this much gets C{552
             5.3.4}.
         @param statvfs: how the free space is looked up; tests pass a fake.
@@ -356,6 +356,10 @@ class _FileWriter(Protocol):
             done.errback(reason)
         elif self.error is not None:
             _log.error("Cannot write {path}: {error}", path=self.path, error=self.error)
+            done.errback(SMTPError(452, _NO_ROOM))
+        elif self._underReserve():
+            # Looked at once more at the end: messages under a MiB (or their last part),
+            # many at once, could otherwise take the reserve between them.
             done.errback(SMTPError(452, _NO_ROOM))
         else:
             done.callback(None)
