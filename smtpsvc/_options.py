@@ -171,9 +171,10 @@ class ServerOptions:
         None,
         "Most connections served at once from one client address (after a PROXY header, "
         "the real client's; an IPv6 client's /64 network counts as one address); the next "
-        "one gets ``421 <name> Error: too many connections from <address>`` and is closed, "
-        "as with Postfix's ``smtpd_client_connection_count_limit``.  So that one client "
-        "cannot take every slot of ``maxClients``.  Unset means no limit.",
+        "one gets ``421 <name> Error: too many connections from <address>`` and is closed "
+        "(on an implicit-TLS listener it is closed at once, before its handshake), as with "
+        "Postfix's client connection count limit.  So that one client cannot take every "
+        "slot of ``maxClients``.  Unset means no limit.",
         group="limits",
     )
     socketTimeout: float = _option(
@@ -223,8 +224,9 @@ class ServerOptions:
         "Error: too many errors`` instead of the last one, and the connection closes, as "
         "with Postfix's ``smtpd_hard_error_limit``.  A refused message counts as one "
         "error, and the recipients over ``maxRecipients`` as none.  The count starts "
-        "again after each message accepted.  Unset turns the limit off; do so behind a "
-        "trusted MTA (an LMTP front), whose refused recipients are no attack.",
+        "again after each message accepted.  It does not apply in LMTP mode, whose client "
+        "is the MTA, trusted (its refused recipients are no attack).  Unset turns the "
+        "limit off.",
         group="limits",
     )
     maxJunkCommands: int | None = _option(
@@ -232,8 +234,8 @@ class ServerOptions:
         "NOOP, RSET, VRFY and HELP commands a client may send before each one more "
         "counts as an error towards ``maxErrors``, as with Postfix's "
         "``smtpd_junk_command_limit``: a session of nothing else would hold its "
-        "connection for ever.  The count starts again after each message accepted.  Unset "
-        "turns the limit off.",
+        "connection for ever.  The count starts again after each message accepted.  It "
+        "does not apply in LMTP mode.  Unset turns the limit off.",
         group="limits",
     )
     forbidUnauthPipelining: bool = _option(

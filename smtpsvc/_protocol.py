@@ -681,6 +681,26 @@ class SMTPProtocol(LineReceiver):
         return cast(IConsumer, transport) if self._socket is not None else IConsumer(transport)
 
     def _afterProxy(self, rest: bytes) -> None:
+        # The client's address is known now (the PROXY header's, or the peer's).
+        perAddress = self._options.maxClientsPerAddress
+        if perAddress is not None:
+            address = self._core.session.remoteAddress
+            self._countedAs = key = clientNetwork(address)
+            if self._server._addressAdmitted(key) > perAddress:
+                if self.implicitTLS:
+                    # Counted before its handshake, which could hold a slot of maxClients
+                    # until socketTimeout; and nothing can be said in clear here.
+                    self._log.info(
+                        "Closing connection from {remoteAddress}: too many connections "
+                        "from its address",
+                        sessionId=self._core.session.id,
+                        remoteAddress=address,
+                    )
+                    self._closed = True
+                    self.transport.abortConnection()  # type: ignore[union-attr]
+                else:
+                    self._perform(self._core.tooManyFromAddress(address))
+                return
         if self.implicitTLS:
             # Implicit TLS: nothing is said in clear; the rest waits for the handshake.
             self._startTLS()
@@ -750,13 +770,6 @@ class SMTPProtocol(LineReceiver):
         if limit is not None and self._server.connectionCount > limit:
             self._perform(self._core.tooManyClients())
             return
-        perAddress = self._options.maxClientsPerAddress
-        if perAddress is not None:
-            address = self._core.session.remoteAddress
-            self._countedAs = key = clientNetwork(address)
-            if self._server._addressAdmitted(key) > perAddress:
-                self._perform(self._core.tooManyFromAddress(address))
-                return
         if self._server.closing:
             self._perform(self._core.shutDown())
             return

@@ -299,6 +299,22 @@ class ChunkingTests(SynchronousTestCase):
         self.assertEqual(codes(client.write(bdat(b"small", last=True))), [250])
         self.assertEqual(outcomes.ended[-1], b"small")
 
+    def test_pipelinedChunksAfterAFailedOneAreNotErrors(self) -> None:
+        """
+        The 503s to the chunks a client pipelined after one whose message failed (over
+        the size limit) are not its errors: with maxErrors=3, forty of them do not close
+        the connection, and the next transaction is served.
+        """
+        client = connect(RecordingHandler(), size=1000, maxErrors=3)
+        transaction(client)
+        chunks = b"".join(bdat(b"x" * 100) for _ in range(40)) + bdat(b"", last=True)
+        client.protocol.dataReceived(chunks)
+        replies = drain(client)
+        self.assertEqual(codes(replies), [250] * 10 + [552] + [503] * 30)
+        self.assertFalse(client.closed)
+        transaction(client)
+        self.assertEqual(codes(client.write(bdat(b"small", last=True))), [250])
+
     def test_3030_05_dataAfterBDAT(self) -> None:
         """
         DATA in a transaction that BDAT started gets 503 5.5.1; the transaction goes on.

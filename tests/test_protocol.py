@@ -486,6 +486,37 @@ class CommandCheckTests(SynchronousTestCase):
         replies = client.send("RCPT TO:<r@d.example>", f"MAIL FROM:<{SENDER}>", "DATA", "DATA")
         self.assertEqual(codes(replies), [503, 250, 503, 421])
 
+    def test_repeated503sAreErrors(self) -> None:
+        """
+        RCPT after RCPT with no MAIL at all: each 503 is the client's own error, however
+        many there are (a 503 does not make the next one unforeseeable).
+        """
+        client = connect(maxErrors=3, clientName="c.example")
+        self.assertEqual(codes(client.send(*["RCPT TO:<r@d.example>"] * 4)), [503, 503, 421])
+
+    def test_noErrorLimitsInLMTP(self) -> None:
+        """
+        In LMTP the client is the MTA: a message to 30 recipients, 25 of them refused,
+        with NOOPs past maxJunkCommands, meets no 421; the others get the message.
+        """
+
+        class Unknown(RecordingHandler):
+            def onRcptTo(self, address: Any, session: Session) -> None:
+                if address.address.startswith("unknown"):
+                    raise SMTPError(550, "5.1.1 No such user")
+                super().onRcptTo(address, session)
+
+        recorder = Unknown()
+        client = connect(recorder, lmtp=True, maxJunkCommands=2, clientName="c")
+        recipients = [f"{'unknown' if n % 6 else 'ok'}{n}@d.example" for n in range(30)]
+        replies = client.send(f"MAIL FROM:<{SENDER}>", *[f"RCPT TO:<{r}>" for r in recipients])
+        self.assertEqual(codes(replies).count(550), 25)
+        replies = client.send("DATA") + client.write(b"hi\r\n.\r\n")
+        self.assertEqual(codes(replies), [354] + [250] * 5)
+        self.assertEqual(codes(client.send(*["NOOP"] * 5)), [250] * 5)
+        self.assertFalse(client.closed)
+        self.assertEqual(len(recorder.messages[0].envelope.rcptTo), 5)
+
     def test_maxJunkCommands(self) -> None:
         """
         NOOP, RSET, VRFY and HELP pass up to maxJunkCommands; past it each counts as an

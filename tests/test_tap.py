@@ -361,6 +361,10 @@ class OptionsTests(SynchronousTestCase):
             if doc:
                 self.assertNotIn("  ", doc, flag)
                 self.assertNotIn("\n", doc, flag)
+        # Nor a word too long for twist's column, which it would cut in two, leaving the
+        # line before with a trailing space.
+        usage = tap.Options().getUsage(width=80)
+        self.assertEqual([line for line in usage.splitlines() if line.endswith(" ")], [])
 
     def test_domainHelpShowsTheReply(self) -> None:
         """

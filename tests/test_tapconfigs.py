@@ -113,8 +113,6 @@ class TapConfigTests(SynchronousTestCase):
         options = self.load("lmtp-front.toml")
         server = tap.buildServer(options, reactor=Clock())
         self.assertTrue(server.options.lmtp)
-        # The MTA is trusted: no error or junk limits.
-        self.assertEqual((server.options.maxErrors, server.options.maxJunkCommands), (None, None))
         self.assertEqual(log.matching("certificate"), [])
         client = MemoryClient(server)
         [lhlo] = client.send("LHLO x")

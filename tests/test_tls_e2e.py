@@ -406,6 +406,33 @@ class ImplicitTLSTests(_OpenSSLTestCase):
     Implicit TLS (RFC 8314, port 465 style): secure=True, or listen(..., secure=True).
     """
 
+    async def test_maxClientsPerAddressBeforeTheHandshake(self) -> None:
+        """
+        A connection is counted against maxClientsPerAddress as it opens, before its
+        handshake: with a limit of 1, a second connection while the first has sent no
+        ClientHello is closed at once, without a handshake and without a word; once the
+        first has gone, the address gets a TLS session and its greeting.
+        """
+        _, port = await startTLSServer(self, [], secure=True, maxClientsPerAddress=1)
+
+        def talk() -> tuple[list[ServerReply], int]:
+            with RawClient(port) as silent:
+                with RawClient(port) as second:
+                    refused = second.readUntilClosed(within=5)
+                self.assertEqual(silent.readAvailable(0.2), b"")
+            for _ in range(50):
+                # The server sees the first close a moment later: bounded retries.
+                with RawClient(port) as third:
+                    try:
+                        third.startTLS(trustingContext(), MX)
+                        return refused, third.readReply().code
+                    except (OSError, ServerClosedError):
+                        time.sleep(0.05)
+            raise AssertionError("no TLS session after the first connection closed")
+
+        refused, greeting = await deferToThread(talk)
+        self.assertEqual((refused, greeting), ([], 220))
+
     def _sendSSL(self, port: int) -> tuple[str, bool, str | None, dict[str, tuple[int, bytes]]]:
         # smtplib.SMTP_SSL: greeting, EHLO, one message.  Blocking: run it in a thread.
         with LoopbackSMTPSSL(

@@ -212,11 +212,13 @@ class ServerConnection:
         "_authHandlers",
         "_authOn",
         "_enhanced",
+        "_errorLimit",
         "_errors",
         "_expected",
         "_finalReplies",
         "_greeted",
         "_junk",
+        "_junkLimit",
         "_lineLimits",
         "_mechanisms",
         "_now",
@@ -295,6 +297,10 @@ class ServerConnection:
         self._errors = 0
         self._junk = 0
         self._finalReplies = False
+        # Not in LMTP: its client is the MTA, trusted, whose refused recipients (a
+        # message to many, of whom some are unknown) are no attack.
+        self._errorLimit = None if options.lmtp else options.maxErrors
+        self._junkLimit = None if options.lmtp else options.maxJunkCommands
         # The verb of the command being answered, and whether the client's last MAIL or
         # RCPT was refused: a pipelining client's RCPTs and DATA after a refused MAIL (or
         # DATA after its RCPTs were all refused) get 503s it could not foresee, which
@@ -326,7 +332,9 @@ class ServerConnection:
                     reply = self._countJunk(reply)
                 else:
                     reply = self._countError(reply)
-                if self._verb in ("MAIL", "RCPT"):
+                if reply.code != 503 and self._verb in ("MAIL", "RCPT"):
+                    # Refused, not out of sequence (a RCPT before any MAIL is the
+                    # client's own error, and so are the ones after it).
                     self._expected = True
             if reply.enhanced and self._enhanced:
                 self.session.error = f"{reply.code} {reply.enhanced} {reply.text}"
@@ -341,7 +349,7 @@ class ServerConnection:
         # C{reply}, or the 421 that ends the connection once they reach maxErrors, as
         # Postfix's smtpd_hard_error_limit does.
         self._errors += 1
-        limit = self._options.maxErrors
+        limit = self._errorLimit
         if limit is not None and self._errors >= limit:
             return R.TOO_MANY_ERRORS
         return reply
@@ -352,7 +360,7 @@ class ServerConnection:
         # ever: past maxJunkCommands each counts as an error too, as with Postfix's
         # smtpd_junk_command_limit.
         self._junk += 1
-        limit = self._options.maxJunkCommands
+        limit = self._junkLimit
         if limit is not None and self._junk > limit:
             return self._countError(reply)
         return reply
@@ -1280,17 +1288,21 @@ class ServerConnection:
             # (The usual case, first: a message accepted.)
             send = self._send(replies[0])
             self._errors = self._junk = 0
+            self._expected = False
         else:
             self._finalReplies = True
             try:
                 send = self._send(replies[0]) if count == 1 else self._sendAll(replies)
             finally:
                 self._finalReplies = False
-            if any(reply.code < 400 for reply in replies):
+            accepted = any(reply.code < 400 for reply in replies)
+            if accepted:
                 self._errors = self._junk = 0
             else:
                 self._errors += 1
-        self._expected = False
+            # After a message refused, the BDAT chunks a client pipelined after the one
+            # that failed get 503s it could not foresee.
+            self._expected = not accepted
         self.session.transaction += 1
         self._unrecognized = 0
         self._resetTransaction()
