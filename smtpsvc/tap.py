@@ -165,6 +165,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             why = str(e).rstrip(".")
             raise ConfigurationError(f"{why} (twist smtpsvc --help lists the options)") from e
 
+    def opt_help(self) -> None:
+        """
+        Display this help and exit.
+        """
+        try:
+            print(str(self))
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # Its reader stopped early (twist smtpsvc --help | head): no error, and no
+            # traceback when Python flushes standard output again as it exits.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+
     def opt_listen(self, endpoint: str) -> None:
         """
         Listen on this Twisted endpoint (repeatable), e.g. tcp:25 or

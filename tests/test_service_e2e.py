@@ -60,6 +60,7 @@ from .e2e_support import (
     connectionRefused,
     freePort,
     haveOpenSSL,
+    twistCommand,
     twistEnvironment,
     withoutTraceHeaders,
     workspace,
@@ -1205,6 +1206,28 @@ class CommandLineErrorTests(E2ETestCase):
             ["--lisen", "tcp:1"],
             "option --lisen not recognized (twist smtpsvc --help lists the options)",
         )
+
+    async def test_helpToAReaderThatStopped(self) -> None:
+        """
+        C{twist smtpsvc --help} to a pipe whose reader has gone (as C{| head} leaves it)
+        exits with status 0 and says nothing on standard error: no BrokenPipeError
+        traceback.
+        """
+
+        def run() -> tuple[int, bytes]:
+            process = subprocess.Popen(
+                twistCommand(["--help"]),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=twistEnvironment(),
+            )
+            # Closed before the interpreter has started: its first write fails.
+            assert process.stdout is not None and process.stderr is not None
+            process.stdout.close()
+            errors = process.stderr.read()
+            return process.wait(timeout=TOOL_TIMEOUT), errors
+
+        self.assertEqual(await deferToThread(run), (0, b""))
 
     async def test_pythonDeliveryNotFound(self) -> None:
         """
