@@ -14,9 +14,9 @@ C{421}) fails whatever is waiting with L{DownstreamError} and drops the connecti
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -27,6 +27,9 @@ from zope.interface import implementer
 from ._core._data import DotStuffer
 from ._core._relay import DownstreamReply, ReplyParser, ReplySyntaxError
 from ._stream import MessageDone
+
+# What sendData takes the reply to a DATA sent before it (invited) to have been.
+_INVITED: Final = DownstreamReply(354, ("",))
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall
@@ -162,7 +165,11 @@ class DownstreamClient(LineReceiver):
         return self._expect()
 
     def sendData(
-        self, stream: IMessageStream, header: bytes = b"", recipients: int | None = None
+        self,
+        stream: IMessageStream,
+        header: bytes = b"",
+        recipients: int | None = None,
+        invited: bool = False,
     ) -> Deferred[DownstreamReply | list[DownstreamReply]]:
         """
         Send DATA and, once the server invites it with 354, the message: C{header} (for
@@ -179,13 +186,15 @@ class DownstreamClient(LineReceiver):
             L{DownstreamError}; in LMTP, one that failed after the replies for some
             recipients came carries them (L{DownstreamError.replies}), since each is that
             recipient's final answer.
+        @param invited: whether DATA was sent already (with L{command}) and answered
+            354: the message then goes at once.
         """
-        return Deferred.fromCoroutine(self._sendData(stream, header, recipients))
+        return Deferred.fromCoroutine(self._sendData(stream, header, recipients, invited))
 
     async def _sendData(
-        self, stream: IMessageStream, header: bytes, recipients: int | None
+        self, stream: IMessageStream, header: bytes, recipients: int | None, invited: bool
     ) -> DownstreamReply | list[DownstreamReply]:
-        answer = self.command("DATA")
+        answer = succeed(_INVITED) if invited else self.command("DATA")
         # The stream is taken now but held until the server invites the message: a
         # message that fails meanwhile (its client went away or abandoned it) drops the
         # connection at once, not once the server has answered DATA.

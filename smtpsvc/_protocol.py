@@ -1298,7 +1298,7 @@ class SMTPProtocol(LineReceiver):
             assert isinstance(action, CheckRcpt)
             self._check("onRcptTo", action.address, self._core.rcptChecked)
         elif kind is StartData:
-            self._startData()
+            self._checkData()
         elif kind is ReadChunk:
             assert isinstance(action, ReadChunk)
             self._readChunk(action)
@@ -1604,6 +1604,26 @@ class SMTPProtocol(LineReceiver):
         # The message's clock for minDataRate starts now (see _checkIdle).
         self._rateStarted = self._reactor.seconds()
         transaction.start(self._server._handlersFor("onData"))
+
+    def _checkData(self) -> None:
+        # DATA: its handlers (IDataCommandHandler) decide before the 354 invites the
+        # message; while they do, nothing more is read.
+        handlers = self._server._handlersFor("onDataCommand")
+        if not handlers:
+            self._startData()
+            return
+        session = self._core.session
+        result = callChain([partial(h, session) for h in handlers], "onDataCommand", session)
+        if not isinstance(result, Deferred):
+            self._dataChecked(result)
+            return
+        result.addCallback(self._holdFor(self._dataChecked))
+
+    def _dataChecked(self, error: SMTPError | None) -> None:
+        if error is None:
+            self._startData()
+        else:
+            self._perform(self._core.dataRefused(error))
 
     def _startData(self) -> None:
         self._startMessage(DataDecoder)

@@ -30,6 +30,7 @@ from .interfaces import (
     IAuthHandler,
     ICloseHandler,
     IConnectHandler,
+    IDataCommandHandler,
     IDataHandler,
     IMailFromHandler,
     IRcptToHandler,
@@ -57,6 +58,7 @@ HOOKS: dict[str, Any] = {
     "onAuth": IAuthHandler,
     "onMailFrom": IMailFromHandler,
     "onRcptTo": IRcptToHandler,
+    "onDataCommand": IDataCommandHandler,
     "onData": IDataHandler,
     "onClose": ICloseHandler,
 }

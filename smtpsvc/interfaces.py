@@ -157,6 +157,25 @@ class IMessageStream(Interface):
         """
 
 
+class IDataCommandHandler(Interface):
+    """
+    Decides whether a client may send its message, before it is invited to.
+    """
+
+    def onDataCommand(session: Session) -> object:
+        """
+        The client sent DATA (after at least one recipient was accepted), and is not
+        yet invited to send its message.  Return L{None} to let it (C{354}); raise
+        L{smtpsvc.SMTPError} to answer DATA with that error instead, so that the client
+        does not send a message only to have it refused: the transaction stays open
+        (the client may say RSET, or DATA again).  A relay uses it to pass DATA on and
+        answer with the next server's reply, as Postfix's before-queue proxy filter does.
+
+        Not called for BDAT: a chunk comes with its command, uninvited, and is answered
+        after it has come (L{IDataHandler.onData} refuses it then).
+        """
+
+
 class IDataHandler(Interface):
     """
     Receives messages.
@@ -200,6 +219,7 @@ __all__ = [
     "IAuthHandler",
     "ICloseHandler",
     "IConnectHandler",
+    "IDataCommandHandler",
     "IDataHandler",
     "IMailFromHandler",
     "IMessageStream",

@@ -19,7 +19,15 @@ from twisted.internet.task import Clock
 from twisted.names import dns
 from zope.interface import implementer
 
-from smtpsvc import IDataHandler, IMessageStream, Session, SMTPServer, readMessage
+from smtpsvc import (
+    IDataCommandHandler,
+    IDataHandler,
+    IMessageStream,
+    Session,
+    SMTPError,
+    SMTPServer,
+    readMessage,
+)
 from smtpsvc._core._proxy import ProxyHeader
 from smtpsvc.testing import MemoryClient, ServerReply
 
@@ -216,3 +224,26 @@ def proxied(
         destinationPort=destination[1],
         tlvs={} if tlvs is None else tlvs,
     )
+
+
+@implementer(IDataCommandHandler)
+class DataGate:
+    """
+    Decides on DATA: refuses while C{refusal} is set, answers later while C{later} is
+    set (with the Deferreds in C{pending}), and counts its calls.
+    """
+
+    def __init__(self) -> None:
+        self.refusal: SMTPError | None = None
+        self.later = False
+        self.pending: list[Deferred[None]] = []
+        self.calls = 0
+
+    def onDataCommand(self, session: Session) -> Deferred[None] | None:
+        self.calls += 1
+        if self.refusal is not None:
+            raise self.refusal
+        if self.later:
+            self.pending.append(Deferred())
+            return self.pending[-1]
+        return None

@@ -102,7 +102,7 @@ from .e2e_support import (
     theReactor,
 )
 from .memorytls import ClientTLS, Connection, authority, connectTLS, issue
-from .protocol_support import malformedReplyLines
+from .protocol_support import DataGate, malformedReplyLines
 
 FRONT = "relay.example"
 DOWNSTREAM = "mx.downstream.example"
@@ -1031,24 +1031,56 @@ class ScriptedTests(ForwardTestCase):
 
     def test_unexpectedDataReply(self) -> None:
         """
-        A 250 to DATA (instead of 354) is a broken downstream: 451.
+        A 250 to DATA (instead of 354) is a broken downstream: the client's DATA gets
+        451.
         """
         self.scripted(DATA=b"250 2.0.0 Whatever\r\n")
         replies = self.sendmail("a@example.org", ["b@example.net"])
-        self.assertEqual(codes(replies), [250, 250, 354, 451])
+        self.assertEqual(codes(replies), [250, 250, 451])
 
     def test_dataRefused(self) -> None:
         """
-        A refused DATA is the final reply; the downstream transaction is reset before the
-        next one.
+        A DATA the downstream refuses is refused to the client with the downstream's
+        reply, in place of the 354, so that it does not send the message for nothing;
+        after the client's RSET, the downstream transaction is reset before the next one.
         """
         self.scripted(DATA=[b"554 5.5.1 No valid recipients\r\n", b"354 Go ahead\r\n"])
         replies = self.sendmail("a@example.org", ["b@example.net"])
-        self.assertEqual(codes(replies), [250, 250, 354, 554])
+        self.assertEqual(codes(replies), [250, 250, 554])
         self.assertEqual(replies[-1].lines, ("5.5.1 No valid recipients",))
+        self.assertEqual(codes(self.send("RSET")), [250])
         replies = self.sendmail("a@example.org", ["b@example.net"])
         self.assertEqual(codes(replies), [250, 250, 354, 250])
         self.assertEqual(self.server.commands[4], "RSET")
+
+    def test_dataRefusedByALaterHandler(self) -> None:
+        """
+        When a handler after the forwarding refuses DATA once the downstream has invited
+        the message, the downstream connection, which no RSET could bring out of DATA,
+        is dropped: it keeps nothing, and the next transaction goes over a new one.  A
+        client that then leaves does not have its QUIT sent as the message either.
+        """
+        gate = DataGate()
+        gate.refusal = SMTPError(452, "4.2.2 Over quota")
+        factory = ScriptedFactory({})
+        self.front(lambda: factory, after=[gate])
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 452])
+        self.assertEqual(codes(self.send("RSET")), [250])
+        gate.refusal = None
+        self.assertEqual(
+            codes(self.sendmail("a@example.org", ["b@example.net"])), [250, 250, 354, 250]
+        )
+        first, second = factory.built
+        self.assertTrue(first.lost)
+        self.assertEqual((first.messages, len(second.messages)), ([], 1))
+        gate.refusal = SMTPError(452, "4.2.2 Over quota")
+        self.assertEqual(codes(self.sendmail("a@example.org", ["b@example.net"]))[-1], 452)
+        self.send("QUIT")
+        self.network.run()
+        self.assertTrue(second.lost)
+        self.assertNotIn("QUIT", second.commands)
+        self.assertEqual(len(second.messages), 1)
 
     def test_unsolicited421(self) -> None:
         """
@@ -1224,24 +1256,29 @@ class StreamFailureTests(ForwardTestCase):
 
     def test_wholeMessageBeforeDownstreamAnswersDATA(self) -> None:
         """
-        An empty message ends before the downstream has answered DATA: its final dot
-        waits for the 354, and goes nowhere when DATA is refused.
+        An empty message sent at once after DATA, without waiting for the 354: the 354
+        waits for the downstream's answer to DATA, and the dot for the 354.  When the
+        downstream refuses DATA, the client's DATA gets its refusal, the dot is read as
+        a command (500), and the downstream gets nothing.
         """
-        for answer, expected in ((None, 250), (b"554 5.5.1 no valid recipients\r\n", 554)):
+        cases = ((None, [354, 250]), (b"554 5.5.1 no valid recipients\r\n", [554, 500]))
+        for answer, expected in cases:
             script: Script = {} if answer is None else {"DATA": [answer]}
             factory = ScriptedFactory(script)
             self.front(lambda: factory)  # noqa: B023
             self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>")
-            self.assertEqual(codes(self.write(b"DATA\r\n.\r\n")), [354, expected])
+            self.assertEqual(codes(self.write(b"DATA\r\n.\r\n")), expected)
             [downstream] = factory.built
             self.assertNotIn(".", downstream.commands)
             # The empty message, with our Received field.
             self.assertEqual(
                 [m.startswith(b"Received: ") for m in downstream.messages],
-                [True] if expected == 250 else [],
+                [True] if expected[-1] == 250 else [],
             )
+            self.send("RSET")
             replies = self.sendmail("a@example.org", ["b@example.net"])
-            self.assertEqual(codes(replies), [250, 250, 354, expected])
+            again = [250, 250, 354, 250] if answer is None else [250, 250, 554]
+            self.assertEqual(codes(replies), again)
 
     def test_tooLarge(self) -> None:
         """
@@ -1294,7 +1331,7 @@ class StreamFailureTests(ForwardTestCase):
             )
             self.front(lambda: factory, after=[refuse])  # noqa: B023
             replies = self.sendmail("a@example.org", ["b@example.net", "no@example.net"])
-            self.assertEqual(codes(replies), [250, 250, 550, 354, 451])
+            self.assertEqual(codes(replies), [250, 250, 550, 451])
             self.assertEqual(
                 replies[-1].text, "4.3.0 Error: the downstream changed its mind about a recipient"
             )

@@ -313,6 +313,30 @@ class SinkTests(ForwardE2ETestCase):
         self.assertEqual(code, 451)
         self.assertIn(b"downstream unavailable", text)
 
+    async def test_dataRefusedBeforeTheMessage(self) -> None:
+        """
+        A sink that refuses DATA (smtp-sink -r DATA, 450): the client's DATA gets that
+        refusal in place of 354, so smtplib never sends its message; after RSET the
+        session goes on.
+        """
+        _, sinkPort, dumps = await self.startSink("-r", "DATA")
+        port = await self.startFront(sinkPort, hideENHANCEDSTATUSCODES=False)
+
+        def send() -> tuple[list[tuple[int, bytes]], int]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, timeout=SOCKET_TIMEOUT) as client:
+                client.ehlo()
+                replies = [client.mail("a@example.org"), client.rcpt("b@example.net")]
+                replies.append(client.docmd("DATA"))
+                return replies, client.rset()[0]
+
+        replies, reset = await deferToThread(send)
+        self.assertEqual([code for code, _ in replies], [250, 250, 450])
+        self.assertTrue(replies[-1][1].startswith(b"4."), replies[-1])
+        self.assertEqual(reset, 250)
+        # (smtp-sink writes a file for the envelope it was given; no message is in it.)
+        for dump in dumps.iterdir():
+            self.assertNotIn(f"by {FRONT} (smtpsvc)".encode(), dump.read_bytes())
+
     async def test_sink421(self) -> None:
         """
         A sink that says 421 and hangs up after RCPT: the client gets 451 for that

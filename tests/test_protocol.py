@@ -46,6 +46,7 @@ from .protocol_support import (
     NAME,
     RECIPIENT,
     SENDER,
+    DataGate,
     Later,
     LateReader,
     clientOf,
@@ -1369,6 +1370,60 @@ class Collector:
         if isinstance(self.result, BaseException):
             raise self.result
         return self.result
+
+
+class DataCommandTests(SynchronousTestCase):
+    """
+    IDataCommandHandler: DATA decided on before the 354.
+    """
+
+    def test_refused(self) -> None:
+        """
+        A refusal answers DATA in place of the 354: no data handler is called, the
+        transaction stays open (DATA again, once let through, takes the message to the
+        same recipients).
+        """
+        gate, recorder = DataGate(), RecordingHandler()
+        gate.refusal = SMTPError(554, "5.7.1 Not from you")
+        client = connect(gate, recorder, clientName="c.example", hideENHANCEDSTATUSCODES=False)
+        replies = client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>", "DATA")
+        self.assertEqual(wires(replies)[2], "554 5.7.1 Not from you")
+        self.assertEqual(recorder.messages, [])
+        gate.refusal = None
+        self.assertEqual(codes(client.send("DATA")), [354])
+        self.assertEqual(codes(client.write(b"hi\r\n.\r\n")), [250])
+        self.assertEqual([m.envelope.rcptTo[0].address for m in recorder.messages], [RECIPIENT])
+        self.assertEqual(gate.calls, 2)
+
+    def test_answerLater(self) -> None:
+        """
+        A handler that answers later holds the 354, and nothing the client sends is read
+        meanwhile; its refusal then answers DATA, and RSET is served after it.
+        """
+        gate, recorder = DataGate(), RecordingHandler()
+        gate.later = True
+        client = connect(gate, recorder, clientName="c.example")
+        client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>")
+        self.assertEqual(client.send("DATA", "RSET"), [])
+        gate.pending.pop().errback(SMTPError(451, "4.3.0 Not now"))
+        self.assertEqual(wires(client.received()), ["451 Not now", "250 Flushed"])
+        client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>")
+        self.assertEqual(client.send("DATA"), [])
+        gate.pending.pop().callback(None)
+        self.assertEqual(codes(client.received()), [354])
+        self.assertEqual(codes(client.write(b"hi\r\n.\r\n")), [250])
+        self.assertEqual(len(recorder.messages), 1)
+
+    def test_notForBDAT(self) -> None:
+        """
+        BDAT chunks come uninvited: the handler is not asked.
+        """
+        gate, recorder = DataGate(), RecordingHandler()
+        gate.refusal = SMTPError(554, "5.7.1 Not from you")
+        client = connect(gate, recorder, clientName="c.example")
+        client.send(f"MAIL FROM:<{SENDER}>", f"RCPT TO:<{RECIPIENT}>")
+        self.assertEqual(codes(client.write(b"BDAT 4 LAST\r\nhi\r\n")), [250])
+        self.assertEqual((gate.calls, len(recorder.messages)), (0, 1))
 
 
 class DataTests(SynchronousTestCase):

@@ -1239,6 +1239,14 @@ class ServerConnection:
         """
         return len(self.session.envelope.rcptTo) if self._options.lmtp else 1
 
+    def dataRefused(self, error: SMTPError) -> Send:
+        """
+        The reply to DATA when an L{IDataCommandHandler} refused it: its error.  The
+        transaction stays open, with its recipients: the client may say DATA again.
+        """
+        self.state = State.RCPT
+        return self._send(R.fromError(error))
+
     def dataStarted(self) -> Send:
         """
         The 354 that invites the message, once the data handlers have been started.

@@ -57,6 +57,7 @@ from .._reactor import reactorOr
 from .._stream import MessageAborted, MessageRefused, MessageTooLarge
 from ..interfaces import (
     ICloseHandler,
+    IDataCommandHandler,
     IDataHandler,
     IMailFromHandler,
     IMessageStream,
@@ -94,6 +95,8 @@ class _Link:
         socket or over loopback), which REQUIRETLS does not apply to.
     @ivar open: whether a downstream transaction is open (MAIL accepted, no final reply).
     @ivar recipients: the recipients the downstream accepted in that transaction.
+    @ivar invited: whether the downstream answered DATA with 354 and waits for the
+        message (sent when the client said DATA, before its own 354).
     @ivar closed: whether the client session has ended.
     """
 
@@ -105,6 +108,7 @@ class _Link:
         self.finalDelivery = False
         self.open = False
         self.recipients: list[Address] = []
+        self.invited = False
         self.closed = False
 
     @property
@@ -129,14 +133,14 @@ class _Link:
         Forget the connection, dropping it if it is still up.
         """
         client, self.client = self.client, None
-        self.open = False
+        self.open = self.invited = False
         self.recipients = []
         self.verifiedTLS = self.finalDelivery = False
         if client is not None:
             client.abort(why)
 
 
-@implementer(IMailFromHandler, IRcptToHandler, IDataHandler, ICloseHandler)
+@implementer(IMailFromHandler, IRcptToHandler, IDataCommandHandler, IDataHandler, ICloseHandler)
 class ForwardDelivery:
     """
     A handler that relays every transaction to a downstream SMTP or LMTP server.
@@ -189,6 +193,13 @@ class ForwardDelivery:
         """
         return Deferred.fromCoroutine(self._rcptTo(address, session))
 
+    def onDataCommand(self, session: Session) -> Deferred[None]:
+        """
+        Give the downstream DATA, so that the client is answered with its refusal, if it
+        refuses, rather than after sending the message for nothing.
+        """
+        return Deferred.fromCoroutine(self._dataCommand(session))
+
     def onData(self, stream: IMessageStream, session: Session) -> Deferred[Any]:
         """
         Give the downstream DATA and the message; answer with its final reply (in LMTP,
@@ -204,6 +215,11 @@ class ForwardDelivery:
         if link is None:
             return None
         link.closed = True
+        if link.invited:
+            # The downstream waits for a message that will not come: QUIT would be read
+            # as its first line.  Dropped, it keeps nothing.
+            link.drop("the client went away before its message")
+            return None
         if link.connecting is not None:
             link.connecting.cancel()
         client, link.client = link.client, None
@@ -236,8 +252,30 @@ class ForwardDelivery:
         self._check(link, session, reply)
         link.recipients.append(address)
 
+    async def _dataCommand(self, session: Session) -> None:
+        link, client = self._transaction(session)
+        try:
+            await self._syncRecipients(link, session)
+            reply = await client.command("DATA")
+        except DownstreamError as e:
+            raise self._unavailable(link, session, e) from None
+        if reply.code == 354:
+            link.invited = True
+            return
+        if not reply.refusal:
+            link.drop(f"unexpected reply to DATA: {reply}")
+            raise self._unavailable(
+                link, session, DownstreamError(f"unexpected reply to DATA: {reply}")
+            )
+        # Refused: the downstream transaction stays open, as the client's does, and the
+        # client may say DATA again.
+        raise reply.error()
+
     async def _data(self, stream: IMessageStream, session: Session) -> _Outcome | list[_Outcome]:
         link, client = self._transaction(session)
+        # DATA was given downstream at the client's DATA (onDataCommand), unless the
+        # message comes in BDAT chunks, which no DATA precedes.
+        invited, link.invited = link.invited, False
         envelope = session.envelope
         header = receivedHeader(
             session,
@@ -246,9 +284,10 @@ class ForwardDelivery:
             recipient=envelope.rcptTo[0].address if len(envelope.rcptTo) == 1 else None,
         )
         try:
-            await self._syncRecipients(link, session)
+            if not invited:
+                await self._syncRecipients(link, session)
             result = await client.sendData(
-                stream, header, len(link.recipients) if self.lmtp else None
+                stream, header, len(link.recipients) if self.lmtp else None, invited
             )
         except DownstreamError as e:
             if e.replies and self.lmtp and session.lmtp:
@@ -342,6 +381,11 @@ class ForwardDelivery:
         The downstream connection, greeted and with no transaction open: the one the session
         has if it is still up, else a new one.
         """
+        if link.invited:
+            # A handler after this one refused DATA after the downstream had invited the
+            # message: no RSET can end that, so the connection is dropped (keeping
+            # nothing) and a new one made.
+            link.drop("DATA was refused after the downstream invited the message")
         client = link.client
         if client is not None and client.usable:
             if link.open:
