@@ -230,8 +230,8 @@ class MemoryClient:
         @return: every reply to the transaction, the final one last (unless a data
             handler answers later: its reply is then in L{received} after the clock has
             moved on).
-        @raise RuntimeError: when a handler answers MAIL or a RCPT later, on the clock:
-            without the reply to DATA, the message cannot be sent.
+        @raise RuntimeError: when a handler answers MAIL, a RCPT or DATA later, on the
+            clock: without the reply to DATA, the message cannot be sent.
         """
         replies = self.send(f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{r}>" for r in recipients))
         replies += self.send("DATA")
