@@ -1082,6 +1082,40 @@ class ScriptedTests(ForwardTestCase):
         self.assertNotIn("QUIT", second.commands)
         self.assertEqual(len(second.messages), 1)
 
+    def test_goingOnAfterALaterHandlerRefusedDATA(self) -> None:
+        """
+        When the client goes on with its transaction after a handler after the
+        forwarding refused DATA (another RCPT, DATA again), the downstream connection
+        that was invited the message is dropped, keeping nothing, and the transaction is
+        made again on a new one: nothing the client sends is written into the invited
+        message, and the message is delivered once, to every recipient.
+        """
+        gate = DataGate()
+        gate.refusal = SMTPError(451, "4.3.0 Try DATA again")
+        factory = ScriptedFactory({})
+        self.front(lambda: factory, after=[gate])
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, 451])
+        self.assertEqual(codes(self.send("RCPT TO:<c@example.net>", "DATA")), [250, 451])
+        gate.refusal = None
+        self.assertEqual(codes(self.send("DATA")), [354])
+        self.assertEqual(codes(self.write(stuff(MESSAGE))), [250])
+        self.network.run()
+        first, second, third = factory.built
+        self.assertTrue(first.lost and second.lost)
+        self.assertEqual((first.messages, second.messages, len(third.messages)), ([], [], 1))
+        self.assertEqual(
+            third.commands[1:5],
+            [
+                "RSET",
+                "MAIL FROM:<a@example.org>",
+                "RCPT TO:<b@example.net>",
+                "RCPT TO:<c@example.net>",
+            ],
+        )
+        for downstream in (first, second):
+            self.assertEqual(downstream.commands[-1], "DATA")
+
     def test_unsolicited421(self) -> None:
         """
         A 421 the downstream sends while idle ends that connection; the next transaction

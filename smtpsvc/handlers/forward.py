@@ -244,8 +244,10 @@ class ForwardDelivery:
 
     async def _rcptTo(self, address: Address, session: Session) -> None:
         link, client = self._transaction(session)
-        command = rcptCommand(address, session.envelope, link.extensions)
         try:
+            if link.invited:
+                client = await self._leaveData(link, session)
+            command = rcptCommand(address, session.envelope, link.extensions)
             reply = await client.command(command)
         except DownstreamError as e:
             raise self._unavailable(link, session, e) from None
@@ -255,6 +257,8 @@ class ForwardDelivery:
     async def _dataCommand(self, session: Session) -> None:
         link, client = self._transaction(session)
         try:
+            if link.invited:
+                client = await self._leaveData(link, session)
             await self._syncRecipients(link, session)
             reply = await client.command("DATA")
         except DownstreamError as e:
@@ -446,14 +450,26 @@ class ForwardDelivery:
             sessionId=session.id,
         )
         client = link.client
+        assert client is not None
+        await self._remake(link, client, session, list(expected))
+
+    async def _remake(
+        self, link: _Link, client: DownstreamClient, session: Session, recipients: list[Address]
+    ) -> None:
+        """
+        Make the transaction again downstream, over C{client}: RSET, the session's MAIL
+        and a RCPT for each of C{recipients}.
+
+        @raise SMTPError: L{RECIPIENTS_CHANGED} when the downstream refuses one now.
+        """
         sender = session.envelope.mailFrom
-        assert client is not None and sender is not None
+        assert sender is not None
         link.open = False
         await _reset(client)
         link.recipients = []
         for command in [
             link.mailCommand(sender, session.envelope),
-            *(rcptCommand(r, session.envelope, link.extensions) for r in expected),
+            *(rcptCommand(r, session.envelope, link.extensions) for r in recipients),
         ]:
             reply = await client.command(command)
             link.open = True
@@ -465,7 +481,22 @@ class ForwardDelivery:
                     sessionId=session.id,
                 )
                 raise fresh(RECIPIENTS_CHANGED)
-        link.recipients = list(expected)
+        link.recipients = recipients
+
+    async def _leaveData(self, link: _Link, session: Session) -> DownstreamClient:
+        """
+        The downstream was invited a message that will not come (a handler after this one
+        refused DATA) and the client goes on with its transaction (RCPT, DATA again): no
+        RSET can end a downstream DATA, so the connection is dropped, keeping nothing,
+        and the transaction made again on a new one.
+
+        @return: the new connection.
+        """
+        recipients = list(link.recipients)
+        link.drop("DATA was refused after the downstream invited the message")
+        client = await self._ready(link, session)
+        await self._remake(link, client, session, recipients)
+        return client
 
     def _check(self, link: _Link, session: Session, reply: DownstreamReply) -> None:
         """
