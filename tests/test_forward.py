@@ -1053,6 +1053,23 @@ class ScriptedTests(ForwardTestCase):
         self.assertEqual(codes(replies), [250, 250, 354, 250])
         self.assertEqual(self.server.commands[4], "RSET")
 
+    def dataRefusedAfterUs(self, refusal: SMTPError) -> tuple[DataGate, ScriptedFactory]:
+        """
+        A front with a handler after the forwarding that refuses DATA with C{refusal},
+        and a transaction whose DATA it refused once the downstream had invited the
+        message.
+
+        @return: that handler and the factory of the downstream connections.
+        """
+        gate = DataGate()
+        gate.refusal = refusal
+        factory = ScriptedFactory({})
+        self.front(lambda: factory, after=[gate])
+        replies = self.sendmail("a@example.org", ["b@example.net"])
+        self.assertEqual(codes(replies), [250, 250, refusal.code])
+        self.assertEqual(factory.built[0].commands[-1], "DATA")
+        return gate, factory
+
     def test_dataRefusedByALaterHandler(self) -> None:
         """
         When a handler after the forwarding refuses DATA once the downstream has invited
@@ -1060,12 +1077,7 @@ class ScriptedTests(ForwardTestCase):
         is dropped: it keeps nothing, and the next transaction goes over a new one.  A
         client that then leaves does not have its QUIT sent as the message either.
         """
-        gate = DataGate()
-        gate.refusal = SMTPError(452, "4.2.2 Over quota")
-        factory = ScriptedFactory({})
-        self.front(lambda: factory, after=[gate])
-        replies = self.sendmail("a@example.org", ["b@example.net"])
-        self.assertEqual(codes(replies), [250, 250, 452])
+        gate, factory = self.dataRefusedAfterUs(SMTPError(452, "4.2.2 Over quota"))
         self.assertEqual(codes(self.send("RSET")), [250])
         gate.refusal = None
         self.assertEqual(
@@ -1090,12 +1102,7 @@ class ScriptedTests(ForwardTestCase):
         made again on a new one: nothing the client sends is written into the invited
         message, and the message is delivered once, to every recipient.
         """
-        gate = DataGate()
-        gate.refusal = SMTPError(451, "4.3.0 Try DATA again")
-        factory = ScriptedFactory({})
-        self.front(lambda: factory, after=[gate])
-        replies = self.sendmail("a@example.org", ["b@example.net"])
-        self.assertEqual(codes(replies), [250, 250, 451])
+        gate, factory = self.dataRefusedAfterUs(SMTPError(451, "4.3.0 Try DATA again"))
         self.assertEqual(codes(self.send("RCPT TO:<c@example.net>", "DATA")), [250, 451])
         gate.refusal = None
         self.assertEqual(codes(self.send("DATA")), [354])
