@@ -695,7 +695,7 @@ def resolve(
     if "maildirMinFree" in file:
         fileMinFree = wholeBytes(file["maildirMinFree"], f"{path}: maildirMinFree")
         if "maildirMinFree" not in given:
-            source("maildirMinFree", True)
+            source("maildirMinFree", True)  # (the file's, for the errors of later checks)
             config.maildirMinFree = fileMinFree
     if "maildirMinFree" in given:
         config.maildirMinFree = wholeBytes(given["maildirMinFree"], "--maildir-min-free")

@@ -927,9 +927,8 @@ class SMTPProtocol(LineReceiver):
             # The timeout is for the server awaiting the client's next command (RFC 5321
             # section 4.5.3.2.7), and now the client awaits us: a data handler taking the
             # message slowly, a handler deciding (after the final dot the client waits ten
-            # minutes, section 4.5.3.2.6), a
-            # failed AUTH's delay.  Look again a timeout later; the reply, when it comes,
-            # starts the client's time afresh.
+            # minutes, section 4.5.3.2.6), a failed AUTH's delay.  Look again a timeout
+            # later; the reply, when it comes, starts the client's time afresh.
             self._timeoutCall = self._reactor.callLater(timeout, self._checkIdle)
             return
         now = self._reactor.seconds()
@@ -1607,7 +1606,9 @@ class SMTPProtocol(LineReceiver):
 
     def _checkData(self) -> None:
         # DATA: its handlers (IDataCommandHandler) decide before the 354 invites the
-        # message; while they do, nothing more is read.
+        # message; while they do, nothing more is read.  (_check's steps for a hook
+        # without an address: folding the two together cost MAIL and RCPT about 1.5% of
+        # a message's instructions.)
         handlers = self._server._handlersFor("onDataCommand")
         if not handlers:
             self._startData()

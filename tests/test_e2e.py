@@ -511,6 +511,21 @@ class GuardTests(E2ETestCase):
             [(501, "5.1.7"), (501, "5.5.4"), (421, "4.7.0")],
         )
 
+    async def test_maxJunkCommands(self) -> None:
+        """
+        With maxJunkCommands=2 and maxErrors=2, a client that sends only NOOPs gets two
+        250s, a third (its first error), then 421 4.7.0, and the connection closes.
+        """
+        _, port = await startServer(self, [RecordingHandler()], maxJunkCommands=2, maxErrors=2)
+
+        def talk() -> list[ServerReply]:
+            with RawClient(port) as client:
+                client.readReply()
+                client.send(b"NOOP\r\n" * 5)
+                return client.readUntilClosed()
+
+        self.assertEqual([reply.code for reply in await deferToThread(talk)], [250, 250, 250, 421])
+
 
 NO_SUCH_USER = "nobody@example.net"
 
