@@ -452,7 +452,7 @@ class ServerTLS:
 
     def __init__(self, settings: TLSSettings) -> None:
         self._settings = settings
-        self._callbackContexts: dict[tuple[bytes, bytes], SSL.Context] = {}
+        self._callbackContexts: dict[tuple[bytes, bytes], SSL.Context | None] = {}
         self._development: tuple[str, bytes, bytes] | None = None
         self._map = self._build(settings)
 
@@ -577,10 +577,25 @@ class ServerTLS:
             if entry is None:
                 return None
             cacheKey = (_asBytes(entry["key"]), _asBytes(entry["cert"]))
-            context = self._callbackContexts.get(cacheKey)
-            if context is None:
+            if cacheKey in self._callbackContexts:
+                return self._callbackContexts[cacheKey]
+            context: SSL.Context | None
+            try:
                 context = self._context(self._settings, entry["key"], entry["cert"], default=False)
-                self._callbackContexts[cacheKey] = context
+                # The checks every sniOptions certificate meets at start: one the cipher
+                # list leaves no suite for would fail the handshake it was chosen for.
+                _checkHandshake(self._settings, entry["key"], entry["cert"])
+            except TLSConfigurationError as e:
+                # Known unusable until the callback returns other PEM data: said once, and
+                # the default certificate serves meanwhile.
+                _log.warn(
+                    "SNICallback's certificate for {servername} is unusable, the default "
+                    "certificate serves: {why}",
+                    servername=name,
+                    why=str(e),
+                )
+                context = None
+            self._callbackContexts[cacheKey] = context
             return context
         return self._map.lookup(name)
 

@@ -920,6 +920,53 @@ class ConfigurationTests(SynchronousTestCase):
             server.updateSecureContext(key=rsa.key, cert=rsa.cert)
         self.assertEqual(commonName(upgraded(server).clientTransport.servedCertificate()), MX)
 
+    def test_ciphersUnusableWithACallbackCertificate(self) -> None:
+        """
+        A certificate from SNICallback meets the same check when it is first returned:
+        one the cipher list leaves no suite for is said once in a warning, not a
+        traceback, and the default certificate serves its name (a handshake, where the
+        chosen one would fail them all).
+        """
+        capture = LogCapture(self)
+        rsa = rsaPair("rsa.example.test")
+        asked: list[str] = []
+
+        def choose(name: str) -> dict[str, bytes]:
+            asked.append(name)
+            return {"key": rsa.key, "cert": rsa.cert}
+
+        server = makeServer(
+            maxVersion="TLSv1.2", ciphers="ECDHE-ECDSA-AES128-GCM-SHA256", SNICallback=choose
+        )
+        for _ in range(2):
+            connection = upgraded(server, "rsa.example.test")
+            self.assertTrue(connection.session.secure)
+            self.assertEqual(commonName(connection.clientTransport.servedCertificate()), MX)
+        self.assertEqual(asked, ["rsa.example.test"] * 2)
+        (warning,) = capture.matching("SNICallback's certificate")
+        self.assertIn(
+            "SNICallback's certificate for rsa.example.test is unusable, the default "
+            "certificate serves: option ciphers 'ECDHE-ECDSA-AES128-GCM-SHA256' leaves no "
+            "cipher suite for the certificate, whose key is RSA, at TLSv1.2",
+            warning,
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_callbackKeyMismatch(self) -> None:
+        """
+        A key that is not the certificate's, from SNICallback, is a warning too, and the
+        default certificate serves.
+        """
+        capture = LogCapture(self)
+        c, d = issue("c.example.test"), issue("d.example.test")
+        server = makeServer(SNICallback=lambda name: {"key": d.key, "cert": c.cert})
+        connection = upgraded(server, "c.example.test")
+        self.assertTrue(connection.session.secure)
+        self.assertEqual(commonName(connection.clientTransport.servedCertificate()), MX)
+        (warning,) = capture.matching("SNICallback's certificate")
+        self.assertIn("the private key does not match the certificate", warning)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_standardCipherNames(self) -> None:
         """
         OpenSSL cipher names map to their IANA names.
