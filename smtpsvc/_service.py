@@ -332,6 +332,7 @@ class SMTPService(Service):
         self._signals.install()
         if self.config.inherited:
             self._master = MasterPipe.fromEnvironment(self.server.reactor, self._masterGone)
+            tellReady()
 
     def _masterGone(self, master: int) -> None:
         # As on SIGTERM: stop accepting, let the transactions under way finish.
@@ -462,9 +463,27 @@ def adopt(server: SMTPServer, fd: int, secure: bool | None) -> IListeningPort:
 #: The environment variable in which a C{--workers} master names the worker's descriptor
 #: of the pipe it holds (L{MasterPipe}).
 MASTER_PIPE: Final = "SMTPSVC_MASTER_PIPE"
+#: The variable naming the pipe on which a worker tells its master it handles SIGHUP.
+READY_PIPE: Final = "SMTPSVC_READY_PIPE"
 
 
 @implementer(IReadDescriptor)
+def tellReady() -> None:
+    """
+    Tell the C{--workers} master that started this process (if one did: L{READY_PIPE}
+    names the pipe) that its SIGHUP handler is in place: until then the master keeps
+    SIGHUP from it, which would meet the default handler and kill it.
+    """
+    value = os.environ.pop(READY_PIPE, "")
+    if not value.isdigit():
+        return
+    fd = int(value)
+    with contextlib.suppress(OSError):
+        os.write(fd, b"\n")
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 class MasterPipe:
     """
     A worker's end of a pipe whose other end only its C{--workers} master holds, and never
@@ -781,10 +800,20 @@ class _Worker(ProcessProtocol):
     on standard error is logged as an error.
     """
 
-    def __init__(self, master: WorkerMaster, number: int, relay: bool = False) -> None:
+    def __init__(
+        self, master: WorkerMaster, number: int, relay: bool = False, readyFD: int | None = None
+    ) -> None:
+        """
+        @param readyFD: the worker's descriptor of the pipe on which it says that it
+            handles SIGHUP (see L{tellReady}).
+        """
         self.master = master
         self.number = number
         self.relay = relay
+        self.readyFD = readyFD
+        #: Whether it handles SIGHUP yet; and whether one came for it before it did.
+        self.ready = False
+        self.hangupPending = False
         self.ended: Deferred[None] = Deferred()
         #: When it was started (the reactor's time; the master sets it).
         self.started = 0.0
@@ -802,6 +831,9 @@ class _Worker(ProcessProtocol):
         return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == self.readyFD:
+            self._becameReady()
+            return
         if childFD == 2:
             self._errorTail = (self._errorTail + data)[-_MAX_LOGGED_OUTPUT:]
             if not self.relay:
@@ -818,6 +850,16 @@ class _Worker(ProcessProtocol):
             self._pending[childFD] = b""
         for line in lines:
             self._relayLine(childFD, line)
+
+    def _becameReady(self) -> None:
+        if self.ready:
+            return
+        self.ready = True
+        if self.hangupPending:
+            # It started with the certificates handed over before that SIGHUP: it now
+            # reads the files, as the others did then.
+            self.hangupPending = False
+            self.master._signalWorker(self, signal.SIGHUP)
 
     def _relayLine(self, childFD: int, line: bytes) -> None:
         # RFC 7464: each JSON event starts with a record separator.
@@ -1037,8 +1079,11 @@ class WorkerMaster(Service):
         # then (MasterPipe), and does not serve on for nobody behind an init process.
         pipe = 3 + len(self.ports)
         childFDs[pipe] = "w"
-        environment = {**os.environ, MASTER_PIPE: str(pipe)}
-        nextFD = pipe + 1
+        # And one on which it says that it handles SIGHUP (see _signal).
+        ready = pipe + 1
+        childFDs[ready] = "r"
+        environment = {**os.environ, MASTER_PIPE: str(pipe), READY_PIPE: str(ready)}
+        nextFD = ready + 1
         if self.certificateFile is not None:
             childFDs[nextFD] = self.certificateFile
             args += ["--cert", f"/dev/fd/{nextFD}"]
@@ -1050,7 +1095,7 @@ class WorkerMaster(Service):
             args += ["--inherit-certificates", self.handedOverPath]
         # Its standard error is read (and under twist passed on), to say why it ended.
         childFDs[2] = "r"
-        worker = _Worker(self, number, relay)
+        worker = _Worker(self, number, relay, readyFD=ready)
         worker.started = self.reactor.seconds()
         transport = self.reactor.spawnProcess(
             worker, sys.executable, args, env=environment, childFDs=childFDs
@@ -1155,10 +1200,21 @@ class WorkerMaster(Service):
                     port.socket.listen(port.backlog)  # type: ignore[attr-defined]
 
     def _signal(self, signum: int) -> None:
-        for _, transport in list(self.workers.values()):
-            # A worker that has just ended cannot be signalled; that is fine.
-            with contextlib.suppress(Exception):
-                transport.signalProcess(signum)
+        for worker, _ in list(self.workers.values()):
+            if signum == signal.SIGHUP and not worker.ready:
+                # Still starting, it has no handler for SIGHUP yet, and the default one
+                # would kill it: it gets this one once it says it has (_becameReady).
+                worker.hangupPending = True
+                continue
+            self._signalWorker(worker, signum)
+
+    def _signalWorker(self, worker: _Worker, signum: int) -> None:
+        entry = self.workers.get(worker.number)
+        if entry is None or entry[0] is not worker:
+            return
+        # A worker that has just ended cannot be signalled; that is fine.
+        with contextlib.suppress(Exception):
+            entry[1].signalProcess(signum)
 
     def _hangup(self) -> None:
         # Read before the workers are told, so that one started from now on gets what

@@ -217,6 +217,26 @@ async def until(check: Callable[[], object], within: float, what: str) -> None:
         await deferLater(theReactor(), 0.05, lambda: None)
 
 
+def childProcesses(parent: int) -> list[int]:
+    """
+    The IDs of the processes whose parent is C{parent} (from C{/proc}).
+    """
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name, in parentheses, may hold spaces: the fields follow its end.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[1]) == parent:
+            children.append(int(entry))
+    return children
+
+
 def alive(pid: int) -> bool:
     """
     Whether process C{pid} exists and is not a zombie.

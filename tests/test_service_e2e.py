@@ -74,6 +74,7 @@ from .service_support import (
     Burst,
     ServiceProcess,
     alive,
+    childProcesses,
     isServiceProcess,
     killWorkers,
     leftInTmp,
@@ -946,6 +947,48 @@ class WorkerTests(E2ETestCase):
         self.assertEqual(served, ["renewed.example.test"] * 12, process.text)
         self.assertEqual(len(process.lines("starting another")), 1, process.text)
         self.assertEqual(process.lines("could not start"), [], process.text)
+
+    async def test_hangupWhileAWorkerStarts(self) -> None:
+        """
+        A SIGHUP (a certificate renewal) that comes while a worker is being started again
+        does not kill it: the master keeps it from the worker until its handler is in
+        place, and then the worker, which was handed the certificates loaded before,
+        reads the renewed files as the other did.  (Before, the default handler killed
+        it, and the master took it for a worker that could not start: one critical line,
+        its socket shut, a retry 2 s later.)
+        """
+        if not haveOpenSSL():
+            raise SkipTest(NO_OPENSSL)
+        tmpdir = workspace(self)
+        cert, key = Path(tmpdir, "cert.pem"), Path(tmpdir, "key.pem")
+        first = issue("first.example.test")
+        cert.write_bytes(first.cert)
+        key.write_bytes(first.key)
+        args = [
+            *("--cert", str(cert), "--key", str(key), "--name", "mx.example.test"),
+            *("--listen-tls", LISTEN, "--workers", "2", "--deliver", "discard", *QUICK),
+        ]
+        process = await startService(self, args, tmpdir)
+        port = process.port
+        assert port is not None
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        workers = process.workerPIDs
+        renewed = issue("renewed.example.test")
+        cert.write_bytes(renewed.cert)
+        key.write_bytes(renewed.key)
+
+        os.kill(workers[0], signal.SIGKILL)
+        # The moment its replacement exists, long before it has started.
+        await until(
+            lambda: set(childProcesses(process.pid)) - set(workers), SIGNAL_TIMEOUT, "a new worker"
+        )
+        process.sendSignal("HUP")
+        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 3), SIGNAL_TIMEOUT)
+        await process.waitForOutput(occurrences(b"Certificates reloaded", 2), SIGNAL_TIMEOUT)
+        served = [await servedCommonName(port, "mx.example.test") for _ in range(12)]
+        self.assertEqual(served, ["renewed.example.test"] * 12, process.text)
+        self.assertEqual(process.lines("could not start"), [], process.text)
+        self.assertEqual(len(process.lines("starting another")), 1, process.text)
 
     async def test_workerThatCannotStart(self) -> None:
         """

@@ -46,12 +46,14 @@ from smtpsvc._server import ABORT_DELAY, HANDLER_GRACE
 from smtpsvc._service import (
     _MAX_RELAYED_LINE,
     MASTER_PIPE,
+    READY_PIPE,
     MasterPipe,
     WorkerMaster,
     _Worker,
     canSpreadConnections,
     inMemory,
     listenPerWorker,
+    tellReady,
     workerTwistOptions,
 )
 
@@ -131,6 +133,17 @@ def viewOf(port: IListeningPort) -> Iterator[socket.socket]:
         yield sock
     finally:
         sock.close()
+
+
+#: The descriptor on which a worker of one listener says it handles SIGHUP.
+READY_FD = 5
+
+
+def sayReady(spawned: _Spawned) -> None:
+    """
+    What the master hears when a worker's SIGHUP handler is in place.
+    """
+    spawned.protocol.childDataReceived(int(spawned.env[READY_PIPE]), b"\n")
 
 
 def inherited(spawned: _Spawned) -> list[str]:
@@ -240,7 +253,8 @@ class WorkerSocketsTests(TestCase):
     def test_pipeToEachWorker(self) -> None:
         """
         Each worker is handed, after its sockets, the read end of a pipe from the master,
-        which it is told of in its environment: the pipe ends when the master does.
+        which it is told of in its environment: the pipe ends when the master does.  Then
+        the write end of one to the master, on which it says it handles SIGHUP.
         """
         unix, _ = self._unixListen()
         _, reactor = self._start([f"tcp:0:interface={LOCALHOST}", unix], 2)
@@ -248,7 +262,9 @@ class WorkerSocketsTests(TestCase):
         for spawned in reactor.spawned:
             self.assertEqual(spawned.childFDs[5], "w")
             self.assertEqual(spawned.env[MASTER_PIPE], "5")
-            self.assertEqual(max(spawned.childFDs), 5)
+            self.assertEqual(spawned.childFDs[6], "r")
+            self.assertEqual(spawned.env[READY_PIPE], "6")
+            self.assertEqual(max(spawned.childFDs), 6)
 
     def test_sharedSocketWithoutReusePort(self) -> None:
         """
@@ -380,7 +396,7 @@ class WorkerStartTests(TestCase):
         """
         Where the system has files in memory (Linux), the development certificate goes
         into one, nothing goes into the temporary directory, and each worker reads it as
-        C{/dev/fd/N}, N a copy of it handed after the master's pipe, as often as it likes.
+        C{/dev/fd/N}, N a copy of it handed after the master's pipes, as often as it likes.
         It is made only in startService: under twistd that runs after --uid has taken
         effect, so the file belongs to the user the workers run as.  It is closed when the
         service stops.
@@ -397,9 +413,10 @@ class WorkerStartTests(TestCase):
         self.assertEqual(os.listdir(directory), [])
         self.assertEqual(len(reactor.spawned), 2)
         for spawned in reactor.spawned:
-            self.assertEqual(spawned.args[spawned.args.index("--cert") + 1], "/dev/fd/5")
+            self.assertEqual(spawned.args[spawned.args.index("--cert") + 1], "/dev/fd/6")
             self.assertEqual(spawned.childFDs[4], "w")
-            self.assertEqual(spawned.childFDs[5], master.certificateFile)
+            self.assertEqual(spawned.childFDs[5], "r")
+            self.assertEqual(spawned.childFDs[6], master.certificateFile)
         for _ in range(2):
             self.assertEqual(Path(f"/dev/fd/{master.certificateFile}").read_bytes(), b"CERT\nKEY\n")
         certificateFile = master.certificateFile
@@ -430,7 +447,7 @@ class WorkerStartTests(TestCase):
         self.assertEqual(len(reactor.spawned), 2)
         for spawned in reactor.spawned:
             self.assertEqual(spawned.args[spawned.args.index("--cert") + 1], path)
-            self.assertEqual(max(spawned.childFDs), 4)
+            self.assertEqual(max(spawned.childFDs), 5)
         self._stop(master, reactor)
         self.assertEqual(os.listdir(directory), [])
 
@@ -604,6 +621,8 @@ class WorkerRestartTests(TestCase):
             [handedOver(w) for w in reactor.spawned],
             [{"cert": first.cert, "key": first.key}] * 2,
         )
+        for spawned in reactor.spawned:
+            sayReady(spawned)
 
         cert.write_bytes(renewed.cert)
         key.write_bytes(renewed.key)
@@ -616,6 +635,42 @@ class WorkerRestartTests(TestCase):
         reactor.clock.advance(1.0)
         self.assertEqual(len(reactor.spawned), 3)
         self.assertEqual(handedOver(reactor.spawned[2]), {"cert": renewed.cert, "key": renewed.key})
+
+    def test_hangupWaitsUntilTheWorkerHandlesIt(self) -> None:
+        """
+        A worker still starting has no handler for SIGHUP, and the default one would kill
+        it (QA: a certificate renewal's SIGHUP while a worker killed with -9 was being
+        started again): the master keeps the signal from it until the worker says, on its
+        pipe, that it handles SIGHUP, then sends one, however many came meanwhile, so
+        that it reads the files the others read.  SIGTERM is not held back.
+        """
+        config = ServiceConfig(listen=[f"tcp:0:interface={LOCALHOST}"], workers=2)
+        master, reactor = self._master(config)
+        first, second = reactor.spawned
+        sayReady(first)
+        master._hangup()
+        master._hangup()
+        self.assertEqual((first.signals, second.signals), ([signal.SIGHUP] * 2, []))
+        sayReady(second)
+        self.assertEqual(second.signals, [signal.SIGHUP])
+        # Saying so again changes nothing; a later SIGHUP goes at once.
+        sayReady(second)
+        master._hangup()
+        self.assertEqual(second.signals, [signal.SIGHUP] * 2)
+        # One started again is held back as well, and one that ends before it is ready
+        # is not signalled.
+        first.protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        reactor.clock.advance(1.0)
+        third = reactor.spawned[2]
+        master._hangup()
+        self.assertEqual(third.signals, [])
+        third.protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+        third.protocol.childDataReceived(READY_FD, b"\n")
+        self.assertEqual(third.signals, [])
+        reactor.clock.advance(1.0)
+        fourth = reactor.spawned[3]
+        master._signal(signal.SIGTERM)
+        self.assertEqual(fourth.signals, [signal.SIGTERM])
 
     def test_certificatesInTemporaryFile(self) -> None:
         """
@@ -777,6 +832,37 @@ class MasterPipeTests(TestCase):
                 environ[MASTER_PIPE] = value
             self.patch(os, "environ", environ)
             self.assertIsNone(MasterPipe.fromEnvironment(theReactor(), lambda master: None))
+
+
+class TellReadyTests(SynchronousTestCase):
+    """
+    A worker says on the pipe its environment names that it handles SIGHUP.
+    """
+
+    def test_told(self) -> None:
+        """
+        One line, then the worker's end is closed, and the variable is taken out of the
+        environment (processes the worker starts are not workers).
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.patch(os, "environ", {**os.environ, READY_PIPE: str(write)})
+        tellReady()
+        self.assertEqual(os.read(read, 10), b"\n")
+        self.assertEqual(os.read(read, 10), b"")
+        self.assertNotIn(READY_PIPE, os.environ)
+        self.assertRaises(OSError, os.fstat, write)
+
+    def test_noMaster(self) -> None:
+        """
+        Without the variable, or with one that names no descriptor, nothing happens.
+        """
+        for value in (None, "x", "987654"):
+            environ = {k: v for k, v in os.environ.items() if k != READY_PIPE}
+            if value is not None:
+                environ[READY_PIPE] = value
+            self.patch(os, "environ", environ)
+            tellReady()
 
 
 class ListenPerWorkerTests(SynchronousTestCase):
