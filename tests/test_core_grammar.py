@@ -30,6 +30,7 @@ from smtpsvc._core._grammar import (
     _pathEnd,
     _scanPathEnd,
     decodeXtext,
+    heloName,
     isValidHeloName,
     parseMailbox,
     parsePathCommand,
@@ -845,6 +846,29 @@ class HeloNameTests(SynchronousTestCase):
         """
         self.assertFalse(isValidHeloName("b\u00fccher.example"))
         self.assertFalse(isValidHeloName("a\u00a0b"))
+
+
+class HeloNameConversionTests(SynchronousTestCase):
+    """
+    Tests for L{heloName}: the name a hello gives the client.
+    """
+
+    def test_6531_10_uLabelsAsALabels(self) -> None:
+        """
+        A name with U-labels is its A-label form (standards 6531-10 allows accepting it
+        converted); its ASCII labels are left as sent.
+        """
+        self.assertEqual(heloName("PC.b\u00fccher.example"), "PC.xn--bcher-kva.example")
+        self.assertEqual(heloName("client.example"), "client.example")
+        self.assertEqual(heloName("[192.0.2.1]"), "[192.0.2.1]")
+
+    def test_refused(self) -> None:
+        """
+        What L{isValidHeloName} refuses, before or after the conversion, and a label
+        with no A-label form (too long), give L{None}.
+        """
+        for name in ("", "a<b", "\u00fc<b.example", "\u00fc" * 64, "a\u00a0b"):
+            self.assertIsNone(heloName(name), repr(name))
 
 
 class GrammarPropertyTests(SynchronousTestCase):

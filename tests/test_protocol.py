@@ -1006,6 +1006,51 @@ class MailTests(SynchronousTestCase):
             )
         self.assertEqual(codes(client.send("MAIL FROM:<a@b.example>")), [250])
 
+    def test_badParametersAreNotABadAddress(self) -> None:
+        """
+        A sender whose parameters do not parse gets a 501 that says so, with X.5.4, not
+        one that blames its address (differential QA against smtp-server 3.21.6, which
+        answers a repeated one the same way); the same for a recipient.
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        for command, answer in (
+            ("MAIL FROM:<a@b.example> BODY=8BITMIME BODY=7BIT", "duplicate BODY parameter"),
+            ("MAIL FROM:<a@b.example> body=7bit BODY=7BIT", "duplicate BODY parameter"),
+            ("MAIL FROM:<a@b.example> =8BITMIME", "Bad command parameter syntax"),
+            ("MAIL FROM:<a@b.example> <x@y.example>", "Bad command parameter syntax"),
+            ("MAIL FROM:<a@b.example> SIZE=1\x01", "Bad command parameter syntax"),
+            ('MAIL FROM:<"q"@b.example> SIZE=1 SIZE=2', "duplicate SIZE parameter"),
+        ):
+            self.assertEqual(first(client.send(command)), f"501 5.5.4 Error: {answer}", command)
+        self.assertIsNone(client.session.envelope.mailFrom)
+        client.send("MAIL FROM:<a@b.example>")
+        self.assertEqual(
+            first(client.send("RCPT TO:<c@d.example> FOO FOO")),
+            "501 5.5.4 Error: duplicate FOO parameter",
+        )
+        self.assertEqual(
+            first(client.send("RCPT TO:<c@d.example> NOTIFY=SUCCESS NOTIFY=FAILURE")),
+            "501 5.5.4 Error: duplicate NOTIFY parameter",
+        )
+        self.assertEqual(client.session.envelope.rcptTo, ())
+
+    def test_localPartTooLong(self) -> None:
+        """
+        A local part over RFC 5321's 64 octets is refused with a 501 that says so, for a
+        sender and a recipient; 64 octets are fine.
+        """
+        client = self.client(hideENHANCEDSTATUSCODES=False)
+        self.assertEqual(
+            first(client.send(f"MAIL FROM:<{'a' * 65}@b.example>")),
+            "501 5.1.7 Error: sender address local part longer than 64 octets",
+        )
+        self.assertEqual(codes(client.send(f"MAIL FROM:<{'a' * 64}@b.example>")), [250])
+        self.assertEqual(
+            first(client.send(f"RCPT TO:<{'a' * 65}@d.example>")),
+            "501 5.1.3 Error: recipient address local part longer than 64 octets",
+        )
+        self.assertEqual(codes(client.send(f"RCPT TO:<{'a' * 64}@d.example>")), [250])
+
     def test_nested(self) -> None:
         """
         A second MAIL in a transaction gets 503 (standards 5321-15).

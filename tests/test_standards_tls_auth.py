@@ -380,7 +380,7 @@ class AUTHStandardsTests(SynchronousTestCase):
         self.assertEqual(mailFrom.args["AUTH"], "<e=mc2@b.example>")
         self.assertEqual(codes(client.send("RSET")), [250])
         [twice] = client.send(f"MAIL FROM:<{SENDER}> AUTH=<> AUTH=<x@b.example>")
-        self.assertEqual(wire(twice), "501 Error: Bad sender address syntax")
+        self.assertEqual(wire(twice), "501 Error: duplicate AUTH parameter")
         self.assertIsNone(client.session.envelope.mailFrom)
         self.assertEqual(codes(client.send(authPlain("alice", "secret"))), [235])
         self.assertEqual(codes(client.send(f"MAIL FROM:<{SENDER}> AUTH=<>")), [250])

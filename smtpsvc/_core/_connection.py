@@ -33,8 +33,10 @@ from . import _replies as R
 from ._grammar import (
     ENHANCED_STATUS,
     GrammarError,
+    LocalPartTooLong,
+    ParameterError,
     decodeXtext,
-    isValidHeloName,
+    heloName,
     parsePathCommand,
 )
 from ._replies import Reply
@@ -624,7 +626,8 @@ class ServerConnection:
 
     def _hello(self, verb: str, argument: str, line: str) -> Send:
         args = argument.split()
-        if len(args) != 1 or not isValidHeloName(args[0]):
+        name = heloName(args[0]) if len(args) == 1 else None
+        if name is None:
             syntax = {"HELO": R.HELO_SYNTAX, "EHLO": R.EHLO_SYNTAX}.get(verb, R.LHLO_SYNTAX)
             return self._send(syntax)
         after = self._sequence(verb)
@@ -632,7 +635,7 @@ class ServerConnection:
             return after
         session = self.session
         session.openingCommand = verb
-        session.hostNameAppearsAs = args[0].lower()
+        session.hostNameAppearsAs = name.lower()
         self._resetTransaction()
         self.state = after
         lines = (self._heloText(),) if verb == "HELO" else (self._heloText(), *self.extensions())
@@ -1034,8 +1037,8 @@ class ServerConnection:
         o = self._options
         try:
             mailbox, command = parsePathCommand(line, "MAIL FROM", lenient=o.lenientAddressParsing)
-        except GrammarError:
-            return self._send(R.BAD_SENDER)
+        except GrammarError as e:
+            return self._send(_pathRefusal(e, R.BAD_SENDER, R.SENDER_LOCAL_PART_TOO_LONG))
         after = self._sequence(verb)
         if isinstance(after, Send):
             return after
@@ -1125,8 +1128,8 @@ class ServerConnection:
             mailbox, command = parsePathCommand(
                 line, "RCPT TO", lenient=o.lenientAddressParsing, allowPostmaster=True
             )
-        except GrammarError:
-            return self._send(R.BAD_RECIPIENT)
+        except GrammarError as e:
+            return self._send(_pathRefusal(e, R.BAD_RECIPIENT, R.RECIPIENT_LOCAL_PART_TOO_LONG))
         if not mailbox:
             return self._send(R.BAD_RECIPIENT)
         after = self._sequence(verb)
@@ -1381,6 +1384,19 @@ def _parameters(verb: str, dsn: bool, auth: bool) -> frozenset[str]:
     if auth:
         names.add("AUTH")
     return frozenset(names)
+
+
+def _pathRefusal(error: GrammarError, badPath: Reply, localPartTooLong: Reply) -> Reply:
+    # The reply to a MAIL or RCPT line that does not parse: what is wrong with it, so
+    # that the client's operator looks at the right part (its parameters are not its
+    # address).
+    if isinstance(error, ParameterError):
+        if error.repeated is not None:
+            return R.repeatedParameter(error.repeated)
+        return R.BAD_PARAMETER_SYNTAX
+    if isinstance(error, LocalPartTooLong):
+        return localPartTooLong
+    return badPath
 
 
 def _args(params: dict[str, str | None]) -> MappingProxyType[str, str | bool]:

@@ -21,6 +21,26 @@ class GrammarError(ValueError):
     """
 
 
+class ParameterError(GrammarError):
+    """
+    The parameters after a MAIL or RCPT path do not follow the grammar (the path may):
+    the client's fault is its parameters, not its address.
+
+    @ivar repeated: the keyword given twice, when that is the fault.
+    """
+
+    def __init__(self, message: str, repeated: str | None = None) -> None:
+        super().__init__(message)
+        self.repeated = repeated
+
+
+class LocalPartTooLong(GrammarError):
+    """
+    An address whose local part is longer than RFC 5321's 64 octets (section
+    4.5.3.1.1), well formed otherwise as far as it was read.
+    """
+
+
 # Characters refused anywhere in an address, even in lenient mode: C0 and C1 controls,
 # DEL, and the invisible characters that let one address pass for another (the
 # reference refuses the same set).
@@ -114,7 +134,7 @@ def _pathCommand(path: str, tail: str) -> PathCommand:
         if value is not None:
             value = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
             if _FORBIDDEN.search(value):
-                raise GrammarError(f"control character in parameter {key}")
+                raise ParameterError(f"control character in parameter {key}")
         params[key] = value
     return PathCommand(path, params, raw)
 
@@ -201,10 +221,10 @@ def parseParameters(text: str) -> dict[str, str | None]:
             continue
         key, eq, value = item.partition("=")
         if not KEYWORD.match(key):
-            raise GrammarError(f"bad parameter keyword {key!r}")
+            raise ParameterError(f"bad parameter keyword {key!r}")
         key = key.upper()
         if key in params:
-            raise GrammarError(f"parameter {key} given twice")
+            raise ParameterError(f"parameter {key} given twice", repeated=key)
         params[key] = value if eq else None
     return params
 
@@ -313,7 +333,7 @@ def _checkLocalPart(local: str) -> None:
 
 def _checkLocalPartFully(local: str) -> None:
     if len(local.encode("utf-8")) > MAX_LOCAL_PART:
-        raise GrammarError("local part longer than 64 octets")
+        raise LocalPartTooLong("local part longer than 64 octets")
     if local.startswith('"'):
         # qtextSMTP = %d32-33 / %d35-91 / %d93-126, plus UTF8-non-ascii (RFC 6531);
         # the quoted pairs were checked when the quotes were found.
@@ -428,6 +448,22 @@ def aLabels(name: str) -> str:
         label if label.isascii() else label.encode("idna").decode("ascii")
         for label in name.split(".")
     )
+
+
+def heloName(name: str) -> str | None:
+    """
+    The name a HELO, EHLO or LHLO argument gives the client, or L{None} when
+    L{isValidHeloName} refuses it.  A name with U-labels is taken in its A-label form:
+    RFC 6531 section 3.7.1 asks clients for ASCII, yet some send their machine's name as
+    it is (standards 6531-10 allows either refusing or converting it); it is refused only
+    when it has none.
+    """
+    if not name.isascii():
+        try:
+            name = aLabels(name)
+        except UnicodeError:
+            return None
+    return name if isValidHeloName(name) else None
 
 
 _HELO_BAD: Final = re.compile(r'[\s<>()"\\;,@]')
