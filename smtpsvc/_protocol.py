@@ -1240,7 +1240,12 @@ class SMTPProtocol(LineReceiver):
         envelope = core.session.envelope
         action = core.receiveLine(line)
         if core.state is not State.CHUNKS:
-            self._abortData("the client reset the transaction", "reset", envelope)
+            if type(action) is ReadChunk:
+                # A refused chunk failed the transaction (see ServerConnection._bdat).
+                self._refused += 1
+                self._abortData("a BDAT chunk was refused", "refused", envelope)
+            else:
+                self._abortData("the client reset the transaction", "reset", envelope)
             # Its reply waits for the message's data handlers to let go of it: no handler
             # of the next transaction may run while one of this message's still does.
             if self._settling is not None:

@@ -413,13 +413,29 @@ class ChunkingTests(SynchronousTestCase):
 
     def test_3030_09_nullChunk(self) -> None:
         """
-        C{BDAT 0} without LAST is refused, as often as it comes; the transaction goes on.
+        C{BDAT 0} without LAST is refused, and the transaction with it (RFC 3030 section
+        2: the client takes a refused chunk for a failed transaction, and would send the
+        message again): the chunks pipelined after it get 503 and nothing is delivered,
+        and the client's next MAIL starts afresh (soak QA: the message was delivered, and
+        a MAIL after the 501 got "nested MAIL").  Before any chunk, the same.
         """
         recorder = RecordingHandler()
         client = connect(recorder, hideENHANCEDSTATUSCODES=False)
         transaction(client)
         refused = ServerReply(501, ("5.5.4 Error: BDAT 0 is only allowed with LAST",))
-        self.assertEqual(client.send("BDAT 0", "BDAT 0", "BDAT 0"), [refused] * 3)
+        self.assertEqual(client.send("BDAT 0"), [refused])
+        self.assertEqual(client.session.envelope.rcptTo, ())
+        self.assertEqual(codes(client.write(bdat(b"ok", last=True))), [503])
+        self.assertEqual(recorder.messages, [])
+        transaction(client)
+        self.assertEqual(codes(client.write(bdat(b"abc"))), [250])
+        replies = client.write(b"BDAT 0\r\n" + bdat(b"def") + bdat(b"ghi", last=True))
+        self.assertEqual(
+            replies, [refused, *[ServerReply(503, ("5.5.1 Error: need MAIL command",))] * 2]
+        )
+        self.assertEqual(recorder.messages, [])
+        self.assertEqual(client.send("MAIL FROM:<a@b.example>")[0].code, 250)
+        self.assertEqual(codes(client.send("RCPT TO:<c@d.example>")), [250])
         self.assertEqual(codes(client.write(bdat(b"ok", last=True))), [250])
         self.assertEqual([m.data for m in recorder.messages], [b"ok"])
 

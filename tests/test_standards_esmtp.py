@@ -684,8 +684,10 @@ class EnhancedStatusCodeTests(SynchronousTestCase):
                 allowInsecureAuth=True,
                 authMethods=("PLAIN", "CRAM-MD5"),
                 authFailureDelay=0,
-                # WIZ, SHELL and KILL at the end are three unrecognised commands.
-                maxUnrecognizedCommands=4,
+                # No message ends (the BDAT 0 fails its transaction), which would start
+                # the counts of unrecognised commands and errors again.
+                maxUnrecognizedCommands=10,
+                maxErrors=100,
             )
         )
         seen = client.send("NOOP", f"MAIL FROM:<{SENDER}>", "RSET")

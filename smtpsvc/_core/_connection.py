@@ -1208,6 +1208,16 @@ class ServerConnection:
         if refusal is not None:
             if not limit and size > CHUNK_SKIP_LIMIT:
                 return self._send(refusal, close=True)
+            if refusal is R.NULL_CHUNK:
+                # A chunk refused fails the transaction (RFC 3030 section 2): the client
+                # takes it so, and sends MAIL again, not the chunks it has not pipelined
+                # yet; those it has get 503s it could not foresee, as after a failed
+                # message (the message under way, if any, is abandoned: see lineReceived).
+                self._resetTransaction()
+                self.state = State.READY
+                send = self._send(refusal)
+                self._expected = True
+                return ReadChunk(size, refusal=send)
             return ReadChunk(size, refusal=self._send(refusal))
         first = self.state is State.RCPT
         self.state = State.CHUNKS
