@@ -161,6 +161,15 @@ class ServerOptions:
         "(RFC 4954 section 4).",
         group="limits",
     )
+    maxLocalPartLength: int | None = _option(
+        64,
+        "Longest local part (before the ``@``) of a sender or recipient address, in octets: "
+        "RFC 5321's limit (section 4.5.3.1.1).  A longer one gets ``501 Error: sender "
+        "address local part longer than 64 octets`` (or recipient).  Return paths that "
+        "forwarders rewrite (SRS) and VERP addresses can be longer; unset takes any, within "
+        "the address's 254 octets.",
+        group="limits",
+    )
     maxClients: int | None = _option(
         None,
         "Most connections served at once; the next one gets ``421 ... Too many connected "
@@ -743,6 +752,7 @@ class OptionSpec:
                 "maxClients",
                 "maxClientsPerAddress",
                 "maxCommandLength",
+                "maxLocalPartLength",
                 "authFailureLimit",
                 "maxReceivedHeaders",
                 "maxErrors",

@@ -39,6 +39,7 @@ from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 
 from smtpsvc import (
+    Address,
     IDataHandler,
     IMessageStream,
     MessageAborted,
@@ -833,6 +834,40 @@ class CommandLimitTests(E2ETestCase):
         tooLong = (500, b"5.5.2 Error: line too long")
         self.assertEqual([r[0] for r in replies], [250, 500, 500, 250, 250, 221])
         self.assertEqual(replies[1:3], [tooLong, tooLong])
+
+    async def test_maxLocalPartLength(self) -> None:
+        """
+        smtplib's message from an SRS return path (an 85-octet local part) to a 65-octet
+        recipient: refused with 501 by default (RFC 5321's 64 octets), the reply saying
+        why; delivered once maxLocalPartLength is unset (differential QA: smtp-server
+        takes any address of up to 253 characters).
+        """
+        srs = (
+            "SRS0=AbCd=XY=mail.sender.example=bounces+1234567-abcdef0123-recipient.name=example.com"
+        )
+        sender, recipient = f"{srs}@forwarder.example", f"{'r' * 65}@example.org"
+
+        def send(port: int) -> dict[str, tuple[int, bytes]] | tuple[int, bytes]:
+            with smtplib.SMTP(LOCALHOST, port, CLIENT_NAME, SOCKET_TIMEOUT) as c:
+                try:
+                    return c.sendmail(sender, [recipient], message("srs"))
+                except smtplib.SMTPSenderRefused as e:
+                    return (e.smtp_code, e.smtp_error)
+
+        strict = RecordingHandler()
+        _, port = await startLocal(self, [strict])
+        self.assertEqual(
+            await deferToThread(send, port),
+            (501, b"5.1.7 Error: sender address local part longer than 64 octets"),
+        )
+        lenient = RecordingHandler()
+        _, port = await startLocal(self, [lenient], maxLocalPartLength=None)
+        self.assertEqual(await deferToThread(send, port), {})
+        self.assertEqual(
+            [(m.envelope.mailFrom, m.envelope.rcptTo) for m in lenient.messages],
+            [(Address(sender), (Address(recipient),))],
+        )
+        self.assertEqual(strict.messages, [])
 
     async def test_maxUnrecognizedCommands(self) -> None:
         """

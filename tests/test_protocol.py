@@ -1051,6 +1051,28 @@ class MailTests(SynchronousTestCase):
         )
         self.assertEqual(codes(client.send(f"RCPT TO:<{'a' * 64}@d.example>")), [250])
 
+    def test_maxLocalPartLength(self) -> None:
+        """
+        maxLocalPartLength sets the longest local part, and the reply says it; unset, any
+        is taken within the address's 254 octets, by the common path and the general one
+        (a quoted local part).
+        """
+        client = self.client(maxLocalPartLength=100)
+        self.assertEqual(codes(client.send(f"MAIL FROM:<{'a' * 100}@b.example>")), [250])
+        self.assertEqual(
+            first(client.send(f"RCPT TO:<{'a' * 101}@d.example>")),
+            "501 Error: recipient address local part longer than 100 octets",
+        )
+        client = self.client(maxLocalPartLength=None)
+        for local in ("a" * 200, '"' + "q" * 200 + '"'):
+            self.assertEqual(
+                codes(client.send(f"MAIL FROM:<{local}@b.example>", "RSET")), [250, 250]
+            )
+        self.assertEqual(
+            first(client.send(f"MAIL FROM:<{'a' * 250}@b.example>")),
+            "501 Error: Bad sender address syntax",
+        )
+
     def test_nested(self) -> None:
         """
         A second MAIL in a transaction gets 503 (standards 5321-15).

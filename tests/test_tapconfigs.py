@@ -84,7 +84,8 @@ class TapConfigTests(SynchronousTestCase):
     def test_mx(self) -> None:
         """
         The MX accepts mail for its domains, refuses to relay, and disconnects clients
-        that do not wait for its replies.
+        that do not wait for its replies; it takes return paths longer than RFC 5321's
+        64-octet local parts (forwarders' SRS).
         """
         options = self.load("mx.toml")
         self.assertEqual(listeningPort(options.config.listen[0]), 25)
@@ -93,6 +94,7 @@ class TapConfigTests(SynchronousTestCase):
         self.assertEqual(type(server.handlers[1]).__name__, "ForwardDelivery")
         self.assertIn("AUTH", server.options.disabledCommands)
         self.assertEqual(server.options.maxClientsPerAddress, 20)
+        self.assertIsNone(server.options.maxLocalPartLength)
         # Without the Dovecot of the example, the relay policy is checked on its own.
         client = MemoryClient(
             tap.buildServer(self.load("mx.toml", "--deliver", "discard"), reactor=Clock())

@@ -1036,9 +1036,14 @@ class ServerConnection:
     def _mail(self, verb: str, argument: str, line: str) -> Action:
         o = self._options
         try:
-            mailbox, command = parsePathCommand(line, "MAIL FROM", lenient=o.lenientAddressParsing)
+            mailbox, command = parsePathCommand(
+                line,
+                "MAIL FROM",
+                lenient=o.lenientAddressParsing,
+                maxLocalPart=o.maxLocalPartLength,
+            )
         except GrammarError as e:
-            return self._send(_pathRefusal(e, R.BAD_SENDER, R.SENDER_LOCAL_PART_TOO_LONG))
+            return self._send(_pathRefusal(e, R.BAD_SENDER, o.maxLocalPartLength, sender=True))
         after = self._sequence(verb)
         if isinstance(after, Send):
             return after
@@ -1126,10 +1131,14 @@ class ServerConnection:
         o = self._options
         try:
             mailbox, command = parsePathCommand(
-                line, "RCPT TO", lenient=o.lenientAddressParsing, allowPostmaster=True
+                line,
+                "RCPT TO",
+                lenient=o.lenientAddressParsing,
+                allowPostmaster=True,
+                maxLocalPart=o.maxLocalPartLength,
             )
         except GrammarError as e:
-            return self._send(_pathRefusal(e, R.BAD_RECIPIENT, R.RECIPIENT_LOCAL_PART_TOO_LONG))
+            return self._send(_pathRefusal(e, R.BAD_RECIPIENT, o.maxLocalPartLength, sender=False))
         if not mailbox:
             return self._send(R.BAD_RECIPIENT)
         after = self._sequence(verb)
@@ -1396,7 +1405,7 @@ def _parameters(verb: str, dsn: bool, auth: bool) -> frozenset[str]:
     return frozenset(names)
 
 
-def _pathRefusal(error: GrammarError, badPath: Reply, localPartTooLong: Reply) -> Reply:
+def _pathRefusal(error: GrammarError, badPath: Reply, limit: int | None, sender: bool) -> Reply:
     # The reply to a MAIL or RCPT line that does not parse: what is wrong with it, so
     # that the client's operator looks at the right part (its parameters are not its
     # address).
@@ -1404,8 +1413,8 @@ def _pathRefusal(error: GrammarError, badPath: Reply, localPartTooLong: Reply) -
         if error.repeated is not None:
             return R.repeatedParameter(error.repeated)
         return R.BAD_PARAMETER_SYNTAX
-    if isinstance(error, LocalPartTooLong):
-        return localPartTooLong
+    if isinstance(error, LocalPartTooLong) and limit is not None:
+        return R.localPartTooLong(sender, limit)
     return badPath
 
 

@@ -140,7 +140,12 @@ def _pathCommand(path: str, tail: str) -> PathCommand:
 
 
 def parsePathCommand(
-    line: str, keyword: str, *, lenient: bool = False, allowPostmaster: bool = False
+    line: str,
+    keyword: str,
+    *,
+    lenient: bool = False,
+    allowPostmaster: bool = False,
+    maxLocalPart: int | None = MAX_LOCAL_PART,
 ) -> tuple[str, PathCommand]:
     """
     L{splitPathCommand}, then L{parseMailbox} on the path: the mailbox and the command.
@@ -157,14 +162,16 @@ def parsePathCommand(
         if match is not None:
             local, domain = match.group(1, 2)
             if (
-                len(local) <= MAX_LOCAL_PART
+                len(local) <= (maxLocalPart or MAX_MAILBOX)
                 and len(domain) <= MAX_DOMAIN
                 and len(local) + len(domain) < MAX_MAILBOX
             ):
                 path = line[start + 1 : match.end() - 1]
                 return path, _pathCommand(path, line[match.end() :])
     command = splitPathCommand(line, keyword)
-    mailbox = parseMailbox(command.path, lenient=lenient, allowPostmaster=allowPostmaster)
+    mailbox = parseMailbox(
+        command.path, lenient=lenient, allowPostmaster=allowPostmaster, maxLocalPart=maxLocalPart
+    )
     return mailbox, command
 
 
@@ -254,7 +261,13 @@ def decodeXtext(value: str) -> str:
     return "".join(out)
 
 
-def parseMailbox(path: str, *, lenient: bool = False, allowPostmaster: bool = False) -> str:
+def parseMailbox(
+    path: str,
+    *,
+    lenient: bool = False,
+    allowPostmaster: bool = False,
+    maxLocalPart: int | None = MAX_LOCAL_PART,
+) -> str:
     """
     Validate the text between the angle brackets of a path and return the mailbox.
 
@@ -267,6 +280,8 @@ def parseMailbox(path: str, *, lenient: bool = False, allowPostmaster: bool = Fa
         still refused): the reference's C{lenientAddressParsing}.
     @param allowPostmaster: accept the bare C{<Postmaster>} that RFC 5321 section 4.5.1
         requires for RCPT.
+    @param maxLocalPart: the longest local part accepted, in octets (L{LocalPartTooLong}
+        beyond); L{None} for any, within the mailbox's 254 octets.
     @raise GrammarError: when the path is not valid.
     """
     if path == "":
@@ -291,7 +306,7 @@ def parseMailbox(path: str, *, lenient: bool = False, allowPostmaster: bool = Fa
             raise GrammarError("address must have one @ with text on both sides")
         return path
     local, domain = _splitMailbox(path)
-    _checkLocalPart(local)
+    _checkLocalPart(local, maxLocalPart or MAX_MAILBOX)
     domain = _checkDomain(domain)
     mailbox = f"{local}@{domain}"
     if len(mailbox.encode("utf-8")) > MAX_MAILBOX:
@@ -325,15 +340,15 @@ def _splitMailbox(path: str) -> tuple[str, str]:
     return local, domain
 
 
-def _checkLocalPart(local: str) -> None:
-    if len(local) <= MAX_LOCAL_PART and _ASCII_DOT_STRING.match(local):
+def _checkLocalPart(local: str, limit: int = MAX_LOCAL_PART) -> None:
+    if len(local) <= limit and _ASCII_DOT_STRING.match(local):
         return
-    _checkLocalPartFully(local)
+    _checkLocalPartFully(local, limit)
 
 
-def _checkLocalPartFully(local: str) -> None:
-    if len(local.encode("utf-8")) > MAX_LOCAL_PART:
-        raise LocalPartTooLong("local part longer than 64 octets")
+def _checkLocalPartFully(local: str, limit: int = MAX_LOCAL_PART) -> None:
+    if len(local.encode("utf-8")) > limit:
+        raise LocalPartTooLong(f"local part longer than {limit} octets")
     if local.startswith('"'):
         # qtextSMTP = %d32-33 / %d35-91 / %d93-126, plus UTF8-non-ascii (RFC 6531);
         # the quoted pairs were checked when the quotes were found.

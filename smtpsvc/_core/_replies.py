@@ -245,9 +245,6 @@ MUST_STARTTLS: Final = reply(530, "Must issue a STARTTLS command first", "5.7.0"
 # uses X.1.3, the recipient's code, for both.
 MAIL_OK: Final = reply(250, "Accepted", "2.1.0")
 BAD_SENDER: Final = reply(501, "Error: Bad sender address syntax", "5.1.7")
-SENDER_LOCAL_PART_TOO_LONG: Final = reply(
-    501, "Error: sender address local part longer than 64 octets", "5.1.7"
-)
 NESTED_MAIL: Final = reply(503, "Error: nested MAIL command", "5.5.1")
 BAD_SIZE: Final = reply(501, "Invalid SIZE parameter value. Must be a number", "5.5.4")
 BAD_BODY: Final = reply(501, "Invalid BODY parameter value. Must be 7BIT or 8BITMIME", "5.5.4")
@@ -274,9 +271,6 @@ SENDER_NEEDS_SMTPUTF8: Final = reply(
 # RCPT TO.
 RCPT_OK: Final = reply(250, "Accepted", "2.1.5")
 BAD_RECIPIENT: Final = reply(501, "Error: Bad recipient address syntax", "5.1.3")
-RECIPIENT_LOCAL_PART_TOO_LONG: Final = reply(
-    501, "Error: recipient address local part longer than 64 octets", "5.1.3"
-)
 NEED_MAIL: Final = reply(503, "Error: need MAIL command", "5.5.1")
 TOO_MANY_RECIPIENTS: Final = reply(452, "Error: too many recipients", "4.5.3")
 BAD_NOTIFY: Final = reply(
@@ -316,6 +310,16 @@ def chunkReceived(size: int) -> Reply:
 # RFC 3463 5.3.4 "message too big for system"; the reference sends 4.3.1 on this 552.
 TOO_BIG_TEXT: Final = "Error: message exceeds fixed maximum message size {size}"
 TOO_BIG_ENHANCED: Final = "5.3.4"
+
+
+def localPartTooLong(sender: bool, limit: int) -> Reply:
+    """
+    The 501 for a sender's (or a recipient's) address whose local part is longer than
+    C{limit} octets (maxLocalPartLength).
+    """
+    if sender:
+        return reply(501, f"Error: sender address local part longer than {limit} octets", "5.1.7")
+    return reply(501, f"Error: recipient address local part longer than {limit} octets", "5.1.3")
 
 
 def repeatedParameter(keyword: str) -> Reply:
