@@ -305,6 +305,24 @@ class ExchangeTests(SynchronousTestCase):
         self.assertEqual(wires(client.send("*")), ["501 5.7.0 Authentication aborted"])
         self.assertEqual([r.code for r in client.send("NOOP")], [250])
 
+    def test_spacesAroundAResponse(self) -> None:
+        """
+        Spaces around a response, or around its "*", are taken as they are around the
+        AUTH command's own initial response: left out (differential QA: a continuation
+        line with a trailing space got 501 invalid base64, the same response on the AUTH
+        line 235).
+        """
+        response = b64("\x00alice\x00secret")
+        for line in (f"{response} ", f" {response}", f"{response}  "):
+            client = connect()
+            client.send("AUTH PLAIN")
+            self.assertEqual([r.code for r in client.send(line)], [235], repr(line))
+        client = connect()
+        self.assertEqual([r.code for r in client.send(f"AUTH PLAIN {response} ")], [235])
+        client = connect(hideENHANCEDSTATUSCODES=False)
+        client.send("AUTH LOGIN")
+        self.assertEqual(wires(client.send("* ")), ["501 5.7.0 Authentication aborted"])
+
     def test_badBase64(self) -> None:
         """
         A response that is not base64 gets 501 5.5.2 (standards 4954-09).
