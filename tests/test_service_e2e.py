@@ -66,7 +66,7 @@ from .e2e_support import (
     workspace,
 )
 from .maildir_support import delivered
-from .memorytls import authority, commonName, issue
+from .memorytls import KeyPair, authority, commonName, issue
 from .service_support import (
     JSON_LOGS,
     QUICK,
@@ -904,14 +904,12 @@ class WorkerTests(E2ETestCase):
             self.assertFalse(alive(pid), f"worker {pid} still runs")
         self.assertEqual(len(process.lines("Server closed")), 2, process.text)
 
-    async def test_restartedWorkerServesCertificatesInUse(self) -> None:
-        """
-        A worker that dies after its certificate files have become unusable (SIGHUP kept
-        the certificates in use) is replaced by one that serves the certificates in use,
-        the last ones loaded, instead of failing on the files again and again while its
-        share of new connections waits on a socket nobody accepts on: every new client
-        is served, with the certificate in use.
-        """
+    async def _twoWorkersWithCertificateFiles(
+        self,
+    ) -> tuple[ServiceProcess, int, Path, Path, KeyPair]:
+        # Two workers serving implicit TLS with first.example.test's certificate from
+        # files, once both serve: the process, its port, the two files, and the pair
+        # written to them.
         if not haveOpenSSL():
             raise SkipTest(NO_OPENSSL)
         tmpdir = workspace(self)
@@ -924,9 +922,19 @@ class WorkerTests(E2ETestCase):
             *("--listen-tls", LISTEN, "--workers", "2", "--deliver", "discard", *QUICK),
         ]
         process = await startService(self, args, tmpdir)
-        port = process.port
-        assert port is not None
         await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        assert process.port is not None
+        return process, process.port, cert, key, first
+
+    async def test_restartedWorkerServesCertificatesInUse(self) -> None:
+        """
+        A worker that dies after its certificate files have become unusable (SIGHUP kept
+        the certificates in use) is replaced by one that serves the certificates in use,
+        the last ones loaded, instead of failing on the files again and again while its
+        share of new connections waits on a socket nobody accepts on: every new client
+        is served, with the certificate in use.
+        """
+        process, port, cert, key, first = await self._twoWorkersWithCertificateFiles()
         workers = process.workerPIDs
 
         renewed = issue("renewed.example.test")
@@ -957,21 +965,7 @@ class WorkerTests(E2ETestCase):
         it, and the master took it for a worker that could not start: one critical line,
         its socket shut, a retry 2 s later.)
         """
-        if not haveOpenSSL():
-            raise SkipTest(NO_OPENSSL)
-        tmpdir = workspace(self)
-        cert, key = Path(tmpdir, "cert.pem"), Path(tmpdir, "key.pem")
-        first = issue("first.example.test")
-        cert.write_bytes(first.cert)
-        key.write_bytes(first.key)
-        args = [
-            *("--cert", str(cert), "--key", str(key), "--name", "mx.example.test"),
-            *("--listen-tls", LISTEN, "--workers", "2", "--deliver", "discard", *QUICK),
-        ]
-        process = await startService(self, args, tmpdir)
-        port = process.port
-        assert port is not None
-        await process.waitForOutput(occurrences(b" serving 127.0.0.1:", 2))
+        process, port, cert, key, _ = await self._twoWorkersWithCertificateFiles()
         workers = process.workerPIDs
         renewed = issue("renewed.example.test")
         cert.write_bytes(renewed.cert)
