@@ -471,9 +471,9 @@ class ServerOptions:
     )
     authFailureLimit: int | None = _option(
         10,
-        "Failed AUTH attempts one client address may make within ``authFailureWindow``; "
-        "past that its AUTH gets ``454 4.7.0`` until old failures age out.  Unset turns "
-        "this off.",
+        "Failed AUTH attempts one client address (an IPv6 client's /64) may make within "
+        "``authFailureWindow``; past that its AUTH gets ``454 4.7.0`` until old failures "
+        "age out.  Unset turns this off.",
         group="auth",
     )
     authFailureWindow: float = _option(

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.task import Clock
@@ -165,9 +165,11 @@ class MemoryClient:
             raise TypeError("MemoryClient needs a server built with reactor=Clock()")
         self.clock = clock
         self.server = server
+        # An IPv6 client (a host with a colon) talks to the server's IPv6 address.
+        address = IPv6Address if ":" in peer[0] else IPv4Address
         self.transport = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 25),
-            peerAddress=IPv4Address("TCP", peer[0], peer[1]),
+            hostAddress=address("TCP", "::1" if address is IPv6Address else "127.0.0.1", 25),
+            peerAddress=address("TCP", peer[0], peer[1]),
         )
         # Like a TCP connection, the transport can start TLS, so that the server offers
         # STARTTLS as it would to a real client; no handshake follows (see write).

@@ -771,6 +771,25 @@ class BruteForceTests(SynchronousTestCase):
         server.reactor.advance(31)
         self.assertEqual([r.code for r in fresh.send(right)], [235])
 
+    def test_addressBudgetPerIPv6Network(self) -> None:
+        """
+        The addresses of one IPv6 /64 share a budget, as they share maxClientsPerAddress's
+        count (IPv6 QA: each address of a client's /64 had a budget of its own); another
+        /64 has its own.
+        """
+        server = makeServer(authFailureLimit=2, authFailureWindow=30)
+        wrong = authPlain("alice", "nope")
+        right = authPlain("alice", "secret")
+
+        def attempts(host: str, *lines: str) -> list[int]:
+            client = MemoryClient(server, peer=(host, 5000))
+            client.send("EHLO x")
+            return [r.code for r in client.send(*lines)]
+
+        self.assertEqual(attempts("2001:db8::1", wrong, wrong), [535, 535])
+        self.assertEqual(attempts("2001:db8::2", right), [454])
+        self.assertEqual(attempts("2001:db8:0:1::1", right), [235])
+
     def test_temporaryFailuresDoNotCount(self) -> None:
         """
         A 454 from the backend is not held against the client.

@@ -53,7 +53,7 @@ from ._sasl import (
 )
 from ._session import Address, Envelope, EnvelopeDSN, RecipientDSN, Session, TLSInfo
 from ._states import COMMANDS, NOT_IMPLEMENTED, State, needsHello, transition
-from ._throttle import FailureBudget
+from ._throttle import FailureBudget, clientNetwork
 from ._xclient import (
     XCLIENT_ATTRIBUTES,
     XFORWARD_ATTRIBUTES,
@@ -755,7 +755,7 @@ class ServerConnection:
         if len(args) > 2:
             return self._send(R.reply(501, f"Error: syntax: AUTH {name} [response]", "5.5.4"))
         if self._throttle is not None and not self._throttle.allowed(
-            session.remoteAddress, self._now()
+            clientNetwork(session.remoteAddress), self._now()
         ):
             return self._send(R.AUTH_THROTTLED)
         if self._mechanisms is None:
@@ -824,7 +824,9 @@ class ServerConnection:
         options = self._options
         self._authFailures += 1
         if self._throttle is not None:
-            self._throttle.failed(session.remoteAddress, self._now())
+            # Per client as maxClientsPerAddress counts them: an IPv6 client's /64 is one,
+            # or each address of its network would have a budget of its own.
+            self._throttle.failed(clientNetwork(session.remoteAddress), self._now())
         if options.maxAuthFailures is not None and self._authFailures > options.maxAuthFailures:
             return self._send(R.TOO_MANY_AUTH_FAILURES)
         delay = options.authFailureDelay * self._authFailures
