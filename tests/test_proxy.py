@@ -369,6 +369,17 @@ class XClientTests(SynchronousTestCase):
         self.assertEqual(client.session.remoteAddress, "2001:db8::7")
         self.assertEqual(client.session.clientHostname, "[2001:db8::7]")
 
+    def test_ipv4MappedAddressIsIPv4(self) -> None:
+        """
+        An IPv4-mapped ADDR is the IPv4 address it maps, as in a PROXY header or on a
+        dual-stack socket (IPv6 QA: it was kept as ::ffff:c000:201, in the Received
+        field and as a client of its own for the AUTH budget).
+        """
+        client = self.client()
+        client.send("XCLIENT ADDR=IPV6:::ffff:192.0.2.1")
+        self.assertEqual(client.session.remoteAddress, "192.0.2.1")
+        self.assertEqual(client.session.clientHostname, "[192.0.2.1]")
+
     def test_login(self) -> None:
         """
         LOGIN marks the client authenticated, through the authentication handlers

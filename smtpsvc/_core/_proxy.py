@@ -154,11 +154,14 @@ def _address(text: str, version: int) -> str:
         raise ProxyError(f"bad address {text!r}") from e
     if address.version != version or (version == 4 and str(address) != text):
         raise ProxyError(f"bad IPv{version} address {text!r}")
-    return _plain(address)
+    return plainAddress(address)
 
 
-def _plain(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    # An IPv4 client on a dual-stack proxy comes as ::ffff:a.b.c.d: name it as IPv4.
+def plainAddress(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """
+    C{address} as text; an IPv4-mapped IPv6 one (how a dual-stack proxy or socket names
+    an IPv4 client: C{::ffff:a.b.c.d}) as the IPv4 address it is.
+    """
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
@@ -213,8 +216,8 @@ def parseVersion2(command: int, familyByte: int, body: bytes) -> ProxyHeader:
         destination = str(ipaddress.IPv4Address(body[4:8]))
         sourcePort, destinationPort = struct.unpack("!HH", body[8:12])
     elif size == 36:
-        source = _plain(ipaddress.IPv6Address(body[0:16]))
-        destination = _plain(ipaddress.IPv6Address(body[16:32]))
+        source = plainAddress(ipaddress.IPv6Address(body[0:16]))
+        destination = plainAddress(ipaddress.IPv6Address(body[16:32]))
         sourcePort, destinationPort = struct.unpack("!HH", body[32:36])
     return ProxyHeader(
         version=2,

@@ -16,6 +16,7 @@ import re
 from typing import Final
 
 from ._grammar import GrammarError, decodeXtext
+from ._proxy import plainAddress
 
 XCLIENT_ATTRIBUTES: Final = (
     "NAME",
@@ -121,7 +122,8 @@ def _check(name: str, value: str) -> str:
             raise BadAttribute(f"bad address {value!r}", address=True) from e
         if prefixed and address.version != 6:
             raise BadAttribute(f"bad address {value!r}", address=True)
-        return str(address)
+        # As a PROXY header's or a dual-stack socket's: one client, one name.
+        return plainAddress(address)
     if name in ("PORT", "DESTPORT"):
         if not _PORT.match(value) or int(value) > 65535:
             raise BadAttribute(f"bad port {value!r}")
