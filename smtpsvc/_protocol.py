@@ -300,9 +300,13 @@ class _DataTransaction:
         self.fanOut = _FanOut(pause=protocol._streamFull, resume=protocol._streamDrained)
         self.answers: list[tuple[Outcome, ...] | None] = []
         self.started = protocol._reactor.seconds()
+        session = protocol._core.session
         # The transaction's number in the session, as its Received id has it (the core
         # counts on to the next one once the message has its final reply).
-        self.number = protocol._core.session.transaction
+        self.number = session.transaction
+        # Who sent it, for its log line: an XFORWARD client, which the final reply
+        # forgets, as much as the connection's.
+        self.client = (session.clientHostname, session.remoteAddress)
         self.ended = False
         self.early = False
         self.failure: BaseException | None = None
@@ -316,7 +320,7 @@ class _DataTransaction:
         self._taggedTLSOptional = False
         # RFC 8689 section 4.1: a TLS-Required: No header field tags the message, unless
         # MAIL FROM carried REQUIRETLS, which makes the field be ignored.
-        if not protocol._core.session.envelope.requireTLS:
+        if not session.envelope.requireTLS:
             decoder.watchTLSRequired()
 
     def start(self, handlers: Sequence[Callable[[MessageStream, Session], object]]) -> None:
@@ -1744,18 +1748,19 @@ class SMTPProtocol(LineReceiver):
         if not self._log.wants(LogLevel.info):
             return
         session = self._core.session
+        clientHostname, remoteAddress = transaction.client
         mailFrom = envelope.mailFrom.address if envelope.mailFrom else ""
         rcptTo = [r.address for r in envelope.rcptTo]
         size = transaction.decoder.byteLength
         seconds = self._reactor.seconds() - transaction.started
         self._log.line(
             f"{session.id} message from <{mailFrom}> to {rcptTo} ({size} bytes) for "
-            f"{session.clientHostname} [{session.remoteAddress}]: {result} in {seconds:.3f} s",
+            f"{clientHostname} [{remoteAddress}]: {result} in {seconds:.3f} s",
             event="transaction",
             sessionId=session.id,
             transaction=transaction.number,
-            remoteAddress=session.remoteAddress,
-            clientHostname=session.clientHostname,
+            remoteAddress=remoteAddress,
+            clientHostname=clientHostname,
             tls=_tlsText(session),
             user=_userName(session.user) if session.user is not None else None,
             mailFrom=mailFrom,

@@ -453,6 +453,29 @@ class XForwardTests(SynchronousTestCase):
         self.assertEqual(client.session.xForward, {})
         self.assertEqual(client.session.remoteAddress, "192.0.2.1")
 
+    def test_addressWithoutName(self) -> None:
+        """
+        ADDR without NAME leaves no host name of the filter's on the forwarded client:
+        it is named by its address, as after XCLIENT; and the message's log line names
+        the forwarded client, as its Received field does, though the final reply ends
+        what XFORWARD said (IPv6 QA: the line named the filter).
+        """
+        log = LogCapture(self)
+        recorder = RecordingHandler()
+        client = self.client([recorder])
+        client.send("XFORWARD ADDR=IPV6:2001:db8::5")
+        self.assertEqual(
+            (client.session.remoteAddress, client.session.clientHostname),
+            ("2001:db8::5", "[2001:db8::5]"),
+        )
+        self.assertEqual(client.sendmail("a@b.example", ["c@d.example"], b"x\r\n")[-1].code, 250)
+        self.assertEqual(client.session.remoteAddress, "192.0.2.1")
+        (line,) = [e for e in log.events if e.get("event") == "transaction"]
+        self.assertEqual(
+            (line["remoteAddress"], line["clientHostname"]), ("2001:db8::5", "[2001:db8::5]")
+        )
+        self.assertIn(" for [2001:db8::5] [2001:db8::5]: ", line["text"])
+
     def test_untrusted(self) -> None:
         """
         An untrusted client gets 550 (standards XFW-02).

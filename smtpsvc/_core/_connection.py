@@ -950,8 +950,11 @@ class ServerConnection:
                 session.hostNameAppearsAs,
             )
         session.xForward.update(attributes)
-        if attributes.get("ADDR") is not None:
-            session.remoteAddress = attributes["ADDR"] or session.remoteAddress
+        address = attributes.get("ADDR")
+        if address is not None:
+            # The proxy's own host name does not name the client (NAME, if given, will).
+            session.remoteAddress = address
+            session.clientHostname = f"[{address}]"
         self._nameAndPort(attributes)
         if attributes.get("HELO") is not None:
             session.hostNameAppearsAs = (attributes["HELO"] or "").lower()
