@@ -467,7 +467,6 @@ MASTER_PIPE: Final = "SMTPSVC_MASTER_PIPE"
 READY_PIPE: Final = "SMTPSVC_READY_PIPE"
 
 
-@implementer(IReadDescriptor)
 def tellReady() -> None:
     """
     Tell the C{--workers} master that started this process (if one did: L{READY_PIPE}
@@ -484,6 +483,7 @@ def tellReady() -> None:
         os.close(fd)
 
 
+@implementer(IReadDescriptor)
 class MasterPipe:
     """
     A worker's end of a pipe whose other end only its C{--workers} master holds, and never

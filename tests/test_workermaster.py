@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ProcessTerminated
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReadDescriptor
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import (
     ILogObserver,
@@ -32,6 +32,7 @@ from twisted.logger import (
 )
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface.verify import verifyClass
 
 from smtpsvc import _service
 from smtpsvc._config import (
@@ -805,6 +806,12 @@ class MasterPipeTests(TestCase):
         os.close(writeEnd.pop())
         self.assertEqual(await told, os.getppid())
         self.assertEqual(pipe.fileno(), -1)
+
+    def test_readDescriptor(self) -> None:
+        """
+        The pipe is a reader the reactor can watch.
+        """
+        self.assertTrue(verifyClass(IReadDescriptor, MasterPipe))
 
     def test_stopped(self) -> None:
         """
