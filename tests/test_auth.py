@@ -307,13 +307,19 @@ class ExchangeTests(SynchronousTestCase):
 
     def test_spacesAroundAResponse(self) -> None:
         """
-        Spaces around a response, or around its "*", are taken as they are around the
-        AUTH command's own initial response: left out (differential QA: a continuation
+        Spaces and tabs around a response, or around its "*", are taken as they are around
+        the AUTH command's own initial response: left out (differential QA: a continuation
         line with a trailing space got 501 invalid base64, the same response on the AUTH
         line 235).
         """
         response = b64("\x00alice\x00secret")
-        for line in (f"{response} ", f" {response}", f"{response}  "):
+        for line in (
+            f"{response} ",
+            f" {response}",
+            f"{response}  ",
+            f"{response}\t",
+            f"\t{response}",
+        ):
             client = connect()
             client.send("AUTH PLAIN")
             self.assertEqual([r.code for r in client.send(line)], [235], repr(line))
@@ -322,6 +328,8 @@ class ExchangeTests(SynchronousTestCase):
         client = connect(hideENHANCEDSTATUSCODES=False)
         client.send("AUTH LOGIN")
         self.assertEqual(wires(client.send("* ")), ["501 5.7.0 Authentication aborted"])
+        client.send("AUTH LOGIN")
+        self.assertEqual(wires(client.send("*\t")), ["501 5.7.0 Authentication aborted"])
 
     def test_badBase64(self) -> None:
         """

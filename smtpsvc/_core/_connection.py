@@ -780,9 +780,9 @@ class ServerConnection:
         if self._authRequired and self._countUnauthenticated():
             self._sasl = None
             return self._send(R.TOO_MANY_UNAUTHENTICATED)
-        # Spaces around a response are left out, as they are around the AUTH command's
-        # initial response (base64 has none).
-        raw = raw.strip(b" ")
+        # Spaces and tabs around a response are left out, as they are around the AUTH
+        # command's initial response, which str.split() separates (base64 has none).
+        raw = raw.strip(b" \t")
         if raw == b"*":
             self._sasl = None
             return self._send(ABORTED)
