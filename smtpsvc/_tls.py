@@ -110,7 +110,26 @@ class _ContextMap:
 
 
 def _asBytes(pem: PEM) -> bytes:
-    return pem.encode("ascii") if isinstance(pem, str) else pem
+    # (Text around the PEM blocks, such as "Subject: CN=Müller" lines, may be anything.)
+    return pem.encode("utf-8") if isinstance(pem, str) else pem
+
+
+#: How many contexts made from what SNICallback returned are kept (the least recently
+#: made are dropped first), so that a callback that returns new PEM data for each
+#: handshake does not fill memory.
+_CALLBACK_CONTEXTS: Final = 1000
+
+
+def _callbackPair(entry: object) -> tuple[bytes, bytes]:
+    # The key and certificate SNICallback returned (other than None), as PEM bytes.
+    if not isinstance(entry, Mapping) or "key" not in entry or "cert" not in entry:
+        raise TLSConfigurationError(
+            f"SNICallback must return None or a mapping with a key and a cert, not {entry!r:.80}"
+        )
+    key, cert = entry["key"], entry["cert"]
+    if not isinstance(key, (bytes, str)) or not isinstance(cert, (bytes, str)):
+        raise TLSConfigurationError("SNICallback's key and cert must be PEM data (bytes or str)")
+    return _asBytes(key), _asBytes(cert)
 
 
 def loadCertificates(pem: PEM, what: str = "certificate") -> list[x509.Certificate]:
@@ -452,7 +471,7 @@ class ServerTLS:
 
     def __init__(self, settings: TLSSettings) -> None:
         self._settings = settings
-        self._callbackContexts: dict[tuple[bytes, bytes], SSL.Context | None] = {}
+        self._callbackContexts: dict[object, SSL.Context | None] = {}
         self._development: tuple[str, bytes, bytes] | None = None
         self._map = self._build(settings)
 
@@ -576,28 +595,43 @@ class ServerTLS:
             entry = callback(name)
             if entry is None:
                 return None
-            cacheKey = (_asBytes(entry["key"]), _asBytes(entry["cert"]))
+            try:
+                key, cert = _callbackPair(entry)
+            except TLSConfigurationError as e:
+                self._unusable(name, repr(entry), e)
+                return None
+            cacheKey = (key, cert)
             if cacheKey in self._callbackContexts:
                 return self._callbackContexts[cacheKey]
-            context: SSL.Context | None
             try:
-                context = self._context(self._settings, entry["key"], entry["cert"], default=False)
+                context = self._context(self._settings, key, cert, default=False)
                 # The checks every sniOptions certificate meets at start: one the cipher
                 # list leaves no suite for would fail the handshake it was chosen for.
-                _checkHandshake(self._settings, entry["key"], entry["cert"])
+                _checkHandshake(self._settings, key, cert)
             except TLSConfigurationError as e:
-                # Known unusable until the callback returns other PEM data: said once, and
-                # the default certificate serves meanwhile.
-                _log.warn(
-                    "SNICallback's certificate for {servername} is unusable, the default "
-                    "certificate serves: {why}",
-                    servername=name,
-                    why=str(e),
-                )
-                context = None
-            self._callbackContexts[cacheKey] = context
+                self._unusable(name, cacheKey, e)
+                return None
+            self._remember(cacheKey, context)
             return context
         return self._map.lookup(name)
+
+    def _unusable(self, name: str, cacheKey: object, error: TLSConfigurationError) -> None:
+        # What SNICallback returned cannot serve: said once (until it returns something
+        # else), and the default certificate serves meanwhile.
+        if cacheKey not in self._callbackContexts:
+            _log.warn(
+                "SNICallback's certificate for {servername} is unusable, the default "
+                "certificate serves: {why}",
+                servername=name,
+                why=str(error),
+            )
+            self._remember(cacheKey, None)
+
+    def _remember(self, cacheKey: object, context: SSL.Context | None) -> None:
+        contexts = self._callbackContexts
+        if len(contexts) >= _CALLBACK_CONTEXTS:
+            del contexts[next(iter(contexts))]
+        contexts[cacheKey] = context
 
 
 def _serverContext(settings: TLSSettings, key: PEM, cert: PEM) -> SSL.Context:

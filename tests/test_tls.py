@@ -22,7 +22,7 @@ from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from smtpsvc import ISecureHandler, Session, SMTPError, SMTPServer
+from smtpsvc import ISecureHandler, Session, SMTPError, SMTPServer, _tls
 from smtpsvc._tls import (
     ServerTLS,
     TLSConfigurationError,
@@ -966,6 +966,54 @@ class ConfigurationTests(SynchronousTestCase):
         (warning,) = capture.matching("SNICallback's certificate")
         self.assertIn("the private key does not match the certificate", warning)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_callbackReturnsWhatIsNoCertificate(self) -> None:
+        """
+        What SNICallback returns that is not a key and a certificate (no mapping, no
+        cert, no PEM data) is a warning, once, not a traceback at each handshake (attack
+        QA), and the default certificate serves; PEM text given as str may have
+        non-ASCII text around its blocks.
+        """
+        c = issue("c.example.test")
+        for returned in ("not a mapping", {"key": c.key}, {"key": 5, "cert": c.cert}):
+            capture = LogCapture(self)
+            server = makeServer(SNICallback=lambda name, r=returned: r)
+            for _ in range(2):
+                connection = upgraded(server, "c.example.test")
+                self.assertEqual(
+                    commonName(connection.clientTransport.servedCertificate()), MX, returned
+                )
+            self.assertEqual(len(capture.matching("SNICallback's certificate")), 1, returned)
+            self.assertEqual(self.flushLoggedErrors(), [])
+        text = {
+            "key": c.key.decode("ascii"),
+            "cert": "Subject: CN=M\u00fcller\n" + c.cert.decode("ascii"),
+        }
+        connection = upgraded(makeServer(SNICallback=lambda name: text), "c.example.test")
+        self.assertEqual(
+            commonName(connection.clientTransport.servedCertificate()), "c.example.test"
+        )
+
+    def test_callbackContextsBounded(self) -> None:
+        """
+        The contexts made from what SNICallback returned are bounded: a callback that
+        returns new PEM data each time does not fill memory, and the oldest are dropped.
+        """
+        self.patch(_tls, "_CALLBACK_CONTEXTS", 2)
+        pairs = [issue(f"{n}.example.test") for n in range(3)]
+        server = makeServer(
+            SNICallback=lambda name: {
+                "key": pairs[int(name[0])].key,
+                "cert": pairs[int(name[0])].cert,
+            }
+        )
+        for n in range(3):
+            connection = upgraded(server, f"{n}.example.test")
+            self.assertEqual(
+                commonName(connection.clientTransport.servedCertificate()), f"{n}.example.test"
+            )
+        assert server.tls is not None
+        self.assertEqual(list(server.tls._callbackContexts), [(p.key, p.cert) for p in pairs[1:]])
 
     def test_standardCipherNames(self) -> None:
         """
