@@ -29,6 +29,7 @@ from smtpsvc._core._grammar import (
     _checkLocalPartFully,
     _pathEnd,
     _scanPathEnd,
+    aLabels,
     decodeXtext,
     heloName,
     isValidHeloName,
@@ -862,12 +863,34 @@ class HeloNameConversionTests(SynchronousTestCase):
         self.assertEqual(heloName("client.example"), "client.example")
         self.assertEqual(heloName("[192.0.2.1]"), "[192.0.2.1]")
 
+    def test_idna2008(self) -> None:
+        """
+        The A-labels are IDNA 2008's, as registries have them, not the mapping of
+        Python's IDNA 2003 codec (attack QA: C{faß.de} became C{fass.de}, another domain,
+        and a final sigma became a sigma).
+        """
+        self.assertEqual(heloName("fa\u00df.de"), "xn--fa-hia.de")
+        self.assertEqual(heloName("\u03c2.gr"), "xn--3xa.gr")
+        self.assertEqual(aLabels("B\u00fccher.example"), "xn--bcher-kva.example")
+
     def test_refused(self) -> None:
         """
         What L{isValidHeloName} refuses, before or after the conversion, and a label
-        with no A-label form (too long), give L{None}.
+        with no A-label form (too long; a character IDNA 2008 does not allow, such as
+        ASCII punctuation beside a non-ASCII letter; a joiner out of its context), give
+        L{None}.
         """
-        for name in ("", "a<b", "\u00fc<b.example", "\u00fc" * 64, "a\u00a0b"):
+        for name in (
+            "",
+            "a<b",
+            "\u00fc<b.example",
+            "\u00fc" * 64,
+            "a\u00a0b",
+            "[\u00fc]",
+            "\u00fc:25",
+            "\u00fc/",
+            "a\u200db\u00fc.example",
+        ):
             self.assertIsNone(heloName(name), repr(name))
 
 

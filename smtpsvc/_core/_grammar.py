@@ -14,6 +14,8 @@ import string
 from dataclasses import dataclass
 from typing import Final
 
+import idna
+
 
 class GrammarError(ValueError):
     """
@@ -453,14 +455,18 @@ def isValidHeloName(name: str) -> bool:
 
 def aLabels(name: str) -> str:
     """
-    A host name with each label that is not ASCII as its A-label (C{xn--...}, IDNA).
+    A host name with each label that is not ASCII as its A-label (C{xn--...}): IDNA 2008
+    (RFC 5891, with UTS 46's mapping, not its transitional processing), as registries
+    and current resolvers have it.  Python's own C{"idna"} codec is IDNA 2003, which maps
+    rather than encodes: C{faß.de} would become C{fass.de}, another domain.
 
-    @raise UnicodeError: for a label that has no A-label form.
+    @raise UnicodeError: for a label that has no A-label form (C{idna.IDNAError}: a
+        character IDNA 2008 does not allow, a joiner out of its context, too long).
     """
     if name.isascii():
         return name
     return ".".join(
-        label if label.isascii() else label.encode("idna").decode("ascii")
+        label if label.isascii() else idna.encode(label, uts46=True).decode("ascii")
         for label in name.split(".")
     )
 
