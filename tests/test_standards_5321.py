@@ -408,6 +408,22 @@ class TraceTests(SynchronousTestCase):
             header = stored[: -len(TRAVELLED)]
             self.assertIn(f" with {protocol} id ".encode(), header, protocol)
 
+    def test_5321_29_bracketsOnlyAroundALiteral(self) -> None:
+        """
+        A hello name with brackets that are not one address literal (an unclosed
+        C{[IPv6:...}, C{a]b[c}) has them neutralised in the from clause, so that they do
+        not open a domain literal that swallows the TCP-info comment (IPv6 QA); an
+        address literal stays as it is.
+        """
+        for command, clause in (
+            ("EHLO [IPv6:2001:db8::1", b"Received: from ?ipv6:2001:db8::1 ([192.0.2.1])"),
+            ("EHLO a]b[c", b"Received: from a?b?c ([192.0.2.1])"),
+            ("EHLO [1.2.3.4", b"Received: from ?1.2.3.4 ([192.0.2.1])"),
+            ("EHLO [192.0.2.9]", b"Received: from [192.0.2.9] ([192.0.2.1])"),
+        ):
+            stored = self.deliver(command, f"MAIL FROM:<{SENDER}>")
+            self.assertIn(clause + b"\r\n", stored, command)
+
 
 class RelayTraceTests(test_forward.ForwardTestCase):
     """

@@ -22,6 +22,20 @@ def _token(text: str) -> str:
     return _UNSAFE.sub("?", text) or "unknown"
 
 
+def _heloToken(name: str) -> str:
+    # A hello name as the Received field's "from" clause has it: a domain, or one address
+    # literal.  Brackets anywhere else (EHLO "[IPv6:2001:db8::1", "a]b[c") would open a
+    # domain literal that swallows the TCP-info comment after it (RFC 5321 section 4.4,
+    # RFC 5322 section 3.4.1), and are neutralised.
+    token = _token(name)
+    if "[" in token or "]" in token:
+        inner = token[1:-1]
+        literal = token[0] == "[" and token[-1] == "]" and "[" not in inner and "]" not in inner
+        if not literal:
+            token = token.replace("[", "?").replace("]", "?")
+    return token
+
+
 def returnPath(session: Session) -> bytes:
     """
     C{Return-Path: <sender>} for the current transaction.
@@ -51,11 +65,12 @@ def receivedHeader(
     @param date: the RFC 5322 date-time to stamp.
     @param recipient: the C{for} clause, given when the message has one recipient.
     """
-    helo = _token(session.hostNameAppearsAs or "unknown")
+    helo = _heloToken(session.hostNameAppearsAs or "unknown")
     host = session.clientHostname
     address = session.remoteAddress
     literal = f"[IPv6:{address}]" if ":" in address else f"[{address}]"
-    hostPart = _token(host) if host and not host.startswith("[") else ""
+    # (A host name from reverse DNS or XCLIENT's NAME: brackets have no place in it.)
+    hostPart = _token(host).replace("[", "?").replace("]", "?") if host and host[0] != "[" else ""
     tcpInfo = f"{hostPart} {literal}" if hostPart else literal
     lines = [f"Received: from {helo} ({tcpInfo})"]
     tls = session.tlsOptions
