@@ -10,6 +10,15 @@ from typing import cast
 from twisted.logger import ILogObserver, Logger, LogLevel
 
 
+def hostPort(host: object, port: object) -> str:
+    """
+    C{host:port} for a log line, with an IPv6 address in brackets (RFC 5952 section 6):
+    C{2001:db8::6:2222} would itself read as an address.
+    """
+    text = str(host)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
 class LevelLogger(Logger):
     """
     A L{Logger} that drops the events below C{level} before they are made.

@@ -67,6 +67,7 @@ from ._core._states import State
 from ._core._throttle import clientNetwork
 from ._core._xclient import isTrusted
 from ._errors import SMTPError
+from ._logging import hostPort
 from ._stream import (
     MessageAborted,
     MessageDone,
@@ -741,11 +742,12 @@ class SMTPProtocol(LineReceiver):
             session.localAddress = header.destinationAddress or session.localAddress
             session.localPort = header.destinationPort or session.localPort
         self._log.info(
-            "PROXY v{version} {command} from {proxy}: client {remoteAddress}:{remotePort}",
+            "PROXY v{version} {command} from {proxy}: client {client}",
             sessionId=session.id,
             version=header.version,
             command=header.command,
             proxy=self._proxyPeer,
+            client=hostPort(session.remoteAddress, session.remotePort),
             remoteAddress=session.remoteAddress,
             remotePort=session.remotePort,
         )
@@ -862,9 +864,10 @@ class SMTPProtocol(LineReceiver):
         if self._tlsPending:
             # (Not when we cut the handshake off ourselves: see _cutHandshake.)
             self._log.info(
-                "TLS handshake failed: {reason} ({remoteAddress}:{remotePort})",
+                "TLS handshake failed: {reason} ({client})",
                 sessionId=session.id,
                 reason=_handshakeFailure(reason),
+                client=hostPort(session.remoteAddress, session.remotePort),
                 remoteAddress=session.remoteAddress,
                 remotePort=session.remotePort,
             )
@@ -889,7 +892,7 @@ class SMTPProtocol(LineReceiver):
         seconds = self._reactor.seconds() - self._connectedAt
         tlsText = _tlsText(session)
         self._log.line(
-            f"Connection closed: {session.remoteAddress}:{session.remotePort} after "
+            f"Connection closed: {hostPort(session.remoteAddress, session.remotePort)} after "
             f"{seconds:.3f} s{f' ({tlsText})' if tlsText else ''}; messages accepted "
             f"{self._accepted}, refused {self._refused}",
             event="disconnect",
@@ -970,8 +973,9 @@ class SMTPProtocol(LineReceiver):
             # No reply can be sent in the middle of a handshake.
             session = self._core.session
             self._log.info(
-                "TLS handshake timed out ({remoteAddress}:{remotePort})",
+                "TLS handshake timed out ({client})",
                 sessionId=session.id,
+                client=hostPort(session.remoteAddress, session.remotePort),
                 remoteAddress=session.remoteAddress,
                 remotePort=session.remotePort,
             )
@@ -1480,9 +1484,10 @@ class SMTPProtocol(LineReceiver):
         done: Callable[[Action], None] = self._holdFor(self._perform)
         session = self._core.session
         self._log.info(
-            "XCLIENT from {proxy}: client {remoteAddress}:{remotePort} ({clientHostname})",
+            "XCLIENT from {proxy}: client {client} ({clientHostname})",
             sessionId=session.id,
             proxy=self._proxyPeer,
+            client=hostPort(session.remoteAddress, session.remotePort),
             remoteAddress=session.remoteAddress,
             remotePort=session.remotePort,
             clientHostname=session.clientHostname,

@@ -21,7 +21,7 @@ from ._config import listeningPort
 from ._core._throttle import FailureBudget
 from ._core._xclient import isLoopback
 from ._dns import defaultResolver, reverseLookup
-from ._logging import LevelLogger
+from ._logging import LevelLogger, hostPort
 from ._options import ServerOptions
 from ._protocol import SMTPProtocol
 from ._reactor import reactorOr
@@ -361,11 +361,13 @@ class SMTPServer(Factory):
                     path=os.fsdecode(address.name or b""),
                 )
             else:
+                host, number = getattr(address, "host", address), getattr(address, "port", "")
                 self._log.info(
-                    "{kind} server listening on {host}:{port}",
+                    "{kind} server listening on {address}",
                     kind=kind,
-                    host=getattr(address, "host", address),
-                    port=getattr(address, "port", ""),
+                    address=hostPort(host, number),
+                    host=host,
+                    port=number,
                 )
             return port
 

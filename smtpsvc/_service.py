@@ -42,6 +42,7 @@ from ._config import (
     withFlags,
     withListenBacklog,
 )
+from ._logging import hostPort
 from ._options import ServerOptions
 from ._reactor import reactorOr
 from ._server import ABORT_DELAY, HANDLER_GRACE, HOOKS, SMTPServer, listenerKind
@@ -451,9 +452,10 @@ def adopt(server: SMTPServer, fd: int, secure: bool | None) -> IListeningPort:
     os.close(fd)
     address = port.getHost()
     _log.info(
-        "{kind} worker {pid} serving {host}:{port}",
+        "{kind} worker {pid} serving {address}",
         kind="LMTP" if server.options.lmtp else "SMTP",
         pid=os.getpid(),
+        address=hostPort(getattr(address, "host", ""), getattr(address, "port", "")),
         host=getattr(address, "host", ""),
         port=getattr(address, "port", ""),
     )
@@ -1032,8 +1034,9 @@ class WorkerMaster(Service):
                 )
             else:
                 _log.info(
-                    "{kind} server listening on {host}:{port} with {workers} workers",
+                    "{kind} server listening on {address} with {workers} workers",
                     kind=kind,
+                    address=hostPort(getattr(address, "host", ""), getattr(address, "port", "")),
                     host=getattr(address, "host", ""),
                     port=getattr(address, "port", ""),
                     workers=workers,

@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from smtpsvc import IMailFromHandler, Session, SMTPServer, _protocol
 from smtpsvc._core._session import Address
-from smtpsvc._logging import LevelLogger
+from smtpsvc._logging import LevelLogger, hostPort
 from smtpsvc._options import LOG_LEVELS
 from smtpsvc.testing import MemoryClient, RecordingHandler
 
@@ -238,3 +238,30 @@ class TransactionLineTests(SynchronousTestCase):
         lines = [e for e in smtpsvcEvents(capture) if e.get("event") == "transaction"]
         self.assertEqual([line["transaction"] for line in lines], [1, 2])
         self.assertEqual(seen, [1, 2])
+
+
+class AddressAndPortTests(SynchronousTestCase):
+    """
+    An address and a port in a log line: an IPv6 address in brackets (RFC 5952 section
+    6), since C{2001:db8::6:2222} would itself read as an address.
+    """
+
+    def test_hostPort(self) -> None:
+        """
+        IPv4 addresses and host names as they are; IPv6 addresses bracketed.
+        """
+        self.assertEqual(hostPort("192.0.2.1", 25), "192.0.2.1:25")
+        self.assertEqual(hostPort("mx.example", 25), "mx.example:25")
+        self.assertEqual(hostPort("2001:db8::6", 2222), "[2001:db8::6]:2222")
+
+    def test_connectionClosedLine(self) -> None:
+        """
+        The line per connection of an IPv6 client (IPv6 QA: it was written
+        C{2001:db8::6:2222}).
+        """
+        capture = LogCapture(self)
+        client = MemoryClient(makeServer([]), peer=("2001:db8::6", 2222))
+        client.send("QUIT")
+        [line] = [e for e in smtpsvcEvents(capture) if e.get("event") == "disconnect"]
+        self.assertTrue(line["text"].startswith("Connection closed: [2001:db8::6]:2222 after "))
+        self.assertEqual((line["remoteAddress"], line["remotePort"]), ("2001:db8::6", 2222))

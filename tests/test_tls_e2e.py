@@ -907,5 +907,5 @@ class DocumentationExampleTests(E2ETestCase):
         return [
             (event["kind"], event["port"])
             for event in logs.events
-            if event.get("log_format") == "{kind} server listening on {host}:{port}"
+            if event.get("log_format") == "{kind} server listening on {address}"
         ]
