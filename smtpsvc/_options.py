@@ -593,12 +593,28 @@ def _networks(name: str, value: Iterable[object]) -> bool | tuple[str, ...]:
         if item.strip() == "*":
             return True
         try:
-            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            network = ipaddress.ip_network(item.strip(), strict=False)
         except ValueError as e:
             raise ValueError(
                 f"option {name} must list addresses and networks, and {item!r} is neither"
             ) from e
+        out.append(str(_unmapped(network)))
     return tuple(out)
+
+
+_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped(
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    # IPv4-mapped networks (::ffff:127.0.0.1, ::ffff:0:0/96) as the IPv4 ones they map:
+    # a client address is compared as IPv4 once unmapped (a dual-stack socket's
+    # ::ffff:a.b.c.d), and would never be in them otherwise.
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        address = int(network.network_address) & 0xFFFFFFFF
+        return ipaddress.IPv4Network((address, network.prefixlen - 96))
+    return network
 
 
 def _aLabels(name: str) -> str:
@@ -761,6 +777,13 @@ class OptionSpec:
             and value < 1
         ):
             raise ValueError(f"option {self.name} must be at least 1, not {value!r}")
+        if self.name == "maxLocalPartLength" and isinstance(value, int) and value > 252:
+            # An address is at most 254 octets (RFC 5321 section 4.5.3.1.3's path, less
+            # its brackets), with an @ and a domain of at least one.
+            raise ValueError(
+                f"option maxLocalPartLength must be at most 252 (an address's length "
+                f"leaves no more), not {value!r}; unset takes any"
+            )
         if self.name == "maxRecipients" and isinstance(value, int) and value < 100:
             raise ValueError(
                 f"option maxRecipients must be at least 100 (RFC 5321 section 4.5.3.1.8), "

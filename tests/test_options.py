@@ -103,3 +103,28 @@ class ValueTests(SynchronousTestCase):
             ServerOptions(disabledCommands=("vrfy", "EXPN", "etrn")).disabledCommands,
             ("VRFY", "EXPN", "ETRN"),
         )
+
+    def test_maxLocalPartLength(self) -> None:
+        """
+        maxLocalPartLength is at least 1 and at most 252, which an address's 254 octets
+        leave for a local part (a limit above it would only ever say the address is bad;
+        attack QA); unset takes any.
+        """
+        for value in (0, 253, 300):
+            with self.assertRaises(ValueError) as caught:
+                ServerOptions.fromMapping({"maxLocalPartLength": value})
+            self.assertIn("option maxLocalPartLength must be at ", str(caught.exception))
+        self.assertEqual(ServerOptions(maxLocalPartLength=252).maxLocalPartLength, 252)
+        self.assertIsNone(ServerOptions(maxLocalPartLength=None).maxLocalPartLength)
+
+    def test_ipv4MappedNetworks(self) -> None:
+        """
+        IPv4-mapped addresses and networks in a trust list are the IPv4 ones they map,
+        which is how a client's address is compared (IPv6 QA: they never matched).
+        """
+        options = ServerOptions(
+            useXClient=("::ffff:127.0.0.1", "::ffff:10.0.0.0/104", "::ffff:0:0/96", "2001:db8::/32")
+        )
+        self.assertEqual(
+            options.useXClient, ("127.0.0.1/32", "10.0.0.0/8", "0.0.0.0/0", "2001:db8::/32")
+        )

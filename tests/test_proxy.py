@@ -369,6 +369,14 @@ class XClientTests(SynchronousTestCase):
         self.assertEqual(client.session.remoteAddress, "2001:db8::7")
         self.assertEqual(client.session.clientHostname, "[2001:db8::7]")
 
+    def test_trustedInIPv4MappedForm(self) -> None:
+        """
+        A front end trusted by its IPv4-mapped address (as a dual-stack socket names it)
+        is trusted when it connects over IPv4 (IPv6 QA: it got 550).
+        """
+        client = self.client(useXClient=("::ffff:192.0.2.0/120",))
+        self.assertEqual(codes(client.send("XCLIENT ADDR=198.51.100.7")), [220])
+
     def test_ipv4MappedAddressIsIPv4(self) -> None:
         """
         An IPv4-mapped ADDR is the IPv4 address it maps, as in a PROXY header or on a
