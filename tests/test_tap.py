@@ -886,6 +886,10 @@ class UnusableConfigurationTests(SynchronousTestCase):
             ("@example.com", "is not a host name"),
             ("[example.com]", "is not a domain: not an address literal"),
             ("[2001:db8::2]", "is not a domain: not an address literal"),
+            # What ipaddress takes and RFC 5321's grammar does not (IPv6 QA: no
+            # recipient could ever have them).
+            ("[IPv6:fe80::1%eth0]", "is not a domain: not an address literal"),
+            ("[IPv6:1:2:3:4:5:6::8]", "is not a domain: not an address literal"),
         ):
             self.assertIn(
                 f"twist smtpsvc: --domain: {domain!r} {words}",

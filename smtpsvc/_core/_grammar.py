@@ -404,6 +404,20 @@ def _checkDomainFully(domain: str) -> str:
     return domain
 
 
+def isAddressLiteral(text: str) -> bool:
+    """
+    Whether C{text} is an address literal (C{[192.0.2.1]}, C{[IPv6:2001:db8::1]}) that
+    RFC 5321's grammar (section 4.1.3) accepts in an address.
+    """
+    if not text.startswith("["):
+        return False
+    try:
+        _checkAddressLiteral(text)
+    except GrammarError:
+        return False
+    return True
+
+
 def _checkAddressLiteral(literal: str) -> str:
     if not literal.endswith("]"):
         raise GrammarError("address literal not closed")

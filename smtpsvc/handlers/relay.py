@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from zope.interface import implementer
 
+from .._core._grammar import isAddressLiteral
 from .._core._session import Address, Session
 from .._errors import SMTPError
 from .._tls import checkedHostName, normalizeServerName
@@ -83,7 +84,9 @@ def _checkedDomain(domain: str) -> str:
     text = domain.strip()
     if text.startswith("["):
         literal = _literal(text)
-        if literal is None:
+        if literal is None or not isAddressLiteral(text):
+            # (One no recipient's address could have: RFC 5321's grammar is stricter
+            # than ipaddress, which takes zone indices and a seventh group beside "::".)
             raise ValueError(f"{domain!r} is not a domain: not an address literal")
         return literal
     if text.startswith("*."):
