@@ -915,6 +915,10 @@ class UnusableConfigurationTests(SynchronousTestCase):
         for address in ("u@[IPv6:2001:DB8::1]", "u@[ipv6:2001:db8:0::1]", "u@[192.0.2.1]"):
             self.assertTrue(policy.isLocal(address), address)
         self.assertFalse(policy.isLocal("u@[IPv6:2001:db8::2]"))
+        # An IPv4-mapped literal matches in its dotted or its hexadecimal form.
+        mapped = RelayPolicy(["[IPv6:::ffff:192.0.2.1]"])
+        self.assertEqual(mapped.domains, {"[ipv6:::ffff:192.0.2.1]"})
+        self.assertTrue(mapped.isLocal("u@[IPv6:::ffff:c000:201]"))
         # Underscores are in real host names.
         RelayPolicy(["mail_1.example.com"])
         path = writeConfig(self, 'domain = "*.example.org"\ndeliver = "discard"\n')

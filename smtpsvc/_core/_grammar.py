@@ -404,6 +404,16 @@ def _checkDomainFully(domain: str) -> str:
     return domain
 
 
+def ipv6Text(address: ipaddress.IPv6Address) -> str:
+    """
+    An IPv6 address as RFC 5952 writes it: compressed, in lower case, and an IPv4-mapped
+    one with its IPv4 part dotted (section 5: C{::ffff:192.0.2.1}), which Python before
+    3.13 writes in hexadecimal.
+    """
+    mapped = address.ipv4_mapped
+    return f"::ffff:{mapped}" if mapped is not None else address.compressed
+
+
 def isAddressLiteral(text: str) -> bool:
     """
     Whether C{text} is an address literal (C{[192.0.2.1]}, C{[IPv6:2001:db8::1]}) that
@@ -442,7 +452,7 @@ def _checkAddressLiteral(literal: str) -> str:
             groups = [group for group in value.split(":") if group]
             if len(groups) + (1 if groups and "." in groups[-1] else 0) > 6:
                 raise GrammarError("bad IPv6 address literal")
-        return f"[IPv6:{address.compressed}]"
+        return f"[IPv6:{ipv6Text(address)}]"
     # General-address-literal needs a tag registered with IANA; none is.
     raise GrammarError("unsupported address literal")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from zope.interface import implementer
 
-from .._core._grammar import isAddressLiteral
+from .._core._grammar import ipv6Text, isAddressLiteral
 from .._core._session import Address, Session
 from .._errors import SMTPError
 from .._tls import checkedHostName, normalizeServerName
@@ -113,6 +113,6 @@ def _literal(text: str) -> str | None:
         address = ipaddress.ip_address(inner[5:] if tagged else inner)
     except ValueError:
         return None
-    if (address.version == 6) != tagged:
-        return None
-    return f"[ipv6:{address.compressed}]" if tagged else f"[{address}]"
+    if isinstance(address, ipaddress.IPv6Address):
+        return f"[ipv6:{ipv6Text(address)}]" if tagged else None
+    return None if tagged else f"[{address}]"
