@@ -38,8 +38,9 @@ class ParameterError(GrammarError):
 
 class LocalPartTooLong(GrammarError):
     """
-    An address whose local part is longer than RFC 5321's 64 octets (section
-    4.5.3.1.1), well formed otherwise as far as it was read.
+    An address whose local part is longer than the limit (RFC 5321's 64 octets, section
+    4.5.3.1.1, unless maxLocalPartLength says otherwise), well formed otherwise as far as
+    it was read.
     """
 
 
