@@ -265,7 +265,8 @@ def targets(rows: Sequence[Row], sizes: Sizes) -> list[Target]:
             return None
         if what in row.extra:
             return _median(row.extra[what])
-        spread: Spread | None = getattr(row, what)
+        # (None when no run of the row was measured: a server that did not start.)
+        spread: Spread | None = getattr(row, what, None)
         return _median(spread)
 
     found: list[Target] = []

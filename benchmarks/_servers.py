@@ -362,7 +362,7 @@ class RunningServer:
             return True
         # Each worker logs "SMTP worker PID serving HOST:PORT" once it accepts.
         text = self.logPath.read_text(errors="replace")
-        return text.count('"{kind} worker {pid} serving {host}:{port}"') >= self.spec.workers
+        return text.count('"{kind} worker {pid} serving {address}"') >= self.spec.workers
 
     def logTail(self, lines: int = 5) -> str:
         """
