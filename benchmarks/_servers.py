@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks import _proc
 from benchmarks._peers import SCRIPTS, Tools
+from smtpsvc._service import WORKER_SERVING
 
 #: The name every server answers with.
 NAME = "bench.example.test"
@@ -362,7 +363,7 @@ class RunningServer:
             return True
         # Each worker logs "SMTP worker PID serving HOST:PORT" once it accepts.
         text = self.logPath.read_text(errors="replace")
-        return text.count('"{kind} worker {pid} serving {address}"') >= self.spec.workers
+        return text.count(f'"{WORKER_SERVING}"') >= self.spec.workers
 
     def logTail(self, lines: int = 5) -> str:
         """

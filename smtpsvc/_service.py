@@ -441,6 +441,10 @@ def _now(d: Deferred[Any]) -> Any:
     return result
 
 
+#: The format of the line each worker logs once it serves (the benchmarks wait for it).
+WORKER_SERVING: Final = "{kind} worker {pid} serving {address}"
+
+
 def adopt(server: SMTPServer, fd: int, secure: bool | None) -> IListeningPort:
     """
     Serve on a listening socket inherited from a --workers parent, which this process
@@ -452,7 +456,7 @@ def adopt(server: SMTPServer, fd: int, secure: bool | None) -> IListeningPort:
     os.close(fd)
     address = port.getHost()
     _log.info(
-        "{kind} worker {pid} serving {address}",
+        WORKER_SERVING,
         kind="LMTP" if server.options.lmtp else "SMTP",
         pid=os.getpid(),
         address=hostPort(getattr(address, "host", ""), getattr(address, "port", "")),
