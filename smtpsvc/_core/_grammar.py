@@ -405,6 +405,19 @@ def _checkDomainFully(domain: str) -> str:
     return domain
 
 
+def unmapped(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """
+    C{address}, or the IPv4 address an IPv4-mapped IPv6 one maps (C{::ffff:a.b.c.d}: how
+    a dual-stack socket or proxy names an IPv4 client), so that one client has one
+    address for every limit, list and header.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def ipv6Text(address: ipaddress.IPv6Address) -> str:
     """
     An IPv6 address as RFC 5952 writes it: compressed, in lower case, and an IPv4-mapped

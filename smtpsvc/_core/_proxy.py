@@ -17,6 +17,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
+from ._grammar import unmapped
+
 
 class ProxyError(ValueError):
     """
@@ -154,17 +156,7 @@ def _address(text: str, version: int) -> str:
         raise ProxyError(f"bad address {text!r}") from e
     if address.version != version or (version == 4 and str(address) != text):
         raise ProxyError(f"bad IPv{version} address {text!r}")
-    return plainAddress(address)
-
-
-def plainAddress(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """
-    C{address} as text; an IPv4-mapped IPv6 one (how a dual-stack proxy or socket names
-    an IPv4 client: C{::ffff:a.b.c.d}) as the IPv4 address it is.
-    """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+    return str(unmapped(address))
 
 
 def _port(text: str) -> int:
@@ -216,8 +208,8 @@ def parseVersion2(command: int, familyByte: int, body: bytes) -> ProxyHeader:
         destination = str(ipaddress.IPv4Address(body[4:8]))
         sourcePort, destinationPort = struct.unpack("!HH", body[8:12])
     elif size == 36:
-        source = plainAddress(ipaddress.IPv6Address(body[0:16]))
-        destination = plainAddress(ipaddress.IPv6Address(body[16:32]))
+        source = str(unmapped(ipaddress.IPv6Address(body[0:16])))
+        destination = str(unmapped(ipaddress.IPv6Address(body[16:32])))
         sourcePort, destinationPort = struct.unpack("!HH", body[32:36])
     return ProxyHeader(
         version=2,

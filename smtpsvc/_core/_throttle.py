@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict, deque
 
+from ._grammar import unmapped
+
 
 class FailureBudget:
     """
@@ -63,11 +65,9 @@ def clientNetwork(address: str) -> str:
     a client given one has all of it), anything else as it is.
     """
     try:
-        ip = ipaddress.ip_address(address)
+        ip = unmapped(ipaddress.ip_address(address))
     except ValueError:
         return address
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)

@@ -15,8 +15,7 @@ import ipaddress
 import re
 from typing import Final
 
-from ._grammar import GrammarError, decodeXtext
-from ._proxy import plainAddress
+from ._grammar import GrammarError, decodeXtext, unmapped
 
 XCLIENT_ATTRIBUTES: Final = (
     "NAME",
@@ -55,8 +54,7 @@ def isTrusted(spec: bool | tuple[str, ...], address: str) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = unmapped(ip)
     return any(ip in ipaddress.ip_network(network) for network in spec)
 
 
@@ -123,7 +121,7 @@ def _check(name: str, value: str) -> str:
         if prefixed and address.version != 6:
             raise BadAttribute(f"bad address {value!r}", address=True)
         # As a PROXY header's or a dual-stack socket's: one client, one name.
-        return plainAddress(address)
+        return str(unmapped(address))
     if name in ("PORT", "DESTPORT"):
         if not _PORT.match(value) or int(value) > 65535:
             raise BadAttribute(f"bad port {value!r}")
