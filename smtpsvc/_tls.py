@@ -453,6 +453,11 @@ def warnTLSProblems(settings: TLSSettings, *, checkDefault: bool = True) -> list
     @return: the problems.
     """
     problems = settingsProblems(settings, checkDefault=checkDefault)
+    _warnProblems(problems)
+    return problems
+
+
+def _warnProblems(problems: list[TLSProblem]) -> None:
     for problem in problems:
         _log.warn(
             "{text}",
@@ -460,7 +465,6 @@ def warnTLSProblems(settings: TLSSettings, *, checkDefault: bool = True) -> list
             problem=problem.problem,
             text=problem.text,
         )
-    return problems
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -611,6 +615,9 @@ class ServerTLS:
             except TLSConfigurationError as e:
                 self._unusable(name, cacheKey, e)
                 return None
+            # And the warnings an sniOptions certificate gets at start (expired, not for
+            # this name...), when first returned: it serves all the same, as those do.
+            _warnProblems(certificateProblems(cert, name))
             self._remember(cacheKey, context)
             return context
         return self._map.lookup(name)

@@ -994,6 +994,31 @@ class ConfigurationTests(SynchronousTestCase):
             commonName(connection.clientTransport.servedCertificate()), "c.example.test"
         )
 
+    def test_callbackCertificateProblems(self) -> None:
+        """
+        A certificate from SNICallback gets, when it is first returned, the warnings an
+        sniOptions one gets at start (QA: an expired one was served without a word): it
+        is served all the same, and warned about once, however many handshakes it serves.
+        A good certificate gets no warning.
+        """
+        capture = LogCapture(self)
+        stale = certify("old.example.test", validDays=(-30, -1))
+        current = issue("c.example.test")
+
+        def choose(name: str) -> dict[str, bytes]:
+            pair = stale if name == "old.example.test" else current
+            return {"key": pair.key, "cert": pair.cert}
+
+        server = makeServer(SNICallback=choose)
+        for _ in range(2):
+            for name in ("old.example.test", "c.example.test"):
+                connection = upgraded(server, name)
+                self.assertEqual(commonName(connection.clientTransport.servedCertificate()), name)
+        (warning,) = capture.matching("expired")
+        self.assertIn("The certificate for old.example.test expired on", warning)
+        self.assertEqual(capture.matching("c.example.test"), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_callbackContextsBounded(self) -> None:
         """
         The contexts made from what SNICallback returned are bounded: a callback that
