@@ -13,6 +13,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from twisted.application.service import Service
@@ -310,9 +311,15 @@ class SMTPService(Service):
     server gracefully (within C{closeTimeout}).
     """
 
-    def __init__(self, server: SMTPServer, config: ServiceConfig) -> None:
+    def __init__(
+        self, server: SMTPServer, config: ServiceConfig, pipes: WorkerPipes | None = None
+    ) -> None:
+        """
+        @param pipes: a worker's pipes to its C{--workers} master (L{WorkerPipes.claim}).
+        """
         self.server = server
         self.config = config
+        self._pipes = pipes or WorkerPipes(None, None)
         self.ports: list[IListeningPort] = []
         self._listening = False
         self._signals: SignalHandlers | None = None
@@ -331,9 +338,8 @@ class SMTPService(Service):
         self._listen()
         self._signals = SignalHandlers(self.server.reactor, self.reload)
         self._signals.install()
-        if self.config.inherited:
-            self._master = MasterPipe.fromEnvironment(self.server.reactor, self._masterGone)
-            tellReady()
+        self._master = MasterPipe.watch(self.server.reactor, self._pipes.master, self._masterGone)
+        tellReady(self._pipes.ready)
 
     def _masterGone(self, master: int) -> None:
         # As on SIGTERM: stop accepting, let the transactions under way finish.
@@ -473,16 +479,53 @@ MASTER_PIPE: Final = "SMTPSVC_MASTER_PIPE"
 READY_PIPE: Final = "SMTPSVC_READY_PIPE"
 
 
-def tellReady() -> None:
+@dataclass(frozen=True)
+class WorkerPipes:
     """
-    Tell the C{--workers} master that started this process (if one did: L{READY_PIPE}
-    names the pipe) that its SIGHUP handler is in place: until then the master keeps
-    SIGHUP from it, which would meet the default handler and kill it.
+    The two pipes a C{--workers} master gives a worker, named by L{MASTER_PIPE} and
+    L{READY_PIPE}: the one it watches for the master's end (L{MasterPipe}), and the one
+    on which it says it handles SIGHUP (L{tellReady}).
+
+    @ivar master: the descriptor of the first, or L{None}.
+    @ivar ready: the descriptor of the second, or L{None}.
     """
-    value = os.environ.pop(READY_PIPE, "")
+
+    master: int | None
+    ready: int | None
+
+    @classmethod
+    def claim(cls) -> WorkerPipes:
+        """
+        Take the pipes the environment names, before anything else is built: the
+        variables are removed and the descriptors kept from the processes this one
+        starts (a C{python:} handler's factory may start some as it is built), which
+        would take themselves for workers, or hold the pipes open and keep the master
+        from seeing this process end.  A variable that names no open descriptor is
+        taken as no pipe.
+        """
+        return cls(_claimed(MASTER_PIPE), _claimed(READY_PIPE))
+
+
+def _claimed(variable: str) -> int | None:
+    value = os.environ.pop(variable, "")
     if not value.isdigit():
-        return
+        return None
     fd = int(value)
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:
+        return None
+    return fd
+
+
+def tellReady(fd: int | None) -> None:
+    """
+    Tell the C{--workers} master that started this process, on the pipe C{fd} (L{None}
+    when no master did), that its SIGHUP handler is in place: until then the master keeps
+    SIGHUP from it, which would meet the default handler and kill it.  The pipe is closed.
+    """
+    if fd is None:
+        return
     with contextlib.suppress(OSError):
         os.write(fd, b"\n")
     with contextlib.suppress(OSError):
@@ -518,23 +561,16 @@ class MasterPipe:
         self._gone = gone
 
     @classmethod
-    def fromEnvironment(cls, reactor: Any, gone: Callable[[int], None]) -> MasterPipe | None:
+    def watch(cls, reactor: Any, fd: int | None, gone: Callable[[int], None]) -> MasterPipe | None:
         """
-        Watch the pipe L{MASTER_PIPE} names; L{None} when it names none (this process
-        was not started by a C{--workers} master).  The variable is removed, so that
-        processes the worker starts (for a C{python:} handler) do not take themselves for
-        workers.
+        Watch the pipe C{fd} (from L{WorkerPipes.claim}); L{None} when there is none
+        (this process was not started by a C{--workers} master) or it cannot be watched.
 
         @param gone: called with the master's process ID once it is gone.
         """
-        value = os.environ.pop(MASTER_PIPE, "")
-        if not value.isdigit():
+        if fd is None:
             return None
-        fd = int(value)
         try:
-            # Nor do they hold the pipe open, which would keep the master from seeing
-            # the worker end.
-            os.set_inheritable(fd, False)
             fdesc.setNonBlocking(fd)
         except OSError:
             return None

@@ -40,7 +40,7 @@ from ._config import (
 )
 from ._options import OptionSpec, ServerOptions, optionSpecs
 from ._server import SMTPServer
-from ._service import AUTH_INTERFACES, SMTPService, WorkerMaster, checkersFor
+from ._service import AUTH_INTERFACES, SMTPService, WorkerMaster, WorkerPipes, checkersFor
 from ._service import buildServer as _buildServer
 from ._tls import (
     ServerTLS,
@@ -364,7 +364,9 @@ def makeService(options: Options) -> IService:
             development=config.tls.development,
             certificates=config.tls.handedOver,
         )
-    return SMTPService(buildServer(options), config)
+    # A worker takes its pipes to the master before its handlers are built (see claim).
+    pipes = WorkerPipes.claim() if config.inherited else None
+    return SMTPService(buildServer(options), config, pipes)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyClass
 
-from smtpsvc import _service
+from smtpsvc import _service, tap
 from smtpsvc._config import (
     LISTEN_BACKLOG,
     ConfigurationError,
@@ -49,7 +49,9 @@ from smtpsvc._service import (
     MASTER_PIPE,
     READY_PIPE,
     MasterPipe,
+    SMTPService,
     WorkerMaster,
+    WorkerPipes,
     _Worker,
     canSpreadConnections,
     inMemory,
@@ -57,6 +59,7 @@ from smtpsvc._service import (
     tellReady,
     workerTwistOptions,
 )
+from smtpsvc.testing import RecordingHandler
 
 from .e2e_support import LOCALHOST, LogCapture, theReactor, workspace
 from .memorytls import issue
@@ -766,18 +769,104 @@ class WorkerRestartTests(TestCase):
         self.assertTrue(listening(ports[0]))
 
 
+class WorkerPipesTests(SynchronousTestCase):
+    """
+    A worker takes the two pipes its master's environment names before anything else is
+    built.
+    """
+
+    def test_claimed(self) -> None:
+        """
+        Both variables are taken out of the environment and both descriptors out of what
+        the processes the worker starts inherit: they are not workers, and must not hold
+        the pipes open.
+        """
+        fds = os.pipe() + os.pipe()
+        for fd in fds:
+            self.addCleanup(os.close, fd)
+            os.set_inheritable(fd, True)
+        self.patch(os, "environ", {**os.environ, MASTER_PIPE: str(fds[0]), READY_PIPE: str(fds[3])})
+        self.assertEqual(WorkerPipes.claim(), WorkerPipes(fds[0], fds[3]))
+        self.assertNotIn(MASTER_PIPE, os.environ)
+        self.assertNotIn(READY_PIPE, os.environ)
+        self.assertEqual([os.get_inheritable(fd) for fd in fds], [False, True, True, False])
+
+    def test_noMaster(self) -> None:
+        """
+        Without the variables, or with ones that name no open descriptor, there are no
+        pipes; the variables are gone either way.
+        """
+        for value in (None, "", "x", "987654"):
+            environ = {k: v for k, v in os.environ.items() if k not in (MASTER_PIPE, READY_PIPE)}
+            if value is not None:
+                environ[MASTER_PIPE] = environ[READY_PIPE] = value
+            self.patch(os, "environ", environ)
+            self.assertEqual(WorkerPipes.claim(), WorkerPipes(None, None), value)
+            self.assertNotIn(MASTER_PIPE, os.environ)
+            self.assertNotIn(READY_PIPE, os.environ)
+
+    def test_claimedBeforeHandlersAreBuilt(self) -> None:
+        """
+        makeService takes them before it builds the handlers: a C{python:} delivery's
+        factory that starts a process sees neither variable, and the process inherits
+        neither pipe (QA: both were there until the service started).
+        """
+        fds = os.pipe() + os.pipe()
+        for fd in fds:
+            self.addCleanup(os.close, fd)
+            os.set_inheritable(fd, True)
+        self.patch(os, "environ", {**os.environ, MASTER_PIPE: str(fds[0]), READY_PIPE: str(fds[3])})
+        seen.clear()
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        options = tap.Options()
+        options.parseOptions(
+            [
+                "--inherit",
+                f"{listener.fileno()}:plain",
+                "--deliver",
+                "python:tests.test_workermaster:environmentSeeingHandler",
+                "--deliver",
+                "discard",
+            ]
+        )
+        service = tap.makeService(options)
+        self.assertEqual(seen, [(False, False, False, False)])
+        assert isinstance(service, SMTPService)
+        self.assertEqual(service._pipes, WorkerPipes(fds[0], fds[3]))
+
+
+#: What environmentSeeingHandler saw when it was built.
+seen: list[tuple[bool, bool, bool, bool]] = []
+
+
+def environmentSeeingHandler() -> RecordingHandler:
+    """
+    A python: delivery factory that looks at what a process it started would get: the
+    worker's variables, and whether the pipes in them would be inherited.
+    """
+    master, ready = (int(os.environ.get(v, "-1")) for v in (MASTER_PIPE, READY_PIPE))
+    seen.append(
+        (
+            MASTER_PIPE in os.environ,
+            READY_PIPE in os.environ,
+            master >= 0 and os.get_inheritable(master),
+            ready >= 0 and os.get_inheritable(ready),
+        )
+    )
+    return RecordingHandler()
+
+
 class MasterPipeTests(TestCase):
     """
-    A worker watches the pipe its master's environment names, and hears when the master
-    is gone: the pipe's end.
+    A worker watches the pipe from its master, and hears when the master is gone: the
+    pipe's end.
     """
 
     def _pipe(self) -> tuple[int, list[int]]:
-        # A pipe as the master hands it: the worker's end inheritable, as spawnProcess
-        # leaves it, named in the environment.  The other end is closed at the end of the
-        # test unless the test closed it (popped it) first.
+        # A pipe as the master hands it; the other end is closed at the end of the test
+        # unless the test closed it (popped it) first.
         read, write = os.pipe()
-        os.set_inheritable(read, True)
         writeEnd = [write]
 
         def closeWriteEnd() -> None:
@@ -785,23 +874,18 @@ class MasterPipeTests(TestCase):
                 os.close(fd)
 
         self.addCleanup(closeWriteEnd)
-        self.patch(os, "environ", {**os.environ, MASTER_PIPE: str(read)})
         return read, writeEnd
 
     async def test_goneAtTheEnd(self) -> None:
         """
         When the last holder of the pipe's other end closes it (the master dies), the
-        worker is told, with the master's process ID, and its end is closed.  The
-        variable is taken out of the environment, and the pipe out of what processes the
-        worker starts inherit.
+        worker is told, with the master's process ID, and its end is closed.
         """
         read, writeEnd = self._pipe()
         told: Deferred[int] = Deferred()
-        pipe = MasterPipe.fromEnvironment(theReactor(), told.callback)
+        pipe = MasterPipe.watch(theReactor(), read, told.callback)
         assert pipe is not None
         self.addCleanup(pipe.stop)
-        self.assertNotIn(MASTER_PIPE, os.environ)
-        self.assertFalse(os.get_inheritable(read))
         os.write(writeEnd[0], b"ignored")
         os.close(writeEnd.pop())
         self.assertEqual(await told, os.getppid())
@@ -820,7 +904,7 @@ class MasterPipeTests(TestCase):
         """
         read, _ = self._pipe()
         reactor = theReactor()
-        pipe = MasterPipe.fromEnvironment(reactor, lambda master: self.fail("told"))
+        pipe = MasterPipe.watch(reactor, read, lambda master: self.fail("told"))
         assert pipe is not None
         self.assertIn(pipe, reactor.getReaders())
         pipe.stop()
@@ -830,48 +914,34 @@ class MasterPipeTests(TestCase):
 
     def test_noMaster(self) -> None:
         """
-        Without the variable, or with one that names no descriptor, there is nothing to
-        watch.
+        Without a pipe, or with one that is not open, there is nothing to watch.
         """
-        for value in (None, "", "x", "987654"):
-            environ = {k: v for k, v in os.environ.items() if k != MASTER_PIPE}
-            if value is not None:
-                environ[MASTER_PIPE] = value
-            self.patch(os, "environ", environ)
-            self.assertIsNone(MasterPipe.fromEnvironment(theReactor(), lambda master: None))
+        for fd in (None, 987654):
+            self.assertIsNone(MasterPipe.watch(theReactor(), fd, lambda master: None))
 
 
 class TellReadyTests(SynchronousTestCase):
     """
-    A worker says on the pipe its environment names that it handles SIGHUP.
+    A worker says on its pipe to the master that it handles SIGHUP.
     """
 
     def test_told(self) -> None:
         """
-        One line, then the worker's end is closed, and the variable is taken out of the
-        environment (processes the worker starts are not workers).
+        One line, then the worker's end is closed.
         """
         read, write = os.pipe()
         self.addCleanup(os.close, read)
-        self.patch(os, "environ", {**os.environ, READY_PIPE: str(write)})
-        tellReady()
+        tellReady(write)
         self.assertEqual(os.read(read, 10), b"\n")
         self.assertEqual(os.read(read, 10), b"")
-        self.assertNotIn(READY_PIPE, os.environ)
         self.assertRaises(OSError, os.fstat, write)
 
     def test_noMaster(self) -> None:
         """
-        Without the variable, or with one that names no descriptor, nothing raises; the
-        variable is gone either way.
+        Without a pipe, or with one that is not open, nothing raises.
         """
-        for value in (None, "x", "987654"):
-            environ = {k: v for k, v in os.environ.items() if k != READY_PIPE}
-            if value is not None:
-                environ[READY_PIPE] = value
-            self.patch(os, "environ", environ)
-            tellReady()
-            self.assertNotIn(READY_PIPE, os.environ)
+        tellReady(None)
+        tellReady(987654)
 
 
 class ListenPerWorkerTests(SynchronousTestCase):
