@@ -133,13 +133,17 @@ def _inTurn(
             result = call()
         except SMTPError as e:
             return None, e
-        except Exception:
+        except BaseException:
+            # BaseException: asyncio's CancelledError is one, and a coroutine's gets 451
+            # too (as a data handler's does).
             _logHandlerFailure(Failure(), hooks[index], session)
             return None, unexpected
         if isinstance(result, Deferred) or inspect.iscoroutine(result):
             return _afterPending(
                 result, calls[index + 1 :], hooks[index:], session, unexpected, decisive
             )
+        if result is not None and _misanswered(result, hooks[index], session):
+            return None, unexpected
         decision = _decided(result, decisive)
         if decision is not None:
             return decision
@@ -156,9 +160,38 @@ def _decided(result: object, decisive: bool) -> _Decision | None:
         return None, result
     if not decisive or result is None:
         return None
-    if isinstance(result, (int, str, bytes)) and not result:
+    try:
+        # Any false user: an empty list included, which is what a database query that
+        # found no one gives (API QA: it logged the client in).
+        false = not result
+    except Exception:
+        # A user that cannot say whether it is one is none.
+        false = True
+    if false:
         return None, None
     return result, None
+
+
+def _misanswered(result: object, hook: str, session: Session) -> bool:
+    """
+    Whether a handler's answer is one still to come in a form not taken (a generator, an
+    awaitable that is neither a coroutine nor a Deferred): such a handler's decision
+    would never be known, so it is a handler failure, logged (the reply is the one for
+    a failed handler), not an answer to take as given.
+    """
+    if isinstance(result, Deferred) or inspect.iscoroutine(result):
+        return False
+    if inspect.isgenerator(result):
+        why = "a generator, not a Deferred or a coroutine (is @inlineCallbacks missing?)"
+    elif inspect.isawaitable(result):
+        why = (
+            f"an awaitable {type(result).__name__}, not a Deferred or a coroutine (wrap "
+            "it: Deferred.fromFuture for an asyncio future, or an async def that awaits it)"
+        )
+    else:
+        return False
+    _logHandlerFailure(Failure(TypeError(f"{hook} returned {why}")), hook, session)
+    return True
 
 
 def _afterPending(
@@ -221,7 +254,7 @@ def callFirst(
     """
     Ask authentication handlers in order: the first that returns a user (any object but
     L{None} that is not false) accepts; an L{SMTPError} (raised or returned) refuses, and
-    so does C{False}, C{0} or C{""} (credentials invalid); L{None} passes to the next.  A
+    so does any false value (credentials invalid); L{None} passes to the next.  A
     handler that fails unexpectedly is logged and the client gets a temporary 454 (RFC
     4954 section 6: the authentication backend is unavailable).
 
@@ -244,10 +277,13 @@ def _userName(user: object) -> str:
 
 def _callLogged(handler: Callable[[Session], object], session: Session) -> object:
     try:
-        return handler(session)
-    except Exception:
+        result = handler(session)
+    except BaseException:
         _logHandlerFailure(Failure(), "onClose", session)
         return None
+    if result is not None and _misanswered(result, "onClose", session):
+        return None
+    return result
 
 
 def _ensureDeferred(result: object) -> Deferred[Any]:
@@ -499,6 +535,7 @@ class SMTPProtocol(LineReceiver):
         "_accepted",
         "_buffer",
         "_busyReceiving",
+        "_chain",
         "_chunk",
         "_chunkLeft",
         "_closeWhenFlushed",
@@ -587,6 +624,9 @@ class SMTPProtocol(LineReceiver):
         self._closeWhenFlushed = False
         self._disconnected = False
         self._handlerPending = False
+        # The handlers of a command (or of the connection) still deciding: see
+        # _pendingHandlers.
+        self._chain: Deferred[Any] | None = None
         # A message that was aborted while its data handlers had yet to answer, until
         # they have.
         self._settling: _DataTransaction | None = None
@@ -816,6 +856,7 @@ class SMTPProtocol(LineReceiver):
         # and 421 may come at any time).
         result = callChain(calls, hooks, self._core.session, CONNECT_HANDLER_FAILED)
         if isinstance(result, Deferred):
+            self._pendingHandlers(result)
             self._handlerPending = True
             self._awaitHandlers()
             result.addCallback(self._greeting)
@@ -876,6 +917,17 @@ class SMTPProtocol(LineReceiver):
             self._server._addressLeft(self._countedAs)
             self._countedAs = None
         self._server._connectionLost(self)
+        chain, self._chain = self._chain, None
+        if chain is not None:
+            # Handlers still deciding about a command (or the connection): their answer
+            # will go to no one, but the close handlers wait for it, as for a message's
+            # data handlers (below), so that a close handler may release what they use.
+            # They are not cancelled (see handlers.rst): a Deferred may be shared.
+            chain.addBoth(lambda _: self._whenSettled())
+        else:
+            self._whenSettled()
+
+    def _whenSettled(self) -> None:
         if self._settling is not None:
             # A message the connection was receiving still has data handlers to answer:
             # the close handlers wait for them (a relay's data handler is still using the
@@ -883,6 +935,18 @@ class SMTPProtocol(LineReceiver):
             self._settling.whenSettled(self._closeHandlers)
         else:
             self._closeHandlers()
+
+    def _pendingHandlers(self, pending: Deferred[_T]) -> Deferred[_T]:
+        # Handlers (of callChain or callFirst) whose answer is still to come; should the
+        # connection end first, connectionLost waits for them.
+        self._chain = pending
+
+        def answered(result: _T) -> _T:
+            if self._chain is pending:
+                self._chain = None
+            return result
+
+        return pending.addBoth(answered)
 
     def _logDisconnect(self, session: Session) -> None:
         # The line per connection, like Postfix's "disconnect from"; not built when no one
@@ -1355,6 +1419,7 @@ class SMTPProtocol(LineReceiver):
         if not isinstance(result, Deferred):
             self._perform(answer(address, result))
             return
+        self._pendingHandlers(result)
 
         def answered(error: SMTPError | None) -> None:
             self._perform(answer(address, error))
@@ -1460,6 +1525,7 @@ class SMTPProtocol(LineReceiver):
         if not isinstance(result, Deferred):
             self._authenticated(result)
             return
+        self._pendingHandlers(result)
         result.addCallback(self._holdFor(self._authenticated))
 
     def _authenticated(self, outcome: tuple[object, SMTPError | None]) -> None:
@@ -1498,7 +1564,7 @@ class SMTPProtocol(LineReceiver):
         calls = [partial(h, login, session) for h in self._server._handlersFor("onAuth")]
         result = callFirst(calls, session)
         if isinstance(result, Deferred):
-            result.addCallback(self._xclientLoggedIn, done)
+            self._pendingHandlers(result).addCallback(self._xclientLoggedIn, done)
         else:
             self._xclientLoggedIn(result, done)
 
@@ -1518,7 +1584,9 @@ class SMTPProtocol(LineReceiver):
             self._connectCalls(), "onConnect", self._core.session, CONNECT_HANDLER_FAILED
         )
         if isinstance(result, Deferred):
-            result.addCallback(lambda error: done(self._core.xclientDone(error)))
+            self._pendingHandlers(result).addCallback(
+                lambda error: done(self._core.xclientDone(error))
+            )
         else:
             done(self._core.xclientDone(result))
 
@@ -1589,7 +1657,7 @@ class SMTPProtocol(LineReceiver):
         if not isinstance(result, Deferred):
             self._secured(result)
             return
-        result.addCallback(self._holdFor(self._secured))
+        self._pendingHandlers(result).addCallback(self._holdFor(self._secured))
 
     def _connectCalls(self) -> list[Callable[[], object]]:
         session = self._core.session
@@ -1632,7 +1700,7 @@ class SMTPProtocol(LineReceiver):
         if not isinstance(result, Deferred):
             self._dataChecked(result)
             return
-        result.addCallback(self._holdFor(self._dataChecked))
+        self._pendingHandlers(result).addCallback(self._holdFor(self._dataChecked))
 
     def _dataChecked(self, error: SMTPError | None) -> None:
         if error is None:

@@ -81,8 +81,9 @@ class IAuthHandler(Interface):
         C{session.user}) to accept; return L{None} to leave the decision to the next
         authentication handler; raise (or return) L{smtpsvc.SMTPError} to refuse
         (C{535 5.7.8} is the usual refusal, C{454 4.7.0} a temporary one that does not
-        count as a failed attempt).  C{False}, C{0} or C{""} refuses too, with C{535
-        Error: Authentication credentials invalid}, as when no handler accepts.
+        count as a failed attempt).  C{False}, C{0}, C{""} or any other false value (an
+        empty list of rows) refuses too, with C{535 Error: Authentication credentials
+        invalid}, as when no handler accepts.
         """
 
 
@@ -211,7 +212,8 @@ class ICloseHandler(Interface):
         """
         The connection closed, for whatever reason.  This is the session's last call:
         when a message was being received, it comes once the message's data handlers
-        have answered.  The answer is ignored; an error is logged.
+        have answered, and when a handler was deciding about a command, once it has
+        answered.  The answer is ignored; an error is logged.
         """
 
 

@@ -472,12 +472,38 @@ class ExchangeTests(SynchronousTestCase):
 
     def test_falseAnswerRefuses(self) -> None:
         """
-        A handler that answers False, 0 or "" (say, a password check's result) refuses
-        with 535, as in the reference, and the chain stops there: no later handler
-        accepts.  True, and any other value but None, is the user.  An SMTPError
-        returned instead of raised refuses with that reply.  At once or later.
+        A handler that answers False, 0 or "" (say, a password check's result), or any
+        other false value (an empty list: a database query that found no one, API QA),
+        refuses with 535, as in the reference, and the chain stops there: no later
+        handler accepts.  So does a value that cannot say whether it is false.  True,
+        and any other value but None, is the user.  An SMTPError returned instead of
+        raised refuses with that reply.  At once or later.
         """
-        answers: list[object] = [False, 0, "", b"", True, "alice", SMTPError(454, "Busy")]
+
+        class NoRows:
+            def __bool__(self) -> bool:
+                return False
+
+        class Ambiguous:
+            def __bool__(self) -> bool:
+                raise ValueError("ambiguous")
+
+        answers: list[object] = [
+            False,
+            0,
+            "",
+            b"",
+            [],
+            {},
+            (),
+            0.0,
+            NoRows(),
+            Ambiguous(),
+            True,
+            "alice",
+            ["alice"],
+            SMTPError(454, "Busy"),
+        ]
         for answer in answers:
             for later in (False, True):
 
@@ -494,7 +520,7 @@ class ExchangeTests(SynchronousTestCase):
                 case = (answer, later)
                 if isinstance(answer, SMTPError):
                     self.assertEqual(replies, ["454 Busy"], case)
-                elif answer:
+                elif answer is True or answer == "alice" or answer == ["alice"]:
                     self.assertEqual(replies, ["235 Authentication successful"], case)
                     self.assertEqual(client.session.user, answer, case)
                 else:

@@ -3029,6 +3029,133 @@ class ServerTests(SynchronousTestCase):
         self.assertIn("implementer", str(caught.exception))
 
 
+class HandlerAnswerTests(SynchronousTestCase):
+    """
+    What the server makes of handlers that answer in unexpected ways, and of handlers
+    still deciding when the connection ends.
+    """
+
+    def test_pendingInAnotherForm(self) -> None:
+        """
+        An answer still to come in a form the server does not take (a generator: an
+        @inlineCallbacks handler without its decorator; an awaitable that is neither a
+        coroutine nor a Deferred) is a handler failure, logged, with 451, never taken as
+        an acceptance (API QA: a refusing handler's sender got 250).
+        """
+
+        class Awaitable:
+            def __await__(self) -> Any:
+                raise SMTPError(550, "Sender blocked")
+                yield  # pragma: no cover
+
+        def generator() -> Any:
+            raise SMTPError(550, "Sender blocked")
+            yield  # pragma: no cover
+
+        for answer, why in [
+            (generator, "a generator, not a Deferred or a coroutine (is @inlineCallbacks"),
+            (Awaitable, "an awaitable Awaitable, not a Deferred or a coroutine"),
+        ]:
+
+            @implementer(IMailFromHandler, ICloseHandler)
+            class Odd:
+                def __init__(self, answer: Callable[[], object]) -> None:
+                    self.answer = answer
+
+                def onMailFrom(self, address: Address, session: Session) -> object:
+                    return self.answer()
+
+                def onClose(self, session: Session) -> object:
+                    return self.answer()
+
+            client = connect(Odd(answer), clientName="c.example")
+            self.assertEqual(
+                first(client.send("MAIL FROM:<a@b.example>")),
+                "451 Requested action aborted: local error in processing",
+            )
+            client.send("QUIT")
+            errors = [str(e.value) for e in self.flushLoggedErrors(TypeError)]
+            self.assertEqual(len(errors), 2, errors)
+            self.assertTrue(errors[0].startswith(f"onMailFrom returned {why}"), errors)
+            self.assertTrue(errors[1].startswith(f"onClose returned {why}"), errors)
+
+    def test_baseExceptionFromASynchronousHandler(self) -> None:
+        """
+        A synchronous handler that raises what is not an Exception (asyncio's
+        CancelledError) gets 451, logged, as a coroutine raising it does, and the
+        connection carries on (API QA: it escaped dataReceived and the connection was
+        dropped without a reply).
+        """
+        import asyncio
+
+        @implementer(IMailFromHandler)
+        class Cancelled:
+            def onMailFrom(self, address: Address, session: Session) -> None:
+                raise asyncio.CancelledError()
+
+        client = connect(Cancelled(), clientName="c.example")
+        self.assertEqual(
+            first(client.send("MAIL FROM:<a@b.example>")),
+            "451 Requested action aborted: local error in processing",
+        )
+        self.assertEqual(len(self.flushLoggedErrors(asyncio.CancelledError)), 1)
+        self.assertFalse(client.closed)
+        self.assertEqual(codes(client.send("NOOP")), [250])
+
+    def test_closeHandlersWaitForPendingHandlers(self) -> None:
+        """
+        A handler still deciding when the connection ends (the client left, the handler
+        timeout passed, the server was closed) is left to end (not cancelled: its
+        Deferred may be shared); the close handlers run once it has, and
+        server.close() fires after them (API QA: onClose ran while an RCPT lookup was
+        still to use what it released).  Its answer goes to no one.
+        """
+        for ending in ("client", "timeout", "close"):
+            events: list[str] = []
+
+            @implementer(IRcptToHandler, ICloseHandler)
+            class Directory:
+                def __init__(self, events: list[str]) -> None:
+                    self.lookup: Deferred[None] = Deferred()
+                    self.events = events
+
+                async def onRcptTo(self, address: Address, session: Session) -> None:
+                    await self.lookup
+                    self.events.append(f"onRcptTo answers, db {session.data['db']}")
+                    raise SMTPError(550, "No such user")
+
+                def onClose(self, session: Session) -> None:
+                    session.data["db"] = "released"
+                    self.events.append("onClose")
+
+            directory = Directory(events)
+            server = makeServer([directory], handlerTimeout=30, closeTimeout=5)
+            client = clientOf(server, "c.example")
+            client.session.data["db"] = "open"
+            clock = client.clock
+            client.send("MAIL FROM:<a@b.example>")
+            self.assertEqual(client.send("RCPT TO:<c@d.example>"), [])
+            if ending == "client":
+                client.disconnect()
+            elif ending == "timeout":
+                clock.advance(30)
+                self.assertEqual(codes(client.received()), [421])
+            else:
+                server.close().addCallback(lambda _: events.append("server closed"))
+                # The 421 at closeTimeout, the cut-off a second later (the give-up
+                # would be three more seconds on).
+                for seconds in (5, 1):
+                    clock.advance(seconds)
+                    client.received()
+            self.assertTrue(client.closed or ending == "client", ending)
+            self.assertEqual(events, [], ending)
+            directory.lookup.callback(None)
+            expected = ["onRcptTo answers, db open", "onClose"]
+            self.assertEqual(events, expected + ["server closed"] * (ending == "close"), ending)
+            self.assertEqual(client.received(), [], ending)
+            self.assertEqual(self.flushLoggedErrors(), [], ending)
+
+
 class ReplyParsingTests(SynchronousTestCase):
     """
     L{parseReplies} and L{MemoryClient.received}, which tests read the server with.
