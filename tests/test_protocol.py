@@ -3128,6 +3128,9 @@ class HandlerAnswerTests(SynchronousTestCase):
                     session.data["db"] = "released"
                     self.events.append("onClose")
 
+                def serverClosed(self, result: None) -> None:
+                    self.events.append("server closed")
+
             directory = Directory(events)
             server = makeServer([directory], handlerTimeout=30, closeTimeout=5)
             client = clientOf(server, "c.example")
@@ -3141,7 +3144,7 @@ class HandlerAnswerTests(SynchronousTestCase):
                 clock.advance(30)
                 self.assertEqual(codes(client.received()), [421])
             else:
-                server.close().addCallback(lambda _: events.append("server closed"))
+                server.close().addCallback(directory.serverClosed)
                 # The 421 at closeTimeout, the cut-off a second later (the give-up
                 # would be three more seconds on).
                 for seconds in (5, 1):
