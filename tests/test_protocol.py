@@ -385,6 +385,27 @@ class CommandCheckTests(SynchronousTestCase):
         """
         self.assertEqual(codes(connect().send("NOOP   ")), [250])
 
+    def test_5321_11_trailingWhiteSpaceAfterAnyCommand(self) -> None:
+        """
+        Trailing white space, SP or HTAB (RFC 5321 section 4.1.1), is tolerated after
+        every command, as by Postfix (Postfix QA: after BDAT it got 521 and the
+        connection closed; a tab after any command, 500 or 501).
+        """
+        client = connect(RecordingHandler(), clientName="c.example")
+        replies = client.send(
+            "NOOP\t",
+            "RSET \t",
+            "MAIL FROM:<a@b.example> SIZE=10 \t",
+            "RCPT TO:<c@d.example>\t",
+            "DATA\t",
+        )
+        self.assertEqual(codes(replies), [250, 250, 250, 250, 354])
+        self.assertEqual(codes(client.write(b"x\r\n.\r\n")), [250])
+        client.send("MAIL FROM:<a@b.example>", "RCPT TO:<c@d.example>")
+        self.assertEqual(codes(client.write(b"BDAT 5 LAST \t\r\nhello")), [250])
+        self.assertEqual(codes(client.send("QUIT\t")), [221])
+        self.assertTrue(client.closed)
+
     def test_tooManyUnrecognized(self) -> None:
         """
         The tenth unrecognised command gets 421 and the connection closes.

@@ -537,6 +537,10 @@ class ServerConnection:
         # line is not a second line, and a NUL has no business in a command.
         if "\r" in line or "\n" in line or "\x00" in line:
             return self._unrecognizedCommand(R.INVALID_CHARACTERS)
+        if line[-1:] in (" ", "\t"):
+            # Servers SHOULD tolerate trailing white space (RFC 5321 section 4.1.1): SP
+            # or HTAB, after any command (Postfix QA: BDAT ... LAST with one got 521).
+            line = line.rstrip(" \t")
         verb, _, argument = line.partition(" ")
         self._verb = verb = verb.upper()
         if verb in _HTTP_VERBS and _HTTP.match(line):
