@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
+from twisted.internet import tcp, unix
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
@@ -71,6 +72,34 @@ def listenerKind(options: ServerOptions, secure: bool | None) -> str:
     """
     kind = "LMTP" if options.lmtp else "SMTP"
     return f"{kind} (implicit TLS)" if (options.secure if secure is None else secure) else kind
+
+
+class _InheritedUNIXPort(unix.Port):
+    """
+    A listening UNIX socket inherited from the process that bound it, which owns its
+    file (the C{--workers} master).  Twisted's port for an adopted socket would, as it
+    starts, set the file's mode to its own (0666 unless told otherwise), undoing the
+    owner's C{mode=} (and failing with EPERM in a worker that runs as another user, under
+    C{twistd --uid}), and would remove the file as it stops, while the owner and the other
+    workers still serve on it.  This one leaves the file alone.
+    """
+
+    def startListening(self) -> None:
+        # unix.Port.startListening for a socket it did not bind, without the chmod.
+        port: Any = self
+        tcp._reservedFD.reserve()
+        port.factory.doStart()
+        socketObject, port._preexistingSocket = port._preexistingSocket, None
+        socketObject.listen(port.backlog)
+        port.connected = True
+        port.socket = socketObject
+        port.fileno = socketObject.fileno
+        port.numberAccepts = 100
+        port.startReading()
+
+    def connectionLost(self, reason: object) -> None:
+        # unix.Port.connectionLost without removing the file.
+        tcp.Port.connectionLost(self, reason)
 
 
 class SMTPServer(Factory):
@@ -391,7 +420,15 @@ class SMTPServer(Factory):
         # Twisted requires it, and a blocking socket would stall the reactor on the first
         # read that finds nothing (a TLS handshake makes such reads).
         os.set_blocking(fd, False)
-        port: IListeningPort = self.reactor.adoptStreamPort(fd, family, self.factoryFor(secure))
+        factory = self.factoryFor(secure)
+        port: IListeningPort
+        if family == socket.AF_UNIX:
+            port = _InheritedUNIXPort._fromListeningDescriptor(  # type: ignore[no-untyped-call]
+                self.reactor, fd, factory
+            )
+            port.startListening()
+        else:
+            port = self.reactor.adoptStreamPort(fd, family, factory)
         self._ports.append(port)
         return port
 

@@ -461,9 +461,14 @@ def adopt(server: SMTPServer, fd: int, secure: bool | None) -> IListeningPort:
     port = server.adopt(fd, secure=secure)
     os.close(fd)
     address = port.getHost()
+    kind = "LMTP" if server.options.lmtp else "SMTP"
+    if isinstance(address, UNIXAddress):
+        path = os.fsdecode(address.name or b"")
+        _log.info(WORKER_SERVING, kind=kind, pid=os.getpid(), address=path, path=path)
+        return port
     _log.info(
         WORKER_SERVING,
-        kind="LMTP" if server.options.lmtp else "SMTP",
+        kind=kind,
         pid=os.getpid(),
         address=hostPort(getattr(address, "host", ""), getattr(address, "port", "")),
         host=getattr(address, "host", ""),

@@ -56,7 +56,7 @@ JSON_LOGS = ("--log-format", "json")
 
 # "SMTP server listening on 127.0.0.1:PORT" as a JSON event: its format and its fields.
 _JSON_LISTENING = re.compile(rb'"log_format": "\{kind\} server listening on \{address\}"')
-_WORKER = re.compile(rb"[SL]MTP worker (\d+) serving 127\.0\.0\.1:\d+")
+_WORKER = re.compile(rb"[SL]MTP worker (\d+) serving (?:127\.0\.0\.1:\d+|/)")
 _QUEUED_PID = re.compile(r"queued as M\d+P(\d+)Q")
 _MAILDIR_PID = re.compile(r"^\d+\.M\d+P(\d+)Q")
 

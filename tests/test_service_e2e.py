@@ -24,6 +24,7 @@ import signal
 import smtplib
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -903,6 +904,36 @@ class WorkerTests(E2ETestCase):
         for pid in (workers[1], replacement):
             self.assertFalse(alive(pid), f"worker {pid} still runs")
         self.assertEqual(len(process.lines("Server closed")), 2, process.text)
+
+    async def test_workersOnAUnixSocket(self) -> None:
+        """
+        With --workers on a unix: listener, the socket keeps the mode= it was given (LMTP
+        QA: each worker, adopting it, set it to 0666, so any local user could hand mail
+        to the store), each worker's serving line names its path (it named nothing),
+        they serve, and the master removes the file when it stops.
+        """
+        tmpdir = workspace(self)
+        path = os.path.join(tmpdir, "lmtp.sock")
+        args = [
+            *("--lmtp", "--listen", f"unix:{path}:mode=600", "--workers", "2"),
+            *("--deliver", "discard", *QUICK),
+        ]
+        process = await startService(self, args, tmpdir, waitForPort=False)
+        await process.waitForOutput(occurrences(f" serving {path}".encode(), 2))
+        self.assertEqual(len(set(process.workerPIDs)), 2, process.text)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
+        def greeting() -> bytes:
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(10)
+                client.connect(path)
+                return client.recv(100)
+
+        self.assertTrue((await deferToThread(greeting)).startswith(b"220 "))
+        process.sendSignal("TERM")
+        await process.waitForExit(SIGNAL_TIMEOUT)
+        self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)
+        self.assertFalse(os.path.exists(path))
 
     async def _twoWorkersWithCertificateFiles(
         self,
