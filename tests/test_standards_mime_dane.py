@@ -317,15 +317,36 @@ class SMTPUTF8Tests(SynchronousTestCase):
         Without SMTPUTF8 on MAIL, a handler's 551 naming a UTF-8 forward-path goes out
         as 550 (RFC 6531 section 3.7.4), with 5.1.6 (mailbox moved, no forwarding
         address) or 5.6.8 (a UTF-8 reply is needed but not allowed); a 551 with an ASCII
-        forward-path, or after SMTPUTF8, stays 551.
+        forward-path, or after SMTPUTF8, stays 551, and after SMTPUTF8 names the
+        forward-path in UTF-8 (LMTP QA: it went out with ? for each non-ASCII
+        character).  Any other reply stays ASCII after SMTPUTF8 too.
         """
         client = connect(Moved(UTF8_RECIPIENT), hideENHANCEDSTATUSCODES=False)
         client.send(f"MAIL FROM:<{SENDER}>")
         reply = client.send(f"RCPT TO:<{RECIPIENT}>")[0]
         self.assertEqual(reply.code, 550)
         self.assertIn(reply.lines[0][:6], ("5.1.6 ", "5.6.8 "))
+        self.assertTrue(client.transport.value().isascii())
         client.send("RSET", f"MAIL FROM:<{SENDER}> SMTPUTF8")
-        self.assertEqual(client.send(f"RCPT TO:<{RECIPIENT}>")[0].code, 551)
+        client.transport.clear()
+        client.protocol.dataReceived(f"RCPT TO:<{RECIPIENT}>\r\n".encode())
+        self.assertEqual(
+            client.transport.value(),
+            f"551 5.1.6 User not local; please try <{UTF8_RECIPIENT}>\r\n".encode(),
+        )
+
+        @implementer(IRcptToHandler)
+        class Unknown:
+            def onRcptTo(self, address: Address, session: Session) -> None:
+                raise SMTPError(550, f"No {UTF8_RECIPIENT} here")
+
+        other = connect(Unknown())
+        other.send(f"MAIL FROM:<{SENDER}> SMTPUTF8")
+        other.transport.clear()
+        other.protocol.dataReceived(f"RCPT TO:<{RECIPIENT}>\r\n".encode())
+        sent = other.transport.value()
+        self.assertTrue(sent.startswith(b"550 No ") and sent.isascii(), sent)
+        self.assertIn(b"?", sent)
         asciiPath = connect(Moved("c@new.example"))
         asciiPath.send(f"MAIL FROM:<{SENDER}>")
         self.assertEqual(

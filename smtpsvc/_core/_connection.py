@@ -1188,11 +1188,14 @@ class ServerConnection:
         """
         if error is not None:
             reply = R.fromError(error)
-            # RFC 6531 section 3.7.4: a forward-path in UTF-8 is not for a client that
-            # did not ask for SMTPUTF8; without it, 551 becomes 550.
+            # RFC 6531 section 3.7.4: a forward-path in UTF-8 is for a client that asked
+            # for SMTPUTF8, in UTF-8; without it, 551 becomes 550 (and ASCII).
             utf8 = not all(line.isascii() for line in reply.lines)
-            if reply.code == 551 and utf8 and not self.session.envelope.smtpUtf8:
-                reply = replace(reply, code=550)
+            if reply.code == 551 and utf8:
+                if self.session.envelope.smtpUtf8:
+                    reply = replace(reply, utf8=True)
+                else:
+                    reply = replace(reply, code=550)
             return self._send(reply)
         envelope = self.session.envelope
         recipients = envelope.rcptTo

@@ -22,7 +22,10 @@ _MAX_LINE: Final = 512
 @dataclass(frozen=True, slots=True)
 class Reply:
     """
-    One reply: a code, one or more lines of text, and an optional enhanced code.
+    One reply: a code, one or more lines of text, and an optional enhanced code.  The
+    text goes out in ASCII, each other character as C{?}, unless C{utf8} is set (RFC 6531
+    section 3.7.4: a 551 naming a forward-path in UTF-8, to a client that asked for
+    SMTPUTF8).
 
     Each wire form (with and without the enhanced code) is encoded the first time it is
     sent and kept, so that sending a catalogue reply again costs no formatting.
@@ -31,6 +34,7 @@ class Reply:
     code: int
     lines: tuple[str, ...]
     enhanced: str | None = None
+    utf8: bool = False
     _plain: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _withEnhanced: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -63,23 +67,24 @@ class Reply:
         if enhanced and self.enhanced:
             wire = self._withEnhanced
             if wire is None:
-                wire = _encode(self.code, self.lines, self.enhanced)
+                wire = _encode(self.code, self.lines, self.enhanced, self.utf8)
                 object.__setattr__(self, "_withEnhanced", wire)
             return wire
         wire = self._plain
         if wire is None:
-            wire = _encode(self.code, self.lines, None)
+            wire = _encode(self.code, self.lines, None, self.utf8)
             object.__setattr__(self, "_plain", wire)
         return wire
 
 
-def _encode(code: int, lines: tuple[str, ...], enhanced: str | None) -> bytes:
+def _encode(code: int, lines: tuple[str, ...], enhanced: str | None, utf8: bool) -> bytes:
     prefix = f"{code} {enhanced} " if enhanced else f"{code} "
+    encoding = "utf-8" if utf8 else "ascii"
     # Long text is cut into several reply lines rather than sent as one over-long line.
     room = _MAX_LINE - len(prefix) - 2
     pieces: list[str] = []
     for line in lines or ("",):
-        while len(line.encode("ascii", "replace")) > room:
+        while len(line.encode(encoding, "replace")) > room:
             cut = line.rfind(" ", 0, room)
             if cut <= 0:
                 cut = room
@@ -93,7 +98,7 @@ def _encode(code: int, lines: tuple[str, ...], enhanced: str | None) -> bytes:
         # challenge, so an empty last line keeps its space.
         sep = " " if i == last else "-"
         text = f"{code}{sep}{enhanced} {piece}" if enhanced else f"{code}{sep}{piece}"
-        out.append(text.encode("ascii", "replace") + b"\r\n")
+        out.append(text.encode(encoding, "replace") + b"\r\n")
     return b"".join(out)
 
 
