@@ -25,6 +25,7 @@ from smtpsvc import (
     readMessage,
 )
 from smtpsvc import Session as SMTPSession
+from smtpsvc._core import _connection
 from smtpsvc._core._connection import CHUNK_SKIP_LIMIT
 from smtpsvc._core._data import ChunkDecoder
 from smtpsvc.testing import MemoryClient, RecordingHandler, ServerReply
@@ -441,9 +442,9 @@ class ChunkingTests(SynchronousTestCase):
 
     def test_3030_10_hugeChunk(self) -> None:
         """
-        A chunk larger than the size limit gets 552 and the connection closes at once:
-        nothing is read (or held) for it.  Without a limit a refused chunk over
-        CHUNK_SKIP_LIMIT closes too.
+        A chunk larger than both the size limit and CHUNK_SKIP_LIMIT gets 552 and the
+        connection closes at once: nothing is read (or held) for it.  Without a limit a
+        refused chunk over CHUNK_SKIP_LIMIT closes too.
         """
         client = connect(size=1000, hideENHANCEDSTATUSCODES=False)
         transaction(client)
@@ -459,6 +460,34 @@ class ChunkingTests(SynchronousTestCase):
         client = connect()
         self.assertEqual(codes(client.write(b"BDAT 10\r\n" + b"x" * 10)), [503])
         self.assertFalse(client.closed)
+
+    def test_3030_04_chunkOverTheSizeLimitIsRead(self) -> None:
+        """
+        A chunk over the size limit, but not over CHUNK_SKIP_LIMIT, is read and thrown
+        away (RFC 3030 section 2), then gets 552, and the connection stays open, as in
+        Postfix (Postfix QA: it got 552 and the connection closed, so that a client still
+        sending its chunk met a reset and might never read the 552).  The message fails
+        as one that grows over the limit in several chunks does; the next is served.
+        """
+        tooBig = ServerReply(552, ("5.3.4 Error: message exceeds fixed maximum message size 1000",))
+        recorder = RecordingHandler()
+        client = connect(recorder, size=1000, hideENHANCEDSTATUSCODES=False)
+        transaction(client)
+        replies = client.write(bdat(b"x" * 500) + bdat(b"y" * 3000) + bdat(b"z", last=True))
+        self.assertEqual(
+            replies[1:], [tooBig, ServerReply(503, ("5.5.1 Error: need MAIL command",))]
+        )
+        self.assertFalse(client.closed)
+        transaction(client)
+        self.assertEqual(client.write(bdat(b"y" * 3000, last=True)), [tooBig])
+        transaction(client)
+        self.assertEqual(codes(client.write(bdat(b"ok", last=True))), [250])
+        self.assertEqual([m.data for m in recorder.messages], [b"ok"])
+        # Over CHUNK_SKIP_LIMIT too, it is not read.
+        self.patch(_connection, "CHUNK_SKIP_LIMIT", 2000)
+        transaction(client)
+        self.assertEqual(client.send("BDAT 3000 LAST"), [tooBig])
+        self.assertTrue(client.closed)
 
     def test_3030_11_manySmallChunks(self) -> None:
         """
