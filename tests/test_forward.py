@@ -935,6 +935,23 @@ class ScriptedTests(ForwardTestCase):
         )
         self.assertEqual(self.server.commands[0], f"EHLO {FRONT}")
 
+    def test_utf8OriginalRecipient(self) -> None:
+        """
+        An ORCPT of address type utf-8 (RFC 6533) reaches the downstream with its
+        non-ASCII characters as \\x{HEX}, which any downstream takes, not as xtext's
+        +XX, which that type does not allow.
+        """
+        self.scripted(EHLO=b"250-scripted.example\r\n250-SMTPUTF8\r\n250 DSN\r\n")
+        replies = self.send(
+            "MAIL FROM:<a@example.org> SMTPUTF8",
+            "RCPT TO:<b@example.net> NOTIFY=FAILURE ORCPT=utf-8;\u00fcb@example.net",
+        )
+        self.assertEqual(codes(replies), [250, 250])
+        self.assertEqual(
+            self.server.commands[2],
+            "RCPT TO:<b@example.net> NOTIFY=FAILURE ORCPT=utf-8;\\x{FC}b@example.net",
+        )
+
     def test_nonASCIIWithoutSMTPUTF8(self) -> None:
         """
         A non-ASCII sender or recipient that the downstream could not take is refused with

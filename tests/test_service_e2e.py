@@ -808,6 +808,9 @@ def refused(port: int) -> bool:
         socket.create_connection((LOCALHOST, port), timeout=SOCKET_TIMEOUT).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # Queued on the socket as it was being closed, then reset: not refused yet.
+        return False
     return False
 
 

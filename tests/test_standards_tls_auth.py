@@ -529,6 +529,35 @@ class DSNStandardsTests(SynchronousTestCase):
         longest = f"RCPT TO:<{RECIPIENT}> ORCPT=rfc822;" + "x" * 500
         self.assertEqual(codes(client.send(longest)), [250])
 
+    def test_3461_05_utf8AddressTypeOfRfc6533(self) -> None:
+        """
+        ORCPT of address type utf-8 (RFC 6533 section 3) takes QCHARs and \\x{HEX}
+        escapes, and after SMTPUTF8 UTF-8 itself (Postfix QA: ORCPT=utf-8;ü@c.test got a
+        permanent 501); without SMTPUTF8 UTF-8 in it is refused, and so are "+", "="
+        and a lone backslash in either form.
+        """
+        orcpt = "501 5.5.4 Error: ORCPT parameter must be addr-type;xtext of at most 500 characters"
+        for smtpUtf8, value, accepted in [
+            (True, "utf-8;\u00fc@c.example", True),
+            (True, "UTF-8;\\x{FC}@c.example", True),
+            (False, "utf-8;\\x{FC}@c.example", True),
+            (False, "utf-8;\u00fc@c.example", False),
+            (True, "utf-8;a+b@c.example", False),
+            (True, "utf-8;a=b@c.example", False),
+            (True, "utf-8;a\\b@c.example", False),
+        ]:
+            client = connect(hideDSN=False, hideENHANCEDSTATUSCODES=False)
+            client.send(f"MAIL FROM:<{SENDER}>" + (" SMTPUTF8" if smtpUtf8 else ""))
+            [reply] = client.send(f"RCPT TO:<{RECIPIENT}> NOTIFY=FAILURE ORCPT={value}")
+            case = (smtpUtf8, value)
+            if accepted:
+                self.assertEqual(reply.code, 250, case)
+                [address] = client.session.envelope.rcptTo
+                assert address.dsn is not None
+                self.assertEqual(address.dsn.orcpt, value, case)
+            else:
+                self.assertEqual(wire(reply), orcpt, case)
+
     def test_3461_07_longerDsnLinesAccepted(self) -> None:
         """
         A MAIL line longer than 512 octets by its ENVID, and a RCPT line longer by its

@@ -186,6 +186,12 @@ _GROUP_ENDS: Final = frozenset(
     (b"EHLO", b"HELO", b"LHLO", b"DATA", b"NOOP", b"VRFY", b"EXPN", b"TURN", b"QUIT", b"STARTTLS")
 )
 _ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;.+\Z", re.DOTALL)
+# RFC 6533 section 3: utf-8-addr-xtext is QCHARs (printable ASCII but "+", "=" and "\")
+# and EmbeddedUnicodeChars (\x{HEXPOINT}); utf-8-addr-unitext, after SMTPUTF8, adds any
+# non-ASCII character (QUCHAR).
+_QCHAR: Final = r"[!-*,-<>-\[\]-~]|\\x\{[0-9A-Fa-f]{1,6}\}"
+_UTF8_ADDRESS_ASCII: Final = re.compile(f"(?:{_QCHAR})+")
+_UTF8_ADDRESS: Final = re.compile(f"(?:{_QCHAR}|[^\x00-\x7f])+")
 # bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ], chunk-size = 1*DIGIT (RFC 3030).
 _BDAT: Final = re.compile(r"([0-9]+)(?: (LAST))?\Z", re.IGNORECASE)
 #: A refused chunk, or one over the size limit, is read and thrown away (its bytes must
@@ -1177,7 +1183,8 @@ class ServerConnection:
                 if "NEVER" in notify and len(notify) > 1:
                     return self._send(R.NOTIFY_NEVER_COMBINED)
             orcpt = params.get("ORCPT")
-            if "ORCPT" in params and not _validOrcpt(command.raw["ORCPT"]):
+            smtpUtf8 = self.session.envelope.smtpUtf8
+            if "ORCPT" in params and not _validOrcpt(command.raw["ORCPT"], smtpUtf8):
                 return self._send(R.BAD_ORCPT)
             dsn = RecipientDSN(notify=notify, orcpt=orcpt)
         return CheckRcpt(Address(mailbox, _args(params), dsn))
@@ -1455,11 +1462,17 @@ def _strictXtext(raw: str | None, limit: int) -> bool:
     return len(decoded) <= limit
 
 
-def _validOrcpt(raw: str | None) -> bool:
-    # ORCPT = addr-type ";" xtext, at most 500 characters (RFC 3461 section 4.2).
+def _validOrcpt(raw: str | None, smtpUtf8: bool) -> bool:
+    # ORCPT = addr-type ";" xtext, at most 500 characters (RFC 3461 section 4.2); for
+    # addr-type utf-8, QCHARs and \x{HEX} escapes, and after SMTPUTF8 UTF-8 itself too
+    # (RFC 6533 section 3: utf-8-addr-xtext, utf-8-addr-unitext).
     if raw is None or not _ORCPT.match(raw):
         return False
-    return _strictXtext(raw.partition(";")[2], 500)
+    addressType, _, address = raw.partition(";")
+    if addressType.lower() == "utf-8":
+        valid = _UTF8_ADDRESS if smtpUtf8 else _UTF8_ADDRESS_ASCII
+        return len(address) <= 500 and valid.fullmatch(address) is not None
+    return _strictXtext(address, 500)
 
 
 def _combine(outcomes: Sequence[Sequence[Outcome]], index: int, default: str) -> Reply:

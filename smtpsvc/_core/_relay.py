@@ -278,7 +278,13 @@ def rcptCommand(address: Address, envelope: Envelope, extensions: Mapping[str, s
         if dsn.orcpt is not None:
             # ORCPT = addr-type ";" xtext; addr-type is an atom and stays as it is.
             addrType, _, original = dsn.orcpt.partition(";")
-            params.append(f"ORCPT={addrType};{encodeXtext(original)}")
+            if addrType.lower() == "utf-8":
+                # RFC 6533 section 3: its non-ASCII characters as \x{HEX}, which any
+                # downstream takes (utf-8-addr-xtext), SMTPUTF8 or not; it has no "+".
+                original = "".join(c if c.isascii() else f"\\x{{{ord(c):X}}}" for c in original)
+                params.append(f"ORCPT={addrType};{original}")
+            else:
+                params.append(f"ORCPT={addrType};{encodeXtext(original)}")
     return " ".join([f"RCPT TO:{_path(address.address)}", *params])
 
 
