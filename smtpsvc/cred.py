@@ -37,7 +37,7 @@ from ._core._sasl import AuthRequest
 from ._core._session import Session
 from ._errors import SMTPError, fresh
 from ._reactor import threadRunner
-from .interfaces import IAuthHandler
+from .interfaces import IAuthHandler, ICloseHandler, ISecureHandler
 
 _log = Logger(namespace="smtpsvc.cred")
 _T = TypeVar("_T")
@@ -184,11 +184,13 @@ def _checks(interfaces: Iterable[Any], interface: Any) -> bool:
     return any(interface.isOrExtends(s) or s.isOrExtends(interface) for s in interfaces)
 
 
-@implementer(IAuthHandler)
+@implementer(IAuthHandler, ISecureHandler, ICloseHandler)
 class PortalAuthHandler:
     """
     Checks AUTH with a twisted.cred L{Portal}.  The avatar the portal returns becomes
-    C{session.user}.
+    C{session.user}, and the logout the realm returned with it is called once the
+    server has forgotten the login: when the connection closes, or at a TLS handshake
+    after it (STARTTLS, RFC 3207 section 4.2).
 
     A refusal by the portal (L{UnauthorizedLogin}, or credentials no checker handles)
     is C{535 5.7.8}; any other failure is logged and the client gets a temporary
@@ -207,6 +209,8 @@ class PortalAuthHandler:
         """
         self.portal = portal
         self.interface = interface
+        # The realm's logout for each session logged in.
+        self._logouts: dict[Session, Callable[[], object]] = {}
         # The credential interfaces of each checker, when fromCheckers knows them.
         self._sources: list[tuple[Any, ...]] | None = None
 
@@ -273,8 +277,11 @@ class PortalAuthHandler:
             credentials = BearerToken(auth.username, auth.accessToken or "")
         d = maybeDeferred(self.portal.login, credentials, None, self.interface)
 
-        def loggedIn(result: tuple[Any, Any, Callable[[], None]]) -> object:
-            return result[1]
+        def loggedIn(result: tuple[Any, Any, Callable[[], object]]) -> object:
+            _, avatar, logout = result
+            self._logOut(session)
+            self._logouts[session] = logout
+            return avatar
 
         def refused(failure: Any) -> Any:
             if failure.check(LoginFailed):
@@ -291,6 +298,23 @@ class PortalAuthHandler:
             return failure
 
         return d.addCallbacks(loggedIn, refused)
+
+    def onSecure(self, session: Session, peerCertificate: object) -> None:
+        # A handshake makes the server forget a login before it.
+        self._logOut(session)
+
+    def onClose(self, session: Session) -> None:
+        self._logOut(session)
+
+    def _logOut(self, session: Session) -> None:
+        logout = self._logouts.pop(session, None)
+        if logout is not None:
+            try:
+                logout()
+            except Exception:
+                _log.failure(
+                    "The realm's logout failed for session {sessionId}", sessionId=session.id
+                )
 
 
 # -- the password file --------------------------------------------------------------------

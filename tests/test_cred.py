@@ -11,11 +11,13 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred import strcred
 from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent
@@ -39,6 +41,7 @@ from smtpsvc.testing import MemoryClient
 from .auth_support import authPlain, b64, cramResponse
 from .e2e_support import LogCapture
 from .maildir_support import runNow
+from .memorytls import ClientTLS, issue, saidHello
 from .protocol_support import codes
 
 
@@ -224,6 +227,94 @@ class PortalTests(SynchronousTestCase):
                 )
             ],
         )
+
+
+class LogoutTests(SynchronousTestCase):
+    """
+    The logout the realm returns with an avatar is called once the server has forgotten
+    the login (API QA: it never was, so a realm holding something per login leaked it).
+    """
+
+    def realmAndHandler(self) -> tuple[list[str], PortalAuthHandler]:
+        events: list[str] = []
+
+        @implementer(IRealm)
+        class Realm:
+            def requestAvatar(
+                self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
+            ) -> tuple[Any, str, Callable[[], None]]:
+                assert isinstance(avatarId, bytes)
+                name = avatarId.decode()
+                events.append(f"in {name}")
+                return interfaces[0], name, lambda: events.append(f"out {name}")
+
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"pass")
+        return events, PortalAuthHandler(Portal(Realm(), [checker]))
+
+    def test_atClose(self) -> None:
+        """
+        When the connection closes, however it ends; once per login.
+        """
+        events, handler = self.realmAndHandler()
+        for ending in ("QUIT", "disconnect"):
+            client = connect(handler)
+            self.assertEqual(codes(client.send(authPlain("alice", "secret"))), [235])
+            self.assertEqual(events[-1], "in alice")
+            if ending == "QUIT":
+                client.send("QUIT")
+            else:
+                client.disconnect()
+            self.assertEqual(events[-1], "out alice", ending)
+        self.assertEqual(events, ["in alice", "out alice"] * 2)
+
+    def test_atHandshake(self) -> None:
+        """
+        At a TLS handshake after the login, which makes the server forget it (RFC 3207
+        section 4.2); a login after the handshake is another, logged out at the close.
+        """
+        events, handler = self.realmAndHandler()
+        pair = issue("mx.example.test")
+        server = SMTPServer(
+            [handler],
+            reactor=Clock(),
+            allowInsecureAuth=True,
+            earlyTalkerDelay=0,
+            key=pair.key,
+            cert=pair.cert,
+        )
+        connection, _ = saidHello(server)
+        self.assertEqual(codes(connection.send(authPlain("alice", "secret"))), [235])
+        self.assertEqual(codes(connection.send("STARTTLS")), [220])
+        connection.startTLS(ClientTLS())
+        self.assertEqual(events, ["in alice", "out alice"])
+        connection.send("EHLO client.example")
+        self.assertEqual(codes(connection.send(authPlain("bob", "pass"))), [235])
+        connection.send("QUIT")
+        self.assertEqual(events, ["in alice", "out alice", "in bob", "out bob"])
+
+    def test_logoutFails(self) -> None:
+        """
+        A logout that raises is logged; the close goes on.
+        """
+
+        @implementer(IRealm)
+        class Realm:
+            def requestAvatar(
+                self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
+            ) -> tuple[Any, str, Callable[[], None]]:
+                assert isinstance(avatarId, bytes)
+
+                def logout() -> None:
+                    raise ZeroDivisionError()
+
+                return interfaces[0], avatarId.decode(), logout
+
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+        client = connect(PortalAuthHandler(Portal(Realm(), [checker])))
+        client.send(authPlain("alice", "secret"))
+        client.send("QUIT")
+        self.assertTrue(client.closed)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
 
 class PasswordFileTests(SynchronousTestCase):
