@@ -78,6 +78,12 @@ class MessageStream:
         self._paused = False
         self._discarding = False
         self._waiter: Deferred[None] | None = None
+        # Whether the consumer has had its connectionLost (or failed, and gets nothing
+        # more); how deep in its methods the stream is now; and why the stream was
+        # dropped while it was, for the connectionLost it gets once out.
+        self._told = False
+        self._inReader = 0
+        self._droppedWhy: str | None = None
 
     @property
     def byteLength(self) -> int:
@@ -147,7 +153,7 @@ class MessageStream:
         self._fanOut.drained()
 
     def stopProducing(self) -> None:
-        self._discard()
+        self._discard("the handler's protocol stopped reading the message")
 
     # -- the connection's side -------------------------------------------------------------
 
@@ -207,13 +213,24 @@ class MessageStream:
         """
         The handler has answered: whatever it has not taken is dropped.
         """
-        self._discard()
+        self._discard("the handler answered before the message's end")
 
-    def _discard(self) -> None:
+    def _discard(self, why: str | None = None) -> None:
+        # Drop what is queued, and take no more.  A deliverBody protocol that has not
+        # had its connectionLost gets it now, with MessageAborted(why) (once out of the
+        # method it is in, if it is in one): a protocol releases what it holds there.
         self._discarding = True
         self._queue.clear()
         self._queued = 0
         self._fanOut.drained()
+        consumer = self._consumer
+        if why is None or consumer is None or self._told:
+            return
+        if self._inReader:
+            self._droppedWhy = why
+            return
+        self._told = True
+        self._toReader(consumer.connectionLost, Failure(MessageAborted(why)))
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -230,18 +247,26 @@ class MessageStream:
             self._toReader(consumer.dataReceived, chunk)
         if not self._queue and self._end is not None and not self._discarding:
             end, self._end = self._end, _DELIVERED
-            self._discarding = True
+            self._discarding = self._told = True
             self._toReader(consumer.connectionLost, Failure(end))
 
     def _toReader(self, method: Callable[[_T], object], argument: _T) -> None:
         # A reader that raises has a bug: it gets nothing more, and its handler is
         # answered as failed (logged, and 451 for the message) without waiting for an
         # answer that the bug may have lost.
+        self._inReader += 1
         try:
             method(argument)
         except Exception:
+            self._told = True
             self._readerFailed(Failure())
             self._discard()
+        finally:
+            self._inReader -= 1
+        if not self._inReader:
+            why, self._droppedWhy = self._droppedWhy, None
+            if why is not None:
+                self._discard(why)
 
 
 # Marks a stream whose end has been handed to its consumer.

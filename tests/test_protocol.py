@@ -1938,6 +1938,44 @@ class StreamingTests(SynchronousTestCase):
         self.assertEqual(codes(client.send("DATA")), [354])
         return client
 
+    def test_pushReaderToldWhenItsHandlerAnswersEarly(self) -> None:
+        """
+        A deliverBody protocol whose handler refuses from inside its dataReceived, before
+        the message's end, gets its connectionLost (with MessageAborted) once that
+        dataReceived has returned, so that it can release what it holds (API QA: it
+        never got it); the client gets the refusal after its end of data.
+        """
+        from twisted.internet.protocol import Protocol, connectionDone
+        from twisted.python.failure import Failure
+
+        events: list[str] = []
+
+        class Filter(Protocol):
+            def __init__(self) -> None:
+                self.verdict: Deferred[None] = Deferred()
+
+            def dataReceived(self, data: bytes) -> None:
+                events.append("data")
+                if b"lottery" in data and not self.verdict.called:
+                    self.verdict.errback(SMTPError(550, "Refused by content filter"))
+                events.append("data done")
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                events.append(f"lost: {type(reason.value).__name__}")
+
+        @implementer(IDataHandler)
+        class PushFilter:
+            def onData(self, stream: IMessageStream, session: Session) -> Deferred[None]:
+                protocol = Filter()
+                stream.deliverBody(protocol)
+                return protocol.verdict
+
+        client = self.start([PushFilter()])
+        self.assertEqual(client.write(b"Subject: lottery\r\n\r\nYou won\r\n"), [])
+        self.assertEqual(events, ["data", "data done", "lost: MessageAborted"])
+        self.assertEqual(wires(client.write(b"more\r\n.\r\n")), ["550 Refused by content filter"])
+        self.assertEqual(events, ["data", "data done", "lost: MessageAborted"])
+
     def test_chunksArriveAsSent(self) -> None:
         """
         The handler sees the message chunk by chunk as it arrives, before the end.

@@ -224,15 +224,75 @@ class MessageStreamTests(SynchronousTestCase):
 
     def test_stopProducingDiscards(self) -> None:
         """
-        A reader that stops producing gets nothing more and never blocks the connection.
+        A reader that stops producing gets nothing more and never blocks the connection;
+        its connectionLost comes at once, with MessageAborted, as a transport's
+        stopProducing ends its protocol's connection (API QA: it never came).
         """
         stream, events = newStream()
         sink = Sink()
         stream.deliverBody(sink)
         stream.stopProducing()
+        assert sink.reason is not None
+        self.assertEqual(
+            str(sink.reason.value), "the handler's protocol stopped reading the message"
+        )
+        self.assertIsInstance(sink.reason.value, MessageAborted)
         for _ in range(5):
             stream._fanOut.write(b"x" * 100_000)
+        stream.finish(MessageDone())
         self.assertEqual((sink.data, events), ([], []))
+        self.assertIsInstance(sink.reason.value, MessageAborted)
+
+    def test_abandonedReaderIsToldOnce(self) -> None:
+        """
+        A reader whose handler answers before the message's end gets its connectionLost
+        then, once, with MessageAborted; when that happens inside its own dataReceived,
+        once dataReceived has returned.  One that had the whole message is not told
+        again, nor one that failed.
+        """
+        calls: list[str] = []
+
+        class Answering(Sink):
+            def __init__(self, stream: MessageStream) -> None:
+                super().__init__()
+                self.stream = stream
+
+            def dataReceived(self, data: bytes) -> None:
+                calls.append("data in")
+                self.stream.abandon()
+                calls.append("data out")
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                calls.append(f"lost: {reason.value}")
+
+        stream, _ = newStream()
+        stream.deliverBody(Answering(stream))
+        stream._fanOut.write(b"spam")
+        stream._fanOut.write(b"more")
+        stream.abandon()
+        self.assertEqual(
+            calls,
+            ["data in", "data out", "lost: the handler answered before the message's end"],
+        )
+        whole, _ = newStream()
+        sink = Sink()
+        whole.deliverBody(sink)
+        whole.finish(MessageDone())
+        whole.abandon()
+        assert sink.reason is not None
+        self.assertIsInstance(sink.reason.value, MessageDone)
+        failing, events = newStream()
+
+        class Broken(Sink):
+            def dataReceived(self, data: bytes) -> None:
+                raise ZeroDivisionError("division by zero")
+
+        broken = Broken()
+        failing.deliverBody(broken)
+        failing._fanOut.write(b"x")
+        failing.abandon()
+        self.assertIsNone(broken.reason)
+        self.assertEqual(events, ["failed: division by zero"])
 
 
 @implementer(IDataHandler)
