@@ -23,6 +23,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from cryptography import x509
     from twisted.internet.interfaces import IProtocol
 
     from ._core._sasl import AuthRequest
@@ -50,7 +51,7 @@ class ISecureHandler(Interface):
     Decides about a client once its connection is encrypted.
     """
 
-    def onSecure(session: Session, peerCertificate: object) -> object:
+    def onSecure(session: Session, peerCertificate: x509.Certificate | None) -> object:
         """
         A TLS handshake completed: implicit TLS before the greeting, or STARTTLS.  It is
         called once per handshake.  C{session.secure}, C{session.tlsOptions} and

@@ -53,6 +53,7 @@ TESTED = (
     "conversation",
     "chunking",
     "test_policy",
+    "known_relays",
 )
 #: What every server example listens on without an argument.
 DEFAULT_ENDPOINT = "tcp:2525:interface=127.0.0.1"

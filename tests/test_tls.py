@@ -36,7 +36,7 @@ from smtpsvc._tls import (
 from smtpsvc.testing import MemoryClient, RecordingHandler, parseReplies
 
 from . import protocol_support
-from .e2e_support import LogCapture
+from .e2e_support import LogCapture, loadExample
 from .memorytls import (
     ClientTLS,
     Connection,
@@ -50,7 +50,7 @@ from .memorytls import (
     saidHello,
     upgraded,
 )
-from .protocol_support import codes
+from .protocol_support import codes, wire
 
 MX = "mx.example.test"
 
@@ -614,6 +614,40 @@ class ClientCertificateTests(SynchronousTestCase):
 
         upgraded(self.server([Auditor()]), certificate=issue("client.example.test", client=True))
         self.assertEqual(seen, [(True, "client.example.test")])
+
+
+class KnownRelaysExampleTests(SynchronousTestCase):
+    """
+    docs/examples/known_relays.py, as docs/tls.rst shows it.
+    """
+
+    def test_onlyKnownVerifiedRelays(self) -> None:
+        """
+        A relay with a verified certificate for a known name is served, and recorded in
+        session.data; one without a certificate, or with one for another name, gets 554
+        to every command but QUIT.
+        """
+        knownRelays = loadExample("known_relays").KnownRelays
+
+        def server() -> SMTPServer:
+            return makeServer(
+                [knownRelays({"relay1.example.test"})],
+                requestCert=True,
+                ca=authority().cert,
+                rejectUnauthorized=False,
+                hideENHANCEDSTATUSCODES=False,
+            )
+
+        known = upgraded(server(), certificate=issue("relay1.example.test", client=True))
+        self.assertEqual(codes(known.send("EHLO relay1.example.test")), [250])
+        self.assertEqual(known.session.data["relay"], "relay1.example.test")
+        for certificate, text in [
+            (None, "554 5.7.1 Client certificate required"),
+            (issue("other.example.test", client=True), "554 5.7.1 Unknown relay"),
+        ]:
+            connection = upgraded(server(), certificate=certificate)
+            self.assertEqual([wire(r) for r in connection.send("EHLO x.example")], [text])
+            self.assertEqual(codes(connection.send("QUIT")), [221])
 
 
 class SecureHandlerTests(SynchronousTestCase):
