@@ -114,7 +114,10 @@ class SMTPServer(Factory):
         await server.listen("tcp:2525:interface=127.0.0.1")
 
     It is a Twisted protocol factory, so C{endpoint.listen(server)} and
-    C{StreamServerEndpointService(endpoint, server)} work too.
+    C{StreamServerEndpointService(endpoint, server)} work too; but stopping such a
+    service only stops listening, and the clients stay connected: in an application,
+    return L{close}'s Deferred from a service's C{stopService}, which ends them
+    gracefully and fires once they are gone.
 
     @ivar options: the validated L{ServerOptions}.
     @ivar reactor: the reactor the server's timers and listeners use.
