@@ -235,7 +235,13 @@ class LogoutTests(SynchronousTestCase):
     the login (API QA: it never was, so a realm holding something per login leaked it).
     """
 
-    def realmAndHandler(self) -> tuple[list[str], PortalAuthHandler]:
+    def realmAndHandler(
+        self, logout: Callable[[list[str], str], None] | None = None
+    ) -> tuple[list[str], PortalAuthHandler]:
+        """
+        A handler over a realm that notes each login and logout in the list returned;
+        C{logout}, given, is called (with the list and the name) instead of noting one.
+        """
         events: list[str] = []
 
         @implementer(IRealm)
@@ -246,6 +252,8 @@ class LogoutTests(SynchronousTestCase):
                 assert isinstance(avatarId, bytes)
                 name = avatarId.decode()
                 events.append(f"in {name}")
+                if logout is not None:
+                    return interfaces[0], name, lambda: logout(events, name)
                 return interfaces[0], name, lambda: events.append(f"out {name}")
 
         checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret", bob=b"pass")
@@ -297,20 +305,11 @@ class LogoutTests(SynchronousTestCase):
         A logout that raises is logged; the close goes on.
         """
 
-        @implementer(IRealm)
-        class Realm:
-            def requestAvatar(
-                self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
-            ) -> tuple[Any, str, Callable[[], None]]:
-                assert isinstance(avatarId, bytes)
+        def failing(events: list[str], name: str) -> None:
+            raise ZeroDivisionError()
 
-                def logout() -> None:
-                    raise ZeroDivisionError()
-
-                return interfaces[0], avatarId.decode(), logout
-
-        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
-        client = connect(PortalAuthHandler(Portal(Realm(), [checker])))
+        _, handler = self.realmAndHandler(failing)
+        client = connect(handler)
         client.send(authPlain("alice", "secret"))
         client.send("QUIT")
         self.assertTrue(client.closed)
