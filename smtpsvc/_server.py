@@ -81,8 +81,13 @@ class _InheritedUNIXPort(unix.Port):
     starts, set the file's mode to its own (0666 unless told otherwise), undoing the
     owner's C{mode=} (and failing with EPERM in a worker that runs as another user, under
     C{twistd --uid}), and would remove the file as it stops, while the owner and the other
-    workers still serve on it.  This one leaves the file alone.
+    workers still serve on it.  This one leaves the file alone.  Nor does it shut the
+    socket down as it stops: C{shutdown()} acts on the socket every process shares (and
+    on Linux a listening UNIX socket shut down accepts no more, whoever listens again),
+    where closing this process's descriptor is all a worker should do.
     """
+
+    _shouldShutdown = False
 
     def startListening(self) -> None:
         # unix.Port.startListening for a socket it did not bind, without the chmod.

@@ -913,7 +913,8 @@ class WorkerTests(E2ETestCase):
         With --workers on a unix: listener, the socket keeps the mode= it was given (LMTP
         QA: each worker, adopting it, set it to 0666, so any local user could hand mail
         to the store), each worker's serving line names its path (it named nothing),
-        they serve, and the master removes the file when it stops.
+        they serve, one stopping leaves the others serving, and the master removes the
+        file when it stops.
         """
         tmpdir = workspace(self)
         # Short: a socket's path has at most 107 bytes, which _trial_temp may not leave.
@@ -936,6 +937,13 @@ class WorkerTests(E2ETestCase):
                 return client.recv(100)
 
         self.assertTrue((await deferToThread(greeting)).startswith(b"220 "))
+        # A worker that stops gracefully (SIGTERM to it alone) closes its descriptor
+        # only: the socket the others share still accepts (attack QA: its shutdown()
+        # left every process's socket refusing, the replacement worker's too).
+        os.kill(process.workerPIDs[0], signal.SIGTERM)
+        await process.waitForOutput(occurrences(f" serving {path}".encode(), 3), SIGNAL_TIMEOUT)
+        for _ in range(6):
+            self.assertTrue((await deferToThread(greeting)).startswith(b"220 "))
         process.sendSignal("TERM")
         await process.waitForExit(SIGNAL_TIMEOUT)
         self.assertIn((process.exitCode, process.signal), CLEAN_EXITS, process.text)
