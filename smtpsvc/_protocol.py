@@ -172,16 +172,25 @@ def _decided(result: object, decisive: bool) -> _Decision | None:
     return result, None
 
 
-def _misanswered(result: object, hook: str, session: Session) -> bool:
+def _misanswered(result: object, hook: str, session: Session, pending: bool = True) -> bool:
     """
     Whether a handler's answer is one still to come in a form not taken (a generator, an
-    awaitable that is neither a coroutine nor a Deferred): such a handler's decision
-    would never be known, so it is a handler failure, logged (the reply is the one for
-    a failed handler), not an answer to take as given.
+    asynchronous generator, an awaitable that is neither a coroutine nor a Deferred; or,
+    unless C{pending}, any of those: the value a Deferred or a coroutine gave, which is
+    not waited for again): such a handler's decision would never be known, so it is a
+    handler failure, logged (the reply is the one for a failed handler), not an answer
+    to take as given.
     """
-    if isinstance(result, Deferred) or inspect.iscoroutine(result):
+    if pending and (isinstance(result, Deferred) or inspect.iscoroutine(result)):
         return False
-    if inspect.isgenerator(result):
+    if isinstance(result, Deferred) or inspect.iscoroutine(result):
+        why = (
+            f"a {type(result).__name__} as the result of its Deferred or coroutine, "
+            "which is not waited for (is an await missing?)"
+        )
+    elif inspect.isasyncgen(result):
+        why = "an asynchronous generator, not a Deferred or a coroutine (is a yield there?)"
+    elif inspect.isgenerator(result):
         why = "a generator, not a Deferred or a coroutine (is @inlineCallbacks missing?)"
     elif inspect.isawaitable(result):
         why = (
@@ -190,6 +199,10 @@ def _misanswered(result: object, hook: str, session: Session) -> bool:
         )
     else:
         return False
+    if inspect.iscoroutine(result) or inspect.isgenerator(result):
+        # Never to run: closed, rather than left for a warning when collected (the log
+        # says what is wrong).
+        result.close()
     _logHandlerFailure(Failure(TypeError(f"{hook} returned {why}")), hook, session)
     return True
 
@@ -205,6 +218,8 @@ def _afterPending(
     # One handler (hooks[0] names its hook) answered with a Deferred or a coroutine: the
     # chain goes on (or stops) once it fires.
     def answered(value: object) -> _Decision | Deferred[_Decision]:
+        if value is not None and _misanswered(value, hooks[0], session, pending=False):
+            return None, unexpected
         decision = _decided(value, decisive)
         if decision is not None:
             return decision

@@ -3111,32 +3111,51 @@ class HandlerAnswerTests(SynchronousTestCase):
             raise SMTPError(550, "Sender blocked")
             yield  # pragma: no cover
 
-        for answer, why in [
-            (generator, "a generator, not a Deferred or a coroutine (is @inlineCallbacks"),
-            (Awaitable, "an awaitable Awaitable, not a Deferred or a coroutine"),
+        async def asyncGenerator() -> Any:
+            yield None  # pragma: no cover
+
+        async def notAwaited() -> Any:
+            async def check() -> None:
+                raise SMTPError(550, "Sender blocked")  # pragma: no cover
+
+            return check()
+
+        def deferredGenerator() -> Deferred[Any]:
+            return succeed(generator())
+
+        # Each answer, what is logged, and whether onClose gives it too (and is logged):
+        # a close handler's coroutine or Deferred is waited for, its value ignored.
+        for answer, why, atClose in [
+            (generator, "a generator, not a Deferred or a coroutine (is @inlineCallbacks", True),
+            (Awaitable, "an awaitable Awaitable, not a Deferred or a coroutine", True),
+            (asyncGenerator, "an asynchronous generator, not a Deferred or a coroutine", True),
+            # The value a coroutine or a Deferred gave (attack QA: these were accepted).
+            (notAwaited, "a coroutine as the result of its Deferred or coroutine", False),
+            (deferredGenerator, "a generator, not a Deferred or a coroutine", False),
         ]:
 
             @implementer(IMailFromHandler, ICloseHandler)
             class Odd:
-                def __init__(self, answer: Callable[[], object]) -> None:
-                    self.answer = answer
+                def __init__(self, answer: Callable[[], object], atClose: bool) -> None:
+                    self.answer, self.atClose = answer, atClose
 
                 def onMailFrom(self, address: Address, session: Session) -> object:
                     return self.answer()
 
                 def onClose(self, session: Session) -> object:
-                    return self.answer()
+                    return self.answer() if self.atClose else None
 
-            client = connect(Odd(answer), clientName="c.example")
+            client = connect(Odd(answer, atClose), clientName="c.example")
             self.assertEqual(
                 first(client.send("MAIL FROM:<a@b.example>")),
                 "451 Requested action aborted: local error in processing",
             )
             client.send("QUIT")
             errors = [str(e.value) for e in self.flushLoggedErrors(TypeError)]
-            self.assertEqual(len(errors), 2, errors)
+            self.assertEqual(len(errors), 2 if atClose else 1, errors)
             self.assertTrue(errors[0].startswith(f"onMailFrom returned {why}"), errors)
-            self.assertTrue(errors[1].startswith(f"onClose returned {why}"), errors)
+            if atClose:
+                self.assertTrue(errors[1].startswith(f"onClose returned {why}"), errors)
 
     def test_baseExceptionFromASynchronousHandler(self) -> None:
         """
