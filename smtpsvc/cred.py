@@ -279,6 +279,18 @@ class PortalAuthHandler:
 
         def loggedIn(result: tuple[Any, Any, Callable[[], object]]) -> object:
             _, avatar, logout = result
+            if not avatar:
+                # A false user is a refusal to the server (IAuthHandler), which the
+                # portal did not mean: the realm's to mend, so no failed attempt.
+                _log.error(
+                    "The realm's avatar for {username} is false ({avatar!r}), and cannot "
+                    "be a user: the login is refused with 454",
+                    username=auth.username,
+                    avatar=avatar,
+                    sessionId=session.id,
+                )
+                self._callLogout(logout, session)
+                raise fresh(AUTH_TEMPORARY_ERROR)
             self._logOut(session)
             self._logouts[session] = logout
             return avatar
@@ -309,12 +321,13 @@ class PortalAuthHandler:
     def _logOut(self, session: Session) -> None:
         logout = self._logouts.pop(session, None)
         if logout is not None:
-            try:
-                logout()
-            except Exception:
-                _log.failure(
-                    "The realm's logout failed for session {sessionId}", sessionId=session.id
-                )
+            self._callLogout(logout, session)
+
+    def _callLogout(self, logout: Callable[[], object], session: Session) -> None:
+        try:
+            logout()
+        except Exception:
+            _log.failure("The realm's logout failed for session {sessionId}", sessionId=session.id)
 
 
 # -- the password file --------------------------------------------------------------------

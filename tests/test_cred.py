@@ -300,6 +300,31 @@ class LogoutTests(SynchronousTestCase):
         connection.send("QUIT")
         self.assertEqual(events, ["in alice", "out alice", "in bob", "out bob"])
 
+    def test_falseAvatar(self) -> None:
+        """
+        An avatar that is false cannot be a user (a false answer refuses): the login gets
+        454 (no failed attempt), an error names the user, and the logout comes at once.
+        """
+        events: list[str] = []
+
+        @implementer(IRealm)
+        class Realm:
+            def requestAvatar(
+                self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any
+            ) -> tuple[Any, dict[str, str], Callable[[], None]]:
+                return interfaces[0], {}, lambda: events.append("out")
+
+        checker = InMemoryUsernamePasswordDatabaseDontUse(alice=b"secret")
+        capture = LogCapture(self)
+        client = connect(PortalAuthHandler(Portal(Realm(), [checker])))
+        replies = client.send(authPlain("alice", "secret"))
+        self.assertEqual(codes(replies), [454])
+        self.assertIsNone(client.session.user)
+        self.assertEqual(events, ["out"])
+        self.assertEqual(len(capture.matching("The realm's avatar for alice is false")), 1)
+        client.send("QUIT")
+        self.assertEqual(events, ["out"])
+
     def test_logoutFails(self) -> None:
         """
         A logout that raises is logged; the close goes on.
