@@ -354,6 +354,25 @@ class SMTPUTF8Tests(SynchronousTestCase):
             "551 User not local; please try <c@new.example>",
         )
 
+    def test_6531_06_longUtf8ReplyCutByOctets(self) -> None:
+        """
+        A long 551 in UTF-8 is cut into reply lines of at most 512 octets, CRLF included
+        (RFC 5321 section 4.5.3.1.5), counted in octets, not characters (attack QA: lines
+        reached 894 octets), and none splits a character.
+        """
+        words = " ".join(["\u00fc\u00e9\u20ac" * 20] * 12)
+        client = connect(Moved(f"{UTF8_RECIPIENT}> ({words})"), hideENHANCEDSTATUSCODES=False)
+        client.send(f"MAIL FROM:<{SENDER}> SMTPUTF8")
+        client.transport.clear()
+        client.protocol.dataReceived(f"RCPT TO:<{RECIPIENT}>\r\n".encode())
+        lines = client.transport.value().split(b"\r\n")[:-1]
+        self.assertGreater(len(lines), 2)
+        self.assertTrue(all(len(line) + 2 <= 512 for line in lines), [len(x) for x in lines])
+        text = " ".join(line[10:].decode("utf-8") for line in lines)
+        self.assertEqual(
+            text.split(), f"User not local; please try <{UTF8_RECIPIENT}> ({words})>".split()
+        )
+
     def test_6531_07_vrfyAnswersAscii252(self) -> None:
         """
         VRFY of a UTF-8 name gets the reference's 252 in ASCII, with the SMTPUTF8

@@ -84,10 +84,12 @@ def _encode(code: int, lines: tuple[str, ...], enhanced: str | None, utf8: bool)
     room = _MAX_LINE - len(prefix) - 2
     pieces: list[str] = []
     for line in lines or ("",):
-        while len(line.encode(encoding, "replace")) > room:
-            cut = line.rfind(" ", 0, room)
+        while len(encoded := line.encode(encoding, "replace")) > room:
+            # The most characters whose octets fit (as many as octets, in ASCII).
+            fits = len(encoded[:room].decode(encoding, "ignore")) if utf8 else room
+            cut = line.rfind(" ", 0, fits)
             if cut <= 0:
-                cut = room
+                cut = fits
             pieces.append(line[:cut])
             line = line[cut:].lstrip(" ")
         pieces.append(line)
