@@ -117,7 +117,16 @@ class MessageStream:
         if self._consumer is not None or self._iterating:
             raise RuntimeError("the message stream already has a reader")
         self._consumer = protocol
-        protocol.makeConnection(self)  # type: ignore[arg-type]
+        # As in its other methods, a connectionLost it causes comes once it has returned.
+        self._inReader += 1
+        try:
+            protocol.makeConnection(self)  # type: ignore[arg-type]
+        finally:
+            self._inReader -= 1
+        why, self._droppedWhy = self._droppedWhy, None
+        if why is not None:
+            self._discard(why)
+            return
         self._flush()
         # What was queued is taken: the connection may read again (a reader that came
         # late, after the queue had filled, would otherwise wait for ever).
@@ -133,6 +142,8 @@ class MessageStream:
         while not self._queue:
             if self._end is not None:
                 if isinstance(self._end, MessageDone):
+                    # Taken whole (see delivered).
+                    self._end = _DELIVERED
                     raise StopAsyncIteration
                 raise self._end
             self._waiter = Deferred()
@@ -219,12 +230,22 @@ class MessageStream:
         # Drop what is queued, and take no more.  A deliverBody protocol that has not
         # had its connectionLost gets it now, with MessageAborted(why) (once out of the
         # method it is in, if it is in one): a protocol releases what it holds there.
+        # An async for reader that would now miss part of the message gets that error
+        # instead of the message's end, not a message cut short that looks whole.
+        dropped = bool(self._queue)
         self._discarding = True
         self._queue.clear()
         self._queued = 0
         self._fanOut.drained()
+        if why is None:
+            return
+        end = self._end
+        if end is None or (dropped and end is not _DELIVERED and isinstance(end, MessageDone)):
+            # What reads from now on (async for, or a protocol given later) gets it.
+            self._end = MessageAborted(why)
+            self._wake()
         consumer = self._consumer
-        if why is None or consumer is None or self._told:
+        if consumer is None or self._told:
             return
         if self._inReader:
             self._droppedWhy = why
@@ -245,8 +266,11 @@ class MessageStream:
             chunk = self._queue.popleft()
             self._queued -= len(chunk)
             self._toReader(consumer.dataReceived, chunk)
-        if not self._queue and self._end is not None and not self._discarding:
-            end, self._end = self._end, _DELIVERED
+        if not self._queue and self._end is not None and not self._told and not self._inReader:
+            # (Inside one of the reader's methods, the end waits until it has returned.)
+            end = self._end
+            if isinstance(end, MessageDone):
+                self._end = _DELIVERED
             self._discarding = self._told = True
             self._toReader(consumer.connectionLost, Failure(end))
 

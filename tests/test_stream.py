@@ -6,6 +6,7 @@ and that a large message passes in bounded memory.
 from __future__ import annotations
 
 import tracemalloc
+from typing import cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
@@ -242,6 +243,66 @@ class MessageStreamTests(SynchronousTestCase):
         stream.finish(MessageDone())
         self.assertEqual((sink.data, events), ([], []))
         self.assertIsInstance(sink.reason.value, MessageAborted)
+
+    def test_abandonedIteratorGetsAnError(self) -> None:
+        """
+        An async for reader whose handler answered before the message's end (or before
+        it took what was queued) gets MessageAborted, not the end of a message cut short
+        that looks whole (attack QA); one that had taken it all ends normally.
+        """
+
+        async def read(stream: MessageStream) -> bytes:
+            return b"".join([chunk async for chunk in stream])
+
+        # Answered while the reader waits for more...
+        stream, _ = newStream()
+        reading = Deferred.fromCoroutine(read(stream))
+        stream._fanOut.write(b"part")
+        stream.abandon()
+        stream.finish(MessageDone())
+        self.failureResultOf(reading, MessageAborted)
+        # ... and with the rest, and the end, queued for it.
+        stream, _ = newStream()
+        stream._fanOut.write(b"part")
+        stream.finish(MessageDone())
+        stream.abandon()
+        self.failureResultOf(Deferred.fromCoroutine(read(stream)), MessageAborted)
+        # A protocol given only after the handler answered is told too.
+        stream, _ = newStream()
+        stream._fanOut.write(b"part")
+        stream.abandon()
+        sink = Sink()
+        stream.deliverBody(sink)
+        assert sink.reason is not None
+        self.assertIsInstance(sink.reason.value, MessageAborted)
+        stream, _ = newStream()
+        reading = Deferred.fromCoroutine(read(stream))
+        stream._fanOut.write(b"all")
+        stream.finish(MessageDone())
+        stream.abandon()
+        self.assertEqual(self.successResultOf(reading), b"all")
+        self.assertTrue(stream.delivered)
+
+    def test_stoppedInConnectionMade(self) -> None:
+        """
+        A protocol that stops producing in its connectionMade gets its connectionLost
+        once connectionMade has returned.
+        """
+        calls: list[str] = []
+
+        class Quitter(Sink):
+            def connectionMade(self) -> None:
+                calls.append("made in")
+                cast(MessageStream, self.transport).stopProducing()
+                calls.append("made out")
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                calls.append(f"lost: {type(reason.value).__name__}")
+
+        stream, _ = newStream()
+        stream.deliverBody(Quitter())
+        stream._fanOut.write(b"x")
+        self.assertEqual(calls, ["made in", "made out", "lost: MessageAborted"])
 
     def test_abandonedReaderIsToldOnce(self) -> None:
         """
