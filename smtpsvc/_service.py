@@ -243,6 +243,7 @@ def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
                 reactor=server.reactor,
                 serverName=server.options.name,
                 timeout=forwardTimeout(server.options.handlerTimeout),
+                handlerTimeout=server.options.handlerTimeout,
             )
         elif kind == "python":
             handler = loadHandler(argument, config.entry("deliver", target))

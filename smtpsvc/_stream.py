@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -84,6 +84,7 @@ class MessageStream:
         self._told = False
         self._inReader = 0
         self._droppedWhy: str | None = None
+        self._endWaiters: list[Deferred[None]] | None = []
 
     @property
     def byteLength(self) -> int:
@@ -131,6 +132,21 @@ class MessageStream:
         # What was queued is taken: the connection may read again (a reader that came
         # late, after the queue had filled, would otherwise wait for ever).
         self._fanOut.drained()
+
+    def notifyEnd(self) -> Deferred[None]:
+        """
+        A Deferred that fires once the message has ended for this stream's handler (the
+        client sent all of it, and the handlers before this one accepted it), or failed:
+        from then on its client waits for the answer.  It fires at once, even while
+        part of the message is still waiting to be taken, unlike the reader's
+        C{connectionLost}, which comes after that part.  (Not part of L{IMessageStream}:
+        the built-in forwarding times the downstream's answer from it.)
+        """
+        if self._endWaiters is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._endWaiters.append(waiter)
+        return waiter
 
     def __aiter__(self) -> MessageStream:
         if self._consumer is not None:
@@ -217,6 +233,9 @@ class MessageStream:
             self._queue.clear()
             self._queued = 0
         self._end = reason
+        endWaiters, self._endWaiters = self._endWaiters, None
+        for waiter in endWaiters or ():
+            waiter.callback(None)
         self._flush()
         self._wake()
 

@@ -585,10 +585,17 @@ class ForwardTestCase(SynchronousTestCase):
     ) -> MemoryClient:
         """
         The front server, forwarding to C{downstream}, and a client that said hello to it.
+        A C{handlerTimeout} among C{options} is the forwarding's as well as the server's.
         """
         self.endpoint = MemoryEndpoint(self.network, downstream, behaviour)
+        shared = {k: v for k, v in options.items() if k == "handlerTimeout"}
         self.forward = ForwardDelivery(
-            self.endpoint, lmtp=lmtp, reactor=self.clock, serverName=FRONT, timeout=TIMEOUT
+            self.endpoint,
+            lmtp=lmtp,
+            reactor=self.clock,
+            serverName=FRONT,
+            timeout=TIMEOUT,
+            **shared,
         )
         options.setdefault("name", FRONT)
         options.setdefault("authOptional", True)
@@ -1637,6 +1644,148 @@ class PartialRepliesTests(ForwardTestCase):
         self.partial(lambda transport: transport.loseConnection(), frontLMTP=False)
         self.assertEqual(self.replies, [UnavailableTests.UNAVAILABLE])
         self.assertTrue(self.endpoint.clients[0].disconnected)
+
+
+class AnswerDeadlineTests(ForwardTestCase):
+    """
+    The downstream's whole answer to each step the client waits for comes within four
+    fifths of handlerTimeout, however many replies it takes, each in time: the client
+    hears 451 4.4.1 (in LMTP, for the recipients whose reply had not come) and never
+    421 Handler timeout while the downstream goes on.
+    """
+
+    #: The server's handlerTimeout, and the forwarding's: its answers get 8 s.
+    HANDLER_TIMEOUT = 10.0
+    RECIPIENTS = PartialRepliesTests.RECIPIENTS
+
+    def scriptedFront(self, script: Script, **options: Any) -> ScriptedServer:
+        """
+        A front with C{handlerTimeout} relaying to a scripted downstream that says what
+        C{script} says, and the downstream, connected by the client's MAIL FROM (which
+        gets no reply while the downstream is silent).
+        """
+        self.factory = ScriptedFactory(script)
+        self.capture = LogCapture(self)
+        self.front(lambda: self.factory, handlerTimeout=self.HANDLER_TIMEOUT, **options)
+        self.client.protocol.dataReceived(b"MAIL FROM:<s@example.org>\r\n")
+        self.network.run()
+        return self.factory.built[0]
+
+    def later(self, seconds: float, server: ScriptedServer, reply: bytes | None) -> None:
+        """
+        Let C{seconds} pass, then have C{server} send C{reply} (if any).
+        """
+        self.clock.advance(seconds)
+        if reply is not None and server.transport is not None and not server.lost:
+            server.transport.write(reply)
+        self.network.run()
+
+    def test_lmtpRepliesTogetherTooSlow(self) -> None:
+        """
+        An LMTP downstream whose replies after the message come 3 or 4 s apart (each
+        within the 5 s timeout) but would take 11 s in all: at 8 s the recipients whose
+        reply came have it, the last gets 451 4.4.1, the downstream connection is
+        dropped, and the client is never cut off with 421.
+        """
+        server = self.scriptedFront({".": None}, lmtp=True, frontLMTP=True)
+        replies = self.client.received()
+        replies += self.send(*(f"RCPT TO:<{r}>" for r in self.RECIPIENTS), "DATA")
+        replies += self.write(stuff(MESSAGE))
+        self.assertEqual(codes(replies), [250, 250, 250, 250, 354])
+        self.assertEqual(len(server.messages), 1)
+        self.later(3, server, b"250 2.0.0 <r0@example.net> delivered\r\n")
+        self.later(4, server, b"250 2.0.0 <r1@example.net> delivered\r\n")
+        self.assertEqual(self.client.received(), [])
+        self.later(1, server, None)
+        self.assertEqual(
+            self.client.received(),
+            [
+                ServerReply(250, ("2.0.0 <r0@example.net> delivered",)),
+                ServerReply(250, ("2.0.0 <r1@example.net> delivered",)),
+                UnavailableTests.UNAVAILABLE,
+            ],
+        )
+        self.assertTrue(self.endpoint.clients[0].aborted)
+        self.later(3, server, b"250 2.0.0 <r2@example.net> delivered\r\n")
+        self.later(self.HANDLER_TIMEOUT, server, None)
+        self.assertFalse(self.client.closed)
+        self.assertEqual(self.client.received(), [])
+        self.assertEqual(
+            self.capture.matching("after 2 of 3 replies"),
+            ["Downstream unavailable after 2 of 3 replies: no answer within 8 s"],
+        )
+
+    def test_mailStepsTogetherTooSlow(self) -> None:
+        """
+        A downstream whose greeting, EHLO reply and MAIL reply come 3 s apart (each
+        within the 5 s timeout): at 8 s the client's MAIL gets 451 4.4.1, not 421, and
+        the downstream connection is dropped.
+        """
+        server = self.scriptedFront({"GREETING": None, "EHLO": None, "MAIL": None})
+        self.later(3, server, b"220 slow.example ESMTP\r\n")
+        self.later(3, server, b"250 slow.example\r\n")
+        self.assertEqual(server.commands, [f"EHLO {FRONT}", "MAIL FROM:<s@example.org>"])
+        self.assertEqual(self.client.received(), [])
+        self.later(2, server, None)
+        self.assertEqual(self.client.received(), [UnavailableTests.UNAVAILABLE])
+        self.assertTrue(self.endpoint.clients[0].aborted)
+        self.later(self.HANDLER_TIMEOUT, server, b"250 2.1.0 Ok\r\n")
+        self.assertFalse(self.client.closed)
+        self.assertEqual(self.client.received(), [])
+        self.assertEqual(
+            self.capture.matching("no answer within"),
+            ["Downstream unavailable: no answer within 8 s"],
+        )
+
+    def test_messageTimedFromItsEnd(self) -> None:
+        """
+        The time for the answer to a message counts from its end, when the client begins
+        to wait, though much of it is still to be passed on: a downstream that reads
+        32 KiB every 2 s (never stalled for the 5 s timeout) while 300 KiB are still to
+        go when the client's final dot comes has the client answered 451 4.4.1 at 8 s,
+        not 421 at 10 s; it is dropped, without the final dot.
+        """
+        server = self.scriptedFront({})
+        self.assertEqual(codes(self.send("RCPT TO:<b@example.net>", "DATA")), [250, 250, 354])
+        downstream = self.endpoint.servers[0]
+        downstream.pauseProducing()
+        # 16 KiB reads, until the front's buffers are full: 64 KiB towards the
+        # downstream and 256 KiB in the forwarding's stream.  The last read brings the
+        # message's end.
+        piece = (b"y" * 1022 + b"\r\n") * 16
+        for _ in range(20):
+            self.client.protocol.dataReceived(piece)
+            self.network.run()
+        self.assertEqual(self.client.transport.producerState, "producing")
+        self.client.protocol.dataReceived(piece + b".\r\n")
+        self.network.run()
+        self.assertEqual(self.client.transport.producerState, "paused")
+        for _ in range(3):
+            self.clock.advance(2)
+            downstream.resumeProducing()
+            self.endpoint.clients[0].pumpOnce()
+            downstream.pauseProducing()
+            self.network.run()
+        self.assertEqual(self.client.received(), [])
+        self.assertFalse(self.endpoint.clients[0].disconnected)
+        self.later(2, server, None)
+        self.assertEqual(self.client.received(), [UnavailableTests.UNAVAILABLE])
+        self.assertTrue(self.endpoint.clients[0].aborted)
+        self.assertEqual(server.messages, [])
+        self.later(self.HANDLER_TIMEOUT, server, None)
+        self.assertFalse(self.client.closed)
+
+    def test_noLimitWithoutHandlerTimeout(self) -> None:
+        """
+        With handlerTimeout 0 (none), only each reply's timeout counts: replies 4 s
+        apart, 12 s in all, are waited for.
+        """
+        self.HANDLER_TIMEOUT = 0
+        server = self.scriptedFront({"GREETING": None, "EHLO": None, "MAIL": None})
+        self.later(TIMEOUT - 1, server, b"220 slow.example ESMTP\r\n")
+        self.later(TIMEOUT - 1, server, b"250 slow.example\r\n")
+        self.later(TIMEOUT - 1, server, b"250 2.1.0 Ok\r\n")
+        self.assertEqual(codes(self.client.received()), [250])
 
 
 class LargeMessageTests(ForwardTestCase):

@@ -223,6 +223,32 @@ class MessageStreamTests(SynchronousTestCase):
         stream.finish(MessageDone())
         self.assertIsNone(sink.reason)
 
+    def test_notifyEndBeforeTheBacklog(self) -> None:
+        """
+        notifyEnd fires when the message ends, while its reader still has a backlog to
+        take (the end reaches the reader after it); and at once once it has ended.
+        """
+        sink = Sink()
+        stream, _ = pausedWithBacklog(sink, 3)
+        ended = stream.notifyEnd()
+        self.assertNoResult(ended)
+        stream.finish(MessageDone())
+        self.successResultOf(ended)
+        self.assertIsNone(sink.reason)
+        self.successResultOf(stream.notifyEnd())
+        stream.resumeProducing()
+        assert sink.reason is not None
+        self.assertTrue(sink.reason.check(MessageDone))
+
+    def test_notifyEndOfAFailure(self) -> None:
+        """
+        notifyEnd fires too when the message fails.
+        """
+        stream, _ = newStream()
+        ended = stream.notifyEnd()
+        stream.finish(MessageAborted("gone"))
+        self.successResultOf(ended)
+
     def test_stopProducingDiscards(self) -> None:
         """
         A reader that stops producing gets nothing more and never blocks the connection;

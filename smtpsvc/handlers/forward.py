@@ -54,7 +54,7 @@ from .._core._trace import receivedHeader
 from .._core._xclient import isLoopback
 from .._errors import SMTPError, fresh
 from .._reactor import reactorOr
-from .._stream import MessageAborted, MessageRefused, MessageTooLarge
+from .._stream import MessageAborted, MessageRefused, MessageStream, MessageTooLarge
 from ..interfaces import (
     ICloseHandler,
     IDataCommandHandler,
@@ -65,7 +65,7 @@ from ..interfaces import (
 )
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IStreamClientEndpoint
+    from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 
 _log = Logger(namespace="smtpsvc.forward")
 
@@ -76,6 +76,10 @@ UNAVAILABLE: Final = SMTPError(451, "Error: downstream unavailable", "4.4.1")
 RECIPIENTS_CHANGED: Final = SMTPError(
     451, "Error: the downstream changed its mind about a recipient", "4.3.0"
 )
+#: The share of the server's handlerTimeout that the downstream's whole answer to one step
+#: of the client's may take: its client then hears our 451 before the server would cut it
+#: off with 421 Handler timeout.
+ANSWER_SHARE: Final = 0.8
 # Stream endings the handler passes on as they are: the server knows what they mean.
 _MESSAGE_ENDINGS: Final = (MessageAborted, MessageTooLarge, MessageRefused)
 # The answer a data handler gives in LMTP for each recipient.
@@ -98,6 +102,8 @@ class _Link:
     @ivar invited: whether the downstream answered DATA with 354 and waits for the
         message (sent when the client said DATA, before its own 354).
     @ivar closed: whether the client session has ended.
+    @ivar expired: why the step in progress failed, when the time for its answer ran out
+        (see L{_Deadline}).
     """
 
     def __init__(self) -> None:
@@ -110,6 +116,7 @@ class _Link:
         self.recipients: list[Address] = []
         self.invited = False
         self.closed = False
+        self.expired: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -128,6 +135,18 @@ class _Link:
             finalDelivery=self.finalDelivery,
         )
 
+    def expire(self, why: str) -> None:
+        """
+        The time for the answer the client waits for has run out: the connection attempt
+        is given up, or the connection dropped (a message without its final dot is not
+        kept), so that whatever the step awaits fails now, with C{why}.
+        """
+        self.expired = why
+        if self.connecting is not None:
+            self.connecting.cancel()
+        elif self.client is not None:
+            self.client.abort(why)
+
     def drop(self, why: str) -> None:
         """
         Forget the connection, dropping it if it is still up.
@@ -138,6 +157,52 @@ class _Link:
         self.verifiedTLS = self.finalDelivery = False
         if client is not None:
             client.abort(why)
+
+
+class _Deadline:
+    """
+    The time the downstream has for the whole of its answer to one step that the client
+    waits for: MAIL FROM (with the connection, the greeting, EHLO and RSET before it),
+    RCPT TO, DATA, or the message, from its end.  The server gives the client's wait
+    C{handlerTimeout} at most, counted once for all the downstream's replies; each reply's
+    own C{timeout} alone does not keep inside it (LMTP's replies, one per recipient, or a
+    greeting, an EHLO and a MAIL, each in time, may together take longer).  When the time
+    runs out, L{_Link.expire} ends what the step awaits.
+
+    Used as a context manager around the step; L{start} may come later (the message's
+    step begins at its end).
+    """
+
+    def __init__(self, reactor: Any, seconds: float, link: _Link) -> None:
+        self._reactor = reactor
+        self._seconds = seconds
+        self._link = link
+        self._call: IDelayedCall | None = None
+        self._over = False
+
+    def start(self) -> None:
+        """
+        Start counting (once; not after the step is over).
+        """
+        if self._over or self._call is not None:
+            return
+        self._link.expired = None
+        if self._seconds:
+            self._call = self._reactor.callLater(self._seconds, self._expired)
+
+    def _expired(self) -> None:
+        self._call = None
+        self._over = True
+        self._link.expire(f"no answer within {self._seconds:g} s")
+
+    def __enter__(self) -> _Deadline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._over = True
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
 
 
 @implementer(IMailFromHandler, IRcptToHandler, IDataCommandHandler, IDataHandler, ICloseHandler)
@@ -157,6 +222,7 @@ class ForwardDelivery:
         reactor: Any = None,
         serverName: str | None = None,
         timeout: float = 60.0,
+        handlerTimeout: float = 300.0,
     ) -> None:
         """
         @param endpoint: where the downstream server is: a Twisted client endpoint, or an
@@ -169,6 +235,14 @@ class ForwardDelivery:
             header (the host name if not given).
         @param timeout: seconds to wait for each downstream reply, for the connection to be
             made, and for a downstream that stopped reading the message.
+        @param handlerTimeout: the C{handlerTimeout} of the server this handler is
+            registered with (0 for none).  The downstream's whole answer to each step
+            the client waits for (MAIL FROM, RCPT TO, DATA, and the message from its end)
+            must come within L{ANSWER_SHARE} of it, however many replies it takes; when
+            it does not, the client gets C{451 4.4.1} (in LMTP, for the recipients whose
+            reply had not come) and the downstream connection is dropped, rather than
+            the client being cut off with C{421 Handler timeout} while the downstream
+            goes on.
         """
         self._reactor = reactor = reactorOr(reactor)
         self._endpoint: IStreamClientEndpoint = (
@@ -177,6 +251,7 @@ class ForwardDelivery:
         self.lmtp = lmtp
         self.serverName = serverName or socket.gethostname()
         self.timeout = timeout
+        self.handlerTimeout = handlerTimeout
         self._links: dict[str, _Link] = {}
 
     # -- the handler interfaces ---------------------------------------------------------
@@ -234,8 +309,9 @@ class ForwardDelivery:
         if link is None:
             link = self._links[session.id] = _Link()
         try:
-            client = await self._ready(link, session)
-            reply = await client.command(link.mailCommand(address, session.envelope))
+            with self._deadline(link):
+                client = await self._ready(link, session)
+                reply = await client.command(link.mailCommand(address, session.envelope))
         except DownstreamError as e:
             raise self._unavailable(link, session, e) from None
         self._check(link, session, reply)
@@ -245,10 +321,11 @@ class ForwardDelivery:
     async def _rcptTo(self, address: Address, session: Session) -> None:
         link, client = self._transaction(session)
         try:
-            if link.invited:
-                client = await self._leaveData(link, session)
-            command = rcptCommand(address, session.envelope, link.extensions)
-            reply = await client.command(command)
+            with self._deadline(link):
+                if link.invited:
+                    client = await self._leaveData(link, session)
+                command = rcptCommand(address, session.envelope, link.extensions)
+                reply = await client.command(command)
         except DownstreamError as e:
             raise self._unavailable(link, session, e) from None
         self._check(link, session, reply)
@@ -257,10 +334,11 @@ class ForwardDelivery:
     async def _dataCommand(self, session: Session) -> None:
         link, client = self._transaction(session)
         try:
-            if link.invited:
-                client = await self._leaveData(link, session)
-            await self._syncRecipients(link, session)
-            reply = await client.command("DATA")
+            with self._deadline(link):
+                if link.invited:
+                    client = await self._leaveData(link, session)
+                await self._syncRecipients(link, session)
+                reply = await client.command("DATA")
         except DownstreamError as e:
             raise self._unavailable(link, session, e) from None
         if reply.code == 354:
@@ -287,12 +365,19 @@ class ForwardDelivery:
             date=format_datetime(datetime.fromtimestamp(self._reactor.seconds(), UTC)),
             recipient=envelope.rcptTo[0].address if len(envelope.rcptTo) == 1 else None,
         )
+        # The client waits for the answer from the end of its message on, which may come
+        # well before this handler has passed all of it on.  (A stream not the server's
+        # tells its end only with the end itself.)
+        deadline = self._deadline(link, start=False)
+        if isinstance(stream, MessageStream):
+            stream.notifyEnd().addCallback(lambda _: deadline.start())
         try:
-            if not invited:
-                await self._syncRecipients(link, session)
-            result = await client.sendData(
-                stream, header, len(link.recipients) if self.lmtp else None, invited
-            )
+            with deadline:
+                if not invited:
+                    await self._syncRecipients(link, session)
+                result = await client.sendData(
+                    stream, header, len(link.recipients) if self.lmtp else None, invited
+                )
         except DownstreamError as e:
             if e.replies and self.lmtp and session.lmtp:
                 return self._partialAnswer(link, session, e)
@@ -367,6 +452,15 @@ class ForwardDelivery:
 
     # -- the downstream connection ---------------------------------------------------------
 
+    def _deadline(self, link: _Link, *, start: bool = True) -> _Deadline:
+        """
+        The time for the downstream's answer to the step about to begin (see L{_Deadline}).
+        """
+        deadline = _Deadline(self._reactor, self.handlerTimeout * ANSWER_SHARE, link)
+        if start:
+            deadline.start()
+        return deadline
+
     def _transaction(self, session: Session) -> tuple[_Link, DownstreamClient]:
         """
         The session's link and its connection, for a command inside the downstream
@@ -405,6 +499,8 @@ class ForwardDelivery:
         try:
             client = await connecting
         except Exception as e:
+            if link.expired is not None:
+                raise DownstreamError(link.expired) from None
             raise DownstreamError(f"cannot connect: {type(e).__name__}: {e}") from None
         finally:
             link.connecting = None
