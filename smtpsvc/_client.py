@@ -9,15 +9,24 @@ L{smtpsvc._core._data.DotStuffer}; this module only does the I/O.
 Anything that makes the connection unusable (it closes, a reply does not come within the
 timeout, the server sends something that is not a reply, a reply nobody asked for, or a
 C{421}) fails whatever is waiting with L{DownstreamError} and drops the connection.
+
+The wait for the replies after a message starts once the message has gone out, not when
+its final dot is handed to the transport: Twisted's buffer and the kernel's (megabytes on
+loopback) may hold much of it still, and a slow server takes it while the timer would
+run.  Twisted's buffer is watched through the registered producer, the kernel's (where
+the system tells, Linux's C{SIOCOUTQ}) by asking how much of it is still unsent.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
+import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer, ISystemHandle
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -30,6 +39,9 @@ from ._stream import MessageDone
 
 # What sendData takes the reply to a DATA sent before it (invited) to have been.
 _INVITED: Final = DownstreamReply(354, ("",))
+# Seconds between looks at how much of a message the kernel still holds after its final
+# dot (at most: a quarter of the timeout when that is shorter).
+_DRAIN_POLL: Final = 1.0
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall
@@ -87,6 +99,9 @@ class DownstreamClient(LineReceiver):
         self._waiting: deque[Deferred[DownstreamReply]] = deque()
         self._timer: IDelayedCall | None = None
         self._sending: _MessageSender | None = None
+        # The sender of a message whose final dot is written but has not gone out yet:
+        # the replies' timer waits for it (see _MessageSender._checkDrained).
+        self._draining: _MessageSender | None = None
         self.usable = False
         self._aborted = False
         self._lostWhy = "not connected"
@@ -258,6 +273,8 @@ class DownstreamClient(LineReceiver):
             # a message before its end and hang up; either way the connection is finished.
             self.abort(f"unexpected reply {reply}", reply)
             return
+        # A reply after a message: the server has all of it.
+        self._stopDraining()
         waiter = self._waiting.popleft()
         if self._waiting:
             self._restartTimer()
@@ -274,16 +291,19 @@ class DownstreamClient(LineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         self.abort("protocol error: reply line too long")
 
-    def _expect(self) -> Deferred[DownstreamReply]:
+    def _expect(self, timed: bool = True) -> Deferred[DownstreamReply]:
+        # Not timed: the timer starts later (see _drained).
         waiter: Deferred[DownstreamReply] = Deferred()
         if not self.usable:
             waiter.errback(DownstreamError(self._lostWhy))
             return waiter
         self._waiting.append(waiter)
-        self._restartTimer()
+        if timed:
+            self._restartTimer()
         return waiter
 
     def _failAll(self, error: Exception) -> None:
+        self._stopDraining()
         waiting, self._waiting = self._waiting, deque()
         for waiter in waiting:
             if not waiter.called:
@@ -312,6 +332,17 @@ class DownstreamClient(LineReceiver):
     def _pausedTooLong(self) -> None:
         self.abort(f"the server did not read the message for {self._timeout} s")
 
+    def _drained(self) -> None:
+        # The message has gone out: now the server has timeout seconds for each reply.
+        self._draining = None
+        if self._waiting and self._timer is None and self.usable:
+            self._restartTimer()
+
+    def _stopDraining(self) -> None:
+        sender, self._draining = self._draining, None
+        if sender is not None:
+            sender.stopDraining()
+
 
 @implementer(IPushProducer)
 class _MessageSender(Protocol):
@@ -332,7 +363,15 @@ class _MessageSender(Protocol):
         self._producer: IPushProducer | None = None
         self._stall: IDelayedCall | None = None
         self._registered = False
+        # Whether the transport paused this producer (its buffer is full).
+        self._held = False
         self._started = False
+        # After the final dot, while what was written has not all gone out: the last
+        # count of bytes the kernel held, when it last went down, and the next look.
+        self._draining = False
+        self._unsent: int | None = None
+        self._progressAt = 0.0
+        self._drainCall: IDelayedCall | None = None
         # The message ended (all of it, which is none) before start.
         self._endedEarly = False
         self._finished = False
@@ -394,19 +433,24 @@ class _MessageSender(Protocol):
             self._endedEarly = True
             return
         self._finished = True
-        self._unregister()
         if reason.check(MessageDone):
             client = self._client
             transport = client.transport
             if client.usable and transport is not None:
                 # Wait for the replies before the last bytes leave, so that no reply can
-                # arrive before it is expected.
-                waiters = [client._expect() for _ in range(self._replies)]
+                # arrive before it is expected; but time them only once the message
+                # has gone out (drain).
+                waiters = [client._expect(timed=False) for _ in range(self._replies)]
+                self._draining = True
+                client._draining = self
                 transport.write(self._stuffer.end())
                 self.done.callback(waiters)
+                self._checkDrained()
             else:
+                self._unregister()
                 self.done.errback(DownstreamError(self._client._lostWhy))
             return
+        self._unregister()
         # The message failed here: the downstream may have part of it and must not keep
         # it.
         self.failure = reason.value
@@ -425,6 +469,50 @@ class _MessageSender(Protocol):
             self._producer.stopProducing()
         self.done.errback(error)
 
+    def _checkDrained(self) -> None:
+        """
+        After the final dot: whether all that was written has gone out, which starts the
+        replies' timer.  While Twisted's buffer is full the transport keeps this producer
+        paused, and resumes it once the buffer has gone to the kernel (the stall timer
+        runs meanwhile, as during the message); then the kernel's count of unsent bytes
+        is looked at until it is none, and a server that takes none of them for the
+        timeout is dropped, as one that stops reading the message is.
+        """
+        self._cancelDrainCall()
+        client = self._client
+        if not self._draining or self._held:
+            return
+        unsent = _unsentBytes(client.transport) if client.usable else None
+        if not unsent:
+            self.stopDraining()
+            client._drained()
+            return
+        now = client._reactor.seconds()
+        if self._unsent is None or unsent < self._unsent:
+            self._progressAt = now
+        elif now - self._progressAt >= client._timeout:
+            client._pausedTooLong()
+            return
+        self._unsent = unsent
+        delay = min(_DRAIN_POLL, client._timeout / 4)
+        self._drainCall = client._reactor.callLater(delay, self._checkDrained)
+
+    def stopDraining(self) -> None:
+        """
+        No more need to watch the message go out: it has, a reply came, or the
+        connection is lost.
+        """
+        if not self._draining:
+            return
+        self._draining = False
+        self._cancelDrainCall()
+        self._unregister()
+
+    def _cancelDrainCall(self) -> None:
+        call, self._drainCall = self._drainCall, None
+        if call is not None and call.active():
+            call.cancel()
+
     def _unregister(self) -> None:
         self._cancelStall()
         if self._registered:
@@ -441,15 +529,21 @@ class _MessageSender(Protocol):
     # IPushProducer, for the downstream transport.
 
     def pauseProducing(self) -> None:
-        if self._finished or self._producer is None:
+        if self._finished and not self._draining:
             return
-        self._producer.pauseProducing()
+        self._held = True
+        if not self._finished and self._producer is not None:
+            self._producer.pauseProducing()
         if self._stall is None:
             client = self._client
             self._stall = client._reactor.callLater(client._timeout, client._pausedTooLong)
 
     def resumeProducing(self) -> None:
+        self._held = False
         self._cancelStall()
+        if self._draining:
+            self._checkDrained()
+            return
         if self._finished or self._producer is None:
             return
         self._producer.resumeProducing()
@@ -457,6 +551,41 @@ class _MessageSender(Protocol):
     def stopProducing(self) -> None:
         if not self._finished:
             self.downstreamLost(DownstreamError("the downstream connection stopped"))
+
+
+def _unsentBytes(transport: object) -> int | None:
+    """
+    How many of the bytes written to the socket under C{transport} (under its TLS layer,
+    if any) the kernel still holds, not yet taken by the peer: L{None} where the system
+    does not tell, or the transport is no socket's.
+    """
+    for _ in range(3):
+        if transport is None:
+            return None
+        if ISystemHandle.providedBy(transport):
+            handle = transport.getHandle()
+            if isinstance(handle, socket.socket):
+                return _outQueue(handle)
+        # Twisted's TLS layer is a protocol wrapper over the socket's transport.
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def _outQueue(sock: socket.socket) -> int | None:
+    # SIOCOUTQ (TIOCOUTQ's number): for TCP the bytes sent and not yet acknowledged by
+    # the peer, or not yet sent; for a Unix socket those its peer has not read yet.
+    # Other systems' ioctls of that number mean other things, or nothing, for a socket.
+    if sys.platform != "linux":
+        return None
+    import fcntl
+    import termios
+
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    unsent: int = struct.unpack("i", answer)[0]
+    return unsent
 
 
 class DownstreamFactory(Factory):

@@ -69,6 +69,7 @@ from smtpsvc import (
     Session,
     SMTPError,
     SMTPServer,
+    _client,
     readMessage,
 )
 from smtpsvc._core._data import DataDecoder, DotStuffer, stuff
@@ -1042,6 +1043,97 @@ class ScriptedTests(ForwardTestCase):
         self.assertEqual(codes(replies), [451])
         self.assertEqual(self.server.messages, [])
 
+    def slowDownstream(self, message: bytes) -> MemoryTransport:
+        """
+        A transaction whose message and final dot the client sends in one piece while the
+        downstream reads nothing: the front writes it all towards the downstream, with
+        the dot, at once.  Return the downstream's end of the connection (paused).
+        """
+        self.capture = LogCapture(self)
+        self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+        downstream = self.endpoint.servers[0]
+        downstream.pauseProducing()
+        self.assertEqual(self.write(stuff(message)), [])
+        return downstream
+
+    def readOneChunk(self, downstream: MemoryTransport, after: float) -> None:
+        """
+        Let C{after} seconds pass, then let the downstream read one chunk (32 KiB).
+        """
+        self.clock.advance(after)
+        downstream.resumeProducing()
+        self.endpoint.clients[0].pumpOnce()
+        downstream.pauseProducing()
+        self.network.run()
+
+    def test_slowReaderGetsTheReplyTimerAfterTheMessage(self) -> None:
+        """
+        The reply to the final dot is timed from when the message has gone out of the
+        transport's buffer, not from when the dot was written to it: a downstream that
+        takes 70 KB at 32 KiB every 2 s (never 5 s without reading) and answers at once
+        gets its 250 to the client at 6 s, after the 5 s timeout.
+        """
+        self.scripted()
+        downstream = self.slowDownstream(b"Subject: slow\r\n\r\n" + (b"z" * 998 + b"\r\n") * 70)
+        for _ in range(3):
+            self.assertEqual(self.client.received(), [])
+            self.readOneChunk(downstream, 2)
+        downstream.resumeProducing()
+        self.network.run()
+        self.assertEqual(codes(self.client.received()), [250])
+        self.assertEqual(len(self.server.messages), 1)
+        self.assertEqual(self.capture.matching("Downstream unavailable"), [])
+
+    def kernelHolds(self, unsent: list[int]) -> None:
+        """
+        Have the kernel hold C{unsent[0]} bytes of what was written to the downstream (as
+        Linux's SIOCOUTQ would tell of a socket's): the test changes it as time goes.
+        """
+        self.patch(_client, "_unsentBytes", lambda transport: unsent[0])
+
+    def test_replyTimerAfterTheKernelSentAll(self) -> None:
+        """
+        What the kernel holds of the message counts as not gone out yet: a downstream
+        that takes 100 KB a second of the 600 KB the kernel holds after the final dot
+        is not timed out for its reply until they are gone (6 s), and its reply 4 s
+        later still reaches the client.
+        """
+        unsent = [600_000]
+        self.kernelHolds(unsent)
+        self.scripted(END=None)
+        self.slowDownstream(MESSAGE)
+        for _ in range(6):
+            self.clock.advance(1)
+            unsent[0] -= 100_000
+            self.network.run()
+        self.clock.advance(TIMEOUT - 1)
+        self.network.run()
+        self.assertEqual(self.client.received(), [])
+        assert self.server.transport is not None
+        self.server.transport.write(b"250 2.0.0 Ok: queued as SLOW\r\n")
+        self.network.run()
+        self.assertEqual(self.client.received(), [ServerReply(250, ("2.0.0 Ok: queued as SLOW",))])
+
+    def test_kernelQueueStalled(self) -> None:
+        """
+        A downstream that takes nothing the kernel holds for the timeout is dropped as a
+        downstream that stopped reading the message, and the client gets 451.
+        """
+        self.kernelHolds([600_000])
+        self.scripted(END=None)
+        self.slowDownstream(MESSAGE)
+        self.clock.advance(TIMEOUT - 1)
+        self.network.run()
+        self.assertEqual(self.client.received(), [])
+        self.clock.advance(1)
+        self.network.run()
+        self.assertEqual(self.client.received(), [UnavailableTests.UNAVAILABLE])
+        self.assertTrue(self.endpoint.clients[0].aborted)
+        self.assertEqual(
+            self.capture.matching("Downstream unavailable"),
+            [f"Downstream unavailable: the server did not read the message for {TIMEOUT} s"],
+        )
+
     def test_earlyRefusal(self) -> None:
         """
         A downstream that refuses the message before its end and hangs up: the client
@@ -1774,6 +1866,32 @@ class AnswerDeadlineTests(ForwardTestCase):
         self.assertEqual(server.messages, [])
         self.later(self.HANDLER_TIMEOUT, server, None)
         self.assertFalse(self.client.closed)
+
+    def test_messageStillGoingOutAtTheDeadline(self) -> None:
+        """
+        A downstream still taking the message steadily (50 KB a second of the 600 KB the
+        kernel holds after the final dot) when the time for the answer runs out: the
+        client gets 451 4.4.1 at 8 s, not 421, and the connection is dropped (aborted, so
+        that what may not have reached the downstream yet is not sent).
+        """
+        unsent = [600_000]
+        self.patch(_client, "_unsentBytes", lambda transport: unsent[0])
+        server = self.scriptedFront({".": None})
+        self.assertEqual(codes(self.send("RCPT TO:<b@example.net>", "DATA")), [250, 250, 354])
+        self.assertEqual(self.write(stuff(MESSAGE)), [])
+        for _ in range(7):
+            self.later(1, server, None)
+            unsent[0] -= 50_000
+        self.assertEqual(self.client.received(), [])
+        self.later(1, server, None)
+        self.assertEqual(self.client.received(), [UnavailableTests.UNAVAILABLE])
+        self.assertTrue(self.endpoint.clients[0].aborted)
+        self.later(self.HANDLER_TIMEOUT, server, None)
+        self.assertFalse(self.client.closed)
+        self.assertEqual(
+            self.capture.matching("Downstream unavailable"),
+            ["Downstream unavailable: no answer within 8 s"],
+        )
 
     def test_noLimitWithoutHandlerTimeout(self) -> None:
         """

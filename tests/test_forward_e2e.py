@@ -4,7 +4,8 @@ End-to-end tests of the forwarding delivery with Postfix's C{smtp-sink} as the d
 C{smtp-sink} (Debian package C{postfix}) is started on a free port of 127.0.0.1 and dumps
 each message it receives into a file; an in-process L{SMTPServer} with L{ForwardDelivery}
 relays to it, and C{smtplib} in a thread is the client.  Each test starts its own sink and
-kills it by PID in its cleanup; every wait is bounded.
+kills it by PID in its cleanup; every wait is bounded.  The last tests have a downstream of
+their own in the process instead, one that reads slowly, over real sockets.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import smtplib
 import socket
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorProcess
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 from twisted.trial.unittest import FailTest
 
 from smtpsvc.handlers.forward import ForwardDelivery
@@ -353,3 +358,115 @@ class SinkTests(ForwardE2ETestCase):
         replies = await deferToThread(send)
         self.assertEqual([code for code, _ in replies], [250, 451, 250])
         self.assertEqual(list(dumps.iterdir()), [])
+
+
+class SlowReader(LineReceiver):
+    """
+    A downstream SMTP server that reads a message slowly but steadily: one read (Twisted's
+    64 KiB at most) every L{PACE} seconds, from a small receive buffer; it answers at once.
+
+    @ivar reads: when each read of the message came (C{reactor.seconds()}).
+    """
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 100_000
+    PACE = 0.1
+
+    def __init__(self, messages: list[int]) -> None:
+        self.messages = messages
+        self.reads: list[float] = []
+        self.inData = False
+        self.size = 0
+        self._resume: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        # What the kernel takes for this server beyond what it read stays small: the rest
+        # of a message waits on the sender's side.
+        self.transport.getHandle().setsockopt(  # type: ignore[union-attr]
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024
+        )
+        self.sendLine(b"220 slow.e2e.test ESMTP")
+
+    def dataReceived(self, data: bytes) -> None:
+        reading = self.inData
+        super().dataReceived(data)
+        if reading and self.inData and self.transport is not None:
+            self.reads.append(theReactor().seconds())
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+            self._resume = theReactor().callLater(self.PACE, self._goOn)
+
+    def _goOn(self) -> None:
+        self._resume = None
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.inData:
+            if line == b".":
+                self.inData = False
+                self.messages.append(self.size)
+                self.sendLine(b"250 2.0.0 Ok: queued")
+            else:
+                self.size += len(line) + 2
+            return
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            self.sendLine(b"250-slow.e2e.test\r\n250 8BITMIME")
+        elif verb == b"DATA":
+            self.inData = True
+            self.sendLine(b"354 Go ahead")
+        elif verb == b"QUIT":
+            self.sendLine(b"221 2.0.0 Bye")
+            assert self.transport is not None
+            self.transport.loseConnection()
+        else:
+            self.sendLine(b"250 2.0.0 Ok")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._resume is not None and self._resume.active():
+            self._resume.cancel()
+
+
+class SlowDownstreamTests(E2ETestCase):
+    """
+    A downstream that reads slowly but steadily, over real sockets.
+    """
+
+    async def test_slowReaderGetsTheMessage(self) -> None:
+        """
+        The reply to the final dot is waited for once the message has gone out of this
+        host's buffers (Twisted's and the kernel's), not from when the dot was handed to
+        them: a downstream that needs about three seconds to read a 2 MB message, with
+        a timeout of 0.5 s, gets it and its 250 reaches the client.
+        """
+        messages: list[int] = []
+        readers: list[SlowReader] = []
+
+        def build() -> SlowReader:
+            reader = SlowReader(messages)
+            readers.append(reader)
+            return reader
+
+        reactor = theReactor()
+        port = reactor.listenTCP(0, Factory.forProtocol(build), interface=LOCALHOST)
+        self.addCleanup(lambda: maybeDeferred(port.stopListening))
+        forward = ForwardDelivery(
+            f"tcp:host={LOCALHOST}:port={port.getHost().port}",
+            reactor=reactor,
+            serverName=FRONT,
+            timeout=0.5,
+        )
+        _, frontPort = await startServer(self, [forward], disableReverseLookup=True)
+        body = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 25_000
+
+        def send() -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP(LOCALHOST, frontPort, CLIENT_NAME, timeout=30) as client:
+                return client.sendmail("a@example.org", ["b@example.net"], body)
+
+        self.assertEqual(await deferToThread(send), {})
+        [reader] = readers
+        self.assertEqual(len(messages), 1)
+        self.assertGreater(messages[0], len(body))
+        # It read all the while, and far longer than the timeout.
+        self.assertGreater(reader.reads[-1] - reader.reads[0], 2.0)
+        self.assertLess(max(b - a for a, b in pairwise(reader.reads)), 0.5)
