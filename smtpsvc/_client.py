@@ -80,6 +80,9 @@ class DownstreamClient(LineReceiver):
 
     @ivar greeting: a Deferred of the server's greeting (its first reply).
     @ivar usable: whether the connection is up and commands may be sent.
+    @ivar step: what the connection is at, for log lines: C{"greeting"}, the verb of the
+        last command (C{"EHLO"}, C{"MAIL"}, C{"DATA"}, ...), C{"message"} while a message
+        goes, and C{"end of data"} after its final dot.
     """
 
     delimiter = b"\r\n"
@@ -103,6 +106,7 @@ class DownstreamClient(LineReceiver):
         # the replies' timer waits for it (see _MessageSender._checkDrained).
         self._draining: _MessageSender | None = None
         self.usable = False
+        self.step = "greeting"
         self._aborted = False
         self._lostWhy = "not connected"
         self.closed: Deferred[None] = Deferred()
@@ -176,6 +180,7 @@ class DownstreamClient(LineReceiver):
             return fail(DownstreamError(self._lostWhy))
         if self._waiting or self._sending is not None:
             raise RuntimeError("a command is already in progress")
+        self.step = line.split(" ", 1)[0].split(":", 1)[0].upper()
         self.transport.write(line.encode("utf-8") + b"\r\n")
         return self._expect()
 
@@ -399,6 +404,7 @@ class _MessageSender(Protocol):
         if self._finished or clientTransport is None:
             return
         self._started = True
+        self._client.step = "message"
         IConsumer(clientTransport).registerProducer(self, True)
         self._registered = True
         if self._header:
@@ -441,6 +447,7 @@ class _MessageSender(Protocol):
                 # arrive before it is expected; but time them only once the message
                 # has gone out (drain).
                 waiters = [client._expect(timed=False) for _ in range(self._replies)]
+                client.step = "end of data"
                 self._draining = True
                 client._draining = self
                 transport.write(self._stuffer.end())

@@ -244,6 +244,7 @@ def buildServer(config: ServiceConfig, reactor: Any = None) -> SMTPServer:
                 serverName=server.options.name,
                 timeout=forwardTimeout(server.options.handlerTimeout),
                 handlerTimeout=server.options.handlerTimeout,
+                description=argument,
             )
         elif kind == "python":
             handler = loadHandler(argument, config.entry("deliver", target))

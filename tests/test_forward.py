@@ -453,6 +453,12 @@ class ScriptedFactory:
         self.script = script
         self.built: list[ScriptedServer] = []
 
+    def itself(self) -> ScriptedFactory:
+        """
+        This factory (what L{ForwardTestCase.front} takes: a callable giving one).
+        """
+        return self
+
     def buildProtocol(self, addr: IAddress) -> ScriptedServer:
         protocol = ScriptedServer(self.script)
         self.built.append(protocol)
@@ -582,6 +588,7 @@ class ForwardTestCase(SynchronousTestCase):
         behaviour: str = "connect",
         before: Sequence[object] = (),
         after: Sequence[object] = (),
+        description: str | None = None,
         **options: Any,
     ) -> MemoryClient:
         """
@@ -590,6 +597,8 @@ class ForwardTestCase(SynchronousTestCase):
         """
         self.endpoint = MemoryEndpoint(self.network, downstream, behaviour)
         shared = {k: v for k, v in options.items() if k == "handlerTimeout"}
+        if description is not None:
+            shared["description"] = description
         self.forward = ForwardDelivery(
             self.endpoint,
             lmtp=lmtp,
@@ -1082,7 +1091,7 @@ class ScriptedTests(ForwardTestCase):
         self.network.run()
         self.assertEqual(codes(self.client.received()), [250])
         self.assertEqual(len(self.server.messages), 1)
-        self.assertEqual(self.capture.matching("Downstream unavailable"), [])
+        self.assertEqual(self.capture.matching("unavailable at"), [])
 
     def kernelHolds(self, unsent: list[int]) -> None:
         """
@@ -1130,8 +1139,11 @@ class ScriptedTests(ForwardTestCase):
         self.assertEqual(self.client.received(), [UnavailableTests.UNAVAILABLE])
         self.assertTrue(self.endpoint.clients[0].aborted)
         self.assertEqual(
-            self.capture.matching("Downstream unavailable"),
-            [f"Downstream unavailable: the server did not read the message for {TIMEOUT} s"],
+            self.capture.matching("unavailable at"),
+            [
+                "Downstream 127.0.0.1:25 unavailable at end of data: the server did not read "
+                f"the message for {TIMEOUT} s"
+            ],
         )
 
     def test_earlyRefusal(self) -> None:
@@ -1269,6 +1281,76 @@ class UnavailableTests(ForwardTestCase):
         self.front(None, behaviour="refuse")
         self.assertEqual(self.send("MAIL FROM:<a@example.org>"), [self.UNAVAILABLE])
 
+    def test_logNamesDownstreamAndStep(self) -> None:
+        """
+        Each "Downstream ... unavailable" warning names the downstream (its description,
+        else the address connected to, else the endpoint's kind) and the step that failed,
+        in its text and as the fields downstream and step.
+        """
+        capture = LogCapture(self)
+        described = "smtp:tcp:host=mx.example:port=25"
+        cases: list[tuple[Script, list[str], str]] = [
+            ({"GREETING": b"554 5.3.2 Not now\r\n"}, [], "greeting"),
+            ({"EHLO": b"554 5.5.1 No\r\n", "HELO": b"554 5.5.1 No\r\n"}, [], "HELO"),
+            ({"MAIL": b"HTTP/1.1 400 Bad Request\r\n"}, [], "MAIL"),
+            ({"RCPT": b"421 4.3.2 Bye\r\n"}, ["RCPT TO:<b@example.net>"], "RCPT"),
+            ({"DATA": b"250 2.0.0 Whatever\r\n"}, ["RCPT TO:<b@example.net>", "DATA"], "DATA"),
+        ]
+        for script, commands, step in cases:
+            self.front(ScriptedFactory(script).itself, description=described)
+            replies = self.send("MAIL FROM:<a@example.org>", *commands)
+            self.assertEqual(replies[-1], self.UNAVAILABLE, step)
+        # Not described: the address connected to, or the endpoint's kind.
+        self.front(ScriptedFactory({"MAIL": b"HTTP/1.1 400 Bad Request\r\n"}).itself)
+        self.send("MAIL FROM:<a@example.org>")
+        self.front(ScriptedFactory({".": None}).itself)
+        self.endpoint.unixPath = "/run/dovecot/lmtp"
+        self.sendmail("a@example.org", ["b@example.net"])
+        self.clock.advance(TIMEOUT)
+        self.front(None, behaviour="refuse")
+        self.send("MAIL FROM:<a@example.org>")
+        events = [e for e in capture.events if "unavailable at" in e.get("log_format", "")]
+        self.assertEqual(
+            [(e["downstream"], e["step"]) for e in events],
+            [(described, step) for _, _, step in cases]
+            + [
+                ("127.0.0.1:25", "MAIL"),
+                ("unix:/run/dovecot/lmtp", "end of data"),
+                ("MemoryEndpoint", "connect"),
+            ],
+        )
+        lines = capture.matching("unavailable at")
+        self.assertEqual(
+            lines[0], f"Downstream {described} unavailable at greeting: greeting 554 5.3.2 Not now"
+        )
+        self.assertEqual(
+            lines[-1],
+            "Downstream MemoryEndpoint unavailable at connect: cannot connect: "
+            "ConnectionRefusedError: Connection was refused by other side.",
+        )
+
+    def test_endpointStringIsTheDescription(self) -> None:
+        """
+        An endpoint given as a string is how log lines name the downstream, unless a
+        description is given; the service gives its --deliver endpoint.
+        """
+        clock = Clock()
+        self.assertEqual(
+            ForwardDelivery("tcp:host=127.0.0.1:port=2600", reactor=clock).description,
+            "tcp:host=127.0.0.1:port=2600",
+        )
+        self.assertEqual(
+            ForwardDelivery("unix:/run/lmtp", reactor=clock, description="dovecot").description,
+            "dovecot",
+        )
+        self.assertIsNone(ForwardDelivery(self.endpointFor(clock), reactor=clock).description)
+
+    def endpointFor(self, clock: Clock) -> MemoryEndpoint:
+        """
+        An endpoint object (to nowhere).
+        """
+        return MemoryEndpoint(MemoryNetwork(clock), None)
+
     def test_refusalsKeepNoTracebacks(self) -> None:
         """
         Each refusal raises a new error: the module's error constants, raised again
@@ -1383,7 +1465,7 @@ class StreamFailureTests(ForwardTestCase):
             capture.matching("Message not relayed"),
             ["Message not relayed: the client reset the transaction"],
         )
-        self.assertEqual(capture.matching("Downstream unavailable"), [])
+        self.assertEqual(capture.matching("unavailable at"), [])
         factory.script["DATA"] = [ScriptedServer.DEFAULTS["DATA"]]
         self.assertEqual(
             codes(self.sendmail("a@example.org", ["b@example.net"])), [250, 250, 354, 250]
@@ -1804,7 +1886,10 @@ class AnswerDeadlineTests(ForwardTestCase):
         self.assertEqual(self.client.received(), [])
         self.assertEqual(
             self.capture.matching("after 2 of 3 replies"),
-            ["Downstream unavailable after 2 of 3 replies: no answer within 8 s"],
+            [
+                "Downstream 127.0.0.1:25 unavailable at end of data after 2 of 3 replies: "
+                "no answer within 8 s"
+            ],
         )
 
     def test_mailStepsTogetherTooSlow(self) -> None:
@@ -1826,7 +1911,7 @@ class AnswerDeadlineTests(ForwardTestCase):
         self.assertEqual(self.client.received(), [])
         self.assertEqual(
             self.capture.matching("no answer within"),
-            ["Downstream unavailable: no answer within 8 s"],
+            ["Downstream 127.0.0.1:25 unavailable at MAIL: no answer within 8 s"],
         )
 
     def test_messageTimedFromItsEnd(self) -> None:
@@ -1889,8 +1974,8 @@ class AnswerDeadlineTests(ForwardTestCase):
         self.later(self.HANDLER_TIMEOUT, server, None)
         self.assertFalse(self.client.closed)
         self.assertEqual(
-            self.capture.matching("Downstream unavailable"),
-            ["Downstream unavailable: no answer within 8 s"],
+            self.capture.matching("unavailable at"),
+            ["Downstream 127.0.0.1:25 unavailable at end of data: no answer within 8 s"],
         )
 
     def test_noLimitWithoutHandlerTimeout(self) -> None:

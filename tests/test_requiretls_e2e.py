@@ -66,7 +66,7 @@ UNAVAILABLE = (451, b"4.4.1 Error: downstream unavailable")
 #: What the relay logs when the C{tls:} endpoint finds the certificate is not for the
 #: downstream's name.
 MISMATCH = re.compile(
-    rb"Downstream unavailable: connection lost: VerificationError\(.*DNSMismatch\("
+    rb"Downstream tls:\S+ unavailable at \w+: connection lost: VerificationError\(.*DNSMismatch\("
     rb"mismatched_id=DNS_ID\(hostname=b'mx\.downstream\.test'\)"
 )
 

@@ -674,7 +674,8 @@ class BuildTests(SynchronousTestCase):
         """
         Forwarding waits a minute for each downstream reply, or four fifths of
         handlerTimeout when that is shorter (0, no limit, leaves the minute); it is
-        given handlerTimeout, which bounds its whole answer to each step.
+        given handlerTimeout, which bounds its whole answer to each step, and its
+        endpoint string, which names the downstream in log lines.
         """
         forward = ("--deliver", "smtp:tcp:host=127.0.0.1:port=2600", "--domain", "example.org")
         for handlerTimeout, expected in (("300", 60.0), ("0", 60.0), ("30", 24.0), ("60", 60.0)):
@@ -684,6 +685,7 @@ class BuildTests(SynchronousTestCase):
             [delivery] = [h for h in server._handlers if isinstance(h, ForwardDelivery)]
             self.assertEqual(delivery.timeout, expected, handlerTimeout)
             self.assertEqual(delivery.handlerTimeout, float(handlerTimeout))
+            self.assertEqual(delivery.description, "tcp:host=127.0.0.1:port=2600")
 
     def test_relayNeedsAuthThatIsRequired(self) -> None:
         """

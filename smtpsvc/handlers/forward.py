@@ -53,6 +53,7 @@ from .._core._session import Address, Envelope, Session
 from .._core._trace import receivedHeader
 from .._core._xclient import isLoopback
 from .._errors import SMTPError, fresh
+from .._logging import hostPort
 from .._reactor import reactorOr
 from .._stream import MessageAborted, MessageRefused, MessageStream, MessageTooLarge
 from ..interfaces import (
@@ -223,6 +224,7 @@ class ForwardDelivery:
         serverName: str | None = None,
         timeout: float = 60.0,
         handlerTimeout: float = 300.0,
+        description: str | None = None,
     ) -> None:
         """
         @param endpoint: where the downstream server is: a Twisted client endpoint, or an
@@ -243,6 +245,8 @@ class ForwardDelivery:
             reply had not come) and the downstream connection is dropped, rather than
             the client being cut off with C{421 Handler timeout} while the downstream
             goes on.
+        @param description: how log lines name the downstream: the endpoint string when
+            C{endpoint} is one, else (if not given) the address a connection reached.
         """
         self._reactor = reactor = reactorOr(reactor)
         self._endpoint: IStreamClientEndpoint = (
@@ -252,6 +256,7 @@ class ForwardDelivery:
         self.serverName = serverName or socket.gethostname()
         self.timeout = timeout
         self.handlerTimeout = handlerTimeout
+        self.description = description or (endpoint if isinstance(endpoint, str) else None)
         self._links: dict[str, _Link] = {}
 
     # -- the handler interfaces ---------------------------------------------------------
@@ -319,7 +324,7 @@ class ForwardDelivery:
         link.recipients = []
 
     async def _rcptTo(self, address: Address, session: Session) -> None:
-        link, client = self._transaction(session)
+        link, client = self._transaction(session, "RCPT")
         try:
             with self._deadline(link):
                 if link.invited:
@@ -332,7 +337,7 @@ class ForwardDelivery:
         link.recipients.append(address)
 
     async def _dataCommand(self, session: Session) -> None:
-        link, client = self._transaction(session)
+        link, client = self._transaction(session, "DATA")
         try:
             with self._deadline(link):
                 if link.invited:
@@ -345,7 +350,6 @@ class ForwardDelivery:
             link.invited = True
             return
         if not reply.refusal:
-            link.drop(f"unexpected reply to DATA: {reply}")
             raise self._unavailable(
                 link, session, DownstreamError(f"unexpected reply to DATA: {reply}")
             )
@@ -354,7 +358,7 @@ class ForwardDelivery:
         raise reply.error()
 
     async def _data(self, stream: IMessageStream, session: Session) -> _Outcome | list[_Outcome]:
-        link, client = self._transaction(session)
+        link, client = self._transaction(session, "DATA")
         # DATA was given downstream at the client's DATA (onDataCommand), unless the
         # message comes in BDAT chunks, which no DATA precedes.
         invited, link.invited = link.invited, False
@@ -441,7 +445,10 @@ class ForwardDelivery:
         replies = error.replies
         missing = len(session.envelope.rcptTo) - len(replies)
         _log.warn(
-            "Downstream unavailable after {received} of {expected} replies: {why}",
+            "Downstream {downstream} unavailable at {step} after {received} of {expected} "
+            "replies: {why}",
+            downstream=self._name(link),
+            step=_step(link),
             received=len(replies),
             expected=len(replies) + missing,
             why=str(error),
@@ -461,17 +468,19 @@ class ForwardDelivery:
             deadline.start()
         return deadline
 
-    def _transaction(self, session: Session) -> tuple[_Link, DownstreamClient]:
+    def _transaction(self, session: Session, step: str) -> tuple[_Link, DownstreamClient]:
         """
-        The session's link and its connection, for a command inside the downstream
-        transaction that MAIL FROM opened.
+        The session's link and its connection, for a command (C{step}) inside the
+        downstream transaction that MAIL FROM opened.
 
         @raise SMTPError: L{UNAVAILABLE} when there is no such transaction (the connection
             was lost, or MAIL FROM never reached the downstream); the link is dropped.
         """
         link = self._links.get(session.id)
         if link is None or link.client is None or not link.usable or not link.open:
-            raise self._unavailable(link, session, DownstreamError("no downstream transaction"))
+            raise self._unavailable(
+                link, session, DownstreamError("no downstream transaction"), step
+            )
         return link, link.client
 
     async def _ready(self, link: _Link, session: Session) -> DownstreamClient:
@@ -605,15 +614,45 @@ class ForwardDelivery:
             raise reply.error()
         raise self._unavailable(link, session, DownstreamError(f"unexpected reply {reply}"))
 
-    def _unavailable(self, link: _Link | None, session: Session, error: Exception) -> SMTPError:
+    def _unavailable(
+        self, link: _Link | None, session: Session, error: Exception, step: str | None = None
+    ) -> SMTPError:
         """
-        Drop the downstream connection and give the temporary error the client hears.
+        Drop the downstream connection and give the temporary error the client hears; a
+        warning names the downstream and the step (C{step}, or the connection's) that
+        failed.
         """
         if link is not None:
             if not link.closed:
-                _log.warn("Downstream unavailable: {why}", why=str(error), sessionId=session.id)
+                _log.warn(
+                    "Downstream {downstream} unavailable at {step}: {why}",
+                    downstream=self._name(link),
+                    step=step or _step(link),
+                    why=str(error),
+                    sessionId=session.id,
+                )
             link.drop(str(error))
         return fresh(UNAVAILABLE)
+
+    def _name(self, link: _Link) -> str:
+        """
+        The downstream as log lines name it (see C{description}).
+        """
+        if self.description is not None:
+            return self.description
+        client = link.client
+        transport = client.transport if client is not None else None
+        if transport is not None:
+            peer = transport.getPeer()
+            if isinstance(peer, UNIXAddress):
+                path: bytes | str | None = peer.name
+                if isinstance(path, bytes):
+                    path = path.decode("utf-8", "replace")
+                return f"unix:{path}" if path else "unix"
+            host = getattr(peer, "host", None)
+            if host is not None:
+                return hostPort(host, getattr(peer, "port", ""))
+        return type(self._endpoint).__name__
 
 
 async def _reset(client: DownstreamClient) -> None:
@@ -654,6 +693,13 @@ def _verifiedTLS(client: DownstreamClient) -> bool:
         # ValueError: a server name that is no DNS name (an IP address, say).
         return False
     return True
+
+
+def _step(link: _Link) -> str:
+    # What the connection was doing (see DownstreamClient.step); no connection yet, its
+    # making.
+    client = link.client
+    return client.step if client is not None else "connect"
 
 
 def _finalDelivery(client: DownstreamClient, lmtp: bool) -> bool:
