@@ -82,6 +82,7 @@ from smtpsvc._core._relay import (
     combineReplies,
     encodeXtext,
     mailCommand,
+    makeReply,
     parseExtensions,
 )
 from smtpsvc._core._session import Envelope
@@ -985,6 +986,57 @@ class ScriptedTests(ForwardTestCase):
         )
         self.assertEqual(codes(replies), [250, 553, 250])
         self.assertTrue(replies[1].text.startswith("5.6.7 "))
+
+    def test_demandForTLSOrAuthIsUnavailable(self) -> None:
+        """
+        A downstream that demands STARTTLS or AUTH of this server (RFC 3207, RFC 4954),
+        at MAIL, RCPT or DATA, has the client told 451 4.4.1, not the permanent 530 or
+        538 that would bounce its mail; each time one warning names the downstream and
+        its reply, and the connection is dropped.
+        """
+        capture = LogCapture(self)
+        cases: list[tuple[str, bytes, list[str]]] = [
+            ("MAIL", b"530 5.7.0 Must issue a STARTTLS command first\r\n", []),
+            ("MAIL", b"530 5.7.0 Authentication required\r\n", []),
+            ("RCPT", b"530 Authentication required\r\n", ["RCPT TO:<b@example.net>"]),
+            (
+                "RCPT",
+                b"538 5.7.11 Encryption required for requested authentication mechanism\r\n",
+                ["RCPT TO:<b@example.net>"],
+            ),
+            (
+                "DATA",
+                b"530 5.7.0 Must issue a STARTTLS command first\r\n",
+                ["RCPT TO:<b@example.net>", "DATA"],
+            ),
+            ("MAIL", b"554 5.7.11 TLS required\r\n", []),
+        ]
+        for verb, refusal, commands in cases:
+            self.scripted(**{verb: refusal})
+            replies = self.send("MAIL FROM:<a@example.org>", *commands)
+            self.assertEqual(replies[-1], UnavailableTests.UNAVAILABLE, refusal)
+            self.assertTrue(self.server.lost)
+        reply = makeReply(530, ["5.7.0 Must issue a STARTTLS command first"])
+        self.assertEqual(
+            capture.matching("STARTTLS or AUTH")[0],
+            "Downstream 127.0.0.1:25 unavailable at MAIL: it demands STARTTLS or AUTH, "
+            f"which this server does not do: {reply}",
+        )
+        events = [e for e in capture.events if "unavailable at" in e.get("log_format", "")]
+        self.assertEqual([e["step"] for e in events], [verb for verb, _, _ in cases])
+        self.assertEqual(
+            [e["why"].rsplit(": ", 1)[1] for e in events],
+            [str(makeReply(int(r[:3]), [r[4:].decode().strip()])) for _, r, _ in cases],
+        )
+
+    def test_otherSecurityRefusalsPassed(self) -> None:
+        """
+        A refusal of the mail itself, even with a 5.7 code (a policy, an unauthorised
+        sender), is passed to the client as it is.
+        """
+        self.scripted(MAIL=b"550 5.7.1 Sender rejected by policy\r\n")
+        replies = self.send("MAIL FROM:<a@example.org>")
+        self.assertEqual(replies, [ServerReply(550, ("5.7.1 Sender rejected by policy",))])
 
     def test_heloFallback(self) -> None:
         """
@@ -2163,6 +2215,23 @@ class ReplyParserTests(SynchronousTestCase):
         mixed = combineReplies([ok, temp])
         assert isinstance(mixed, SMTPError)
         self.assertEqual((mixed.code, mixed.enhancedCode), (451, "4.3.0"))
+
+    def test_demandsTLSOrAuth(self) -> None:
+        """
+        530 and 538 (RFC 3207, RFC 4954), or 5.7.11, demand STARTTLS or AUTH of the
+        client; other refusals, 5.7.x among them, do not.
+        """
+        for code, text, demands in [
+            (530, "5.7.0 Must issue a STARTTLS command first", True),
+            (530, "Authentication required", True),
+            (538, "5.7.11 Encryption required for requested authentication mechanism", True),
+            (554, "5.7.11 Encryption required", True),
+            (550, "5.7.1 Relay access denied", False),
+            (550, "5.7.0 Sender blocked", False),
+            (454, "4.7.0 TLS not available due to local problem", False),
+            (535, "5.7.8 Authentication credentials invalid", False),
+        ]:
+            self.assertEqual(makeReply(code, [text]).demandsTLSOrAuth, demands, (code, text))
 
     def test_sizeOnlyAsANumber(self) -> None:
         """

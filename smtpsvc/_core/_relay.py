@@ -74,6 +74,17 @@ class DownstreamReply:
         """
         return 400 <= self.code < 600
 
+    @property
+    def demandsTLSOrAuth(self) -> bool:
+        """
+        Whether the reply refuses because its client (the relaying server) did not secure
+        or authenticate its session: C{530} (RFC 3207 section 4, "Must issue a STARTTLS
+        command first"; RFC 4954 section 6, "Authentication required"), C{538} or the
+        enhanced code C{5.7.11} (RFC 4954: encryption required for the authentication
+        mechanism).  That is a matter between the two servers, not a verdict on the mail.
+        """
+        return self.code in (530, 538) or self.enhanced == "5.7.11"
+
     def error(self) -> SMTPError:
         """
         The same refusal as our own reply: code, enhanced code and text.

@@ -355,7 +355,7 @@ class ForwardDelivery:
             )
         # Refused: the downstream transaction stays open, as the client's does, and the
         # client may say DATA again.
-        raise reply.error()
+        raise self._refusal(link, session, reply)
 
     async def _data(self, stream: IMessageStream, session: Session) -> _Outcome | list[_Outcome]:
         link, client = self._transaction(session, "DATA")
@@ -403,7 +403,7 @@ class ForwardDelivery:
         if isinstance(result, DownstreamReply):
             # DATA itself was refused (a 4xx or 5xx); the downstream transaction is still
             # open, and the next MAIL resets it.
-            raise result.error()
+            raise self._refusal(link, session, result)
         link.open = False
         link.recipients = []
         return self._finalAnswer(session, result)
@@ -611,8 +611,26 @@ class ForwardDelivery:
         if reply.positive:
             return
         if reply.refusal:
-            raise reply.error()
+            raise self._refusal(link, session, reply)
         raise self._unavailable(link, session, DownstreamError(f"unexpected reply {reply}"))
+
+    def _refusal(self, link: _Link, session: Session, reply: DownstreamReply) -> SMTPError:
+        """
+        What the client hears for the downstream's refusal C{reply}: the same refusal; but
+        a demand that this server use STARTTLS or AUTH, which it does not do towards the
+        downstream, is no verdict on the client's mail: its client is not to bounce the
+        message for it, nor is the operator, who can mend it, to be left unaware.  So the
+        downstream is unavailable: L{UNAVAILABLE}, and a warning with the reply.
+        """
+        if reply.demandsTLSOrAuth:
+            return self._unavailable(
+                link,
+                session,
+                DownstreamError(
+                    f"it demands STARTTLS or AUTH, which this server does not do: {reply}"
+                ),
+            )
+        return reply.error()
 
     def _unavailable(
         self, link: _Link | None, session: Session, error: Exception, step: str | None = None
