@@ -973,11 +973,12 @@ class ScriptedTests(ForwardTestCase):
     def test_nonASCIIWithoutSMTPUTF8(self) -> None:
         """
         A non-ASCII sender or recipient that the downstream could not take is refused with
-        553 5.6.7; an ASCII one goes on.
+        550 5.6.7 at MAIL, 553 5.6.7 at RCPT (RFC 6531 section 3.5, standards 6531-04);
+        an ASCII one goes on.
         """
         self.scripted()
         replies = self.send("MAIL FROM:<ålice@example.org> SMTPUTF8")
-        self.assertEqual(codes(replies), [553])
+        self.assertEqual(codes(replies), [550])
         self.assertTrue(replies[0].text.startswith("5.6.7 "))
         replies = self.send(
             "MAIL FROM:<alice@example.org> SMTPUTF8",

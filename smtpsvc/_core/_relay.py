@@ -213,7 +213,12 @@ def _path(mailbox: str) -> str:
     return f"<{mailbox}>"
 
 
-#: The refusal when an address needs SMTPUTF8 and the downstream lacks it (RFC 6531 3.5).
+#: The refusals when an address needs SMTPUTF8 and the downstream lacks it (RFC 6531
+#: section 3.5): 550 for the sender, 553 for a recipient, as the server's own for a client
+#: that did not say SMTPUTF8.
+SENDER_NEEDS_SMTPUTF8: Final = SMTPError(
+    550, "Error: the downstream server does not support non-ASCII addresses", "5.6.7"
+)
 NEEDS_SMTPUTF8: Final = SMTPError(
     553, "Error: the downstream server does not support non-ASCII addresses", "5.6.7"
 )
@@ -238,8 +243,8 @@ def mailCommand(
     @param finalDelivery: whether the downstream is the message store on this host (an
         LMTP server on a Unix socket or over loopback): handing it the message is final
         delivery, not a relay, so REQUIRETLS asks nothing of it and is not passed on.
-    @raise SMTPError: L{NEEDS_SMTPUTF8} when the sender is not ASCII and the downstream
-        lacks SMTPUTF8; L{NEEDS_REQUIRETLS} when the client asked for REQUIRETLS and the
+    @raise SMTPError: L{SENDER_NEEDS_SMTPUTF8} when the sender is not ASCII and the
+        downstream lacks SMTPUTF8; L{NEEDS_REQUIRETLS} when the client asked for REQUIRETLS and the
         downstream, a relay, cannot honour it (RFC 8689 section 4.2.1: relay only over TLS
         with a certificate validated for the next hop, to a server that offers REQUIRETLS
         there).
@@ -252,7 +257,7 @@ def mailCommand(
         if "SMTPUTF8" in extensions:
             params.append("SMTPUTF8")
         elif not address.address.isascii():
-            raise fresh(NEEDS_SMTPUTF8)
+            raise fresh(SENDER_NEEDS_SMTPUTF8)
     size = address.declaredSize
     if "SIZE" in extensions and size is not None:
         params.append(f"SIZE={size}")
