@@ -338,9 +338,15 @@ class SinkTests(ForwardE2ETestCase):
         self.assertEqual([code for code, _ in replies], [250, 250, 450])
         self.assertTrue(replies[-1][1].startswith(b"4."), replies[-1])
         self.assertEqual(reset, 250)
-        # (smtp-sink writes a file for the envelope it was given; no message is in it.)
+        # (smtp-sink writes a file for the envelope it was given, and removes it when the
+        # transaction ends without a message, maybe between the listing and the reading;
+        # no message is in it.)
         for dump in dumps.iterdir():
-            self.assertNotIn(f"by {FRONT} (smtpsvc)".encode(), dump.read_bytes())
+            try:
+                content = dump.read_bytes()
+            except FileNotFoundError:
+                continue
+            self.assertNotIn(f"by {FRONT} (smtpsvc)".encode(), content)
 
     async def test_sink421(self) -> None:
         """
