@@ -190,6 +190,7 @@ class DownstreamClient(LineReceiver):
         header: bytes = b"",
         recipients: int | None = None,
         invited: bool = False,
+        untimedEnd: bool = False,
     ) -> Deferred[DownstreamReply | list[DownstreamReply]]:
         """
         Send DATA and, once the server invites it with 354, the message: C{header} (for
@@ -208,18 +209,29 @@ class DownstreamClient(LineReceiver):
             recipient's final answer.
         @param invited: whether DATA was sent already (with L{command}) and answered
             354: the message then goes at once.
+        @param untimedEnd: whether the first reply after the message, once the message
+            has gone out, is waited for without a limit of this connection's (the caller
+            has one): the server may still be reading the message from buffers of its own,
+            which this side cannot see.  Later replies (LMTP) have the timeout each.
         """
-        return Deferred.fromCoroutine(self._sendData(stream, header, recipients, invited))
+        return Deferred.fromCoroutine(
+            self._sendData(stream, header, recipients, invited, untimedEnd)
+        )
 
     async def _sendData(
-        self, stream: IMessageStream, header: bytes, recipients: int | None, invited: bool
+        self,
+        stream: IMessageStream,
+        header: bytes,
+        recipients: int | None,
+        invited: bool,
+        untimedEnd: bool,
     ) -> DownstreamReply | list[DownstreamReply]:
         answer = succeed(_INVITED) if invited else self.command("DATA")
         # The stream is taken now but held until the server invites the message: a
         # message that fails meanwhile (its client went away or abandoned it) drops the
         # connection at once, not once the server has answered DATA.
         sender = self._sending = _MessageSender(
-            self, header, recipients if recipients is not None else 1
+            self, header, recipients if recipients is not None else 1, untimedEnd
         )
         try:
             stream.deliverBody(sender)
@@ -337,10 +349,11 @@ class DownstreamClient(LineReceiver):
     def _pausedTooLong(self) -> None:
         self.abort(f"the server did not read the message for {self._timeout} s")
 
-    def _drained(self) -> None:
-        # The message has gone out: now the server has timeout seconds for each reply.
+    def _drained(self, timed: bool) -> None:
+        # The message has gone out: now the server has timeout seconds for each reply
+        # (unless the first is not timed: see sendData's untimedEnd).
         self._draining = None
-        if self._waiting and self._timer is None and self.usable:
+        if timed and self._waiting and self._timer is None and self.usable:
             self._restartTimer()
 
     def _stopDraining(self) -> None:
@@ -360,10 +373,13 @@ class _MessageSender(Protocol):
     in turn stops reading from the client once its own buffer is full.
     """
 
-    def __init__(self, client: DownstreamClient, header: bytes, replies: int) -> None:
+    def __init__(
+        self, client: DownstreamClient, header: bytes, replies: int, untimedEnd: bool = False
+    ) -> None:
         self._client = client
         self._header = header
         self._replies = replies
+        self._untimedEnd = untimedEnd
         self._stuffer = DotStuffer()
         self._producer: IPushProducer | None = None
         self._stall: IDelayedCall | None = None
@@ -492,7 +508,7 @@ class _MessageSender(Protocol):
         unsent = _unsentBytes(client.transport) if client.usable else None
         if not unsent:
             self.stopDraining()
-            client._drained()
+            client._drained(not self._untimedEnd)
             return
         now = client._reactor.seconds()
         if self._unsent is None or unsent < self._unsent:

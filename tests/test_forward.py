@@ -1359,7 +1359,7 @@ class UnavailableTests(ForwardTestCase):
         self.front(ScriptedFactory({".": None}).itself)
         self.endpoint.unixPath = "/run/dovecot/lmtp"
         self.sendmail("a@example.org", ["b@example.net"])
-        self.clock.advance(TIMEOUT)
+        self.clock.advance(300 * forward.ANSWER_SHARE)
         self.front(None, behaviour="refuse")
         self.send("MAIL FROM:<a@example.org>")
         events = [e for e in capture.events if "unavailable at" in e.get("log_format", "")]
@@ -2029,6 +2029,59 @@ class AnswerDeadlineTests(ForwardTestCase):
         self.assertEqual(
             self.capture.matching("unavailable at"),
             ["Downstream 127.0.0.1:25 unavailable at end of data: no answer within 8 s"],
+        )
+
+    def test_firstReplyAfterTheMessageUntilTheDeadline(self) -> None:
+        """
+        The first reply after the message, once the message has gone out, has no shorter
+        limit than the answer's (the downstream may still be reading the message from
+        buffers of its own, which this side cannot see): it may come after the 5 s
+        timeout, within the 16 s a handlerTimeout of 20 s gives; a later one (LMTP) has
+        the timeout again.
+        """
+        self.HANDLER_TIMEOUT = 20
+        server = self.scriptedFront({".": None}, lmtp=True, frontLMTP=True)
+        replies = self.client.received()
+        replies += self.send("RCPT TO:<a@example.net>", "RCPT TO:<b@example.net>", "DATA")
+        replies += self.write(stuff(MESSAGE))
+        self.assertEqual(codes(replies), [250, 250, 250, 354])
+        self.later(TIMEOUT + 1, server, b"250 2.0.0 <a@example.net> delivered\r\n")
+        self.assertEqual(self.client.received(), [])
+        self.assertFalse(self.endpoint.clients[0].disconnected)
+        self.later(TIMEOUT - 0.5, server, None)
+        self.assertEqual(self.client.received(), [])
+        self.later(0.5, server, None)
+        self.assertEqual(
+            self.client.received(),
+            [
+                ServerReply(250, ("2.0.0 <a@example.net> delivered",)),
+                UnavailableTests.UNAVAILABLE,
+            ],
+        )
+        self.assertEqual(
+            self.capture.matching("unavailable at"),
+            [
+                "Downstream 127.0.0.1:25 unavailable at end of data after 1 of 2 replies: "
+                f"no reply within {TIMEOUT} s"
+            ],
+        )
+
+    def test_replyTimedWithoutHandlerTimeout(self) -> None:
+        """
+        With handlerTimeout 0 (no limit for the answer), the reply to the final dot has
+        the timeout from when the message has gone out.
+        """
+        self.HANDLER_TIMEOUT = 0
+        server = self.scriptedFront({".": None})
+        self.assertEqual(codes(self.send("RCPT TO:<b@example.net>", "DATA")), [250, 250, 354])
+        self.assertEqual(self.write(stuff(MESSAGE)), [])
+        self.later(TIMEOUT - 1, server, None)
+        self.assertEqual(self.client.received(), [])
+        self.later(1, server, None)
+        self.assertEqual(self.client.received(), [UnavailableTests.UNAVAILABLE])
+        self.assertEqual(
+            self.capture.matching("unavailable at"),
+            [f"Downstream 127.0.0.1:25 unavailable at end of data: no reply within {TIMEOUT} s"],
         )
 
     def test_noLimitWithoutHandlerTimeout(self) -> None:

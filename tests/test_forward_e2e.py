@@ -433,23 +433,55 @@ class SlowReader(LineReceiver):
             self._resume.cancel()
 
 
+class HoardingReader(SlowReader):
+    """
+    A downstream that takes all that comes at once into buffers of its own, and reads it
+    from there at L{SlowReader}'s pace: the sender's buffers are empty long before it
+    has read the message (as with a receive buffer the kernel grew to megabytes).
+    """
+
+    def __init__(self, messages: list[int]) -> None:
+        super().__init__(messages)
+        self._backlog = bytearray()
+
+    def connectionMade(self) -> None:
+        self.sendLine(b"220 hoarding.e2e.test ESMTP")
+
+    def dataReceived(self, data: bytes) -> None:
+        self._backlog += data
+        if self._resume is None:
+            self._goOn()
+
+    def _goOn(self) -> None:
+        self._resume = None
+        if not self._backlog:
+            return
+        piece = bytes(self._backlog[:65536])
+        del self._backlog[:65536]
+        reading = self.inData
+        LineReceiver.dataReceived(self, piece)
+        if reading:
+            self.reads.append(theReactor().seconds())
+        if self.transport is not None and (self._backlog or self.inData):
+            self._resume = theReactor().callLater(self.PACE, self._goOn)
+
+
 class SlowDownstreamTests(E2ETestCase):
     """
     A downstream that reads slowly but steadily, over real sockets.
     """
 
-    async def test_slowReaderGetsTheMessage(self) -> None:
+    async def relayThroughSlowReader(self, kind: type[SlowReader]) -> None:
         """
-        The reply to the final dot is waited for once the message has gone out of this
-        host's buffers (Twisted's and the kernel's), not from when the dot was handed to
-        them: a downstream that needs about three seconds to read a 2 MB message, with
-        a timeout of 0.5 s, gets it and its 250 reaches the client.
+        Send a 2 MB message through a front with a timeout of 0.5 s to a downstream of
+        C{kind}, check that it arrived whole and took the downstream more than two
+        seconds to read, reading all the while.
         """
         messages: list[int] = []
         readers: list[SlowReader] = []
 
         def build() -> SlowReader:
-            reader = SlowReader(messages)
+            reader = kind(messages)
             readers.append(reader)
             return reader
 
@@ -476,3 +508,22 @@ class SlowDownstreamTests(E2ETestCase):
         # It read all the while, and far longer than the timeout.
         self.assertGreater(reader.reads[-1] - reader.reads[0], 2.0)
         self.assertLess(max(b - a for a, b in pairwise(reader.reads)), 0.5)
+
+    async def test_slowReaderGetsTheMessage(self) -> None:
+        """
+        The reply to the final dot is waited for once the message has gone out of this
+        host's buffers (Twisted's and the kernel's), not from when the dot was handed to
+        them: a downstream that needs about three seconds to read a 2 MB message, from a
+        small receive buffer, with a timeout of 0.5 s, gets it and its 250 reaches the
+        client.
+        """
+        await self.relayThroughSlowReader(SlowReader)
+
+    async def test_hoardingReaderGetsTheMessage(self) -> None:
+        """
+        The first reply after the message has no shorter limit than the answer's: a
+        downstream that has taken all of a 2 MB message into buffers of its own at once,
+        which the sender cannot see, and needs about three seconds to read it from
+        there, with a timeout of 0.5 s, gets it and its 250 reaches the client.
+        """
+        await self.relayThroughSlowReader(HoardingReader)

@@ -236,7 +236,10 @@ class ForwardDelivery:
         @param serverName: the name this server gives in EHLO/LHLO and in the C{Received:}
             header (the host name if not given).
         @param timeout: seconds to wait for each downstream reply, for the connection to be
-            made, and for a downstream that stopped reading the message.
+            made, and for a downstream that stopped reading the message.  (The first
+            reply after the message, which the downstream may send only once it has read
+            the message from buffers this side cannot see, has the whole answer's time
+            instead, when C{handlerTimeout} gives it one.)
         @param handlerTimeout: the C{handlerTimeout} of the server this handler is
             registered with (0 for none).  The downstream's whole answer to each step
             the client waits for (MAIL FROM, RCPT TO, DATA, and the message from its end)
@@ -370,17 +373,26 @@ class ForwardDelivery:
             recipient=envelope.rcptTo[0].address if len(envelope.rcptTo) == 1 else None,
         )
         # The client waits for the answer from the end of its message on, which may come
-        # well before this handler has passed all of it on.  (A stream not the server's
-        # tells its end only with the end itself.)
+        # well before this handler has passed all of it on.  (A stream that is not the
+        # server's does not tell its end ahead: its answer has no time limit.)
         deadline = self._deadline(link, start=False)
+        bounded = isinstance(stream, MessageStream) and self.handlerTimeout > 0
         if isinstance(stream, MessageStream):
             stream.notifyEnd().addCallback(lambda _: deadline.start())
         try:
             with deadline:
                 if not invited:
                     await self._syncRecipients(link, session)
+                # The downstream may still be reading the message from its own buffers
+                # (over loopback its receive buffer can hold megabytes) when this side
+                # has sent it all: so, when the answer has its time limit, its first
+                # reply has no shorter one.
                 result = await client.sendData(
-                    stream, header, len(link.recipients) if self.lmtp else None, invited
+                    stream,
+                    header,
+                    len(link.recipients) if self.lmtp else None,
+                    invited,
+                    untimedEnd=bounded,
                 )
         except DownstreamError as e:
             if e.replies and self.lmtp and session.lmtp:
