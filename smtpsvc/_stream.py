@@ -233,11 +233,14 @@ class MessageStream:
             self._queue.clear()
             self._queued = 0
         self._end = reason
+        self._tellEnd()
+        self._flush()
+        self._wake()
+
+    def _tellEnd(self) -> None:
         endWaiters, self._endWaiters = self._endWaiters, None
         for waiter in endWaiters or ():
             waiter.callback(None)
-        self._flush()
-        self._wake()
 
     def abandon(self) -> None:
         """
@@ -262,6 +265,7 @@ class MessageStream:
         if end is None or (dropped and end is not _DELIVERED and isinstance(end, MessageDone)):
             # What reads from now on (async for, or a protocol given later) gets it.
             self._end = MessageAborted(why)
+            self._tellEnd()
             self._wake()
         consumer = self._consumer
         if consumer is None or self._told:

@@ -242,11 +242,17 @@ class MessageStreamTests(SynchronousTestCase):
 
     def test_notifyEndOfAFailure(self) -> None:
         """
-        notifyEnd fires too when the message fails.
+        notifyEnd fires too when the message fails, and when its handler answers before
+        the end, which fails the message for its readers.
         """
         stream, _ = newStream()
         ended = stream.notifyEnd()
         stream.finish(MessageAborted("gone"))
+        self.successResultOf(ended)
+        stream, _ = newStream()
+        ended = stream.notifyEnd()
+        stream.abandon()
+        stream.finish(MessageDone())
         self.successResultOf(ended)
 
     def test_stopProducingDiscards(self) -> None:
