@@ -533,8 +533,8 @@ class DSNStandardsTests(SynchronousTestCase):
         """
         ORCPT of address type utf-8 (RFC 6533 section 3) takes QCHARs and \\x{HEX}
         escapes, and after SMTPUTF8 UTF-8 itself (Postfix QA: ORCPT=utf-8;ü@c.test got a
-        permanent 501); without SMTPUTF8 UTF-8 in it is refused, and so are "+", "="
-        and a lone backslash in either form.
+        permanent 501); without SMTPUTF8 UTF-8 in it is refused, and so are "+", "=",
+        a lone backslash and an escape that is no HEXPOINT in either form.
         """
         orcpt = "501 5.5.4 Error: ORCPT parameter must be addr-type;xtext of at most 500 characters"
         for smtpUtf8, value, accepted in [
@@ -545,6 +545,14 @@ class DSNStandardsTests(SynchronousTestCase):
             (True, "utf-8;a+b@c.example", False),
             (True, "utf-8;a=b@c.example", False),
             (True, "utf-8;a\\b@c.example", False),
+            (True, "utf-8;\\x{2B}\\x{10FFFF}@c.example", True),
+            # No surrogate, nothing over 10FFFF, no leading zero, no ASCII letter
+            # (attack QA: these were taken and passed on).
+            (True, "utf-8;\\x{D800}@c.example", False),
+            (True, "utf-8;\\x{110000}@c.example", False),
+            (True, "utf-8;\\x{00FC}@c.example", False),
+            (True, "utf-8;\\x{41}@c.example", False),
+            (True, "utf-8;\\x{0}@c.example", False),
         ]:
             client = connect(hideDSN=False, hideENHANCEDSTATUSCODES=False)
             client.send(f"MAIL FROM:<{SENDER}>" + (" SMTPUTF8" if smtpUtf8 else ""))

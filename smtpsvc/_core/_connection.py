@@ -192,6 +192,12 @@ _ORCPT: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*;.+\Z", re.DOTALL)
 _QCHAR: Final = r"[!-*,-<>-\[\]-~]|\\x\{[0-9A-Fa-f]{1,6}\}"
 _UTF8_ADDRESS_ASCII: Final = re.compile(f"(?:{_QCHAR})+")
 _UTF8_ADDRESS: Final = re.compile(f"(?:{_QCHAR}|[^\x00-\x7f])+")
+_EMBEDDED: Final = re.compile(r"\\x\{([0-9A-Fa-f]+)\}")
+# The ASCII characters HEXPOINT's two-digit forms may name: 01-09, 11-19, 10, 20, 2B, 3D,
+# 5C and 7F.
+_HEXPOINT_ASCII: Final = frozenset(
+    [*range(0x01, 0x0A), *range(0x11, 0x1A), 0x10, 0x20, 0x2B, 0x3D, 0x5C, 0x7F]
+)
 # bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ], chunk-size = 1*DIGIT (RFC 3030).
 _BDAT: Final = re.compile(r"([0-9]+)(?: (LAST))?\Z", re.IGNORECASE)
 #: A refused chunk, or one over the size limit, is read and thrown away (its bytes must
@@ -1471,8 +1477,24 @@ def _validOrcpt(raw: str | None, smtpUtf8: bool) -> bool:
     addressType, _, address = raw.partition(";")
     if addressType.lower() == "utf-8":
         valid = _UTF8_ADDRESS if smtpUtf8 else _UTF8_ADDRESS_ASCII
-        return len(address) <= 500 and valid.fullmatch(address) is not None
+        return (
+            len(address) <= 500
+            and valid.fullmatch(address) is not None
+            and all(_hexpoint(digits) for digits in _EMBEDDED.findall(address))
+        )
     return _strictXtext(address, 500)
+
+
+def _hexpoint(digits: str) -> bool:
+    # RFC 6533 section 3's HEXPOINT: a Unicode scalar value (no surrogate, none over
+    # 10FFFF) in the fewest digits, at least two; below 80, only the characters xtext
+    # must escape ("\", "+", "=", space, controls but 0A-0F and 1A-1F, DEL).
+    value = int(digits, 16)
+    if len(digits) != max(2, len(f"{value:X}")) or value > 0x10FFFF:
+        return False
+    if 0xD800 <= value <= 0xDFFF:
+        return False
+    return value >= 0x80 or value in _HEXPOINT_ASCII
 
 
 def _combine(outcomes: Sequence[Sequence[Outcome]], index: int, default: str) -> Reply:
