@@ -476,6 +476,9 @@ class ServerTLS:
     def __init__(self, settings: TLSSettings) -> None:
         self._settings = settings
         self._callbackContexts: dict[object, SSL.Context | None] = {}
+        # The (certificate, name) pairs whose name SNICallback's certificate was checked
+        # for (the last _CALLBACK_CONTEXTS of them).
+        self._callbackNames: dict[tuple[object, str], None] = {}
         self._development: tuple[str, bytes, bytes] | None = None
         self._map = self._build(settings)
 
@@ -497,6 +500,7 @@ class ServerTLS:
         new = self._build(settings)
         self._settings = settings
         self._callbackContexts = {}
+        self._callbackNames = {}
         self._map = new
 
     # -- building contexts -----------------------------------------------------------------
@@ -606,7 +610,15 @@ class ServerTLS:
                 return None
             cacheKey = (key, cert)
             if cacheKey in self._callbackContexts:
-                return self._callbackContexts[cacheKey]
+                context = self._callbackContexts[cacheKey]
+                if context is not None and (cacheKey, name) not in self._callbackNames:
+                    # Built for another name: whether it covers this one is still to be
+                    # said, once.
+                    self._checkedFor(cacheKey, name)
+                    _warnProblems(
+                        [p for p in certificateProblems(cert, name) if p.problem == "name"]
+                    )
+                return context
             try:
                 context = self._context(self._settings, key, cert, default=False)
                 # The checks every sniOptions certificate meets at start: one the cipher
@@ -618,6 +630,7 @@ class ServerTLS:
             # And the warnings an sniOptions certificate gets at start (expired, not for
             # this name...), when first returned: it serves all the same, as those do.
             _warnProblems(certificateProblems(cert, name))
+            self._checkedFor(cacheKey, name)
             self._remember(cacheKey, context)
             return context
         return self._map.lookup(name)
@@ -633,6 +646,12 @@ class ServerTLS:
                 why=str(error),
             )
             self._remember(cacheKey, None)
+
+    def _checkedFor(self, cacheKey: object, name: str) -> None:
+        names = self._callbackNames
+        if len(names) >= _CALLBACK_CONTEXTS:
+            del names[next(iter(names))]
+        names[cacheKey, name] = None
 
     def _remember(self, cacheKey: object, context: SSL.Context | None) -> None:
         contexts = self._callbackContexts

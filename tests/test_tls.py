@@ -1051,6 +1051,15 @@ class ConfigurationTests(SynchronousTestCase):
         (warning,) = capture.matching("expired")
         self.assertIn("The certificate for old.example.test expired on", warning)
         self.assertEqual(capture.matching("c.example.test"), [])
+        # Returned for a name it does not cover, once built for one it does: that is
+        # said too, once (attack QA: only the first name was checked).
+        for _ in range(2):
+            connection = upgraded(server, "d.example.test")
+            self.assertEqual(
+                commonName(connection.clientTransport.servedCertificate()), "c.example.test"
+            )
+        self.assertEqual(len(capture.matching("does not cover d.example.test")), 1)
+        self.assertEqual(capture.matching("does not cover c.example.test"), [])
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_callbackContextsBounded(self) -> None:
