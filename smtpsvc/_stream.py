@@ -85,6 +85,7 @@ class MessageStream:
         self._inReader = 0
         self._droppedWhy: str | None = None
         self._endWaiters: list[Deferred[None]] | None = []
+        self._abortWaiters: list[Deferred[BaseException]] | None = []
 
     @property
     def byteLength(self) -> int:
@@ -146,6 +147,21 @@ class MessageStream:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._endWaiters.append(waiter)
+        return waiter
+
+    def notifyAborted(self) -> Deferred[BaseException]:
+        """
+        A Deferred that fires, with the error, if the message fails after this stream's
+        reader had it whole, L{MessageDone} included (the client went away, or the
+        server stopped, before it was answered): the reader is told nothing more, but
+        its handler's answer will reach no one, so whatever it handed on whole should
+        be taken back if it can be.  It never fires for a message that ends otherwise.
+        (Not part of L{IMessageStream}: the built-in forwarding drops the downstream
+        connection on it, before the downstream has answered.)
+        """
+        waiter: Deferred[BaseException] = Deferred()
+        if self._abortWaiters is not None:
+            self._abortWaiters.append(waiter)
         return waiter
 
     def __aiter__(self) -> MessageStream:
@@ -225,6 +241,12 @@ class MessageStream:
         again, and a handler that had not read it to its end should not store it.
         """
         end = self._end
+        if end is _DELIVERED and not isinstance(reason, MessageDone):
+            # Too late for the reader, which has had the message's end already.
+            abortWaiters, self._abortWaiters = self._abortWaiters, None
+            for abortWaiter in abortWaiters or ():
+                abortWaiter.callback(reason)
+            return
         if end is not None and (
             end is _DELIVERED or not isinstance(end, MessageDone) or isinstance(reason, MessageDone)
         ):

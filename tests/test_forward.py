@@ -1487,6 +1487,33 @@ class StreamFailureTests(ForwardTestCase):
         self.assertEqual(self.recorder.messages, [])
         self.assertEqual(len(self.recorder.closed), 1)
 
+    def test_clientGoesAwayWhileTheMessageIsStillGoingOut(self) -> None:
+        """
+        The client goes away after its final dot, while the forwarding has handed the
+        whole message and its dot to the downstream connection but most of it is still
+        in the buffers (the downstream reads nothing): the downstream connection is
+        dropped at once, with what it holds, so the downstream never gets the final dot
+        and keeps nothing of a message its client was not answered for (QA).
+        """
+        self.front(self.downstream)
+        capture = LogCapture(self)
+        self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+        downstream = self.endpoint.servers[0]
+        downstream.pauseProducing()
+        message = b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 300
+        self.assertEqual(self.write(stuff(message)), [])
+        clientEnd = self.endpoint.clients[0]
+        self.assertFalse(clientEnd.disconnected)
+        self.client.disconnect()
+        self.network.run()
+        self.assertTrue(clientEnd.aborted)
+        self.assertTrue(clientEnd.disconnected)
+        downstream.resumeProducing()
+        self.network.run()
+        self.assertEqual(self.recorder.messages, [])
+        self.assertEqual(capture.matching("unavailable at"), [])
+        self.assertEqual(len(capture.matching("Message not relayed")), 1)
+
     def test_clientDisconnectsBeforeDownstreamReplied(self) -> None:
         """
         The client goes away while a command waits for the downstream: the downstream

@@ -255,6 +255,30 @@ class MessageStreamTests(SynchronousTestCase):
         stream.finish(MessageDone())
         self.successResultOf(ended)
 
+    def test_notifyAbortedAfterTheWholeMessage(self) -> None:
+        """
+        notifyAborted fires, with the error, when the message fails after its reader had
+        it whole (its end included), which that reader is not told; never for a message
+        that ends normally, nor for one that fails before the reader had its end (the
+        reader's connectionLost tells it).
+        """
+        sink = Sink()
+        stream, _ = newStream()
+        stream.deliverBody(sink)
+        aborted = stream.notifyAborted()
+        stream.finish(MessageDone())
+        self.assertNoResult(aborted)
+        stream.finish(MessageAborted("gone"))
+        self.assertEqual(str(self.successResultOf(aborted)), "gone")
+        assert sink.reason is not None
+        self.assertTrue(sink.reason.check(MessageDone))
+        sink = Sink()
+        stream, _ = pausedWithBacklog(sink, 3)
+        aborted = stream.notifyAborted()
+        stream.finish(MessageDone())
+        stream.finish(MessageAborted("gone"))
+        self.assertNoResult(aborted)
+
     def test_stopProducingDiscards(self) -> None:
         """
         A reader that stops producing gets nothing more and never blocks the connection;

@@ -377,8 +377,15 @@ class ForwardDelivery:
         # server's does not tell its end ahead: its answer has no time limit.)
         deadline = self._deadline(link, start=False)
         bounded = isinstance(stream, MessageStream) and self.handlerTimeout > 0
+        # Set once the message failed on this side after it was all handed on (see
+        # _abortedAfterItsEnd), and once the answer is known, when that no longer matters.
+        aborted: list[BaseException] = []
+        answered: list[bool] = []
         if isinstance(stream, MessageStream):
             stream.notifyEnd().addCallback(lambda _: deadline.start())
+            stream.notifyAborted().addCallback(
+                self._abortedAfterItsEnd, link, client, aborted, answered
+            )
         try:
             with deadline:
                 if not invited:
@@ -395,6 +402,15 @@ class ForwardDelivery:
                     untimedEnd=bounded,
                 )
         except DownstreamError as e:
+            answered.append(True)
+            if aborted:
+                _log.info(
+                    "Message not relayed: {why}",
+                    why=str(aborted[0]) or type(aborted[0]).__name__,
+                    sessionId=session.id,
+                )
+                link.drop(str(e))
+                raise aborted[0] from None
             if e.replies and self.lmtp and session.lmtp:
                 return self._partialAnswer(link, session, e)
             early = e.reply
@@ -405,6 +421,7 @@ class ForwardDelivery:
                 raise early.error() from None
             raise self._unavailable(link, session, e) from None
         except _MESSAGE_ENDINGS as e:
+            answered.append(True)
             # The client went away, the message was too large, or an earlier handler
             # refused it: the downstream connection was dropped with half a message.
             _log.info(
@@ -412,6 +429,7 @@ class ForwardDelivery:
             )
             link.drop("message failed")
             raise
+        answered.append(True)
         if isinstance(result, DownstreamReply):
             # DATA itself was refused (a 4xx or 5xx); the downstream transaction is still
             # open, and the next MAIL resets it.
@@ -419,6 +437,27 @@ class ForwardDelivery:
         link.open = False
         link.recipients = []
         return self._finalAnswer(session, result)
+
+    def _abortedAfterItsEnd(
+        self,
+        reason: BaseException,
+        link: _Link,
+        client: DownstreamClient,
+        aborted: list[BaseException],
+        answered: list[bool],
+    ) -> None:
+        """
+        The message failed on this side (the client went away, or the server stopped)
+        after it was all handed to the downstream connection, final dot included, and
+        before the downstream answered: much of it may still be in Twisted's buffer or
+        the kernel's.  The connection is dropped at once (a reset, which sends nothing
+        more), so that the downstream does not get the final dot and keep a message
+        whose client, never answered, sends it again.
+        """
+        if answered:
+            return
+        aborted.append(reason)
+        client.abort(f"message failed: {str(reason) or type(reason).__name__}")
 
     def _finalAnswer(
         self, session: Session, replies: list[DownstreamReply]
