@@ -478,6 +478,9 @@ class _DataTransaction:
             decoder.finishHeader()
             if decoder.tlsRequiredNo:
                 self._tagTLSOptional()
+        if self.failure is None and not early:
+            # The client waits from now on, for every handler's answer.
+            self.fanOut.ended()
         self._advance()
 
     def _tagTLSOptional(self) -> None:

@@ -136,12 +136,15 @@ class MessageStream:
 
     def notifyEnd(self) -> Deferred[None]:
         """
-        A Deferred that fires once the message has ended for this stream's handler (the
-        client sent all of it, and the handlers before this one accepted it), or failed:
-        from then on its client waits for the answer.  It fires at once, even while
-        part of the message is still waiting to be taken, unlike the reader's
-        C{connectionLost}, which comes after that part.  (Not part of L{IMessageStream}:
-        the built-in forwarding times the downstream's answer from it.)
+        A Deferred that fires once the client has sent the whole message (even while the
+        handlers before this one have not accepted it yet, so that this handler has not
+        seen its end), or the message failed for this handler: from then on its client
+        waits for the answer, and the time it will wait, C{handlerTimeout}, counts for
+        every handler from that moment.  It fires at once, even while part of the
+        message is still waiting to be taken, unlike the reader's C{connectionLost},
+        which comes after that part and after the earlier handlers' answers.  (Not part
+        of L{IMessageStream}: the built-in forwarding times the downstream's answer
+        from it.)
         """
         if self._endWaiters is None:
             return succeed(None)
@@ -259,6 +262,12 @@ class MessageStream:
         self._flush()
         self._wake()
 
+    def clientEnded(self) -> None:
+        """
+        The client has sent the whole message (see L{notifyEnd}).
+        """
+        self._tellEnd()
+
     def _tellEnd(self) -> None:
         endWaiters, self._endWaiters = self._endWaiters, None
         for waiter in endWaiters or ():
@@ -371,6 +380,14 @@ class _FanOut:
         if not self._paused and any(stream.full for stream in self.streams):
             self._paused = True
             self._pause()
+
+    def ended(self) -> None:
+        """
+        The client has sent the whole message: each stream's L{MessageStream.notifyEnd}
+        fires, before the handlers' answers let the message end for each in turn.
+        """
+        for stream in self.streams:
+            stream.clientEnded()
 
     def drained(self) -> None:
         if self._paused and all(stream.hungry for stream in self.streams):

@@ -2032,6 +2032,42 @@ class AnswerDeadlineTests(ForwardTestCase):
         self.later(self.HANDLER_TIMEOUT, server, None)
         self.assertFalse(self.client.closed)
 
+    def test_twoForwardingsShareTheMessagesDeadline(self) -> None:
+        """
+        With two forwardings, the second sees the message's end only once the first
+        accepted it, but the client waits for both from its final dot: each one's
+        answer has four fifths of handlerTimeout from there (QA: the second's counted
+        from the first's answer, so the client was cut off with 421 Handler timeout
+        while the second downstream went on to answer 250).  The first answers at 5 s,
+        the second not by 8 s: the client gets 451 4.4.1 at 8 s, the second downstream
+        connection is dropped, and the client is never cut off.
+        """
+        second = ScriptedFactory({".": None})
+        secondEndpoint = MemoryEndpoint(self.network, second.itself)
+        after = ForwardDelivery(
+            secondEndpoint,
+            reactor=self.clock,
+            serverName=FRONT,
+            timeout=TIMEOUT,
+            handlerTimeout=self.HANDLER_TIMEOUT,
+        )
+        first = self.scriptedFront({".": None}, after=[after])
+        replies = self.client.received()
+        replies += self.send("RCPT TO:<b@example.net>", "DATA")
+        replies += self.write(stuff(MESSAGE))
+        self.assertEqual(codes(replies), [250, 250, 354])
+        self.later(4, first, None)
+        self.later(1, first, b"250 2.0.0 Ok: queued as FIRST\r\n")
+        self.assertEqual(len(second.built[0].messages), 1)
+        self.later(TIMEOUT / 2, second.built[0], None)
+        self.assertEqual(self.client.received(), [])
+        self.later(3 - TIMEOUT / 2, second.built[0], None)
+        self.assertEqual(self.client.received(), [UnavailableTests.UNAVAILABLE])
+        self.assertTrue(secondEndpoint.clients[0].aborted)
+        self.later(self.HANDLER_TIMEOUT, second.built[0], b"250 2.0.0 Ok: queued\r\n")
+        self.assertFalse(self.client.closed)
+        self.assertEqual(self.client.received(), [])
+
     def test_messageStillGoingOutAtTheDeadline(self) -> None:
         """
         A downstream still taking the message steadily (50 KB a second of the 600 KB the

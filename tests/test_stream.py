@@ -240,6 +240,23 @@ class MessageStreamTests(SynchronousTestCase):
         assert sink.reason is not None
         self.assertTrue(sink.reason.check(MessageDone))
 
+    def test_notifyEndAtTheClientsEnd(self) -> None:
+        """
+        notifyEnd fires for every handler's stream when the client has sent the whole
+        message, before the message ends for the handler (which waits for the answers
+        of the handlers before it), since the client waits for all from then on.
+        """
+        sink = Sink()
+        stream, _ = newStream()
+        stream.deliverBody(sink)
+        ended = stream.notifyEnd()
+        stream._fanOut.ended()
+        self.successResultOf(ended)
+        self.assertIsNone(sink.reason)
+        stream.finish(MessageDone())
+        assert sink.reason is not None
+        self.assertTrue(sink.reason.check(MessageDone))
+
     def test_notifyEndOfAFailure(self) -> None:
         """
         notifyEnd fires too when the message fails, and when its handler answers before

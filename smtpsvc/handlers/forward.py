@@ -164,7 +164,8 @@ class _Deadline:
     """
     The time the downstream has for the whole of its answer to one step that the client
     waits for: MAIL FROM (with the connection, the greeting, EHLO and RSET before it),
-    RCPT TO, DATA, or the message, from its end.  The server gives the client's wait
+    RCPT TO, DATA, or the message, from the client's end of it (not the end this
+    handler sees, after the handlers before it answered).  The server gives the client's wait
     C{handlerTimeout} at most, counted once for all the downstream's replies; each reply's
     own C{timeout} alone does not keep inside it (LMTP's replies, one per recipient, or a
     greeting, an EHLO and a MAIL, each in time, may together take longer).  When the time
@@ -373,8 +374,10 @@ class ForwardDelivery:
             recipient=envelope.rcptTo[0].address if len(envelope.rcptTo) == 1 else None,
         )
         # The client waits for the answer from the end of its message on, which may come
-        # well before this handler has passed all of it on.  (A stream that is not the
-        # server's does not tell its end ahead: its answer has no time limit.)
+        # well before this handler has passed all of it on, or even sees its end (the
+        # handlers before this one answer first): every forwarding's deadline counts
+        # from there.  (A stream that is not the server's does not tell its end ahead:
+        # its answer has no time limit.)
         deadline = self._deadline(link, start=False)
         bounded = isinstance(stream, MessageStream) and self.handlerTimeout > 0
         # Set once the message failed on this side after it was all handed on (see
