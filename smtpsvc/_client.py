@@ -93,8 +93,8 @@ class DownstreamClient(LineReceiver):
     def __init__(self, reactor: Any, timeout: float) -> None:
         """
         @param reactor: for the timers.
-        @param timeout: seconds to wait for each reply, and for a paused message to be
-            allowed to go on.
+        @param timeout: seconds to wait for each reply, and for a server that takes none
+            of a message held up by its connection's full buffer.
         """
         self._reactor = reactor
         self._timeout = timeout
@@ -382,7 +382,11 @@ class _MessageSender(Protocol):
         self._untimedEnd = untimedEnd
         self._stuffer = DotStuffer()
         self._producer: IPushProducer | None = None
+        # While the transport holds this producer paused: the next look at how much of
+        # what was written is still on this host, that count, and when it last went down.
         self._stall: IDelayedCall | None = None
+        self._pending: int | None = None
+        self._pendingSince = 0.0
         self._registered = False
         # Whether the transport paused this producer (its buffer is full).
         self._held = False
@@ -496,10 +500,11 @@ class _MessageSender(Protocol):
         """
         After the final dot: whether all that was written has gone out, which starts the
         replies' timer.  While Twisted's buffer is full the transport keeps this producer
-        paused, and resumes it once the buffer has gone to the kernel (the stall timer
-        runs meanwhile, as during the message); then the kernel's count of unsent bytes
-        is looked at until it is none, and a server that takes none of them for the
-        timeout is dropped, as one that stops reading the message is.
+        paused, and resumes it once the buffer has gone to the kernel (the stall watch
+        runs meanwhile, as during the message: see L{_watchStall}); then the kernel's
+        count of unsent bytes is looked at until it is none, and a server that takes
+        none of them for the timeout is dropped, as one that stops reading the message
+        is.
         """
         self._cancelDrainCall()
         client = self._client
@@ -559,7 +564,33 @@ class _MessageSender(Protocol):
             self._producer.pauseProducing()
         if self._stall is None:
             client = self._client
-            self._stall = client._reactor.callLater(client._timeout, client._pausedTooLong)
+            self._pending = _pendingBytes(client.transport)
+            self._pendingSince = client._reactor.seconds()
+            self._watchStall()
+
+    def _watchStall(self) -> None:
+        """
+        While the transport's buffer is full: a server that takes none of what this host
+        still holds of the message (Twisted's buffer and, where the system tells, the
+        kernel's) for the timeout is dropped.  Any progress counts, however small: the
+        transport resumes this producer only once its whole buffer (a chunk of the
+        stream, up to a few hundred kilobytes) has gone to the kernel, which a slow but
+        steady server may take longer than the timeout to allow.
+        """
+        client = self._client
+        now = client._reactor.seconds()
+        pending = _pendingBytes(client.transport)
+        if pending is not None and (self._pending is None or pending < self._pending):
+            self._pendingSince = now
+        self._pending = pending
+        left = self._pendingSince + client._timeout - now
+        if left <= 0:
+            self._stall = None
+            client._pausedTooLong()
+            return
+        self._stall = client._reactor.callLater(
+            min(left, _DRAIN_POLL, client._timeout / 4), self._watchStall
+        )
 
     def resumeProducing(self) -> None:
         self._held = False
@@ -592,6 +623,31 @@ def _unsentBytes(transport: object) -> int | None:
         # Twisted's TLS layer is a protocol wrapper over the socket's transport.
         transport = getattr(transport, "transport", None)
     return None
+
+
+def _pendingBytes(transport: object) -> int | None:
+    """
+    How many of the bytes written to C{transport} are still on this host: in Twisted's
+    buffer of the socket's transport (under the TLS layer, if any) and, where the system
+    tells, the kernel's (L{_unsentBytes}); L{None} when neither can be known.
+    """
+    unsent = _unsentBytes(transport)
+    buffered: int | None = None
+    for _ in range(3):
+        if transport is None:
+            break
+        # A FileDescriptor's write buffer: what is left of dataBuffer from offset on,
+        # and what was written since.
+        dataBuffer = getattr(transport, "dataBuffer", None)
+        offset = getattr(transport, "offset", None)
+        tempLength = getattr(transport, "_tempDataLen", None)
+        if isinstance(dataBuffer, bytes) and isinstance(offset, int):
+            buffered = len(dataBuffer) - offset + (tempLength if isinstance(tempLength, int) else 0)
+            break
+        transport = getattr(transport, "transport", None)
+    if buffered is None and unsent is None:
+        return None
+    return (buffered or 0) + (unsent or 0)
 
 
 def _outQueue(sock: socket.socket) -> int | None:

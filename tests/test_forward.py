@@ -1199,6 +1199,61 @@ class ScriptedTests(ForwardTestCase):
             ],
         )
 
+    def test_slowSteadyReaderDuringTheMessage(self) -> None:
+        """
+        While the downstream connection's buffer is full, any of it the downstream
+        takes counts as reading, however little: one whose kernel queue goes down 20 KB
+        a second for 12 s (the transport's buffer, over its limit all along, never lets
+        the message go on) is not dropped after the 5 s timeout (QA: it was); once it
+        takes nothing for 5 s it is, and the client gets 451.
+        """
+        unsent = [600_000]
+        self.kernelHolds(unsent)
+        self.scripted()
+        self.send("MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA")
+        self.endpoint.servers[0].pauseProducing()
+        for _ in range(30):
+            if self.client.transport.producerState == "paused":
+                break
+            self.write((b"y" * 998 + b"\r\n") * 100)
+        self.assertEqual(self.client.transport.producerState, "paused")
+        for _ in range(12):
+            self.clock.advance(1)
+            unsent[0] -= 20_000
+            self.network.run()
+        self.assertFalse(self.endpoint.clients[0].disconnected)
+        # (The last decrease is seen at the next look, a second later.)
+        for _ in range(int(TIMEOUT)):
+            self.assertFalse(self.endpoint.clients[0].disconnected)
+            self.clock.advance(1)
+            self.network.run()
+        self.clock.advance(1)
+        self.network.run()
+        self.assertTrue(self.endpoint.clients[0].aborted)
+        self.assertEqual(codes(self.write(b"end\r\n.\r\n")), [451])
+
+    def test_slowSteadyReaderAfterTheFinalDot(self) -> None:
+        """
+        The same after the final dot, while what is left of the message goes out from
+        a transport buffer still over its limit: 12 s of steady taking, and then the
+        reply, reach the client as 250.
+        """
+        unsent = [600_000]
+        self.kernelHolds(unsent)
+        self.scripted()
+        downstream = self.slowDownstream(b"Subject: slow\r\n\r\n" + (b"z" * 998 + b"\r\n") * 300)
+        for _ in range(12):
+            self.clock.advance(1)
+            unsent[0] -= 20_000
+            self.network.run()
+        self.assertFalse(self.endpoint.clients[0].disconnected)
+        self.assertEqual(self.client.received(), [])
+        unsent[0] = 0
+        downstream.resumeProducing()
+        self.network.run()
+        self.assertEqual(codes(self.client.received()), [250])
+        self.assertEqual(len(self.server.messages), 1)
+
     def test_earlyRefusal(self) -> None:
         """
         A downstream that refuses the message before its end and hangs up: the client
