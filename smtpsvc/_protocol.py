@@ -181,9 +181,9 @@ def _misanswered(result: object, hook: str, session: Session, pending: bool = Tr
     handler failure, logged (the reply is the one for a failed handler), not an answer
     to take as given.
     """
-    if pending and (isinstance(result, Deferred) or inspect.iscoroutine(result)):
-        return False
     if isinstance(result, Deferred) or inspect.iscoroutine(result):
+        if pending:
+            return False
         why = (
             f"a {type(result).__name__} as the result of its Deferred or coroutine, "
             "which is not waited for (is an await missing?)"

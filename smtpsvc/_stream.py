@@ -125,9 +125,7 @@ class MessageStream:
             protocol.makeConnection(self)  # type: ignore[arg-type]
         finally:
             self._inReader -= 1
-        why, self._droppedWhy = self._droppedWhy, None
-        if why is not None:
-            self._discard(why)
+        if self._tellHeldBack():
             return
         self._flush()
         # What was queued is taken: the connection may read again (a reader that came
@@ -341,10 +339,18 @@ class MessageStream:
             self._discard()
         finally:
             self._inReader -= 1
-        if not self._inReader:
-            why, self._droppedWhy = self._droppedWhy, None
-            if why is not None:
-                self._discard(why)
+        self._tellHeldBack()
+
+    def _tellHeldBack(self) -> bool:
+        # Out of the reader's methods: the connectionLost held back while it was in one
+        # (see _discard) comes now.  Whether there was one.
+        if self._inReader:
+            return False
+        why, self._droppedWhy = self._droppedWhy, None
+        if why is None:
+            return False
+        self._discard(why)
+        return True
 
 
 # Marks a stream whose end has been handed to its consumer.

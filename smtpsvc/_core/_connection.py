@@ -1238,7 +1238,9 @@ class ServerConnection:
         digits, last = match.group(1).lstrip("0") or "0", match.group(2) is not None
         size = int(digits) if len(digits) <= _CHUNK_DIGITS else 10**_CHUNK_DIGITS
         limit = self._options.size
-        if limit and size > max(limit, CHUNK_SKIP_LIMIT):
+        # Not worth reading only to throw it away, whatever is wrong with it.
+        unskippable = size > max(limit, CHUNK_SKIP_LIMIT)
+        if limit and unskippable:
             # More than a whole message may be, by far: not worth reading to throw away
             # (standards 3030-10).  A smaller chunk over the limit is read, and the
             # message fails with 552 as one that grows over it in several chunks does:
@@ -1247,7 +1249,7 @@ class ServerConnection:
             return self._send(R.tooBig(limit), close=True)
         refusal = self._chunkRefusal(size, last)
         if refusal is not None:
-            if size > max(limit, CHUNK_SKIP_LIMIT):
+            if unskippable:
                 return self._send(refusal, close=True)
             if refusal is R.NULL_CHUNK:
                 # A chunk refused fails the transaction (RFC 3030 section 2): the client

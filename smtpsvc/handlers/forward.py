@@ -405,7 +405,6 @@ class ForwardDelivery:
                     untimedEnd=bounded,
                 )
         except DownstreamError as e:
-            answered.append(True)
             if aborted:
                 _log.info(
                     "Message not relayed: {why}",
@@ -424,7 +423,6 @@ class ForwardDelivery:
                 raise early.error() from None
             raise self._unavailable(link, session, e) from None
         except _MESSAGE_ENDINGS as e:
-            answered.append(True)
             # The client went away, the message was too large, or an earlier handler
             # refused it: the downstream connection was dropped with half a message.
             _log.info(
@@ -432,7 +430,8 @@ class ForwardDelivery:
             )
             link.drop("message failed")
             raise
-        answered.append(True)
+        finally:
+            answered.append(True)
         if isinstance(result, DownstreamReply):
             # DATA itself was refused (a 4xx or 5xx); the downstream transaction is still
             # open, and the next MAIL resets it.
